@@ -2,10 +2,20 @@
 //! results and their conversion between spec versions, error codes and
 //! version negotiation. Pure data and parsing: no I/O.
 
+pub mod args;
+pub mod conflist;
+pub mod env;
 pub mod error;
+pub mod netconf;
 pub mod result;
+pub mod runtime_config;
 pub mod version;
 
+pub use args::CniArgs;
+pub use conflist::NetConfList;
+pub use env::{CniEnv, Command};
 pub use error::{CniError, ErrorCode};
+pub use netconf::{Attachment, IpamSection, NetConf};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
+pub use runtime_config::{PortMapping, RuntimeConfig};
 pub use version::{Version, VersionInfo};
