@@ -22,18 +22,26 @@ impl FromStr for Command {
     type Err = CniError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "VERSION" => Command::Version,
-            "STATUS" => Command::Status,
-            "GC" => Command::Gc,
-            _ => {
-                return Err(CniError::new(ErrorCode::InvalidEnvironment, "unknown CNI_COMMAND")
-                    .with_details(format!("{s:?}: expected ADD, DEL, CHECK, VERSION, STATUS or GC")))
-            }
+        const ALL: [Command; 6] =
+            [Command::Add, Command::Del, Command::Check, Command::Version, Command::Status, Command::Gc];
+        ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            CniError::new(ErrorCode::InvalidEnvironment, "unknown CNI_COMMAND")
+                .with_details(format!("{s:?}: expected ADD, DEL, CHECK, VERSION, STATUS or GC"))
         })
+    }
+}
+
+impl Command {
+    /// The spelling of CNI_COMMAND.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+        }
     }
 }
 

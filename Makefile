@@ -1,0 +1,52 @@
+# weft: the two set-up commands on a fresh Debian machine (as root) are
+#   make demo    install what is needed, build, and show weft at work
+#   make test    install what is needed and run every test
+# Tests that need root and network namespaces create their own namespaces and
+# never touch the root namespace's links, routes, sysctls or firewall.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+# Runtime tools the tests and the demo drive, and the reference plugins the
+# differential test and the benchmark compare against.
+DEB_PACKAGES := iproute2 iptables ipset nftables conntrack iputils-ping procps \
+	containernetworking-plugins iperf3 ca-certificates
+
+.PHONY: all deps build release test demo bench clean
+
+all: build
+
+# Installs only what is missing, so a second run costs a few dpkg queries.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "deps: all present"; fi
+	@command -v $(CARGO) >/dev/null || { echo "deps: cargo (Rust toolchain) is required"; exit 1; }
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+release: deps
+	$(CARGO) build --workspace --release --bins
+
+# nextest runs each test in its own process (the netns tests unshare per
+# test); plain cargo test is the fallback. Both print a closing summary.
+test: deps
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+demo: release
+	./scripts/demo.sh target/release
+
+bench: release
+	$(CARGO) bench -p weft-plugin --bench cni
+
+clean:
+	$(CARGO) clean
