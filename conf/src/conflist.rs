@@ -46,14 +46,10 @@ impl NetConfList {
                 .ok_or_else(|| invalid("cniVersion or cniVersions is required"))?
                 .parse()?
         } else {
-            raw.cni_versions
-                .iter()
-                .filter_map(|v| v.parse::<Version>().ok())
-                .max()
-                .ok_or_else(|| {
-                    CniError::new(ErrorCode::IncompatibleVersion, "no supported version in cniVersions")
-                        .with_details(raw.cni_versions.join(", "))
-                })?
+            raw.cni_versions.iter().filter_map(|v| v.parse::<Version>().ok()).max().ok_or_else(|| {
+                CniError::new(ErrorCode::IncompatibleVersion, "no supported version in cniVersions")
+                    .with_details(raw.cni_versions.join(", "))
+            })?
         };
         if raw.plugins.is_empty() {
             return Err(invalid("plugins must not be empty"));

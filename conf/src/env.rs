@@ -63,8 +63,7 @@ impl CniEnv {
     /// Reads and validates the CNI_* variables that `command` needs.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<CniEnv, CniError> {
         let get = |k: &str| get(k).filter(|v| !v.is_empty());
-        let command: Command =
-            get("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?.parse()?;
+        let command: Command = get("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?.parse()?;
         let per_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let needs = |k: &'static str, needed: bool| -> Result<String, CniError> {
             match get(k) {
@@ -130,8 +129,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         CniEnv::from_lookup(|k| m.get(k).cloned())
     }
 

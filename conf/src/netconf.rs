@@ -96,8 +96,7 @@ impl NetConf {
         let plugin_type = raw.plugin_type.ok_or_else(|| invalid("type is required"))?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate_ifname(&bridge).map_err(|e| {
-            invalid(format!("bridge name {bridge:?} is not a valid interface name"))
-                .with_details(e.details)
+            invalid(format!("bridge name {bridge:?} is not a valid interface name")).with_details(e.details)
         })?;
         if let Some(mtu) = raw.mtu {
             if !(68..=65535).contains(&mtu) {
@@ -161,11 +160,14 @@ fn invalid(msg: impl Into<String>) -> CniError {
 
 /// Parses a network CIDR; host bits must be zero (`10.244.0.0/16`, not `10.244.0.1/16`).
 pub fn parse_cidr(s: &str) -> Result<IpNetwork, CniError> {
-    let n = IpNetwork::from_str(s)
-        .map_err(|e| invalid(format!("bad CIDR {s:?}")).with_details(e.to_string()))?;
+    let n =
+        IpNetwork::from_str(s).map_err(|e| invalid(format!("bad CIDR {s:?}")).with_details(e.to_string()))?;
     if n.network() != n.ip() {
-        return Err(invalid(format!("bad CIDR {s:?}"))
-            .with_details(format!("host bits are set; did you mean {}/{}?", n.network(), n.prefix())));
+        return Err(invalid(format!("bad CIDR {s:?}")).with_details(format!(
+            "host bits are set; did you mean {}/{}?",
+            n.network(),
+            n.prefix()
+        )));
     }
     Ok(n)
 }

@@ -139,15 +139,12 @@ impl CniResult {
     pub fn from_json(v: &serde_json::Value) -> Result<(Version, CniResult), CniError> {
         let version = match v.get("cniVersion").and_then(|c| c.as_str()) {
             Some(s) => s.parse::<Version>()?,
-            None => {
-                return Err(CniError::new(ErrorCode::DecodingFailure, "result has no cniVersion"))
-            }
+            None => return Err(CniError::new(ErrorCode::DecodingFailure, "result has no cniVersion")),
         };
         // `ips[].version` of pre-1.0 results is implied by the address; serde
         // ignores it (unknown fields are allowed, as in libcni).
         let r: CniResult = serde_json::from_value(v.clone()).map_err(|e| {
-            CniError::new(ErrorCode::DecodingFailure, "cannot decode CNI result")
-                .with_details(e.to_string())
+            CniError::new(ErrorCode::DecodingFailure, "cannot decode CNI result").with_details(e.to_string())
         })?;
         r.validate()?;
         Ok((version, r))
@@ -199,11 +196,7 @@ mod tests {
                     gateway: Some("10.244.1.1".parse().unwrap()),
                     interface: Some(1),
                 },
-                IpConfig {
-                    address: "fd00::5/64".parse().unwrap(),
-                    gateway: None,
-                    interface: Some(1),
-                },
+                IpConfig { address: "fd00::5/64".parse().unwrap(), gateway: None, interface: Some(1) },
             ],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),

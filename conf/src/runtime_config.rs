@@ -46,8 +46,7 @@ mod tests {
         .unwrap();
         assert_eq!(cri, podman);
         assert_eq!(cri.port_mappings[0].host_port, 8080);
-        let short: PortMapping =
-            serde_json::from_str(r#"{"hostPort":1,"containerPort":2}"#).unwrap();
+        let short: PortMapping = serde_json::from_str(r#"{"hostPort":1,"containerPort":2}"#).unwrap();
         assert_eq!((short.protocol.as_str(), short.host_ip.as_str()), ("tcp", ""));
     }
 

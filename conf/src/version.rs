@@ -66,11 +66,8 @@ impl FromStr for Version {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Version::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IncompatibleVersion,
-                format!("unsupported CNI version {s:?}"),
-            )
-            .with_details(format!("weft supports {}", supported_list()))
+            CniError::new(ErrorCode::IncompatibleVersion, format!("unsupported CNI version {s:?}"))
+                .with_details(format!("weft supports {}", supported_list()))
         })
     }
 }
@@ -105,9 +102,7 @@ impl VersionInfo {
     /// when it asked for none or for one we do not know: VERSION never fails
     /// on the version, so the runtime can see what we do support).
     pub fn reply(requested: Option<&str>) -> VersionInfo {
-        let cni_version = requested
-            .and_then(|r| r.parse::<Version>().ok())
-            .unwrap_or(Version::V1_1_0);
+        let cni_version = requested.and_then(|r| r.parse::<Version>().ok()).unwrap_or(Version::V1_1_0);
         VersionInfo {
             cni_version: cni_version.to_string(),
             supported_versions: Version::ALL.iter().map(|v| v.to_string()).collect(),

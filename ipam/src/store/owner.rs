@@ -1,0 +1,140 @@
+//! Who holds an address: an attachment, (container ID, ifname). Its forms
+//! on disk: the content of an IP file, host-local's `"<id>\r\n<ifname>"`,
+//! and the name of its index file under `attachments/`.
+
+use crate::error::IpamError;
+
+/// An attachment: (container ID, ifname).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Owner {
+    pub id: String,
+    pub ifname: String,
+}
+
+/// Escaped index names longer than this are replaced by a hash (file names
+/// are limited to 255 bytes).
+const MAX_ESCAPED_NAME: usize = 200;
+
+impl Owner {
+    /// Checks what the on-disk formats need: a non-empty ID, and an ifname
+    /// that is non-empty and has no line break (it ends the IP file).
+    /// The plugin enforces the spec's stricter rules on both.
+    pub fn new(container_id: &str, ifname: &str) -> Result<Owner, IpamError> {
+        let reason = if container_id.is_empty() {
+            Some("the container ID is empty")
+        } else if ifname.is_empty() {
+            Some("the interface name is empty")
+        } else if ifname.contains(['\r', '\n']) {
+            Some("the interface name contains a line break")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(IpamError::BadAttachment {
+                container_id: container_id.to_string(),
+                ifname: ifname.to_string(),
+                reason,
+            }),
+            None => Ok(Owner { id: container_id.to_string(), ifname: ifname.to_string() }),
+        }
+    }
+
+    /// The content of an IP file this owner holds (host-local's format).
+    pub fn ip_file_content(&self) -> String {
+        format!("{}\r\n{}", self.id, self.ifname)
+    }
+
+    /// Reads an IP file's content back. The split is at the last line break,
+    /// since an ifname never holds one. Old host-local files hold just the
+    /// ID, which reads as an empty ifname. `None` for an empty file.
+    pub fn from_ip_file(content: &str) -> Option<Owner> {
+        let (id, ifname) = match content.rfind("\r\n") {
+            Some(i) => (&content[..i], &content[i + 2..]),
+            None => (content.trim(), ""),
+        };
+        (!id.is_empty()).then(|| Owner { id: id.to_string(), ifname: ifname.to_string() })
+    }
+
+    /// The file name of this owner's index: `<id>@<ifname>`, each escaped
+    /// (bytes outside `[A-Za-z0-9_.-]` become `%XX`), so it is a safe and
+    /// reversible path component; when that is too long, `#` and a 128-bit
+    /// hash, with the owner kept inside the file to detect collisions.
+    pub fn index_name(&self) -> String {
+        let name = format!("{}@{}", escape(&self.id), escape(&self.ifname));
+        if name.len() <= MAX_ESCAPED_NAME {
+            return name;
+        }
+        let key = format!("{}\0{}", self.id, self.ifname);
+        format!(
+            "#{:016x}{:016x}",
+            fnv1a(key.as_bytes(), 0xcbf2_9ce4_8422_2325),
+            fnv1a(key.as_bytes(), 0x6c62_272e_07bb_0142)
+        )
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// FNV-1a, 64 bits, from a given offset basis.
+fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
+    bytes.iter().fold(basis, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_file_round_trip() {
+        for (id, ifname) in [("abc", "eth0"), ("a\r\nb", "net1"), ("x y", "e")] {
+            let o = Owner::new(id, ifname).unwrap();
+            assert_eq!(Owner::from_ip_file(&o.ip_file_content()), Some(o));
+        }
+        let old = Owner::from_ip_file("abc\n").unwrap();
+        assert_eq!((old.id.as_str(), old.ifname.as_str()), ("abc", ""));
+        assert_eq!(Owner::from_ip_file(""), None);
+        assert_eq!(Owner::from_ip_file("\r\neth0"), None);
+    }
+
+    #[test]
+    fn bad_owners() {
+        for (id, ifname) in [("", "eth0"), ("c", ""), ("c", "eth\n0"), ("c", "eth0\r")] {
+            assert_eq!(Owner::new(id, ifname).unwrap_err().code().code(), 4, "{id:?} {ifname:?}");
+        }
+    }
+
+    #[test]
+    fn index_names_are_safe_and_distinct() {
+        let names: Vec<String> = [
+            ("abc", "eth0"),
+            ("a/b", "eth0"),
+            ("a@b", "c"),
+            ("a", "b@c"),
+            ("..", "."),
+            ("%41", "x"),
+            ("A", "x"),
+        ]
+        .iter()
+        .map(|(i, f)| Owner::new(i, f).unwrap().index_name())
+        .collect();
+        assert_eq!(names[0], "abc@eth0");
+        assert_eq!(names[1], "a%2Fb@eth0");
+        for (i, n) in names.iter().enumerate() {
+            assert!(!n.contains('/') && n != "." && n != "..", "{n}");
+            assert!(!names[i + 1..].contains(n), "{n} twice");
+        }
+        let long = Owner::new(&"x".repeat(300), "eth0").unwrap().index_name();
+        assert!(long.starts_with('#') && long.len() == 33, "{long}");
+        assert_ne!(long, Owner::new(&"x".repeat(301), "eth0").unwrap().index_name());
+    }
+}
