@@ -1,0 +1,78 @@
+//! The `weft` CNI plugin: wires pods onto a per-node bridge.
+//!
+//! `run` is the whole plugin as a function of (env, stdin), so tests drive
+//! it in-process; `main.rs` only does the process I/O.
+
+// Kernel I/O: thin, typed, one file per kind of object.
+pub mod addr;
+pub mod bridge;
+pub mod kernel_error;
+pub mod link;
+pub mod masquerade;
+pub mod netns;
+pub mod sysctl;
+pub mod veth;
+
+// The CNI commands and what they share.
+pub mod add;
+pub mod check;
+pub mod del;
+pub mod error;
+pub mod ipam_client;
+pub mod names;
+pub mod node_setup;
+
+use weft_conf::{version_reply, CniEnv, CniError, Command, ErrorCode, NetConf, Reply, Version};
+
+/// Runs one CNI command: `lookup` reads the CNI_* environment.
+pub fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
+    Reply::new(stdin, dispatch(lookup, stdin))
+}
+
+fn dispatch(
+    lookup: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Option<serde_json::Value>, CniError> {
+    let env = CniEnv::from_lookup(lookup)?;
+    if env.command == Command::Version {
+        return Ok(Some(version_reply(stdin)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    require_version(env.command, conf.cni_version)?;
+    match env.command {
+        Command::Add => add::add(&env, &conf, stdin).map(|r| Some(r.to_json(conf.cni_version))),
+        Command::Del => del::del(&env, &conf, stdin).map(|()| None),
+        Command::Check => check::check(&env, &conf, stdin).map(|()| None),
+        Command::Status => {
+            ipam_client::IpamClient::new(&conf, &env).and_then(|i| i.status(&env, stdin)).map(|()| None)
+        }
+        Command::Gc => {
+            ipam_client::IpamClient::new(&conf, &env).and_then(|i| i.gc(&conf, &env, stdin)).map(|()| None)
+        }
+        Command::Version => Ok(Some(version_reply(stdin))),
+    }
+}
+
+/// CHECK exists from 0.4.0, STATUS and GC from 1.1.0.
+fn require_version(cmd: Command, v: Version) -> Result<(), CniError> {
+    let ok = match cmd {
+        Command::Check => v.has_check(),
+        Command::Status | Command::Gc => v.has_status_and_gc(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!("{cmd:?} is not defined for cniVersion {v}"),
+        ))
+    }
+}
+
+/// The plugin's runtime: one thread, the kernel work is a few netlink round trips.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        CniError::new(ErrorCode::IoFailure, "cannot start the async runtime").with_details(e.to_string())
+    })
+}

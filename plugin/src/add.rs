@@ -1,0 +1,130 @@
+//! CNI ADD: address, bridge, veth, hairpin, routes, sysctls, masquerade.
+//!
+//! Every step that changes something registers its undo; a failure undoes
+//! exactly what this ADD did (the allocation and the veth; never the shared
+//! bridge) and reports the first error.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use rtnetlink::Handle;
+use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
+
+use crate::error::context;
+use crate::ipam_client::IpamClient;
+use crate::link::mac_string;
+use crate::netns::{self, NetNs};
+use crate::node_setup::{self, Node};
+use crate::{addr, link, names, runtime, veth};
+
+/// Runs ADD; on error nothing this call created is left behind.
+pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let Some(netns_path) = env.netns.as_ref() else {
+        return Err(CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is required for ADD"));
+    };
+    let pod_ns = NetNs::open(netns_path).map_err(context("opening the pod netns"))?;
+    let ipam = IpamClient::new(conf, env)?;
+    let alloc = ipam.add(env, stdin).map_err(context("allocating an address"))?;
+    if alloc.ips.is_empty() {
+        let _ = ipam.del(env, stdin);
+        return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "IPAM returned no address"));
+    }
+    match runtime()?.block_on(wire(env, conf, &pod_ns, &alloc)) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Undo 1: the allocation. The veth was undone inside wire().
+            let _ = ipam.del(env, stdin);
+            Err(e)
+        }
+    }
+}
+
+async fn wire(
+    env: &CniEnv,
+    conf: &NetConf,
+    pod_ns: &NetNs,
+    alloc: &CniResult,
+) -> Result<CniResult, CniError> {
+    let node_h = netns::connect_current()?;
+    let node = node_setup::ensure_node(&node_h, conf, &alloc.ips).await?;
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    let pair = veth::create_veth(
+        &node_h,
+        &host_name,
+        &env.ifname,
+        pod_ns,
+        node.mtu,
+        node.bridge.index,
+        conf.hairpin_mode,
+    )
+    .await
+    .map_err(context("creating the veth pair"))?;
+    let done = async {
+        let pod_h = netns::connect_in(pod_ns)?;
+        configure_pod(&pod_h, pair.peer_index, alloc).await
+    }
+    .await;
+    if let Err(e) = done {
+        // Undo 2: the veth (deleting the host end deletes the peer too).
+        let _ = link::delete_link(&node_h, &host_name).await;
+        return Err(context("configuring the pod interface")(e));
+    }
+    Ok(result(env, conf, &node, &pair, pod_ns, alloc))
+}
+
+/// Addresses and routes inside the pod, on the interface `index`.
+async fn configure_pod(h: &Handle, index: u32, alloc: &CniResult) -> Result<(), CniError> {
+    link::set_up(h, index).await?;
+    for ip in &alloc.ips {
+        addr::add_address(h, index, ip.address).await?;
+    }
+    for r in &alloc.routes {
+        let gw = r.gw.or_else(|| gateway_for(&alloc.ips, r.dst));
+        addr::add_route(h, r.dst, gw, Some(index)).await?;
+    }
+    Ok(())
+}
+
+/// A route without `gw` goes via the gateway of the address of its family.
+fn gateway_for(ips: &[IpConfig], dst: IpNetwork) -> Option<IpAddr> {
+    ips.iter().find(|i| i.address.is_ipv4() == dst.is_ipv4()).and_then(|i| i.gateway)
+}
+
+fn result(
+    env: &CniEnv,
+    conf: &NetConf,
+    node: &Node,
+    pair: &veth::VethPair,
+    pod_ns: &NetNs,
+    alloc: &CniResult,
+) -> CniResult {
+    let interfaces = vec![
+        Interface {
+            name: conf.bridge.clone(),
+            mac: node.bridge.mac.map(mac_string),
+            mtu: Some(node.mtu),
+            ..Default::default()
+        },
+        Interface {
+            name: pair.host.name.clone(),
+            mac: pair.host.mac.map(mac_string),
+            mtu: Some(node.mtu),
+            ..Default::default()
+        },
+        Interface {
+            name: env.ifname.clone(),
+            mac: Some(mac_string(pair.peer_mac)),
+            mtu: Some(node.mtu),
+            sandbox: Some(pod_ns.path().display().to_string()),
+            ..Default::default()
+        },
+    ];
+    let ips = alloc.ips.iter().map(|i| IpConfig { interface: Some(2), ..i.clone() }).collect();
+    let routes = alloc
+        .routes
+        .iter()
+        .map(|r| Route { gw: r.gw.or_else(|| gateway_for(&alloc.ips, r.dst)), ..r.clone() })
+        .collect();
+    let dns = if conf.dns.is_empty() { alloc.dns.clone() } else { conf.dns.clone() };
+    CniResult { interfaces, ips, routes, dns }
+}

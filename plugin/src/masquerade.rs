@@ -1,0 +1,334 @@
+//! Node-level masquerade for pod traffic leaving the cluster, iptables backend.
+//!
+//! Design (see kubernetes pkg/proxy/iptables/proxier.go `syncProxyRules`): the
+//! whole chain is built in memory as an iptables-restore payload and applied with
+//! one `iptables-restore --noflush`; declaring `:CHAIN - [0:0]` flushes it, so a
+//! re-apply replaces our rules and never duplicates them. The jump from the
+//! built-in POSTROUTING chain is ensured separately with `-C || -A`, because a
+//! restore that names POSTROUTING would replace the whole built-in chain.
+//! IPv4 subnets go to iptables, IPv6 subnets to ip6tables.
+//! Binaries are found by absolute path: a CNI plugin may run with an empty PATH.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ipnetwork::IpNetwork;
+
+use crate::kernel_error::KernelError;
+
+/// The chain weft owns in the nat table.
+pub const MASQ_CHAIN: &str = "WEFT-POSTROUTING";
+/// iptables chain names must fit in 28 characters.
+pub const MAX_CHAIN_LEN: usize = 28;
+/// xt_comment keeps at most 255 bytes.
+const MAX_COMMENT_LEN: usize = 255;
+const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// IPv4 or IPv6, i.e. iptables or ip6tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(net: &IpNetwork) -> Family {
+        if net.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+    fn tool(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+    fn multicast(self) -> &'static str {
+        match self {
+            Family::V4 => "224.0.0.0/4",
+            Family::V6 => "ff00::/8",
+        }
+    }
+}
+
+/// Renders the iptables-restore file for `chain`: per pod subnet, RETURN for
+/// traffic to the cluster (and to the subnet itself when the cluster CIDR does not
+/// cover it), then MASQUERADE for everything else but multicast. Pass subnets of
+/// one family; a `cluster_cidr` of the other family is ignored.
+pub fn masquerade_payload(
+    chain: &str,
+    pod_subnets: &[IpNetwork],
+    cluster_cidr: Option<IpNetwork>,
+    comment: &str,
+) -> String {
+    let comment = sanitize_comment(comment);
+    let mut out = vec!["*nat".to_string(), format!(":{chain} - [0:0]")];
+    for sub in pod_subnets {
+        let src = normalize(*sub);
+        let cluster = cluster_cidr.filter(|c| Family::of(c) == Family::of(sub)).map(normalize);
+        let mut returns: Vec<IpNetwork> = cluster.into_iter().collect();
+        if !cluster.is_some_and(|c| c.contains(src.network()) && c.prefix() <= src.prefix()) {
+            returns.push(src);
+        }
+        for dst in returns {
+            out.push(format!("-A {chain} -s {src} -d {dst} -m comment --comment \"{comment}\" -j RETURN"));
+        }
+        // Must be the last rule for this subnet: everything not returned above is masqueraded.
+        let mcast = Family::of(sub).multicast();
+        out.push(format!(
+            "-A {chain} -s {src} ! -d {mcast} -m comment --comment \"{comment}\" -j MASQUERADE"
+        ));
+    }
+    out.push("COMMIT".into());
+    out.join("\n") + "\n"
+}
+
+/// Idempotently installs chain `MASQ_CHAIN` with the rules of `masquerade_payload`
+/// and the single jump to it from nat POSTROUTING, for each family in `pod_subnets`.
+pub fn ensure_masquerade(
+    pod_subnets: &[IpNetwork],
+    cluster_cidr: Option<IpNetwork>,
+    comment: &str,
+) -> Result<(), KernelError> {
+    let chain = MASQ_CHAIN;
+    check_chain(chain)?;
+    for family in [Family::V4, Family::V6] {
+        let subs: Vec<IpNetwork> = pod_subnets.iter().copied().filter(|s| Family::of(s) == family).collect();
+        if subs.is_empty() {
+            continue;
+        }
+        let payload = masquerade_payload(chain, &subs, cluster_cidr, comment);
+        restore(family, &payload)?;
+        ensure_jump(family, chain)?;
+    }
+    Ok(())
+}
+
+/// Removes the jump(s) to `MASQ_CHAIN` and the chain itself in both families; absent rules, chains and
+/// a missing ip6tables count as done. Carries on after an error and returns the first.
+pub fn teardown_masquerade() -> Result<(), KernelError> {
+    let chain = MASQ_CHAIN;
+    let mut first_err = None;
+    for family in [Family::V4, Family::V6] {
+        let res = match find_tool(&format!("{}-restore", family.tool())) {
+            Err(_) if family == Family::V6 => continue,
+            Err(e) => Err(e),
+            Ok(_) => teardown_family(family, chain),
+        };
+        if let Err(e) = res {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+fn teardown_family(family: Family, chain: &str) -> Result<(), KernelError> {
+    // 1. Every jump (there should be one; remove duplicates left by hand too).
+    for _ in 0..16 {
+        if !jump_exists(family, chain)? {
+            break;
+        }
+        run(family.tool(), &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-j", chain], None)?;
+    }
+    // 2. The chain: declaring it creates or flushes it, so -X works whether it existed or not.
+    restore(family, &format!("*nat\n:{chain} - [0:0]\n-X {chain}\nCOMMIT\n"))
+}
+
+/// `-C` exit codes: 0 present, 1 no such rule, 2 no such chain.
+fn jump_exists(family: Family, chain: &str) -> Result<bool, KernelError> {
+    let args = ["-w", "5", "-t", "nat", "-C", "POSTROUTING", "-j", chain];
+    let out = command(family.tool(), &args)?.output().map_err(|e| spawn_err(family.tool(), e))?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1 | 2) => Ok(false),
+        _ => Err(failed(family.tool(), &args, &out.stderr)),
+    }
+}
+
+fn ensure_jump(family: Family, chain: &str) -> Result<(), KernelError> {
+    if !jump_exists(family, chain)? {
+        run(family.tool(), &["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", chain], None)?;
+    }
+    Ok(())
+}
+
+fn restore(family: Family, payload: &str) -> Result<(), KernelError> {
+    let tool = format!("{}-restore", family.tool());
+    run(&tool, &["--noflush", "-w", "5"], Some(payload)).map_err(|e| match e {
+        KernelError::ToolFailed { cmd, stderr } => {
+            let context = payload_context(payload, &stderr);
+            KernelError::ToolFailed { cmd, stderr: format!("{stderr}{context}") }
+        }
+        e => e,
+    })
+}
+
+/// Runs a tool to completion, feeding `stdin`; non-zero exit is `ToolFailed` with stderr.
+fn run(name: &str, args: &[&str], stdin: Option<&str>) -> Result<(), KernelError> {
+    let mut cmd = command(name, args)?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| spawn_err(name, e))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(|e| spawn_err(name, e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| spawn_err(name, e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(failed(name, args, &out.stderr))
+    }
+}
+
+fn command(name: &str, args: &[&str]) -> Result<Command, KernelError> {
+    let mut cmd = Command::new(find_tool(name)?);
+    cmd.args(args);
+    Ok(cmd)
+}
+
+/// Finds a binary in the sbin/bin directories, never through PATH.
+pub fn find_tool(name: &str) -> Result<PathBuf, KernelError> {
+    TOOL_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| KernelError::ToolMissing { name: name.into() })
+}
+
+fn failed(name: &str, args: &[&str], stderr: &[u8]) -> KernelError {
+    KernelError::ToolFailed {
+        cmd: format!("{name} {}", args.join(" ")),
+        stderr: String::from_utf8_lossy(stderr).trim().to_string(),
+    }
+}
+
+fn spawn_err(name: &str, source: std::io::Error) -> KernelError {
+    KernelError::Io { what: format!("run {name}"), source }
+}
+
+/// The payload lines around the "line N:" iptables-restore complains about.
+fn payload_context(payload: &str, stderr: &str) -> String {
+    let Some(n) = stderr
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse::<usize>().ok())
+    else {
+        return String::new();
+    };
+    let lines: Vec<&str> = payload.lines().collect();
+    let (lo, hi) = (n.saturating_sub(3), (n + 2).min(lines.len()));
+    let around: Vec<String> = (lo..hi).map(|i| format!("{:>4}: {}", i + 1, lines[i])).collect();
+    format!("\naround line {n}:\n{}", around.join("\n"))
+}
+
+/// Chain names are limited to 28 characters; enforced here and only here.
+fn check_chain(chain: &str) -> Result<(), KernelError> {
+    if chain.len() > MAX_CHAIN_LEN {
+        return Err(KernelError::NameTooLong { name: chain.into() });
+    }
+    Ok(())
+}
+
+/// Comments are double-quoted in the payload: drop quotes, backslashes and control characters.
+fn sanitize_comment(comment: &str) -> String {
+    let mut out: String = comment.chars().filter(|c| !matches!(c, '"' | '\\') && !c.is_control()).collect();
+    while out.len() > MAX_COMMENT_LEN {
+        out.pop();
+    }
+    out
+}
+
+/// 10.244.1.7/24 -> 10.244.1.0/24, as iptables prints it.
+fn normalize(net: IpNetwork) -> IpNetwork {
+    let ip: IpAddr = net.network();
+    IpNetwork::new(ip, net.prefix()).unwrap_or(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn payload_golden_with_cluster_cidr() {
+        let got = masquerade_payload(
+            MASQ_CHAIN,
+            &[net("10.244.1.7/24")],
+            Some(net("10.244.0.0/16")),
+            "weft node masquerade",
+        );
+        let want = "\
+*nat
+:WEFT-POSTROUTING - [0:0]
+-A WEFT-POSTROUTING -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"weft node masquerade\" -j RETURN
+-A WEFT-POSTROUTING -s 10.244.1.0/24 ! -d 224.0.0.0/4 -m comment --comment \"weft node masquerade\" -j MASQUERADE
+COMMIT
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn payload_golden_without_cluster_cidr_returns_own_subnet() {
+        let got = masquerade_payload("WEFT-X", &[net("10.1.0.0/24"), net("10.2.0.0/24")], None, "c");
+        let want = "\
+*nat
+:WEFT-X - [0:0]
+-A WEFT-X -s 10.1.0.0/24 -d 10.1.0.0/24 -m comment --comment \"c\" -j RETURN
+-A WEFT-X -s 10.1.0.0/24 ! -d 224.0.0.0/4 -m comment --comment \"c\" -j MASQUERADE
+-A WEFT-X -s 10.2.0.0/24 -d 10.2.0.0/24 -m comment --comment \"c\" -j RETURN
+-A WEFT-X -s 10.2.0.0/24 ! -d 224.0.0.0/4 -m comment --comment \"c\" -j MASQUERADE
+COMMIT
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn payload_v6_and_foreign_family_cluster_cidr() {
+        let got =
+            masquerade_payload(MASQ_CHAIN, &[net("fd00:10:244:1::/64")], Some(net("10.244.0.0/16")), "c");
+        let want = "\
+*nat
+:WEFT-POSTROUTING - [0:0]
+-A WEFT-POSTROUTING -s fd00:10:244:1::/64 -d fd00:10:244:1::/64 -m comment --comment \"c\" -j RETURN
+-A WEFT-POSTROUTING -s fd00:10:244:1::/64 ! -d ff00::/8 -m comment --comment \"c\" -j MASQUERADE
+COMMIT
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn payload_empty_still_declares_chain() {
+        assert_eq!(
+            masquerade_payload(MASQ_CHAIN, &[], None, "c"),
+            "*nat\n:WEFT-POSTROUTING - [0:0]\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn comment_is_sanitized() {
+        assert_eq!(sanitize_comment("a \"b\" \\c\nd"), "a b cd");
+        assert_eq!(sanitize_comment(&"x".repeat(300)).len(), 255);
+    }
+
+    #[test]
+    fn chain_length_limit() {
+        assert!(check_chain(&"W".repeat(28)).is_ok());
+        assert!(matches!(check_chain(&"W".repeat(29)), Err(KernelError::NameTooLong { .. })));
+    }
+
+    #[test]
+    fn context_of_failing_line() {
+        let payload = "*nat\n:C - [0:0]\n-A C -j BAD\nCOMMIT\n";
+        let ctx = payload_context(payload, "iptables-restore: line 3 failed");
+        assert!(ctx.contains("   3: -A C -j BAD"), "{ctx}");
+        assert_eq!(payload_context(payload, "no line number"), "");
+    }
+}

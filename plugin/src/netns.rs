@@ -1,0 +1,122 @@
+//! Network namespaces: open a netns file, get a netlink handle inside it, run
+//! blocking work inside it.
+//!
+//! Design: setns(2) changes only the calling thread, and a netlink socket stays
+//! in the netns it was created in. So a pod netns is reached by opening a second
+//! netlink socket on a short-lived std::thread that setns()'d into the pod netns
+//! and then exits. No long-lived thread (in particular no tokio worker) ever
+//! changes netns. Threads spawned by a thread inherit that thread's netns; the
+//! tests in tests/kernel.rs check this.
+//! See containernetworking/plugins pkg/ns/ns_linux.go and netavark
+//! src/network/core_utils.rs (`open_netlink_sockets`).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+
+use crate::kernel_error::KernelError;
+
+/// An open network namespace file (e.g. `/var/run/netns/cni-…`, `/proc/<pid>/ns/net`).
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+    path: PathBuf,
+}
+
+impl NetNs {
+    /// Opens a netns file; `NetnsNotFound` if it does not exist, `NotANetns` if it is
+    /// not an nsfs file (e.g. a bind-mount target left behind after unmount).
+    pub fn open(path: impl AsRef<Path>) -> Result<NetNs, KernelError> {
+        let path = path.as_ref().to_path_buf();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(KernelError::NetnsNotFound { path }),
+            Err(source) => {
+                return Err(KernelError::Io { what: format!("open netns {}", path.display()), source })
+            }
+        };
+        match fstatfs(&file) {
+            Ok(st) if st.filesystem_type() == NSFS_MAGIC => Ok(NetNs { file, path }),
+            Ok(_) => Err(KernelError::NotANetns { path }),
+            Err(errno) => Err(KernelError::Io {
+                what: format!("fstatfs netns {}", path.display()),
+                source: errno.into(),
+            }),
+        }
+    }
+
+    /// Opens the netns of the calling thread (`/proc/thread-self/ns/net`).
+    pub fn current() -> Result<NetNs, KernelError> {
+        NetNs::open("/proc/thread-self/ns/net")
+    }
+
+    /// The path this netns was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw fd, valid as long as `self` lives (for `IFLA_NET_NS_FD`).
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Moves the calling thread into this netns. Only for threads that end right after.
+    fn enter(&self) -> Result<(), KernelError> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|errno| KernelError::NetnsEnter { path: self.path.clone(), source: errno.into() })
+    }
+}
+
+impl AsFd for NetNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Opens a netlink connection in the calling thread's netns and spawns it on the
+/// current tokio runtime. Call it from inside the runtime (e.g. in `block_on`).
+pub fn connect_current() -> Result<rtnetlink::Handle, KernelError> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| KernelError::NoRuntime { what: "connect_current" })?;
+    spawn_connection(&rt)
+}
+
+/// Opens a netlink connection inside `ns` from a throwaway thread and spawns it on
+/// the current tokio runtime; the socket stays in `ns` after the thread exits.
+pub fn connect_in(ns: &NetNs) -> Result<rtnetlink::Handle, KernelError> {
+    let rt =
+        tokio::runtime::Handle::try_current().map_err(|_| KernelError::NoRuntime { what: "connect_in" })?;
+    run_in(ns, || spawn_connection(&rt))?
+}
+
+/// Runs blocking `f` on a throwaway thread that has entered `ns` (e.g. to read a
+/// pod's sysctl). Threads and processes that `f` starts are in `ns` too.
+pub fn run_in<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T, KernelError> {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("weft-netns".into())
+            .spawn_scoped(s, || {
+                ns.enter()?;
+                Ok(f())
+            })
+            .map_err(|source| KernelError::Io { what: "spawn netns thread".into(), source })?;
+        match worker.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Creates the rtnetlink socket on this thread (so in this thread's netns) and runs
+/// its connection task on `rt`; the socket registers with `rt`'s reactor on creation.
+fn spawn_connection(rt: &tokio::runtime::Handle) -> Result<rtnetlink::Handle, KernelError> {
+    let _guard = rt.enter();
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|source| KernelError::Io { what: "open netlink socket".into(), source })?;
+    rt.spawn(conn);
+    Ok(handle)
+}

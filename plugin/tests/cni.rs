@@ -1,0 +1,337 @@
+//! The real `weft` binary, exec'd as a runtime does, in node and pod
+//! namespaces each test creates. Every assertion reads the kernel or the
+//! store: a packet crossed, a flag is set, an address is held once.
+
+mod common;
+mod harness;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use common::PodNs;
+use harness::{ping, pod_ip, run_in, weft, Node};
+use serde_json::json;
+use weft_plugin::netns::{self, NetNs};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Reads a link of the node over netlink: (exists, hairpin, controller).
+fn node_link(node: &Node, name: &str) -> Option<(bool, Option<u32>)> {
+    let ns = NetNs::open(&node.ns.path).unwrap();
+    rt().block_on(async {
+        let h = netns::connect_in(&ns).unwrap();
+        let l = weft_plugin::link::get_link(&h, name).await.unwrap()?;
+        let hp = weft_plugin::link::hairpin(&h, l.index).await.unwrap_or(false);
+        Some((hp, l.controller))
+    })
+}
+
+fn host_veth(id: &str) -> String {
+    weft_plugin::names::host_veth(id, "eth0")
+}
+
+#[test]
+fn two_pods_reach_each_other_and_the_gateway_with_hairpin_on() {
+    if !harness::root_or_skip("two_pods") {
+        return;
+    }
+    let node = Node::new();
+    let (a, b) = (PodNs::new(), PodNs::new());
+    let conf = node.conf("1.0.0", json!({}));
+    let ra = node.cni(&weft(), "ADD", "pod-a", Some(&a.path), &conf).ok().clone();
+    let rb = node.cni(&weft(), "ADD", "pod-b", Some(&b.path), &conf).ok().clone();
+    assert_ne!(pod_ip(&ra), pod_ip(&rb));
+    assert_eq!(ra["interfaces"][2]["sandbox"], a.path.display().to_string());
+    assert_eq!(ra["ips"][0]["interface"], 2);
+    assert_eq!(ra["ips"][0]["gateway"], "10.244.1.1");
+    assert!(ping(&a.path, &pod_ip(&rb)), "pod a cannot reach pod b");
+    assert!(ping(&b.path, &pod_ip(&ra)), "pod b cannot reach pod a");
+    assert!(ping(&a.path, "10.244.1.1"), "pod a cannot reach the gateway");
+    let bridge = node_link(&node, "weft0").expect("bridge exists");
+    for id in ["pod-a", "pod-b"] {
+        let (hairpin, controller) = node_link(&node, &host_veth(id)).expect("host veth exists");
+        assert!(hairpin, "hairpin off on {id}'s port");
+        assert!(controller.is_some(), "{id}'s veth is not on the bridge");
+    }
+    let _ = bridge;
+}
+
+#[test]
+fn sysctls_are_set_in_the_node_and_the_root_is_untouched() {
+    if !harness::root_or_skip("sysctls") {
+        return;
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+    let root_before =
+        (read("/proc/sys/net/ipv4/ip_forward"), read("/proc/sys/net/bridge/bridge-nf-call-iptables"));
+    let node = Node::new();
+    // A fresh netns starts with forwarding off: the ADD must turn it on.
+    assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "0");
+    let pod = PodNs::new();
+    node.cni(&weft(), "ADD", "p", Some(&pod.path), &node.conf("1.0.0", json!({}))).ok();
+    assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert_eq!(node.sh(&["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"]).trim(), "1");
+    let root_after =
+        (read("/proc/sys/net/ipv4/ip_forward"), read("/proc/sys/net/bridge/bridge-nf-call-iptables"));
+    assert_eq!(root_before, root_after, "the root netns's sysctls changed");
+}
+
+#[test]
+fn masquerade_rule_is_written_once_per_node() {
+    if !harness::root_or_skip("masquerade") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.0.0", json!({}));
+    let pods: Vec<PodNs> = (0..3).map(|_| PodNs::new()).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.cni(&weft(), "ADD", &format!("m{i}"), Some(&p.path), &conf).ok();
+    }
+    let nat = node.sh(&["iptables-save", "-t", "nat"]);
+    let masq: Vec<_> = nat.lines().filter(|l| l.contains("-j MASQUERADE")).collect();
+    assert_eq!(masq.len(), 1, "one masquerade rule per node, got:\n{nat}");
+    assert!(masq[0].contains("-s 10.244.1.0/24"), "{}", masq[0]);
+    assert!(nat.contains("-d 10.244.0.0/16") && nat.contains("-j RETURN"), "{nat}");
+    let jumps = nat.lines().filter(|l| l.starts_with("-A POSTROUTING") && l.contains("WEFT")).count();
+    assert_eq!(jumps, 1, "{nat}");
+}
+
+#[test]
+fn check_passes_after_add_and_fails_when_the_address_is_gone() {
+    if !harness::root_or_skip("check") {
+        return;
+    }
+    let node = Node::new();
+    let pod = PodNs::new();
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let id = format!("chk-{}", version.replace('.', ""));
+        let conf = node.conf(version, json!({}));
+        let res = node.cni(&weft(), "ADD", &id, Some(&pod.path), &conf).ok().clone();
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = res.clone();
+        let r = node.cni(&weft(), "CHECK", &id, Some(&pod.path), &with_prev);
+        assert_eq!(r.code, 0, "CHECK after ADD failed at {version}: {}", r.json);
+        let addr = res["ips"][0]["address"].as_str().unwrap();
+        harness::sh_in(&pod.path, &["ip", "addr", "del", addr, "dev", "eth0"]);
+        let r = node.cni(&weft(), "CHECK", &id, Some(&pod.path), &with_prev);
+        assert_eq!(r.err_code(), 103, "{}", r.json);
+        assert!(r.json["msg"].as_str().unwrap().contains(addr.split('/').next().unwrap()), "{}", r.json);
+        node.cni(&weft(), "DEL", &id, Some(&pod.path), &conf).ok();
+    }
+}
+
+#[test]
+fn del_is_idempotent_and_frees_the_address_even_without_the_netns() {
+    if !harness::root_or_skip("del") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.0.0", json!({}));
+    let pod = PodNs::new();
+    node.cni(&weft(), "ADD", "d1", Some(&pod.path), &conf).ok();
+    assert_eq!(node.allocations().len(), 1);
+    node.cni(&weft(), "DEL", "d1", Some(&pod.path), &conf).ok();
+    assert!(node.allocations().is_empty());
+    assert!(node_link(&node, &host_veth("d1")).is_none(), "veth left after DEL");
+    // containerd's second DEL: no netns, no prevResult.
+    node.cni(&weft(), "DEL", "d1", None, &conf).ok();
+    node.cni(&weft(), "DEL", "d1", Some(&pod.path), &conf).ok();
+
+    // The pod netns is deleted before DEL: DEL still succeeds and frees the address.
+    let gone = PodNs::new();
+    node.cni(&weft(), "ADD", "d2", Some(&gone.path), &conf).ok();
+    let path = gone.path.clone();
+    drop(gone);
+    assert!(!path.exists());
+    node.cni(&weft(), "DEL", "d2", Some(&path), &conf).ok();
+    assert!(node.allocations().is_empty());
+}
+
+#[test]
+fn add_into_an_exhausted_range_fails_cleanly() {
+    if !harness::root_or_skip("exhausted") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf(
+        "1.0.0",
+        json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.10"}]]}}),
+    );
+    let (p1, p2) = (PodNs::new(), PodNs::new());
+    node.cni(&weft(), "ADD", "x1", Some(&p1.path), &conf).ok();
+    let r = node.cni(&weft(), "ADD", "x2", Some(&p2.path), &conf);
+    assert_eq!(r.err_code(), 101, "{}", r.json);
+    assert_eq!(r.json["cniVersion"], "1.0.0");
+    assert_eq!(node.allocations(), ["10.244.1.10"]);
+    assert!(node_link(&node, &host_veth("x2")).is_none(), "failed ADD left a veth");
+    let links = harness::sh_in(&p2.path, &["ip", "-o", "link"]);
+    assert!(!links.contains("eth0"), "failed ADD left eth0 in the pod: {links}");
+}
+
+/// Each bad input gives the spec's error JSON, a non-zero exit, and leaves nothing behind.
+#[test]
+fn bad_inputs_give_error_json_and_leave_nothing() {
+    if !harness::root_or_skip("bad_inputs") {
+        return;
+    }
+    let node = Node::new();
+    let pod = PodNs::new();
+    let good = node.conf("1.0.0", json!({}));
+    let cases: Vec<(&str, serde_json::Value, Option<&Path>, u64)> = vec![
+        ("malformed json", json!("{not json"), Some(&pod.path), 6),
+        ("unknown version", node.conf("0.2.0", json!({})), Some(&pod.path), 1),
+        (
+            "bad cidr",
+            node.conf("1.0.0", json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/33"}]]}})),
+            Some(&pod.path),
+            7,
+        ),
+        (
+            "bridge name too long",
+            node.conf("1.0.0", json!({"bridge": "a-very-long-bridge"})),
+            Some(&pod.path),
+            7,
+        ),
+        ("missing netns", good.clone(), Some(Path::new("/run/netns/weft-no-such-netns")), 3),
+        ("no netns env", good.clone(), None, 4),
+    ];
+    for (what, conf, netns, code) in cases {
+        let r = if let serde_json::Value::String(raw) = &conf {
+            node.cni_raw("ADD", "bad", netns, raw)
+        } else {
+            node.cni(&weft(), "ADD", "bad", netns, &conf)
+        };
+        assert_eq!(r.err_code(), code, "{what}: {}", r.json);
+        assert!(r.json["msg"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {}", r.json);
+        assert!(node.allocations().is_empty(), "{what} leaked an address");
+        assert!(node_link(&node, &host_veth("bad")).is_none(), "{what} leaked a veth");
+    }
+    // An interface in the way: the pod already has an eth0.
+    harness::sh_in(&pod.path, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+    let r = node.cni(&weft(), "ADD", "bad", Some(&pod.path), &good);
+    assert_eq!(r.err_code(), 102, "{}", r.json);
+    assert!(node.allocations().is_empty(), "interface in the way leaked an address");
+    assert!(node_link(&node, &host_veth("bad")).is_none(), "interface in the way leaked a veth");
+}
+
+#[test]
+fn two_hundred_concurrent_adds_get_distinct_addresses_and_dels_empty_the_store() {
+    if !harness::root_or_skip("concurrent") {
+        return;
+    }
+    const N: usize = 200;
+    let node = Node::new();
+    let conf = node.conf("1.0.0", json!({"ipam": {"ranges": [[{"subnet": "10.244.0.0/22"}]]}}));
+    let pods: Vec<PodNs> = (0..N).map(|_| PodNs::new()).collect();
+    let children: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| node.cni_child(&weft(), "ADD", &format!("c{i}"), Some(&p.path), &conf))
+        .collect();
+    let mut ips = HashSet::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(ips.insert(pod_ip(&v)), "duplicate address {}", pod_ip(&v));
+    }
+    assert_eq!(ips.len(), N);
+    assert_eq!(node.allocations().len(), N);
+    let dels: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| node.cni_child(&weft(), "DEL", &format!("c{i}"), Some(&p.path), &conf))
+        .collect();
+    for c in dels {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
+
+#[test]
+fn kill_9_during_adds_leaves_nothing_gc_does_not_reclaim() {
+    if !harness::root_or_skip("kill9") {
+        return;
+    }
+    const N: usize = 40;
+    let node = Node::new();
+    let conf = node.conf("1.1.0", json!({}));
+    let pods: Vec<PodNs> = (0..N).map(|_| PodNs::new()).collect();
+    let mut survivors = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let mut c = node.cni_child(&weft(), "ADD", &format!("k{i}"), Some(&p.path), &conf);
+        // Kill at a spread of points: from before the store is touched to after the reply.
+        std::thread::sleep(std::time::Duration::from_micros((i as u64 * 397) % 6000));
+        let _ = c.kill();
+        let out = c.wait_with_output().unwrap();
+        if out.status.success() {
+            survivors
+                .push((format!("k{i}"), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()));
+        }
+    }
+    // No address is held twice, and every finished ADD holds its own.
+    let held = node.allocations();
+    let unique: HashSet<_> = held.iter().collect();
+    assert_eq!(unique.len(), held.len());
+    for (_, r) in &survivors {
+        assert!(held.contains(&pod_ip(r)), "finished ADD lost its address");
+    }
+    // GC with the finished attachments as valid reclaims everything else.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] =
+        survivors.iter().map(|(id, _)| json!({"containerID": id, "ifname": "eth0"})).collect();
+    let r = node.cni(&weft(), "GC", "", None, &gc);
+    assert_eq!(r.code, 0, "{}", r.json);
+    let after: HashSet<String> = node.allocations().into_iter().collect();
+    let want: HashSet<String> = survivors.iter().map(|(_, r)| pod_ip(r)).collect();
+    assert_eq!(after, want);
+    // A fresh ADD still works and does not reuse a held address.
+    let fresh = PodNs::new();
+    let r = node.cni(&weft(), "ADD", "fresh", Some(&fresh.path), &conf).ok().clone();
+    assert!(!want.contains(&pod_ip(&r)));
+    eprintln!("kill9: {} of {N} ADDs finished before the kill", survivors.len());
+}
+
+#[test]
+fn version_lists_every_version_in_the_requested_one() {
+    let node_less = |stdin: &str| {
+        let out = std::process::Command::new(weft())
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let r = node_less(&format!(r#"{{"cniVersion":"{v}"}}"#));
+        assert_eq!(r["cniVersion"], v);
+        assert_eq!(r["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    }
+}
+
+#[test]
+fn status_reports_an_exhausted_range_with_code_50() {
+    if !harness::root_or_skip("status") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf(
+        "1.1.0",
+        json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.10"}]]}}),
+    );
+    assert_eq!(node.cni(&weft(), "STATUS", "", None, &conf).code, 0);
+    let pod = PodNs::new();
+    node.cni(&weft(), "ADD", "s1", Some(&pod.path), &conf).ok();
+    assert_eq!(node.cni(&weft(), "STATUS", "", None, &conf).err_code(), 50);
+    let _ = run_in;
+}
