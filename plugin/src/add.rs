@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
-use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
+use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf};
 
 use crate::error::context;
 use crate::ipam_client::IpamClient;
@@ -120,11 +120,9 @@ fn result(
         },
     ];
     let ips = alloc.ips.iter().map(|i| IpConfig { interface: Some(2), ..i.clone() }).collect();
-    let routes = alloc
-        .routes
-        .iter()
-        .map(|r| Route { gw: r.gw.or_else(|| gateway_for(&alloc.ips, r.dst)), ..r.clone() })
-        .collect();
+    // Routes are reported as configured (a route without `gw` goes via the
+    // address's gateway), as the reference bridge plugin does.
+    let routes = alloc.routes.clone();
     let dns = if conf.dns.is_empty() { alloc.dns.clone() } else { conf.dns.clone() };
     CniResult { interfaces, ips, routes, dns }
 }

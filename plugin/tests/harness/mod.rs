@@ -124,9 +124,15 @@ impl Node {
         if let Some(ns) = netns {
             c.env("CNI_NETNS", ns);
         }
+        // weft must work with the empty PATH some runtimes give plugins (it
+        // finds iptables itself); the reference plugins need one.
+        if bin != weft() {
+            c.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        }
         in_netns(&mut c, &self.ns.path);
         let mut child = c.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        // A plugin may exit without reading its config (a floor measurement with /bin/true).
+        let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
         child
     }
 
