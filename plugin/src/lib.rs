@@ -18,6 +18,7 @@ pub mod add;
 pub mod check;
 pub mod del;
 pub mod error;
+pub mod gc;
 pub mod ipam_client;
 pub mod names;
 pub mod node_setup;
@@ -46,9 +47,7 @@ fn dispatch(
         Command::Status => {
             ipam_client::IpamClient::new(&conf, &env).and_then(|i| i.status(&env, stdin)).map(|()| None)
         }
-        Command::Gc => {
-            ipam_client::IpamClient::new(&conf, &env).and_then(|i| i.gc(&conf, &env, stdin)).map(|()| None)
-        }
+        Command::Gc => gc::gc(&env, &conf, stdin).map(|()| None),
         Command::Version => Ok(Some(version_reply(stdin))),
     }
 }

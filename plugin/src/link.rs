@@ -123,6 +123,16 @@ pub async fn get_link_by_index(h: &Handle, index: u32) -> Result<Option<LinkStat
     first_link(req, format!("RTM_GETLINK index {index}")).await
 }
 
+/// Every link of the netns (`ip link show`).
+pub async fn list_links(h: &Handle) -> Result<Vec<LinkState>, KernelError> {
+    let mut stream = h.link().get().execute();
+    let mut links = Vec::new();
+    while let Some(msg) = stream.try_next().await.map_err(netlink("RTM_GETLINK dump"))? {
+        links.push(LinkState::from_message(&msg));
+    }
+    Ok(links)
+}
+
 async fn first_link(
     mut stream: impl futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>> + Unpin,
     op: String,

@@ -28,6 +28,13 @@ pub fn host_veth(container_id: &str, ifname: &str) -> String {
     format!("veth{:011x}", h >> 20)
 }
 
+/// Whether `name` has the shape of `host_veth`'s names.
+pub fn is_host_veth(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("veth")
+        && name[4..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +45,8 @@ mod tests {
         assert_eq!(a, host_veth("c1", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("veth"));
+        assert!(is_host_veth(&a));
+        assert!(!is_host_veth("vethc2aed661") && !is_host_veth("eth0") && !is_host_veth("vethXXXXXXXXXXX"));
         assert_ne!(a, host_veth("c1", "eth1"));
         assert_ne!(a, host_veth("c2", "eth0"));
         assert_ne!(host_veth("ab", "c"), host_veth("a", "bc"));

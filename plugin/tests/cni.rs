@@ -28,6 +28,17 @@ fn node_link(node: &Node, name: &str) -> Option<(bool, Option<u32>)> {
     })
 }
 
+/// The names of the bridge weft0's ports in the node.
+fn bridge_ports(node: &Node) -> Vec<String> {
+    let ns = NetNs::open(&node.ns.path).unwrap();
+    rt().block_on(async {
+        let h = netns::connect_in(&ns).unwrap();
+        let Some(br) = weft_plugin::link::get_link(&h, "weft0").await.unwrap() else { return vec![] };
+        let links = weft_plugin::link::list_links(&h).await.unwrap();
+        links.into_iter().filter(|l| l.controller == Some(br.index)).map(|l| l.name).collect()
+    })
+}
+
 fn host_veth(id: &str) -> String {
     weft_plugin::names::host_veth(id, "eth0")
 }
@@ -259,11 +270,17 @@ fn kill_9_during_adds_leaves_nothing_gc_does_not_reclaim() {
     let node = Node::new();
     let conf = node.conf("1.1.0", json!({}));
     let pods: Vec<PodNs> = (0..N).map(|_| PodNs::new()).collect();
+    // How long one ADD takes here, so the kill points spread over all of it.
+    let calib = PodNs::new();
+    let t = std::time::Instant::now();
+    node.cni(&weft(), "ADD", "calib", Some(&calib.path), &conf).ok();
+    let full = t.elapsed();
+    node.cni(&weft(), "DEL", "calib", Some(&calib.path), &conf).ok();
     let mut survivors = Vec::new();
     for (i, p) in pods.iter().enumerate() {
         let mut c = node.cni_child(&weft(), "ADD", &format!("k{i}"), Some(&p.path), &conf);
-        // Kill at a spread of points: from before the store is touched to after the reply.
-        std::thread::sleep(std::time::Duration::from_micros((i as u64 * 397) % 6000));
+        // Kill points from right after the spawn to past the reply.
+        std::thread::sleep(full.mul_f64(1.3 * i as f64 / N as f64));
         let _ = c.kill();
         let out = c.wait_with_output().unwrap();
         if out.status.success() {
@@ -287,11 +304,17 @@ fn kill_9_during_adds_leaves_nothing_gc_does_not_reclaim() {
     let after: HashSet<String> = node.allocations().into_iter().collect();
     let want: HashSet<String> = survivors.iter().map(|(_, r)| pod_ip(r)).collect();
     assert_eq!(after, want);
+    // ...and the bridge ports killed ADDs left behind: only finished ones stay.
+    let ports: HashSet<String> = bridge_ports(&node).into_iter().collect();
+    let want_ports: HashSet<String> = survivors.iter().map(|(id, _)| host_veth(id)).collect();
+    assert_eq!(ports, want_ports);
     // A fresh ADD still works and does not reuse a held address.
     let fresh = PodNs::new();
     let r = node.cni(&weft(), "ADD", "fresh", Some(&fresh.path), &conf).ok().clone();
     assert!(!want.contains(&pod_ip(&r)));
-    eprintln!("kill9: {} of {N} ADDs finished before the kill", survivors.len());
+    eprintln!("kill9: {} of {N} ADDs finished before the kill, {} partial ones reclaimed", survivors.len(), N - survivors.len());
+    // The kills must have hit both sides of the reply, or the test proves little.
+    assert!(!survivors.is_empty() && survivors.len() < N, "kill timings missed: {} of {N} finished", survivors.len());
 }
 
 #[test]
