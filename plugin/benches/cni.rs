@@ -55,30 +55,43 @@ struct Samples {
     del: Vec<Duration>,
 }
 
-/// Sequential ADD, CHECK, DEL of the pods on `node`. Namespaces are made
-/// once and reused: the kernel destroys a netns asynchronously, under the
-/// rtnl lock, and that work would otherwise land in the next phase's figures.
-fn sequential(p: &Plugin, node: &Node, masq: bool, pods: &[PodNs], out: &mut Samples) {
-    let conf = (p.conf)(node, masq);
-    let (add, check, del) = (&mut out.add, &mut out.check, &mut out.del);
-    let mut results = vec![];
-    for (i, pod) in pods.iter().enumerate() {
+/// Sequential ADD, then CHECK, then DEL of every pod, the two plugins
+/// taking turns pod by pod so that the machine's drift hits both alike.
+/// Namespaces are made once and reused: the kernel destroys a netns
+/// asynchronously, under the rtnl lock, and that work would otherwise land
+/// in the next phase's figures.
+fn sequential(
+    plugins: [&Plugin; 2],
+    nodes: &[Arc<Node>; 2],
+    masq: bool,
+    pods: &[Arc<Vec<PodNs>>; 2],
+    out: &mut [Samples; 2],
+) {
+    let confs: Vec<Value> = (0..2).map(|k| (plugins[k].conf)(&nodes[k], masq)).collect();
+    let mut results: [Vec<Value>; 2] = Default::default();
+    let timed = |k: usize, cmd: &str, i: usize, conf: &Value| {
         let t = Instant::now();
-        let r = node.cni(&p.bin, "ADD", &format!("b{i}"), Some(&pod.path), &conf);
-        add.push(t.elapsed());
-        results.push(r.ok().clone());
+        let r = nodes[k].cni(&plugins[k].bin, cmd, &format!("b{i}"), Some(&pods[k][i].path), conf);
+        (t.elapsed(), r.ok().clone())
+    };
+    for i in 0..PODS {
+        for k in 0..2 {
+            let (d, r) = timed(k, "ADD", i, &confs[k]);
+            out[k].add.push(d);
+            results[k].push(r);
+        }
     }
-    for (i, pod) in pods.iter().enumerate() {
-        let mut c = conf.clone();
-        c["prevResult"] = results[i].clone();
-        let t = Instant::now();
-        node.cni(&p.bin, "CHECK", &format!("b{i}"), Some(&pod.path), &c).ok();
-        check.push(t.elapsed());
+    for i in 0..PODS {
+        for k in 0..2 {
+            let mut c = confs[k].clone();
+            c["prevResult"] = results[k][i].clone();
+            out[k].check.push(timed(k, "CHECK", i, &c).0);
+        }
     }
-    for (i, pod) in pods.iter().enumerate() {
-        let t = Instant::now();
-        node.cni(&p.bin, "DEL", &format!("b{i}"), Some(&pod.path), &conf).ok();
-        del.push(t.elapsed());
+    for i in 0..PODS {
+        for k in 0..2 {
+            out[k].del.push(timed(k, "DEL", i, &confs[k]).0);
+        }
     }
 }
 
@@ -132,11 +145,12 @@ fn main() {
         eprintln!("bench: note: {} may be a debug build; `make bench` builds release", weft.bin.display());
     }
     println!(
-        "CNI plugin benchmark: {PODS} pods sequentially per row, {ROUNDS} rounds alternating the plugins;\n\
+        "CNI plugin benchmark: {PODS} pods sequentially per row, the plugins taking turns pod by pod, {ROUNDS} rounds;\n\
          times in ms (median / p95 over all rounds)\n"
     );
     let plugins = [&weft, &reference];
-    let pods: Arc<Vec<PodNs>> = Arc::new((0..PODS).map(|_| PodNs::new()).collect());
+    let pods: [Arc<Vec<PodNs>>; 2] =
+        std::array::from_fn(|_| Arc::new((0..PODS).map(|_| PodNs::new()).collect()));
     // nodes[masq][plugin]
     let nodes: [[Arc<Node>; 2]; 2] = std::array::from_fn(|_| std::array::from_fn(|_| Arc::new(Node::new())));
     // samples[masq][plugin]
@@ -145,12 +159,10 @@ fn main() {
     let mut dups = [0usize; 2];
     for _ in 0..ROUNDS {
         for (m, masq) in [false, true].into_iter().enumerate() {
-            for (i, p) in plugins.iter().enumerate() {
-                sequential(p, &nodes[m][i], masq, &pods, &mut samples[m][i]);
-            }
+            sequential(plugins, &nodes[m], masq, &pods, &mut samples[m]);
         }
         for (i, p) in plugins.iter().enumerate() {
-            let (wall, d) = parallel(p, &nodes[0][i], &pods);
+            let (wall, d) = parallel(p, &nodes[0][i], &pods[i]);
             parallel_ms[i].push(Duration::from_secs_f64(wall / 1e3));
             dups[i] += d;
         }
@@ -169,7 +181,7 @@ fn main() {
             med[m][i] = (add.0, del.0);
         }
     }
-    let floor = exec_floor(&nodes[0][0], &pods);
+    let floor = exec_floor(&nodes[0][0], &pods[0]);
     println!(
         "| (exec floor: /bin/true through the same fork + setns + exec) | | {:.2} / {:.2} | | |",
         floor.0, floor.1

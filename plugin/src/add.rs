@@ -23,13 +23,19 @@ pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniE
         return Err(CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is required for ADD"));
     };
     let pod_ns = NetNs::open(netns_path).map_err(context("opening the pod netns"))?;
+    let rt = runtime()?;
+    // The socket into the pod netns is opened while IPAM and the node work run.
+    let pod_conn = {
+        let _in_rt = rt.enter();
+        netns::connect_in_background(&pod_ns)?
+    };
     let ipam = IpamClient::new(conf, env)?;
     let alloc = ipam.add(env, stdin).map_err(context("allocating an address"))?;
     if alloc.ips.is_empty() {
         let _ = ipam.del(env, stdin);
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "IPAM returned no address"));
     }
-    match runtime()?.block_on(wire(env, conf, &pod_ns, &alloc)) {
+    match rt.block_on(wire(env, conf, &pod_ns, pod_conn, &alloc)) {
         Ok(r) => Ok(r),
         Err(e) => {
             // Undo 1: the allocation. The veth was undone inside wire().
@@ -43,6 +49,7 @@ async fn wire(
     env: &CniEnv,
     conf: &NetConf,
     pod_ns: &NetNs,
+    pod_conn: netns::PendingConnection,
     alloc: &CniResult,
 ) -> Result<CniResult, CniError> {
     let node_h = netns::connect_current()?;
@@ -60,7 +67,7 @@ async fn wire(
     .await
     .map_err(context("creating the veth pair"))?;
     let done = async {
-        let pod_h = netns::connect_in(pod_ns)?;
+        let pod_h = pod_conn.wait()?;
         configure_pod(&pod_h, pair.peer_index, alloc).await
     }
     .await;

@@ -49,6 +49,15 @@ impl NetNs {
         }
     }
 
+    /// A second handle on the same netns (for a thread that outlives the borrow).
+    pub fn try_clone(&self) -> Result<NetNs, KernelError> {
+        let file = self.file.try_clone().map_err(|source| KernelError::Io {
+            what: format!("dup netns {}", self.path.display()),
+            source,
+        })?;
+        Ok(NetNs { file, path: self.path.clone() })
+    }
+
     /// Opens the netns of the calling thread (`/proc/thread-self/ns/net`).
     pub fn current() -> Result<NetNs, KernelError> {
         NetNs::open("/proc/thread-self/ns/net")
@@ -91,6 +100,36 @@ pub fn connect_in(ns: &NetNs) -> Result<rtnetlink::Handle, KernelError> {
     let rt =
         tokio::runtime::Handle::try_current().map_err(|_| KernelError::NoRuntime { what: "connect_in" })?;
     run_in(ns, || spawn_connection(&rt))?
+}
+
+/// A netlink connection being opened inside a netns on a background thread.
+pub struct PendingConnection(std::thread::JoinHandle<Result<rtnetlink::Handle, KernelError>>);
+
+impl PendingConnection {
+    /// Waits for the connection; the thread has left by then.
+    pub fn wait(self) -> Result<rtnetlink::Handle, KernelError> {
+        match self.0.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// Starts `connect_in(ns)` on a throwaway thread and returns at once, so the
+/// thread spawn and setns overlap the caller's other work (CNI ADD's hot path).
+/// Call it inside the runtime the connection should run on.
+pub fn connect_in_background(ns: &NetNs) -> Result<PendingConnection, KernelError> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| KernelError::NoRuntime { what: "connect_in_background" })?;
+    let ns = ns.try_clone()?;
+    let worker = std::thread::Builder::new()
+        .name("weft-netns".into())
+        .spawn(move || {
+            ns.enter()?;
+            spawn_connection(&rt)
+        })
+        .map_err(|source| KernelError::Io { what: "spawn netns thread".into(), source })?;
+    Ok(PendingConnection(worker))
 }
 
 /// Runs blocking `f` on a throwaway thread that has entered `ns` (e.g. to read a

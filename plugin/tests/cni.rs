@@ -312,9 +312,17 @@ fn kill_9_during_adds_leaves_nothing_gc_does_not_reclaim() {
     let fresh = PodNs::new();
     let r = node.cni(&weft(), "ADD", "fresh", Some(&fresh.path), &conf).ok().clone();
     assert!(!want.contains(&pod_ip(&r)));
-    eprintln!("kill9: {} of {N} ADDs finished before the kill, {} partial ones reclaimed", survivors.len(), N - survivors.len());
+    eprintln!(
+        "kill9: {} of {N} ADDs finished before the kill, {} partial ones reclaimed",
+        survivors.len(),
+        N - survivors.len()
+    );
     // The kills must have hit both sides of the reply, or the test proves little.
-    assert!(!survivors.is_empty() && survivors.len() < N, "kill timings missed: {} of {N} finished", survivors.len());
+    assert!(
+        !survivors.is_empty() && survivors.len() < N,
+        "kill timings missed: {} of {N} finished",
+        survivors.len()
+    );
 }
 
 #[test]
