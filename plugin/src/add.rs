@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
-use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf};
+use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
 
 use crate::error::context;
 use crate::ipam_client::IpamClient;
@@ -30,7 +30,10 @@ pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniE
         netns::connect_in_background(&pod_ns)?
     };
     let ipam = IpamClient::new(conf, env)?;
-    let alloc = ipam.add(env, stdin).map_err(context("allocating an address"))?;
+    let mut alloc = ipam.add(env, stdin).map_err(context("allocating an address"))?;
+    if alloc.routes.is_empty() {
+        alloc.routes = default_routes(&alloc.ips);
+    }
     if alloc.ips.is_empty() {
         let _ = ipam.del(env, stdin);
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "IPAM returned no address"));
@@ -92,6 +95,21 @@ async fn configure_pod(h: &Handle, index: u32, alloc: &CniResult) -> Result<(), 
     Ok(())
 }
 
+/// Without configured routes a pod gets a default route via each address's
+/// gateway: a pod network without one is never what a cluster wants.
+fn default_routes(ips: &[IpConfig]) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::new();
+    for ip in ips {
+        let dst = if ip.address.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        // Both literals are valid networks.
+        let dst: IpNetwork = dst.parse().expect("default route literal");
+        if ip.gateway.is_some() && !routes.iter().any(|r| r.dst == dst) {
+            routes.push(Route::new(dst, ip.gateway));
+        }
+    }
+    routes
+}
+
 /// A route without `gw` goes via the gateway of the address of its family.
 fn gateway_for(ips: &[IpConfig], dst: IpNetwork) -> Option<IpAddr> {
     ips.iter().find(|i| i.address.is_ipv4() == dst.is_ipv4()).and_then(|i| i.gateway)
@@ -132,4 +150,32 @@ fn result(
     let routes = alloc.routes.clone();
     let dns = if conf.dns.is_empty() { alloc.dns.clone() } else { conf.dns.clone() };
     CniResult { interfaces, ips, routes, dns }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(a: &str, gw: Option<&str>) -> IpConfig {
+        IpConfig { address: a.parse().unwrap(), gateway: gw.map(|g| g.parse().unwrap()), interface: None }
+    }
+
+    #[test]
+    fn default_routes_per_family_via_the_gateway() {
+        let r = default_routes(&[ip("10.244.1.5/24", Some("10.244.1.1")), ip("fd00::5/64", Some("fd00::1"))]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].dst.to_string(), r[0].gw.unwrap().to_string()),
+            ("0.0.0.0/0".into(), "10.244.1.1".into())
+        );
+        assert_eq!((r[1].dst.to_string(), r[1].gw.unwrap().to_string()), ("::/0".into(), "fd00::1".into()));
+        assert!(default_routes(&[ip("10.244.1.5/24", None)]).is_empty());
+    }
+
+    #[test]
+    fn a_route_without_gw_takes_its_familys_gateway() {
+        let ips = [ip("fd00::5/64", Some("fd00::1")), ip("10.244.1.5/24", Some("10.244.1.1"))];
+        assert_eq!(gateway_for(&ips, "10.0.0.0/8".parse().unwrap()), Some("10.244.1.1".parse().unwrap()));
+        assert_eq!(gateway_for(&ips, "::/0".parse().unwrap()), Some("fd00::1".parse().unwrap()));
+    }
 }

@@ -366,3 +366,43 @@ fn status_reports_an_exhausted_range_with_code_50() {
     assert_eq!(node.cni(&weft(), "STATUS", "", None, &conf).err_code(), 50);
     let _ = run_in;
 }
+
+#[test]
+fn config_keys_take_effect_in_the_kernel() {
+    if !harness::root_or_skip("config_keys") {
+        return;
+    }
+    let node = Node::new();
+    let pod = PodNs::new();
+    let conf = node.conf(
+        "1.0.0",
+        json!({"mtu": 1400, "hairpinMode": false, "isGateway": false, "bridge": "br-pods",
+               "ipam": {"routes": null}}),
+    );
+    let r = node.cni(&weft(), "ADD", "cfg", Some(&pod.path), &conf).ok().clone();
+    // mtu: the bridge and both veth ends.
+    let mtu = |ns: &Path, dev: &str| {
+        let out = harness::sh_in(ns, &["cat", &format!("/sys/class/net/{dev}/mtu")]);
+        out.trim().to_string()
+    };
+    assert_eq!(mtu(&pod.path, "eth0"), "1400");
+    // /sys reflects the netns of whoever mounted it, so read the node's links over netlink.
+    let ns = NetNs::open(&node.ns.path).unwrap();
+    let (br_mtu, host_mtu) = rt().block_on(async {
+        let h = netns::connect_in(&ns).unwrap();
+        let br = weft_plugin::link::get_link(&h, "br-pods").await.unwrap().unwrap();
+        let host = weft_plugin::link::get_link(&h, &host_veth("cfg")).await.unwrap().unwrap();
+        (br.mtu, host.mtu)
+    });
+    assert_eq!((br_mtu, host_mtu), (1400, 1400));
+    // hairpinMode false: off on the port.
+    let (hairpin, _) = node_link(&node, &host_veth("cfg")).unwrap();
+    assert!(!hairpin);
+    // isGateway false: the bridge holds no address.
+    let addrs = node.sh(&["ip", "-o", "addr", "show", "dev", "br-pods"]);
+    assert!(!addrs.contains("inet "), "{addrs}");
+    // No configured routes: a default route via the gateway, in the pod and in the result.
+    let routes = harness::sh_in(&pod.path, &["ip", "route"]);
+    assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+    assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]));
+}
