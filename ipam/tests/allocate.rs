@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,31 +25,35 @@ fn alloc(store: &Store, cfg: &IpamConfig, id: &str) -> Vec<String> {
     allocate(store, cfg, id, "eth0").unwrap().iter().map(|c| c.address.to_string()).collect()
 }
 
-/// The IP files of the store, sorted, with their content.
-fn ip_files(dir: &Path) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = fs::read_dir(dir)
+/// The IP files of the store, sorted, with their content (a JSON record).
+fn ip_files(dir: &Path) -> Vec<(String, Value)> {
+    let mut v: Vec<(String, Value)> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.parse::<IpAddr>().is_ok())
-        .map(|n| (n.clone(), fs::read_to_string(dir.join(&n)).unwrap()))
+        .map(|n| (n.clone(), serde_json::from_slice(&fs::read(dir.join(&n)).unwrap()).unwrap()))
         .collect();
-    v.sort();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 #[test]
-fn first_allocation_skips_network_and_gateway_and_writes_host_local_files() {
+fn first_allocation_skips_network_and_gateway_and_writes_one_record_under_two_names() {
     let (_d, cfg, store) = setup(json!([[{"subnet": "10.244.1.0/24"}]]));
     let got = allocate(&store, &cfg, "c1", "eth0").unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].address.to_string(), "10.244.1.2/24");
     assert_eq!(got[0].gateway, Some("10.244.1.1".parse().unwrap()));
     assert_eq!(got[0].interface, None);
-    assert_eq!(ip_files(store.dir()), [("10.244.1.2".into(), "c1\r\neth0".into())]);
+    let record = json!({"containerID": "c1", "ifname": "eth0", "ips": ["10.244.1.2"]});
+    assert_eq!(ip_files(store.dir()), [("10.244.1.2".into(), record.clone())]);
     assert_eq!(fs::read_to_string(store.dir().join("last_reserved_ip.0")).unwrap(), "10.244.1.2");
-    let index: Value =
-        serde_json::from_slice(&fs::read(store.dir().join("attachments/c1@eth0")).unwrap()).unwrap();
-    assert_eq!(index, json!({"containerID": "c1", "ifname": "eth0", "ips": ["10.244.1.2"]}));
+    let index_path = store.dir().join("attachments/c1@eth0");
+    let index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    assert_eq!(index, record);
+    let (ip_meta, index_meta) =
+        (fs::metadata(store.dir().join("10.244.1.2")).unwrap(), fs::metadata(index_path).unwrap());
+    assert_eq!((ip_meta.ino(), ip_meta.nlink()), (index_meta.ino(), 2), "one inode, two names");
 }
 
 #[test]
@@ -121,6 +126,32 @@ fn failed_second_range_set_undoes_the_first() {
 }
 
 #[test]
+fn a_store_in_the_previous_format_keeps_working() {
+    let (_d, cfg, store) = setup(json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00::/64"}]]));
+    let d = store.dir();
+    // As the previous weft wrote it: host-local's text in the IP file, a separate index.
+    fs::write(d.join("10.244.1.2"), "old\r\neth0").unwrap();
+    let index = json!({"containerID": "old", "ifname": "eth0", "ips": ["10.244.1.2"]});
+    fs::write(d.join("attachments/old@eth0"), index.to_string()).unwrap();
+    fs::write(d.join("last_reserved_ip.0"), "10.244.1.2").unwrap();
+    assert_eq!(held(&store, "old", "eth0").unwrap(), ["10.244.1.2".parse::<IpAddr>().unwrap()]);
+    // The config gained an IPv6 range set: the attachment keeps its IPv4 file and gets an IPv6 one.
+    assert_eq!(alloc(&store, &cfg, "old"), ["10.244.1.2/24", "fd00::2/64"]);
+    assert_eq!(fs::read_to_string(d.join("10.244.1.2")).unwrap(), "old\r\neth0");
+    let index: Value = serde_json::from_slice(&fs::read(d.join("attachments/old@eth0")).unwrap()).unwrap();
+    assert_eq!(index, json!({"containerID": "old", "ifname": "eth0", "ips": ["10.244.1.2", "fd00::2"]}));
+    assert_eq!(
+        fs::metadata(d.join("fd00::2")).unwrap().ino(),
+        fs::metadata(d.join("attachments/old@eth0")).unwrap().ino()
+    );
+    assert_eq!(alloc(&store, &cfg, "new"), ["10.244.1.3/24", "fd00::3/64"]);
+    release(&store, "old", "eth0").unwrap();
+    assert!(!d.join("10.244.1.2").exists() && !d.join("fd00::2").exists());
+    assert!(!d.join("attachments/old@eth0").exists());
+    assert_eq!(ip_files(d).len(), 2, "new's addresses remain");
+}
+
+#[test]
 fn allocate_is_idempotent_per_attachment() {
     let (_d, cfg, store) = setup(json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00::/64"}]]));
     let first = allocate(&store, &cfg, "c1", "eth0").unwrap();
@@ -139,13 +170,17 @@ fn release_is_idempotent_and_owner_checked() {
     alloc(&store, &cfg, "a");
     alloc(&store, &cfg, "b");
     // a's index names b's address too (e.g. a stale intent): release must not touch b's file.
+    // (A new index file, as the store writes: the old one is also a's IP file.)
+    let index = store.dir().join("attachments/a@eth0");
+    fs::remove_file(&index).unwrap();
     fs::write(
-        store.dir().join("attachments/a@eth0"),
+        &index,
         json!({"containerID": "a", "ifname": "eth0", "ips": ["10.244.1.2", "10.244.1.3"]}).to_string(),
     )
     .unwrap();
     release(&store, "a", "eth0").unwrap();
-    assert_eq!(ip_files(store.dir()), [("10.244.1.3".into(), "b\r\neth0".into())]);
+    let b = json!({"containerID": "b", "ifname": "eth0", "ips": ["10.244.1.3"]});
+    assert_eq!(ip_files(store.dir()), [("10.244.1.3".into(), b)]);
     release(&store, "a", "eth0").unwrap();
     release(&store, "b", "net1").unwrap();
     assert_eq!(ip_files(store.dir()).len(), 1, "b on another ifname holds nothing");
@@ -160,6 +195,8 @@ fn held_reports_only_what_the_ip_files_confirm() {
     assert!(held(&store, "a", "eth0").unwrap().is_empty());
     alloc(&store, &cfg, "a");
     assert_eq!(held(&store, "a", "eth0").unwrap(), ["10.244.1.2".parse::<IpAddr>().unwrap()]);
+    // Someone else's file in its place (host-local only ever creates new files).
+    fs::remove_file(store.dir().join("10.244.1.2")).unwrap();
     fs::write(store.dir().join("10.244.1.2"), "intruder\r\neth0").unwrap();
     assert!(held(&store, "a", "eth0").unwrap().is_empty());
     assert_eq!(alloc(&store, &cfg, "a"), ["10.244.1.3/24"], "re-allocates what it lost");

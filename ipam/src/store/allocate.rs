@@ -1,14 +1,19 @@
 //! allocate / release / held / free_counts: the per-attachment operations.
 //!
-//! Allocation order per missing range set (steps as in `Step`):
-//! 1. find the next free candidate after `last_reserved_ip.<set>` (one
-//!    `lstat` each; exact, since we hold the lock);
-//! 2. write the index naming it (intent: a crash from here on leaves a
-//!    record that release and gc follow);
-//! 3. hard-link a temp file holding the owner to the IP file (the link is
-//!    the atomic arbiter: it fails if the address is taken, e.g. by a writer
-//!    that ignores our lock, and we go on with the next candidate);
-//! 4. record `last_reserved_ip.<set>`.
+//! Allocation order (steps as in `Step`), all under the store's lock:
+//! 1. for every range set the attachment holds nothing in, find the next
+//!    free candidate after `last_reserved_ip.<set>` (one `lstat` each;
+//!    exact, since we hold the lock); nothing is written yet;
+//! 2. write one record naming the held and chosen addresses to a temp file
+//!    (`AllocRecordWritten`): the allocation's one new inode;
+//! 3. rename it over the index (`AllocIndexWritten`): the intent, which a
+//!    crash from here on leaves for release and gc to follow;
+//! 4. hard-link the index as each chosen IP file (`AllocIpLinked`); the link
+//!    is the atomic arbiter: it fails if the address is taken, by a writer
+//!    that ignores our lock, and then (rare, only correct, not fast) we
+//!    choose again for that set and go back to 2 for a new record;
+//! 5. overwrite `last_reserved_ip.<set>` in place (`AllocLastReservedWritten`,
+//!    then `AllocLastReservedTruncated`): only a hint.
 
 use std::net::IpAddr;
 
@@ -20,9 +25,9 @@ use super::owner::Owner;
 use super::{is_crash, Step, Store};
 use crate::config::{IpamConfig, Range};
 use crate::error::IpamError;
-use crate::range::{candidates, describe_set, find_range, usable_in_set};
+use crate::range::{candidates, describe_set, find_range, usable_in_set, Candidates};
 
-const ALLOC_INDEX_STEPS: (Step, Step) = (Step::AllocIndexTmpWritten, Step::AllocIndexWritten);
+const ALLOC_INDEX_STEPS: (Step, Step) = (Step::AllocRecordWritten, Step::AllocIndexWritten);
 
 /// Allocates one address per range set for (id, ifname). Idempotent: if the
 /// attachment already holds addresses, returns them (and allocates only for
@@ -41,14 +46,31 @@ pub fn allocate(
         .iter()
         .map(|set| held.iter().find_map(|&ip| find_range(set, ip).map(|r| (r, ip))))
         .collect();
-    let mut claimed = Vec::new();
-    if let Err(e) = claim_missing(store, cfg, &owner, &held, &mut chosen, &mut claimed) {
-        if !is_crash(&e) && !claimed.is_empty() {
-            undo(store, &owner, &held, &claimed);
+    let mut written = Written::default();
+    if let Err(e) = claim_missing(store, cfg, &owner, &held, &mut chosen, &mut written) {
+        if !is_crash(&e) && written.index {
+            undo(store, &owner, &held, &written.ips);
         }
         return Err(e);
     }
     Ok(chosen.into_iter().flatten().map(|(r, ip)| ip_config(r, ip)).collect())
+}
+
+/// What a failed allocation has to undo: whether it replaced the index,
+/// and the IP files it linked.
+#[derive(Debug, Default)]
+struct Written {
+    index: bool,
+    ips: Vec<IpAddr>,
+}
+
+/// The address chosen in one range set, and the candidates after it.
+struct Pick<'c> {
+    set_no: usize,
+    range: &'c Range,
+    ip: IpAddr,
+    rest: Candidates<'c>,
+    linked: bool,
 }
 
 /// Claims an address in every range set where `chosen` has none.
@@ -58,43 +80,66 @@ fn claim_missing<'c>(
     owner: &Owner,
     held: &[IpAddr],
     chosen: &mut [Option<(&'c Range, IpAddr)>],
-    claimed: &mut Vec<IpAddr>,
+    written: &mut Written,
 ) -> Result<(), IpamError> {
-    let mut listed = held.to_vec();
+    let mut picks = Vec::new();
     for (set_no, set) in cfg.range_sets.iter().enumerate() {
-        if chosen[set_no].is_some() {
-            continue;
+        if chosen[set_no].is_none() {
+            let mut rest = candidates(set, store.last_reserved(set_no));
+            let (range, ip) = next_free(store, cfg, set_no, &mut rest)?;
+            picks.push(Pick { set_no, range, ip, rest, linked: false });
         }
-        let mut it = candidates(set, store.last_reserved(set_no));
-        let (range, ip) = loop {
-            let (range, ip) = match next_free(store, &mut it)? {
-                Some(c) => c,
-                None => return Err(IpamError::Exhausted { set: set_no, ranges: describe_set(set) }),
-            };
-            listed.push(ip);
-            store.write_index(owner, &listed, ALLOC_INDEX_STEPS)?;
-            if store.link_ip(ip, owner)? {
-                break (range, ip);
-            }
-            listed.pop();
-        };
-        claimed.push(ip);
-        chosen[set_no] = Some((range, ip));
-        store.write_last_reserved(set_no, ip)?;
+    }
+    if picks.is_empty() {
+        return Ok(());
+    }
+    while let Some(lost) = publish(store, owner, held, &mut picks, written)? {
+        let p = &mut picks[lost];
+        (p.range, p.ip) = next_free(store, cfg, p.set_no, &mut p.rest)?;
+    }
+    for p in &picks {
+        chosen[p.set_no] = Some((p.range, p.ip));
+        store.write_last_reserved(p.set_no, p.ip)?;
     }
     Ok(())
 }
 
-fn next_free<'a>(
+/// Writes one record naming `held` and the picks as the owner's index, then
+/// links it as every pick's IP file not linked yet. `Some(i)`: the address
+/// of `picks[i]` was taken meanwhile (its link failed).
+fn publish(
     store: &Store,
-    it: &mut impl Iterator<Item = (&'a Range, IpAddr)>,
-) -> Result<Option<(&'a Range, IpAddr)>, IpamError> {
-    for (range, ip) in it {
-        if !store.is_taken(ip)? {
-            return Ok(Some((range, ip)));
+    owner: &Owner,
+    held: &[IpAddr],
+    picks: &mut [Pick<'_>],
+    written: &mut Written,
+) -> Result<Option<usize>, IpamError> {
+    let ips: Vec<IpAddr> = held.iter().copied().chain(picks.iter().map(|p| p.ip)).collect();
+    written.index = true;
+    store.write_index(owner, &ips, ALLOC_INDEX_STEPS)?;
+    for (i, p) in picks.iter_mut().enumerate().filter(|(_, p)| !p.linked) {
+        if !store.link_ip(p.ip, owner)? {
+            return Ok(Some(i));
         }
+        p.linked = true;
+        written.ips.push(p.ip);
     }
     Ok(None)
+}
+
+/// The next candidate of set `set_no` without an IP file.
+fn next_free<'c>(
+    store: &Store,
+    cfg: &'c IpamConfig,
+    set_no: usize,
+    it: &mut Candidates<'c>,
+) -> Result<(&'c Range, IpAddr), IpamError> {
+    for (range, ip) in it {
+        if !store.is_taken(ip)? {
+            return Ok((range, ip));
+        }
+    }
+    Err(IpamError::Exhausted { set: set_no, ranges: describe_set(&cfg.range_sets[set_no]) })
 }
 
 /// Best effort: gives back the addresses a failed allocation claimed.
@@ -130,7 +175,7 @@ fn held_by(store: &Store, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
 }
 
 /// Releases what (id, ifname) holds. Idempotent: Ok when nothing is held.
-/// Only removes IP files whose content is that owner; the index goes last.
+/// Only removes IP files that name that owner; the index goes last.
 pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<(), IpamError> {
     let owner = Owner::new(container_id, ifname)?;
     let _guard = store.lock()?;

@@ -2,6 +2,8 @@
 //! early and skips all cleanup, as a dead process would), reopens the store
 //! and checks what is left: no IP file without a full owner, no address held
 //! twice, repeated release or gc reclaims everything, and allocation works.
+//! Also: a garbled `last_reserved_ip.<set>`, and a writer that ignores the
+//! lock taking an address between our `lstat` and our `link`.
 
 use std::collections::HashSet;
 use std::fs;
@@ -11,19 +13,17 @@ use std::os::unix::fs::MetadataExt;
 use serde_json::json;
 use tempfile::TempDir;
 
-use super::files::ip_of_name;
+use super::files::{ip_of_name, owner_of_ip_file, Record};
 use super::owner::Owner;
 use super::*;
 use crate::config::IpamConfig;
 
-const ALLOC_STEPS: [Step; 7] = [
-    Step::AllocIndexTmpWritten,
+const ALLOC_STEPS: [Step; 5] = [
+    Step::AllocRecordWritten,
     Step::AllocIndexWritten,
-    Step::AllocOwnerTmpWritten,
-    Step::AllocLinked,
-    Step::AllocTmpRemoved,
-    Step::AllocLastReservedTmpWritten,
+    Step::AllocIpLinked,
     Step::AllocLastReservedWritten,
+    Step::AllocLastReservedTruncated,
 ];
 const RELEASE_STEPS: [Step; 2] = [Step::ReleaseIpRemoved, Step::ReleaseIndexRemoved];
 const GC_STEPS: [Step; 5] = [
@@ -54,9 +54,10 @@ fn ip_files(store: &Store) -> Vec<(IpAddr, Owner)> {
     for e in fs::read_dir(store.dir()).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
         if let Some(ip) = ip_of_name(&name) {
-            let content = fs::read_to_string(store.dir().join(&name)).unwrap();
-            let owner = Owner::from_ip_file(&content).filter(|o| !o.ifname.is_empty());
-            out.push((ip, owner.unwrap_or_else(|| panic!("IP file {name} holds {content:?}"))));
+            let content = fs::read(store.dir().join(&name)).unwrap();
+            let owner = owner_of_ip_file(&content).filter(|o| !o.ifname.is_empty());
+            let shown = String::from_utf8_lossy(&content);
+            out.push((ip, owner.unwrap_or_else(|| panic!("IP file {name} holds {shown:?}"))));
         }
     }
     out
@@ -88,7 +89,7 @@ fn check_invariants(store: &Store, owners: &[&str]) {
 }
 
 /// After gc(valid=[]): no allocation, no temp file, no index; then a fresh
-/// allocation works and its IP files have one link each.
+/// allocation works, and its index and both IP files are one inode.
 fn check_gc_empties(store: &Store, cfg: &IpamConfig) {
     gc(store, &[]).unwrap();
     assert!(ip_files(store).is_empty());
@@ -96,8 +97,10 @@ fn check_gc_empties(store: &Store, cfg: &IpamConfig) {
     assert!(names(&store.dir().join("attachments")).is_empty());
     let got = allocate(store, cfg, "fresh", "eth0").unwrap();
     assert_eq!(got.len(), 2);
+    let index = fs::metadata(store.index_path(&Owner::new("fresh", "eth0").unwrap())).unwrap();
+    assert_eq!(index.nlink(), 3);
     for (ip, _) in ip_files(store) {
-        assert_eq!(fs::metadata(store.ip_path(ip)).unwrap().nlink(), 1, "{ip}");
+        assert_eq!(fs::metadata(store.ip_path(ip)).unwrap().ino(), index.ino(), "{ip}");
     }
 }
 
@@ -200,5 +203,78 @@ fn gc_killed_after_any_step() {
         assert!(names(store.dir()).iter().all(|n| !n.starts_with("tmp.")));
         release(&store, "A", "eth0").unwrap();
         check_gc_empties(&store, &cfg);
+    }
+}
+
+#[test]
+fn a_garbled_last_reserved_is_only_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(&dir);
+    let store = open(&dir);
+    allocate(&store, &cfg, "A", "eth0").unwrap();
+    let hint = store.dir().join("last_reserved_ip.0");
+    assert_eq!(fs::read_to_string(&hint).unwrap(), "10.0.0.2");
+    let inode = fs::metadata(&hint).unwrap().ino();
+    // Whatever it holds reads as no hint or as some address (maybe of the
+    // other family, or outside the set), and the allocation is still right.
+    for junk in [&b"10.0.0.2 and a longer tail"[..], b"", b"\xff\xfe", b"fd00::9", b"10.0.0.99", b"10.0.0.2"]
+    {
+        fs::write(&hint, junk).unwrap();
+        let got = allocate(&store, &cfg, "J", "eth0").unwrap();
+        assert_eq!(got[0].address.ip(), "10.0.0.3".parse::<IpAddr>().unwrap(), "{junk:?}");
+        check_invariants(&store, &["A", "J"]);
+        release(&store, "J", "eth0").unwrap();
+    }
+    assert_eq!(store.last_reserved(0), Some("10.0.0.3".parse().unwrap()));
+    // Killed between the in-place write and the truncation: the new address
+    // followed by the old text's tail, which reads as no hint.
+    fs::write(&hint, "10.0.0.2 and a longer tail").unwrap();
+    store.crash_after(Some(Step::AllocLastReservedWritten));
+    assert!(allocate(&store, &cfg, "X", "eth0").is_err());
+    store.crash_after(None);
+    assert_eq!(fs::read_to_string(&hint).unwrap(), "10.0.0.3 and a longer tail");
+    assert_eq!(store.last_reserved(0), None);
+    check_invariants(&store, &["A", "X"]);
+    // The lstat and the link decide: the next allocation skips A's and X's.
+    let y = allocate(&store, &cfg, "Y", "eth0").unwrap();
+    assert_eq!(y[0].address.ip(), "10.0.0.4".parse::<IpAddr>().unwrap());
+    assert_eq!(fs::read_to_string(&hint).unwrap(), "10.0.0.4");
+    assert_eq!(fs::metadata(&hint).unwrap().ino(), inode, "overwritten in place");
+    check_invariants(&store, &["A", "X", "Y"]);
+}
+
+/// Writes host-local's text, as a process ignoring our lock would, into the
+/// IP file of every address of family `v6` that X's new index names.
+fn intrude(dir: &std::path::Path, v6: bool) {
+    let index: Record = serde_json::from_slice(&fs::read(dir.join("attachments/X@eth0")).unwrap()).unwrap();
+    for ip in index.ips.iter().filter(|ip| ip.is_ipv6() == v6) {
+        fs::write(dir.join(ip.to_string()), "intruder\r\neth0").unwrap();
+    }
+}
+
+#[test]
+fn an_address_taken_behind_our_back_is_chosen_again() {
+    let hooks: [(StepHook, bool); 2] = [(|d| intrude(d, false), false), (|d| intrude(d, true), true)];
+    for (hook, v6) in hooks {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(&dir);
+        let store = open(&dir);
+        allocate(&store, &cfg, "A", "eth0").unwrap();
+        store.on_step(Step::AllocIndexWritten, hook);
+        let x: Vec<IpAddr> =
+            allocate(&store, &cfg, "X", "eth0").unwrap().iter().map(|c| c.address.ip()).collect();
+        let lost: IpAddr = if v6 { "fd00::3" } else { "10.0.0.3" }.parse().unwrap();
+        assert!(!x.contains(&lost), "{v6}: {x:?}");
+        assert_eq!(x.len(), 2);
+        let intruder = Owner::new("intruder", "eth0").unwrap();
+        assert!(ip_files(&store).contains(&(lost, intruder)), "{v6}: the intruder's file is untouched");
+        check_invariants(&store, &["A", "X"]);
+        let index: Record =
+            serde_json::from_slice(&fs::read(store.dir().join("attachments/X@eth0")).unwrap()).unwrap();
+        assert_eq!(index.ips, x, "{v6}: the index names what X holds, not the lost address");
+        assert!(names(store.dir()).iter().all(|n| !n.starts_with("tmp.")));
+        release(&store, "X", "eth0").unwrap();
+        assert!(ip_files(&store).iter().all(|(_, o)| o.id != "X"), "{v6}");
+        assert!(ip_files(&store).iter().any(|(ip, _)| *ip == lost), "{v6}: release left the intruder's file");
     }
 }

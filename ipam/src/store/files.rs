@@ -1,6 +1,7 @@
-//! The store's file primitives: atomic publication (temp file, then rename
-//! or hard link), reading IP files, index files and `last_reserved_ip.<set>`.
-//! Callers hold the store's lock.
+//! The store's file primitives: an attachment's record (written once to a
+//! temp file, renamed to its index, hard-linked as its IP files), reading
+//! owners back, and the `last_reserved_ip.<set>` hint. Callers hold the
+//! store's lock.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -28,19 +29,31 @@ pub(super) enum Holder {
     Garbled,
 }
 
-/// An index file: which addresses an attachment holds (or is about to).
+/// An attachment's record: its index, and the content of its IP files
+/// (the same inode). Never changed once written; the index is replaced by
+/// a new record, so an IP file linked earlier may list fewer or stale
+/// addresses: only its owner counts, the index's `ips` are the truth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Index {
+pub(super) struct Record {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
     pub ips: Vec<IpAddr>,
 }
 
-impl Index {
+impl Record {
     pub fn owner(&self) -> Owner {
         Owner { id: self.container_id.clone(), ifname: self.ifname.clone() }
     }
+}
+
+/// The owner an IP file's content names: our JSON record, or host-local's
+/// (and older weft's) `"<id>\r\n<ifname>"`. `None` if it names none.
+pub(super) fn owner_of_ip_file(bytes: &[u8]) -> Option<Owner> {
+    if let Ok(record) = serde_json::from_slice::<Record>(bytes) {
+        return (!record.container_id.is_empty()).then(|| record.owner());
+    }
+    Owner::from_host_local(std::str::from_utf8(bytes).ok()?)
 }
 
 /// Whether a directory entry is a temp file.
@@ -80,10 +93,7 @@ impl Store {
     pub(super) fn holder(&self, ip: IpAddr) -> Result<Holder, IpamError> {
         let path = self.ip_path(ip);
         match fs::read(&path) {
-            Ok(bytes) => Ok(String::from_utf8(bytes)
-                .ok()
-                .and_then(|s| Owner::from_ip_file(&s))
-                .map_or(Holder::Garbled, Holder::Held)),
+            Ok(bytes) => Ok(owner_of_ip_file(&bytes).map_or(Holder::Garbled, Holder::Held)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Holder::Free),
             Err(e) => Err(IpamError::io("read", path)(e)),
         }
@@ -94,92 +104,100 @@ impl Store {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let name = format!("{TEMP_PREFIX}{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let path = self.dir.join(name);
-        // A leftover of a dead process with our pid may be a second link to
-        // a live IP file: unlink it, never open it for writing.
-        remove_if_exists(&path)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(IpamError::io("create", &path))?;
+        let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+        // Never open an existing file for writing: a dead process's leftover
+        // with our pid may be a link to a live record. Unlink it, try again.
+        let mut f = match create() {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                remove_if_exists(&path)?;
+                create()
+            }
+            r => r,
+        }
+        .map_err(IpamError::io("create", &path))?;
         f.write_all(content).map_err(IpamError::io("write", &path))?;
         Ok(path)
     }
 
-    /// Creates the IP file of `ip` holding `owner`, atomically with its
-    /// content. `Ok(false)`: the address already has an IP file.
-    pub(super) fn link_ip(&self, ip: IpAddr, owner: &Owner) -> Result<bool, IpamError> {
-        let tmp = self.write_temp(owner.ip_file_content().as_bytes())?;
-        self.reached(Step::AllocOwnerTmpWritten)?;
-        let path = self.ip_path(ip);
-        match fs::hard_link(&tmp, &path) {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return match e.kind() {
-                    ErrorKind::AlreadyExists => Ok(false),
-                    _ => Err(IpamError::io("link", path)(e)),
-                };
-            }
-        }
-        self.reached(Step::AllocLinked)?;
-        fs::remove_file(&tmp).map_err(IpamError::io("remove", &tmp))?;
-        self.reached(Step::AllocTmpRemoved)?;
-        Ok(true)
-    }
-
-    /// Replaces `path` with `content` (temp file, then rename).
-    fn replace(&self, path: &Path, content: &[u8], tmp_step: Step, done: Step) -> Result<(), IpamError> {
-        let tmp = self.write_temp(content)?;
-        self.reached(tmp_step)?;
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(IpamError::io("rename into", path)(e));
-        }
-        self.reached(done)
-    }
-
     /// The owner's index, if it has one.
-    pub(super) fn read_index(&self, owner: &Owner) -> Result<Option<Index>, IpamError> {
+    pub(super) fn read_index(&self, owner: &Owner) -> Result<Option<Record>, IpamError> {
         let path = self.index_path(owner);
-        let Some(index) = read_index_file(&path)? else { return Ok(None) };
-        if index.owner() != *owner {
+        let Some(record) = read_index_file(&path)? else { return Ok(None) };
+        if record.owner() != *owner {
             return Err(IpamError::IndexCollision {
                 path,
-                other_id: index.container_id,
-                other_ifname: index.ifname,
+                other_id: record.container_id,
+                other_ifname: record.ifname,
             });
         }
-        Ok(Some(index))
+        Ok(Some(record))
     }
 
-    /// Replaces the owner's index with `ips`.
+    /// Replaces the owner's index with a new record naming `ips`: a temp
+    /// file (the one new inode), renamed over the index. `steps`: reached
+    /// after the temp is written, and after the rename.
     pub(super) fn write_index(
         &self,
         owner: &Owner,
         ips: &[IpAddr],
         steps: (Step, Step),
     ) -> Result<(), IpamError> {
-        let index = Index { container_id: owner.id.clone(), ifname: owner.ifname.clone(), ips: ips.to_vec() };
+        let record =
+            Record { container_id: owner.id.clone(), ifname: owner.ifname.clone(), ips: ips.to_vec() };
         // A struct of strings and addresses always serialises.
-        let json = serde_json::to_vec(&index).expect("Index serialises");
-        self.replace(&self.index_path(owner), &json, steps.0, steps.1)
+        let json = serde_json::to_vec(&record).expect("Record serialises");
+        let tmp = self.write_temp(&json)?;
+        self.reached(steps.0)?;
+        let path = self.index_path(owner);
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(IpamError::io("rename into", path)(e));
+        }
+        self.reached(steps.1)
     }
 
-    /// The address last allocated from set `set`; a hint, so unreadable is `None`.
+    /// Hard-links the owner's index (its current record) as the IP file of
+    /// `ip`: the file appears with its full content, and the link fails if
+    /// the address is taken. `Ok(false)`: the address already has an IP file.
+    pub(super) fn link_ip(&self, ip: IpAddr, owner: &Owner) -> Result<bool, IpamError> {
+        let path = self.ip_path(ip);
+        match fs::hard_link(self.index_path(owner), &path) {
+            Ok(()) => self.reached(Step::AllocIpLinked).map(|()| true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(IpamError::io("link", path)(e)),
+        }
+    }
+
+    fn last_reserved_path(&self, set: usize) -> PathBuf {
+        self.dir.join(format!("{LAST_RESERVED}{set}"))
+    }
+
+    /// The address last allocated from set `set`. Only where the search
+    /// starts: missing, unreadable or garbled is `None`, never an error.
     pub(super) fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-        let s = fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{set}"))).ok()?;
-        s.trim().parse().ok()
+        let bytes = fs::read(self.last_reserved_path(set)).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
     }
 
+    /// Records `ip` as set `set`'s last allocation, overwriting the file in
+    /// place (no new inode after the first time). A process killed between
+    /// the write and the `set_len` leaves the new text followed by the old
+    /// one's tail, e.g. "10.0.0.9" over "10.0.0.10" reads "10.0.0.90": that
+    /// parses to `None` or to some address, and is only a hint; the `lstat`
+    /// and the `link` decide what is free, so allocation stays correct.
     pub(super) fn write_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), IpamError> {
-        let path = self.dir.join(format!("{LAST_RESERVED}{set}"));
-        self.replace(
-            &path,
-            ip.to_string().as_bytes(),
-            Step::AllocLastReservedTmpWritten,
-            Step::AllocLastReservedWritten,
-        )
+        let path = self.last_reserved_path(set);
+        let text = ip.to_string();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(IpamError::io("open", &path))?;
+        f.write_all(text.as_bytes()).map_err(IpamError::io("write", &path))?;
+        self.reached(Step::AllocLastReservedWritten)?;
+        f.set_len(text.len() as u64).map_err(IpamError::io("truncate", &path))?;
+        self.reached(Step::AllocLastReservedTruncated)
     }
 
     /// Names in a directory of the store (missing directory: none).
@@ -207,7 +225,7 @@ impl Store {
 }
 
 /// Reads an index file; `None` when missing.
-pub(super) fn read_index_file(path: &Path) -> Result<Option<Index>, IpamError> {
+pub(super) fn read_index_file(path: &Path) -> Result<Option<Record>, IpamError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -223,5 +241,27 @@ pub(super) fn remove_if_exists(path: &Path) -> Result<(), IpamError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(IpamError::io("remove", path)(e)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_of_ip_files_in_every_format() {
+        let o = |id: &str, ifname: &str| Some(Owner { id: id.into(), ifname: ifname.into() });
+        let table: [(&[u8], Option<Owner>); 7] = [
+            (br#"{"containerID":"c1","ifname":"eth0","ips":["10.0.0.2"]}"#, o("c1", "eth0")),
+            (br#"{"ips":[],"ifname":"net1","containerID":"c 2","later":1}"#, o("c 2", "net1")),
+            (b"c3\r\neth0", o("c3", "eth0")),
+            (b"c4", o("c4", "")),
+            (b"", None),
+            (br#"{"containerID":"","ifname":"eth0","ips":[]}"#, None),
+            (b"\xff\r\neth0", None),
+        ];
+        for (content, want) in table {
+            assert_eq!(owner_of_ip_file(content), want, "{:?}", String::from_utf8_lossy(content));
+        }
     }
 }

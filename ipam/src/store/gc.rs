@@ -7,6 +7,8 @@
 //! each removed, rewritten to what the IP files say, or kept; (4) an index
 //! for each valid owner that holds addresses but had none. A crash between
 //! any two steps leaves a state that the next gc, or release, finishes.
+//! Rewriting an index is a new record renamed over it, never a write in
+//! place: the old record may also be the owner's IP files.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;

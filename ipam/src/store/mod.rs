@@ -1,24 +1,43 @@
-//! The on-disk allocation store, host-local compatible and crash-safe.
+//! The on-disk allocation store: host-local's layout (one file per address,
+//! `last_reserved_ip.<set>`, a lock), crash-safe.
 //!
 //! Layout of `<dataDir>/<network>/`:
-//! - `<ip>`: one file per allocated address (`10.244.1.5`, `fd00::5`),
-//!   holding `"<containerID>\r\n<ifname>"` as host-local writes it;
-//! - `last_reserved_ip.<set>`: the address last allocated from range set `<set>`;
+//! - `attachments/<id>@<ifname>` (escaped, see `owner.rs`): the index, one
+//!   record per attachment, JSON `{"containerID", "ifname", "ips"}`, so
+//!   release never scans the IP files;
+//! - `<ip>`: one file per allocated address (`10.244.1.5`, `fd00::5`), a
+//!   hard link to its attachment's record: the same inode as the index (or
+//!   an earlier record of the same owner). Files holding host-local's
+//!   `"<id>\r\n<ifname>"` (host-local's, or older weft's) are read too.
+//!   host-local sees our files as taken but, comparing their whole text,
+//!   as nobody's: its DEL does not free them (our release and gc do);
+//! - `last_reserved_ip.<set>`: the address last allocated from range set
+//!   `<set>`, overwritten in place; only where the next search starts;
 //! - `lock`: every operation holds a `flock` on it (exclusive to change the
 //!   store, shared to read it), so concurrent plugin processes serialise;
-//! - `attachments/<id>@<ifname>` (escaped, see `owner.rs`): JSON naming the
-//!   owner and the addresses it holds, so release never scans the IP files;
-//! - `tmp.<pid>.<n>`: a file being written; leftovers of a dead process are
-//!   ignored by allocation and removed by `gc`.
+//! - `tmp.<pid>.<n>`: a record being written; leftovers of a dead process
+//!   are ignored by allocation and removed by `gc`.
 //!
-//! Every file appears complete: its content is written to a temp file that is
-//! then renamed (index, last_reserved) or hard-linked (IP file: `link` fails
-//! if the address is taken, so there is never a second owner nor an empty
-//! IP file). Allocation writes the index naming the address *before* linking
-//! the IP file, and release removes IP files *before* the index, so a process
-//! killed at any point leaves state that a repeated release, or `gc`,
-//! reclaims. This guards against process death (kill -9), not power loss:
-//! nothing is fsynced.
+//! Why one inode: on ext4 creating an inode costs 170-500 µs, a `link` 15-25.
+//! So an allocation writes its record once, to a temp file, renames it over
+//! the index, and hard-links it as each IP file: every name appears with
+//! its full content, and `link` fails if the address is taken, so there is
+//! never a second owner nor an empty IP file. Records are never written
+//! again: a change is a new record renamed over the index.
+//!
+//! Crash analysis (steps as in `Step`; see `allocate.rs` for the order):
+//! - allocation: after `AllocRecordWritten` only a temp file exists (gc
+//!   removes it); after `AllocIndexWritten` the index names addresses
+//!   without IP files, which retry, release and gc skip (the owner check
+//!   fails) and drop; after each `AllocIpLinked` the address is complete
+//!   and held, so a retry returns it, release and gc reclaim it; after
+//!   `AllocLastReservedWritten` the hint may be garbled until truncated,
+//!   which reads as `None` or another address, and allocation stays correct.
+//! - release removes the IP files before the index, so a repeated release
+//!   still finds what is left; gc: see `gc.rs`.
+//!
+//! This guards against process death (kill -9), not power loss: nothing is
+//! fsynced.
 //!
 //! Locking is internal: each public function takes the lock for its own
 //! duration, so callers never hold it and cannot deadlock on it.
@@ -44,7 +63,15 @@ pub struct Store {
     /// Test hook: stop at this step as if the process had died.
     #[cfg(test)]
     crash_after: std::cell::Cell<Option<Step>>,
+    /// Test hook: run once at this step, given the store's directory (e.g.
+    /// to act as a process that ignores the lock).
+    #[cfg(test)]
+    on_step: std::cell::Cell<Option<(Step, StepHook)>>,
 }
+
+/// A test's action at a step, given the store's directory.
+#[cfg(test)]
+pub(crate) type StepHook = fn(&Path);
 
 /// Holds the store's lock until dropped.
 #[derive(Debug)]
@@ -64,13 +91,11 @@ impl Drop for StoreGuard<'_> {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    AllocIndexTmpWritten,
+    AllocRecordWritten,
     AllocIndexWritten,
-    AllocOwnerTmpWritten,
-    AllocLinked,
-    AllocTmpRemoved,
-    AllocLastReservedTmpWritten,
+    AllocIpLinked,
     AllocLastReservedWritten,
+    AllocLastReservedTruncated,
     ReleaseIpRemoved,
     ReleaseIndexRemoved,
     GcTempRemoved,
@@ -101,6 +126,8 @@ impl Store {
             lock_file,
             #[cfg(test)]
             crash_after: std::cell::Cell::new(None),
+            #[cfg(test)]
+            on_step: std::cell::Cell::new(None),
         })
     }
 
@@ -124,8 +151,14 @@ impl Store {
     /// Marks that `step` is done; a test may stop the operation here.
     pub(crate) fn reached(&self, step: Step) -> Result<(), IpamError> {
         #[cfg(test)]
-        if self.crash_after.get() == Some(step) {
-            return Err(IpamError::Crashed { step });
+        {
+            if let Some((_, hook)) = self.on_step.get().filter(|(at, _)| *at == step) {
+                self.on_step.set(None);
+                hook(&self.dir);
+            }
+            if self.crash_after.get() == Some(step) {
+                return Err(IpamError::Crashed { step });
+            }
         }
         let _ = step;
         Ok(())
@@ -134,6 +167,11 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn crash_after(&self, step: Option<Step>) {
         self.crash_after.set(step);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn on_step(&self, step: Step, hook: StepHook) {
+        self.on_step.set(Some((step, hook)));
     }
 }
 

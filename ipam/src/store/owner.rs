@@ -1,6 +1,6 @@
 //! Who holds an address: an attachment, (container ID, ifname). Its forms
-//! on disk: the content of an IP file, host-local's `"<id>\r\n<ifname>"`,
-//! and the name of its index file under `attachments/`.
+//! on disk besides our JSON record (`files.rs`): host-local's IP file text
+//! `"<id>\r\n<ifname>"`, and the name of its index file under `attachments/`.
 
 use crate::error::IpamError;
 
@@ -17,7 +17,7 @@ const MAX_ESCAPED_NAME: usize = 200;
 
 impl Owner {
     /// Checks what the on-disk formats need: a non-empty ID, and an ifname
-    /// that is non-empty and has no line break (it ends the IP file).
+    /// that is non-empty and has no line break (it ends host-local's IP file).
     /// The plugin enforces the spec's stricter rules on both.
     pub fn new(container_id: &str, ifname: &str) -> Result<Owner, IpamError> {
         let reason = if container_id.is_empty() {
@@ -39,15 +39,11 @@ impl Owner {
         }
     }
 
-    /// The content of an IP file this owner holds (host-local's format).
-    pub fn ip_file_content(&self) -> String {
-        format!("{}\r\n{}", self.id, self.ifname)
-    }
-
-    /// Reads an IP file's content back. The split is at the last line break,
-    /// since an ifname never holds one. Old host-local files hold just the
-    /// ID, which reads as an empty ifname. `None` for an empty file.
-    pub fn from_ip_file(content: &str) -> Option<Owner> {
+    /// Reads host-local's (and older weft's) IP file text, `"<id>\r\n<ifname>"`.
+    /// The split is at the last line break, since an ifname never holds one.
+    /// Old host-local files hold just the ID, which reads as an empty ifname.
+    /// `None` for an empty file.
+    pub fn from_host_local(content: &str) -> Option<Owner> {
         let (id, ifname) = match content.rfind("\r\n") {
             Some(i) => (&content[..i], &content[i + 2..]),
             None => (content.trim(), ""),
@@ -95,15 +91,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ip_file_round_trip() {
+    fn host_local_text() {
         for (id, ifname) in [("abc", "eth0"), ("a\r\nb", "net1"), ("x y", "e")] {
             let o = Owner::new(id, ifname).unwrap();
-            assert_eq!(Owner::from_ip_file(&o.ip_file_content()), Some(o));
+            assert_eq!(Owner::from_host_local(&format!("{id}\r\n{ifname}")), Some(o));
         }
-        let old = Owner::from_ip_file("abc\n").unwrap();
+        let old = Owner::from_host_local("abc\n").unwrap();
         assert_eq!((old.id.as_str(), old.ifname.as_str()), ("abc", ""));
-        assert_eq!(Owner::from_ip_file(""), None);
-        assert_eq!(Owner::from_ip_file("\r\neth0"), None);
+        assert_eq!(Owner::from_host_local(""), None);
+        assert_eq!(Owner::from_host_local("\r\neth0"), None);
     }
 
     #[test]
