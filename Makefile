@@ -6,6 +6,13 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# The CNI binaries a node installs are linked statically, as the reference
+# plugins are: they run on any host or image whatever its libc, and exec
+# ~0.2 ms faster (no dynamic loading on every CNI call). --target keeps the
+# flag off build scripts and proc macros.
+STATIC := RUSTFLAGS="-C target-feature=+crt-static"
+RELEASE_DIR := target/$(HOST)/release
 
 # Runtime tools the tests and the demo drive, and the reference plugins the
 # differential test and the benchmark compare against.
@@ -31,7 +38,7 @@ build: deps
 	$(CARGO) build --workspace --all-targets
 
 release: deps
-	$(CARGO) build --workspace --release --bins
+	$(STATIC) $(CARGO) build --workspace --release --bins --target $(HOST)
 
 # nextest runs each test in its own process (the netns tests unshare per
 # test); plain cargo test is the fallback. Both print a closing summary.
@@ -43,10 +50,10 @@ test: deps
 	fi
 
 demo: release
-	./scripts/demo.sh target/release
+	./scripts/demo.sh $(RELEASE_DIR)
 
 bench: release
-	$(CARGO) bench -p weft-plugin --bench cni
+	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)
 
 clean:
 	$(CARGO) clean

@@ -4,7 +4,7 @@
 # and a clean teardown (CNI DEL, then the namespaces). Everything lives in
 # namespaces named weftdemo-<pid>-*; the root namespace is not touched.
 set -euo pipefail
-BIN=$(cd "${1:-target/release}" && pwd)
+BIN=$(cd "${1:?usage: demo.sh BIN_DIR}" && pwd)
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)"; exit 1; }
 P=weftdemo-$$
 DATA=$(mktemp -d /tmp/weft-demo.XXXXXX)
