@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::args::CniArgs;
 use crate::error::{CniError, ErrorCode};
+use crate::version::Version;
 
 /// A CNI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,26 @@ impl Command {
             Command::Version => "VERSION",
             Command::Status => "STATUS",
             Command::Gc => "GC",
+        }
+    }
+}
+
+impl Command {
+    /// Refuses a command the config's version does not define: CHECK exists
+    /// from 0.4.0, STATUS and GC from 1.1.0.
+    pub fn require_version(self, v: Version) -> Result<(), CniError> {
+        let ok = match self {
+            Command::Check => v.has_check(),
+            Command::Status | Command::Gc => v.has_status_and_gc(),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!("{} is not defined for cniVersion {v}", self.as_str()),
+            ))
         }
     }
 }
@@ -178,6 +199,15 @@ mod tests {
         assert_eq!(env(&[("CNI_COMMAND", "STATUS")]).unwrap().command, Command::Status);
         assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap_err().code, 4);
         assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn commands_need_their_version() {
+        assert!(Command::Check.require_version(Version::V0_3_1).is_err());
+        assert!(Command::Check.require_version(Version::V0_4_0).is_ok());
+        assert_eq!(Command::Gc.require_version(Version::V1_0_0).unwrap_err().code, 1);
+        assert!(Command::Status.require_version(Version::V1_1_0).is_ok());
+        assert!(Command::Add.require_version(Version::V0_3_0).is_ok());
     }
 
     #[test]

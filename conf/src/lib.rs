@@ -17,7 +17,7 @@ pub use conflist::NetConfList;
 pub use env::{CniEnv, Command};
 pub use error::{CniError, ErrorCode};
 pub use netconf::{Attachment, IpamSection, NetConf};
-pub use reply::{version_reply, Reply};
+pub use reply::{serve, version_reply, Reply};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use runtime_config::{PortMapping, RuntimeConfig};
 pub use version::{Version, VersionInfo};

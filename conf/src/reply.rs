@@ -1,6 +1,7 @@
 //! What a plugin prints: a result (or nothing), or the error JSON, and how
 //! it exits. Shared by `weft` and `weft-ipam`.
 
+use crate::env::{CniEnv, Command};
 use crate::error::CniError;
 use crate::netconf::NetConf;
 use crate::version::{Version, VersionInfo};
@@ -24,6 +25,21 @@ impl Reply {
             }
         }
     }
+}
+
+/// Runs one CNI command as every plugin does: reads the CNI_* environment
+/// through `lookup`, answers VERSION itself, and hands any other command to
+/// `handle`, which returns the result to print (if any).
+pub fn serve(
+    lookup: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    handle: impl FnOnce(&CniEnv) -> Result<Option<serde_json::Value>, CniError>,
+) -> Reply {
+    let outcome = CniEnv::from_lookup(lookup).and_then(|env| match env.command {
+        Command::Version => Ok(Some(version_reply(stdin))),
+        _ => handle(&env),
+    });
+    Reply::new(stdin, outcome)
 }
 
 /// The reply to VERSION. It never fails on the config, so a runtime can

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use weft_conf::error::codes;
-use weft_conf::{version_reply, Attachment, CniEnv, CniError, CniResult, Command, ErrorCode, Reply, Version};
+use weft_conf::{Attachment, CniEnv, CniError, CniResult, Command, ErrorCode, Reply, Version};
 
 use crate::{IpamConfig, Store};
 
@@ -89,17 +89,10 @@ struct IpamStdin {
 
 /// The standalone plugin: one CNI command.
 pub fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
-    Reply::new(stdin, dispatch(lookup, stdin))
+    weft_conf::serve(lookup, stdin, |env| dispatch(env, stdin))
 }
 
-fn dispatch(
-    lookup: impl Fn(&str) -> Option<String>,
-    stdin: &[u8],
-) -> Result<Option<serde_json::Value>, CniError> {
-    let env = CniEnv::from_lookup(lookup)?;
-    if env.command == Command::Version {
-        return Ok(Some(version_reply(stdin)));
-    }
+fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     let conf: IpamStdin = serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(ErrorCode::DecodingFailure, "cannot decode network config").with_details(e.to_string())
     })?;
@@ -107,6 +100,7 @@ fn dispatch(
         conf.ipam.ok_or_else(|| CniError::new(ErrorCode::InvalidNetworkConfig, "ipam is required"))?;
     let ipam = Ipam::open(&section, &conf.name)?;
     let v = conf.cni_version;
+    env.command.require_version(v)?;
     match env.command {
         Command::Add => ipam.add(&env.container_id, &env.ifname).map(|r| Some(r.to_json(v))),
         Command::Del => ipam.del(&env.container_id, &env.ifname).map(|()| None),
@@ -120,6 +114,7 @@ fn dispatch(
         }
         Command::Gc => ipam.gc(&conf.valid_attachments).map(|_| None),
         Command::Status => ipam.status().map(|()| None),
-        Command::Version => Ok(Some(version_reply(stdin))),
+        // serve() answers VERSION before dispatching.
+        Command::Version => Ok(None),
     }
 }

@@ -23,49 +23,26 @@ pub mod ipam_client;
 pub mod names;
 pub mod node_setup;
 
-use weft_conf::{version_reply, CniEnv, CniError, Command, ErrorCode, NetConf, Reply, Version};
+use weft_conf::{CniEnv, CniError, Command, ErrorCode, NetConf, Reply};
 
 /// Runs one CNI command: `lookup` reads the CNI_* environment.
 pub fn run(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
-    Reply::new(stdin, dispatch(lookup, stdin))
+    weft_conf::serve(lookup, stdin, |env| dispatch(env, stdin))
 }
 
-fn dispatch(
-    lookup: impl Fn(&str) -> Option<String>,
-    stdin: &[u8],
-) -> Result<Option<serde_json::Value>, CniError> {
-    let env = CniEnv::from_lookup(lookup)?;
-    if env.command == Command::Version {
-        return Ok(Some(version_reply(stdin)));
-    }
+fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     let conf = NetConf::parse(stdin)?;
-    require_version(env.command, conf.cni_version)?;
+    env.command.require_version(conf.cni_version)?;
     match env.command {
-        Command::Add => add::add(&env, &conf, stdin).map(|r| Some(r.to_json(conf.cni_version))),
-        Command::Del => del::del(&env, &conf, stdin).map(|()| None),
-        Command::Check => check::check(&env, &conf, stdin).map(|()| None),
+        Command::Add => add::add(env, &conf, stdin).map(|r| Some(r.to_json(conf.cni_version))),
+        Command::Del => del::del(env, &conf, stdin).map(|()| None),
+        Command::Check => check::check(env, &conf, stdin).map(|()| None),
         Command::Status => {
-            ipam_client::IpamClient::new(&conf, &env).and_then(|i| i.status(&env, stdin)).map(|()| None)
+            ipam_client::IpamClient::new(&conf, env).and_then(|i| i.status(env, stdin)).map(|()| None)
         }
-        Command::Gc => gc::gc(&env, &conf, stdin).map(|()| None),
-        Command::Version => Ok(Some(version_reply(stdin))),
-    }
-}
-
-/// CHECK exists from 0.4.0, STATUS and GC from 1.1.0.
-fn require_version(cmd: Command, v: Version) -> Result<(), CniError> {
-    let ok = match cmd {
-        Command::Check => v.has_check(),
-        Command::Status | Command::Gc => v.has_status_and_gc(),
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            format!("{cmd:?} is not defined for cniVersion {v}"),
-        ))
+        Command::Gc => gc::gc(env, &conf, stdin).map(|()| None),
+        // serve() answers VERSION before dispatching.
+        Command::Version => Ok(None),
     }
 }
 

@@ -111,6 +111,15 @@ impl Node {
 
     /// Starts a plugin command in this node's netns (for concurrency and kill tests).
     pub fn cni_child(&self, bin: &Path, cmd: &str, id: &str, netns: Option<&Path>, conf: &Value) -> Child {
+        self.spawn(bin, cmd, id, netns, conf.to_string().as_bytes())
+    }
+
+    /// Runs weft with a raw (possibly malformed) stdin.
+    pub fn cni_raw(&self, cmd: &str, id: &str, netns: Option<&Path>, stdin: &str) -> Reply {
+        reply(self.spawn(&weft(), cmd, id, netns, stdin.as_bytes()).wait_with_output().unwrap())
+    }
+
+    fn spawn(&self, bin: &Path, cmd: &str, id: &str, netns: Option<&Path>, stdin: &[u8]) -> Child {
         let mut c = Command::new(bin);
         c.env_clear()
             .env("CNI_COMMAND", cmd)
@@ -132,7 +141,7 @@ impl Node {
         in_netns(&mut c, &self.ns.path);
         let mut child = c.spawn().unwrap();
         // A plugin may exit without reading its config (a floor measurement with /bin/true).
-        let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
+        let _ = child.stdin.take().unwrap().write_all(stdin);
         child
     }
 
@@ -207,26 +216,4 @@ pub fn merge(base: &mut Value, extra: Value) {
 pub fn pod_ip(result: &Value) -> String {
     let a = result["ips"][0]["address"].as_str().expect("result has an address");
     a.split('/').next().unwrap().to_string()
-}
-
-impl Node {
-    /// Runs weft with a raw (possibly malformed) stdin.
-    pub fn cni_raw(&self, cmd: &str, id: &str, netns: Option<&Path>, stdin: &str) -> Reply {
-        let mut c = Command::new(weft());
-        c.env_clear()
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(ns) = netns {
-            c.env("CNI_NETNS", ns);
-        }
-        in_netns(&mut c, &self.ns.path);
-        let mut child = c.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        reply(child.wait_with_output().unwrap())
-    }
 }
