@@ -32,6 +32,11 @@ impl Ipam {
         Ok(crate::ipam_result(&self.cfg, ips))
     }
 
+    /// The addresses the attachment holds now (none before its first ADD).
+    pub fn held(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
+        Ok(crate::held(&self.store, container_id, ifname)?)
+    }
+
     /// DEL: releases what the attachment holds. Idempotent.
     pub fn del(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
         Ok(crate::release(&self.store, container_id, ifname)?)
@@ -39,7 +44,7 @@ impl Ipam {
 
     /// CHECK: the attachment still holds every address of `ips`.
     pub fn check(&self, container_id: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), CniError> {
-        let held = crate::held(&self.store, container_id, ifname)?;
+        let held = self.held(container_id, ifname)?;
         match ips.iter().find(|ip| !held.contains(ip)) {
             None => Ok(()),
             Some(ip) => Err(CniError::new(

@@ -30,19 +30,25 @@ pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniE
         netns::connect_in_background(&pod_ns)?
     };
     let ipam = IpamClient::new(conf, env)?;
-    let mut alloc = ipam.add(env, stdin).map_err(context("allocating an address"))?;
+    let (mut alloc, fresh) = ipam.add(env, stdin).map_err(context("allocating an address"))?;
+    // Undo 1 (on any failure below): the allocation, if this ADD made it.
+    let undo_alloc = || {
+        if fresh {
+            let _ = ipam.del(env, stdin);
+        }
+    };
     if alloc.routes.is_empty() {
         alloc.routes = default_routes(&alloc.ips);
     }
     if alloc.ips.is_empty() {
-        let _ = ipam.del(env, stdin);
+        undo_alloc();
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "IPAM returned no address"));
     }
     match rt.block_on(wire(env, conf, &pod_ns, pod_conn, &alloc)) {
         Ok(r) => Ok(r),
         Err(e) => {
-            // Undo 1: the allocation. The veth was undone inside wire().
-            let _ = ipam.del(env, stdin);
+            // The veth was undone inside wire().
+            undo_alloc();
             Err(e)
         }
     }

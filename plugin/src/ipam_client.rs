@@ -29,16 +29,22 @@ impl IpamClient {
         Ok(IpamClient::Delegate { binary: find_plugin(&conf.ipam.ipam_type, &env.path)? })
     }
 
-    /// Allocates for the attachment: ips (interface unset) and routes.
-    pub fn add(&self, env: &CniEnv, stdin: &[u8]) -> Result<CniResult, CniError> {
+    /// Allocates for the attachment: ips (interface unset) and routes, and
+    /// whether this call made the allocation (a repeated ADD of a live
+    /// attachment gets its addresses back, and must not free them on failure).
+    pub fn add(&self, env: &CniEnv, stdin: &[u8]) -> Result<(CniResult, bool), CniError> {
         match self {
-            IpamClient::InProcess(i) => i.add(&env.container_id, &env.ifname),
+            IpamClient::InProcess(i) => {
+                let fresh = i.held(&env.container_id, &env.ifname)?.is_empty();
+                Ok((i.add(&env.container_id, &env.ifname)?, fresh))
+            }
             IpamClient::Delegate { binary } => {
                 let out = exec(binary, Command::Add, env, stdin)?;
                 let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
                     delegate_error(binary, "returned a result that is not JSON", e.to_string())
                 })?;
-                Ok(CniResult::from_json(&v)?.1)
+                // A delegate refuses a duplicate ADD itself (host-local does).
+                Ok((CniResult::from_json(&v)?.1, true))
             }
         }
     }

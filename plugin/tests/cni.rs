@@ -406,3 +406,21 @@ fn config_keys_take_effect_in_the_kernel() {
     assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
     assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]));
 }
+
+#[test]
+fn a_repeated_add_fails_without_breaking_the_live_attachment() {
+    if !harness::root_or_skip("repeated_add") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf("1.0.0", json!({}));
+    let (a, b) = (PodNs::new(), PodNs::new());
+    let ra = node.cni(&weft(), "ADD", "dup", Some(&a.path), &conf).ok().clone();
+    node.cni(&weft(), "ADD", "other", Some(&b.path), &conf).ok().clone();
+    let r = node.cni(&weft(), "ADD", "dup", Some(&a.path), &conf);
+    assert_eq!(r.err_code(), 102, "{}", r.json);
+    // The first ADD's address and veth are untouched.
+    assert!(node.allocations().contains(&pod_ip(&ra)), "the repeated ADD freed the live address");
+    assert!(node_link(&node, &host_veth("dup")).is_some());
+    assert!(ping(&b.path, &pod_ip(&ra)));
+}
