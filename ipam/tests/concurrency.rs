@@ -1,13 +1,16 @@
 //! Many plugin processes at once: 16 threads, each with its own Store (its
-//! own lock file descriptor, as separate processes have), 20 allocations each.
+//! own lock file descriptor, as separate processes have), 20 allocations
+//! each, then their releases, then 20 more allocations each (reusing the
+//! pooled records) and their releases.
 
 use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::thread;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use weft_ipam::{allocate, release, IpamConfig, Store};
 
 const THREADS: usize = 16;
@@ -48,15 +51,35 @@ fn concurrent_allocations_are_distinct_and_all_released() {
     let store = Store::open(&cfg.data_dir, "weft").unwrap();
     assert_eq!(ip_files(store.dir()).len(), got.len());
 
-    run(|s, _, id| {
-        release(s, &id, "eth0").unwrap();
-        Vec::new()
+    let release_all = || {
+        run(|s, _, id| {
+            release(s, &id, "eth0").unwrap();
+            Vec::new()
+        });
+        assert!(ip_files(store.dir()).is_empty());
+        assert_eq!(fs::read_dir(store.dir().join("attachments")).unwrap().count(), 0);
+        assert!(fs::read_dir(store.dir()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("tmp.")));
+        assert_eq!(fs::read_dir(store.dir().join("free")).unwrap().count(), 64, "the pool is full");
+    };
+    release_all();
+
+    // Again, from the pool: each address's file is its owner's record, linked once more as its index.
+    let got = run(|s, c, id| {
+        let ips: Vec<IpAddr> = allocate(s, c, &id, "eth0").unwrap().iter().map(|c| c.address.ip()).collect();
+        let index = s.dir().join(format!("attachments/{id}@eth0"));
+        let record: Value = serde_json::from_slice(&fs::read(&index).unwrap()).unwrap();
+        assert_eq!(record, json!({"containerID": id, "ifname": "eth0", "ips": ips}));
+        for ip in &ips {
+            let meta = fs::metadata(s.dir().join(ip.to_string())).unwrap();
+            assert_eq!((meta.ino(), meta.nlink()), (fs::metadata(&index).unwrap().ino(), 3));
+        }
+        ips
     });
-    assert!(ip_files(store.dir()).is_empty());
-    assert_eq!(fs::read_dir(store.dir().join("attachments")).unwrap().count(), 0);
-    assert!(fs::read_dir(store.dir()).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with("tmp.")));
+    let distinct: HashSet<IpAddr> = got.iter().copied().collect();
+    assert_eq!(distinct.len(), 2 * THREADS * PER_THREAD, "an address was handed out twice");
+    release_all();
 }

@@ -4,10 +4,16 @@
 //! 1. for every range set the attachment holds nothing in, find the next
 //!    free candidate after `last_reserved_ip.<set>` (one `lstat` each;
 //!    exact, since we hold the lock); nothing is written yet;
-//! 2. write one record naming the held and chosen addresses to a temp file
-//!    (`AllocRecordWritten`): the allocation's one new inode;
-//! 3. rename it over the index (`AllocIndexWritten`): the intent, which a
-//!    crash from here on leaves for release and gc to follow;
+//! 2. write one record naming the held and chosen addresses to a file:
+//!    - a pooled one, if `free/` has a file whose only name is its pool
+//!      name: list `free/`, open an entry without `O_CREAT`, `fstat` it
+//!      (another name: drop the pool name, `AllocPoolEntryDropped`, try the
+//!      next), overwrite it (`AllocPooledRecordWritten`), cut it to the
+//!      record's length if it was longer (`AllocPooledRecordTruncated`);
+//!    - else a new temp file (`AllocRecordWritten`): a new inode;
+//! 3. rename it over the index (`AllocPooledIndexWritten`, or
+//!    `AllocIndexWritten` for a temp file): the intent, which a crash from
+//!    here on leaves for release and gc to follow;
 //! 4. hard-link the index as each chosen IP file (`AllocIpLinked`); the link
 //!    is the atomic arbiter: it fails if the address is taken, by a writer
 //!    that ignores our lock, and then (rare, only correct, not fast) we
@@ -20,14 +26,24 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use weft_conf::{CniResult, IpConfig};
 
-use super::files::{remove_if_exists, Holder};
+use super::files::{remove_if_exists, Holder, IndexSteps};
 use super::owner::Owner;
+use super::pool::PoolSteps;
 use super::{is_crash, Step, Store};
 use crate::config::{IpamConfig, Range};
 use crate::error::IpamError;
 use crate::range::{candidates, describe_set, find_range, usable_in_set, Candidates};
 
-const ALLOC_INDEX_STEPS: (Step, Step) = (Step::AllocRecordWritten, Step::AllocIndexWritten);
+const ALLOC_INDEX_STEPS: IndexSteps = IndexSteps {
+    temp_written: Step::AllocRecordWritten,
+    temp_renamed: Step::AllocIndexWritten,
+    pooled: Some(PoolSteps {
+        dropped: Step::AllocPoolEntryDropped,
+        overwritten: Step::AllocPooledRecordWritten,
+        truncated: Step::AllocPooledRecordTruncated,
+        renamed: Step::AllocPooledIndexWritten,
+    }),
+};
 
 /// Allocates one address per range set for (id, ifname). Idempotent: if the
 /// attachment already holds addresses, returns them (and allocates only for
@@ -175,7 +191,8 @@ fn held_by(store: &Store, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
 }
 
 /// Releases what (id, ifname) holds. Idempotent: Ok when nothing is held.
-/// Only removes IP files that name that owner; the index goes last.
+/// Only removes IP files that name that owner; the index goes last, into
+/// the pool when it has no other name left and the pool has room.
 pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<(), IpamError> {
     let owner = Owner::new(container_id, ifname)?;
     let _guard = store.lock()?;
@@ -186,8 +203,12 @@ pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<(), Ip
             store.reached(Step::ReleaseIpRemoved)?;
         }
     }
-    remove_if_exists(&store.index_path(&owner))?;
-    store.reached(Step::ReleaseIndexRemoved)
+    let mut pool = store.pool()?;
+    store.retire_index(
+        &store.index_path(&owner),
+        &mut pool,
+        (Step::ReleaseIndexPooled, Step::ReleaseIndexRemoved),
+    )
 }
 
 /// The addresses (id, ifname) holds (for CNI CHECK). Read-only.

@@ -1,7 +1,7 @@
-//! The store's file primitives: an attachment's record (written once to a
-//! temp file, renamed to its index, hard-linked as its IP files), reading
-//! owners back, and the `last_reserved_ip.<set>` hint. Callers hold the
-//! store's lock.
+//! The store's file primitives: an attachment's record (written to a pooled
+//! file or a new temp file, renamed to its index, hard-linked as its IP
+//! files), reading owners back, and the `last_reserved_ip.<set>` hint.
+//! Callers hold the store's lock.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::owner::Owner;
+use super::pool::PoolSteps;
 use super::{Step, Store};
 use crate::error::IpamError;
 
@@ -19,6 +20,17 @@ pub(super) const ATTACHMENTS: &str = "attachments";
 pub(super) const LOCK: &str = "lock";
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const TEMP_PREFIX: &str = "tmp.";
+
+/// The steps `Store::write_index` reaches.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct IndexSteps {
+    /// A new temp file holds the record.
+    pub temp_written: Step,
+    /// The temp file was renamed over the index.
+    pub temp_renamed: Step,
+    /// Taking the file from the pool instead; `None`: never.
+    pub pooled: Option<PoolSteps>,
+}
 
 /// Who an IP file says holds its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +42,10 @@ pub(super) enum Holder {
 }
 
 /// An attachment's record: its index, and the content of its IP files
-/// (the same inode). Never changed once written; the index is replaced by
-/// a new record, so an IP file linked earlier may list fewer or stale
-/// addresses: only its owner counts, the index's `ips` are the truth.
+/// (the same inode). Never changed while it has a name outside `free/` (see
+/// `pool.rs`); the index is replaced by a new record, so an IP file linked
+/// earlier may list fewer or stale addresses: only its owner counts, the
+/// index's `ips` are the truth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Record {
     #[serde(rename = "containerID")]
@@ -133,27 +146,34 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Replaces the owner's index with a new record naming `ips`: a temp
-    /// file (the one new inode), renamed over the index. `steps`: reached
-    /// after the temp is written, and after the rename.
+    /// Replaces the owner's index with a new record naming `ips`: written
+    /// to a pooled file when `steps.pooled` allows and the pool has one, else
+    /// to a temp file (a new inode), then renamed over the index.
     pub(super) fn write_index(
         &self,
         owner: &Owner,
         ips: &[IpAddr],
-        steps: (Step, Step),
+        steps: IndexSteps,
     ) -> Result<(), IpamError> {
         let record =
             Record { container_id: owner.id.clone(), ifname: owner.ifname.clone(), ips: ips.to_vec() };
         // A struct of strings and addresses always serialises.
         let json = serde_json::to_vec(&record).expect("Record serialises");
-        let tmp = self.write_temp(&json)?;
-        self.reached(steps.0)?;
         let path = self.index_path(owner);
+        if let Some(pooled) = steps.pooled {
+            if let Some(file) = self.take_pooled(&json, pooled)? {
+                // On failure it stays in the pool, where its content does not matter.
+                fs::rename(&file, &path).map_err(IpamError::io("rename into", &path))?;
+                return self.reached(pooled.renamed);
+            }
+        }
+        let tmp = self.write_temp(&json)?;
+        self.reached(steps.temp_written)?;
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
             return Err(IpamError::io("rename into", path)(e));
         }
-        self.reached(steps.1)
+        self.reached(steps.temp_renamed)
     }
 
     /// Hard-links the owner's index (its current record) as the IP file of

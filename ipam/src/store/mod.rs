@@ -16,25 +16,42 @@
 //! - `lock`: every operation holds a `flock` on it (exclusive to change the
 //!   store, shared to read it), so concurrent plugin processes serialise;
 //! - `tmp.<pid>.<n>`: a record being written; leftovers of a dead process
-//!   are ignored by allocation and removed by `gc`.
+//!   are ignored by allocation and removed by `gc`;
+//! - `free/<n>`: the pool, up to `POOL_MAX` released records' files, each
+//!   with no other name, for allocations to overwrite (see `pool.rs`).
+//!   Allocation, `held` and `free_counts` never look there for owners.
 //!
-//! Why one inode: on ext4 creating an inode costs 170-500 µs, a `link` 15-25.
-//! So an allocation writes its record once, to a temp file, renames it over
-//! the index, and hard-links it as each IP file: every name appears with
-//! its full content, and `link` fails if the address is taken, so there is
-//! never a second owner nor an empty IP file. Records are never written
-//! again: a change is a new record renamed over the index.
+//! Why no new inode: on ext4 creating an inode costs 170-500 µs, a `link`,
+//! a `rename` or opening an existing file 6-60 µs. So an allocation writes its
+//! record once, to a released record's file taken from the pool (or, when
+//! the pool is empty, to a new temp file), renames it over the index, and
+//! hard-links it as each IP file: every name appears with its full content,
+//! and `link` fails if the address is taken, so there is never a second
+//! owner nor an empty IP file. A record is never written while it has a
+//! name outside `free/`: a change is a new record renamed over the index,
+//! and a pooled file is only rewritten after `fstat` says the pool name is
+//! its only one. Release moves the index into the pool once the IP files
+//! are gone, when it has no other name and the pool has room.
 //!
 //! Crash analysis (steps as in `Step`; see `allocate.rs` for the order):
 //! - allocation: after `AllocRecordWritten` only a temp file exists (gc
-//!   removes it); after `AllocIndexWritten` the index names addresses
-//!   without IP files, which retry, release and gc skip (the owner check
-//!   fails) and drop; after each `AllocIpLinked` the address is complete
-//!   and held, so a retry returns it, release and gc reclaim it; after
-//!   `AllocLastReservedWritten` the hint may be garbled until truncated,
-//!   which reads as `None` or another address, and allocation stays correct.
-//! - release removes the IP files before the index, so a repeated release
-//!   still finds what is left; gc: see `gc.rs`.
+//!   removes it); after `AllocPoolEntryDropped` a pool entry that had
+//!   another name lost its pool name, and nothing else changed; after
+//!   `AllocPooledRecordWritten` and `AllocPooledRecordTruncated` a pool
+//!   file holds part or all of the new record, under its pool name only:
+//!   garbage that nobody reads, overwritten by the next allocation; after
+//!   `AllocIndexWritten` or `AllocPooledIndexWritten` the index (the
+//!   complete record) names addresses without IP files, which retry,
+//!   release and gc skip (the owner check fails) and drop; after each
+//!   `AllocIpLinked` the address is complete and held, so a retry returns
+//!   it, release and gc reclaim it; after `AllocLastReservedWritten` the
+//!   hint may be garbled until truncated, which reads as `None` or another
+//!   address, and allocation stays correct.
+//! - release removes the IP files (`ReleaseIpRemoved`) before the index, so
+//!   a repeated release still finds what is left; the index then leaves in
+//!   one step, renamed into the pool (`ReleaseIndexPooled`) or unlinked
+//!   (`ReleaseIndexRemoved`): either way the release is complete, and a
+//!   record in the pool has no other name. gc: see `gc.rs`.
 //!
 //! This guards against process death (kill -9), not power loss: nothing is
 //! fsynced.
@@ -46,6 +63,7 @@ mod allocate;
 mod files;
 mod gc;
 mod owner;
+mod pool;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -91,17 +109,43 @@ impl Drop for StoreGuard<'_> {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// The new record is written to a new temp file (nothing to reuse in the pool).
     AllocRecordWritten,
+    /// The temp file is renamed over the index.
     AllocIndexWritten,
+    /// A pool entry with another name lost its pool name, unused.
+    AllocPoolEntryDropped,
+    /// A pooled file is overwritten with the new record (old tail left).
+    AllocPooledRecordWritten,
+    /// The pooled file is cut to the record's length.
+    AllocPooledRecordTruncated,
+    /// The pooled file is renamed over the index.
+    AllocPooledIndexWritten,
+    /// The index is hard-linked as one chosen IP file.
     AllocIpLinked,
+    /// `last_reserved_ip.<set>` is overwritten in place.
     AllocLastReservedWritten,
+    /// ...and cut to the address's length.
     AllocLastReservedTruncated,
+    /// One of the attachment's IP files is removed.
     ReleaseIpRemoved,
+    /// The index is renamed into the pool.
+    ReleaseIndexPooled,
+    /// The index is unlinked (the pool is full, or it has another name).
     ReleaseIndexRemoved,
+    /// A temp file is removed.
     GcTempRemoved,
+    /// A pool entry (beyond `POOL_MAX`, or not a file with one name) is removed.
+    GcPoolEntryRemoved,
+    /// An invalid owner's IP file is removed.
     GcIpRemoved,
+    /// A dead index is renamed into the pool.
+    GcIndexPooled,
+    /// A dead index is unlinked.
     GcIndexRemoved,
+    /// A rebuilt index's record is written to a temp file.
     GcIndexTmpWritten,
+    /// ...and renamed over the index.
     GcIndexWritten,
 }
 
@@ -113,6 +157,8 @@ impl Store {
         let dir = data_dir.join(network);
         let attachments = dir.join(files::ATTACHMENTS);
         fs::create_dir_all(&attachments).map_err(IpamError::io("create directory", &attachments))?;
+        let free = dir.join(pool::FREE);
+        fs::create_dir_all(&free).map_err(IpamError::io("create directory", &free))?;
         let lock_path = dir.join(files::LOCK);
         let lock_file = OpenOptions::new()
             .read(true)
@@ -210,6 +256,7 @@ mod tests {
         let s = Store::open(tmp.path(), "weft.net-1").unwrap();
         assert!(s.dir().join("lock").is_file());
         assert!(s.dir().join("attachments").is_dir());
+        assert!(s.dir().join("free").is_dir());
         Store::open(tmp.path(), "weft.net-1").unwrap();
         for bad in ["", ".", "..", "a/b", "../x", "-x", ".hidden", "a b", &"x".repeat(256)] {
             let e = Store::open(tmp.path(), bad).unwrap_err();
