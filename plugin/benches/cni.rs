@@ -55,6 +55,7 @@ struct Samples {
     del: Vec<Duration>,
 }
 
+#[allow(clippy::needless_range_loop)] // pod i of both plugins, side by side
 /// Sequential ADD, then CHECK, then DEL of every pod, the two plugins
 /// taking turns pod by pod so that the machine's drift hits both alike.
 /// Namespaces are made once and reused: the kernel destroys a netns

@@ -416,7 +416,7 @@ fn a_repeated_add_fails_without_breaking_the_live_attachment() {
     let conf = node.conf("1.0.0", json!({}));
     let (a, b) = (PodNs::new(), PodNs::new());
     let ra = node.cni(&weft(), "ADD", "dup", Some(&a.path), &conf).ok().clone();
-    node.cni(&weft(), "ADD", "other", Some(&b.path), &conf).ok().clone();
+    node.cni(&weft(), "ADD", "other", Some(&b.path), &conf).ok();
     let r = node.cni(&weft(), "ADD", "dup", Some(&a.path), &conf);
     assert_eq!(r.err_code(), 102, "{}", r.json);
     // The first ADD's address and veth are untouched.
