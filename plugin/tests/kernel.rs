@@ -197,8 +197,8 @@ fn create_veth_puts_peer_in_pod_netns() {
 }
 
 #[test]
-fn create_veth_timing() {
-    let Some(t) = isolate("create_veth_timing") else { return };
+fn fifty_veths_on_one_bridge_are_created_and_deleted() {
+    let Some(t) = isolate("fifty_veths") else { return };
     let pod = PodNs::new();
     let pod_ns = pod.open();
     t.rt.block_on(async {
@@ -212,11 +212,17 @@ fn create_veth_timing() {
                 .unwrap();
         }
         let per = started.elapsed() / n;
+        let ports = |links: Vec<weft_plugin::link::LinkState>| {
+            links.iter().filter(|l| l.controller == Some(br.index)).count()
+        };
+        assert_eq!(ports(weft_plugin::link::list_links(&h).await.unwrap()), n as usize);
         let started = Instant::now();
         for i in 0..n {
             assert!(delete_link(&h, &format!("vethw{i}")).await.unwrap());
         }
         let del = started.elapsed() / n;
+        assert_eq!(ports(weft_plugin::link::list_links(&h).await.unwrap()), 0);
+        // Figures for the curious; the benchmark (`make bench`) is where they count.
         eprintln!(
             "create_veth+hairpin+readback: {per:?} per pair; delete_link: {del:?} per pair ({n} pairs)"
         );
