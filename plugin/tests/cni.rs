@@ -39,6 +39,12 @@ fn bridge_ports(node: &Node) -> Vec<String> {
     })
 }
 
+/// A config whose range holds a single address, 10.244.1.10.
+fn one_address(node: &Node, version: &str) -> serde_json::Value {
+    let range = json!({"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.10"});
+    node.conf(version, json!({"ipam": {"ranges": [[range]]}}))
+}
+
 fn host_veth(id: &str) -> String {
     weft_plugin::names::host_veth(id, "eth0")
 }
@@ -166,10 +172,7 @@ fn add_into_an_exhausted_range_fails_cleanly() {
         return;
     }
     let node = Node::new();
-    let conf = node.conf(
-        "1.0.0",
-        json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.10"}]]}}),
-    );
+    let conf = one_address(&node, "1.0.0");
     let (p1, p2) = (PodNs::new(), PodNs::new());
     node.cni(&weft(), "ADD", "x1", Some(&p1.path), &conf).ok();
     let r = node.cni(&weft(), "ADD", "x2", Some(&p2.path), &conf);
@@ -356,10 +359,7 @@ fn status_reports_an_exhausted_range_with_code_50() {
         return;
     }
     let node = Node::new();
-    let conf = node.conf(
-        "1.1.0",
-        json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10", "rangeEnd": "10.244.1.10"}]]}}),
-    );
+    let conf = one_address(&node, "1.1.0");
     assert_eq!(node.cni(&weft(), "STATUS", "", None, &conf).code, 0);
     let pod = PodNs::new();
     node.cni(&weft(), "ADD", "s1", Some(&pod.path), &conf).ok();
