@@ -32,7 +32,8 @@ ip -n "$NODE" link set lo up
 for pod in a b; do
   ip netns add "$P-$pod"
   echo "== CNI ADD pod $pod"
-  cni ADD "$pod" | python3 -m json.tool 2>/dev/null || cni ADD "$pod"
+  result=$(cni ADD "$pod")
+  if command -v python3 >/dev/null; then python3 -m json.tool <<<"$result"; else echo "$result"; fi
 done
 A=$(ip -n "$P-a" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
 B=$(ip -n "$P-b" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
