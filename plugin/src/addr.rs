@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
 };
@@ -36,8 +36,15 @@ pub struct RouteEntry {
 }
 
 /// Adds `addr` (address + prefix) to link `index` (`ip addr add`); idempotent.
+/// IPv6 addresses skip duplicate address detection (`nodad`): IPAM made them
+/// unique, and DAD would keep a new pod's address unusable for a second.
 pub async fn add_address(h: &Handle, index: u32, addr: IpNetwork) -> Result<(), KernelError> {
-    match h.address().add(index, addr.ip(), addr.prefix()).execute().await {
+    let mut req = h.address().add(index, addr.ip(), addr.prefix());
+    if addr.is_ipv6() {
+        req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
         Ok(()) => Ok(()),
         Err(e) if nl_errno(&e) == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(netlink(format!("RTM_NEWADDR {addr} index {index}"))(e)),

@@ -424,3 +424,39 @@ fn a_repeated_add_fails_without_breaking_the_live_attachment() {
     assert!(node_link(&node, &host_veth("dup")).is_some());
     assert!(ping(&b.path, &pod_ip(&ra)));
 }
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families() {
+    if !harness::root_or_skip("dual_stack") {
+        return;
+    }
+    let node = Node::new();
+    let conf = node.conf(
+        "1.0.0",
+        json!({"ipam": {"ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
+                        "routes": null}}),
+    );
+    let (a, b) = (PodNs::new(), PodNs::new());
+    let ra = node.cni(&weft(), "ADD", "ds-a", Some(&a.path), &conf).ok().clone();
+    let rb = node.cni(&weft(), "ADD", "ds-b", Some(&b.path), &conf).ok().clone();
+    let v6 = |r: &serde_json::Value| {
+        r["ips"][1]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    assert_eq!(ra["ips"][1]["gateway"], "fd00:10:244:1::1");
+    assert_eq!(
+        ra["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+    );
+    assert!(ping(&a.path, &pod_ip(&rb)), "v4");
+    assert!(ping(&a.path, &v6(&rb)), "pod a cannot reach pod b over IPv6");
+    assert!(ping(&b.path, "fd00:10:244:1::1"), "pod b cannot reach the IPv6 gateway");
+    let mut chk = conf.clone();
+    chk["prevResult"] = ra.clone();
+    assert_eq!(node.cni(&weft(), "CHECK", "ds-a", Some(&a.path), &chk).code, 0);
+    let nat6 = node.sh(&["ip6tables-save", "-t", "nat"]);
+    assert_eq!(nat6.lines().filter(|l| l.contains("-j MASQUERADE")).count(), 1, "{nat6}");
+    for (id, p) in [("ds-a", &a), ("ds-b", &b)] {
+        node.cni(&weft(), "DEL", id, Some(&p.path), &conf).ok();
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
