@@ -80,6 +80,13 @@ struct Raw {
 }
 
 impl NetConf {
+    /// The attachments a GC must keep. A GC request without
+    /// `cni.dev/valid-attachments` is refused rather than read as "keep
+    /// nothing", which would free every address of the network.
+    pub fn gc_keep(&self) -> Result<&[Attachment], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| invalid("GC needs cni.dev/valid-attachments"))
+    }
+
     /// Parses and validates stdin. `ipam` is required only when `needs_ipam`
     /// (VERSION and STATUS may arrive with less).
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
@@ -248,7 +255,9 @@ mod tests {
         let mut v = minimal();
         v["cniVersion"] = "1.1.0".into();
         v["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
-        let a = parse(v).unwrap().valid_attachments.unwrap();
+        let a = parse(v.clone()).unwrap().valid_attachments.unwrap();
+        assert_eq!(parse(v).unwrap().gc_keep().unwrap().len(), 1);
+        assert_eq!(parse(minimal()).unwrap().gc_keep().unwrap_err().code, 7);
         assert_eq!(a, [Attachment { container_id: "c1".into(), ifname: "eth0".into() }]);
     }
 

@@ -88,8 +88,8 @@ struct IpamStdin {
     ipam: Option<serde_json::Value>,
     #[serde(rename = "prevResult")]
     prev_result: Option<serde_json::Value>,
-    #[serde(default, rename = "cni.dev/valid-attachments")]
-    valid_attachments: Vec<Attachment>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<Attachment>>,
 }
 
 /// The standalone plugin: one CNI command.
@@ -117,7 +117,13 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>, Cni
             let ips: Vec<IpAddr> = prev.ips.iter().map(|i| i.address.ip()).collect();
             ipam.check(&env.container_id, &env.ifname, &ips).map(|()| None)
         }
-        Command::Gc => ipam.gc(&conf.valid_attachments).map(|_| None),
+        Command::Gc => {
+            // Without the list, a GC would free every address: refuse it.
+            let keep = conf.valid_attachments.ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidNetworkConfig, "GC needs cni.dev/valid-attachments")
+            })?;
+            ipam.gc(&keep).map(|_| None)
+        }
         Command::Status => ipam.status().map(|()| None),
         // serve() answers VERSION before dispatching.
         Command::Version => Ok(None),

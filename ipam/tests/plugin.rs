@@ -62,6 +62,7 @@ fn add_check_del_gc_through_the_binary() {
     ipam("ADD", "drop", &c);
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    assert_eq!(ipam("GC", "", &c).1["code"], 7, "a GC without the valid list is refused");
     assert_eq!(ipam("GC", "", &gc).0, 0);
     let (_, kept) = ipam("ADD", "keep", &c);
     assert!(dir

@@ -12,12 +12,8 @@ use crate::{link, names, netns, runtime};
 
 /// Runs GC. Carries on past errors and reports the first.
 pub fn gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
-    let valid: HashSet<String> = conf
-        .valid_attachments
-        .iter()
-        .flatten()
-        .map(|a| names::host_veth(&a.container_id, &a.ifname))
-        .collect();
+    let valid: HashSet<String> =
+        conf.gc_keep()?.iter().map(|a| names::host_veth(&a.container_id, &a.ifname)).collect();
     let ports = runtime().and_then(|rt| rt.block_on(delete_stale_ports(&conf.bridge, &valid)));
     let released = IpamClient::new(conf, env).and_then(|ipam| ipam.gc(conf, env, stdin));
     ports.map_err(context("deleting stale bridge ports"))?;

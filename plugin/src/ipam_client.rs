@@ -68,7 +68,7 @@ impl IpamClient {
     /// Releases every allocation not in the config's valid attachments.
     pub fn gc(&self, conf: &NetConf, env: &CniEnv, stdin: &[u8]) -> Result<(), CniError> {
         match self {
-            IpamClient::InProcess(i) => i.gc(conf.valid_attachments.as_deref().unwrap_or_default()).map(drop),
+            IpamClient::InProcess(i) => i.gc(conf.gc_keep()?).map(drop),
             IpamClient::Delegate { binary } => exec(binary, Command::Gc, env, stdin).map(drop),
         }
     }
