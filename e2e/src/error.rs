@@ -1,0 +1,67 @@
+//! Errors of the testbed. Every variant names the object it is about.
+
+use std::io;
+use std::path::PathBuf;
+
+use weft_plugin::kernel_error::KernelError;
+
+/// Errors from setting up, inspecting and tearing down a testbed run.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    #[error("invalid run name {name:?}: {why}")]
+    InvalidRunName { name: String, why: &'static str },
+    #[error("invalid node count {nodes}: must be 1..={max}")]
+    InvalidNodeCount { nodes: u32, max: u32 },
+    #[error("run {run:?} already exists ({dir:?})")]
+    RunExists { run: String, dir: PathBuf },
+    #[error("run {run:?} not found (no {dir:?})")]
+    RunNotFound { run: String, dir: PathBuf },
+    #[error("network namespace {path:?} already exists")]
+    NetnsExists { path: PathBuf },
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        /// Boxed: KernelError carries a whole netlink message and would bloat every Result.
+        #[source]
+        source: Box<KernelError>,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path:?}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("process {what} not ready within {ms} ms")]
+    NotReady { what: String, ms: u128 },
+    #[error("cancelled by a signal")]
+    Cancelled,
+    #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]
+    Teardown { run: String, errors: Vec<E2eError> },
+}
+
+impl E2eError {
+    /// Wraps an io::Error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> E2eError {
+        let what = what.into();
+        move |source| E2eError::Io { what, source }
+    }
+
+    /// Wraps a KernelError with what was being done.
+    pub fn kernel(what: impl Into<String>) -> impl FnOnce(KernelError) -> E2eError {
+        let what = what.into();
+        move |source| E2eError::Kernel { what, source: Box::new(source) }
+    }
+}
+
+fn join(errors: &[E2eError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Results of this crate.
+pub type Result<T, E = E2eError> = std::result::Result<T, E>;

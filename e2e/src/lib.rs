@@ -1,0 +1,226 @@
+//! weft's end-to-end testbed: a cluster made of network namespaces
+//! (shared/TESTBED.md), a workload server and a probe.
+//!
+//! `Testbed::up` builds a run (`<run>-lan` with the lan bridge, `<run>-n1..nN`,
+//! `<run>-ext`) and tears it down on drop, so a failing or panicking test leaves
+//! nothing behind. The CLI (`weft-e2e`) exposes the same operations.
+
+pub mod error;
+pub mod netns;
+pub mod plan;
+pub mod probe;
+pub mod run;
+pub mod serve;
+pub mod signals;
+pub mod topology;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use error::{E2eError, Result};
+pub use run::RunState;
+
+/// How often `exec_in` checks whether its child has exited.
+const EXEC_POLL: Duration = Duration::from_millis(5);
+
+/// A running testbed; torn down (processes killed, namespaces and run dir
+/// deleted) by `down` or on drop.
+pub struct Testbed {
+    state: Mutex<RunState>,
+    children: Mutex<Vec<Child>>,
+    torn_down: bool,
+}
+
+impl Testbed {
+    /// Brings up a run with `nodes` nodes under a fresh random name; not idempotent.
+    pub fn up(nodes: u32) -> Result<Testbed> {
+        Testbed::start(nodes, None)
+    }
+
+    /// Brings up a run named `name`; `RunExists` if the name is taken.
+    pub fn up_named(nodes: u32, name: &str) -> Result<Testbed> {
+        Testbed::start(nodes, Some(name))
+    }
+
+    fn start(nodes: u32, name: Option<&str>) -> Result<Testbed> {
+        let never = AtomicBool::new(false);
+        let state = topology::up(nodes, name, &never)?;
+        Ok(Testbed { state: Mutex::new(state), children: Mutex::new(Vec::new()), torn_down: false })
+    }
+
+    /// A copy of the run state (as written to the state file).
+    pub fn state(&self) -> RunState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The run name (the prefix of every namespace).
+    pub fn run(&self) -> String {
+        self.state().run
+    }
+
+    /// The number of nodes.
+    pub fn nodes(&self) -> u32 {
+        self.state().nodes.len() as u32
+    }
+
+    /// Node `n`'s netns path (n from 1); panics if there is no such node.
+    pub fn node_netns(&self, n: u32) -> PathBuf {
+        self.node(n).path
+    }
+
+    /// Node `n`'s lan address (172.31.0.(10+n)); panics if there is no such node.
+    pub fn node_addr(&self, n: u32) -> Ipv4Addr {
+        self.node(n).lan_addr.ip()
+    }
+
+    /// The external client's netns path.
+    pub fn ext_netns(&self) -> PathBuf {
+        self.state().ext.path
+    }
+
+    /// The external client's lan address (172.31.0.100).
+    pub fn ext_addr(&self) -> Ipv4Addr {
+        self.state().ext.lan_addr.ip()
+    }
+
+    /// The lan netns path (holds the bridge).
+    pub fn lan_netns(&self) -> PathBuf {
+        netns::netns_path(&self.state().lan)
+    }
+
+    fn node(&self, n: u32) -> run::Host {
+        let st = self.state();
+        let i = (n as usize).checked_sub(1).filter(|&i| i < st.nodes.len());
+        let i = i.unwrap_or_else(|| panic!("run {} has no node {n}", st.run));
+        st.nodes[i].clone()
+    }
+
+    /// Runs `argv` inside `netns` and returns its output; kills it after `timeout`.
+    pub fn exec_in(&self, netns: &Path, argv: &[&str], timeout: Duration) -> Result<Output> {
+        exec_in(netns, argv, timeout)
+    }
+
+    /// Starts `argv` inside `netns` as process `name` of this run (killed on
+    /// teardown, recorded in the state file) and waits up to `ready` for its first
+    /// line on stdout, which it must print once it is ready. Returns the pid.
+    pub fn spawn_in(&self, name: &str, netns: &Path, argv: &[&str], ready: Duration) -> Result<u32> {
+        let mut c = command_in(netns, argv)?;
+        let mut child = c.stdout(Stdio::piped()).spawn().map_err(E2eError::io(format!("start {argv:?}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining so the child never blocks on a full pipe.
+            lines.for_each(drop);
+        });
+        let pid = child.id();
+        if !matches!(rx.recv_timeout(ready), Ok(Some(Ok(_)))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(E2eError::NotReady { what: format!("{name} {argv:?}"), ms: ready.as_millis() });
+        }
+        let record = run::ProcessRecord {
+            name: name.into(),
+            pid: pid as i32,
+            start_time: run::start_time(pid as i32).unwrap_or(0),
+            netns: netns.display().to_string(),
+        };
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.processes.push(record);
+        run::save(&st)?;
+        Ok(pid)
+    }
+
+    /// Kills this run's processes and deletes its namespaces and run dir; idempotent.
+    pub fn down(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        for mut c in self.children.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        topology::down(&self.run())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("weft-e2e: teardown on drop: {e}");
+        }
+    }
+}
+
+/// Runs `argv` inside the netns at `netns` (setns between fork and exec) and
+/// returns its output; kills it if it runs longer than `timeout`.
+pub fn exec_in(netns: &Path, argv: &[&str], timeout: Duration) -> Result<Output> {
+    let mut c = command_in(netns, argv)?;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(E2eError::io(format!("start {argv:?}")))?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(E2eError::io(format!("wait for {argv:?}")))? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(E2eError::io(format!("{argv:?} in {}", netns.display()))(
+                    std::io::ErrorKind::TimedOut.into(),
+                ));
+            }
+            None => std::thread::sleep(EXEC_POLL),
+        }
+    };
+    Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// A Command for `argv` that enters the netns at `netns` before exec.
+pub fn command_in(netns: &Path, argv: &[&str]) -> Result<Command> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| E2eError::io("exec_in with an empty argv")(std::io::ErrorKind::InvalidInput.into()))?;
+    let file = std::fs::File::open(netns).map_err(E2eError::io(format!("open netns {}", netns.display())))?;
+    let mut c = Command::new(prog);
+    c.args(args);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setns(2), which is async-signal-safe; `file` lives in the closure, so its
+    // fd stays open until the Command is dropped (O_CLOEXEC: the program never sees it).
+    unsafe {
+        c.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(file.as_raw_fd());
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(c)
+}

@@ -1,0 +1,142 @@
+//! `weft-e2e`: bring a testbed run up and down, serve a workload, probe.
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weft_e2e::probe::{probe, Proto};
+use weft_e2e::serve::Server;
+use weft_e2e::signals::Signals;
+use weft_e2e::{topology, E2eError};
+use weft_plugin::netns::NetNs;
+
+/// Exit code for usage errors (clap's own 2 would read as a probe timeout).
+const EXIT_USAGE: u8 = 64;
+/// Exit code when a signal cancelled `up`.
+const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Parser)]
+#[command(name = "weft-e2e", about = "weft's end-to-end testbed: a cluster made of network namespaces")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a run and print its name. Without --keep, stay in the foreground
+    /// and tear it down on Ctrl-C/SIGTERM; with --keep, exit and leave it up.
+    Up {
+        #[arg(long)]
+        nodes: u32,
+        /// Run name: 1-8 chars of [a-z0-9], starting with a letter (default: wt + 4 hex).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Delete everything a run created (idempotent).
+    Down { run: String },
+    /// Show a run's state and whether each namespace still exists.
+    Status { run: String },
+    /// Answer every TCP connection and UDP datagram on each port with NAME.
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',', default_value = "80,81")]
+        ports: Vec<u16>,
+    },
+    /// Connect once from inside a netns: prints connected <reply> | refused | timeout
+    /// (exit 0/1/2; unreachable 3, local error 4).
+    Probe {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        proto: Proto,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let r = match cli.cmd {
+        Cmd::Up { nodes, name, keep } => return up(nodes, name.as_deref(), keep),
+        Cmd::Probe { netns, to, proto, timeout_ms } => return probe_cmd(&netns, to, proto, timeout_ms),
+        Cmd::Down { run } => topology::down(&run),
+        Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
+        Cmd::Serve { name, ports } => serve(&name, &ports),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn up(nodes: u32, name: Option<&str>, keep: bool) -> ExitCode {
+    // First, before any other thread exists: signals go to the watcher thread only.
+    let signals = match Signals::watch() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let state = match topology::up(nodes, name, signals.cancel()) {
+        Ok(s) => s,
+        Err(E2eError::Cancelled) => {
+            eprintln!("weft-e2e: up cancelled; what it created is deleted");
+            return ExitCode::from(EXIT_CANCELLED);
+        }
+        Err(e) => return fail(&e),
+    };
+    println!("{}", state.run);
+    let cancelled = signals.cancel().load(std::sync::atomic::Ordering::SeqCst);
+    if keep && !cancelled {
+        return ExitCode::SUCCESS;
+    }
+    if !cancelled {
+        eprintln!("weft-e2e: run {} is up; Ctrl-C or SIGTERM tears it down", state.run);
+        signals.wait();
+    }
+    match topology::down(&state.run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn probe_cmd(netns: &std::path::Path, to: SocketAddr, proto: Proto, timeout_ms: u64) -> ExitCode {
+    // setns on the main thread while it is still the only thread.
+    let entered = NetNs::open(netns).map_err(|e| e.to_string()).and_then(|ns| {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+    });
+    if let Err(e) = entered {
+        println!("error cannot enter {}: {e}", netns.display());
+        return ExitCode::from(4);
+    }
+    let outcome = probe(to, proto, Duration::from_millis(timeout_ms));
+    println!("{outcome}");
+    ExitCode::from(outcome.exit_code() as u8)
+}
+
+fn serve(name: &str, ports: &[u16]) -> Result<(), E2eError> {
+    let server = Server::bind(name, ports)?;
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    // The readiness line: every socket is bound.
+    println!("ready {name} {}", list.join(","));
+    std::io::Write::flush(&mut std::io::stdout()).map_err(E2eError::io("flush stdout"))?;
+    server.run()
+}
+
+fn fail(e: &E2eError) -> ExitCode {
+    eprintln!("weft-e2e: {e}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,200 @@
+//! Bring a run's topology up and down (shared/TESTBED.md):
+//!
+//! ```text
+//! <run>-lan  netns with bridge <run>-lan (the underlay L2 segment)
+//!   ├─ port <run>-n<N>  ══ veth ══  eth0 172.31.0.(10+N)/24 in netns <run>-n<N>
+//!   └─ port <run>-ext   ══ veth ══  eth0 172.31.0.100/24    in netns <run>-ext
+//! ```
+//!
+//! Every veth is created by one RTM_NEWLINK on the lan netns's socket with the
+//! peer placed straight into the host netns (IFLA_NET_NS_FD, `create_veth`), so
+//! no link ever exists in the root netns. Netlink runs on a dedicated thread with
+//! its own runtime, so `up` works whether or not the caller is inside one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use weft_plugin::netns::{connect_in, NetNs};
+use weft_plugin::{addr, bridge, link, veth};
+
+use crate::error::{E2eError, Result};
+use crate::netns::{create_netns, delete_netns, list_with_prefix, netns_exists, netns_path};
+use crate::plan::{check_run_name, random_run_name, HOST_IFNAME, MTU};
+use crate::run::{self, Host, RunState};
+
+/// How many random names `up` tries before giving up on finding a free one.
+const NAME_ATTEMPTS: usize = 8;
+
+/// Creates a run with `nodes` nodes, named `name` or `wt` + 4 random hex chars.
+/// Not idempotent: `RunExists` if `name` is taken. On failure or when `cancel`
+/// becomes true, deletes what it created and returns the error.
+pub fn up(nodes: u32, name: Option<&str>, cancel: &AtomicBool) -> Result<RunState> {
+    crate::plan::check_nodes(nodes)?;
+    let mut state = claim_run(nodes, name)?;
+    let built = run::save(&state).and_then(|()| build(&state, cancel));
+    match built.and_then(|()| {
+        state.complete = true;
+        run::save(&state)
+    }) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            if let Err(td) = down(&state.run) {
+                eprintln!("weft-e2e: cleanup after failed up: {td}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Picks the run name and claims its directory.
+fn claim_run(nodes: u32, name: Option<&str>) -> Result<RunState> {
+    if let Some(name) = name {
+        let state = RunState::plan(name, nodes)?;
+        run::create_run_dir(name)?;
+        return Ok(state);
+    }
+    let mut last = None;
+    for _ in 0..NAME_ATTEMPTS {
+        let name = random_run_name()?;
+        match run::create_run_dir(&name) {
+            Ok(_) => return RunState::plan(&name, nodes),
+            Err(e @ E2eError::RunExists { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// Creates the namespaces, then wires them (bridge, veths, addresses).
+fn build(state: &RunState, cancel: &AtomicBool) -> Result<()> {
+    for ns in state.namespaces() {
+        check_cancel(cancel)?;
+        create_netns(&ns)?;
+    }
+    std::thread::scope(|s| {
+        let wiring = s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(E2eError::io("start the netlink runtime"))?;
+            rt.block_on(wire(state, cancel))
+        });
+        wiring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+async fn wire(state: &RunState, cancel: &AtomicBool) -> Result<()> {
+    let lan = open(&state.lan)?;
+    let h = connect_in(&lan).map_err(E2eError::kernel(format!("netlink in {}", state.lan)))?;
+    lo_up(&h, &state.lan).await?;
+    let br = bridge::ensure_bridge(&h, &state.lan, MTU, None)
+        .await
+        .map_err(E2eError::kernel(format!("bridge {} in {}", state.lan, state.lan)))?;
+    for host in state.hosts() {
+        check_cancel(cancel)?;
+        attach(&h, br.index, host).await?;
+    }
+    Ok(())
+}
+
+/// Plugs `host` into the lan: port `<netns>` on the bridge, `eth0` with its address.
+async fn attach(lan: &rtnetlink::Handle, bridge_index: u32, host: &Host) -> Result<()> {
+    let ns = open(&host.netns)?;
+    let what = |step: &str| format!("{step} for {}", host.netns);
+    let pair = veth::create_veth(lan, &host.netns, HOST_IFNAME, &ns, MTU, bridge_index, false)
+        .await
+        .map_err(E2eError::kernel(what("veth")))?;
+    let h = connect_in(&ns).map_err(E2eError::kernel(what("netlink")))?;
+    lo_up(&h, &host.netns).await?;
+    link::set_up(&h, pair.peer_index).await.map_err(E2eError::kernel(what("eth0 up")))?;
+    addr::add_address(&h, pair.peer_index, host.lan_addr.into())
+        .await
+        .map_err(E2eError::kernel(what("eth0 address")))
+}
+
+async fn lo_up(h: &rtnetlink::Handle, ns: &str) -> Result<()> {
+    let what = format!("lo up in {ns}");
+    let lo = link::get_link(h, "lo")
+        .await
+        .map_err(E2eError::kernel(what.clone()))?
+        .ok_or_else(|| E2eError::io(what.clone())(std::io::ErrorKind::NotFound.into()))?;
+    link::set_up(h, lo.index).await.map_err(E2eError::kernel(what))
+}
+
+fn open(name: &str) -> Result<NetNs> {
+    NetNs::open(netns_path(name)).map_err(E2eError::kernel(format!("open netns {name}")))
+}
+
+fn check_cancel(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::SeqCst) {
+        return Err(E2eError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Deletes everything run `run` created; idempotent (a missing run, state file
+/// or namespace counts as done). Collects errors and carries on.
+pub fn down(run: &str) -> Result<()> {
+    check_run_name(run)?;
+    let state = match run::load(run) {
+        Ok(s) => s,
+        Err(E2eError::RunNotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut errors = Vec::new();
+    // 1. Processes first, so no one keeps a namespace alive after its file is gone.
+    let namespaces = match &state {
+        Some(state) => {
+            kill_processes(state);
+            state.namespaces()
+        }
+        // Died between claiming the name and writing the plan: go by the prefix.
+        None => list_with_prefix(&format!("{run}-")),
+    };
+    // 2. Hosts, then the lan last (reverse creation order); veths go with their netns.
+    for ns in namespaces.iter().rev() {
+        if let Err(e) = delete_netns(ns) {
+            errors.push(e);
+        }
+    }
+    // 3. The run directory, only when everything else is gone, so a failed down can be retried.
+    if errors.is_empty() {
+        if let Err(e) = run::remove_run_dir(run) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(E2eError::Teardown { run: run.into(), errors })
+    }
+}
+
+/// SIGKILLs the run's recorded processes that are still the same processes.
+fn kill_processes(state: &RunState) {
+    for p in &state.processes {
+        if run::start_time(p.pid) == Some(p.start_time) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+/// A human-readable description of run `run` and whether each part still exists.
+pub fn status(run: &str) -> Result<String> {
+    check_run_name(run)?;
+    let Some(state) = run::load(run)? else {
+        return Ok(format!("run {run}: no state file in {}\n", run::run_dir(run).display()));
+    };
+    let here = |ns: &str| if netns_exists(ns) { "present" } else { "MISSING" };
+    let phase = if state.complete { "up" } else { "incomplete (up running or died)" };
+    let mut out = format!("run {run}: {phase}, state in {}\n", run::run_dir(run).display());
+    out += &format!("  {:<12} {:<8} bridge {}\n", state.lan, here(&state.lan), state.lan);
+    for h in state.hosts() {
+        let pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
+        out += &format!("  {:<12} {:<8} eth0 {}{pods}\n", h.netns, here(&h.netns), h.lan_addr);
+    }
+    for p in &state.processes {
+        let alive = if run::start_time(p.pid) == Some(p.start_time) { "running" } else { "gone" };
+        out += &format!("  process {} pid {} in {} {alive}\n", p.name, p.pid, p.netns);
+    }
+    Ok(out)
+}

@@ -1,0 +1,52 @@
+//! Shared by the e2e tests: the root check, the binary, and "nothing left" checks.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use weft_e2e::{netns, run, RunState};
+
+/// Bound on any single command a test runs.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// True when running as root; otherwise prints why the test skips.
+pub fn root_or_skip(test: &str) -> bool {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if !root {
+        eprintln!("SKIP {test}: the testbed needs root (network namespaces, mounts in /run/netns)");
+    }
+    root
+}
+
+/// The built `weft-e2e` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weft-e2e")
+}
+
+/// Asserts that nothing of `state`'s run is left: no netns file, no run dir.
+pub fn assert_gone(state: &RunState) {
+    for ns in state.namespaces() {
+        let p = netns::netns_path(&ns);
+        assert!(!p.exists(), "netns file {} is left behind", p.display());
+    }
+    let left = netns::list_with_prefix(&format!("{}-", state.run));
+    assert!(left.is_empty(), "namespaces of run {} are left: {left:?}", state.run);
+    assert!(!run::run_dir(&state.run).exists(), "run dir of {} is left", state.run);
+}
+
+/// Asserts that every namespace of `state`'s run is live.
+pub fn assert_present(state: &RunState) {
+    for ns in state.namespaces() {
+        assert!(netns::netns_exists(&ns), "netns {ns} is missing");
+    }
+    assert!(run::run_dir(&state.run).join("state.json").is_file());
+}
+
+/// One ping with a 2 s bound from the netns at `from`.
+pub fn ping(from: &Path, to: &str) -> bool {
+    let out = weft_e2e::exec_in(from, &["ping", "-n", "-c", "1", "-W", "2", to], CMD_TIMEOUT)
+        .unwrap_or_else(|e| panic!("ping (iputils-ping, installed by `make deps`): {e}"));
+    out.status.success()
+}
