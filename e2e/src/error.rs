@@ -39,6 +39,20 @@ pub enum E2eError {
     },
     #[error("process {what} not ready within {ms} ms")]
     NotReady { what: String, ms: u128 },
+    #[error("run {run:?} has no node {node}")]
+    NoSuchNode { run: String, node: u32 },
+    #[error("invalid pod name {name:?}: {why}")]
+    InvalidPodName { name: String, why: &'static str },
+    #[error("pod {name:?} already exists in run {run:?}")]
+    PodExists { run: String, name: String },
+    #[error("pod {name:?} not found in run {run:?}")]
+    PodNotFound { run: String, name: String },
+    #[error("{what}: {detail}")]
+    Cni { what: String, detail: String },
+    #[error(
+        "binary {name:?} not found (tried {tried:?}; build it with `cargo build --workspace` or set {env})"
+    )]
+    BinaryMissing { name: String, env: &'static str, tried: Vec<PathBuf> },
     #[error("cancelled by a signal")]
     Cancelled,
     #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod netns;
 pub mod plan;
+pub mod pods;
 pub mod probe;
 pub mod run;
 pub mod serve;
@@ -26,17 +27,24 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use error::{E2eError, Result};
+pub use pods::Pod;
 pub use run::RunState;
 
 /// How often `exec_in` checks whether its child has exited.
 const EXEC_POLL: Duration = Duration::from_millis(5);
 
-/// A running testbed; torn down (processes killed, namespaces and run dir
-/// deleted) by `down` or on drop.
+/// A running testbed; torn down (processes killed, pods released through CNI
+/// DEL, namespaces and run dir deleted) by `down` or on drop.
 pub struct Testbed {
     state: Mutex<RunState>,
     children: Mutex<Vec<Child>>,
     torn_down: bool,
+    /// False for a run opened with `open` (the CLI): drop leaves it up.
+    owns_run: bool,
+    /// The `weft` plugin binary pods are attached with (None: `pods::find_binary`).
+    weft_bin: Option<PathBuf>,
+    /// The `weft-e2e` binary pods run as their workload (None: `pods::find_binary`).
+    e2e_bin: Option<PathBuf>,
 }
 
 impl Testbed {
@@ -53,7 +61,39 @@ impl Testbed {
     fn start(nodes: u32, name: Option<&str>) -> Result<Testbed> {
         let never = AtomicBool::new(false);
         let state = topology::up(nodes, name, &never)?;
-        Ok(Testbed { state: Mutex::new(state), children: Mutex::new(Vec::new()), torn_down: false })
+        Ok(Testbed::with_state(state, true))
+    }
+
+    /// Opens the existing run `run` from its state file, without owning it:
+    /// dropping the Testbed leaves the run (and the processes it started) up.
+    /// For the CLI; do not mix with another live Testbed of the same run (each
+    /// writes the whole state file).
+    pub fn open(run: &str) -> Result<Testbed> {
+        plan::check_run_name(run)?;
+        let state = run::load(run)?
+            .ok_or_else(|| E2eError::RunNotFound { run: run.into(), dir: run::run_dir(run) })?;
+        Ok(Testbed::with_state(state, false))
+    }
+
+    fn with_state(state: RunState, owns_run: bool) -> Testbed {
+        Testbed {
+            state: Mutex::new(state),
+            children: Mutex::new(Vec::new()),
+            torn_down: false,
+            owns_run,
+            weft_bin: None,
+            e2e_bin: None,
+        }
+    }
+
+    /// Uses `path` as the `weft` plugin binary for pods.
+    pub fn set_weft_bin(&mut self, path: impl Into<PathBuf>) {
+        self.weft_bin = Some(path.into());
+    }
+
+    /// Uses `path` as the `weft-e2e` binary that pods run as their workload.
+    pub fn set_e2e_bin(&mut self, path: impl Into<PathBuf>) {
+        self.e2e_bin = Some(path.into());
     }
 
     /// A copy of the run state (as written to the state file).
@@ -113,7 +153,20 @@ impl Testbed {
     /// line on stdout, which it must print once it is ready. Returns the pid.
     pub fn spawn_in(&self, name: &str, netns: &Path, argv: &[&str], ready: Duration) -> Result<u32> {
         let mut c = command_in(netns, argv)?;
-        let mut child = c.stdout(Stdio::piped()).spawn().map_err(E2eError::io(format!("start {argv:?}")))?;
+        c.stdin(Stdio::null());
+        self.spawn_command(name, netns, c, &format!("{argv:?}"), ready)
+    }
+
+    /// `spawn_in` for a prepared Command (stdout is piped here); `what` names it in errors.
+    fn spawn_command(
+        &self,
+        name: &str,
+        netns: &Path,
+        mut c: Command,
+        what: &str,
+        ready: Duration,
+    ) -> Result<u32> {
+        let mut child = c.stdout(Stdio::piped()).spawn().map_err(E2eError::io(format!("start {what}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -126,7 +179,7 @@ impl Testbed {
         if !matches!(rx.recv_timeout(ready), Ok(Some(Ok(_)))) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(E2eError::NotReady { what: format!("{name} {argv:?}"), ms: ready.as_millis() });
+            return Err(E2eError::NotReady { what: format!("{name} {what}"), ms: ready.as_millis() });
         }
         let record = run::ProcessRecord {
             name: name.into(),
@@ -161,6 +214,9 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        if !self.owns_run {
+            return;
+        }
         if let Err(e) = self.teardown() {
             eprintln!("weft-e2e: teardown on drop: {e}");
         }
@@ -170,24 +226,36 @@ impl Drop for Testbed {
 /// Runs `argv` inside the netns at `netns` (setns between fork and exec) and
 /// returns its output; kills it if it runs longer than `timeout`.
 pub fn exec_in(netns: &Path, argv: &[&str], timeout: Duration) -> Result<Output> {
-    let mut c = command_in(netns, argv)?;
+    let c = command_in(netns, argv)?;
+    exec_command(c, &format!("{argv:?} in {}", netns.display()), None, timeout)
+}
+
+/// Runs `c` with `stdin` (or nothing) on its stdin and returns its output;
+/// kills it if it runs longer than `timeout`. `what` names it in errors.
+pub fn exec_command(mut c: Command, what: &str, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let mut child = c
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(E2eError::io(format!("start {argv:?}")))?;
+        .map_err(E2eError::io(format!("start {what}")))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let data = data.to_vec();
+        // On a thread, so a child that does not read cannot block us; EPIPE is its business.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut pipe, &data);
+        });
+    }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
     let status = loop {
-        match child.try_wait().map_err(E2eError::io(format!("wait for {argv:?}")))? {
+        match child.try_wait().map_err(E2eError::io(format!("wait for {what}")))? {
             Some(status) => break status,
             None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(E2eError::io(format!("{argv:?} in {}", netns.display()))(
-                    std::io::ErrorKind::TimedOut.into(),
-                ));
+                return Err(E2eError::io(what.to_string())(std::io::ErrorKind::TimedOut.into()));
             }
             None => std::thread::sleep(EXEC_POLL),
         }

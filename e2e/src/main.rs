@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use weft_e2e::probe::{probe, Proto};
 use weft_e2e::serve::Server;
 use weft_e2e::signals::Signals;
-use weft_e2e::{topology, E2eError};
+use weft_e2e::{topology, E2eError, Testbed};
 use weft_plugin::netns::NetNs;
 
 /// Exit code for usage errors (clap's own 2 would read as a probe timeout).
@@ -42,6 +42,11 @@ enum Cmd {
     Down { run: String },
     /// Show a run's state and whether each namespace still exists.
     Status { run: String },
+    /// Add or delete a pod of a run (through the real `weft` binary).
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
     /// Answer every TCP connection and UDP datagram on each port with NAME.
     Serve {
         #[arg(long)]
@@ -63,6 +68,15 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum PodCmd {
+    /// Create pod NS/NAME on node NODE: its netns, CNI ADD by `weft` (found
+    /// next to this binary or via $WEFT_BIN), its workload; prints its IP.
+    Add { run: String, node: u32, name: String },
+    /// Stop pod NS/NAME's workload, CNI DEL it, delete its netns; prints the released IP.
+    Del { run: String, name: String },
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -77,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Down { run } => topology::down(&run),
         Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
         Cmd::Serve { name, ports } => serve(&name, &ports),
+        Cmd::Pod { cmd } => pod(cmd),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +140,20 @@ fn probe_cmd(netns: &std::path::Path, to: SocketAddr, proto: Proto, timeout_ms: 
     let outcome = probe(to, proto, Duration::from_millis(timeout_ms));
     println!("{outcome}");
     ExitCode::from(outcome.exit_code() as u8)
+}
+
+fn pod(cmd: PodCmd) -> Result<(), E2eError> {
+    match cmd {
+        PodCmd::Add { run, node, name } => {
+            let pod = Testbed::open(&run)?.add_pod(node, &name)?;
+            println!("{}", pod.ip);
+        }
+        PodCmd::Del { run, name } => {
+            let rec = Testbed::open(&run)?.delete_pod(&name)?;
+            println!("{}", rec.ip.map(|ip| ip.to_string()).unwrap_or_default());
+        }
+    }
+    Ok(())
 }
 
 fn serve(name: &str, ports: &[u16]) -> Result<(), E2eError> {

@@ -53,6 +53,34 @@ pub struct RunState {
     pub ext: Host,
     #[serde(default)]
     pub processes: Vec<ProcessRecord>,
+    /// Pods added with `add_pod`, recorded before their netns is created.
+    #[serde(default)]
+    pub pods: Vec<PodRecord>,
+    /// The number of the last pod netns handed out (`<run>-p<k>`); never reused in a run.
+    #[serde(default)]
+    pub pod_seq: u32,
+}
+
+/// A pod: its netns (created by the testbed) and its attachment (made by the
+/// real `weft` binary through CNI ADD, released by CNI DEL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// "namespace/name".
+    pub name: String,
+    pub node: u32,
+    /// The netns name, `<run>-p<k>`.
+    pub netns: String,
+    pub path: PathBuf,
+    /// CNI_CONTAINERID: `<run>-<namespace>-<name>`.
+    pub container_id: String,
+    /// The `weft` binary that made the attachment (and is used to release it).
+    pub weft: PathBuf,
+    /// The pod's address, once CNI ADD has returned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The host end of the pod's veth, in the node's netns, from the ADD result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth: Option<String>,
 }
 
 impl RunState {
@@ -71,6 +99,8 @@ impl RunState {
                 .collect(),
             ext: host(plan::ext_name(run), plan::ext_addr(), None),
             processes: Vec::new(),
+            pods: Vec::new(),
+            pod_seq: 0,
         })
     }
 

@@ -111,7 +111,7 @@ async fn attach(lan: &rtnetlink::Handle, bridge_index: u32, host: &Host) -> Resu
         .map_err(E2eError::kernel(what("eth0 address")))
 }
 
-async fn lo_up(h: &rtnetlink::Handle, ns: &str) -> Result<()> {
+pub(crate) async fn lo_up(h: &rtnetlink::Handle, ns: &str) -> Result<()> {
     let what = format!("lo up in {ns}");
     let lo = link::get_link(h, "lo")
         .await
@@ -120,7 +120,7 @@ async fn lo_up(h: &rtnetlink::Handle, ns: &str) -> Result<()> {
     link::set_up(h, lo.index).await.map_err(E2eError::kernel(what))
 }
 
-fn open(name: &str) -> Result<NetNs> {
+pub(crate) fn open(name: &str) -> Result<NetNs> {
     NetNs::open(netns_path(name)).map_err(E2eError::kernel(format!("open netns {name}")))
 }
 
@@ -150,13 +150,23 @@ pub fn down(run: &str) -> Result<()> {
         // Died between claiming the name and writing the plan: go by the prefix.
         None => list_with_prefix(&format!("{run}-")),
     };
-    // 2. Hosts, then the lan last (reverse creation order); veths go with their netns.
+    // 2. Pods: released through the plugin (CNI DEL, best effort, as a kubelet
+    //    would), then their netns; before the nodes, whose netns DEL runs in.
+    for pod in state.iter().flat_map(|s| s.pods.iter()) {
+        if let Err(e) = crate::pods::cni_del(run, pod) {
+            eprintln!("weft-e2e: down of {run}: {e} (deleting its namespaces anyway)");
+        }
+        if let Err(e) = delete_netns(&pod.netns) {
+            errors.push(e);
+        }
+    }
+    // 3. Hosts, then the lan last (reverse creation order); veths go with their netns.
     for ns in namespaces.iter().rev() {
         if let Err(e) = delete_netns(ns) {
             errors.push(e);
         }
     }
-    // 3. The run directory, only when everything else is gone, so a failed down can be retried.
+    // 4. The run directory (with the nodes' IPAM data), only when everything else is gone, so a failed down can be retried.
     if errors.is_empty() {
         if let Err(e) = run::remove_run_dir(run) {
             errors.push(e);
@@ -191,6 +201,10 @@ pub fn status(run: &str) -> Result<String> {
     for h in state.hosts() {
         let pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
         out += &format!("  {:<12} {:<8} eth0 {}{pods}\n", h.netns, here(&h.netns), h.lan_addr);
+    }
+    for p in &state.pods {
+        let ip = p.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(no address)".into());
+        out += &format!("  pod {} on node {} netns {} {} ip {ip}\n", p.name, p.node, p.netns, here(&p.netns));
     }
     for p in &state.processes {
         let alive = if run::start_time(p.pid) == Some(p.start_time) { "running" } else { "gone" };

@@ -50,3 +50,25 @@ pub fn ping(from: &Path, to: &str) -> bool {
         .unwrap_or_else(|e| panic!("ping (iputils-ping, installed by `make deps`): {e}"));
     out.status.success()
 }
+
+/// The workspace's `weft` binary, next to `weft-e2e` (cargo builds it with the
+/// workspace, not with this package alone).
+pub fn weft_bin() -> std::path::PathBuf {
+    let p = Path::new(bin()).parent().expect("weft-e2e has a directory").join("weft");
+    assert!(
+        p.is_file(),
+        "the weft plugin binary {} is missing: run `cargo build --workspace` (same profile and \
+         CARGO_TARGET_DIR) before the e2e tests",
+        p.display()
+    );
+    p
+}
+
+/// A testbed whose pods use the built `weft` and `weft-e2e` binaries.
+pub fn pod_testbed(nodes: u32) -> weft_e2e::Testbed {
+    let weft = weft_bin();
+    let mut tb = weft_e2e::Testbed::up(nodes).unwrap();
+    tb.set_weft_bin(weft);
+    tb.set_e2e_bin(bin());
+    tb
+}
