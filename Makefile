@@ -42,7 +42,10 @@ release: deps
 
 # nextest runs each test in its own process (the netns tests unshare per
 # test); plain cargo test is the fallback. Both print a closing summary.
+# The e2e tests drive the built binaries (weft, weft-ipam, weft-agent) the way
+# a cluster does, so every binary is built before the tests run.
 test: deps
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -53,6 +53,8 @@ pub enum E2eError {
         "binary {name:?} not found (tried {tried:?}; build it with `cargo build --workspace` or set {env})"
     )]
     BinaryMissing { name: String, env: &'static str, tried: Vec<PathBuf> },
+    #[error("agents of run {run:?} not converged on generation {generation} within {ms} ms: {detail}")]
+    NotConverged { run: String, generation: String, ms: u128, detail: String },
     #[error("cancelled by a signal")]
     Cancelled,
     #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]

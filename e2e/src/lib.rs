@@ -5,6 +5,7 @@
 //! `<run>-ext`) and tears it down on drop, so a failing or panicking test leaves
 //! nothing behind. The CLI (`weft-e2e`) exposes the same operations.
 
+pub mod agents;
 pub mod error;
 pub mod netns;
 pub mod plan;

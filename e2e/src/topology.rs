@@ -30,7 +30,9 @@ const NAME_ATTEMPTS: usize = 8;
 pub fn up(nodes: u32, name: Option<&str>, cancel: &AtomicBool) -> Result<RunState> {
     crate::plan::check_nodes(nodes)?;
     let mut state = claim_run(nodes, name)?;
-    let built = run::save(&state).and_then(|()| build(&state, cancel));
+    let built = run::save(&state)
+        .and_then(|()| crate::agents::write_cluster_dir(&state))
+        .and_then(|()| build(&state, cancel));
     match built.and_then(|()| {
         state.complete = true;
         run::save(&state)

@@ -1,7 +1,7 @@
 //! Pods attached by the real `weft` binary, exec'd in a node's netns with the
 //! CNI env and config as a kubelet would: same-node pod-to-pod and node-to-pod
 //! traffic, release on delete, and nothing left behind when a Testbed with pods
-//! is dropped. Cross-node pod traffic needs the agent's routes (a later slice).
+//! is dropped. Cross-node pod traffic needs the agent's routes: tests/routing.rs.
 
 mod common;
 

@@ -1,0 +1,198 @@
+//! The control plane as files, and one `weft-agent` per node.
+//!
+//! `<run dir>/cluster/` holds ordinary Kubernetes YAML: `up` writes one Node
+//! manifest per node (`node-N`, podCIDR 10.244.N.0/24, InternalIP
+//! 172.31.0.(10+N)). `start_agents` runs `weft-agent --source dir:<cluster>`
+//! inside each node's netns, recorded as a run process so `down` kills it.
+//! `wait_converged` computes the cluster dir's generation with the agent's own
+//! library function and polls the agents' status files until every one shows it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use weft_agent::agent::{read_status, Status};
+
+use crate::error::{E2eError, Result};
+use crate::pods::find_binary;
+use crate::run::{self, RunState};
+use crate::{command_in, plan, Testbed};
+
+/// Env var naming the `weft-agent` binary (else: next to the current executable).
+pub const AGENT_BIN_ENV: &str = "WEFT_AGENT_BIN";
+/// Bound on an agent's first sync (its readiness line).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `wait_converged` reads the status files.
+const CONVERGE_POLL: Duration = Duration::from_millis(20);
+/// How often agents poll the cluster dir, in ms.
+const AGENT_POLL_MS: &str = "100";
+/// Bound on an agent exiting after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster-state directory of run `run`.
+pub fn cluster_dir(run: &str) -> PathBuf {
+    run::run_dir(run).join("cluster")
+}
+
+/// Node `n`'s name in the cluster state.
+pub fn node_name(n: u32) -> String {
+    format!("node-{n}")
+}
+
+/// Node `n`'s status file.
+pub fn status_file(run: &str, n: u32) -> PathBuf {
+    run::run_dir(run).join(format!("agent-n{n}.status.json"))
+}
+
+/// The Node manifest of node `n`, as the API server would show it.
+pub fn node_manifest(n: u32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n\
+         spec:\n  podCIDR: {cidr}\n  podCIDRs:\n  - {cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    \
+         address: {ip}\n  - type: Hostname\n    address: {name}\n",
+        name = node_name(n),
+        cidr = plan::pod_cidr(n),
+        ip = plan::node_addr(n).ip(),
+    )
+}
+
+/// Writes `cluster/node-N.yaml` for every node of `state`; idempotent.
+pub fn write_cluster_dir(state: &RunState) -> Result<()> {
+    let dir = cluster_dir(&state.run);
+    std::fs::create_dir_all(&dir).map_err(E2eError::io(format!("create {}", dir.display())))?;
+    for n in 1..=state.nodes.len() as u32 {
+        write_manifest(&dir, &format!("{}.yaml", node_name(n)), &node_manifest(n))?;
+    }
+    Ok(())
+}
+
+/// Writes `dir/file` atomically (a hidden temp file, which agents ignore, then rename).
+fn write_manifest(dir: &Path, file: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).map_err(E2eError::io(format!("write {}", tmp.display())))?;
+    let path = dir.join(file);
+    std::fs::rename(&tmp, &path).map_err(E2eError::io(format!("rename to {}", path.display())))
+}
+
+impl Testbed {
+    /// This run's cluster-state directory.
+    pub fn cluster_dir(&self) -> PathBuf {
+        cluster_dir(&self.run())
+    }
+
+    /// Writes (atomically) manifest `file` into the cluster dir; idempotent.
+    pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
+        write_manifest(&self.cluster_dir(), file, text)
+    }
+
+    /// Removes manifest `file` from the cluster dir; `Ok(false)` if it was gone.
+    pub fn remove_manifest(&self, file: &str) -> Result<bool> {
+        let path = self.cluster_dir().join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(E2eError::io(format!("remove {}", path.display()))(e)),
+        }
+    }
+
+    /// Starts `weft-agent --cleanup-on-exit` in every node's netns and waits for
+    /// each one's first sync; its log goes to `<run dir>/agent-nN.log`. Not idempotent.
+    pub fn start_agents(&self) -> Result<Vec<u32>> {
+        let bin = find_binary("weft-agent", AGENT_BIN_ENV)?.display().to_string();
+        let run = self.run();
+        let source = format!("dir:{}", cluster_dir(&run).display());
+        let mut pids = Vec::new();
+        for n in 1..=self.nodes() {
+            let status = status_file(&run, n).display().to_string();
+            let node = node_name(n);
+            let argv = [
+                bin.as_str(),
+                "--node",
+                &node,
+                "--source",
+                &source,
+                "--status-file",
+                &status,
+                "--poll-ms",
+                AGENT_POLL_MS,
+                "--cleanup-on-exit",
+            ];
+            let netns = self.node_netns(n);
+            let mut c = command_in(&netns, &argv)?;
+            let log = run::run_dir(&run).join(format!("agent-n{n}.log"));
+            let log =
+                std::fs::File::create(&log).map_err(E2eError::io(format!("create {}", log.display())))?;
+            c.stdin(Stdio::null()).stderr(log);
+            pids.push(self.spawn_command(&agent_name(n), &netns, c, "weft-agent", READY_TIMEOUT)?);
+        }
+        Ok(pids)
+    }
+
+    /// Node `n`'s agent status, if it has written one.
+    pub fn agent_status(&self, n: u32) -> Option<Status> {
+        read_status(&status_file(&self.run(), n))
+    }
+
+    /// Waits (polling, bounded by `timeout`) until every node's agent reports the
+    /// current generation of the cluster dir; returns their statuses, node 1 first.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<Status>> {
+        let run = self.run();
+        let generation = weft_agent::source::read_dir(&cluster_dir(&run)).generation;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<Option<Status>> = (1..=self.nodes()).map(|n| self.agent_status(n)).collect();
+            if statuses.iter().all(|s| s.as_ref().is_some_and(|s| s.generation == generation)) {
+                return Ok(statuses.into_iter().flatten().collect());
+            }
+            if Instant::now() >= deadline {
+                let detail = statuses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("node {}: {:?}", i + 1, s.as_ref().map(|s| &s.generation)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(E2eError::NotConverged { run, generation, ms: timeout.as_millis(), detail });
+            }
+            std::thread::sleep(CONVERGE_POLL);
+        }
+    }
+
+    /// Sends SIGTERM to node `n`'s agent and waits (bounded) for it to exit;
+    /// true if it exited successfully (it deletes its routes first).
+    pub fn stop_agent(&self, n: u32) -> Result<bool> {
+        let name = agent_name(n);
+        let child = {
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            let pids: Vec<i32> =
+                self.state().processes.iter().filter(|p| p.name == name).map(|p| p.pid).collect();
+            children.iter().position(|c| pids.contains(&(c.id() as i32))).map(|i| children.swap_remove(i))
+        };
+        let Some(mut child) = child else {
+            return Err(E2eError::io(format!("stop {name}"))(std::io::ErrorKind::NotFound.into()));
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait().map_err(E2eError::io(format!("wait for {name}")))? {
+                Some(s) => break Some(s),
+                None if Instant::now() >= deadline => break None,
+                None => std::thread::sleep(CONVERGE_POLL),
+            }
+        };
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.processes.retain(|p| p.name != name);
+        run::save(&st)?;
+        Ok(status.success())
+    }
+}
+
+/// The process name node `n`'s agent is recorded under.
+pub fn agent_name(n: u32) -> String {
+    format!("agent node {n}")
+}

@@ -1,0 +1,12 @@
+//! weft-agent, the per-node daemon: watches cluster state (a manifests
+//! directory for now; the Kubernetes API later, behind `source::Source`) and
+//! keeps a host-gw route to every other node's pod CIDR in its node's main
+//! table, marked with weft's route protocol so it touches only its own routes.
+
+pub mod agent;
+pub mod model;
+pub mod route_table;
+pub mod routes;
+pub mod source;
+
+pub use model::{generation, Model, Node, Snapshot};

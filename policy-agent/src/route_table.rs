@@ -1,0 +1,144 @@
+//! Host-gw routing, the kernel part: weft's routes in the main table of the
+//! calling netns, over rtnetlink. Only routes with `WEFT_PROTO` are listed,
+//! replaced or deleted; a route weft did not add is never touched (adding over
+//! one fails with EEXIST and is reported).
+
+use std::net::Ipv4Addr;
+
+use futures::StreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::libc;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::routes::{Route, RouteChange, WEFT_PROTO};
+
+/// How often an interrupted dump is retried before giving up.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// A failed route operation, naming the route.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("{op} {route}: a route to {} that weft does not own exists; left alone", route.dst)]
+    NotOurs { op: &'static str, route: Route },
+    #[error("{op} {what}: {source}")]
+    Netlink {
+        op: &'static str,
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{op}: dump interrupted {DUMP_ATTEMPTS} times")]
+    DumpInterrupted { op: &'static str },
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn message(r: Route) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix())
+        .gateway(r.gw)
+        .protocol(RouteProtocol::Other(WEFT_PROTO))
+        .build()
+}
+
+/// Lists weft's IPv4 routes in the main table (`ip route show proto 87`).
+pub async fn list_weft_routes(h: &Handle) -> Result<Vec<Route>, RouteError> {
+    let op = "RTM_GETROUTE";
+    for _ in 0..DUMP_ATTEMPTS {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let mut nl = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(req));
+        nl.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let netlink = |source| RouteError::Netlink { op, what: "main table".into(), source };
+        let mut responses = h.clone().request(nl).map_err(netlink)?;
+        let (mut out, mut interrupted) = (Vec::new(), false);
+        while let Some(msg) = responses.next().await {
+            interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                    out.extend(weft_route(&r));
+                }
+                NetlinkPayload::Error(e) => return Err(netlink(rtnetlink::Error::NetlinkError(e))),
+                _ => {}
+            }
+        }
+        if !interrupted {
+            out.sort();
+            return Ok(out);
+        }
+    }
+    Err(RouteError::DumpInterrupted { op })
+}
+
+/// The route in `r` if it is one of weft's: main table, unicast, `WEFT_PROTO`, IPv4 via a gateway.
+fn weft_route(r: &RouteMessage) -> Option<Route> {
+    if r.header.protocol != RouteProtocol::Other(WEFT_PROTO) || r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(r.header.table);
+    let (mut dst, mut gw) = (None, None);
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let dst =
+        Ipv4Network::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), r.header.destination_prefix_length).ok()?;
+    Some(Route { dst, gw: gw? })
+}
+
+/// Applies one change. Add fails with `NotOurs` if a foreign route holds the
+/// destination; Replace overwrites only weft's route (listed as ours just
+/// before); Delete matches on the weft protocol and counts "gone" as done.
+pub async fn apply(h: &Handle, change: RouteChange) -> Result<(), RouteError> {
+    match change {
+        RouteChange::Add(r) => match h.route().add(message(r)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(RouteError::NotOurs { op: "add", route: r }),
+            Err(source) => Err(RouteError::Netlink { op: "add", what: r.to_string(), source }),
+        },
+        RouteChange::Replace { new, .. } => {
+            h.route().add(message(new)).replace().execute().await.map_err(|source| RouteError::Netlink {
+                op: "replace",
+                what: new.to_string(),
+                source,
+            })
+        }
+        RouteChange::Delete(r) => match h.route().del(message(r)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+            Err(source) => Err(RouteError::Netlink { op: "delete", what: r.to_string(), source }),
+        },
+    }
+}
+
+/// Deletes every weft route (shutdown with cleanup); collects errors and carries on.
+pub async fn delete_all(h: &Handle) -> Vec<RouteError> {
+    let routes = match list_weft_routes(h).await {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let mut errors = Vec::new();
+    for r in routes {
+        if let Err(e) = apply(h, RouteChange::Delete(r)).await {
+            errors.push(e);
+        }
+    }
+    errors
+}
