@@ -47,12 +47,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PodCmd,
     },
-    /// Answer every TCP connection and UDP datagram on each port with NAME.
+    /// Answer every TCP connection and UDP datagram on each port with NAME
+    /// (with --echo-peer: NAME PEER_IP, the source address the server saw).
     Serve {
         #[arg(long)]
         name: String,
         #[arg(long, value_delimiter = ',', default_value = "80,81")]
         ports: Vec<u16>,
+        #[arg(long)]
+        echo_peer: bool,
     },
     /// Connect once from inside a netns: prints connected <reply> | refused | timeout
     /// (exit 0/1/2; unreachable 3, local error 4).
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
         Cmd::Probe { netns, to, proto, timeout_ms } => return probe_cmd(&netns, to, proto, timeout_ms),
         Cmd::Down { run } => topology::down(&run),
         Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
-        Cmd::Serve { name, ports } => serve(&name, &ports),
+        Cmd::Serve { name, ports, echo_peer } => serve(&name, &ports, echo_peer),
         Cmd::Pod { cmd } => pod(cmd),
     };
     match r {
@@ -156,8 +159,8 @@ fn pod(cmd: PodCmd) -> Result<(), E2eError> {
     Ok(())
 }
 
-fn serve(name: &str, ports: &[u16]) -> Result<(), E2eError> {
-    let server = Server::bind(name, ports)?;
+fn serve(name: &str, ports: &[u16], echo_peer: bool) -> Result<(), E2eError> {
+    let server = Server::bind_with(name, ports, echo_peer)?;
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     // The readiness line: every socket is bound.
     println!("ready {name} {}", list.join(","));

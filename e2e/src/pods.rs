@@ -381,6 +381,36 @@ impl Testbed {
         Ok(rec)
     }
 
+    /// Starts an extra server, `weft-e2e serve --name NAME --ports PORTS
+    /// [--echo-peer]`, inside the netns at `netns` (the ext client's, or a pod's
+    /// on ports its workload leaves free), recorded as run process `serve NAME`
+    /// so `down` kills it; waits for its readiness line and returns its pid.
+    /// Its stderr goes to `<run dir>/serve-NAME.log` ('/' in NAME becomes '-').
+    pub fn serve_in(&self, netns: &Path, name: &str, ports: &[u16], echo_peer: bool) -> Result<u32> {
+        let e2e = self.e2e_bin()?.display().to_string();
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let ports = ports.join(",");
+        let mut argv = vec![e2e.as_str(), "serve", "--name", name, "--ports", &ports];
+        if echo_peer {
+            argv.push("--echo-peer");
+        }
+        let mut c = command_in(netns, &argv)?;
+        let log = run::run_dir(&self.run()).join(format!("serve-{}.log", name.replace('/', "-")));
+        let log = File::create(&log).map_err(E2eError::io(format!("create {}", log.display())))?;
+        c.stdin(Stdio::null()).stderr(log);
+        if !self.owns_run {
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        }
+        let what = format!("serve {name} on {ports}");
+        self.spawn_command(&format!("serve {name}"), netns, c, &what, READY_TIMEOUT)
+    }
+
+    /// `serve_in` the ext client's netns as server "ext": the external endpoint
+    /// pods' egress reaches at `ext_addr()`.
+    pub fn serve_ext(&self, ports: &[u16], echo_peer: bool) -> Result<u32> {
+        self.serve_in(&self.ext_netns(), "ext", ports, echo_peer)
+    }
+
     /// Drops pod `name` from the state (best effort on the file: `down` tolerates
     /// a pod whose netns is gone).
     fn forget_pod(&self, name: &str) {

@@ -1,10 +1,12 @@
 //! The workload: on each port a TCP listener and a UDP socket on 0.0.0.0 that
-//! answer every connection / datagram with the server's name and a newline.
+//! answer every connection / datagram with the server's name and a newline, or
+//! with `NAME PEER_IP` when `echo_peer` is set (the source address the server
+//! saw, so a test can tell whether a path masquerades).
 //! `bind` reports bad ports before anything runs, so a caller can print a
 //! readiness line between `bind` and `run`.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +17,21 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Bound sockets, ready to `run`.
 pub struct Server {
-    reply: Arc<Vec<u8>>,
+    reply: Arc<Reply>,
     tcp: Vec<TcpListener>,
     udp: Vec<UdpSocket>,
 }
 
 impl Server {
-    /// Binds TCP and UDP on 0.0.0.0:`port` for each port.
+    /// Binds TCP and UDP on 0.0.0.0:`port` for each port; replies are `NAME`.
     pub fn bind(name: &str, ports: &[u16]) -> Result<Server> {
-        let mut s = Server { reply: Arc::new(format!("{name}\n").into_bytes()), tcp: vec![], udp: vec![] };
+        Server::bind_with(name, ports, false)
+    }
+
+    /// `bind`; with `echo_peer` each reply is `NAME PEER_IP` (the source address seen).
+    pub fn bind_with(name: &str, ports: &[u16], echo_peer: bool) -> Result<Server> {
+        let reply = Arc::new(Reply { name: name.into(), echo_peer });
+        let mut s = Server { reply, tcp: vec![], udp: vec![] };
         for &port in ports {
             let addr = (Ipv4Addr::UNSPECIFIED, port);
             s.tcp.push(TcpListener::bind(addr).map_err(E2eError::io(format!("bind tcp port {port}")))?);
@@ -50,6 +58,23 @@ impl Server {
     }
 }
 
+/// What the server answers.
+struct Reply {
+    name: String,
+    echo_peer: bool,
+}
+
+impl Reply {
+    /// The reply line for a client whose source address is `peer`.
+    fn to(&self, peer: IpAddr) -> Vec<u8> {
+        if self.echo_peer {
+            format!("{} {peer}\n", self.name).into_bytes()
+        } else {
+            format!("{}\n", self.name).into_bytes()
+        }
+    }
+}
+
 fn spawn(f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("weft-e2e-serve".into())
@@ -57,19 +82,32 @@ fn spawn(f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()
         .map_err(E2eError::io("spawn server thread"))
 }
 
-fn serve_tcp(l: TcpListener, reply: &[u8]) {
+fn serve_tcp(l: TcpListener, reply: &Reply) {
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
+        let Ok(peer) = c.peer_addr() else { continue };
         let _ = c.set_write_timeout(Some(WRITE_TIMEOUT));
-        let _ = c.write_all(reply);
+        let _ = c.write_all(&reply.to(peer.ip()));
     }
 }
 
-fn serve_udp(u: UdpSocket, reply: &[u8]) {
+fn serve_udp(u: UdpSocket, reply: &Reply) {
     let mut buf = [0u8; 2048];
     loop {
         if let Ok((_, from)) = u.recv_from(&mut buf) {
-            let _ = u.send_to(reply, from);
+            let _ = u.send_to(&reply.to(from.ip()), from);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies() {
+        let peer = IpAddr::from([172, 31, 0, 11]);
+        assert_eq!(Reply { name: "web/a".into(), echo_peer: false }.to(peer), b"web/a\n");
+        assert_eq!(Reply { name: "ext".into(), echo_peer: true }.to(peer), b"ext 172.31.0.11\n");
     }
 }
