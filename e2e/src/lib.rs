@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod error;
+pub mod kube_proxy;
 pub mod netns;
 pub mod plan;
 pub mod pods;

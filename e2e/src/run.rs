@@ -59,6 +59,19 @@ pub struct RunState {
     /// The number of the last pod netns handed out (`<run>-p<k>`); never reused in a run.
     #[serde(default)]
     pub pod_seq: u32,
+    /// Services added with `add_service` (kube-proxy imitation, `kube_proxy`).
+    #[serde(default)]
+    pub services: Vec<ServiceRecord>,
+    /// The kube-proxy imitation writes the older layout without KUBE-FORWARD.
+    #[serde(default)]
+    pub kube_proxy_legacy: bool,
+}
+
+/// A service port and the pods ("ns/name") that are its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub service: crate::kube_proxy::Service,
+    pub endpoints: Vec<String>,
 }
 
 /// A pod: its netns (created by the testbed) and its attachment (made by the
@@ -101,6 +114,8 @@ impl RunState {
             processes: Vec::new(),
             pods: Vec::new(),
             pod_seq: 0,
+            services: Vec::new(),
+            kube_proxy_legacy: false,
         })
     }
 

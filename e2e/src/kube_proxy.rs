@@ -1,0 +1,508 @@
+//! An imitation of kube-proxy in iptables mode (test scaffolding; weft itself
+//! never writes KUBE-* chains). `render` is pure: from services and their
+//! endpoints it builds the `iptables-restore` payload one node would get (nat
+//! table, and filter table for KUBE-FORWARD / KUBE-EXTERNAL-SERVICES). `apply`
+//! loads it inside a node's netns with `iptables-restore --noflush` and ensures
+//! the jumps from the built-in chains with `-C || -I`; declaring a chain in the
+//! payload flushes it, so applying again replaces the rules (idempotent).
+//!
+//! Simplifications against the real kube-proxy: chain hashes are FNV-1a (not
+//! sha256/base32); a service without endpoints gets no rules (no REJECT); Local
+//! NodePorts select among local endpoints inside KUBE-EXT-* (no KUBE-SVL-*);
+//! chains of services that disappear are left empty-unreferenced, not deleted.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{E2eError, Result};
+use crate::pods::CLUSTER_CIDR;
+
+/// The masquerade mark kube-proxy uses.
+pub const MASQ_MARK: &str = "0x4000/0x4000";
+/// Bound on one iptables command inside a node.
+const CMD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A service's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// spec.externalTrafficPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One service port (a Service with several ports is several of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: u16,
+    pub node_port: Option<u16>,
+    pub external_traffic_policy: TrafficPolicy,
+}
+
+impl Service {
+    /// A TCP ClusterIP service port, policy Cluster, no NodePort.
+    pub fn cluster_ip(namespace: &str, name: &str, ip: Ipv4Addr, port: u16, target_port: u16) -> Service {
+        Service {
+            namespace: namespace.into(),
+            name: name.into(),
+            cluster_ip: ip,
+            port,
+            protocol: Protocol::Tcp,
+            target_port,
+            node_port: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+        }
+    }
+
+    /// "namespace/name:port/proto", the identity the chain hashes are made of.
+    fn key(&self) -> String {
+        format!("{}/{}:{}/{}", self.namespace, self.name, self.port, self.protocol.as_str())
+    }
+
+    fn svc_chain(&self) -> String {
+        chain("KUBE-SVC-", &self.key())
+    }
+
+    fn ext_chain(&self) -> String {
+        chain("KUBE-EXT-", &self.key())
+    }
+
+    fn sep_chain(&self, ep: &Endpoint) -> String {
+        chain("KUBE-SEP-", &format!("{}>{}:{}", self.key(), ep.ip, self.target_port))
+    }
+}
+
+/// One ready endpoint of a service: the pod's IP and the node it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub node: u32,
+}
+
+/// `prefix` + 16 hex digits of a stable 64-bit FNV-1a hash of `key` (<= 28 chars).
+fn chain(prefix: &str, key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{prefix}{h:016X}")
+}
+
+/// The rules that pick one of `seps` at random, as kube-proxy writes them.
+fn pick(out: &mut Vec<String>, from: &str, comment: &str, seps: &[String]) {
+    let n = seps.len();
+    for (i, sep) in seps.iter().enumerate() {
+        if i + 1 < n {
+            let p = 1.0 / (n - i) as f64;
+            out.push(format!(
+                "-A {from} -m comment --comment \"{comment}\" -m statistic --mode random --probability {p:.10} -j {sep}"
+            ));
+        } else {
+            out.push(format!("-A {from} -m comment --comment \"{comment}\" -j {sep}"));
+        }
+    }
+}
+
+/// The `iptables-restore` payload for node `node`: the nat table, then the
+/// filter table. `legacy_layout` leaves out KUBE-FORWARD (older kube-proxy).
+pub fn render(node: u32, services: &[(Service, Vec<Endpoint>)], legacy_layout: bool) -> String {
+    let mut chains: Vec<String> =
+        ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"].map(String::from).into();
+    let mut rules: Vec<String> = vec![
+        format!("-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN"),
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000".into(),
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000".into(),
+    ];
+    let mut drops: Vec<String> = Vec::new();
+    for (svc, eps) in services {
+        if eps.is_empty() {
+            continue;
+        }
+        let (svc_chain, proto, name) = (svc.svc_chain(), svc.protocol.as_str(), svc.key());
+        let seps: Vec<String> = eps.iter().map(|e| svc.sep_chain(e)).collect();
+        chains.push(svc_chain.clone());
+        rules.push(format!(
+            "-A KUBE-SERVICES -d {}/32 -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j {svc_chain}",
+            svc.cluster_ip, svc.port
+        ));
+        rules.push(format!(
+            "-A {svc_chain} ! -s {CLUSTER_CIDR} -d {}/32 -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j KUBE-MARK-MASQ",
+            svc.cluster_ip, svc.port
+        ));
+        pick(&mut rules, &svc_chain, &format!("{name} -> endpoints"), &seps);
+        for (ep, sep) in eps.iter().zip(&seps) {
+            chains.push(sep.clone());
+            rules.push(format!("-A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ", ep.ip));
+            rules.push(format!(
+                "-A {sep} -p {proto} -m comment --comment \"{name}\" -m {proto} -j DNAT --to-destination {}:{}",
+                ep.ip, svc.target_port
+            ));
+        }
+        let Some(np) = svc.node_port else { continue };
+        let local: Vec<String> =
+            eps.iter().zip(&seps).filter(|(e, _)| e.node == node).map(|(_, s)| s.clone()).collect();
+        if svc.external_traffic_policy == TrafficPolicy::Local && local.is_empty() {
+            // As kube-proxy: no local endpoint, the NodePort drops new connections.
+            drops.push(format!(
+                "-A KUBE-EXTERNAL-SERVICES -p {proto} -m comment --comment \"{name} has no local endpoints\" -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j DROP"
+            ));
+            continue;
+        }
+        let ext = svc.ext_chain();
+        chains.push(ext.clone());
+        rules.push(format!(
+            "-A KUBE-NODEPORTS -p {proto} -m comment --comment \"{name} node port\" -m {proto} --dport {np} -j {ext}"
+        ));
+        match svc.external_traffic_policy {
+            TrafficPolicy::Cluster => {
+                rules.push(format!(
+                    "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+                ));
+                rules.push(format!("-A {ext} -j {svc_chain}"));
+            }
+            TrafficPolicy::Local => {
+                rules.push(format!(
+                    "-A {ext} -s {CLUSTER_CIDR} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}"
+                ));
+                rules.push(format!(
+                    "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+                ));
+                rules.push(format!(
+                    "-A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}"
+                ));
+                pick(&mut rules, &ext, &format!("{name} -> local endpoints"), &local);
+            }
+        }
+    }
+    rules.push(
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+            .into(),
+    );
+    let mut out = String::from("*nat\n");
+    for c in &chains {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for r in &rules {
+        let _ = writeln!(out, "{r}");
+    }
+    out.push_str("COMMIT\n*filter\n:KUBE-EXTERNAL-SERVICES - [0:0]\n");
+    if !legacy_layout {
+        out.push_str(":KUBE-FORWARD - [0:0]\n");
+    }
+    for d in &drops {
+        let _ = writeln!(out, "{d}");
+    }
+    if !legacy_layout {
+        let _ = writeln!(
+            out,
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK} -j ACCEPT"
+        );
+        out.push_str(
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
+        );
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// The jumps from built-in chains: (table, chain, rule spec after `-j`-less match).
+fn jumps(legacy_layout: bool) -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    let svc = |c: &'static str| {
+        ("nat", c, vec!["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"])
+    };
+    let ext = |c: &'static str| {
+        (
+            "filter",
+            c,
+            vec![
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes externally-visible service portals",
+                "-j",
+                "KUBE-EXTERNAL-SERVICES",
+            ],
+        )
+    };
+    let mut j = vec![
+        svc("PREROUTING"),
+        svc("OUTPUT"),
+        (
+            "nat",
+            "POSTROUTING",
+            vec!["-m", "comment", "--comment", "kubernetes postrouting rules", "-j", "KUBE-POSTROUTING"],
+        ),
+        ext("INPUT"),
+        ext("FORWARD"),
+    ];
+    if !legacy_layout {
+        j.push((
+            "filter",
+            "FORWARD",
+            vec!["-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"],
+        ));
+    }
+    j
+}
+
+fn run(netns: &Path, argv: &[&str], stdin: Option<&[u8]>) -> Result<std::process::Output> {
+    let c = crate::command_in(netns, argv)?;
+    crate::exec_command(c, &format!("{argv:?} in {}", netns.display()), stdin, CMD_TIMEOUT)
+}
+
+fn check(out: std::process::Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(E2eError::io(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()))(
+        std::io::ErrorKind::Other.into(),
+    ))
+}
+
+/// Loads `render(node, services, legacy_layout)` into the node netns at
+/// `netns` and ensures the jumps from PREROUTING, OUTPUT, POSTROUTING (nat)
+/// and INPUT, FORWARD (filter). Idempotent. In the legacy layout a FORWARD
+/// jump to KUBE-FORWARD and the chain left by an earlier modern apply are removed.
+pub fn apply(
+    netns: &Path,
+    node: u32,
+    services: &[(Service, Vec<Endpoint>)],
+    legacy_layout: bool,
+) -> Result<()> {
+    let payload = render(node, services, legacy_layout);
+    let out = run(netns, &["iptables-restore", "--noflush", "-w", "5"], Some(payload.as_bytes()))?;
+    check(out, &format!("iptables-restore in {}", netns.display()))?;
+    for (table, chain, spec) in jumps(legacy_layout) {
+        let mut c = vec!["iptables", "-w", "5", "-t", table, "-C", chain];
+        c.extend(&spec);
+        if run(netns, &c, None)?.status.success() {
+            continue;
+        }
+        let mut i = vec!["iptables", "-w", "5", "-t", table, "-I", chain];
+        i.extend(&spec);
+        check(run(netns, &i, None)?, &format!("insert jump from {table} {chain}"))?;
+    }
+    if legacy_layout {
+        let spec = ["-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"];
+        let mut d = vec!["iptables", "-w", "5", "-t", "filter", "-D", "FORWARD"];
+        d.extend(spec);
+        while run(netns, &d, None)?.status.success() {}
+        // The chain itself goes too (absent already: nothing to do).
+        if run(netns, &["iptables", "-w", "5", "-t", "filter", "-F", "KUBE-FORWARD"], None)?.status.success()
+        {
+            check(
+                run(netns, &["iptables", "-w", "5", "-t", "filter", "-X", "KUBE-FORWARD"], None)?,
+                "delete KUBE-FORWARD",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl crate::Testbed {
+    /// Adds service port `service` whose endpoints are the pods `endpoints`
+    /// ("ns/name", already added), stores it in the run state and re-applies
+    /// every node's rules. Replaces a service of the same namespace/name/port.
+    pub fn add_service(&self, service: Service, endpoints: &[&str]) -> Result<()> {
+        let rec = crate::run::ServiceRecord {
+            service,
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        };
+        self.update_services(|st| {
+            st.services.retain(|s| s.service.key() != rec.service.key());
+            st.services.push(rec);
+        })
+    }
+
+    /// Selects the older layout without KUBE-FORWARD (true) or the modern one,
+    /// and re-applies every node's rules.
+    pub fn set_kube_proxy_legacy(&self, legacy: bool) -> Result<()> {
+        self.update_services(|st| st.kube_proxy_legacy = legacy)
+    }
+
+    fn update_services(&self, f: impl FnOnce(&mut crate::run::RunState)) -> Result<()> {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut st);
+            crate::run::save(&st)?;
+        }
+        self.apply_services()
+    }
+
+    /// Writes the kube-proxy rules of the stored services into every node.
+    pub fn apply_services(&self) -> Result<()> {
+        let st = self.state();
+        let mut model = Vec::new();
+        for rec in &st.services {
+            let mut eps = Vec::new();
+            for name in &rec.endpoints {
+                let pod = st
+                    .pods
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .ok_or_else(|| E2eError::PodNotFound { run: st.run.clone(), name: name.clone() })?;
+                if let Some(ip) = pod.ip {
+                    eps.push(Endpoint { ip, node: pod.node });
+                }
+            }
+            model.push((rec.service.clone(), eps));
+        }
+        for (i, host) in st.nodes.iter().enumerate() {
+            apply(&host.path, i as u32 + 1, &model, st.kube_proxy_legacy)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Vec<(Service, Vec<Endpoint>)> {
+        let web = Service::cluster_ip("web", "b", Ipv4Addr::new(10, 96, 0, 10), 80, 80);
+        let mut np = Service::cluster_ip("web", "np", Ipv4Addr::new(10, 96, 0, 12), 80, 8080);
+        np.node_port = Some(30080);
+        let mut local = np.clone();
+        local.name = "np-local".into();
+        local.cluster_ip = Ipv4Addr::new(10, 96, 0, 13);
+        local.node_port = Some(30081);
+        local.external_traffic_policy = TrafficPolicy::Local;
+        let ep = |a, n| Endpoint { ip: Ipv4Addr::new(10, 244, n as u8, a), node: n };
+        vec![
+            (web, vec![ep(3, 1)]),
+            (np, vec![ep(2, 2), ep(4, 1)]),
+            (local, vec![ep(2, 2)]),
+            (Service::cluster_ip("web", "empty", Ipv4Addr::new(10, 96, 0, 14), 80, 80), vec![]),
+        ]
+    }
+
+    #[test]
+    fn chain_names_are_stable_and_short() {
+        let s = &model()[0].0;
+        assert_eq!(s.svc_chain(), chain("KUBE-SVC-", "web/b:80/tcp"));
+        assert_eq!(s.svc_chain(), s.svc_chain());
+        assert_ne!(s.svc_chain(), model()[1].0.svc_chain());
+        let sep = s.sep_chain(&Endpoint { ip: Ipv4Addr::new(10, 244, 1, 3), node: 1 });
+        for c in [s.svc_chain(), s.ext_chain(), sep] {
+            assert_eq!(c.len(), 25, "{c}");
+        }
+        assert_eq!(chain("KUBE-SVC-", ""), "KUBE-SVC-CBF29CE484222325");
+    }
+
+    /// The golden payload for node 1, with the hashes replaced by names.
+    #[test]
+    fn golden_node_1() {
+        let m = model();
+        let mut got = render(1, &m, false);
+        let names = [
+            (m[0].0.svc_chain(), "KUBE-SVC-B"),
+            (m[1].0.svc_chain(), "KUBE-SVC-NP"),
+            (m[1].0.ext_chain(), "KUBE-EXT-NP"),
+            (m[2].0.svc_chain(), "KUBE-SVC-NPL"),
+            (m[0].0.sep_chain(&m[0].1[0]), "KUBE-SEP-B1"),
+            (m[1].0.sep_chain(&m[1].1[0]), "KUBE-SEP-NP2"),
+            (m[1].0.sep_chain(&m[1].1[1]), "KUBE-SEP-NP1"),
+            (m[2].0.sep_chain(&m[2].1[0]), "KUBE-SEP-NPL2"),
+        ];
+        for (h, n) in &names {
+            got = got.replace(h.as_str(), n);
+        }
+        let want = r#"*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-B - [0:0]
+:KUBE-SEP-B1 - [0:0]
+:KUBE-SVC-NP - [0:0]
+:KUBE-SEP-NP2 - [0:0]
+:KUBE-SEP-NP1 - [0:0]
+:KUBE-EXT-NP - [0:0]
+:KUBE-SVC-NPL - [0:0]
+:KUBE-SEP-NPL2 - [0:0]
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "web/b:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-SVC-B
+-A KUBE-SVC-B ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "web/b:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-B -m comment --comment "web/b:80/tcp -> endpoints" -j KUBE-SEP-B1
+-A KUBE-SEP-B1 -s 10.244.1.3/32 -m comment --comment "web/b:80/tcp" -j KUBE-MARK-MASQ
+-A KUBE-SEP-B1 -p tcp -m comment --comment "web/b:80/tcp" -m tcp -j DNAT --to-destination 10.244.1.3:80
+-A KUBE-SERVICES -d 10.96.0.12/32 -p tcp -m comment --comment "web/np:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-SVC-NP
+-A KUBE-SVC-NP ! -s 10.244.0.0/16 -d 10.96.0.12/32 -p tcp -m comment --comment "web/np:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-NP -m comment --comment "web/np:80/tcp -> endpoints" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-NP2
+-A KUBE-SVC-NP -m comment --comment "web/np:80/tcp -> endpoints" -j KUBE-SEP-NP1
+-A KUBE-SEP-NP2 -s 10.244.2.2/32 -m comment --comment "web/np:80/tcp" -j KUBE-MARK-MASQ
+-A KUBE-SEP-NP2 -p tcp -m comment --comment "web/np:80/tcp" -m tcp -j DNAT --to-destination 10.244.2.2:8080
+-A KUBE-SEP-NP1 -s 10.244.1.4/32 -m comment --comment "web/np:80/tcp" -j KUBE-MARK-MASQ
+-A KUBE-SEP-NP1 -p tcp -m comment --comment "web/np:80/tcp" -m tcp -j DNAT --to-destination 10.244.1.4:8080
+-A KUBE-NODEPORTS -p tcp -m comment --comment "web/np:80/tcp node port" -m tcp --dport 30080 -j KUBE-EXT-NP
+-A KUBE-EXT-NP -m comment --comment "masquerade traffic for web/np:80/tcp external destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-NP -j KUBE-SVC-NP
+-A KUBE-SERVICES -d 10.96.0.13/32 -p tcp -m comment --comment "web/np-local:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-SVC-NPL
+-A KUBE-SVC-NPL ! -s 10.244.0.0/16 -d 10.96.0.13/32 -p tcp -m comment --comment "web/np-local:80/tcp cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-NPL -m comment --comment "web/np-local:80/tcp -> endpoints" -j KUBE-SEP-NPL2
+-A KUBE-SEP-NPL2 -s 10.244.2.2/32 -m comment --comment "web/np-local:80/tcp" -j KUBE-MARK-MASQ
+-A KUBE-SEP-NPL2 -p tcp -m comment --comment "web/np-local:80/tcp" -m tcp -j DNAT --to-destination 10.244.2.2:8080
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+COMMIT
+*filter
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "web/np-local:80/tcp has no local endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30081 -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"#;
+        assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn local_node_with_endpoints_and_legacy_layout() {
+        let m = model();
+        let got = render(2, &m, true);
+        assert!(!got.contains("KUBE-FORWARD"), "{got}");
+        assert!(!got.contains("DROP"), "{got}");
+        let ext = m[2].0.ext_chain();
+        let sep = m[2].0.sep_chain(&m[2].1[0]);
+        assert!(got.contains(&format!("--dport 30081 -j {ext}\n")), "{got}");
+        assert!(
+            got.contains(&format!(
+                "-A {ext} -m comment --comment \"web/np-local:80/tcp -> local endpoints\" -j {sep}\n"
+            )),
+            "{got}"
+        );
+        assert!(!got.lines().any(|l| l.starts_with(&format!("-A {ext} -j KUBE-MARK-MASQ"))), "{got}");
+    }
+}
