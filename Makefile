@@ -52,8 +52,14 @@ test: deps
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-demo: release
-	./scripts/demo.sh $(RELEASE_DIR)
+# The demo is `weft-e2e demo` (e2e/src/demo.rs): a 2-node testbed, three pods
+# attached by `weft`, a ClusterIP and a NodePort service, one probe per path
+# printed as a table, then a full teardown. Runs as root; exits 1 if a path fails.
+DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
+demo: deps
+	$(CARGO) build --workspace --bins
+	WEFT_BIN=$(DEBUG_DIR)/weft WEFT_AGENT_BIN=$(DEBUG_DIR)/weft-agent WEFT_E2E_BIN=$(DEBUG_DIR)/weft-e2e \
+		timeout 120 $(DEBUG_DIR)/weft-e2e demo
 
 bench: release
 	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)

@@ -1,5 +1,7 @@
 //! `weft-e2e`: bring a testbed run up and down, serve a workload, probe.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -69,6 +71,10 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Show weft at work (root): a 2-node testbed, three pods, a ClusterIP and a
+    /// NodePort service, one probe per path as a table, then teardown. Exit 0 if
+    /// every path is ok, 1 otherwise.
+    Demo,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +101,7 @@ fn main() -> ExitCode {
         Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
         Cmd::Serve { name, ports, echo_peer } => serve(&name, &ports, echo_peer),
         Cmd::Pod { cmd } => pod(cmd),
+        Cmd::Demo => return demo_cmd(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +173,23 @@ fn serve(name: &str, ports: &[u16], echo_peer: bool) -> Result<(), E2eError> {
     println!("ready {name} {}", list.join(","));
     std::io::Write::flush(&mut std::io::stdout()).map_err(E2eError::io("flush stdout"))?;
     server.run()
+}
+
+fn demo_cmd() -> ExitCode {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { nix::libc::geteuid() } != 0 {
+        eprintln!("weft-e2e demo: needs root (network namespaces, mounts in /run/netns)");
+        return ExitCode::FAILURE;
+    }
+    match demo::run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(E2eError::Cancelled) => {
+            eprintln!("weft-e2e demo: cancelled; the run is torn down");
+            ExitCode::from(EXIT_CANCELLED)
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(e: &E2eError) -> ExitCode {
