@@ -6,6 +6,7 @@ pub mod args;
 pub mod conflist;
 pub mod env;
 pub mod error;
+pub mod hash;
 pub mod netconf;
 pub mod reply;
 pub mod result;

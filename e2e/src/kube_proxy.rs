@@ -105,12 +105,7 @@ pub struct Endpoint {
 
 /// `prefix` + 16 hex digits of a stable 64-bit FNV-1a hash of `key` (<= 28 chars).
 fn chain(prefix: &str, key: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{prefix}{h:016X}")
+    format!("{prefix}{:016X}", weft_conf::hash::fnv1a64(key.as_bytes()))
 }
 
 /// The rules that pick one of `seps` at random, as kube-proxy writes them.

@@ -26,10 +26,11 @@ impl Ipam {
         &self.cfg
     }
 
-    /// ADD: one address per range set, and the configured routes. Idempotent per attachment.
-    pub fn add(&self, container_id: &str, ifname: &str) -> Result<CniResult, CniError> {
-        let ips = crate::allocate(&self.store, &self.cfg, container_id, ifname)?;
-        Ok(crate::ipam_result(&self.cfg, ips))
+    /// ADD: one address per range set, and the configured routes. Idempotent
+    /// per attachment; the flag says whether this call made the allocation.
+    pub fn add(&self, container_id: &str, ifname: &str) -> Result<(CniResult, bool), CniError> {
+        let a = crate::allocate_attachment(&self.store, &self.cfg, container_id, ifname)?;
+        Ok((crate::ipam_result(&self.cfg, a.ips), a.fresh))
     }
 
     /// The addresses the attachment holds now (none before its first ADD).
@@ -107,7 +108,7 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>, Cni
     let v = conf.cni_version;
     env.command.require_version(v)?;
     match env.command {
-        Command::Add => ipam.add(&env.container_id, &env.ifname).map(|r| Some(r.to_json(v))),
+        Command::Add => ipam.add(&env.container_id, &env.ifname).map(|(r, _)| Some(r.to_json(v))),
         Command::Del => ipam.del(&env.container_id, &env.ifname).map(|()| None),
         Command::Check => {
             let prev = conf

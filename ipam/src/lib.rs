@@ -10,4 +10,6 @@ pub mod store;
 
 pub use config::{IpamConfig, Range, RangeSet, DEFAULT_DATA_DIR};
 pub use error::IpamError;
-pub use store::{allocate, free_counts, gc, held, ipam_result, release, Store};
+pub use store::{
+    allocate, allocate_attachment, free_counts, gc, held, ipam_result, release, Allocation, Store,
+};

@@ -34,10 +34,7 @@ impl IpamClient {
     /// attachment gets its addresses back, and must not free them on failure).
     pub fn add(&self, env: &CniEnv, stdin: &[u8]) -> Result<(CniResult, bool), CniError> {
         match self {
-            IpamClient::InProcess(i) => {
-                let fresh = i.held(&env.container_id, &env.ifname)?.is_empty();
-                Ok((i.add(&env.container_id, &env.ifname)?, fresh))
-            }
+            IpamClient::InProcess(i) => i.add(&env.container_id, &env.ifname),
             IpamClient::Delegate { binary } => {
                 let out = exec(binary, Command::Add, env, stdin)?;
                 let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {

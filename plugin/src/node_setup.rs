@@ -13,7 +13,6 @@ use weft_conf::{CniError, ErrorCode, IpConfig, NetConf};
 use crate::error::context;
 use crate::kernel_error::KernelError;
 use crate::link::LinkState;
-use crate::names::fnv1a64;
 use crate::{addr, bridge, link, masquerade, sysctl};
 
 /// MTU when neither the config nor a default route says otherwise.
@@ -109,7 +108,7 @@ fn stamp(conf: &NetConf, ips: &[IpConfig]) -> String {
         conf.cluster_cidr,
         ips.iter().map(|i| (net_of(&i.address), i.gateway)).collect::<Vec<_>>()
     );
-    format!("weft:{:016x}", fnv1a64(&[desc.as_bytes()]))
+    format!("weft:{:016x}", weft_conf::hash::fnv1a64(desc.as_bytes()))
 }
 
 #[cfg(test)]

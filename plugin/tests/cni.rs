@@ -9,22 +9,22 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use common::PodNs;
-use harness::{ping, pod_ip, run_in, weft, Node};
+use harness::{ping, pod_ip, weft, Node};
 use serde_json::json;
+use weft_plugin::link::LinkState;
 use weft_plugin::netns::{self, NetNs};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Reads a link of the node over netlink: (exists, hairpin, controller).
-fn node_link(node: &Node, name: &str) -> Option<(bool, Option<u32>)> {
+/// Reads a link of the node over netlink (None: absent); its `hairpin` is
+/// the bridge port's IFLA_BRPORT_MODE as the kernel reports it.
+fn node_link(node: &Node, name: &str) -> Option<LinkState> {
     let ns = NetNs::open(&node.ns.path).unwrap();
     rt().block_on(async {
         let h = netns::connect_in(&ns).unwrap();
-        let l = weft_plugin::link::get_link(&h, name).await.unwrap()?;
-        let hp = weft_plugin::link::hairpin(&h, l.index).await.unwrap_or(false);
-        Some((hp, l.controller))
+        weft_plugin::link::get_link(&h, name).await.unwrap()
     })
 }
 
@@ -68,11 +68,10 @@ fn two_pods_reach_each_other_and_the_gateway_with_hairpin_on() {
     assert!(ping(&a.path, "10.244.1.1"), "pod a cannot reach the gateway");
     let bridge = node_link(&node, "weft0").expect("bridge exists");
     for id in ["pod-a", "pod-b"] {
-        let (hairpin, controller) = node_link(&node, &host_veth(id)).expect("host veth exists");
-        assert!(hairpin, "hairpin off on {id}'s port");
-        assert!(controller.is_some(), "{id}'s veth is not on the bridge");
+        let port = node_link(&node, &host_veth(id)).expect("host veth exists");
+        assert_eq!(port.hairpin, Some(true), "hairpin off on {id}'s port");
+        assert_eq!(port.controller, Some(bridge.index), "{id}'s veth is not on the bridge");
     }
-    let _ = bridge;
 }
 
 #[test]
@@ -364,7 +363,6 @@ fn status_reports_an_exhausted_range_with_code_50() {
     let pod = PodNs::new();
     node.cni(&weft(), "ADD", "s1", Some(&pod.path), &conf).ok();
     assert_eq!(node.cni(&weft(), "STATUS", "", None, &conf).err_code(), 50);
-    let _ = run_in;
 }
 
 #[test]
@@ -396,8 +394,7 @@ fn config_keys_take_effect_in_the_kernel() {
     });
     assert_eq!((br_mtu, host_mtu), (1400, 1400));
     // hairpinMode false: off on the port.
-    let (hairpin, _) = node_link(&node, &host_veth("cfg")).unwrap();
-    assert!(!hairpin);
+    assert_eq!(node_link(&node, &host_veth("cfg")).unwrap().hairpin, Some(false));
     // isGateway false: the bridge holds no address.
     let addrs = node.sh(&["ip", "-o", "addr", "show", "dev", "br-pods"]);
     assert!(!addrs.contains("inet "), "{addrs}");

@@ -61,12 +61,7 @@ impl Snapshot {
 /// testbed computes the same value as the agent.
 pub fn generation(model: &Model) -> String {
     let bytes = serde_json::to_vec(model).expect("the model serialises");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", weft_conf::hash::fnv1a64(&bytes))
 }
 
 /// The head of any manifest: enough to pick its kind.

@@ -54,6 +54,25 @@ pub fn allocate(
     container_id: &str,
     ifname: &str,
 ) -> Result<Vec<IpConfig>, IpamError> {
+    allocate_attachment(store, cfg, container_id, ifname).map(|a| a.ips)
+}
+
+/// What `allocate_attachment` gave: the addresses, and whether the
+/// attachment held none before (so a caller's undo frees only what it made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ips: Vec<IpConfig>,
+    pub fresh: bool,
+}
+
+/// `allocate`, also telling whether this call made the attachment's first
+/// allocation, found under the same lock (no second read of the store).
+pub fn allocate_attachment(
+    store: &Store,
+    cfg: &IpamConfig,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Allocation, IpamError> {
     let owner = Owner::new(container_id, ifname)?;
     let _guard = store.lock()?;
     let held = held_by(store, &owner)?;
@@ -69,7 +88,8 @@ pub fn allocate(
         }
         return Err(e);
     }
-    Ok(chosen.into_iter().flatten().map(|(r, ip)| ip_config(r, ip)).collect())
+    let ips = chosen.into_iter().flatten().map(|(r, ip)| ip_config(r, ip)).collect();
+    Ok(Allocation { ips, fresh: held.is_empty() })
 }
 
 /// What a failed allocation has to undo: whether it replaced the index,

@@ -68,7 +68,7 @@ mod pool;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-pub use allocate::{allocate, free_counts, held, ipam_result, release};
+pub use allocate::{allocate, allocate_attachment, free_counts, held, ipam_result, release, Allocation};
 pub use gc::gc;
 
 use crate::error::IpamError;

@@ -2,6 +2,8 @@
 //! on disk besides our JSON record (`files.rs`): host-local's IP file text
 //! `"<id>\r\n<ifname>"`, and the name of its index file under `attachments/`.
 
+use weft_conf::hash::Fnv1a;
+
 use crate::error::IpamError;
 
 /// An attachment: (container ID, ifname).
@@ -63,8 +65,8 @@ impl Owner {
         let key = format!("{}\0{}", self.id, self.ifname);
         format!(
             "#{:016x}{:016x}",
-            fnv1a(key.as_bytes(), 0xcbf2_9ce4_8422_2325),
-            fnv1a(key.as_bytes(), 0x6c62_272e_07bb_0142)
+            Fnv1a::new().write(key.as_bytes()).finish(),
+            Fnv1a::with_basis(0x6c62_272e_07bb_0142).write(key.as_bytes()).finish()
         )
     }
 }
@@ -79,11 +81,6 @@ fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// FNV-1a, 64 bits, from a given offset basis.
-fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
-    bytes.iter().fold(basis, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
