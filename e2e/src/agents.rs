@@ -3,7 +3,8 @@
 //! `<run dir>/cluster/` holds ordinary Kubernetes YAML: `up` writes one Node
 //! manifest per node (`node-N`, podCIDR 10.244.N.0/24, InternalIP
 //! 172.31.0.(10+N)). `start_agents` runs `weft-agent --source dir:<cluster>`
-//! inside each node's netns, recorded as a run process so `down` kills it.
+//! inside each node's netns, recorded as a run process so `down` kills it;
+//! with the cluster CIDR, so each agent owns its node's masquerade rule.
 //! `wait_converged` computes the cluster dir's generation with the agent's own
 //! library function and polls the agents' status files until every one shows it.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use weft_agent::agent::{read_status, Status};
 
 use crate::error::{E2eError, Result};
-use crate::pods::find_binary;
+use crate::pods::{find_binary, CLUSTER_CIDR};
 use crate::run::{self, RunState};
 use crate::{command_in, plan, Testbed};
 
@@ -26,6 +27,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const CONVERGE_POLL: Duration = Duration::from_millis(20);
 /// How often agents poll the cluster dir, in ms.
 const AGENT_POLL_MS: &str = "100";
+/// Agents' full resync interval, in ms: short, so a test that breaks the kernel
+/// state by hand (a deleted jump, a route) sees it repaired quickly.
+const AGENT_RESYNC_MS: &str = "500";
 /// Bound on an agent exiting after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,7 +99,7 @@ impl Testbed {
         }
     }
 
-    /// Starts `weft-agent --cleanup-on-exit` in every node's netns and waits for
+    /// Starts `weft-agent --cluster-cidr 10.244.0.0/16 --cleanup-on-exit` in every node's netns and waits for
     /// each one's first sync; its log goes to `<run dir>/agent-nN.log`. Not idempotent.
     pub fn start_agents(&self) -> Result<Vec<u32>> {
         let bin = find_binary("weft-agent", AGENT_BIN_ENV)?.display().to_string();
@@ -115,6 +119,10 @@ impl Testbed {
                 &status,
                 "--poll-ms",
                 AGENT_POLL_MS,
+                "--resync-ms",
+                AGENT_RESYNC_MS,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
                 "--cleanup-on-exit",
             ];
             let netns = self.node_netns(n);

@@ -65,26 +65,55 @@ pub fn masquerade_payload(
     cluster_cidr: Option<IpNetwork>,
     comment: &str,
 ) -> String {
-    let comment = sanitize_comment(comment);
     let mut out = vec!["*nat".to_string(), format!(":{chain} - [0:0]")];
-    for sub in pod_subnets {
-        let src = normalize(*sub);
-        let cluster = cluster_cidr.filter(|c| Family::of(c) == Family::of(sub)).map(normalize);
-        let mut returns: Vec<IpNetwork> = cluster.into_iter().collect();
-        if !cluster.is_some_and(|c| c.contains(src.network()) && c.prefix() <= src.prefix()) {
-            returns.push(src);
-        }
-        for dst in returns {
-            out.push(format!("-A {chain} -s {src} -d {dst} -m comment --comment \"{comment}\" -j RETURN"));
-        }
-        // Must be the last rule for this subnet: everything not returned above is masqueraded.
-        let mcast = Family::of(sub).multicast();
-        out.push(format!(
-            "-A {chain} -s {src} ! -d {mcast} -m comment --comment \"{comment}\" -j MASQUERADE"
-        ));
+    for rule in chain_rules(pod_subnets, cluster_cidr, comment) {
+        out.push(format!("-A {chain} {}", payload_args(&rule)));
     }
     out.push("COMMIT".into());
     out.join("\n") + "\n"
+}
+
+/// The rules of the chain in order, each as the arguments after `-A CHAIN`, so the
+/// restore payload and the `-C` presence check can never disagree. The comment
+/// is one (sanitized, unquoted) argument.
+fn chain_rules(
+    pod_subnets: &[IpNetwork],
+    cluster_cidr: Option<IpNetwork>,
+    comment: &str,
+) -> Vec<Vec<String>> {
+    let comment = sanitize_comment(comment);
+    let rule = |head: &[&str], verdict: &str| {
+        let mut r: Vec<String> = head.iter().map(|a| a.to_string()).collect();
+        r.extend(["-m", "comment", "--comment", &comment, "-j", verdict].map(String::from));
+        r
+    };
+    let mut rules = Vec::new();
+    for sub in pod_subnets.iter().copied().map(normalize) {
+        let cluster = cluster_cidr.filter(|c| Family::of(c) == Family::of(&sub)).map(normalize);
+        let mut returns: Vec<IpNetwork> = cluster.into_iter().collect();
+        if !cluster.is_some_and(|c| c.contains(sub.network()) && c.prefix() <= sub.prefix()) {
+            returns.push(sub);
+        }
+        let src = sub.to_string();
+        for dst in returns {
+            rules.push(rule(&["-s", &src, "-d", &dst.to_string()], "RETURN"));
+        }
+        // Must be the last rule for this subnet: everything not returned above is masqueraded.
+        rules.push(rule(&["-s", &src, "!", "-d", Family::of(&sub).multicast()], "MASQUERADE"));
+    }
+    rules
+}
+
+/// Joins rule arguments for a restore payload, double-quoting the comment (which
+/// may hold spaces; `sanitize_comment` removed quotes and backslashes).
+fn payload_args(rule: &[String]) -> String {
+    let mut out = Vec::with_capacity(rule.len());
+    let mut quote_next = false;
+    for arg in rule {
+        out.push(if quote_next { format!("\"{arg}\"") } else { arg.clone() });
+        quote_next = arg == "--comment";
+    }
+    out.join(" ")
 }
 
 /// Idempotently installs chain `MASQ_CHAIN` with the rules of `masquerade_payload`
@@ -96,16 +125,47 @@ pub fn ensure_masquerade(
 ) -> Result<(), KernelError> {
     let chain = MASQ_CHAIN;
     check_chain(chain)?;
-    for family in [Family::V4, Family::V6] {
-        let subs: Vec<IpNetwork> = pod_subnets.iter().copied().filter(|s| Family::of(s) == family).collect();
-        if subs.is_empty() {
-            continue;
-        }
+    for (family, subs) in by_family(pod_subnets) {
         let payload = masquerade_payload(chain, &subs, cluster_cidr, comment);
         restore(family, &payload)?;
         ensure_jump(family, chain)?;
     }
     Ok(())
+}
+
+/// `subnets` split by family, leaving out a family with none.
+fn by_family(subnets: &[IpNetwork]) -> impl Iterator<Item = (Family, Vec<IpNetwork>)> + '_ {
+    [Family::V4, Family::V6].into_iter().filter_map(|family| {
+        let subs: Vec<IpNetwork> = subnets.iter().copied().filter(|s| Family::of(s) == family).collect();
+        (!subs.is_empty()).then_some((family, subs))
+    })
+}
+
+/// Whether everything `ensure_masquerade` would install is in place: the jump
+/// from nat POSTROUTING and every rule of the chain, per family, checked with
+/// `iptables -C` (no full dump of the nat table, which may hold thousands of
+/// kube-proxy rules). Rule order and foreign extra rules in the chain are not
+/// checked. Lets a caller that re-asserts the rule periodically skip the restore.
+pub fn masquerade_present(
+    pod_subnets: &[IpNetwork],
+    cluster_cidr: Option<IpNetwork>,
+    comment: &str,
+) -> Result<bool, KernelError> {
+    let chain = MASQ_CHAIN;
+    check_chain(chain)?;
+    for (family, subs) in by_family(pod_subnets) {
+        if !jump_exists(family, chain)? {
+            return Ok(false);
+        }
+        for rule in chain_rules(&subs, cluster_cidr, comment) {
+            let mut args = vec!["-w", "5", "-t", "nat", "-C", chain];
+            args.extend(rule.iter().map(String::as_str));
+            if !rule_exists(family, &args)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Removes the jump(s) to `MASQ_CHAIN` and the chain itself in both families; absent rules, chains and
@@ -138,14 +198,17 @@ fn teardown_family(family: Family, chain: &str) -> Result<(), KernelError> {
     restore(family, &format!("*nat\n:{chain} - [0:0]\n-X {chain}\nCOMMIT\n"))
 }
 
-/// `-C` exit codes: 0 present, 1 no such rule, 2 no such chain.
 fn jump_exists(family: Family, chain: &str) -> Result<bool, KernelError> {
-    let args = ["-w", "5", "-t", "nat", "-C", "POSTROUTING", "-j", chain];
-    let out = command(family.tool(), &args)?.output().map_err(|e| spawn_err(family.tool(), e))?;
+    rule_exists(family, &["-w", "5", "-t", "nat", "-C", "POSTROUTING", "-j", chain])
+}
+
+/// Runs a `-C` command line; exit codes: 0 present, 1 no such rule, 2 no such chain.
+fn rule_exists(family: Family, args: &[&str]) -> Result<bool, KernelError> {
+    let out = command(family.tool(), args)?.output().map_err(|e| spawn_err(family.tool(), e))?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1 | 2) => Ok(false),
-        _ => Err(failed(family.tool(), &args, &out.stderr)),
+        _ => Err(failed(family.tool(), args, &out.stderr)),
     }
 }
 
@@ -310,6 +373,27 @@ COMMIT
             masquerade_payload(MASQ_CHAIN, &[], None, "c"),
             "*nat\n:WEFT-POSTROUTING - [0:0]\nCOMMIT\n"
         );
+    }
+
+    #[test]
+    fn check_rules_are_the_payload_rules_unquoted() {
+        let subs = [net("10.244.1.7/24")];
+        let rules = chain_rules(&subs, Some(net("10.244.0.0/16")), "weft \"node\" masq");
+        assert_eq!(
+            rules[0],
+            ["-s", "10.244.1.0/24", "-d", "10.244.0.0/16", "-m", "comment", "--comment", "weft node masq"]
+                .into_iter()
+                .chain(["-j", "RETURN"])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1][..4], ["-s", "10.244.1.0/24", "!", "-d"]);
+        // Every -A line of the payload is exactly one rule, in the same order.
+        let payload = masquerade_payload("C", &subs, Some(net("10.244.0.0/16")), "weft \"node\" masq");
+        let lines: Vec<String> =
+            payload.lines().filter_map(|l| l.strip_prefix("-A C ")).map(String::from).collect();
+        assert_eq!(lines, rules.iter().map(|r| payload_args(r)).collect::<Vec<_>>());
+        assert!(lines[0].contains("--comment \"weft node masq\" -j RETURN"), "{lines:?}");
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! The agent loop: poll the source, and on each new snapshot (or every
-//! `resync` for drift) reconcile weft's routes, read the node's forwarding
-//! sysctls, and write the status file atomically. Runs in the calling
-//! thread's netns (the node's); sleeps between polls on the stop channel, so
-//! SIGTERM ends it at once and nothing spins.
+//! `resync` for drift) reconcile weft's routes and, with a cluster CIDR, the
+//! node's masquerade chain, read the node's forwarding sysctls, and write the
+//! status file atomically. At start it turns ip_forward on (a node without
+//! pods must still forward NodePort transit traffic); later flips are
+//! reported, not fought. Runs in the calling thread's netns (the node's);
+//! sleeps between polls on the stop channel, so SIGTERM ends it at once and
+//! nothing spins.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
-use weft_plugin::sysctl::read_sysctl;
+use weft_plugin::kernel_error::KernelError;
+use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
+use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::model::Snapshot;
 use crate::route_table::{apply, delete_all, list_weft_routes};
@@ -33,6 +39,12 @@ pub struct Config {
     pub poll: Duration,
     /// How often the kernel is reconciled even when nothing changed.
     pub resync: Duration,
+    /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
+    /// agent owns the node's masquerade chain; when not, it never touches it.
+    pub cluster_cidr: Option<IpNetwork>,
+    /// The network's name (`--network-name`): the comment on the masquerade
+    /// rules, the same the plugin writes, so both write identical rules.
+    pub network_name: String,
 }
 
 /// The status file: what the agent last applied.
@@ -46,6 +58,10 @@ pub struct Status {
     pub ip_forward: bool,
     /// None when br_netfilter is not loaded (the sysctl does not exist).
     pub bridge_nf_call_iptables: Option<bool>,
+    /// The pod CIDR whose masquerade rules were ensured (or found intact) in this
+    /// sync; None when the agent does not own masquerade or could not ensure it.
+    #[serde(default)]
+    pub masquerade: Option<String>,
     /// Skipped manifests ("file: reason") and failed route changes.
     pub errors: Vec<String>,
 }
@@ -67,6 +83,14 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AgentError::Runtime)?;
     let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
+    ensure_forwarding();
+    let mut masq = cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name));
+    if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
+        log(&format!(
+            "cluster CIDR {c} is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
+             is exempt from masquerade"
+        ));
+    }
     let mut source = DirSource::new(&cfg.dir);
     let mut snap: Option<Snapshot> = None;
     let mut last_status: Option<Status> = None;
@@ -80,7 +104,7 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
             next_sync = Instant::now();
         }
         if let (Some(s), true) = (&snap, Instant::now() >= next_sync) {
-            let status = rt.block_on(sync(&h, &cfg.node, s));
+            let status = rt.block_on(sync(&h, &cfg.node, s, masq.as_mut()));
             report_changes(last_status.as_ref(), &status);
             write_status(&cfg.status_file, &status)?;
             if last_status.is_none() {
@@ -102,12 +126,104 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
             log(&format!("cleanup: {e}"));
         }
         log("cleanup: weft's routes deleted");
+        if masq.is_some() {
+            match teardown_masquerade() {
+                Ok(()) => log(&format!("cleanup: {MASQ_CHAIN} and its jump deleted")),
+                Err(e) => log(&format!("cleanup: masquerade: {e}")),
+            }
+        }
     }
     Ok(())
 }
 
-/// Reconciles the routes against `snap` and reads the sysctls; errors go into the status.
-async fn sync(h: &Handle, node: &str, snap: &Snapshot) -> Status {
+/// Turns net.ipv4.ip_forward on in this netns once, at start: until the first
+/// pod's ADD does it, a node would drop NodePort traffic DNATed to a pod on
+/// another node. Failure is logged, not fatal; the status shows the sysctl.
+fn ensure_forwarding() {
+    match ensure_sysctl(IP_FORWARD, "1") {
+        Ok(true) => log("net.ipv4.ip_forward was off: turned it on"),
+        Ok(false) => log("net.ipv4.ip_forward is on"),
+        Err(e) => log(&format!("turning net.ipv4.ip_forward on: {e}")),
+    }
+}
+
+/// The kernel side of the masquerade duty; a trait so the skip logic is tested
+/// without iptables.
+trait MasqKernel {
+    fn present(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<bool, KernelError>;
+    fn ensure(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<(), KernelError>;
+}
+
+/// The real kernel: weft-plugin's masquerade module, as the plugin's ADD uses it.
+struct Iptables;
+
+impl MasqKernel for Iptables {
+    fn present(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<bool, KernelError> {
+        masquerade_present(&[pod_cidr.into()], Some(cluster), comment)
+    }
+    fn ensure(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<(), KernelError> {
+        ensure_masquerade(&[pod_cidr.into()], Some(cluster), comment)
+    }
+}
+
+/// The masquerade duty (with `--cluster-cidr`): keep `MASQ_CHAIN` for this
+/// node's pod CIDR. Remembers what it last ensured, so a resync that finds the
+/// rules intact costs a few `iptables -C`, never a restore.
+#[derive(Debug)]
+struct Masquerade {
+    cluster_cidr: IpNetwork,
+    comment: String,
+    /// The pod CIDR of the last successful ensure; None before it or after a failure.
+    ensured: Option<Ipv4Network>,
+}
+
+impl Masquerade {
+    fn new(cluster_cidr: IpNetwork, comment: &str) -> Masquerade {
+        Masquerade { cluster_cidr, comment: comment.into(), ensured: None }
+    }
+
+    /// Ensures the chain for `pod_cidr` (this node's, from the model) unless it
+    /// was ensured for the same CIDR and is still in place. Returns the CIDR in
+    /// force, or the error for the status. Without a pod CIDR the kernel is left
+    /// as it is: the node may only be missing from the state for a moment.
+    fn reconcile(
+        &mut self,
+        k: &impl MasqKernel,
+        pod_cidr: Option<Ipv4Network>,
+    ) -> Result<Ipv4Network, String> {
+        let Some(cidr) = pod_cidr else {
+            return Err(
+                "masquerade: this node has no IPv4 podCIDR in the cluster state; rules left as they are"
+                    .into(),
+            );
+        };
+        let why = match self.ensured {
+            None => "ensured",
+            Some(old) if old != cidr => "rewritten (pod CIDR changed)",
+            Some(_) => match k.present(cidr, self.cluster_cidr, &self.comment) {
+                Ok(true) => return Ok(cidr),
+                Ok(false) => "re-asserted (rules were missing)",
+                // The ensure below reports the real error if iptables is broken.
+                Err(_) => "re-asserted (the presence check failed)",
+            },
+        };
+        match k.ensure(cidr, self.cluster_cidr, &self.comment) {
+            Ok(()) => {
+                log(&format!("masquerade: {MASQ_CHAIN} for {cidr} {why} (cluster {})", self.cluster_cidr));
+                self.ensured = Some(cidr);
+                Ok(cidr)
+            }
+            Err(e) => {
+                self.ensured = None;
+                Err(format!("masquerade {cidr}: {e}"))
+            }
+        }
+    }
+}
+
+/// Reconciles the routes (and, when owned, the masquerade chain) against `snap`
+/// and reads the sysctls; errors go into the status.
+async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>) -> Status {
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
     let (desired, notes) = desired_routes(&snap.model, node);
     for n in notes {
@@ -131,12 +247,22 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot) -> Status {
             0
         }
     };
+    let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
+    let masquerade = match masq.map(|m| m.reconcile(&Iptables, pod_cidr)) {
+        None => None,
+        Some(Ok(cidr)) => Some(cidr.to_string()),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+    };
     Status {
         node: node.into(),
         generation: snap.generation.clone(),
         routes,
         ip_forward: read_sysctl(IP_FORWARD).is_ok_and(|v| v == "1"),
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
+        masquerade,
         errors,
     }
 }
@@ -175,4 +301,113 @@ pub fn read_status(path: &Path) -> Option<Status> {
 
 fn log(msg: &str) {
     eprintln!("weft-agent: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::io;
+
+    use super::*;
+
+    /// A kernel that records calls; `present` answers `rules_in_place`.
+    #[derive(Default)]
+    struct Fake {
+        rules_in_place: Cell<bool>,
+        fail_check: Cell<bool>,
+        fail_ensure: Cell<bool>,
+        checks: Cell<u32>,
+        ensured: RefCell<Vec<(Ipv4Network, IpNetwork, String)>>,
+    }
+
+    fn err() -> KernelError {
+        KernelError::ToolFailed { cmd: "iptables-restore".into(), stderr: "boom".into() }
+    }
+
+    impl MasqKernel for Fake {
+        fn present(&self, _: Ipv4Network, _: IpNetwork, _: &str) -> Result<bool, KernelError> {
+            self.checks.set(self.checks.get() + 1);
+            if self.fail_check.get() {
+                return Err(KernelError::Io { what: "run iptables".into(), source: io::Error::other("x") });
+            }
+            Ok(self.rules_in_place.get())
+        }
+        fn ensure(&self, cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<(), KernelError> {
+            if self.fail_ensure.get() {
+                return Err(err());
+            }
+            self.ensured.borrow_mut().push((cidr, cluster, comment.into()));
+            self.rules_in_place.set(true);
+            Ok(())
+        }
+    }
+
+    fn v4(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn duty() -> Masquerade {
+        Masquerade::new("10.244.0.0/16".parse().unwrap(), "weft")
+    }
+
+    #[test]
+    fn first_sync_ensures_then_an_intact_rule_costs_only_the_check() {
+        let (k, mut m) = (Fake::default(), duty());
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        // Nothing ensured yet: no check, straight to the restore.
+        assert_eq!(k.checks.get(), 0);
+        let want = (v4("10.244.1.0/24"), "10.244.0.0/16".parse().unwrap(), "weft".to_string());
+        assert_eq!(*k.ensured.borrow(), [want]);
+        for _ in 0..3 {
+            assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        }
+        assert_eq!((k.checks.get(), k.ensured.borrow().len()), (3, 1));
+    }
+
+    #[test]
+    fn missing_rules_are_re_asserted() {
+        let (k, mut m) = (Fake::default(), duty());
+        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
+        k.rules_in_place.set(false);
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(k.ensured.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_new_pod_cidr_is_written_without_a_check() {
+        let (k, mut m) = (Fake::default(), duty());
+        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.7.0/24"))), Ok(v4("10.244.7.0/24")));
+        assert_eq!(k.checks.get(), 0);
+        assert_eq!(k.ensured.borrow()[1].0, v4("10.244.7.0/24"));
+    }
+
+    #[test]
+    fn a_failing_check_falls_back_to_the_ensure() {
+        let (k, mut m) = (Fake::default(), duty());
+        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
+        k.fail_check.set(true);
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(k.ensured.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_ensure_is_an_error_and_is_retried_next_sync() {
+        let (k, mut m) = (Fake::default(), duty());
+        k.fail_ensure.set(true);
+        let e = m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap_err();
+        assert!(e.contains("10.244.1.0/24") && e.contains("boom"), "{e}");
+        k.fail_ensure.set(false);
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        // After a failure nothing counts as ensured, so no check was trusted.
+        assert_eq!((k.checks.get(), k.ensured.borrow().len()), (0, 1));
+    }
+
+    #[test]
+    fn no_pod_cidr_touches_nothing() {
+        let (k, mut m) = (Fake::default(), duty());
+        let e = m.reconcile(&k, None).unwrap_err();
+        assert!(e.contains("no IPv4 podCIDR"), "{e}");
+        assert_eq!((k.checks.get(), k.ensured.borrow().len()), (0, 0));
+    }
 }

@@ -1,4 +1,5 @@
-//! `weft-agent --node NAME --source dir:PATH --status-file PATH [--cleanup-on-exit]`.
+//! `weft-agent --node NAME --source dir:PATH --status-file PATH [--cluster-cidr CIDR]
+//! [--network-name NAME] [--cleanup-on-exit]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,10 +7,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
 use weft_agent::agent::{run, Config};
 
-/// The weft node agent: host-gw routes to the other nodes' pod CIDRs.
+/// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
+/// node's masquerade rule when given the cluster CIDR.
 #[derive(Debug, Parser)]
 #[command(name = "weft-agent", version)]
 struct Args {
@@ -22,7 +25,16 @@ struct Args {
     /// Where to write the status JSON (atomically) after each sync.
     #[arg(long)]
     status_file: PathBuf,
-    /// Delete weft's routes on SIGTERM/SIGINT.
+    /// The pod network of the whole cluster (IPv4 or IPv6). When given, the agent
+    /// owns the node's masquerade rule: pod traffic leaving this network is
+    /// masqueraded. Without it, the agent never touches masquerade.
+    #[arg(long, value_parser = parse_cidr)]
+    cluster_cidr: Option<IpNetwork>,
+    /// The CNI network's name: the comment on the masquerade rules (the plugin
+    /// writes the same comment).
+    #[arg(long, default_value = "weft", value_parser = parse_network_name)]
+    network_name: String,
+    /// Delete weft's routes (and, with --cluster-cidr, the masquerade rule) on SIGTERM/SIGINT.
     #[arg(long)]
     cleanup_on_exit: bool,
     /// Source poll interval, in milliseconds.
@@ -38,6 +50,21 @@ fn parse_source(s: &str) -> Result<PathBuf, String> {
         Some(("dir", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
         _ => Err(format!("unsupported source {s:?}: only dir:PATH for now")),
     }
+}
+
+/// A network in CIDR notation, normalised to its network address (10.244.1.5/16
+/// -> 10.244.0.0/16, as iptables prints it).
+fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    let net: IpNetwork = s.parse().map_err(|e| format!("{s:?} is not a CIDR: {e}"))?;
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Non-empty, as the CNI network name it stands for; iptables refuses an empty comment.
+fn parse_network_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the network name is empty".into());
+    }
+    Ok(s.to_string())
 }
 
 /// Blocks SIGINT/SIGTERM in this thread (and all it spawns) and turns them
@@ -74,6 +101,8 @@ fn main() -> ExitCode {
         cleanup_on_exit: args.cleanup_on_exit,
         poll: Duration::from_millis(args.poll_ms.max(10)),
         resync: Duration::from_millis(args.resync_ms.max(100)),
+        cluster_cidr: args.cluster_cidr,
+        network_name: args.network_name,
     };
     match run(&cfg, &stop) {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,5 +110,38 @@ fn main() -> ExitCode {
             eprintln!("weft-agent: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_cidr_is_parsed_and_normalised() {
+        assert_eq!(parse_cidr("10.244.0.0/16"), Ok("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(parse_cidr("10.244.1.5/16").map(|n| n.to_string()), Ok("10.244.0.0/16".into()));
+        assert_eq!(parse_cidr("fd00:10:244::7/48").map(|n| n.to_string()), Ok("fd00:10:244::/48".into()));
+        for bad in ["", "10.244.0.0/33", "10.244.0.0/", "weft", "10.244.0.0/16 "] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags() {
+        let base = ["weft-agent", "--node", "n1", "--source", "dir:/x", "--status-file", "/s"];
+        let a = Args::try_parse_from(base).unwrap();
+        assert_eq!((a.cluster_cidr, a.network_name.as_str()), (None, "weft"));
+        let a = Args::try_parse_from(base.into_iter().chain([
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--network-name",
+            "pods",
+        ]))
+        .unwrap();
+        assert_eq!(a.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(a.network_name, "pods");
+        assert!(Args::try_parse_from(base.into_iter().chain(["--cluster-cidr", "nope"])).is_err());
+        assert!(Args::try_parse_from(base.into_iter().chain(["--network-name", " "])).is_err());
     }
 }
