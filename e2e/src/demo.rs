@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use weft_e2e::kube_proxy::{Protocol, Service, TrafficPolicy};
+use weft_agent::model::{PortRef, Protocol};
+use weft_e2e::manifests::ServiceManifest;
 use weft_e2e::probe::{probe_in, Outcome, Proto};
 use weft_e2e::{E2eError, Testbed};
 
@@ -77,14 +78,13 @@ pub fn run() -> Result<bool, E2eError> {
     let statuses = tb.wait_converged(CONVERGE)?;
 
     step("adding services: ClusterIP 10.96.0.10:80 -> demo/b, NodePort 30080 -> demo/c")?;
-    tb.add_service(Service::cluster_ip("demo", "b", CLUSTER_IP, 80, 80), &["demo/b"])?;
-    let mut udp = Service::cluster_ip("demo", "b", CLUSTER_IP, 80, 80);
-    udp.protocol = Protocol::Udp;
-    tb.add_service(udp, &["demo/b"])?;
-    let mut np = Service::cluster_ip("demo", "c", NODEPORT_VIP, 80, 80);
-    np.node_port = Some(NODE_PORT);
-    np.external_traffic_policy = TrafficPolicy::Cluster;
-    tb.add_service(np, &["demo/c"])?;
+    let b_svc = ServiceManifest::new("demo", "b", CLUSTER_IP, &[("pod", "b")])
+        .port(80, Protocol::Tcp, PortRef::Number(80))
+        .port(80, Protocol::Udp, PortRef::Number(80));
+    let c_svc = ServiceManifest::new("demo", "c", NODEPORT_VIP, &[("pod", "c")])
+        .port(80, Protocol::Tcp, PortRef::Name("serve-80-tcp".into()))
+        .node_port(NODE_PORT);
+    tb.apply(&format!("{}---\n{}", b_svc.to_yaml(), c_svc.to_yaml()))?;
     let setup = t0.elapsed();
 
     println!();

@@ -55,6 +55,8 @@ pub enum E2eError {
     BinaryMissing { name: String, env: &'static str, tried: Vec<PathBuf> },
     #[error("agents of run {run:?} not converged on generation {generation} within {ms} ms: {detail}")]
     NotConverged { run: String, generation: String, ms: u128, detail: String },
+    #[error("manifest: {reason}")]
+    Manifest { reason: String },
     #[error("cancelled by a signal")]
     Cancelled,
     #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]

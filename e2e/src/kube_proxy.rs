@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use weft_agent::model::{Model, Protocol, TrafficPolicy};
 
 use crate::error::{E2eError, Result};
 use crate::pods::CLUSTER_CIDR;
@@ -26,53 +26,27 @@ pub const MASQ_MARK: &str = "0x4000/0x4000";
 /// Bound on one iptables command inside a node.
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A service's transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-/// spec.externalTrafficPolicy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum TrafficPolicy {
-    #[default]
-    Cluster,
-    Local,
-}
-
 /// One service port (a Service with several ports is several of these).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
-    pub target_port: u16,
     pub node_port: Option<u16>,
     pub external_traffic_policy: TrafficPolicy,
 }
 
 impl Service {
     /// A TCP ClusterIP service port, policy Cluster, no NodePort.
-    pub fn cluster_ip(namespace: &str, name: &str, ip: Ipv4Addr, port: u16, target_port: u16) -> Service {
+    pub fn cluster_ip(namespace: &str, name: &str, ip: Ipv4Addr, port: u16) -> Service {
         Service {
             namespace: namespace.into(),
             name: name.into(),
             cluster_ip: ip,
             port,
             protocol: Protocol::Tcp,
-            target_port,
             node_port: None,
             external_traffic_policy: TrafficPolicy::Cluster,
         }
@@ -92,15 +66,50 @@ impl Service {
     }
 
     fn sep_chain(&self, ep: &Endpoint) -> String {
-        chain("KUBE-SEP-", &format!("{}>{}:{}", self.key(), ep.ip, self.target_port))
+        chain("KUBE-SEP-", &format!("{}>{}:{}", self.key(), ep.ip, ep.port))
     }
 }
 
-/// One ready endpoint of a service: the pod's IP and the node it runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One ready endpoint of a service port: the pod's IP, the target port on
+/// that pod (a named targetPort may differ per pod), and the node it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub ip: Ipv4Addr,
+    pub port: u16,
     pub node: u32,
+}
+
+/// The service ports of `model` with a cluster IP, each with its endpoints: the
+/// pods its selector picks (same namespace, with an IP, on a `node-N`), with the
+/// target port resolved on each pod; a pod that lacks a named target port is
+/// not an endpoint of that port, as in kube-proxy.
+pub fn from_model(model: &Model) -> Vec<(Service, Vec<Endpoint>)> {
+    let mut out = Vec::new();
+    for svc in model.services.values() {
+        let Some(cluster_ip) = svc.cluster_ip else { continue };
+        for sp in &svc.ports {
+            let eps = model
+                .pods
+                .values()
+                .filter(|p| svc.selects(p))
+                .filter_map(|p| {
+                    let node = p.node.as_deref()?.strip_prefix("node-")?.parse().ok()?;
+                    Some(Endpoint { ip: p.ip?, port: p.resolve_port(&sp.target_port, sp.protocol)?, node })
+                })
+                .collect();
+            let service = Service {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                cluster_ip,
+                port: sp.port,
+                protocol: sp.protocol,
+                node_port: sp.node_port,
+                external_traffic_policy: svc.external_traffic_policy,
+            };
+            out.push((service, eps));
+        }
+    }
+    out
 }
 
 /// `prefix` + 16 hex digits of a stable 64-bit FNV-1a hash of `key` (<= 28 chars).
@@ -156,7 +165,7 @@ pub fn render(node: u32, services: &[(Service, Vec<Endpoint>)], legacy_layout: b
             rules.push(format!("-A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ", ep.ip));
             rules.push(format!(
                 "-A {sep} -p {proto} -m comment --comment \"{name}\" -m {proto} -j DNAT --to-destination {}:{}",
-                ep.ip, svc.target_port
+                ep.ip, ep.port
             ));
         }
         let Some(np) = svc.node_port else { continue };
@@ -325,55 +334,26 @@ pub fn apply(
 }
 
 impl crate::Testbed {
-    /// Adds service port `service` whose endpoints are the pods `endpoints`
-    /// ("ns/name", already added), stores it in the run state and re-applies
-    /// every node's rules. Replaces a service of the same namespace/name/port.
-    pub fn add_service(&self, service: Service, endpoints: &[&str]) -> Result<()> {
-        let rec = crate::run::ServiceRecord {
-            service,
-            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-        };
-        self.update_services(|st| {
-            st.services.retain(|s| s.service.key() != rec.service.key());
-            st.services.push(rec);
-        })
-    }
-
     /// Selects the older layout without KUBE-FORWARD (true) or the modern one,
     /// and re-applies every node's rules.
     pub fn set_kube_proxy_legacy(&self, legacy: bool) -> Result<()> {
-        self.update_services(|st| st.kube_proxy_legacy = legacy)
-    }
-
-    fn update_services(&self, f: impl FnOnce(&mut crate::run::RunState)) -> Result<()> {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut st);
+            st.kube_proxy_legacy = legacy;
             crate::run::save(&st)?;
         }
         self.apply_services()
     }
 
-    /// Writes the kube-proxy rules of the stored services into every node.
+    /// Writes into every node the kube-proxy rules of the Services in the
+    /// cluster dir and the pods that back them, as kube-proxy does on each
+    /// change of Services or endpoints.
     pub fn apply_services(&self) -> Result<()> {
         let st = self.state();
-        let mut model = Vec::new();
-        for rec in &st.services {
-            let mut eps = Vec::new();
-            for name in &rec.endpoints {
-                let pod = st
-                    .pods
-                    .iter()
-                    .find(|p| &p.name == name)
-                    .ok_or_else(|| E2eError::PodNotFound { run: st.run.clone(), name: name.clone() })?;
-                if let Some(ip) = pod.ip {
-                    eps.push(Endpoint { ip, node: pod.node });
-                }
-            }
-            model.push((rec.service.clone(), eps));
-        }
+        let model = weft_agent::source::read_dir(&self.cluster_dir()).model;
+        let services = from_model(&model);
         for (i, host) in st.nodes.iter().enumerate() {
-            apply(&host.path, i as u32 + 1, &model, st.kube_proxy_legacy)?;
+            apply(&host.path, i as u32 + 1, &services, st.kube_proxy_legacy)?;
         }
         Ok(())
     }
@@ -384,21 +364,62 @@ mod tests {
     use super::*;
 
     fn model() -> Vec<(Service, Vec<Endpoint>)> {
-        let web = Service::cluster_ip("web", "b", Ipv4Addr::new(10, 96, 0, 10), 80, 80);
-        let mut np = Service::cluster_ip("web", "np", Ipv4Addr::new(10, 96, 0, 12), 80, 8080);
+        let web = Service::cluster_ip("web", "b", Ipv4Addr::new(10, 96, 0, 10), 80);
+        let mut np = Service::cluster_ip("web", "np", Ipv4Addr::new(10, 96, 0, 12), 80);
         np.node_port = Some(30080);
         let mut local = np.clone();
         local.name = "np-local".into();
         local.cluster_ip = Ipv4Addr::new(10, 96, 0, 13);
         local.node_port = Some(30081);
         local.external_traffic_policy = TrafficPolicy::Local;
-        let ep = |a, n| Endpoint { ip: Ipv4Addr::new(10, 244, n as u8, a), node: n };
+        let ep = |a, n, port| Endpoint { ip: Ipv4Addr::new(10, 244, n as u8, a), port, node: n };
         vec![
-            (web, vec![ep(3, 1)]),
-            (np, vec![ep(2, 2), ep(4, 1)]),
-            (local, vec![ep(2, 2)]),
-            (Service::cluster_ip("web", "empty", Ipv4Addr::new(10, 96, 0, 14), 80, 80), vec![]),
+            (web, vec![ep(3, 1, 80)]),
+            (np, vec![ep(2, 2, 8080), ep(4, 1, 8080)]),
+            (local, vec![ep(2, 2, 8080)]),
+            (Service::cluster_ip("web", "empty", Ipv4Addr::new(10, 96, 0, 14), 80), vec![]),
         ]
+    }
+
+    #[test]
+    fn endpoints_come_from_selectors_with_named_ports_resolved_per_pod() {
+        use crate::manifests::{pod, serve_ports, to_yaml, ServiceManifest};
+        use weft_agent::model::{parse_manifests, PortRef};
+        let mut text = String::new();
+        let labels = |v: &str| [("app".to_string(), v.to_string())].into();
+        let mut odd = serve_ports(&[80]);
+        odd[0].port = 8080; // serve-80-tcp is 8080 on this pod
+        let docs = [
+            pod("web", "a", &labels("web"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 2))),
+            pod("web", "b", &labels("web"), 2, &odd, Some(Ipv4Addr::new(10, 244, 2, 2))),
+            pod("web", "pending", &labels("web"), 2, &serve_ports(&[80]), None),
+            pod("web", "other", &labels("db"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 3))),
+            pod("db", "a", &labels("web"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 4))),
+        ];
+        for d in &docs {
+            text += &format!("---\n{}", to_yaml(d));
+        }
+        let svc = ServiceManifest::new("web", "s", Ipv4Addr::new(10, 96, 0, 10), &[("app", "web")])
+            .port(80, Protocol::Tcp, PortRef::Name("serve-80-tcp".into()))
+            .node_port(30080)
+            .port(81, Protocol::Udp, PortRef::Name("serve-81-udp".into()));
+        text += &format!("---\n{}", svc.to_yaml());
+        let mut model = Model::default();
+        for o in parse_manifests(&text).unwrap() {
+            assert!(model.insert(o));
+        }
+        let got = from_model(&model);
+        assert_eq!(got.len(), 2);
+        let (tcp, eps) = &got[0];
+        assert_eq!((tcp.port, tcp.node_port), (80, Some(30080)));
+        assert_eq!(
+            eps,
+            &vec![
+                Endpoint { ip: Ipv4Addr::new(10, 244, 1, 2), port: 80, node: 1 },
+                Endpoint { ip: Ipv4Addr::new(10, 244, 2, 2), port: 8080, node: 2 },
+            ]
+        );
+        assert!(got[1].1.is_empty(), "no pod declares serve-81-udp: no endpoints");
     }
 
     #[test]
@@ -407,7 +428,7 @@ mod tests {
         assert_eq!(s.svc_chain(), chain("KUBE-SVC-", "web/b:80/tcp"));
         assert_eq!(s.svc_chain(), s.svc_chain());
         assert_ne!(s.svc_chain(), model()[1].0.svc_chain());
-        let sep = s.sep_chain(&Endpoint { ip: Ipv4Addr::new(10, 244, 1, 3), node: 1 });
+        let sep = s.sep_chain(&Endpoint { ip: Ipv4Addr::new(10, 244, 1, 3), port: 80, node: 1 });
         for c in [s.svc_chain(), s.ext_chain(), sep] {
             assert_eq!(c.len(), 25, "{c}");
         }

@@ -6,13 +6,16 @@
 //! nothing behind. The CLI (`weft-e2e`) exposes the same operations.
 
 pub mod agents;
+pub mod cluster;
 pub mod error;
 pub mod kube_proxy;
+pub mod manifests;
 pub mod netns;
 pub mod plan;
 pub mod pods;
 pub mod probe;
 pub mod run;
+pub mod scenarios;
 pub mod serve;
 pub mod signals;
 pub mod topology;
@@ -273,6 +276,20 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Ve
         }
         buf
     })
+}
+
+/// Polls `f` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A Command for `argv` that enters the netns at `netns` before exec.

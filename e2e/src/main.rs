@@ -71,6 +71,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Run scenario NAME (or `all`) on a fresh testbed of its own and print
+    /// each check; exit 0 if every check passed. `list` names them.
+    Run { name: String },
     /// Show weft at work (root): a 2-node testbed, three pods, a ClusterIP and a
     /// NodePort service, one probe per path as a table, then teardown. Exit 0 if
     /// every path is ok, 1 otherwise.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Cmd::Serve { name, ports, echo_peer } => serve(&name, &ports, echo_peer),
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
+        Cmd::Run { name } => return run_cmd(&name),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,6 +193,47 @@ fn demo_cmd() -> ExitCode {
             ExitCode::from(EXIT_CANCELLED)
         }
         Err(e) => fail(&e),
+    }
+}
+
+fn run_cmd(name: &str) -> ExitCode {
+    use weft_e2e::scenarios::{find, run_and_print, SCENARIOS};
+    if name == "list" {
+        for s in &SCENARIOS {
+            println!("{:<20} {}", s.name, s.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let chosen: Vec<_> = match name {
+        "all" => SCENARIOS.iter().collect(),
+        _ => match find(name) {
+            Some(s) => vec![s],
+            None => {
+                let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+                eprintln!("weft-e2e run: no scenario {name:?} (one of: {}, all, list)", names.join(", "));
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { nix::libc::geteuid() } != 0 {
+        eprintln!("weft-e2e run: needs root (network namespaces, mounts in /run/netns)");
+        return ExitCode::FAILURE;
+    }
+    let mut all_ok = true;
+    for s in chosen {
+        match run_and_print(s) {
+            Ok(ok) => all_ok &= ok,
+            Err(e) => {
+                println!("  ERROR {e}");
+                all_ok = false;
+            }
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

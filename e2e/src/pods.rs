@@ -22,8 +22,11 @@ use weft_plugin::netns::connect_in;
 
 use crate::error::{E2eError, Result};
 use crate::netns::{create_netns, delete_netns, netns_exists, netns_path};
+use weft_agent::model::manifest::NAMESPACE_NAME_LABEL;
+use weft_agent::model::{ContainerPort, Labels};
+
 use crate::run::{self, PodRecord};
-use crate::{command_in, exec_command, plan, topology, Testbed};
+use crate::{command_in, exec_command, manifests, plan, topology, Testbed};
 
 /// The pod's interface (CNI_IFNAME).
 pub const POD_IFNAME: &str = "eth0";
@@ -31,8 +34,8 @@ pub const POD_IFNAME: &str = "eth0";
 pub const BRIDGE: &str = "weft0";
 /// The cluster's pod network (all nodes' pod CIDRs).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// The ports every pod's workload serves (TCP and UDP).
-pub const POD_PORTS: &str = "80,81";
+/// The ports a pod's workload serves by default (TCP and UDP).
+pub const DEFAULT_PORTS: [u16; 2] = [80, 81];
 /// Env var naming the `weft` binary (else: next to the current executable).
 pub const WEFT_BIN_ENV: &str = "WEFT_BIN";
 /// Env var naming the `weft-e2e` binary (else: the current executable or next to it).
@@ -268,12 +271,31 @@ impl Testbed {
         self.state().pods.into_iter().find(|p| p.name == name)
     }
 
-    /// Adds pod `name` ("ns/pod") on node `node`: creates its netns, attaches it
-    /// with the real `weft` binary (CNI ADD in the node's netns) and starts its
-    /// workload (`weft-e2e serve --name ns/pod --ports 80,81`). On failure after
-    /// the netns exists, undoes everything (CNI DEL, netns) and returns the error,
-    /// which carries the plugin's error JSON. Not idempotent: `PodExists`.
+    /// Adds pod `name` ("ns/pod") on node `node`, labelled `pod: <pod>`,
+    /// serving and declaring ports 80 and 81 (TCP and UDP, named
+    /// `serve-<port>-<tcp|udp>`): see `add_pod_with`.
     pub fn add_pod(&mut self, node: u32, name: &str) -> Result<Pod> {
+        let (_, pod_name) = split_pod_name(name)?;
+        let labels = Labels::from([("pod".to_string(), pod_name.to_string())]);
+        self.add_pod_with(node, name, labels, manifests::serve_ports(&DEFAULT_PORTS))
+    }
+
+    /// Adds pod `name` ("ns/pod") on node `node`: creates its netns, attaches it
+    /// with the real `weft` binary (CNI ADD in the node's netns), starts its
+    /// workload (`weft-e2e serve --name ns/pod --ports P,...`, every port of
+    /// `ports` over TCP and UDP) and writes its manifest, with `labels`, `ports`
+    /// and status.podIP, into the cluster dir (and a Namespace manifest if its
+    /// namespace has none), then re-applies the services it may back. On
+    /// failure after the netns exists, undoes everything (CNI DEL, netns) and
+    /// returns the error, which carries the plugin's error JSON. Not
+    /// idempotent: `PodExists`.
+    pub fn add_pod_with(
+        &mut self,
+        node: u32,
+        name: &str,
+        labels: Labels,
+        ports: Vec<ContainerPort>,
+    ) -> Result<Pod> {
         let (ns, pod_name) = split_pod_name(name)?;
         let run = self.run();
         if node == 0 || node > self.nodes() {
@@ -297,6 +319,8 @@ impl Testbed {
                 weft,
                 ip: None,
                 host_veth: None,
+                labels,
+                ports,
             };
             st.pod_seq = k;
             st.pods.push(rec.clone());
@@ -311,7 +335,7 @@ impl Testbed {
             self.forget_pod(name);
             return Err(e);
         }
-        match self.attach_and_start(&run, &rec, &e2e) {
+        match self.attach_and_start(&run, &rec, &e2e).and_then(|pod| self.publish_pod(&rec, pod)) {
             Ok(pod) => Ok(pod),
             Err(e) => {
                 // As a kubelet after a failed ADD: DEL (the plugin may have
@@ -352,7 +376,9 @@ impl Testbed {
             run::save(st)
         })?;
         let e2e = e2e.display().to_string();
-        let mut c = command_in(&rec.path, &[&e2e, "serve", "--name", &rec.name, "--ports", POD_PORTS])?;
+        let ports: Vec<String> = rec.serve_ports().iter().map(u16::to_string).collect();
+        let ports = ports.join(",");
+        let mut c = command_in(&rec.path, &[&e2e, "serve", "--name", &rec.name, "--ports", &ports])?;
         let log = run::run_dir(run).join(format!("{}.log", rec.netns));
         let log = File::create(&log).map_err(E2eError::io(format!("create {}", log.display())))?;
         // stdin/stderr never hold a caller's pipes (the CLI exits while the workload runs).
@@ -375,10 +401,51 @@ impl Testbed {
         let rec =
             self.pod(name).ok_or_else(|| E2eError::PodNotFound { run: run.clone(), name: name.into() })?;
         self.stop_workload(name)?;
+        // Gone from the API first, as when a kubelet kills a pod: services and
+        // policies stop naming its address before the address is released.
+        let (ns, pod_name) = split_pod_name(name)?;
+        self.remove_manifest(&manifests::file_name("Pod", Some(ns), pod_name))?;
+        self.apply_services()?;
         cni_checked(&run, &rec, "DEL")?;
         delete_netns(&rec.netns)?;
         self.forget_pod(name);
         Ok(rec)
+    }
+
+    /// Writes pod `rec`'s manifest (with the IP ADD gave it) and, if its
+    /// namespace has no manifest yet, the Namespace's; re-applies services.
+    fn publish_pod(&self, rec: &PodRecord, pod: Pod) -> Result<Pod> {
+        let (ns, _) = split_pod_name(&rec.name)?;
+        let ns_file = manifests::file_name("Namespace", None, ns);
+        if !self.cluster_dir().join(&ns_file).exists() {
+            let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]);
+            self.write_manifest(&ns_file, &manifests::to_yaml(&manifests::namespace(ns, &labels)))?;
+        }
+        self.write_pod_manifest(rec, Some(pod.ip))?;
+        self.apply_services()?;
+        Ok(pod)
+    }
+
+    /// (Re)writes the manifest of pod `rec` with address `ip`.
+    pub(crate) fn write_pod_manifest(&self, rec: &PodRecord, ip: Option<Ipv4Addr>) -> Result<()> {
+        let (ns, pod_name) = split_pod_name(&rec.name)?;
+        let doc = manifests::pod(ns, pod_name, &rec.labels, rec.node, &rec.ports, ip);
+        self.write_manifest(&manifests::file_name("Pod", Some(ns), pod_name), &manifests::to_yaml(&doc))
+    }
+
+    /// Replaces pod `name`'s labels (in its record and its manifest), as
+    /// `kubectl label --overwrite` would; re-applies services.
+    pub fn set_pod_labels(&self, name: &str, labels: Labels) -> Result<()> {
+        let rec = self.update_state(|st| {
+            let run = st.run.clone();
+            let p = st.pods.iter_mut().find(|p| p.name == name);
+            let p = p.ok_or_else(|| E2eError::PodNotFound { run, name: name.into() })?;
+            p.labels = labels;
+            let rec = p.clone();
+            run::save(st).map(|()| rec)
+        })?;
+        self.write_pod_manifest(&rec, rec.ip)?;
+        self.apply_services()
     }
 
     /// Starts an extra server, `weft-e2e serve --name NAME --ports PORTS
@@ -453,7 +520,7 @@ impl Testbed {
                         );
                     }
                     loop {
-                        if !alive(p.pid, p.start_time) {
+                        if !run::process_alive(p.pid, p.start_time) {
                             break true;
                         }
                         if Instant::now() >= deadline {
@@ -474,17 +541,6 @@ impl Testbed {
             run::save(st)
         })
     }
-}
-
-/// True while process `pid` (started at `start_time`) exists and is not a zombie
-/// (a zombie has already left its namespaces).
-fn alive(pid: i32, start_time: u64) -> bool {
-    if run::start_time(pid) != Some(start_time) {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X"))
 }
 
 #[cfg(test)]

@@ -59,19 +59,9 @@ pub struct RunState {
     /// The number of the last pod netns handed out (`<run>-p<k>`); never reused in a run.
     #[serde(default)]
     pub pod_seq: u32,
-    /// Services added with `add_service` (kube-proxy imitation, `kube_proxy`).
-    #[serde(default)]
-    pub services: Vec<ServiceRecord>,
     /// The kube-proxy imitation writes the older layout without KUBE-FORWARD.
     #[serde(default)]
     pub kube_proxy_legacy: bool,
-}
-
-/// A service port and the pods ("ns/name") that are its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    pub service: crate::kube_proxy::Service,
-    pub endpoints: Vec<String>,
 }
 
 /// A pod: its netns (created by the testbed) and its attachment (made by the
@@ -94,6 +84,22 @@ pub struct PodRecord {
     /// The host end of the pod's veth, in the node's netns, from the ADD result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_veth: Option<String>,
+    /// metadata.labels of its manifest.
+    #[serde(default)]
+    pub labels: weft_agent::model::Labels,
+    /// The container ports it declares; its workload serves each port number over TCP and UDP.
+    #[serde(default)]
+    pub ports: Vec<weft_agent::model::ContainerPort>,
+}
+
+impl PodRecord {
+    /// The distinct port numbers its workload serves.
+    pub fn serve_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.ports.iter().map(|p| p.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
 }
 
 impl RunState {
@@ -114,7 +120,6 @@ impl RunState {
             processes: Vec::new(),
             pods: Vec::new(),
             pod_seq: 0,
-            services: Vec::new(),
             kube_proxy_legacy: false,
         })
     }
@@ -185,6 +190,17 @@ pub fn remove_run_dir(run: &str) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(E2eError::io(format!("remove {}", dir.display()))(e)),
     }
+}
+
+/// True while process `pid` (started at `start_time`) exists and is not a zombie
+/// (a zombie has already left its namespaces).
+pub fn process_alive(pid: i32, started: u64) -> bool {
+    if start_time(pid) != Some(started) {
+        return false;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X"))
 }
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat), if it exists.

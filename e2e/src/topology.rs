@@ -181,6 +181,47 @@ pub fn down(run: &str) -> Result<()> {
     }
 }
 
+/// What of run `state` still exists: namespaces (by the plan and by the run's
+/// prefix), links named with the prefix in this netns, live recorded
+/// processes, the run dir. Empty after a complete `down`.
+pub fn leftovers(state: &RunState) -> Vec<String> {
+    let prefix = format!("{}-", state.run);
+    let mut left: Vec<String> = state
+        .namespaces()
+        .into_iter()
+        .filter(|ns| netns_exists(ns))
+        .map(|ns| format!("netns {ns}"))
+        .collect();
+    for pod in &state.pods {
+        if netns_exists(&pod.netns) {
+            left.push(format!("netns {} (pod {})", pod.netns, pod.name));
+        }
+    }
+    for ns in list_with_prefix(&prefix) {
+        let entry = format!("netns {ns}");
+        if !left.iter().any(|l| l.starts_with(&entry)) {
+            left.push(entry);
+        }
+    }
+    if let Ok(links) = std::fs::read_dir("/sys/class/net") {
+        for l in links.flatten() {
+            let name = l.file_name().to_string_lossy().to_string();
+            if name.starts_with(&prefix) {
+                left.push(format!("link {name} in this netns"));
+            }
+        }
+    }
+    for p in &state.processes {
+        if run::process_alive(p.pid, p.start_time) {
+            left.push(format!("process {} (pid {})", p.name, p.pid));
+        }
+    }
+    if run::run_dir(&state.run).exists() {
+        left.push(format!("dir {}", run::run_dir(&state.run).display()));
+    }
+    left
+}
+
 /// SIGKILLs the run's recorded processes that are still the same processes.
 fn kill_processes(state: &RunState) {
     for p in &state.processes {

@@ -1,8 +1,8 @@
 //! weft-agent's first duty, end to end: one agent per node (in the node's
 //! netns) keeps host-gw routes to the other nodes' pod CIDRs, marked with
 //! weft's route protocol; pods on different nodes reach each other (scenario
-//! 1); a removed Node loses its route; a malformed manifest is skipped and
-//! keeps the routes; SIGTERM with --cleanup-on-exit removes them; `down`
+//! 1); a removed Node loses its route; a manifest that turns malformed is
+//! reported and its last good version keeps the route; SIGTERM with --cleanup-on-exit removes them; `down`
 //! leaves no agent.
 
 mod common;
@@ -19,6 +19,8 @@ use weft_e2e::probe::{probe_in, Outcome, Proto};
 const PROBE: Duration = Duration::from_secs(2);
 /// Bound on the agents applying a change of the cluster dir (they poll every 100 ms).
 const CONVERGE: Duration = Duration::from_secs(10);
+/// Bound on an agent's periodic resync noticing drift.
+const RESYNC: Duration = Duration::from_secs(15);
 
 /// weft's routes in the netns at `ns`, as `ip route show proto 87` prints them.
 fn weft_routes(ns: &Path) -> Vec<String> {
@@ -59,30 +61,26 @@ fn agents_route_pods_across_nodes_and_follow_the_cluster_state() {
     assert_eq!(weft_routes(&n1), [route_to("10.244.2.0/24", tb.node_addr(2))]);
     assert_eq!(weft_routes(&n2), [route_to("10.244.1.0/24", tb.node_addr(1))]);
 
-    // 2. Scenario 1: pods on different nodes reach each other, TCP and UDP.
-    for (from, to) in [(&a, &b), (&b, &a)] {
-        for (port, proto) in [(80, Proto::Tcp), (81, Proto::Udp)] {
-            let got = probe_in(&from.netns, SocketAddr::from((to.ip, port)), proto, PROBE).unwrap();
-            assert_eq!(
-                got,
-                Outcome::Connected(to.name.clone()),
-                "{} -> {}:{port} {proto:?}",
-                from.name,
-                to.name
-            );
-        }
-    }
+    // 2. Pods on different nodes reach each other (all of scenario 1: tests/scenarios.rs).
+    let got = probe_in(&a.netns, SocketAddr::from((b.ip, 80)), Proto::Tcp, PROBE).unwrap();
+    assert_eq!(got, Outcome::Connected(b.name.clone()), "a -> b across nodes");
 
-    // 3. A malformed manifest is reported and skipped; the routes stay.
-    tb.write_manifest("broken.yaml", "kind: Node\nmetadata: {name: [\n").unwrap();
-    let reported = wait_for(CONVERGE, || {
-        tb.agent_status(1).is_some_and(|s| s.errors.iter().any(|e| e.contains("broken.yaml")))
-    });
-    assert!(reported, "node 1's agent never reported broken.yaml: {:?}", tb.agent_status(1));
+    // 3. Node 2's manifest turns malformed: reported (file and reason), and
+    //    the agent keeps the route its last good version gave; a new
+    //    malformed file is reported and skipped.
+    tb.write_manifest("node-2.yaml", "kind: Node\nmetadata: {name: [\n").unwrap();
+    tb.write_manifest("broken.yaml", "kind: Node\nmetadata: {name: n9}\nspec: {podCIDR: 10.244.9.0/33}\n")
+        .unwrap();
     let s1 = tb.wait_converged(CONVERGE).unwrap().remove(0);
+    let reported = |file: &str| s1.errors.iter().any(|e| e.contains(file));
+    assert!(reported("node-2.yaml") && reported("broken.yaml"), "{s1:?}");
+    assert!(s1.errors.iter().any(|e| e.contains("keeping the last good version")), "{s1:?}");
+    assert!(s1.errors.iter().any(|e| e.contains("podCIDR")), "{s1:?}");
     assert_eq!(s1.routes, 1, "{s1:?}");
     assert_eq!(weft_routes(&n1), [route_to("10.244.2.0/24", tb.node_addr(2))]);
     tb.remove_manifest("broken.yaml").unwrap();
+    tb.write_manifest("node-2.yaml", &weft_e2e::agents::node_manifest(2)).unwrap();
+    assert!(tb.wait_converged(CONVERGE).unwrap().iter().all(|s| s.errors.is_empty()));
 
     // 4. Node 2 leaves the cluster state: node 1's agent deletes its route, and
     //    only its own (the connected lan and bridge routes stay).
@@ -128,12 +126,15 @@ fn an_agent_leaves_foreign_routes_alone() {
         let out = weft_e2e::exec_in(&n1, &argv, CMD_TIMEOUT).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    // A node with forwarding off (set here, in the node's netns, so the test
-    // does not depend on what a new netns inherits): the agent reports it.
-    let off = ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"];
-    assert!(weft_e2e::exec_in(&n1, &off, CMD_TIMEOUT).unwrap().status.success());
     let agents = tb.start_agents().unwrap();
     let s1 = tb.wait_converged(CONVERGE).unwrap().remove(0);
+    // The agent turned forwarding on at start; someone turns it off later (in
+    // the node's netns): the agent reports it at its next resync, and leaves it.
+    assert!(s1.ip_forward, "{s1:?}");
+    let off = ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"];
+    assert!(weft_e2e::exec_in(&n1, &off, CMD_TIMEOUT).unwrap().status.success());
+    let reported = weft_e2e::wait_until(RESYNC, || tb.agent_status(1).is_some_and(|s| !s.ip_forward));
+    assert!(reported, "{:?}", tb.agent_status(1));
     assert_eq!(s1.routes, 1, "{s1:?}");
     assert!(s1.errors.iter().any(|e| e.contains("10.244.3.0/24") && e.contains("does not own")), "{s1:?}");
     assert_eq!(weft_routes(&n1), [route_to("10.244.2.0/24", tb.node_addr(2))]);
@@ -141,7 +142,6 @@ fn an_agent_leaves_foreign_routes_alone() {
     let all = String::from_utf8_lossy(&all.stdout).to_string();
     assert!(all.contains("10.244.3.0/24 via 172.31.0.13 dev eth0 proto static"), "{all}");
     assert!(all.contains("10.244.9.0/24 via 172.31.0.19 dev eth0 proto static"), "{all}");
-    assert!(!s1.ip_forward, "{s1:?}");
     let log = std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap();
     assert!(log.contains("ip_forward is off"), "{log}");
     let st = tb.state();
@@ -149,19 +149,5 @@ fn an_agent_leaves_foreign_routes_alone() {
     common::assert_gone(&st);
     for pid in agents {
         assert!(!process_alive(pid), "agent {pid} survived down");
-    }
-}
-
-/// Polls `f` every 20 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

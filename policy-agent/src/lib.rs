@@ -9,4 +9,4 @@ pub mod route_table;
 pub mod routes;
 pub mod source;
 
-pub use model::{generation, Model, Node, Snapshot};
+pub use model::{Model, Node, Snapshot};

@@ -107,7 +107,7 @@ mod tests {
     }
 
     fn model(nodes: impl IntoIterator<Item = Node>) -> Model {
-        Model { nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect() }
+        Model { nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(), ..Model::default() }
     }
 
     fn r(dst: &str, gw: &str) -> Route {

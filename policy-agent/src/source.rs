@@ -2,60 +2,153 @@
 //! Kubernetes YAML manifests (the testbed's control plane). The Kubernetes API
 //! source (kube-rs watch) comes later behind the same trait.
 //!
-//! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file and
-//! re-parses only when the raw bytes changed. A malformed file is reported in
-//! the snapshot's errors and skipped, never fatal. `read_dir` is a pure
-//! function of the directory's contents, so the testbed computes the same
-//! generation as the agent.
+//! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file
+//! (hidden files, such as a writer's temp file, are not manifests) and
+//! re-parses only the files whose bytes changed. A file that is not YAML, or an
+//! object in it that does not validate, is reported and skipped, and its last
+//! good version stays in the model: a typo in a manifest never withdraws the
+//! routes or rules it used to give. The generation hashes the files' names and
+//! bytes, so the testbed computes it (`read_dir`) without parsing anything.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::model::{parse_manifests, Model, Snapshot, SourceError};
+use weft_conf::hash::Fnv1a;
+
+use crate::model::manifest::{parse_objects, Object};
+use crate::model::{Model, Snapshot, SourceError};
 
 /// A source of cluster state.
 pub trait Source {
-    /// The current snapshot if it differs from the last one returned (or on the
-    /// first call), else None. Never blocks for long.
+    /// The current snapshot if the state changed since the last one returned
+    /// (or on the first call), else None. Never blocks for long.
     fn poll(&mut self) -> Option<Snapshot>;
+}
+
+/// What one file gave last time.
+#[derive(Debug, Clone)]
+struct FileState {
+    bytes: Vec<u8>,
+    /// Its objects: the good ones, and the last good version of bad ones.
+    objects: Vec<Object>,
+    errors: Vec<String>,
 }
 
 /// A directory of manifests, polled.
 pub struct DirSource {
     dir: PathBuf,
-    /// The raw files seen last time (path, bytes), to skip re-parsing.
-    last_raw: Option<Vec<(PathBuf, Vec<u8>)>>,
-    last: Option<Snapshot>,
+    files: BTreeMap<PathBuf, FileState>,
+    /// The generation of the last snapshot returned.
+    last: Option<String>,
 }
 
 impl DirSource {
     /// A source over `dir` (which may not exist yet: an empty model then).
     pub fn new(dir: impl Into<PathBuf>) -> DirSource {
-        DirSource { dir: dir.into(), last_raw: None, last: None }
+        DirSource { dir: dir.into(), files: BTreeMap::new(), last: None }
     }
 }
 
 impl Source for DirSource {
     fn poll(&mut self) -> Option<Snapshot> {
         let (raw, mut errors) = read_files(&self.dir);
-        if self.last_raw.as_ref() == Some(&raw) {
+        let generation = generation_of(&raw);
+        if self.last.as_ref() == Some(&generation) {
             return None;
         }
-        let snap = snapshot_of(&raw, &mut errors);
-        self.last_raw = Some(raw);
-        if self.last.as_ref() == Some(&snap) {
-            return None;
+        let mut files = BTreeMap::new();
+        for (path, bytes) in raw {
+            let state = match self.files.remove(&path) {
+                Some(old) if old.bytes == bytes => old,
+                old => parse_file(bytes, old.map(|o| o.objects).unwrap_or_default()),
+            };
+            files.insert(path, state);
         }
-        self.last = Some(snap.clone());
-        Some(snap)
+        self.files = files;
+        let mut model = Model::default();
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        for (path, state) in &self.files {
+            let file = path.display().to_string();
+            errors.extend(
+                state.errors.iter().map(|reason| SourceError { file: file.clone(), reason: reason.clone() }),
+            );
+            for obj in &state.objects {
+                let key = obj.key();
+                // The first file (by path) wins.
+                if model.insert(obj.clone()) {
+                    origin.insert(key, file.clone());
+                } else {
+                    let first = origin.get(&key).map_or("another file", String::as_str);
+                    errors.push(SourceError {
+                        file: file.clone(),
+                        reason: format!("{key} is already declared in {first}"),
+                    });
+                }
+            }
+        }
+        self.last = Some(generation.clone());
+        Some(Snapshot { generation, model, errors })
     }
 }
 
-/// The snapshot of the manifests in `dir` right now (what `DirSource::poll` would return).
+/// Parses one file's new bytes; `previous` is what it gave last time, whose
+/// objects stand in for the ones that no longer parse.
+fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
+    let parsed = std::str::from_utf8(&bytes).map_err(|e| e.to_string()).and_then(parse_objects);
+    let keep = |what: &str| {
+        if previous.is_empty() {
+            String::new()
+        } else {
+            format!("; keeping the last good version of {what}")
+        }
+    };
+    let results = match parsed {
+        Ok(r) => r,
+        Err(reason) => {
+            let errors = vec![format!("not a manifest ({reason}){}", keep("its objects"))];
+            return FileState { bytes, objects: previous, errors };
+        }
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(obj) => objects.push(obj),
+            Err(e) => {
+                let old = e.key.as_ref().and_then(|k| previous.iter().find(|o| &o.key() == k));
+                match old {
+                    Some(o) => {
+                        errors.push(format!("{e}; keeping its last good version"));
+                        objects.push(o.clone());
+                    }
+                    None => errors.push(format!("{e}; skipped")),
+                }
+            }
+        }
+    }
+    FileState { bytes, objects, errors }
+}
+
+/// The snapshot of the manifests in `dir` right now, as a fresh `DirSource`
+/// would see it (no last good versions).
 pub fn read_dir(dir: &Path) -> Snapshot {
-    let (raw, mut errors) = read_files(dir);
-    snapshot_of(&raw, &mut errors)
+    DirSource::new(dir).poll().unwrap_or_else(|| Snapshot {
+        generation: generation_of(&[]),
+        model: Model::default(),
+        errors: Vec::new(),
+    })
+}
+
+/// The generation of these files: FNV-1a 64 over each file name (not the
+/// directory, so it does not depend on where the dir is) and its bytes.
+fn generation_of(raw: &[(PathBuf, Vec<u8>)]) -> String {
+    let mut h = Fnv1a::new();
+    for (path, bytes) in raw {
+        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+        h = h.write(&(name.len() as u64).to_le_bytes()).write(name);
+        h = h.write(&(bytes.len() as u64).to_le_bytes()).write(bytes);
+    }
+    format!("{:016x}", h.finish())
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -89,37 +182,6 @@ fn read_files(dir: &Path) -> (Vec<(PathBuf, Vec<u8>)>, Vec<SourceError>) {
     (out, errors)
 }
 
-fn snapshot_of(raw: &[(PathBuf, Vec<u8>)], errors: &mut Vec<SourceError>) -> Snapshot {
-    let mut model = Model::default();
-    // Which file declared each node, to name both in a duplicate's error.
-    let mut origin: BTreeMap<String, String> = BTreeMap::new();
-    for (path, bytes) in raw {
-        let file = path.display().to_string();
-        let parsed = std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(parse_manifests);
-        let nodes = match parsed {
-            Ok(nodes) => nodes,
-            Err(reason) => {
-                errors.push(SourceError { file, reason });
-                continue;
-            }
-        };
-        for node in nodes {
-            match model.nodes.entry(node.name.clone()) {
-                Entry::Vacant(v) => {
-                    origin.insert(node.name.clone(), file.clone());
-                    v.insert(node);
-                }
-                // The first file (by path) wins.
-                Entry::Occupied(_) => errors.push(SourceError {
-                    file: file.clone(),
-                    reason: format!("Node {} is already declared in {}", node.name, origin[&node.name]),
-                }),
-            }
-        }
-    }
-    Snapshot::new(model, std::mem::take(errors))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +194,9 @@ mod tests {
         )
     }
 
+    const POLICY: &str =
+        "kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n";
+
     #[test]
     fn a_malformed_file_is_reported_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,14 +207,51 @@ mod tests {
         assert!(good.errors.is_empty(), "{:?}", good.errors);
 
         std::fs::write(dir.path().join("broken.yaml"), "kind: Node\nmetadata: {name: [\n").unwrap();
-        // Not manifests: ignored.
+        // Not manifests: ignored, and not part of the generation.
         std::fs::write(dir.path().join("notes.txt"), "{{{").unwrap();
         std::fs::write(dir.path().join(".node-3.yaml.tmp"), "{{{").unwrap();
         let snap = read_dir(dir.path());
         assert_eq!(snap.model, good.model);
-        assert_eq!(snap.generation, good.generation, "a skipped file changes nothing");
+        assert_ne!(snap.generation, good.generation, "the directory changed");
         assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
         assert!(snap.errors[0].file.ends_with("broken.yaml"));
+        std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+        assert_eq!(read_dir(dir.path()).generation, good.generation);
+    }
+
+    #[test]
+    fn a_file_that_turns_bad_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cluster.yaml");
+        std::fs::write(&p, format!("{}---\n{POLICY}", node_yaml(2))).unwrap();
+        let mut src = DirSource::new(dir.path());
+        let good = src.poll().unwrap();
+        assert_eq!(good.model.nodes.len(), 1);
+        assert_eq!(good.model.policies.len(), 1);
+
+        // Not YAML any more: everything it held stays.
+        std::fs::write(&p, "kind: Node\nmetadata: {name: [\n").unwrap();
+        let bad = src.poll().unwrap();
+        assert_eq!(bad.model, good.model);
+        assert!(bad.errors[0].reason.contains("keeping the last good version"), "{:?}", bad.errors);
+        // A fresh reader has no last good version.
+        assert!(read_dir(dir.path()).model.nodes.is_empty());
+
+        // YAML again, but the policy is invalid: the node follows the file, the policy keeps its last good form.
+        let bad_policy =
+            POLICY.replace("podSelector: {}", "podSelector: {matchExpressions: [{key: a, operator: Near}]}");
+        std::fs::write(&p, format!("{}---\n{bad_policy}", node_yaml(3))).unwrap();
+        let mixed = src.poll().unwrap();
+        assert_eq!(mixed.model.nodes.keys().collect::<Vec<_>>(), ["node-3"]);
+        assert_eq!(mixed.model.policies, good.model.policies);
+        assert_eq!(mixed.errors.len(), 1, "{:?}", mixed.errors);
+        assert!(mixed.errors[0].reason.starts_with("NetworkPolicy x/deny: "), "{:?}", mixed.errors);
+        assert!(mixed.errors[0].reason.contains("Near"), "{:?}", mixed.errors);
+
+        // Deleting the file withdraws everything it gave.
+        std::fs::remove_file(&p).unwrap();
+        let gone = src.poll().unwrap();
+        assert!(gone.model.nodes.is_empty() && gone.model.policies.is_empty());
     }
 
     #[test]
@@ -164,16 +266,19 @@ mod tests {
         std::fs::write(&p, node_yaml(1)).unwrap();
         let one = src.poll().unwrap();
         assert_ne!(one.generation, empty.generation);
+        assert_eq!(one.generation, read_dir(&dir.path().join("cluster")).generation, "the testbed's view");
         assert_eq!(src.poll(), None);
-        // Same content, other formatting: same model, nothing to report.
+        // Same content, other formatting: a new generation of the same model.
         std::fs::write(&p, format!("# a comment\n{}", node_yaml(1))).unwrap();
-        assert_eq!(src.poll(), None);
+        let again = src.poll().unwrap();
+        assert_ne!(again.generation, one.generation);
+        assert_eq!(again.model, one.model);
         std::fs::remove_file(&p).unwrap();
         assert_eq!(src.poll().unwrap().generation, empty.generation);
     }
 
     #[test]
-    fn duplicate_nodes_keep_the_first() {
+    fn duplicate_objects_keep_the_first() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), node_yaml(1)).unwrap();
         std::fs::write(dir.path().join("b.yaml"), node_yaml(1).replace("172.31.0.11", "172.31.0.99"))
@@ -181,6 +286,6 @@ mod tests {
         let snap = read_dir(dir.path());
         assert_eq!(snap.model.nodes["node-1"].internal_ip, Some("172.31.0.11".parse().unwrap()));
         assert_eq!(snap.errors.len(), 1);
-        assert!(snap.errors[0].reason.contains("already declared"), "{:?}", snap.errors);
+        assert!(snap.errors[0].reason.contains("Node node-1 is already declared"), "{:?}", snap.errors);
     }
 }

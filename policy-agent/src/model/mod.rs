@@ -1,14 +1,24 @@
-//! The agent's view of the cluster, and the few Kubernetes fields it reads.
+//! The agent's view of the cluster: the few fields of Nodes, Namespaces,
+//! Pods, Services and NetworkPolicies that routing, the policy compiler and
+//! the testbed's kube-proxy imitation read.
 //!
-//! No k8s-openapi: a Node is three fields (metadata.name, spec.podCIDR,
-//! status.addresses[type=InternalIP]), declared here as small serde structs
-//! that ignore every field they do not name.
+//! No k8s-openapi here: `manifest` declares small serde structs for exactly
+//! these fields (ignoring every other field, as a client of a newer API
+//! server must) and validates them into the types below, so the compiler only
+//! ever sees well-formed objects. The same parser takes YAML files (the
+//! testbed) and, later, JSON objects from the API server.
+
+pub mod manifest;
+pub mod selector;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
+
+pub use manifest::{parse_manifests, parse_objects, Object};
+pub use selector::{LabelSelector, Labels, Operator, Requirement};
 
 /// One node as the agent needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,13 +30,252 @@ pub struct Node {
     pub internal_ip: Option<Ipv4Addr>,
 }
 
-/// The cluster state the agent acts on: nodes by name.
+/// A namespace and its labels (`kubernetes.io/metadata.name` always among them,
+/// as the API server guarantees).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    /// The lower-case name iptables and ipset use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// A port given by number or by the name of a container port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl std::fmt::Display for PortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A container port a pod declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod as policy and services see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// spec.nodeName: None until scheduled.
+    pub node: Option<String>,
+    /// The first IPv4 address of status.podIP / status.podIPs; None until the
+    /// kubelet has reported it.
+    pub ip: Option<Ipv4Addr>,
+    /// spec.hostNetwork: such a pod has the node's address and no policy applies to it.
+    pub host_network: bool,
+    /// Every container's ports, in order.
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    /// "namespace/name".
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The number `port` stands for on this pod for `protocol`: a number as
+    /// is, a name by the first container port of that name and protocol.
+    pub fn resolve_port(&self, port: &PortRef, protocol: Protocol) -> Option<u16> {
+        match port {
+            PortRef::Number(n) => Some(*n),
+            PortRef::Name(name) => self
+                .ports
+                .iter()
+                .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.port),
+        }
+    }
+}
+
+/// spec.externalTrafficPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Defaults to `port`.
+    pub target_port: PortRef,
+    pub node_port: Option<u16>,
+}
+
+/// A Service: enough for the testbed's kube-proxy imitation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// spec.clusterIP: None for a headless service or one without an IPv4 address.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// None (or empty) means no endpoints are derived from pods.
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePort>,
+    pub external_traffic_policy: TrafficPolicy,
+}
+
+impl Service {
+    /// "namespace/name".
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// True if `pod` backs this service: same namespace, has an IP, and
+    /// carries every label of a non-empty selector.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        let Some(sel) = self.selector.as_ref().filter(|s| !s.is_empty()) else { return false };
+        pod.namespace == self.namespace
+            && pod.ip.is_some()
+            && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
+/// A port of a NetworkPolicy rule: one port, a range (`end_port`), or every
+/// port of the protocol (`port` None).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PolicyPort {
+    pub protocol: Protocol,
+    pub port: Option<PortRef>,
+    /// Only with a numeric `port`, and >= it (checked at parse).
+    pub end_port: Option<u16>,
+}
+
+/// A peer of a NetworkPolicy rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Peer {
+    /// Pods matching `pods` in the namespaces matching `namespaces`, or in the
+    /// policy's own namespace when `namespaces` is None.
+    Pods { namespaces: Option<LabelSelector>, pods: LabelSelector },
+    /// Addresses in `cidr` but in none of `except`.
+    IpBlock { cidr: IpNetwork, except: Vec<IpNetwork> },
+}
+
+/// One ingress or egress rule: traffic from/to any of `peers` (every peer if
+/// empty) on any of `ports` (every port if empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<PolicyPort>,
+}
+
+/// A NetworkPolicy, validated, with its policyTypes resolved: `ingress` is
+/// Some exactly when the policy isolates the selected pods for ingress (then
+/// an empty list allows nothing), likewise `egress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: LabelSelector,
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl NetworkPolicy {
+    /// "namespace/name".
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The cluster state the agent acts on. Namespaced objects are keyed "ns/name".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
     pub nodes: BTreeMap<String, Node>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<String, Pod>,
+    pub services: BTreeMap<String, Service>,
+    pub policies: BTreeMap<String, NetworkPolicy>,
 }
 
-/// A problem with one manifest file; the file is skipped.
+impl Model {
+    /// Adds `obj`; false (and `obj` dropped) if an object of that kind and
+    /// key is already present, which stays.
+    pub fn insert(&mut self, obj: Object) -> bool {
+        fn put<T>(map: &mut BTreeMap<String, T>, key: String, v: T) -> bool {
+            match map.entry(key) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                    true
+                }
+                std::collections::btree_map::Entry::Occupied(_) => false,
+            }
+        }
+        match obj {
+            Object::Node(n) => put(&mut self.nodes, n.name.clone(), n),
+            Object::Namespace(n) => put(&mut self.namespaces, n.name.clone(), n),
+            Object::Pod(p) => put(&mut self.pods, p.key(), p),
+            Object::Service(s) => put(&mut self.services, s.key(), s),
+            Object::NetworkPolicy(p) => put(&mut self.policies, p.key(), p),
+        }
+    }
+
+    /// The labels of namespace `name`; a namespace with no manifest has only
+    /// the `kubernetes.io/metadata.name` label the API server would give it.
+    pub fn namespace_labels(&self, name: &str) -> Labels {
+        match self.namespaces.get(name) {
+            Some(ns) => ns.labels.clone(),
+            None => Labels::from([(manifest::NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+        }
+    }
+
+    /// The IPv4 address of pod IP `ip`'s pod, if a pod has it.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods.values().find(|p| p.ip.map(IpAddr::V4) == Some(ip))
+    }
+}
+
+/// A problem with one manifest file or one object in it; that object (or file)
+/// is skipped, and its last good version, if any, kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceError {
     pub file: String,
@@ -40,207 +289,12 @@ impl std::fmt::Display for SourceError {
 }
 
 /// What a source produced at one moment: the model, its generation, and the
-/// files it had to skip.
+/// files or objects it had to skip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `generation(&model)`: changes exactly when the parsed content changes.
+    /// An opaque version of the source's state: for a directory, a hash of its
+    /// manifest files' names and bytes, so the testbed computes it without parsing.
     pub generation: String,
     pub model: Model,
     pub errors: Vec<SourceError>,
-}
-
-impl Snapshot {
-    /// A snapshot of `model` with its generation computed.
-    pub fn new(model: Model, errors: Vec<SourceError>) -> Snapshot {
-        Snapshot { generation: generation(&model), model, errors }
-    }
-}
-
-/// The generation of a model: FNV-1a 64 over its canonical JSON (nodes sorted
-/// by name), as 16 hex chars. Stable across processes and builds, so the
-/// testbed computes the same value as the agent.
-pub fn generation(model: &Model) -> String {
-    let bytes = serde_json::to_vec(model).expect("the model serialises");
-    format!("{:016x}", weft_conf::hash::fnv1a64(&bytes))
-}
-
-/// The head of any manifest: enough to pick its kind.
-#[derive(Debug, Deserialize)]
-struct TypeMeta {
-    #[serde(default)]
-    kind: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ObjectMeta {
-    name: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct NodeSpec {
-    #[serde(default, rename = "podCIDR")]
-    pod_cidr: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct NodeAddress {
-    #[serde(rename = "type")]
-    kind: String,
-    address: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct NodeStatus {
-    #[serde(default)]
-    addresses: Vec<NodeAddress>,
-}
-
-#[derive(Debug, Deserialize)]
-struct NodeManifest {
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: NodeSpec,
-    #[serde(default)]
-    status: NodeStatus,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListManifest {
-    #[serde(default)]
-    items: Vec<serde_norway::Value>,
-}
-
-/// Parses one YAML file (one or more `---`-separated documents, `kind: List`
-/// unwrapped) into the nodes it declares. Other kinds are ignored for now.
-/// Any error makes the whole file count as malformed.
-pub fn parse_manifests(text: &str) -> Result<Vec<Node>, String> {
-    let mut nodes = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(text) {
-        let value = serde_norway::Value::deserialize(doc).map_err(|e| e.to_string())?;
-        collect(value, &mut nodes)?;
-    }
-    Ok(nodes)
-}
-
-fn collect(value: serde_norway::Value, nodes: &mut Vec<Node>) -> Result<(), String> {
-    if value.is_null() {
-        // An empty document (e.g. a trailing `---`).
-        return Ok(());
-    }
-    let meta: TypeMeta = serde_norway::from_value(value.clone()).map_err(|e| e.to_string())?;
-    match meta.kind.as_deref() {
-        Some("Node") => {
-            let m: NodeManifest = serde_norway::from_value(value).map_err(|e| format!("Node: {e}"))?;
-            nodes.push(node_from(m)?);
-        }
-        Some("List") | Some("NodeList") => {
-            let list: ListManifest = serde_norway::from_value(value).map_err(|e| format!("List: {e}"))?;
-            for item in list.items {
-                collect(item, nodes)?;
-            }
-        }
-        Some(_) => {}
-        None => return Err("a document without `kind`".into()),
-    }
-    Ok(())
-}
-
-fn node_from(m: NodeManifest) -> Result<Node, String> {
-    let name = m.metadata.name;
-    let pod_cidr = match m.spec.pod_cidr.as_deref() {
-        None | Some("") => None,
-        Some(s) => match s.parse::<ipnetwork::IpNetwork>() {
-            Ok(ipnetwork::IpNetwork::V4(n)) => {
-                Some(Ipv4Network::new(n.network(), n.prefix()).expect("the prefix was valid"))
-            }
-            // An IPv6 pod CIDR: not routed by this slice.
-            Ok(ipnetwork::IpNetwork::V6(_)) => None,
-            Err(e) => return Err(format!("Node {name}: spec.podCIDR {s:?}: {e}")),
-        },
-    };
-    let internal_ip = m
-        .status
-        .addresses
-        .iter()
-        .filter(|a| a.kind == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-    Ok(Node { name, pod_cidr, internal_ip })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NODE: &str = "
-apiVersion: v1
-kind: Node
-metadata:
-  name: node-1
-  labels: {kubernetes.io/hostname: node-1}
-spec:
-  podCIDR: 10.244.1.0/24
-  podCIDRs: [10.244.1.0/24]
-  taints: []
-status:
-  addresses:
-  - {type: Hostname, address: node-1}
-  - {type: InternalIP, address: fd00::11}
-  - {type: InternalIP, address: 172.31.0.11}
-  capacity: {cpu: '2'}
-";
-
-    fn node(name: &str, cidr: &str, ip: &str) -> Node {
-        Node {
-            name: name.into(),
-            pod_cidr: Some(cidr.parse().unwrap()),
-            internal_ip: Some(ip.parse().unwrap()),
-        }
-    }
-
-    #[test]
-    fn a_node_with_unknown_fields() {
-        assert_eq!(parse_manifests(NODE).unwrap(), [node("node-1", "10.244.1.0/24", "172.31.0.11")]);
-    }
-
-    #[test]
-    fn multi_document_files_and_lists() {
-        let text = format!(
-            "---\n{NODE}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: web}}\n---\n\
-             kind: List\nitems:\n- kind: Node\n  metadata: {{name: node-2}}\n  spec: {{podCIDR: 10.244.2.7/24}}\n---\n"
-        );
-        let nodes = parse_manifests(&text).unwrap();
-        assert_eq!(nodes.len(), 2);
-        assert_eq!(nodes[0].name, "node-1");
-        // Host bits are dropped; no InternalIP means no gateway.
-        assert_eq!(nodes[1], Node { internal_ip: None, ..node("node-2", "10.244.2.0/24", "0.0.0.0") });
-    }
-
-    #[test]
-    fn malformed_documents_are_errors() {
-        for bad in [
-            "kind: Node\nmetadata: {name: [",
-            "kind: Node\nspec: {podCIDR: 10.244.1.0/24}\n",
-            "kind: Node\nmetadata: {name: n}\nspec: {podCIDR: not-a-cidr}\n",
-            "metadata: {name: n}\n",
-            "- just\n- a list\n",
-            &format!("{NODE}---\nkind: Node\nmetadata: {{name: x\n"),
-        ] {
-            assert!(parse_manifests(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_manifests("").unwrap(), []);
-        assert_eq!(parse_manifests("# only a comment\n").unwrap(), []);
-    }
-
-    #[test]
-    fn generation_follows_the_parsed_content() {
-        let mut m = Model::default();
-        let empty = generation(&m);
-        assert_eq!(empty.len(), 16);
-        m.nodes.insert("node-1".into(), node("node-1", "10.244.1.0/24", "172.31.0.11"));
-        let one = generation(&m);
-        assert_ne!(one, empty);
-        assert_eq!(one, generation(&m.clone()), "deterministic");
-        m.nodes.get_mut("node-1").unwrap().internal_ip = Some("172.31.0.99".parse().unwrap());
-        assert_ne!(generation(&m), one);
-    }
 }
