@@ -102,6 +102,11 @@ impl Testbed {
     /// Starts `weft-agent --cluster-cidr 10.244.0.0/16 --cleanup-on-exit` in every node's netns and waits for
     /// each one's first sync; its log goes to `<run dir>/agent-nN.log`. Not idempotent.
     pub fn start_agents(&self) -> Result<Vec<u32>> {
+        self.start_agents_with(&[])
+    }
+
+    /// `start_agents` with `extra` arguments for every agent (e.g. `--policy iptables`).
+    pub fn start_agents_with(&self, extra: &[&str]) -> Result<Vec<u32>> {
         let bin = find_binary("weft-agent", AGENT_BIN_ENV)?.display().to_string();
         let run = self.run();
         let source = format!("dir:{}", cluster_dir(&run).display());
@@ -109,7 +114,7 @@ impl Testbed {
         for n in 1..=self.nodes() {
             let status = status_file(&run, n).display().to_string();
             let node = node_name(n);
-            let argv = [
+            let mut argv = vec![
                 bin.as_str(),
                 "--node",
                 &node,
@@ -125,6 +130,7 @@ impl Testbed {
                 CLUSTER_CIDR,
                 "--cleanup-on-exit",
             ];
+            argv.extend(extra);
             let netns = self.node_netns(n);
             let mut c = command_in(&netns, &argv)?;
             let log = run::run_dir(&run).join(format!("agent-n{n}.log"));

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod cluster;
+pub mod conformance;
 pub mod error;
 pub mod kube_proxy;
 pub mod manifests;
@@ -19,6 +20,7 @@ pub mod scenarios;
 pub mod serve;
 pub mod signals;
 pub mod topology;
+pub mod weave;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;

@@ -1,0 +1,1 @@
+//! The NetworkPolicy conformance runner (shared/CONFORMANCE.md). Being written.
