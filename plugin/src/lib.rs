@@ -11,6 +11,7 @@ pub mod link;
 pub mod masquerade;
 pub mod netns;
 pub mod sysctl;
+pub mod tool;
 pub mod veth;
 
 // The CNI commands and what they share.

@@ -9,14 +9,12 @@
 //! IPv4 subnets go to iptables, IPv6 subnets to ip6tables.
 //! Binaries are found by absolute path: a CNI plugin may run with an empty PATH.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use ipnetwork::IpNetwork;
 
 use crate::kernel_error::KernelError;
+use crate::tool;
 
 /// The chain weft owns in the nat table.
 pub const MASQ_CHAIN: &str = "WEFT-POSTROUTING";
@@ -24,7 +22,6 @@ pub const MASQ_CHAIN: &str = "WEFT-POSTROUTING";
 pub const MAX_CHAIN_LEN: usize = 28;
 /// xt_comment keeps at most 255 bytes.
 const MAX_COMMENT_LEN: usize = 255;
-const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// IPv4 or IPv6, i.e. iptables or ip6tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +171,7 @@ pub fn teardown_masquerade() -> Result<(), KernelError> {
     let chain = MASQ_CHAIN;
     let mut first_err = None;
     for family in [Family::V4, Family::V6] {
-        let res = match find_tool(&format!("{}-restore", family.tool())) {
+        let res = match tool::find_tool(&format!("{}-restore", family.tool())) {
             Err(_) if family == Family::V6 => continue,
             Err(e) => Err(e),
             Ok(_) => teardown_family(family, chain),
@@ -192,7 +189,7 @@ fn teardown_family(family: Family, chain: &str) -> Result<(), KernelError> {
         if !jump_exists(family, chain)? {
             break;
         }
-        run(family.tool(), &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-j", chain], None)?;
+        tool::run(family.tool(), &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-j", chain], None)?;
     }
     // 2. The chain: declaring it creates or flushes it, so -X works whether it existed or not.
     restore(family, &format!("*nat\n:{chain} - [0:0]\n-X {chain}\nCOMMIT\n"))
@@ -204,89 +201,18 @@ fn jump_exists(family: Family, chain: &str) -> Result<bool, KernelError> {
 
 /// Runs a `-C` command line; exit codes: 0 present, 1 no such rule, 2 no such chain.
 fn rule_exists(family: Family, args: &[&str]) -> Result<bool, KernelError> {
-    let out = command(family.tool(), args)?.output().map_err(|e| spawn_err(family.tool(), e))?;
-    match out.status.code() {
-        Some(0) => Ok(true),
-        Some(1 | 2) => Ok(false),
-        _ => Err(failed(family.tool(), args, &out.stderr)),
-    }
+    tool::check(family.tool(), args)
 }
 
 fn ensure_jump(family: Family, chain: &str) -> Result<(), KernelError> {
     if !jump_exists(family, chain)? {
-        run(family.tool(), &["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", chain], None)?;
+        tool::run(family.tool(), &["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", chain], None)?;
     }
     Ok(())
 }
 
 fn restore(family: Family, payload: &str) -> Result<(), KernelError> {
-    let tool = format!("{}-restore", family.tool());
-    run(&tool, &["--noflush", "-w", "5"], Some(payload)).map_err(|e| match e {
-        KernelError::ToolFailed { cmd, stderr } => {
-            let context = payload_context(payload, &stderr);
-            KernelError::ToolFailed { cmd, stderr: format!("{stderr}{context}") }
-        }
-        e => e,
-    })
-}
-
-/// Runs a tool to completion, feeding `stdin`; non-zero exit is `ToolFailed` with stderr.
-fn run(name: &str, args: &[&str], stdin: Option<&str>) -> Result<(), KernelError> {
-    let mut cmd = command(name, args)?;
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| spawn_err(name, e))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| spawn_err(name, e))?;
-    }
-    let out = child.wait_with_output().map_err(|e| spawn_err(name, e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(name, args, &out.stderr))
-    }
-}
-
-fn command(name: &str, args: &[&str]) -> Result<Command, KernelError> {
-    let mut cmd = Command::new(find_tool(name)?);
-    cmd.args(args);
-    Ok(cmd)
-}
-
-/// Finds a binary in the sbin/bin directories, never through PATH.
-pub fn find_tool(name: &str) -> Result<PathBuf, KernelError> {
-    TOOL_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| KernelError::ToolMissing { name: name.into() })
-}
-
-fn failed(name: &str, args: &[&str], stderr: &[u8]) -> KernelError {
-    KernelError::ToolFailed {
-        cmd: format!("{name} {}", args.join(" ")),
-        stderr: String::from_utf8_lossy(stderr).trim().to_string(),
-    }
-}
-
-fn spawn_err(name: &str, source: std::io::Error) -> KernelError {
-    KernelError::Io { what: format!("run {name}"), source }
-}
-
-/// The payload lines around the "line N:" iptables-restore complains about.
-fn payload_context(payload: &str, stderr: &str) -> String {
-    let Some(n) = stderr
-        .split("line ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse::<usize>().ok())
-    else {
-        return String::new();
-    };
-    let lines: Vec<&str> = payload.lines().collect();
-    let (lo, hi) = (n.saturating_sub(3), (n + 2).min(lines.len()));
-    let around: Vec<String> = (lo..hi).map(|i| format!("{:>4}: {}", i + 1, lines[i])).collect();
-    format!("\naround line {n}:\n{}", around.join("\n"))
+    tool::restore(&format!("{}-restore", family.tool()), &["--noflush", "-w", "5"], payload)
 }
 
 /// Chain names are limited to 28 characters; enforced here and only here.
@@ -406,13 +332,5 @@ COMMIT
     fn chain_length_limit() {
         assert!(check_chain(&"W".repeat(28)).is_ok());
         assert!(matches!(check_chain(&"W".repeat(29)), Err(KernelError::NameTooLong { .. })));
-    }
-
-    #[test]
-    fn context_of_failing_line() {
-        let payload = "*nat\n:C - [0:0]\n-A C -j BAD\nCOMMIT\n";
-        let ctx = payload_context(payload, "iptables-restore: line 3 failed");
-        assert!(ctx.contains("   3: -A C -j BAD"), "{ctx}");
-        assert_eq!(payload_context(payload, "no line number"), "");
     }
 }

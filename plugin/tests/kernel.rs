@@ -328,7 +328,7 @@ fn sysctls_change_only_the_calling_threads_netns() {
 #[test]
 fn masquerade_is_idempotent_and_torn_down() {
     let Some(t) = isolate("masquerade_is_idempotent_and_torn_down") else { return };
-    if masquerade::find_tool("iptables-restore").is_err() {
+    if weft_plugin::tool::find_tool("iptables-restore").is_err() {
         eprintln!("SKIP masquerade_is_idempotent_and_torn_down: iptables-restore not installed");
         return;
     }

@@ -19,7 +19,9 @@ use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
+use crate::iptables::{render, Iptables};
 use crate::model::Snapshot;
+use crate::policy::compile;
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{DirSource, Source};
@@ -42,9 +44,35 @@ pub struct Config {
     /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
     /// agent owns the node's masquerade chain; when not, it never touches it.
     pub cluster_cidr: Option<IpNetwork>,
+    /// Which NetworkPolicy backend to run (`--policy`).
+    pub policy: PolicyMode,
     /// The network's name (`--network-name`): the comment on the masquerade
     /// rules, the same the plugin writes, so both write identical rules.
     pub network_name: String,
+}
+
+/// The NetworkPolicy backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyMode {
+    /// No enforcement: the agent never touches FORWARD.
+    #[default]
+    Off,
+    /// ipsets and weft's FORWARD chains.
+    Iptables,
+}
+
+/// What the policy backend enforces after a sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub backend: String,
+    /// Local pods known (by address).
+    pub local_pods: usize,
+    pub ingress_isolated: usize,
+    pub egress_isolated: usize,
+    /// Exact (pod, port, peer network) allows, both directions.
+    pub triples: usize,
+    /// Rules without a single port, both directions.
+    pub groups: usize,
 }
 
 /// The status file: what the agent last applied.
@@ -62,6 +90,13 @@ pub struct Status {
     /// sync; None when the agent does not own masquerade or could not ensure it.
     #[serde(default)]
     pub masquerade: Option<String>,
+    /// None when policy enforcement is off (or failed to apply: see errors).
+    #[serde(default)]
+    pub policy: Option<PolicyStatus>,
+    /// What weft cannot enforce as written (e.g. an IPv6 ipBlock on an IPv4
+    /// pod network), by policy.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Skipped manifests ("file: reason") and failed route changes.
     pub errors: Vec<String>,
 }
@@ -91,20 +126,37 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
              is exempt from masquerade"
         ));
     }
+    let mut policy = match cfg.policy {
+        PolicyMode::Off => None,
+        PolicyMode::Iptables => Some(Iptables::new()),
+    };
+    let cluster_v4 = match cfg.cluster_cidr {
+        Some(IpNetwork::V4(n)) => Some(n),
+        _ => None,
+    };
     let mut source = DirSource::new(&cfg.dir);
     let mut snap: Option<Snapshot> = None;
     let mut last_status: Option<Status> = None;
     let mut next_sync = Instant::now();
+    // The first sync and every periodic one check the kernel in full; a sync
+    // for a new snapshot writes only what changed.
+    let mut full = true;
     loop {
         if let Some(s) = source.poll() {
             for e in &s.errors {
                 log(&format!("skipping manifest {e}"));
             }
             snap = Some(s);
-            next_sync = Instant::now();
+            if next_sync > Instant::now() {
+                next_sync = Instant::now();
+                full = false;
+            }
         }
         if let (Some(s), true) = (&snap, Instant::now() >= next_sync) {
-            let status = rt.block_on(sync(&h, &cfg.node, s, masq.as_mut()));
+            let mut status = rt.block_on(sync(&h, &cfg.node, s, masq.as_mut()));
+            if let Some(p) = policy.as_mut() {
+                enforce(p, s, &cfg.node, cluster_v4, full, &mut status);
+            }
             report_changes(last_status.as_ref(), &status);
             write_status(&cfg.status_file, &status)?;
             if last_status.is_none() {
@@ -113,6 +165,7 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
             }
             last_status = Some(status);
             next_sync = Instant::now() + cfg.resync;
+            full = true;
         }
         match stop.recv_timeout(cfg.poll) {
             Ok(()) => break,
@@ -126,6 +179,12 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
             log(&format!("cleanup: {e}"));
         }
         log("cleanup: weft's routes deleted");
+        if let Some(p) = policy.as_mut() {
+            match p.cleanup() {
+                Ok(()) => log("cleanup: weft's policy chains and sets deleted"),
+                Err(e) => log(&format!("cleanup: policy: {e}")),
+            }
+        }
         if masq.is_some() {
             match teardown_masquerade() {
                 Ok(()) => log(&format!("cleanup: {MASQ_CHAIN} and its jump deleted")),
@@ -134,6 +193,44 @@ pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Compiles the NetworkPolicies of `snap` for `node` and applies them;
+/// failures and warnings go into `status`, never stop the agent.
+fn enforce(
+    p: &mut Iptables,
+    snap: &Snapshot,
+    node: &str,
+    cluster: Option<Ipv4Network>,
+    full: bool,
+    status: &mut Status,
+) {
+    let (ir, warnings) = compile(&snap.model, node, cluster);
+    let rendered = render(&ir);
+    match p.apply(&rendered, full) {
+        Ok(done) => {
+            if done.sets_written + done.sets_destroyed > 0 || done.jump_moved || (done.rules_written && !full)
+            {
+                log(&format!(
+                    "policy: {} sets written, {} destroyed, chains {}{}",
+                    done.sets_written,
+                    done.sets_destroyed,
+                    if done.rules_written { "written" } else { "unchanged" },
+                    if done.jump_moved { ", FORWARD jump put back first" } else { "" }
+                ));
+            }
+            status.policy = Some(PolicyStatus {
+                backend: "iptables".into(),
+                local_pods: ir.local.len(),
+                ingress_isolated: ir.ingress.isolated.len(),
+                egress_isolated: ir.egress.isolated.len(),
+                triples: ir.ingress.triples.len() + ir.egress.triples.len(),
+                groups: ir.ingress.groups.len() + ir.egress.groups.len(),
+            });
+        }
+        Err(e) => status.errors.push(format!("policy: {e}")),
+    }
+    status.warnings = warnings;
 }
 
 /// Turns net.ipv4.ip_forward on in this netns once, at start: until the first
@@ -155,9 +252,9 @@ trait MasqKernel {
 }
 
 /// The real kernel: weft-plugin's masquerade module, as the plugin's ADD uses it.
-struct Iptables;
+struct MasqIptables;
 
-impl MasqKernel for Iptables {
+impl MasqKernel for MasqIptables {
     fn present(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<bool, KernelError> {
         masquerade_present(&[pod_cidr.into()], Some(cluster), comment)
     }
@@ -248,7 +345,7 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         }
     };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
-    let masquerade = match masq.map(|m| m.reconcile(&Iptables, pod_cidr)) {
+    let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr)) {
         None => None,
         Some(Ok(cidr)) => Some(cidr.to_string()),
         Some(Err(e)) => {
@@ -263,6 +360,8 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         ip_forward: read_sysctl(IP_FORWARD).is_ok_and(|v| v == "1"),
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
         masquerade,
+        policy: None,
+        warnings: Vec::new(),
         errors,
     }
 }

@@ -4,7 +4,9 @@
 //! table, marked with weft's route protocol so it touches only its own routes.
 
 pub mod agent;
+pub mod iptables;
 pub mod model;
+pub mod policy;
 pub mod route_table;
 pub mod routes;
 pub mod source;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
-use weft_agent::agent::{run, Config};
+use weft_agent::agent::{run, Config, PolicyMode};
 
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
 /// node's masquerade rule when given the cluster CIDR.
@@ -34,6 +34,9 @@ struct Args {
     /// writes the same comment).
     #[arg(long, default_value = "weft", value_parser = parse_network_name)]
     network_name: String,
+    /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains) or `off`.
+    #[arg(long, default_value = "off", value_parser = parse_policy)]
+    policy: PolicyMode,
     /// Delete weft's routes (and, with --cluster-cidr, the masquerade rule) on SIGTERM/SIGINT.
     #[arg(long)]
     cleanup_on_exit: bool,
@@ -43,6 +46,15 @@ struct Args {
     /// Full resync interval, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     resync_ms: u64,
+}
+
+fn parse_policy(s: &str) -> Result<PolicyMode, String> {
+    match s {
+        "off" => Ok(PolicyMode::Off),
+        "iptables" => Ok(PolicyMode::Iptables),
+        "nftables" => Err("the nftables backend is not available yet: use iptables".into()),
+        _ => Err(format!("unknown policy backend {s:?}: iptables or off")),
+    }
 }
 
 fn parse_source(s: &str) -> Result<PathBuf, String> {
@@ -103,6 +115,7 @@ fn main() -> ExitCode {
         resync: Duration::from_millis(args.resync_ms.max(100)),
         cluster_cidr: args.cluster_cidr,
         network_name: args.network_name,
+        policy: args.policy,
     };
     match run(&cfg, &stop) {
         Ok(()) => ExitCode::SUCCESS,

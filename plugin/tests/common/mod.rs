@@ -104,7 +104,7 @@ impl Drop for PodNs {
 
 /// Runs a tool in the calling thread's netns and returns stdout (panics on failure).
 pub fn tool_output(tool: &str, args: &[&str]) -> String {
-    let path = weft_plugin::masquerade::find_tool(tool).unwrap();
+    let path = weft_plugin::tool::find_tool(tool).unwrap();
     let out = std::process::Command::new(path).args(args).output().unwrap();
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()

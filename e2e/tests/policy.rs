@@ -1,0 +1,98 @@
+//! NetworkPolicy on the iptables backend, end to end: the agents' chains and
+//! sets in each node, isolation per direction, allows by namespace and port,
+//! NodePort transit through a node to a pod on another node, and cleanup.
+//! The breadth of the semantics is the conformance suite's (tests/conformance.rs).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{pod_testbed, root_or_skip, CMD_TIMEOUT};
+use weft_e2e::probe::{probe_in, Outcome, Proto};
+use weft_e2e::Pod;
+
+const PROBE: Duration = Duration::from_millis(1500);
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn probe(from: &Pod, to: &Pod, port: u16, proto: Proto) -> Outcome {
+    probe_in(&from.netns, SocketAddr::from((to.ip, port)), proto, PROBE).unwrap()
+}
+
+fn connects(from: &Pod, to: &Pod, port: u16, proto: Proto) -> bool {
+    probe(from, to, port, proto) == Outcome::Connected(to.name.clone())
+}
+
+fn blocked(from: &Pod, to: &Pod, port: u16, proto: Proto) -> bool {
+    matches!(probe(from, to, port, proto), Outcome::Timeout | Outcome::Refused)
+}
+
+fn save(ns: &Path, argv: &[&str]) -> String {
+    let out = weft_e2e::exec_in(ns, argv, CMD_TIMEOUT).unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
+    if !root_or_skip("ingress_isolation_namespace_and_port_allows_and_cleanup") {
+        return;
+    }
+    let mut tb = pod_testbed(2);
+    let xa = tb.add_pod(1, "x/a").unwrap();
+    let xb = tb.add_pod(2, "x/b").unwrap();
+    let ya = tb.add_pod(1, "y/a").unwrap();
+    let yb = tb.add_pod(2, "y/b").unwrap();
+    tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n").unwrap();
+    tb.start_agents_with(&["--policy", "iptables"]).unwrap();
+    let st = tb.wait_converged(CONVERGE).unwrap();
+    assert!(st.iter().all(|s| s.errors.is_empty() && s.policy.is_some()), "{st:?}");
+    let n1 = tb.node_netns(1);
+    let rules = save(&n1, &["iptables", "-S", "FORWARD"]);
+    let first = rules.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default();
+    assert!(first.contains("-j WEFT-FORWARD"), "weft's jump is first: {rules}");
+    for (from, to) in [(&ya, &xa), (&yb, &xa), (&xb, &xa), (&xa, &yb)] {
+        assert!(connects(from, to, 80, Proto::Tcp), "no policy: {} -> {}", from.name, to.name);
+    }
+
+    // Deny all ingress in x: nobody reaches x's pods, x's pods still reach out.
+    tb.apply("kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n").unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(blocked(&ya, &xa, 80, Proto::Tcp), "same node");
+    assert!(blocked(&yb, &xa, 80, Proto::Tcp), "across nodes");
+    assert!(blocked(&xb, &xa, 81, Proto::Udp), "own namespace, UDP");
+    assert!(connects(&xa, &yb, 80, Proto::Tcp), "egress is not isolated");
+    assert!(connects(&xa, &ya, 81, Proto::Udp), "egress is not isolated (UDP, same node)");
+
+    // Plus: from namespace y on TCP 80 only.
+    let allow = "kind: NetworkPolicy\nmetadata: {name: from-y, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 80}]\n";
+    tb.apply(allow).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(connects(&ya, &xa, 80, Proto::Tcp), "y -> x:80 same node");
+    assert!(connects(&yb, &xa, 80, Proto::Tcp), "y -> x:80 across nodes");
+    assert!(connects(&ya, &xb, 80, Proto::Tcp), "y -> x/b:80 on node 2");
+    assert!(blocked(&ya, &xa, 81, Proto::Tcp), "port 81 not allowed");
+    assert!(blocked(&ya, &xa, 80, Proto::Udp), "UDP 80 not allowed");
+    assert!(blocked(&xb, &xa, 80, Proto::Tcp), "x is not y");
+
+    // Relabel y's namespace: the allow follows the labels.
+    tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: other}}\n").unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(blocked(&ya, &xa, 80, Proto::Tcp), "y no longer matches ns=y");
+
+    // Delete the policies: open again.
+    tb.delete_object("NetworkPolicy", Some("x"), "deny").unwrap();
+    tb.delete_object("NetworkPolicy", Some("x"), "from-y").unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(connects(&ya, &xa, 81, Proto::Tcp));
+
+    // SIGTERM with --cleanup-on-exit: no chain, jump or set of weft's is left.
+    assert!(tb.stop_agent(1).unwrap());
+    assert!(!save(&n1, &["iptables-save", "-t", "filter"]).contains("WEFT"), "chains left");
+    assert!(!save(&n1, &["ipset", "list", "-n"]).contains("weft-"), "sets left");
+    let root = std::process::Command::new("ipset").args(["list", "-n"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&root.stdout).contains("weft-"), "a weft set in the root netns");
+    let st = tb.state();
+    tb.down().unwrap();
+    common::assert_gone(&st);
+}

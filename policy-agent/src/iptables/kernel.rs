@@ -1,0 +1,243 @@
+//! Applying a `Rendered` policy in the calling thread's netns.
+//!
+//! Order, so that no intermediate state admits what both the old and the new
+//! policy deny: (1) every changed set is built, the fixed-name ones under a
+//! temporary name and swapped in (each swap is atomic), the content-named
+//! ones created fresh; (2) the chains are replaced in one
+//! `iptables-restore --noflush` (atomic); (3) weft's jump is made the first
+//! rule of FORWARD; (4) weft's sets that nothing references any more are
+//! destroyed. Mixing old and new sets during (1) is safe: a pod's isolation
+//! and its allows change independently, and a packet both policies deny is
+//! denied under either mix. Only weft's own chains and `weft-` sets are
+//! touched; stale ones from an earlier run are removed by the same steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use weft_plugin::kernel_error::KernelError;
+use weft_plugin::tool;
+
+use super::render::{Rendered, SetSpec, EGRESS_CHAIN, FORWARD_CHAIN, INGRESS_CHAIN, SET_PREFIX};
+
+/// The comment on weft's jump from FORWARD.
+const JUMP_COMMENT: &str = "weft: NetworkPolicy";
+/// Suffix of a fixed-name set's temporary twin while it is rebuilt.
+const TMP_SUFFIX: &str = "-new";
+/// Smallest hashsize and maxelem; both grow with the set (maxelem: twice the
+/// members, so adds between rebuilds never hit the ceiling).
+const MIN_HASHSIZE: usize = 1024;
+const MIN_MAXELEM: usize = 65536;
+
+/// What one apply changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Sets (re)built.
+    pub sets_written: usize,
+    /// Sets destroyed (stale).
+    pub sets_destroyed: usize,
+    /// True if the chains were rewritten.
+    pub rules_written: bool,
+    /// True if weft's FORWARD jump had to be (re)placed first.
+    pub jump_moved: bool,
+}
+
+/// The iptables backend's kernel state as this process last wrote it.
+#[derive(Debug, Default)]
+pub struct Iptables {
+    sets: BTreeMap<String, SetSpec>,
+    rules: Option<String>,
+}
+
+impl Iptables {
+    pub fn new() -> Iptables {
+        Iptables::default()
+    }
+
+    /// Makes the kernel match `r`. Idempotent; with `full` (a resync) every
+    /// set and the chains are checked against the kernel, not only against
+    /// what this process wrote last.
+    pub fn apply(&mut self, r: &Rendered, full: bool) -> Result<Applied, KernelError> {
+        let mut done = Applied::default();
+        let existing = list_sets()?;
+        // 1. Sets.
+        let mut payload = String::new();
+        for s in &r.sets {
+            let known = self.sets.get(&s.name) == Some(s) && existing.contains(&s.name);
+            // On a resync, trust the kernel's listing, not our memory of it.
+            let current = if !known {
+                false
+            } else if full {
+                kernel_members(&s.name)? == s.members
+            } else {
+                true
+            };
+            if current {
+                continue;
+            }
+            write_set(&mut payload, s, existing.contains(&s.name));
+            done.sets_written += 1;
+        }
+        if !payload.is_empty() {
+            tool::restore("ipset", &["restore"], &payload)?;
+        }
+        for s in &r.sets {
+            self.sets.insert(s.name.clone(), s.clone());
+        }
+        // 2. Chains.
+        if full || self.rules.as_deref() != Some(r.rules.as_str()) {
+            tool::restore("iptables-restore", &["--noflush", "-w", "5"], &r.rules)?;
+            self.rules = Some(r.rules.clone());
+            done.rules_written = true;
+        }
+        // 3. The jump, first in FORWARD.
+        done.jump_moved = ensure_jump_first()?;
+        // 4. Stale sets.
+        let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
+        for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
+            tool::run("ipset", &["destroy", name], None)?;
+            self.sets.remove(name);
+            done.sets_destroyed += 1;
+        }
+        Ok(done)
+    }
+
+    /// Removes weft's jump, chains and sets. Carries on after an error and
+    /// returns the first; absent pieces count as removed.
+    pub fn cleanup(&mut self) -> Result<(), KernelError> {
+        let mut first: Option<KernelError> = None;
+        let mut keep = |r: Result<(), KernelError>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        keep(remove_jumps().map(drop));
+        let mut flush = String::from("*filter\n");
+        for c in [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN] {
+            let _ = writeln!(flush, ":{c} - [0:0]");
+        }
+        for c in [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN] {
+            let _ = writeln!(flush, "-X {c}");
+        }
+        flush.push_str("COMMIT\n");
+        keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &flush));
+        match list_sets() {
+            Ok(sets) => {
+                for name in sets {
+                    keep(tool::run("ipset", &["destroy", &name], None));
+                }
+            }
+            Err(e) => keep(Err(e)),
+        }
+        self.sets.clear();
+        self.rules = None;
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// The `ipset restore` lines that make set `s` hold exactly its members.
+fn write_set(out: &mut String, s: &SetSpec, exists: bool) {
+    let n = s.members.len();
+    let hashsize = (n / 2).next_power_of_two().max(MIN_HASHSIZE);
+    let maxelem = (n * 2).next_power_of_two().max(MIN_MAXELEM);
+    let params = format!("{} family inet hashsize {hashsize} maxelem {maxelem}", s.kind.as_str());
+    // A set that exists and is referenced by a rule cannot be destroyed or
+    // re-created: fill a twin and swap, which is atomic for the rules.
+    let target = if exists && !s.content_named { format!("{}{TMP_SUFFIX}", s.name) } else { s.name.clone() };
+    let _ = writeln!(out, "create {target} {params} -exist");
+    let _ = writeln!(out, "flush {target}");
+    for m in &s.members {
+        let _ = writeln!(out, "add {target} {m}");
+    }
+    if target != s.name {
+        let _ = writeln!(out, "swap {target} {}", s.name);
+        let _ = writeln!(out, "destroy {target}");
+    }
+}
+
+/// weft's sets in the kernel, by name.
+fn list_sets() -> Result<BTreeSet<String>, KernelError> {
+    let out = tool::output("ipset", &["list", "-n"], None)?;
+    Ok(out.lines().map(str::trim).filter(|l| l.starts_with(SET_PREFIX)).map(String::from).collect())
+}
+
+/// The members of set `name` as the kernel lists them, sorted.
+fn kernel_members(name: &str) -> Result<Vec<String>, KernelError> {
+    let out = tool::output("ipset", &["list", name, "-o", "save"], None)?;
+    let prefix = format!("add {name} ");
+    let mut members: Vec<String> =
+        out.lines().filter_map(|l| l.strip_prefix(&prefix)).map(|m| m.trim().to_string()).collect();
+    members.sort();
+    Ok(members)
+}
+
+/// The FORWARD rule that jumps to weft's chain, as `iptables -S` prints it.
+fn jump_spec() -> String {
+    format!("-A FORWARD -m comment --comment \"{JUMP_COMMENT}\" -j {FORWARD_CHAIN}")
+}
+
+/// Makes weft's jump the first rule of FORWARD (something, e.g. kube-proxy's
+/// KUBE-FORWARD, may have been inserted in front of it). True if it moved.
+fn ensure_jump_first() -> Result<bool, KernelError> {
+    let listing = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None)?;
+    let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
+    let spec = jump_spec();
+    if rules.first() == Some(&spec.as_str()) && rules.iter().filter(|r| **r == spec).count() == 1 {
+        return Ok(false);
+    }
+    remove_jumps()?;
+    let args =
+        ["-w", "5", "-I", "FORWARD", "1", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
+    tool::run("iptables", &args, None)?;
+    Ok(true)
+}
+
+/// Deletes every copy of weft's jump; returns how many there were.
+fn remove_jumps() -> Result<usize, KernelError> {
+    let args = ["-w", "5", "-D", "FORWARD", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
+    let mut n = 0;
+    // Bounded: a handful of copies at most, even if someone added more by hand.
+    while n < 64
+        && tool::check(
+            "iptables",
+            &["-w", "5", "-C", "FORWARD", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN],
+        )?
+    {
+        tool::run("iptables", &args, None)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iptables::render::SetType;
+
+    #[test]
+    fn fixed_sets_are_swapped_content_sets_created() {
+        let fixed = SetSpec {
+            name: "weft-in-iso".into(),
+            kind: SetType::HashIp,
+            members: vec!["10.244.1.2".into()],
+            content_named: false,
+        };
+        let mut out = String::new();
+        write_set(&mut out, &fixed, true);
+        assert_eq!(
+            out,
+            "create weft-in-iso-new hash:ip family inet hashsize 1024 maxelem 65536 -exist\nflush weft-in-iso-new\n\
+             add weft-in-iso-new 10.244.1.2\nswap weft-in-iso-new weft-in-iso\ndestroy weft-in-iso-new\n"
+        );
+        let mut out = String::new();
+        write_set(&mut out, &fixed, false);
+        assert!(out.starts_with("create weft-in-iso hash:ip") && !out.contains("swap"), "{out}");
+        let big = SetSpec { members: (0..100_000).map(|i| format!("m{i}")).collect(), ..fixed };
+        let mut out = String::new();
+        write_set(&mut out, &big, false);
+        assert!(
+            out.starts_with("create weft-in-iso hash:ip family inet hashsize 65536 maxelem 262144"),
+            "{}",
+            &out[..80]
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! The compiled policy of one node, backend-neutral. Everything is in terms
+//! of this node's local pods (by IPv4 address) and peer networks; a renderer
+//! maps it to ipsets + iptables chains, or to nftables sets and maps.
+//!
+//! Per direction, a local pod is either not isolated (everything passes in
+//! that direction) or isolated, and then a packet passes if a `Triple` names
+//! it exactly (pod, protocol, port, peer network: one hash lookup, whatever
+//! the number of policies) or a `Group` covers it (rules without a single
+//! port: all ports, a protocol's every port, or a wide endPort range, which
+//! would not fit a hash of ports).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::model::Protocol;
+
+/// (local pod, protocol, port, peer network): the pod may receive from (or,
+/// for egress, send to) the peer network on that port.
+pub type Triple = (Ipv4Addr, Protocol, u16, Ipv4Network);
+
+/// The ports a group allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum GroupPorts {
+    /// Every protocol, every port (a rule with no `ports`).
+    All,
+    /// Every port of one protocol (a port entry without `port`).
+    Protocol(Protocol),
+    /// A port range of one protocol, inclusive.
+    Range(Protocol, u16, u16),
+}
+
+/// Local pods `targets` may exchange traffic with `peers` on `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Group {
+    pub targets: BTreeSet<Ipv4Addr>,
+    pub peers: Vec<Ipv4Network>,
+    pub ports: GroupPorts,
+}
+
+/// One direction (ingress or egress) on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Direction {
+    /// Local pods some policy of this direction selects.
+    pub isolated: BTreeSet<Ipv4Addr>,
+    pub triples: BTreeSet<Triple>,
+    /// Sorted; groups with the same peers and ports are merged.
+    pub groups: Vec<Group>,
+}
+
+/// What this node enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyIr {
+    /// The addresses of this node's pods (hostNetwork pods excluded).
+    pub local: BTreeSet<Ipv4Addr>,
+    /// This node's pod CIDR: addresses in it that are not `local` belong to no
+    /// known pod, and are dropped until the agent knows them (fail closed).
+    pub pod_cidr: Option<Ipv4Network>,
+    /// The cluster's pod network: traffic to it that is neither from nor to a
+    /// local pod is transit (e.g. a NodePort DNATed to a pod on another node)
+    /// and is accepted here; policy applies at the pod's own node.
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub ingress: Direction,
+    pub egress: Direction,
+}
