@@ -3,9 +3,11 @@
 //! Unknown keys are ignored, as the spec allows; known keys are checked
 //! strictly, so a typo'd value is an error rather than a silent default.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
+
 use serde::Deserialize;
 
 use crate::env::validate_ifname;
@@ -16,6 +18,8 @@ use crate::version::Version;
 
 /// The default bridge name.
 pub const DEFAULT_BRIDGE: &str = "weft0";
+/// Where weft-agent listens for pods being added and deleted.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/weft/agent.sock";
 
 /// A parsed network config for the `weft` plugin.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +34,10 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub cluster_cidr: Option<IpNetwork>,
     pub masquerade: bool,
+    /// The node agent's pod socket (`agentSocket`; "" turns it off): ADD tells
+    /// the agent the pod's address there and waits, bounded, until its policy
+    /// is in force; DEL tells it the address is going.
+    pub agent_socket: Option<PathBuf>,
     /// The `ipam` section, kept raw: its owner parses it.
     pub ipam: IpamSection,
     pub dns: Dns,
@@ -69,6 +77,7 @@ struct Raw {
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<String>,
     masquerade: Option<bool>,
+    agent_socket: Option<String>,
     ipam: Option<serde_json::Value>,
     #[serde(default)]
     dns: Dns,
@@ -132,6 +141,14 @@ impl NetConf {
             is_gateway: raw.is_gateway.unwrap_or(true),
             cluster_cidr,
             masquerade: raw.masquerade.unwrap_or(true),
+            agent_socket: match raw.agent_socket.as_deref() {
+                None => Some(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+                Some("") => None,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(invalid(format!("agentSocket {p:?} must be an absolute path")))
+                }
+                Some(p) => Some(PathBuf::from(p)),
+            },
             ipam: IpamSection { ipam_type, raw: ipam },
             dns: raw.dns,
             prev_result,
@@ -215,6 +232,18 @@ mod tests {
         assert_eq!(c.ipam.ipam_type, "weft-ipam");
         assert_eq!(c.prev_result, None);
         assert!(c.runtime_config.port_mappings.is_empty());
+        assert_eq!(c.agent_socket.as_deref(), Some(std::path::Path::new(DEFAULT_AGENT_SOCKET)));
+    }
+
+    #[test]
+    fn agent_socket_can_move_or_be_turned_off() {
+        let mut v = minimal();
+        v["agentSocket"] = json!("/run/x/agent.sock");
+        assert_eq!(parse(v.clone()).unwrap().agent_socket, Some(PathBuf::from("/run/x/agent.sock")));
+        v["agentSocket"] = json!("");
+        assert_eq!(parse(v.clone()).unwrap().agent_socket, None);
+        v["agentSocket"] = json!("relative.sock");
+        assert_eq!(parse(v).unwrap_err().code, 7);
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub fn node_name(n: u32) -> String {
     format!("node-{n}")
 }
 
+/// Node `n`'s agent pod socket (the plugin's `agentSocket`).
+pub fn pod_socket(run: &str, n: u32) -> PathBuf {
+    run::run_dir(run).join(format!("agent-n{n}.sock"))
+}
+
 /// Node `n`'s status file.
 pub fn status_file(run: &str, n: u32) -> PathBuf {
     run::run_dir(run).join(format!("agent-n{n}.status.json"))
@@ -107,39 +112,70 @@ impl Testbed {
 
     /// `start_agents` with `extra` arguments for every agent (e.g. `--policy iptables`).
     pub fn start_agents_with(&self, extra: &[&str]) -> Result<Vec<u32>> {
+        (1..=self.nodes()).map(|n| self.start_agent(n, extra)).collect()
+    }
+
+    /// Starts node `n`'s agent (with `extra` arguments) and waits for its first
+    /// sync; it listens for the plugin on `pod_socket(run, n)`. Its log is
+    /// appended to `<run dir>/agent-nN.log`.
+    pub fn start_agent(&self, n: u32, extra: &[&str]) -> Result<u32> {
         let bin = find_binary("weft-agent", AGENT_BIN_ENV)?.display().to_string();
         let run = self.run();
         let source = format!("dir:{}", cluster_dir(&run).display());
-        let mut pids = Vec::new();
-        for n in 1..=self.nodes() {
-            let status = status_file(&run, n).display().to_string();
-            let node = node_name(n);
-            let mut argv = vec![
-                bin.as_str(),
-                "--node",
-                &node,
-                "--source",
-                &source,
-                "--status-file",
-                &status,
-                "--poll-ms",
-                AGENT_POLL_MS,
-                "--resync-ms",
-                AGENT_RESYNC_MS,
-                "--cluster-cidr",
-                CLUSTER_CIDR,
-                "--cleanup-on-exit",
-            ];
-            argv.extend(extra);
-            let netns = self.node_netns(n);
-            let mut c = command_in(&netns, &argv)?;
-            let log = run::run_dir(&run).join(format!("agent-n{n}.log"));
-            let log =
-                std::fs::File::create(&log).map_err(E2eError::io(format!("create {}", log.display())))?;
-            c.stdin(Stdio::null()).stderr(log);
-            pids.push(self.spawn_command(&agent_name(n), &netns, c, "weft-agent", READY_TIMEOUT)?);
-        }
-        Ok(pids)
+        let status = status_file(&run, n).display().to_string();
+        let socket = pod_socket(&run, n).display().to_string();
+        let node = node_name(n);
+        let mut argv = vec![
+            bin.as_str(),
+            "--node",
+            &node,
+            "--source",
+            &source,
+            "--status-file",
+            &status,
+            "--pod-socket",
+            &socket,
+            "--poll-ms",
+            AGENT_POLL_MS,
+            "--resync-ms",
+            AGENT_RESYNC_MS,
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--cleanup-on-exit",
+        ];
+        argv.extend(extra);
+        let netns = self.node_netns(n);
+        let mut c = command_in(&netns, &argv)?;
+        let log = run::run_dir(&run).join(format!("agent-n{n}.log"));
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(E2eError::io(format!("open {}", log.display())))?;
+        c.stdin(Stdio::null()).stderr(log);
+        self.spawn_command(&agent_name(n), &netns, c, "weft-agent", READY_TIMEOUT)
+    }
+
+    /// Takes the child process recorded as `name` out of this Testbed's children.
+    fn take_child(&self, name: &str) -> Option<std::process::Child> {
+        let pids: Vec<i32> = self.state().processes.iter().filter(|p| p.name == name).map(|p| p.pid).collect();
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.iter().position(|c| pids.contains(&(c.id() as i32))).map(|i| children.swap_remove(i))
+    }
+
+    /// Kills node `n`'s agent with SIGKILL, as a crash would: its routes,
+    /// rules and sets stay in the kernel, its socket file stays unanswered.
+    pub fn kill_agent(&self, n: u32) -> Result<()> {
+        let name = agent_name(n);
+        let child = self.take_child(&name);
+        let Some(mut child) = child else {
+            return Err(E2eError::io(format!("kill {name}"))(std::io::ErrorKind::NotFound.into()));
+        };
+        let _ = child.kill();
+        child.wait().map_err(E2eError::io(format!("wait for {name}")))?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.processes.retain(|p| p.name != name);
+        run::save(&st)
     }
 
     /// Node `n`'s agent status, if it has written one.
@@ -175,12 +211,7 @@ impl Testbed {
     /// true if it exited successfully (it deletes its routes first).
     pub fn stop_agent(&self, n: u32) -> Result<bool> {
         let name = agent_name(n);
-        let child = {
-            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-            let pids: Vec<i32> =
-                self.state().processes.iter().filter(|p| p.name == name).map(|p| p.pid).collect();
-            children.iter().position(|c| pids.contains(&(c.id() as i32))).map(|i| children.swap_remove(i))
-        };
+        let child = self.take_child(&name);
         let Some(mut child) = child else {
             return Err(E2eError::io(format!("stop {name}"))(std::io::ErrorKind::NotFound.into()));
         };

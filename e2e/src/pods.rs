@@ -104,6 +104,7 @@ pub fn net_conf(run: &str, node: u32) -> Value {
     json!({
         "cniVersion": "1.0.0", "name": "weft", "type": "weft", "bridge": BRIDGE,
         "clusterCIDR": CLUSTER_CIDR,
+        "agentSocket": crate::agents::pod_socket(run, node).display().to_string(),
         "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": plan::pod_cidr(node).to_string()}]],
                  "routes": [{"dst": "0.0.0.0/0"}],
                  "dataDir": ipam_dir(run, node).display().to_string()},
@@ -366,6 +367,9 @@ impl Testbed {
 
     fn attach_and_start(&self, run: &str, rec: &PodRecord, e2e: &Path) -> Result<Pod> {
         lo_up_in(&rec.netns)?;
+        // As the API server shows a scheduled pod before its sandbox exists:
+        // the agent knows its labels when ADD reports its address.
+        self.write_pod_manifest(rec, None)?;
         let stdout = cni_checked(run, rec, "ADD")?;
         let (ip, host_veth) = parse_add_result(&rec.name, &stdout)?;
         self.update_state(|st| {

@@ -28,6 +28,12 @@ fn blocked(from: &Pod, to: &Pod, port: u16, proto: Proto) -> bool {
     matches!(probe(from, to, port, proto), Outcome::Timeout | Outcome::Refused)
 }
 
+/// `ipset test` inside the netns at `ns`.
+fn in_set(ns: &Path, set: &str, ip: std::net::Ipv4Addr) -> bool {
+    let ip = ip.to_string();
+    weft_e2e::exec_in(ns, &["ipset", "test", set, &ip], CMD_TIMEOUT).unwrap().status.success()
+}
+
 fn save(ns: &Path, argv: &[&str]) -> String {
     let out = weft_e2e::exec_in(ns, argv, CMD_TIMEOUT).unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -92,6 +98,52 @@ fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
     assert!(!save(&n1, &["ipset", "list", "-n"]).contains("weft-"), "sets left");
     let root = std::process::Command::new("ipset").args(["list", "-n"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&root.stdout).contains("weft-"), "a weft set in the root netns");
+    let st = tb.state();
+    tb.down().unwrap();
+    common::assert_gone(&st);
+}
+
+#[test]
+fn a_new_pod_is_isolated_from_its_first_packet_with_the_agent_up_or_down() {
+    if !root_or_skip("a_new_pod_is_isolated_from_its_first_packet_with_the_agent_up_or_down") {
+        return;
+    }
+    let mut tb = pod_testbed(2);
+    let ya = tb.add_pod(1, "y/a").unwrap();
+    tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n").unwrap();
+    let policies = "kind: NetworkPolicy\nmetadata: {name: from-y-80, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 80}]\n";
+    tb.apply(policies).unwrap();
+    let policy = ["--policy", "iptables"];
+    tb.start_agents_with(&policy).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+
+    // Agent up: ADD returns once the new pod's rules are in force. No waiting
+    // here: the very first probes see the pod's policy, both ways.
+    let fresh = tb.add_pod(1, "x/fresh").unwrap();
+    // The instant ADD returned, the kernel already knew the pod (a probe alone
+    // could pass on a SYN retransmitted after the agent caught up).
+    let n1 = tb.node_netns(1);
+    assert!(in_set(&n1, "weft-local", fresh.ip) && in_set(&n1, "weft-in-iso", fresh.ip));
+    assert!(connects(&ya, &fresh, 80, Proto::Tcp), "allowed at once: y -> x/fresh:80");
+    assert!(blocked(&ya, &fresh, 81, Proto::Tcp), "isolated at once: y -> x/fresh:81");
+    assert!(connects(&fresh, &ya, 80, Proto::Tcp), "its egress is not isolated");
+    let remote = tb.add_pod(2, "x/remote").unwrap();
+    assert!(connects(&ya, &remote, 80, Proto::Tcp), "allowed at once across nodes");
+    assert!(blocked(&ya, &remote, 81, Proto::Udp), "isolated at once across nodes");
+
+    // Agent down (killed: its rules stay, nobody answers the plugin): ADD
+    // goes on, and the pod's address is dropped (fail closed), so isolation
+    // holds and allowed traffic waits for the agent.
+    tb.kill_agent(1).unwrap();
+    let late = tb.add_pod(1, "x/late").unwrap();
+    assert!(!in_set(&n1, "weft-local", late.ip), "nobody told the kernel");
+    assert!(blocked(&ya, &late, 81, Proto::Tcp), "isolated with the agent down");
+    assert!(blocked(&ya, &late, 80, Proto::Tcp), "fail closed: allowed traffic waits for the agent");
+    assert!(connects(&ya, &fresh, 80, Proto::Tcp), "pods the agent knew keep their rules");
+    tb.start_agent(1, &policy).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(connects(&ya, &late, 80, Proto::Tcp), "the agent is back: allowed");
+    assert!(blocked(&ya, &late, 81, Proto::Tcp), "and still isolated");
     let st = tb.state();
     tb.down().unwrap();
     common::assert_gone(&st);

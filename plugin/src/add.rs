@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
 
+use crate::agent_client::{self, NotifyError, PodEvent};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
 use crate::link::mac_string;
@@ -45,7 +46,10 @@ pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniE
         return Err(CniError::new(ErrorCode::InvalidNetworkConfig, "IPAM returned no address"));
     }
     match rt.block_on(wire(env, conf, &pod_ns, pod_conn, &alloc)) {
-        Ok(r) => Ok(r),
+        Ok(r) => {
+            tell_agent(env, conf, &alloc);
+            Ok(r)
+        }
         Err(e) => {
             // The veth was undone inside wire().
             undo_alloc();
@@ -86,6 +90,24 @@ async fn wire(
         return Err(context("configuring the pod interface")(e));
     }
     Ok(result(env, conf, &node, &pair, pod_ns, alloc))
+}
+
+/// Tells the node agent the pod's addresses and waits (bounded) until its
+/// policy is in force. Not fatal: without an agent the pod's address stays
+/// in the agent's fail-closed rule until it learns the pod (agent_client.rs).
+fn tell_agent(env: &CniEnv, conf: &NetConf, alloc: &CniResult) {
+    let Some(socket) = conf.agent_socket.as_deref() else { return };
+    let event = PodEvent::Add {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        namespace: env.args.pod_namespace.clone().unwrap_or_default(),
+        name: env.args.pod_name.clone().unwrap_or_default(),
+        ips: alloc.ips.iter().map(|i| i.address.ip()).collect(),
+    };
+    match agent_client::notify(socket, &event, agent_client::TIMEOUT) {
+        Ok(()) | Err(NotifyError::NoSocket(_)) => {}
+        Err(e) => eprintln!("weft: the node agent was not told about this pod ({e}); its traffic is dropped until the agent learns it"),
+    }
 }
 
 /// Addresses and routes inside the pod, on the interface `index`.

@@ -4,6 +4,7 @@
 
 use weft_conf::{CniEnv, CniError, NetConf};
 
+use crate::agent_client::{self, NotifyError, PodEvent};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
 use crate::{link, names, netns, runtime};
@@ -11,6 +12,15 @@ use crate::{link, names, netns, runtime};
 /// Runs DEL. Teardown carries on past errors and reports the first.
 pub fn del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let mut errors = Vec::new();
+    // 0. The agent first, so it drops the address before IPAM can hand it to
+    //    another pod. Best effort and bounded, as for ADD.
+    if let Some(socket) = conf.agent_socket.as_deref() {
+        let event = PodEvent::Del { container_id: env.container_id.clone(), ifname: env.ifname.clone() };
+        match agent_client::notify(socket, &event, agent_client::TIMEOUT) {
+            Ok(()) | Err(NotifyError::NoSocket(_)) => {}
+            Err(e) => eprintln!("weft: the node agent was not told of this DEL ({e})"),
+        }
+    }
     // 1. The pod's veth, found by its host-side name: no need to enter the
     //    pod netns, which may be gone (deleting either end deletes both).
     let host_name = names::host_veth(&env.container_id, &env.ifname);

@@ -5,6 +5,7 @@
 
 // Kernel I/O: thin, typed, one file per kind of object.
 pub mod addr;
+pub mod agent_client;
 pub mod bridge;
 pub mod kernel_error;
 pub mod link;

@@ -9,18 +9,21 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
+use weft_plugin::agent_client::{AgentReply, PodEvent};
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::iptables::{render, Iptables};
-use crate::model::Snapshot;
+use crate::model::{Model, Snapshot};
+use crate::pod_events::PodEvents;
+use crate::pod_socket::{Event, PodSocket};
 use crate::policy::compile;
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
@@ -44,6 +47,8 @@ pub struct Config {
     /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
     /// agent owns the node's masquerade chain; when not, it never touches it.
     pub cluster_cidr: Option<IpNetwork>,
+    /// Where the plugin reports pods (`--pod-socket`), if anywhere.
+    pub pod_socket: Option<PathBuf>,
     /// Which NetworkPolicy backend to run (`--policy`).
     pub policy: PolicyMode,
     /// The network's name (`--network-name`): the comment on the masquerade
@@ -110,127 +115,235 @@ pub enum AgentError {
     Netlink(#[from] weft_plugin::kernel_error::KernelError),
     #[error("write status file {path}: {source}")]
     Status { path: PathBuf, source: std::io::Error },
+    #[error("pod socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
 }
 
-/// Runs the agent until `stop` yields (a signal); then, with `cleanup_on_exit`,
-/// deletes weft's routes. Prints one line on stdout once the first status is written.
-pub fn run(cfg: &Config, stop: &Receiver<()>) -> Result<(), AgentError> {
-    let rt =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AgentError::Runtime)?;
-    let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
-    ensure_forwarding();
-    let mut masq = cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name));
-    if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
-        log(&format!(
-            "cluster CIDR {c} is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
-             is exempt from masquerade"
-        ));
-    }
-    let mut policy = match cfg.policy {
-        PolicyMode::Off => None,
-        PolicyMode::Iptables => Some(Iptables::new()),
+/// Runs the agent until `events` yields `Stop` (a signal); then, with
+/// `cleanup_on_exit`, deletes weft's routes, rules and sets. `sender` feeds
+/// the same channel (the pod socket's requests). Prints one line on stdout
+/// once the first status is written.
+pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Result<(), AgentError> {
+    let mut agent = Agent::start(cfg)?;
+    let _socket = match &cfg.pod_socket {
+        Some(path) => {
+            let s = PodSocket::listen(path, sender)
+                .map_err(|source| AgentError::Socket { path: path.clone(), source })?;
+            log(&format!("listening for pods on {}", path.display()));
+            Some(s)
+        }
+        None => None,
     };
-    let cluster_v4 = match cfg.cluster_cidr {
-        Some(IpNetwork::V4(n)) => Some(n),
-        _ => None,
-    };
-    let mut source = DirSource::new(&cfg.dir);
-    let mut snap: Option<Snapshot> = None;
-    let mut last_status: Option<Status> = None;
-    let mut next_sync = Instant::now();
-    // The first sync and every periodic one check the kernel in full; a sync
-    // for a new snapshot writes only what changed.
-    let mut full = true;
     loop {
-        if let Some(s) = source.poll() {
-            for e in &s.errors {
-                log(&format!("skipping manifest {e}"));
+        agent.tick()?;
+        match events.recv_timeout(cfg.poll) {
+            Ok(Event::Stop) => break,
+            Ok(Event::Pod(ev, reply)) => {
+                let _ = reply.send(agent.on_pod(&ev));
             }
-            snap = Some(s);
-            if next_sync > Instant::now() {
-                next_sync = Instant::now();
-                full = false;
-            }
-        }
-        if let (Some(s), true) = (&snap, Instant::now() >= next_sync) {
-            let mut status = rt.block_on(sync(&h, &cfg.node, s, masq.as_mut()));
-            if let Some(p) = policy.as_mut() {
-                enforce(p, s, &cfg.node, cluster_v4, full, &mut status);
-            }
-            report_changes(last_status.as_ref(), &status);
-            write_status(&cfg.status_file, &status)?;
-            if last_status.is_none() {
-                println!("ready generation {}", status.generation);
-                let _ = std::io::stdout().flush();
-            }
-            last_status = Some(status);
-            next_sync = Instant::now() + cfg.resync;
-            full = true;
-        }
-        match stop.recv_timeout(cfg.poll) {
-            Ok(()) => break,
             Err(RecvTimeoutError::Timeout) => {}
             // No signal thread: keep the pace, never spin.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(cfg.poll),
         }
     }
     if cfg.cleanup_on_exit {
-        for e in rt.block_on(delete_all(&h)) {
+        agent.cleanup();
+    }
+    Ok(())
+}
+
+/// Bound on waiting for the source to show a pod that ADD reported.
+const SOURCE_WAIT: Duration = Duration::from_millis(500);
+const SOURCE_WAIT_STEP: Duration = Duration::from_millis(50);
+
+/// The agent's state between events.
+struct Agent<'c> {
+    cfg: &'c Config,
+    rt: tokio::runtime::Runtime,
+    h: Handle,
+    masq: Option<Masquerade>,
+    policy: Option<Iptables>,
+    cluster_v4: Option<Ipv4Network>,
+    source: DirSource,
+    snap: Option<Snapshot>,
+    pods: PodEvents,
+    last_status: Option<Status>,
+    next_sync: Instant,
+    /// The next sync checks the kernel in full (the first and every periodic
+    /// one); a sync for a new snapshot writes only what changed.
+    full: bool,
+}
+
+impl<'c> Agent<'c> {
+    fn start(cfg: &'c Config) -> Result<Agent<'c>, AgentError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AgentError::Runtime)?;
+        let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
+        ensure_forwarding();
+        if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
+            log(&format!(
+                "cluster CIDR {c} is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
+                 is exempt from masquerade"
+            ));
+        }
+        Ok(Agent {
+            cfg,
+            rt,
+            h,
+            masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
+            policy: match cfg.policy {
+                PolicyMode::Off => None,
+                PolicyMode::Iptables => Some(Iptables::new()),
+            },
+            cluster_v4: match cfg.cluster_cidr {
+                Some(IpNetwork::V4(n)) => Some(n),
+                _ => None,
+            },
+            source: DirSource::new(&cfg.dir),
+            snap: None,
+            pods: PodEvents::default(),
+            last_status: None,
+            next_sync: Instant::now(),
+            full: true,
+        })
+    }
+
+    /// Polls the source; syncs on a new snapshot or when the resync is due.
+    fn tick(&mut self) -> Result<(), AgentError> {
+        self.poll_source();
+        let Some(s) = &self.snap else { return Ok(()) };
+        if Instant::now() < self.next_sync {
+            return Ok(());
+        }
+        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut()));
+        if let Some(p) = self.policy.as_mut() {
+            let model = self.pods.overlay(&s.model, &self.cfg.node);
+            match enforce(p, &model, &self.cfg.node, self.cluster_v4, self.full) {
+                Ok((ps, warnings)) => {
+                    status.policy = Some(ps);
+                    status.warnings = warnings;
+                }
+                Err(e) => status.errors.push(e),
+            }
+        }
+        report_changes(self.last_status.as_ref(), &status);
+        write_status(&self.cfg.status_file, &status)?;
+        if self.last_status.is_none() {
+            println!("ready generation {}", status.generation);
+            let _ = std::io::stdout().flush();
+        }
+        self.last_status = Some(status);
+        self.next_sync = Instant::now() + self.cfg.resync;
+        self.full = true;
+        Ok(())
+    }
+
+    fn poll_source(&mut self) {
+        let Some(s) = self.source.poll() else { return };
+        for e in &s.errors {
+            log(&format!("skipping manifest {e}"));
+        }
+        self.pods.prune(&s.model, &self.cfg.node);
+        self.snap = Some(s);
+        if self.next_sync > Instant::now() {
+            self.next_sync = Instant::now();
+            self.full = false;
+        }
+    }
+
+    /// A report from the plugin: lays it over the cluster state and commits
+    /// the policy before answering, so ADD returns with the pod's rules in force.
+    fn on_pod(&mut self, ev: &PodEvent) -> AgentReply {
+        match ev {
+            PodEvent::Add { container_id, ifname, namespace, name, ips } => {
+                self.pods.add(container_id, ifname, namespace, name, ips);
+                if self.policy.is_none() {
+                    return AgentReply { ok: true, error: None };
+                }
+                // The source may lag the kubelet by a moment.
+                let deadline = Instant::now() + SOURCE_WAIT;
+                loop {
+                    self.poll_source();
+                    let known = self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name));
+                    if known || Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(SOURCE_WAIT_STEP);
+                }
+                if !self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name)) {
+                    let error = format!(
+                        "pod {namespace}/{name} is not in the cluster state yet: its traffic is dropped until it is"
+                    );
+                    log(&error);
+                    return AgentReply { ok: false, error: Some(error) };
+                }
+            }
+            PodEvent::Del { container_id, ifname } => self.pods.del(container_id, ifname),
+        }
+        let (Some(p), Some(s)) = (self.policy.as_mut(), &self.snap) else {
+            return AgentReply { ok: true, error: None };
+        };
+        let model = self.pods.overlay(&s.model, &self.cfg.node);
+        match enforce(p, &model, &self.cfg.node, self.cluster_v4, false) {
+            Ok(_) => AgentReply { ok: true, error: None },
+            Err(e) => {
+                log(&e);
+                AgentReply { ok: false, error: Some(e) }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for e in self.rt.block_on(delete_all(&self.h)) {
             log(&format!("cleanup: {e}"));
         }
         log("cleanup: weft's routes deleted");
-        if let Some(p) = policy.as_mut() {
+        if let Some(p) = self.policy.as_mut() {
             match p.cleanup() {
                 Ok(()) => log("cleanup: weft's policy chains and sets deleted"),
                 Err(e) => log(&format!("cleanup: policy: {e}")),
             }
         }
-        if masq.is_some() {
+        if self.masq.is_some() {
             match teardown_masquerade() {
                 Ok(()) => log(&format!("cleanup: {MASQ_CHAIN} and its jump deleted")),
                 Err(e) => log(&format!("cleanup: masquerade: {e}")),
             }
         }
     }
-    Ok(())
 }
 
-/// Compiles the NetworkPolicies of `snap` for `node` and applies them;
-/// failures and warnings go into `status`, never stop the agent.
+/// Compiles the NetworkPolicies of `model` for `node` and applies them.
+/// Returns what is enforced and the warnings, or the error for the status.
 fn enforce(
     p: &mut Iptables,
-    snap: &Snapshot,
+    model: &Model,
     node: &str,
     cluster: Option<Ipv4Network>,
     full: bool,
-    status: &mut Status,
-) {
-    let (ir, warnings) = compile(&snap.model, node, cluster);
-    let rendered = render(&ir);
-    match p.apply(&rendered, full) {
-        Ok(done) => {
-            if done.sets_written + done.sets_destroyed > 0 || done.jump_moved || (done.rules_written && !full)
-            {
-                log(&format!(
-                    "policy: {} sets written, {} destroyed, chains {}{}",
-                    done.sets_written,
-                    done.sets_destroyed,
-                    if done.rules_written { "written" } else { "unchanged" },
-                    if done.jump_moved { ", FORWARD jump put back first" } else { "" }
-                ));
-            }
-            status.policy = Some(PolicyStatus {
-                backend: "iptables".into(),
-                local_pods: ir.local.len(),
-                ingress_isolated: ir.ingress.isolated.len(),
-                egress_isolated: ir.egress.isolated.len(),
-                triples: ir.ingress.triples.len() + ir.egress.triples.len(),
-                groups: ir.ingress.groups.len() + ir.egress.groups.len(),
-            });
-        }
-        Err(e) => status.errors.push(format!("policy: {e}")),
+) -> Result<(PolicyStatus, Vec<String>), String> {
+    let (ir, warnings) = compile(model, node, cluster);
+    let done = p.apply(&render(&ir), full).map_err(|e| format!("policy: {e}"))?;
+    if done.sets_written + done.sets_destroyed > 0 || done.jump_moved || (done.rules_written && !full) {
+        log(&format!(
+            "policy: {} sets written, {} destroyed, chains {}{}",
+            done.sets_written,
+            done.sets_destroyed,
+            if done.rules_written { "written" } else { "unchanged" },
+            if done.jump_moved { ", FORWARD jump put back first" } else { "" }
+        ));
     }
-    status.warnings = warnings;
+    let status = PolicyStatus {
+        backend: "iptables".into(),
+        local_pods: ir.local.len(),
+        ingress_isolated: ir.ingress.isolated.len(),
+        egress_isolated: ir.egress.isolated.len(),
+        triples: ir.ingress.triples.len() + ir.egress.triples.len(),
+        groups: ir.ingress.groups.len() + ir.egress.groups.len(),
+    };
+    Ok((status, warnings))
 }
 
 /// Turns net.ipv4.ip_forward on in this netns once, at start: until the first

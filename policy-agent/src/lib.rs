@@ -6,6 +6,8 @@
 pub mod agent;
 pub mod iptables;
 pub mod model;
+pub mod pod_events;
+pub mod pod_socket;
 pub mod policy;
 pub mod route_table;
 pub mod routes;

@@ -10,6 +10,7 @@ use clap::Parser;
 use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
 use weft_agent::agent::{run, Config, PolicyMode};
+use weft_agent::pod_socket::Event;
 
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
 /// node's masquerade rule when given the cluster CIDR.
@@ -37,6 +38,10 @@ struct Args {
     /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains) or `off`.
     #[arg(long, default_value = "off", value_parser = parse_policy)]
     policy: PolicyMode,
+    /// Listen on this unix socket for the plugin's pod reports (ADD waits until
+    /// the new pod's policy is in force). The plugin's `agentSocket` must match.
+    #[arg(long)]
+    pod_socket: Option<PathBuf>,
     /// Delete weft's routes (and, with --cluster-cidr, the masquerade rule) on SIGTERM/SIGINT.
     #[arg(long)]
     cleanup_on_exit: bool,
@@ -80,32 +85,29 @@ fn parse_network_name(s: &str) -> Result<String, String> {
 }
 
 /// Blocks SIGINT/SIGTERM in this thread (and all it spawns) and turns them
-/// into a message on the returned channel, from one sigwait thread.
-fn watch_signals() -> std::io::Result<mpsc::Receiver<()>> {
+/// into `Event::Stop` on `tx`, from one sigwait thread.
+fn watch_signals(tx: mpsc::Sender<Event>) -> std::io::Result<()> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block().map_err(std::io::Error::from)?;
-    let (tx, rx) = mpsc::channel();
     std::thread::Builder::new().name("weft-agent-signals".into()).spawn(move || {
         while set.wait().is_ok() {
-            if tx.send(()).is_err() {
+            if tx.send(Event::Stop).is_err() {
                 return;
             }
         }
     })?;
-    Ok(rx)
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let stop = match watch_signals() {
-        Ok(rx) => rx,
-        Err(e) => {
-            eprintln!("weft-agent: signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (tx, events) = mpsc::channel();
+    if let Err(e) = watch_signals(tx.clone()) {
+        eprintln!("weft-agent: signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let cfg = Config {
         node: args.node,
         dir: args.source,
@@ -116,8 +118,9 @@ fn main() -> ExitCode {
         cluster_cidr: args.cluster_cidr,
         network_name: args.network_name,
         policy: args.policy,
+        pod_socket: args.pod_socket,
     };
-    match run(&cfg, &stop) {
+    match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-agent: {e}");
