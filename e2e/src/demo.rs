@@ -130,21 +130,29 @@ pub fn run() -> Result<bool, E2eError> {
     print_table(&rows);
     let all_ok = rows.iter().all(|r| r.ok);
     let failed = rows.iter().filter(|r| !r.ok).count();
+    let n_paths = rows.len();
     let probes = t0.elapsed() - setup;
 
     step("tearing down (workloads, agents, CNI DEL of every pod, namespaces)")?;
     tb.down()?;
+
+    step("the weave-npc 1.9.6 seed: the same NodePort flow under weave's rules and under weft's")?;
+    let rows = weft_e2e::compare::nodeport_side_by_side()?;
+    println!();
+    print!("{}", weft_e2e::compare::table(&rows));
+    let side_ok = rows.iter().all(|r| r.weft_right());
+    let all_ok = all_ok && side_ok;
     println!();
     if all_ok {
         println!(
-            "all {} paths ok (setup {:.1}s, probes {:.1}s, total {:.1}s); run {run} torn down",
-            rows.len(),
+            "all {} paths ok, weft right in every weave-vs-weft case (setup {:.1}s, probes {:.1}s, total {:.1}s); runs torn down",
+            n_paths,
             setup.as_secs_f64(),
             probes.as_secs_f64(),
             t0.elapsed().as_secs_f64()
         );
     } else {
-        println!("{failed} of {} paths FAILED; run {run} torn down", rows.len());
+        println!("{failed} paths FAILED{}; run {run} torn down", if side_ok { "" } else { ", weft wrong side by side" });
     }
     Ok(all_ok)
 }

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod cluster;
+pub mod compare;
 pub mod conformance;
 pub mod error;
 pub mod kube_proxy;

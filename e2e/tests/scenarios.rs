@@ -49,3 +49,8 @@ fn scenario_5_masquerade() {
 fn scenario_6_cleanup() {
     scenario("cleanup");
 }
+
+#[test]
+fn scenario_7_weave_vs_weft() {
+    scenario("weave-vs-weft");
+}

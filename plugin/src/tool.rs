@@ -110,6 +110,10 @@ mod tests {
         let ctx = payload_context(payload, "iptables-restore: line 3 failed");
         assert!(ctx.contains("   3: -A C -j BAD"), "{ctx}");
         assert_eq!(payload_context(payload, "no line number"), "");
-        assert_eq!(payload_context("a\n", "line 9 failed"), "\naround line 9:\n", "past the end: nothing to quote");
+        assert_eq!(
+            payload_context("a\n", "line 9 failed"),
+            "\naround line 9:\n",
+            "past the end: nothing to quote"
+        );
     }
 }
