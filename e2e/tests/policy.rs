@@ -57,6 +57,25 @@ fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
     let rules = save(&n1, &["iptables", "-S", "FORWARD"]);
     let first = rules.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default();
     assert!(first.contains("-j WEFT-FORWARD"), "weft's jump is first: {rules}");
+    // kube-proxy's KUBE-FORWARD (which accepts packets marked for masquerade)
+    // is inserted in front of weft's jump: the agent puts its jump back first.
+    let svc =
+        weft_e2e::manifests::ServiceManifest::new("x", "a", "10.96.0.40".parse().unwrap(), &[("pod", "a")])
+            .port(80, weft_agent::model::Protocol::Tcp, weft_agent::model::PortRef::Number(80));
+    tb.apply(&svc.to_yaml()).unwrap();
+    let first_rule = || {
+        let rules = save(&n1, &["iptables", "-S", "FORWARD"]);
+        rules.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default().to_string()
+    };
+    // (By hand too, with no change of the cluster state: only the resync sees it.)
+    let push = ["iptables", "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"];
+    assert!(weft_e2e::exec_in(&n1, &push, CMD_TIMEOUT).unwrap().status.success());
+    assert!(first_rule().contains("KUBE-FORWARD"), "{}", first_rule());
+    assert!(
+        weft_e2e::wait_until(Duration::from_secs(5), || first_rule().contains("WEFT-FORWARD")),
+        "{}",
+        first_rule()
+    );
     for (from, to) in [(&ya, &xa), (&yb, &xa), (&xb, &xa), (&xa, &yb)] {
         assert!(connects(from, to, 80, Proto::Tcp), "no policy: {} -> {}", from.name, to.name);
     }
