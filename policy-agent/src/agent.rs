@@ -266,7 +266,8 @@ impl<'c> Agent<'c> {
                 let deadline = Instant::now() + SOURCE_WAIT;
                 loop {
                     self.poll_source();
-                    let known = self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name));
+                    let known =
+                        self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name));
                     if known || Instant::now() >= deadline {
                         break;
                     }
@@ -326,10 +327,14 @@ fn enforce(
 ) -> Result<(PolicyStatus, Vec<String>), String> {
     let (ir, warnings) = compile(model, node, cluster);
     let done = p.apply(&render(&ir), full).map_err(|e| format!("policy: {e}"))?;
-    if done.sets_written + done.sets_destroyed > 0 || done.jump_moved || (done.rules_written && !full) {
+    if done.sets_written + done.sets_patched + done.sets_destroyed > 0
+        || done.jump_moved
+        || (done.rules_written && !full)
+    {
         log(&format!(
-            "policy: {} sets written, {} destroyed, chains {}{}",
+            "policy: {} sets written, {} patched, {} destroyed, chains {}{}",
             done.sets_written,
+            done.sets_patched,
             done.sets_destroyed,
             if done.rules_written { "written" } else { "unchanged" },
             if done.jump_moved { ", FORWARD jump put back first" } else { "" }

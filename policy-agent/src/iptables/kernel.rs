@@ -33,6 +33,8 @@ const MIN_MAXELEM: usize = 65536;
 pub struct Applied {
     /// Sets (re)built.
     pub sets_written: usize,
+    /// Sets changed in place, member by member.
+    pub sets_patched: usize,
     /// Sets destroyed (stale).
     pub sets_destroyed: usize,
     /// True if the chains were rewritten.
@@ -45,6 +47,8 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Iptables {
     sets: BTreeMap<String, SetSpec>,
+    /// The maxelem each set was created with.
+    capacity: BTreeMap<String, usize>,
     rules: Option<String>,
 }
 
@@ -62,20 +66,28 @@ impl Iptables {
         // 1. Sets.
         let mut payload = String::new();
         for s in &r.sets {
-            let known = self.sets.get(&s.name) == Some(s) && existing.contains(&s.name);
-            // On a resync, trust the kernel's listing, not our memory of it.
-            let current = if !known {
-                false
-            } else if full {
-                kernel_members(&s.name)? == s.members
-            } else {
-                true
+            let in_kernel = existing.contains(&s.name);
+            let prev = self.sets.get(&s.name).filter(|_| in_kernel);
+            let current = match prev {
+                // On a resync, trust the kernel's listing, not our memory of it.
+                Some(p) if p == s => !full || kernel_members(&s.name)? == s.members,
+                _ => false,
             };
             if current {
                 continue;
             }
-            write_set(&mut payload, s, existing.contains(&s.name));
-            done.sets_written += 1;
+            let room = self.capacity.get(&s.name).copied().unwrap_or(0);
+            match prev {
+                Some(p) if p != s && s.members.len() <= room && small_change(p, s) => {
+                    write_changes(&mut payload, p, s);
+                    done.sets_patched += 1;
+                }
+                _ => {
+                    let maxelem = write_set(&mut payload, s, in_kernel);
+                    self.capacity.insert(s.name.clone(), maxelem);
+                    done.sets_written += 1;
+                }
+            }
         }
         if !payload.is_empty() {
             tool::restore("ipset", &["restore"], &payload)?;
@@ -96,6 +108,7 @@ impl Iptables {
         for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
             tool::run("ipset", &["destroy", name], None)?;
             self.sets.remove(name);
+            self.capacity.remove(name);
             done.sets_destroyed += 1;
         }
         Ok(done)
@@ -129,13 +142,37 @@ impl Iptables {
             Err(e) => keep(Err(e)),
         }
         self.sets.clear();
+        self.capacity.clear();
         self.rules = None;
         first.map_or(Ok(()), Err)
     }
 }
 
-/// The `ipset restore` lines that make set `s` hold exactly its members.
-fn write_set(out: &mut String, s: &SetSpec, exists: bool) {
+/// True if turning `old` into `new` member by member is cheaper than a rebuild.
+/// In-place adds and deletes are safe in any order: every intermediate set
+/// lies between the old and the new one, so a packet both deny stays denied.
+fn small_change(old: &SetSpec, new: &SetSpec) -> bool {
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (old.members.iter().collect(), new.members.iter().collect());
+    let changes = a.symmetric_difference(&b).count();
+    changes <= (new.members.len() / 2).max(64)
+}
+
+/// The `ipset restore` lines that turn set `old` into `new` in place: adds first.
+fn write_changes(out: &mut String, old: &SetSpec, new: &SetSpec) {
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (old.members.iter().collect(), new.members.iter().collect());
+    for m in b.difference(&a) {
+        let _ = writeln!(out, "add {} {m} -exist", new.name);
+    }
+    for m in a.difference(&b) {
+        let _ = writeln!(out, "del {} {m} -exist", new.name);
+    }
+}
+
+/// The `ipset restore` lines that make set `s` hold exactly its members;
+/// returns the maxelem it is created with.
+fn write_set(out: &mut String, s: &SetSpec, exists: bool) -> usize {
     let n = s.members.len();
     let hashsize = (n / 2).next_power_of_two().max(MIN_HASHSIZE);
     let maxelem = (n * 2).next_power_of_two().max(MIN_MAXELEM);
@@ -152,6 +189,7 @@ fn write_set(out: &mut String, s: &SetSpec, exists: bool) {
         let _ = writeln!(out, "swap {target} {}", s.name);
         let _ = writeln!(out, "destroy {target}");
     }
+    maxelem
 }
 
 /// weft's sets in the kernel, by name.
