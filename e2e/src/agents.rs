@@ -158,7 +158,8 @@ impl Testbed {
 
     /// Takes the child process recorded as `name` out of this Testbed's children.
     fn take_child(&self, name: &str) -> Option<std::process::Child> {
-        let pids: Vec<i32> = self.state().processes.iter().filter(|p| p.name == name).map(|p| p.pid).collect();
+        let pids: Vec<i32> =
+            self.state().processes.iter().filter(|p| p.name == name).map(|p| p.pid).collect();
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         children.iter().position(|c| pids.contains(&(c.id() as i32))).map(|i| children.swap_remove(i))
     }

@@ -152,7 +152,10 @@ pub fn run() -> Result<bool, E2eError> {
             t0.elapsed().as_secs_f64()
         );
     } else {
-        println!("{failed} paths FAILED{}; run {run} torn down", if side_ok { "" } else { ", weft wrong side by side" });
+        println!(
+            "{failed} paths FAILED{}; run {run} torn down",
+            if side_ok { "" } else { ", weft wrong side by side" }
+        );
     }
     Ok(all_ok)
 }

@@ -57,6 +57,10 @@ pub enum E2eError {
     NotConverged { run: String, generation: String, ms: u128, detail: String },
     #[error("manifest: {reason}")]
     Manifest { reason: String },
+    /// A conformance case file that cannot be read or is not a valid case
+    /// (the reason names the field, e.g. `steps[1].probe[0].expect: ...`).
+    #[error("case {}: {reason}", file.display())]
+    Case { file: PathBuf, reason: String },
     #[error("cancelled by a signal")]
     Cancelled,
     #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]

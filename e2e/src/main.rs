@@ -78,6 +78,33 @@ enum Cmd {
     /// NodePort service, one probe per path as a table, then teardown. Exit 0 if
     /// every path is ok, 1 otherwise.
     Demo,
+    /// NetworkPolicy conformance cases (shared/CONFORMANCE.md).
+    Conformance {
+        #[command(subcommand)]
+        cmd: ConformanceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConformanceCmd {
+    /// Run the cases in PATH... (case files, or directories of them) on one
+    /// testbed (root); print PASS/FAIL per case, expected and observed
+    /// matrices side by side where they differ, and a summary line. Exit 0 if
+    /// every case passed, 1 otherwise.
+    Run {
+        /// iptables | nftables | weave-1.9.6 | none (no enforcement).
+        #[arg(long, default_value = "iptables")]
+        backend: weft_e2e::conformance::Backend,
+        /// Leave the testbed up afterwards, named RUN if given (`--keep=RUN`);
+        /// `weft-e2e down RUN` removes it.
+        #[arg(long, value_name = "RUN", num_args = 0..=1, require_equals = true)]
+        keep: Option<Option<String>>,
+        /// Only load and validate the cases and list them (no root needed).
+        #[arg(long)]
+        list: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +133,9 @@ fn main() -> ExitCode {
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
         Cmd::Run { name } => return run_cmd(&name),
+        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, paths } } => {
+            return conformance_cmd(backend, keep, list, &paths)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,6 +264,40 @@ fn run_cmd(name: &str) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn conformance_cmd(
+    backend: weft_e2e::conformance::Backend,
+    keep: Option<Option<String>>,
+    list: bool,
+    paths: &[PathBuf],
+) -> ExitCode {
+    use weft_e2e::conformance;
+    if list {
+        return match conformance::load_paths(paths) {
+            Ok(cases) => {
+                print!("{}", conformance::list(&cases));
+                println!("{} cases", cases.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { nix::libc::geteuid() } != 0 {
+        eprintln!("weft-e2e conformance run: needs root (network namespaces, mounts in /run/netns)");
+        return ExitCode::FAILURE;
+    }
+    let opts = conformance::Options { backend, keep, cancel: Some(conformance::cancel_on_signals()) };
+    match conformance::run(paths, &opts, &mut std::io::stdout()) {
+        Ok(summary) if summary.ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(E2eError::Cancelled) => {
+            eprintln!("weft-e2e conformance: cancelled; the testbed is torn down unless kept");
+            ExitCode::from(EXIT_CANCELLED)
+        }
+        Err(e) => fail(&e),
     }
 }
 

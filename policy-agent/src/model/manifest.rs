@@ -493,9 +493,10 @@ fn network_policy(m: NetworkPolicyManifest) -> Result<NetworkPolicy, String> {
     let namespace = m.metadata.namespace()?;
     let spec = m.spec.unwrap_or_default();
     let pod_selector = selector(spec.pod_selector, "spec.podSelector")?;
-    // As the API server defaults them: Ingress always, Egress when egress rules exist.
-    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-        None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+    // As the API server defaults them (an empty list counts as none, as in
+    // its defaults.go): Ingress always, Egress when egress rules exist.
+    let (isolates_ingress, isolates_egress) = match spec.policy_types.as_deref() {
+        None | Some([]) => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         Some(types) => {
             for t in types {
                 if t != "Ingress" && t != "Egress" {
@@ -852,6 +853,8 @@ spec:
         assert_eq!(p.egress, Some(vec![Rule::default()]), "[{{}}] allows everything");
         let p = policy("  podSelector: {}\n  egress: []\n");
         assert_eq!(p.egress, None, "an empty egress list does not isolate by default");
+        let p = policy("  podSelector: {}\n  policyTypes: []\n");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None), "policyTypes: [] is defaulted like none");
         let p = policy("  podSelector: {}\n  policyTypes: [Egress]\n");
         assert_eq!((p.ingress, p.egress), (None, Some(vec![])), "deny all egress, ingress untouched");
         let p = policy("  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: [{}]\n");

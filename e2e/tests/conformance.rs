@@ -1,0 +1,147 @@
+//! The conformance runner end to end (root; skips otherwise): on backend
+//! `none` (agents without enforcement) the baseline cases, in which nothing
+//! is denied, pass; a case expecting a block where traffic flows fails, and
+//! the report shows the expected and observed matrices side by side with
+//! the differing cell marked. The full suite on a real backend is run by
+//! `weft-e2e conformance run --backend iptables e2e/cases`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{bin, root_or_skip};
+use weft_e2e::conformance::{self, cases_dir, Backend, Options};
+
+/// A case that expects x/a -> x/b to be blocked, and a UDP probe to be
+/// denied, where nothing is enforced.
+const WRONG: &str = r#"
+name: deliberately-wrong
+description: expects blocks where backend none lets everything through
+steps:
+  - probe:
+      - port: 80
+        expect: |2
+              x/a x/b y/a
+          x/a  .   X   .
+          y/a  .   .   .
+      - {from: y/a, to: x/c, port: 81, protocol: UDP, expect: deny}
+"#;
+
+/// A scratch directory of this test process, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("weft-conformance-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn baseline() -> PathBuf {
+    cases_dir().join("baseline")
+}
+
+#[test]
+fn baseline_passes_and_a_wrong_expectation_fails_side_by_side() {
+    if !root_or_skip("conformance runner") {
+        return;
+    }
+    let scratch = Scratch::new("lib");
+    let wrong = scratch.write("99-deliberately-wrong.yaml", WRONG);
+    let opts = Options { backend: Backend::None, ..Options::default() };
+    let mut out = Vec::new();
+    let summary = conformance::run(&[baseline(), wrong], &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));
+    let out = String::from_utf8_lossy(&out).to_string();
+    eprintln!("{out}");
+
+    let baseline_cases = conformance::load_paths(&[baseline()]).unwrap();
+    assert!(baseline_cases.len() >= 3, "the baseline has no-policy, allow-all and services cases");
+    for c in &baseline_cases {
+        let r = summary.get(&c.name).unwrap_or_else(|| panic!("case {} did not run", c.name));
+        assert!(r.passed, "baseline case {} must hold without enforcement:\n{}", c.name, r.report);
+        assert!(out.contains(&format!("PASS {} (", c.name)), "{out}");
+    }
+
+    let r = summary.get("deliberately-wrong").expect("the wrong case ran");
+    assert!(!r.passed, "{}", r.report);
+    let report = &r.report;
+    assert!(report.starts_with("FAIL deliberately-wrong ("), "{report}");
+    assert!(report.contains("steps[0].probe[0] (matrix TCP port 80)"), "{report}");
+    // Side by side, the one differing cell in brackets on the observed side.
+    let row = report.lines().find(|l| l.trim_start().starts_with("x/a  .   X")).unwrap_or_default();
+    assert!(row.contains("x/a  .  [.]  ."), "the x/a row with the marked cell:\n{report}");
+    assert!(report.contains("x/a -> x/b: connected, expected to be blocked"), "{report}");
+    assert!(
+        report.contains("steps[0].probe[1] (y/a -> x/c:81 UDP, expect deny)")
+            && report.contains("expected deny, observed allow"),
+        "{report}"
+    );
+
+    let n = baseline_cases.len();
+    assert_eq!((summary.passed(), summary.failed()), (n, 1));
+    assert_eq!(out.lines().last(), Some(format!("conformance: {n} passed, 1 failed").as_str()));
+}
+
+/// The CLI: non-zero exit on a failed case, the summary line last; `--list`
+/// validates without root and names the file and field of a bad case.
+#[test]
+fn cli_exit_codes() {
+    let scratch = Scratch::new("cli");
+    let bad = scratch.write(
+        "01-bad.yaml",
+        "name: bad\nsteps:\n  - probe:\n      - {from: x/a, to: x/q, port: 80, expect: allow}\n",
+    );
+    let out = Command::new(bin()).args(["conformance", "run", "--list"]).arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("01-bad.yaml") && err.contains("steps[0].probe[0].to: x/q is not a pod"), "{err}");
+
+    let out = Command::new(bin()).args(["conformance", "run", "--list"]).arg(cases_dir()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.lines().any(|l| l.starts_with("default-deny-ingress ")), "{listed}");
+
+    if !root_or_skip("conformance CLI run") {
+        return;
+    }
+    let wrong = scratch.write("wrong.yaml", WRONG);
+    let out =
+        Command::new(bin()).args(["conformance", "run", "--backend", "none"]).arg(&wrong).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("FAIL deliberately-wrong ("), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("conformance: 0 passed, 1 failed"));
+}
+
+/// The whole suite (`e2e/cases/`) on weft's iptables backend: every case passes.
+#[test]
+fn the_suite_passes_on_iptables() {
+    if !root_or_skip("the conformance suite on iptables") {
+        return;
+    }
+    let opts = Options { backend: Backend::Iptables, ..Options::default() };
+    let mut out = Vec::new();
+    let dir = cases_dir().to_path_buf();
+    let summary = conformance::run(&[dir], &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));
+    let out = String::from_utf8_lossy(&out).to_string();
+    eprintln!("{out}");
+    let n = conformance::load_paths(&[cases_dir().to_path_buf()]).unwrap().len();
+    assert!(n >= 60, "{n} cases");
+    assert!(summary.ok(), "{}", summary.line());
+    assert_eq!(summary.passed(), n);
+}
