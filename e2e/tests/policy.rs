@@ -100,6 +100,17 @@ fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
     assert!(blocked(&ya, &xa, 80, Proto::Udp), "UDP 80 not allowed");
     assert!(blocked(&xb, &xa, 80, Proto::Tcp), "x is not y");
 
+    // The policy turns invalid: reported (object and reason), and the rules in force stay.
+    let bad = allow.replace("matchLabels: {ns: y}", "matchExpressions: [{key: ns, operator: Near}]");
+    tb.write_manifest("networkpolicy-x-from-y.yaml", &bad).unwrap();
+    let st = tb.wait_converged(CONVERGE).unwrap();
+    for s in &st {
+        assert!(s.errors.iter().any(|e| e.contains("NetworkPolicy x/from-y") && e.contains("Near")), "{s:?}");
+    }
+    assert!(connects(&ya, &xa, 80, Proto::Tcp), "the last good version still allows y -> x:80");
+    assert!(blocked(&ya, &xa, 81, Proto::Tcp), "and still denies 81");
+    tb.apply(allow).unwrap();
+
     // Relabel y's namespace: the allow follows the labels.
     tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: other}}\n").unwrap();
     tb.wait_converged(CONVERGE).unwrap();
