@@ -110,7 +110,7 @@ impl Testbed {
         self.start_agents_with(&[])
     }
 
-    /// `start_agents` with `extra` arguments for every agent (e.g. `--policy iptables`).
+    /// `start_agents` with `extra` arguments for every agent (e.g. `--backend iptables`).
     pub fn start_agents_with(&self, extra: &[&str]) -> Result<Vec<u32>> {
         (1..=self.nodes()).map(|n| self.start_agent(n, extra)).collect()
     }

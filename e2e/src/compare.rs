@@ -69,7 +69,7 @@ pub fn nodeport_side_by_side() -> Result<Vec<Row>> {
     let to = SocketAddr::from((tb.node_addr(1), NODE_PORT));
     let ext = tb.ext_netns();
 
-    tb.start_agents_with(&["--policy", "iptables"])?;
+    tb.start_agents_with(&["--backend", "iptables"])?;
     let mut weft = Vec::new();
     for (_, policy, _) in CASES {
         set_policy(&tb, policy)?;
@@ -82,7 +82,7 @@ pub fn nodeport_side_by_side() -> Result<Vec<Row>> {
     for n in 1..=tb.nodes() {
         tb.stop_agent(n)?;
     }
-    tb.start_agents()?;
+    tb.start_agents_with(&["--backend", "off"])?;
     let mut weave = Vec::new();
     for (_, policy, _) in CASES {
         set_policy(&tb, policy)?;

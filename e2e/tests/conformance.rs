@@ -128,13 +128,12 @@ fn cli_exit_codes() {
     assert_eq!(stdout.lines().last(), Some("conformance: 0 passed, 1 failed"));
 }
 
-/// The whole suite (`e2e/cases/`) on weft's iptables backend: every case passes.
-#[test]
-fn the_suite_passes_on_iptables() {
-    if !root_or_skip("the conformance suite on iptables") {
+/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`: every case passes.
+fn the_suite_passes_on(backend: Backend) {
+    if !root_or_skip(&format!("the conformance suite on {backend}")) {
         return;
     }
-    let opts = Options { backend: Backend::Iptables, ..Options::default() };
+    let opts = Options { backend, ..Options::default() };
     let mut out = Vec::new();
     let dir = cases_dir().to_path_buf();
     let summary = conformance::run(&[dir], &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));
@@ -142,6 +141,16 @@ fn the_suite_passes_on_iptables() {
     eprintln!("{out}");
     let n = conformance::load_paths(&[cases_dir().to_path_buf()]).unwrap().len();
     assert!(n >= 60, "{n} cases");
-    assert!(summary.ok(), "{}", summary.line());
+    assert!(summary.ok(), "{backend}: {}", summary.line());
     assert_eq!(summary.passed(), n);
+}
+
+#[test]
+fn the_suite_passes_on_iptables() {
+    the_suite_passes_on(Backend::Iptables);
+}
+
+#[test]
+fn the_suite_passes_on_nftables() {
+    the_suite_passes_on(Backend::Nftables);
 }

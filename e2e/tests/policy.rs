@@ -50,7 +50,7 @@ fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
     let ya = tb.add_pod(1, "y/a").unwrap();
     let yb = tb.add_pod(2, "y/b").unwrap();
     tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n").unwrap();
-    tb.start_agents_with(&["--policy", "iptables"]).unwrap();
+    tb.start_agents_with(&["--backend", "iptables"]).unwrap();
     let st = tb.wait_converged(CONVERGE).unwrap();
     assert!(st.iter().all(|s| s.errors.is_empty() && s.policy.is_some()), "{st:?}");
     let n1 = tb.node_netns(1);
@@ -143,7 +143,7 @@ fn a_new_pod_is_isolated_from_its_first_packet_with_the_agent_up_or_down() {
     tb.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n").unwrap();
     let policies = "kind: NetworkPolicy\nmetadata: {name: from-y-80, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 80}]\n";
     tb.apply(policies).unwrap();
-    let policy = ["--policy", "iptables"];
+    let policy = ["--backend", "iptables"];
     tb.start_agents_with(&policy).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
 
@@ -174,6 +174,43 @@ fn a_new_pod_is_isolated_from_its_first_packet_with_the_agent_up_or_down() {
     tb.wait_converged(CONVERGE).unwrap();
     assert!(connects(&ya, &late, 80, Proto::Tcp), "the agent is back: allowed");
     assert!(blocked(&ya, &late, 81, Proto::Tcp), "and still isolated");
+    let st = tb.state();
+    tb.down().unwrap();
+    common::assert_gone(&st);
+}
+
+#[test]
+fn switching_backends_removes_the_other_backends_rules_and_auto_says_which() {
+    if !root_or_skip("switching_backends_removes_the_other_backends_rules_and_auto_says_which") {
+        return;
+    }
+    let mut tb = pod_testbed(2);
+    let xa = tb.add_pod(1, "x/a").unwrap();
+    let ya = tb.add_pod(1, "y/a").unwrap();
+    tb.apply("kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n").unwrap();
+    let n1 = tb.node_netns(1);
+    let iptables_objects = || {
+        let chains = save(&n1, &["iptables-save", "-t", "filter"]).contains("WEFT-FORWARD");
+        let sets = save(&n1, &["ipset", "list", "-n"]).contains("weft-");
+        chains || sets
+    };
+    let nft_table = || save(&n1, &["nft", "list", "tables"]).contains("inet weft");
+    for (backend, other) in [("iptables", "nftables"), ("nftables", "iptables"), ("auto", "iptables")] {
+        tb.start_agent(1, &["--backend", backend]).unwrap();
+        tb.start_agent(2, &["--backend", backend]).unwrap();
+        let st = tb.wait_converged(CONVERGE).unwrap();
+        let used = st[0].policy.as_ref().map(|p| p.backend.clone()).unwrap_or_default();
+        let want = if backend == "auto" { "nftables" } else { backend };
+        assert_eq!(used, want, "{st:?}");
+        assert_eq!(iptables_objects(), want == "iptables", "{backend}: iptables objects");
+        assert_eq!(nft_table(), want == "nftables", "{backend}: the nft table (after {other})");
+        assert!(blocked(&ya, &xa, 80, Proto::Tcp), "{backend} enforces");
+        // Killed, as a crash or an upgrade would: its rules stay for the next one to remove.
+        tb.kill_agent(1).unwrap();
+        tb.kill_agent(2).unwrap();
+    }
+    let log = std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap();
+    assert!(log.contains("auto: nftables"), "auto says which it picked and why:\n{log}");
     let st = tb.state();
     tb.down().unwrap();
     common::assert_gone(&st);

@@ -20,7 +20,7 @@ use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
-use crate::iptables::{render, Iptables};
+use crate::backend::{self, BackendChoice, PolicyBackend};
 use crate::model::{Model, Snapshot};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
@@ -49,21 +49,11 @@ pub struct Config {
     pub cluster_cidr: Option<IpNetwork>,
     /// Where the plugin reports pods (`--pod-socket`), if anywhere.
     pub pod_socket: Option<PathBuf>,
-    /// Which NetworkPolicy backend to run (`--policy`).
-    pub policy: PolicyMode,
+    /// Which NetworkPolicy backend to run (`--backend`).
+    pub backend: BackendChoice,
     /// The network's name (`--network-name`): the comment on the masquerade
     /// rules, the same the plugin writes, so both write identical rules.
     pub network_name: String,
-}
-
-/// The NetworkPolicy backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PolicyMode {
-    /// No enforcement: the agent never touches FORWARD.
-    #[default]
-    Off,
-    /// ipsets and weft's FORWARD chains.
-    Iptables,
 }
 
 /// What the policy backend enforces after a sync.
@@ -162,7 +152,7 @@ struct Agent<'c> {
     rt: tokio::runtime::Runtime,
     h: Handle,
     masq: Option<Masquerade>,
-    policy: Option<Iptables>,
+    policy: Option<Box<dyn PolicyBackend>>,
     cluster_v4: Option<Ipv4Network>,
     source: DirSource,
     snap: Option<Snapshot>,
@@ -188,15 +178,14 @@ impl<'c> Agent<'c> {
                  is exempt from masquerade"
             ));
         }
+        let (policy, why) = backend::start(cfg.backend);
+        log(&why);
         Ok(Agent {
             cfg,
             rt,
             h,
             masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
-            policy: match cfg.policy {
-                PolicyMode::Off => None,
-                PolicyMode::Iptables => Some(Iptables::new()),
-            },
+            policy,
             cluster_v4: match cfg.cluster_cidr {
                 Some(IpNetwork::V4(n)) => Some(n),
                 _ => None,
@@ -220,7 +209,7 @@ impl<'c> Agent<'c> {
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut()));
         if let Some(p) = self.policy.as_mut() {
             let model = self.pods.overlay(&s.model, &self.cfg.node);
-            match enforce(p, &model, &self.cfg.node, self.cluster_v4, self.full) {
+            match enforce(p.as_mut(), &model, &self.cfg.node, self.cluster_v4, self.full) {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
                     status.warnings = warnings;
@@ -287,7 +276,7 @@ impl<'c> Agent<'c> {
             return AgentReply { ok: true, error: None };
         };
         let model = self.pods.overlay(&s.model, &self.cfg.node);
-        match enforce(p, &model, &self.cfg.node, self.cluster_v4, false) {
+        match enforce(p.as_mut(), &model, &self.cfg.node, self.cluster_v4, false) {
             Ok(_) => AgentReply { ok: true, error: None },
             Err(e) => {
                 log(&e);
@@ -319,29 +308,18 @@ impl<'c> Agent<'c> {
 /// Compiles the NetworkPolicies of `model` for `node` and applies them.
 /// Returns what is enforced and the warnings, or the error for the status.
 fn enforce(
-    p: &mut Iptables,
+    p: &mut dyn PolicyBackend,
     model: &Model,
     node: &str,
     cluster: Option<Ipv4Network>,
     full: bool,
 ) -> Result<(PolicyStatus, Vec<String>), String> {
     let (ir, warnings) = compile(model, node, cluster);
-    let done = p.apply(&render(&ir), full).map_err(|e| format!("policy: {e}"))?;
-    if done.sets_written + done.sets_patched + done.sets_destroyed > 0
-        || done.jump_moved
-        || (done.rules_written && !full)
-    {
-        log(&format!(
-            "policy: {} sets written, {} patched, {} destroyed, chains {}{}",
-            done.sets_written,
-            done.sets_patched,
-            done.sets_destroyed,
-            if done.rules_written { "written" } else { "unchanged" },
-            if done.jump_moved { ", FORWARD jump put back first" } else { "" }
-        ));
+    if let Some(changed) = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))? {
+        log(&format!("policy ({}): {changed}", p.name()));
     }
     let status = PolicyStatus {
-        backend: "iptables".into(),
+        backend: p.name().into(),
         local_pods: ir.local.len(),
         ingress_isolated: ir.ingress.isolated.len(),
         egress_isolated: ir.egress.isolated.len(),

@@ -4,8 +4,10 @@
 //! table, marked with weft's route protocol so it touches only its own routes.
 
 pub mod agent;
+pub mod backend;
 pub mod iptables;
 pub mod model;
+pub mod nft;
 pub mod pod_events;
 pub mod pod_socket;
 pub mod policy;

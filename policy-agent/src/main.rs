@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
-use weft_agent::agent::{run, Config, PolicyMode};
+use weft_agent::agent::{run, Config};
+use weft_agent::backend::BackendChoice;
 use weft_agent::pod_socket::Event;
 
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
@@ -35,9 +36,11 @@ struct Args {
     /// writes the same comment).
     #[arg(long, default_value = "weft", value_parser = parse_network_name)]
     network_name: String,
-    /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains) or `off`.
-    #[arg(long, default_value = "off", value_parser = parse_policy)]
-    policy: PolicyMode,
+    /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains),
+    /// `nftables` (one `inet weft` table), `auto` (nftables where iptables is
+    /// the nft flavour, else iptables; the log says which) or `off`.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
     /// Listen on this unix socket for the plugin's pod reports (ADD waits until
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
     #[arg(long)]
@@ -51,15 +54,6 @@ struct Args {
     /// Full resync interval, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     resync_ms: u64,
-}
-
-fn parse_policy(s: &str) -> Result<PolicyMode, String> {
-    match s {
-        "off" => Ok(PolicyMode::Off),
-        "iptables" => Ok(PolicyMode::Iptables),
-        "nftables" => Err("the nftables backend is not available yet: use iptables".into()),
-        _ => Err(format!("unknown policy backend {s:?}: iptables or off")),
-    }
 }
 
 fn parse_source(s: &str) -> Result<PathBuf, String> {
@@ -117,7 +111,7 @@ fn main() -> ExitCode {
         resync: Duration::from_millis(args.resync_ms.max(100)),
         cluster_cidr: args.cluster_cidr,
         network_name: args.network_name,
-        policy: args.policy,
+        backend: args.backend,
         pod_socket: args.pod_socket,
     };
     match run(&cfg, &events, tx) {

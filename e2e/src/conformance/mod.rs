@@ -26,10 +26,10 @@ use crate::error::{E2eError, Result};
 /// Which enforcement the agents (or the reproduction) put in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// weft-agent --policy iptables.
+    /// weft-agent --backend iptables.
     #[default]
     Iptables,
-    /// weft-agent --policy nftables.
+    /// weft-agent --backend nftables.
     Nftables,
     /// Agents without policy, plus the reproduction of weave-npc 1.9.6's rules
     /// (`Testbed::apply_weave`) after every change.
@@ -53,9 +53,10 @@ impl Backend {
     /// The extra arguments of every node's `weft-agent`.
     pub fn agent_args(self) -> &'static [&'static str] {
         match self {
-            Backend::Iptables => &["--policy", "iptables"],
-            Backend::Nftables => &["--policy", "nftables"],
-            Backend::Weave196 | Backend::None => &[],
+            Backend::Iptables => &["--backend", "iptables"],
+            Backend::Nftables => &["--backend", "nftables"],
+            // Routes and masquerade only: weave's rules, or nothing, enforce.
+            Backend::Weave196 | Backend::None => &["--backend", "off"],
         }
     }
 }
@@ -312,10 +313,10 @@ mod tests {
             assert_eq!(b.name().parse::<Backend>(), Ok(b));
         }
         assert_eq!(Backend::default(), Backend::Iptables);
-        assert_eq!(Backend::Iptables.agent_args(), ["--policy", "iptables"]);
-        assert_eq!(Backend::Nftables.agent_args(), ["--policy", "nftables"]);
-        assert!(Backend::Weave196.agent_args().is_empty());
-        assert!(Backend::None.agent_args().is_empty());
+        assert_eq!(Backend::Iptables.agent_args(), ["--backend", "iptables"]);
+        assert_eq!(Backend::Nftables.agent_args(), ["--backend", "nftables"]);
+        assert_eq!(Backend::Weave196.agent_args(), ["--backend", "off"]);
+        assert_eq!(Backend::None.agent_args(), ["--backend", "off"]);
         assert!("weave".parse::<Backend>().unwrap_err().contains("weave-1.9.6"));
     }
 

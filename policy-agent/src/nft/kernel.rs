@@ -1,0 +1,166 @@
+//! Applying an `NftRendered` table in the calling thread's netns through
+//! `nft -j -f -` (the JSON the `nftables` crate's types serialise to; run by
+//! `weft_plugin::tool` so that nft's stderr reaches the error, which the
+//! crate's own runner drops).
+//!
+//! Each change is one transaction, so the table is never half-written and a
+//! refused transaction (a kernel without a feature, a bad element) leaves the
+//! last good table in force:
+//! - when the chains, or which sets exist, change, and on every resync: the
+//!   whole table is replaced (`add table; delete table; add ...`);
+//! - otherwise only the set elements that changed are deleted and added.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use nftables::expr::Expression;
+use nftables::schema::{Element, NfCmd, NfListObject, NfObject, Nftables, Table};
+use nftables::types::NfFamily;
+use weft_plugin::kernel_error::KernelError;
+use weft_plugin::tool;
+
+use super::render::{NftRendered, TABLE};
+
+/// What one apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftApplied {
+    /// True if the whole table was replaced.
+    pub replaced: bool,
+    /// Elements added and deleted by a delta.
+    pub added: usize,
+    pub deleted: usize,
+}
+
+/// The table as this process last committed it.
+#[derive(Debug, Default)]
+pub struct Nft {
+    last: Option<NftRendered>,
+}
+
+impl Nft {
+    pub fn new() -> Nft {
+        Nft::default()
+    }
+
+    /// Makes the kernel hold `r`; with `full`, the whole table is replaced
+    /// even if only elements changed (a resync repairs any drift).
+    pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
+        let delta = match &self.last {
+            Some(last) if !full && last.skeleton == r.skeleton => Some(delta(last, r)),
+            _ => None,
+        };
+        let done = match delta {
+            Some((tx, added, deleted)) => {
+                if added + deleted > 0 {
+                    run(&tx)?;
+                }
+                NftApplied { replaced: false, added, deleted }
+            }
+            None => {
+                run(&r.full_transaction())?;
+                NftApplied { replaced: true, ..NftApplied::default() }
+            }
+        };
+        self.last = Some(r.clone());
+        Ok(done)
+    }
+
+    /// Deletes weft's table if it exists.
+    pub fn cleanup(&mut self) -> Result<(), KernelError> {
+        self.last = None;
+        if !table_exists()? {
+            return Ok(());
+        }
+        let table = NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
+        run(&Nftables { objects: Cow::Owned(vec![NfObject::CmdObject(NfCmd::Delete(table))]) })
+    }
+}
+
+/// The element deletions and additions that turn `old` into `new`, as one transaction.
+fn delta(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usize) {
+    let mut objects = Vec::new();
+    let (mut added, mut deleted) = (0, 0);
+    let empty = BTreeMap::new();
+    for (name, new_elems) in &new.sets {
+        let old_elems = old.sets.get(name).unwrap_or(&empty);
+        let gone: Vec<Expression<'static>> =
+            old_elems.iter().filter(|(k, _)| !new_elems.contains_key(*k)).map(|(_, e)| e.clone()).collect();
+        let came: Vec<Expression<'static>> =
+            new_elems.iter().filter(|(k, _)| !old_elems.contains_key(*k)).map(|(_, e)| e.clone()).collect();
+        let element = |elem: Vec<Expression<'static>>| {
+            NfListObject::Element(Element {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: name.clone().into(),
+                elem: Cow::Owned(elem),
+            })
+        };
+        // Deletions first: an added interval may reuse the space of a deleted one.
+        if !gone.is_empty() {
+            deleted += gone.len();
+            objects.push(NfObject::CmdObject(NfCmd::Delete(element(gone))));
+        }
+        if !came.is_empty() {
+            added += came.len();
+            objects.push(NfObject::CmdObject(NfCmd::Add(element(came))));
+        }
+    }
+    (Nftables { objects: Cow::Owned(objects) }, added, deleted)
+}
+
+/// Runs one transaction.
+fn run(tx: &Nftables) -> Result<(), KernelError> {
+    let json = serde_json::to_string(tx).map_err(|e| KernelError::ToolFailed {
+        cmd: "nft -j -f -".into(),
+        stderr: format!("cannot serialise the ruleset: {e}"),
+    })?;
+    tool::run("nft", &["-j", "-f", "-"], Some(&json))
+}
+
+fn table_exists() -> Result<bool, KernelError> {
+    match tool::output("nft", &["list", "table", "inet", TABLE], None) {
+        Ok(_) => Ok(true),
+        Err(KernelError::ToolFailed { stderr, .. }) if stderr.contains("No such file") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// weft's table as nft lists it (JSON), for tests and `explain`.
+pub fn list_table_json() -> Result<String, KernelError> {
+    tool::output("nft", &["-j", "list", "table", "inet", TABLE], None)
+}
+
+/// weft's table read back from the kernel: each set's elements as canonical
+/// JSON text, with protocol names turned back into the numbers weft writes,
+/// so that it compares equal to `NftRendered::sets` when the kernel holds
+/// exactly what was rendered.
+pub fn read_back() -> Result<BTreeMap<String, std::collections::BTreeSet<String>>, KernelError> {
+    let bad =
+        |why: String| KernelError::ToolFailed { cmd: "nft -j list table inet weft".into(), stderr: why };
+    let text = list_table_json()?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for obj in v["nftables"].as_array().into_iter().flatten() {
+        let Some(set) = obj.get("set") else { continue };
+        let name = set["name"].as_str().unwrap_or_default().to_string();
+        let elems = set["elem"].as_array().cloned().unwrap_or_default();
+        out.insert(name, elems.into_iter().map(|e| canonical(e).to_string()).collect());
+    }
+    Ok(out)
+}
+
+/// Protocol names back to numbers inside concatenations.
+fn canonical(mut e: serde_json::Value) -> serde_json::Value {
+    if let Some(items) = e.get_mut("concat").and_then(|c| c.as_array_mut()) {
+        for item in items.iter_mut() {
+            let number = match item.as_str() {
+                Some("tcp") => 6,
+                Some("udp") => 17,
+                Some("sctp") => 132,
+                _ => continue,
+            };
+            *item = serde_json::Value::from(number);
+        }
+    }
+    e
+}

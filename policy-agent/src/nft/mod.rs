@@ -1,0 +1,8 @@
+//! The nftables backend: `render` maps the PolicyIr to one `inet weft` table
+//! (pure), `kernel` applies it through `nft -j` as one transaction per change.
+
+pub mod kernel;
+pub mod render;
+
+pub use kernel::Nft;
+pub use render::{render, NftRendered, TABLE};

@@ -1,0 +1,522 @@
+//! PolicyIr -> the `inet weft` table, built with the `nftables` crate's types.
+//!
+//! ```text
+//! table inet weft
+//!   set local, in_iso, out_iso      ipv4_addr
+//!   set in_allow                    ipv4_addr . inet_proto . inet_service . ipv4_addr  (interval)
+//!   set out_allow                   the same
+//!   chain forward  (hook forward, priority -200: before iptables' FORWARD and
+//!                   kube-proxy's nftables chains, so their accepts come too late
+//!                   to bypass a drop here)
+//!     ct state established,related              accept
+//!     ip saddr <pod CIDR> ip saddr != @local    drop   (fail closed)
+//!     ip daddr <pod CIDR> ip daddr != @local    drop
+//!     ip saddr @out_iso                         jump egress
+//!     ip daddr @in_iso                          jump ingress
+//!     ip saddr @local / ip daddr @local         accept
+//!     ip daddr <cluster CIDR>                   accept (transit)
+//!   chain ingress
+//!     ip daddr . meta l4proto . th dport . ip saddr @in_allow   return
+//!     drop
+//!   chain egress
+//!     ip saddr . meta l4proto . th dport . ip daddr @out_allow  return
+//!     drop
+//! ```
+//!
+//! Every allow, including rules without a single port, is an element of the
+//! interval set of its direction: (pod, protocol range, port range, peer
+//! network). A packet costs one set lookup per direction, whatever the number
+//! of policies, pods or groups. The kernel refuses interval elements whose
+//! start or end falls inside another element of the set, so each pod's allows
+//! are first cut into disjoint boxes (`disjoint`).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, CT};
+use nftables::schema::{
+    Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::model::Protocol;
+use crate::policy::{Direction, GroupPorts, PolicyIr};
+
+/// weft's table (family inet).
+pub const TABLE: &str = "weft";
+/// The forward hook's priority: before filter (0) and kube-proxy's chains.
+pub const FORWARD_PRIORITY: i32 = -200;
+
+/// An allow in one direction: (pod, protocol range, port range, peer network).
+pub type Cell = (Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network);
+
+/// The rendered table: its sets' elements (canonical JSON text -> expression,
+/// so changes can be applied as element deltas) and the full transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRendered {
+    /// Set name -> its elements, keyed by their JSON text.
+    pub sets: BTreeMap<String, BTreeMap<String, Expression<'static>>>,
+    /// The table without elements: chains, rules and empty sets. Two renders
+    /// with the same skeleton differ only in set elements.
+    pub skeleton: Vec<NfListObject<'static>>,
+}
+
+impl NftRendered {
+    /// The transaction that replaces weft's table with this one atomically:
+    /// add (so the delete cannot fail), delete, add, then everything afresh.
+    pub fn full_transaction(&self) -> Nftables<'static> {
+        let table =
+            || NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
+        let mut objects = vec![
+            NfObject::CmdObject(NfCmd::Add(table())),
+            NfObject::CmdObject(NfCmd::Delete(table())),
+            NfObject::CmdObject(NfCmd::Add(table())),
+        ];
+        for obj in &self.skeleton {
+            let obj = match obj {
+                NfListObject::Set(s) => {
+                    let mut s = s.clone();
+                    let elems: Vec<Expression<'static>> = self
+                        .sets
+                        .get(s.name.as_ref())
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default();
+                    if !elems.is_empty() {
+                        s.elem = Some(Cow::Owned(elems));
+                    }
+                    NfListObject::Set(s)
+                }
+                other => other.clone(),
+            };
+            objects.push(NfObject::CmdObject(NfCmd::Add(obj)));
+        }
+        Nftables { objects: Cow::Owned(objects) }
+    }
+}
+
+fn ip_field(field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: "ip".into(),
+        field: field.into(),
+    })))
+}
+
+fn th_dport() -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: "th".into(),
+        field: "dport".into(),
+    })))
+}
+
+fn l4proto() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::L4proto }))
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    Expression::String(format!("@{name}").into())
+}
+
+fn prefix(n: Ipv4Network) -> Expression<'static> {
+    if n.prefix() == 32 {
+        return Expression::String(n.ip().to_string().into());
+    }
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(n.network().to_string().into())),
+        len: u32::from(n.prefix()),
+    }))
+}
+
+fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn rule(
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+    comment: Option<&'static str>,
+) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        handle: None,
+        index: None,
+        comment: comment.map(Cow::Borrowed),
+    })
+}
+
+fn chain(name: &'static str, hook: bool) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        newname: None,
+        handle: None,
+        _type: hook.then_some(NfChainType::Filter),
+        hook: hook.then_some(NfHook::Forward),
+        prio: hook.then_some(FORWARD_PRIORITY),
+        dev: None,
+        policy: hook.then_some(NfChainPolicy::Accept),
+    })
+}
+
+fn set(name: &'static str, kind: SetTypeValue<'static>, interval: bool) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        handle: None,
+        set_type: kind,
+        policy: None,
+        flags: interval.then(|| [SetFlag::Interval].into_iter().collect()),
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }))
+}
+
+const ALLOW_TYPE: [SetType; 4] =
+    [SetType::Ipv4Addr, SetType::InetProto, SetType::InetService, SetType::Ipv4Addr];
+
+/// Renders `ir`.
+pub fn render(ir: &PolicyIr) -> NftRendered {
+    let addr = SetTypeValue::Single(SetType::Ipv4Addr);
+    let allow = SetTypeValue::Concatenated(Cow::Borrowed(&ALLOW_TYPE));
+    let mut skeleton = vec![
+        set("local", addr.clone(), false),
+        set("in_iso", addr.clone(), false),
+        set("out_iso", addr, false),
+        set("in_allow", allow.clone(), true),
+        set("out_allow", allow, true),
+        chain("forward", true),
+        chain("ingress", false),
+        chain("egress", false),
+    ];
+    let ct_state =
+        Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None }));
+    let established = Expression::List(vec![
+        Expression::String("established".into()),
+        Expression::String("related".into()),
+    ]);
+    skeleton.push(rule(
+        "forward",
+        vec![m(ct_state, Operator::IN, established), Statement::Accept(None)],
+        Some("weft: replies"),
+    ));
+    if let Some(own) = ir.pod_cidr {
+        for field in ["saddr", "daddr"] {
+            skeleton.push(rule(
+                "forward",
+                vec![
+                    m(ip_field(field), Operator::EQ, prefix(own)),
+                    m(ip_field(field), Operator::NEQ, set_ref("local")),
+                    Statement::Drop(None),
+                ],
+                Some("weft: no known pod has this address yet"),
+            ));
+        }
+    }
+    let jump = |target: &'static str| Statement::Jump(JumpTarget { target: target.into() });
+    skeleton.push(rule(
+        "forward",
+        vec![m(ip_field("saddr"), Operator::EQ, set_ref("out_iso")), jump("egress")],
+        None,
+    ));
+    skeleton.push(rule(
+        "forward",
+        vec![m(ip_field("daddr"), Operator::EQ, set_ref("in_iso")), jump("ingress")],
+        None,
+    ));
+    for field in ["saddr", "daddr"] {
+        skeleton.push(rule(
+            "forward",
+            vec![m(ip_field(field), Operator::EQ, set_ref("local")), Statement::Accept(None)],
+            None,
+        ));
+    }
+    if let Some(cluster) = ir.cluster_cidr {
+        skeleton.push(rule(
+            "forward",
+            vec![m(ip_field("daddr"), Operator::EQ, prefix(cluster)), Statement::Accept(None)],
+            Some("weft: transit to a pod on another node"),
+        ));
+    }
+    for (chain, pod, peer, set) in
+        [("ingress", "daddr", "saddr", "in_allow"), ("egress", "saddr", "daddr", "out_allow")]
+    {
+        let key = Expression::Named(NamedExpression::Concat(vec![
+            ip_field(pod),
+            l4proto(),
+            th_dport(),
+            ip_field(peer),
+        ]));
+        skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
+        skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+    }
+
+    let mut sets = BTreeMap::new();
+    sets.insert("local".to_string(), addrs(&ir.local));
+    sets.insert("in_iso".to_string(), addrs(&ir.ingress.isolated));
+    sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
+    sets.insert("in_allow".to_string(), cells(&ir.ingress));
+    sets.insert("out_allow".to_string(), cells(&ir.egress));
+    NftRendered { sets, skeleton }
+}
+
+fn keyed(e: Expression<'static>) -> (String, Expression<'static>) {
+    // An Expression always serialises.
+    (serde_json::to_string(&e).unwrap_or_default(), e)
+}
+
+fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeMap<String, Expression<'static>> {
+    ips.iter().map(|ip| keyed(Expression::String(ip.to_string().into()))).collect()
+}
+
+fn protocol_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn range_or_value(lo: u32, hi: u32) -> Expression<'static> {
+    if lo == hi {
+        Expression::Number(lo)
+    } else {
+        Expression::Range(Box::new(Range { range: [Expression::Number(lo), Expression::Number(hi)] }))
+    }
+}
+
+/// The elements of one direction's allow set.
+fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
+    let mut boxes: BTreeMap<Ipv4Addr, Vec<((u8, u8), (u16, u16), Ipv4Network)>> = BTreeMap::new();
+    for (pod, proto, port, peer) in &dir.triples {
+        let p = protocol_number(*proto);
+        boxes.entry(*pod).or_default().push(((p, p), (*port, *port), *peer));
+    }
+    for g in &dir.groups {
+        let (protos, ports) = match g.ports {
+            GroupPorts::All => ((0, 255), (0, 65535)),
+            GroupPorts::Protocol(p) => ((protocol_number(p), protocol_number(p)), (0, 65535)),
+            GroupPorts::Range(p, a, b) => ((protocol_number(p), protocol_number(p)), (a, b)),
+        };
+        for t in &g.targets {
+            for peer in &g.peers {
+                boxes.entry(*t).or_default().push((protos, ports, *peer));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (pod, bs) in boxes {
+        for (protos, ports, net) in disjoint(&bs) {
+            let e = Expression::Named(NamedExpression::Concat(vec![
+                Expression::String(pod.to_string().into()),
+                range_or_value(u32::from(protos.0), u32::from(protos.1)),
+                range_or_value(u32::from(ports.0), u32::from(ports.1)),
+                prefix(net),
+            ]));
+            let (k, v) = keyed(e);
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+/// Cuts boxes (protocol range, port range, network) into disjoint ones that
+/// cover exactly the same packets. Networks are nested or disjoint; each
+/// network gets only what its boxes add to those of the network around it
+/// (in protocol x port), so a network and the ones inside it never share a
+/// (protocol, port) and no two elements overlap: the kernel refuses an
+/// interval element that starts or ends inside another.
+pub fn disjoint(boxes: &[((u8, u8), (u16, u16), Ipv4Network)]) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
+    let contains = |a: &Ipv4Network, b: &Ipv4Network| a.prefix() <= b.prefix() && a.contains(b.network());
+    let mut nets: Vec<Ipv4Network> = boxes.iter().map(|b| b.2).collect::<BTreeSet<_>>().into_iter().collect();
+    // Outer networks first.
+    nets.sort_by_key(|n| (n.prefix(), u32::from(n.network())));
+    let covering = |n: &Ipv4Network| -> Vec<((u8, u8), (u16, u16))> {
+        boxes.iter().filter(|b| contains(&b.2, n)).map(|b| (b.0, b.1)).collect()
+    };
+    let mut out = Vec::new();
+    for (i, n) in nets.iter().enumerate() {
+        // The nearest network around n (the last enclosing one in outer-first order).
+        let parent = nets[..i].iter().rev().find(|o| contains(o, n));
+        let have = parent.map(covering).unwrap_or_default();
+        for (protos, ports) in rect_difference(&covering(n), &have) {
+            out.push((protos, ports, *n));
+        }
+    }
+    out
+}
+
+/// Disjoint (protocol range, port range) rectangles covering the union of
+/// `rects` minus the union of `minus`.
+fn rect_difference(
+    rects: &[((u8, u8), (u16, u16))],
+    minus: &[((u8, u8), (u16, u16))],
+) -> Vec<((u8, u8), (u16, u16))> {
+    let mut cuts: BTreeSet<u16> = BTreeSet::new();
+    for ((lo, hi), _) in rects.iter().chain(minus) {
+        cuts.insert(u16::from(*lo));
+        cuts.insert(u16::from(*hi) + 1);
+    }
+    let cuts: Vec<u16> = cuts.into_iter().collect();
+    let ports_over = |rs: &[((u8, u8), (u16, u16))], lo: u8, hi: u8| -> Vec<(u16, u16)> {
+        merge(rs.iter().filter(|((a, b), _)| *a <= lo && hi <= *b).map(|(_, p)| *p).collect())
+    };
+    let mut out: Vec<((u8, u8), (u16, u16))> = Vec::new();
+    let mut last: Option<((u8, u8), Vec<(u16, u16)>)> = None;
+    for w in cuts.windows(2) {
+        // Both cuts are at most 256 and w[0] < w[1], so the interval is within 0..=255.
+        let (lo, hi) = (w[0] as u8, (w[1] - 1) as u8);
+        let ports = subtract_ranges(&ports_over(rects, lo, hi), &ports_over(minus, lo, hi));
+        match &mut last {
+            // The same ports as the protocols just before: extend that interval.
+            Some(((_, h), p)) if *p == ports && u16::from(*h) + 1 == u16::from(lo) => *h = hi,
+            _ => {
+                if let Some((protos, p)) = last.take() {
+                    out.extend(p.into_iter().map(|ports| (protos, ports)));
+                }
+                last = Some(((lo, hi), ports));
+            }
+        }
+    }
+    if let Some((protos, p)) = last {
+        out.extend(p.into_iter().map(|ports| (protos, ports)));
+    }
+    out
+}
+
+/// Sorted, overlapping or adjacent ranges joined.
+fn merge(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(l) if u32::from(a) <= u32::from(l.1) + 1 => l.1 = l.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// `have` minus `minus`, both merged and sorted.
+fn subtract_ranges(have: &[(u16, u16)], minus: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for &(a, b) in have {
+        let mut start = u32::from(a);
+        for &(c, d) in minus {
+            let (c, d) = (u32::from(c), u32::from(d));
+            if d < start || c > u32::from(b) {
+                continue;
+            }
+            if c > start {
+                out.push((start as u16, (c - 1) as u16));
+            }
+            start = d + 1;
+        }
+        if start <= u32::from(b) {
+            out.push((start as u16, b));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Group;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    /// Every (protocol, port, address) sample is covered by the output exactly
+    /// as by the input, and no two output boxes overlap.
+    fn check_disjoint(
+        boxes: &[((u8, u8), (u16, u16), Ipv4Network)],
+    ) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
+        let out = disjoint(boxes);
+        let inside = |b: &((u8, u8), (u16, u16), Ipv4Network), p: u8, port: u16, ip: Ipv4Addr| {
+            b.0 .0 <= p && p <= b.0 .1 && b.1 .0 <= port && port <= b.1 .1 && b.2.contains(ip)
+        };
+        let ips: Vec<Ipv4Addr> = ["0.0.0.1", "10.0.0.1", "10.1.0.1", "10.1.2.3", "172.31.0.100", "250.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for p in [0u8, 1, 6, 7, 17, 18, 132, 255] {
+            for port in [0u16, 79, 80, 81, 8000, 8050, 8100, 8150, 65535] {
+                for ip in &ips {
+                    let want = boxes.iter().any(|b| inside(b, p, port, *ip));
+                    let hits = out.iter().filter(|b| inside(b, p, port, *ip)).count();
+                    assert_eq!(hits, usize::from(want), "proto {p} port {port} {ip}: {out:?}");
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn nested_networks_get_only_what_they_add() {
+        let out = check_disjoint(&[
+            ((17, 17), (0, 65535), net("0.0.0.0/0")),
+            ((0, 255), (0, 65535), net("172.31.0.0/24")),
+            ((6, 6), (80, 80), net("10.0.0.0/8")),
+            ((6, 6), (80, 80), net("10.1.0.0/16")),
+        ]);
+        assert_eq!(out.len(), 4, "UDP anywhere, all-but-UDP for 172.31/24, tcp 80 once: {out:?}");
+    }
+
+    #[test]
+    fn partly_overlapping_port_ranges() {
+        check_disjoint(&[
+            ((6, 6), (8000, 8100), net("10.0.0.0/8")),
+            ((6, 6), (8050, 8150), net("10.1.0.0/16")),
+            ((6, 6), (80, 81), net("10.1.0.0/16")),
+            ((0, 255), (0, 65535), net("10.1.2.3/32")),
+        ]);
+    }
+
+    #[test]
+    fn golden_skeleton_and_elements() {
+        let a: Ipv4Addr = "10.244.1.2".parse().unwrap();
+        let mut ir =
+            PolicyIr { local: [a].into(), pod_cidr: Some(net("10.244.1.0/24")), ..PolicyIr::default() };
+        ir.ingress.isolated.insert(a);
+        ir.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.3/32")));
+        ir.ingress.groups.push(Group {
+            targets: [a].into(),
+            peers: vec![net("0.0.0.0/0")],
+            ports: GroupPorts::Protocol(Protocol::Udp),
+        });
+        let r = render(&ir);
+        let elems: Vec<String> = r.sets["in_allow"].keys().cloned().collect();
+        assert_eq!(
+            elems,
+            [
+                r#"{"concat":["10.244.1.2",17,{"range":[0,65535]},{"prefix":{"addr":"0.0.0.0","len":0}}]}"#,
+                r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#,
+            ]
+        );
+        let json = serde_json::to_string(&r.full_transaction()).unwrap();
+        for want in [
+            r#"{"add":{"table":{"family":"inet","name":"weft"}}},{"delete":{"table":{"family":"inet","name":"weft"}}}"#,
+            r#""type":"filter","hook":"forward","prio":-200,"policy":"accept""#,
+            r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
+            r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_allow","op":"=="}},{"return":null}"#,
+        ] {
+            assert!(json.contains(want), "{want}\nnot in\n{json}");
+        }
+        assert!(!json.contains("transit"), "no cluster CIDR, no transit rule");
+        // Only elements differ between two renders of the same shape.
+        let mut ir2 = ir.clone();
+        ir2.local.insert("10.244.1.9".parse().unwrap());
+        assert_eq!(render(&ir2).skeleton, r.skeleton);
+    }
+}

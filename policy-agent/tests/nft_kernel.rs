@@ -1,0 +1,162 @@
+//! The nftables backend against the kernel, in a network namespace of the
+//! test's own (root; skips otherwise): the table nft lists is the golden one,
+//! what was applied reads back equal, pod churn is an element delta, a
+//! transaction the kernel refuses leaves the last good table, cleanup removes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+
+use weft_agent::model::Protocol;
+use weft_agent::nft::kernel::read_back;
+use weft_agent::nft::{render, Nft, NftRendered};
+use weft_agent::policy::{Group, GroupPorts, PolicyIr};
+
+fn root() -> bool {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if !root {
+        eprintln!("SKIP: needs root (a network namespace of its own)");
+    }
+    root
+}
+
+/// Runs `f` on a thread in a new network namespace; the tools it runs are
+/// forked from that thread and so live there too.
+fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn ir() -> PolicyIr {
+    let a = ip("10.244.1.2");
+    let mut ir = PolicyIr {
+        local: [a, ip("10.244.1.3")].into(),
+        pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        ..PolicyIr::default()
+    };
+    ir.ingress.isolated.insert(a);
+    ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.0/24".parse().unwrap()));
+    ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.3/32".parse().unwrap()));
+    ir.ingress.groups.push(Group {
+        targets: [a].into(),
+        peers: vec!["0.0.0.0/0".parse().unwrap()],
+        ports: GroupPorts::Protocol(Protocol::Udp),
+    });
+    ir.ingress.groups.push(Group {
+        targets: [a].into(),
+        peers: vec!["172.31.0.0/24".parse().unwrap()],
+        ports: GroupPorts::All,
+    });
+    ir.egress.isolated.insert(ip("10.244.1.3"));
+    ir
+}
+
+const GOLDEN: &str = "table inet weft {
+	set local {
+		type ipv4_addr
+		elements = { 10.244.1.2, 10.244.1.3 }
+	}
+
+	set in_iso {
+		type ipv4_addr
+		elements = { 10.244.1.2 }
+	}
+
+	set out_iso {
+		type ipv4_addr
+		elements = { 10.244.1.3 }
+	}
+
+	set in_allow {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+		flags interval
+		elements = { 10.244.1.2 . udp . 0-65535 . 0.0.0.0/0,
+			     10.244.1.2 . tcp . 80 . 10.244.2.0/24,
+			     10.244.1.2 . 0-16 . 0-65535 . 172.31.0.0/24,
+			     10.244.1.2 . 18-255 . 0-65535 . 172.31.0.0/24 }
+	}
+
+	set out_allow {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+		flags interval
+	}
+
+	chain forward {
+		type filter hook forward priority -200; policy accept;
+		ct state established,related accept comment \"weft: replies\"
+		ip saddr 10.244.1.0/24 ip saddr != @local drop comment \"weft: no known pod has this address yet\"
+		ip daddr 10.244.1.0/24 ip daddr != @local drop comment \"weft: no known pod has this address yet\"
+		ip saddr @out_iso jump egress
+		ip daddr @in_iso jump ingress
+		ip saddr @local accept
+		ip daddr @local accept
+		ip daddr 10.244.0.0/16 accept comment \"weft: transit to a pod on another node\"
+	}
+
+	chain ingress {
+		ip daddr . meta l4proto . th dport . ip saddr @in_allow return
+		drop comment \"weft: denied by NetworkPolicy\"
+	}
+
+	chain egress {
+		ip saddr . meta l4proto . th dport . ip daddr @out_allow return
+		drop comment \"weft: denied by NetworkPolicy\"
+	}
+}
+";
+
+fn listing() -> String {
+    let out = std::process::Command::new("nft").args(["list", "table", "inet", "weft"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rendered_sets(r: &NftRendered) -> BTreeMap<String, BTreeSet<String>> {
+    r.sets.iter().map(|(k, v)| (k.clone(), v.keys().cloned().collect())).collect()
+}
+
+#[test]
+fn golden_round_trip_delta_refusal_and_cleanup() {
+    if !root() {
+        return;
+    }
+    in_netns(|| {
+        let mut nft = Nft::new();
+        let good = render(&ir());
+        assert!(nft.apply(&good, false).unwrap().replaced);
+        assert_eq!(listing(), GOLDEN);
+        assert_eq!(read_back().unwrap(), rendered_sets(&good), "what was applied reads back equal");
+
+        // A new local pod: one element in one set, as a delta.
+        let mut more = ir();
+        more.local.insert(ip("10.244.1.9"));
+        let r = render(&more);
+        let done = nft.apply(&r, false).unwrap();
+        assert!(!done.replaced && done.added == 1 && done.deleted == 0, "{done:?}");
+        assert_eq!(read_back().unwrap(), rendered_sets(&r));
+
+        // A table the kernel refuses (a rule naming a set that does not exist):
+        // the error says why, and the last good table stays.
+        let mut broken = render(&ir());
+        let bad_rule = serde_json::json!({"rule": {"family": "inet", "table": "weft", "chain": "ingress",
+            "expr": [{"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@missing", "op": "=="}}, {"accept": null}]}});
+        broken.skeleton.push(serde_json::from_value(bad_rule).unwrap());
+        let err = nft.apply(&broken, true).unwrap_err().to_string();
+        assert!(err.contains("nft") && err.to_lowercase().contains("no such file"), "{err}");
+        assert_eq!(read_back().unwrap(), rendered_sets(&r), "the last good table is in force");
+
+        nft.cleanup().unwrap();
+        assert!(listing().is_empty());
+        nft.cleanup().unwrap();
+    });
+}
