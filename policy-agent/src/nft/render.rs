@@ -50,8 +50,12 @@ pub const TABLE: &str = "weft";
 /// The forward hook's priority: before filter (0) and kube-proxy's chains.
 pub const FORWARD_PRIORITY: i32 = -200;
 
-/// An allow in one direction: (pod, protocol range, port range, peer network).
-pub type Cell = (Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network);
+/// Protocols and the port ranges open for them.
+type ProtoPorts = ((u8, u8), Vec<(u16, u16)>);
+/// A (protocol range, port range) rectangle.
+pub type Rect = ((u8, u8), (u16, u16));
+/// What a pod may exchange: (protocol range, port range, peer network).
+pub type PortBox = ((u8, u8), (u16, u16), Ipv4Network);
 
 /// The rendered table: its sets' elements (canonical JSON text -> expression,
 /// so changes can be applied as element deltas) and the full transaction.
@@ -296,7 +300,7 @@ fn range_or_value(lo: u32, hi: u32) -> Expression<'static> {
 
 /// The elements of one direction's allow set.
 fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
-    let mut boxes: BTreeMap<Ipv4Addr, Vec<((u8, u8), (u16, u16), Ipv4Network)>> = BTreeMap::new();
+    let mut boxes: BTreeMap<Ipv4Addr, Vec<PortBox>> = BTreeMap::new();
     for (pod, proto, port, peer) in &dir.triples {
         let p = protocol_number(*proto);
         boxes.entry(*pod).or_default().push(((p, p), (*port, *port), *peer));
@@ -335,12 +339,12 @@ fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
 /// (in protocol x port), so a network and the ones inside it never share a
 /// (protocol, port) and no two elements overlap: the kernel refuses an
 /// interval element that starts or ends inside another.
-pub fn disjoint(boxes: &[((u8, u8), (u16, u16), Ipv4Network)]) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
+pub fn disjoint(boxes: &[PortBox]) -> Vec<PortBox> {
     let contains = |a: &Ipv4Network, b: &Ipv4Network| a.prefix() <= b.prefix() && a.contains(b.network());
     let mut nets: Vec<Ipv4Network> = boxes.iter().map(|b| b.2).collect::<BTreeSet<_>>().into_iter().collect();
     // Outer networks first.
     nets.sort_by_key(|n| (n.prefix(), u32::from(n.network())));
-    let covering = |n: &Ipv4Network| -> Vec<((u8, u8), (u16, u16))> {
+    let covering = |n: &Ipv4Network| -> Vec<Rect> {
         boxes.iter().filter(|b| contains(&b.2, n)).map(|b| (b.0, b.1)).collect()
     };
     let mut out = Vec::new();
@@ -357,21 +361,19 @@ pub fn disjoint(boxes: &[((u8, u8), (u16, u16), Ipv4Network)]) -> Vec<((u8, u8),
 
 /// Disjoint (protocol range, port range) rectangles covering the union of
 /// `rects` minus the union of `minus`.
-fn rect_difference(
-    rects: &[((u8, u8), (u16, u16))],
-    minus: &[((u8, u8), (u16, u16))],
-) -> Vec<((u8, u8), (u16, u16))> {
+fn rect_difference(rects: &[Rect], minus: &[Rect]) -> Vec<Rect> {
     let mut cuts: BTreeSet<u16> = BTreeSet::new();
     for ((lo, hi), _) in rects.iter().chain(minus) {
         cuts.insert(u16::from(*lo));
         cuts.insert(u16::from(*hi) + 1);
     }
     let cuts: Vec<u16> = cuts.into_iter().collect();
-    let ports_over = |rs: &[((u8, u8), (u16, u16))], lo: u8, hi: u8| -> Vec<(u16, u16)> {
+    let ports_over = |rs: &[Rect], lo: u8, hi: u8| -> Vec<(u16, u16)> {
         merge(rs.iter().filter(|((a, b), _)| *a <= lo && hi <= *b).map(|(_, p)| *p).collect())
     };
-    let mut out: Vec<((u8, u8), (u16, u16))> = Vec::new();
-    let mut last: Option<((u8, u8), Vec<(u16, u16)>)> = None;
+    let mut out: Vec<Rect> = Vec::new();
+    // The protocol interval being built and its ports.
+    let mut last: Option<ProtoPorts> = None;
     for w in cuts.windows(2) {
         // Both cuts are at most 256 and w[0] < w[1], so the interval is within 0..=255.
         let (lo, hi) = (w[0] as u8, (w[1] - 1) as u8);
@@ -439,11 +441,9 @@ mod tests {
 
     /// Every (protocol, port, address) sample is covered by the output exactly
     /// as by the input, and no two output boxes overlap.
-    fn check_disjoint(
-        boxes: &[((u8, u8), (u16, u16), Ipv4Network)],
-    ) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
+    fn check_disjoint(boxes: &[PortBox]) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
         let out = disjoint(boxes);
-        let inside = |b: &((u8, u8), (u16, u16), Ipv4Network), p: u8, port: u16, ip: Ipv4Addr| {
+        let inside = |b: &PortBox, p: u8, port: u16, ip: Ipv4Addr| {
             b.0 .0 <= p && p <= b.0 .1 && b.1 .0 <= port && port <= b.1 .1 && b.2.contains(ip)
         };
         let ips: Vec<Ipv4Addr> = ["0.0.0.1", "10.0.0.1", "10.1.0.1", "10.1.2.3", "172.31.0.100", "250.0.0.1"]
