@@ -441,7 +441,7 @@ mod tests {
 
     /// Every (protocol, port, address) sample is covered by the output exactly
     /// as by the input, and no two output boxes overlap.
-    fn check_disjoint(boxes: &[PortBox]) -> Vec<((u8, u8), (u16, u16), Ipv4Network)> {
+    fn check_disjoint(boxes: &[PortBox]) -> Vec<PortBox> {
         let out = disjoint(boxes);
         let inside = |b: &PortBox, p: u8, port: u16, ip: Ipv4Addr| {
             b.0 .0 <= p && p <= b.0 .1 && b.1 .0 <= port && port <= b.1 .1 && b.2.contains(ip)
