@@ -1,5 +1,6 @@
 //! The nftables backend against the kernel, in a network namespace of the
-//! test's own (root; skips otherwise): the table nft lists is the golden one,
+//! test's own (root; skips otherwise): the table nft lists is the golden one
+//! (elements in the order weft adds them, which nft keeps),
 //! what was applied reads back equal, pod churn is an element delta, a
 //! transaction the kernel refuses leaves the last good table, cleanup removes it.
 
@@ -9,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
-use weft_agent::nft::{render, Nft, NftRendered};
+use weft_agent::nft::{render, Elem, Nft, NftRendered};
 use weft_agent::policy::{Group, GroupPorts, PolicyIr};
 
 fn root() -> bool {
@@ -81,9 +82,9 @@ const GOLDEN: &str = "table inet weft {
 	set in_allow {
 		type ipv4_addr . inet_proto . inet_service . ipv4_addr
 		flags interval
-		elements = { 10.244.1.2 . udp . 0-65535 . 0.0.0.0/0,
+		elements = { 10.244.1.2 . 0-16 . 0-65535 . 172.31.0.0/24,
 			     10.244.1.2 . tcp . 80 . 10.244.2.0/24,
-			     10.244.1.2 . 0-16 . 0-65535 . 172.31.0.0/24,
+			     10.244.1.2 . udp . 0-65535 . 0.0.0.0/0,
 			     10.244.1.2 . 18-255 . 0-65535 . 172.31.0.0/24 }
 	}
 
@@ -122,7 +123,7 @@ fn listing() -> String {
 }
 
 fn rendered_sets(r: &NftRendered) -> BTreeMap<String, BTreeSet<String>> {
-    r.sets.iter().map(|(k, v)| (k.clone(), v.keys().cloned().collect())).collect()
+    r.sets.iter().map(|(k, v)| (k.clone(), v.iter().map(Elem::json).collect())).collect()
 }
 
 #[test]

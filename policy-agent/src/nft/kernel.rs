@@ -11,7 +11,7 @@
 //! - otherwise only the set elements that changed are deleted and added.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nftables::expr::Expression;
 use nftables::schema::{Element, NfCmd, NfListObject, NfObject, Nftables, Table};
@@ -19,7 +19,7 @@ use nftables::types::NfFamily;
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
-use super::render::{NftRendered, TABLE};
+use super::render::{Elem, NftRendered, TABLE};
 
 /// What one apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,13 +80,11 @@ impl Nft {
 fn delta(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usize) {
     let mut objects = Vec::new();
     let (mut added, mut deleted) = (0, 0);
-    let empty = BTreeMap::new();
+    let empty = BTreeSet::new();
     for (name, new_elems) in &new.sets {
         let old_elems = old.sets.get(name).unwrap_or(&empty);
-        let gone: Vec<Expression<'static>> =
-            old_elems.iter().filter(|(k, _)| !new_elems.contains_key(*k)).map(|(_, e)| e.clone()).collect();
-        let came: Vec<Expression<'static>> =
-            new_elems.iter().filter(|(k, _)| !old_elems.contains_key(*k)).map(|(_, e)| e.clone()).collect();
+        let gone: Vec<Expression<'static>> = old_elems.difference(new_elems).map(Elem::expr).collect();
+        let came: Vec<Expression<'static>> = new_elems.difference(old_elems).map(Elem::expr).collect();
         let element = |elem: Vec<Expression<'static>>| {
             NfListObject::Element(Element {
                 family: NfFamily::INet,
@@ -134,7 +132,7 @@ pub fn list_table_json() -> Result<String, KernelError> {
 /// JSON text, with protocol names turned back into the numbers weft writes,
 /// so that it compares equal to `NftRendered::sets` when the kernel holds
 /// exactly what was rendered.
-pub fn read_back() -> Result<BTreeMap<String, std::collections::BTreeSet<String>>, KernelError> {
+pub fn read_back() -> Result<BTreeMap<String, BTreeSet<String>>, KernelError> {
     let bad =
         |why: String| KernelError::ToolFailed { cmd: "nft -j list table inet weft".into(), stderr: why };
     let text = list_table_json()?;

@@ -5,4 +5,4 @@ pub mod kernel;
 pub mod render;
 
 pub use kernel::Nft;
-pub use render::{render, NftRendered, TABLE};
+pub use render::{render, Elem, NftRendered, TABLE};

@@ -57,12 +57,41 @@ pub type Rect = ((u8, u8), (u16, u16));
 /// What a pod may exchange: (protocol range, port range, peer network).
 pub type PortBox = ((u8, u8), (u16, u16), Ipv4Network);
 
-/// The rendered table: its sets' elements (canonical JSON text -> expression,
-/// so changes can be applied as element deltas) and the full transaction.
+/// One set element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Elem {
+    Addr(Ipv4Addr),
+    /// (pod, protocol range, port range, peer network).
+    Cell(Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network),
+}
+
+impl Elem {
+    /// The element as the nftables JSON expression.
+    pub fn expr(&self) -> Expression<'static> {
+        match *self {
+            Elem::Addr(ip) => Expression::String(ip.to_string().into()),
+            Elem::Cell(pod, protos, ports, net) => Expression::Named(NamedExpression::Concat(vec![
+                Expression::String(pod.to_string().into()),
+                range_or_value(u32::from(protos.0), u32::from(protos.1)),
+                range_or_value(u32::from(ports.0), u32::from(ports.1)),
+                prefix(net),
+            ])),
+        }
+    }
+
+    /// Its JSON text, as `kernel::read_back` gives the kernel's elements.
+    pub fn json(&self) -> String {
+        // An Expression always serialises.
+        serde_json::to_string(&self.expr()).unwrap_or_default()
+    }
+}
+
+/// The rendered table: its sets' elements (kept as values, so changes can
+/// be applied as element deltas) and its skeleton.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftRendered {
-    /// Set name -> its elements, keyed by their JSON text.
-    pub sets: BTreeMap<String, BTreeMap<String, Expression<'static>>>,
+    /// Set name -> its elements.
+    pub sets: BTreeMap<String, BTreeSet<Elem>>,
     /// The table without elements: chains, rules and empty sets. Two renders
     /// with the same skeleton differ only in set elements.
     pub skeleton: Vec<NfListObject<'static>>,
@@ -86,7 +115,7 @@ impl NftRendered {
                     let elems: Vec<Expression<'static>> = self
                         .sets
                         .get(s.name.as_ref())
-                        .map(|m| m.values().cloned().collect())
+                        .map(|m| m.iter().map(Elem::expr).collect())
                         .unwrap_or_default();
                     if !elems.is_empty() {
                         s.elem = Some(Cow::Owned(elems));
@@ -273,13 +302,8 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     NftRendered { sets, skeleton }
 }
 
-fn keyed(e: Expression<'static>) -> (String, Expression<'static>) {
-    // An Expression always serialises.
-    (serde_json::to_string(&e).unwrap_or_default(), e)
-}
-
-fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeMap<String, Expression<'static>> {
-    ips.iter().map(|ip| keyed(Expression::String(ip.to_string().into()))).collect()
+fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Elem> {
+    ips.iter().map(|ip| Elem::Addr(*ip)).collect()
 }
 
 fn protocol_number(p: Protocol) -> u8 {
@@ -299,7 +323,7 @@ fn range_or_value(lo: u32, hi: u32) -> Expression<'static> {
 }
 
 /// The elements of one direction's allow set.
-fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
+fn cells(dir: &Direction) -> BTreeSet<Elem> {
     let mut boxes: BTreeMap<Ipv4Addr, Vec<PortBox>> = BTreeMap::new();
     for (pod, proto, port, peer) in &dir.triples {
         let p = protocol_number(*proto);
@@ -317,17 +341,10 @@ fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
             }
         }
     }
-    let mut out = BTreeMap::new();
+    let mut out = BTreeSet::new();
     for (pod, bs) in boxes {
         for (protos, ports, net) in disjoint(&bs) {
-            let e = Expression::Named(NamedExpression::Concat(vec![
-                Expression::String(pod.to_string().into()),
-                range_or_value(u32::from(protos.0), u32::from(protos.1)),
-                range_or_value(u32::from(ports.0), u32::from(ports.1)),
-                prefix(net),
-            ]));
-            let (k, v) = keyed(e);
-            out.insert(k, v);
+            out.insert(Elem::Cell(pod, protos, ports, net));
         }
     }
     out
@@ -341,20 +358,27 @@ fn cells(dir: &Direction) -> BTreeMap<String, Expression<'static>> {
 /// interval element that starts or ends inside another.
 pub fn disjoint(boxes: &[PortBox]) -> Vec<PortBox> {
     let contains = |a: &Ipv4Network, b: &Ipv4Network| a.prefix() <= b.prefix() && a.contains(b.network());
-    let mut nets: Vec<Ipv4Network> = boxes.iter().map(|b| b.2).collect::<BTreeSet<_>>().into_iter().collect();
-    // Outer networks first.
-    nets.sort_by_key(|n| (n.prefix(), u32::from(n.network())));
-    let covering = |n: &Ipv4Network| -> Vec<Rect> {
-        boxes.iter().filter(|b| contains(&b.2, n)).map(|b| (b.0, b.1)).collect()
-    };
+    let mut own: BTreeMap<(u32, u8), Vec<Rect>> = BTreeMap::new();
+    for (protos, ports, net) in boxes {
+        own.entry((u32::from(net.network()), net.prefix())).or_default().push((*protos, *ports));
+    }
+    // In address order, outer networks before the ones they contain: a stack
+    // of the networks around the current one gives its parent in O(1).
+    let mut stack: Vec<(Ipv4Network, Vec<Rect>)> = Vec::new();
     let mut out = Vec::new();
-    for (i, n) in nets.iter().enumerate() {
-        // The nearest network around n (the last enclosing one in outer-first order).
-        let parent = nets[..i].iter().rev().find(|o| contains(o, n));
-        let have = parent.map(covering).unwrap_or_default();
-        for (protos, ports) in rect_difference(&covering(n), &have) {
-            out.push((protos, ports, *n));
+    for ((addr, prefix), rects) in own {
+        // A valid network: it came from one.
+        let Ok(n) = Ipv4Network::new(Ipv4Addr::from(addr), prefix) else { continue };
+        while stack.last().is_some_and(|(p, _)| !contains(p, &n)) {
+            stack.pop();
         }
+        let around: &[Rect] = stack.last().map(|(_, c)| c.as_slice()).unwrap_or(&[]);
+        for (protos, ports) in rect_difference(&rects, around) {
+            out.push((protos, ports, n));
+        }
+        let mut coverage = around.to_vec();
+        coverage.extend(rects);
+        stack.push((n, coverage));
     }
     out
 }
@@ -496,12 +520,12 @@ mod tests {
             ports: GroupPorts::Protocol(Protocol::Udp),
         });
         let r = render(&ir);
-        let elems: Vec<String> = r.sets["in_allow"].keys().cloned().collect();
+        let elems: Vec<String> = r.sets["in_allow"].iter().map(Elem::json).collect();
         assert_eq!(
             elems,
             [
-                r#"{"concat":["10.244.1.2",17,{"range":[0,65535]},{"prefix":{"addr":"0.0.0.0","len":0}}]}"#,
                 r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#,
+                r#"{"concat":["10.244.1.2",17,{"range":[0,65535]},{"prefix":{"addr":"0.0.0.0","len":0}}]}"#,
             ]
         );
         let json = serde_json::to_string(&r.full_transaction()).unwrap();
