@@ -38,8 +38,9 @@ struct Args {
     network_name: String,
     /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains),
     /// `nftables` (one `inet weft` table), `auto` (nftables where iptables is
-    /// the nft flavour, else iptables; the log says which) or `off`.
-    #[arg(long, default_value = "auto")]
+    /// the nft flavour, else iptables; the log says which) or `off`. Also read
+    /// from `WEFT_BACKEND` (a DaemonSet's env or ConfigMap key).
+    #[arg(long, env = "WEFT_BACKEND", default_value = "auto")]
     backend: BackendChoice,
     /// Listen on this unix socket for the plugin's pod reports (ADD waits until
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
@@ -153,5 +154,9 @@ mod tests {
         assert_eq!(a.network_name, "pods");
         assert!(Args::try_parse_from(base.into_iter().chain(["--cluster-cidr", "nope"])).is_err());
         assert!(Args::try_parse_from(base.into_iter().chain(["--network-name", " "])).is_err());
+        assert_eq!(Args::try_parse_from(base).unwrap().backend, BackendChoice::Auto);
+        let a = Args::try_parse_from(base.into_iter().chain(["--backend", "nftables"])).unwrap();
+        assert_eq!(a.backend, BackendChoice::Nftables);
+        assert!(Args::try_parse_from(base.into_iter().chain(["--backend", "ebpf"])).is_err());
     }
 }
