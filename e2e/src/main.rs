@@ -102,6 +102,9 @@ enum ConformanceCmd {
         /// Only load and validate the cases and list them (no root needed).
         #[arg(long)]
         list: bool,
+        /// Cross-check every probed pod-to-pod cell against `weft-agent explain`.
+        #[arg(long)]
+        explain: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -133,8 +136,8 @@ fn main() -> ExitCode {
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
         Cmd::Run { name } => return run_cmd(&name),
-        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, paths } } => {
-            return conformance_cmd(backend, keep, list, &paths)
+        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, explain, paths } } => {
+            return conformance_cmd(backend, keep, list, explain, &paths)
         }
     };
     match r {
@@ -271,6 +274,7 @@ fn conformance_cmd(
     backend: weft_e2e::conformance::Backend,
     keep: Option<Option<String>>,
     list: bool,
+    explain: bool,
     paths: &[PathBuf],
 ) -> ExitCode {
     use weft_e2e::conformance;
@@ -289,7 +293,8 @@ fn conformance_cmd(
         eprintln!("weft-e2e conformance run: needs root (network namespaces, mounts in /run/netns)");
         return ExitCode::FAILURE;
     }
-    let opts = conformance::Options { backend, keep, cancel: Some(conformance::cancel_on_signals()) };
+    let cancel = Some(conformance::cancel_on_signals());
+    let opts = conformance::Options { backend, keep, cancel, explain };
     match conformance::run(paths, &opts, &mut std::io::stdout()) {
         Ok(summary) if summary.ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

@@ -128,12 +128,14 @@ fn cli_exit_codes() {
     assert_eq!(stdout.lines().last(), Some("conformance: 0 passed, 1 failed"));
 }
 
-/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`: every case passes.
+/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`: every
+/// case passes, and `weft-agent explain` agrees with every probed pod-to-pod cell.
 fn the_suite_passes_on(backend: Backend) {
     if !root_or_skip(&format!("the conformance suite on {backend}")) {
         return;
     }
-    let opts = Options { backend, ..Options::default() };
+    // Every probed pod-to-pod cell is also checked against weft-agent explain.
+    let opts = Options { backend, explain: true, ..Options::default() };
     let mut out = Vec::new();
     let dir = cases_dir().to_path_buf();
     let summary = conformance::run(&[dir], &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));

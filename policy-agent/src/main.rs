@@ -96,7 +96,59 @@ fn watch_signals(tx: mpsc::Sender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `weft-agent explain`: why a connection passes or not.
+#[derive(Debug, Parser)]
+#[command(name = "weft-agent explain")]
+struct ExplainArgs {
+    /// The cluster state to evaluate (`dir:PATH`, as the agent's `--source`).
+    #[arg(long, value_parser = parse_source)]
+    source: PathBuf,
+    /// The cluster's pod network (as the agent's `--cluster-cidr`).
+    #[arg(long, value_parser = parse_cidr)]
+    cluster_cidr: Option<IpNetwork>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The client: NAMESPACE/POD, an IPv4 address, or node/NAME.
+    src: String,
+    /// The server and port: DST:PORT[/tcp|udp|sctp], DST as for SRC.
+    dst: String,
+}
+
+/// Exit codes of `explain`: allowed 0, denied 1, bad input 64.
+fn explain_main(argv: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = ExplainArgs::parse_from(argv);
+    let model = weft_agent::source::read_dir(&args.source).model;
+    let cluster = match args.cluster_cidr {
+        Some(IpNetwork::V4(n)) => Some(n),
+        _ => None,
+    };
+    let result = weft_agent::explain::parse_target(&args.dst).and_then(|(dst, port, proto)| {
+        weft_agent::explain::explain(&model, cluster, &args.src, &dst, port, proto)
+    });
+    match result {
+        Ok(e) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+            } else {
+                print!("{e}");
+            }
+            ExitCode::from(if e.allowed { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("weft-agent explain: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "explain") {
+        let prog = argv.next();
+        argv.next();
+        return explain_main(prog.into_iter().chain(argv));
+    }
     let args = Args::parse();
     let (tx, events) = mpsc::channel();
     if let Err(e) = watch_signals(tx.clone()) {

@@ -152,7 +152,7 @@ pub(super) fn run_case(tb: &mut Testbed, case: &Case, opts: &Options) -> Result<
         settle(tb, opts.backend)?;
         for (j, probe) in step.probes.iter().enumerate() {
             cancelled(opts)?;
-            if let Some(diff) = run_probe(tb, probe)? {
+            if let Some(diff) = run_probe(tb, probe, opts.explain)? {
                 failures.push(format!("steps[{i}].probe[{j}] ({probe}):\n{diff}"));
             }
         }
@@ -293,8 +293,45 @@ fn probe_with_retries(jobs: &[Job], want: &[Cell], proto: Proto) -> Vec<Seen> {
     seen
 }
 
+/// The probed cells of a matrix where `weft-agent explain`, evaluating the
+/// cluster state the agents applied, does not say what the probe saw.
+fn explain_disagreements(
+    tb: &Testbed,
+    expect: &super::matrix::Matrix,
+    seen: &[Vec<Seen>],
+    port: u16,
+    proto: Proto,
+) -> Vec<String> {
+    let model = weft_agent::source::read_dir(&tb.cluster_dir()).model;
+    let cluster = crate::pods::CLUSTER_CIDR.parse().ok();
+    let proto = match proto {
+        Proto::Tcp => Protocol::Tcp,
+        Proto::Udp => Protocol::Udp,
+    };
+    let mut out = Vec::new();
+    for (r, from) in expect.rows.iter().enumerate() {
+        for (c, to) in expect.cols.iter().enumerate() {
+            let observed = match seen[r][c] {
+                Seen::Connected => true,
+                Seen::Blocked => false,
+                _ => continue,
+            };
+            match weft_agent::explain::explain(&model, cluster, from, to, port, proto) {
+                Ok(e) if e.allowed == observed && e.disagreement.is_none() => {}
+                Ok(e) => out.push(format!(
+                    "{from} -> {to}: observed {}, explain says\n{}",
+                    if observed { "connected" } else { "blocked" },
+                    e.to_string().lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
+                )),
+                Err(e) => out.push(format!("{from} -> {to}: explain failed: {e}")),
+            }
+        }
+    }
+    out
+}
+
 /// Runs one probe; None if it showed what the case expects, else the report.
-fn run_probe(tb: &Testbed, probe: &Probe) -> Result<Option<String>> {
+fn run_probe(tb: &Testbed, probe: &Probe, explain: bool) -> Result<Option<String>> {
     let pods: BTreeMap<String, (PathBuf, Option<Ipv4Addr>)> =
         tb.pods().into_iter().map(|p| (p.name, (p.path, p.ip))).collect();
     let pod = |name: &str| -> Result<(PathBuf, Ipv4Addr)> {
@@ -326,12 +363,24 @@ fn run_probe(tb: &Testbed, probe: &Probe) -> Result<Option<String>> {
             for ((r, c), s) in at.into_iter().zip(probe_with_retries(&jobs, &want, probe.proto)) {
                 seen[r][c] = s;
             }
+            let disagree = if explain {
+                explain_disagreements(tb, expect, &seen, *port, probe.proto)
+            } else {
+                Vec::new()
+            };
             let observed = Observed { expect, seen };
             let bad = observed.mismatches().len();
-            if bad == 0 {
+            if bad == 0 && disagree.is_empty() {
                 return Ok(None);
             }
-            Ok(Some(format!("    {bad} cell(s) differ\n{}", observed.render_diff("    "))))
+            let mut report = String::new();
+            if bad > 0 {
+                report += &format!("    {bad} cell(s) differ\n{}", observed.render_diff("    "));
+            }
+            for d in disagree {
+                report += &format!("    explain disagrees: {d}\n");
+            }
+            Ok(Some(report))
         }
         ProbeKind::Single { from, to, allow } => {
             let netns = match from {

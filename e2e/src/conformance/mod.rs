@@ -86,6 +86,10 @@ pub struct Options {
     /// Checked between steps and cases: once true, the run stops with `Cancelled`
     /// (the testbed is torn down unless kept).
     pub cancel: Option<&'static AtomicBool>,
+    /// Cross-check every probed pod-to-pod matrix cell against `weft-agent
+    /// explain`'s verdict from the same cluster state: a cell where they
+    /// differ fails the case.
+    pub explain: bool,
 }
 
 /// The outcome of one case.

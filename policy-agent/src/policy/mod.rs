@@ -5,6 +5,7 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod evaluate;
 pub mod ir;
 
 pub use compile::compile;

@@ -1,0 +1,300 @@
+//! `weft-agent explain SRC DST:PORT[/PROTO]`: why a connection passes or not,
+//! in policy terms, from the cluster state. For each node on the path it
+//! names the traffic class and what the compiled rules (the IR the kernel
+//! enforces) decide; for each end, the policies that isolate it and the rule
+//! that admits the connection, or that none does. If the compiled rules and
+//! the policies disagree, it says so: that is a weft bug.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::model::{Model, Protocol};
+use crate::policy::compile;
+use crate::policy::evaluate::{decide, ir_verdict, Decision, IrVerdict, Party};
+
+/// One node on the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub node: String,
+    /// local->local, local->other, other->local, or node->local (not forwarded).
+    pub class: String,
+    pub egress: Option<IrVerdict>,
+    pub ingress: Option<IrVerdict>,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub src: String,
+    pub dst: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// What the compiled rules of the nodes on the path do.
+    pub allowed: bool,
+    pub hops: Vec<Hop>,
+    /// The policies' view of each end (None: not a pod).
+    pub egress: Option<Decision>,
+    pub ingress: Option<Decision>,
+    /// Set when the compiled rules and the policies disagree.
+    pub disagreement: Option<String>,
+}
+
+/// An end as given on the command line, resolved.
+struct End<'m> {
+    label: String,
+    party: Party<'m>,
+    /// The node whose FORWARD sees this end's packets as local (a pod's node).
+    node: Option<String>,
+    /// A node itself (traffic from it to its own pods is not forwarded).
+    is_node: Option<String>,
+}
+
+fn resolve<'m>(model: &'m Model, s: &str) -> Result<End<'m>, String> {
+    if let Some(name) = s.strip_prefix("node/") {
+        let node = model.nodes.get(name).ok_or_else(|| format!("no node {name}"))?;
+        let ip = node.internal_ip.ok_or_else(|| format!("node {name} has no InternalIP"))?;
+        return Ok(End { label: s.into(), party: Party::Addr(ip), node: None, is_node: Some(name.into()) });
+    }
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        if let Some(p) = model.pods.values().find(|p| p.ip == Some(ip) && !p.host_network) {
+            return Ok(End {
+                label: format!("{} ({ip})", p.key()),
+                party: Party::Pod(p),
+                node: p.node.clone(),
+                is_node: None,
+            });
+        }
+        let node = model.nodes.values().find(|n| n.internal_ip == Some(ip)).map(|n| n.name.clone());
+        return Ok(End { label: s.into(), party: Party::Addr(ip), node: None, is_node: node });
+    }
+    let pod = model
+        .pods
+        .get(s)
+        .ok_or_else(|| format!("no pod {s} (give NAMESPACE/POD, an IPv4 address or node/NAME)"))?;
+    let ip = pod.ip.ok_or_else(|| format!("pod {s} has no address yet"))?;
+    Ok(End { label: format!("{s} ({ip})"), party: Party::Pod(pod), node: pod.node.clone(), is_node: None })
+}
+
+/// Parses `DST:PORT[/PROTO]` (PROTO tcp, udp or sctp; default tcp).
+pub fn parse_target(s: &str) -> Result<(String, u16, Protocol), String> {
+    let (addr, rest) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: want DST:PORT[/PROTO]"))?;
+    let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
+    let port: u16 = port.parse().map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
+        other => return Err(format!("{s:?}: protocol {other:?} is not tcp, udp or sctp")),
+    };
+    Ok((addr.to_string(), port, proto))
+}
+
+/// Explains `src` -> `dst`:`port`/`proto` in `model`.
+pub fn explain(
+    model: &Model,
+    cluster: Option<Ipv4Network>,
+    src: &str,
+    dst: &str,
+    port: u16,
+    proto: Protocol,
+) -> Result<Explanation, String> {
+    let (s, d) = (resolve(model, src)?, resolve(model, dst)?);
+    let (sip, dip) =
+        (s.party.ip().unwrap_or(Ipv4Addr::UNSPECIFIED), d.party.ip().unwrap_or(Ipv4Addr::UNSPECIFIED));
+    let mut nodes: Vec<String> = [s.node.clone(), d.node.clone()].into_iter().flatten().collect();
+    nodes.dedup();
+    let mut hops = Vec::new();
+    for node in nodes {
+        let (src_local, dst_local) = (s.node.as_deref() == Some(&node), d.node.as_deref() == Some(&node));
+        // The node's own address to its own pod goes out through OUTPUT, not FORWARD.
+        if s.is_node.as_deref() == Some(&node) && dst_local {
+            hops.push(Hop { node, class: "node->local (not forwarded)".into(), egress: None, ingress: None });
+            continue;
+        }
+        let ir = compile(model, &node, cluster).0;
+        let class = match (src_local, dst_local) {
+            (true, true) => "local->local",
+            (true, false) => "local->other",
+            (false, true) => "other->local",
+            (false, false) => "transit",
+        };
+        hops.push(Hop {
+            node,
+            class: class.into(),
+            egress: src_local.then(|| ir_verdict(&ir, false, sip, dip, proto, port)),
+            ingress: dst_local.then(|| ir_verdict(&ir, true, dip, sip, proto, port)),
+        });
+    }
+    let allowed = hops
+        .iter()
+        .all(|h| h.egress.is_none_or(IrVerdict::allows) && h.ingress.is_none_or(IrVerdict::allows));
+    let host_path = hops.iter().any(|h| h.class.starts_with("node->local"));
+    let (egress, ingress) = decide(model, s.party, d.party, proto, port);
+    let by_policy = host_path
+        || (egress.as_ref().is_none_or(Decision::allows) && ingress.as_ref().is_none_or(Decision::allows));
+    let disagreement = (allowed != by_policy).then(|| {
+        format!(
+            "the compiled rules {} but the policies {}: a weft bug, please report it",
+            if allowed { "admit it" } else { "deny it" },
+            if by_policy { "allow it" } else { "deny it" }
+        )
+    });
+    Ok(Explanation {
+        src: s.label,
+        dst: d.label,
+        protocol: proto,
+        port,
+        allowed,
+        hops,
+        egress,
+        ingress,
+        disagreement,
+    })
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.allowed { "allowed" } else { "DENIED" };
+        writeln!(f, "{} -> {}:{}/{}: {verdict}", self.src, self.dst, self.port, self.protocol)?;
+        for h in &self.hops {
+            let side = |v: Option<IrVerdict>, what: &str| match v {
+                None => None,
+                Some(IrVerdict::NotIsolated) => Some(format!("{what}: not isolated")),
+                Some(IrVerdict::Admitted) => Some(format!("{what}: admitted")),
+                Some(IrVerdict::Denied) => Some(format!("{what}: DENIED")),
+                Some(IrVerdict::UnknownLocal) => {
+                    Some(format!("{what}: DROPPED, no known pod has this address yet"))
+                }
+                Some(IrVerdict::NotLocal) => None,
+            };
+            let parts: Vec<String> =
+                [side(h.egress, "egress"), side(h.ingress, "ingress")].into_iter().flatten().collect();
+            let parts = if parts.is_empty() { String::new() } else { format!(": {}", parts.join("; ")) };
+            writeln!(f, "  on {} ({}){parts}", h.node, h.class)?;
+        }
+        for (what, who, d) in [("egress", &self.src, &self.egress), ("ingress", &self.dst, &self.ingress)] {
+            let Some(d) = d else { continue };
+            if d.isolated_by.is_empty() {
+                writeln!(f, "  {what} of {who}: no policy isolates it")?;
+            } else if d.admitted_by.is_empty() {
+                writeln!(
+                    f,
+                    "  {what} of {who}: isolated by {}; no rule admits {}:{}/{}",
+                    d.isolated_by.join(", "),
+                    if what == "egress" { &self.dst } else { &self.src },
+                    self.port,
+                    self.protocol
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "  {what} of {who}: isolated by {}; admitted by {}",
+                    d.isolated_by.join(", "),
+                    d.admitted_by.join(", ")
+                )?;
+            }
+        }
+        if let Some(d) = &self.disagreement {
+            writeln!(f, "  WARNING: {d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_manifests;
+
+    fn model() -> Model {
+        let text = "
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 172.31.0.11}]}
+---
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 172.31.0.12}]}
+---
+kind: Namespace
+metadata: {name: y, labels: {ns: y}}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1, containers: [{ports: [{name: web, containerPort: 80}]}]}
+status: {podIP: 10.244.1.2}
+---
+kind: Pod
+metadata: {name: b, namespace: y, labels: {pod: b}}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.3}
+---
+kind: Pod
+metadata: {name: c, namespace: y, labels: {pod: c}}
+spec: {nodeName: node-2}
+status: {podIP: 10.244.2.2}
+---
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}}
+---
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: web}]}]
+";
+        let mut m = Model::default();
+        for o in parse_manifests(text).unwrap() {
+            assert!(m.insert(o));
+        }
+        m
+    }
+
+    fn cluster() -> Option<Ipv4Network> {
+        "10.244.0.0/16".parse().ok()
+    }
+
+    #[test]
+    fn a_denied_connection_names_the_isolating_policies() {
+        let e = explain(&model(), cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        assert!(!e.allowed && e.disagreement.is_none(), "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with("y/b (10.244.1.3) -> x/a (10.244.1.2):81/TCP: DENIED"), "{text}");
+        assert!(text.contains("on node-1 (local->local): egress: not isolated; ingress: DENIED"), "{text}");
+        assert!(text.contains("ingress of x/a (10.244.1.2): isolated by x/deny, x/from-y; no rule admits y/b (10.244.1.3):81/TCP"), "{text}");
+    }
+
+    #[test]
+    fn an_admitted_connection_names_the_rule_across_nodes() {
+        let e = explain(&model(), cluster(), "y/c", "x/a", 80, Protocol::Tcp).unwrap();
+        assert!(e.allowed && e.disagreement.is_none(), "{e}");
+        let classes: Vec<(&str, &str)> = e.hops.iter().map(|h| (h.node.as_str(), h.class.as_str())).collect();
+        assert_eq!(classes, [("node-2", "local->other"), ("node-1", "other->local")]);
+        assert_eq!(e.hops.len(), 2);
+        assert!(e.to_string().contains("admitted by x/from-y rule 1"), "{e}");
+    }
+
+    #[test]
+    fn nodes_addresses_and_bad_input() {
+        let m = model();
+        let from_node = explain(&m, cluster(), "node/node-1", "x/a", 81, Protocol::Tcp).unwrap();
+        assert!(from_node.allowed, "the node's own traffic to its pod is not forwarded: {from_node}");
+        let remote_node = explain(&m, cluster(), "node/node-2", "x/a", 81, Protocol::Tcp).unwrap();
+        assert!(!remote_node.allowed, "{remote_node}");
+        let by_ip = explain(&m, cluster(), "10.244.1.3", "10.244.1.2", 80, Protocol::Tcp).unwrap();
+        assert!(by_ip.allowed && by_ip.src.starts_with("y/b"), "{by_ip}");
+        assert!(explain(&m, cluster(), "x/nobody", "x/a", 80, Protocol::Tcp).is_err());
+        assert_eq!(parse_target("x/a:81/udp"), Ok(("x/a".into(), 81, Protocol::Udp)));
+        assert_eq!(parse_target("10.244.1.2:80"), Ok(("10.244.1.2".into(), 80, Protocol::Tcp)));
+        assert!(
+            parse_target("x/a").is_err()
+                && parse_target("x/a:99999").is_err()
+                && parse_target("x/a:1/icmp").is_err()
+        );
+    }
+}

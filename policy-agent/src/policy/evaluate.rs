@@ -1,0 +1,198 @@
+//! Deciding one connection, the pure part of `weft-agent explain`: from the
+//! model, which policies isolate each end and which rule (by policy name and
+//! index) admits it; and from a node's compiled IR, what the kernel rules
+//! decide. Both are kept so that explain can say why in policy terms and
+//! check that the compiled rules agree.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+use super::ir::{GroupPorts, PolicyIr};
+use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Party<'m> {
+    Pod(&'m Pod),
+    /// A node's or an external address (no policy applies to it as a pod).
+    Addr(Ipv4Addr),
+}
+
+impl Party<'_> {
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            Party::Pod(p) => p.ip,
+            Party::Addr(ip) => Some(*ip),
+        }
+    }
+
+    fn pod(&self) -> Option<&Pod> {
+        match self {
+            // A hostNetwork pod has the node's address and no policy of its own.
+            Party::Pod(p) if !p.host_network => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// One direction's decision at one end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Policies that isolate this end in this direction ("ns/name").
+    pub isolated_by: Vec<String>,
+    /// Rules that admit the connection ("ns/name rule N", N from 1).
+    pub admitted_by: Vec<String>,
+}
+
+impl Decision {
+    pub fn allows(&self) -> bool {
+        self.isolated_by.is_empty() || !self.admitted_by.is_empty()
+    }
+}
+
+/// Egress of `src` (a pod) and ingress of `dst` (a pod) for `proto`/`port`,
+/// per the NetworkPolicy API. None for an end that is not a pod.
+pub fn decide(
+    model: &Model,
+    src: Party,
+    dst: Party,
+    proto: Protocol,
+    port: u16,
+) -> (Option<Decision>, Option<Decision>) {
+    let egress = src.pod().map(|s| {
+        direction(
+            model,
+            s,
+            |p| p.egress.as_deref(),
+            |rule| peers_match(model, rule, s, dst) && ports_match(&rule.ports, proto, port, dst.pod()),
+        )
+    });
+    let ingress = dst.pod().map(|d| {
+        direction(
+            model,
+            d,
+            |p| p.ingress.as_deref(),
+            |rule| peers_match(model, rule, d, src) && ports_match(&rule.ports, proto, port, Some(d)),
+        )
+    });
+    (egress, ingress)
+}
+
+fn direction<'m>(
+    model: &'m Model,
+    pod: &Pod,
+    rules_of: impl Fn(&'m NetworkPolicy) -> Option<&'m [Rule]>,
+    admits: impl Fn(&Rule) -> bool,
+) -> Decision {
+    let mut d = Decision::default();
+    for policy in model.policies.values() {
+        if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
+            continue;
+        }
+        let Some(rules) = rules_of(policy) else { continue };
+        d.isolated_by.push(policy.key());
+        for (i, rule) in rules.iter().enumerate() {
+            if admits(rule) {
+                d.admitted_by.push(format!("{} rule {}", policy.key(), i + 1));
+            }
+        }
+    }
+    d
+}
+
+/// True if the rule's peers include `other`, seen from `me` (the policy's pod).
+fn peers_match(model: &Model, rule: &Rule, me: &Pod, other: Party) -> bool {
+    if rule.peers.is_empty() {
+        return true;
+    }
+    rule.peers.iter().any(|peer| match peer {
+        Peer::Pods { namespaces, pods } => other.pod().is_some_and(|o| {
+            let ns_ok = match namespaces {
+                None => o.namespace == me.namespace,
+                Some(sel) => sel.matches(&model.namespace_labels(&o.namespace)),
+            };
+            ns_ok && pods.matches(&o.labels)
+        }),
+        Peer::IpBlock { cidr, except } => other.ip().is_some_and(|ip| {
+            let ip = std::net::IpAddr::V4(ip);
+            cidr.contains(ip) && !except.iter().any(|e: &IpNetwork| e.contains(ip))
+        }),
+    })
+}
+
+/// True if `ports` (empty: all) include `proto`/`port` on `server` (which
+/// resolves named ports).
+fn ports_match(ports: &[PolicyPort], proto: Protocol, port: u16, server: Option<&Pod>) -> bool {
+    ports.is_empty()
+        || ports.iter().any(|p| {
+            p.protocol == proto
+                && match (&p.port, p.end_port) {
+                    (None, _) => true,
+                    (Some(PortRef::Number(n)), None) => *n == port,
+                    (Some(PortRef::Number(a)), Some(b)) => (*a..=b).contains(&port),
+                    (Some(named), _) => server.and_then(|s| s.resolve_port(named, proto)) == Some(port),
+                }
+        })
+}
+
+/// What a node's compiled rules do with a packet of this connection in one
+/// direction: `pod` is the local end (source for egress, destination for
+/// ingress), `peer` the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IrVerdict {
+    /// Not a local pod of this node: this direction is not decided here.
+    NotLocal,
+    /// An address of this node's pod CIDR that no known pod has: dropped.
+    UnknownLocal,
+    NotIsolated,
+    Admitted,
+    Denied,
+}
+
+impl IrVerdict {
+    pub fn allows(self) -> bool {
+        !matches!(self, IrVerdict::UnknownLocal | IrVerdict::Denied)
+    }
+}
+
+/// Ingress (`ingress` true) or egress of local pod `pod` with `peer` on one node.
+pub fn ir_verdict(
+    ir: &PolicyIr,
+    ingress: bool,
+    pod: Ipv4Addr,
+    peer: Ipv4Addr,
+    proto: Protocol,
+    port: u16,
+) -> IrVerdict {
+    if !ir.local.contains(&pod) {
+        return if ir.pod_cidr.is_some_and(|c| c.contains(pod)) {
+            IrVerdict::UnknownLocal
+        } else {
+            IrVerdict::NotLocal
+        };
+    }
+    let dir = if ingress { &ir.ingress } else { &ir.egress };
+    if !dir.isolated.contains(&pod) {
+        return IrVerdict::NotIsolated;
+    }
+    let exact = dir
+        .triples
+        .iter()
+        .any(|(p, pr, po, net)| *p == pod && *pr == proto && *po == port && net.contains(peer));
+    let group = dir.groups.iter().any(|g| {
+        g.targets.contains(&pod)
+            && g.peers.iter().any(|n| n.contains(peer))
+            && match g.ports {
+                GroupPorts::All => true,
+                GroupPorts::Protocol(p) => p == proto,
+                GroupPorts::Range(p, a, b) => p == proto && (a..=b).contains(&port),
+            }
+    });
+    if exact || group {
+        IrVerdict::Admitted
+    } else {
+        IrVerdict::Denied
+    }
+}
