@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod checks;
 pub mod explain;
 pub mod iptables;
 pub mod model;

@@ -109,6 +109,19 @@ struct ExplainArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also check the node this runs on (`--node`) for the misconfigurations
+    /// behind the classic failures, and say which are in play.
+    #[arg(long, requires = "node")]
+    check: bool,
+    /// The node this runs on (for `--check`).
+    #[arg(long)]
+    node: Option<String>,
+    /// The node's weft bridge (for `--check`).
+    #[arg(long, default_value = "weft0")]
+    bridge: String,
+    /// The CNI network's name, the masquerade rule's comment (for `--check`).
+    #[arg(long, default_value = "weft")]
+    network_name: String,
     /// The client: NAMESPACE/POD, an IPv4 address, or node/NAME.
     src: String,
     /// The server and port: DST:PORT[/tcp|udp|sctp], DST as for SRC.
@@ -128,10 +141,21 @@ fn explain_main(argv: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     });
     match result {
         Ok(e) => {
+            let node = args.node.as_deref().filter(|_| args.check);
+            let findings = node.map(|n| {
+                weft_agent::checks::check_node(&model, n, cluster, &args.bridge, &args.network_name, &e)
+            });
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                if let Some(f) = &findings {
+                    v["checks"] = serde_json::to_value(f).unwrap_or_default();
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 print!("{e}");
+                if let (Some(n), Some(f)) = (node, &findings) {
+                    print!("{}", weft_agent::checks::render(n, f));
+                }
             }
             ExitCode::from(if e.allowed { 0 } else { 1 })
         }

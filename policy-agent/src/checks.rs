@@ -1,0 +1,140 @@
+//! `weft-agent explain --check`: the node misconfigurations behind the
+//! classic failures, read from the live node (the netns explain runs in):
+//! bridge-nf-call-iptables or ip_forward off, hairpin off on a bridge port,
+//! weft's FORWARD jump not first, the masquerade rule missing, weft sets or
+//! chains left from another run or backend, a route to another node's pod
+//! CIDR missing. Each finding says whether it is in play for the connection
+//! being explained.
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::Serialize;
+use weft_plugin::masquerade::masquerade_present;
+use weft_plugin::sysctl::read_sysctl;
+use weft_plugin::tool;
+
+use crate::explain::Explanation;
+use crate::model::Model;
+use crate::policy::compile;
+use crate::routes::desired_routes;
+
+/// One misconfiguration found on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub what: String,
+    /// True if it affects the connection explained.
+    pub in_play: bool,
+}
+
+/// Checks the node this process runs in (as node `node` of `model`).
+pub fn check_node(
+    model: &Model,
+    node: &str,
+    cluster: Option<Ipv4Network>,
+    bridge: &str,
+    network_name: &str,
+    e: &Explanation,
+) -> Vec<Finding> {
+    let here = e.hops.iter().find(|h| h.node == node);
+    let same_node = here.is_some_and(|h| h.class == "local->local");
+    let mut out = Vec::new();
+    let mut find = |what: String, in_play: bool| out.push(Finding { what, in_play });
+    if read_sysctl("net/bridge/bridge-nf-call-iptables").is_ok_and(|v| v.trim() == "0") {
+        find(
+            "net.bridge.bridge-nf-call-iptables is 0: replies between pods of one bridge skip conntrack, so a \
+             Service whose endpoint shares the client's bridge times out, and bridged traffic skips policy"
+                .into(),
+            same_node,
+        );
+    }
+    if read_sysctl("net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
+        find(
+            "net.ipv4.ip_forward is 0: this node forwards nothing to or from its pods".into(),
+            here.is_some(),
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    if let Ok(rt) = rt {
+        rt.block_on(async {
+            let Ok(h) = weft_plugin::netns::connect_current() else { return };
+            if let Ok(links) = weft_plugin::link::list_links(&h).await {
+                let br = links.iter().find(|l| l.name == bridge).map(|l| l.index);
+                for l in
+                    links.iter().filter(|l| br.is_some() && l.controller == br && l.hairpin == Some(false))
+                {
+                    find(
+                        format!(
+                            "hairpin is off on bridge port {}: its pod cannot reach itself through a Service",
+                            l.name
+                        ),
+                        false,
+                    );
+                }
+            }
+            if let Ok(have) = crate::route_table::list_weft_routes(&h).await {
+                let (want, _) = desired_routes(model, node);
+                for (dst, gw) in want {
+                    if !have.iter().any(|r| r.dst == dst && r.gw == gw) {
+                        let in_play = e.hops.iter().any(|h| h.node != node)
+                            && model
+                                .nodes
+                                .values()
+                                .any(|n| n.pod_cidr == Some(dst) && e.hops.iter().any(|h| h.node == n.name));
+                        find(
+                            format!("the route to {dst} via {gw} (another node's pods) is missing"),
+                            in_play,
+                        );
+                    }
+                }
+            }
+        });
+    }
+    let (ir, _) = compile(model, node, cluster);
+    let enforcing_here = !ir.ingress.isolated.is_empty() || !ir.egress.isolated.is_empty();
+    let forward = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None).unwrap_or_default();
+    let iptables_backend = forward.contains("-j WEFT-FORWARD");
+    let nft_backend = tool::output("nft", &["list", "table", "inet", crate::nft::TABLE], None).is_ok();
+    if iptables_backend {
+        let first = forward.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default();
+        if !first.contains("-j WEFT-FORWARD") {
+            find(
+                format!("weft's FORWARD jump is not first ({first:?} precedes it): what that rule accepts bypasses NetworkPolicy"),
+                here.is_some(),
+            );
+        }
+        let wanted: Vec<String> = crate::iptables::render(&ir).sets.into_iter().map(|s| s.name).collect();
+        let sets = tool::output("ipset", &["list", "-n"], None).unwrap_or_default();
+        for s in
+            sets.lines().map(str::trim).filter(|s| s.starts_with("weft-") && !wanted.iter().any(|w| w == s))
+        {
+            find(format!("stale ipset {s}: left by another run or version of weft"), false);
+        }
+    }
+    if iptables_backend && nft_backend {
+        find(
+            "both weft's iptables chains and its nftables table are in place: one is stale".into(),
+            here.is_some(),
+        );
+    }
+    if !iptables_backend && !nft_backend && enforcing_here {
+        find("no weft policy rules on this node: its NetworkPolicies are not enforced (is weft-agent running?)".into(), here.is_some());
+    }
+    if let (Some(own), Some(c)) = (model.nodes.get(node).and_then(|n| n.pod_cidr), cluster) {
+        if let Ok(false) = masquerade_present(&[IpNetwork::V4(own)], Some(IpNetwork::V4(c)), network_name) {
+            let external = e.hops.iter().all(|h| h.class == "local->other") && !e.dst.contains('/');
+            find("the masquerade rule (WEFT-POSTROUTING) is missing: pod traffic leaving the cluster keeps its pod address".into(), external);
+        }
+    }
+    out
+}
+
+/// The findings as lines under an explanation.
+pub fn render(node: &str, findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return format!("  checks on {node}: nothing wrong found\n");
+    }
+    let mut s = format!("  checks on {node}:\n");
+    for f in findings {
+        s += &format!("    {} {}\n", if f.in_play { "IN PLAY:" } else { "also:" }, f.what);
+    }
+    s
+}
