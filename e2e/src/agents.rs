@@ -21,6 +21,8 @@ use crate::{command_in, plan, Testbed};
 
 /// Env var naming the `weft-agent` binary (else: next to the current executable).
 pub const AGENT_BIN_ENV: &str = "WEFT_AGENT_BIN";
+/// Where each agent serves /denied and /metrics, on its node netns's own loopback.
+pub const AGENT_HTTP: &str = "127.0.0.1:9787";
 /// Bound on an agent's first sync (its readiness line).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `wait_converged` reads the status files.
@@ -141,6 +143,8 @@ impl Testbed {
             AGENT_RESYNC_MS,
             "--cluster-cidr",
             CLUSTER_CIDR,
+            "--http",
+            AGENT_HTTP,
             "--cleanup-on-exit",
         ];
         argv.extend(extra);

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -21,7 +22,10 @@ use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_ma
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, PolicyBackend};
+use crate::denied::DenyLog;
+use crate::http;
 use crate::model::{Model, Snapshot};
+use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
 use crate::policy::compile;
@@ -47,6 +51,8 @@ pub struct Config {
     /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
     /// agent owns the node's masquerade chain; when not, it never touches it.
     pub cluster_cidr: Option<IpNetwork>,
+    /// Where to serve `/denied`, `/metrics` and `/healthz` (`--http`), if anywhere.
+    pub http: Option<std::net::SocketAddr>,
     /// Where the plugin reports pods (`--pod-socket`), if anywhere.
     pub pod_socket: Option<PathBuf>,
     /// Which NetworkPolicy backend to run (`--backend`).
@@ -107,6 +113,8 @@ pub enum AgentError {
     Status { path: PathBuf, source: std::io::Error },
     #[error("pod socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
+    #[error("http endpoint {addr}: {source}")]
+    Http { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Runs the agent until `events` yields `Stop` (a signal); then, with
@@ -117,17 +125,28 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
     let mut agent = Agent::start(cfg)?;
     let _socket = match &cfg.pod_socket {
         Some(path) => {
-            let s = PodSocket::listen(path, sender)
+            let s = PodSocket::listen(path, sender.clone())
                 .map_err(|source| AgentError::Socket { path: path.clone(), source })?;
             log(&format!("listening for pods on {}", path.display()));
             Some(s)
         }
         None => None,
     };
+    if let Some(addr) = cfg.http {
+        let bound =
+            http::serve(addr, agent.denied.clone()).map_err(|source| AgentError::Http { addr, source })?;
+        log(&format!("serving /denied, /metrics and /healthz on http://{bound}"));
+    }
+    if agent.policy.is_some() {
+        if let Err(e) = nflog::listen(sender.clone(), Event::Denied) {
+            log(&format!("no denied-connection log: NFLOG group {}: {e}", nflog::GROUP));
+        }
+    }
     loop {
         agent.tick()?;
         match events.recv_timeout(cfg.poll) {
             Ok(Event::Stop) => break,
+            Ok(Event::Denied(d)) => agent.on_denied(&d),
             Ok(Event::Pod(ev, reply)) => {
                 let _ = reply.send(agent.on_pod(&ev));
             }
@@ -158,6 +177,8 @@ struct Agent<'c> {
     snap: Option<Snapshot>,
     pods: PodEvents,
     last_status: Option<Status>,
+    /// The denied-connection log, shared with the HTTP endpoint.
+    denied: Arc<Mutex<DenyLog>>,
     next_sync: Instant,
     /// The next sync checks the kernel in full (the first and every periodic
     /// one); a sync for a new snapshot writes only what changed.
@@ -194,6 +215,7 @@ impl<'c> Agent<'c> {
             snap: None,
             pods: PodEvents::default(),
             last_status: None,
+            denied: Arc::new(Mutex::new(DenyLog::default())),
             next_sync: Instant::now(),
             full: true,
         })
@@ -282,6 +304,18 @@ impl<'c> Agent<'c> {
                 log(&e);
                 AgentReply { ok: false, error: Some(e) }
             }
+        }
+    }
+
+    /// A packet a drop rule logged: one line per denied connection, naming
+    /// the policies, from the state the rules were compiled from.
+    fn on_denied(&mut self, d: &Denied) {
+        let Some(s) = &self.snap else { return };
+        let model = self.pods.overlay(&s.model, &self.cfg.node);
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut log_ = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(line) = log_.record(d, &model, self.cluster_v4, Instant::now(), wall.as_millis() as u64) {
+            log(&format!("denied {}", serde_json::to_string(&line).unwrap_or_default()));
         }
     }
 

@@ -6,9 +6,12 @@
 pub mod agent;
 pub mod backend;
 pub mod checks;
+pub mod denied;
 pub mod explain;
+pub mod http;
 pub mod iptables;
 pub mod model;
+pub mod nflog;
 pub mod nft;
 pub mod pod_events;
 pub mod pod_socket;

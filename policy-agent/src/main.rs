@@ -46,6 +46,10 @@ struct Args {
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
     #[arg(long)]
     pod_socket: Option<PathBuf>,
+    /// Serve `/denied?since=MS` (the denied-connection log, JSON lines),
+    /// `/metrics` and `/healthz` on this address.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
     /// Delete weft's routes (and, with --cluster-cidr, the masquerade rule) on SIGTERM/SIGINT.
     #[arg(long)]
     cleanup_on_exit: bool,
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
         network_name: args.network_name,
         backend: args.backend,
         pod_socket: args.pod_socket,
+        http: args.http,
     };
     match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,11 +107,13 @@ const GOLDEN: &str = "table inet weft {
 
 	chain ingress {
 		ip daddr . meta l4proto . th dport . ip saddr @in_allow return
+		ct state new log prefix \"weft-deny-in\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
 
 	chain egress {
 		ip saddr . meta l4proto . th dport . ip daddr @out_allow return
+		ct state new log prefix \"weft-deny-out\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
 }

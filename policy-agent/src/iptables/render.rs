@@ -27,6 +27,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
 
+use crate::nflog;
 use crate::policy::{Direction, GroupPorts, PolicyIr};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
@@ -85,6 +86,7 @@ struct Names {
     /// The flag of the local pod and of the peer for single-address sets.
     pod_flag: &'static str,
     peer_flag: &'static str,
+    log_prefix: &'static str,
 }
 
 const INGRESS: Names = Names {
@@ -95,6 +97,7 @@ const INGRESS: Names = Names {
     allow_flags: "dst,dst,src",
     pod_flag: "dst",
     peer_flag: "src",
+    log_prefix: nflog::PREFIX_INGRESS,
 };
 
 const EGRESS: Names = Names {
@@ -105,6 +108,7 @@ const EGRESS: Names = Names {
     allow_flags: "src,dst,dst",
     pod_flag: "src",
     peer_flag: "dst",
+    log_prefix: nflog::PREFIX_EGRESS,
 };
 
 /// Renders `ir`.
@@ -178,6 +182,16 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
             }
         }
     }
+    // The first packet of a denied connection goes to the agent's log (a
+    // dropped packet never confirms its conntrack entry, so retransmits are
+    // NEW again: the agent folds those).
+    let _ = writeln!(
+        rules,
+        "-A {c} -m conntrack --ctstate NEW -j NFLOG --nflog-group {} --nflog-prefix {} --nflog-size {}",
+        nflog::GROUP,
+        n.log_prefix,
+        nflog::SNAPLEN
+    );
     let _ = writeln!(rules, "-A {c} -m comment --comment \"weft: denied by NetworkPolicy\" -j DROP");
 }
 
@@ -285,9 +299,11 @@ mod tests {
 -A WEFT-FORWARD -d 10.244.0.0/16 -m comment --comment "weft: transit to a pod on another node" -j ACCEPT
 -A WEFT-INGRESS -m set --match-set weft-in dst,dst,src -j RETURN
 -A WEFT-INGRESS -m set --match-set {it} dst -m set --match-set {ip_} src -p tcp -m tcp --dport 9000:9999 -j RETURN
+-A WEFT-INGRESS -m conntrack --ctstate NEW -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-in --nflog-size 64
 -A WEFT-INGRESS -m comment --comment "weft: denied by NetworkPolicy" -j DROP
 -A WEFT-EGRESS -m set --match-set weft-out src,dst,dst -j RETURN
 -A WEFT-EGRESS -m set --match-set {et} src -m set --match-set {ep} dst -j RETURN
+-A WEFT-EGRESS -m conntrack --ctstate NEW -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-out --nflog-size 64
 -A WEFT-EGRESS -m comment --comment "weft: denied by NetworkPolicy" -j DROP
 COMMIT
 "#

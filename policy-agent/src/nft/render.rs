@@ -39,10 +39,11 @@ use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, Payloa
 use nftables::schema::{
     Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Match, Operator, Statement};
+use nftables::stmt::{JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::model::Protocol;
+use crate::nflog;
 use crate::policy::{Direction, GroupPorts, PolicyIr};
 
 /// weft's table (family inet).
@@ -280,9 +281,11 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             Some("weft: transit to a pod on another node"),
         ));
     }
-    for (chain, pod, peer, set) in
-        [("ingress", "daddr", "saddr", "in_allow"), ("egress", "saddr", "daddr", "out_allow")]
-    {
+    let dirs = [
+        ("ingress", "daddr", "saddr", "in_allow", nflog::PREFIX_INGRESS),
+        ("egress", "saddr", "daddr", "out_allow", nflog::PREFIX_EGRESS),
+    ];
+    for (chain, pod, peer, set, log_prefix) in dirs {
         let key = Expression::Named(NamedExpression::Concat(vec![
             ip_field(pod),
             l4proto(),
@@ -290,6 +293,21 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             ip_field(peer),
         ]));
         skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
+        // The first packet of a denied connection goes to the agent's log (nflog.rs).
+        let ct_new = m(
+            Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
+            Operator::IN,
+            Expression::List(vec![Expression::String("new".into())]),
+        );
+        let log = Statement::Log(Some(Log {
+            prefix: Some(log_prefix.into()),
+            group: Some(u32::from(nflog::GROUP)),
+            snaplen: Some(nflog::SNAPLEN),
+            queue_threshold: None,
+            level: None,
+            flags: None,
+        }));
+        skeleton.push(rule(chain, vec![ct_new, log], None));
         skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
     }
 

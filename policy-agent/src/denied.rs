@@ -1,0 +1,234 @@
+//! The denied-connection log: one structured line per denied connection,
+//! naming the policies that decided it, folded (a retransmitted SYN of the
+//! same connection within `FOLD` is not a new event) and rate-limited per
+//! node (what is over the limit is counted, not lost silently). Also the
+//! per-policy counters `/metrics` serves. Pure but for the clock passed in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::explain::explain;
+use crate::model::{Model, Protocol};
+use crate::nflog::Denied;
+
+/// Packets of one connection within this time are one event.
+pub const FOLD: Duration = Duration::from_secs(10);
+/// At most this many lines per second per node.
+pub const RATE: u32 = 50;
+/// Lines kept for `/denied`.
+pub const KEEP: usize = 1000;
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeniedConnection {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub protocol: String,
+    pub src: String,
+    pub dst: String,
+    pub port: Option<u16>,
+    /// "ingress" or "egress": which end's policy denied it.
+    pub direction: &'static str,
+    /// In policy terms: which policies isolate that end, and that no rule admits it.
+    pub reason: String,
+    /// The isolating policies ("ns/name").
+    pub policies: Vec<String>,
+}
+
+type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool);
+
+/// The log and its counters.
+#[derive(Debug, Default)]
+pub struct DenyLog {
+    seen: HashMap<Key, Instant>,
+    lines: VecDeque<DeniedConnection>,
+    /// Denied connections per (policy, direction).
+    per_policy: BTreeMap<(String, &'static str), u64>,
+    /// Packets folded into an earlier event of their connection.
+    pub folded: u64,
+    /// Events over the rate limit (counted, not logged).
+    pub suppressed: u64,
+    window: Option<(Instant, u32)>,
+}
+
+fn protocol_name(p: u8) -> (String, Option<Protocol>) {
+    match p {
+        6 => ("TCP".into(), Some(Protocol::Tcp)),
+        17 => ("UDP".into(), Some(Protocol::Udp)),
+        132 => ("SCTP".into(), Some(Protocol::Sctp)),
+        1 => ("ICMP".into(), None),
+        n => (format!("IP protocol {n}"), None),
+    }
+}
+
+impl DenyLog {
+    /// Records one denied packet seen at `now` (`time_ms` on the wall clock);
+    /// the line to log, or None if it was folded or suppressed.
+    pub fn record(
+        &mut self,
+        d: &Denied,
+        model: &Model,
+        cluster: Option<Ipv4Network>,
+        now: Instant,
+        time_ms: u64,
+    ) -> Option<DeniedConnection> {
+        let key = (d.src, d.dst, d.proto, d.dport, d.ingress);
+        if self.seen.get(&key).is_some_and(|t| now.duration_since(*t) < FOLD) {
+            self.folded += 1;
+            return None;
+        }
+        self.seen.insert(key, now);
+        if self.seen.len() > 4 * KEEP {
+            self.seen.retain(|_, t| now.duration_since(*t) < FOLD);
+        }
+        let direction = if d.ingress { "ingress" } else { "egress" };
+        let (protocol, proto) = protocol_name(d.proto);
+        let (src, dst, reason, policies) = match explain(
+            model,
+            cluster,
+            &d.src.to_string(),
+            &d.dst.to_string(),
+            d.dport.unwrap_or(0),
+            proto.unwrap_or(Protocol::Tcp),
+        ) {
+            Ok(e) => {
+                let decision = if d.ingress { &e.ingress } else { &e.egress };
+                let policies = decision.as_ref().map(|x| x.isolated_by.clone()).unwrap_or_default();
+                let (end, other) = if d.ingress { (&e.dst, &e.src) } else { (&e.src, &e.dst) };
+                let reason = if policies.is_empty() {
+                    format!(
+                        "{end} is not isolated for {direction} in the current state (the rules were older)"
+                    )
+                } else {
+                    let port = d.dport.map(|p| format!(" {p}")).unwrap_or_default();
+                    format!(
+                        "{end} is isolated for {direction} by {}; no rule admits {other} on {protocol}{port}",
+                        policies.join(", ")
+                    )
+                };
+                (e.src, e.dst, reason, policies)
+            }
+            Err(why) => (d.src.to_string(), d.dst.to_string(), why, Vec::new()),
+        };
+        for p in &policies {
+            *self.per_policy.entry((p.clone(), direction)).or_default() += 1;
+        }
+        // The rate limit: a window of one second.
+        let (start, count) = self.window.get_or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= RATE {
+            self.suppressed += 1;
+            return None;
+        }
+        *count += 1;
+        let line =
+            DeniedConnection { time_ms, protocol, src, dst, port: d.dport, direction, reason, policies };
+        if self.lines.len() == KEEP {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.clone());
+        Some(line)
+    }
+
+    /// The kept lines after `since_ms`, as JSON lines.
+    pub fn since(&self, since_ms: u64) -> String {
+        self.lines
+            .iter()
+            .filter(|l| l.time_ms > since_ms)
+            .map(|l| serde_json::to_string(l).unwrap_or_default() + "\n")
+            .collect()
+    }
+
+    /// Prometheus text: denied connections per policy and direction, and
+    /// what was folded or suppressed.
+    pub fn metrics(&self) -> String {
+        let mut s = String::from(
+            "# HELP weft_denied_connections_total Connections denied, by isolating policy and direction.\n\
+             # TYPE weft_denied_connections_total counter\n",
+        );
+        for ((policy, dir), n) in &self.per_policy {
+            s += &format!("weft_denied_connections_total{{policy=\"{policy}\",direction=\"{dir}\"}} {n}\n");
+        }
+        s += &format!(
+            "# TYPE weft_denied_packets_folded_total counter\nweft_denied_packets_folded_total {}\n\
+             # TYPE weft_denied_log_suppressed_total counter\nweft_denied_log_suppressed_total {}\n",
+            self.folded, self.suppressed
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_manifests;
+
+    fn model() -> Model {
+        let text = "
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.2}
+---
+kind: Pod
+metadata: {name: b, namespace: y}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.3}
+---
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec: {podSelector: {}}
+";
+        let mut m = Model::default();
+        for o in parse_manifests(text).unwrap() {
+            assert!(m.insert(o));
+        }
+        m
+    }
+
+    fn syn(dport: u16) -> Denied {
+        Denied {
+            ingress: true,
+            src: [10, 244, 1, 3].into(),
+            dst: [10, 244, 1, 2].into(),
+            proto: 6,
+            dport: Some(dport),
+        }
+    }
+
+    #[test]
+    fn one_line_per_connection_naming_the_policy() {
+        let (m, t0) = (model(), Instant::now());
+        let mut log = DenyLog::default();
+        let line = log.record(&syn(81), &m, None, t0, 1000).expect("the first packet is logged");
+        assert_eq!(line.direction, "ingress");
+        assert_eq!(line.policies, ["x/deny-all"]);
+        assert_eq!(line.reason, "x/a (10.244.1.2) is isolated for ingress by x/deny-all; no rule admits y/b (10.244.1.3) on TCP 81");
+        // The retransmitted SYN one second later: folded.
+        assert_eq!(log.record(&syn(81), &m, None, t0 + Duration::from_secs(1), 2000), None);
+        assert_eq!(log.folded, 1);
+        // Another port is another connection; after FOLD the same one is new again.
+        assert!(log.record(&syn(80), &m, None, t0 + Duration::from_secs(2), 3000).is_some());
+        assert!(log.record(&syn(81), &m, None, t0 + FOLD + Duration::from_secs(1), 4000).is_some());
+        assert_eq!(log.since(2500).lines().count(), 2);
+        assert!(log
+            .metrics()
+            .contains("weft_denied_connections_total{policy=\"x/deny-all\",direction=\"ingress\"} 3"));
+    }
+
+    #[test]
+    fn over_the_rate_lines_are_counted_not_logged() {
+        let (m, t0) = (model(), Instant::now());
+        let mut log = DenyLog::default();
+        let logged =
+            (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, None, t0, 1).is_some()).count();
+        assert_eq!((logged, log.suppressed), (RATE as usize, 10));
+        assert!(log.record(&syn(5000), &m, None, t0 + Duration::from_secs(1), 2).is_some(), "a new second");
+    }
+}
