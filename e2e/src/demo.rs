@@ -133,19 +133,23 @@ pub fn run() -> Result<bool, E2eError> {
     let n_paths = rows.len();
     let probes = t0.elapsed() - setup;
 
-    step("tearing down (workloads, agents, CNI DEL of every pod, namespaces)")?;
-    tb.down()?;
-
     step("the weave-npc 1.9.6 seed: the same NodePort flow under weave's rules and under weft's")?;
     let rows = weft_e2e::compare::nodeport_side_by_side()?;
     println!();
     print!("{}", weft_e2e::compare::table(&rows));
     let side_ok = rows.iter().all(|r| r.weft_right());
-    let all_ok = all_ok && side_ok;
+
+    step("a NetworkPolicy: demo/c admits TCP 80 only; demo/a tries port 81")?;
+    let why_ok = denied_and_explained(&tb, &a, &c)?;
+    let all_ok = all_ok && side_ok && why_ok;
+
+    step("tearing down (workloads, agents, CNI DEL of every pod, namespaces)")?;
+    tb.down()?;
     println!();
     if all_ok {
         println!(
-            "all {} paths ok, weft right in every weave-vs-weft case (setup {:.1}s, probes {:.1}s, total {:.1}s); runs torn down",
+            "all {} paths ok, weft right in every weave-vs-weft case, the denial logged and explained \
+             (setup {:.1}s, probes {:.1}s, total {:.1}s); runs torn down",
             n_paths,
             setup.as_secs_f64(),
             probes.as_secs_f64(),
@@ -153,11 +157,56 @@ pub fn run() -> Result<bool, E2eError> {
         );
     } else {
         println!(
-            "{failed} paths FAILED{}; run {run} torn down",
-            if side_ok { "" } else { ", weft wrong side by side" }
+            "{failed} paths FAILED{}{}; run {run} torn down",
+            if side_ok { "" } else { ", weft wrong side by side" },
+            if why_ok { "" } else { ", the denial not logged or explained" }
         );
     }
     Ok(all_ok)
+}
+
+/// Denies demo/a -> demo/c:81 with a policy, then prints the agent's log line
+/// for it and `weft-agent explain` run on demo/c's node. True if both name it.
+fn denied_and_explained(tb: &Testbed, a: &weft_e2e::Pod, c: &weft_e2e::Pod) -> Result<bool, E2eError> {
+    tb.apply(
+        "kind: NetworkPolicy\nmetadata: {name: web-only, namespace: demo}\nspec:\n  podSelector: {matchLabels: {pod: c}}\n  ingress: [{ports: [{port: 80}]}]\n",
+    )?;
+    tb.wait_converged(CONVERGE)?;
+    let got = probe_in(&a.netns, SocketAddr::from((c.ip, 81)), Proto::Tcp, PROBE)?;
+    let log_file = weft_e2e::run::run_dir(&tb.run()).join(format!("agent-n{}.log", c.node));
+    let line = || {
+        std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.split_once("weft-agent: denied ").map(|(_, j)| j.to_string()))
+    };
+    weft_e2e::wait_until(Duration::from_secs(5), || line().is_some());
+    println!();
+    println!("demo/a -> demo/c:81/tcp: {got}; weft-agent's denied-connection log on node {}:", c.node);
+    println!("  {}", line().unwrap_or_else(|| "(no line)".into()));
+    let agent = weft_e2e::pods::find_binary("weft-agent", weft_e2e::agents::AGENT_BIN_ENV)?.display().to_string();
+    let source = format!("dir:{}", tb.cluster_dir().display());
+    let node = format!("node-{}", c.node);
+    let argv = [
+        agent.as_str(),
+        "explain",
+        "--check",
+        "--node",
+        &node,
+        "--source",
+        &source,
+        "--cluster-cidr",
+        weft_e2e::pods::CLUSTER_CIDR,
+        "demo/a",
+        "demo/c:81",
+    ];
+    let out = weft_e2e::exec_in(&tb.node_netns(c.node), &argv, Duration::from_secs(10))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("$ weft-agent explain --check --node {node} demo/a demo/c:81   (in node {})", c.node);
+    for l in text.lines() {
+        println!("  {l}");
+    }
+    Ok(matches!(got, Outcome::Timeout | Outcome::Refused) && line().is_some() && text.contains("DENIED"))
 }
 
 fn print_table(rows: &[Row]) {
