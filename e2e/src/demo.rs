@@ -184,7 +184,8 @@ fn denied_and_explained(tb: &Testbed, a: &weft_e2e::Pod, c: &weft_e2e::Pod) -> R
     println!();
     println!("demo/a -> demo/c:81/tcp: {got}; weft-agent's denied-connection log on node {}:", c.node);
     println!("  {}", line().unwrap_or_else(|| "(no line)".into()));
-    let agent = weft_e2e::pods::find_binary("weft-agent", weft_e2e::agents::AGENT_BIN_ENV)?.display().to_string();
+    let agent =
+        weft_e2e::pods::find_binary("weft-agent", weft_e2e::agents::AGENT_BIN_ENV)?.display().to_string();
     let source = format!("dir:{}", tb.cluster_dir().display());
     let node = format!("node-{}", c.node);
     let argv = [

@@ -280,3 +280,44 @@ fn a_denied_connection_is_logged_once_with_its_policy() {
         common::assert_gone(&st);
     }
 }
+
+#[test]
+fn an_audit_policy_logs_what_it_would_deny_and_lets_it_pass() {
+    if !root_or_skip("an_audit_policy_logs_what_it_would_deny_and_lets_it_pass") {
+        return;
+    }
+    for backend in ["iptables", "nftables"] {
+        let mut tb = pod_testbed(2);
+        let xa = tb.add_pod(1, "x/a").unwrap();
+        let yb = tb.add_pod(2, "y/b").unwrap();
+        tb.apply("kind: NetworkPolicy\nmetadata: {name: try-deny, namespace: x, annotations: {weft.io/audit: 'true'}}\nspec: {podSelector: {}}\n").unwrap();
+        tb.start_agents_with(&["--backend", backend]).unwrap();
+        tb.wait_converged(CONVERGE).unwrap();
+        assert!(connects(&yb, &xa, 81, Proto::Tcp), "{backend}: an audit policy lets it pass");
+        let log_file = weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log");
+        let line = || {
+            std::fs::read_to_string(&log_file)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("weft-agent: denied ") && l.contains("\"audit\":true"))
+                .map(String::from)
+        };
+        assert!(
+            weft_e2e::wait_until(Duration::from_secs(5), || line().is_some()),
+            "{backend}: no audit line"
+        );
+        let line = line().unwrap_or_default();
+        assert!(
+            line.contains("\"policies\":[\"x/try-deny\"]") && line.contains("would be isolated"),
+            "{line}"
+        );
+        // The same policy enforced: denied.
+        tb.apply("kind: NetworkPolicy\nmetadata: {name: try-deny, namespace: x}\nspec: {podSelector: {}}\n")
+            .unwrap();
+        tb.wait_converged(CONVERGE).unwrap();
+        assert!(blocked(&yb, &xa, 81, Proto::Tcp), "{backend}: enforced now");
+        let st = tb.state();
+        tb.down().unwrap();
+        common::assert_gone(&st);
+    }
+}

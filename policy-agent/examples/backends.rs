@@ -117,6 +117,7 @@ fn model(pods: usize, policies: usize) -> Model {
             pod_selector: sel("app", format!("a{}", i % 5)),
             ingress,
             egress,
+            audit: false,
         };
         m.policies.insert(p.key(), p);
     }

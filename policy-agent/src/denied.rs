@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::explain::explain;
 use crate::model::{Model, Protocol};
 use crate::nflog::Denied;
+use crate::policy::evaluate::with_audit_enforced;
 
 /// Packets of one connection within this time are one event.
 pub const FOLD: Duration = Duration::from_secs(10);
@@ -37,9 +38,12 @@ pub struct DeniedConnection {
     pub reason: String,
     /// The isolating policies ("ns/name").
     pub policies: Vec<String>,
+    /// True if only audit policies would deny it: it passed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
-type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool);
+type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool, bool);
 
 /// The log and its counters.
 #[derive(Debug, Default)]
@@ -76,7 +80,7 @@ impl DenyLog {
         now: Instant,
         time_ms: u64,
     ) -> Option<DeniedConnection> {
-        let key = (d.src, d.dst, d.proto, d.dport, d.ingress);
+        let key = (d.src, d.dst, d.proto, d.dport, d.ingress, d.audit);
         if self.seen.get(&key).is_some_and(|t| now.duration_since(*t) < FOLD) {
             self.folded += 1;
             return None;
@@ -87,8 +91,16 @@ impl DenyLog {
         }
         let direction = if d.ingress { "ingress" } else { "egress" };
         let (protocol, proto) = protocol_name(d.proto);
+        // An audit event is explained as if the audit policies were enforced.
+        let audit_view;
+        let view = if d.audit {
+            audit_view = with_audit_enforced(model);
+            &audit_view
+        } else {
+            model
+        };
         let (src, dst, reason, policies) = match explain(
-            model,
+            view,
             cluster,
             &d.src.to_string(),
             &d.dst.to_string(),
@@ -105,8 +117,9 @@ impl DenyLog {
                     )
                 } else {
                     let port = d.dport.map(|p| format!(" {p}")).unwrap_or_default();
+                    let (is, passed) = if d.audit { ("would be", " (audit: it passed)") } else { ("is", "") };
                     format!(
-                        "{end} is isolated for {direction} by {}; no rule admits {other} on {protocol}{port}",
+                        "{end} {is} isolated for {direction} by {}; no rule admits {other} on {protocol}{port}{passed}",
                         policies.join(", ")
                     )
                 };
@@ -127,8 +140,18 @@ impl DenyLog {
             return None;
         }
         *count += 1;
-        let line =
-            DeniedConnection { time_ms, protocol, src, dst, port: d.dport, direction, reason, policies };
+        let port = d.dport;
+        let line = DeniedConnection {
+            time_ms,
+            protocol,
+            src,
+            dst,
+            port,
+            direction,
+            reason,
+            policies,
+            audit: d.audit,
+        };
         if self.lines.len() == KEEP {
             self.lines.pop_front();
         }
@@ -195,6 +218,7 @@ spec: {podSelector: {}}
     fn syn(dport: u16) -> Denied {
         Denied {
             ingress: true,
+            audit: false,
             src: [10, 244, 1, 3].into(),
             dst: [10, 244, 1, 2].into(),
             proto: 6,
@@ -220,6 +244,22 @@ spec: {podSelector: {}}
         assert!(log
             .metrics()
             .contains("weft_denied_connections_total{policy=\"x/deny-all\",direction=\"ingress\"} 3"));
+    }
+
+    #[test]
+    fn audit_events_say_what_would_be_denied() {
+        let mut m = model();
+        for p in m.policies.values_mut() {
+            p.audit = true;
+        }
+        let mut log = DenyLog::default();
+        let line = log.record(&Denied { audit: true, ..syn(81) }, &m, None, Instant::now(), 1).unwrap();
+        assert!(line.audit && line.policies == ["x/deny-all"], "{line:?}");
+        assert!(line.reason.contains("would be isolated for ingress by x/deny-all"), "{}", line.reason);
+        assert!(line.reason.ends_with("(audit: it passed)"), "{}", line.reason);
+        assert!(serde_json::to_string(&line).unwrap().contains("\"audit\":true"));
+        let plain = log.record(&syn(82), &model(), None, Instant::now(), 2).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("audit"), "only audit lines carry the flag");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub const SNAPLEN: u32 = 64;
 /// Prefixes of the log rules.
 pub const PREFIX_INGRESS: &str = "weft-deny-in";
 pub const PREFIX_EGRESS: &str = "weft-deny-out";
+/// Prefixes of audit policies' log rules (logged, not dropped).
+pub const PREFIX_AUDIT_INGRESS: &str = "weft-audit-in";
+pub const PREFIX_AUDIT_EGRESS: &str = "weft-audit-out";
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
@@ -35,6 +38,8 @@ const AF_INET: u8 = 2;
 pub struct Denied {
     /// True for the ingress drop, false for egress.
     pub ingress: bool,
+    /// True if only an audit policy would deny it (it passed).
+    pub audit: bool,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     /// IP protocol number.
@@ -123,9 +128,11 @@ fn packet(body: &[u8]) -> Option<Denied> {
         }
         off += align4(len);
     }
-    let ingress = match prefix?.as_str() {
-        PREFIX_INGRESS => true,
-        PREFIX_EGRESS => false,
+    let (ingress, audit) = match prefix?.as_str() {
+        PREFIX_INGRESS => (true, false),
+        PREFIX_EGRESS => (false, false),
+        PREFIX_AUDIT_INGRESS => (true, true),
+        PREFIX_AUDIT_EGRESS => (false, true),
         _ => return None,
     };
     let ip = payload?;
@@ -140,7 +147,7 @@ fn packet(body: &[u8]) -> Option<Denied> {
         6 | 17 | 132 if ip.len() >= ihl + 4 => Some(u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]])),
         _ => None,
     };
-    Some(Denied { ingress, src, dst, proto, dport })
+    Some(Denied { ingress, audit, src, dst, proto, dport })
 }
 
 /// Subscribes to `GROUP` in this netns and sends each denied packet to `tx`
@@ -208,6 +215,7 @@ mod tests {
             [
                 Denied {
                     ingress: true,
+                    audit: false,
                     src: [10, 244, 1, 3].into(),
                     dst: [10, 244, 1, 2].into(),
                     proto: 6,
@@ -215,6 +223,7 @@ mod tests {
                 },
                 Denied {
                     ingress: false,
+                    audit: false,
                     src: [10, 244, 1, 2].into(),
                     dst: [10, 244, 2, 2].into(),
                     proto: 6,

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
-use super::render::{Rendered, SetSpec, EGRESS_CHAIN, FORWARD_CHAIN, INGRESS_CHAIN, SET_PREFIX};
+use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};
 
 /// The comment on weft's jump from FORWARD.
 const JUMP_COMMENT: &str = "weft: NetworkPolicy";
@@ -125,10 +125,10 @@ impl Iptables {
         };
         keep(remove_jumps().map(drop));
         let mut flush = String::from("*filter\n");
-        for c in [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN] {
+        for c in CHAINS {
             let _ = writeln!(flush, ":{c} - [0:0]");
         }
-        for c in [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN] {
+        for c in CHAINS {
             let _ = writeln!(flush, "-X {c}");
         }
         flush.push_str("COMMIT\n");

@@ -33,6 +33,11 @@ use crate::policy::{Direction, GroupPorts, PolicyIr};
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
 pub const EGRESS_CHAIN: &str = "WEFT-EGRESS";
+pub const AUDIT_INGRESS_CHAIN: &str = "WEFT-AUDIT-IN";
+pub const AUDIT_EGRESS_CHAIN: &str = "WEFT-AUDIT-OUT";
+/// Every chain weft declares (and so flushes and, on cleanup, deletes).
+pub const CHAINS: [&str; 5] =
+    [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN, AUDIT_INGRESS_CHAIN, AUDIT_EGRESS_CHAIN];
 /// Every ipset weft creates starts with this.
 pub const SET_PREFIX: &str = "weft-";
 pub const LOCAL_SET: &str = "weft-local";
@@ -87,6 +92,8 @@ struct Names {
     pod_flag: &'static str,
     peer_flag: &'static str,
     log_prefix: &'static str,
+    /// Audit: log what is not admitted and let it pass.
+    audit: bool,
 }
 
 const INGRESS: Names = Names {
@@ -98,6 +105,7 @@ const INGRESS: Names = Names {
     pod_flag: "dst",
     peer_flag: "src",
     log_prefix: nflog::PREFIX_INGRESS,
+    audit: false,
 };
 
 const EGRESS: Names = Names {
@@ -109,13 +117,34 @@ const EGRESS: Names = Names {
     pod_flag: "src",
     peer_flag: "dst",
     log_prefix: nflog::PREFIX_EGRESS,
+    audit: false,
+};
+
+const AUDIT_INGRESS: Names = Names {
+    iso: "weft-ain-iso",
+    allow: "weft-ain",
+    chain: AUDIT_INGRESS_CHAIN,
+    group: "weft-ai",
+    log_prefix: nflog::PREFIX_AUDIT_INGRESS,
+    audit: true,
+    ..INGRESS
+};
+
+const AUDIT_EGRESS: Names = Names {
+    iso: "weft-aout-iso",
+    allow: "weft-aout",
+    chain: AUDIT_EGRESS_CHAIN,
+    group: "weft-ae",
+    log_prefix: nflog::PREFIX_AUDIT_EGRESS,
+    audit: true,
+    ..EGRESS
 };
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> Rendered {
     let mut sets = vec![ip_set(LOCAL_SET, &ir.local, false)];
     let mut rules = String::from("*filter\n");
-    for c in [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN] {
+    for c in CHAINS {
         let _ = writeln!(rules, ":{c} - [0:0]");
     }
     let f = FORWARD_CHAIN;
@@ -133,6 +162,11 @@ pub fn render(ir: &PolicyIr) -> Rendered {
     }
     let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", EGRESS.iso);
     let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", INGRESS.iso);
+    if ir.audit {
+        let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {AUDIT_EGRESS_CHAIN}", AUDIT_EGRESS.iso);
+        let _ =
+            writeln!(rules, "-A {f} -m set --match-set {} dst -j {AUDIT_INGRESS_CHAIN}", AUDIT_INGRESS.iso);
+    }
     for flag in ["src", "dst"] {
         let _ = writeln!(rules, "-A {f} -m set --match-set {LOCAL_SET} {flag} -j ACCEPT");
     }
@@ -144,6 +178,11 @@ pub fn render(ir: &PolicyIr) -> Rendered {
     }
     for (dir, names) in [(&ir.ingress, &INGRESS), (&ir.egress, &EGRESS)] {
         direction(dir, names, &mut sets, &mut rules);
+    }
+    if ir.audit {
+        for (dir, names) in [(&ir.audit_ingress, &AUDIT_INGRESS), (&ir.audit_egress, &AUDIT_EGRESS)] {
+            direction(dir, names, &mut sets, &mut rules);
+        }
     }
     rules.push_str("COMMIT\n");
     Rendered { sets, rules }
@@ -192,7 +231,9 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
         n.log_prefix,
         nflog::SNAPLEN
     );
-    let _ = writeln!(rules, "-A {c} -m comment --comment \"weft: denied by NetworkPolicy\" -j DROP");
+    if !n.audit {
+        let _ = writeln!(rules, "-A {c} -m comment --comment \"weft: denied by NetworkPolicy\" -j DROP");
+    }
 }
 
 fn spec(name: &str, kind: SetType, mut members: Vec<String>, content_named: bool) -> SetSpec {
@@ -289,6 +330,8 @@ mod tests {
 :WEFT-FORWARD - [0:0]
 :WEFT-INGRESS - [0:0]
 :WEFT-EGRESS - [0:0]
+:WEFT-AUDIT-IN - [0:0]
+:WEFT-AUDIT-OUT - [0:0]
 -A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "weft: replies" -j ACCEPT
 -A WEFT-FORWARD -s 10.244.1.0/24 -m set ! --match-set weft-local src -m comment --comment "weft: no known pod has this address yet" -j DROP
 -A WEFT-FORWARD -d 10.244.1.0/24 -m set ! --match-set weft-local dst -m comment --comment "weft: no known pod has this address yet" -j DROP

@@ -149,7 +149,13 @@ struct Meta {
     namespace: Option<String>,
     #[serde(default)]
     labels: Option<Labels>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
 }
+
+/// The annotation that puts a NetworkPolicy in audit mode: what it would
+/// deny is logged and passes.
+pub const AUDIT_ANNOTATION: &str = "weft.io/audit";
 
 impl Meta {
     fn name(&self) -> Result<String, String> {
@@ -508,12 +514,23 @@ fn network_policy(m: NetworkPolicyManifest) -> Result<NetworkPolicy, String> {
     };
     let ingress = rules(spec.ingress, "ingress", "from")?;
     let egress = rules(spec.egress, "egress", "to")?;
+    let audit =
+        match m.metadata.annotations.as_ref().and_then(|a| a.get(AUDIT_ANNOTATION)).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(format!(
+                    "metadata.annotations.{AUDIT_ANNOTATION} {other:?} is not \"true\" or \"false\""
+                ))
+            }
+        };
     Ok(NetworkPolicy {
         namespace,
         name,
         pod_selector,
         ingress: isolates_ingress.then_some(ingress),
         egress: isolates_egress.then_some(egress),
+        audit,
     })
 }
 
@@ -945,6 +962,19 @@ spec:
             let got = policy_err(spec);
             assert!(got.contains(want), "{spec}: {got:?} does not contain {want:?}");
         }
+    }
+
+    #[test]
+    fn audit_annotation() {
+        let text = |v: &str| {
+            format!("kind: NetworkPolicy\nmetadata: {{name: p, namespace: x, annotations: {{weft.io/audit: {v}}}}}\n")
+        };
+        let Object::NetworkPolicy(p) = one(&text("'true'")) else { panic!() };
+        assert!(p.audit);
+        let Object::NetworkPolicy(p) = one(&text("'false'")) else { panic!() };
+        assert!(!p.audit);
+        assert!(!policy("  podSelector: {}\n").audit);
+        assert!(parse_manifests(&text("'yes'")).is_err());
     }
 
     #[test]

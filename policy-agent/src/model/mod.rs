@@ -218,6 +218,9 @@ pub struct NetworkPolicy {
     pub pod_selector: LabelSelector,
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
+    /// Annotated `weft.io/audit: "true"`: enforced only as a log of what it
+    /// would deny; such traffic passes.
+    pub audit: bool,
 }
 
 impl NetworkPolicy {

@@ -227,11 +227,22 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         set("in_iso", addr.clone(), false),
         set("out_iso", addr, false),
         set("in_allow", allow.clone(), true),
-        set("out_allow", allow, true),
+        set("out_allow", allow.clone(), true),
         chain("forward", true),
         chain("ingress", false),
         chain("egress", false),
     ];
+    if ir.audit {
+        let addr = SetTypeValue::Single(SetType::Ipv4Addr);
+        skeleton.extend([
+            set("ain_iso", addr.clone(), false),
+            set("aout_iso", addr, false),
+            set("ain_allow", allow.clone(), true),
+            set("aout_allow", allow, true),
+            chain("audit_in", false),
+            chain("audit_out", false),
+        ]);
+    }
     let ct_state =
         Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None }));
     let established = Expression::List(vec![
@@ -267,6 +278,18 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         vec![m(ip_field("daddr"), Operator::EQ, set_ref("in_iso")), jump("ingress")],
         None,
     ));
+    if ir.audit {
+        skeleton.push(rule(
+            "forward",
+            vec![m(ip_field("saddr"), Operator::EQ, set_ref("aout_iso")), jump("audit_out")],
+            None,
+        ));
+        skeleton.push(rule(
+            "forward",
+            vec![m(ip_field("daddr"), Operator::EQ, set_ref("ain_iso")), jump("audit_in")],
+            None,
+        ));
+    }
     for field in ["saddr", "daddr"] {
         skeleton.push(rule(
             "forward",
@@ -281,11 +304,16 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             Some("weft: transit to a pod on another node"),
         ));
     }
-    let dirs = [
-        ("ingress", "daddr", "saddr", "in_allow", nflog::PREFIX_INGRESS),
-        ("egress", "saddr", "daddr", "out_allow", nflog::PREFIX_EGRESS),
+    let mut dirs = vec![
+        ("ingress", "daddr", "saddr", "in_allow", nflog::PREFIX_INGRESS, true),
+        ("egress", "saddr", "daddr", "out_allow", nflog::PREFIX_EGRESS, true),
     ];
-    for (chain, pod, peer, set, log_prefix) in dirs {
+    if ir.audit {
+        // Audit chains log what is not admitted and let it pass.
+        dirs.push(("audit_in", "daddr", "saddr", "ain_allow", nflog::PREFIX_AUDIT_INGRESS, false));
+        dirs.push(("audit_out", "saddr", "daddr", "aout_allow", nflog::PREFIX_AUDIT_EGRESS, false));
+    }
+    for (chain, pod, peer, set, log_prefix, drop) in dirs {
         let key = Expression::Named(NamedExpression::Concat(vec![
             ip_field(pod),
             l4proto(),
@@ -308,7 +336,9 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             flags: None,
         }));
         skeleton.push(rule(chain, vec![ct_new, log], None));
-        skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+        if drop {
+            skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+        }
     }
 
     let mut sets = BTreeMap::new();
@@ -317,6 +347,12 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
     sets.insert("in_allow".to_string(), cells(&ir.ingress));
     sets.insert("out_allow".to_string(), cells(&ir.egress));
+    if ir.audit {
+        sets.insert("ain_iso".to_string(), addrs(&ir.audit_ingress.isolated));
+        sets.insert("aout_iso".to_string(), addrs(&ir.audit_egress.isolated));
+        sets.insert("ain_allow".to_string(), cells(&ir.audit_ingress));
+        sets.insert("aout_allow".to_string(), cells(&ir.audit_egress));
+    }
     NftRendered { sets, skeleton }
 }
 

@@ -34,10 +34,29 @@ enum Dir {
 /// network (for the IR's transit rule). Returns the IR and notes on what could
 /// not be enforced as written (e.g. IPv6 ipBlocks on this IPv4 data path).
 pub fn compile(model: &Model, node: &str, cluster_cidr: Option<Ipv4Network>) -> (PolicyIr, Vec<String>) {
+    let (mut ir, notes) = compile_some(model, node, cluster_cidr, |p| !p.audit);
+    // Audit policies: the rules as if they were enforced too; traffic the
+    // enforced rules admit but these would deny is logged, not dropped.
+    if model.policies.values().any(|p| p.audit) {
+        let (full, _) = compile_some(model, node, cluster_cidr, |_| true);
+        ir.audit = true;
+        ir.audit_ingress = full.ingress;
+        ir.audit_egress = full.egress;
+    }
+    (ir, notes)
+}
+
+/// `compile` over the policies `include` keeps.
+fn compile_some(
+    model: &Model,
+    node: &str,
+    cluster_cidr: Option<Ipv4Network>,
+    include: impl Fn(&NetworkPolicy) -> bool,
+) -> (PolicyIr, Vec<String>) {
     let pods: Vec<&Pod> = model.pods.values().filter(|p| p.ip.is_some() && !p.host_network).collect();
     let local: Vec<&Pod> = pods.iter().copied().filter(|p| p.node.as_deref() == Some(node)).collect();
     let mut c = Compiler { model, pods, notes: Vec::new(), ingress: Acc::default(), egress: Acc::default() };
-    for policy in model.policies.values() {
+    for policy in model.policies.values().filter(|p| include(p)) {
         let targets: Vec<&Pod> = local
             .iter()
             .copied()
@@ -59,6 +78,7 @@ pub fn compile(model: &Model, node: &str, cluster_cidr: Option<Ipv4Network>) -> 
         cluster_cidr,
         ingress: c.ingress.finish(),
         egress: c.egress.finish(),
+        ..PolicyIr::default()
     };
     (ir, c.notes)
 }
@@ -416,6 +436,17 @@ mod tests {
         assert_eq!(ir.ingress.groups.len(), 1, "{:?}", ir.ingress.groups);
         assert_eq!(ir.ingress.groups[0].targets, ir.ingress.isolated);
         assert_eq!(ir.ingress.groups[0].peers, [net("10.244.1.2/31"), net("10.244.2.2/31")]);
+    }
+
+    #[test]
+    fn audit_policies_are_compiled_apart() {
+        let audit = "---\nkind: NetworkPolicy\nmetadata: {name: try, namespace: x, annotations: {weft.io/audit: 'true'}}\nspec: {podSelector: {}}\n";
+        let ir = node1(&cluster(audit));
+        assert!(ir.ingress.isolated.is_empty(), "an audit policy isolates nothing");
+        assert!(ir.audit);
+        assert_eq!(ir.audit_ingress.isolated, [ip("10.244.1.2")].into(), "but would");
+        let plain = node1(&cluster(""));
+        assert!(!plain.audit && plain.audit_ingress == Direction::default());
     }
 
     #[test]

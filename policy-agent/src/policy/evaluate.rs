@@ -87,7 +87,8 @@ fn direction<'m>(
     admits: impl Fn(&Rule) -> bool,
 ) -> Decision {
     let mut d = Decision::default();
-    for policy in model.policies.values() {
+    // Audit policies deny nothing (see `with_audit_enforced`).
+    for policy in model.policies.values().filter(|p| !p.audit) {
         if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
             continue;
         }
@@ -135,6 +136,15 @@ fn ports_match(ports: &[PolicyPort], proto: Protocol, port: u16, server: Option<
                     (Some(named), _) => server.and_then(|s| s.resolve_port(named, proto)) == Some(port),
                 }
         })
+}
+
+/// `model` with its audit policies enforced: what they would decide.
+pub fn with_audit_enforced(model: &Model) -> Model {
+    let mut m = model.clone();
+    for p in m.policies.values_mut() {
+        p.audit = false;
+    }
+    m
 }
 
 /// What a node's compiled rules do with a packet of this connection in one

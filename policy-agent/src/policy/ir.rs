@@ -64,4 +64,10 @@ pub struct PolicyIr {
     pub cluster_cidr: Option<Ipv4Network>,
     pub ingress: Direction,
     pub egress: Direction,
+    /// True if audit policies exist: `audit_*` then hold every policy's view
+    /// (audit ones as if enforced); what it denies and the enforced view
+    /// admits is logged and passes.
+    pub audit: bool,
+    pub audit_ingress: Direction,
+    pub audit_egress: Direction,
 }
