@@ -687,6 +687,7 @@ mod tests {
             pod_selector: selector,
             ingress,
             egress: None,
+            audit: false,
         }
     }
 
