@@ -48,10 +48,14 @@ type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool, bool);
 /// The log and its counters.
 #[derive(Debug, Default)]
 pub struct DenyLog {
-    seen: HashMap<Key, Instant>,
+    /// Connections seen within FOLD, with the policies that denied them.
+    seen: HashMap<Key, (Instant, Vec<String>)>,
     lines: VecDeque<DeniedConnection>,
     /// Denied connections per (policy, direction).
     per_policy: BTreeMap<(String, &'static str), u64>,
+    /// Denied packets (each logged packet: a connection's first and its
+    /// retransmits) per (policy, direction).
+    packets: BTreeMap<(String, &'static str), u64>,
     /// Packets folded into an earlier event of their connection.
     pub folded: u64,
     /// Events over the rate limit (counted, not logged).
@@ -81,15 +85,17 @@ impl DenyLog {
         time_ms: u64,
     ) -> Option<DeniedConnection> {
         let key = (d.src, d.dst, d.proto, d.dport, d.ingress, d.audit);
-        if self.seen.get(&key).is_some_and(|t| now.duration_since(*t) < FOLD) {
+        let direction = if d.ingress { "ingress" } else { "egress" };
+        if let Some((_, policies)) = self.seen.get(&key).filter(|(t, _)| now.duration_since(*t) < FOLD) {
+            for p in policies {
+                *self.packets.entry((p.clone(), direction)).or_default() += 1;
+            }
             self.folded += 1;
             return None;
         }
-        self.seen.insert(key, now);
         if self.seen.len() > 4 * KEEP {
-            self.seen.retain(|_, t| now.duration_since(*t) < FOLD);
+            self.seen.retain(|_, (t, _)| now.duration_since(*t) < FOLD);
         }
-        let direction = if d.ingress { "ingress" } else { "egress" };
         let (protocol, proto) = protocol_name(d.proto);
         // An audit event is explained as if the audit policies were enforced.
         let audit_view;
@@ -129,7 +135,9 @@ impl DenyLog {
         };
         for p in &policies {
             *self.per_policy.entry((p.clone(), direction)).or_default() += 1;
+            *self.packets.entry((p.clone(), direction)).or_default() += 1;
         }
+        self.seen.insert(key, (now, policies.clone()));
         // The rate limit: a window of one second.
         let (start, count) = self.window.get_or_insert((now, 0));
         if now.duration_since(*start) >= Duration::from_secs(1) {
@@ -177,6 +185,11 @@ impl DenyLog {
         );
         for ((policy, dir), n) in &self.per_policy {
             s += &format!("weft_denied_connections_total{{policy=\"{policy}\",direction=\"{dir}\"}} {n}\n");
+        }
+        s += "# HELP weft_denied_packets_total Packets denied (first and retransmitted), by policy and direction.\n\
+              # TYPE weft_denied_packets_total counter\n";
+        for ((policy, dir), n) in &self.packets {
+            s += &format!("weft_denied_packets_total{{policy=\"{policy}\",direction=\"{dir}\"}} {n}\n");
         }
         s += &format!(
             "# TYPE weft_denied_packets_folded_total counter\nweft_denied_packets_folded_total {}\n\
@@ -237,6 +250,9 @@ spec: {podSelector: {}}
         // The retransmitted SYN one second later: folded.
         assert_eq!(log.record(&syn(81), &m, None, t0 + Duration::from_secs(1), 2000), None);
         assert_eq!(log.folded, 1);
+        assert!(log
+            .metrics()
+            .contains("weft_denied_packets_total{policy=\"x/deny-all\",direction=\"ingress\"} 2"));
         // Another port is another connection; after FOLD the same one is new again.
         assert!(log.record(&syn(80), &m, None, t0 + Duration::from_secs(2), 3000).is_some());
         assert!(log.record(&syn(81), &m, None, t0 + FOLD + Duration::from_secs(1), 4000).is_some());
