@@ -63,6 +63,8 @@ demo: deps
 
 bench: release
 	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)
+	@echo; echo "## NetworkPolicy backends on a synthetic model (node-1's share)"; echo
+	$(CARGO) run -q --release -p weft-agent --example backends -- 1000 100 3000 300
 
 clean:
 	$(CARGO) clean

@@ -19,5 +19,6 @@ pub mod policy;
 pub mod route_table;
 pub mod routes;
 pub mod source;
+pub mod synthetic;
 
 pub use model::{Model, Node, Snapshot};
