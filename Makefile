@@ -65,6 +65,10 @@ bench: release
 	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)
 	@echo; echo "## NetworkPolicy backends on a synthetic model (node-1's share)"; echo
 	$(CARGO) run -q --release -p weft-agent --example backends -- 1000 100 3000 300
+	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force"; echo
+	$(CARGO) build -q --release --workspace --bins
+	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
+		target/release/weft-e2e bench datapath --policies 1000 --secs 3
 
 clean:
 	$(CARGO) clean

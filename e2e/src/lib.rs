@@ -6,6 +6,7 @@
 //! nothing behind. The CLI (`weft-e2e`) exposes the same operations.
 
 pub mod agents;
+pub mod bench;
 pub mod cluster;
 pub mod compare;
 pub mod conformance;

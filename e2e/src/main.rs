@@ -74,6 +74,13 @@ enum Cmd {
     /// Run scenario NAME (or `all`) on a fresh testbed of its own and print
     /// each check; exit 0 if every check passed. `list` names them.
     Run { name: String },
+    /// Benchmarks (root): `datapath` measures what policy costs the packets
+    /// (iperf3 and connections per second, three backends, with no policy and
+    /// with N policies in force) and prints a table.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// Show weft at work (root): a 2-node testbed, three pods, a ClusterIP and a
     /// NodePort service, one probe per path as a table, then teardown. Exit 0 if
     /// every path is ok, 1 otherwise.
@@ -111,6 +118,21 @@ enum ConformanceCmd {
 }
 
 #[derive(Subcommand)]
+enum BenchCmd {
+    Datapath {
+        /// Policies in force in the loaded runs, all selecting the server.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Repetitions of each measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum PodCmd {
     /// Create pod NS/NAME on node NODE: its netns, CNI ADD by `weft` (found
     /// next to this binary or via $WEFT_BIN), its workload; prints its IP.
@@ -136,6 +158,10 @@ fn main() -> ExitCode {
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
         Cmd::Run { name } => return run_cmd(&name),
+        Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps } } => {
+            weft_e2e::bench::datapath(policies, secs, reps)
+                .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
+        }
         Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, explain, paths } } => {
             return conformance_cmd(backend, keep, list, explain, &paths)
         }

@@ -1,0 +1,21 @@
+//! The data-path benchmark (`make bench`) at a tiny scale so its code cannot
+//! rot: every backend and path gives a row; the weft backends connect with
+//! the admitting policy in force. No figure is judged.
+
+mod common;
+
+use common::root_or_skip;
+
+#[test]
+fn the_datapath_benchmark_runs_at_a_tiny_scale() {
+    if !root_or_skip("the_datapath_benchmark_runs_at_a_tiny_scale") {
+        return;
+    }
+    let rows = weft_e2e::bench::datapath(2, 1, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.len(), 12, "3 backends x 2 loads x 2 paths: {rows:?}");
+    for r in rows.iter().filter(|r| r.backend != "weave-1.9.6") {
+        assert!(r.gbits.is_some() && r.conns > 0.0, "weft admits the clients: {r:?}");
+    }
+    let table = weft_e2e::bench::table(&rows);
+    assert_eq!(table.lines().count(), 14, "{table}");
+}
