@@ -16,7 +16,8 @@ use weft_agent::pod_socket::Event;
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
 /// node's masquerade rule when given the cluster CIDR.
 #[derive(Debug, Parser)]
-#[command(name = "weft-agent", version)]
+// A later flag overrides an earlier one (a wrapper's defaults, then the caller's).
+#[command(name = "weft-agent", version, args_override_self = true)]
 struct Args {
     /// This node's name (metadata.name of its Node).
     #[arg(long)]
