@@ -74,7 +74,8 @@ pub fn datapath(n: usize, secs: u64, reps: usize) -> Result<Vec<Row>> {
         let weave = backend == "weave-1.9.6";
         // The agents' defaults, not the testbed's fast resync: on 2 cores a
         // sync every 500 ms of 1000 policies would be measured too.
-        let args = ["--backend", if weave { "off" } else { backend }, "--resync-ms", "10000", "--poll-ms", "200"];
+        let args =
+            ["--backend", if weave { "off" } else { backend }, "--resync-ms", "10000", "--poll-ms", "200"];
         tb.start_agents_with(&args)?;
         for load in [0, n] {
             if load > 0 {

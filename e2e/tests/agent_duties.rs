@@ -141,3 +141,31 @@ fn agent_turns_forwarding_on_and_owns_the_masquerade_rule() {
     tb.down().unwrap();
     assert_gone(&st);
 }
+
+/// With --cni-conf-dir, the agent writes the conflist once its node is ready:
+/// weft with the node's pod CIDR and the agent's socket, portmap chained when
+/// the bin dir has it; a runtime's parser and weft's own accept it.
+#[test]
+fn the_agent_writes_the_conflist_once_the_node_is_ready() {
+    if !common::root_or_skip("the_agent_writes_the_conflist_once_the_node_is_ready") {
+        return;
+    }
+    let tb = common::pod_testbed(1);
+    let run_dir = weft_e2e::run::run_dir(&tb.run());
+    let (conf, bin) = (run_dir.join("net.d"), run_dir.join("cni-bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("portmap"), "").unwrap();
+    let (conf_s, bin_s) = (conf.display().to_string(), bin.display().to_string());
+    tb.start_agent(1, &["--cni-conf-dir", &conf_s, "--cni-bin-dir", &bin_s]).unwrap();
+    tb.wait_converged(std::time::Duration::from_secs(10)).unwrap();
+    let text = std::fs::read_to_string(conf.join("10-weft.conflist")).expect("the conflist is written");
+    let list = weft_conf::NetConfList::parse(text.as_bytes()).unwrap();
+    assert_eq!(list.plugins.len(), 2, "portmap chained: {text}");
+    let weft =
+        weft_conf::NetConf::parse(list.plugin_config(0, None).unwrap().to_string().as_bytes()).unwrap();
+    assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.1.0/24");
+    assert_eq!(weft.agent_socket, Some(weft_e2e::agents::pod_socket(&tb.run(), 1)));
+    let st = tb.state();
+    tb.down().unwrap();
+    common::assert_gone(&st);
+}

@@ -22,6 +22,7 @@ use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_ma
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, PolicyBackend};
+use crate::cni_config;
 use crate::denied::DenyLog;
 use crate::http;
 use crate::model::{Model, Snapshot};
@@ -51,6 +52,10 @@ pub struct Config {
     /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
     /// agent owns the node's masquerade chain; when not, it never touches it.
     pub cluster_cidr: Option<IpNetwork>,
+    /// Where to write the conflist once the node is ready (`--cni-conf-dir`).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The CNI bin dir, to chain portmap when it is there (`--cni-bin-dir`).
+    pub cni_bin_dir: PathBuf,
     /// Where to serve `/denied`, `/metrics` and `/healthz` (`--http`), if anywhere.
     pub http: Option<std::net::SocketAddr>,
     /// Where the plugin reports pods (`--pod-socket`), if anywhere.
@@ -239,6 +244,7 @@ impl<'c> Agent<'c> {
                 Err(e) => status.errors.push(e),
             }
         }
+        self.write_conflist(s, &mut status);
         report_changes(self.last_status.as_ref(), &status);
         write_status(&self.cfg.status_file, &status)?;
         if self.last_status.is_none() {
@@ -304,6 +310,29 @@ impl<'c> Agent<'c> {
                 log(&e);
                 AgentReply { ok: false, error: Some(e) }
             }
+        }
+    }
+
+    /// Writes the conflist (if asked and changed) once this node can carry
+    /// pods: its pod CIDR known and, with a policy backend, policy applied.
+    fn write_conflist(&self, s: &Snapshot, status: &mut Status) {
+        let Some(dir) = &self.cfg.cni_conf_dir else { return };
+        let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else { return };
+        if self.policy.is_some() && status.policy.is_none() {
+            return;
+        }
+        let socket =
+            self.cfg.pod_socket.clone().unwrap_or_else(|| weft_conf::netconf::DEFAULT_AGENT_SOCKET.into());
+        let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
+        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap);
+        let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
+        match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
+            Ok(true) => log(&format!(
+                "wrote {}: the node is ready for pods",
+                dir.join(cni_config::CONFLIST).display()
+            )),
+            Ok(false) => {}
+            Err(e) => status.errors.push(format!("write the conflist into {}: {e}", dir.display())),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod backend;
 pub mod checks;
+pub mod cni_config;
 pub mod denied;
 pub mod explain;
 pub mod http;

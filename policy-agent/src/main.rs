@@ -51,6 +51,13 @@ struct Args {
     /// `/metrics` and `/healthz` on this address.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
+    /// Write the conflist (`10-weft.conflist`) into this CNI config dir once the
+    /// node is ready to carry pods (its pod CIDR known, policy applied).
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The CNI bin dir: portmap is chained in the conflist when it is there.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
     /// Delete weft's routes (and, with --cluster-cidr, the masquerade rule) on SIGTERM/SIGINT.
     #[arg(long)]
     cleanup_on_exit: bool,
@@ -171,12 +178,50 @@ fn explain_main(argv: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// `weft-agent install-cni`: the CNI binaries into the host's bin dir.
+#[derive(Debug, Parser)]
+#[command(name = "weft-agent install-cni")]
+struct InstallArgs {
+    /// Where `weft` and `weft-ipam` are (default: next to this binary).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// The host's CNI bin dir (mounted into the init container).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+}
+
+fn install_main(argv: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = InstallArgs::parse_from(argv);
+    let from = args.from.or_else(|| std::env::current_exe().ok()?.parent().map(PathBuf::from));
+    let Some(from) = from else {
+        eprintln!("weft-agent install-cni: cannot tell where this binary is; pass --from");
+        return ExitCode::FAILURE;
+    };
+    match weft_agent::cni_config::install_binaries(&from, &args.bin_dir) {
+        Ok(written) => {
+            for p in &written {
+                println!("installed {}", p.display());
+            }
+            if written.is_empty() {
+                println!("{} is up to date", args.bin_dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weft-agent install-cni: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
-    if std::env::args_os().nth(1).is_some_and(|a| a == "explain") {
+    let sub = std::env::args_os().nth(1);
+    if sub.as_deref().is_some_and(|a| a == "explain" || a == "install-cni") {
         let prog = argv.next();
         argv.next();
-        return explain_main(prog.into_iter().chain(argv));
+        let rest = prog.into_iter().chain(argv);
+        return if sub.is_some_and(|a| a == "explain") { explain_main(rest) } else { install_main(rest) };
     }
     let args = Args::parse();
     let (tx, events) = mpsc::channel();
@@ -196,6 +241,8 @@ fn main() -> ExitCode {
         backend: args.backend,
         pod_socket: args.pod_socket,
         http: args.http,
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dir: args.cni_bin_dir,
     };
     match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,
