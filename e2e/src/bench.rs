@@ -11,7 +11,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use weft_agent::model::Labels;
+use weft_agent::model::manifest::labels;
 use weft_plugin::netns::{run_in, NetNs};
 
 use crate::error::{E2eError, Result};
@@ -32,10 +32,6 @@ pub struct Row {
     pub gbits: Option<f64>,
     /// Short TCP connections per second.
     pub conns: f64,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// `n` policies selecting every pod of namespace `bench`; policy i admits
@@ -64,9 +60,9 @@ pub fn datapath(n: usize, secs: u64, reps: usize) -> Result<Vec<Row>> {
     let n = n.max(1);
     let mut tb = Testbed::up(2)?;
     let client = format!("c{}", n - 1);
-    let srv = tb.add_pod_with(1, "bench/srv", labels(&[("app", "srv")]), serve_ports(&[80]))?;
-    let near = tb.add_pod_with(1, "bench/near", labels(&[("client", &client)]), serve_ports(&[80]))?;
-    let far = tb.add_pod_with(2, "bench/far", labels(&[("client", &client)]), serve_ports(&[80]))?;
+    let srv = tb.add_pod_with(1, "bench/srv", labels([("app", "srv")]), serve_ports(&[80]))?;
+    let near = tb.add_pod_with(1, "bench/near", labels([("client", client.as_str())]), serve_ports(&[80]))?;
+    let far = tb.add_pod_with(2, "bench/far", labels([("client", client.as_str())]), serve_ports(&[80]))?;
     let iperf = ["iperf3", "-s", "-p", IPERF_PORT, "--forceflush"];
     tb.spawn_in("iperf3 server", &srv.netns, &iperf, Duration::from_secs(10))?;
     let mut rows = Vec::new();

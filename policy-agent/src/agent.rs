@@ -340,10 +340,15 @@ impl<'c> Agent<'c> {
     /// the policies, from the state the rules were compiled from.
     fn on_denied(&mut self, d: &Denied) {
         let Some(s) = &self.snap else { return };
+        let now = Instant::now();
+        let mut denied = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        // A retransmit of a logged connection: counted, and no model is built for it.
+        if denied.fold(d, now) {
+            return;
+        }
         let model = self.pods.overlay(&s.model, &self.cfg.node);
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let mut log_ = self.denied.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(line) = log_.record(d, &model, self.cluster_v4, Instant::now(), wall.as_millis() as u64) {
+        if let Some(line) = denied.record_new(d, &model, self.cluster_v4, now, wall.as_millis() as u64) {
             log(&format!("denied {}", serde_json::to_string(&line).unwrap_or_default()));
         }
     }

@@ -45,6 +45,10 @@ pub struct DeniedConnection {
 
 type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool, bool);
 
+fn key(d: &Denied) -> Key {
+    (d.src, d.dst, d.proto, d.dport, d.ingress, d.audit)
+}
+
 /// The log and its counters.
 #[derive(Debug, Default)]
 pub struct DenyLog {
@@ -84,15 +88,38 @@ impl DenyLog {
         now: Instant,
         time_ms: u64,
     ) -> Option<DeniedConnection> {
-        let key = (d.src, d.dst, d.proto, d.dport, d.ingress, d.audit);
-        let direction = if d.ingress { "ingress" } else { "egress" };
-        if let Some((_, policies)) = self.seen.get(&key).filter(|(t, _)| now.duration_since(*t) < FOLD) {
-            for p in policies {
-                *self.packets.entry((p.clone(), direction)).or_default() += 1;
-            }
-            self.folded += 1;
+        if self.fold(d, now) {
             return None;
         }
+        self.record_new(d, model, cluster, now, time_ms)
+    }
+
+    /// True (and counted) if `d` is a packet of a connection logged within
+    /// `FOLD`: nothing more to do for it, not even building the model.
+    pub fn fold(&mut self, d: &Denied, now: Instant) -> bool {
+        let direction = if d.ingress { "ingress" } else { "egress" };
+        let Some((_, policies)) = self.seen.get(&key(d)).filter(|(t, _)| now.duration_since(*t) < FOLD)
+        else {
+            return false;
+        };
+        for p in policies {
+            *self.packets.entry((p.clone(), direction)).or_default() += 1;
+        }
+        self.folded += 1;
+        true
+    }
+
+    /// Records the first packet of a connection (`fold` said false).
+    pub fn record_new(
+        &mut self,
+        d: &Denied,
+        model: &Model,
+        cluster: Option<Ipv4Network>,
+        now: Instant,
+        time_ms: u64,
+    ) -> Option<DeniedConnection> {
+        let key = key(d);
+        let direction = if d.ingress { "ingress" } else { "egress" };
         if self.seen.len() > 4 * KEEP {
             self.seen.retain(|_, (t, _)| now.duration_since(*t) < FOLD);
         }

@@ -11,16 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::PolicyBackend;
 use crate::iptables::Iptables;
+use crate::model::manifest::labels;
 use crate::model::{
-    LabelSelector, Labels, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol,
-    Rule,
+    LabelSelector, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol, Rule,
 };
 use crate::nft::Nft;
 use crate::policy::{compile, PolicyIr};
-
-fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
 
 /// The synthetic model.
 pub fn model(pods: usize, policies: usize) -> Model {
@@ -36,7 +32,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
     let namespaces = (pods / 10).max(1);
     for i in 0..namespaces {
         let name = format!("ns-{i}");
-        let l = labels(&[("team", format!("t{}", i % 10)), ("kubernetes.io/metadata.name", name.clone())]);
+        let l = labels([("team", format!("t{}", i % 10)), ("kubernetes.io/metadata.name", name.clone())]);
         m.namespaces.insert(name.clone(), Namespace { name, labels: l });
     }
     for p in 0..pods {
@@ -46,7 +42,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
         let pod = Pod {
             namespace: format!("ns-{}", p % namespaces),
             name: format!("pod-{p}"),
-            labels: labels(&[
+            labels: labels([
                 ("app", format!("a{}", p % 5)),
                 ("role", ["client", "server"][p % 2].to_string()),
             ]),

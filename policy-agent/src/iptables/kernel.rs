@@ -57,12 +57,18 @@ impl Iptables {
         Iptables::default()
     }
 
-    /// Makes the kernel match `r`. Idempotent; with `full` (a resync) every
-    /// set and the chains are checked against the kernel, not only against
-    /// what this process wrote last.
+    /// Makes the kernel match `r`. Idempotent; with `full` (a resync, and the
+    /// first apply) every set, the chains and the FORWARD jump are checked
+    /// against the kernel; otherwise only what changed since this process's
+    /// last apply is written.
     pub fn apply(&mut self, r: &Rendered, full: bool) -> Result<Applied, KernelError> {
         let mut done = Applied::default();
-        let existing = list_sets()?;
+        // Between resyncs, trust what this process wrote last: a change (a CNI
+        // ADD waits for one) costs one `ipset restore`, not listings of the
+        // kernel's sets and of FORWARD besides.
+        let fresh = !full && self.rules.is_some();
+        let existing: BTreeSet<String> =
+            if fresh { self.sets.keys().cloned().collect() } else { list_sets()? };
         // 1. Sets.
         let mut payload = String::new();
         for s in &r.sets {
@@ -101,8 +107,10 @@ impl Iptables {
             self.rules = Some(r.rules.clone());
             done.rules_written = true;
         }
-        // 3. The jump, first in FORWARD.
-        done.jump_moved = ensure_jump_first()?;
+        // 3. The jump, first in FORWARD: checked on resync and when the chains changed.
+        if !fresh || done.rules_written {
+            done.jump_moved = ensure_jump_first()?;
+        }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
         for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {

@@ -681,9 +681,9 @@ fn check_port_name(s: &str) -> Result<(), String> {
     }
 }
 
-/// Sorted map of labels, for building test objects and manifests.
-pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+/// Sorted map of labels, for building test objects, manifests and models.
+pub fn labels<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Labels {
+    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect::<BTreeMap<_, _>>()
 }
 
 #[cfg(test)]
