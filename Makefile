@@ -63,12 +63,15 @@ demo: deps
 
 bench: release
 	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)
-	@echo; echo "## NetworkPolicy backends on a synthetic model (node-1's share)"; echo
-	$(CARGO) run -q --release -p weft-agent --example backends -- 1000 100 3000 300
+	@echo; echo "## NetworkPolicy control plane on a synthetic model (node-1's share), with churn"; echo
+	$(CARGO) run -q --release -p weft-agent --example backends -- --churn 5 1000 100 10000 1000 10000 10000
 	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force"; echo
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench datapath --policies 1000 --secs 3
+	@echo; echo "## What isolation from the first packet adds to CNI ADD (1000 policies select the new pods)"; echo
+	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
+		target/release/weft-e2e bench add --pods 20 --policies 1000
 
 clean:
 	$(CARGO) clean

@@ -5,6 +5,13 @@
 //! N policies in force that all select the server, of which one admits the
 //! clients: single-stream iperf3 throughput, and short TCP connections per
 //! second (connect, read the server's reply, close), from each client.
+//!
+//! The ADD benchmark (`weft-e2e bench add`): what isolation from the first
+//! packet adds to CNI ADD. Pods are added to node 1 with N policies in
+//! force that select them; ADD returns only once the agent has their policy
+//! in the kernel. Without an agent on the node, the plugin finds no socket
+//! and returns at once: that is the baseline.
+//!
 //! Figures only: nothing here passes or fails on a number.
 
 use std::io::Read;
@@ -136,6 +143,58 @@ fn conn_rate(c: &Pod, ip: Ipv4Addr, dur: Duration) -> Result<f64> {
     })
     .map_err(E2eError::kernel("enter the client's netns"))?;
     Ok(done)
+}
+
+/// ADD times with one agent setup.
+#[derive(Debug, Clone)]
+pub struct AddRow {
+    /// "no agent", or the agent's backend.
+    pub agent: &'static str,
+    pub median: Duration,
+    pub p90: Duration,
+}
+
+/// Adds `pods` pods to node 1 (and deletes them) with `policies` policies
+/// selecting them in force, with no agent and with an agent per backend.
+pub fn add_cost(pods: usize, policies: usize) -> Result<Vec<AddRow>> {
+    let mut tb = Testbed::up(2)?;
+    tb.apply(&self::policies(policies.max(1)))?;
+    let mut rows = Vec::new();
+    for agent in ["no agent", "iptables", "nftables"] {
+        if agent != "no agent" {
+            tb.start_agents_with(&["--backend", agent, "--resync-ms", "10000", "--poll-ms", "200"])?;
+            tb.wait_converged(CONVERGE)?;
+        }
+        let mut times = Vec::new();
+        for i in 0..pods.max(1) {
+            let name = format!("bench/add-{i}");
+            times.push(tb.add_pod_with(1, &name, labels([("app", "add")]), serve_ports(&[80]))?.add);
+            tb.delete_pod(&name)?;
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        rows.push(AddRow { agent, median: at(0.5), p90: at(0.9) });
+        if agent != "no agent" {
+            for node in 1..=tb.nodes() {
+                tb.stop_agent(node)?;
+            }
+        }
+    }
+    tb.down()?;
+    Ok(rows)
+}
+
+/// The ADD rows as a table, with the difference to no agent.
+pub fn add_table(rows: &[AddRow]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let base = rows.iter().find(|r| r.agent == "no agent").map(|r| ms(r.median));
+    let mut s =
+        String::from("| agent | ADD median ms | ADD p90 ms | added by the agent ms |\n|---|---|---|---|\n");
+    for r in rows {
+        let extra = base.map(|b| format!("{:+.1}", ms(r.median) - b)).unwrap_or_default();
+        s += &format!("| {} | {:.1} | {:.1} | {extra} |\n", r.agent, ms(r.median), ms(r.p90));
+    }
+    s
 }
 
 /// The rows as a table, with each figure's ratio to the same backend and path without policy.

@@ -130,6 +130,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// What isolation from the first packet adds to CNI ADD.
+    Add {
+        /// Pods added (one at a time) per agent setup.
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+        /// Policies in force, all selecting the new pods.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +171,8 @@ fn main() -> ExitCode {
             weft_e2e::bench::datapath(policies, secs, reps)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
         }
+        Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
+            .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
         Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, explain, paths } } => {
             return conformance_cmd(backend, keep, list, explain, &paths)
         }

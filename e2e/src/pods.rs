@@ -63,6 +63,9 @@ pub struct Pod {
     pub host_veth: Option<String>,
     /// The workload's pid.
     pub pid: u32,
+    /// How long its CNI ADD took, the plugin's start to exit (with an agent
+    /// on the node, this includes waiting for the pod's policy to be in force).
+    pub add: Duration,
 }
 
 /// Splits "ns/pod" and checks both parts are DNS labels (1-63 of [a-z0-9-],
@@ -370,7 +373,9 @@ impl Testbed {
         // As the API server shows a scheduled pod before its sandbox exists:
         // the agent knows its labels when ADD reports its address.
         self.write_pod_manifest(rec, None)?;
+        let t0 = Instant::now();
         let stdout = cni_checked(run, rec, "ADD")?;
+        let add = t0.elapsed();
         let (ip, host_veth) = parse_add_result(&rec.name, &stdout)?;
         self.update_state(|st| {
             if let Some(p) = st.pods.iter_mut().find(|p| p.name == rec.name) {
@@ -393,7 +398,7 @@ impl Testbed {
         }
         let what = format!("serve of pod {}", rec.name);
         let pid = self.spawn_command(&workload_name(&rec.name), &rec.path, c, &what, READY_TIMEOUT)?;
-        Ok(Pod { name: rec.name.clone(), node: rec.node, netns: rec.path.clone(), ip, host_veth, pid })
+        Ok(Pod { name: rec.name.clone(), node: rec.node, netns: rec.path.clone(), ip, host_veth, pid, add })
     }
 
     /// Deletes pod `name`: stops its workload, releases it with CNI DEL (its

@@ -19,3 +19,18 @@ fn the_datapath_benchmark_runs_at_a_tiny_scale() {
     let table = weft_e2e::bench::table(&rows);
     assert_eq!(table.lines().count(), 14, "{table}");
 }
+
+#[test]
+fn the_add_benchmark_runs_at_a_tiny_scale() {
+    if !root_or_skip("the_add_benchmark_runs_at_a_tiny_scale") {
+        return;
+    }
+    let rows = weft_e2e::bench::add_cost(2, 2).unwrap_or_else(|e| panic!("{e}"));
+    let agents: Vec<&str> = rows.iter().map(|r| r.agent).collect();
+    assert_eq!(agents, ["no agent", "iptables", "nftables"]);
+    for r in &rows {
+        assert!(r.median > std::time::Duration::ZERO && r.median <= r.p90, "{r:?}");
+    }
+    let table = weft_e2e::bench::add_table(&rows);
+    assert_eq!(table.lines().count(), 5, "{table}");
+}

@@ -1,19 +1,74 @@
 //! The two policy backends on one synthetic model, side by side (see
-//! `weft_agent::synthetic`). Root. `make bench` runs it at two scales:
+//! `weft_agent::synthetic`). Root. `make bench` runs it at three scales:
 //!
 //! ```sh
-//! cargo run --release -p weft-agent --example backends -- [PODS] [POLICIES]...
+//! cargo run --release -p weft-agent --example backends -- [--churn SECS] [PODS POLICIES]...
 //! ```
+//!
+//! Each (scale, backend) runs in a child process of its own, so the peak RSS
+//! it reports is that backend's alone, as a node agent's would be.
 
-fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let scales: Vec<(usize, usize)> = if args.len() >= 2 {
-        args.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0], c[1])).collect()
+use std::process::{Command, ExitCode};
+
+use weft_agent::synthetic::{measure, table, Figures, BACKENDS};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--one") {
+        return one(&args[1..]);
+    }
+    let (churn, rest) = match args.first().map(String::as_str) {
+        Some("--churn") => {
+            (args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0u64), &args[2.min(args.len())..])
+        }
+        _ => (0, &args[..]),
+    };
+    let numbers: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
+    let scales: Vec<(usize, usize)> = if numbers.len() >= 2 {
+        numbers.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0], c[1])).collect()
     } else {
         vec![(1000, 100)]
     };
+    let Ok(me) = std::env::current_exe() else {
+        eprintln!("backends: cannot find my own executable");
+        return ExitCode::FAILURE;
+    };
     for (pods, policies) in scales {
-        let figures = weft_agent::synthetic::backends(pods, policies);
-        println!("{}", weft_agent::synthetic::table(pods, policies, &figures));
+        let mut figures: Vec<Figures> = Vec::new();
+        for backend in BACKENDS {
+            let out = Command::new(&me)
+                .args(["--one", backend, &pods.to_string(), &policies.to_string(), &churn.to_string()])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => match serde_json::from_slice(&o.stdout) {
+                    Ok(f) => figures.push(f),
+                    Err(e) => eprintln!("backends: {backend}: unreadable figures: {e}"),
+                },
+                Ok(o) => eprintln!("backends: {backend} failed: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => eprintln!("backends: cannot run {}: {e}", me.display()),
+            }
+        }
+        println!("{}", table(pods, policies, &figures));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--one BACKEND PODS POLICIES CHURN_SECS`: measures and prints the figures as JSON.
+fn one(args: &[String]) -> ExitCode {
+    let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+    let (Some(backend), Some(pods), Some(policies), Some(churn)) = (args.first(), n(1), n(2), n(3)) else {
+        eprintln!("usage: backends --one BACKEND PODS POLICIES CHURN_SECS");
+        return ExitCode::from(64);
+    };
+    let f = measure(backend, pods as usize, policies as usize, churn);
+    match serde_json::to_string(&f) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backends: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

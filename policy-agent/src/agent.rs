@@ -29,7 +29,7 @@ use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
-use crate::policy::compile;
+use crate::policy::{compile_with, Options};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{DirSource, Source};
@@ -65,6 +65,8 @@ pub struct Config {
     /// The network's name (`--network-name`): the comment on the masquerade
     /// rules, the same the plugin writes, so both write identical rules.
     pub network_name: String,
+    /// How NetworkPolicy is compiled (`--triple-peers`).
+    pub compile: Options,
 }
 
 /// What the policy backend enforces after a sync.
@@ -79,6 +81,9 @@ pub struct PolicyStatus {
     pub triples: usize,
     /// Rules without a single port, both directions.
     pub groups: usize,
+    /// Rules with many peers (one per distinct peers), both directions.
+    #[serde(default)]
+    pub port_groups: usize,
 }
 
 /// The status file: what the agent last applied.
@@ -236,7 +241,7 @@ impl<'c> Agent<'c> {
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut()));
         if let Some(p) = self.policy.as_mut() {
             let model = self.pods.overlay(&s.model, &self.cfg.node);
-            match enforce(p.as_mut(), &model, &self.cfg.node, self.cluster_v4, self.full) {
+            match enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full) {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
                     status.warnings = warnings;
@@ -304,7 +309,7 @@ impl<'c> Agent<'c> {
             return AgentReply { ok: true, error: None };
         };
         let model = self.pods.overlay(&s.model, &self.cfg.node);
-        match enforce(p.as_mut(), &model, &self.cfg.node, self.cluster_v4, false) {
+        match enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false) {
             Ok(_) => AgentReply { ok: true, error: None },
             Err(e) => {
                 log(&e);
@@ -378,11 +383,11 @@ impl<'c> Agent<'c> {
 fn enforce(
     p: &mut dyn PolicyBackend,
     model: &Model,
-    node: &str,
+    cfg: &Config,
     cluster: Option<Ipv4Network>,
     full: bool,
 ) -> Result<(PolicyStatus, Vec<String>), String> {
-    let (ir, warnings) = compile(model, node, cluster);
+    let (ir, warnings) = compile_with(model, &cfg.node, cluster, cfg.compile);
     if let Some(changed) = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))? {
         log(&format!("policy ({}): {changed}", p.name()));
     }
@@ -393,6 +398,7 @@ fn enforce(
         egress_isolated: ir.egress.isolated.len(),
         triples: ir.ingress.triples.len() + ir.egress.triples.len(),
         groups: ir.ingress.groups.len() + ir.egress.groups.len(),
+        port_groups: ir.ingress.port_groups.len() + ir.egress.port_groups.len(),
     };
     Ok((status, warnings))
 }

@@ -79,11 +79,13 @@ impl PolicyBackend for Nft {
 
     fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Option<String>, KernelError> {
         let done = Nft::apply(self, &nft::render(ir), full)?;
-        Ok(match (done.replaced, done.added + done.deleted) {
-            (true, _) if full => None,
-            (true, _) => Some("table inet weft replaced".into()),
-            (false, 0) => None,
-            (false, _) => Some(format!("{} elements added, {} deleted", done.added, done.deleted)),
+        let elements = format!("{} elements added, {} deleted", done.added, done.deleted);
+        Ok(match (done.replaced, done.regrouped, done.added + done.deleted) {
+            (true, _, _) if full => None,
+            (true, _, _) => Some("table inet weft replaced".into()),
+            (false, true, _) => Some(format!("groups changed (policy chains rewritten), {elements}")),
+            (false, false, 0) => None,
+            (false, false, _) => Some(elements),
         })
     }
 

@@ -67,6 +67,12 @@ struct Args {
     /// Full resync interval, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     resync_ms: u64,
+    /// Single-port rules with at most this many peer networks are compiled
+    /// to exact (pod, port, peer) set entries, a fixed cost per packet;
+    /// rules with more peers get one rule over a (pod, port) set and a peer
+    /// set, so set elements grow with pods plus peers, not their product.
+    #[arg(long, env = "WEFT_TRIPLE_PEERS", default_value_t = weft_agent::policy::DEFAULT_TRIPLE_PEERS)]
+    triple_peers: usize,
 }
 
 fn parse_source(s: &str) -> Result<PathBuf, String> {
@@ -238,6 +244,7 @@ fn main() -> ExitCode {
         resync: Duration::from_millis(args.resync_ms.max(100)),
         cluster_cidr: args.cluster_cidr,
         network_name: args.network_name,
+        compile: weft_agent::policy::Options { triple_peers: args.triple_peers },
         backend: args.backend,
         pod_socket: args.pod_socket,
         http: args.http,

@@ -1,13 +1,17 @@
 //! A synthetic cluster for the policy benchmarks (`make bench`) and their
-//! tiny-scale test: PODS pods over 3 nodes in PODS/10 namespaces (labels app
-//! and role; namespaces labelled team), POLICIES policies of the usual
-//! shapes: per-app ingress from a role of the namespace on one port and from
+//! tiny-scale test: PODS pods over 3 nodes in PODS/10 namespaces (at most
+//! 100; labelled team), each namespace's pods spread over 10 apps and two
+//! roles; POLICIES policies of the usual shapes, each selecting one app of
+//! its namespace: ingress from a role of the namespace on one port and from
 //! another team's namespaces on another, default denies, ipBlocks with an
-//! except, egress to DNS and the namespace. `backends` applies node-1's share
-//! with each backend in a network namespace of its own and measures.
+//! except, egress to DNS and the namespace. Policies differ in their ports,
+//! so none is a copy of another. `measure` applies node-1's share with a
+//! backend in a network namespace of its own and measures.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::backend::PolicyBackend;
 use crate::iptables::Iptables;
@@ -29,7 +33,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
             Node { name, pod_cidr: cidr, internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)) },
         );
     }
-    let namespaces = (pods / 10).max(1);
+    let namespaces = (pods / 10).clamp(1, 100);
     for i in 0..namespaces {
         let name = format!("ns-{i}");
         let l = labels([("team", format!("t{}", i % 10)), ("kubernetes.io/metadata.name", name.clone())]);
@@ -39,22 +43,14 @@ pub fn model(pods: usize, policies: usize) -> Model {
         let node = (p % 3) as u32;
         let k = (p / 3) as u32;
         let ip = Ipv4Addr::new(10, 100 + node as u8, (k / 250) as u8, (k % 250 + 2) as u8);
-        let pod = Pod {
-            namespace: format!("ns-{}", p % namespaces),
-            name: format!("pod-{p}"),
-            labels: labels([
-                ("app", format!("a{}", p % 5)),
-                ("role", ["client", "server"][p % 2].to_string()),
-            ]),
-            node: Some(format!("node-{}", node + 1)),
-            ip: Some(ip),
-            host_network: false,
-            ports: vec![],
-        };
+        let pod = synthetic_pod(namespaces, p, &format!("node-{}", node + 1), ip);
         m.pods.insert(pod.key(), pod);
     }
     for i in 0..policies {
         let ns = format!("ns-{}", i % namespaces);
+        // The n-th policy of its namespace: the app it selects, and its ports.
+        let nth = i / namespaces;
+        let (app, variant) = (nth % 10, (nth / 10) as u16);
         let port = |n: u16, protocol| PolicyPort { protocol, port: Some(PortRef::Number(n)), end_port: None };
         let sel = |k: &str, v: String| LabelSelector::of_labels([(k, v.as_str())]);
         let (ingress, egress) = match i % 10 {
@@ -78,7 +74,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
                         cidr: "10.0.0.0/8".parse().unwrap(),
                         except: vec!["10.100.0.0/16".parse().unwrap()],
                     }],
-                    ports: vec![port(9090, Protocol::Tcp)],
+                    ports: vec![port(9090 + variant, Protocol::Tcp)],
                 }]),
                 None,
             ),
@@ -87,14 +83,14 @@ pub fn model(pods: usize, policies: usize) -> Model {
                 Some(vec![
                     Rule {
                         peers: vec![Peer::Pods { namespaces: None, pods: sel("role", "client".into()) }],
-                        ports: vec![port(8080, Protocol::Tcp)],
+                        ports: vec![port(8080 + variant, Protocol::Tcp)],
                     },
                     Rule {
                         peers: vec![Peer::Pods {
                             namespaces: Some(sel("team", format!("t{}", (i + 1) % 10))),
                             pods: LabelSelector::default(),
                         }],
-                        ports: vec![port(443, Protocol::Tcp)],
+                        ports: vec![port(443 + variant, Protocol::Tcp)],
                     },
                 ]),
                 None,
@@ -103,7 +99,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
         let p = NetworkPolicy {
             namespace: ns,
             name: format!("policy-{i}"),
-            pod_selector: sel("app", format!("a{}", i % 5)),
+            pod_selector: sel("app", format!("a{app}")),
             ingress,
             egress,
             audit: false,
@@ -125,112 +121,322 @@ pub fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// The time of one step of the pipeline a change goes through in the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Model -> IR.
+    pub compile: Duration,
+    /// IR -> the backend's sets and rules.
+    pub render: Duration,
+    /// Into the kernel.
+    pub apply: Duration,
+}
+
+impl Step {
+    /// From the change to the kernel reflecting it.
+    pub fn total(&self) -> Duration {
+        self.compile + self.render + self.apply
+    }
+}
+
+/// Lag percentiles of the churn run, from a change to the kernel reflecting it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    /// Changes (pods created plus pods deleted) made.
+    pub changes: usize,
+    /// Agent cycles (compile, render, apply) that took them in.
+    pub cycles: usize,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
 /// One backend's figures.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
-    pub backend: &'static str,
+    pub backend: String,
     pub rules: usize,
     pub sets: usize,
     pub elements: usize,
-    /// first apply, pod added, pod relabelled, policy changed, resync.
-    pub apply: Vec<Duration>,
-    /// Compile (model -> IR) of the whole model for node-1.
-    pub compile: Duration,
+    /// Full sync from a cold start: the whole model to rules in the kernel.
+    pub full: Step,
+    /// One pod added on this node (what a CNI ADD waits for), one pod
+    /// relabelled, one policy changed.
+    pub changes: [Step; 3],
+    /// A periodic resync of the unchanged model (checks the kernel).
+    pub resync: Step,
+    /// The process's peak resident memory after the full sync, KiB.
+    pub peak_rss_kib: u64,
+    pub churn: Option<Churn>,
 }
 
-/// Applies node-1's share of `model(pods, policies)` with both backends
-/// (root: each in a new network namespace) and measures.
-pub fn backends(pods: usize, policies: usize) -> Vec<Figures> {
-    let m = model(pods, policies);
-    let cluster = "10.100.0.0/14".parse().ok();
-    let t0 = Instant::now();
-    let (ir, _) = compile(&m, "node-1", cluster);
-    let compile_time = t0.elapsed();
-    let ipt = crate::iptables::render(&ir);
-    let nft = crate::nft::render(&ir);
-    let counts = [
-        (
-            "iptables",
-            ipt.rules.lines().filter(|l| l.starts_with("-A")).count(),
-            ipt.sets.len(),
-            ipt.sets.iter().map(|s| s.members.len()).sum::<usize>(),
-        ),
-        (
-            "nftables",
-            nft.skeleton.iter().filter(|o| matches!(o, nftables::schema::NfListObject::Rule(_))).count(),
-            nft.sets.len(),
-            nft.sets.values().map(|s| s.len()).sum(),
-        ),
-    ];
-    counts
-        .into_iter()
-        .map(|(name, rules, sets, elements)| {
-            let apply = in_netns(|| {
-                let mut backend: Box<dyn PolicyBackend> =
-                    if name == "iptables" { Box::new(Iptables::new()) } else { Box::new(Nft::new()) };
-                changes(&m, &ir, cluster, backend.as_mut())
-            });
-            Figures { backend: name, rules, sets, elements, apply, compile: compile_time }
-        })
-        .collect()
+/// The backends `backends` measures.
+pub const BACKENDS: [&str; 2] = ["iptables", "nftables"];
+
+/// A backend, with its render and kernel steps apart so each is timed.
+enum Backend {
+    Iptables(Iptables),
+    Nft(Nft),
 }
 
-/// Applies `ir`, then a pod added, a pod relabelled, a policy changed, a resync; the times.
-fn changes(
-    m: &Model,
-    ir: &PolicyIr,
-    cluster: Option<ipnetwork::Ipv4Network>,
-    backend: &mut dyn PolicyBackend,
-) -> Vec<Duration> {
-    let mut t = Vec::new();
-    let mut run = |ir: &PolicyIr, full| {
-        let t0 = Instant::now();
-        backend.apply(ir, full).expect("apply");
-        t.push(t0.elapsed());
-    };
-    run(ir, true);
-    let mut m2 = m.clone();
-    if let Some(mut new_pod) = m2.pods.values().next().cloned() {
-        new_pod.name = "pod-new".into();
-        new_pod.node = Some("node-1".into());
-        new_pod.ip = Some(Ipv4Addr::new(10, 100, 200, 2));
-        m2.pods.insert(new_pod.key(), new_pod);
-    }
-    run(&compile(&m2, "node-1", cluster).0, false);
-    if let Some(p) = m2.pods.values_mut().next() {
-        p.labels.insert("role".into(), "server".into());
-    }
-    run(&compile(&m2, "node-1", cluster).0, false);
-    if let Some(rules) = m2.policies.values_mut().find_map(|p| p.ingress.as_mut().filter(|r| !r.is_empty())) {
-        if let Some(port) = rules[0].ports.first_mut() {
-            port.port = Some(PortRef::Number(8081));
+impl Backend {
+    fn new(name: &str) -> Backend {
+        if name == "iptables" {
+            Backend::Iptables(Iptables::new())
+        } else {
+            Backend::Nft(Nft::new())
         }
     }
-    run(&compile(&m2, "node-1", cluster).0, false);
-    run(&compile(&m2, "node-1", cluster).0, true);
-    let _ = backend.cleanup();
-    t
+
+    /// Renders and applies `ir`: (render time, apply time).
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> (Duration, Duration) {
+        let t0 = Instant::now();
+        match self {
+            Backend::Iptables(b) => {
+                let r = crate::iptables::render(ir);
+                let t1 = Instant::now();
+                b.apply(&r, full).expect("iptables apply");
+                (t1 - t0, t1.elapsed())
+            }
+            Backend::Nft(b) => {
+                let r = crate::nft::render(ir);
+                let t1 = Instant::now();
+                b.apply(&r, full).expect("nft apply");
+                (t1 - t0, t1.elapsed())
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let _ = match self {
+            Backend::Iptables(b) => PolicyBackend::cleanup(b),
+            Backend::Nft(b) => PolicyBackend::cleanup(b),
+        };
+    }
 }
 
-/// The figures as a Markdown table.
+/// Compiles, renders and applies `m` for node-1 with `backend`; the step's times.
+fn sync(m: &Model, backend: &mut Backend, full: bool) -> (Step, PolicyIr) {
+    let t0 = Instant::now();
+    let (ir, _) = compile(m, "node-1", cluster_cidr());
+    let compile = t0.elapsed();
+    let (render, apply) = backend.apply(&ir, full);
+    (Step { compile, render, apply }, ir)
+}
+
+fn cluster_cidr() -> Option<ipnetwork::Ipv4Network> {
+    "10.100.0.0/14".parse().ok()
+}
+
+/// The counts of `ir` as `backend` renders it: (rules, sets, elements).
+fn counts(backend: &str, ir: &PolicyIr) -> (usize, usize, usize) {
+    if backend == "iptables" {
+        let r = crate::iptables::render(ir);
+        let rules = r.rules.lines().filter(|l| l.starts_with("-A")).count();
+        (rules, r.sets.len(), r.sets.iter().map(|s| s.members.len()).sum())
+    } else {
+        let r = crate::nft::render(ir);
+        let rules =
+            r.skeleton.iter().filter(|o| matches!(o, nftables::schema::NfListObject::Rule(_))).count();
+        (rules, r.sets.len(), r.sets.values().map(|s| s.len()).sum())
+    }
+}
+
+/// Measures one backend on node-1's share of `model(pods, policies)`, in a
+/// network namespace of its own (root); with `churn_secs`, also the churn run.
+pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64) -> Figures {
+    let m = model(pods, policies);
+    in_netns(|| {
+        let mut backend = Backend::new(backend_name);
+        let (full, ir) = sync(&m, &mut backend, true);
+        let peak_rss_kib = peak_rss_kib();
+        let (rules, sets, elements) = counts(backend_name, &ir);
+        let mut m2 = m.clone();
+        let mut changes = [Step::default(); 3];
+        // A pod on node-1 that policies select and that is a peer of others.
+        let new_pod = synthetic_pod(m.namespaces.len(), NEW_POD, "node-1", Ipv4Addr::new(10, 100, 250, 2));
+        m2.pods.insert(new_pod.key(), new_pod);
+        changes[0] = sync(&m2, &mut backend, false).0;
+        if let Some(p) = m2.pods.values_mut().find(|p| p.node.as_deref() == Some("node-1")) {
+            let role =
+                if p.labels.get("role").map(String::as_str) == Some("client") { "server" } else { "client" };
+            p.labels.insert("role".into(), role.into());
+        }
+        changes[1] = sync(&m2, &mut backend, false).0;
+        if let Some(port) = m2
+            .policies
+            .values_mut()
+            .find(|p| p.name == "policy-1")
+            .and_then(|p| p.ingress.as_mut())
+            .and_then(|rules| rules.first_mut())
+            .and_then(|r| r.ports.first_mut())
+        {
+            port.port = Some(PortRef::Number(8081));
+        }
+        changes[2] = sync(&m2, &mut backend, false).0;
+        let resync = sync(&m2, &mut backend, true).0;
+        let churn = (churn_secs > 0).then(|| churn(&m2, &mut backend, Duration::from_secs(churn_secs)));
+        backend.cleanup();
+        Figures {
+            backend: backend_name.to_string(),
+            rules,
+            sets,
+            elements,
+            full,
+            changes,
+            resync,
+            peak_rss_kib,
+            churn,
+        }
+    })
+}
+
+/// Measures both backends in this process (the tiny-scale test; `make bench`
+/// runs `measure` in a process per backend so each peak RSS is its own).
+pub fn backends(pods: usize, policies: usize, churn_secs: u64) -> Vec<Figures> {
+    BACKENDS.iter().map(|b| measure(b, pods, policies, churn_secs)).collect()
+}
+
+const NEW_POD: usize = usize::MAX;
+
+/// Pod number `p` as `model` makes them, on `node` at `ip`.
+fn synthetic_pod(namespaces: usize, p: usize, node: &str, ip: Ipv4Addr) -> Pod {
+    let namespaces = namespaces.max(1);
+    // The pod's number in its namespace: its app, and every other ten a client.
+    let nth = p / namespaces;
+    Pod {
+        namespace: format!("ns-{}", p % namespaces),
+        name: format!("pod-{p}"),
+        labels: labels([
+            ("app", format!("a{}", nth % 10)),
+            ("role", ["client", "server"][(nth / 10) % 2].to_string()),
+        ]),
+        node: Some(node.to_string()),
+        ip: Some(ip),
+        host_network: false,
+        ports: vec![],
+    }
+}
+
+/// 100 pods created and 100 deleted per second, on every node, while the
+/// agent loop (compile, render, apply the changes pending) keeps up; the lag
+/// of each change from when it was made to when the kernel reflected it.
+fn churn(m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
+    const PER_SECOND: u32 = 100;
+    let namespaces = m.namespaces.len();
+    let mut m = m.clone();
+    let start = Instant::now();
+    let interval = Duration::from_secs(1) / PER_SECOND;
+    let (mut made, mut cycles) = (0usize, 0usize);
+    let mut lags: Vec<Duration> = Vec::new();
+    // The churned pods: created, then deleted a second later.
+    let mut live: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    while start.elapsed() < secs {
+        // The changes due by now, each at its scheduled time.
+        let due = (start.elapsed().as_nanos() / interval.as_nanos()) as usize + 1;
+        let mut pending = Vec::new();
+        while made < due {
+            let at = start + interval * made as u32;
+            let p = 1_000_000 + made;
+            let k = made as u32;
+            let ip = Ipv4Addr::new(
+                10,
+                100 + (k % 3) as u8,
+                200 + ((k / 3 / 250) % 50) as u8,
+                (k / 3 % 250 + 2) as u8,
+            );
+            let pod = synthetic_pod(namespaces, p, &format!("node-{}", k % 3 + 1), ip);
+            live.push_back(pod.key());
+            m.pods.insert(pod.key(), pod);
+            pending.push(at);
+            if live.len() > PER_SECOND as usize {
+                if let Some(old) = live.pop_front() {
+                    m.pods.remove(&old);
+                    pending.push(at);
+                }
+            }
+            made += 1;
+        }
+        if pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        sync(&m, backend, false);
+        cycles += 1;
+        let done = Instant::now();
+        lags.extend(pending.into_iter().map(|at| done.saturating_duration_since(at)));
+    }
+    lags.sort();
+    let pct =
+        |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1))).copied();
+    Churn {
+        changes: lags.len(),
+        cycles,
+        p50: pct(0.5).unwrap_or_default(),
+        p90: pct(0.9).unwrap_or_default(),
+        p99: pct(0.99).unwrap_or_default(),
+        max: lags.last().copied().unwrap_or_default(),
+    }
+}
+
+/// VmHWM of this process, KiB (0 if unreadable).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// The control-plane figures as a Markdown table, a row per backend.
 pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
-    let ms = |d: &Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
     let mut s = format!(
-        "{pods} pods, {policies} policies (node-1's share; compile of the model {} ms)\n\
-         | backend | rules | sets | elements | first apply ms | pod added ms | pod relabelled ms | policy changed ms | resync ms |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-        figures.first().map(|f| ms(&f.compile)).unwrap_or_default()
+        "{pods} pods, {policies} policies (node-1's share). Each time is compile + render + apply = total, ms.\n\n\
+         | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | resync | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
     );
+    let step =
+        |t: &Step| format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total()));
     for f in figures {
-        let times: Vec<String> = f.apply.iter().map(ms).collect();
         s += &format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             f.backend,
             f.rules,
             f.sets,
             f.elements,
-            times.join(" | ")
+            step(&f.full),
+            step(&f.changes[0]),
+            step(&f.changes[1]),
+            step(&f.changes[2]),
+            step(&f.resync),
+            f.peak_rss_kib as f64 / 1024.0
         );
+    }
+    if figures.iter().any(|f| f.churn.is_some()) {
+        s += "\nChurn: 100 pods created and 100 deleted per second; lag from a change to the kernel reflecting it, ms.\n\n\
+              | backend | changes | agent cycles | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|\n";
+        for f in figures {
+            if let Some(c) = &f.churn {
+                s += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    f.backend,
+                    c.changes,
+                    c.cycles,
+                    ms(c.p50),
+                    ms(c.p90),
+                    ms(c.p99),
+                    ms(c.max)
+                );
+            }
+        }
     }
     s
 }

@@ -11,15 +11,18 @@ fn the_backends_benchmark_runs_at_a_tiny_scale() {
         eprintln!("SKIP: needs root");
         return;
     }
-    let figures = weft_agent::synthetic::backends(30, 10);
-    assert_eq!(figures.iter().map(|f| f.backend).collect::<Vec<_>>(), ["iptables", "nftables"]);
+    let figures = weft_agent::synthetic::backends(30, 10, 1);
+    assert_eq!(figures.iter().map(|f| f.backend.as_str()).collect::<Vec<_>>(), ["iptables", "nftables"]);
     for f in &figures {
-        assert_eq!(f.apply.len(), 5, "{f:?}");
-        assert!(f.elements > 0 && f.rules > 0, "{f:?}");
+        assert!(f.elements > 0 && f.rules > 0 && f.sets > 0, "{f:?}");
+        assert!(f.full.apply > std::time::Duration::ZERO && f.peak_rss_kib > 0, "{f:?}");
+        let churn = f.churn.as_ref().expect("asked for a churn run");
+        assert!(churn.changes >= 50 && churn.cycles > 0 && churn.p50 <= churn.max, "{churn:?}");
     }
     let table = weft_agent::synthetic::table(30, 10, &figures);
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| iptables") || l.starts_with("| nftables")).count(),
-        2
+        4,
+        "a row per backend in the sync table and in the churn table:\n{table}"
     );
 }

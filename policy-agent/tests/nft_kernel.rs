@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::{render, Elem, Nft, NftRendered};
-use weft_agent::policy::{Group, GroupPorts, PolicyIr};
+use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
 
 fn root() -> bool {
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
@@ -50,14 +50,21 @@ fn ir() -> PolicyIr {
     ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.0/24".parse().unwrap()));
     ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.3/32".parse().unwrap()));
     ir.ingress.groups.push(Group {
+        key: 1,
         targets: [a].into(),
         peers: vec!["0.0.0.0/0".parse().unwrap()],
         ports: GroupPorts::Protocol(Protocol::Udp),
     });
     ir.ingress.groups.push(Group {
+        key: 2,
         targets: [a].into(),
         peers: vec!["172.31.0.0/24".parse().unwrap()],
         ports: GroupPorts::All,
+    });
+    ir.ingress.port_groups.push(PortGroup {
+        key: 2,
+        targets: [(a, Protocol::Tcp, 443), (a, Protocol::Udp, 53)].into(),
+        peers: vec!["172.31.0.0/24".parse().unwrap()],
     });
     ir.egress.isolated.insert(ip("10.244.1.3"));
     ir
@@ -82,15 +89,40 @@ const GOLDEN: &str = "table inet weft {
 	set in_allow {
 		type ipv4_addr . inet_proto . inet_service . ipv4_addr
 		flags interval
-		elements = { 10.244.1.2 . 0-16 . 0-65535 . 172.31.0.0/24,
-			     10.244.1.2 . tcp . 80 . 10.244.2.0/24,
-			     10.244.1.2 . udp . 0-65535 . 0.0.0.0/0,
-			     10.244.1.2 . 18-255 . 0-65535 . 172.31.0.0/24 }
+		elements = { 10.244.1.2 . tcp . 80 . 10.244.2.0/24 }
 	}
 
 	set out_allow {
 		type ipv4_addr . inet_proto . inet_service . ipv4_addr
 		flags interval
+	}
+
+	set inp_0000000000000002 {
+		type ipv4_addr
+		flags interval
+		elements = { 172.31.0.0/24 }
+	}
+
+	set ins_0000000000000002 {
+		type ipv4_addr . inet_proto . inet_service
+		elements = { 10.244.1.2 . udp . 53,
+			     10.244.1.2 . tcp . 443 }
+	}
+
+	set inp_0000000000000001 {
+		type ipv4_addr
+		flags interval
+		elements = { 0.0.0.0/0 }
+	}
+
+	set int_a94d7d411fa716fc {
+		type ipv4_addr
+		elements = { 10.244.1.2 }
+	}
+
+	set int_d0eaafd4353def2a {
+		type ipv4_addr
+		elements = { 10.244.1.2 }
 	}
 
 	chain forward {
@@ -107,6 +139,9 @@ const GOLDEN: &str = "table inet weft {
 
 	chain ingress {
 		ip daddr . meta l4proto . th dport . ip saddr @in_allow return
+		ip daddr . meta l4proto . th dport @ins_0000000000000002 ip saddr @inp_0000000000000002 return
+		ip daddr @int_a94d7d411fa716fc ip saddr @inp_0000000000000001 meta l4proto udp return
+		ip daddr @int_d0eaafd4353def2a ip saddr @inp_0000000000000002 return
 		ct state new log prefix \"weft-deny-in\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
@@ -137,7 +172,11 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         let mut nft = Nft::new();
         let good = render(&ir());
         assert!(nft.apply(&good, false).unwrap().replaced);
-        assert_eq!(listing(), GOLDEN);
+        let got = listing();
+        if std::env::var_os("WEFT_PRINT_GOLDEN").is_some() {
+            println!("{got}");
+        }
+        assert_eq!(got, GOLDEN);
         assert_eq!(read_back().unwrap(), rendered_sets(&good), "what was applied reads back equal");
 
         // A new local pod: one element in one set, as a delta.
@@ -147,6 +186,43 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         let done = nft.apply(&r, false).unwrap();
         assert!(!done.replaced && done.added == 1 && done.deleted == 0, "{done:?}");
         assert_eq!(read_back().unwrap(), rendered_sets(&r));
+
+        // A policy changed: one group goes (its sets with it), a port group
+        // comes, in one transaction that does not replace the table.
+        let mut regrouped = more.clone();
+        regrouped.ingress.groups.retain(|g| g.key != 1);
+        regrouped.ingress.port_groups.push(PortGroup {
+            key: 5,
+            targets: [(ip("10.244.1.9"), Protocol::Tcp, 8080)].into(),
+            peers: vec!["10.244.3.0/24".parse().unwrap()],
+        });
+        let r = render(&regrouped);
+        let done = nft.apply(&r, false).unwrap();
+        assert!(
+            !done.replaced && done.regrouped && done.added == 2,
+            "the port group's two elements: {done:?}"
+        );
+        assert_eq!(read_back().unwrap(), rendered_sets(&r), "the sets are exactly the new ones");
+        let got = listing();
+        assert!(!got.contains("inp_0000000000000001"), "the gone group's peers are deleted:\n{got}");
+        assert!(
+            got.contains("ip daddr . meta l4proto . th dport @ins_0000000000000005 ip saddr @inp_0000000000000005 return\n\t\tip daddr @int_"),
+            "the new rule, in order:\n{got}"
+        );
+        assert_eq!(
+            got.matches("return").count(),
+            5,
+            "in_allow, two port groups, one group, out_allow:\n{got}"
+        );
+
+        // Groups only go (no element changes anywhere else): still applied.
+        let mut fewer = regrouped.clone();
+        fewer.ingress.port_groups.retain(|g| g.key != 5);
+        let r = render(&fewer);
+        let done = nft.apply(&r, false).unwrap();
+        assert!(done.regrouped && done.added + done.deleted == 0, "{done:?}");
+        assert_eq!(read_back().unwrap(), rendered_sets(&r));
+        assert!(!listing().contains("_0000000000000005"), "the port group's rule and sets are gone");
 
         // A table the kernel refuses (a rule naming a set that does not exist):
         // the error says why, and the last good table stays.

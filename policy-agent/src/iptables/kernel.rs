@@ -1,9 +1,9 @@
 //! Applying a `Rendered` policy in the calling thread's netns.
 //!
 //! Order, so that no intermediate state admits what both the old and the new
-//! policy deny: (1) every changed set is built, the fixed-name ones under a
-//! temporary name and swapped in (each swap is atomic), the content-named
-//! ones created fresh; (2) the chains are replaced in one
+//! policy deny: (1) every changed set is patched in place (small changes) or
+//! built, under a temporary name and swapped in if it exists (each swap is
+//! atomic); (2) the chains are replaced in one
 //! `iptables-restore --noflush` (atomic); (3) weft's jump is made the first
 //! rule of FORWARD; (4) weft's sets that nothing references any more are
 //! destroyed. Mixing old and new sets during (1) is safe: a pod's isolation
@@ -67,8 +67,16 @@ impl Iptables {
         // ADD waits for one) costs one `ipset restore`, not listings of the
         // kernel's sets and of FORWARD besides.
         let fresh = !full && self.rules.is_some();
-        let existing: BTreeSet<String> =
-            if fresh { self.sets.keys().cloned().collect() } else { list_sets()? };
+        // On a resync, one `ipset save` of every set: their names, and their
+        // members to compare (a listing per set costs a process each).
+        let kernel: BTreeMap<String, Vec<String>> = if fresh {
+            self.sets.keys().map(|k| (k.clone(), Vec::new())).collect()
+        } else if full {
+            kernel_sets()?
+        } else {
+            list_sets()?.into_iter().map(|k| (k, Vec::new())).collect()
+        };
+        let existing: BTreeSet<String> = kernel.keys().cloned().collect();
         // 1. Sets.
         let mut payload = String::new();
         for s in &r.sets {
@@ -76,7 +84,7 @@ impl Iptables {
             let prev = self.sets.get(&s.name).filter(|_| in_kernel);
             let current = match prev {
                 // On a resync, trust the kernel's listing, not our memory of it.
-                Some(p) if p == s => !full || kernel_members(&s.name)? == s.members,
+                Some(p) if p == s => !full || kernel.get(&s.name) == Some(&s.members),
                 _ => false,
             };
             if current {
@@ -187,7 +195,7 @@ fn write_set(out: &mut String, s: &SetSpec, exists: bool) -> usize {
     let params = format!("{} family inet hashsize {hashsize} maxelem {maxelem}", s.kind.as_str());
     // A set that exists and is referenced by a rule cannot be destroyed or
     // re-created: fill a twin and swap, which is atomic for the rules.
-    let target = if exists && !s.content_named { format!("{}{TMP_SUFFIX}", s.name) } else { s.name.clone() };
+    let target = if exists { format!("{}{TMP_SUFFIX}", s.name) } else { s.name.clone() };
     let _ = writeln!(out, "create {target} {params} -exist");
     let _ = writeln!(out, "flush {target}");
     for m in &s.members {
@@ -206,14 +214,30 @@ fn list_sets() -> Result<BTreeSet<String>, KernelError> {
     Ok(out.lines().map(str::trim).filter(|l| l.starts_with(SET_PREFIX)).map(String::from).collect())
 }
 
-/// The members of set `name` as the kernel lists them, sorted.
-fn kernel_members(name: &str) -> Result<Vec<String>, KernelError> {
-    let out = tool::output("ipset", &["list", name, "-o", "save"], None)?;
-    let prefix = format!("add {name} ");
-    let mut members: Vec<String> =
-        out.lines().filter_map(|l| l.strip_prefix(&prefix)).map(|m| m.trim().to_string()).collect();
-    members.sort();
-    Ok(members)
+/// weft's sets in the kernel and their members, sorted, from one `ipset save`.
+fn kernel_sets() -> Result<BTreeMap<String, Vec<String>>, KernelError> {
+    let out = tool::output("ipset", &["save"], None)?;
+    Ok(parse_save(&out))
+}
+
+/// The `weft-` sets of an `ipset save` listing and their members, sorted.
+fn parse_save(out: &str) -> BTreeMap<String, Vec<String>> {
+    let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in out.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(verb), Some(name)) = (words.next(), words.next()) else { continue };
+        if !name.starts_with(SET_PREFIX) {
+            continue;
+        }
+        let members = sets.entry(name.to_string()).or_default();
+        if verb == "add" {
+            members.extend(words.next().map(|m| m.trim().to_string()));
+        }
+    }
+    for members in sets.values_mut() {
+        members.sort();
+    }
+    sets
 }
 
 /// The FORWARD rule that jumps to weft's chain, as `iptables -S` prints it.
@@ -260,13 +284,24 @@ mod tests {
     use crate::iptables::render::SetType;
 
     #[test]
-    fn fixed_sets_are_swapped_content_sets_created() {
-        let fixed = SetSpec {
-            name: "weft-in-iso".into(),
-            kind: SetType::HashIp,
-            members: vec!["10.244.1.2".into()],
-            content_named: false,
-        };
+    fn save_listing_parses_to_weft_sets_only() {
+        let save = "create weft-in hash:ip,port,net family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1\n\
+                    add weft-in 10.244.1.2,tcp:80,10.244.2.0/24\n\
+                    create other hash:ip family inet\nadd other 1.2.3.4\n\
+                    create weft-local hash:ip family inet hashsize 1024 maxelem 65536\n\
+                    add weft-local 10.244.1.3\nadd weft-local 10.244.1.2\n\
+                    create weft-out hash:ip,port,net family inet hashsize 1024 maxelem 65536\n";
+        let sets = parse_save(save);
+        assert_eq!(sets.keys().collect::<Vec<_>>(), ["weft-in", "weft-local", "weft-out"]);
+        assert_eq!(sets["weft-local"], ["10.244.1.2", "10.244.1.3"], "sorted");
+        assert_eq!(sets["weft-in"], ["10.244.1.2,tcp:80,10.244.2.0/24"]);
+        assert!(sets["weft-out"].is_empty(), "an empty set is still listed");
+    }
+
+    #[test]
+    fn existing_sets_are_swapped_new_ones_created() {
+        let fixed =
+            SetSpec { name: "weft-in-iso".into(), kind: SetType::HashIp, members: vec!["10.244.1.2".into()] };
         let mut out = String::new();
         write_set(&mut out, &fixed, true);
         assert_eq!(

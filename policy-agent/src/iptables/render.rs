@@ -11,14 +11,20 @@
 //!                src or dst in weft-local                 ACCEPT
 //!                dst in the cluster CIDR                  ACCEPT   transit (NodePort to another node)
 //! WEFT-INGRESS   (dst, dport, src) in weft-in (hash:ip,port,net)   RETURN
+//!                one rule per port group: (dst, dport) in weft-is-<key>
+//!                  (hash:ip,port), src in weft-ip-<key> (hash:net)  RETURN
 //!                one rule per group: dst in targets, src in peers, ports   RETURN
 //!                DROP
 //! WEFT-EGRESS    the same with (src, dport, dst) in weft-out
 //! ```
 //!
-//! A new connection costs a fixed number of set lookups whatever the number
-//! of policies, plus one rule per group (rules without a single port) for
-//! pods that have such rules; replies cost one conntrack match.
+//! A new connection to or from an isolated pod costs a fixed number of set
+//! lookups for rules with few peers, plus one rule per distinct many-peer
+//! definition (port group) and per rule without a single port (group) that
+//! this node's pods have; replies cost one conntrack match. Group and port
+//! group sets are named after the peer key (the peers as written), so a pod
+//! joining or leaving the peers patches a set in place; only a new peer
+//! definition rewrites the chains.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -28,7 +34,7 @@ use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
 
 use crate::nflog;
-use crate::policy::{Direction, GroupPorts, PolicyIr};
+use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
@@ -48,6 +54,7 @@ pub const LOCAL_SET: &str = "weft-local";
 pub enum SetType {
     HashIp,
     HashNet,
+    HashIpPort,
     HashIpPortNet,
 }
 
@@ -56,6 +63,7 @@ impl SetType {
         match self {
             SetType::HashIp => "hash:ip",
             SetType::HashNet => "hash:net",
+            SetType::HashIpPort => "hash:ip,port",
             SetType::HashIpPortNet => "hash:ip,port,net",
         }
     }
@@ -67,9 +75,6 @@ pub struct SetSpec {
     pub name: String,
     pub kind: SetType,
     pub members: Vec<String>,
-    /// Named after its content (group sets): a change makes a new set, so it
-    /// never needs a swap. Fixed-name sets are rebuilt and swapped in.
-    pub content_named: bool,
 }
 
 /// What `render` produces.
@@ -88,6 +93,8 @@ struct Names {
     group: &'static str,
     /// The match flags of the allow set: which packet fields make (pod, port, peer).
     allow_flags: &'static str,
+    /// The match flags of a (pod, port) set.
+    allow_flags_pod_port: &'static str,
     /// The flag of the local pod and of the peer for single-address sets.
     pod_flag: &'static str,
     peer_flag: &'static str,
@@ -102,6 +109,7 @@ const INGRESS: Names = Names {
     chain: INGRESS_CHAIN,
     group: "weft-i",
     allow_flags: "dst,dst,src",
+    allow_flags_pod_port: "dst,dst",
     pod_flag: "dst",
     peer_flag: "src",
     log_prefix: nflog::PREFIX_INGRESS,
@@ -114,6 +122,7 @@ const EGRESS: Names = Names {
     chain: EGRESS_CHAIN,
     group: "weft-e",
     allow_flags: "src,dst,dst",
+    allow_flags_pod_port: "src,dst",
     pod_flag: "src",
     peer_flag: "dst",
     log_prefix: nflog::PREFIX_EGRESS,
@@ -142,7 +151,7 @@ const AUDIT_EGRESS: Names = Names {
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> Rendered {
-    let mut sets = vec![ip_set(LOCAL_SET, &ir.local, false)];
+    let mut sets = vec![ip_set(LOCAL_SET, &ir.local)];
     let mut rules = String::from("*filter\n");
     for c in CHAINS {
         let _ = writeln!(rules, ":{c} - [0:0]");
@@ -189,7 +198,7 @@ pub fn render(ir: &PolicyIr) -> Rendered {
 }
 
 fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut String) {
-    sets.push(ip_set(n.iso, &dir.isolated, false));
+    sets.push(ip_set(n.iso, &dir.isolated));
     let members = dir
         .triples
         .iter()
@@ -199,27 +208,42 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
                 .map(move |p| format!("{pod},{}:{port},{}", proto.as_str(), net_str(p)))
         })
         .collect();
-    sets.push(spec(n.allow, SetType::HashIpPortNet, members, false));
+    sets.push(spec(n.allow, SetType::HashIpPortNet, members));
     let c = n.chain;
     let _ = writeln!(rules, "-A {c} -m set --match-set {} {} -j RETURN", n.allow, n.allow_flags);
-    for g in &dir.groups {
-        let targets = ip_set(&format!("{}t", n.group), &g.targets, true);
-        let peers = net_set(&format!("{}p", n.group), &g.peers);
+    // Sets named after the peer key (and ports): a pod joining the peers
+    // patches a set; only a new peer definition adds a rule.
+    let mut names: BTreeSet<String> = sets.iter().map(|s| s.name.clone()).collect();
+    let mut add = |s: SetSpec, sets: &mut Vec<SetSpec>| {
+        if names.insert(s.name.clone()) {
+            sets.push(s);
+        }
+    };
+    // (targets set, its match flags, peer key, peers, port match) per rule.
+    let port_groups = dir.port_groups.iter().map(|g| {
+        let members =
+            g.targets.iter().map(|(ip, proto, port)| format!("{ip},{}:{port}", proto.as_str())).collect();
+        let targets = spec(&keyed(&format!("{}s", n.group), g.key, ""), SetType::HashIpPort, members);
+        (targets, n.allow_flags_pod_port, g.key, &g.peers, String::new())
+    });
+    let groups = dir.groups.iter().map(|g| {
         let ports = match g.ports {
             GroupPorts::All => String::new(),
             GroupPorts::Protocol(p) => format!(" -p {}", p.as_str()),
             GroupPorts::Range(p, a, b) => format!(" -p {0} -m {0} --dport {a}:{b}", p.as_str()),
         };
+        let targets = ip_set(&keyed(&format!("{}t", n.group), g.key, &ports), &g.targets);
+        (targets, n.pod_flag, g.key, &g.peers, ports)
+    });
+    for (targets, flags, key, peers, ports) in port_groups.chain(groups) {
+        let peers = net_set(&format!("{}p", n.group), key, peers);
         let _ = writeln!(
             rules,
-            "-A {c} -m set --match-set {} {} -m set --match-set {} {}{ports} -j RETURN",
-            targets.name, n.pod_flag, peers.name, n.peer_flag
+            "-A {c} -m set --match-set {} {flags} -m set --match-set {} {}{ports} -j RETURN",
+            targets.name, peers.name, n.peer_flag
         );
-        for s in [targets, peers] {
-            if !sets.iter().any(|x| x.name == s.name) {
-                sets.push(s);
-            }
-        }
+        add(targets, sets);
+        add(peers, sets);
     }
     // The first packet of a denied connection goes to the agent's log (a
     // dropped packet never confirms its conntrack entry, so retransmits are
@@ -236,28 +260,28 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
     }
 }
 
-fn spec(name: &str, kind: SetType, mut members: Vec<String>, content_named: bool) -> SetSpec {
+fn spec(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
     members.sort();
     members.dedup();
-    SetSpec { name: name.into(), kind, members, content_named }
+    SetSpec { name: name.into(), kind, members }
 }
 
-/// A hash:ip set; `content_named` sets get `<prefix>-<16 hex of the members>`.
-fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>, content_named: bool) -> SetSpec {
-    let members: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
-    let name = if content_named { hashed(name, &members) } else { name.to_string() };
-    spec(&name, SetType::HashIp, members, content_named)
+/// A hash:ip set.
+fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>) -> SetSpec {
+    spec(name, SetType::HashIp, ips.iter().map(Ipv4Addr::to_string).collect())
 }
 
-/// A content-named hash:net set.
-fn net_set(prefix: &str, nets: &[Ipv4Network]) -> SetSpec {
+/// The hash:net set of the peers with key `key`.
+fn net_set(prefix: &str, key: PeerKey, nets: &[Ipv4Network]) -> SetSpec {
     let members: Vec<String> = nets.iter().flat_map(|n| ipset_nets(*n)).map(net_str).collect();
-    spec(&hashed(prefix, &members), SetType::HashNet, members, true)
+    spec(&keyed(prefix, key, ""), SetType::HashNet, members)
 }
 
-/// `<prefix>-<16 hex>`: at most 23 characters, under ipset's 31 with room for a temp suffix.
-fn hashed(prefix: &str, members: &[String]) -> String {
-    format!("{prefix}-{:016x}", fnv1a64(members.join(" ").as_bytes()))
+/// `<prefix>-<16 hex of the key and extra>`: at most 24 characters, under
+/// ipset's 31 with room for a temp suffix.
+fn keyed(prefix: &str, key: PeerKey, extra: &str) -> String {
+    let h = if extra.is_empty() { key } else { fnv1a64(format!("{key:016x}{extra}").as_bytes()) };
+    format!("{prefix}-{h:016x}")
 }
 
 /// A network as `ipset save` prints it: a /32 as the bare address, so a
@@ -285,7 +309,7 @@ fn ipset_nets(n: Ipv4Network) -> Vec<Ipv4Network> {
 mod tests {
     use super::*;
     use crate::model::Protocol;
-    use crate::policy::Group;
+    use crate::policy::{Group, PortGroup};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -307,12 +331,14 @@ mod tests {
         ir.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.0/24")));
         ir.ingress.triples.insert((a, Protocol::Udp, 81, net("0.0.0.0/0")));
         ir.ingress.groups.push(Group {
+            key: 1,
             targets: [a].into(),
             peers: vec![net("172.31.0.0/24")],
             ports: GroupPorts::Range(Protocol::Tcp, 9000, 9999),
         });
         ir.egress.isolated.insert(a);
         ir.egress.groups.push(Group {
+            key: 2,
             targets: [a].into(),
             peers: vec![net("0.0.0.0/0")],
             ports: GroupPorts::All,
@@ -364,21 +390,47 @@ COMMIT
             ]
         );
         assert_eq!(set(&ep).members, ["0.0.0.0/1", "128.0.0.0/1"], "/0 as two halves");
-        assert!(set(&ep).content_named && !set("weft-in").content_named);
         assert!(r.sets.iter().all(|s| s.name.len() <= 24), "{:?}", r.sets);
         assert_eq!(set("weft-out").members, Vec::<String>::new());
     }
 
     #[test]
-    fn content_names_follow_content() {
+    fn group_sets_are_named_after_the_peer_key() {
         let a = render(&ir());
-        let mut changed = ir();
-        changed.egress.groups[0].peers = vec![net("10.0.0.0/8")];
-        let b = render(&changed);
         let names = |r: &Rendered| r.sets.iter().map(|s| s.name.clone()).collect::<BTreeSet<_>>();
-        let (na, nb) = (names(&a), names(&b));
-        assert_eq!(na.difference(&nb).count(), 1, "only the changed peer set is renamed");
+        let mut members = ir();
+        members.egress.groups[0].peers = vec![net("10.0.0.0/8")];
+        let b = render(&members);
+        assert_eq!(names(&a), names(&b), "new peers, same key: the same sets");
+        assert_eq!(a.rules, b.rules, "and the same rules");
+        let mut other = ir();
+        other.egress.groups[0].key = 3;
+        let (na, nc) = (names(&a), names(&render(&other)));
+        assert_eq!(na.difference(&nc).count(), 2, "another key: its targets and peers sets");
         assert_eq!(render(&ir()), a, "deterministic");
+    }
+
+    #[test]
+    fn port_groups_are_one_rule_over_a_pod_port_set_and_a_peer_set() {
+        let a = ip("10.244.1.2");
+        let mut ir = ir();
+        ir.ingress.port_groups.push(PortGroup {
+            key: 1,
+            targets: [(a, Protocol::Tcp, 80), (a, Protocol::Udp, 53)].into(),
+            peers: vec![net("10.244.2.0/24"), net("10.244.3.7/32")],
+        });
+        let r = render(&ir);
+        let set = |prefix: &str| r.sets.iter().find(|s| s.name.starts_with(prefix)).unwrap();
+        let (targets, peers) = (set("weft-is-"), set("weft-ip-"));
+        assert_eq!(targets.kind, SetType::HashIpPort);
+        assert_eq!(targets.members, ["10.244.1.2,tcp:80", "10.244.1.2,udp:53"]);
+        assert_eq!(peers.members, ["10.244.2.0/24", "10.244.3.7"], "shared with the group of key 1");
+        let rule = format!(
+            "-A WEFT-INGRESS -m set --match-set {} dst,dst -m set --match-set {} src -j RETURN\n",
+            targets.name, peers.name
+        );
+        let at = r.rules.find(&rule).expect(&r.rules);
+        assert!(at < r.rules.find("NFLOG").unwrap(), "before the log and the drop");
     }
 
     #[test]

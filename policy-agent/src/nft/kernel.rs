@@ -6,26 +6,31 @@
 //! Each change is one transaction, so the table is never half-written and a
 //! refused transaction (a kernel without a feature, a bad element) leaves the
 //! last good table in force:
-//! - when the chains, or which sets exist, change, and on every resync: the
-//!   whole table is replaced (`add table; delete table; add ...`);
+//! - on every resync, and when the forward chain or the fixed sets change:
+//!   the whole table is replaced (`add table; delete table; add ...`);
+//! - when only groups came or went (a policy changed): their sets are added,
+//!   the policy chains flushed and refilled, the sets no rule uses any more
+//!   deleted, and the other sets' elements patched, in one transaction;
 //! - otherwise only the set elements that changed are deleted and added.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nftables::expr::Expression;
-use nftables::schema::{Element, NfCmd, NfListObject, NfObject, Nftables, Table};
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
-use super::render::{Elem, NftRendered, TABLE};
+use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};
 
 /// What one apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftApplied {
     /// True if the whole table was replaced.
     pub replaced: bool,
+    /// True if groups came or went (sets added or deleted, policy chains rewritten).
+    pub regrouped: bool,
     /// Elements added and deleted by a delta.
     pub added: usize,
     pub deleted: usize,
@@ -46,15 +51,19 @@ impl Nft {
     /// even if only elements changed (a resync repairs any drift).
     pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
         let delta = match &self.last {
-            Some(last) if !full && last.skeleton == r.skeleton => Some(delta(last, r)),
+            Some(last) if !full && last.skeleton == r.skeleton => Some((delta(last, r), false)),
+            Some(last) if !full && fixed(&last.skeleton) == fixed(&r.skeleton) => {
+                Some((regroup(last, r), true))
+            }
             _ => None,
         };
         let done = match delta {
-            Some((tx, added, deleted)) => {
-                if added + deleted > 0 {
+            Some(((tx, added, deleted), regrouped)) => {
+                // A regroup may delete sets and rules without any element delta.
+                if !tx.objects.is_empty() {
                     run(&tx)?;
                 }
-                NftApplied { replaced: false, added, deleted }
+                NftApplied { replaced: false, regrouped, added, deleted }
             }
             None => {
                 run(&r.full_transaction())?;
@@ -104,6 +113,81 @@ fn delta(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usi
         }
     }
     (Nftables { objects: Cow::Owned(objects) }, added, deleted)
+}
+
+/// The part of a skeleton that only a full replacement changes: everything
+/// but group sets and the rules of the policy chains.
+fn fixed<'a>(skeleton: &'a [NfListObject<'static>]) -> Vec<&'a NfListObject<'static>> {
+    skeleton.iter().filter(|o| !dynamic(o)).collect()
+}
+
+fn dynamic(o: &NfListObject) -> bool {
+    match o {
+        NfListObject::Set(s) => is_group_set(&s.name),
+        NfListObject::Rule(r) => r.chain != FORWARD_CHAIN,
+        _ => false,
+    }
+}
+
+/// `old` -> `new` when their fixed parts agree: new group sets added with
+/// their elements, the policy chains flushed and refilled, group sets no
+/// longer used deleted, and the element deltas of the sets both have.
+fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usize) {
+    let group_sets = |r: &NftRendered| -> BTreeSet<String> {
+        r.skeleton
+            .iter()
+            .filter_map(|o| match o {
+                NfListObject::Set(s) if is_group_set(&s.name) => Some(s.name.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (before, after) = (group_sets(old), group_sets(new));
+    let mut objects = Vec::new();
+    let mut added = 0;
+    for obj in &new.skeleton {
+        if let NfListObject::Set(s) = obj {
+            if after.contains(s.name.as_ref()) && !before.contains(s.name.as_ref()) {
+                let mut s = s.clone();
+                let elems: Vec<Expression<'static>> = new
+                    .sets
+                    .get(s.name.as_ref())
+                    .map(|m| m.iter().map(Elem::expr).collect())
+                    .unwrap_or_default();
+                added += elems.len();
+                if !elems.is_empty() {
+                    s.elem = Some(Cow::Owned(elems));
+                }
+                objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Set(s))));
+            }
+        }
+    }
+    for obj in &new.skeleton {
+        if let NfListObject::Chain(c) = obj {
+            if c.name != FORWARD_CHAIN {
+                objects.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(c.clone()))));
+            }
+        }
+    }
+    objects.extend(
+        new.skeleton
+            .iter()
+            .filter(|o| matches!(o, NfListObject::Rule(r) if r.chain != FORWARD_CHAIN))
+            .map(|o| NfObject::CmdObject(NfCmd::Add(o.clone()))),
+    );
+    for obj in &old.skeleton {
+        if let NfListObject::Set(s) = obj {
+            if before.contains(s.name.as_ref()) && !after.contains(s.name.as_ref()) {
+                objects.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(s.clone()))));
+            }
+        }
+    }
+    // Element deltas of the sets that stay (new ones came with theirs).
+    let mut kept = new.clone();
+    kept.sets.retain(|name, _| !after.contains(name) || before.contains(name));
+    let (tx, more, deleted) = delta(old, &kept);
+    objects.extend(tx.objects.iter().cloned());
+    (Nftables { objects: Cow::Owned(objects) }, added + more, deleted)
 }
 
 /// Runs one transaction.

@@ -17,18 +17,20 @@
 //!     ip daddr <cluster CIDR>                   accept (transit)
 //!   chain ingress
 //!     ip daddr . meta l4proto . th dport . ip saddr @in_allow   return
+//!     ip daddr . meta l4proto . th dport @ins_<key> ip saddr @inp_<key>   return   (port groups)
+//!     ip daddr @int_<hash> ip saddr @inp_<key> [meta l4proto P [th dport A-B]]   return   (groups)
 //!     drop
 //!   chain egress
-//!     ip saddr . meta l4proto . th dport . ip daddr @out_allow  return
-//!     drop
+//!     the same with saddr and daddr swapped, sets out*
 //! ```
 //!
-//! Every allow, including rules without a single port, is an element of the
-//! interval set of its direction: (pod, protocol range, port range, peer
-//! network). A packet costs one set lookup per direction, whatever the number
-//! of policies, pods or groups. The kernel refuses interval elements whose
-//! start or end falls inside another element of the set, so each pod's allows
-//! are first cut into disjoint boxes (`disjoint`).
+//! Rules with few peers are elements of the interval set of their direction:
+//! (pod, protocol, port, peer network), one lookup whatever their number. The
+//! kernel refuses interval elements whose start or end falls inside another
+//! element of the set, so each pod's triples are first cut into disjoint
+//! boxes (`disjoint`). Rules with many peers (port groups) and rules without
+//! a single port (groups) get a rule each over sets named after their peer
+//! key, as in the iptables backend, so elements grow with pods plus peers.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,12 +46,24 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::model::Protocol;
 use crate::nflog;
-use crate::policy::{Direction, GroupPorts, PolicyIr};
+use weft_conf::hash::fnv1a64;
+
+use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr};
 
 /// weft's table (family inet).
 pub const TABLE: &str = "weft";
+/// The base chain; the others are the policy chains it jumps to.
+pub const FORWARD_CHAIN: &str = "forward";
 /// The forward hook's priority: before filter (0) and kube-proxy's chains.
 pub const FORWARD_PRIORITY: i32 = -200;
+
+/// True for the sets of groups and port groups (`<dir><kind>_<16 hex>`),
+/// which come and go with policies; the other sets are always there.
+pub fn is_group_set(name: &str) -> bool {
+    name.rsplit_once('_').is_some_and(|(head, hex)| {
+        !head.is_empty() && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
 
 /// Protocols and the port ranges open for them.
 type ProtoPorts = ((u8, u8), Vec<(u16, u16)>);
@@ -62,6 +76,10 @@ pub type PortBox = ((u8, u8), (u16, u16), Ipv4Network);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Elem {
     Addr(Ipv4Addr),
+    /// A network of an interval set of addresses (a group's peers).
+    Net(Ipv4Network),
+    /// (pod, protocol, port): a port group's target.
+    PodPort(Ipv4Addr, u8, u16),
     /// (pod, protocol range, port range, peer network).
     Cell(Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network),
 }
@@ -71,6 +89,12 @@ impl Elem {
     pub fn expr(&self) -> Expression<'static> {
         match *self {
             Elem::Addr(ip) => Expression::String(ip.to_string().into()),
+            Elem::Net(net) => prefix(net),
+            Elem::PodPort(pod, proto, port) => Expression::Named(NamedExpression::Concat(vec![
+                Expression::String(pod.to_string().into()),
+                Expression::Number(u32::from(proto)),
+                Expression::Number(u32::from(port)),
+            ])),
             Elem::Cell(pod, protos, ports, net) => Expression::Named(NamedExpression::Concat(vec![
                 Expression::String(pod.to_string().into()),
                 range_or_value(u32::from(protos.0), u32::from(protos.1)),
@@ -150,6 +174,7 @@ fn l4proto() -> Expression<'static> {
 }
 
 fn set_ref(name: &str) -> Expression<'static> {
+    // A named set's reference: "@name".
     Expression::String(format!("@{name}").into())
 }
 
@@ -198,7 +223,11 @@ fn chain(name: &'static str, hook: bool) -> NfListObject<'static> {
     })
 }
 
-fn set(name: &'static str, kind: SetTypeValue<'static>, interval: bool) -> NfListObject<'static> {
+fn set(
+    name: impl Into<Cow<'static, str>>,
+    kind: SetTypeValue<'static>,
+    interval: bool,
+) -> NfListObject<'static> {
     NfListObject::Set(Box::new(Set {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -217,6 +246,7 @@ fn set(name: &'static str, kind: SetTypeValue<'static>, interval: bool) -> NfLis
 
 const ALLOW_TYPE: [SetType; 4] =
     [SetType::Ipv4Addr, SetType::InetProto, SetType::InetService, SetType::Ipv4Addr];
+const POD_PORT_TYPE: [SetType; 3] = [SetType::Ipv4Addr, SetType::InetProto, SetType::InetService];
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> NftRendered {
@@ -228,7 +258,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         set("out_iso", addr, false),
         set("in_allow", allow.clone(), true),
         set("out_allow", allow.clone(), true),
-        chain("forward", true),
+        chain(FORWARD_CHAIN, true),
         chain("ingress", false),
         chain("egress", false),
     ];
@@ -250,14 +280,14 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         Expression::String("related".into()),
     ]);
     skeleton.push(rule(
-        "forward",
+        FORWARD_CHAIN,
         vec![m(ct_state, Operator::IN, established), Statement::Accept(None)],
         Some("weft: replies"),
     ));
     if let Some(own) = ir.pod_cidr {
         for field in ["saddr", "daddr"] {
             skeleton.push(rule(
-                "forward",
+                FORWARD_CHAIN,
                 vec![
                     m(ip_field(field), Operator::EQ, prefix(own)),
                     m(ip_field(field), Operator::NEQ, set_ref("local")),
@@ -269,37 +299,37 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     }
     let jump = |target: &'static str| Statement::Jump(JumpTarget { target: target.into() });
     skeleton.push(rule(
-        "forward",
+        FORWARD_CHAIN,
         vec![m(ip_field("saddr"), Operator::EQ, set_ref("out_iso")), jump("egress")],
         None,
     ));
     skeleton.push(rule(
-        "forward",
+        FORWARD_CHAIN,
         vec![m(ip_field("daddr"), Operator::EQ, set_ref("in_iso")), jump("ingress")],
         None,
     ));
     if ir.audit {
         skeleton.push(rule(
-            "forward",
+            FORWARD_CHAIN,
             vec![m(ip_field("saddr"), Operator::EQ, set_ref("aout_iso")), jump("audit_out")],
             None,
         ));
         skeleton.push(rule(
-            "forward",
+            FORWARD_CHAIN,
             vec![m(ip_field("daddr"), Operator::EQ, set_ref("ain_iso")), jump("audit_in")],
             None,
         ));
     }
     for field in ["saddr", "daddr"] {
         skeleton.push(rule(
-            "forward",
+            FORWARD_CHAIN,
             vec![m(ip_field(field), Operator::EQ, set_ref("local")), Statement::Accept(None)],
             None,
         ));
     }
     if let Some(cluster) = ir.cluster_cidr {
         skeleton.push(rule(
-            "forward",
+            FORWARD_CHAIN,
             vec![m(ip_field("daddr"), Operator::EQ, prefix(cluster)), Statement::Accept(None)],
             Some("weft: transit to a pod on another node"),
         ));
@@ -313,6 +343,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         dirs.push(("audit_in", "daddr", "saddr", "ain_allow", nflog::PREFIX_AUDIT_INGRESS, false));
         dirs.push(("audit_out", "saddr", "daddr", "aout_allow", nflog::PREFIX_AUDIT_EGRESS, false));
     }
+    let mut sets = BTreeMap::new();
     for (chain, pod, peer, set, log_prefix, drop) in dirs {
         let key = Expression::Named(NamedExpression::Concat(vec![
             ip_field(pod),
@@ -321,6 +352,14 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             ip_field(peer),
         ]));
         skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
+        let dir = match chain {
+            "ingress" => &ir.ingress,
+            "egress" => &ir.egress,
+            "audit_in" => &ir.audit_ingress,
+            _ => &ir.audit_egress,
+        };
+        let short = set.trim_end_matches("_allow");
+        groups(dir, chain, short, (pod, peer), &mut skeleton, &mut sets);
         // The first packet of a denied connection goes to the agent's log (nflog.rs).
         let ct_new = m(
             Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
@@ -341,7 +380,6 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         }
     }
 
-    let mut sets = BTreeMap::new();
     sets.insert("local".to_string(), addrs(&ir.local));
     sets.insert("in_iso".to_string(), addrs(&ir.ingress.isolated));
     sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
@@ -376,24 +414,80 @@ fn range_or_value(lo: u32, hi: u32) -> Expression<'static> {
     }
 }
 
-/// The elements of one direction's allow set.
+/// One rule per port group and per group of `dir` in `chain`, and their
+/// sets, named after the peer key: `<dir>p_<key>` the peers (interval),
+/// `<dir>s_<key>` a port group's (pod, protocol, port) targets, `<dir>t_<hash
+/// of key and ports>` a group's pods. `fields` are the packet's (pod, peer)
+/// address fields.
+fn groups(
+    dir: &Direction,
+    chain: &'static str,
+    short: &str,
+    (pod, peer): (&'static str, &'static str),
+    skeleton: &mut Vec<NfListObject<'static>>,
+    sets: &mut BTreeMap<String, BTreeSet<Elem>>,
+) {
+    let addr = || SetTypeValue::Single(SetType::Ipv4Addr);
+    let mut peer_set = |key: PeerKey, nets: &[Ipv4Network], skeleton: &mut Vec<NfListObject<'static>>| {
+        let name = format!("{short}p_{key:016x}");
+        if !sets.contains_key(&name) {
+            skeleton.push(set(name.clone(), addr(), true));
+            sets.insert(name.clone(), nets.iter().map(|n| Elem::Net(*n)).collect());
+        }
+        name
+    };
+    let mut rules = Vec::new();
+    let mut own = BTreeMap::new();
+    for g in &dir.port_groups {
+        let peers = peer_set(g.key, &g.peers, skeleton);
+        let targets = format!("{short}s_{:016x}", g.key);
+        skeleton.push(set(targets.clone(), SetTypeValue::Concatenated(Cow::Borrowed(&POD_PORT_TYPE)), false));
+        own.insert(
+            targets.clone(),
+            g.targets
+                .iter()
+                .map(|(ip, proto, port)| Elem::PodPort(*ip, protocol_number(*proto), *port))
+                .collect(),
+        );
+        let key = Expression::Named(NamedExpression::Concat(vec![ip_field(pod), l4proto(), th_dport()]));
+        rules.push(vec![
+            m(key, Operator::EQ, set_ref(&targets)),
+            m(ip_field(peer), Operator::EQ, set_ref(&peers)),
+            Statement::Return(None),
+        ]);
+    }
+    for g in &dir.groups {
+        let peers = peer_set(g.key, &g.peers, skeleton);
+        let targets = format!("{short}t_{:016x}", fnv1a64(format!("{:016x}{:?}", g.key, g.ports).as_bytes()));
+        skeleton.push(set(targets.clone(), addr(), false));
+        own.insert(targets.clone(), addrs(&g.targets));
+        let mut expr = vec![
+            m(ip_field(pod), Operator::EQ, set_ref(&targets)),
+            m(ip_field(peer), Operator::EQ, set_ref(&peers)),
+        ];
+        let proto =
+            |p: Protocol| m(l4proto(), Operator::EQ, Expression::Number(u32::from(protocol_number(p))));
+        match g.ports {
+            GroupPorts::All => {}
+            GroupPorts::Protocol(p) => expr.push(proto(p)),
+            GroupPorts::Range(p, a, b) => {
+                expr.push(proto(p));
+                expr.push(m(th_dport(), Operator::EQ, range_or_value(u32::from(a), u32::from(b))));
+            }
+        }
+        expr.push(Statement::Return(None));
+        rules.push(expr);
+    }
+    sets.extend(own);
+    skeleton.extend(rules.into_iter().map(|expr| rule(chain, expr, None)));
+}
+
+/// The elements of one direction's allow set: its triples.
 fn cells(dir: &Direction) -> BTreeSet<Elem> {
     let mut boxes: BTreeMap<Ipv4Addr, Vec<PortBox>> = BTreeMap::new();
     for (pod, proto, port, peer) in &dir.triples {
         let p = protocol_number(*proto);
         boxes.entry(*pod).or_default().push(((p, p), (*port, *port), *peer));
-    }
-    for g in &dir.groups {
-        let (protos, ports) = match g.ports {
-            GroupPorts::All => ((0, 255), (0, 65535)),
-            GroupPorts::Protocol(p) => ((protocol_number(p), protocol_number(p)), (0, 65535)),
-            GroupPorts::Range(p, a, b) => ((protocol_number(p), protocol_number(p)), (a, b)),
-        };
-        for t in &g.targets {
-            for peer in &g.peers {
-                boxes.entry(*t).or_default().push((protos, ports, *peer));
-            }
-        }
     }
     let mut out = BTreeSet::new();
     for (pod, bs) in boxes {
@@ -511,7 +605,7 @@ fn subtract_ranges(have: &[(u16, u16)], minus: &[(u16, u16)]) -> Vec<(u16, u16)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Group;
+    use crate::policy::{Group, PortGroup};
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -569,25 +663,35 @@ mod tests {
         ir.ingress.isolated.insert(a);
         ir.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.3/32")));
         ir.ingress.groups.push(Group {
+            key: 1,
             targets: [a].into(),
             peers: vec![net("0.0.0.0/0")],
             ports: GroupPorts::Protocol(Protocol::Udp),
         });
+        ir.ingress.port_groups.push(PortGroup {
+            key: 1,
+            targets: [(a, Protocol::Tcp, 443)].into(),
+            peers: vec![net("0.0.0.0/0")],
+        });
         let r = render(&ir);
-        let elems: Vec<String> = r.sets["in_allow"].iter().map(Elem::json).collect();
+        let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
+        assert_eq!(elems("in_allow"), [r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#]);
         assert_eq!(
-            elems,
-            [
-                r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#,
-                r#"{"concat":["10.244.1.2",17,{"range":[0,65535]},{"prefix":{"addr":"0.0.0.0","len":0}}]}"#,
-            ]
+            elems("inp_0000000000000001"),
+            [r#"{"prefix":{"addr":"0.0.0.0","len":0}}"#],
+            "peers by key"
         );
+        assert_eq!(elems("ins_0000000000000001"), [r#"{"concat":["10.244.1.2",6,443]}"#]);
+        let group_targets = r.sets.keys().find(|k| k.starts_with("int_")).expect("the group's pods");
+        assert_eq!(elems(group_targets), [r#""10.244.1.2""#]);
         let json = serde_json::to_string(&r.full_transaction()).unwrap();
         for want in [
             r#"{"add":{"table":{"family":"inet","name":"weft"}}},{"delete":{"table":{"family":"inet","name":"weft"}}}"#,
             r#""type":"filter","hook":"forward","prio":-200,"policy":"accept""#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
             r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_allow","op":"=="}},{"return":null}"#,
+            r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@ins_0000000000000001","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@inp_0000000000000001","op":"=="}},{"return":null}"#,
+            r#""right":"@inp_0000000000000001","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":17,"op":"=="}},{"return":null}"#,
         ] {
             assert!(json.contains(want), "{want}\nnot in\n{json}");
         }

@@ -10,16 +10,39 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
+use weft_conf::hash::fnv1a64;
 
 use super::cidr::{aggregate, subtract};
-use super::ir::{Direction, Group, GroupPorts, PolicyIr};
-use crate::model::{Model, NetworkPolicy, Peer, Pod, PortRef, Protocol, Rule};
+use super::ir::{Direction, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
+use crate::model::{LabelSelector, Model, NetworkPolicy, Peer, Pod, PortRef, Protocol, Rule};
 
 /// An endPort range up to this many ports becomes triples (one hash entry
 /// per port); a wider one becomes a group rule with a port range.
 const MAX_EXPANDED_RANGE: u32 = 16;
+
+/// How the compiler chooses between representations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Single-port rules whose peers are at most this many networks become
+    /// triples (a fixed cost per packet, elements = targets x ports x
+    /// peers); rules with more peers (a namespace selector over a big
+    /// cluster) become their peers' port group (one rule per distinct peers,
+    /// elements = targets x ports + peers). Deciding on the peers alone means
+    /// targets coming and going never switch a rule between the two.
+    pub triple_peers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { triple_peers: DEFAULT_TRIPLE_PEERS }
+    }
+}
+
+/// The default of `Options::triple_peers` (weft-agent `--triple-peers`).
+pub const DEFAULT_TRIPLE_PEERS: usize = 16;
 
 /// The whole IPv4 space: a rule with no peers allows every address.
 const ANYWHERE: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
@@ -34,11 +57,21 @@ enum Dir {
 /// network (for the IR's transit rule). Returns the IR and notes on what could
 /// not be enforced as written (e.g. IPv6 ipBlocks on this IPv4 data path).
 pub fn compile(model: &Model, node: &str, cluster_cidr: Option<Ipv4Network>) -> (PolicyIr, Vec<String>) {
-    let (mut ir, notes) = compile_some(model, node, cluster_cidr, |p| !p.audit);
+    compile_with(model, node, cluster_cidr, Options::default())
+}
+
+/// `compile` with `options`.
+pub fn compile_with(
+    model: &Model,
+    node: &str,
+    cluster_cidr: Option<Ipv4Network>,
+    options: Options,
+) -> (PolicyIr, Vec<String>) {
+    let (mut ir, notes) = compile_some(model, node, cluster_cidr, options, |p| !p.audit);
     // Audit policies: the rules as if they were enforced too; traffic the
     // enforced rules admit but these would deny is logged, not dropped.
     if model.policies.values().any(|p| p.audit) {
-        let (full, _) = compile_some(model, node, cluster_cidr, |_| true);
+        let (full, _) = compile_some(model, node, cluster_cidr, options, |_| true);
         ir.audit = true;
         ir.audit_ingress = full.ingress;
         ir.audit_egress = full.egress;
@@ -51,17 +84,40 @@ fn compile_some(
     model: &Model,
     node: &str,
     cluster_cidr: Option<Ipv4Network>,
+    options: Options,
     include: impl Fn(&NetworkPolicy) -> bool,
 ) -> (PolicyIr, Vec<String>) {
-    let pods: Vec<&Pod> = model.pods.values().filter(|p| p.ip.is_some() && !p.host_network).collect();
-    let local: Vec<&Pod> = pods.iter().copied().filter(|p| p.node.as_deref() == Some(node)).collect();
-    let mut c = Compiler { model, pods, notes: Vec::new(), ingress: Acc::default(), egress: Acc::default() };
+    // Pods by namespace: a policy selects targets, and a peer without a
+    // namespace selector selects peers, in one namespace only.
+    let mut by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for p in model.pods.values().filter(|p| p.ip.is_some() && !p.host_network) {
+        by_ns.entry(p.namespace.as_str()).or_default().push(p);
+    }
+    let mut c = Compiler {
+        model,
+        options,
+        by_ns,
+        peers: BTreeMap::new(),
+        notes: Vec::new(),
+        ingress: Acc::default(),
+        egress: Acc::default(),
+    };
+    let mut local: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // Many policies of a namespace select the same pods.
+    let mut selected: BTreeMap<(&str, &LabelSelector), Rc<[&Pod]>> = BTreeMap::new();
     for policy in model.policies.values().filter(|p| include(p)) {
-        let targets: Vec<&Pod> = local
-            .iter()
-            .copied()
-            .filter(|p| p.namespace == policy.namespace && policy.pod_selector.matches(&p.labels))
-            .collect();
+        let targets = selected
+            .entry((policy.namespace.as_str(), &policy.pod_selector))
+            .or_insert_with(|| {
+                c.by_ns
+                    .get(policy.namespace.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|p| p.node.as_deref() == Some(node) && policy.pod_selector.matches(&p.labels))
+                    .collect()
+            })
+            .clone();
         if targets.is_empty() {
             continue;
         }
@@ -72,8 +128,9 @@ fn compile_some(
             c.direction(Dir::Egress, policy, rules, &targets);
         }
     }
+    local.extend(c.by_ns.values().flatten().filter(|p| p.node.as_deref() == Some(node)).filter_map(|p| p.ip));
     let ir = PolicyIr {
-        local: local.iter().filter_map(|p| p.ip).collect(),
+        local,
         pod_cidr: model.nodes.get(node).and_then(|n| n.pod_cidr),
         cluster_cidr,
         ingress: c.ingress.finish(),
@@ -83,20 +140,37 @@ fn compile_some(
     (ir, c.notes)
 }
 
-/// One direction being built; groups keyed by (peers, ports) so rules that
-/// differ only in their targets share one group.
+/// Resolved peer networks, shared by the rules that name the same peers.
+type Nets = Rc<[Ipv4Network]>;
+
+/// A port group's target: (local pod, protocol, port).
+type PodPort = (Ipv4Addr, Protocol, u16);
+
+/// One direction being built; groups keyed by (peer key, ports) so rules
+/// that differ only in their targets share one group, port groups by peer key.
 #[derive(Default)]
 struct Acc {
     dir: Direction,
-    groups: BTreeMap<(Vec<Ipv4Network>, GroupPorts), BTreeSet<Ipv4Addr>>,
+    /// Triples as they come (many repeat): sorted and deduplicated once.
+    triples: Vec<Triple>,
+    groups: BTreeMap<(PeerKey, GroupPorts), (Nets, BTreeSet<Ipv4Addr>)>,
+    port_groups: BTreeMap<PeerKey, (Nets, BTreeSet<PodPort>)>,
 }
 
 impl Acc {
     fn finish(mut self) -> Direction {
+        self.triples.sort_unstable();
+        self.triples.dedup();
+        self.dir.triples = self.triples.into_iter().collect();
         self.dir.groups = self
             .groups
             .into_iter()
-            .map(|((peers, ports), targets)| Group { targets, peers, ports })
+            .map(|((key, ports), (peers, targets))| Group { key, targets, peers: peers.to_vec(), ports })
+            .collect();
+        self.dir.port_groups = self
+            .port_groups
+            .into_iter()
+            .map(|(key, (peers, targets))| PortGroup { key, targets, peers: peers.to_vec() })
             .collect();
         self.dir
     }
@@ -104,25 +178,33 @@ impl Acc {
 
 /// A rule's peers, resolved: the pods it names and the networks it allows.
 struct Peers<'m> {
+    key: PeerKey,
     /// Pods named by selector peers (for egress named ports).
     pods: Vec<&'m Pod>,
     /// Every allowed network (pods as /32s, ipBlocks minus excepts), aggregated.
-    nets: Vec<Ipv4Network>,
+    nets: Nets,
     /// True for a rule without peers: every address.
     anywhere: bool,
 }
 
+/// A rule's peers as written, in a canonical order: each with the namespace
+/// it means when it has no namespace selector (the policy's own).
+type PeerDef<'m> = Vec<(Option<&'m str>, &'m Peer)>;
+
 struct Compiler<'m> {
     model: &'m Model,
-    /// Every pod with an address, on any node.
-    pods: Vec<&'m Pod>,
+    options: Options,
+    /// Every pod with an address, on any node, by namespace.
+    by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
+    /// Peers resolved so far: many policies name the same peers.
+    peers: BTreeMap<PeerDef<'m>, Rc<Peers<'m>>>,
     notes: Vec<String>,
     ingress: Acc,
     egress: Acc,
 }
 
 impl<'m> Compiler<'m> {
-    fn direction(&mut self, dir: Dir, policy: &NetworkPolicy, rules: &[Rule], targets: &[&Pod]) {
+    fn direction(&mut self, dir: Dir, policy: &'m NetworkPolicy, rules: &'m [Rule], targets: &[&'m Pod]) {
         let ips: Vec<Ipv4Addr> = targets.iter().filter_map(|p| p.ip).collect();
         self.acc(dir).dir.isolated.extend(ips.iter().copied());
         for rule in rules {
@@ -132,22 +214,20 @@ impl<'m> Compiler<'m> {
                 continue;
             }
             if rule.ports.is_empty() {
-                self.group(dir, &ips, &peers.nets, GroupPorts::All);
+                self.group(dir, &ips, &peers, GroupPorts::All);
                 continue;
             }
             for port in &rule.ports {
                 match (&port.port, port.end_port) {
-                    (None, _) => self.group(dir, &ips, &peers.nets, GroupPorts::Protocol(port.protocol)),
-                    (Some(PortRef::Number(n)), None) => {
-                        self.triples(dir, &ips, port.protocol, *n, &peers.nets)
-                    }
+                    (None, _) => self.group(dir, &ips, &peers, GroupPorts::Protocol(port.protocol)),
+                    (Some(PortRef::Number(n)), None) => self.allow(dir, &ips, port.protocol, *n, &peers),
                     (Some(PortRef::Number(a)), Some(b)) if u32::from(b - a) < MAX_EXPANDED_RANGE => {
                         for n in *a..=b {
-                            self.triples(dir, &ips, port.protocol, n, &peers.nets);
+                            self.allow(dir, &ips, port.protocol, n, &peers);
                         }
                     }
                     (Some(PortRef::Number(a)), Some(b)) => {
-                        self.group(dir, &ips, &peers.nets, GroupPorts::Range(port.protocol, *a, b))
+                        self.group(dir, &ips, &peers, GroupPorts::Range(port.protocol, *a, b))
                     }
                     (Some(PortRef::Name(name)), _) => {
                         self.named(dir, policy, targets, port.protocol, name, &peers)
@@ -164,17 +244,29 @@ impl<'m> Compiler<'m> {
         }
     }
 
-    fn triples(&mut self, dir: Dir, ips: &[Ipv4Addr], proto: Protocol, port: u16, nets: &[Ipv4Network]) {
-        let set = &mut self.acc(dir).dir.triples;
-        for ip in ips {
-            for net in nets {
-                set.insert((*ip, proto, port, *net));
+    /// `ips` may exchange `proto`/`port` with `peers`: triples for few peers,
+    /// else (pod, port) targets of the peers' port group.
+    fn allow(&mut self, dir: Dir, ips: &[Ipv4Addr], proto: Protocol, port: u16, peers: &Peers) {
+        let few = peers.nets.len() <= self.options.triple_peers;
+        let acc = self.acc(dir);
+        if few {
+            for ip in ips {
+                acc.triples.extend(peers.nets.iter().map(|net| (*ip, proto, port, *net)));
             }
+        } else {
+            let (_, targets) =
+                acc.port_groups.entry(peers.key).or_insert_with(|| (peers.nets.clone(), BTreeSet::new()));
+            targets.extend(ips.iter().map(|ip| (*ip, proto, port)));
         }
     }
 
-    fn group(&mut self, dir: Dir, ips: &[Ipv4Addr], nets: &[Ipv4Network], ports: GroupPorts) {
-        self.acc(dir).groups.entry((nets.to_vec(), ports)).or_default().extend(ips.iter().copied());
+    fn group(&mut self, dir: Dir, ips: &[Ipv4Addr], peers: &Peers, ports: GroupPorts) {
+        let (_, targets) = self
+            .acc(dir)
+            .groups
+            .entry((peers.key, ports))
+            .or_insert_with(|| (peers.nets.clone(), BTreeSet::new()));
+        targets.extend(ips.iter().copied());
     }
 
     /// A named port: for ingress, resolved on each target (the local pod that
@@ -194,17 +286,23 @@ impl<'m> Compiler<'m> {
             Dir::Ingress => {
                 for t in targets {
                     if let (Some(ip), Some(port)) = (t.ip, t.resolve_port(&port_ref, proto)) {
-                        self.triples(dir, &[ip], proto, port, &peers.nets);
+                        self.allow(dir, &[ip], proto, port, peers);
                     }
                 }
             }
             Dir::Egress => {
                 let ips: Vec<Ipv4Addr> = targets.iter().filter_map(|p| p.ip).collect();
-                let dests: Vec<&Pod> = if peers.anywhere { self.pods.clone() } else { peers.pods.clone() };
+                let everyone: Vec<&Pod>;
+                let dests = if peers.anywhere {
+                    everyone = self.by_ns.values().flatten().copied().collect();
+                    &everyone
+                } else {
+                    &peers.pods
+                };
+                let triples = &mut self.acc(dir).triples;
                 for d in dests {
                     if let (Some(dip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
-                        let net = Ipv4Network::from(dip);
-                        self.triples(dir, &ips, proto, port, &[net]);
+                        triples.extend(ips.iter().map(|ip| (*ip, proto, port, Ipv4Network::from(dip))));
                     }
                 }
                 if !peers.anywhere && peers.nets.len() > peers.pods.len() {
@@ -217,22 +315,53 @@ impl<'m> Compiler<'m> {
         }
     }
 
-    fn peers(&mut self, policy: &NetworkPolicy, rule: &Rule) -> Peers<'m> {
-        if rule.peers.is_empty() {
-            return Peers { pods: Vec::new(), nets: vec![ANYWHERE], anywhere: true };
+    /// The rule's peers, resolved once per distinct definition.
+    fn peers(&mut self, policy: &'m NetworkPolicy, rule: &'m Rule) -> Rc<Peers<'m>> {
+        let mut def: PeerDef<'m> = rule
+            .peers
+            .iter()
+            .map(|p| match p {
+                Peer::Pods { namespaces: None, .. } => (Some(policy.namespace.as_str()), p),
+                _ => (None, p),
+            })
+            .collect();
+        def.sort();
+        def.dedup();
+        if let Some(p) = self.peers.get(&def) {
+            return p.clone();
         }
-        let mut pods: Vec<&'m Pod> = Vec::new();
+        let resolved = Rc::new(self.resolve(policy, &def));
+        self.peers.insert(def, resolved.clone());
+        resolved
+    }
+
+    fn resolve(&mut self, policy: &NetworkPolicy, def: &PeerDef<'m>) -> Peers<'m> {
+        let key = fnv1a64(format!("{def:?}").as_bytes());
+        if def.is_empty() {
+            return Peers { key, pods: Vec::new(), nets: Rc::from([ANYWHERE]), anywhere: true };
+        }
+        let mut pods: BTreeMap<(&str, &str), &'m Pod> = BTreeMap::new();
         let mut nets: Vec<Ipv4Network> = Vec::new();
-        for peer in &rule.peers {
+        for (own_ns, peer) in def {
             match peer {
                 Peer::Pods { namespaces, pods: sel } => {
-                    for p in &self.pods {
-                        let ns_ok = match namespaces {
-                            None => p.namespace == policy.namespace,
-                            Some(ns_sel) => ns_sel.matches(&self.model.namespace_labels(&p.namespace)),
-                        };
-                        if ns_ok && sel.matches(&p.labels) && !pods.iter().any(|q| std::ptr::eq(*q, *p)) {
-                            pods.push(p);
+                    let namespaces: Vec<&'m str> = match (own_ns, namespaces) {
+                        (Some(ns), _) => vec![*ns],
+                        (None, Some(ns_sel)) => self
+                            .by_ns
+                            .keys()
+                            .copied()
+                            .filter(|ns| ns_sel.matches(&self.model.namespace_labels(ns)))
+                            .collect(),
+                        // A peer without a namespace selector always has its
+                        // own namespace (set above).
+                        (None, None) => Vec::new(),
+                    };
+                    for ns in namespaces {
+                        for p in self.by_ns.get(ns).into_iter().flatten() {
+                            if sel.matches(&p.labels) {
+                                pods.insert((p.namespace.as_str(), p.name.as_str()), p);
+                            }
                         }
                     }
                 }
@@ -252,8 +381,9 @@ impl<'m> Compiler<'m> {
                 )),
             }
         }
+        let pods: Vec<&'m Pod> = pods.into_values().collect();
         nets.extend(pods.iter().filter_map(|p| p.ip).map(Ipv4Network::from));
-        Peers { pods, nets: aggregate(nets), anywhere: false }
+        Peers { key, pods, nets: Rc::from(aggregate(nets)), anywhere: false }
     }
 }
 
@@ -394,27 +524,76 @@ mod tests {
         let spec = "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n  - ports: [{protocol: UDP}, {port: 8000, endPort: 8005}, {port: 9000, endPort: 9999}]\n  egress: [{}]\n";
         let ir = node1(&cluster(&policy("x", "p", spec)));
         let a = ip("10.244.1.2");
+        let anywhere = vec![net("0.0.0.0/0")];
+        let shape = |d: &Direction| -> BTreeSet<_> {
+            d.groups.iter().map(|g| (g.targets.clone(), g.peers.clone(), g.ports)).collect()
+        };
         assert_eq!(
-            ir.ingress.groups,
+            shape(&ir.ingress),
             [
-                Group {
-                    targets: [a].into(),
-                    peers: vec![net("0.0.0.0/0")],
-                    ports: GroupPorts::Protocol(Protocol::Udp)
-                },
-                Group {
-                    targets: [a].into(),
-                    peers: vec![net("0.0.0.0/0")],
-                    ports: GroupPorts::Range(Protocol::Tcp, 9000, 9999)
-                },
-                Group { targets: [a].into(), peers: vec![net("10.244.2.2/32")], ports: GroupPorts::All },
+                ([a].into(), anywhere.clone(), GroupPorts::Protocol(Protocol::Udp)),
+                ([a].into(), anywhere.clone(), GroupPorts::Range(Protocol::Tcp, 9000, 9999)),
+                ([a].into(), vec![net("10.244.2.2/32")], GroupPorts::All),
             ]
+            .into()
         );
         assert_eq!(ir.ingress.triples.len(), 6, "8000-8005 expanded");
-        assert_eq!(
-            ir.egress.groups,
-            [Group { targets: [a].into(), peers: vec![net("0.0.0.0/0")], ports: GroupPorts::All }]
-        );
+        assert_eq!(shape(&ir.egress), [([a].into(), anywhere, GroupPorts::All)].into());
+        let keys: BTreeSet<PeerKey> = ir.ingress.groups.iter().map(|g| g.key).collect();
+        assert_eq!(keys.len(), 2, "the two rules' peers: pod b, and anywhere");
+    }
+
+    /// `n` pods labelled role=client in namespace y on node-2, at addresses
+    /// that do not aggregate.
+    fn many_clients(n: u32) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "---\nkind: Pod\nmetadata: {{name: c{i}, namespace: y, labels: {{role: client}}}}\n\
+                     spec: {{nodeName: node-2}}\nstatus: {{podIP: 10.245.{}.{}}}\n",
+                    i / 100,
+                    2 * (i % 100) + 1
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_peers_become_a_port_group_keyed_by_the_peers_as_written() {
+        let spec = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 80}, {port: 53, protocol: UDP}]\n";
+        let few = node1(&cluster(&format!("{}{}", many_clients(16), policy("x", "p", spec))));
+        assert_eq!(few.ingress.triples.len(), 32, "16 clients x 2 ports, as triples");
+        assert!(few.ingress.port_groups.is_empty());
+        // 300 clients (none adjacent, so no aggregation) > 16.
+        let text = format!("{}{}{}", many_clients(300), policy("x", "p", spec), policy("y", "q", spec));
+        let ir = node1(&cluster(&text));
+        assert!(ir.ingress.triples.is_empty(), "{:?}", ir.ingress.triples.len());
+        assert_eq!(ir.ingress.port_groups.len(), 1, "both policies name the same peers: one group");
+        let g = &ir.ingress.port_groups[0];
+        let (xa, ya) = (ip("10.244.1.2"), ip("10.244.1.3"));
+        let want = [
+            (xa, Protocol::Udp, 53),
+            (xa, Protocol::Tcp, 80),
+            (ya, Protocol::Udp, 53),
+            (ya, Protocol::Tcp, 80),
+        ];
+        assert_eq!(g.targets, want.into(), "x/a by p, y/a by q");
+        assert_eq!(g.peers.len(), 300);
+        // One client more: same key, one peer more.
+        let more = node1(&cluster(&format!("{}{}", many_clients(301), policy("x", "p", spec))));
+        assert_eq!(more.ingress.port_groups[0].key, g.key);
+        assert_eq!(more.ingress.port_groups[0].peers.len(), 301);
+        // With triple_peers 0, even one peer makes a port group.
+        let opts = Options { triple_peers: 0 };
+        let one = compile_with(
+            &cluster(&format!("{}{}", many_clients(1), policy("x", "p", spec))),
+            "node-1",
+            None,
+            opts,
+        )
+        .0;
+        assert!(one.ingress.triples.is_empty());
+        assert_eq!(one.ingress.port_groups.len(), 1);
     }
 
     #[test]

@@ -200,7 +200,11 @@ pub fn ir_verdict(
                 GroupPorts::Range(p, a, b) => p == proto && (a..=b).contains(&port),
             }
     });
-    if exact || group {
+    let port_group = dir
+        .port_groups
+        .iter()
+        .any(|g| g.targets.contains(&(pod, proto, port)) && g.peers.iter().any(|n| n.contains(peer)));
+    if exact || port_group || group {
         IrVerdict::Admitted
     } else {
         IrVerdict::Denied

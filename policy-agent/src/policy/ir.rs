@@ -5,9 +5,19 @@
 //! Per direction, a local pod is either not isolated (everything passes in
 //! that direction) or isolated, and then a packet passes if a `Triple` names
 //! it exactly (pod, protocol, port, peer network: one hash lookup, whatever
-//! the number of policies) or a `Group` covers it (rules without a single
-//! port: all ports, a protocol's every port, or a wide endPort range, which
-//! would not fit a hash of ports).
+//! the number of policies), or a `PortGroup` or a `Group` covers it.
+//!
+//! Triples are the product of a rule's targets, ports and peers, so they are
+//! kept for small products only; a rule whose product is large (many peers:
+//! a namespace selector over a big cluster) becomes a `PortGroup`, and the
+//! renderers give it a set of (pod, port) targets and a set of peers and one
+//! rule: elements then grow with targets plus peers, not their product.
+//! Rules without a single port (all ports, a protocol's every port, or a wide
+//! endPort range, which would not fit a hash of ports) are `Group`s.
+//!
+//! Groups and port groups carry the `PeerKey` of their peers as written: the
+//! renderers name the peer set after it, so a pod that joins or leaves the
+//! peers changes that set's members in place, never the set or the rules.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -32,12 +42,26 @@ pub enum GroupPorts {
     Range(Protocol, u16, u16),
 }
 
+/// What a rule's peers are, not who they are: a hash of the peers as written
+/// (with the policy's namespace where a peer means "this namespace"). Rules
+/// with the same key have the same peers, whatever the cluster holds.
+pub type PeerKey = u64;
+
 /// Local pods `targets` may exchange traffic with `peers` on `ports`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Group {
+    pub key: PeerKey,
     pub targets: BTreeSet<Ipv4Addr>,
     pub peers: Vec<Ipv4Network>,
     pub ports: GroupPorts,
+}
+
+/// (local pod, protocol, port) targets may exchange traffic with `peers`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortGroup {
+    pub key: PeerKey,
+    pub targets: BTreeSet<(Ipv4Addr, Protocol, u16)>,
+    pub peers: Vec<Ipv4Network>,
 }
 
 /// One direction (ingress or egress) on this node.
@@ -46,7 +70,9 @@ pub struct Direction {
     /// Local pods some policy of this direction selects.
     pub isolated: BTreeSet<Ipv4Addr>,
     pub triples: BTreeSet<Triple>,
-    /// Sorted; groups with the same peers and ports are merged.
+    /// Sorted by key; one per peer key.
+    pub port_groups: Vec<PortGroup>,
+    /// Sorted; groups with the same peer key and ports are merged.
     pub groups: Vec<Group>,
 }
 

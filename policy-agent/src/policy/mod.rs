@@ -8,5 +8,5 @@ pub mod compile;
 pub mod evaluate;
 pub mod ir;
 
-pub use compile::compile;
-pub use ir::{Direction, Group, GroupPorts, PolicyIr, Triple};
+pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
+pub use ir::{Direction, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
