@@ -18,6 +18,7 @@ pub mod plan;
 pub mod pods;
 pub mod probe;
 pub mod run;
+pub mod runtimes;
 pub mod scenarios;
 pub mod serve;
 pub mod signals;
