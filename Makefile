@@ -17,7 +17,7 @@ RELEASE_DIR := target/$(HOST)/release
 # Runtime tools the tests and the demo drive, and the reference plugins the
 # differential test and the benchmark compare against.
 DEB_PACKAGES := iproute2 iptables ipset nftables conntrack iputils-ping procps \
-	containernetworking-plugins iperf3 ca-certificates \
+	containernetworking-plugins iperf3 ca-certificates shellcheck \
 	protobuf-compiler containerd runc podman busybox-static
 
 .PHONY: all deps build release test demo bench clean

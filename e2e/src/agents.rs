@@ -32,6 +32,8 @@ const AGENT_POLL_MS: &str = "100";
 /// Agents' full resync interval, in ms: short, so a test that breaks the kernel
 /// state by hand (a deleted jump, a route) sees it repaired quickly.
 const AGENT_RESYNC_MS: &str = "500";
+/// Bound on reading an agent's HTTP reply.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on an agent exiting after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -181,6 +183,26 @@ impl Testbed {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.processes.retain(|p| p.name != name);
         run::save(&st)
+    }
+
+    /// GETs `path` from node `n`'s agent (`AGENT_HTTP`, on the node netns's
+    /// loopback): the head (status line and headers) and the body.
+    pub fn agent_get(&self, n: u32, path: &str) -> Result<(String, String)> {
+        use std::io::{Read, Write};
+        let what = format!("GET {path} from node {n}'s agent");
+        let netns = weft_plugin::netns::NetNs::open(self.node_netns(n)).map_err(E2eError::kernel(&what))?;
+        let reply = weft_plugin::netns::run_in(&netns, || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(AGENT_HTTP)?;
+            s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .map_err(E2eError::kernel(&what))?
+        .map_err(E2eError::io(&what))?;
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        Ok((head.to_string(), body.to_string()))
     }
 
     /// Node `n`'s agent status, if it has written one.

@@ -216,21 +216,6 @@ fn switching_backends_removes_the_other_backends_rules_and_auto_says_which() {
     common::assert_gone(&st);
 }
 
-/// GET `path` from node `ns`'s agent (its loopback, inside the node netns).
-fn agent_get(ns: &Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let netns = weft_plugin::netns::NetNs::open(ns).unwrap();
-    let path = path.to_string();
-    weft_plugin::netns::run_in(&netns, move || {
-        let mut s = std::net::TcpStream::connect(weft_e2e::agents::AGENT_HTTP).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .unwrap()
-}
-
 #[test]
 fn a_denied_connection_is_logged_once_with_its_policy() {
     if !root_or_skip("a_denied_connection_is_logged_once_with_its_policy") {
@@ -246,7 +231,6 @@ fn a_denied_connection_is_logged_once_with_its_policy() {
         // One connection: its SYN and the retransmit within the probe's 1.5 s.
         assert!(blocked(&yb, &xa, 81, Proto::Tcp), "{backend}");
         assert!(connects(&yb, &xa, 80, Proto::Tcp), "{backend}");
-        let n1 = tb.node_netns(1);
         let log_file = weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log");
         let lines = || -> Vec<String> {
             let log = std::fs::read_to_string(&log_file).unwrap_or_default();
@@ -268,9 +252,9 @@ fn a_denied_connection_is_logged_once_with_its_policy() {
         ] {
             assert!(line.contains(want), "{backend}: {want} not in {line}");
         }
-        let denied = agent_get(&n1, "/denied?since=0");
-        assert!(denied.contains("application/x-ndjson") && denied.contains("x/web-only"), "{denied}");
-        let metrics = agent_get(&n1, "/metrics");
+        let (head, denied) = tb.agent_get(1, "/denied?since=0").unwrap();
+        assert!(head.contains("application/x-ndjson") && denied.contains("x/web-only"), "{head}\n{denied}");
+        let metrics = tb.agent_get(1, "/metrics").unwrap().1;
         assert!(
             metrics.contains("weft_denied_connections_total{policy=\"x/web-only\",direction=\"ingress\"} 1"),
             "{metrics}"

@@ -5,17 +5,20 @@
 //! pods must still forward NodePort transit traffic); later flips are
 //! reported, not fought. Runs in the calling thread's netns (the node's);
 //! sleeps between polls on the stop channel, so SIGTERM ends it at once and
-//! nothing spins.
+//! nothing spins. Each sync is timed and reported to `metrics` (served by
+//! `http`), with the node's readiness; the log is `tracing` events in an
+//! `agent{node=...}` span.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
 use weft_plugin::agent_client::{AgentReply, PodEvent};
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
@@ -23,13 +26,13 @@ use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, PolicyBackend};
 use crate::cni_config;
-use crate::denied::DenyLog;
-use crate::http;
+use crate::http::{self, Shared};
+use crate::metrics::{readiness, SyncKind};
 use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
-use crate::policy::{compile_with, Options};
+use crate::policy::{compile_with, Options, PolicyIr};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{DirSource, Source};
@@ -132,27 +135,30 @@ pub enum AgentError {
 /// the same channel (the pod socket's requests). Prints one line on stdout
 /// once the first status is written.
 pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Result<(), AgentError> {
+    let span = tracing::info_span!("agent", node = %cfg.node);
+    let _in_span = span.enter();
     let mut agent = Agent::start(cfg)?;
     let _socket = match &cfg.pod_socket {
         Some(path) => {
             let s = PodSocket::listen(path, sender.clone())
                 .map_err(|source| AgentError::Socket { path: path.clone(), source })?;
-            log(&format!("listening for pods on {}", path.display()));
+            info!(socket = %path.display(), "listening for pods");
             Some(s)
         }
         None => None,
     };
     if let Some(addr) = cfg.http {
         let bound =
-            http::serve(addr, agent.denied.clone()).map_err(|source| AgentError::Http { addr, source })?;
-        log(&format!("serving /denied, /metrics and /healthz on http://{bound}"));
+            http::serve(addr, agent.shared.clone()).map_err(|source| AgentError::Http { addr, source })?;
+        info!(address = %bound, "serving /denied, /metrics, /healthz and /readyz");
     }
     if agent.policy.is_some() {
         if let Err(e) = nflog::listen(sender.clone(), Event::Denied) {
-            log(&format!("no denied-connection log: NFLOG group {}: {e}", nflog::GROUP));
+            warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
         }
     }
     loop {
+        agent.shared.metrics().heartbeat(Instant::now());
         agent.tick()?;
         match events.recv_timeout(cfg.poll) {
             Ok(Event::Stop) => break,
@@ -187,8 +193,8 @@ struct Agent<'c> {
     snap: Option<Snapshot>,
     pods: PodEvents,
     last_status: Option<Status>,
-    /// The denied-connection log, shared with the HTTP endpoint.
-    denied: Arc<Mutex<DenyLog>>,
+    /// The denied-connection log and the metrics, shared with the HTTP endpoint.
+    shared: Arc<Shared>,
     next_sync: Instant,
     /// The next sync checks the kernel in full (the first and every periodic
     /// one); a sync for a new snapshot writes only what changed.
@@ -204,13 +210,14 @@ impl<'c> Agent<'c> {
         let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
         ensure_forwarding();
         if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
-            log(&format!(
-                "cluster CIDR {c} is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
+            warn!(
+                cluster_cidr = %c,
+                "the cluster CIDR is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
                  is exempt from masquerade"
-            ));
+            );
         }
         let (policy, why) = backend::start(cfg.backend);
-        log(&why);
+        info!(backend = %policy.as_ref().map_or("off", |p| p.name()), "{why}");
         Ok(Agent {
             cfg,
             rt,
@@ -225,7 +232,7 @@ impl<'c> Agent<'c> {
             snap: None,
             pods: PodEvents::default(),
             last_status: None,
-            denied: Arc::new(Mutex::new(DenyLog::default())),
+            shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
         })
@@ -238,10 +245,12 @@ impl<'c> Agent<'c> {
         if Instant::now() < self.next_sync {
             return Ok(());
         }
+        let t0 = Instant::now();
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut()));
         if let Some(p) = self.policy.as_mut() {
             let model = self.pods.overlay(&s.model, &self.cfg.node);
-            match enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full) {
+            let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full);
+            match record_policy(&self.shared, p.name(), applied) {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
                     status.warnings = warnings;
@@ -249,9 +258,23 @@ impl<'c> Agent<'c> {
                 Err(e) => status.errors.push(e),
             }
         }
-        self.write_conflist(s, &mut status);
+        let conflist = self.write_conflist(s, &mut status);
         report_changes(self.last_status.as_ref(), &status);
         write_status(&self.cfg.status_file, &status)?;
+        let took = t0.elapsed();
+        let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
+        {
+            let mut m = self.shared.metrics();
+            m.observe_sync(kind, took);
+            m.synced(&status, readiness(&status, self.policy.is_some(), conflist));
+        }
+        tracing::debug!(
+            generation = %status.generation,
+            kind = %kind.label(),
+            ms = took.as_secs_f64() * 1000.0,
+            errors = status.errors.len(),
+            "synced"
+        );
         if self.last_status.is_none() {
             println!("ready generation {}", status.generation);
             let _ = std::io::stdout().flush();
@@ -265,7 +288,7 @@ impl<'c> Agent<'c> {
     fn poll_source(&mut self) {
         let Some(s) = self.source.poll() else { return };
         for e in &s.errors {
-            log(&format!("skipping manifest {e}"));
+            warn!(generation = %s.generation, "skipping manifest {e}");
         }
         self.pods.prune(&s.model, &self.cfg.node);
         self.snap = Some(s);
@@ -299,7 +322,7 @@ impl<'c> Agent<'c> {
                     let error = format!(
                         "pod {namespace}/{name} is not in the cluster state yet: its traffic is dropped until it is"
                     );
-                    log(&error);
+                    warn!("{error}");
                     return AgentReply { ok: false, error: Some(error) };
                 }
             }
@@ -309,22 +332,29 @@ impl<'c> Agent<'c> {
             return AgentReply { ok: true, error: None };
         };
         let model = self.pods.overlay(&s.model, &self.cfg.node);
-        match enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false) {
+        let t0 = Instant::now();
+        let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false);
+        let reply = match record_policy(&self.shared, p.name(), applied) {
             Ok(_) => AgentReply { ok: true, error: None },
             Err(e) => {
-                log(&e);
+                error!("{e}");
                 AgentReply { ok: false, error: Some(e) }
             }
-        }
+        };
+        self.shared.metrics().observe_sync(SyncKind::Pod, t0.elapsed());
+        reply
     }
 
     /// Writes the conflist (if asked and changed) once this node can carry
     /// pods: its pod CIDR known and, with a policy backend, policy applied.
-    fn write_conflist(&self, s: &Snapshot, status: &mut Status) {
-        let Some(dir) = &self.cfg.cni_conf_dir else { return };
-        let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else { return };
+    /// None when not asked to; else whether the conflist is in place.
+    fn write_conflist(&self, s: &Snapshot, status: &mut Status) -> Option<bool> {
+        let dir = self.cfg.cni_conf_dir.as_ref()?;
+        let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else {
+            return Some(false);
+        };
         if self.policy.is_some() && status.policy.is_none() {
-            return;
+            return Some(false);
         }
         let socket =
             self.cfg.pod_socket.clone().unwrap_or_else(|| weft_conf::netconf::DEFAULT_AGENT_SOCKET.into());
@@ -332,12 +362,17 @@ impl<'c> Agent<'c> {
         let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
-            Ok(true) => log(&format!(
-                "wrote {}: the node is ready for pods",
-                dir.join(cni_config::CONFLIST).display()
-            )),
-            Ok(false) => {}
-            Err(e) => status.errors.push(format!("write the conflist into {}: {e}", dir.display())),
+            Ok(written) => {
+                if written {
+                    let path = dir.join(cni_config::CONFLIST);
+                    info!(path = %path.display(), pod_cidr = %cidr, "wrote the conflist: the node is ready for pods");
+                }
+                Some(true)
+            }
+            Err(e) => {
+                status.errors.push(format!("write the conflist into {}: {e}", dir.display()));
+                Some(false)
+            }
         }
     }
 
@@ -346,7 +381,7 @@ impl<'c> Agent<'c> {
     fn on_denied(&mut self, d: &Denied) {
         let Some(s) = &self.snap else { return };
         let now = Instant::now();
-        let mut denied = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        let mut denied = self.shared.denied();
         // A retransmit of a logged connection: counted, and no model is built for it.
         if denied.fold(d, now) {
             return;
@@ -354,42 +389,45 @@ impl<'c> Agent<'c> {
         let model = self.pods.overlay(&s.model, &self.cfg.node);
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         if let Some(line) = denied.record_new(d, &model, self.cluster_v4, now, wall.as_millis() as u64) {
-            log(&format!("denied {}", serde_json::to_string(&line).unwrap_or_default()));
+            info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
         }
     }
 
     fn cleanup(&mut self) {
         for e in self.rt.block_on(delete_all(&self.h)) {
-            log(&format!("cleanup: {e}"));
+            warn!("cleanup: {e}");
         }
-        log("cleanup: weft's routes deleted");
+        info!("cleanup: weft's routes deleted");
         if let Some(p) = self.policy.as_mut() {
             match p.cleanup() {
-                Ok(()) => log("cleanup: weft's policy chains and sets deleted"),
-                Err(e) => log(&format!("cleanup: policy: {e}")),
+                Ok(()) => info!(backend = %p.name(), "cleanup: weft's policy chains and sets deleted"),
+                Err(e) => warn!(backend = %p.name(), "cleanup: policy: {e}"),
             }
         }
         if self.masq.is_some() {
             match teardown_masquerade() {
-                Ok(()) => log(&format!("cleanup: {MASQ_CHAIN} and its jump deleted")),
-                Err(e) => log(&format!("cleanup: masquerade: {e}")),
+                Ok(()) => info!("cleanup: {MASQ_CHAIN} and its jump deleted"),
+                Err(e) => warn!("cleanup: masquerade: {e}"),
             }
         }
     }
 }
 
+/// What `enforce` returns: the IR in force, what it enforces and the warnings.
+type Enforced = (PolicyIr, PolicyStatus, Vec<String>);
+
 /// Compiles the NetworkPolicies of `model` for `node` and applies them.
-/// Returns what is enforced and the warnings, or the error for the status.
+/// Returns the IR, what is enforced and the warnings, or the error for the status.
 fn enforce(
     p: &mut dyn PolicyBackend,
     model: &Model,
     cfg: &Config,
     cluster: Option<Ipv4Network>,
     full: bool,
-) -> Result<(PolicyStatus, Vec<String>), String> {
+) -> Result<Enforced, String> {
     let (ir, warnings) = compile_with(model, &cfg.node, cluster, cfg.compile);
     if let Some(changed) = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))? {
-        log(&format!("policy ({}): {changed}", p.name()));
+        info!(backend = %p.name(), "policy ({}): {changed}", p.name());
     }
     let status = PolicyStatus {
         backend: p.name().into(),
@@ -400,7 +438,27 @@ fn enforce(
         groups: ir.ingress.groups.len() + ir.egress.groups.len(),
         port_groups: ir.ingress.port_groups.len() + ir.egress.port_groups.len(),
     };
-    Ok((status, warnings))
+    Ok((ir, status, warnings))
+}
+
+/// Hands `enforce`'s outcome to the metrics (the IR in force, or one more
+/// policy error) and returns the rest for the status.
+fn record_policy(
+    shared: &Shared,
+    backend: &'static str,
+    applied: Result<Enforced, String>,
+) -> Result<(PolicyStatus, Vec<String>), String> {
+    let mut m = shared.metrics();
+    match applied {
+        Ok((ir, status, warnings)) => {
+            m.policy_applied(backend, Arc::new(ir));
+            Ok((status, warnings))
+        }
+        Err(e) => {
+            m.policy_error();
+            Err(e)
+        }
+    }
 }
 
 /// Turns net.ipv4.ip_forward on in this netns once, at start: until the first
@@ -408,9 +466,9 @@ fn enforce(
 /// another node. Failure is logged, not fatal; the status shows the sysctl.
 fn ensure_forwarding() {
     match ensure_sysctl(IP_FORWARD, "1") {
-        Ok(true) => log("net.ipv4.ip_forward was off: turned it on"),
-        Ok(false) => log("net.ipv4.ip_forward is on"),
-        Err(e) => log(&format!("turning net.ipv4.ip_forward on: {e}")),
+        Ok(true) => info!("net.ipv4.ip_forward was off: turned it on"),
+        Ok(false) => info!("net.ipv4.ip_forward is on"),
+        Err(e) => warn!("turning net.ipv4.ip_forward on: {e}"),
     }
 }
 
@@ -476,7 +534,7 @@ impl Masquerade {
         };
         match k.ensure(cidr, self.cluster_cidr, &self.comment) {
             Ok(()) => {
-                log(&format!("masquerade: {MASQ_CHAIN} for {cidr} {why} (cluster {})", self.cluster_cidr));
+                info!(pod_cidr = %cidr, "masquerade: {MASQ_CHAIN} for {cidr} {why} (cluster {})", self.cluster_cidr);
                 self.ensured = Some(cidr);
                 Ok(cidr)
             }
@@ -494,13 +552,13 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
     let (desired, notes) = desired_routes(&snap.model, node);
     for n in notes {
-        log(&n);
+        warn!("{n}");
     }
     match list_weft_routes(h).await {
         Ok(current) => {
             for change in plan(&desired, &current) {
                 match apply(h, change).await {
-                    Ok(()) => log(&format!("{change:?}")),
+                    Ok(()) => info!(generation = %snap.generation, "route {change:?}"),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
@@ -540,15 +598,15 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
 fn report_changes(last: Option<&Status>, now: &Status) {
     let was_fwd = last.map(|s| s.ip_forward);
     if !now.ip_forward && was_fwd != Some(false) {
-        log("net.ipv4.ip_forward is off on this node: pods on other nodes are unreachable");
+        warn!("net.ipv4.ip_forward is off on this node: pods on other nodes are unreachable");
     }
     let was_br = last.and_then(|s| s.bridge_nf_call_iptables);
     if now.bridge_nf_call_iptables == Some(false) && was_br != Some(false) {
-        log("net.bridge.bridge-nf-call-iptables is off on this node: same-node service traffic bypasses conntrack");
+        warn!("net.bridge.bridge-nf-call-iptables is off on this node: same-node service traffic bypasses conntrack");
     }
     for e in &now.errors {
         if !last.is_some_and(|s| s.errors.contains(e)) {
-            log(e);
+            error!(generation = %now.generation, "{e}");
         }
     }
 }
@@ -566,10 +624,6 @@ pub fn write_status(path: &Path, status: &Status) -> Result<(), AgentError> {
 /// Reads a status file; None if it does not exist or is not (yet) a status.
 pub fn read_status(path: &Path) -> Option<Status> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn log(msg: &str) {
-    eprintln!("weft-agent: {msg}");
 }
 
 #[cfg(test)]

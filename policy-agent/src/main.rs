@@ -1,5 +1,7 @@
 //! `weft-agent --node NAME --source dir:PATH --status-file PATH [--cluster-cidr CIDR]
-//! [--network-name NAME] [--cleanup-on-exit]`.
+//! [--network-name NAME] [--cleanup-on-exit] [--log-level LEVEL]`, and the
+//! `explain` and `install-cni` subcommands (tools: they print their results
+//! and errors, and do not log).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +75,11 @@ struct Args {
     /// set, so set elements grow with pods plus peers, not their product.
     #[arg(long, env = "WEFT_TRIPLE_PEERS", default_value_t = weft_agent::policy::DEFAULT_TRIPLE_PEERS)]
     triple_peers: usize,
+    /// What to log (on stderr): a level (error, warn, info, debug, trace) or
+    /// `tracing` directives such as `info,weft_agent::agent=debug`. Also read
+    /// from `WEFT_LOG`, then `RUST_LOG`; default info.
+    #[arg(long, env = "WEFT_LOG", value_parser = weft_agent::logging::parse_level)]
+    log_level: Option<String>,
 }
 
 fn parse_source(s: &str) -> Result<PathBuf, String> {
@@ -230,9 +237,10 @@ fn main() -> ExitCode {
         return if sub.is_some_and(|a| a == "explain") { explain_main(rest) } else { install_main(rest) };
     }
     let args = Args::parse();
+    weft_agent::logging::init(&weft_agent::logging::directives(args.log_level.as_deref()));
     let (tx, events) = mpsc::channel();
     if let Err(e) = watch_signals(tx.clone()) {
-        eprintln!("weft-agent: signals: {e}");
+        tracing::error!("signals: {e}");
         return ExitCode::FAILURE;
     }
     let cfg = Config {
@@ -254,7 +262,7 @@ fn main() -> ExitCode {
     match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weft-agent: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -294,5 +302,8 @@ mod tests {
         let a = Args::try_parse_from(base.into_iter().chain(["--backend", "nftables"])).unwrap();
         assert_eq!(a.backend, BackendChoice::Nftables);
         assert!(Args::try_parse_from(base.into_iter().chain(["--backend", "ebpf"])).is_err());
+        let a = Args::try_parse_from(base.into_iter().chain(["--log-level", "debug"])).unwrap();
+        assert_eq!(a.log_level.as_deref(), Some("debug"));
+        assert!(Args::try_parse_from(base.into_iter().chain(["--log-level", "weft=loud"])).is_err());
     }
 }

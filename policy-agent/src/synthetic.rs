@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::PolicyBackend;
+use crate::metrics::{object_counts, ObjectCounts};
 use crate::iptables::Iptables;
 use crate::model::manifest::labels;
 use crate::model::{
@@ -229,20 +230,6 @@ fn cluster_cidr() -> Option<ipnetwork::Ipv4Network> {
     "10.100.0.0/14".parse().ok()
 }
 
-/// The counts of `ir` as `backend` renders it: (rules, sets, elements).
-fn counts(backend: &str, ir: &PolicyIr) -> (usize, usize, usize) {
-    if backend == "iptables" {
-        let r = crate::iptables::render(ir);
-        let rules = r.rules.lines().filter(|l| l.starts_with("-A")).count();
-        (rules, r.sets.len(), r.sets.iter().map(|s| s.members.len()).sum())
-    } else {
-        let r = crate::nft::render(ir);
-        let rules =
-            r.skeleton.iter().filter(|o| matches!(o, nftables::schema::NfListObject::Rule(_))).count();
-        (rules, r.sets.len(), r.sets.values().map(|s| s.len()).sum())
-    }
-}
-
 /// Measures one backend on node-1's share of `model(pods, policies)`, in a
 /// network namespace of its own (root); with `churn_secs`, also the churn run.
 pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64) -> Figures {
@@ -251,7 +238,7 @@ pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64
         let mut backend = Backend::new(backend_name);
         let (full, ir) = sync(&m, &mut backend, true);
         let peak_rss_kib = peak_rss_kib();
-        let (rules, sets, elements) = counts(backend_name, &ir);
+        let ObjectCounts { rules, sets, elements } = object_counts(backend_name, &ir);
         let mut m2 = m.clone();
         let mut changes = [Step::default(); 3];
         // A pod on node-1 that policies select and that is a peer of others.

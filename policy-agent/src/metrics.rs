@@ -1,0 +1,681 @@
+//! What the agent loop reports for `/metrics` (Prometheus text format 0.0.4)
+//! and for the health endpoints: sync durations as a histogram by kind, the
+//! last applied generation, what the last sync found (routes, errors,
+//! warnings, pods), the backend's sets, rules and elements, policy errors,
+//! and liveness (the loop ran lately) and readiness (policy applied and,
+//! with `--cni-conf-dir`, the conflist written). Pure but for the clock
+//! passed in; the denied counters are `DenyLog`'s.
+
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::agent::Status;
+use crate::policy::PolicyIr;
+
+/// Upper bounds of the sync histogram, in seconds: a pod change takes a few
+/// ms, a resync of a large cluster some hundreds.
+pub const SYNC_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The loop counts as dead when it has not come round for this long. Far
+/// above a sync (under a second even at 1,000 policies) plus a poll, so a
+/// slow node is never restarted for being slow.
+pub const LIVENESS_STALE: Duration = Duration::from_secs(60);
+
+/// What a sync was for: the label of `weft_sync_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// The first sync and every periodic resync: the kernel checked in full.
+    Full,
+    /// A new snapshot of the cluster state: only what changed is written.
+    Change,
+    /// A pod the plugin reported (ADD or DEL): policy only.
+    Pod,
+}
+
+impl SyncKind {
+    const ALL: [SyncKind; 3] = [SyncKind::Full, SyncKind::Change, SyncKind::Pod];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SyncKind::Full => "full",
+            SyncKind::Change => "change",
+            SyncKind::Pod => "pod",
+        }
+    }
+}
+
+/// A Prometheus histogram over `SYNC_BUCKETS`; counts per bucket, not cumulative.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    buckets: [u64; SYNC_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = SYNC_BUCKETS.iter().position(|&le| s <= le) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `_bucket` (cumulative, ending with `+Inf` = count), `_sum` and `_count` samples.
+    fn write(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        let mut acc = 0;
+        for (le, n) in SYNC_BUCKETS.iter().zip(self.buckets) {
+            acc += n;
+            sample(out, &format!("{name}_bucket"), &[labels, &[("le", &le.to_string())]].concat(), acc);
+        }
+        sample(out, &format!("{name}_bucket"), &[labels, &[("le", "+Inf")]].concat(), self.count);
+        sample(out, &format!("{name}_sum"), labels, self.sum);
+        sample(out, &format!("{name}_count"), labels, self.count);
+    }
+}
+
+/// Sets, rules and set elements of the backend's rendering of the last IR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    pub rules: usize,
+    pub sets: usize,
+    pub elements: usize,
+}
+
+/// Renders `ir` as `backend` does and counts what it holds. Rules: the
+/// iptables `-A` lines of weft's chains, or the nftables table's rules.
+pub fn object_counts(backend: &str, ir: &PolicyIr) -> ObjectCounts {
+    if backend == "nftables" {
+        let r = crate::nft::render(ir);
+        ObjectCounts {
+            rules: r.skeleton.iter().filter(|o| matches!(o, nftables::schema::NfListObject::Rule(_))).count(),
+            sets: r.sets.len(),
+            elements: r.sets.values().map(|s| s.len()).sum(),
+        }
+    } else {
+        let r = crate::iptables::render(ir);
+        ObjectCounts {
+            rules: r.rules.lines().filter(|l| l.starts_with("-A")).count(),
+            sets: r.sets.len(),
+            elements: r.sets.iter().map(|s| s.members.len()).sum(),
+        }
+    }
+}
+
+/// A backend and the IR it rendered.
+type Applied = (&'static str, Arc<PolicyIr>);
+
+/// Counting the objects of the policy in force, done by a scrape outside the
+/// metrics lock: rendering again costs about what a resync's render does
+/// (25k elements: 48 ms for iptables, 217 ms for nftables in a debug build),
+/// so the agent loop never waits for it, and an IR equal to the one counted
+/// last is not rendered again.
+#[derive(Debug)]
+pub struct CountJob {
+    applied: Applied,
+    last: Option<(Applied, ObjectCounts)>,
+}
+
+impl CountJob {
+    pub fn run(self) -> (Applied, ObjectCounts) {
+        let (backend, ir) = &self.applied;
+        let same = |((b, last_ir), _): &(Applied, ObjectCounts)| b == backend && **last_ir == **ir;
+        let counts = match self.last.filter(same) {
+            Some((_, c)) => c,
+            None => object_counts(backend, ir),
+        };
+        (self.applied, counts)
+    }
+}
+
+/// The agent's metrics and health, shared with the HTTP thread behind a mutex.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    started: Instant,
+    syncs: [Histogram; 3],
+    last: Option<Status>,
+    applied: Option<Applied>,
+    /// The counts of the last `CountJob`, of the policy then in force.
+    counted: Option<(Applied, ObjectCounts)>,
+    policy_errors: u64,
+    last_loop: Instant,
+    /// Why the node is not ready to carry pods; None when it is.
+    not_ready: Option<String>,
+}
+
+impl AgentMetrics {
+    pub fn new(now: Instant) -> AgentMetrics {
+        AgentMetrics {
+            started: now,
+            syncs: Default::default(),
+            last: None,
+            applied: None,
+            counted: None,
+            policy_errors: 0,
+            last_loop: now,
+            not_ready: Some("no sync yet".into()),
+        }
+    }
+
+    /// The loop came round (liveness).
+    pub fn heartbeat(&mut self, now: Instant) {
+        self.last_loop = now;
+    }
+
+    /// One sync of `kind` that took `took`.
+    pub fn observe_sync(&mut self, kind: SyncKind, took: Duration) {
+        self.syncs[kind as usize].observe(took);
+    }
+
+    pub fn sync_count(&self, kind: SyncKind) -> u64 {
+        self.syncs[kind as usize].count()
+    }
+
+    /// A policy apply failed (a sync's or a pod report's).
+    pub fn policy_error(&mut self) {
+        self.policy_errors += 1;
+    }
+
+    /// `ir` is in force, written by `backend`.
+    pub fn policy_applied(&mut self, backend: &'static str, ir: Arc<PolicyIr>) {
+        self.applied = Some((backend, ir));
+    }
+
+    /// The counting a scrape should do first; None when the policy in force
+    /// is counted (or there is none).
+    pub fn count_job(&self) -> Option<CountJob> {
+        let (backend, ir) = self.applied.as_ref()?;
+        let done = self.counted.as_ref().is_some_and(|((b, c), _)| b == backend && Arc::ptr_eq(c, ir));
+        (!done).then(|| CountJob { applied: (backend, ir.clone()), last: self.counted.clone() })
+    }
+
+    /// What a `CountJob` found.
+    pub fn store_counts(&mut self, counted: (Applied, ObjectCounts)) {
+        self.counted = Some(counted);
+    }
+
+    /// The status a sync wrote, and whether the node is ready (Err: why not).
+    pub fn synced(&mut self, status: &Status, ready: Result<(), String>) {
+        self.last = Some(status.clone());
+        self.not_ready = ready.err();
+    }
+
+    /// Ok while the loop came round within `LIVENESS_STALE`; Err says how long ago it last did.
+    pub fn live(&self, now: Instant) -> Result<(), String> {
+        let ago = now.saturating_duration_since(self.last_loop);
+        if ago <= LIVENESS_STALE {
+            return Ok(());
+        }
+        Err(format!("the agent loop has not run for {} s", ago.as_secs()))
+    }
+
+    pub fn ready(&self) -> Result<(), String> {
+        self.not_ready.clone().map_or(Ok(()), Err)
+    }
+
+    /// The Prometheus text of everything above (without the denied
+    /// counters); the object counts are those the last `CountJob` stored.
+    pub fn render(&self, now: Instant) -> String {
+        let mut out = String::new();
+        family(&mut out, "weft_sync_duration_seconds", "histogram", "Time one sync took, by kind: full (first and periodic resync), change (new cluster state), pod (a pod the plugin reported).");
+        for kind in SyncKind::ALL {
+            self.syncs[kind as usize].write(
+                &mut out,
+                "weft_sync_duration_seconds",
+                &[("kind", kind.label())],
+            );
+        }
+        family(&mut out, "weft_up_seconds", "gauge", "Seconds since the agent started.");
+        sample(&mut out, "weft_up_seconds", &[], now.saturating_duration_since(self.started).as_secs_f64());
+        family(
+            &mut out,
+            "weft_ready",
+            "gauge",
+            "1 when the node is ready for pods (policy applied, conflist written when asked).",
+        );
+        sample(&mut out, "weft_ready", &[], u8::from(self.not_ready.is_none()));
+        family(
+            &mut out,
+            "weft_policy_errors_total",
+            "counter",
+            "Policy applies that failed (syncs and pod reports).",
+        );
+        sample(&mut out, "weft_policy_errors_total", &[], self.policy_errors);
+        if let Some(s) = &self.last {
+            family(
+                &mut out,
+                "weft_applied_generation_info",
+                "gauge",
+                "The generation of the cluster state the last sync applied (label), always 1.",
+            );
+            sample(&mut out, "weft_applied_generation_info", &[("generation", &s.generation)], 1);
+            for (name, help, v) in [
+                ("weft_routes", "weft's routes to other nodes' pod CIDRs in the kernel.", s.routes),
+                (
+                    "weft_sync_errors",
+                    "Errors of the last sync (manifests skipped, route or policy failures).",
+                    s.errors.len(),
+                ),
+                (
+                    "weft_policy_warnings",
+                    "What weft cannot enforce as written, after the last sync.",
+                    s.warnings.len(),
+                ),
+            ] {
+                family(&mut out, name, "gauge", help);
+                sample(&mut out, name, &[], v);
+            }
+            if let Some(p) = &s.policy {
+                family(
+                    &mut out,
+                    "weft_local_pods",
+                    "gauge",
+                    "This node's pods the policy knows (by address).",
+                );
+                sample(&mut out, "weft_local_pods", &[], p.local_pods);
+                family(
+                    &mut out,
+                    "weft_isolated_pods",
+                    "gauge",
+                    "Local pods some NetworkPolicy isolates, by direction.",
+                );
+                sample(&mut out, "weft_isolated_pods", &[("direction", "ingress")], p.ingress_isolated);
+                sample(&mut out, "weft_isolated_pods", &[("direction", "egress")], p.egress_isolated);
+            }
+        }
+        if let Some(((backend, _), c)) = &self.counted {
+            for (name, help, v) in [
+                (
+                    "weft_policy_rules",
+                    "Rules of weft's policy chains (iptables) or table (nftables).",
+                    c.rules,
+                ),
+                ("weft_policy_sets", "weft's ipsets or nftables sets.", c.sets),
+                ("weft_policy_set_elements", "Elements of those sets.", c.elements),
+            ] {
+                family(&mut out, name, "gauge", help);
+                sample(&mut out, name, &[("backend", backend)], v);
+            }
+        }
+        out
+    }
+}
+
+/// One scrape of `m`: counts the policy in force if it is new (without
+/// holding the lock), then renders.
+pub fn scrape(m: &Mutex<AgentMetrics>, now: Instant) -> String {
+    let lock = || m.lock().unwrap_or_else(|p| p.into_inner());
+    let job = lock().count_job();
+    if let Some(job) = job {
+        let counted = job.run();
+        lock().store_counts(counted);
+    }
+    lock().render(now)
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {}\n# TYPE {name} {kind}",
+        help.replace('\\', "\\\\").replace('\n', "\\n")
+    );
+}
+
+/// One sample line; label values escaped as the text format asks.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| {
+                format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+            })
+            .collect();
+        let _ = write!(out, "{{{}}}", l.join(","));
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Whether the node can carry pods after a sync: policy applied (when a
+/// backend runs) and the conflist in place (when asked to write one).
+pub fn readiness(status: &Status, policy_runs: bool, conflist: Option<bool>) -> Result<(), String> {
+    if policy_runs && status.policy.is_none() {
+        let why = status.errors.iter().find(|e| e.starts_with("policy")).map_or("", String::as_str);
+        return Err(format!("policy is not applied: {why}"));
+    }
+    if conflist == Some(false) {
+        return Err(format!(
+            "the conflist is not written: node {} has no pod CIDR in the cluster state yet",
+            status.node
+        ));
+    }
+    Ok(())
+}
+
+/// One sample of a scrape: name, labels in order, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses Prometheus text (what `/metrics` serves) strictly enough to
+/// catch a malformed line: `# HELP`/`# TYPE` comments, and samples
+/// `name{k="v",...} value` with escaped label values. For tests and tools.
+pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        if let Some(c) = line.strip_prefix('#') {
+            let mut w = c.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("HELP"), Some(n), _) if valid_name(n) => {}
+                (Some("TYPE"), Some(n), Some("counter" | "gauge" | "histogram" | "summary" | "untyped"))
+                    if valid_name(n) && w.next().is_none() => {}
+                _ => return Err(bad("a comment that is neither HELP nor TYPE")),
+            }
+            continue;
+        }
+        let end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
+        let name = &line[..end];
+        if !valid_name(name) {
+            return Err(bad("invalid metric name"));
+        }
+        let mut rest = &line[end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            rest = r;
+            loop {
+                if let Some(r) = rest.strip_prefix('}') {
+                    rest = r;
+                    break;
+                }
+                let (k, r) = rest.split_once("=\"").ok_or_else(|| bad("a label without =\""))?;
+                if !valid_name(k) {
+                    return Err(bad("invalid label name"));
+                }
+                let (v, r) = unescape(r).ok_or_else(|| bad("an unterminated label value"))?;
+                labels.push((k.to_string(), v));
+                rest = r.strip_prefix(',').unwrap_or(r);
+            }
+        }
+        let value = rest.strip_prefix(' ').ok_or_else(|| bad("no space before the value"))?;
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| bad("the value is not a number"))?,
+        };
+        out.push(Sample { name: name.into(), labels, value });
+    }
+    Ok(out)
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+}
+
+/// A label value up to its closing quote, unescaped, and what follows it.
+fn unescape(s: &str) -> Option<(String, &str)> {
+    let mut v = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((v, &s[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => v.push('\n'),
+                e @ ('\\' | '"') => v.push(e),
+                _ => return None,
+            },
+            c => v.push(c),
+        }
+    }
+    None
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|s| s.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::PolicyStatus;
+    use crate::model::{parse_manifests, Model};
+    use crate::policy::compile;
+
+    fn status(policy: bool, errors: &[&str]) -> Status {
+        Status {
+            node: "node-1".into(),
+            generation: "g\"1\\x".into(),
+            routes: 2,
+            ip_forward: true,
+            bridge_nf_call_iptables: Some(true),
+            masquerade: None,
+            policy: policy.then(|| PolicyStatus { local_pods: 3, ingress_isolated: 1, ..Default::default() }),
+            warnings: vec![],
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// A node with two pods, one isolated for ingress with one port open.
+    fn ir() -> PolicyIr {
+        let text = "
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.2}
+---
+kind: Pod
+metadata: {name: b, namespace: x}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.3}
+---
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{ports: [{port: 80}]}]
+";
+        let mut m = Model::default();
+        for o in parse_manifests(text).unwrap() {
+            assert!(m.insert(o));
+        }
+        compile(&m, "node-1", "10.244.0.0/16".parse().ok()).0
+    }
+
+    /// Every line parses; every family has HELP then TYPE before its samples;
+    /// each histogram's buckets are cumulative, rise with `le`, and end with
+    /// +Inf equal to `_count`.
+    fn check_exposition(text: &str) -> Vec<Sample> {
+        let samples = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mut typed: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (n, k) = t.split_once(' ').unwrap();
+                assert!(!typed.iter().any(|(m, _)| m == n), "{n} typed twice");
+                typed.push((n.into(), k.into()));
+            } else if !line.starts_with('#') {
+                let name = &line[..line.find(['{', ' ']).unwrap()];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s).filter(|f| typed.iter().any(|(m, k)| m == f && k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(typed.iter().any(|(m, _)| m == family), "{name} has no TYPE before it");
+            }
+        }
+        for (h, _) in typed.iter().filter(|(_, k)| k == "histogram") {
+            let series: std::collections::BTreeSet<Vec<(String, String)>> =
+                samples.iter().filter(|s| s.name == format!("{h}_count")).map(|s| s.labels.clone()).collect();
+            assert!(!series.is_empty(), "{h} has no series");
+            for labels in series {
+                let buckets: Vec<(f64, f64)> = samples
+                    .iter()
+                    .filter(|s| s.name == format!("{h}_bucket"))
+                    .filter(|s| labels.iter().all(|l| s.labels.contains(l)))
+                    .map(|s| {
+                        let le = &s.labels.iter().find(|(k, _)| k == "le").unwrap().1;
+                        (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, s.value)
+                    })
+                    .collect();
+                assert_eq!(buckets.len(), SYNC_BUCKETS.len() + 1, "{h} {labels:?}");
+                assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{buckets:?}");
+                let count =
+                    samples.iter().find(|s| s.name == format!("{h}_count") && s.labels == labels).unwrap();
+                assert_eq!(buckets.last(), Some(&(f64::INFINITY, count.value)), "{h} {labels:?}");
+            }
+        }
+        samples
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_and_ends_with_the_count() {
+        let t0 = Instant::now();
+        let mut m = AgentMetrics::new(t0);
+        for ms in [0.5, 3.0, 3.0, 40.0, 700.0, 20_000.0] {
+            m.observe_sync(SyncKind::Change, Duration::from_secs_f64(ms / 1000.0));
+        }
+        m.observe_sync(SyncKind::Full, Duration::from_millis(300));
+        let s = check_exposition(&m.render(t0));
+        let bucket = |kind, le| value(&s, "weft_sync_duration_seconds_bucket", &[("kind", kind), ("le", le)]);
+        assert_eq!(bucket("change", "0.001"), Some(1.0));
+        assert_eq!(bucket("change", "0.005"), Some(3.0));
+        assert_eq!(bucket("change", "0.05"), Some(4.0));
+        assert_eq!(bucket("change", "1"), Some(5.0));
+        // 20 s is beyond the last bound: only +Inf counts it.
+        assert_eq!(bucket("change", "10"), Some(5.0));
+        assert_eq!(bucket("change", "+Inf"), Some(6.0));
+        assert_eq!(bucket("full", "0.25"), Some(0.0));
+        assert_eq!(bucket("full", "0.5"), Some(1.0));
+        assert_eq!(bucket("pod", "+Inf"), Some(0.0));
+        let sum = value(&s, "weft_sync_duration_seconds_sum", &[("kind", "change")]).unwrap();
+        assert!((sum - 20.7465).abs() < 1e-9, "{sum}");
+        assert_eq!(m.sync_count(SyncKind::Change), 6);
+    }
+
+    #[test]
+    fn a_sync_shows_generation_counts_and_readiness() {
+        let t0 = Instant::now();
+        let m = Mutex::new(AgentMetrics::new(t0));
+        let text = scrape(&m, t0);
+        // Before the first sync: no generation, no counts, not ready.
+        assert!(
+            !text.contains("weft_applied_generation_info") && !text.contains("weft_policy_sets"),
+            "{text}"
+        );
+        assert_eq!(value(&check_exposition(&text), "weft_ready", &[]), Some(0.0));
+        assert!(m.lock().unwrap().ready().is_err());
+
+        let st = status(true, &[]);
+        m.lock().unwrap().synced(&st, readiness(&st, true, None));
+        let compiled = Arc::new(ir());
+        m.lock().unwrap().policy_applied("iptables", compiled.clone());
+        let s = check_exposition(&scrape(&m, t0));
+        // The generation label is escaped on the wire and read back intact.
+        assert_eq!(value(&s, "weft_applied_generation_info", &[("generation", "g\"1\\x")]), Some(1.0));
+        assert_eq!(value(&s, "weft_ready", &[]), Some(1.0));
+        assert_eq!(value(&s, "weft_routes", &[]), Some(2.0));
+        assert_eq!(value(&s, "weft_isolated_pods", &[("direction", "ingress")]), Some(1.0));
+        let want = object_counts("iptables", &compiled);
+        assert!(want.sets > 0 && want.elements >= 3 && want.rules > 0, "{want:?}");
+        let b = [("backend", "iptables")];
+        assert_eq!(value(&s, "weft_policy_sets", &b), Some(want.sets as f64));
+        assert_eq!(value(&s, "weft_policy_set_elements", &b), Some(want.elements as f64));
+        assert_eq!(value(&s, "weft_policy_rules", &b), Some(want.rules as f64));
+
+        // A new backend's rendering of the same IR is counted afresh.
+        m.lock().unwrap().policy_applied("nftables", compiled.clone());
+        let s = check_exposition(&scrape(&m, t0));
+        let nft = object_counts("nftables", &compiled);
+        assert_ne!(nft, want);
+        assert_eq!(
+            value(&s, "weft_policy_set_elements", &[("backend", "nftables")]),
+            Some(nft.elements as f64)
+        );
+        assert_eq!(value(&s, "weft_policy_set_elements", &[("backend", "iptables")]), None);
+        // An equal IR (a resync's) is not rendered again; a changed one is counted.
+        let job = m.lock().unwrap().count_job();
+        assert!(job.is_none(), "the IR in force is counted");
+        m.lock().unwrap().policy_applied("nftables", Arc::new(ir()));
+        let job = m.lock().unwrap().count_job().expect("a new IR is to be counted");
+        assert_eq!(job.run().1, nft);
+        m.lock().unwrap().policy_applied("nftables", Arc::new(PolicyIr::default()));
+        let s = check_exposition(&scrape(&m, t0));
+        let empty = object_counts("nftables", &PolicyIr::default());
+        assert!(empty.elements < nft.elements, "{empty:?}");
+        assert_eq!(
+            value(&s, "weft_policy_set_elements", &[("backend", "nftables")]),
+            Some(empty.elements as f64)
+        );
+
+        let mut g = m.lock().unwrap();
+        g.policy_error();
+        let st = status(false, &["policy (nftables): nft: boom"]);
+        g.synced(&st, readiness(&st, true, None));
+        let s = check_exposition(&g.render(t0));
+        assert_eq!(value(&s, "weft_policy_errors_total", &[]), Some(1.0));
+        assert_eq!(value(&s, "weft_sync_errors", &[]), Some(1.0));
+        assert_eq!(g.ready(), Err("policy is not applied: policy (nftables): nft: boom".into()));
+    }
+
+    #[test]
+    fn readiness_needs_policy_and_the_conflist() {
+        assert_eq!(readiness(&status(true, &[]), true, Some(true)), Ok(()));
+        assert_eq!(readiness(&status(false, &[]), false, None), Ok(()), "backend off");
+        assert!(readiness(&status(false, &[]), true, None).is_err());
+        let e = readiness(&status(true, &[]), true, Some(false)).unwrap_err();
+        assert!(e.contains("node-1 has no pod CIDR"), "{e}");
+    }
+
+    #[test]
+    fn liveness_goes_stale_when_the_loop_stops() {
+        let t0 = Instant::now();
+        let mut m = AgentMetrics::new(t0);
+        assert!(m.live(t0 + LIVENESS_STALE).is_ok());
+        let e = m.live(t0 + LIVENESS_STALE + Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("61 s"), "{e}");
+        m.heartbeat(t0 + Duration::from_secs(100));
+        assert!(m.live(t0 + Duration::from_secs(101)).is_ok());
+    }
+
+    #[test]
+    fn the_parser_rejects_malformed_lines() {
+        for bad in [
+            "weft_x",
+            "weft_x{a=\"1\" 2",
+            "weft_x{a=1} 2",
+            "weft_x 2x",
+            "9x 1",
+            "weft_x{a=\"\\q\"} 1",
+            "# TYPE weft_x lines",
+            "# comment",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+        let s = parse("a{b=\"c,\\\"d\\\"\",e=\"\"} +Inf\n# HELP a x y\n# TYPE a gauge\nb 1.5e3").unwrap();
+        assert_eq!(s[0].labels, [("b".to_string(), "c,\"d\"".to_string()), ("e".into(), String::new())]);
+        assert_eq!((s[0].value, s[1].value), (f64::INFINITY, 1500.0));
+    }
+}
