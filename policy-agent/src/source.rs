@@ -1,6 +1,7 @@
 //! Where cluster state comes from. One trait; `DirSource` reads a directory of
-//! Kubernetes YAML manifests (the testbed's control plane). The Kubernetes API
-//! source (kube-rs watch) comes later behind the same trait.
+//! Kubernetes YAML manifests (the testbed's control plane), and
+//! `kube_source::KubeSource` watches the Kubernetes API. `SourceSpec` is what
+//! the command line chose.
 //!
 //! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file
 //! (hidden files, such as a writer's temp file, are not manifests) and
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use weft_conf::hash::Fnv1a;
 
-use crate::model::manifest::{parse_objects, Object};
+use crate::kube_source::{KubeSource, KubeSourceError};
+use crate::model::manifest::{parse_objects, Object, ObjectError};
 use crate::model::{Model, Snapshot, SourceError};
 
 /// A source of cluster state.
@@ -23,6 +25,36 @@ pub trait Source {
     /// The current snapshot if the state changed since the last one returned
     /// (or on the first call), else None. Never blocks for long.
     fn poll(&mut self) -> Option<Snapshot>;
+}
+
+/// Which source the agent reads (`--source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// `dir:PATH`: a directory of manifests.
+    Dir(PathBuf),
+    /// `kube`: the API server of the kubeconfig given, else of KUBECONFIG or
+    /// ~/.kube/config, else the in-cluster service account's.
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
+impl SourceSpec {
+    /// Opens the source. For the API, this loads the client configuration
+    /// (an unreadable kubeconfig fails here) and starts the watchers.
+    pub fn open(&self) -> Result<Box<dyn Source>, KubeSourceError> {
+        Ok(match self {
+            SourceSpec::Dir(dir) => Box::new(DirSource::new(dir)),
+            SourceSpec::Kube { kubeconfig } => Box::new(KubeSource::start(kubeconfig.as_deref())?),
+        })
+    }
+}
+
+/// What stands for an object that no longer validates: its last good version,
+/// if there is one, and the report (the same words whichever the source).
+pub(crate) fn keep_last_good(e: &ObjectError, previous: Option<&Object>) -> (Option<Object>, String) {
+    match previous {
+        Some(o) => (Some(o.clone()), format!("{e}; keeping its last good version")),
+        None => (None, format!("{e}; skipped")),
+    }
 }
 
 /// What one file gave last time.
@@ -167,13 +199,9 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
             Ok(obj) => objects.push(obj),
             Err(e) => {
                 let old = e.key.as_ref().and_then(|k| previous.iter().find(|o| &o.key() == k));
-                match old {
-                    Some(o) => {
-                        errors.push(format!("{e}; keeping its last good version"));
-                        objects.push(o.clone());
-                    }
-                    None => errors.push(format!("{e}; skipped")),
-                }
+                let (kept, report) = keep_last_good(&e, old);
+                objects.extend(kept);
+                errors.push(report);
             }
         }
     }
