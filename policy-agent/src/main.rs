@@ -331,8 +331,10 @@ mod tests {
     #[test]
     fn sources() {
         let parse = |argv: &[&str]| {
-            let a = Args::try_parse_from(["weft-agent", "--node", "n1", "--status-file", "/s"].iter().chain(argv))
-                .map_err(|e| e.to_string())?;
+            let a = Args::try_parse_from(
+                ["weft-agent", "--node", "n1", "--status-file", "/s"].iter().chain(argv),
+            )
+            .map_err(|e| e.to_string())?;
             Ok::<_, String>((a.source, a.kubeconfig))
         };
         let resolve = |argv: &[&str], in_cluster| {

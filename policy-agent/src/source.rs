@@ -218,6 +218,20 @@ pub fn read_dir(dir: &Path) -> Snapshot {
     })
 }
 
+/// The manifest files of `dir` (sorted by path) with their bytes, and their
+/// generation as `read_dir` computes it, from one read: for a reader that
+/// needs the objects themselves (the testbed's stand-in API server). Files
+/// that cannot be read are left out.
+pub fn read_files(dir: &Path) -> (Vec<(PathBuf, Vec<u8>)>, String) {
+    let files: Vec<RawFile> = list_manifests(dir)
+        .0
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
+        .collect();
+    let generation = generation_of(&files);
+    (files, generation)
+}
+
 /// The generation of these files: FNV-1a 64 over each file name (not the
 /// directory, so it does not depend on where the dir is) and its bytes.
 fn generation_of(raw: &[(PathBuf, Vec<u8>)]) -> String {
@@ -360,6 +374,19 @@ mod tests {
         std::fs::rename(&tmp, &p).unwrap();
         let snap = src.poll().expect("a new inode is a change");
         assert_eq!(snap.model.nodes["node-1"].pod_cidr, Some("10.244.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn read_files_gives_the_bytes_and_the_generation_of_read_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-2.yaml"), node_yaml(2)).unwrap();
+        std::fs::write(dir.path().join("node-1.yaml"), node_yaml(1)).unwrap();
+        std::fs::write(dir.path().join(".node-3.yaml.tmp"), node_yaml(3)).unwrap();
+        let (files, generation) = read_files(dir.path());
+        let names: Vec<_> = files.iter().map(|(p, _)| p.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["node-1.yaml", "node-2.yaml"]);
+        assert_eq!(files[0].1, node_yaml(1).into_bytes());
+        assert_eq!(generation, read_dir(dir.path()).generation);
     }
 
     #[test]

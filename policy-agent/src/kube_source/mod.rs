@@ -20,8 +20,8 @@ use kube::Client;
 
 use crate::model::{Snapshot, SourceError};
 use crate::source::Source;
-pub use translate::{object_key, state_generation, API_ORIGIN};
 use translate::Translator;
+pub use translate::{object_key, state_generation, API_ORIGIN};
 use watch::Shared;
 
 /// One resource the agent lists and watches: what its RBAC must grant.
@@ -183,10 +183,10 @@ impl Source for KubeSource {
         batch.add::<NetworkPolicy, _>(np, self.stores.policies.state());
         let mut t = batch.finish();
         t.errors.extend(
-            kinds.values().filter_map(|k| k.error.clone()).map(|reason| SourceError {
-                file: API_ORIGIN.into(),
-                reason,
-            }),
+            kinds
+                .values()
+                .filter_map(|k| k.error.clone())
+                .map(|reason| SourceError { file: API_ORIGIN.into(), reason }),
         );
         Some(Snapshot { generation: t.generation, model: t.model, errors: t.errors })
     }
@@ -216,7 +216,8 @@ mod tests {
 
     #[test]
     fn a_missing_kubeconfig_fails_at_start() {
-        let e = KubeSource::start(Some(Path::new("/nonexistent/weft-kubeconfig"))).err().expect("no such file");
+        let e =
+            KubeSource::start(Some(Path::new("/nonexistent/weft-kubeconfig"))).err().expect("no such file");
         assert!(e.to_string().contains("/nonexistent/weft-kubeconfig"), "{e}");
     }
 }

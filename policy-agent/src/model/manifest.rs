@@ -879,7 +879,10 @@ status:
         assert_eq!(cidr("{podCIDR: 10.244.3.0/24}"), v4);
         assert_eq!(cidr("{podCIDRs: [10.244.3.5/24]}"), v4);
         // IPv6-first dual stack: the IPv4 one is second.
-        assert_eq!(cidr("{podCIDR: 'fd00:10:244:3::/64', podCIDRs: ['fd00:10:244:3::/64', 10.244.3.0/24]}"), v4);
+        assert_eq!(
+            cidr("{podCIDR: 'fd00:10:244:3::/64', podCIDRs: ['fd00:10:244:3::/64', 10.244.3.0/24]}"),
+            v4
+        );
         assert_eq!(cidr("{podCIDR: '', podCIDRs: []}"), Ok(None));
         assert_eq!(cidr("{podCIDRs: ['fd00::/64']}"), Ok(None));
         let e = cidr("{podCIDRs: [10.244.3.0/24, nope]}").unwrap_err();
@@ -894,7 +897,9 @@ status:
             "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
         });
         let r = parse_serialized(&value);
-        assert!(matches!(&r[..], [Ok(Object::NetworkPolicy(p))] if p.key() == "x/p" && p.ingress == Some(vec![])));
+        assert!(
+            matches!(&r[..], [Ok(Object::NetworkPolicy(p))] if p.key() == "x/p" && p.ingress == Some(vec![]))
+        );
         let mut bad = value.clone();
         bad["spec"]["policyTypes"] = serde_json::json!(["Sideways"]);
         let r = parse_serialized(&bad);
