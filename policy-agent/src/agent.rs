@@ -25,6 +25,7 @@ use crate::backend::{self, BackendChoice, PolicyBackend};
 use crate::cni_config;
 use crate::denied::DenyLog;
 use crate::http;
+use crate::kube_source::KubeSourceError;
 use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
@@ -32,7 +33,6 @@ use crate::pod_socket::{Event, PodSocket};
 use crate::policy::compile;
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
-use crate::kube_source::KubeSourceError;
 use crate::source::{Source, SourceSpec};
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
