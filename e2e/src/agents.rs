@@ -7,13 +7,20 @@
 //! with the cluster CIDR, so each agent owns its node's masquerade rule.
 //! `wait_converged` computes the cluster dir's generation with the agent's own
 //! library function and polls the agents' status files until every one shows it.
+//!
+//! With `start_standin` first, agents read the cluster dir through the
+//! stand-in API server instead (`weft-agent --source kube`): every write to
+//! the dir is published to it at once, and `wait_converged` waits for the
+//! generation of the API state it serves.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_agent::agent::{read_status, Status};
 
+use crate::apiserver_standin::{self, ApiStandin};
 use crate::error::{E2eError, Result};
 use crate::pods::{find_binary, CLUSTER_CIDR};
 use crate::run::{self, RunState};
@@ -50,6 +57,11 @@ pub fn node_name(n: u32) -> String {
 /// Node `n`'s agent pod socket (the plugin's `agentSocket`).
 pub fn pod_socket(run: &str, n: u32) -> PathBuf {
     run::run_dir(run).join(format!("agent-n{n}.sock"))
+}
+
+/// Node `n`'s kubeconfig for the stand-in API server.
+pub fn kubeconfig_file(run: &str, n: u32) -> PathBuf {
+    run::run_dir(run).join(format!("kubeconfig-n{n}.yaml"))
 }
 
 /// Node `n`'s status file.
@@ -95,17 +107,53 @@ impl Testbed {
 
     /// Writes (atomically) manifest `file` into the cluster dir; idempotent.
     pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
-        write_manifest(&self.cluster_dir(), file, text)
+        write_manifest(&self.cluster_dir(), file, text)?;
+        self.publish()
     }
 
     /// Removes manifest `file` from the cluster dir; `Ok(false)` if it was gone.
     pub fn remove_manifest(&self, file: &str) -> Result<bool> {
         let path = self.cluster_dir().join(file);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(E2eError::io(format!("remove {}", path.display()))(e)),
+        let gone = match std::fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(E2eError::io(format!("remove {}", path.display()))(e)),
+        };
+        self.publish()?;
+        Ok(gone)
+    }
+
+    /// Tells the stand-in API server, if there is one, that the dir changed.
+    fn publish(&self) -> Result<()> {
+        match self.standin() {
+            Some(s) => s.refresh().map(drop),
+            None => Ok(()),
         }
+    }
+
+    /// Starts the stand-in API server over the cluster dir, listening in every
+    /// node's netns, and writes each node's kubeconfig; agents started after
+    /// this read through it (`--source kube`). Idempotent.
+    pub fn start_standin(&self) -> Result<Arc<ApiStandin>> {
+        if let Some(s) = self.standin() {
+            return Ok(s);
+        }
+        let run = self.run();
+        let netns: Vec<PathBuf> = (1..=self.nodes()).map(|n| self.node_netns(n)).collect();
+        let standin = Arc::new(ApiStandin::start(&cluster_dir(&run), &netns)?);
+        for n in 1..=self.nodes() {
+            let port = standin.port(n as usize - 1).expect("one listener per node");
+            let path = kubeconfig_file(&run, n);
+            std::fs::write(&path, apiserver_standin::kubeconfig(port))
+                .map_err(E2eError::io(format!("write {}", path.display())))?;
+        }
+        *self.standin.lock().unwrap_or_else(|p| p.into_inner()) = Some(standin.clone());
+        Ok(standin)
+    }
+
+    /// The stand-in API server, once started.
+    pub fn standin(&self) -> Option<Arc<ApiStandin>> {
+        self.standin.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Starts `weft-agent --cluster-cidr 10.244.0.0/16 --cleanup-on-exit` in every node's netns and waits for
@@ -125,16 +173,19 @@ impl Testbed {
     pub fn start_agent(&self, n: u32, extra: &[&str]) -> Result<u32> {
         let bin = find_binary("weft-agent", AGENT_BIN_ENV)?.display().to_string();
         let run = self.run();
-        let source = format!("dir:{}", cluster_dir(&run).display());
+        let kube = self.standin().is_some();
+        let source = match kube {
+            true => {
+                vec!["kube".into(), "--kubeconfig".into(), kubeconfig_file(&run, n).display().to_string()]
+            }
+            false => vec![format!("dir:{}", cluster_dir(&run).display())],
+        };
         let status = status_file(&run, n).display().to_string();
         let socket = pod_socket(&run, n).display().to_string();
         let node = node_name(n);
-        let mut argv = vec![
-            bin.as_str(),
-            "--node",
-            &node,
-            "--source",
-            &source,
+        let mut argv = vec![bin.as_str(), "--node", &node, "--source"];
+        argv.extend(source.iter().map(String::as_str));
+        argv.extend([
             "--status-file",
             &status,
             "--pod-socket",
@@ -148,10 +199,12 @@ impl Testbed {
             "--http",
             AGENT_HTTP,
             "--cleanup-on-exit",
-        ];
+        ]);
         argv.extend(extra);
         let netns = self.node_netns(n);
         let mut c = command_in(&netns, &argv)?;
+        // The stand-in is on the node's own loopback: no proxy stands between.
+        c.env_remove("HTTPS_PROXY").env_remove("https_proxy").env_remove("KUBECONFIG");
         let log = run::run_dir(&run).join(format!("agent-n{n}.log"));
         let log = std::fs::File::options()
             .create(true)
@@ -211,10 +264,14 @@ impl Testbed {
     }
 
     /// Waits (polling, bounded by `timeout`) until every node's agent reports the
-    /// current generation of the cluster dir; returns their statuses, node 1 first.
+    /// current generation of the cluster dir (or, with the stand-in, of the API
+    /// state it serves from the dir); returns their statuses, node 1 first.
     pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<Status>> {
         let run = self.run();
-        let generation = weft_agent::source::read_dir(&cluster_dir(&run)).generation;
+        let generation = match self.standin() {
+            Some(s) => s.refresh()?.generation,
+            None => weft_agent::source::read_dir(&cluster_dir(&run)).generation,
+        };
         let deadline = Instant::now() + timeout;
         loop {
             let statuses: Vec<Option<Status>> = (1..=self.nodes()).map(|n| self.agent_status(n)).collect();

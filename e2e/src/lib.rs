@@ -6,6 +6,7 @@
 //! nothing behind. The CLI (`weft-e2e`) exposes the same operations.
 
 pub mod agents;
+pub mod apiserver_standin;
 pub mod bench;
 pub mod cluster;
 pub mod compare;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use error::{E2eError, Result};
@@ -55,6 +56,8 @@ pub struct Testbed {
     weft_bin: Option<PathBuf>,
     /// The `weft-e2e` binary pods run as their workload (None: `pods::find_binary`).
     e2e_bin: Option<PathBuf>,
+    /// The stand-in API server agents read through (`start_standin`), if any.
+    standin: Mutex<Option<Arc<apiserver_standin::ApiStandin>>>,
 }
 
 impl Testbed {
@@ -93,6 +96,7 @@ impl Testbed {
             owns_run,
             weft_bin: None,
             e2e_bin: None,
+            standin: Mutex::new(None),
         }
     }
 
@@ -217,6 +221,10 @@ impl Testbed {
         for mut c in self.children.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Its sockets live in the nodes' namespaces: closed before they go.
+        if let Some(standin) = self.standin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            standin.down();
         }
         topology::down(&self.run())
     }

@@ -102,6 +102,11 @@ enum ConformanceCmd {
         /// iptables | nftables | weave-1.9.6 | none (no enforcement).
         #[arg(long, default_value = "iptables")]
         backend: weft_e2e::conformance::Backend,
+        /// Where the agents read the cluster state: dir (the cluster dir) or
+        /// kube (the same state through the stand-in API server). A kept run's
+        /// stand-in ends with this command: its agents keep the last state.
+        #[arg(long, default_value = "dir")]
+        source: weft_e2e::conformance::StateSource,
         /// Leave the testbed up afterwards, named RUN if given (`--keep=RUN`);
         /// `weft-e2e down RUN` removes it.
         #[arg(long, value_name = "RUN", num_args = 0..=1, require_equals = true)]
@@ -173,8 +178,8 @@ fn main() -> ExitCode {
         }
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
-        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, keep, list, explain, paths } } => {
-            return conformance_cmd(backend, keep, list, explain, &paths)
+        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, source, keep, list, explain, paths } } => {
+            return conformance_cmd(backend, source, keep, list, explain, &paths)
         }
     };
     match r {
@@ -309,6 +314,7 @@ fn run_cmd(name: &str) -> ExitCode {
 
 fn conformance_cmd(
     backend: weft_e2e::conformance::Backend,
+    source: weft_e2e::conformance::StateSource,
     keep: Option<Option<String>>,
     list: bool,
     explain: bool,
@@ -331,7 +337,7 @@ fn conformance_cmd(
         return ExitCode::FAILURE;
     }
     let cancel = Some(conformance::cancel_on_signals());
-    let opts = conformance::Options { backend, keep, cancel, explain };
+    let opts = conformance::Options { backend, source, keep, cancel, explain, agent_args: Vec::new() };
     match conformance::run(paths, &opts, &mut std::io::stdout()) {
         Ok(summary) if summary.ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

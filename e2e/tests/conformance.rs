@@ -2,8 +2,11 @@
 //! `none` (agents without enforcement) the baseline cases, in which nothing
 //! is denied, pass; a case expecting a block where traffic flows fails, and
 //! the report shows the expected and observed matrices side by side with
-//! the differing cell marked. The full suite on a real backend is run by
-//! `weft-e2e conformance run --backend iptables e2e/cases`.
+//! the differing cell marked. The whole suite passes on both backends with
+//! the agents reading the cluster dir, and on iptables with the agents
+//! reading the same state through the stand-in API server (`--source kube`).
+//! `weft-e2e conformance run --backend iptables [--source kube] e2e/cases`
+//! runs it from the command line.
 
 mod common;
 
@@ -11,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{bin, root_or_skip};
-use weft_e2e::conformance::{self, cases_dir, Backend, Options};
+use weft_e2e::conformance::{self, cases_dir, Backend, Options, StateSource};
 
 /// A case that expects x/a -> x/b to be blocked, and a UDP probe to be
 /// denied, where nothing is enforced.
@@ -128,14 +131,16 @@ fn cli_exit_codes() {
     assert_eq!(stdout.lines().last(), Some("conformance: 0 passed, 1 failed"));
 }
 
-/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`: every
-/// case passes, and `weft-agent explain` agrees with every probed pod-to-pod cell.
-fn the_suite_passes_on(backend: Backend) {
-    if !root_or_skip(&format!("the conformance suite on {backend}")) {
+/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`, the
+/// agents reading `source` with `agent_args`: every case passes, and
+/// `weft-agent explain` agrees with every probed pod-to-pod cell.
+fn the_suite_passes_on(backend: Backend, source: StateSource, agent_args: &[&str]) {
+    if !root_or_skip(&format!("the conformance suite on {backend} through {source}")) {
         return;
     }
     // Every probed pod-to-pod cell is also checked against weft-agent explain.
-    let opts = Options { backend, explain: true, ..Options::default() };
+    let agent_args = agent_args.iter().map(|a| a.to_string()).collect();
+    let opts = Options { backend, source, explain: true, agent_args, ..Options::default() };
     let mut out = Vec::new();
     let dir = cases_dir().to_path_buf();
     let summary = conformance::run(&[dir], &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));
@@ -143,16 +148,29 @@ fn the_suite_passes_on(backend: Backend) {
     eprintln!("{out}");
     let n = conformance::load_paths(&[cases_dir().to_path_buf()]).unwrap().len();
     assert!(n >= 60, "{n} cases");
-    assert!(summary.ok(), "{backend}: {}", summary.line());
+    assert!(summary.ok(), "{backend} through {source}: {}", summary.line());
     assert_eq!(summary.passed(), n);
 }
 
+/// The suite's rules have few peers, which the default compiles to exact
+/// triples (the kube-source run below); `--triple-peers 1` makes every rule
+/// with more than one peer network a port group, so both representations
+/// meet real packets on both backends.
+const MIXED: &[&str] = &["--triple-peers", "1"];
+
 #[test]
 fn the_suite_passes_on_iptables() {
-    the_suite_passes_on(Backend::Iptables);
+    the_suite_passes_on(Backend::Iptables, StateSource::Dir, MIXED);
 }
 
 #[test]
 fn the_suite_passes_on_nftables() {
-    the_suite_passes_on(Backend::Nftables);
+    the_suite_passes_on(Backend::Nftables, StateSource::Dir, MIXED);
+}
+
+/// The agents list and watch the stand-in API server, which serves the
+/// cluster dir, instead of reading the dir.
+#[test]
+fn the_suite_passes_on_iptables_through_the_kube_source() {
+    the_suite_passes_on(Backend::Iptables, StateSource::Kube, &[]);
 }

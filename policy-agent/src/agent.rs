@@ -27,6 +27,7 @@ use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 use crate::backend::{self, BackendChoice, PolicyBackend};
 use crate::cni_config;
 use crate::http::{self, Shared};
+use crate::kube_source::KubeSourceError;
 use crate::metrics::{readiness, SyncKind};
 use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
@@ -35,7 +36,7 @@ use crate::pod_socket::{Event, PodSocket};
 use crate::policy::{compile_with, Options, PolicyIr};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
-use crate::source::{DirSource, Source};
+use crate::source::{Source, SourceSpec};
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -44,8 +45,8 @@ const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    /// The manifests directory (`--source dir:PATH`).
-    pub dir: PathBuf,
+    /// Where cluster state comes from (`--source`).
+    pub source: SourceSpec,
     pub status_file: PathBuf,
     pub cleanup_on_exit: bool,
     /// How often the source is polled.
@@ -128,6 +129,8 @@ pub enum AgentError {
     Socket { path: PathBuf, source: std::io::Error },
     #[error("http endpoint {addr}: {source}")]
     Http { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("source: {0}")]
+    Source(#[from] KubeSourceError),
 }
 
 /// Runs the agent until `events` yields `Stop` (a signal); then, with
@@ -189,7 +192,7 @@ struct Agent<'c> {
     masq: Option<Masquerade>,
     policy: Option<Box<dyn PolicyBackend>>,
     cluster_v4: Option<Ipv4Network>,
-    source: DirSource,
+    source: Box<dyn Source>,
     snap: Option<Snapshot>,
     pods: PodEvents,
     last_status: Option<Status>,
@@ -228,7 +231,7 @@ impl<'c> Agent<'c> {
                 Some(IpNetwork::V4(n)) => Some(n),
                 _ => None,
             },
-            source: DirSource::new(&cfg.dir),
+            source: cfg.source.open()?,
             snap: None,
             pods: PodEvents::default(),
             last_status: None,

@@ -1,7 +1,8 @@
 //! The Kubernetes API calls the agent makes, in one place: the watcher
 //! (`--source kube`) reads exactly these, and `deploy/weft.yaml`'s ClusterRole
-//! grants exactly these (a test compares the two). The agent only reads:
-//! it lists and watches each kind, and gets its own Node.
+//! grants exactly these (tests compare the three). The agent only reads: its
+//! watchers list and watch each kind; `get` (one object) is granted with
+//! them, still read-only.
 
 /// One kind the agent reads: its API group ("" for core), version, resource
 /// (plural, as RBAC names it) and the verbs it uses.
@@ -23,3 +24,34 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall { group: "", version: "v1", resource: "pods", verbs: READ },
     ApiCall { group: "networking.k8s.io", version: "v1", resource: "networkpolicies", verbs: READ },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube_source::watched;
+
+    /// The watchers' calls (from the k8s-openapi types they watch) are
+    /// granted, and nothing is granted for a kind they do not read: with the
+    /// manifest test (ClusterRole == API_CALLS), the RBAC covers every call.
+    #[test]
+    fn every_call_the_watchers_make_is_granted_and_no_other_kind() {
+        for w in watched() {
+            let call = API_CALLS
+                .iter()
+                .find(|c| (c.group, c.version, c.resource) == (w.group, w.version, w.resource))
+                .unwrap_or_else(|| {
+                    panic!("{}/{} {} is watched but not granted", w.group, w.version, w.resource)
+                });
+            for verb in w.verbs {
+                assert!(call.verbs.contains(verb), "{verb} on {} is not granted", w.resource);
+            }
+        }
+        for c in API_CALLS {
+            assert!(
+                watched().iter().any(|w| (w.group, w.resource) == (c.group, c.resource)),
+                "{} is granted but never read",
+                c.resource
+            );
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! weft-agent, the per-node daemon: watches cluster state (a manifests
-//! directory for now; the Kubernetes API later, behind `source::Source`) and
+//! weft-agent, the per-node daemon: watches cluster state (the Kubernetes API
+//! or a manifests directory, behind `source::Source`) and
 //! keeps a host-gw route to every other node's pod CIDR in its node's main
 //! table, marked with weft's route protocol so it touches only its own routes.
 
@@ -12,6 +12,7 @@ pub mod explain;
 pub mod http;
 pub mod iptables;
 pub mod kube_rbac;
+pub mod kube_source;
 pub mod logging;
 pub mod metrics;
 pub mod model;

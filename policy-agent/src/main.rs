@@ -1,7 +1,7 @@
-//! `weft-agent --node NAME --source dir:PATH --status-file PATH [--cluster-cidr CIDR]
-//! [--network-name NAME] [--cleanup-on-exit] [--log-level LEVEL]`, and the
-//! `explain` and `install-cni` subcommands (tools: they print their results
-//! and errors, and do not log).
+//! `weft-agent --node NAME [--source kube [--kubeconfig PATH] | --source dir:PATH]
+//! --status-file PATH [--cluster-cidr CIDR] [--network-name NAME] [--cleanup-on-exit]
+//! [--log-level LEVEL]`, and the `explain` and `install-cni` subcommands
+//! (tools: they print their results and errors, and do not log).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use weft_agent::agent::{run, Config};
 use weft_agent::backend::BackendChoice;
 use weft_agent::pod_socket::Event;
+use weft_agent::source::SourceSpec;
 
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
 /// node's masquerade rule when given the cluster CIDR.
@@ -24,9 +25,15 @@ struct Args {
     /// This node's name (metadata.name of its Node).
     #[arg(long)]
     node: String,
-    /// Where cluster state comes from: `dir:PATH`, a directory of YAML manifests.
+    /// Where cluster state comes from: `kube`, the Kubernetes API (list and
+    /// watch), or `dir:PATH`, a directory of YAML manifests. Default: `kube`
+    /// in a pod (KUBERNETES_SERVICE_HOST set) or with --kubeconfig; else required.
     #[arg(long, value_parser = parse_source)]
-    source: PathBuf,
+    source: Option<SourceSpec>,
+    /// The kubeconfig for `--source kube` (default: KUBECONFIG, ~/.kube/config,
+    /// then the pod's service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Where to write the status JSON (atomically) after each sync.
     #[arg(long)]
     status_file: PathBuf,
@@ -82,10 +89,34 @@ struct Args {
     log_level: Option<String>,
 }
 
-fn parse_source(s: &str) -> Result<PathBuf, String> {
+fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    if s == "kube" {
+        return Ok(SourceSpec::Kube { kubeconfig: None });
+    }
+    parse_dir(s).map(SourceSpec::Dir).map_err(|_| format!("unsupported source {s:?}: kube or dir:PATH"))
+}
+
+fn parse_dir(s: &str) -> Result<PathBuf, String> {
     match s.split_once(':') {
         Some(("dir", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
-        _ => Err(format!("unsupported source {s:?}: only dir:PATH for now")),
+        _ => Err(format!("unsupported source {s:?}: only dir:PATH")),
+    }
+}
+
+/// The source to read: `--source`, with `--kubeconfig` for the API; without
+/// `--source`, the API when running in a pod (`in_cluster`) or given a kubeconfig.
+fn resolve_source(
+    source: Option<SourceSpec>,
+    kubeconfig: Option<PathBuf>,
+    in_cluster: bool,
+) -> Result<SourceSpec, String> {
+    match (source, kubeconfig) {
+        (Some(SourceSpec::Dir(_)), Some(_)) => Err("--kubeconfig goes with --source kube".into()),
+        (Some(SourceSpec::Kube { .. }), kubeconfig) => Ok(SourceSpec::Kube { kubeconfig }),
+        (Some(dir), None) => Ok(dir),
+        (None, Some(path)) => Ok(SourceSpec::Kube { kubeconfig: Some(path) }),
+        (None, None) if in_cluster => Ok(SourceSpec::Kube { kubeconfig: None }),
+        (None, None) => Err("--source is required outside a pod: kube or dir:PATH".into()),
     }
 }
 
@@ -126,7 +157,7 @@ fn watch_signals(tx: mpsc::Sender<Event>) -> std::io::Result<()> {
 #[command(name = "weft-agent explain")]
 struct ExplainArgs {
     /// The cluster state to evaluate (`dir:PATH`, as the agent's `--source`).
-    #[arg(long, value_parser = parse_source)]
+    #[arg(long, value_parser = parse_dir)]
     source: PathBuf,
     /// The cluster's pod network (as the agent's `--cluster-cidr`).
     #[arg(long, value_parser = parse_cidr)]
@@ -238,6 +269,14 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     weft_agent::logging::init(&weft_agent::logging::directives(args.log_level.as_deref()));
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let source = match resolve_source(args.source, args.kubeconfig, in_cluster) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (tx, events) = mpsc::channel();
     if let Err(e) = watch_signals(tx.clone()) {
         tracing::error!("signals: {e}");
@@ -245,7 +284,7 @@ fn main() -> ExitCode {
     }
     let cfg = Config {
         node: args.node,
-        dir: args.source,
+        source,
         status_file: args.status_file,
         cleanup_on_exit: args.cleanup_on_exit,
         poll: Duration::from_millis(args.poll_ms.max(10)),
@@ -305,5 +344,33 @@ mod tests {
         let a = Args::try_parse_from(base.into_iter().chain(["--log-level", "debug"])).unwrap();
         assert_eq!(a.log_level.as_deref(), Some("debug"));
         assert!(Args::try_parse_from(base.into_iter().chain(["--log-level", "weft=loud"])).is_err());
+    }
+
+    #[test]
+    fn sources() {
+        let parse = |argv: &[&str]| {
+            let a = Args::try_parse_from(
+                ["weft-agent", "--node", "n1", "--status-file", "/s"].iter().chain(argv),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((a.source, a.kubeconfig))
+        };
+        let resolve = |argv: &[&str], in_cluster| {
+            let (s, k) = parse(argv)?;
+            resolve_source(s, k, in_cluster)
+        };
+        let dir = SourceSpec::Dir("/x".into());
+        assert_eq!(resolve(&["--source", "dir:/x"], false), Ok(dir.clone()));
+        assert_eq!(resolve(&["--source", "dir:/x"], true), Ok(dir), "an explicit source wins in a pod");
+        assert_eq!(resolve(&["--source", "kube"], false), Ok(SourceSpec::Kube { kubeconfig: None }));
+        let kc = SourceSpec::Kube { kubeconfig: Some("/kc".into()) };
+        assert_eq!(resolve(&["--source", "kube", "--kubeconfig", "/kc"], false), Ok(kc.clone()));
+        assert_eq!(resolve(&["--kubeconfig", "/kc"], false), Ok(kc));
+        assert_eq!(resolve(&[], true), Ok(SourceSpec::Kube { kubeconfig: None }), "the default in a pod");
+        assert!(resolve(&[], false).unwrap_err().contains("--source is required"));
+        assert!(resolve(&["--source", "dir:/x", "--kubeconfig", "/kc"], false).is_err());
+        for bad in ["kube:", "dir:", "etcd", "/x"] {
+            assert!(parse(&["--source", bad]).is_err(), "{bad}");
+        }
     }
 }

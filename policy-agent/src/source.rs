@@ -1,6 +1,7 @@
 //! Where cluster state comes from. One trait; `DirSource` reads a directory of
-//! Kubernetes YAML manifests (the testbed's control plane). The Kubernetes API
-//! source (kube-rs watch) comes later behind the same trait.
+//! Kubernetes YAML manifests (the testbed's control plane), and
+//! `kube_source::KubeSource` watches the Kubernetes API. `SourceSpec` is what
+//! the command line chose.
 //!
 //! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file
 //! (hidden files, such as a writer's temp file, are not manifests) and
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use weft_conf::hash::Fnv1a;
 
-use crate::model::manifest::{parse_objects, Object};
+use crate::kube_source::{KubeSource, KubeSourceError};
+use crate::model::manifest::{parse_objects, Object, ObjectError};
 use crate::model::{Model, Snapshot, SourceError};
 
 /// A source of cluster state.
@@ -23,6 +25,36 @@ pub trait Source {
     /// The current snapshot if the state changed since the last one returned
     /// (or on the first call), else None. Never blocks for long.
     fn poll(&mut self) -> Option<Snapshot>;
+}
+
+/// Which source the agent reads (`--source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// `dir:PATH`: a directory of manifests.
+    Dir(PathBuf),
+    /// `kube`: the API server of the kubeconfig given, else of KUBECONFIG or
+    /// ~/.kube/config, else the in-cluster service account's.
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
+impl SourceSpec {
+    /// Opens the source. For the API, this loads the client configuration
+    /// (an unreadable kubeconfig fails here) and starts the watchers.
+    pub fn open(&self) -> Result<Box<dyn Source>, KubeSourceError> {
+        Ok(match self {
+            SourceSpec::Dir(dir) => Box::new(DirSource::new(dir)),
+            SourceSpec::Kube { kubeconfig } => Box::new(KubeSource::start(kubeconfig.as_deref())?),
+        })
+    }
+}
+
+/// What stands for an object that no longer validates: its last good version,
+/// if there is one, and the report (the same words whichever the source).
+pub(crate) fn keep_last_good(e: &ObjectError, previous: Option<&Object>) -> (Option<Object>, String) {
+    match previous {
+        Some(o) => (Some(o.clone()), format!("{e}; keeping its last good version")),
+        None => (None, format!("{e}; skipped")),
+    }
 }
 
 /// What one file gave last time.
@@ -167,13 +199,9 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
             Ok(obj) => objects.push(obj),
             Err(e) => {
                 let old = e.key.as_ref().and_then(|k| previous.iter().find(|o| &o.key() == k));
-                match old {
-                    Some(o) => {
-                        errors.push(format!("{e}; keeping its last good version"));
-                        objects.push(o.clone());
-                    }
-                    None => errors.push(format!("{e}; skipped")),
-                }
+                let (kept, report) = keep_last_good(&e, old);
+                objects.extend(kept);
+                errors.push(report);
             }
         }
     }
@@ -188,6 +216,20 @@ pub fn read_dir(dir: &Path) -> Snapshot {
         model: Model::default(),
         errors: Vec::new(),
     })
+}
+
+/// The manifest files of `dir` (sorted by path) with their bytes, and their
+/// generation as `read_dir` computes it, from one read: for a reader that
+/// needs the objects themselves (the testbed's stand-in API server). Files
+/// that cannot be read are left out.
+pub fn read_files(dir: &Path) -> (Vec<(PathBuf, Vec<u8>)>, String) {
+    let files: Vec<RawFile> = list_manifests(dir)
+        .0
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
+        .collect();
+    let generation = generation_of(&files);
+    (files, generation)
 }
 
 /// The generation of these files: FNV-1a 64 over each file name (not the
@@ -332,6 +374,19 @@ mod tests {
         std::fs::rename(&tmp, &p).unwrap();
         let snap = src.poll().expect("a new inode is a change");
         assert_eq!(snap.model.nodes["node-1"].pod_cidr, Some("10.244.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn read_files_gives_the_bytes_and_the_generation_of_read_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-2.yaml"), node_yaml(2)).unwrap();
+        std::fs::write(dir.path().join("node-1.yaml"), node_yaml(1)).unwrap();
+        std::fs::write(dir.path().join(".node-3.yaml.tmp"), node_yaml(3)).unwrap();
+        let (files, generation) = read_files(dir.path());
+        let names: Vec<_> = files.iter().map(|(p, _)| p.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["node-1.yaml", "node-2.yaml"]);
+        assert_eq!(files[0].1, node_yaml(1).into_bytes());
+        assert_eq!(generation, read_dir(dir.path()).generation);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::PolicyBackend;
-use crate::metrics::{object_counts, ObjectCounts};
 use crate::iptables::Iptables;
+use crate::metrics::{object_counts, ObjectCounts};
 use crate::model::manifest::labels;
 use crate::model::{
     LabelSelector, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol, Rule,

@@ -12,7 +12,7 @@ use weft_agent::model::{Model, Protocol, Service, ServicePort};
 
 use super::case::{proto_name, Case, Change, Probe, ProbeKind, Source, Target};
 use super::matrix::{Cell, Observed, Seen};
-use super::{Backend, Options};
+use super::{Backend, Options, StateSource};
 use crate::error::{E2eError, Result};
 use crate::manifests::{namespace, to_yaml};
 use crate::probe::{probe_in, Outcome, Proto};
@@ -97,7 +97,7 @@ fn bring_up(nodes: u32, opts: &Options) -> Result<Testbed> {
             Testbed::open(&state.run)?
         }
     };
-    match prepare(&tb, opts.backend) {
+    match prepare(&tb, opts) {
         Ok(()) => Ok(tb),
         Err(e) => {
             // Explicitly: a kept run is not torn down on drop.
@@ -109,7 +109,7 @@ fn bring_up(nodes: u32, opts: &Options) -> Result<Testbed> {
     }
 }
 
-fn prepare(tb: &Testbed, backend: Backend) -> Result<()> {
+fn prepare(tb: &Testbed, opts: &Options) -> Result<()> {
     // The testbed's nodes have no default route (no traffic may leave the
     // run); a real node's default route covers the service CIDR, which
     // `node/N -> svc/...` probes need, so stand in for it with a route via
@@ -125,8 +125,13 @@ fn prepare(tb: &Testbed, backend: Backend) -> Result<()> {
             ));
         }
     }
-    tb.start_agents_with(backend.agent_args())?;
-    settle(tb, backend)
+    if opts.source == StateSource::Kube {
+        tb.start_standin()?;
+    }
+    let mut args: Vec<&str> = opts.backend.agent_args().to_vec();
+    args.extend(opts.agent_args.iter().map(String::as_str));
+    tb.start_agents_with(&args)?;
+    settle(tb, opts.backend)
 }
 
 /// After a change of cluster state: the weave reproduction re-renders its

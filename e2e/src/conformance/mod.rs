@@ -4,8 +4,10 @@
 //! testbed, reset between cases, against a chosen enforcement backend, and
 //! prints expected and observed matrices side by side where they differ.
 //!
-//! `weft-e2e conformance run [--backend B] PATH...` and
-//! `run_paths(&[PathBuf], Backend)` (for tests) do the same.
+//! `weft-e2e conformance run [--backend B] [--source dir|kube] PATH...` and
+//! `run_paths(&[PathBuf], Backend)` (for tests) do the same. With
+//! `--source kube` the agents read the cluster state through the stand-in
+//! API server (`apiserver_standin`) instead of the directory.
 
 pub mod case;
 mod exec;
@@ -77,10 +79,47 @@ impl FromStr for Backend {
     }
 }
 
+/// Where the agents read the cluster state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateSource {
+    /// `--source dir:PATH`: the testbed's cluster dir.
+    #[default]
+    Dir,
+    /// `--source kube`: the same state served by the stand-in API server.
+    Kube,
+}
+
+impl StateSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            StateSource::Dir => "dir",
+            StateSource::Kube => "kube",
+        }
+    }
+}
+
+impl fmt::Display for StateSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for StateSource {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<StateSource, String> {
+        [StateSource::Dir, StateSource::Kube]
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown source {s:?} (dir or kube)"))
+    }
+}
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub backend: Backend,
+    /// Where the agents read the cluster state from.
+    pub source: StateSource,
     /// Some: leave the (last) testbed up at the end, named as given or randomly.
     pub keep: Option<Option<String>>,
     /// Checked between steps and cases: once true, the run stops with `Cancelled`
@@ -90,6 +129,8 @@ pub struct Options {
     /// explain`'s verdict from the same cluster state: a cell where they
     /// differ fails the case.
     pub explain: bool,
+    /// More weft-agent flags (e.g. `--triple-peers 1`).
+    pub agent_args: Vec<String>,
 }
 
 /// The outcome of one case.
@@ -322,6 +363,10 @@ mod tests {
         assert_eq!(Backend::Weave196.agent_args(), ["--backend", "off"]);
         assert_eq!(Backend::None.agent_args(), ["--backend", "off"]);
         assert!("weave".parse::<Backend>().unwrap_err().contains("weave-1.9.6"));
+        assert_eq!("kube".parse::<StateSource>(), Ok(StateSource::Kube));
+        assert_eq!("dir".parse::<StateSource>(), Ok(StateSource::Dir));
+        assert_eq!(StateSource::default(), StateSource::Dir);
+        assert!("etcd".parse::<StateSource>().is_err());
     }
 
     #[test]

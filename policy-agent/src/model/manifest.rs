@@ -78,6 +78,18 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, String> {
     parse_objects(text)?.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
 }
 
+/// Parses one object as the API server serves it (any serde value with
+/// `kind`, e.g. a k8s-openapi object): the same validation as a manifest
+/// file's documents, so both sources accept and reject the same objects.
+pub fn parse_serialized<T: serde::Serialize>(obj: &T) -> Vec<Result<Object, ObjectError>> {
+    let mut out = Vec::new();
+    match serde_norway::to_value(obj) {
+        Ok(v) => collect(v, &mut out),
+        Err(e) => out.push(Err(ObjectError { key: None, reason: e.to_string() })),
+    }
+    out
+}
+
 /// The head of any manifest: enough to pick its kind and name it.
 #[derive(Debug, Deserialize)]
 struct Head {
@@ -199,6 +211,9 @@ struct NodeManifest {
 struct NodeSpec {
     #[serde(default, rename = "podCIDR")]
     pod_cidr: Option<String>,
+    /// Dual-stack nodes list one CIDR per family; podCIDR is the first.
+    #[serde(default, rename = "podCIDRs")]
+    pod_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,15 +231,20 @@ struct NodeStatus {
 
 fn node(m: NodeManifest) -> Result<Node, String> {
     let name = m.metadata.name()?;
-    let pod_cidr = match m.spec.pod_cidr.as_deref() {
-        None | Some("") => None,
-        Some(s) => match s.parse::<IpNetwork>() {
-            Ok(IpNetwork::V4(n)) => Some(normal_v4(n)),
-            // An IPv6 pod CIDR: not routed by weft yet.
-            Ok(IpNetwork::V6(_)) => None,
-            Err(e) => return Err(format!("spec.podCIDR {s:?}: {e}")),
-        },
-    };
+    // The first IPv4 one of podCIDR and podCIDRs (an IPv6-first dual-stack
+    // node has its IPv4 CIDR second); IPv6 pod CIDRs are not routed by weft yet.
+    let given = m.spec.pod_cidr.iter().map(|s| ("spec.podCIDR", s));
+    let given = given.chain(m.spec.pod_cidrs.iter().map(|s| ("spec.podCIDRs", s)));
+    let mut pod_cidr = None;
+    for (field, s) in given.filter(|(_, s)| !s.is_empty()) {
+        match s.parse::<IpNetwork>() {
+            Ok(IpNetwork::V4(n)) => {
+                pod_cidr = pod_cidr.or(Some(normal_v4(n)));
+            }
+            Ok(IpNetwork::V6(_)) => {}
+            Err(e) => return Err(format!("{field} {s:?}: {e}")),
+        }
+    }
     let internal_ip = m
         .status
         .addresses
@@ -299,6 +319,8 @@ struct ContainerPortManifest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodStatus {
+    #[serde(default)]
+    phase: Option<String>,
     #[serde(default, rename = "podIP")]
     pod_ip: Option<String>,
     #[serde(default, rename = "podIPs")]
@@ -325,7 +347,10 @@ fn pod(m: PodManifest) -> Result<Pod, String> {
         }
     }
     let mut ips = m.status.pod_ip.iter().chain(m.status.pod_ips.iter().map(|p| &p.ip));
-    let ip = ips.find_map(|s| s.parse::<Ipv4Addr>().ok());
+    // A terminated pod keeps its status.podIP, but the address is free for the
+    // next pod: it no longer stands for this one.
+    let terminal = matches!(m.status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let ip = ips.find_map(|s| s.parse::<Ipv4Addr>().ok()).filter(|_| !terminal);
     Ok(Pod {
         namespace,
         name,
@@ -821,6 +846,64 @@ status:
         ] {
             assert!(parse_manifests(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn terminal_pods_have_no_address() {
+        let pod = |phase: &str| {
+            let text = format!(
+                "kind: Pod\nmetadata: {{name: b, namespace: x}}\nspec: {{nodeName: node-1}}\n\
+                 status: {{phase: {phase}, podIP: 10.244.1.9}}\n"
+            );
+            match one(&text) {
+                Object::Pod(p) => p.ip,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ip = Some("10.244.1.9".parse().unwrap());
+        assert_eq!((pod("Running"), pod("Pending"), pod("Unknown")), (ip, ip, ip));
+        assert_eq!((pod("Succeeded"), pod("Failed")), (None, None));
+    }
+
+    #[test]
+    fn pod_cidr_from_pod_cidr_or_pod_cidrs() {
+        let cidr = |spec: &str| {
+            let r = parse_objects(&format!("kind: Node\nmetadata: {{name: n}}\nspec: {spec}\n")).unwrap();
+            match r.into_iter().next() {
+                Some(Ok(Object::Node(n))) => Ok(n.pod_cidr.map(|c| c.to_string())),
+                Some(Err(e)) => Err(e.reason),
+                other => panic!("{other:?}"),
+            }
+        };
+        let v4 = Ok(Some("10.244.3.0/24".to_string()));
+        assert_eq!(cidr("{podCIDR: 10.244.3.0/24}"), v4);
+        assert_eq!(cidr("{podCIDRs: [10.244.3.5/24]}"), v4);
+        // IPv6-first dual stack: the IPv4 one is second.
+        assert_eq!(
+            cidr("{podCIDR: 'fd00:10:244:3::/64', podCIDRs: ['fd00:10:244:3::/64', 10.244.3.0/24]}"),
+            v4
+        );
+        assert_eq!(cidr("{podCIDR: '', podCIDRs: []}"), Ok(None));
+        assert_eq!(cidr("{podCIDRs: ['fd00::/64']}"), Ok(None));
+        let e = cidr("{podCIDRs: [10.244.3.0/24, nope]}").unwrap_err();
+        assert!(e.starts_with("spec.podCIDRs \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn serialized_objects_take_the_manifest_path() {
+        let value = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x", "resourceVersion": "7"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        });
+        let r = parse_serialized(&value);
+        assert!(
+            matches!(&r[..], [Ok(Object::NetworkPolicy(p))] if p.key() == "x/p" && p.ingress == Some(vec![]))
+        );
+        let mut bad = value.clone();
+        bad["spec"]["policyTypes"] = serde_json::json!(["Sideways"]);
+        let r = parse_serialized(&bad);
+        assert!(matches!(&r[..], [Err(e)] if e.key.as_deref() == Some("NetworkPolicy x/p")), "{r:?}");
     }
 
     #[test]

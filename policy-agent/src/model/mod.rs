@@ -6,7 +6,7 @@
 //! these fields (ignoring every other field, as a client of a newer API
 //! server must) and validates them into the types below, so the compiler only
 //! ever sees well-formed objects. The same parser takes YAML files (the
-//! testbed) and, later, JSON objects from the API server.
+//! testbed) and the objects the API server serves (`source::kube`).
 
 pub mod manifest;
 pub mod selector;
@@ -24,7 +24,8 @@ pub use selector::{LabelSelector, Labels, Operator, Requirement};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub name: String,
-    /// spec.podCIDR, normalised to its network address; None if unset or not IPv4.
+    /// The first IPv4 CIDR of spec.podCIDR and spec.podCIDRs, normalised to its
+    /// network address; None if there is none.
     pub pod_cidr: Option<Ipv4Network>,
     /// The first IPv4 InternalIP in status.addresses.
     pub internal_ip: Option<Ipv4Addr>,
@@ -104,7 +105,8 @@ pub struct Pod {
     /// spec.nodeName: None until scheduled.
     pub node: Option<String>,
     /// The first IPv4 address of status.podIP / status.podIPs; None until the
-    /// kubelet has reported it.
+    /// kubelet has reported it, and once the pod is terminal (phase Succeeded
+    /// or Failed): only pods with an address that is theirs count for policy.
     pub ip: Option<Ipv4Addr>,
     /// spec.hostNetwork: such a pod has the node's address and no policy applies to it.
     pub host_network: bool,

@@ -1,0 +1,679 @@
+//! A stand-in for the Kubernetes API server, inside the test process: it
+//! serves the testbed's cluster dir to `weft-agent --source kube` as an API
+//! server would, so the kube source runs end to end where no real API server
+//! can (no Docker, no kind on our machines). It is test scaffolding, not an
+//! API server: it serves only list and watch of the resources the agent
+//! watches (`weft_agent::kube_source::watched`) and `/version`, without
+//! authentication, paging or selectors.
+//!
+//! - State: `refresh` reads the cluster dir (the Testbed calls it after every
+//!   write), keeps the objects of the watched kinds that the API's schema
+//!   accepts (k8s-openapi deserialises them), defaults their namespace, and
+//!   gives every change its own resourceVersion (one counter, as etcd's
+//!   revision): ADDED, MODIFIED or DELETED, kept in a history.
+//! - List: `GET <collection>` returns a `<Kind>List` at the current version.
+//! - Watch: `GET <collection>?watch=1&resourceVersion=N` streams (chunked
+//!   JSON lines) every event of that kind after N, then follows new ones,
+//!   with a BOOKMARK after each batch when `allowWatchBookmarks=true`. A
+//!   version older than the history (`expire` forgets it) is answered as
+//!   the API server does: a watch ERROR event with a Status 410 Expired.
+//! - Convergence: `refresh` returns the generation of the state it serves
+//!   (`weft_agent::kube_source::state_generation`), which an agent reports
+//!   once its stores hold exactly those objects at those versions.
+//! - Reach: an agent runs inside its node's netns, so there is one listener
+//!   per node, on 127.0.0.1 inside that netns (the socket is created on a
+//!   thread that entered it, and stays there); `kubeconfig` points an agent at it.
+//! - Faults: `freeze` holds events back from open watches, `expire` forgets
+//!   the history and ends every watch with 410 (so the agents re-list),
+//!   `down` closes the listeners and every connection (connections are
+//!   refused), `up` listens again on the same ports.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_agent::kube_source::{object_key, state_generation, watched, Watched};
+
+use crate::error::{E2eError, Result};
+
+/// Bound on reading a request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A watch without `timeoutSeconds` ends after this long.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(290);
+/// How long `drop` waits for connection threads to end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What the stand-in serves after a refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The cluster dir's generation (`weft_agent::source::read_dir`'s) that was read.
+    pub dir_generation: String,
+    /// The generation of the API state served, as an agent reports it.
+    pub generation: String,
+    /// The current resourceVersion.
+    pub resource_version: u64,
+}
+
+/// Requests served, for tests to see what the agents did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lists served, by kind.
+    pub lists: BTreeMap<String, u64>,
+    /// Watches started (answered 200).
+    pub watches: u64,
+    /// Watches ended or refused with 410 Expired.
+    pub expired: u64,
+}
+
+/// One object as served.
+#[derive(Debug, Clone)]
+struct Stored {
+    /// As read from the cluster dir (normalised): compared to see a change.
+    given: Value,
+    /// With metadata.resourceVersion and uid: what lists and events carry.
+    served: Value,
+}
+
+/// One change, in the history watches replay.
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    kind: &'static str,
+    event: &'static str,
+    object: Value,
+}
+
+/// Why open watches must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The history was forgotten: end with 410.
+    Expired,
+    /// The stand-in went down: drop the connection.
+    Down,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rv: u64,
+    /// Watches from an older version get 410.
+    floor: u64,
+    objects: BTreeMap<(&'static str, String), Stored>,
+    history: Vec<Change>,
+    served: Option<Served>,
+    /// Events are held back from open watches.
+    frozen: bool,
+    /// Bumped to end every open watch, for `cut`.
+    epoch: u64,
+    cut: Option<Cut>,
+    uid_seq: u64,
+    stats: Stats,
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Connection threads alive.
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One node's listener.
+struct Listener {
+    netns: PathBuf,
+    port: u16,
+    /// The socket (to shut it down) and its accept thread, while up.
+    live: Option<(Arc<TcpListener>, JoinHandle<()>)>,
+}
+
+/// The stand-in API server of one testbed run.
+pub struct ApiStandin {
+    shared: Arc<Shared>,
+    listeners: Mutex<Vec<Listener>>,
+}
+
+impl ApiStandin {
+    /// Serves `dir` on 127.0.0.1 (a free port) inside each of `netns`, in order.
+    pub fn start(dir: &Path, netns: &[PathBuf]) -> Result<ApiStandin> {
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            connections: AtomicUsize::new(0),
+        });
+        let standin = ApiStandin { shared, listeners: Mutex::new(Vec::new()) };
+        standin.refresh()?;
+        for ns in netns {
+            let socket = bind_in(ns, 0)?;
+            let port = socket.local_addr().map_err(E2eError::io("stand-in listener address"))?.port();
+            let live = Some(standin.serve(socket)?);
+            standin.lock_listeners().push(Listener { netns: ns.clone(), port, live });
+        }
+        Ok(standin)
+    }
+
+    fn lock_listeners(&self) -> MutexGuard<'_, Vec<Listener>> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The port of the `i`th listener (node i+1), on 127.0.0.1 in its netns.
+    pub fn port(&self, i: usize) -> Option<u16> {
+        self.lock_listeners().get(i).map(|l| l.port)
+    }
+
+    /// Reads the cluster dir again and publishes what changed; returns what is served.
+    pub fn refresh(&self) -> Result<Served> {
+        let (files, dir_generation) = weft_agent::source::read_files(&self.shared.dir);
+        let objects = read_objects(&files);
+        let mut st = self.shared.lock();
+        let before = st.rv;
+        apply_objects(&mut st, objects);
+        let generation =
+            state_generation(st.objects.iter().map(|((kind, key), o)| (*kind, key.as_str(), rv_str(o))));
+        let served = Served { dir_generation, generation, resource_version: st.rv };
+        st.served = Some(served.clone());
+        if st.rv != before {
+            self.shared.changed.notify_all();
+        }
+        Ok(served)
+    }
+
+    /// What was served after the last refresh.
+    pub fn served(&self) -> Option<Served> {
+        self.shared.lock().served.clone()
+    }
+
+    /// Requests served so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Holds events back from open watches (new watches too) until `expire`.
+    pub fn freeze(&self) {
+        self.shared.lock().frozen = true;
+    }
+
+    /// Forgets the history, as an API server whose watch cache moved on: every
+    /// open watch ends with a 410 Expired event, and a watch from an older
+    /// version is refused the same way, so clients must list again. Unfreezes.
+    pub fn expire(&self) {
+        let mut st = self.shared.lock();
+        st.floor = st.rv;
+        st.history.clear();
+        st.frozen = false;
+        st.epoch += 1;
+        st.cut = Some(Cut::Expired);
+        self.shared.changed.notify_all();
+    }
+
+    /// Stops listening and drops every connection: clients get connection refused.
+    pub fn down(&self) {
+        let mut listeners = self.lock_listeners();
+        for l in listeners.iter_mut() {
+            if let Some((socket, thread)) = l.live.take() {
+                // SAFETY: shutdown(2) on a listening socket this struct owns (the
+                // Arc keeps the fd open): it wakes the blocked accept with EINVAL,
+                // which ends the accept thread.
+                unsafe { nix::libc::shutdown(socket.as_raw_fd(), nix::libc::SHUT_RDWR) };
+                let _ = thread.join();
+            }
+        }
+        let mut st = self.shared.lock();
+        st.epoch += 1;
+        st.cut = Some(Cut::Down);
+        self.shared.changed.notify_all();
+    }
+
+    /// Listens again on the same ports after `down`; idempotent.
+    pub fn up(&self) -> Result<()> {
+        let mut listeners = self.lock_listeners();
+        for l in listeners.iter_mut().filter(|l| l.live.is_none()) {
+            let socket = bind_in(&l.netns, l.port)?;
+            l.live = Some(self.serve(socket)?);
+        }
+        Ok(())
+    }
+
+    /// Starts the accept thread of `socket`.
+    fn serve(&self, socket: TcpListener) -> Result<(Arc<TcpListener>, JoinHandle<()>)> {
+        let socket = Arc::new(socket);
+        let (s, shared) = (socket.clone(), self.shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("api-standin-accept".into())
+            .spawn(move || {
+                // Ends when `down` shuts the socket down (accept fails).
+                while let Ok((conn, _)) = s.accept() {
+                    let shared = shared.clone();
+                    shared.connections.fetch_add(1, Ordering::SeqCst);
+                    let spawned = std::thread::Builder::new().name("api-standin-conn".into()).spawn({
+                        let shared = shared.clone();
+                        move || {
+                            handle(conn, &shared);
+                            shared.connections.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                    if spawned.is_err() {
+                        shared.connections.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .map_err(E2eError::io("spawn the stand-in's accept thread"))?;
+        Ok((socket, thread))
+    }
+}
+
+impl Drop for ApiStandin {
+    fn drop(&mut self) {
+        self.down();
+        // Each open connection holds its node's netns: let them end first.
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A kubeconfig for the stand-in at 127.0.0.1:`port` (plain HTTP, no credentials).
+pub fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+         contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\n\
+         current-context: standin\nusers:\n- name: standin\n  user: {{}}\n"
+    )
+}
+
+/// A TCP listener on 127.0.0.1:`port` inside the netns at `netns`: bound on a
+/// throwaway thread that entered it, as a socket stays in the netns it was made in.
+fn bind_in(netns: &Path, port: u16) -> Result<TcpListener> {
+    let file = std::fs::File::open(netns).map_err(E2eError::io(format!("open netns {}", netns.display())))?;
+    let what = format!("stand-in listener on 127.0.0.1:{port} in {}", netns.display());
+    std::thread::Builder::new()
+        .name("api-standin-bind".into())
+        .spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            TcpListener::bind(("127.0.0.1", port))
+        })
+        .map_err(E2eError::io("spawn the stand-in's bind thread"))?
+        .join()
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::Other.into()))
+        .map_err(E2eError::io(what))
+}
+
+fn rv_str(o: &Stored) -> &str {
+    o.served["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+}
+
+/// The watched kind a `kind` field names.
+fn watched_kind(kind: &str) -> Option<Watched> {
+    watched().into_iter().find(|w| w.kind == kind)
+}
+
+/// True if the API's schema (k8s-openapi's types) accepts `v` as a `kind`.
+fn schema_accepts(kind: &str, v: &Value) -> bool {
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    fn ok<K: serde::de::DeserializeOwned>(v: &Value) -> bool {
+        serde_json::from_value::<K>(v.clone()).is_ok()
+    }
+    match kind {
+        "Node" => ok::<Node>(v),
+        "Namespace" => ok::<Namespace>(v),
+        "Pod" => ok::<Pod>(v),
+        "NetworkPolicy" => ok::<NetworkPolicy>(v),
+        _ => false,
+    }
+}
+
+/// The objects of the watched kinds in `files`, by (kind, key), the first of
+/// a key winning (as the dir source); what no API server would hold (not
+/// YAML, rejected by the schema, no name) is left out.
+fn read_objects(files: &[(PathBuf, Vec<u8>)]) -> BTreeMap<(&'static str, String), Value> {
+    let mut out = BTreeMap::new();
+    for (_, bytes) in files {
+        let Ok(text) = std::str::from_utf8(bytes) else { continue };
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let Ok(v) = <Value as serde::Deserialize>::deserialize(doc) else { continue };
+            let items = match v.get("kind").and_then(Value::as_str) {
+                Some("List") => v.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+                _ => vec![v],
+            };
+            for item in items {
+                if let Some((key, value)) = normalise(item) {
+                    out.entry(key).or_insert(value);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `v` as the API server would store it (namespace defaulted, no server-set
+/// fields), keyed; None if it is not an object the stand-in serves.
+fn normalise(mut v: Value) -> Option<((&'static str, String), Value)> {
+    let w = watched_kind(v.get("kind")?.as_str()?)?;
+    let namespaced = w.kind == "Pod" || w.kind == "NetworkPolicy";
+    let meta = v.get_mut("metadata")?.as_object_mut()?;
+    meta.remove("resourceVersion");
+    meta.remove("uid");
+    if namespaced && meta.get("namespace").and_then(Value::as_str).is_none_or(str::is_empty) {
+        meta.insert("namespace".into(), json!("default"));
+    }
+    if !namespaced {
+        meta.remove("namespace");
+    }
+    let name = meta.get("name")?.as_str()?.to_string();
+    let namespace = meta.get("namespace").and_then(Value::as_str).map(str::to_string);
+    if name.is_empty() || !schema_accepts(w.kind, &v) {
+        return None;
+    }
+    v["apiVersion"] = json!(api_version(&w));
+    Some(((w.kind, object_key(namespace.as_deref(), &name)), v))
+}
+
+fn api_version(w: &Watched) -> String {
+    match w.group {
+        "" => w.version.to_string(),
+        g => format!("{g}/{}", w.version),
+    }
+}
+
+/// Publishes the difference between `st`'s objects and `objects`, one
+/// resourceVersion per change.
+fn apply_objects(st: &mut State, objects: BTreeMap<(&'static str, String), Value>) {
+    let gone: Vec<(&'static str, String)> =
+        st.objects.keys().filter(|k| !objects.contains_key(*k)).cloned().collect();
+    for key in gone {
+        let Some(old) = st.objects.remove(&key) else { continue };
+        st.rv += 1;
+        let mut object = old.served;
+        object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        let rv = st.rv;
+        st.history.push(Change { rv, kind: key.0, event: "DELETED", object });
+    }
+    for (key, given) in objects {
+        let (event, uid) = match st.objects.get(&key) {
+            Some(old) if old.given == given => continue,
+            Some(old) => ("MODIFIED", old.served["metadata"]["uid"].clone()),
+            None => {
+                st.uid_seq += 1;
+                ("ADDED", json!(format!("standin-{}", st.uid_seq)))
+            }
+        };
+        st.rv += 1;
+        let mut served = given.clone();
+        served["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        served["metadata"]["uid"] = uid;
+        let rv = st.rv;
+        st.history.push(Change { rv, kind: key.0, event, object: served.clone() });
+        st.objects.insert(key, Stored { given, served });
+    }
+}
+
+/// A parsed request line: path and query parameters.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+}
+
+fn parse_request(head: &str) -> Option<Request> {
+    let mut parts = head.lines().next()?.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Request { method, path: path.to_string(), query })
+}
+
+/// Reads the request head (up to the blank line).
+fn read_head(conn: &TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT)).ok()?;
+    let mut reader = BufReader::new(conn.take(MAX_HEAD as u64));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" || line == "\n" {
+            return Some(head);
+        }
+        head.push_str(&line);
+    }
+}
+
+/// Serves one connection: one request, then the connection is closed.
+fn handle(mut conn: TcpStream, shared: &Shared) {
+    let Some(req) = read_head(&conn).as_deref().and_then(parse_request) else { return };
+    let resource = watched().into_iter().find(|w| w.path() == req.path);
+    let _ = match (req.method.as_str(), resource) {
+        ("GET", Some(w)) if matches!(req.query.get("watch").map(String::as_str), Some("1" | "true")) => {
+            watch(&mut conn, shared, &w, &req.query)
+        }
+        ("GET", Some(w)) => list(&mut conn, shared, &w),
+        ("GET", None) if req.path == "/version" => respond(
+            &mut conn,
+            "200 OK",
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-weft-standin", "platform": "linux/amd64"}),
+        ),
+        _ => respond(
+            &mut conn,
+            "404 Not Found",
+            &status(404, "NotFound", &format!("{} {}", req.method, req.path)),
+        ),
+    };
+}
+
+/// A metav1.Status.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn respond(conn: &mut TcpStream, code: &str, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    write!(
+        conn,
+        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}
+
+fn list(conn: &mut TcpStream, shared: &Shared, w: &Watched) -> std::io::Result<()> {
+    let body = {
+        let mut st = shared.lock();
+        *st.stats.lists.entry(w.kind.to_string()).or_default() += 1;
+        let items: Vec<&Value> =
+            st.objects.iter().filter(|((kind, _), _)| *kind == w.kind).map(|(_, o)| &o.served).collect();
+        json!({"apiVersion": api_version(w), "kind": format!("{}List", w.kind),
+               "metadata": {"resourceVersion": st.rv.to_string()}, "items": items})
+    };
+    respond(conn, "200 OK", &body)
+}
+
+/// One watch event as a chunk of the stream.
+fn chunk(conn: &mut TcpStream, event: &str, object: &Value) -> std::io::Result<()> {
+    let line = json!({"type": event, "object": object}).to_string() + "\n";
+    write!(conn, "{:x}\r\n{line}\r\n", line.len())?;
+    conn.flush()
+}
+
+fn watch(
+    conn: &mut TcpStream,
+    shared: &Shared,
+    w: &Watched,
+    query: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse().ok()).map(Duration::from_secs);
+    let deadline = Instant::now() + timeout.unwrap_or(WATCH_TIMEOUT);
+    let since: Option<u64> = query.get("resourceVersion").and_then(|s| s.parse().ok()).filter(|&v| v > 0);
+    let (epoch, mut sent, initial, expired) = {
+        let mut st = shared.lock();
+        let expired = since.is_some_and(|v| v < st.floor);
+        if expired {
+            st.stats.expired += 1;
+        } else {
+            st.stats.watches += 1;
+        }
+        // No version: "start at any", the current objects as ADDED first.
+        let initial: Vec<Value> = match since {
+            None => {
+                st.objects.iter().filter(|((k, _), _)| *k == w.kind).map(|(_, o)| o.served.clone()).collect()
+            }
+            Some(_) => Vec::new(),
+        };
+        (st.epoch, since.unwrap_or(st.rv), initial, expired)
+    };
+    write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+    if expired {
+        return expire_stream(conn, sent);
+    }
+    for object in &initial {
+        chunk(conn, "ADDED", object)?;
+    }
+    loop {
+        let (events, now, cut) = {
+            let mut st = shared.lock();
+            loop {
+                if st.epoch != epoch {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || (!st.frozen && st.rv > sent) {
+                    break;
+                }
+                st = shared
+                    .changed
+                    .wait_timeout(st, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            if st.epoch != epoch {
+                (Vec::new(), st.rv, st.cut)
+            } else if st.frozen || st.rv <= sent {
+                // The deadline: end the stream as the API server does.
+                return write!(conn, "0\r\n\r\n");
+            } else {
+                let events: Vec<Change> =
+                    st.history.iter().filter(|c| c.kind == w.kind && c.rv > sent).cloned().collect();
+                (events, st.rv, None)
+            }
+        };
+        match cut {
+            Some(Cut::Expired) => {
+                shared.lock().stats.expired += 1;
+                return expire_stream(conn, sent);
+            }
+            // Dropped without the last chunk: the client sees a broken stream.
+            Some(Cut::Down) => return Ok(()),
+            None => {}
+        }
+        for c in &events {
+            chunk(conn, c.event, &c.object)?;
+        }
+        if bookmarks {
+            let mark = json!({"kind": w.kind, "apiVersion": api_version(w),
+                              "metadata": {"resourceVersion": now.to_string()}});
+            chunk(conn, "BOOKMARK", &mark)?;
+        }
+        sent = now;
+    }
+}
+
+/// Ends a watch stream with the 410 Expired event.
+fn expire_stream(conn: &mut TcpStream, since: u64) -> std::io::Result<()> {
+    chunk(conn, "ERROR", &status(410, "Expired", &format!("too old resource version: {since}")))?;
+    write!(conn, "0\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml_objects(text: &str) -> BTreeMap<(&'static str, String), Value> {
+        read_objects(&[(PathBuf::from("x.yaml"), text.as_bytes().to_vec())])
+    }
+
+    const PODS: &str = "kind: Pod\napiVersion: v1\nmetadata: {name: a}\n---\n\
+        kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: default}\nspec: {nodeName: second-wins-not}\n---\n\
+        kind: Service\nmetadata: {name: s}\n---\nkind: Node\nmetadata: {name: n1, namespace: x}\n---\n\
+        kind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {matchLabels: [not, a, map]}}\n";
+
+    #[test]
+    fn objects_are_read_as_the_api_server_would_store_them() {
+        let objs = yaml_objects(PODS);
+        let keys: Vec<_> = objs.keys().map(|(k, key)| format!("{k} {key}")).collect();
+        // The Service is not watched; the policy fails the schema; the first pod wins.
+        assert_eq!(keys, ["Node n1", "Pod default/a"]);
+        assert_eq!(objs[&("Pod", "default/a".to_string())]["metadata"]["namespace"], "default");
+        assert!(objs[&("Pod", "default/a".to_string())].get("spec").is_none());
+        assert!(objs[&("Node", "n1".to_string())]["metadata"].get("namespace").is_none());
+        assert_eq!(objs[&("Node", "n1".to_string())]["apiVersion"], "v1");
+    }
+
+    #[test]
+    fn each_change_gets_a_version_and_an_event() {
+        let mut st = State::default();
+        apply_objects(
+            &mut st,
+            yaml_objects("kind: Node\nmetadata: {name: n1}\n---\nkind: Node\nmetadata: {name: n2}\n"),
+        );
+        assert_eq!(st.rv, 2);
+        apply_objects(
+            &mut st,
+            yaml_objects("kind: Node\nmetadata: {name: n1}\n---\nkind: Node\nmetadata: {name: n2}\n"),
+        );
+        assert_eq!(st.rv, 2, "nothing changed");
+        apply_objects(&mut st, yaml_objects("kind: Node\nmetadata: {name: n1, labels: {a: b}}\n"));
+        let events: Vec<_> = st.history.iter().map(|c| (c.rv, c.event)).collect();
+        assert_eq!(events, [(1, "ADDED"), (2, "ADDED"), (3, "DELETED"), (4, "MODIFIED")]);
+        let n1 = &st.objects[&("Node", "n1".to_string())];
+        assert_eq!(rv_str(n1), "4");
+        assert_eq!(n1.served["metadata"]["uid"], "standin-1", "a modification keeps the uid");
+        assert_eq!(st.history[2].object["metadata"]["name"], "n2");
+        assert_eq!(st.history[2].object["metadata"]["resourceVersion"], "3");
+    }
+
+    #[test]
+    fn requests() {
+        let r = parse_request(
+            "GET /api/v1/pods?watch=1&resourceVersion=12&allowWatchBookmarks=true HTTP/1.1\r\nHost: x\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/api/v1/pods"));
+        assert_eq!(r.query["resourceVersion"], "12");
+        assert_eq!(r.query["watch"], "1");
+        assert_eq!(parse_request("GET /version HTTP/1.1\r\n").unwrap().query.len(), 0);
+        assert_eq!(parse_request(""), None);
+    }
+
+    #[test]
+    fn kubeconfig_points_at_the_port() {
+        let kc = kubeconfig(40123);
+        assert!(kc.contains("server: http://127.0.0.1:40123\n"), "{kc}");
+        let v: Value = serde_norway::from_str(&kc).unwrap();
+        assert_eq!(v["current-context"], "standin");
+    }
+}

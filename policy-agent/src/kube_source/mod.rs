@@ -1,0 +1,223 @@
+//! The Kubernetes API as the agent's source (`--source kube`): watchers for
+//! Nodes, Namespaces, Pods and NetworkPolicies (`watch`) fill reflector
+//! stores on a runtime thread; `poll` translates the stores into the model
+//! (`translate`) when they changed, without blocking. No snapshot is given
+//! before every kind has been listed once (an empty store would withdraw
+//! every route and rule); after that, an unreachable API server leaves the
+//! stores, and so the rules, as they were, and the snapshot's errors say so.
+
+pub mod translate;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::reflector::{self, Store};
+use kube::Client;
+
+use crate::model::{Snapshot, SourceError};
+use crate::source::Source;
+use translate::Translator;
+pub use translate::{object_key, state_generation, API_ORIGIN};
+use watch::Shared;
+
+/// One resource the agent lists and watches: what its RBAC must grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched {
+    /// The API group ("" for the core group).
+    pub group: &'static str,
+    pub version: &'static str,
+    /// The plural resource name, as in an RBAC rule and the URL.
+    pub resource: &'static str,
+    pub kind: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+impl Watched {
+    fn of<K: k8s_openapi::Resource>() -> Watched {
+        Watched {
+            group: K::GROUP,
+            version: K::VERSION,
+            resource: K::URL_PATH_SEGMENT,
+            kind: K::KIND,
+            verbs: &["list", "watch"],
+        }
+    }
+
+    /// The collection's path on the API server.
+    pub fn path(&self) -> String {
+        match self.group {
+            "" => format!("/api/{}/{}", self.version, self.resource),
+            g => format!("/apis/{g}/{}/{}", self.version, self.resource),
+        }
+    }
+}
+
+/// Every resource the watchers use, from the same types they watch (the
+/// RBAC rules in deploy/ must grant exactly these).
+pub fn watched() -> [Watched; 4] {
+    [Watched::of::<Node>(), Watched::of::<Namespace>(), Watched::of::<Pod>(), Watched::of::<NetworkPolicy>()]
+}
+
+/// Why the API source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    #[error("no Kubernetes client configuration (no kubeconfig, not in a cluster): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("start the watcher thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the watcher thread ended before it started")]
+    ThreadGone,
+}
+
+/// The reflector stores, read by `poll`.
+#[derive(Clone)]
+struct Stores {
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    policies: Store<NetworkPolicy>,
+}
+
+/// The Kubernetes API source.
+pub struct KubeSource {
+    stores: Stores,
+    shared: Arc<Shared>,
+    translator: Translator,
+    /// The change counter of the last snapshot returned.
+    seen: Option<u64>,
+    /// Stops the runtime thread when dropped.
+    _stop: futures::channel::oneshot::Sender<()>,
+}
+
+impl KubeSource {
+    /// Loads the client configuration (`kubeconfig`, else KUBECONFIG or
+    /// ~/.kube/config, else the in-cluster service account) and starts the
+    /// watchers on a thread of their own. Returns once the configuration is
+    /// loaded; the lists follow in the background.
+    pub fn start(kubeconfig: Option<&Path>) -> Result<KubeSource, KubeSourceError> {
+        let (nodes, w_nodes) = reflector::store();
+        let (namespaces, w_namespaces) = reflector::store();
+        let (pods, w_pods) = reflector::store();
+        let (policies, w_policies) = reflector::store();
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+        let (started_tx, started) = mpsc::channel();
+        let kubeconfig = kubeconfig.map(Path::to_path_buf);
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("weft-agent-kube".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(started_tx.send(Err(KubeSourceError::Thread(e)))),
+                };
+                rt.block_on(async move {
+                    let client = match connect(kubeconfig).await {
+                        Ok(c) => c,
+                        Err(e) => return drop(started_tx.send(Err(e))),
+                    };
+                    let _ = started_tx.send(Ok(()));
+                    let [n, ns, p, np] = watched().map(|w| w.kind);
+                    tokio::spawn(watch::reflect(client.clone(), w_nodes, n, sh.clone()));
+                    tokio::spawn(watch::reflect(client.clone(), w_namespaces, ns, sh.clone()));
+                    tokio::spawn(watch::reflect(client.clone(), w_pods, p, sh.clone()));
+                    tokio::spawn(watch::reflect(client, w_policies, np, sh));
+                    // Until the source is dropped (Err: the sender went, the same thing).
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(KubeSourceError::Thread)?;
+        started.recv().map_err(|_| KubeSourceError::ThreadGone)??;
+        Ok(KubeSource {
+            stores: Stores { nodes, namespaces, pods, policies },
+            shared,
+            translator: Translator::default(),
+            seen: None,
+            _stop: stop,
+        })
+    }
+}
+
+/// The client for `kubeconfig`, or the inferred configuration.
+async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|source| KubeSourceError::Kubeconfig { path: path.clone(), source })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig { path, source })?
+        }
+        None => kube::Config::infer().await.map_err(KubeSourceError::Infer)?,
+    };
+    watch::log(&format!("watching {}", config.cluster_url));
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+impl Source for KubeSource {
+    fn poll(&mut self) -> Option<Snapshot> {
+        // Read before the stores: a change that lands after this read bumps
+        // the counter again, so the next poll sees it.
+        let version = self.shared.version();
+        if self.seen == Some(version) {
+            return None;
+        }
+        let kinds = self.shared.kinds();
+        if watched().iter().any(|w| !kinds.get(w.kind).is_some_and(|k| k.ready)) {
+            return None;
+        }
+        self.seen = Some(version);
+        let [n, ns, p, np] = watched().map(|w| w.kind);
+        let mut batch = self.translator.begin();
+        batch.add::<Node, _>(n, self.stores.nodes.state());
+        batch.add::<Namespace, _>(ns, self.stores.namespaces.state());
+        batch.add::<Pod, _>(p, self.stores.pods.state());
+        batch.add::<NetworkPolicy, _>(np, self.stores.policies.state());
+        let mut t = batch.finish();
+        t.errors.extend(
+            kinds
+                .values()
+                .filter_map(|k| k.error.clone())
+                .map(|reason| SourceError { file: API_ORIGIN.into(), reason }),
+        );
+        Some(Snapshot { generation: t.generation, model: t.model, errors: t.errors })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watched_resources_and_their_paths() {
+        let w = watched();
+        let got: Vec<(&str, &str, &str)> = w.iter().map(|w| (w.group, w.resource, w.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                ("", "nodes", "Node"),
+                ("", "namespaces", "Namespace"),
+                ("", "pods", "Pod"),
+                ("networking.k8s.io", "networkpolicies", "NetworkPolicy")
+            ]
+        );
+        assert_eq!(w[2].path(), "/api/v1/pods");
+        assert_eq!(w[3].path(), "/apis/networking.k8s.io/v1/networkpolicies");
+        assert!(w.iter().all(|w| w.verbs == ["list", "watch"]));
+    }
+
+    #[test]
+    fn a_missing_kubeconfig_fails_at_start() {
+        let e =
+            KubeSource::start(Some(Path::new("/nonexistent/weft-kubeconfig"))).err().expect("no such file");
+        assert!(e.to_string().contains("/nonexistent/weft-kubeconfig"), "{e}");
+    }
+}

@@ -1,0 +1,187 @@
+//! The watchers: one kube-runtime watcher per watched kind feeding a
+//! reflector store, on a tokio runtime in a thread of their own. Each
+//! watcher lists, then watches from the list's resourceVersion; kube-runtime
+//! follows bookmarks and re-watches when a watch times out. On any error the
+//! watcher is dropped and, after a back-off, a new one re-lists, as
+//! client-go's reflector does: a watch that expired (410 Gone) re-lists at
+//! once, an API server that is unreachable or failing is retried at a
+//! growing interval. The store keeps its contents until a re-list completes
+//! (kube-runtime swaps it in at `InitDone`), so the rules built from it stay
+//! in force while the API cannot be reached.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+
+/// What the watchers tell the source: a change counter and each kind's state.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Bumped on every store change and every change of `kinds`.
+    version: AtomicU64,
+    kinds: Mutex<BTreeMap<&'static str, KindState>>,
+}
+
+/// One kind's watcher, as far as the source cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct KindState {
+    /// A first full list has landed in the store.
+    pub ready: bool,
+    /// The last error, until a list succeeds again.
+    pub error: Option<String>,
+}
+
+impl Shared {
+    pub(super) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn kinds(&self) -> BTreeMap<&'static str, KindState> {
+        self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Updates `kind`'s state; bumps the version if it changed.
+    fn update(&self, kind: &'static str, f: impl FnOnce(&mut KindState)) {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let state = kinds.entry(kind).or_default();
+        let before = state.clone();
+        f(state);
+        if *state != before {
+            self.bump();
+        }
+    }
+}
+
+/// Bounds of the back-off between attempts after an error.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Exponential back-off with jitter (each delay drawn from the upper half of
+/// the current step, so a DaemonSet's agents do not retry in lockstep).
+#[derive(Debug)]
+pub(super) struct Backoff {
+    step: Duration,
+    jitter: std::collections::hash_map::RandomState,
+    attempt: u64,
+}
+
+impl Backoff {
+    pub(super) fn new() -> Backoff {
+        Backoff { step: BACKOFF_MIN, jitter: Default::default(), attempt: 0 }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.step = BACKOFF_MIN;
+    }
+
+    pub(super) fn next_delay(&mut self) -> Duration {
+        self.attempt += 1;
+        let fraction = (self.jitter.hash_one(self.attempt) % 1000) as u32;
+        let delay = self.step / 2 + self.step / 2 * fraction / 1000;
+        self.step = (self.step * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Runs the watcher of `kind` (in every namespace) into `writer` until the
+/// runtime stops.
+pub(super) async fn reflect<K>(client: Client, mut writer: Writer<K>, kind: &'static str, shared: Arc<Shared>)
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let api = Api::<K>::all(client);
+    let mut backoff = Backoff::new();
+    loop {
+        let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()));
+        let mut expired = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    match event {
+                        Event::InitDone => {
+                            backoff.reset();
+                            let had_error = shared.kinds().get(kind).is_some_and(|s| s.error.is_some());
+                            if had_error {
+                                log(&format!("{kind}: listed again; the API server is reachable"));
+                            }
+                            shared.update(kind, |s| {
+                                s.ready = true;
+                                s.error = None;
+                            });
+                            // The store was swapped in even if nothing else changed.
+                            shared.bump();
+                        }
+                        Event::Apply(_) | Event::Delete(_) => shared.bump(),
+                        // Buffered by the writer until InitDone: the store is unchanged.
+                        Event::Init | Event::InitApply(_) => {}
+                    }
+                }
+                Err(e) => {
+                    expired = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    if expired {
+                        log(&format!("{kind}: watch expired (410 Gone): listing again"));
+                    } else {
+                        let msg = format!(
+                            "{kind}: {e} (the API server is unreachable or failing; the last state \
+                             received stays in force)"
+                        );
+                        if shared.kinds().get(kind).and_then(|s| s.error.as_ref()) != Some(&msg) {
+                            log(&msg);
+                        }
+                        shared.update(kind, |s| s.error = Some(msg));
+                    }
+                    break;
+                }
+            }
+        }
+        if !expired {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+pub(super) fn log(msg: &str) {
+    eprintln!("weft-agent: kube API: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_bound_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= BACKOFF_MIN / 2 && delays[0] <= BACKOFF_MIN, "{delays:?}");
+        assert!(delays[3] >= BACKOFF_MIN * 4, "doubles: {delays:?}");
+        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX), "{delays:?}");
+        assert!(delays[9] >= BACKOFF_MAX / 2, "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn state_changes_bump_the_version_once() {
+        let s = Shared::default();
+        s.update("Pod", |k| k.error = Some("down".into()));
+        let v = s.version();
+        s.update("Pod", |k| k.error = Some("down".into()));
+        assert_eq!(s.version(), v, "the same error again is no change");
+        s.update("Pod", |k| k.error = None);
+        assert_eq!(s.version(), v + 1);
+    }
+}
