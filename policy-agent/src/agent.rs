@@ -249,7 +249,7 @@ impl<'c> Agent<'c> {
             return Ok(());
         }
         let t0 = Instant::now();
-        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut()));
+        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut(), self.full));
         if let Some(p) = self.policy.as_mut() {
             let model = self.pods.overlay(&s.model, &self.cfg.node);
             let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full);
@@ -514,10 +514,14 @@ impl Masquerade {
     /// was ensured for the same CIDR and is still in place. Returns the CIDR in
     /// force, or the error for the status. Without a pod CIDR the kernel is left
     /// as it is: the node may only be missing from the state for a moment.
+    /// `full` (a resync) checks the kernel; between resyncs the rules this
+    /// agent ensured are trusted, so a change (a CNI ADD may wait on one)
+    /// costs no iptables process.
     fn reconcile(
         &mut self,
         k: &impl MasqKernel,
         pod_cidr: Option<Ipv4Network>,
+        full: bool,
     ) -> Result<Ipv4Network, String> {
         let Some(cidr) = pod_cidr else {
             return Err(
@@ -528,6 +532,7 @@ impl Masquerade {
         let why = match self.ensured {
             None => "ensured",
             Some(old) if old != cidr => "rewritten (pod CIDR changed)",
+            Some(_) if !full => return Ok(cidr),
             Some(_) => match k.present(cidr, self.cluster_cidr, &self.comment) {
                 Ok(true) => return Ok(cidr),
                 Ok(false) => "re-asserted (rules were missing)",
@@ -551,7 +556,7 @@ impl Masquerade {
 
 /// Reconciles the routes (and, when owned, the masquerade chain) against `snap`
 /// and reads the sysctls; errors go into the status.
-async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>) -> Status {
+async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>, full: bool) -> Status {
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
     let (desired, notes) = desired_routes(&snap.model, node);
     for n in notes {
@@ -576,7 +581,7 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         }
     };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
-    let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr)) {
+    let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr, full)) {
         None => None,
         Some(Ok(cidr)) => Some(cidr.to_string()),
         Some(Err(e)) => {
@@ -679,31 +684,46 @@ mod tests {
     #[test]
     fn first_sync_ensures_then_an_intact_rule_costs_only_the_check() {
         let (k, mut m) = (Fake::default(), duty());
-        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         // Nothing ensured yet: no check, straight to the restore.
         assert_eq!(k.checks.get(), 0);
         let want = (v4("10.244.1.0/24"), "10.244.0.0/16".parse().unwrap(), "weft".to_string());
         assert_eq!(*k.ensured.borrow(), [want]);
         for _ in 0..3 {
-            assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+            assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         }
         assert_eq!((k.checks.get(), k.ensured.borrow().len()), (3, 1));
     }
 
     #[test]
+    fn between_resyncs_the_ensured_rule_is_trusted() {
+        let (k, mut m) = (Fake::default(), duty());
+        m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap();
+        k.rules_in_place.set(false);
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), false), Ok(v4("10.244.1.0/24")));
+        assert_eq!((k.checks.get(), k.ensured.borrow().len()), (0, 1), "no check, no ensure");
+        // A new pod CIDR is written whatever the kind of sync; a resync checks and repairs.
+        m.reconcile(&k, Some(v4("10.244.7.0/24")), false).unwrap();
+        assert_eq!(k.ensured.borrow().len(), 2);
+        k.rules_in_place.set(false);
+        m.reconcile(&k, Some(v4("10.244.7.0/24")), true).unwrap();
+        assert_eq!((k.checks.get(), k.ensured.borrow().len()), (1, 3));
+    }
+
+    #[test]
     fn missing_rules_are_re_asserted() {
         let (k, mut m) = (Fake::default(), duty());
-        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
+        m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap();
         k.rules_in_place.set(false);
-        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         assert_eq!(k.ensured.borrow().len(), 2);
     }
 
     #[test]
     fn a_new_pod_cidr_is_written_without_a_check() {
         let (k, mut m) = (Fake::default(), duty());
-        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
-        assert_eq!(m.reconcile(&k, Some(v4("10.244.7.0/24"))), Ok(v4("10.244.7.0/24")));
+        m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap();
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.7.0/24")), true), Ok(v4("10.244.7.0/24")));
         assert_eq!(k.checks.get(), 0);
         assert_eq!(k.ensured.borrow()[1].0, v4("10.244.7.0/24"));
     }
@@ -711,9 +731,9 @@ mod tests {
     #[test]
     fn a_failing_check_falls_back_to_the_ensure() {
         let (k, mut m) = (Fake::default(), duty());
-        m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap();
+        m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap();
         k.fail_check.set(true);
-        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         assert_eq!(k.ensured.borrow().len(), 2);
     }
 
@@ -721,10 +741,10 @@ mod tests {
     fn a_failed_ensure_is_an_error_and_is_retried_next_sync() {
         let (k, mut m) = (Fake::default(), duty());
         k.fail_ensure.set(true);
-        let e = m.reconcile(&k, Some(v4("10.244.1.0/24"))).unwrap_err();
+        let e = m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap_err();
         assert!(e.contains("10.244.1.0/24") && e.contains("boom"), "{e}");
         k.fail_ensure.set(false);
-        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24"))), Ok(v4("10.244.1.0/24")));
+        assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         // After a failure nothing counts as ensured, so no check was trusted.
         assert_eq!((k.checks.get(), k.ensured.borrow().len()), (0, 1));
     }
@@ -732,7 +752,7 @@ mod tests {
     #[test]
     fn no_pod_cidr_touches_nothing() {
         let (k, mut m) = (Fake::default(), duty());
-        let e = m.reconcile(&k, None).unwrap_err();
+        let e = m.reconcile(&k, None, true).unwrap_err();
         assert!(e.contains("no IPv4 podCIDR"), "{e}");
         assert_eq!((k.checks.get(), k.ensured.borrow().len()), (0, 0));
     }
