@@ -12,6 +12,7 @@
 //! bytes, so the testbed computes it (`read_dir`) without parsing anything.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use weft_conf::hash::Fnv1a;
@@ -69,11 +70,14 @@ struct FileState {
 /// A directory of manifests, polled.
 pub struct DirSource {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    /// Keyed by path as bytes: every file is in `dir`, so byte order is path
+    /// order, and comparing bytes costs far less than comparing components
+    /// (a poll of 1000 files does some 20,000 comparisons).
+    files: BTreeMap<OsString, FileState>,
     /// Each file's identity and bytes as last read: a file whose stamp has
     /// not changed is not read again (a poll of 1000 unchanged files costs
     /// 1000 stats, not 1000 reads and a hash of them all).
-    seen: BTreeMap<PathBuf, (Stamp, Vec<u8>)>,
+    seen: BTreeMap<OsString, (Stamp, Vec<u8>)>,
     /// The generation of the last snapshot returned.
     last: Option<String>,
 }
@@ -105,6 +109,7 @@ impl DirSource {
         for p in paths {
             let Ok(meta) = std::fs::metadata(&p) else { continue };
             let st = stamp(&meta);
+            let p = p.into_os_string();
             match self.seen.remove(&p) {
                 Some((old, bytes)) if old == st => {
                     seen.insert(p, (st, bytes));
@@ -116,9 +121,10 @@ impl DirSource {
                             seen.insert(p, (st, bytes));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            errors.push(SourceError { file: p.display().to_string(), reason: e.to_string() })
-                        }
+                        Err(e) => errors.push(SourceError {
+                            file: Path::new(&p).display().to_string(),
+                            reason: e.to_string(),
+                        }),
                     }
                 }
             }
@@ -128,7 +134,7 @@ impl DirSource {
         if !changed && self.last.is_some() {
             return None;
         }
-        Some((self.seen.iter().map(|(p, (_, b))| (p.clone(), b.clone())).collect(), errors))
+        Some((self.seen.iter().map(|(p, (_, b))| (PathBuf::from(p), b.clone())).collect(), errors))
     }
 }
 
@@ -141,6 +147,7 @@ impl Source for DirSource {
         }
         let mut files = BTreeMap::new();
         for (path, bytes) in raw {
+            let path = path.into_os_string();
             let state = match self.files.remove(&path) {
                 Some(old) if old.bytes == bytes => old,
                 old => parse_file(bytes, old.map(|o| o.objects).unwrap_or_default()),
@@ -149,21 +156,22 @@ impl Source for DirSource {
         }
         self.files = files;
         let mut model = Model::default();
-        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        let name = |p: &OsString| Path::new(p).display().to_string();
         for (path, state) in &self.files {
-            let file = path.display().to_string();
             errors.extend(
-                state.errors.iter().map(|reason| SourceError { file: file.clone(), reason: reason.clone() }),
+                state.errors.iter().map(|reason| SourceError { file: name(path), reason: reason.clone() }),
             );
             for obj in &state.objects {
-                let key = obj.key();
                 // The first file (by path) wins.
-                if model.insert(obj.clone()) {
-                    origin.insert(key, file.clone());
-                } else {
-                    let first = origin.get(&key).map_or("another file", String::as_str);
+                if !model.insert(obj.clone()) {
+                    let key = obj.key();
+                    let first = self
+                        .files
+                        .iter()
+                        .find(|(_, st)| st.objects.iter().any(|o| o.key() == key))
+                        .map_or_else(|| "another file".to_string(), |(p, _)| name(p));
                     errors.push(SourceError {
-                        file: file.clone(),
+                        file: name(path),
                         reason: format!("{key} is already declared in {first}"),
                     });
                 }
@@ -260,7 +268,8 @@ fn list_manifests(dir: &Path) -> (Vec<PathBuf>, Vec<SourceError>) {
     };
     let mut paths: Vec<PathBuf> =
         entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_manifest(p)).collect();
-    paths.sort();
+    // One directory: byte order is path order, and much cheaper.
+    paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
     (paths, Vec::new())
 }
 
@@ -398,6 +407,11 @@ mod tests {
         let snap = read_dir(dir.path());
         assert_eq!(snap.model.nodes["node-1"].internal_ip, Some("172.31.0.11".parse().unwrap()));
         assert_eq!(snap.errors.len(), 1);
-        assert!(snap.errors[0].reason.contains("Node node-1 is already declared"), "{:?}", snap.errors);
+        let e = &snap.errors[0];
+        assert!(e.file.ends_with("b.yaml"), "{e:?}");
+        assert!(
+            e.reason.contains("Node node-1 is already declared in") && e.reason.ends_with("a.yaml"),
+            "{e:?}"
+        );
     }
 }
