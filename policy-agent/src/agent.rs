@@ -24,7 +24,7 @@ use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
-use crate::backend::{self, BackendChoice, PolicyBackend};
+use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
 use crate::http::{self, Shared};
 use crate::kube_source::KubeSourceError;
@@ -33,7 +33,7 @@ use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
-use crate::policy::{compile_with, Options, PolicyIr};
+use crate::policy::{compile_with, Options};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{Source, SourceSpec};
@@ -416,11 +416,13 @@ impl<'c> Agent<'c> {
     }
 }
 
-/// What `enforce` returns: the IR in force, what it enforces and the warnings.
-type Enforced = (PolicyIr, PolicyStatus, Vec<String>);
+/// What `enforce` returns: the backend's objects in force, what it enforces
+/// and the warnings.
+type Enforced = (ObjectCounts, PolicyStatus, Vec<String>);
 
 /// Compiles the NetworkPolicies of `model` for `node` and applies them.
-/// Returns the IR, what is enforced and the warnings, or the error for the status.
+/// Returns the objects in force, what is enforced and the warnings, or the
+/// error for the status.
 fn enforce(
     p: &mut dyn PolicyBackend,
     model: &Model,
@@ -429,7 +431,8 @@ fn enforce(
     full: bool,
 ) -> Result<Enforced, String> {
     let (ir, warnings) = compile_with(model, &cfg.node, cluster, cfg.compile);
-    if let Some(changed) = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))? {
+    let done = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))?;
+    if let Some(changed) = done.change {
         info!(backend = %p.name(), "policy ({}): {changed}", p.name());
     }
     let status = PolicyStatus {
@@ -441,11 +444,11 @@ fn enforce(
         groups: ir.ingress.groups.len() + ir.egress.groups.len(),
         port_groups: ir.ingress.port_groups.len() + ir.egress.port_groups.len(),
     };
-    Ok((ir, status, warnings))
+    Ok((done.counts, status, warnings))
 }
 
-/// Hands `enforce`'s outcome to the metrics (the IR in force, or one more
-/// policy error) and returns the rest for the status.
+/// Hands `enforce`'s outcome to the metrics (the objects in force, or one
+/// more policy error) and returns the rest for the status.
 fn record_policy(
     shared: &Shared,
     backend: &'static str,
@@ -453,8 +456,8 @@ fn record_policy(
 ) -> Result<(PolicyStatus, Vec<String>), String> {
     let mut m = shared.metrics();
     match applied {
-        Ok((ir, status, warnings)) => {
-            m.policy_applied(backend, Arc::new(ir));
+        Ok((counts, status, warnings)) => {
+            m.policy_applied(backend, counts);
             Ok((status, warnings))
         }
         Err(e) => {

@@ -36,12 +36,31 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+/// Rules, sets and set elements of what a backend rendered (for /metrics
+/// and the benchmarks). Rules: the iptables `-A` lines of weft's chains, or
+/// the rules of the nftables table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectCounts {
+    pub rules: usize,
+    pub sets: usize,
+    pub elements: usize,
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// A line for the log when something changed.
+    pub change: Option<String>,
+    /// What is now in force, counted from the rendering just applied.
+    pub counts: ObjectCounts,
+}
+
 /// A policy backend: applies the IR, removes everything it created.
 pub trait PolicyBackend {
     fn name(&self) -> &'static str;
     /// Makes the kernel enforce `ir`; `full` checks or rewrites everything
-    /// (a resync). Returns a line for the log when something changed.
-    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Option<String>, KernelError>;
+    /// (a resync).
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError>;
     fn cleanup(&mut self) -> Result<(), KernelError>;
 }
 
@@ -50,12 +69,13 @@ impl PolicyBackend for Iptables {
         "iptables"
     }
 
-    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Option<String>, KernelError> {
-        let done = Iptables::apply(self, &iptables::render(ir), full)?;
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
+        let rendered = iptables::render(ir);
+        let done = Iptables::apply(self, &rendered, full)?;
         let changed = done.sets_written + done.sets_patched + done.sets_destroyed > 0
             || done.jump_moved
             || (done.rules_written && !full);
-        Ok(changed.then(|| {
+        let change = changed.then(|| {
             format!(
                 "{} sets written, {} patched, {} destroyed, chains {}{}",
                 done.sets_written,
@@ -64,7 +84,8 @@ impl PolicyBackend for Iptables {
                 if done.rules_written { "written" } else { "unchanged" },
                 if done.jump_moved { ", FORWARD jump put back first" } else { "" }
             )
-        }))
+        });
+        Ok(Outcome { change, counts: rendered.counts() })
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
@@ -77,16 +98,18 @@ impl PolicyBackend for Nft {
         "nftables"
     }
 
-    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Option<String>, KernelError> {
-        let done = Nft::apply(self, &nft::render(ir), full)?;
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
+        let rendered = nft::render(ir);
+        let done = Nft::apply(self, &rendered, full)?;
         let elements = format!("{} elements added, {} deleted", done.added, done.deleted);
-        Ok(match (done.replaced, done.regrouped, done.added + done.deleted) {
+        let change = match (done.replaced, done.regrouped, done.added + done.deleted) {
             (true, _, _) if full => None,
             (true, _, _) => Some("table inet weft replaced".into()),
             (false, true, _) => Some(format!("groups changed (policy chains rewritten), {elements}")),
             (false, false, 0) => None,
             (false, false, _) => Some(elements),
-        })
+        };
+        Ok(Outcome { change, counts: rendered.counts() })
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {

@@ -230,7 +230,6 @@ impl DenyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_manifests;
 
     fn model() -> Model {
         let text = "
@@ -248,11 +247,7 @@ kind: NetworkPolicy
 metadata: {name: deny-all, namespace: x}
 spec: {podSelector: {}}
 ";
-        let mut m = Model::default();
-        for o in parse_manifests(text).unwrap() {
-            assert!(m.insert(o));
-        }
-        m
+        Model::of_manifests(text)
     }
 
     fn syn(dport: u16) -> Denied {

@@ -206,7 +206,6 @@ impl std::fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_manifests;
 
     fn model() -> Model {
         let text = "
@@ -248,11 +247,7 @@ spec:
   podSelector: {}
   ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: web}]}]
 ";
-        let mut m = Model::default();
-        for o in parse_manifests(text).unwrap() {
-            assert!(m.insert(o));
-        }
-        m
+        Model::of_manifests(text)
     }
 
     fn cluster() -> Option<Ipv4Network> {

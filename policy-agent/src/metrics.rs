@@ -7,11 +7,11 @@
 //! passed in; the denied counters are `DenyLog`'s.
 
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::agent::Status;
-use crate::policy::PolicyIr;
+use crate::backend::ObjectCounts;
 
 /// Upper bounds of the sync histogram, in seconds: a pod change takes a few
 /// ms, a resync of a large cluster some hundreds.
@@ -81,69 +81,14 @@ impl Histogram {
     }
 }
 
-/// Sets, rules and set elements of the backend's rendering of the last IR.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ObjectCounts {
-    pub rules: usize,
-    pub sets: usize,
-    pub elements: usize,
-}
-
-/// Renders `ir` as `backend` does and counts what it holds. Rules: the
-/// iptables `-A` lines of weft's chains, or the nftables table's rules.
-pub fn object_counts(backend: &str, ir: &PolicyIr) -> ObjectCounts {
-    if backend == "nftables" {
-        let r = crate::nft::render(ir);
-        ObjectCounts {
-            rules: r.skeleton.iter().filter(|o| matches!(o, nftables::schema::NfListObject::Rule(_))).count(),
-            sets: r.sets.len(),
-            elements: r.sets.values().map(|s| s.len()).sum(),
-        }
-    } else {
-        let r = crate::iptables::render(ir);
-        ObjectCounts {
-            rules: r.rules.lines().filter(|l| l.starts_with("-A")).count(),
-            sets: r.sets.len(),
-            elements: r.sets.iter().map(|s| s.members.len()).sum(),
-        }
-    }
-}
-
-/// A backend and the IR it rendered.
-type Applied = (&'static str, Arc<PolicyIr>);
-
-/// Counting the objects of the policy in force, done by a scrape outside the
-/// metrics lock: rendering again costs about what a resync's render does
-/// (25k elements: 48 ms for iptables, 217 ms for nftables in a debug build),
-/// so the agent loop never waits for it, and an IR equal to the one counted
-/// last is not rendered again.
-#[derive(Debug)]
-pub struct CountJob {
-    applied: Applied,
-    last: Option<(Applied, ObjectCounts)>,
-}
-
-impl CountJob {
-    pub fn run(self) -> (Applied, ObjectCounts) {
-        let (backend, ir) = &self.applied;
-        let same = |((b, last_ir), _): &(Applied, ObjectCounts)| b == backend && **last_ir == **ir;
-        let counts = match self.last.filter(same) {
-            Some((_, c)) => c,
-            None => object_counts(backend, ir),
-        };
-        (self.applied, counts)
-    }
-}
-
 /// The agent's metrics and health, shared with the HTTP thread behind a mutex.
 #[derive(Debug)]
 pub struct AgentMetrics {
     started: Instant,
     syncs: [Histogram; 3],
     last: Option<Status>,
-    applied: Option<Applied>,
-    /// The counts of the last `CountJob`, of the policy then in force.
-    counted: Option<(Applied, ObjectCounts)>,
+    /// The backend and the objects of the policy in force.
+    applied: Option<(&'static str, ObjectCounts)>,
     policy_errors: u64,
     last_loop: Instant,
     /// Why the node is not ready to carry pods; None when it is.
@@ -157,7 +102,6 @@ impl AgentMetrics {
             syncs: Default::default(),
             last: None,
             applied: None,
-            counted: None,
             policy_errors: 0,
             last_loop: now,
             not_ready: Some("no sync yet".into()),
@@ -183,22 +127,9 @@ impl AgentMetrics {
         self.policy_errors += 1;
     }
 
-    /// `ir` is in force, written by `backend`.
-    pub fn policy_applied(&mut self, backend: &'static str, ir: Arc<PolicyIr>) {
-        self.applied = Some((backend, ir));
-    }
-
-    /// The counting a scrape should do first; None when the policy in force
-    /// is counted (or there is none).
-    pub fn count_job(&self) -> Option<CountJob> {
-        let (backend, ir) = self.applied.as_ref()?;
-        let done = self.counted.as_ref().is_some_and(|((b, c), _)| b == backend && Arc::ptr_eq(c, ir));
-        (!done).then(|| CountJob { applied: (backend, ir.clone()), last: self.counted.clone() })
-    }
-
-    /// What a `CountJob` found.
-    pub fn store_counts(&mut self, counted: (Applied, ObjectCounts)) {
-        self.counted = Some(counted);
+    /// `backend` put a policy of `counts` objects in force.
+    pub fn policy_applied(&mut self, backend: &'static str, counts: ObjectCounts) {
+        self.applied = Some((backend, counts));
     }
 
     /// The status a sync wrote, and whether the node is ready (Err: why not).
@@ -221,7 +152,7 @@ impl AgentMetrics {
     }
 
     /// The Prometheus text of everything above (without the denied
-    /// counters); the object counts are those the last `CountJob` stored.
+    /// counters).
     pub fn render(&self, now: Instant) -> String {
         let mut out = String::new();
         family(&mut out, "weft_sync_duration_seconds", "histogram", "Time one sync took, by kind: full (first and periodic resync), change (new cluster state), pod (a pod the plugin reported).");
@@ -290,7 +221,7 @@ impl AgentMetrics {
                 sample(&mut out, "weft_isolated_pods", &[("direction", "egress")], p.egress_isolated);
             }
         }
-        if let Some(((backend, _), c)) = &self.counted {
+        if let Some((backend, c)) = &self.applied {
             for (name, help, v) in [
                 (
                     "weft_policy_rules",
@@ -308,16 +239,9 @@ impl AgentMetrics {
     }
 }
 
-/// One scrape of `m`: counts the policy in force if it is new (without
-/// holding the lock), then renders.
+/// One scrape of `m`.
 pub fn scrape(m: &Mutex<AgentMetrics>, now: Instant) -> String {
-    let lock = || m.lock().unwrap_or_else(|p| p.into_inner());
-    let job = lock().count_job();
-    if let Some(job) = job {
-        let counted = job.run();
-        lock().store_counts(counted);
-    }
-    lock().render(now)
+    m.lock().unwrap_or_else(|p| p.into_inner()).render(now)
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.
@@ -457,8 +381,9 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
 mod tests {
     use super::*;
     use crate::agent::PolicyStatus;
-    use crate::model::{parse_manifests, Model};
+    use crate::model::Model;
     use crate::policy::compile;
+    use crate::policy::PolicyIr;
 
     fn status(policy: bool, errors: &[&str]) -> Status {
         Status {
@@ -497,11 +422,7 @@ spec:
   podSelector: {matchLabels: {app: a}}
   ingress: [{ports: [{port: 80}]}]
 ";
-        let mut m = Model::default();
-        for o in parse_manifests(text).unwrap() {
-            assert!(m.insert(o));
-        }
-        compile(&m, "node-1", "10.244.0.0/16".parse().ok()).0
+        compile(&Model::of_manifests(text), "node-1", "10.244.0.0/16".parse().ok()).0
     }
 
     /// Every line parses; every family has HELP then TYPE before its samples;
@@ -590,41 +511,35 @@ spec:
 
         let st = status(true, &[]);
         m.lock().unwrap().synced(&st, readiness(&st, true, None));
-        let compiled = Arc::new(ir());
-        m.lock().unwrap().policy_applied("iptables", compiled.clone());
+        let compiled = ir();
+        let want = crate::iptables::render(&compiled).counts();
+        m.lock().unwrap().policy_applied("iptables", want);
         let s = check_exposition(&scrape(&m, t0));
         // The generation label is escaped on the wire and read back intact.
         assert_eq!(value(&s, "weft_applied_generation_info", &[("generation", "g\"1\\x")]), Some(1.0));
         assert_eq!(value(&s, "weft_ready", &[]), Some(1.0));
         assert_eq!(value(&s, "weft_routes", &[]), Some(2.0));
         assert_eq!(value(&s, "weft_isolated_pods", &[("direction", "ingress")]), Some(1.0));
-        let want = object_counts("iptables", &compiled);
         assert!(want.sets > 0 && want.elements >= 3 && want.rules > 0, "{want:?}");
         let b = [("backend", "iptables")];
         assert_eq!(value(&s, "weft_policy_sets", &b), Some(want.sets as f64));
         assert_eq!(value(&s, "weft_policy_set_elements", &b), Some(want.elements as f64));
         assert_eq!(value(&s, "weft_policy_rules", &b), Some(want.rules as f64));
 
-        // A new backend's rendering of the same IR is counted afresh.
-        m.lock().unwrap().policy_applied("nftables", compiled.clone());
-        let s = check_exposition(&scrape(&m, t0));
-        let nft = object_counts("nftables", &compiled);
+        // Another backend's objects replace the first's.
+        let nft = crate::nft::render(&compiled).counts();
         assert_ne!(nft, want);
+        m.lock().unwrap().policy_applied("nftables", nft);
+        let s = check_exposition(&scrape(&m, t0));
         assert_eq!(
             value(&s, "weft_policy_set_elements", &[("backend", "nftables")]),
             Some(nft.elements as f64)
         );
         assert_eq!(value(&s, "weft_policy_set_elements", &[("backend", "iptables")]), None);
-        // An equal IR (a resync's) is not rendered again; a changed one is counted.
-        let job = m.lock().unwrap().count_job();
-        assert!(job.is_none(), "the IR in force is counted");
-        m.lock().unwrap().policy_applied("nftables", Arc::new(ir()));
-        let job = m.lock().unwrap().count_job().expect("a new IR is to be counted");
-        assert_eq!(job.run().1, nft);
-        m.lock().unwrap().policy_applied("nftables", Arc::new(PolicyIr::default()));
-        let s = check_exposition(&scrape(&m, t0));
-        let empty = object_counts("nftables", &PolicyIr::default());
+        let empty = crate::nft::render(&PolicyIr::default()).counts();
         assert!(empty.elements < nft.elements, "{empty:?}");
+        m.lock().unwrap().policy_applied("nftables", empty);
+        let s = check_exposition(&scrape(&m, t0));
         assert_eq!(
             value(&s, "weft_policy_set_elements", &[("backend", "nftables")]),
             Some(empty.elements as f64)

@@ -103,14 +103,9 @@ impl PodEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_manifests;
 
     fn model(text: &str) -> Model {
-        let mut m = Model::default();
-        for o in parse_manifests(text).unwrap() {
-            assert!(m.insert(o));
-        }
-        m
+        Model::of_manifests(text)
     }
 
     fn pod(name: &str, node: u32, ip: Option<&str>) -> String {

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::PolicyBackend;
+use crate::backend::{ObjectCounts, PolicyBackend};
 use crate::iptables::Iptables;
-use crate::metrics::{object_counts, ObjectCounts};
 use crate::model::manifest::labels;
 use crate::model::{
     LabelSelector, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol, Rule,
@@ -190,21 +189,21 @@ impl Backend {
         }
     }
 
-    /// Renders and applies `ir`: (render time, apply time).
-    fn apply(&mut self, ir: &PolicyIr, full: bool) -> (Duration, Duration) {
+    /// Renders and applies `ir`: (render time, apply time, what is in force).
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> (Duration, Duration, ObjectCounts) {
         let t0 = Instant::now();
         match self {
             Backend::Iptables(b) => {
                 let r = crate::iptables::render(ir);
                 let t1 = Instant::now();
                 b.apply(&r, full).expect("iptables apply");
-                (t1 - t0, t1.elapsed())
+                (t1 - t0, t1.elapsed(), r.counts())
             }
             Backend::Nft(b) => {
                 let r = crate::nft::render(ir);
                 let t1 = Instant::now();
                 b.apply(&r, full).expect("nft apply");
-                (t1 - t0, t1.elapsed())
+                (t1 - t0, t1.elapsed(), r.counts())
             }
         }
     }
@@ -217,13 +216,14 @@ impl Backend {
     }
 }
 
-/// Compiles, renders and applies `m` for node-1 with `backend`; the step's times.
-fn sync(m: &Model, backend: &mut Backend, full: bool) -> (Step, PolicyIr) {
+/// Compiles, renders and applies `m` for node-1 with `backend`; the step's
+/// times and what is in force.
+fn sync(m: &Model, backend: &mut Backend, full: bool) -> (Step, ObjectCounts) {
     let t0 = Instant::now();
     let (ir, _) = compile(m, "node-1", cluster_cidr());
     let compile = t0.elapsed();
-    let (render, apply) = backend.apply(&ir, full);
-    (Step { compile, render, apply }, ir)
+    let (render, apply, counts) = backend.apply(&ir, full);
+    (Step { compile, render, apply }, counts)
 }
 
 fn cluster_cidr() -> Option<ipnetwork::Ipv4Network> {
@@ -236,9 +236,8 @@ pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64
     let m = model(pods, policies);
     in_netns(|| {
         let mut backend = Backend::new(backend_name);
-        let (full, ir) = sync(&m, &mut backend, true);
+        let (full, ObjectCounts { rules, sets, elements }) = sync(&m, &mut backend, true);
         let peak_rss_kib = peak_rss_kib();
-        let ObjectCounts { rules, sets, elements } = object_counts(backend_name, &ir);
         let mut m2 = m.clone();
         let mut changes = [Step::default(); 3];
         // A pod on node-1 that policies select and that is a peer of others.

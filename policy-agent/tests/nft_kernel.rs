@@ -12,6 +12,7 @@ use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::{render, Elem, Nft, NftRendered};
 use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
+use weft_agent::synthetic::in_netns;
 
 fn root() -> bool {
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
@@ -19,19 +20,6 @@ fn root() -> bool {
         eprintln!("SKIP: needs root (a network namespace of its own)");
     }
     root
-}
-
-/// Runs `f` on a thread in a new network namespace; the tools it runs are
-/// forked from that thread and so live there too.
-fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
 }
 
 fn ip(s: &str) -> Ipv4Addr {

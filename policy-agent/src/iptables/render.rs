@@ -33,6 +33,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
 
+use crate::backend::ObjectCounts;
 use crate::nflog;
 use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr};
 
@@ -148,6 +149,17 @@ const AUDIT_EGRESS: Names = Names {
     audit: true,
     ..EGRESS
 };
+
+impl Rendered {
+    /// Its rules (`-A` lines), sets and set members.
+    pub fn counts(&self) -> ObjectCounts {
+        ObjectCounts {
+            rules: self.rules.lines().filter(|l| l.starts_with("-A")).count(),
+            sets: self.sets.len(),
+            elements: self.sets.iter().map(|s| s.members.len()).sum(),
+        }
+    }
+}
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> Rendered {

@@ -243,6 +243,18 @@ pub struct Model {
 }
 
 impl Model {
+    /// The model of the manifests in `text`, for tests: panics (with the text)
+    /// unless every object parses and is declared once.
+    #[cfg(test)]
+    pub(crate) fn of_manifests(text: &str) -> Model {
+        let mut m = Model::default();
+        for o in manifest::parse_manifests(text).unwrap_or_else(|e| panic!("{e}\n{text}")) {
+            let key = o.key();
+            assert!(m.insert(o), "{key} declared twice");
+        }
+        m
+    }
+
     /// Adds `obj`; false (and `obj` dropped) if an object of that kind and
     /// key is already present, which stays.
     pub fn insert(&mut self, obj: Object) -> bool {

@@ -51,7 +51,9 @@ impl Nft {
     /// even if only elements changed (a resync repairs any drift).
     pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
         let delta = match &self.last {
-            Some(last) if !full && last.skeleton == r.skeleton => Some((delta(last, r), false)),
+            Some(last) if !full && last.skeleton == r.skeleton => {
+                Some((delta(last, r, &BTreeSet::new()), false))
+            }
             Some(last) if !full && fixed(&last.skeleton) == fixed(&r.skeleton) => {
                 Some((regroup(last, r), true))
             }
@@ -85,12 +87,18 @@ impl Nft {
     }
 }
 
-/// The element deletions and additions that turn `old` into `new`, as one transaction.
-fn delta(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usize) {
+/// The element deletions and additions that turn `old` into `new`, as one
+/// transaction, for every set of `new` but the `fresh` ones (created with
+/// their elements).
+fn delta(
+    old: &NftRendered,
+    new: &NftRendered,
+    fresh: &BTreeSet<String>,
+) -> (Nftables<'static>, usize, usize) {
     let mut objects = Vec::new();
     let (mut added, mut deleted) = (0, 0);
     let empty = BTreeSet::new();
-    for (name, new_elems) in &new.sets {
+    for (name, new_elems) in new.sets.iter().filter(|(name, _)| !fresh.contains(*name)) {
         let old_elems = old.sets.get(name).unwrap_or(&empty);
         let gone: Vec<Expression<'static>> = old_elems.difference(new_elems).map(Elem::expr).collect();
         let came: Vec<Expression<'static>> = new_elems.difference(old_elems).map(Elem::expr).collect();
@@ -183,9 +191,8 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
         }
     }
     // Element deltas of the sets that stay (new ones came with theirs).
-    let mut kept = new.clone();
-    kept.sets.retain(|name, _| !after.contains(name) || before.contains(name));
-    let (tx, more, deleted) = delta(old, &kept);
+    let fresh: BTreeSet<String> = after.difference(&before).cloned().collect();
+    let (tx, more, deleted) = delta(old, new, &fresh);
     objects.extend(tx.objects.iter().cloned());
     (Nftables { objects: Cow::Owned(objects) }, added + more, deleted)
 }

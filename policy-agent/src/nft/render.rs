@@ -44,6 +44,7 @@ use nftables::schema::{
 use nftables::stmt::{JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use crate::backend::ObjectCounts;
 use crate::model::Protocol;
 use crate::nflog;
 use weft_conf::hash::fnv1a64;
@@ -123,6 +124,15 @@ pub struct NftRendered {
 }
 
 impl NftRendered {
+    /// Its rules, sets and set elements.
+    pub fn counts(&self) -> ObjectCounts {
+        ObjectCounts {
+            rules: self.skeleton.iter().filter(|o| matches!(o, NfListObject::Rule(_))).count(),
+            sets: self.sets.len(),
+            elements: self.sets.values().map(BTreeSet::len).sum(),
+        }
+    }
+
     /// The transaction that replaces weft's table with this one atomically:
     /// add (so the delete cannot fail), delete, add, then everything afresh.
     pub fn full_transaction(&self) -> Nftables<'static> {

@@ -390,7 +390,6 @@ impl<'m> Compiler<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_manifests;
 
     /// Namespaces x, y (labelled ns=<name>), pods a, b in each: x/a and y/a
     /// on node-1, x/b and y/b on node-2, serving serve-80-tcp (x/b's on 8080).
@@ -411,11 +410,7 @@ mod tests {
             );
         }
         text += extra;
-        let mut m = Model::default();
-        for o in parse_manifests(&text).unwrap_or_else(|e| panic!("{e}\n{text}")) {
-            assert!(m.insert(o));
-        }
-        m
+        Model::of_manifests(&text)
     }
 
     fn policy(ns: &str, name: &str, spec: &str) -> String {
