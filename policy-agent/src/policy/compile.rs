@@ -1,4 +1,5 @@
-//! Model -> this node's PolicyIr. Pure: no I/O, unit-tested without root.
+//! Model -> what each NetworkPolicy adds to this node's PolicyIr. Pure: no
+//! I/O, unit-tested without root.
 //!
 //! Semantics (networking.k8s.io/v1): a pod is isolated in a direction only if
 //! some policy with that direction in its policyTypes selects it; an isolated
@@ -7,21 +8,32 @@
 //! AND'ed; a named port resolves on the pod that serves it (the local pod for
 //! ingress, each destination pod for egress). Only local pods are compiled:
 //! ingress is enforced at the destination's node, egress at the source's.
+//!
+//! Each policy compiles on its own into a `Contribution`; the IR is their
+//! union with reference counts (`aggregate`), so a change recompiles only the
+//! policies it touches (`incremental`). A full compile is the same engine
+//! started from nothing, so both paths share every line of the semantics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::rc::Rc;
+use std::sync::Arc;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weft_conf::hash::fnv1a64;
 
 use super::cidr::{aggregate, subtract};
-use super::ir::{Direction, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
+use super::incremental::PolicyEngine;
+use super::ir::{GroupPorts, PeerKey, PolicyIr, Triple};
 use crate::model::{LabelSelector, Model, NetworkPolicy, Peer, Pod, PortRef, Protocol, Rule};
 
 /// An endPort range up to this many ports becomes triples (one hash entry
 /// per port); a wider one becomes a group rule with a port range.
 const MAX_EXPANDED_RANGE: u32 = 16;
+
+/// A rule's ports times its peer networks beyond which its single ports
+/// become a port group even with few peers: one policy with 10,000 ports
+/// must cost elements per (target, port), never per (target, port, peer).
+pub const MAX_RULE_TRIPLES: usize = 256;
 
 /// How the compiler chooses between representations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +42,8 @@ pub struct Options {
     /// triples (a fixed cost per packet, elements = targets x ports x
     /// peers); rules with more peers (a namespace selector over a big
     /// cluster) become their peers' port group (one rule per distinct peers,
-    /// elements = targets x ports + peers). Deciding on the peers alone means
-    /// targets coming and going never switch a rule between the two.
+    /// elements = targets x ports + peers). Deciding on the peers and ports
+    /// alone means targets coming and going never switch a rule between the two.
     pub triple_peers: usize,
 }
 
@@ -47,12 +59,6 @@ pub const DEFAULT_TRIPLE_PEERS: usize = 16;
 /// The whole IPv4 space: a rule with no peers allows every address.
 const ANYWHERE: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Ingress,
-    Egress,
-}
-
 /// Compiles `model` for node `node`. `cluster_cidr` is the cluster's pod
 /// network (for the IR's transit rule). Returns the IR and notes on what could
 /// not be enforced as written (e.g. IPv6 ipBlocks on this IPv4 data path).
@@ -67,329 +73,458 @@ pub fn compile_with(
     cluster_cidr: Option<Ipv4Network>,
     options: Options,
 ) -> (PolicyIr, Vec<String>) {
-    let (mut ir, notes) = compile_some(model, node, cluster_cidr, options, |p| !p.audit);
-    // Audit policies: the rules as if they were enforced too; traffic the
-    // enforced rules admit but these would deny is logged, not dropped.
-    if model.policies.values().any(|p| p.audit) {
-        let (full, _) = compile_some(model, node, cluster_cidr, options, |_| true);
-        ir.audit = true;
-        ir.audit_ingress = full.ingress;
-        ir.audit_egress = full.egress;
-    }
-    (ir, notes)
-}
-
-/// `compile` over the policies `include` keeps.
-fn compile_some(
-    model: &Model,
-    node: &str,
-    cluster_cidr: Option<Ipv4Network>,
-    options: Options,
-    include: impl Fn(&NetworkPolicy) -> bool,
-) -> (PolicyIr, Vec<String>) {
-    // Pods by namespace: a policy selects targets, and a peer without a
-    // namespace selector selects peers, in one namespace only.
-    let mut by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-    for p in model.pods.values().filter(|p| p.ip.is_some() && !p.host_network) {
-        by_ns.entry(p.namespace.as_str()).or_default().push(p);
-    }
-    let mut c = Compiler {
-        model,
-        options,
-        by_ns,
-        peers: BTreeMap::new(),
-        notes: Vec::new(),
-        ingress: Acc::default(),
-        egress: Acc::default(),
-    };
-    let mut local: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    // Many policies of a namespace select the same pods.
-    let mut selected: BTreeMap<(&str, &LabelSelector), Rc<[&Pod]>> = BTreeMap::new();
-    for policy in model.policies.values().filter(|p| include(p)) {
-        let targets = selected
-            .entry((policy.namespace.as_str(), &policy.pod_selector))
-            .or_insert_with(|| {
-                c.by_ns
-                    .get(policy.namespace.as_str())
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .filter(|p| p.node.as_deref() == Some(node) && policy.pod_selector.matches(&p.labels))
-                    .collect()
-            })
-            .clone();
-        if targets.is_empty() {
-            continue;
-        }
-        if let Some(rules) = &policy.ingress {
-            c.direction(Dir::Ingress, policy, rules, &targets);
-        }
-        if let Some(rules) = &policy.egress {
-            c.direction(Dir::Egress, policy, rules, &targets);
-        }
-    }
-    local.extend(c.by_ns.values().flatten().filter(|p| p.node.as_deref() == Some(node)).filter_map(|p| p.ip));
-    let ir = PolicyIr {
-        local,
-        pod_cidr: model.nodes.get(node).and_then(|n| n.pod_cidr),
-        cluster_cidr,
-        ingress: c.ingress.finish(),
-        egress: c.egress.finish(),
-        ..PolicyIr::default()
-    };
-    (ir, c.notes)
+    let engine = PolicyEngine::new(model, node, cluster_cidr, options);
+    let notes = engine.notes();
+    (engine.into_ir(), notes)
 }
 
 /// Resolved peer networks, shared by the rules that name the same peers.
-type Nets = Rc<[Ipv4Network]>;
+pub(crate) type Nets = Arc<[Ipv4Network]>;
 
 /// A port group's target: (local pod, protocol, port).
-type PodPort = (Ipv4Addr, Protocol, u16);
-
-/// One direction being built; groups keyed by (peer key, ports) so rules
-/// that differ only in their targets share one group, port groups by peer key.
-#[derive(Default)]
-struct Acc {
-    dir: Direction,
-    /// Triples as they come (many repeat): sorted and deduplicated once.
-    triples: Vec<Triple>,
-    groups: BTreeMap<(PeerKey, GroupPorts), (Nets, BTreeSet<Ipv4Addr>)>,
-    port_groups: BTreeMap<PeerKey, (Nets, BTreeSet<PodPort>)>,
-}
-
-impl Acc {
-    fn finish(mut self) -> Direction {
-        self.triples.sort_unstable();
-        self.triples.dedup();
-        self.dir.triples = self.triples.into_iter().collect();
-        self.dir.groups = self
-            .groups
-            .into_iter()
-            .map(|((key, ports), (peers, targets))| Group { key, targets, peers: peers.to_vec(), ports })
-            .collect();
-        self.dir.port_groups = self
-            .port_groups
-            .into_iter()
-            .map(|(key, (peers, targets))| PortGroup { key, targets, peers: peers.to_vec() })
-            .collect();
-        self.dir
-    }
-}
-
-/// A rule's peers, resolved: the pods it names and the networks it allows.
-struct Peers<'m> {
-    key: PeerKey,
-    /// Pods named by selector peers (for egress named ports).
-    pods: Vec<&'m Pod>,
-    /// Every allowed network (pods as /32s, ipBlocks minus excepts), aggregated.
-    nets: Nets,
-    /// True for a rule without peers: every address.
-    anywhere: bool,
-}
+pub(crate) type PodPort = (Ipv4Addr, Protocol, u16);
 
 /// A rule's peers as written, in a canonical order: each with the namespace
 /// it means when it has no namespace selector (the policy's own).
-type PeerDef<'m> = Vec<(Option<&'m str>, &'m Peer)>;
+pub(crate) type PeerDef = Vec<(Option<String>, Peer)>;
 
-struct Compiler<'m> {
-    model: &'m Model,
-    options: Options,
-    /// Every pod with an address, on any node, by namespace.
-    by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
-    /// Peers resolved so far: many policies name the same peers.
-    peers: BTreeMap<PeerDef<'m>, Rc<Peers<'m>>>,
-    notes: Vec<String>,
-    ingress: Acc,
-    egress: Acc,
+/// A peer definition resolved against the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    /// Pods named by selector peers, by key, sorted (egress named ports resolve on them).
+    pub pods: Vec<String>,
+    /// Every allowed network (pods as /32s, ipBlocks minus excepts), aggregated.
+    pub nets: Nets,
+    /// True for a rule without peers: every address.
+    pub anywhere: bool,
+    /// IPv6 ipBlocks, which match nothing on this IPv4 data path.
+    pub v6: Vec<Ipv6Network>,
 }
 
-impl<'m> Compiler<'m> {
-    fn direction(&mut self, dir: Dir, policy: &'m NetworkPolicy, rules: &'m [Rule], targets: &[&'m Pod]) {
+/// A peer definition, what it resolves to now and the policies that use it.
+#[derive(Debug)]
+pub(crate) struct PeerEntry {
+    pub def: PeerDef,
+    pub resolved: Arc<Resolved>,
+    pub users: BTreeSet<String>,
+}
+
+/// Every peer definition some compiled policy uses, by key.
+#[derive(Debug, Default)]
+pub(crate) struct PeerRegistry {
+    pub defs: BTreeMap<PeerKey, PeerEntry>,
+}
+
+/// Pods with an address (hostNetwork pods excluded), by namespace: the only
+/// pods policy sees, as targets and as peers.
+pub(crate) struct PodIndex<'m> {
+    pub by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
+}
+
+impl<'m> PodIndex<'m> {
+    pub fn new(model: &'m Model) -> PodIndex<'m> {
+        let mut by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for p in model.pods.values().filter(|p| counts_for_policy(p)) {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        PodIndex { by_ns }
+    }
+}
+
+/// True if policy sees `pod` at all.
+pub(crate) fn counts_for_policy(pod: &Pod) -> bool {
+    pod.ip.is_some() && !pod.host_network
+}
+
+/// What one policy adds to one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub isolated: Vec<Ipv4Addr>,
+    pub triples: Vec<Triple>,
+    pub port_groups: Vec<(PeerKey, PodPort)>,
+    pub groups: Vec<(PeerKey, GroupPorts, Ipv4Addr)>,
+    /// The peers of each group and port group key it names.
+    pub nets: BTreeMap<PeerKey, Nets>,
+}
+
+/// How a policy uses a peer definition: when a change of its resolution
+/// must recompile the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Use {
+    /// Its triples (or named egress ports) hold the peers themselves, or it
+    /// allowed nothing because they were empty: any change recompiles it.
+    pub exact: bool,
+    /// For a port group: at or below this many networks the rule would be
+    /// triples instead.
+    pub group_limit: Option<usize>,
+    /// A named port resolved on the peer pods: a change of any of them
+    /// recompiles it.
+    pub named: bool,
+}
+
+impl Use {
+    fn merge(&mut self, other: Use) {
+        self.exact |= other.exact;
+        self.group_limit = self.group_limit.max(other.group_limit);
+        self.named |= other.named;
+    }
+
+    /// True if the policy must be recompiled when its peers now resolve to `nets`.
+    pub fn stale(&self, nets: &[Ipv4Network]) -> bool {
+        self.exact || nets.is_empty() || self.group_limit.is_some_and(|l| nets.len() <= l)
+    }
+}
+
+/// What one policy adds to the IR, and what it was compiled from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Contribution {
+    pub audit: bool,
+    pub ingress: Part,
+    pub egress: Part,
+    pub notes: Vec<String>,
+    /// The peer definitions it used.
+    pub uses: BTreeMap<PeerKey, Use>,
+    /// It resolved a named port on every pod of the cluster (an egress rule
+    /// without peers): any pod change recompiles it.
+    pub all_pods: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Ingress,
+    Egress,
+}
+
+/// Compiles one policy against `model`.
+pub(crate) struct Compiler<'a, 'm> {
+    pub model: &'m Model,
+    pub index: &'a PodIndex<'m>,
+    pub node: &'a str,
+    pub options: Options,
+    pub peers: &'a mut PeerRegistry,
+}
+
+impl<'a, 'm> Compiler<'a, 'm> {
+    /// What `policy` adds; registers it as a user of the peers it names.
+    pub fn contribution(&mut self, policy: &NetworkPolicy) -> Contribution {
+        let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
+        let targets: Vec<&Pod> = self
+            .index
+            .by_ns
+            .get(policy.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| p.node.as_deref() == Some(self.node) && policy.pod_selector.matches(&p.labels))
+            .collect();
+        if targets.is_empty() {
+            return c;
+        }
+        if let Some(rules) = &policy.ingress {
+            self.direction(&mut c, Dir::Ingress, policy, rules, &targets);
+        }
+        if let Some(rules) = &policy.egress {
+            self.direction(&mut c, Dir::Egress, policy, rules, &targets);
+        }
+        c.notes.dedup();
+        let key = policy.key();
+        for k in c.uses.keys() {
+            if let Some(e) = self.peers.defs.get_mut(k) {
+                e.users.insert(key.clone());
+            }
+        }
+        c
+    }
+
+    fn direction(
+        &mut self,
+        c: &mut Contribution,
+        dir: Dir,
+        policy: &NetworkPolicy,
+        rules: &[Rule],
+        targets: &[&Pod],
+    ) {
         let ips: Vec<Ipv4Addr> = targets.iter().filter_map(|p| p.ip).collect();
-        self.acc(dir).dir.isolated.extend(ips.iter().copied());
+        part(c, dir).isolated.extend(ips.iter().copied());
         for rule in rules {
-            let peers = self.peers(policy, rule);
+            let (key, peers) = self.peers(policy, rule);
+            for block in &peers.v6 {
+                c.notes.push(format!(
+                    "NetworkPolicy {}: ipBlock {block} is IPv6; the pod network is IPv4, so it matches nothing",
+                    policy.key()
+                ));
+            }
             if peers.nets.is_empty() {
                 // Peers that match nothing (yet): the rule allows nothing.
+                use_peers(c, key, Use { exact: true, ..Use::default() });
                 continue;
             }
             if rule.ports.is_empty() {
-                self.group(dir, &ips, &peers, GroupPorts::All);
+                group(c, dir, &ips, key, &peers, GroupPorts::All);
                 continue;
             }
+            let limit = self.group_limit(rule);
             for port in &rule.ports {
                 match (&port.port, port.end_port) {
-                    (None, _) => self.group(dir, &ips, &peers, GroupPorts::Protocol(port.protocol)),
-                    (Some(PortRef::Number(n)), None) => self.allow(dir, &ips, port.protocol, *n, &peers),
+                    (None, _) => group(c, dir, &ips, key, &peers, GroupPorts::Protocol(port.protocol)),
+                    (Some(PortRef::Number(n)), None) => {
+                        allow(c, dir, &ips, port.protocol, *n, key, &peers, limit)
+                    }
                     (Some(PortRef::Number(a)), Some(b)) if u32::from(b - a) < MAX_EXPANDED_RANGE => {
                         for n in *a..=b {
-                            self.allow(dir, &ips, port.protocol, n, &peers);
+                            allow(c, dir, &ips, port.protocol, n, key, &peers, limit);
                         }
                     }
                     (Some(PortRef::Number(a)), Some(b)) => {
-                        self.group(dir, &ips, &peers, GroupPorts::Range(port.protocol, *a, b))
+                        group(c, dir, &ips, key, &peers, GroupPorts::Range(port.protocol, *a, b))
                     }
-                    (Some(PortRef::Name(name)), _) => {
-                        self.named(dir, policy, targets, port.protocol, name, &peers)
-                    }
+                    (Some(PortRef::Name(name)), _) => match dir {
+                        Dir::Ingress => {
+                            // Resolved on each target: the local pod that serves it.
+                            for t in targets {
+                                let port_ref = PortRef::Name(name.clone());
+                                if let (Some(ip), Some(n)) = (t.ip, t.resolve_port(&port_ref, port.protocol))
+                                {
+                                    allow(c, dir, &[ip], port.protocol, n, key, &peers, limit);
+                                }
+                            }
+                        }
+                        Dir::Egress => self.named_egress(c, policy, &ips, port.protocol, name, key, &peers),
+                    },
                 }
             }
         }
     }
 
-    fn acc(&mut self, dir: Dir) -> &mut Acc {
-        match dir {
-            Dir::Ingress => &mut self.ingress,
-            Dir::Egress => &mut self.egress,
-        }
+    /// The most peer networks a rule's single ports stay triples with.
+    fn group_limit(&self, rule: &Rule) -> usize {
+        let ports: usize = rule
+            .ports
+            .iter()
+            .map(|p| match (&p.port, p.end_port) {
+                (Some(PortRef::Number(a)), Some(b)) if u32::from(b - a) < MAX_EXPANDED_RANGE => {
+                    usize::from(b - a) + 1
+                }
+                (Some(_), _) => 1,
+                (None, _) => 0,
+            })
+            .sum();
+        self.options.triple_peers.min(MAX_RULE_TRIPLES / ports.max(1))
     }
 
-    /// `ips` may exchange `proto`/`port` with `peers`: triples for few peers,
-    /// else (pod, port) targets of the peers' port group.
-    fn allow(&mut self, dir: Dir, ips: &[Ipv4Addr], proto: Protocol, port: u16, peers: &Peers) {
-        let few = peers.nets.len() <= self.options.triple_peers;
-        let acc = self.acc(dir);
-        if few {
-            for ip in ips {
-                acc.triples.extend(peers.nets.iter().map(|net| (*ip, proto, port, *net)));
-            }
-        } else {
-            let (_, targets) =
-                acc.port_groups.entry(peers.key).or_insert_with(|| (peers.nets.clone(), BTreeSet::new()));
-            targets.extend(ips.iter().map(|ip| (*ip, proto, port)));
-        }
-    }
-
-    fn group(&mut self, dir: Dir, ips: &[Ipv4Addr], peers: &Peers, ports: GroupPorts) {
-        let (_, targets) = self
-            .acc(dir)
-            .groups
-            .entry((peers.key, ports))
-            .or_insert_with(|| (peers.nets.clone(), BTreeSet::new()));
-        targets.extend(ips.iter().copied());
-    }
-
-    /// A named port: for ingress, resolved on each target (the local pod that
-    /// serves it); for egress, on each destination pod, so only selector peers
-    /// (or, for a rule without peers, every pod) can match it.
-    fn named(
+    /// An egress named port resolves on each destination pod, so only selector
+    /// peers (or, for a rule without peers, every pod) can match it. The
+    /// destinations are grouped by the number the name resolves to: few
+    /// become triples, many a port group per number (its own key), so
+    /// elements grow with sources plus destinations, never their product.
+    #[allow(clippy::too_many_arguments)]
+    fn named_egress(
         &mut self,
-        dir: Dir,
+        c: &mut Contribution,
         policy: &NetworkPolicy,
-        targets: &[&Pod],
+        ips: &[Ipv4Addr],
         proto: Protocol,
         name: &str,
-        peers: &Peers,
+        key: PeerKey,
+        peers: &Resolved,
     ) {
+        use_peers(c, key, Use { exact: true, group_limit: None, named: true });
         let port_ref = PortRef::Name(name.to_string());
-        match dir {
-            Dir::Ingress => {
-                for t in targets {
-                    if let (Some(ip), Some(port)) = (t.ip, t.resolve_port(&port_ref, proto)) {
-                        self.allow(dir, &[ip], proto, port, peers);
-                    }
-                }
+        let mut by_port: BTreeMap<u16, Vec<Ipv4Network>> = BTreeMap::new();
+        let mut add = |d: &Pod| {
+            if let (Some(ip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
+                by_port.entry(port).or_default().push(Ipv4Network::from(ip));
             }
-            Dir::Egress => {
-                let ips: Vec<Ipv4Addr> = targets.iter().filter_map(|p| p.ip).collect();
-                let everyone: Vec<&Pod>;
-                let dests = if peers.anywhere {
-                    everyone = self.by_ns.values().flatten().copied().collect();
-                    &everyone
-                } else {
-                    &peers.pods
-                };
-                let triples = &mut self.acc(dir).triples;
-                for d in dests {
-                    if let (Some(dip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
-                        triples.extend(ips.iter().map(|ip| (*ip, proto, port, Ipv4Network::from(dip))));
-                    }
+        };
+        if peers.anywhere {
+            c.all_pods = true;
+            self.index.by_ns.values().flatten().for_each(|d| add(d));
+        } else {
+            peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(add);
+            if peers.nets.len() > peers.pods.len() {
+                c.notes.push(format!(
+                    "NetworkPolicy {}: named port {name} cannot apply to ipBlock peers (no pod names it)",
+                    policy.key()
+                ));
+            }
+        }
+        for (port, dests) in by_port {
+            let nets = aggregate(dests);
+            let egress = &mut c.egress;
+            if nets.len() <= self.options.triple_peers {
+                for ip in ips {
+                    egress.triples.extend(nets.iter().map(|net| (*ip, proto, port, *net)));
                 }
-                if !peers.anywhere && peers.nets.len() > peers.pods.len() {
-                    self.notes.push(format!(
-                        "NetworkPolicy {}: named port {name} cannot apply to ipBlock peers (no pod names it)",
-                        policy.key()
-                    ));
-                }
+            } else {
+                let k = fnv1a64(format!("{key:016x}/{name}/{}/{port}", proto.as_str()).as_bytes());
+                egress.port_groups.extend(ips.iter().map(|ip| (k, (*ip, proto, port))));
+                egress.nets.insert(k, Arc::from(nets));
             }
         }
     }
 
     /// The rule's peers, resolved once per distinct definition.
-    fn peers(&mut self, policy: &'m NetworkPolicy, rule: &'m Rule) -> Rc<Peers<'m>> {
-        let mut def: PeerDef<'m> = rule
+    fn peers(&mut self, policy: &NetworkPolicy, rule: &Rule) -> (PeerKey, Arc<Resolved>) {
+        let mut def: PeerDef = rule
             .peers
             .iter()
             .map(|p| match p {
-                Peer::Pods { namespaces: None, .. } => (Some(policy.namespace.as_str()), p),
-                _ => (None, p),
+                Peer::Pods { namespaces: None, .. } => (Some(policy.namespace.clone()), p.clone()),
+                _ => (None, p.clone()),
             })
             .collect();
         def.sort();
         def.dedup();
-        if let Some(p) = self.peers.get(&def) {
-            return p.clone();
+        let key = peer_key(&def);
+        if let Some(e) = self.peers.defs.get(&key) {
+            return (key, e.resolved.clone());
         }
-        let resolved = Rc::new(self.resolve(policy, &def));
-        self.peers.insert(def, resolved.clone());
-        resolved
+        let resolved = Arc::new(resolve(self.model, self.index, &def));
+        let entry = PeerEntry { def, resolved: resolved.clone(), users: BTreeSet::new() };
+        self.peers.defs.insert(key, entry);
+        (key, resolved)
     }
+}
 
-    fn resolve(&mut self, policy: &NetworkPolicy, def: &PeerDef<'m>) -> Peers<'m> {
-        let key = fnv1a64(format!("{def:?}").as_bytes());
-        if def.is_empty() {
-            return Peers { key, pods: Vec::new(), nets: Rc::from([ANYWHERE]), anywhere: true };
+/// The key of a peer definition: a hash of the peers as written. The
+/// renderers name sets after it.
+pub(crate) fn peer_key(def: &PeerDef) -> PeerKey {
+    // The borrowed form's Debug text, as earlier versions hashed it, so set
+    // names survive an upgrade.
+    let borrowed: Vec<(Option<&str>, &Peer)> = def.iter().map(|(ns, p)| (ns.as_deref(), p)).collect();
+    fnv1a64(format!("{borrowed:?}").as_bytes())
+}
+
+fn part(c: &mut Contribution, dir: Dir) -> &mut Part {
+    match dir {
+        Dir::Ingress => &mut c.ingress,
+        Dir::Egress => &mut c.egress,
+    }
+}
+
+fn use_peers(c: &mut Contribution, key: PeerKey, u: Use) {
+    c.uses.entry(key).or_default().merge(u);
+}
+
+/// `ips` may exchange `proto`/`port` with `peers`: triples for few peers,
+/// else (pod, port) targets of the peers' port group.
+#[allow(clippy::too_many_arguments)]
+fn allow(
+    c: &mut Contribution,
+    dir: Dir,
+    ips: &[Ipv4Addr],
+    proto: Protocol,
+    port: u16,
+    key: PeerKey,
+    peers: &Resolved,
+    limit: usize,
+) {
+    if peers.nets.len() <= limit {
+        use_peers(c, key, Use { exact: true, ..Use::default() });
+        let p = part(c, dir);
+        for ip in ips {
+            p.triples.extend(peers.nets.iter().map(|net| (*ip, proto, port, *net)));
         }
-        let mut pods: BTreeMap<(&str, &str), &'m Pod> = BTreeMap::new();
-        let mut nets: Vec<Ipv4Network> = Vec::new();
-        for (own_ns, peer) in def {
-            match peer {
-                Peer::Pods { namespaces, pods: sel } => {
-                    let namespaces: Vec<&'m str> = match (own_ns, namespaces) {
-                        (Some(ns), _) => vec![*ns],
-                        (None, Some(ns_sel)) => self
-                            .by_ns
-                            .keys()
-                            .copied()
-                            .filter(|ns| ns_sel.matches(&self.model.namespace_labels(ns)))
-                            .collect(),
-                        // A peer without a namespace selector always has its
-                        // own namespace (set above).
-                        (None, None) => Vec::new(),
-                    };
-                    for ns in namespaces {
-                        for p in self.by_ns.get(ns).into_iter().flatten() {
-                            if sel.matches(&p.labels) {
-                                pods.insert((p.namespace.as_str(), p.name.as_str()), p);
-                            }
+    } else {
+        use_peers(c, key, Use { group_limit: Some(limit), ..Use::default() });
+        let p = part(c, dir);
+        p.port_groups.extend(ips.iter().map(|ip| (key, (*ip, proto, port))));
+        p.nets.insert(key, peers.nets.clone());
+    }
+}
+
+fn group(
+    c: &mut Contribution,
+    dir: Dir,
+    ips: &[Ipv4Addr],
+    key: PeerKey,
+    peers: &Resolved,
+    ports: GroupPorts,
+) {
+    use_peers(c, key, Use::default());
+    let p = part(c, dir);
+    p.groups.extend(ips.iter().map(|ip| (key, ports, *ip)));
+    p.nets.insert(key, peers.nets.clone());
+}
+
+/// Resolves `def` against `model`.
+pub(crate) fn resolve(model: &Model, index: &PodIndex, def: &PeerDef) -> Resolved {
+    if def.is_empty() {
+        return Resolved { pods: Vec::new(), nets: Arc::from([ANYWHERE]), anywhere: true, v6: Vec::new() };
+    }
+    let mut pods: BTreeMap<String, &Pod> = BTreeMap::new();
+    let mut nets: Vec<Ipv4Network> = Vec::new();
+    let mut v6 = Vec::new();
+    for (own_ns, peer) in def {
+        match peer {
+            Peer::Pods { namespaces, pods: sel } => {
+                let namespaces: Vec<&str> = match (own_ns, namespaces) {
+                    (Some(ns), _) => vec![ns.as_str()],
+                    (None, Some(ns_sel)) => index
+                        .by_ns
+                        .keys()
+                        .copied()
+                        .filter(|ns| ns_sel.matches(&model.namespace_labels(ns)))
+                        .collect(),
+                    // A peer without a namespace selector always has its own
+                    // namespace (set by `Compiler::peers`).
+                    (None, None) => Vec::new(),
+                };
+                for ns in namespaces {
+                    for p in index.by_ns.get(ns).into_iter().flatten() {
+                        if sel.matches(&p.labels) {
+                            pods.insert(p.key(), p);
                         }
                     }
                 }
-                Peer::IpBlock { cidr: IpNetwork::V4(block), except } => {
-                    let except: Vec<Ipv4Network> = except
-                        .iter()
-                        .filter_map(|e| match e {
-                            IpNetwork::V4(e) => Some(*e),
-                            IpNetwork::V6(_) => None,
-                        })
-                        .collect();
-                    nets.extend(subtract(*block, &except));
-                }
-                Peer::IpBlock { cidr: IpNetwork::V6(block), .. } => self.notes.push(format!(
-                    "NetworkPolicy {}: ipBlock {block} is IPv6; the pod network is IPv4, so it matches nothing",
-                    policy.key()
-                )),
             }
+            Peer::IpBlock { cidr: IpNetwork::V4(block), except } => {
+                let except: Vec<Ipv4Network> = except
+                    .iter()
+                    .filter_map(|e| match e {
+                        IpNetwork::V4(e) => Some(*e),
+                        IpNetwork::V6(_) => None,
+                    })
+                    .collect();
+                nets.extend(subtract(*block, &except));
+            }
+            Peer::IpBlock { cidr: IpNetwork::V6(block), .. } => v6.push(*block),
         }
-        let pods: Vec<&'m Pod> = pods.into_values().collect();
-        nets.extend(pods.iter().filter_map(|p| p.ip).map(Ipv4Network::from));
-        Peers { key, pods, nets: Rc::from(aggregate(nets)), anywhere: false }
     }
+    nets.extend(pods.values().filter_map(|p| p.ip).map(Ipv4Network::from));
+    Resolved { pods: pods.into_keys().collect(), nets: Arc::from(aggregate(nets)), anywhere: false, v6 }
+}
+
+/// True if a change of `pod` (its old or new version) may change what `def`
+/// resolves to; `ns_matches` tells if a namespace selector matches the pod's
+/// namespace (before or after the change).
+pub(crate) fn def_may_match(
+    def: &PeerDef,
+    pod: &Pod,
+    ns_matches: impl Fn(&LabelSelector, &str) -> bool,
+) -> bool {
+    def.iter().any(|(own_ns, peer)| match peer {
+        Peer::Pods { namespaces, pods: sel } => {
+            let in_scope = match (own_ns, namespaces) {
+                (Some(ns), _) => *ns == pod.namespace,
+                (None, Some(ns_sel)) => ns_matches(ns_sel, &pod.namespace),
+                (None, None) => false,
+            };
+            in_scope && sel.matches(&pod.labels)
+        }
+        Peer::IpBlock { .. } => false,
+    })
+}
+
+/// True if `def` has a namespace selector (a namespace's labels matter).
+pub(crate) fn selects_namespaces(def: &PeerDef) -> bool {
+    def.iter().any(|(own, p)| own.is_none() && matches!(p, Peer::Pods { namespaces: Some(_), .. }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::ir::Direction;
 
     /// Namespaces x, y (labelled ns=<name>), pods a, b in each: x/a and y/a
     /// on node-1, x/b and y/b on node-2, serving serve-80-tcp (x/b's on 8080).
@@ -589,6 +724,41 @@ mod tests {
         .0;
         assert!(one.ingress.triples.is_empty());
         assert_eq!(one.ingress.port_groups.len(), 1);
+    }
+
+    #[test]
+    fn egress_named_ports_towards_many_pods_group_by_the_number_they_resolve_to() {
+        // 300 clients serve `serve-80-tcp` (as the cluster's pods do): named
+        // egress to all of them is one port group per number, not 300 triples per source.
+        let clients: String = many_clients(300).replace(
+            "spec: {nodeName: node-2}",
+            "spec: {nodeName: node-2, containers: [{ports: [{name: serve-80-tcp, containerPort: 8080}]}]}",
+        );
+        let spec = "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: serve-80-tcp}]\n";
+        let ir = node1(&cluster(&format!("{clients}{}", policy("x", "p", spec))));
+        assert!(ir.egress.triples.is_empty(), "{}", ir.egress.triples.len());
+        assert_eq!(ir.egress.port_groups.len(), 1);
+        let g = &ir.egress.port_groups[0];
+        assert_eq!(
+            g.targets,
+            [(ip("10.244.1.2"), Protocol::Tcp, 8080)].into(),
+            "x/a, on the number the clients serve"
+        );
+        assert_eq!(g.peers.len(), 300);
+    }
+
+    #[test]
+    fn a_rule_with_thousands_of_ports_costs_a_port_group_not_triples() {
+        let ports: Vec<String> = (1..=10_000).map(|p| format!("{{port: {}}}", 2 * p)).collect();
+        let spec = format!(
+            "  podSelector: {{}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 172.31.0.0/24}}}}, {{ipBlock: {{cidr: 172.31.1.0/24}}}}]\n    ports: [{}]\n",
+            ports.join(", ")
+        );
+        let ir = node1(&cluster(&policy("x", "huge", &spec)));
+        assert!(ir.ingress.triples.is_empty());
+        assert_eq!(ir.ingress.port_groups.len(), 1);
+        assert_eq!(ir.ingress.port_groups[0].targets.len(), 10_000, "x/a x 10,000 ports");
+        assert_eq!(ir.ingress.port_groups[0].peers, [net("172.31.0.0/23")]);
     }
 
     #[test]

@@ -97,3 +97,65 @@ pub struct PolicyIr {
     pub audit_ingress: Direction,
     pub audit_egress: Direction,
 }
+
+/// What changed in one direction of the IR since the backend last applied
+/// it, at the grain the renderers patch sets: enough for a backend to
+/// re-render only those elements and diff them against what it applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtyDirection {
+    /// Addresses that joined or left `isolated`.
+    pub isolated: BTreeSet<Ipv4Addr>,
+    /// Local pods whose triples changed.
+    pub triples: BTreeSet<Ipv4Addr>,
+    /// (port group, local pod) whose (pod, port) targets changed.
+    pub port_groups: BTreeSet<(PeerKey, Ipv4Addr)>,
+    /// Groups whose targets changed.
+    pub groups: BTreeSet<(PeerKey, GroupPorts)>,
+    /// Peer keys whose networks changed.
+    pub peers: BTreeSet<PeerKey>,
+}
+
+impl DirtyDirection {
+    pub fn is_empty(&self) -> bool {
+        self == &DirtyDirection::default()
+    }
+}
+
+/// What changed in the IR since the backend last applied it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Something the chains depend on changed (groups or port groups came or
+    /// went, audit, the CIDRs): the backend renders and applies in full.
+    pub structural: bool,
+    /// Addresses that joined or left `local`.
+    pub local: BTreeSet<Ipv4Addr>,
+    pub ingress: DirtyDirection,
+    pub egress: DirtyDirection,
+    pub audit_ingress: DirtyDirection,
+    pub audit_egress: DirtyDirection,
+}
+
+impl Dirty {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self == &Dirty::default()
+    }
+
+    /// Every change of `other` too.
+    pub fn merge(&mut self, other: Dirty) {
+        self.structural |= other.structural;
+        self.local.extend(other.local);
+        for (a, b) in [
+            (&mut self.ingress, other.ingress),
+            (&mut self.egress, other.egress),
+            (&mut self.audit_ingress, other.audit_ingress),
+            (&mut self.audit_egress, other.audit_egress),
+        ] {
+            a.isolated.extend(b.isolated);
+            a.triples.extend(b.triples);
+            a.port_groups.extend(b.port_groups);
+            a.groups.extend(b.groups);
+            a.peers.extend(b.peers);
+        }
+    }
+}

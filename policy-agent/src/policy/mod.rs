@@ -3,10 +3,13 @@
 //! what each may send or receive), backend-neutral; the iptables renderer
 //! (and, later, nftables) turn the IR into kernel state.
 
+mod aggregate;
 pub mod cidr;
 pub mod compile;
 pub mod evaluate;
+pub mod incremental;
 pub mod ir;
 
 pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
-pub use ir::{Direction, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
+pub use incremental::PolicyEngine;
+pub use ir::{Direction, Dirty, DirtyDirection, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};

@@ -1,0 +1,340 @@
+//! The policy engine: this node's IR, kept up to date change by change.
+//!
+//! `new` compiles every policy (a full compile); `update` takes the model
+//! before and after a change and recompiles only the policies the change
+//! touches: those that changed, those whose targets include a changed pod
+//! of this node (before or after), and those whose peers now resolve
+//! differently in a way that changes what they add (`Use::stale`); the
+//! others keep their contribution, and a group's peers that changed are
+//! patched in place. The IR and a `Dirty` record of what changed are kept
+//! in step, so a backend re-renders only those elements. A property test
+//! checks that any sequence of updates gives the IR a full compile gives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use super::aggregate::{Counted, DirAgg};
+use super::compile::{
+    counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Options,
+    PeerRegistry, PodIndex,
+};
+use super::ir::{Direction, Dirty, DirtyDirection, PeerKey, PolicyIr};
+use crate::model::{LabelSelector, Model, Pod};
+
+/// Both directions of one view (enforced, or with audit policies too).
+#[derive(Debug, Clone, Default)]
+struct View {
+    ingress: DirAgg,
+    egress: DirAgg,
+}
+
+/// This node's compiled policy and what it was compiled from.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    node: String,
+    options: Options,
+    peers: PeerRegistry,
+    /// Each policy's contribution, by policy key.
+    parts: BTreeMap<String, Contribution>,
+    /// Policy keys by namespace: a pod change can only retarget these.
+    by_ns: BTreeMap<String, BTreeSet<String>>,
+    /// Policies that resolved a named port on every pod.
+    all_pods: BTreeSet<String>,
+    local: Counted<Ipv4Addr>,
+    enforced: View,
+    /// Every policy, audit ones as if enforced; only while audit policies exist.
+    all: Option<View>,
+    ir: PolicyIr,
+    dirty: Dirty,
+}
+
+impl PolicyEngine {
+    /// Compiles every policy of `model` for `node`.
+    pub fn new(
+        model: &Model,
+        node: &str,
+        cluster_cidr: Option<Ipv4Network>,
+        options: Options,
+    ) -> PolicyEngine {
+        let mut e = PolicyEngine {
+            node: node.into(),
+            options,
+            peers: PeerRegistry::default(),
+            parts: BTreeMap::new(),
+            by_ns: BTreeMap::new(),
+            all_pods: BTreeSet::new(),
+            local: Counted::default(),
+            enforced: View::default(),
+            all: None,
+            ir: PolicyIr { cluster_cidr, pod_cidr: pod_cidr(model, node), ..PolicyIr::default() },
+            dirty: Dirty::default(),
+        };
+        for p in model.pods.values() {
+            e.count_local(p, true);
+        }
+        let keys: Vec<String> = model.policies.keys().cloned().collect();
+        e.recompile(model, &keys);
+        e.dirty = Dirty { structural: true, ..Dirty::default() };
+        e
+    }
+
+    /// The IR in force.
+    pub fn ir(&self) -> &PolicyIr {
+        &self.ir
+    }
+
+    pub fn into_ir(self) -> PolicyIr {
+        self.ir
+    }
+
+    /// Notes on what could not be enforced as written, by policy.
+    pub fn notes(&self) -> Vec<String> {
+        self.parts.values().flat_map(|c| c.notes.iter().cloned()).collect()
+    }
+
+    /// What changed since the last `take_dirty` (everything, after `new`).
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks everything changed: the next apply renders in full.
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.structural = true;
+    }
+
+    /// Brings the IR from `old` (what it was compiled from) to `new`.
+    pub fn update(&mut self, old: &Model, new: &Model) {
+        let cidr = pod_cidr(new, &self.node);
+        if cidr != self.ir.pod_cidr {
+            self.ir.pod_cidr = cidr;
+            self.dirty.structural = true;
+        }
+        let pods = changed(&old.pods, &new.pods);
+        let namespaces = !changed(&old.namespaces, &new.namespaces).is_empty();
+        let mut todo: BTreeSet<String> =
+            changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect();
+        for (_, before, after) in &pods {
+            if let Some(p) = before {
+                self.count_local(p, false);
+            }
+            if let Some(p) = after {
+                self.count_local(p, true);
+            }
+        }
+        // Targets: policies of a changed pod's namespace that select it.
+        for (_, before, after) in &pods {
+            for p in before.iter().chain(after).filter(|p| p.node.as_deref() == Some(&self.node)) {
+                for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
+                    let policy = new.policies.get(key).or_else(|| old.policies.get(key));
+                    if policy.is_some_and(|pol| pol.pod_selector.matches(&p.labels)) {
+                        todo.insert(key.clone());
+                    }
+                }
+            }
+        }
+        if !pods.is_empty() {
+            todo.extend(self.all_pods.iter().cloned());
+        }
+        // Peers: re-resolve the definitions a change may touch.
+        let index = PodIndex::new(new);
+        let ns_matches = |sel: &LabelSelector, ns: &str| {
+            sel.matches(&old.namespace_labels(ns)) || sel.matches(&new.namespace_labels(ns))
+        };
+        let mut renet: Vec<(PeerKey, super::compile::Nets)> = Vec::new();
+        for (key, entry) in self.peers.defs.iter_mut() {
+            let touched = (namespaces && selects_namespaces(&entry.def))
+                || pods.iter().any(|(_, before, after)| {
+                    before.iter().chain(after).any(|p| def_may_match(&entry.def, p, ns_matches))
+                });
+            if !touched {
+                continue;
+            }
+            let now = resolve(new, &index, &entry.def);
+            // A member pod may have changed what its named ports resolve to.
+            let member_changed = pods.iter().any(|(k, _, _)| {
+                now.pods.binary_search(k).is_ok() || entry.resolved.pods.binary_search(k).is_ok()
+            });
+            let resolution_changed = now != *entry.resolved;
+            if !resolution_changed && !member_changed {
+                continue;
+            }
+            for user in &entry.users {
+                let stale = self.parts.get(user).and_then(|c| c.uses.get(key)).is_none_or(|u| {
+                    (resolution_changed && u.stale(&now.nets)) || (member_changed && u.named)
+                });
+                if stale {
+                    todo.insert(user.clone());
+                }
+            }
+            if !resolution_changed {
+                continue;
+            }
+            // Users kept as they are hold the new networks too, so a view
+            // rebuilt from them later (audit) sees what the IR has.
+            for user in &entry.users {
+                let Some(c) = self.parts.get_mut(user) else { continue };
+                for part in [&mut c.ingress, &mut c.egress] {
+                    if let Some(n) = part.nets.get_mut(key) {
+                        *n = now.nets.clone();
+                    }
+                }
+            }
+            renet.push((*key, now.nets.clone()));
+            entry.resolved = std::sync::Arc::new(now);
+        }
+        for (key, nets) in &renet {
+            self.for_views(|agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
+        }
+        let todo: Vec<String> = todo.into_iter().collect();
+        self.recompile_with(new, &index, &todo);
+    }
+
+    fn recompile(&mut self, model: &Model, keys: &[String]) {
+        let index = PodIndex::new(model);
+        self.recompile_with(model, &index, keys);
+    }
+
+    /// Replaces the contributions of policies `keys` by what `model` gives.
+    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[String]) {
+        let audits_before = self.all.is_some();
+        for key in keys {
+            if let Some(old) = self.parts.remove(key) {
+                self.withdraw(key, &old);
+            }
+            let Some(policy) = model.policies.get(key) else { continue };
+            let mut compiler =
+                Compiler { model, index, node: &self.node, options: self.options, peers: &mut self.peers };
+            let c = compiler.contribution(policy);
+            self.by_ns.entry(policy.namespace.clone()).or_default().insert(key.clone());
+            if c.all_pods {
+                self.all_pods.insert(key.clone());
+            }
+            self.contribute(&c);
+            self.parts.insert(key.clone(), c);
+        }
+        self.peers.defs.retain(|_, e| !e.users.is_empty());
+        let audits_now = model.policies.values().any(|p| p.audit);
+        if audits_now != audits_before {
+            self.rebuild_audit(audits_now);
+        }
+    }
+
+    /// Takes policy `key`'s contribution out of the views and the indexes.
+    fn withdraw(&mut self, key: &str, c: &Contribution) {
+        let mut structural = false;
+        if !c.audit {
+            structural |=
+                self.enforced.ingress.remove(&c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
+            structural |= self.enforced.egress.remove(&c.egress, &mut self.ir.egress, &mut self.dirty.egress);
+        }
+        if let Some(all) = self.all.as_mut() {
+            structural |=
+                all.ingress.remove(&c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
+            structural |=
+                all.egress.remove(&c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+        }
+        self.dirty.structural |= structural;
+        for k in c.uses.keys() {
+            if let Some(e) = self.peers.defs.get_mut(k) {
+                e.users.remove(key);
+            }
+        }
+        self.all_pods.remove(key);
+        for keys in self.by_ns.values_mut() {
+            if keys.remove(key) {
+                break;
+            }
+        }
+    }
+
+    fn contribute(&mut self, c: &Contribution) {
+        let mut structural = false;
+        if !c.audit {
+            structural |=
+                self.enforced.ingress.add(&c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
+            structural |= self.enforced.egress.add(&c.egress, &mut self.ir.egress, &mut self.dirty.egress);
+        }
+        if let Some(all) = self.all.as_mut() {
+            structural |=
+                all.ingress.add(&c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
+            structural |= all.egress.add(&c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+        }
+        self.dirty.structural |= structural;
+    }
+
+    /// Audit policies came or went: the audit view is built from every
+    /// contribution, or dropped.
+    fn rebuild_audit(&mut self, on: bool) {
+        self.ir.audit = on;
+        self.ir.audit_ingress = Direction::default();
+        self.ir.audit_egress = Direction::default();
+        self.all = None;
+        self.dirty.structural = true;
+        if !on {
+            return;
+        }
+        let mut all = View::default();
+        let mut scratch = DirtyDirection::default();
+        for c in self.parts.values() {
+            all.ingress.add(&c.ingress, &mut self.ir.audit_ingress, &mut scratch);
+            all.egress.add(&c.egress, &mut self.ir.audit_egress, &mut scratch);
+        }
+        self.all = Some(all);
+    }
+
+    fn for_views(&mut self, mut f: impl FnMut(&mut DirAgg, &mut Direction, &mut DirtyDirection)) {
+        f(&mut self.enforced.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
+        f(&mut self.enforced.egress, &mut self.ir.egress, &mut self.dirty.egress);
+        if let Some(all) = self.all.as_mut() {
+            f(&mut all.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
+            f(&mut all.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+        }
+    }
+
+    /// Counts `pod` in (`add`) or out of this node's local addresses.
+    fn count_local(&mut self, pod: &Pod, add: bool) {
+        let Some(ip) = pod.ip.filter(|_| counts_for_policy(pod) && pod.node.as_deref() == Some(&self.node))
+        else {
+            return;
+        };
+        let flipped = if add { self.local.inc(&ip) } else { self.local.dec(&ip) };
+        if flipped {
+            if add {
+                self.ir.local.insert(ip);
+            } else {
+                self.ir.local.remove(&ip);
+            }
+            self.dirty.local.insert(ip);
+        }
+    }
+}
+
+fn pod_cidr(model: &Model, node: &str) -> Option<Ipv4Network> {
+    model.nodes.get(node).and_then(|n| n.pod_cidr)
+}
+
+/// The keys whose values differ between `old` and `new`, with both versions.
+fn changed<'a, V: PartialEq>(
+    old: &'a BTreeMap<String, V>,
+    new: &'a BTreeMap<String, V>,
+) -> Vec<(&'a String, Option<&'a V>, Option<&'a V>)> {
+    let mut out = Vec::new();
+    for (k, v) in old {
+        match new.get(k) {
+            Some(w) if w == v => {}
+            w => out.push((k, Some(v), w)),
+        }
+    }
+    for (k, w) in new {
+        if !old.contains_key(k) {
+            out.push((k, None, Some(w)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "incremental_tests.rs"]
+pub(crate) mod tests;

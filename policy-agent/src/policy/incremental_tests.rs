@@ -1,0 +1,286 @@
+//! The property: whatever sequence of changes the engine is fed, its IR (and
+//! its notes) equal a full compile of the model it ends up with. Models and
+//! changes are drawn from a seeded generator over a small cluster, so that
+//! changes collide: pods move between nodes, addresses are reused, peers
+//! grow past the triple limit and shrink to nothing, audit policies come and go.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use super::*;
+use crate::model::{
+    ContainerPort, Namespace, NetworkPolicy, Node, Peer, PolicyPort, PortRef, Protocol, Rule,
+};
+use crate::policy::compile_with;
+
+/// xorshift64*: deterministic, no dependency.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const APPS: [&str; 3] = ["a", "b", "c"];
+
+fn labels(pairs: &[(&str, &str)]) -> crate::model::Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn random_pod(r: &mut Rng, name: &str) -> Pod {
+    let ns = *r.pick(&NAMESPACES);
+    let node = format!("node-{}", 1 + r.below(2));
+    // A small address pool, so addresses are reused and adjacent ones aggregate.
+    let ip = r.chance(85).then(|| Ipv4Addr::new(10, 244, 1 + r.below(2) as u8, 1 + r.below(12) as u8));
+    let http = if r.chance(50) { 80 } else { 8080 };
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels(&[("app", *r.pick(&APPS)), ("tier", *r.pick(&["web", "db"]))]),
+        node: r.chance(95).then_some(node),
+        ip,
+        host_network: r.chance(5),
+        ports: vec![
+            ContainerPort { name: Some("http".into()), port: http, protocol: Protocol::Tcp },
+            ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::Udp },
+        ],
+    }
+}
+
+fn random_peer(r: &mut Rng) -> Peer {
+    let app = LabelSelector::of_labels([("app", *r.pick(&APPS))]);
+    match r.below(6) {
+        0 => Peer::Pods { namespaces: None, pods: app },
+        1 => Peer::Pods { namespaces: Some(LabelSelector::default()), pods: app },
+        2 => Peer::Pods {
+            namespaces: Some(LabelSelector::of_labels([("team", *r.pick(&["t1", "t2"]))])),
+            pods: LabelSelector::default(),
+        },
+        3 => Peer::Pods { namespaces: None, pods: LabelSelector::default() },
+        4 => Peer::IpBlock {
+            cidr: IpNetwork::V4("10.244.0.0/16".parse().unwrap()),
+            except: vec![IpNetwork::V4(Ipv4Network::new(Ipv4Addr::new(10, 244, 1, 0), 28).unwrap())],
+        },
+        _ => Peer::IpBlock { cidr: "fd00::/64".parse().unwrap(), except: Vec::new() },
+    }
+}
+
+fn random_port(r: &mut Rng) -> PolicyPort {
+    let (port, end_port) = match r.below(5) {
+        0 => (None, None),
+        1 => (Some(PortRef::Number(80)), None),
+        2 => (Some(PortRef::Number(8000)), Some(8003)),
+        3 => (Some(PortRef::Number(9000)), Some(9999)),
+        _ => (Some(PortRef::Name(r.pick(&["http", "dns"]).to_string())), None),
+    };
+    let protocol =
+        if matches!(&port, Some(PortRef::Name(n)) if n == "dns") { Protocol::Udp } else { Protocol::Tcp };
+    PolicyPort { protocol, port, end_port }
+}
+
+fn random_rules(r: &mut Rng) -> Vec<Rule> {
+    (0..r.below(3))
+        .map(|_| Rule {
+            peers: (0..r.below(3)).map(|_| random_peer(r)).collect(),
+            ports: (0..r.below(3)).map(|_| random_port(r)).collect(),
+        })
+        .collect()
+}
+
+fn random_policy(r: &mut Rng, name: &str) -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: r.pick(&NAMESPACES).to_string(),
+        name: name.into(),
+        pod_selector: if r.chance(30) {
+            LabelSelector::default()
+        } else {
+            LabelSelector::of_labels([("app", *r.pick(&APPS))])
+        },
+        ingress: r.chance(70).then(|| random_rules(r)),
+        egress: r.chance(50).then(|| random_rules(r)),
+        audit: r.chance(10),
+    }
+}
+
+fn node(name: &str, third: u8) -> Node {
+    Node {
+        name: name.into(),
+        pod_cidr: Some(Ipv4Network::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap()),
+        internal_ip: None,
+    }
+}
+
+fn random_model(r: &mut Rng) -> Model {
+    let mut m = Model::default();
+    for (n, third) in [("node-1", 1), ("node-2", 2)] {
+        m.nodes.insert(n.into(), node(n, third));
+    }
+    for ns in NAMESPACES {
+        let team = if r.chance(50) { "t1" } else { "t2" };
+        m.namespaces.insert(ns.into(), Namespace { name: ns.into(), labels: labels(&[("team", team)]) });
+    }
+    for i in 0..r.below(10) {
+        let p = random_pod(r, &format!("p{i}"));
+        m.pods.insert(p.key(), p);
+    }
+    for i in 0..r.below(5) {
+        let p = random_policy(r, &format!("n{i}"));
+        m.policies.insert(p.key(), p);
+    }
+    m
+}
+
+/// One random change: a pod or policy added, changed or removed, a
+/// namespace relabelled, node-1's pod CIDR changed.
+fn mutate(r: &mut Rng, m: &mut Model) {
+    match r.below(10) {
+        0..=3 => {
+            let name = format!("p{}", r.below(12));
+            let key = m.pods.keys().find(|k| k.ends_with(&format!("/{name}"))).cloned();
+            match (key, r.below(4)) {
+                (Some(k), 0) => {
+                    m.pods.remove(&k);
+                }
+                (Some(k), 1) => {
+                    let p = m.pods.get_mut(&k).unwrap();
+                    p.labels.insert("app".into(), r.pick(&APPS).to_string());
+                }
+                (Some(k), 2) => {
+                    let p = m.pods.get_mut(&k).unwrap();
+                    p.ip = r
+                        .chance(80)
+                        .then(|| Ipv4Addr::new(10, 244, 1 + r.below(2) as u8, 1 + r.below(12) as u8));
+                    p.node = Some(format!("node-{}", 1 + r.below(2)));
+                }
+                (k, _) => {
+                    if let Some(k) = k {
+                        m.pods.remove(&k);
+                    }
+                    let p = random_pod(r, &name);
+                    m.pods.insert(p.key(), p);
+                }
+            }
+        }
+        4..=6 => {
+            let name = format!("n{}", r.below(6));
+            let key = m.policies.keys().find(|k| k.ends_with(&format!("/{name}"))).cloned();
+            if let Some(k) = &key {
+                m.policies.remove(k);
+            }
+            if key.is_none() || r.chance(60) {
+                let p = random_policy(r, &name);
+                m.policies.insert(p.key(), p);
+            }
+        }
+        7 | 8 => {
+            let ns = m.namespaces.get_mut(*r.pick(&NAMESPACES)).unwrap();
+            let team = if r.chance(50) { "t1" } else { "t2" };
+            ns.labels.insert("team".into(), team.into());
+        }
+        _ => {
+            let third = *r.pick(&[1u8, 3]);
+            m.nodes.insert("node-1".into(), node("node-1", third));
+        }
+    }
+}
+
+fn cluster() -> Option<Ipv4Network> {
+    "10.244.0.0/16".parse().ok()
+}
+
+#[test]
+fn any_sequence_of_updates_gives_what_a_full_compile_gives() {
+    let mut steps = 0;
+    for seed in 0..300u64 {
+        let mut r = Rng::new(seed);
+        let options = Options { triple_peers: r.below(3) };
+        let mut model = random_model(&mut r);
+        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), options);
+        for step in 0..25 {
+            let mut next = model.clone();
+            for _ in 0..1 + r.below(3) {
+                mutate(&mut r, &mut next);
+            }
+            engine.update(&model, &next);
+            let (want, notes) = compile_with(&next, "node-1", cluster(), options);
+            assert_eq!(engine.ir(), &want, "seed {seed} step {step}");
+            assert_eq!(engine.notes(), notes, "seed {seed} step {step}");
+            model = next;
+            steps += 1;
+        }
+    }
+    assert_eq!(steps, 300 * 25);
+}
+
+#[test]
+fn dirty_names_every_element_that_changed() {
+    for seed in 0..200u64 {
+        let mut r = Rng::new(seed);
+        let options = Options { triple_peers: 1 };
+        let mut model = random_model(&mut r);
+        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), options);
+        engine.take_dirty();
+        for step in 0..20 {
+            let before = engine.ir().clone();
+            let mut next = model.clone();
+            mutate(&mut r, &mut next);
+            engine.update(&model, &next);
+            let d = engine.take_dirty();
+            let after = engine.ir();
+            let ctx = format!("seed {seed} step {step}");
+            let sym = |a: &BTreeSet<Ipv4Addr>, b: &BTreeSet<Ipv4Addr>| -> BTreeSet<Ipv4Addr> {
+                a.symmetric_difference(b).copied().collect()
+            };
+            assert!(sym(&before.local, &after.local).is_subset(&d.local), "{ctx}");
+            if d.structural {
+                continue;
+            }
+            for (b, a, dd) in
+                [(&before.ingress, &after.ingress, &d.ingress), (&before.egress, &after.egress, &d.egress)]
+            {
+                assert!(sym(&b.isolated, &a.isolated).is_subset(&dd.isolated), "{ctx}");
+                let pods: BTreeSet<Ipv4Addr> =
+                    b.triples.symmetric_difference(&a.triples).map(|t| t.0).collect();
+                assert!(pods.is_subset(&dd.triples), "{ctx}");
+                // Without a structural change the groups are the same ones.
+                assert_eq!(b.groups.len(), a.groups.len(), "{ctx}");
+                for (gb, ga) in b.groups.iter().zip(&a.groups) {
+                    if gb.targets != ga.targets {
+                        assert!(dd.groups.contains(&(ga.key, ga.ports)), "{ctx}");
+                    }
+                    if gb.peers != ga.peers {
+                        assert!(dd.peers.contains(&ga.key), "{ctx}");
+                    }
+                }
+                for (gb, ga) in b.port_groups.iter().zip(&a.port_groups) {
+                    for t in gb.targets.symmetric_difference(&ga.targets) {
+                        assert!(dd.port_groups.contains(&(ga.key, t.0)), "{ctx}");
+                    }
+                    if gb.peers != ga.peers {
+                        assert!(dd.peers.contains(&ga.key), "{ctx}");
+                    }
+                }
+            }
+            model = next;
+        }
+    }
+}
