@@ -2,7 +2,7 @@
 //! `weft_agent::synthetic`). Root. `make bench` runs it at three scales:
 //!
 //! ```sh
-//! cargo run --release -p weft-agent --example backends -- [--churn SECS] [PODS POLICIES]...
+//! cargo run --release -p weft-agent --example backends -- [--churn SECS] [--model synthetic|mix] [PODS POLICIES]...
 //! ```
 //!
 //! Each (scale, backend) runs in a child process of its own, so the peak RSS
@@ -10,19 +10,30 @@
 
 use std::process::{Command, ExitCode};
 
-use weft_agent::synthetic::{measure, table, Figures, BACKENDS};
+use weft_agent::synthetic::{measure, table, Figures, ModelKind, BACKENDS};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--one") {
         return one(&args[1..]);
     }
-    let (churn, rest) = match args.first().map(String::as_str) {
-        Some("--churn") => {
-            (args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0u64), &args[2.min(args.len())..])
+    let (mut churn, mut kind, mut rest) = (0u64, ModelKind::Synthetic, &args[..]);
+    loop {
+        match rest.first().map(String::as_str) {
+            Some("--churn") => churn = rest.get(1).and_then(|a| a.parse().ok()).unwrap_or(0),
+            Some("--model") => match rest.get(1).map(|m| m.parse()) {
+                Some(Ok(k)) => kind = k,
+                Some(Err(e)) => {
+                    eprintln!("backends: {e}");
+                    return ExitCode::from(64);
+                }
+                None => {}
+            },
+            _ => break,
         }
-        _ => (0, &args[..]),
-    };
+        rest = &rest[2.min(rest.len())..];
+    }
+    let model_name = if kind == ModelKind::Mix { "mix" } else { "synthetic" };
     let numbers: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
     let scales: Vec<(usize, usize)> = if numbers.len() >= 2 {
         numbers.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0], c[1])).collect()
@@ -37,7 +48,14 @@ fn main() -> ExitCode {
         let mut figures: Vec<Figures> = Vec::new();
         for backend in BACKENDS {
             let out = Command::new(&me)
-                .args(["--one", backend, &pods.to_string(), &policies.to_string(), &churn.to_string()])
+                .args([
+                    "--one",
+                    backend,
+                    model_name,
+                    &pods.to_string(),
+                    &policies.to_string(),
+                    &churn.to_string(),
+                ])
                 .output();
             match out {
                 Ok(o) if o.status.success() => match serde_json::from_slice(&o.stdout) {
@@ -48,7 +66,7 @@ fn main() -> ExitCode {
                 Err(e) => eprintln!("backends: cannot run {}: {e}", me.display()),
             }
         }
-        println!("{}", table(pods, policies, &figures));
+        println!("Model: {model_name}. {}", table(pods, policies, &figures));
     }
     ExitCode::SUCCESS
 }
@@ -56,11 +74,14 @@ fn main() -> ExitCode {
 /// `--one BACKEND PODS POLICIES CHURN_SECS`: measures and prints the figures as JSON.
 fn one(args: &[String]) -> ExitCode {
     let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
-    let (Some(backend), Some(pods), Some(policies), Some(churn)) = (args.first(), n(1), n(2), n(3)) else {
-        eprintln!("usage: backends --one BACKEND PODS POLICIES CHURN_SECS");
+    let kind = args.get(1).and_then(|k| k.parse::<ModelKind>().ok());
+    let (Some(backend), Some(kind), Some(pods), Some(policies), Some(churn)) =
+        (args.first(), kind, n(2), n(3), n(4))
+    else {
+        eprintln!("usage: backends --one BACKEND synthetic|mix PODS POLICIES CHURN_SECS");
         return ExitCode::from(64);
     };
-    let f = measure(backend, pods as usize, policies as usize, churn);
+    let f = measure(backend, kind, pods as usize, policies as usize, churn);
     match serde_json::to_string(&f) {
         Ok(json) => {
             println!("{json}");

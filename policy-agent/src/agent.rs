@@ -29,13 +29,14 @@ use crate::cni_config;
 use crate::http::{self, Shared};
 use crate::kube_source::KubeSourceError;
 use crate::metrics::{readiness, SyncKind};
-use crate::model::{Model, Snapshot};
+use crate::model::Snapshot;
 use crate::nflog::{self, Denied};
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket};
-use crate::policy::{compile_with, Options};
+use crate::policy::{Options, PolicyIr};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
+use crate::snapshot::Compiled;
 use crate::source::{Source, SourceSpec};
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
@@ -194,6 +195,8 @@ struct Agent<'c> {
     cluster_v4: Option<Ipv4Network>,
     source: Box<dyn Source>,
     snap: Option<Snapshot>,
+    /// What the last policy sync compiled (with a policy backend).
+    compiled: Option<Compiled>,
     pods: PodEvents,
     last_status: Option<Status>,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
@@ -233,6 +236,7 @@ impl<'c> Agent<'c> {
             },
             source: cfg.source.open()?,
             snap: None,
+            compiled: None,
             pods: PodEvents::default(),
             last_status: None,
             shared: Arc::new(Shared::new(Instant::now())),
@@ -250,10 +254,8 @@ impl<'c> Agent<'c> {
         }
         let t0 = Instant::now();
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut(), self.full));
-        if let Some(p) = self.policy.as_mut() {
-            let model = self.pods.overlay(&s.model, &self.cfg.node);
-            let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full);
-            match record_policy(&self.shared, p.name(), applied) {
+        if let Some(applied) = self.enforce(self.full) {
+            match applied {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
                     status.warnings = warnings;
@@ -261,7 +263,7 @@ impl<'c> Agent<'c> {
                 Err(e) => status.errors.push(e),
             }
         }
-        let conflist = self.write_conflist(s, &mut status);
+        let conflist = self.write_conflist(&mut status);
         report_changes(self.last_status.as_ref(), &status);
         write_status(&self.cfg.status_file, &status)?;
         let took = t0.elapsed();
@@ -331,13 +333,11 @@ impl<'c> Agent<'c> {
             }
             PodEvent::Del { container_id, ifname } => self.pods.del(container_id, ifname),
         }
-        let (Some(p), Some(s)) = (self.policy.as_mut(), &self.snap) else {
+        let t0 = Instant::now();
+        let Some(applied) = self.enforce(false) else {
             return AgentReply { ok: true, error: None };
         };
-        let model = self.pods.overlay(&s.model, &self.cfg.node);
-        let t0 = Instant::now();
-        let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false);
-        let reply = match record_policy(&self.shared, p.name(), applied) {
+        let reply = match applied {
             Ok(_) => AgentReply { ok: true, error: None },
             Err(e) => {
                 error!("{e}");
@@ -348,11 +348,41 @@ impl<'c> Agent<'c> {
         reply
     }
 
+    /// Compiles the current state (laid over with the pod reports) and has
+    /// the backend enforce it: with `full`, a full compile and a full apply
+    /// (start, resync); otherwise the snapshot recompiles only what changed
+    /// and the backend patches only that. None without a backend or a state;
+    /// else what is enforced and the warnings, or the error for the status.
+    fn enforce(&mut self, full: bool) -> Option<Result<(PolicyStatus, Vec<String>), String>> {
+        let p = self.policy.as_mut()?;
+        let s = self.snap.as_ref()?;
+        let model = self.pods.overlay(&s.model, &self.cfg.node);
+        match self.compiled.as_mut() {
+            Some(c) if !full => c.update(model, &s.generation),
+            _ => {
+                let c =
+                    Compiled::new(model, &s.generation, &self.cfg.node, self.cluster_v4, self.cfg.compile);
+                self.compiled = Some(c);
+            }
+        }
+        let c = self.compiled.as_mut()?;
+        let dirty = c.take_dirty();
+        let done = if full { p.apply(c.ir(), true) } else { p.apply_changes(c.ir(), &dirty) };
+        let applied = done.map_err(|e| format!("policy ({}): {e}", p.name())).map(|done| {
+            if let Some(changed) = done.change {
+                info!(backend = %p.name(), "policy ({}): {changed}", p.name());
+            }
+            (done.counts, policy_status(p.name(), c.ir()), c.notes())
+        });
+        Some(record_policy(&self.shared, p.name(), applied))
+    }
+
     /// Writes the conflist (if asked and changed) once this node can carry
     /// pods: its pod CIDR known and, with a policy backend, policy applied.
     /// None when not asked to; else whether the conflist is in place.
-    fn write_conflist(&self, s: &Snapshot, status: &mut Status) -> Option<bool> {
+    fn write_conflist(&self, status: &mut Status) -> Option<bool> {
         let dir = self.cfg.cni_conf_dir.as_ref()?;
+        let s = self.snap.as_ref()?;
         let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else {
             return Some(false);
         };
@@ -382,16 +412,15 @@ impl<'c> Agent<'c> {
     /// A packet a drop rule logged: one line per denied connection, naming
     /// the policies, from the state the rules were compiled from.
     fn on_denied(&mut self, d: &Denied) {
-        let Some(s) = &self.snap else { return };
         let now = Instant::now();
         let mut denied = self.shared.denied();
         // A retransmit of a logged connection: counted, and no model is built for it.
         if denied.fold(d, now) {
             return;
         }
-        let model = self.pods.overlay(&s.model, &self.cfg.node);
+        let Some(model) = self.compiled.as_ref().map(|c| &c.model) else { return };
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if let Some(line) = denied.record_new(d, &model, self.cluster_v4, now, wall.as_millis() as u64) {
+        if let Some(line) = denied.record_new(d, model, self.cluster_v4, now, wall.as_millis() as u64) {
             info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
         }
     }
@@ -420,31 +449,17 @@ impl<'c> Agent<'c> {
 /// and the warnings.
 type Enforced = (ObjectCounts, PolicyStatus, Vec<String>);
 
-/// Compiles the NetworkPolicies of `model` for `node` and applies them.
-/// Returns the objects in force, what is enforced and the warnings, or the
-/// error for the status.
-fn enforce(
-    p: &mut dyn PolicyBackend,
-    model: &Model,
-    cfg: &Config,
-    cluster: Option<Ipv4Network>,
-    full: bool,
-) -> Result<Enforced, String> {
-    let (ir, warnings) = compile_with(model, &cfg.node, cluster, cfg.compile);
-    let done = p.apply(&ir, full).map_err(|e| format!("policy ({}): {e}", p.name()))?;
-    if let Some(changed) = done.change {
-        info!(backend = %p.name(), "policy ({}): {changed}", p.name());
-    }
-    let status = PolicyStatus {
-        backend: p.name().into(),
+/// What backend `name` enforces for `ir`.
+fn policy_status(name: &str, ir: &PolicyIr) -> PolicyStatus {
+    PolicyStatus {
+        backend: name.into(),
         local_pods: ir.local.len(),
         ingress_isolated: ir.ingress.isolated.len(),
         egress_isolated: ir.egress.isolated.len(),
         triples: ir.ingress.triples.len() + ir.egress.triples.len(),
         groups: ir.ingress.groups.len() + ir.egress.groups.len(),
         port_groups: ir.ingress.port_groups.len() + ir.egress.port_groups.len(),
-    };
-    Ok((done.counts, status, warnings))
+    }
 }
 
 /// Hands `enforce`'s outcome to the metrics (the objects in force, or one

@@ -10,7 +10,7 @@ use weft_plugin::tool;
 
 use crate::iptables::{self, Iptables};
 use crate::nft::{self, Nft};
-use crate::policy::PolicyIr;
+use crate::policy::{Dirty, PolicyIr};
 
 /// `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +61,13 @@ pub trait PolicyBackend {
     /// Makes the kernel enforce `ir`; `full` checks or rewrites everything
     /// (a resync).
     fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError>;
+    /// Makes the kernel enforce `ir`, of which only what `dirty` names
+    /// changed since the last apply: patched in place where the backend can,
+    /// else applied as a change.
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
+        let _ = dirty;
+        self.apply(ir, false)
+    }
     fn cleanup(&mut self) -> Result<(), KernelError>;
 }
 
@@ -88,6 +95,16 @@ impl PolicyBackend for Iptables {
         Ok(Outcome { change, counts: rendered.counts() })
     }
 
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
+        match Iptables::apply_changes(self, ir, dirty)? {
+            Some(done) => {
+                let change = (done.sets_patched > 0).then(|| format!("{} sets patched", done.sets_patched));
+                Ok(Outcome { change, counts: self.counts() })
+            }
+            None => PolicyBackend::apply(self, ir, false),
+        }
+    }
+
     fn cleanup(&mut self) -> Result<(), KernelError> {
         Iptables::cleanup(self)
     }
@@ -110,6 +127,17 @@ impl PolicyBackend for Nft {
             (false, false, _) => Some(elements),
         };
         Ok(Outcome { change, counts: rendered.counts() })
+    }
+
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
+        match Nft::apply_changes(self, ir, dirty)? {
+            Some(done) => {
+                let change = (done.added + done.deleted > 0)
+                    .then(|| format!("{} elements added, {} deleted", done.added, done.deleted));
+                Ok(Outcome { change, counts: self.counts().unwrap_or_default() })
+            }
+            None => PolicyBackend::apply(self, ir, false),
+        }
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {

@@ -23,6 +23,7 @@ pub mod pod_socket;
 pub mod policy;
 pub mod route_table;
 pub mod routes;
+pub mod snapshot;
 pub mod source;
 pub mod synthetic;
 

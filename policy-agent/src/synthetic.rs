@@ -20,7 +20,7 @@ use crate::model::{
     LabelSelector, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol, Rule,
 };
 use crate::nft::Nft;
-use crate::policy::{compile, PolicyIr};
+use crate::policy::{Dirty, Options, PolicyEngine, PolicyIr};
 
 /// The synthetic model.
 pub fn model(pods: usize, policies: usize) -> Model {
@@ -139,6 +139,72 @@ impl Step {
     }
 }
 
+/// How many changes of each kind `measure` makes and times.
+pub const CHANGES: usize = 20;
+
+/// The median and 99th percentile of a kind of change (by total time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Changes made and timed.
+    pub samples: usize,
+    pub p50: Step,
+    pub p99: Step,
+}
+
+impl Percentiles {
+    fn of(mut steps: Vec<Step>) -> Percentiles {
+        steps.sort_by_key(Step::total);
+        let at = |q: f64| {
+            steps.get(((steps.len() as f64 * q) as usize).min(steps.len().saturating_sub(1))).copied()
+        };
+        Percentiles {
+            samples: steps.len(),
+            p50: at(0.5).unwrap_or_default(),
+            p99: at(0.99).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which model `measure` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// `model`: the benchmark's synthetic model.
+    Synthetic,
+    /// `mix_model`: a mix of the shapes real clusters hold.
+    Mix,
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ModelKind, String> {
+        match s {
+            "synthetic" => Ok(ModelKind::Synthetic),
+            "mix" => Ok(ModelKind::Mix),
+            _ => Err(format!("unknown model {s:?}: synthetic or mix")),
+        }
+    }
+}
+
+impl ModelKind {
+    fn build(self, pods: usize, policies: usize) -> Model {
+        match self {
+            ModelKind::Synthetic => model(pods, policies),
+            ModelKind::Mix => mix_model(pods, policies),
+        }
+    }
+
+    /// The `n`-th pod this benchmark adds on node-1.
+    fn new_pod(self, namespaces: usize, n: usize) -> Pod {
+        let ip = Ipv4Addr::new(10, 100, 250, 2 + n as u8);
+        match self {
+            ModelKind::Synthetic => synthetic_pod(namespaces, NEW_POD - n, "node-1", ip),
+            ModelKind::Mix => {
+                Pod { name: format!("new-pod-{n}"), node: Some("node-1".into()), ..mix_pod(3 * n, ip) }
+            }
+        }
+    }
+}
+
 /// Lag percentiles of the churn run, from a change to the kernel reflecting it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Churn {
@@ -161,9 +227,9 @@ pub struct Figures {
     pub elements: usize,
     /// Full sync from a cold start: the whole model to rules in the kernel.
     pub full: Step,
-    /// One pod added on this node (what a CNI ADD waits for), one pod
-    /// relabelled, one policy changed.
-    pub changes: [Step; 3],
+    /// Pods added on this node (what a CNI ADD waits for), pods
+    /// relabelled, policies changed: each kind `CHANGES` times.
+    pub changes: [Percentiles; 3],
     /// A periodic resync of the unchanged model (checks the kernel).
     pub resync: Step,
     /// The process's peak resident memory after the full sync, KiB.
@@ -208,6 +274,16 @@ impl Backend {
         }
     }
 
+    /// Applies what `dirty` names: (apply time, what is in force).
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> (Duration, ObjectCounts) {
+        let t0 = Instant::now();
+        let done = match self {
+            Backend::Iptables(b) => PolicyBackend::apply_changes(b, ir, dirty),
+            Backend::Nft(b) => PolicyBackend::apply_changes(b, ir, dirty),
+        };
+        (t0.elapsed(), done.expect("apply changes").counts)
+    }
+
     fn cleanup(&mut self) {
         let _ = match self {
             Backend::Iptables(b) => PolicyBackend::cleanup(b),
@@ -216,53 +292,116 @@ impl Backend {
     }
 }
 
-/// Compiles, renders and applies `m` for node-1 with `backend`; the step's
-/// times and what is in force.
-fn sync(m: &Model, backend: &mut Backend, full: bool) -> (Step, ObjectCounts) {
+/// A full compile of `m` for node-1, rendered and applied; the engine,
+/// the step's times and what is in force.
+fn sync_full(m: &Model, backend: &mut Backend) -> (PolicyEngine, Step, ObjectCounts) {
     let t0 = Instant::now();
-    let (ir, _) = compile(m, "node-1", cluster_cidr());
+    let mut engine = PolicyEngine::new(m, "node-1", cluster_cidr(), Options::default());
     let compile = t0.elapsed();
-    let (render, apply, counts) = backend.apply(&ir, full);
-    (Step { compile, render, apply }, counts)
+    engine.take_dirty();
+    let (render, apply, counts) = backend.apply(engine.ir(), true);
+    (engine, Step { compile, render, apply }, counts)
+}
+
+/// A change from `old` to `new` as the agent takes it: the engine
+/// recompiles what changed and the backend patches it (render is part of apply).
+fn sync_change(engine: &mut PolicyEngine, old: &Model, new: &Model, backend: &mut Backend) -> Step {
+    let t0 = Instant::now();
+    engine.update(old, new);
+    let dirty = engine.take_dirty();
+    let compile = t0.elapsed();
+    let (apply, _) = backend.apply_changes(engine.ir(), &dirty);
+    Step { compile, render: Duration::ZERO, apply }
 }
 
 fn cluster_cidr() -> Option<ipnetwork::Ipv4Network> {
     "10.100.0.0/14".parse().ok()
 }
 
-/// Measures one backend on node-1's share of `model(pods, policies)`, in a
-/// network namespace of its own (root); with `churn_secs`, also the churn run.
-pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64) -> Figures {
-    let m = model(pods, policies);
+/// Measures one backend on node-1's share of `kind`'s model at (pods,
+/// policies), in a network namespace of its own (root); with `churn_secs`,
+/// also the churn run.
+pub fn measure(
+    backend_name: &str,
+    kind: ModelKind,
+    pods: usize,
+    policies: usize,
+    churn_secs: u64,
+) -> Figures {
+    let m = kind.build(pods, policies);
     in_netns(|| {
         let mut backend = Backend::new(backend_name);
-        let (full, ObjectCounts { rules, sets, elements }) = sync(&m, &mut backend, true);
+        let (mut engine, full, ObjectCounts { rules, sets, elements }) = sync_full(&m, &mut backend);
         let peak_rss_kib = peak_rss_kib();
-        let mut m2 = m.clone();
-        let mut changes = [Step::default(); 3];
-        // A pod on node-1 that policies select and that is a peer of others.
-        let new_pod = synthetic_pod(m.namespaces.len(), NEW_POD, "node-1", Ipv4Addr::new(10, 100, 250, 2));
-        m2.pods.insert(new_pod.key(), new_pod);
-        changes[0] = sync(&m2, &mut backend, false).0;
-        if let Some(p) = m2.pods.values_mut().find(|p| p.node.as_deref() == Some("node-1")) {
-            let role =
-                if p.labels.get("role").map(String::as_str) == Some("client") { "server" } else { "client" };
-            p.labels.insert("role".into(), role.into());
-        }
-        changes[1] = sync(&m2, &mut backend, false).0;
-        if let Some(port) = m2
-            .policies
-            .values_mut()
-            .find(|p| p.name == "policy-1")
-            .and_then(|p| p.ingress.as_mut())
-            .and_then(|rules| rules.first_mut())
-            .and_then(|r| r.ports.first_mut())
-        {
-            port.port = Some(PortRef::Number(8081));
-        }
-        changes[2] = sync(&m2, &mut backend, false).0;
-        let resync = sync(&m2, &mut backend, true).0;
-        let churn = (churn_secs > 0).then(|| churn(&m2, &mut backend, Duration::from_secs(churn_secs)));
+        let mut m = m;
+        let mut timed = |engine: &mut PolicyEngine, m: &mut Model, change: &dyn Fn(&mut Model) -> bool| {
+            let mut steps = Vec::new();
+            for _ in 0..CHANGES {
+                let mut next = m.clone();
+                if !change(&mut next) {
+                    break;
+                }
+                steps.push(sync_change(engine, m, &next, &mut backend));
+                *m = next;
+            }
+            Percentiles::of(steps)
+        };
+        let namespaces = m.namespaces.len();
+        let added = std::cell::Cell::new(0);
+        let add = |m: &mut Model| {
+            let pod = kind.new_pod(namespaces, added.get());
+            added.set(added.get() + 1);
+            m.pods.insert(pod.key(), pod).is_none()
+        };
+        let relabelled = std::cell::Cell::new(0);
+        let relabel = |m: &mut Model| {
+            let nth = relabelled.get();
+            relabelled.set(nth + 1);
+            let local = m.pods.values().filter(|p| p.node.as_deref() == Some("node-1")).count().max(1);
+            let Some(p) =
+                m.pods.values_mut().filter(|p| p.node.as_deref() == Some("node-1")).nth(nth * 7 % local)
+            else {
+                return false;
+            };
+            for (k, a, b) in [("role", "client", "server"), ("tier", "web", "db")] {
+                if let Some(v) = p.labels.get_mut(k) {
+                    *v = if v == a { b.into() } else { a.into() };
+                }
+            }
+            true
+        };
+        let changed = std::cell::Cell::new(0);
+        let change_policy = |m: &mut Model| {
+            let nth = changed.get();
+            changed.set(nth + 1);
+            let numbered =
+                |p: &PolicyPort| matches!(p.port, Some(PortRef::Number(_))) && p.end_port.is_none();
+            let count = m
+                .policies
+                .values()
+                .filter_map(|p| p.ingress.as_ref()?.first()?.ports.first())
+                .filter(|p| numbered(p))
+                .count()
+                .max(1);
+            let port = m
+                .policies
+                .values_mut()
+                .filter_map(|p| p.ingress.as_mut()?.first_mut()?.ports.first_mut())
+                .filter(|p| numbered(p))
+                .nth(nth * 13 % count);
+            let Some(port) = port else { return false };
+            if let Some(PortRef::Number(n)) = port.port {
+                port.port = Some(PortRef::Number(n.wrapping_add(1).max(1)));
+            }
+            true
+        };
+        let changes = [
+            timed(&mut engine, &mut m, &add),
+            timed(&mut engine, &mut m, &relabel),
+            timed(&mut engine, &mut m, &change_policy),
+        ];
+        let resync = sync_full(&m, &mut backend).1;
+        let churn = (churn_secs > 0).then(|| churn(kind, &m, &mut backend, Duration::from_secs(churn_secs)));
         backend.cleanup();
         Figures {
             backend: backend_name.to_string(),
@@ -280,8 +419,8 @@ pub fn measure(backend_name: &str, pods: usize, policies: usize, churn_secs: u64
 
 /// Measures both backends in this process (the tiny-scale test; `make bench`
 /// runs `measure` in a process per backend so each peak RSS is its own).
-pub fn backends(pods: usize, policies: usize, churn_secs: u64) -> Vec<Figures> {
-    BACKENDS.iter().map(|b| measure(b, pods, policies, churn_secs)).collect()
+pub fn backends(kind: ModelKind, pods: usize, policies: usize, churn_secs: u64) -> Vec<Figures> {
+    BACKENDS.iter().map(|b| measure(b, kind, pods, policies, churn_secs)).collect()
 }
 
 const NEW_POD: usize = usize::MAX;
@@ -308,10 +447,14 @@ fn synthetic_pod(namespaces: usize, p: usize, node: &str, ip: Ipv4Addr) -> Pod {
 /// 100 pods created and 100 deleted per second, on every node, while the
 /// agent loop (compile, render, apply the changes pending) keeps up; the lag
 /// of each change from when it was made to when the kernel reflected it.
-fn churn(m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
+fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
     const PER_SECOND: u32 = 100;
     let namespaces = m.namespaces.len();
     let mut m = m.clone();
+    // What the engine was last brought to: the agent's compiled snapshot.
+    let mut synced = m.clone();
+    let mut engine = PolicyEngine::new(&m, "node-1", cluster_cidr(), Options::default());
+    engine.take_dirty();
     let start = Instant::now();
     let interval = Duration::from_secs(1) / PER_SECOND;
     let (mut made, mut cycles) = (0usize, 0usize);
@@ -322,6 +465,7 @@ fn churn(m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
         // The changes due by now, each at its scheduled time.
         let due = (start.elapsed().as_nanos() / interval.as_nanos()) as usize + 1;
         let mut pending = Vec::new();
+        let mut ops: Vec<(String, Option<Pod>)> = Vec::new();
         while made < due {
             let at = start + interval * made as u32;
             let p = 1_000_000 + made;
@@ -332,13 +476,17 @@ fn churn(m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
                 200 + ((k / 3 / 250) % 50) as u8,
                 (k / 3 % 250 + 2) as u8,
             );
-            let pod = synthetic_pod(namespaces, p, &format!("node-{}", k % 3 + 1), ip);
+            let node = format!("node-{}", k % 3 + 1);
+            let pod = match kind {
+                ModelKind::Synthetic => synthetic_pod(namespaces, p, &node, ip),
+                ModelKind::Mix => Pod { name: format!("churn-{p}"), node: Some(node), ..mix_pod(p, ip) },
+            };
             live.push_back(pod.key());
-            m.pods.insert(pod.key(), pod);
+            ops.push((pod.key(), Some(pod)));
             pending.push(at);
             if live.len() > PER_SECOND as usize {
                 if let Some(old) = live.pop_front() {
-                    m.pods.remove(&old);
+                    ops.push((old, None));
                     pending.push(at);
                 }
             }
@@ -348,7 +496,19 @@ fn churn(m: &Model, backend: &mut Backend, secs: Duration) -> Churn {
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
-        sync(&m, backend, false);
+        // The changes go into the state, the engine brings the kernel from
+        // the last synced state to it, and the synced state follows.
+        let apply = |model: &mut Model| {
+            for (key, pod) in &ops {
+                match pod {
+                    Some(p) => model.pods.insert(key.clone(), p.clone()),
+                    None => model.pods.remove(key),
+                };
+            }
+        };
+        apply(&mut m);
+        sync_change(&mut engine, &synced, &m, backend);
+        apply(&mut synced);
         cycles += 1;
         let done = Instant::now();
         lags.extend(pending.into_iter().map(|at| done.saturating_duration_since(at)));
@@ -385,10 +545,12 @@ fn ms(d: Duration) -> String {
 /// The control-plane figures as a Markdown table, a row per backend.
 pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
     let mut s = format!(
-        "{pods} pods, {policies} policies (node-1's share). Each time is compile + render + apply = total, ms.\n\n\
+        "{pods} pods, {policies} policies (node-1's share). Full sync and resync: compile + render + apply = total, ms. \
+         Changes ({CHANGES} of each kind): p50 / p99 of compile + patch, ms.\n\n\
          | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | resync | peak RSS MiB |\n\
          |---|---|---|---|---|---|---|---|---|---|\n"
     );
+    let pct = |p: &Percentiles| format!("{} / {}", ms(p.p50.total()), ms(p.p99.total()));
     let step =
         |t: &Step| format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total()));
     for f in figures {
@@ -399,9 +561,9 @@ pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
             f.sets,
             f.elements,
             step(&f.full),
-            step(&f.changes[0]),
-            step(&f.changes[1]),
-            step(&f.changes[2]),
+            pct(&f.changes[0]),
+            pct(&f.changes[1]),
+            pct(&f.changes[2]),
             step(&f.resync),
             f.peak_rss_kib as f64 / 1024.0
         );
@@ -425,4 +587,132 @@ pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
         }
     }
     s
+}
+
+/// The second model, a mix of the shapes real clusters hold: PODS pods over
+/// 3 nodes in 100 namespaces (team t0-t9, every fourth env=prod), pods of 20
+/// apps (every tenth pod `app: cache`, serving `dns`/UDP 53) and two tiers,
+/// all serving `http` on 8080; POLICIES policies: 15% namespace default
+/// denies, 30% ingress to an app from another app on one port, 20% ingress
+/// from namespaces matched by an expression on team, 15% ingress to a tier
+/// from prod namespaces' pods of one app on the named port `http`, 20%
+/// egress to an ipBlock with one except on an endPort range plus to every
+/// namespace's cache pods on the named port `dns`.
+pub fn mix_model(pods: usize, policies: usize) -> Model {
+    let mut m = model(0, 0);
+    const NAMESPACES: usize = 100;
+    m.namespaces.clear();
+    for i in 0..NAMESPACES {
+        let name = format!("ns-{i}");
+        let env = if i % 4 == 0 { "prod" } else { "dev" };
+        let l = labels([
+            ("team", format!("t{}", i % 10)),
+            ("env", env.to_string()),
+            ("kubernetes.io/metadata.name", name.clone()),
+        ]);
+        m.namespaces.insert(name.clone(), Namespace { name, labels: l });
+    }
+    for p in 0..pods {
+        let pod =
+            mix_pod(p, Ipv4Addr::new(10, 100 + (p % 3) as u8, (p / 3 / 250) as u8, (p / 3 % 250 + 2) as u8));
+        m.pods.insert(pod.key(), pod);
+    }
+    let sel = |k: &str, v: String| LabelSelector::of_labels([(k, v.as_str())]);
+    let port =
+        |n: u16| PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(n)), end_port: None };
+    let named =
+        |n: &str, protocol| PolicyPort { protocol, port: Some(PortRef::Name(n.into())), end_port: None };
+    for i in 0..policies {
+        let ns = format!("ns-{}", i % NAMESPACES);
+        let (v, app) = ((i / NAMESPACES) as u16, format!("a{}", i % 20));
+        let other = format!("a{}", (i + 7) % 20);
+        let (selector, ingress, egress) = match i % 20 {
+            // 15%: default deny.
+            0..=2 => (LabelSelector::default(), Some(vec![]), None),
+            // 30%: from another app on one port.
+            3..=8 => (
+                sel("app", app),
+                Some(vec![Rule {
+                    peers: vec![Peer::Pods { namespaces: None, pods: sel("app", other) }],
+                    ports: vec![port(8000 + v % 1000)],
+                }]),
+                None,
+            ),
+            // 20%: from the namespaces of some teams.
+            9..=12 => {
+                let teams = [format!("t{}", i % 10), format!("t{}", (i + 3) % 10)];
+                let ns_sel = LabelSelector {
+                    match_labels: Default::default(),
+                    match_expressions: vec![crate::model::Requirement {
+                        key: "team".into(),
+                        operator: crate::model::Operator::In,
+                        values: teams.into_iter().collect(),
+                    }],
+                };
+                let peers = vec![Peer::Pods { namespaces: Some(ns_sel), pods: LabelSelector::default() }];
+                (sel("app", app), Some(vec![Rule { peers, ports: vec![port(9000 + v % 1000)] }]), None)
+            }
+            // 15%: a tier, from prod namespaces' pods of one app, on http.
+            13..=15 => {
+                let peers =
+                    vec![Peer::Pods { namespaces: Some(sel("env", "prod".into())), pods: sel("app", other) }];
+                let rules = vec![Rule { peers, ports: vec![named("http", Protocol::Tcp)] }];
+                (sel("tier", ["web", "db"][i % 2].into()), Some(rules), None)
+            }
+            // 20%: egress to an ipBlock on a range, and to cache pods on dns.
+            _ => {
+                let block = Peer::IpBlock {
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                    except: vec!["10.100.0.0/16".parse().unwrap()],
+                };
+                let range = PolicyPort {
+                    protocol: Protocol::Tcp,
+                    port: Some(PortRef::Number(5000)),
+                    end_port: Some(5100),
+                };
+                let cache = Peer::Pods {
+                    namespaces: Some(LabelSelector::default()),
+                    pods: sel("app", "cache".into()),
+                };
+                let rules = vec![
+                    Rule { peers: vec![block], ports: vec![range] },
+                    Rule { peers: vec![cache], ports: vec![named("dns", Protocol::Udp)] },
+                ];
+                (sel("app", app), None, Some(rules))
+            }
+        };
+        let p = NetworkPolicy {
+            namespace: ns,
+            name: format!("mix-{i}"),
+            pod_selector: selector,
+            ingress,
+            egress,
+            audit: false,
+        };
+        m.policies.insert(p.key(), p);
+    }
+    m
+}
+
+/// Pod number `p` of the mix, at `ip`.
+fn mix_pod(p: usize, ip: Ipv4Addr) -> Pod {
+    let app = if p % 10 == 9 { "cache".to_string() } else { format!("a{}", (p / 100) % 20) };
+    let mut ports =
+        vec![crate::model::ContainerPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp }];
+    if app == "cache" {
+        ports.push(crate::model::ContainerPort {
+            name: Some("dns".into()),
+            port: 53,
+            protocol: Protocol::Udp,
+        });
+    }
+    Pod {
+        namespace: format!("ns-{}", p % 100),
+        name: format!("mix-pod-{p}"),
+        labels: labels([("app", app), ("tier", ["web", "db"][(p / 7) % 2].to_string())]),
+        node: Some(format!("node-{}", p % 3 + 1)),
+        ip: Some(ip),
+        host_network: false,
+        ports,
+    }
 }

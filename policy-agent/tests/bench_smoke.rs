@@ -5,17 +5,29 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use weft_agent::synthetic::ModelKind;
+
 #[test]
 fn the_backends_benchmark_runs_at_a_tiny_scale() {
     if std::fs::metadata("/proc/self").map(|m| m.uid() != 0).unwrap_or(true) {
         eprintln!("SKIP: needs root");
         return;
     }
-    let figures = weft_agent::synthetic::backends(30, 10, 1);
+    for kind in [ModelKind::Synthetic, ModelKind::Mix] {
+        check(kind);
+    }
+}
+
+fn check(kind: ModelKind) {
+    let figures = weft_agent::synthetic::backends(kind, 30, 10, 1);
     assert_eq!(figures.iter().map(|f| f.backend.as_str()).collect::<Vec<_>>(), ["iptables", "nftables"]);
     for f in &figures {
         assert!(f.elements > 0 && f.rules > 0 && f.sets > 0, "{f:?}");
         assert!(f.full.apply > std::time::Duration::ZERO && f.peak_rss_kib > 0, "{f:?}");
+        // Every kind of change found its targets and was applied each time.
+        for c in &f.changes {
+            assert_eq!(c.samples, weft_agent::synthetic::CHANGES, "{kind:?} {f:?}");
+        }
         let churn = f.churn.as_ref().expect("asked for a churn run");
         assert!(churn.changes >= 50 && churn.cycles > 0 && churn.p50 <= churn.max, "{churn:?}");
     }

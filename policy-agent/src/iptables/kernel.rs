@@ -17,7 +17,9 @@ use std::fmt::Write as _;
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
+use super::patch;
 use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};
+use crate::policy::{Dirty, PolicyIr};
 
 /// The comment on weft's jump from FORWARD.
 const JUMP_COMMENT: &str = "weft: NetworkPolicy";
@@ -128,6 +130,49 @@ impl Iptables {
             done.sets_destroyed += 1;
         }
         Ok(done)
+    }
+
+    /// Patches the members `dirty` names, as `ir` now has them, into the
+    /// sets this process applied last. None when a patch cannot do (a
+    /// structural change, nothing applied yet, a set that would outgrow its
+    /// maxelem): the caller applies in full. Adds and deletes in place are
+    /// safe in any order (see `small_change`).
+    pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<Applied>, KernelError> {
+        if dirty.structural || self.rules.is_none() {
+            return Ok(None);
+        }
+        let Some(changes) = patch::changes(ir, dirty, &self.sets) else { return Ok(None) };
+        let mut payload = String::new();
+        for (name, c) in &changes {
+            let have = self.sets.get(name).map_or(0, |s| s.members.len());
+            if have + c.add.len() > self.capacity.get(name).copied().unwrap_or(0) {
+                return Ok(None);
+            }
+            for m in &c.add {
+                let _ = writeln!(payload, "add {name} {m} -exist");
+            }
+            for m in &c.del {
+                let _ = writeln!(payload, "del {name} {m} -exist");
+            }
+        }
+        if !payload.is_empty() {
+            if let Err(e) = tool::restore("ipset", &["restore"], &payload) {
+                // What the kernel holds is unknown now: the next apply checks it all.
+                self.rules = None;
+                return Err(e);
+            }
+        }
+        patch::remember(&mut self.sets, &changes);
+        Ok(Some(Applied { sets_patched: changes.len(), ..Applied::default() }))
+    }
+
+    /// Rules, sets and members as last applied.
+    pub fn counts(&self) -> crate::backend::ObjectCounts {
+        crate::backend::ObjectCounts {
+            rules: self.rules.as_deref().map_or(0, |r| r.lines().filter(|l| l.starts_with("-A")).count()),
+            sets: self.sets.len(),
+            elements: self.sets.values().map(|s| s.members.len()).sum(),
+        }
     }
 
     /// Removes weft's jump, chains and sets. Carries on after an error and

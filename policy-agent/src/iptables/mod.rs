@@ -3,6 +3,7 @@
 //! `iptables-restore --noflush` and keeps weft's FORWARD jump first.
 
 pub mod kernel;
+pub mod patch;
 pub mod render;
 
 pub use kernel::Iptables;

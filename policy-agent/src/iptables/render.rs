@@ -34,8 +34,9 @@ use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
 
 use crate::backend::ObjectCounts;
+use crate::model::Protocol;
 use crate::nflog;
-use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr};
+use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr, Triple};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
@@ -86,25 +87,25 @@ pub struct Rendered {
     pub rules: String,
 }
 
-struct Names {
-    iso: &'static str,
-    allow: &'static str,
-    chain: &'static str,
+pub(super) struct Names {
+    pub(super) iso: &'static str,
+    pub(super) allow: &'static str,
+    pub(super) chain: &'static str,
     /// Prefix of group sets: "weft-i" / "weft-e".
-    group: &'static str,
+    pub(super) group: &'static str,
     /// The match flags of the allow set: which packet fields make (pod, port, peer).
-    allow_flags: &'static str,
+    pub(super) allow_flags: &'static str,
     /// The match flags of a (pod, port) set.
-    allow_flags_pod_port: &'static str,
+    pub(super) allow_flags_pod_port: &'static str,
     /// The flag of the local pod and of the peer for single-address sets.
-    pod_flag: &'static str,
-    peer_flag: &'static str,
-    log_prefix: &'static str,
+    pub(super) pod_flag: &'static str,
+    pub(super) peer_flag: &'static str,
+    pub(super) log_prefix: &'static str,
     /// Audit: log what is not admitted and let it pass.
-    audit: bool,
+    pub(super) audit: bool,
 }
 
-const INGRESS: Names = Names {
+pub(super) const INGRESS: Names = Names {
     iso: "weft-in-iso",
     allow: "weft-in",
     chain: INGRESS_CHAIN,
@@ -117,7 +118,7 @@ const INGRESS: Names = Names {
     audit: false,
 };
 
-const EGRESS: Names = Names {
+pub(super) const EGRESS: Names = Names {
     iso: "weft-out-iso",
     allow: "weft-out",
     chain: EGRESS_CHAIN,
@@ -130,7 +131,7 @@ const EGRESS: Names = Names {
     audit: false,
 };
 
-const AUDIT_INGRESS: Names = Names {
+pub(super) const AUDIT_INGRESS: Names = Names {
     iso: "weft-ain-iso",
     allow: "weft-ain",
     chain: AUDIT_INGRESS_CHAIN,
@@ -140,7 +141,7 @@ const AUDIT_INGRESS: Names = Names {
     ..INGRESS
 };
 
-const AUDIT_EGRESS: Names = Names {
+pub(super) const AUDIT_EGRESS: Names = Names {
     iso: "weft-aout-iso",
     allow: "weft-aout",
     chain: AUDIT_EGRESS_CHAIN,
@@ -211,15 +212,7 @@ pub fn render(ir: &PolicyIr) -> Rendered {
 
 fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut String) {
     sets.push(ip_set(n.iso, &dir.isolated));
-    let members = dir
-        .triples
-        .iter()
-        .flat_map(|(pod, proto, port, peer)| {
-            ipset_nets(*peer)
-                .into_iter()
-                .map(move |p| format!("{pod},{}:{port},{}", proto.as_str(), net_str(p)))
-        })
-        .collect();
+    let members = dir.triples.iter().flat_map(triple_members).collect();
     sets.push(spec(n.allow, SetType::HashIpPortNet, members));
     let c = n.chain;
     let _ = writeln!(rules, "-A {c} -m set --match-set {} {} -j RETURN", n.allow, n.allow_flags);
@@ -233,22 +226,17 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
     };
     // (targets set, its match flags, peer key, peers, port match) per rule.
     let port_groups = dir.port_groups.iter().map(|g| {
-        let members =
-            g.targets.iter().map(|(ip, proto, port)| format!("{ip},{}:{port}", proto.as_str())).collect();
-        let targets = spec(&keyed(&format!("{}s", n.group), g.key, ""), SetType::HashIpPort, members);
+        let members = g.targets.iter().map(pod_port_member).collect();
+        let targets = spec(&port_group_set(n, g.key), SetType::HashIpPort, members);
         (targets, n.allow_flags_pod_port, g.key, &g.peers, String::new())
     });
     let groups = dir.groups.iter().map(|g| {
-        let ports = match g.ports {
-            GroupPorts::All => String::new(),
-            GroupPorts::Protocol(p) => format!(" -p {}", p.as_str()),
-            GroupPorts::Range(p, a, b) => format!(" -p {0} -m {0} --dport {a}:{b}", p.as_str()),
-        };
-        let targets = ip_set(&keyed(&format!("{}t", n.group), g.key, &ports), &g.targets);
+        let ports = ports_match(g.ports);
+        let targets = ip_set(&group_set(n, g.key, g.ports), &g.targets);
         (targets, n.pod_flag, g.key, &g.peers, ports)
     });
     for (targets, flags, key, peers, ports) in port_groups.chain(groups) {
-        let peers = net_set(&format!("{}p", n.group), key, peers);
+        let peers = net_set(&peer_set(n, key), peers);
         let _ = writeln!(
             rules,
             "-A {c} -m set --match-set {} {flags} -m set --match-set {} {}{ports} -j RETURN",
@@ -279,14 +267,52 @@ fn spec(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
 }
 
 /// A hash:ip set.
-fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>) -> SetSpec {
+pub(super) fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>) -> SetSpec {
     spec(name, SetType::HashIp, ips.iter().map(Ipv4Addr::to_string).collect())
 }
 
-/// The hash:net set of the peers with key `key`.
-fn net_set(prefix: &str, key: PeerKey, nets: &[Ipv4Network]) -> SetSpec {
-    let members: Vec<String> = nets.iter().flat_map(|n| ipset_nets(*n)).map(net_str).collect();
-    spec(&keyed(prefix, key, ""), SetType::HashNet, members)
+/// The hash:net set `name` of peers `nets`.
+pub(super) fn net_set(name: &str, nets: &[Ipv4Network]) -> SetSpec {
+    spec(name, SetType::HashNet, net_members(nets))
+}
+
+/// The members of a hash:net set of `nets`.
+pub(super) fn net_members(nets: &[Ipv4Network]) -> Vec<String> {
+    nets.iter().flat_map(|n| ipset_nets(*n)).map(net_str).collect()
+}
+
+/// The hash:ip,port,net members of a triple (two for a /0 peer).
+pub(super) fn triple_members(&(pod, proto, port, peer): &Triple) -> impl Iterator<Item = String> {
+    ipset_nets(peer).into_iter().map(move |p| format!("{pod},{}:{port},{}", proto.as_str(), net_str(p)))
+}
+
+/// The hash:ip,port member of a port group's target.
+pub(super) fn pod_port_member((ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> String {
+    format!("{ip},{}:{port}", proto.as_str())
+}
+
+/// The port match of a group's rule.
+fn ports_match(ports: GroupPorts) -> String {
+    match ports {
+        GroupPorts::All => String::new(),
+        GroupPorts::Protocol(p) => format!(" -p {}", p.as_str()),
+        GroupPorts::Range(p, a, b) => format!(" -p {0} -m {0} --dport {a}:{b}", p.as_str()),
+    }
+}
+
+/// The (pod, port) targets set of port group `key`.
+pub(super) fn port_group_set(n: &Names, key: PeerKey) -> String {
+    keyed(&format!("{}s", n.group), key, "")
+}
+
+/// The pod targets set of group (`key`, `ports`).
+pub(super) fn group_set(n: &Names, key: PeerKey, ports: GroupPorts) -> String {
+    keyed(&format!("{}t", n.group), key, &ports_match(ports))
+}
+
+/// The peers set of `key`.
+pub(super) fn peer_set(n: &Names, key: PeerKey) -> String {
+    keyed(&format!("{}p", n.group), key, "")
 }
 
 /// `<prefix>-<16 hex of the key and extra>`: at most 24 characters, under

@@ -22,7 +22,9 @@ use nftables::types::NfFamily;
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
+use super::patch;
 use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};
+use crate::policy::{Dirty, PolicyIr};
 
 /// What one apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +78,44 @@ impl Nft {
         Ok(done)
     }
 
+    /// Patches the elements `dirty` names, as `ir` now has them, into the
+    /// table this process committed last, in one transaction. None when a
+    /// patch cannot do (a structural change, nothing committed yet): the
+    /// caller applies in full.
+    pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<NftApplied>, KernelError> {
+        if dirty.structural {
+            return Ok(None);
+        }
+        let Some(last) = self.last.as_mut() else { return Ok(None) };
+        let Some(changes) = patch::changes(ir, dirty, &last.sets) else { return Ok(None) };
+        let mut objects = Vec::new();
+        let (mut added, mut deleted) = (0, 0);
+        for (name, c) in &changes {
+            added += c.came.len();
+            deleted += c.gone.len();
+            element_cmds(
+                name,
+                c.gone.iter().map(Elem::expr).collect(),
+                c.came.iter().map(Elem::expr).collect(),
+                &mut objects,
+            );
+        }
+        if !objects.is_empty() {
+            if let Err(e) = run(&Nftables { objects: Cow::Owned(objects) }) {
+                // What the kernel holds is unknown now: the next apply replaces the table.
+                self.last = None;
+                return Err(e);
+            }
+        }
+        patch::remember(&mut last.sets, &changes);
+        Ok(Some(NftApplied { added, deleted, ..NftApplied::default() }))
+    }
+
+    /// Rules, sets and elements of the table as last committed.
+    pub fn counts(&self) -> Option<crate::backend::ObjectCounts> {
+        self.last.as_ref().map(NftRendered::counts)
+    }
+
     /// Deletes weft's table if it exists.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
         self.last = None;
@@ -102,25 +142,35 @@ fn delta(
         let old_elems = old.sets.get(name).unwrap_or(&empty);
         let gone: Vec<Expression<'static>> = old_elems.difference(new_elems).map(Elem::expr).collect();
         let came: Vec<Expression<'static>> = new_elems.difference(old_elems).map(Elem::expr).collect();
-        let element = |elem: Vec<Expression<'static>>| {
-            NfListObject::Element(Element {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                name: name.clone().into(),
-                elem: Cow::Owned(elem),
-            })
-        };
-        // Deletions first: an added interval may reuse the space of a deleted one.
-        if !gone.is_empty() {
-            deleted += gone.len();
-            objects.push(NfObject::CmdObject(NfCmd::Delete(element(gone))));
-        }
-        if !came.is_empty() {
-            added += came.len();
-            objects.push(NfObject::CmdObject(NfCmd::Add(element(came))));
-        }
+        deleted += gone.len();
+        added += came.len();
+        element_cmds(name, gone, came, &mut objects);
     }
     (Nftables { objects: Cow::Owned(objects) }, added, deleted)
+}
+
+/// The commands that delete `gone` from set `name` and add `came`.
+fn element_cmds(
+    name: &str,
+    gone: Vec<Expression<'static>>,
+    came: Vec<Expression<'static>>,
+    objects: &mut Vec<NfObject<'static>>,
+) {
+    let element = |elem: Vec<Expression<'static>>| {
+        NfListObject::Element(Element {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.to_string().into(),
+            elem: Cow::Owned(elem),
+        })
+    };
+    // Deletions first: an added interval may reuse the space of a deleted one.
+    if !gone.is_empty() {
+        objects.push(NfObject::CmdObject(NfCmd::Delete(element(gone))));
+    }
+    if !came.is_empty() {
+        objects.push(NfObject::CmdObject(NfCmd::Add(element(came))));
+    }
 }
 
 /// The part of a skeleton that only a full replacement changes: everything

@@ -2,6 +2,7 @@
 //! (pure), `kernel` applies it through `nft -j` as one transaction per change.
 
 pub mod kernel;
+pub mod patch;
 pub mod render;
 
 pub use kernel::Nft;

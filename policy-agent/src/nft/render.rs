@@ -404,7 +404,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     NftRendered { sets, skeleton }
 }
 
-fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Elem> {
+pub(super) fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Elem> {
     ips.iter().map(|ip| Elem::Addr(*ip)).collect()
 }
 
@@ -439,7 +439,7 @@ fn groups(
 ) {
     let addr = || SetTypeValue::Single(SetType::Ipv4Addr);
     let mut peer_set = |key: PeerKey, nets: &[Ipv4Network], skeleton: &mut Vec<NfListObject<'static>>| {
-        let name = format!("{short}p_{key:016x}");
+        let name = peer_set(short, key);
         if !sets.contains_key(&name) {
             skeleton.push(set(name.clone(), addr(), true));
             sets.insert(name.clone(), nets.iter().map(|n| Elem::Net(*n)).collect());
@@ -450,15 +450,9 @@ fn groups(
     let mut own = BTreeMap::new();
     for g in &dir.port_groups {
         let peers = peer_set(g.key, &g.peers, skeleton);
-        let targets = format!("{short}s_{:016x}", g.key);
+        let targets = port_group_set(short, g.key);
         skeleton.push(set(targets.clone(), SetTypeValue::Concatenated(Cow::Borrowed(&POD_PORT_TYPE)), false));
-        own.insert(
-            targets.clone(),
-            g.targets
-                .iter()
-                .map(|(ip, proto, port)| Elem::PodPort(*ip, protocol_number(*proto), *port))
-                .collect(),
-        );
+        own.insert(targets.clone(), g.targets.iter().map(pod_port).collect());
         let key = Expression::Named(NamedExpression::Concat(vec![ip_field(pod), l4proto(), th_dport()]));
         rules.push(vec![
             m(key, Operator::EQ, set_ref(&targets)),
@@ -468,7 +462,7 @@ fn groups(
     }
     for g in &dir.groups {
         let peers = peer_set(g.key, &g.peers, skeleton);
-        let targets = format!("{short}t_{:016x}", fnv1a64(format!("{:016x}{:?}", g.key, g.ports).as_bytes()));
+        let targets = group_set(short, g.key, g.ports);
         skeleton.push(set(targets.clone(), addr(), false));
         own.insert(targets.clone(), addrs(&g.targets));
         let mut expr = vec![
@@ -492,20 +486,56 @@ fn groups(
     skeleton.extend(rules.into_iter().map(|expr| rule(chain, expr, None)));
 }
 
+/// The peers set of `key` in the direction named `short` (in, out, ain, aout).
+pub(super) fn peer_set(short: &str, key: PeerKey) -> String {
+    format!("{short}p_{key:016x}")
+}
+
+/// The (pod, protocol, port) targets set of port group `key`.
+pub(super) fn port_group_set(short: &str, key: PeerKey) -> String {
+    format!("{short}s_{key:016x}")
+}
+
+/// The pod targets set of group (`key`, `ports`).
+pub(super) fn group_set(short: &str, key: PeerKey, ports: GroupPorts) -> String {
+    format!("{short}t_{:016x}", fnv1a64(format!("{key:016x}{ports:?}").as_bytes()))
+}
+
+/// A port group's target as an element.
+pub(super) fn pod_port(&(ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> Elem {
+    Elem::PodPort(ip, protocol_number(proto), port)
+}
+
+/// The allow set's elements of one pod: its triples cut into disjoint boxes.
+pub(super) fn pod_cells(
+    pod: Ipv4Addr,
+    triples: impl Iterator<Item = (Protocol, u16, Ipv4Network)>,
+) -> Vec<Elem> {
+    let boxes: Vec<PortBox> = triples
+        .map(|(proto, port, peer)| {
+            let p = protocol_number(proto);
+            ((p, p), (port, port), peer)
+        })
+        .collect();
+    disjoint(&boxes).into_iter().map(|(protos, ports, net)| Elem::Cell(pod, protos, ports, net)).collect()
+}
+
 /// The elements of one direction's allow set: its triples.
 fn cells(dir: &Direction) -> BTreeSet<Elem> {
-    let mut boxes: BTreeMap<Ipv4Addr, Vec<PortBox>> = BTreeMap::new();
-    for (pod, proto, port, peer) in &dir.triples {
-        let p = protocol_number(*proto);
-        boxes.entry(*pod).or_default().push(((p, p), (*port, *port), *peer));
-    }
-    let mut out = BTreeSet::new();
-    for (pod, bs) in boxes {
-        for (protos, ports, net) in disjoint(&bs) {
-            out.insert(Elem::Cell(pod, protos, ports, net));
-        }
-    }
-    out
+    let pods: BTreeSet<Ipv4Addr> = dir.triples.iter().map(|t| t.0).collect();
+    pods.into_iter().flat_map(|pod| pod_cells(pod, pod_triples(dir, pod))).collect()
+}
+
+/// `pod`'s triples in `dir`, as (protocol, port, peer).
+pub(super) fn pod_triples(
+    dir: &Direction,
+    pod: Ipv4Addr,
+) -> impl Iterator<Item = (Protocol, u16, Ipv4Network)> + '_ {
+    const MIN_NET: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+    dir.triples
+        .range((pod, Protocol::Tcp, 0, MIN_NET)..)
+        .take_while(move |t| t.0 == pod)
+        .map(|t| (t.1, t.2, t.3))
 }
 
 /// Cuts boxes (protocol range, port range, network) into disjoint ones that

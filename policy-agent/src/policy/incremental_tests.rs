@@ -129,7 +129,7 @@ fn node(name: &str, third: u8) -> Node {
     }
 }
 
-fn random_model(r: &mut Rng) -> Model {
+pub(crate) fn random_model(r: &mut Rng) -> Model {
     let mut m = Model::default();
     for (n, third) in [("node-1", 1), ("node-2", 2)] {
         m.nodes.insert(n.into(), node(n, third));
@@ -151,7 +151,7 @@ fn random_model(r: &mut Rng) -> Model {
 
 /// One random change: a pod or policy added, changed or removed, a
 /// namespace relabelled, node-1's pod CIDR changed.
-fn mutate(r: &mut Rng, m: &mut Model) {
+pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
     match r.below(10) {
         0..=3 => {
             let name = format!("p{}", r.below(12));
@@ -203,7 +203,7 @@ fn mutate(r: &mut Rng, m: &mut Model) {
     }
 }
 
-fn cluster() -> Option<Ipv4Network> {
+pub(crate) fn cluster() -> Option<Ipv4Network> {
     "10.244.0.0/16".parse().ok()
 }
 

@@ -1,0 +1,202 @@
+//! The set members a change touched, re-rendered from the IR and diffed
+//! against what was applied, so a pod or policy change costs a few `ipset`
+//! lines instead of rendering every set again. Pure; the renderer's own
+//! member functions make the members, so a patched set equals a rendered one
+//! (a property test checks it against `render`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::render::{
+    group_set, ip_set, net_members, peer_set, pod_port_member, port_group_set, triple_members, Names,
+    SetSpec, AUDIT_EGRESS, AUDIT_INGRESS, EGRESS, INGRESS, LOCAL_SET,
+};
+use crate::model::Protocol;
+use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
+
+/// One set's members to add and to delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetChange {
+    pub add: Vec<String>,
+    pub del: Vec<String>,
+}
+
+/// The member changes that bring the applied `sets` to `ir`, given what
+/// `dirty` says changed; None if a set it needs was never applied (the
+/// caller renders in full). `dirty` must not be structural.
+pub fn changes(
+    ir: &PolicyIr,
+    dirty: &Dirty,
+    sets: &BTreeMap<String, SetSpec>,
+) -> Option<BTreeMap<String, SetChange>> {
+    let mut out: BTreeMap<String, SetChange> = BTreeMap::new();
+    let mut diff = |name: &str, new: Vec<String>, old: &[String]| -> Option<()> {
+        let change = out.entry(name.to_string()).or_default();
+        for m in &new {
+            if old.binary_search(m).is_err() {
+                change.add.push(m.clone());
+            }
+        }
+        for m in old {
+            if new.binary_search(m).is_err() {
+                change.del.push(m.clone());
+            }
+        }
+        Some(())
+    };
+    let get = |name: &str| sets.get(name).map(|s| s.members.as_slice());
+    for ip in &dirty.local {
+        let name = LOCAL_SET;
+        let member = ip.to_string();
+        let new = if ir.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
+        diff(name, new, &prefixed(get(name)?, &member, true))?;
+    }
+    let mut views = vec![(&INGRESS, &ir.ingress, &dirty.ingress), (&EGRESS, &ir.egress, &dirty.egress)];
+    if ir.audit {
+        views.push((&AUDIT_INGRESS, &ir.audit_ingress, &dirty.audit_ingress));
+        views.push((&AUDIT_EGRESS, &ir.audit_egress, &dirty.audit_egress));
+    }
+    for (n, dir, d) in views {
+        view(n, dir, d, &get, &mut diff)?;
+    }
+    out.retain(|_, c| !c.add.is_empty() || !c.del.is_empty());
+    for c in out.values_mut() {
+        c.add.sort();
+        c.add.dedup();
+        c.del.sort();
+        c.del.dedup();
+    }
+    Some(out)
+}
+
+fn view<'s>(
+    n: &Names,
+    dir: &Direction,
+    d: &DirtyDirection,
+    get: &impl Fn(&str) -> Option<&'s [String]>,
+    diff: &mut impl FnMut(&str, Vec<String>, &[String]) -> Option<()>,
+) -> Option<()> {
+    for ip in &d.isolated {
+        let member = ip.to_string();
+        let new = if dir.isolated.contains(ip) { vec![member.clone()] } else { Vec::new() };
+        diff(n.iso, new, &prefixed(get(n.iso)?, &member, true))?;
+    }
+    for pod in &d.triples {
+        let mut new: Vec<String> = dir
+            .triples
+            .range((*pod, Protocol::Tcp, 0, MIN_NET)..)
+            .take_while(|t| t.0 == *pod)
+            .flat_map(triple_members)
+            .collect();
+        new.sort();
+        diff(n.allow, new, &prefixed(get(n.allow)?, &format!("{pod},"), false))?;
+    }
+    for (key, pod) in &d.port_groups {
+        let name = port_group_set(n, *key);
+        let Ok(i) = dir.port_groups.binary_search_by_key(key, |g| g.key) else { continue };
+        let mut new: Vec<String> = dir.port_groups[i]
+            .targets
+            .range((*pod, Protocol::Tcp, 0)..)
+            .take_while(|t| t.0 == *pod)
+            .map(pod_port_member)
+            .collect();
+        new.sort();
+        diff(&name, new, &prefixed(get(&name)?, &format!("{pod},"), false))?;
+    }
+    for (key, ports) in &d.groups {
+        let Some(g) = dir.groups.iter().find(|g| g.key == *key && g.ports == *ports) else { continue };
+        let new = ip_set(&group_set(n, *key, *ports), &g.targets);
+        diff(&new.name, new.members.clone(), get(&new.name)?)?;
+    }
+    for key in &d.peers {
+        let nets = dir
+            .port_groups
+            .iter()
+            .find(|g| g.key == *key)
+            .map(|g| &g.peers)
+            .or_else(|| dir.groups.iter().find(|g| g.key == *key).map(|g| &g.peers));
+        let Some(nets) = nets else { continue };
+        let name = peer_set(n, *key);
+        let mut new = net_members(nets);
+        new.sort();
+        new.dedup();
+        diff(&name, new, get(&name)?)?;
+    }
+    Some(())
+}
+
+/// The members of sorted `members` that are `member` (exact) or start with it.
+fn prefixed(members: &[String], member: &str, exact: bool) -> Vec<String> {
+    let from = members.partition_point(|m| m.as_str() < member);
+    members[from..]
+        .iter()
+        .take_while(|m| m.starts_with(member))
+        .filter(|m| !exact || m.as_str() == member)
+        .cloned()
+        .collect()
+}
+
+/// The least network, to start a range of a pod's triples.
+const MIN_NET: ipnetwork::Ipv4Network = match ipnetwork::Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    None => panic!("0.0.0.0/0 is a network"),
+};
+
+/// Applies `changes` to the remembered `sets` (kept sorted).
+pub fn remember(sets: &mut BTreeMap<String, SetSpec>, changes: &BTreeMap<String, SetChange>) {
+    for (name, c) in changes {
+        let Some(s) = sets.get_mut(name) else { continue };
+        for m in &c.del {
+            if let Ok(i) = s.members.binary_search(m) {
+                s.members.remove(i);
+            }
+        }
+        for m in &c.add {
+            if let Err(i) = s.members.binary_search(m) {
+                s.members.insert(i, m.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iptables::render;
+    use crate::policy::incremental::tests::{cluster, mutate, random_model, Rng};
+    use crate::policy::{Options, PolicyEngine};
+
+    /// Sets patched change by change equal the sets rendered in full.
+    #[test]
+    fn patched_sets_equal_rendered_sets() {
+        let mut patched_steps = 0;
+        for seed in 0..200u64 {
+            let mut r = Rng::new(seed);
+            let mut model = random_model(&mut r);
+            let mut engine =
+                PolicyEngine::new(&model, "node-1", cluster(), Options { triple_peers: r.below(3) });
+            engine.take_dirty();
+            let mut sets: BTreeMap<String, SetSpec> =
+                render(engine.ir()).sets.into_iter().map(|s| (s.name.clone(), s)).collect();
+            for step in 0..20 {
+                let mut next = model.clone();
+                mutate(&mut r, &mut next);
+                engine.update(&model, &next);
+                let dirty = engine.take_dirty();
+                let want: BTreeMap<String, SetSpec> =
+                    render(engine.ir()).sets.into_iter().map(|s| (s.name.clone(), s)).collect();
+                if dirty.structural {
+                    sets = want;
+                } else {
+                    let c = changes(engine.ir(), &dirty, &sets)
+                        .unwrap_or_else(|| panic!("seed {seed} step {step}"));
+                    remember(&mut sets, &c);
+                    assert_eq!(sets, want, "seed {seed} step {step}");
+                    patched_steps += 1;
+                }
+                model = next;
+            }
+        }
+        assert!(patched_steps > 1000, "only {patched_steps} steps were patches");
+    }
+}

@@ -1,0 +1,54 @@
+//! The compiled snapshot: the model the agent last synced (cluster state with
+//! the plugin's pod reports laid over it), this node's policy engine compiled
+//! from it, and the generation. Kept between syncs, so a change recompiles
+//! only the policies it touches and the backend patches only what changed;
+//! the denied log reads the model from here instead of building one.
+
+use ipnetwork::Ipv4Network;
+
+use crate::model::Model;
+use crate::policy::{Dirty, Options, PolicyEngine, PolicyIr};
+
+/// What the last sync compiled.
+#[derive(Debug)]
+pub struct Compiled {
+    pub generation: String,
+    pub model: Model,
+    engine: PolicyEngine,
+}
+
+impl Compiled {
+    /// A full compile of `model` for `node`.
+    pub fn new(
+        model: Model,
+        generation: &str,
+        node: &str,
+        cluster: Option<Ipv4Network>,
+        options: Options,
+    ) -> Compiled {
+        let engine = PolicyEngine::new(&model, node, cluster, options);
+        Compiled { generation: generation.into(), model, engine }
+    }
+
+    /// Moves to `model`, recompiling only what changed.
+    pub fn update(&mut self, model: Model, generation: &str) {
+        self.engine.update(&self.model, &model);
+        self.model = model;
+        self.generation = generation.into();
+    }
+
+    /// This node's compiled policy.
+    pub fn ir(&self) -> &PolicyIr {
+        self.engine.ir()
+    }
+
+    /// What changed since the last call (everything after `new`).
+    pub fn take_dirty(&mut self) -> Dirty {
+        self.engine.take_dirty()
+    }
+
+    /// Notes on what could not be enforced as written.
+    pub fn notes(&self) -> Vec<String> {
+        self.engine.notes()
+    }
+}
