@@ -7,7 +7,8 @@ use weft_conf::{CniEnv, CniError, NetConf};
 use crate::agent_client::{self, NotifyError, PodEvent};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
-use crate::{link, names, netns, runtime};
+use crate::{names, runtime};
+use weft_netkit::{link, netns};
 
 /// Runs DEL. Teardown carries on past errors and reports the first.
 pub fn del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {

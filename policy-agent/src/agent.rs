@@ -19,10 +19,10 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
+use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 use weft_plugin::agent_client::{AgentReply, PodEvent};
-use weft_plugin::kernel_error::KernelError;
-use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
-use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
@@ -122,7 +122,7 @@ pub enum AgentError {
     #[error("start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("netlink: {0}")]
-    Netlink(#[from] weft_plugin::kernel_error::KernelError),
+    Netlink(#[from] weft_netkit::kernel_error::KernelError),
     #[error("write status file {path}: {source}")]
     Status { path: PathBuf, source: std::io::Error },
     #[error("pod socket {path}: {source}")]
@@ -210,7 +210,7 @@ impl<'c> Agent<'c> {
             .enable_all()
             .build()
             .map_err(AgentError::Runtime)?;
-        let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
+        let h = rt.block_on(async { weft_netkit::netns::connect_current() })?;
         ensure_forwarding();
         if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
             warn!(
