@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_agent::agent::{read_status, Status};
+use weft_agent::status::{read_status, Status};
 
 use crate::apiserver_standin::{self, ApiStandin};
 use crate::error::{E2eError, Result};

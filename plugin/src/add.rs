@@ -10,11 +10,12 @@ use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
 
-use crate::agent_client::{self, NotifyError, PodEvent};
+use crate::agent_client::{self, NotifyError};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
 use crate::node_setup::{self, Node};
 use crate::{names, runtime};
+use weft_conf::pod_socket::PodEvent;
 use weft_netkit::link::mac_string;
 use weft_netkit::netns::{self, NetNs};
 use weft_netkit::{addr, link, veth};

@@ -4,10 +4,11 @@
 
 use weft_conf::{CniEnv, CniError, NetConf};
 
-use crate::agent_client::{self, NotifyError, PodEvent};
+use crate::agent_client::{self, NotifyError};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
 use crate::{names, runtime};
+use weft_conf::pod_socket::PodEvent;
 use weft_netkit::{link, netns};
 
 /// Runs DEL. Teardown carries on past errors and reports the first.

@@ -12,8 +12,8 @@ pub mod explain;
 pub mod http;
 pub mod iptables;
 pub mod kube_rbac;
-pub mod kube_source;
 pub mod logging;
+pub mod masquerade;
 pub mod metrics;
 pub mod model;
 pub mod nflog;
@@ -24,6 +24,7 @@ pub mod policy;
 pub mod route_table;
 pub mod routes;
 pub mod source;
+pub mod status;
 pub mod synthetic;
 
 pub use model::{Model, Node, Snapshot};

@@ -10,8 +10,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::agent::Status;
 use crate::backend::ObjectCounts;
+use crate::status::Status;
 
 /// Upper bounds of the sync histogram, in seconds: a pod change takes a few
 /// ms, a resync of a large cluster some hundreds.
@@ -380,10 +380,10 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::PolicyStatus;
     use crate::model::Model;
     use crate::policy::compile;
     use crate::policy::PolicyIr;
+    use crate::status::PolicyStatus;
 
     fn status(policy: bool, errors: &[&str]) -> Status {
         Status {
