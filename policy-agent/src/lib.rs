@@ -25,6 +25,5 @@ pub mod route_table;
 pub mod routes;
 pub mod source;
 pub mod status;
-pub mod synthetic;
 
 pub use model::{Model, Node, Snapshot};
