@@ -65,8 +65,9 @@ demo: deps
 bench: release
 	$(STATIC) $(CARGO) bench -p weft-plugin --bench cni --target $(HOST)
 	@echo; echo "## NetworkPolicy control plane on a synthetic model (node-1's share), with churn"; echo
-	$(CARGO) run -q --release -p weft-agent --example backends -- --churn 5 1000 100 10000 1000 10000 10000
-	$(CARGO) run -q --release -p weft-agent --example backends -- --churn 5 --model mix 10000 1000 10000 10000
+	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 1000 100 10000 1000 10000 10000
+	@echo; echo "## The same on a second model: a mix of the shapes real clusters hold"; echo
+	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 --model mix 10000 1000 10000 10000
 	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force"; echo
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \

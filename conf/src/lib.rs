@@ -1,6 +1,7 @@
 //! CNI spec types for weft: network configuration, runtime environment,
 //! results and their conversion between spec versions, error codes and
-//! version negotiation. Pure data and parsing: no I/O.
+//! version negotiation, and the pod socket's messages between the plugin
+//! and the agent. Pure data and parsing: no I/O.
 
 pub mod args;
 pub mod conflist;
@@ -8,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod hash;
 pub mod netconf;
+pub mod pod_socket;
 pub mod reply;
 pub mod result;
 pub mod runtime_config;

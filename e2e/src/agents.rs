@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_agent::agent::{read_status, Status};
+use weft_agent::status::{read_status, Status};
 
 use crate::apiserver_standin::{self, ApiStandin};
 use crate::error::{E2eError, Result};
@@ -243,8 +243,8 @@ impl Testbed {
     pub fn agent_get(&self, n: u32, path: &str) -> Result<(String, String)> {
         use std::io::{Read, Write};
         let what = format!("GET {path} from node {n}'s agent");
-        let netns = weft_plugin::netns::NetNs::open(self.node_netns(n)).map_err(E2eError::kernel(&what))?;
-        let reply = weft_plugin::netns::run_in(&netns, || -> std::io::Result<String> {
+        let netns = weft_netkit::netns::NetNs::open(self.node_netns(n)).map_err(E2eError::kernel(&what))?;
+        let reply = weft_netkit::netns::run_in(&netns, || -> std::io::Result<String> {
             let mut s = std::net::TcpStream::connect(AGENT_HTTP)?;
             s.set_read_timeout(Some(HTTP_TIMEOUT))?;
             s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())?;

@@ -3,7 +3,7 @@
 //! server would, so the kube source runs end to end where no real API server
 //! can (no Docker, no kind on our machines). It is test scaffolding, not an
 //! API server: it serves only list and watch of the resources the agent
-//! watches (`weft_agent::kube_source::watched`) and `/version`, without
+//! watches (`weft_agent::source::kube::watched`) and `/version`, without
 //! authentication, paging or selectors.
 //!
 //! - State: `refresh` reads the cluster dir (the Testbed calls it after every
@@ -18,7 +18,7 @@
 //!   version older than the history (`expire` forgets it) is answered as
 //!   the API server does: a watch ERROR event with a Status 410 Expired.
 //! - Convergence: `refresh` returns the generation of the state it serves
-//!   (`weft_agent::kube_source::state_generation`), which an agent reports
+//!   (`weft_agent::source::kube::state_generation`), which an agent reports
 //!   once its stores hold exactly those objects at those versions.
 //! - Reach: an agent runs inside its node's netns, so there is one listener
 //!   per node, on 127.0.0.1 inside that netns (the socket is created on a
@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use weft_agent::kube_source::{object_key, state_generation, watched, Watched};
+use weft_agent::source::kube::{object_key, state_generation, watched, Watched};
 
 use crate::error::{E2eError, Result};
 

@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use weft_agent::model::manifest::labels;
-use weft_plugin::netns::{run_in, NetNs};
+use weft_netkit::netns::{run_in, NetNs};
 
 use crate::error::{E2eError, Result};
 use crate::manifests::serve_ports;

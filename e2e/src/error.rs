@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use weft_plugin::kernel_error::KernelError;
+use weft_netkit::kernel_error::KernelError;
 
 /// Errors from setting up, inspecting and tearing down a testbed run.
 #[derive(Debug, thiserror::Error)]

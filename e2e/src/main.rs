@@ -13,7 +13,7 @@ use weft_e2e::probe::{probe, Proto};
 use weft_e2e::serve::Server;
 use weft_e2e::signals::Signals;
 use weft_e2e::{topology, E2eError, Testbed};
-use weft_plugin::netns::NetNs;
+use weft_netkit::netns::NetNs;
 
 /// Exit code for usage errors (clap's own 2 would read as a probe timeout).
 const EXIT_USAGE: u8 = 64;

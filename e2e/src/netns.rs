@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use weft_plugin::netns::NetNs;
+use weft_netkit::netns::NetNs;
 
 use crate::error::{E2eError, Result};
 

@@ -107,7 +107,7 @@ mod tests {
     fn names_fit_an_ifname() {
         let run = "abcdefgh";
         for name in [lan_name(run), node_name(run, MAX_NODES), ext_name(run)] {
-            weft_plugin::link::check_ifname(&name).unwrap();
+            weft_netkit::link::check_ifname(&name).unwrap();
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
-use weft_plugin::netns::connect_in;
+use weft_netkit::netns::connect_in;
 
 use crate::error::{E2eError, Result};
 use crate::netns::{create_netns, delete_netns, netns_exists, netns_path};

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use weft_plugin::netns::{run_in, NetNs};
+use weft_netkit::netns::{run_in, NetNs};
 
 use crate::error::{E2eError, Result};
 

@@ -13,8 +13,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use weft_plugin::netns::{connect_in, NetNs};
-use weft_plugin::{addr, bridge, link, veth};
+use weft_netkit::netns::{connect_in, NetNs};
+use weft_netkit::{addr, bridge, link, veth};
 
 use crate::error::{E2eError, Result};
 use crate::netns::{create_netns, delete_netns, list_with_prefix, netns_exists, netns_path};

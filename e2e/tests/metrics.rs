@@ -5,10 +5,12 @@
 //! generation label is the one applied, the set elements grow with it.
 
 mod common;
+#[path = "../../policy-agent/tests/support/exposition.rs"]
+mod exposition;
 
 use std::time::Duration;
 
-use weft_agent::metrics::{parse, value, Sample};
+use exposition::{parse, value, Sample};
 use weft_e2e::Testbed;
 
 const CONVERGE: Duration = Duration::from_secs(10);

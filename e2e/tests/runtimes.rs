@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{ping, pod_testbed, root_or_skip, weft_bin};
+use weft_conf::pod_socket::PodEvent;
 use weft_e2e::probe::{probe_in, Outcome, Proto};
 use weft_e2e::runtimes::containerd::{Containerd, SandboxSpec, SandboxStatus};
 use weft_e2e::runtimes::podman::Podman;
 use weft_e2e::runtimes::witness::Witness;
 use weft_e2e::runtimes::{self, cni_setup, CniDirs, RuntimeError};
 use weft_e2e::{agents, run, Testbed};
-use weft_plugin::agent_client::PodEvent;
 
 /// Probe bound: the first packet to a new veth waits for ARP.
 const PROBE: Duration = Duration::from_secs(2);

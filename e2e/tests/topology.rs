@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_present, ping, root_or_skip};
 use weft_e2e::Testbed;
-use weft_plugin::link::list_links;
+use weft_netkit::link::list_links;
 
 #[test]
 fn two_nodes_and_ext_reach_each_other_over_the_lan() {
@@ -37,7 +37,7 @@ fn two_nodes_and_ext_reach_each_other_over_the_lan() {
     // Nothing of the run exists in the root netns (this thread never left it).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let root_links = rt.block_on(async {
-        let h = weft_plugin::netns::connect_current().unwrap();
+        let h = weft_netkit::netns::connect_current().unwrap();
         list_links(&h).await.unwrap()
     });
     let ours: Vec<_> = root_links.iter().filter(|l| l.name.starts_with(&st.run)).collect();

@@ -2,7 +2,7 @@
 //! both exec'd as processes with the same env in the same kind of node
 //! netns, side by side in one run. Prints figures; passes or fails nothing.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../netkit/tests/common/mod.rs"]
 mod common;
 #[path = "../tests/harness/mod.rs"]
 mod harness;

@@ -10,13 +10,15 @@ use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, Interface, IpConfig, NetConf, Route};
 
-use crate::agent_client::{self, NotifyError, PodEvent};
+use crate::agent_client::{self, NotifyError};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
-use crate::link::mac_string;
-use crate::netns::{self, NetNs};
 use crate::node_setup::{self, Node};
-use crate::{addr, link, names, runtime, veth};
+use crate::{names, runtime};
+use weft_conf::pod_socket::PodEvent;
+use weft_netkit::link::mac_string;
+use weft_netkit::netns::{self, NetNs};
+use weft_netkit::{addr, link, veth};
 
 /// Runs ADD; on error nothing this call created is left behind.
 pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {

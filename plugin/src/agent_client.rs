@@ -3,52 +3,22 @@
 //! the agent to say it has committed the rules; DEL says the address is
 //! going, so the agent drops it before it can be handed to another pod.
 //!
-//! One JSON line each way over a unix stream socket. The agent may be absent
+//! One JSON line each way over a unix stream socket (`weft_conf::pod_socket`). The agent may be absent
 //! (no socket: policy is off on this node) or stopped (connection refused):
 //! then ADD goes on, and the agent's fail-closed rule keeps the pod's address
 //! dropped until it learns the pod from the cluster state. The pod's policy
 //! is therefore never bypassed, only its allowed traffic delayed.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use weft_conf::pod_socket::{AgentReply, PodEvent};
 
 /// Bound on the whole exchange: the agent compiles and applies within it on
 /// any sane node; past it, ADD returns and the fail-closed rule holds.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What the plugin tells the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum PodEvent {
-    /// A pod got `ips` (ADD succeeded up to the result).
-    Add {
-        #[serde(rename = "containerId")]
-        container_id: String,
-        ifname: String,
-        namespace: String,
-        name: String,
-        ips: Vec<IpAddr>,
-    },
-    /// The attachment is being deleted.
-    Del {
-        #[serde(rename = "containerId")]
-        container_id: String,
-        ifname: String,
-    },
-}
-
-/// The agent's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentReply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Why the agent was not told; never fatal to ADD or DEL.
 #[derive(Debug, thiserror::Error)]
@@ -92,26 +62,6 @@ pub fn notify(socket: &Path, event: &PodEvent, timeout: Duration) -> Result<(), 
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
-
-    #[test]
-    fn wire_format() {
-        let add = PodEvent::Add {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            namespace: "x".into(),
-            name: "a".into(),
-            ips: vec!["10.244.1.2".parse().unwrap()],
-        };
-        let text = serde_json::to_string(&add).unwrap();
-        assert_eq!(
-            text,
-            r#"{"op":"add","containerId":"c1","ifname":"eth0","namespace":"x","name":"a","ips":["10.244.1.2"]}"#
-        );
-        assert_eq!(serde_json::from_str::<PodEvent>(&text).unwrap(), add);
-        let del: PodEvent =
-            serde_json::from_str(r#"{"op":"del","containerId":"c1","ifname":"eth0"}"#).unwrap();
-        assert!(matches!(del, PodEvent::Del { .. }));
-    }
 
     #[test]
     fn absent_silent_and_answering_agents() {

@@ -5,8 +5,9 @@ use weft_conf::error::codes;
 use weft_conf::{CniEnv, CniError, CniResult, ErrorCode, NetConf};
 
 use crate::ipam_client::IpamClient;
-use crate::netns::{self, NetNs};
-use crate::{addr, link, names, runtime};
+use crate::{names, runtime};
+use weft_netkit::netns::{self, NetNs};
+use weft_netkit::{addr, link};
 
 /// Runs CHECK against `conf.prev_result`; a precise error names the first difference.
 pub fn check(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {

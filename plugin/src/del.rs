@@ -4,10 +4,12 @@
 
 use weft_conf::{CniEnv, CniError, NetConf};
 
-use crate::agent_client::{self, NotifyError, PodEvent};
+use crate::agent_client::{self, NotifyError};
 use crate::error::context;
 use crate::ipam_client::IpamClient;
-use crate::{link, names, netns, runtime};
+use crate::{names, runtime};
+use weft_conf::pod_socket::PodEvent;
+use weft_netkit::{link, netns};
 
 /// Runs DEL. Teardown carries on past errors and reports the first.
 pub fn del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {

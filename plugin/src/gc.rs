@@ -8,7 +8,8 @@ use weft_conf::{CniEnv, CniError, NetConf};
 
 use crate::error::context;
 use crate::ipam_client::IpamClient;
-use crate::{link, names, netns, runtime};
+use crate::{names, runtime};
+use weft_netkit::{link, netns};
 
 /// Runs GC. Carries on past errors and reports the first.
 pub fn gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {

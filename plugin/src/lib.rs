@@ -3,20 +3,9 @@
 //! `run` is the whole plugin as a function of (env, stdin), so tests drive
 //! it in-process; `main.rs` only does the process I/O.
 
-// Kernel I/O: thin, typed, one file per kind of object.
-pub mod addr;
-pub mod agent_client;
-pub mod bridge;
-pub mod kernel_error;
-pub mod link;
-pub mod masquerade;
-pub mod netns;
-pub mod sysctl;
-pub mod tool;
-pub mod veth;
-
-// The CNI commands and what they share.
+// The CNI commands and what they share; the kernel I/O is weft-netkit.
 pub mod add;
+pub mod agent_client;
 pub mod check;
 pub mod del;
 pub mod error;

@@ -11,9 +11,9 @@ use rtnetlink::Handle;
 use weft_conf::{CniError, ErrorCode, IpConfig, NetConf};
 
 use crate::error::context;
-use crate::kernel_error::KernelError;
-use crate::link::LinkState;
-use crate::{addr, bridge, link, masquerade, sysctl};
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::link::LinkState;
+use weft_netkit::{addr, bridge, link, masquerade, sysctl};
 
 /// MTU when neither the config nor a default route says otherwise.
 const FALLBACK_MTU: u32 = 1500;

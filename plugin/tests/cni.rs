@@ -2,6 +2,7 @@
 //! namespaces each test creates. Every assertion reads the kernel or the
 //! store: a packet crossed, a flag is set, an address is held once.
 
+#[path = "../../netkit/tests/common/mod.rs"]
 mod common;
 mod harness;
 
@@ -11,8 +12,8 @@ use std::path::Path;
 use common::PodNs;
 use harness::{ping, pod_ip, weft, Node};
 use serde_json::json;
-use weft_plugin::link::LinkState;
-use weft_plugin::netns::{self, NetNs};
+use weft_netkit::link::LinkState;
+use weft_netkit::netns::{self, NetNs};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -24,7 +25,7 @@ fn node_link(node: &Node, name: &str) -> Option<LinkState> {
     let ns = NetNs::open(&node.ns.path).unwrap();
     rt().block_on(async {
         let h = netns::connect_in(&ns).unwrap();
-        weft_plugin::link::get_link(&h, name).await.unwrap()
+        weft_netkit::link::get_link(&h, name).await.unwrap()
     })
 }
 
@@ -33,8 +34,8 @@ fn bridge_ports(node: &Node) -> Vec<String> {
     let ns = NetNs::open(&node.ns.path).unwrap();
     rt().block_on(async {
         let h = netns::connect_in(&ns).unwrap();
-        let Some(br) = weft_plugin::link::get_link(&h, "weft0").await.unwrap() else { return vec![] };
-        let links = weft_plugin::link::list_links(&h).await.unwrap();
+        let Some(br) = weft_netkit::link::get_link(&h, "weft0").await.unwrap() else { return vec![] };
+        let links = weft_netkit::link::list_links(&h).await.unwrap();
         links.into_iter().filter(|l| l.controller == Some(br.index)).map(|l| l.name).collect()
     })
 }
@@ -388,8 +389,8 @@ fn config_keys_take_effect_in_the_kernel() {
     let ns = NetNs::open(&node.ns.path).unwrap();
     let (br_mtu, host_mtu) = rt().block_on(async {
         let h = netns::connect_in(&ns).unwrap();
-        let br = weft_plugin::link::get_link(&h, "br-pods").await.unwrap().unwrap();
-        let host = weft_plugin::link::get_link(&h, &host_veth("cfg")).await.unwrap().unwrap();
+        let br = weft_netkit::link::get_link(&h, "br-pods").await.unwrap().unwrap();
+        let host = weft_netkit::link::get_link(&h, &host_veth("cfg")).await.unwrap().unwrap();
         (br.mtu, host.mtu)
     });
     assert_eq!((br_mtu, host_mtu), (1400, 1400));

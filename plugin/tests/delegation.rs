@@ -2,6 +2,7 @@
 //! another IPAM plugin found on CNI_PATH (host-local), and another main
 //! plugin (the reference bridge) exec'ing the standalone weft-ipam.
 
+#[path = "../../netkit/tests/common/mod.rs"]
 mod common;
 mod harness;
 

@@ -2,6 +2,7 @@
 //! containernetworking-plugins): the same inputs give results of the same
 //! shape at every CNI version both speak, and both sets of pods work.
 
+#[path = "../../netkit/tests/common/mod.rs"]
 mod common;
 mod harness;
 

@@ -5,8 +5,8 @@
 //! Starting one backend removes what the other left behind, so switching
 //! never leaves two sets of rules in force.
 
-use weft_plugin::kernel_error::KernelError;
-use weft_plugin::tool;
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::tool;
 
 use crate::iptables::{self, Iptables};
 use crate::nft::{self, Nft};

@@ -8,9 +8,9 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
-use weft_plugin::masquerade::masquerade_present;
-use weft_plugin::sysctl::read_sysctl;
-use weft_plugin::tool;
+use weft_netkit::masquerade::masquerade_present;
+use weft_netkit::sysctl::read_sysctl;
+use weft_netkit::tool;
 
 use crate::explain::Explanation;
 use crate::model::Model;
@@ -55,8 +55,8 @@ pub fn check_node(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
     if let Ok(rt) = rt {
         rt.block_on(async {
-            let Ok(h) = weft_plugin::netns::connect_current() else { return };
-            if let Ok(links) = weft_plugin::link::list_links(&h).await {
+            let Ok(h) = weft_netkit::netns::connect_current() else { return };
+            if let Ok(links) = weft_netkit::link::list_links(&h).await {
                 let br = links.iter().find(|l| l.name == bridge).map(|l| l.index);
                 for l in
                     links.iter().filter(|l| br.is_some() && l.controller == br && l.hairpin == Some(false))

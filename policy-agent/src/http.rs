@@ -102,7 +102,7 @@ fn respond(request: &str, shared: &Shared) -> (&'static str, &'static str, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::Status;
+    use crate::status::Status;
     use std::io::Read;
 
     fn get(addr: SocketAddr, path: &str) -> String {

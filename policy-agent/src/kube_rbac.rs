@@ -28,7 +28,7 @@ pub const API_CALLS: &[ApiCall] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube_source::watched;
+    use crate::source::kube::watched;
 
     /// The watchers' calls (from the k8s-openapi types they watch) are
     /// granted, and nothing is granted for a kind they do not read: with the

@@ -12,8 +12,8 @@ pub mod explain;
 pub mod http;
 pub mod iptables;
 pub mod kube_rbac;
-pub mod kube_source;
 pub mod logging;
+pub mod masquerade;
 pub mod metrics;
 pub mod model;
 pub mod nflog;
@@ -25,6 +25,6 @@ pub mod route_table;
 pub mod routes;
 pub mod snapshot;
 pub mod source;
-pub mod synthetic;
+pub mod status;
 
 pub use model::{Model, Node, Snapshot};

@@ -1,5 +1,5 @@
 //! The agent's pod socket: the plugin's ADD and DEL reports arrive here (one
-//! JSON line each, `weft_plugin::agent_client`) and go to the agent loop as
+//! JSON line each, `weft_conf::pod_socket`) and go to the agent loop as
 //! events; the loop answers once the pod's policy is committed. One thread
 //! accepts, one short-lived thread per connection reads and answers, so a
 //! stuck client never blocks another.
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
-use weft_plugin::agent_client::{AgentReply, PodEvent};
+use weft_conf::pod_socket::{AgentReply, PodEvent};
 
 /// Bound on reading a request and on the loop's answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,7 +101,16 @@ fn serve(conn: UnixStream, events: &Sender<Event>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_plugin::agent_client::{notify, NotifyError};
+
+    /// The plugin's side of one exchange: a request line, the reply line.
+    fn ask(path: &Path, ev: &PodEvent) -> AgentReply {
+        let c = UnixStream::connect(path).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        (&c).write_all(format!("{}\n", serde_json::to_string(ev).unwrap()).as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(&c).read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    }
 
     #[test]
     fn requests_reach_the_loop_and_its_answer_the_client() {
@@ -123,8 +132,8 @@ mod tests {
             }
         });
         let ev = PodEvent::Del { container_id: "c1".into(), ifname: "eth0".into() };
-        notify(&path, &ev, IO_TIMEOUT).unwrap();
-        assert!(matches!(notify(&path, &ev, IO_TIMEOUT), Err(NotifyError::Refused(e)) if e == "nope"));
+        assert_eq!(ask(&path, &ev), AgentReply { ok: true, error: None });
+        assert_eq!(ask(&path, &ev), AgentReply { ok: false, error: Some("nope".into()) });
         lp.join().unwrap();
         // Garbage gets an error reply, not a hang.
         let mut c = UnixStream::connect(&path).unwrap();

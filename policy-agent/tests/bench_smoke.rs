@@ -1,11 +1,15 @@
-//! The policy benchmark (`make bench`, `examples/backends`) at a tiny scale,
+//! The policy benchmark (`make bench`, `benches/backends`) at a tiny scale,
 //! so its code cannot rot: both backends apply the synthetic model and its
 //! changes in namespaces of their own (root; skips otherwise). No figure is
 //! judged here.
 
+#[allow(dead_code)]
+#[path = "../benches/synthetic/mod.rs"]
+mod synthetic;
+
 use std::os::unix::fs::MetadataExt;
 
-use weft_agent::synthetic::ModelKind;
+use synthetic::ModelKind;
 
 #[test]
 fn the_backends_benchmark_runs_at_a_tiny_scale() {
@@ -19,19 +23,19 @@ fn the_backends_benchmark_runs_at_a_tiny_scale() {
 }
 
 fn check(kind: ModelKind) {
-    let figures = weft_agent::synthetic::backends(kind, 30, 10, 1);
+    let figures = synthetic::backends(kind, 30, 10, 1);
     assert_eq!(figures.iter().map(|f| f.backend.as_str()).collect::<Vec<_>>(), ["iptables", "nftables"]);
     for f in &figures {
         assert!(f.elements > 0 && f.rules > 0 && f.sets > 0, "{f:?}");
         assert!(f.full.apply > std::time::Duration::ZERO && f.peak_rss_kib > 0, "{f:?}");
         // Every kind of change found its targets and was applied each time.
         for c in &f.changes {
-            assert_eq!(c.samples, weft_agent::synthetic::CHANGES, "{kind:?} {f:?}");
+            assert_eq!(c.samples, synthetic::CHANGES, "{kind:?} {f:?}");
         }
         let churn = f.churn.as_ref().expect("asked for a churn run");
         assert!(churn.changes >= 50 && churn.cycles > 0 && churn.p50 <= churn.max, "{churn:?}");
     }
-    let table = weft_agent::synthetic::table(30, 10, &figures);
+    let table = synthetic::table(30, 10, &figures);
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| iptables") || l.starts_with("| nftables")).count(),
         4,

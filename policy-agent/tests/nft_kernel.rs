@@ -12,7 +12,7 @@ use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::{render, Elem, Nft, NftRendered};
 use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
-use weft_agent::synthetic::in_netns;
+use weft_netkit::netns::run_in_new;
 
 fn root() -> bool {
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
@@ -156,7 +156,7 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
     if !root() {
         return;
     }
-    in_netns(|| {
+    run_in_new(|| {
         let mut nft = Nft::new();
         let good = render(&ir());
         assert!(nft.apply(&good, false).unwrap().replaced);
@@ -225,5 +225,6 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         nft.cleanup().unwrap();
         assert!(listing().is_empty());
         nft.cleanup().unwrap();
-    });
+    })
+    .expect("a network namespace of its own");
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use weft_agent::pod_socket::{Event, PodSocket};
-use weft_plugin::agent_client::{AgentReply, PodEvent};
+use weft_conf::pod_socket::{AgentReply, PodEvent};
 
 use super::{Result, RuntimeError};
 

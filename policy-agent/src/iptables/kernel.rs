@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use weft_plugin::kernel_error::KernelError;
-use weft_plugin::tool;
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::tool;
 
 use super::patch;
 use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};

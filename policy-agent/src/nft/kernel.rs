@@ -1,6 +1,6 @@
 //! Applying an `NftRendered` table in the calling thread's netns through
 //! `nft -j -f -` (the JSON the `nftables` crate's types serialise to; run by
-//! `weft_plugin::tool` so that nft's stderr reaches the error, which the
+//! `weft_netkit::tool` so that nft's stderr reaches the error, which the
 //! crate's own runner drops).
 //!
 //! Each change is one transaction, so the table is never half-written and a
@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use nftables::expr::Expression;
 use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
-use weft_plugin::kernel_error::KernelError;
-use weft_plugin::tool;
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::tool;
 
 use super::patch;
 use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{ObjectCounts, PolicyBackend};
-use crate::iptables::Iptables;
-use crate::model::manifest::labels;
-use crate::model::{
+use weft_agent::backend::{ObjectCounts, PolicyBackend};
+use weft_agent::iptables::Iptables;
+use weft_agent::model::manifest::labels;
+use weft_agent::model::{
     LabelSelector, Model, Namespace, NetworkPolicy, Node, Peer, Pod, PolicyPort, PortRef, Protocol, Rule,
 };
-use crate::nft::Nft;
-use crate::policy::{Dirty, Options, PolicyEngine, PolicyIr};
+use weft_agent::nft::Nft;
+use weft_agent::policy::{Dirty, Options, PolicyEngine, PolicyIr};
 
 /// The synthetic model.
 pub fn model(pods: usize, policies: usize) -> Model {
@@ -111,14 +111,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
 
 /// Runs `f` on a thread in a new network namespace (the tools it runs live there too).
 pub fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    weft_netkit::netns::run_in_new(f).expect("a network namespace of its own: run as root")
 }
 
 /// The time of one step of the pipeline a change goes through in the agent.
@@ -260,13 +253,13 @@ impl Backend {
         let t0 = Instant::now();
         match self {
             Backend::Iptables(b) => {
-                let r = crate::iptables::render(ir);
+                let r = weft_agent::iptables::render(ir);
                 let t1 = Instant::now();
                 b.apply(&r, full).expect("iptables apply");
                 (t1 - t0, t1.elapsed(), r.counts())
             }
             Backend::Nft(b) => {
-                let r = crate::nft::render(ir);
+                let r = weft_agent::nft::render(ir);
                 let t1 = Instant::now();
                 b.apply(&r, full).expect("nft apply");
                 (t1 - t0, t1.elapsed(), r.counts())
@@ -643,9 +636,9 @@ pub fn mix_model(pods: usize, policies: usize) -> Model {
                 let teams = [format!("t{}", i % 10), format!("t{}", (i + 3) % 10)];
                 let ns_sel = LabelSelector {
                     match_labels: Default::default(),
-                    match_expressions: vec![crate::model::Requirement {
+                    match_expressions: vec![weft_agent::model::Requirement {
                         key: "team".into(),
-                        operator: crate::model::Operator::In,
+                        operator: weft_agent::model::Operator::In,
                         values: teams.into_iter().collect(),
                     }],
                 };
@@ -697,10 +690,13 @@ pub fn mix_model(pods: usize, policies: usize) -> Model {
 /// Pod number `p` of the mix, at `ip`.
 fn mix_pod(p: usize, ip: Ipv4Addr) -> Pod {
     let app = if p % 10 == 9 { "cache".to_string() } else { format!("a{}", (p / 100) % 20) };
-    let mut ports =
-        vec![crate::model::ContainerPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp }];
+    let mut ports = vec![weft_agent::model::ContainerPort {
+        name: Some("http".into()),
+        port: 8080,
+        protocol: Protocol::Tcp,
+    }];
     if app == "cache" {
-        ports.push(crate::model::ContainerPort {
+        ports.push(weft_agent::model::ContainerPort {
             name: Some("dns".into()),
             port: 53,
             protocol: Protocol::Udp,

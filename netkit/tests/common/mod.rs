@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use weft_plugin::netns::NetNs;
+use weft_netkit::netns::NetNs;
 
 /// A test that has left the root netns: its thread is in a fresh netns with `lo`
 /// up, and `rt` (created after the unshare) runs there.
@@ -42,9 +42,9 @@ pub fn isolate(test: &str) -> Option<Isolated> {
     // The runtime is created after the unshare so that nothing it does lands in root.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let h = weft_plugin::netns::connect_current().unwrap();
-        let lo = weft_plugin::link::get_link(&h, "lo").await.unwrap().expect("lo");
-        weft_plugin::link::set_up(&h, lo.index).await.unwrap();
+        let h = weft_netkit::netns::connect_current().unwrap();
+        let lo = weft_netkit::link::get_link(&h, "lo").await.unwrap().expect("lo");
+        weft_netkit::link::set_up(&h, lo.index).await.unwrap();
     });
     Some(Isolated { rt, root })
 }
@@ -104,7 +104,7 @@ impl Drop for PodNs {
 
 /// Runs a tool in the calling thread's netns and returns stdout (panics on failure).
 pub fn tool_output(tool: &str, args: &[&str]) -> String {
-    let path = weft_plugin::tool::find_tool(tool).unwrap();
+    let path = weft_netkit::tool::find_tool(tool).unwrap();
     let out = std::process::Command::new(path).args(args).output().unwrap();
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()

@@ -10,14 +10,14 @@ use std::time::Instant;
 use common::{fd_inode, isolate, lines_with, ns_inode, tool_output, PodNs};
 use ipnetwork::IpNetwork;
 use rtnetlink::LinkVeth;
-use weft_plugin::addr::{self, Family, RouteEntry};
-use weft_plugin::bridge::{ensure_bridge, set_alias};
-use weft_plugin::kernel_error::KernelError;
-use weft_plugin::link::{self, delete_link, get_link, hairpin};
-use weft_plugin::masquerade::{self, MASQ_CHAIN};
-use weft_plugin::netns::{connect_current, connect_in, run_in, NetNs};
-use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
-use weft_plugin::veth::{create_veth, set_hairpin};
+use weft_netkit::addr::{self, Family, RouteEntry};
+use weft_netkit::bridge::{ensure_bridge, set_alias};
+use weft_netkit::kernel_error::KernelError;
+use weft_netkit::link::{self, delete_link, get_link, hairpin};
+use weft_netkit::masquerade::{self, MASQ_CHAIN};
+use weft_netkit::netns::{connect_current, connect_in, run_in, NetNs};
+use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
+use weft_netkit::veth::{create_veth, set_hairpin};
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
@@ -212,16 +212,16 @@ fn fifty_veths_on_one_bridge_are_created_and_deleted() {
                 .unwrap();
         }
         let per = started.elapsed() / n;
-        let ports = |links: Vec<weft_plugin::link::LinkState>| {
+        let ports = |links: Vec<weft_netkit::link::LinkState>| {
             links.iter().filter(|l| l.controller == Some(br.index)).count()
         };
-        assert_eq!(ports(weft_plugin::link::list_links(&h).await.unwrap()), n as usize);
+        assert_eq!(ports(weft_netkit::link::list_links(&h).await.unwrap()), n as usize);
         let started = Instant::now();
         for i in 0..n {
             assert!(delete_link(&h, &format!("vethw{i}")).await.unwrap());
         }
         let del = started.elapsed() / n;
-        assert_eq!(ports(weft_plugin::link::list_links(&h).await.unwrap()), 0);
+        assert_eq!(ports(weft_netkit::link::list_links(&h).await.unwrap()), 0);
         // Figures for the curious; the benchmark (`make bench`) is where they count.
         eprintln!(
             "create_veth+hairpin+readback: {per:?} per pair; delete_link: {del:?} per pair ({n} pairs)"
@@ -328,7 +328,7 @@ fn sysctls_change_only_the_calling_threads_netns() {
 #[test]
 fn masquerade_is_idempotent_and_torn_down() {
     let Some(t) = isolate("masquerade_is_idempotent_and_torn_down") else { return };
-    if weft_plugin::tool::find_tool("iptables-restore").is_err() {
+    if weft_netkit::tool::find_tool("iptables-restore").is_err() {
         eprintln!("SKIP masquerade_is_idempotent_and_torn_down: iptables-restore not installed");
         return;
     }

@@ -4,6 +4,9 @@
 use std::io;
 use std::path::PathBuf;
 
+use weft_conf::error::codes;
+use weft_conf::{CniError, ErrorCode};
+
 /// Errors from netns, netlink, sysctl and iptables operations.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -67,6 +70,24 @@ impl KernelError {
                 | KernelError::NotANetns { .. }
                 | KernelError::LinkNotFound { .. }
         )
+    }
+}
+
+/// Each kernel error becomes a CNI error whose code says what kind of failure it was.
+impl From<KernelError> for CniError {
+    fn from(e: KernelError) -> CniError {
+        let code = match &e {
+            KernelError::NetnsNotFound { .. }
+            | KernelError::NotANetns { .. }
+            | KernelError::NetnsEnter { .. } => ErrorCode::UnknownContainer,
+            KernelError::LinkExists { .. } | KernelError::NotABridge { .. } => {
+                ErrorCode::Plugin(codes::INTERFACE_EXISTS)
+            }
+            KernelError::NameTooLong { .. } => ErrorCode::InvalidNetworkConfig,
+            KernelError::Io { .. } => ErrorCode::IoFailure,
+            _ => ErrorCode::Plugin(codes::KERNEL),
+        };
+        CniError::new(code, e.to_string())
     }
 }
 

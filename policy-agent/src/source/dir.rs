@@ -1,7 +1,5 @@
-//! Where cluster state comes from. One trait; `DirSource` reads a directory of
-//! Kubernetes YAML manifests (the testbed's control plane), and
-//! `kube_source::KubeSource` watches the Kubernetes API. `SourceSpec` is what
-//! the command line chose.
+//! `DirSource`: cluster state from a directory of Kubernetes YAML manifests
+//! (the testbed's control plane).
 //!
 //! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file
 //! (hidden files, such as a writer's temp file, are not manifests) and
@@ -17,46 +15,9 @@ use std::path::{Path, PathBuf};
 
 use weft_conf::hash::Fnv1a;
 
-use crate::kube_source::{KubeSource, KubeSourceError};
-use crate::model::manifest::{parse_objects, Object, ObjectError};
+use super::{keep_last_good, Source};
+use crate::model::manifest::{parse_objects, Object};
 use crate::model::{Model, Snapshot, SourceError};
-
-/// A source of cluster state.
-pub trait Source {
-    /// The current snapshot if the state changed since the last one returned
-    /// (or on the first call), else None. Never blocks for long.
-    fn poll(&mut self) -> Option<Snapshot>;
-}
-
-/// Which source the agent reads (`--source`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
-    /// `dir:PATH`: a directory of manifests.
-    Dir(PathBuf),
-    /// `kube`: the API server of the kubeconfig given, else of KUBECONFIG or
-    /// ~/.kube/config, else the in-cluster service account's.
-    Kube { kubeconfig: Option<PathBuf> },
-}
-
-impl SourceSpec {
-    /// Opens the source. For the API, this loads the client configuration
-    /// (an unreadable kubeconfig fails here) and starts the watchers.
-    pub fn open(&self) -> Result<Box<dyn Source>, KubeSourceError> {
-        Ok(match self {
-            SourceSpec::Dir(dir) => Box::new(DirSource::new(dir)),
-            SourceSpec::Kube { kubeconfig } => Box::new(KubeSource::start(kubeconfig.as_deref())?),
-        })
-    }
-}
-
-/// What stands for an object that no longer validates: its last good version,
-/// if there is one, and the report (the same words whichever the source).
-pub(crate) fn keep_last_good(e: &ObjectError, previous: Option<&Object>) -> (Option<Object>, String) {
-    match previous {
-        Some(o) => (Some(o.clone()), format!("{e}; keeping its last good version")),
-        None => (None, format!("{e}; skipped")),
-    }
-}
 
 /// What one file gave last time.
 #[derive(Debug, Clone)]

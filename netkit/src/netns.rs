@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
 use crate::kernel_error::KernelError;
@@ -135,11 +135,29 @@ pub fn connect_in_background(ns: &NetNs) -> Result<PendingConnection, KernelErro
 /// Runs blocking `f` on a throwaway thread that has entered `ns` (e.g. to read a
 /// pod's sysctl). Threads and processes that `f` starts are in `ns` too.
 pub fn run_in<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T, KernelError> {
+    on_thread(|| ns.enter(), f)
+}
+
+/// Runs blocking `f` on a throwaway thread in a new, empty netns of its own
+/// (a benchmark's or test's scratch node); the caller's netns is untouched.
+pub fn run_in_new<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, KernelError> {
+    let unshare_net = || {
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| KernelError::Io { what: "unshare(CLONE_NEWNET)".into(), source: e.into() })
+    };
+    on_thread(unshare_net, f)
+}
+
+/// Runs `f` on a scoped thread after `enter` moved that thread to its netns.
+fn on_thread<T: Send>(
+    enter: impl FnOnce() -> Result<(), KernelError> + Send,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, KernelError> {
     std::thread::scope(|s| {
         let worker = std::thread::Builder::new()
             .name("weft-netns".into())
             .spawn_scoped(s, || {
-                ns.enter()?;
+                enter()?;
                 Ok(f())
             })
             .map_err(|source| KernelError::Io { what: "spawn netns thread".into(), source })?;

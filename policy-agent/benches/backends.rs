@@ -1,16 +1,20 @@
 //! The two policy backends on one synthetic model, side by side (see
-//! `weft_agent::synthetic`). Root. `make bench` runs it at three scales:
+//! `synthetic`). Root. `make bench` runs it at three scales:
 //!
 //! ```sh
-//! cargo run --release -p weft-agent --example backends -- [--churn SECS] [--model synthetic|mix] [PODS POLICIES]...
+//! cargo bench -p weft-agent --bench backends -- [--churn SECS] [--model synthetic|mix] [PODS POLICIES]...
 //! ```
 //!
 //! Each (scale, backend) runs in a child process of its own, so the peak RSS
 //! it reports is that backend's alone, as a node agent's would be.
 
+// `synthetic::backends` is for the smoke test (tests/bench_smoke.rs).
+#[allow(dead_code)]
+mod synthetic;
+
 use std::process::{Command, ExitCode};
 
-use weft_agent::synthetic::{measure, table, Figures, ModelKind, BACKENDS};
+use synthetic::{measure, table, Figures, ModelKind, BACKENDS};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,0 +1,13 @@
+//! weft's kernel layer, shared by the CNI plugin and the node agent: thin,
+//! typed I/O, one file per kind of object. Of CNI it knows only the error
+//! codes its errors map to (`kernel_error`), as weft-ipam does.
+
+pub mod addr;
+pub mod bridge;
+pub mod kernel_error;
+pub mod link;
+pub mod masquerade;
+pub mod netns;
+pub mod sysctl;
+pub mod tool;
+pub mod veth;

@@ -1,0 +1,67 @@
+//! The agent's status file: what the agent last applied (routes, sysctls,
+//! masquerade, policy), written atomically after every sync and read by the
+//! testbed and operators.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentError;
+
+/// What the policy backend enforces after a sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub backend: String,
+    /// Local pods known (by address).
+    pub local_pods: usize,
+    pub ingress_isolated: usize,
+    pub egress_isolated: usize,
+    /// Exact (pod, port, peer network) allows, both directions.
+    pub triples: usize,
+    /// Rules without a single port, both directions.
+    pub groups: usize,
+    /// Rules with many peers (one per distinct peers), both directions.
+    #[serde(default)]
+    pub port_groups: usize,
+}
+
+/// The status file: what the agent last applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    /// The generation of the snapshot the routes were reconciled against.
+    pub generation: String,
+    /// weft's routes in the kernel after the reconcile.
+    pub routes: usize,
+    pub ip_forward: bool,
+    /// None when br_netfilter is not loaded (the sysctl does not exist).
+    pub bridge_nf_call_iptables: Option<bool>,
+    /// The pod CIDR whose masquerade rules were ensured (or found intact) in this
+    /// sync; None when the agent does not own masquerade or could not ensure it.
+    #[serde(default)]
+    pub masquerade: Option<String>,
+    /// None when policy enforcement is off (or failed to apply: see errors).
+    #[serde(default)]
+    pub policy: Option<PolicyStatus>,
+    /// What weft cannot enforce as written (e.g. an IPv6 ipBlock on an IPv4
+    /// pod network), by policy.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Skipped manifests ("file: reason") and failed route changes.
+    pub errors: Vec<String>,
+}
+
+/// Writes `status` to `path` atomically (a temp file in the same dir, then rename); idempotent.
+pub fn write_status(path: &Path, status: &Status) -> Result<(), AgentError> {
+    let err = |source| AgentError::Status { path: path.into(), source };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let text = serde_json::to_vec_pretty(status).expect("the status serialises");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Reads a status file; None if it does not exist or is not (yet) a status.
+pub fn read_status(path: &Path) -> Option<Status> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
