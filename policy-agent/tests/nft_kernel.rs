@@ -2,15 +2,19 @@
 //! test's own (root; skips otherwise): the table nft lists is the golden one
 //! (elements in the order weft adds them, which nft keeps),
 //! what was applied reads back equal, pod churn is an element delta, a
-//! transaction the kernel refuses leaves the last good table, cleanup removes it.
+//! transaction the kernel refuses leaves the last good table, cleanup removes it;
+//! element deltas go over netlink for every kind of set and read back as
+//! rendered, a refused batch changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 
+use nix::errno::Errno;
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
-use weft_agent::nft::{render, Elem, Nft, NftRendered};
+use weft_agent::nft::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
+use weft_agent::nft::{render, Elem, Nft, NftRendered, TABLE};
 use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new;
 
@@ -227,4 +231,97 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         nft.cleanup().unwrap();
     })
     .expect("a network namespace of its own");
+}
+
+/// `ir()` with an element more of every kind of set the renderer writes: an
+/// address (local, in_iso, a group's pods), a concatenation (a port group's
+/// targets), an interval of addresses next to an existing one (the peers) and
+/// a concatenation with ranges (ports 80-81 merge into one element).
+fn ir_more() -> PolicyIr {
+    let mut ir = ir();
+    let b = ip("10.244.1.9");
+    ir.local.insert(b);
+    ir.ingress.isolated.insert(b);
+    ir.ingress.triples.insert((b, Protocol::Tcp, 80, "10.244.4.0/24".parse().unwrap()));
+    ir.ingress.triples.insert((b, Protocol::Tcp, 81, "10.244.4.0/24".parse().unwrap()));
+    ir.egress.triples.insert((ip("10.244.1.3"), Protocol::Udp, 53, "0.0.0.0/0".parse().unwrap()));
+    for g in &mut ir.ingress.groups {
+        g.targets.insert(b);
+    }
+    let peers = vec!["172.31.0.0/24".parse().unwrap(), "172.31.1.0/24".parse().unwrap()];
+    ir.ingress.groups[1].peers = peers.clone();
+    ir.ingress.port_groups[0].peers = peers;
+    ir.ingress.port_groups[0].targets.insert((b, Protocol::Sctp, 9000));
+    ir
+}
+
+/// Runs `f` in a netns of its own (root; skips otherwise) on `ir()`'s table.
+fn with_table(f: impl FnOnce(&mut Nft, NftRendered) + Send) {
+    if !root() {
+        return;
+    }
+    run_in_new(|| {
+        let mut nft = Nft::new();
+        let base = render(&ir());
+        nft.apply(&base, false).unwrap();
+        f(&mut nft, base)
+    })
+    .expect("a netns of its own")
+}
+
+#[test]
+fn element_deltas_go_over_netlink_and_read_back() {
+    with_table(|nft, base| {
+        let more = render(&ir_more());
+        assert_eq!(more.skeleton, base.skeleton, "an element-only change");
+        let done = nft.apply(&more, false).unwrap();
+        assert!(done.netlink && !done.replaced && done.deleted == 0, "{done:?}");
+        assert_eq!(
+            done.added, 8,
+            "local, in_iso, in_allow, out_allow, 2 group pods, peers, port target: {done:?}"
+        );
+        assert_eq!(read_back().unwrap(), rendered_sets(&more), "what netlink added is what nft lists");
+        assert!(listing().contains("10.244.1.9 . tcp . 80-81 . 10.244.4.0/24"), "{}", listing());
+
+        let done = nft.apply(&base, false).unwrap();
+        assert!(done.netlink && done.added == 0 && done.deleted == 8, "{done:?}");
+        assert_eq!(read_back().unwrap(), rendered_sets(&base), "and what it deleted is gone");
+    });
+}
+
+#[test]
+fn a_refused_batch_changes_nothing() {
+    with_table(|_, base| {
+        let (new, absent) = (Elem::Addr(ip("10.244.1.77")), Elem::Addr(ip("10.9.9.9")));
+        let deltas = [
+            SetDelta { set: "local", op: Op::Add, elems: vec![&new] },
+            SetDelta { set: "in_iso", op: Op::Delete, elems: vec![&absent] },
+        ];
+        let mut sock = NftSocket::open().unwrap();
+        let err = sock.apply(TABLE, &deltas, netlink::DEADLINE).unwrap_err();
+        assert!(
+            matches!(&err, NetlinkError::Refused { op: Op::Delete, set, errno: Errno::ENOENT, .. } if set == "in_iso"),
+            "{err}"
+        );
+        assert_eq!(read_back().unwrap(), rendered_sets(&base), "the add before the refused delete is undone");
+
+        // The same socket goes on: the refused batch's late answers are not taken for the next one's.
+        sock.apply(TABLE, &deltas[..1], netlink::DEADLINE).unwrap();
+        assert!(read_back().unwrap()["local"].contains(&new.json()), "the next batch lands");
+    });
+}
+
+#[test]
+fn a_delta_too_large_for_one_send_goes_through_nft() {
+    with_table(|nft, _| {
+        let mut big = ir();
+        let peer: ipnetwork::Ipv4Network = "10.244.2.0/24".parse().unwrap();
+        for i in 0..3000u32 {
+            big.ingress.triples.insert((Ipv4Addr::from(0x0af5_0000 + i), Protocol::Tcp, 80, peer));
+        }
+        let r = render(&big);
+        let done = nft.apply(&r, false).unwrap();
+        assert!(!done.netlink && done.added == 3000, "{done:?}");
+        assert_eq!(read_back().unwrap(), rendered_sets(&r));
+    });
 }

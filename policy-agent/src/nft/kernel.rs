@@ -11,7 +11,9 @@
 //! - when only groups came or went (a policy changed): their sets are added,
 //!   the policy chains flushed and refilled, the sets no rule uses any more
 //!   deleted, and the other sets' elements patched, in one transaction;
-//! - otherwise only the set elements that changed are deleted and added.
+//! - otherwise only the set elements that changed are deleted and added, in
+//!   one nf_tables netlink batch (netlink.rs: no `nft` cache to reload), or
+//!   through `nft -j -f -` if that fails.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +24,7 @@ use nftables::types::NfFamily;
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
 
+use super::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
 use super::patch;
 use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};
 use crate::policy::{Dirty, PolicyIr};
@@ -36,12 +39,16 @@ pub struct NftApplied {
     /// Elements added and deleted by a delta.
     pub added: usize,
     pub deleted: usize,
+    /// True if the element delta went over nf_tables netlink (the fast path).
+    pub netlink: bool,
 }
 
 /// The table as this process last committed it.
 #[derive(Debug, Default)]
 pub struct Nft {
     last: Option<NftRendered>,
+    /// Opened by the first element delta, dropped after any netlink error.
+    sock: Option<NftSocket>,
 }
 
 impl Nft {
@@ -52,24 +59,19 @@ impl Nft {
     /// Makes the kernel hold `r`; with `full`, the whole table is replaced
     /// even if only elements changed (a resync repairs any drift).
     pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
-        let delta = match &self.last {
+        let done = match &self.last {
             Some(last) if !full && last.skeleton == r.skeleton => {
-                Some((delta(last, r, &BTreeSet::new()), false))
+                apply_elements(&mut self.sock, &changes(last, r, &BTreeSet::new()))?
             }
             Some(last) if !full && fixed(&last.skeleton) == fixed(&r.skeleton) => {
-                Some((regroup(last, r), true))
-            }
-            _ => None,
-        };
-        let done = match delta {
-            Some(((tx, added, deleted), regrouped)) => {
+                let (tx, added, deleted) = regroup(last, r);
                 // A regroup may delete sets and rules without any element delta.
                 if !tx.objects.is_empty() {
                     run(&tx)?;
                 }
-                NftApplied { replaced: false, regrouped, added, deleted }
+                NftApplied { regrouped: true, added, deleted, ..NftApplied::default() }
             }
-            None => {
+            _ => {
                 run(&r.full_transaction())?;
                 NftApplied { replaced: true, ..NftApplied::default() }
             }
@@ -79,36 +81,35 @@ impl Nft {
     }
 
     /// Patches the elements `dirty` names, as `ir` now has them, into the
-    /// table this process committed last, in one transaction. None when a
-    /// patch cannot do (a structural change, nothing committed yet): the
-    /// caller applies in full.
+    /// table this process committed last, in one transaction (over netlink,
+    /// as any element delta). None when a patch cannot do (a structural
+    /// change, nothing committed yet): the caller applies in full.
     pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<NftApplied>, KernelError> {
         if dirty.structural {
             return Ok(None);
         }
         let Some(last) = self.last.as_mut() else { return Ok(None) };
         let Some(changes) = patch::changes(ir, dirty, &last.sets) else { return Ok(None) };
-        let mut objects = Vec::new();
-        let (mut added, mut deleted) = (0, 0);
+        let mut deltas = Vec::new();
         for (name, c) in &changes {
-            added += c.came.len();
-            deleted += c.gone.len();
-            element_cmds(
-                name,
-                c.gone.iter().map(Elem::expr).collect(),
-                c.came.iter().map(Elem::expr).collect(),
-                &mut objects,
-            );
-        }
-        if !objects.is_empty() {
-            if let Err(e) = run(&Nftables { objects: Cow::Owned(objects) }) {
-                // What the kernel holds is unknown now: the next apply replaces the table.
-                self.last = None;
-                return Err(e);
+            // Deletions first: an added interval may reuse the space of a deleted one.
+            for (op, elems) in [(Op::Delete, &c.gone), (Op::Add, &c.came)] {
+                if !elems.is_empty() {
+                    deltas.push(SetDelta { set: name, op, elems: elems.iter().collect() });
+                }
             }
         }
-        patch::remember(&mut last.sets, &changes);
-        Ok(Some(NftApplied { added, deleted, ..NftApplied::default() }))
+        match apply_elements(&mut self.sock, &deltas) {
+            Ok(done) => {
+                patch::remember(&mut last.sets, &changes);
+                Ok(Some(done))
+            }
+            Err(e) => {
+                // What the kernel holds is unknown now: the next apply replaces the table.
+                self.last = None;
+                Err(e)
+            }
+        }
     }
 
     /// Rules, sets and elements of the table as last committed.
@@ -119,6 +120,7 @@ impl Nft {
     /// Deletes weft's table if it exists.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
         self.last = None;
+        self.sock = None;
         if !table_exists()? {
             return Ok(());
         }
@@ -127,50 +129,92 @@ impl Nft {
     }
 }
 
-/// The element deletions and additions that turn `old` into `new`, as one
-/// transaction, for every set of `new` but the `fresh` ones (created with
-/// their elements).
+/// The element deletions and additions that turn `old` into `new`, per set,
+/// deletions first (an added interval may reuse the space of a deleted one),
+/// for every set of `new` but the `fresh` ones (created with their elements).
+fn changes<'a>(old: &'a NftRendered, new: &'a NftRendered, fresh: &BTreeSet<String>) -> Vec<SetDelta<'a>> {
+    let mut out = Vec::new();
+    for (name, new_elems) in new.sets.iter().filter(|(name, _)| !fresh.contains(*name)) {
+        let Some(old_elems) = old.sets.get(name) else {
+            out.push(SetDelta { set: name, op: Op::Add, elems: new_elems.iter().collect() });
+            continue;
+        };
+        for (op, elems) in
+            [(Op::Delete, old_elems.difference(new_elems)), (Op::Add, new_elems.difference(old_elems))]
+        {
+            let elems: Vec<&Elem> = elems.collect();
+            if !elems.is_empty() {
+                out.push(SetDelta { set: name, op, elems });
+            }
+        }
+    }
+    out.retain(|d| !d.elems.is_empty());
+    out
+}
+
+/// `changes` as one `nft -j` transaction, with the elements added and deleted.
 fn delta(
     old: &NftRendered,
     new: &NftRendered,
     fresh: &BTreeSet<String>,
 ) -> (Nftables<'static>, usize, usize) {
-    let mut objects = Vec::new();
-    let (mut added, mut deleted) = (0, 0);
-    let empty = BTreeSet::new();
-    for (name, new_elems) in new.sets.iter().filter(|(name, _)| !fresh.contains(*name)) {
-        let old_elems = old.sets.get(name).unwrap_or(&empty);
-        let gone: Vec<Expression<'static>> = old_elems.difference(new_elems).map(Elem::expr).collect();
-        let came: Vec<Expression<'static>> = new_elems.difference(old_elems).map(Elem::expr).collect();
-        deleted += gone.len();
-        added += came.len();
-        element_cmds(name, gone, came, &mut objects);
-    }
-    (Nftables { objects: Cow::Owned(objects) }, added, deleted)
+    let c = changes(old, new, fresh);
+    let (added, deleted) = count(&c);
+    (element_transaction(&c), added, deleted)
 }
 
-/// The commands that delete `gone` from set `name` and add `came`.
-fn element_cmds(
-    name: &str,
-    gone: Vec<Expression<'static>>,
-    came: Vec<Expression<'static>>,
-    objects: &mut Vec<NfObject<'static>>,
-) {
-    let element = |elem: Vec<Expression<'static>>| {
-        NfListObject::Element(Element {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: name.to_string().into(),
-            elem: Cow::Owned(elem),
+/// Elements added and deleted by `changes`.
+fn count(changes: &[SetDelta]) -> (usize, usize) {
+    changes.iter().fold((0, 0), |(a, d), c| match c.op {
+        Op::Add => (a + c.elems.len(), d),
+        Op::Delete => (a, d + c.elems.len()),
+    })
+}
+
+/// Element deltas as one `nft -j -f -` transaction.
+pub fn element_transaction(changes: &[SetDelta]) -> Nftables<'static> {
+    let objects = changes
+        .iter()
+        .map(|d| {
+            let element = NfListObject::Element(Element {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: d.set.to_string().into(),
+                elem: Cow::Owned(d.elems.iter().map(|e| e.expr()).collect()),
+            });
+            NfObject::CmdObject(match d.op {
+                Op::Delete => NfCmd::Delete(element),
+                Op::Add => NfCmd::Add(element),
+            })
         })
+        .collect();
+    Nftables { objects: Cow::Owned(objects) }
+}
+
+/// An element-only delta as one transaction: over netlink, or through
+/// `nft -j -f -` if that fails (logged; the batch changed nothing, or its
+/// outcome is unknown and the JSON transaction fails on it).
+fn apply_elements(sock: &mut Option<NftSocket>, changes: &[SetDelta]) -> Result<NftApplied, KernelError> {
+    let (added, deleted) = count(changes);
+    let done = NftApplied { added, deleted, ..NftApplied::default() };
+    if changes.is_empty() {
+        return Ok(done);
+    }
+    let result = match sock {
+        Some(s) => s.apply(TABLE, changes, netlink::DEADLINE),
+        None => NftSocket::open().and_then(|s| sock.insert(s).apply(TABLE, changes, netlink::DEADLINE)),
     };
-    // Deletions first: an added interval may reuse the space of a deleted one.
-    if !gone.is_empty() {
-        objects.push(NfObject::CmdObject(NfCmd::Delete(element(gone))));
+    match result {
+        Ok(()) => return Ok(NftApplied { netlink: true, ..done }),
+        Err(e @ NetlinkError::TooLarge { .. }) => tracing::debug!("nft element delta through nft -j: {e}"),
+        Err(e) => {
+            // Answers to this batch may still come: the next one starts afresh.
+            *sock = None;
+            tracing::warn!("nft element delta over netlink failed, applying it through nft -j: {e}");
+        }
     }
-    if !came.is_empty() {
-        objects.push(NfObject::CmdObject(NfCmd::Add(element(came))));
-    }
+    run(&element_transaction(changes))?;
+    Ok(done)
 }
 
 /// The part of a skeleton that only a full replacement changes: everything
@@ -247,8 +291,8 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
     (Nftables { objects: Cow::Owned(objects) }, added + more, deleted)
 }
 
-/// Runs one transaction.
-fn run(tx: &Nftables) -> Result<(), KernelError> {
+/// Runs one transaction through `nft -j -f -`.
+pub fn run(tx: &Nftables) -> Result<(), KernelError> {
     let json = serde_json::to_string(tx).map_err(|e| KernelError::ToolFailed {
         cmd: "nft -j -f -".into(),
         stderr: format!("cannot serialise the ruleset: {e}"),
