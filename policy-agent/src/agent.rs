@@ -26,6 +26,7 @@ use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
+use crate::denied::{self, Admit, ExplainView};
 use crate::http::{self, Shared};
 use crate::kube_source::KubeSourceError;
 use crate::metrics::{readiness, SyncKind};
@@ -60,8 +61,9 @@ pub struct Config {
     pub cni_conf_dir: Option<PathBuf>,
     /// The CNI bin dir, to chain portmap when it is there (`--cni-bin-dir`).
     pub cni_bin_dir: PathBuf,
-    /// Where to serve `/denied`, `/metrics` and `/healthz` (`--http`), if anywhere.
-    pub http: Option<std::net::SocketAddr>,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` (`--http`) and the
+    /// denied-connection log (`--denied-socket`, `--http-denied`).
+    pub http: http::Listen,
     /// Where the plugin reports pods (`--pod-socket`), if anywhere.
     pub pod_socket: Option<PathBuf>,
     /// Which NetworkPolicy backend to run (`--backend`).
@@ -127,8 +129,8 @@ pub enum AgentError {
     Status { path: PathBuf, source: std::io::Error },
     #[error("pod socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
-    #[error("http endpoint {addr}: {source}")]
-    Http { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     #[error("source: {0}")]
     Source(#[from] KubeSourceError),
 }
@@ -150,22 +152,34 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
         }
         None => None,
     };
-    if let Some(addr) = cfg.http {
-        let bound =
-            http::serve(addr, agent.shared.clone()).map_err(|source| AgentError::Http { addr, source })?;
-        info!(address = %bound, "serving /denied, /metrics, /healthz and /readyz");
-    }
+    let _endpoint = match (cfg.http.tcp, &cfg.http.denied_socket) {
+        (None, None) => None,
+        _ => {
+            let ep = http::serve(&cfg.http, agent.shared.clone())?;
+            let denied = if cfg.http.denied_on_tcp { " and /denied" } else { "" };
+            if let Some(addr) = ep.tcp {
+                info!(address = %addr, "serving /metrics, /healthz, /readyz{denied}");
+            }
+            if let Some(path) = &cfg.http.denied_socket {
+                info!(socket = %path.display(), "serving /denied (root only)");
+            }
+            Some(ep)
+        }
+    };
+    // Denied packets wait on a queue of their own, drained only while no
+    // pod or source event waits.
+    let (denied_tx, denied) = std::sync::mpsc::sync_channel(DENIED_QUEUE);
     if agent.policy.is_some() {
-        if let Err(e) = nflog::listen(sender.clone(), Event::Denied) {
+        if let Err(e) = nflog::listen(denied_tx, agent.shared.inputs.clone()) {
             warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
         }
     }
+    let mut next = None;
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
         agent.tick()?;
-        match events.recv_timeout(cfg.poll) {
+        match next.take().map_or_else(|| events.recv_timeout(cfg.poll), Ok) {
             Ok(Event::Stop) => break,
-            Ok(Event::Denied(d)) => agent.on_denied(&d),
             Ok(Event::Pod(ev, reply)) => {
                 let _ = reply.send(agent.on_pod(&ev));
             }
@@ -173,12 +187,17 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             // No signal thread: keep the pace, never spin.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(cfg.poll),
         }
+        next = agent.drain_denied(events, &denied);
     }
     if cfg.cleanup_on_exit {
         agent.cleanup();
     }
     Ok(())
 }
+
+/// Denied packets queued for the loop, at most (beyond: dropped, counted).
+/// A poll's worth of the kernel's log limit, many times over.
+const DENIED_QUEUE: usize = 1024;
 
 /// Bound on waiting for the source to show a pod that ADD reported.
 const SOURCE_WAIT: Duration = Duration::from_millis(500);
@@ -198,6 +217,8 @@ struct Agent<'c> {
     last_status: Option<Status>,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
+    /// What the policy in force was compiled from, to explain denied packets.
+    explain: Option<ExplainView>,
     next_sync: Instant,
     /// The next sync checks the kernel in full (the first and every periodic
     /// one); a sync for a new snapshot writes only what changed.
@@ -236,6 +257,7 @@ impl<'c> Agent<'c> {
             pods: PodEvents::default(),
             last_status: None,
             shared: Arc::new(Shared::new(Instant::now())),
+            explain: None,
             next_sync: Instant::now(),
             full: true,
         })
@@ -253,6 +275,9 @@ impl<'c> Agent<'c> {
         if let Some(p) = self.policy.as_mut() {
             let model = self.pods.overlay(&s.model, &self.cfg.node);
             let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, self.full);
+            if applied.is_ok() {
+                self.explain = Some(ExplainView::new(model));
+            }
             match record_policy(&self.shared, p.name(), applied) {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
@@ -337,6 +362,9 @@ impl<'c> Agent<'c> {
         let model = self.pods.overlay(&s.model, &self.cfg.node);
         let t0 = Instant::now();
         let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false);
+        if applied.is_ok() {
+            self.explain = Some(ExplainView::new(model));
+        }
         let reply = match record_policy(&self.shared, p.name(), applied) {
             Ok(_) => AgentReply { ok: true, error: None },
             Err(e) => {
@@ -380,20 +408,33 @@ impl<'c> Agent<'c> {
     }
 
     /// A packet a drop rule logged: one line per denied connection, naming
-    /// the policies, from the state the rules were compiled from.
+    /// the policies, from the state the rules in force were compiled from.
+    /// Folding and the rate limit come first: a flood costs a map lookup
+    /// per packet, never a model.
     fn on_denied(&mut self, d: &Denied) {
-        let Some(s) = &self.snap else { return };
+        let Some(view) = &self.explain else { return };
         let now = Instant::now();
-        let mut denied = self.shared.denied();
-        // A retransmit of a logged connection: counted, and no model is built for it.
-        if denied.fold(d, now) {
+        if self.shared.denied().admit(d, now) != Admit::New {
             return;
         }
-        let model = self.pods.overlay(&s.model, &self.cfg.node);
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if let Some(line) = denied.record_new(d, &model, self.cluster_v4, now, wall.as_millis() as u64) {
-            info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
+        // Explained without the log's lock: the HTTP endpoint never waits on it.
+        let line = denied::explain_line(d, view, self.cluster_v4, wall.as_millis() as u64);
+        info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
+        self.shared.denied().log(d, &line, now);
+    }
+
+    /// Denied packets, while no pod or source event waits (a waiting one is
+    /// returned for the loop), at most a queue's worth at a time.
+    fn drain_denied(&mut self, events: &Receiver<Event>, denied: &Receiver<Denied>) -> Option<Event> {
+        for _ in 0..DENIED_QUEUE {
+            if let Ok(ev) = events.try_recv() {
+                return Some(ev);
+            }
+            let Ok(d) = denied.try_recv() else { return None };
+            self.on_denied(&d);
         }
+        None
     }
 
     fn cleanup(&mut self) {
