@@ -427,14 +427,7 @@ impl<'c> Agent<'c> {
     /// Denied packets, while no pod or source event waits (a waiting one is
     /// returned for the loop), at most a queue's worth at a time.
     fn drain_denied(&mut self, events: &Receiver<Event>, denied: &Receiver<Denied>) -> Option<Event> {
-        for _ in 0..DENIED_QUEUE {
-            if let Ok(ev) = events.try_recv() {
-                return Some(ev);
-            }
-            let Ok(d) = denied.try_recv() else { return None };
-            self.on_denied(&d);
-        }
-        None
+        denied::drain_while_idle(events, denied, DENIED_QUEUE, |d| self.on_denied(&d))
     }
 
     fn cleanup(&mut self) {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -241,6 +242,25 @@ impl DenyLog {
     }
 }
 
+/// Hands at most `max` denied packets from `denied` to `on`, while `events`
+/// (pod reports, signals) has nothing waiting; a waiting event ends the
+/// drain and is returned, to be served first.
+pub fn drain_while_idle<E, D>(
+    events: &Receiver<E>,
+    denied: &Receiver<D>,
+    max: usize,
+    mut on: impl FnMut(D),
+) -> Option<E> {
+    for _ in 0..max {
+        if let Ok(ev) = events.try_recv() {
+            return Some(ev);
+        }
+        let Ok(d) = denied.try_recv() else { return None };
+        on(d);
+    }
+    None
+}
+
 /// The log line of `d`, the first packet of a denied connection, naming the
 /// policies that isolate the denying end in `view`.
 pub fn explain_line(
@@ -373,6 +393,26 @@ spec: {podSelector: {}}
             (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, None, t0, 1).is_some()).count();
         assert_eq!((logged, log.suppressed), (RATE as usize, 10));
         assert!(log.record(&syn(5000), &m, None, t0 + Duration::from_secs(1), 2).is_some(), "a new second");
+    }
+
+    #[test]
+    fn a_waiting_event_stops_the_drain_and_is_served_first() {
+        let (etx, events) = std::sync::mpsc::channel();
+        let (dtx, denied) = std::sync::mpsc::sync_channel(8);
+        for p in 0..8u16 {
+            dtx.try_send(p).unwrap();
+        }
+        assert!(dtx.try_send(9).is_err(), "the queue is bounded");
+        let mut seen = Vec::new();
+        // Nothing else waits: a batch of at most `max`.
+        assert_eq!(drain_while_idle(&events, &denied, 3, |d| seen.push(d)), None::<&str>);
+        assert_eq!(seen, [0, 1, 2]);
+        // A pod report arrives: the drain stops before the next packet.
+        etx.send("pod").unwrap();
+        assert_eq!(drain_while_idle(&events, &denied, 8, |d| seen.push(d)), Some("pod"));
+        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(drain_while_idle(&events, &denied, 8, |d| seen.push(d)), None);
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]
