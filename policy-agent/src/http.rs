@@ -142,7 +142,10 @@ pub fn serve(listen: &Listen, shared: Arc<Shared>) -> Result<Endpoint, HttpError
         .name("weft-agent-http".into())
         .spawn(move || {
             rt.block_on(async move {
-                if let Some(l) = tcp.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
+                let lost =
+                    |e: &std::io::Error| tracing::error!(error = %e, "http endpoint: a listener is lost");
+                if let Some(l) = tcp.and_then(|l| tokio::net::TcpListener::from_std(l).inspect_err(lost).ok())
+                {
                     let l = Arc::new(l);
                     let accept = move || {
                         let l = l.clone();
@@ -150,7 +153,9 @@ pub fn serve(listen: &Listen, shared: Arc<Shared>) -> Result<Endpoint, HttpError
                     };
                     tokio::spawn(accept_loop(accept, shared.clone(), denied_on_tcp));
                 }
-                if let Some(l) = unix.and_then(|l| tokio::net::UnixListener::from_std(l).ok()) {
+                if let Some(l) =
+                    unix.and_then(|l| tokio::net::UnixListener::from_std(l).inspect_err(lost).ok())
+                {
                     let l = Arc::new(l);
                     let accept = move || {
                         let l = l.clone();
