@@ -2,7 +2,9 @@
 //! (20k a second, each a new connection to one of many ports), on each
 //! backend. Meanwhile and after: the agent answers the plugin's pod reports
 //! (its whole share of a CNI ADD: queueing in its loop, the source, the
-//! policy commit) with p99 <= 100 ms, over hundreds of reports; real CNI
+//! policy commit) with p99 <= 100 ms over hundreds of reports (or, on a
+//! machine too loaded for that without a flood, within 1.5 times the p99 of
+//! the same reports and ADDs before it); real CNI
 //! ADDs on that node all succeed, none slower than 1 s (they used to time
 //! out for minutes); the agent's memory does not grow (<= 16 MiB); the
 //! kernel hands the agent no more than its log limit; and the denials are
@@ -13,9 +15,9 @@
 //! 80-106 ms with no flood at all, so that bound would test the machine.
 //! The whole ADDs' figures are printed.
 //!
-//! The flood lasts `FLOOD` (10 s per backend, not the 20 s of the issue,
+//! The flood lasts `FLOOD` (8 s per backend, not the 20 s of the issue,
 //! to keep the test near 40 s): by then the agent has seen the kernel's
-//! log limit ten times over, which is what once queued without bound.
+//! log limit eight times over, which is what once queued without bound.
 
 mod common;
 
@@ -38,15 +40,20 @@ use weft_plugin::agent_client::{notify, PodEvent};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 const RATE: u32 = 20_000;
-const FLOOD: Duration = Duration::from_secs(10);
-/// The target for the agent's share of an ADD.
+const FLOOD: Duration = Duration::from_secs(8);
+/// The target for the agent's share of an ADD. When the machine is so
+/// loaded (parallel tests, builds) that the same reports without a flood
+/// already take longer, the bound is their p99 times `SLOWER`: the flood
+/// must not slow the agent, which it once stopped for minutes.
 const REPORT_P99: Duration = Duration::from_millis(100);
-/// One pod report this often, during the flood and after.
+const SLOWER: f64 = 1.5;
+/// One pod report this often, before the flood, during it and after.
 const REPORT_EVERY: Duration = Duration::from_millis(40);
-const REPORTS_AFTER: usize = 50;
+/// How long reports and ADDs run before the flood (the machine's baseline) and after it.
+const QUIET: Duration = Duration::from_secs(4);
+const AFTER: Duration = Duration::from_secs(2);
 /// Bound on a whole CNI ADD: far under the plugin's wait on the agent.
 const ADD_MAX: Duration = Duration::from_secs(1);
-const ADDS_AFTER: usize = 5;
 const RSS_GROWTH: u64 = 16 * 1024 * 1024;
 
 /// The 99th percentile (nearest rank).
@@ -69,8 +76,8 @@ fn metric(tb: &Testbed, name: &str) -> f64 {
 }
 
 /// One pod added on node 1: its CNI ADD's time.
-fn add(tb: &mut Testbed, i: usize) -> Duration {
-    let name = format!("z/p{i}");
+fn add(tb: &mut Testbed) -> Duration {
+    let name = format!("z/p{}", tb.pods().len());
     tb.add_pod_with(1, &name, labels([("app", "z")]), serve_ports(&[80])).unwrap().add
 }
 
@@ -100,6 +107,26 @@ fn reports_until(socket: &Path, pod: &RunPod, done: &AtomicBool) -> Vec<Duration
     times
 }
 
+/// Pod reports (every `REPORT_EVERY`) and CNI ADDs (one after another) on
+/// node 1 while `busy` runs: what it returned, the reports' and the ADDs' times.
+fn under_load<T: Send>(
+    tb: &mut Testbed,
+    socket: &Path,
+    pod: &RunPod,
+    busy: impl FnOnce() -> T + Send,
+) -> (T, Vec<Duration>, Vec<Duration>) {
+    let (done, mut adds) = (AtomicBool::new(false), Vec::new());
+    std::thread::scope(|s| {
+        let busy = s.spawn(busy);
+        let reporter = s.spawn(|| reports_until(socket, pod, &done));
+        while !busy.is_finished() {
+            adds.push(add(tb));
+        }
+        done.store(true, Ordering::Relaxed);
+        (busy.join().unwrap(), reporter.join().unwrap(), adds)
+    })
+}
+
 fn flood_on(backend: &str) {
     let mut tb = pod_testbed(1);
     tb.add_pod(1, "x/target").unwrap();
@@ -111,41 +138,36 @@ fn flood_on(backend: &str) {
     tb.start_agents_with(&["--backend", backend, "--resync-ms", "10000"]).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     let (target, socket) = (tb.pod("x/target").unwrap(), pod_socket(&tb.run(), 1));
-    let base: Vec<Duration> = (0..ADDS_AFTER).map(|i| add(&mut tb, i)).collect();
+    let ((), quiet, base) = under_load(&mut tb, &socket, &target, || std::thread::sleep(QUIET));
     let pid = tb.agent_pid(1).expect("node 1's agent runs");
     let before = vm(pid, "VmRSS");
     // Resets VmHWM: it shows the peak from here on.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let received0 = metric(&tb, "weft_denied_packets_received_total");
 
-    let ip = target.ip.unwrap();
-    let f = Flood { src: attacker.ip, dst: ip, ports: (1000, 60999), rate: RATE, duration: FLOOD };
-    let (mut adds, done, t0) = (Vec::new(), AtomicBool::new(false), Instant::now());
-    let (sent, mut reports) = std::thread::scope(|s| {
-        let sender = s.spawn(|| flood(&attacker.netns, &f));
-        let reporter = s.spawn(|| reports_until(&socket, &target, &done));
-        while !sender.is_finished() {
-            adds.push(add(&mut tb, ADDS_AFTER + adds.len()));
-        }
-        done.store(true, Ordering::Relaxed);
-        (sender.join().unwrap().unwrap(), reporter.join().unwrap())
-    });
+    let f = Flood {
+        src: attacker.ip,
+        dst: target.ip.unwrap(),
+        ports: (1000, 60999),
+        rate: RATE,
+        duration: FLOOD,
+    };
+    let t0 = Instant::now();
+    let (sent, mut reports, mut adds) =
+        under_load(&mut tb, &socket, &target, || flood(&attacker.netns, &f).unwrap());
     let (during, flood_took) = (reports.len(), t0.elapsed());
-    for _ in 0..REPORTS_AFTER {
-        reports.push(report(&socket, &target));
-        std::thread::sleep(REPORT_EVERY);
-    }
-    for _ in 0..ADDS_AFTER {
-        adds.push(add(&mut tb, ADDS_AFTER + adds.len()));
-    }
+    let ((), after, adds_after) = under_load(&mut tb, &socket, &target, || std::thread::sleep(AFTER));
+    reports.extend(after);
+    adds.extend(adds_after);
 
     let growth = vm(pid, "VmHWM").saturating_sub(before);
     let received = metric(&tb, "weft_denied_packets_received_total") - received0;
     let ms = |t: &[Duration]| t.iter().map(Duration::as_millis).collect::<Vec<_>>();
     eprintln!(
-        "{backend}: {sent} SYNs in {flood_took:?}; pod reports p99 {:?} ({during} during, {REPORTS_AFTER} \
-         after); CNI ADD p99 {:?} before, {:?} during and after (ms {:?}); the agent received {received} \
+        "{backend}: {sent} SYNs in {flood_took:?}; pod reports p99 {:?} before, {:?} during ({during}) and \
+         after; CNI ADD p99 {:?} before, {:?} during and after (ms {:?}); the agent received {received} \
          denied packets; RSS peak grew {growth} bytes",
+        p99(&quiet),
         p99(&reports),
         p99(&base),
         p99(&adds),
@@ -153,7 +175,12 @@ fn flood_on(backend: &str) {
     );
     assert!(sent as f64 >= 0.9 * f64::from(RATE) * FLOOD.as_secs_f64(), "{backend}: only {sent} SYNs sent");
     assert!(during >= 100, "{backend}: only {during} pod reports during the flood");
-    assert!(p99(&reports) <= REPORT_P99, "{backend}: pod reports under a SYN flood: ms {:?}", ms(&reports));
+    let bound = REPORT_P99.max(p99(&quiet).mul_f64(SLOWER));
+    assert!(
+        p99(&reports) <= bound,
+        "{backend}: pod reports under a SYN flood (bound {bound:?}): ms {:?}",
+        ms(&reports)
+    );
     assert!(adds.iter().all(|t| *t <= ADD_MAX), "{backend}: CNI ADDs under a SYN flood: ms {:?}", ms(&adds));
     assert!(growth <= RSS_GROWTH, "{backend}: the agent's RSS grew {growth} bytes");
     // The kernel's limit, with a second of slack for the clock.
