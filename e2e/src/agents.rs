@@ -28,7 +28,7 @@ use crate::{command_in, plan, Testbed};
 
 /// Env var naming the `weft-agent` binary (else: next to the current executable).
 pub const AGENT_BIN_ENV: &str = "WEFT_AGENT_BIN";
-/// Where each agent serves /denied and /metrics, on its node netns's own loopback.
+/// Where each agent serves /metrics and the probes, on its node netns's own loopback.
 pub const AGENT_HTTP: &str = "127.0.0.1:9787";
 /// Bound on an agent's first sync (its readiness line).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +57,11 @@ pub fn node_name(n: u32) -> String {
 /// Node `n`'s agent pod socket (the plugin's `agentSocket`).
 pub fn pod_socket(run: &str, n: u32) -> PathBuf {
     run::run_dir(run).join(format!("agent-n{n}.sock"))
+}
+
+/// Node `n`'s agent's root-only socket for `/denied`.
+pub fn denied_socket(run: &str, n: u32) -> PathBuf {
+    run::run_dir(run).join(format!("agent-n{n}.denied.sock"))
 }
 
 /// Node `n`'s kubeconfig for the stand-in API server.
@@ -182,6 +187,7 @@ impl Testbed {
         };
         let status = status_file(&run, n).display().to_string();
         let socket = pod_socket(&run, n).display().to_string();
+        let denied = denied_socket(&run, n).display().to_string();
         let node = node_name(n);
         let mut argv = vec![bin.as_str(), "--node", &node, "--source"];
         argv.extend(source.iter().map(String::as_str));
@@ -198,6 +204,8 @@ impl Testbed {
             CLUSTER_CIDR,
             "--http",
             AGENT_HTTP,
+            "--denied-socket",
+            &denied,
             "--cleanup-on-exit",
         ]);
         argv.extend(extra);
@@ -238,24 +246,35 @@ impl Testbed {
         run::save(&st)
     }
 
-    /// GETs `path` from node `n`'s agent (`AGENT_HTTP`, on the node netns's
-    /// loopback): the head (status line and headers) and the body.
+    /// GETs `path` from node `n`'s agent: `/denied` from its root-only
+    /// socket, the rest from `AGENT_HTTP` on the node netns's loopback. The
+    /// head (status line and headers) and the body.
     pub fn agent_get(&self, n: u32, path: &str) -> Result<(String, String)> {
-        use std::io::{Read, Write};
         let what = format!("GET {path} from node {n}'s agent");
-        let netns = weft_netkit::netns::NetNs::open(self.node_netns(n)).map_err(E2eError::kernel(&what))?;
-        let reply = weft_netkit::netns::run_in(&netns, || -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(AGENT_HTTP)?;
-            s.set_read_timeout(Some(HTTP_TIMEOUT))?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .map_err(E2eError::kernel(&what))?
-        .map_err(E2eError::io(&what))?;
+        let reply = if path.starts_with("/denied") {
+            let s = std::os::unix::net::UnixStream::connect(denied_socket(&self.run(), n))
+                .map_err(E2eError::io(&what))?;
+            s.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(E2eError::io(&what))?;
+            http_get(s, path).map_err(E2eError::io(&what))?
+        } else {
+            let netns =
+                weft_netkit::netns::NetNs::open(self.node_netns(n)).map_err(E2eError::kernel(&what))?;
+            weft_netkit::netns::run_in(&netns, || -> std::io::Result<String> {
+                let s = std::net::TcpStream::connect(AGENT_HTTP)?;
+                s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+                http_get(s, path)
+            })
+            .map_err(E2eError::kernel(&what))?
+            .map_err(E2eError::io(&what))?
+        };
         let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
         Ok((head.to_string(), body.to_string()))
+    }
+
+    /// The pid of node `n`'s agent, while it runs.
+    pub fn agent_pid(&self, n: u32) -> Option<i32> {
+        let name = agent_name(n);
+        self.state().processes.iter().find(|p| p.name == name).map(|p| p.pid)
     }
 
     /// Node `n`'s agent status, if it has written one.
@@ -319,6 +338,14 @@ impl Testbed {
         run::save(&st)?;
         Ok(status.success())
     }
+}
+
+/// One GET of `path` on `s` (the agent answers and closes): the whole reply.
+fn http_get(mut s: impl std::io::Read + std::io::Write, path: &str) -> std::io::Result<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// The process name node `n`'s agent is recorded under.

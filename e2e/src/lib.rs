@@ -23,6 +23,7 @@ pub mod runtimes;
 pub mod scenarios;
 pub mod serve;
 pub mod signals;
+pub mod syn_flood;
 pub mod topology;
 pub mod weave;
 

@@ -24,6 +24,7 @@ use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
+use crate::denied::{self, Admit};
 use crate::http::{self, Shared};
 use crate::masquerade::{MasqIptables, Masquerade};
 use crate::metrics::{readiness, SyncKind};
@@ -61,8 +62,9 @@ pub struct Config {
     pub cni_conf_dir: Option<PathBuf>,
     /// The CNI bin dir, to chain portmap when it is there (`--cni-bin-dir`).
     pub cni_bin_dir: PathBuf,
-    /// Where to serve `/denied`, `/metrics` and `/healthz` (`--http`), if anywhere.
-    pub http: Option<std::net::SocketAddr>,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` (`--http`) and the
+    /// denied-connection log (`--denied-socket`, `--http-denied`).
+    pub http: http::Listen,
     /// Where the plugin reports pods (`--pod-socket`), if anywhere.
     pub pod_socket: Option<PathBuf>,
     /// Which NetworkPolicy backend to run (`--backend`).
@@ -85,8 +87,8 @@ pub enum AgentError {
     Status { path: PathBuf, source: std::io::Error },
     #[error("pod socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
-    #[error("http endpoint {addr}: {source}")]
-    Http { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     #[error("source: {0}")]
     Source(#[from] KubeSourceError),
 }
@@ -108,22 +110,34 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
         }
         None => None,
     };
-    if let Some(addr) = cfg.http {
-        let bound =
-            http::serve(addr, agent.shared.clone()).map_err(|source| AgentError::Http { addr, source })?;
-        info!(address = %bound, "serving /denied, /metrics, /healthz and /readyz");
-    }
+    let _endpoint = match (cfg.http.tcp, &cfg.http.denied_socket) {
+        (None, None) => None,
+        _ => {
+            let ep = http::serve(&cfg.http, agent.shared.clone())?;
+            let denied = if cfg.http.denied_on_tcp { " and /denied" } else { "" };
+            if let Some(addr) = ep.tcp {
+                info!(address = %addr, "serving /metrics, /healthz, /readyz{denied}");
+            }
+            if let Some(path) = &cfg.http.denied_socket {
+                info!(socket = %path.display(), "serving /denied (root only)");
+            }
+            Some(ep)
+        }
+    };
+    // Denied packets wait on a queue of their own, drained only while no
+    // pod or source event waits.
+    let (denied_tx, denied) = std::sync::mpsc::sync_channel(DENIED_QUEUE);
     if agent.policy.is_some() {
-        if let Err(e) = nflog::listen(sender.clone(), Event::Denied) {
+        if let Err(e) = nflog::listen(denied_tx, agent.shared.inputs.clone()) {
             warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
         }
     }
+    let mut next = None;
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
         agent.tick()?;
-        match events.recv_timeout(cfg.poll) {
+        match next.take().map_or_else(|| events.recv_timeout(cfg.poll), Ok) {
             Ok(Event::Stop) => break,
-            Ok(Event::Denied(d)) => agent.on_denied(&d),
             Ok(Event::Pod(ev, reply)) => {
                 let _ = reply.send(agent.on_pod(&ev));
             }
@@ -131,12 +145,17 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             // No signal thread: keep the pace, never spin.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(cfg.poll),
         }
+        next = agent.drain_denied(events, &denied);
     }
     if cfg.cleanup_on_exit {
         agent.cleanup();
     }
     Ok(())
 }
+
+/// Denied packets queued for the loop, at most (beyond: dropped, counted).
+/// A poll's worth of the kernel's log limit, many times over.
+const DENIED_QUEUE: usize = 1024;
 
 /// Bound on waiting for the source to show a pod that ADD reported.
 const SOURCE_WAIT: Duration = Duration::from_millis(500);
@@ -367,19 +386,26 @@ impl<'c> Agent<'c> {
     }
 
     /// A packet a drop rule logged: one line per denied connection, naming
-    /// the policies, from the state the rules were compiled from.
+    /// the policies, from the state the rules in force were compiled from.
+    /// Folding and the rate limit come first: a flood costs a map lookup
+    /// per packet, never a model.
     fn on_denied(&mut self, d: &Denied) {
+        let Some(view) = self.compiled.as_ref().map(Compiled::explain_view) else { return };
         let now = Instant::now();
-        let mut denied = self.shared.denied();
-        // A retransmit of a logged connection: counted, and no model is built for it.
-        if denied.fold(d, now) {
+        if self.shared.denied().admit(d, now) != Admit::New {
             return;
         }
-        let Some(model) = self.compiled.as_ref().map(|c| &c.model) else { return };
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if let Some(line) = denied.record_new(d, model, self.cluster_v4, now, wall.as_millis() as u64) {
-            info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
-        }
+        // Explained without the log's lock: the HTTP endpoint never waits on it.
+        let line = denied::explain_line(d, view, self.cluster_v4, wall.as_millis() as u64);
+        info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
+        self.shared.denied().log(d, &line, now);
+    }
+
+    /// Denied packets, while no pod or source event waits (a waiting one is
+    /// returned for the loop), at most a queue's worth at a time.
+    fn drain_denied(&mut self, events: &Receiver<Event>, denied: &Receiver<Denied>) -> Option<Event> {
+        denied::drain_while_idle(events, denied, DENIED_QUEUE, |d| self.on_denied(&d))
     }
 
     fn cleanup(&mut self) {

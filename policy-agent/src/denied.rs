@@ -1,11 +1,16 @@
 //! The denied-connection log: one structured line per denied connection,
 //! naming the policies that decided it, folded (a retransmitted SYN of the
 //! same connection within `FOLD` is not a new event) and rate-limited per
-//! node (what is over the limit is counted, not lost silently). Also the
-//! per-policy counters `/metrics` serves. Pure but for the clock passed in.
+//! node (what is over the limit is counted, not lost silently). Folding and
+//! the limit come first (`admit`): until a packet passes both it costs a map
+//! lookup, and only then is it explained (`explain_line`), from the model
+//! the rules in force were compiled from. Also the per-policy counters
+//! `/metrics` serves. Pure but for the clock passed in.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::mpsc::Receiver;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
@@ -22,6 +27,9 @@ pub const FOLD: Duration = Duration::from_secs(10);
 pub const RATE: u32 = 50;
 /// Lines kept for `/denied`.
 pub const KEEP: usize = 1000;
+/// Connections remembered for folding, at most.
+const MAX_SEEN: usize = 16 * KEEP;
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,11 +68,15 @@ pub struct DenyLog {
     /// Denied packets (each logged packet: a connection's first and its
     /// retransmits) per (policy, direction).
     packets: BTreeMap<(String, &'static str), u64>,
+    /// Packets the kernel's log rules handed over (under their limit).
+    pub received: u64,
     /// Packets folded into an earlier event of their connection.
     pub folded: u64,
     /// Events over the rate limit (counted, not logged).
     pub suppressed: u64,
     window: Option<(Instant, u32)>,
+    /// When `seen` was last pruned.
+    pruned: Option<Instant>,
 }
 
 fn protocol_name(p: u8) -> (String, Option<Protocol>) {
@@ -77,26 +89,101 @@ fn protocol_name(p: u8) -> (String, Option<Protocol>) {
     }
 }
 
+/// What `DenyLog::admit` made of one denied packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// A packet of a connection seen within `FOLD`: counted.
+    Folded,
+    /// A new connection over `RATE`: counted, not explained.
+    Suppressed,
+    /// A new connection to explain and `log`.
+    New,
+}
+
+/// What a denied packet is explained from: the model the rules in force were
+/// compiled from, and its audit view (audit policies enforced), built once
+/// on first use.
+#[derive(Debug)]
+pub struct ExplainView {
+    model: Model,
+    audit: OnceLock<Model>,
+}
+
+impl ExplainView {
+    pub fn new(model: Model) -> ExplainView {
+        ExplainView { model, audit: OnceLock::new() }
+    }
+
+    /// The model as it is.
+    pub fn base(&self) -> &Model {
+        &self.model
+    }
+
+    fn model(&self, audit: bool) -> &Model {
+        match audit {
+            true => self.audit.get_or_init(|| with_audit_enforced(&self.model)),
+            false => &self.model,
+        }
+    }
+}
+
 impl DenyLog {
     /// Records one denied packet seen at `now` (`time_ms` on the wall clock);
     /// the line to log, or None if it was folded or suppressed.
     pub fn record(
         &mut self,
         d: &Denied,
-        model: &Model,
+        view: &ExplainView,
         cluster: Option<Ipv4Network>,
         now: Instant,
         time_ms: u64,
     ) -> Option<DeniedConnection> {
-        if self.fold(d, now) {
+        if self.admit(d, now) != Admit::New {
             return None;
         }
-        self.record_new(d, model, cluster, now, time_ms)
+        let line = explain_line(d, view, cluster, time_ms);
+        self.log(d, &line, now);
+        Some(line)
     }
 
-    /// True (and counted) if `d` is a packet of a connection logged within
-    /// `FOLD`: nothing more to do for it, not even building the model.
-    pub fn fold(&mut self, d: &Denied, now: Instant) -> bool {
+    /// Folding, then the rate limit: all a packet costs before `explain_line`,
+    /// which only `Admit::New` calls for.
+    pub fn admit(&mut self, d: &Denied, now: Instant) -> Admit {
+        self.received += 1;
+        if self.fold(d, now) {
+            return Admit::Folded;
+        }
+        self.prune(now);
+        let (start, count) = self.window.get_or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= RATE {
+            self.suppressed += 1;
+            // Its retransmits fold, naming no policy.
+            self.seen.insert(key(d), (now, Vec::new()));
+            return Admit::Suppressed;
+        }
+        *count += 1;
+        Admit::New
+    }
+
+    /// Forgets connections older than `FOLD` once there are many (at most
+    /// once a second: a scan per packet would be the flood's lever), and all
+    /// of them past `MAX_SEEN`, which the kernel's limit keeps far away.
+    fn prune(&mut self, now: Instant) {
+        if self.seen.len() > MAX_SEEN {
+            self.seen.clear();
+        }
+        if self.seen.len() <= 4 * KEEP || self.pruned.is_some_and(|t| now.duration_since(t) < PRUNE_EVERY) {
+            return;
+        }
+        self.pruned = Some(now);
+        self.seen.retain(|_, (t, _)| now.duration_since(*t) < FOLD);
+    }
+
+    /// True (and counted) if `d` is a packet of a connection seen within `FOLD`.
+    fn fold(&mut self, d: &Denied, now: Instant) -> bool {
         let direction = if d.ingress { "ingress" } else { "egress" };
         let Some((_, policies)) = self.seen.get(&key(d)).filter(|(t, _)| now.duration_since(*t) < FOLD)
         else {
@@ -109,89 +196,17 @@ impl DenyLog {
         true
     }
 
-    /// Records the first packet of a connection (`fold` said false).
-    pub fn record_new(
-        &mut self,
-        d: &Denied,
-        model: &Model,
-        cluster: Option<Ipv4Network>,
-        now: Instant,
-        time_ms: u64,
-    ) -> Option<DeniedConnection> {
-        let key = key(d);
-        let direction = if d.ingress { "ingress" } else { "egress" };
-        if self.seen.len() > 4 * KEEP {
-            self.seen.retain(|_, (t, _)| now.duration_since(*t) < FOLD);
+    /// Logs `line`, the explained first packet `d` of a connection `admit` let through.
+    pub fn log(&mut self, d: &Denied, line: &DeniedConnection, now: Instant) {
+        for p in &line.policies {
+            *self.per_policy.entry((p.clone(), line.direction)).or_default() += 1;
+            *self.packets.entry((p.clone(), line.direction)).or_default() += 1;
         }
-        let (protocol, proto) = protocol_name(d.proto);
-        // An audit event is explained as if the audit policies were enforced.
-        let audit_view;
-        let view = if d.audit {
-            audit_view = with_audit_enforced(model);
-            &audit_view
-        } else {
-            model
-        };
-        let (src, dst, reason, policies) = match explain(
-            view,
-            cluster,
-            &d.src.to_string(),
-            &d.dst.to_string(),
-            d.dport.unwrap_or(0),
-            proto.unwrap_or(Protocol::Tcp),
-        ) {
-            Ok(e) => {
-                let decision = if d.ingress { &e.ingress } else { &e.egress };
-                let policies = decision.as_ref().map(|x| x.isolated_by.clone()).unwrap_or_default();
-                let (end, other) = if d.ingress { (&e.dst, &e.src) } else { (&e.src, &e.dst) };
-                let reason = if policies.is_empty() {
-                    format!(
-                        "{end} is not isolated for {direction} in the current state (the rules were older)"
-                    )
-                } else {
-                    let port = d.dport.map(|p| format!(" {p}")).unwrap_or_default();
-                    let (is, passed) = if d.audit { ("would be", " (audit: it passed)") } else { ("is", "") };
-                    format!(
-                        "{end} {is} isolated for {direction} by {}; no rule admits {other} on {protocol}{port}{passed}",
-                        policies.join(", ")
-                    )
-                };
-                (e.src, e.dst, reason, policies)
-            }
-            Err(why) => (d.src.to_string(), d.dst.to_string(), why, Vec::new()),
-        };
-        for p in &policies {
-            *self.per_policy.entry((p.clone(), direction)).or_default() += 1;
-            *self.packets.entry((p.clone(), direction)).or_default() += 1;
-        }
-        self.seen.insert(key, (now, policies.clone()));
-        // The rate limit: a window of one second.
-        let (start, count) = self.window.get_or_insert((now, 0));
-        if now.duration_since(*start) >= Duration::from_secs(1) {
-            (*start, *count) = (now, 0);
-        }
-        if *count >= RATE {
-            self.suppressed += 1;
-            return None;
-        }
-        *count += 1;
-        let port = d.dport;
-        let line = DeniedConnection {
-            time_ms,
-            protocol,
-            src,
-            dst,
-            port,
-            direction,
-            reason,
-            policies,
-            audit: d.audit,
-        };
+        self.seen.insert(key(d), (now, line.policies.clone()));
         if self.lines.len() == KEEP {
             self.lines.pop_front();
         }
         self.lines.push_back(line.clone());
-        Some(line)
     }
 
     /// The kept lines after `since_ms`, as JSON lines.
@@ -207,7 +222,7 @@ impl DenyLog {
     /// what was folded or suppressed.
     pub fn metrics(&self) -> String {
         let mut s = String::from(
-            "# HELP weft_denied_connections_total Connections denied, by isolating policy and direction.\n\
+            "# HELP weft_denied_connections_total Denied connections logged, by isolating policy and direction (those over the rate are only in weft_denied_log_suppressed_total).\n\
              # TYPE weft_denied_connections_total counter\n",
         );
         for ((policy, dir), n) in &self.per_policy {
@@ -219,11 +234,85 @@ impl DenyLog {
             s += &format!("weft_denied_packets_total{{policy=\"{policy}\",direction=\"{dir}\"}} {n}\n");
         }
         s += &format!(
-            "# TYPE weft_denied_packets_folded_total counter\nweft_denied_packets_folded_total {}\n\
+            "# HELP weft_denied_packets_received_total Denied packets the kernel logged to the agent (it logs at most {} a second per direction).\n\
+             # TYPE weft_denied_packets_received_total counter\nweft_denied_packets_received_total {}\n\
+             # TYPE weft_denied_packets_folded_total counter\nweft_denied_packets_folded_total {}\n\
              # TYPE weft_denied_log_suppressed_total counter\nweft_denied_log_suppressed_total {}\n",
-            self.folded, self.suppressed
+            crate::nflog::LOG_RATE,
+            self.received,
+            self.folded,
+            self.suppressed
         );
         s
+    }
+}
+
+/// Hands at most `max` denied packets from `denied` to `on`, while `events`
+/// (pod reports, signals) has nothing waiting; a waiting event ends the
+/// drain and is returned, to be served first.
+pub fn drain_while_idle<E, D>(
+    events: &Receiver<E>,
+    denied: &Receiver<D>,
+    max: usize,
+    mut on: impl FnMut(D),
+) -> Option<E> {
+    for _ in 0..max {
+        if let Ok(ev) = events.try_recv() {
+            return Some(ev);
+        }
+        let Ok(d) = denied.try_recv() else { return None };
+        on(d);
+    }
+    None
+}
+
+/// The log line of `d`, the first packet of a denied connection, naming the
+/// policies that isolate the denying end in `view`.
+pub fn explain_line(
+    d: &Denied,
+    view: &ExplainView,
+    cluster: Option<Ipv4Network>,
+    time_ms: u64,
+) -> DeniedConnection {
+    let direction = if d.ingress { "ingress" } else { "egress" };
+    let (protocol, proto) = protocol_name(d.proto);
+    // An audit event is explained as if the audit policies were enforced.
+    let (src, dst, reason, policies) = match explain(
+        view.model(d.audit),
+        cluster,
+        &d.src.to_string(),
+        &d.dst.to_string(),
+        d.dport.unwrap_or(0),
+        proto.unwrap_or(Protocol::Tcp),
+    ) {
+        Ok(e) => {
+            let decision = if d.ingress { &e.ingress } else { &e.egress };
+            let policies = decision.as_ref().map(|x| x.isolated_by.clone()).unwrap_or_default();
+            let (end, other) = if d.ingress { (&e.dst, &e.src) } else { (&e.src, &e.dst) };
+            let reason = if policies.is_empty() {
+                format!("{end} is not isolated for {direction} in the current state (the rules were older)")
+            } else {
+                let port = d.dport.map(|p| format!(" {p}")).unwrap_or_default();
+                let (is, passed) = if d.audit { ("would be", " (audit: it passed)") } else { ("is", "") };
+                format!(
+                    "{end} {is} isolated for {direction} by {}; no rule admits {other} on {protocol}{port}{passed}",
+                    policies.join(", ")
+                )
+            };
+            (e.src, e.dst, reason, policies)
+        }
+        Err(why) => (d.src.to_string(), d.dst.to_string(), why, Vec::new()),
+    };
+    DeniedConnection {
+        time_ms,
+        protocol,
+        src,
+        dst,
+        port: d.dport,
+        direction,
+        reason,
+        policies,
+        audit: d.audit,
     }
 }
 
@@ -263,7 +352,7 @@ spec: {podSelector: {}}
 
     #[test]
     fn one_line_per_connection_naming_the_policy() {
-        let (m, t0) = (model(), Instant::now());
+        let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
         let line = log.record(&syn(81), &m, None, t0, 1000).expect("the first packet is logged");
         assert_eq!(line.direction, "ingress");
@@ -291,22 +380,59 @@ spec: {podSelector: {}}
             p.audit = true;
         }
         let mut log = DenyLog::default();
-        let line = log.record(&Denied { audit: true, ..syn(81) }, &m, None, Instant::now(), 1).unwrap();
+        let view = ExplainView::new(m);
+        let line = log.record(&Denied { audit: true, ..syn(81) }, &view, None, Instant::now(), 1).unwrap();
         assert!(line.audit && line.policies == ["x/deny-all"], "{line:?}");
         assert!(line.reason.contains("would be isolated for ingress by x/deny-all"), "{}", line.reason);
         assert!(line.reason.ends_with("(audit: it passed)"), "{}", line.reason);
         assert!(serde_json::to_string(&line).unwrap().contains("\"audit\":true"));
-        let plain = log.record(&syn(82), &model(), None, Instant::now(), 2).unwrap();
+        let plain = log.record(&syn(82), &ExplainView::new(model()), None, Instant::now(), 2).unwrap();
         assert!(!serde_json::to_string(&plain).unwrap().contains("audit"), "only audit lines carry the flag");
     }
 
     #[test]
     fn over_the_rate_lines_are_counted_not_logged() {
-        let (m, t0) = (model(), Instant::now());
+        let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
         let logged =
             (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, None, t0, 1).is_some()).count();
         assert_eq!((logged, log.suppressed), (RATE as usize, 10));
         assert!(log.record(&syn(5000), &m, None, t0 + Duration::from_secs(1), 2).is_some(), "a new second");
+    }
+
+    #[test]
+    fn a_waiting_event_stops_the_drain_and_is_served_first() {
+        let (etx, events) = std::sync::mpsc::channel();
+        let (dtx, denied) = std::sync::mpsc::sync_channel(8);
+        for p in 0..8u16 {
+            dtx.try_send(p).unwrap();
+        }
+        assert!(dtx.try_send(9).is_err(), "the queue is bounded");
+        let mut seen = Vec::new();
+        // Nothing else waits: a batch of at most `max`.
+        assert_eq!(drain_while_idle(&events, &denied, 3, |d| seen.push(d)), None::<&str>);
+        assert_eq!(seen, [0, 1, 2]);
+        // A pod report arrives: the drain stops before the next packet.
+        etx.send("pod").unwrap();
+        assert_eq!(drain_while_idle(&events, &denied, 8, |d| seen.push(d)), Some("pod"));
+        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(drain_while_idle(&events, &denied, 8, |d| seen.push(d)), None);
+        assert_eq!(seen, [0, 1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_flood_is_admitted_at_the_rate_and_its_retransmits_fold() {
+        let t0 = Instant::now();
+        let mut log = DenyLog::default();
+        let new = (0..10_000u16).filter(|p| log.admit(&syn(*p), t0) == Admit::New).count();
+        assert_eq!((new, log.suppressed, log.received), (RATE as usize, 10_000 - u64::from(RATE), 10_000));
+        // A suppressed connection's retransmit folds: no second chance to be explained.
+        assert_eq!(log.admit(&syn(9_999), t0 + Duration::from_secs(1)), Admit::Folded);
+        // Remembered connections stay bounded whatever the flood.
+        for p in 0..40_000u32 {
+            let d = Denied { src: Ipv4Addr::from(0x0af4_0000 + p), ..syn(80) };
+            log.admit(&d, t0 + Duration::from_micros(u64::from(p) * 100));
+        }
+        assert!(log.seen.len() <= MAX_SEEN + 1, "{}", log.seen.len());
     }
 }

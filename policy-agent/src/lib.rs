@@ -21,6 +21,7 @@ pub mod nft;
 pub mod pod_events;
 pub mod pod_socket;
 pub mod policy;
+pub mod private_socket;
 pub mod route_table;
 pub mod routes;
 pub mod snapshot;

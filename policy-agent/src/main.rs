@@ -56,10 +56,18 @@ struct Args {
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
     #[arg(long)]
     pod_socket: Option<PathBuf>,
-    /// Serve `/denied?since=MS` (the denied-connection log, JSON lines),
-    /// `/metrics` and `/healthz` on this address.
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (a
+    /// loopback one: any process on the node can reach it).
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
+    /// Serve `/denied?since=MS` (the denied-connection log, JSON lines:
+    /// pod names, addresses, ports, policies) on this unix socket, root-only
+    /// (0600), with the other paths.
+    #[arg(long)]
+    denied_socket: Option<PathBuf>,
+    /// Serve `/denied` on `--http` too, to every local process.
+    #[arg(long, requires = "http")]
+    http_denied: bool,
     /// Write the conflist (`10-weft.conflist`) into this CNI config dir once the
     /// node is ready to carry pods (its pod CIDR known, policy applied).
     #[arg(long)]
@@ -294,7 +302,11 @@ fn main() -> ExitCode {
         compile: weft_agent::policy::Options { triple_peers: args.triple_peers },
         backend: args.backend,
         pod_socket: args.pod_socket,
-        http: args.http,
+        http: weft_agent::http::Listen {
+            tcp: args.http,
+            denied_on_tcp: args.http_denied,
+            denied_socket: args.denied_socket,
+        },
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dir: args.cni_bin_dir,
     };
@@ -341,6 +353,13 @@ mod tests {
         let a = Args::try_parse_from(base.into_iter().chain(["--backend", "nftables"])).unwrap();
         assert_eq!(a.backend, BackendChoice::Nftables);
         assert!(Args::try_parse_from(base.into_iter().chain(["--backend", "ebpf"])).is_err());
+        let a = Args::try_parse_from(base.into_iter().chain(["--denied-socket", "/run/weft/denied.sock"]))
+            .unwrap();
+        assert_eq!((a.denied_socket, a.http_denied), (Some("/run/weft/denied.sock".into()), false));
+        assert!(Args::try_parse_from(base.into_iter().chain(["--http-denied"])).is_err(), "needs --http");
+        let a =
+            Args::try_parse_from(base.into_iter().chain(["--http", "127.0.0.1:1", "--http-denied"])).unwrap();
+        assert!(a.http_denied);
         let a = Args::try_parse_from(base.into_iter().chain(["--log-level", "debug"])).unwrap();
         assert_eq!(a.log_level.as_deref(), Some("debug"));
         assert!(Args::try_parse_from(base.into_iter().chain(["--log-level", "weft=loud"])).is_err());

@@ -7,6 +7,7 @@
 //! passed in; the denied counters are `DenyLog`'s.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,51 @@ impl AgentMetrics {
     }
 }
 
+/// What the denied-log reader and the HTTP endpoint turned away, counted
+/// from their own threads without a lock (neither waits on the agent loop).
+#[derive(Debug, Default)]
+pub struct InputCounters {
+    /// Denied packets dropped because the agent loop's queue was full.
+    pub denied_queue_full: AtomicU64,
+    /// Times the NFLOG socket overflowed (ENOBUFS): the kernel dropped messages.
+    pub denied_socket_overruns: AtomicU64,
+    /// HTTP connections closed at once because the endpoint's cap was reached.
+    pub http_rejected: AtomicU64,
+}
+
+impl InputCounters {
+    /// Adds one to `c`.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text of the counters.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, c) in [
+            (
+                "weft_denied_queue_dropped_total",
+                "Denied packets dropped because the agent's queue was full (the log is rate-limited in the kernel first).",
+                &self.denied_queue_full,
+            ),
+            (
+                "weft_denied_socket_overruns_total",
+                "Times the kernel dropped denied-packet messages because the agent read too slowly.",
+                &self.denied_socket_overruns,
+            ),
+            (
+                "weft_http_connections_rejected_total",
+                "HTTP connections closed at once because too many were open.",
+                &self.http_rejected,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, &[], c.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
 /// One scrape of `m`.
 pub fn scrape(m: &Mutex<AgentMetrics>, now: Instant) -> String {
     m.lock().unwrap_or_else(|p| p.into_inner()).render(now)
@@ -286,7 +332,7 @@ pub fn readiness(status: &Status, policy_runs: bool, conflist: Option<bool>) -> 
 
 #[cfg(test)]
 #[path = "../tests/support/exposition.rs"]
-mod exposition;
+pub(crate) mod exposition;
 
 #[cfg(test)]
 mod tests {

@@ -5,20 +5,31 @@
 //! message into a `Denied`. Message building and parsing are pure.
 
 use std::net::Ipv4Addr;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+
+use crate::metrics::InputCounters;
 
 /// The NFLOG group weft's drop rules log to.
 pub const GROUP: u16 = 87;
 /// Bytes of each packet copied to us: the IPv4 header and the ports.
 pub const SNAPLEN: u32 = 64;
+/// Packets a second each log rule hands to the agent (the kernel's `limit`),
+/// and the burst above it: enough for every connection a busy node denies,
+/// far below what a flood sends.
+pub const LOG_RATE: u32 = 100;
+pub const LOG_BURST: u32 = 200;
 /// Prefixes of the log rules.
 pub const PREFIX_INGRESS: &str = "weft-deny-in";
 pub const PREFIX_EGRESS: &str = "weft-deny-out";
 /// Prefixes of audit policies' log rules (logged, not dropped).
 pub const PREFIX_AUDIT_INGRESS: &str = "weft-audit-in";
 pub const PREFIX_AUDIT_EGRESS: &str = "weft-audit-out";
+
+/// Pause after a failed read that is not an overrun.
+const RECV_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
@@ -150,9 +161,11 @@ fn packet(body: &[u8]) -> Option<Denied> {
     Some(Denied { ingress, audit, src, dst, proto, dport })
 }
 
-/// Subscribes to `GROUP` in this netns and sends each denied packet to `tx`
-/// (wrapped by `wrap`) from a thread of its own.
-pub fn listen<E: Send + 'static>(tx: Sender<E>, wrap: fn(Denied) -> E) -> std::io::Result<()> {
+/// Subscribes to `GROUP` in this netns and queues each denied packet on
+/// `tx` from a thread of its own. The queue is bounded and this thread never
+/// waits on it: what does not fit is dropped and counted in `counters`, as
+/// are the kernel's drops when this thread reads too slowly.
+pub fn listen(tx: SyncSender<Denied>, counters: Arc<InputCounters>) -> std::io::Result<()> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     for msg in config_messages(GROUP) {
@@ -163,12 +176,22 @@ pub fn listen<E: Send + 'static>(tx: Sender<E>, wrap: fn(Denied) -> E) -> std::i
         loop {
             let n = match sock.recv(&mut &mut buf[..], 0) {
                 Ok(n) => n,
-                // ENOBUFS under a flood: some were lost; go on.
-                Err(_) => continue,
+                // ENOBUFS: the kernel dropped some; go on.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    InputCounters::bump(&counters.denied_socket_overruns);
+                    continue;
+                }
+                // Anything else: try again, without spinning.
+                Err(_) => {
+                    std::thread::sleep(RECV_BACKOFF);
+                    continue;
+                }
             };
             for d in parse(&buf[..n]) {
-                if tx.send(wrap(d)).is_err() {
-                    return;
+                match tx.try_send(d) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => InputCounters::bump(&counters.denied_queue_full),
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
             }
         }

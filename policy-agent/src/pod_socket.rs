@@ -25,8 +25,6 @@ pub enum Event {
     Stop,
     /// A pod report and where to send the answer.
     Pod(PodEvent, Sender<AgentReply>),
-    /// A packet a drop rule logged (nflog.rs).
-    Denied(crate::nflog::Denied),
 }
 
 /// The listening socket; its file is removed on drop.

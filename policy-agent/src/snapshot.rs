@@ -2,10 +2,11 @@
 //! the plugin's pod reports laid over it), this node's policy engine compiled
 //! from it, and the generation. Kept between syncs, so a change recompiles
 //! only the policies it touches and the backend patches only what changed;
-//! the denied log reads the model from here instead of building one.
+//! the denied log explains from here instead of building a model.
 
 use ipnetwork::Ipv4Network;
 
+use crate::denied::ExplainView;
 use crate::model::Model;
 use crate::policy::{Dirty, Options, PolicyEngine, PolicyIr};
 
@@ -13,7 +14,8 @@ use crate::policy::{Dirty, Options, PolicyEngine, PolicyIr};
 #[derive(Debug)]
 pub struct Compiled {
     pub generation: String,
-    pub model: Model,
+    /// The model, as the denied log explains from it.
+    view: ExplainView,
     engine: PolicyEngine,
 }
 
@@ -27,14 +29,24 @@ impl Compiled {
         options: Options,
     ) -> Compiled {
         let engine = PolicyEngine::new(&model, node, cluster, options);
-        Compiled { generation: generation.into(), model, engine }
+        Compiled { generation: generation.into(), view: ExplainView::new(model), engine }
     }
 
     /// Moves to `model`, recompiling only what changed.
     pub fn update(&mut self, model: Model, generation: &str) {
-        self.engine.update(&self.model, &model);
-        self.model = model;
+        self.engine.update(self.view.base(), &model);
+        self.view = ExplainView::new(model);
         self.generation = generation.into();
+    }
+
+    /// The model compiled.
+    pub fn model(&self) -> &Model {
+        self.view.base()
+    }
+
+    /// The model for explaining denied packets.
+    pub fn explain_view(&self) -> &ExplainView {
+        &self.view
     }
 
     /// This node's compiled policy.

@@ -134,13 +134,13 @@ const GOLDEN: &str = "table inet weft {
 		ip daddr . meta l4proto . th dport @ins_0000000000000002 ip saddr @inp_0000000000000002 return
 		ip daddr @int_a94d7d411fa716fc ip saddr @inp_0000000000000001 meta l4proto udp return
 		ip daddr @int_d0eaafd4353def2a ip saddr @inp_0000000000000002 return
-		ct state new log prefix \"weft-deny-in\" group 87 snaplen 64
+		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-in\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
 
 	chain egress {
 		ip saddr . meta l4proto . th dport . ip daddr @out_allow return
-		ct state new log prefix \"weft-deny-out\" group 87 snaplen 64
+		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-out\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
 }

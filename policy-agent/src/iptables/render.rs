@@ -247,10 +247,14 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
     }
     // The first packet of a denied connection goes to the agent's log (a
     // dropped packet never confirms its conntrack entry, so retransmits are
-    // NEW again: the agent folds those).
+    // NEW again: the agent folds those), at most `LOG_RATE` a second: a flood
+    // is cut in the kernel, before it costs the agent anything.
     let _ = writeln!(
         rules,
-        "-A {c} -m conntrack --ctstate NEW -j NFLOG --nflog-group {} --nflog-prefix {} --nflog-size {}",
+        "-A {c} -m conntrack --ctstate NEW -m limit --limit {}/sec --limit-burst {} \
+         -j NFLOG --nflog-group {} --nflog-prefix {} --nflog-size {}",
+        nflog::LOG_RATE,
+        nflog::LOG_BURST,
         nflog::GROUP,
         n.log_prefix,
         nflog::SNAPLEN
@@ -406,11 +410,11 @@ mod tests {
 -A WEFT-FORWARD -d 10.244.0.0/16 -m comment --comment "weft: transit to a pod on another node" -j ACCEPT
 -A WEFT-INGRESS -m set --match-set weft-in dst,dst,src -j RETURN
 -A WEFT-INGRESS -m set --match-set {it} dst -m set --match-set {ip_} src -p tcp -m tcp --dport 9000:9999 -j RETURN
--A WEFT-INGRESS -m conntrack --ctstate NEW -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-in --nflog-size 64
+-A WEFT-INGRESS -m conntrack --ctstate NEW -m limit --limit 100/sec --limit-burst 200 -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-in --nflog-size 64
 -A WEFT-INGRESS -m comment --comment "weft: denied by NetworkPolicy" -j DROP
 -A WEFT-EGRESS -m set --match-set weft-out src,dst,dst -j RETURN
 -A WEFT-EGRESS -m set --match-set {et} src -m set --match-set {ep} dst -j RETURN
--A WEFT-EGRESS -m conntrack --ctstate NEW -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-out --nflog-size 64
+-A WEFT-EGRESS -m conntrack --ctstate NEW -m limit --limit 100/sec --limit-burst 200 -j NFLOG --nflog-group 87 --nflog-prefix weft-deny-out --nflog-size 64
 -A WEFT-EGRESS -m comment --comment "weft: denied by NetworkPolicy" -j DROP
 COMMIT
 "#

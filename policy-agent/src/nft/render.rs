@@ -41,7 +41,7 @@ use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, Payloa
 use nftables::schema::{
     Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Log, Match, Operator, Statement};
+use nftables::stmt::{JumpTarget, Limit, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::backend::ObjectCounts;
@@ -384,7 +384,16 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             level: None,
             flags: None,
         }));
-        skeleton.push(rule(chain, vec![ct_new, log], None));
+        // At most `LOG_RATE` a second: a flood is cut in the kernel.
+        let limit = Statement::Limit(Limit {
+            rate: nflog::LOG_RATE,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(nflog::LOG_BURST),
+            burst_unit: Some("packets".into()),
+            inv: None,
+        });
+        skeleton.push(rule(chain, vec![ct_new, limit, log], None));
         if drop {
             skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
         }
