@@ -19,7 +19,6 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
-use weft_plugin::agent_client::{AgentReply, PodEvent};
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::masquerade::{ensure_masquerade, masquerade_present, teardown_masquerade, MASQ_CHAIN};
 use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
@@ -31,12 +30,15 @@ use crate::kube_source::KubeSourceError;
 use crate::metrics::{readiness, SyncKind};
 use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
+use crate::parked_adds::ParkedAdds;
 use crate::pod_events::PodEvents;
-use crate::pod_socket::{Event, PodSocket};
+use crate::pod_socket::{Event, PodSocket, Wake};
 use crate::policy::{compile_with, Options};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{Source, SourceSpec};
+
+mod pods;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -160,15 +162,22 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
         }
     }
+    let wake = Wake::new(sender.clone());
+    agent.source.set_wake({
+        let wake = wake.clone();
+        Box::new(move || wake.wake())
+    });
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
         agent.tick()?;
-        match events.recv_timeout(cfg.poll) {
+        agent.answer_parked();
+        agent.expire_claims();
+        match events.recv_timeout(agent.wait()) {
             Ok(Event::Stop) => break,
             Ok(Event::Denied(d)) => agent.on_denied(&d),
-            Ok(Event::Pod(ev, reply)) => {
-                let _ = reply.send(agent.on_pod(&ev));
-            }
+            Ok(Event::Pod(ev, reply)) => agent.on_pod(ev, reply),
+            // The next tick polls the source.
+            Ok(Event::Wake) => wake.taken(),
             Err(RecvTimeoutError::Timeout) => {}
             // No signal thread: keep the pace, never spin.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(cfg.poll),
@@ -180,9 +189,8 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
     Ok(())
 }
 
-/// Bound on waiting for the source to show a pod that ADD reported.
-const SOURCE_WAIT: Duration = Duration::from_millis(500);
-const SOURCE_WAIT_STEP: Duration = Duration::from_millis(50);
+/// How soon a status file that could not be written is tried again.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
 
 /// The agent's state between events.
 struct Agent<'c> {
@@ -195,7 +203,13 @@ struct Agent<'c> {
     source: Box<dyn Source>,
     snap: Option<Snapshot>,
     pods: PodEvents,
+    /// ADDs of pods the source does not show yet.
+    parked: ParkedAdds<pods::ParkedAdd>,
     last_status: Option<Status>,
+    /// Why the status file could not be written, until it is again.
+    status_error: Option<String>,
+    /// The readiness line is out (after the first status written).
+    announced: bool,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
     next_sync: Instant,
@@ -234,7 +248,10 @@ impl<'c> Agent<'c> {
             source: cfg.source.open()?,
             snap: None,
             pods: PodEvents::default(),
+            parked: ParkedAdds::default(),
             last_status: None,
+            status_error: None,
+            announced: false,
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
@@ -263,7 +280,7 @@ impl<'c> Agent<'c> {
         }
         let conflist = self.write_conflist(s, &mut status);
         report_changes(self.last_status.as_ref(), &status);
-        write_status(&self.cfg.status_file, &status)?;
+        let written = self.save_status(&mut status);
         let took = t0.elapsed();
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
         {
@@ -278,14 +295,38 @@ impl<'c> Agent<'c> {
             errors = status.errors.len(),
             "synced"
         );
-        if self.last_status.is_none() {
+        if written && !self.announced {
             println!("ready generation {}", status.generation);
             let _ = std::io::stdout().flush();
+            self.announced = true;
         }
         self.last_status = Some(status);
-        self.next_sync = Instant::now() + self.cfg.resync;
+        self.next_sync = Instant::now() + if written { self.cfg.resync } else { STATUS_RETRY };
         self.full = true;
         Ok(())
+    }
+
+    /// Writes the status file. A failure (out of fds, a full disk) is no
+    /// reason to stop enforcing: it goes into the status and the log (once),
+    /// and the caller syncs again after `STATUS_RETRY`. True if written.
+    fn save_status(&mut self, status: &mut Status) -> bool {
+        match write_status(&self.cfg.status_file, status) {
+            Ok(()) => {
+                if self.status_error.take().is_some() {
+                    info!(path = %self.cfg.status_file.display(), "the status file is written again");
+                }
+                true
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.status_error.as_ref() != Some(&e) {
+                    error!("{e}; retrying every {} ms", STATUS_RETRY.as_millis());
+                }
+                status.errors.push(e.clone());
+                self.status_error = Some(e);
+                false
+            }
+        }
     }
 
     fn poll_source(&mut self) {
@@ -293,59 +334,12 @@ impl<'c> Agent<'c> {
         for e in &s.errors {
             warn!(generation = %s.generation, "skipping manifest {e}");
         }
-        self.pods.prune(&s.model, &self.cfg.node);
+        self.pods.catch_up(&s.model, &self.cfg.node, Instant::now());
         self.snap = Some(s);
         if self.next_sync > Instant::now() {
             self.next_sync = Instant::now();
             self.full = false;
         }
-    }
-
-    /// A report from the plugin: lays it over the cluster state and commits
-    /// the policy before answering, so ADD returns with the pod's rules in force.
-    fn on_pod(&mut self, ev: &PodEvent) -> AgentReply {
-        match ev {
-            PodEvent::Add { container_id, ifname, namespace, name, ips } => {
-                self.pods.add(container_id, ifname, namespace, name, ips);
-                if self.policy.is_none() {
-                    return AgentReply { ok: true, error: None };
-                }
-                // The source may lag the kubelet by a moment.
-                let deadline = Instant::now() + SOURCE_WAIT;
-                loop {
-                    self.poll_source();
-                    let known =
-                        self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name));
-                    if known || Instant::now() >= deadline {
-                        break;
-                    }
-                    std::thread::sleep(SOURCE_WAIT_STEP);
-                }
-                if !self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name)) {
-                    let error = format!(
-                        "pod {namespace}/{name} is not in the cluster state yet: its traffic is dropped until it is"
-                    );
-                    warn!("{error}");
-                    return AgentReply { ok: false, error: Some(error) };
-                }
-            }
-            PodEvent::Del { container_id, ifname } => self.pods.del(container_id, ifname),
-        }
-        let (Some(p), Some(s)) = (self.policy.as_mut(), &self.snap) else {
-            return AgentReply { ok: true, error: None };
-        };
-        let model = self.pods.overlay(&s.model, &self.cfg.node);
-        let t0 = Instant::now();
-        let applied = enforce(p.as_mut(), &model, self.cfg, self.cluster_v4, false);
-        let reply = match record_policy(&self.shared, p.name(), applied) {
-            Ok(_) => AgentReply { ok: true, error: None },
-            Err(e) => {
-                error!("{e}");
-                AgentReply { ok: false, error: Some(e) }
-            }
-        };
-        self.shared.metrics().observe_sync(SyncKind::Pod, t0.elapsed());
-        reply
     }
 
     /// Writes the conflist (if asked and changed) once this node can carry

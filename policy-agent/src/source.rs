@@ -26,7 +26,15 @@ pub trait Source {
     /// The current snapshot if the state changed since the last one returned
     /// (or on the first call), else None. Never blocks for long.
     fn poll(&mut self) -> Option<Snapshot>;
+
+    /// Sets what a source that learns of changes by itself (a watch) calls
+    /// when a pod changes, so the agent polls at once; a polled source has
+    /// nothing to call it on. Idempotent: a second call is ignored.
+    fn set_wake(&mut self, _wake: Wake) {}
 }
+
+/// What wakes the agent loop to poll the source.
+pub type Wake = Box<dyn Fn() + Send + Sync>;
 
 /// Which source the agent reads (`--source`).
 #[derive(Debug, Clone, PartialEq, Eq)]
