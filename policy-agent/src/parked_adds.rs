@@ -54,6 +54,7 @@ impl<T> ParkedAdds<T> {
         Ok(())
     }
 
+    /// True if no ADD is parked.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

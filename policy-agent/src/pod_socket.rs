@@ -61,6 +61,7 @@ pub struct Wake {
 }
 
 impl Wake {
+    /// A waker sending on `tx`, the agent loop's channel.
     pub fn new(tx: Sender<Event>) -> Wake {
         Wake { tx, queued: Arc::new(AtomicBool::new(false)) }
     }

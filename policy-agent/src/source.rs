@@ -30,11 +30,11 @@ pub trait Source {
     /// Sets what a source that learns of changes by itself (a watch) calls
     /// when a pod changes, so the agent polls at once; a polled source has
     /// nothing to call it on. Idempotent: a second call is ignored.
-    fn set_wake(&mut self, _wake: Wake) {}
+    fn set_wake(&mut self, _wake: WakeFn) {}
 }
 
-/// What wakes the agent loop to poll the source.
-pub type Wake = Box<dyn Fn() + Send + Sync>;
+/// What a source calls to wake the agent loop to poll it.
+pub type WakeFn = Box<dyn Fn() + Send + Sync>;
 
 /// Which source the agent reads (`--source`).
 #[derive(Debug, Clone, PartialEq, Eq)]

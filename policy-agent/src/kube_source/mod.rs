@@ -163,7 +163,7 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError>
 }
 
 impl Source for KubeSource {
-    fn set_wake(&mut self, wake: crate::source::Wake) {
+    fn set_wake(&mut self, wake: crate::source::WakeFn) {
         self.shared.set_wake(wake);
     }
 

@@ -29,7 +29,7 @@ pub(super) struct Shared {
     version: AtomicU64,
     kinds: Mutex<BTreeMap<&'static str, KindState>>,
     /// Wakes the agent loop on a Pod change (`Source::set_wake`).
-    wake: OnceLock<crate::source::Wake>,
+    wake: OnceLock<crate::source::WakeFn>,
 }
 
 /// One kind's watcher, as far as the source cares.
@@ -50,7 +50,7 @@ impl Shared {
         self.version.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(super) fn set_wake(&self, wake: crate::source::Wake) {
+    pub(super) fn set_wake(&self, wake: crate::source::WakeFn) {
         let _ = self.wake.set(wake);
     }
 
