@@ -38,7 +38,7 @@ use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::source::{Source, SourceSpec};
 
-mod pods;
+mod pod_reports;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -204,7 +204,7 @@ struct Agent<'c> {
     snap: Option<Snapshot>,
     pods: PodEvents,
     /// ADDs of pods the source does not show yet.
-    parked: ParkedAdds<pods::ParkedAdd>,
+    parked: ParkedAdds<pod_reports::ParkedAdd>,
     last_status: Option<Status>,
     /// Why the status file could not be written, until it is again.
     status_error: Option<String>,
