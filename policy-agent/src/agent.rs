@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{error, info, warn};
-use weft_conf::pod_socket::{AgentReply, PodEvent};
 use weft_netkit::masquerade::{teardown_masquerade, MASQ_CHAIN};
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
@@ -30,8 +29,9 @@ use crate::masquerade::{MasqIptables, Masquerade};
 use crate::metrics::{readiness, SyncKind};
 use crate::model::Snapshot;
 use crate::nflog::{self, Denied};
+use crate::parked_adds::ParkedAdds;
 use crate::pod_events::PodEvents;
-use crate::pod_socket::{Event, PodSocket};
+use crate::pod_socket::{Event, PodSocket, Wake};
 use crate::policy::{Options, PolicyIr};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
@@ -39,6 +39,8 @@ use crate::snapshot::Compiled;
 use crate::source::kube::KubeSourceError;
 use crate::source::{Source, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
+
+mod pod_reports;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -132,15 +134,22 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
         }
     }
+    let wake = Wake::new(sender.clone());
+    agent.source.set_wake({
+        let wake = wake.clone();
+        Box::new(move || wake.wake())
+    });
     let mut next = None;
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
         agent.tick()?;
-        match next.take().map_or_else(|| events.recv_timeout(cfg.poll), Ok) {
+        agent.answer_parked();
+        agent.expire_claims();
+        match next.take().map_or_else(|| events.recv_timeout(agent.wait()), Ok) {
             Ok(Event::Stop) => break,
-            Ok(Event::Pod(ev, reply)) => {
-                let _ = reply.send(agent.on_pod(&ev));
-            }
+            Ok(Event::Pod(ev, reply)) => agent.on_pod(ev, reply),
+            // The next tick polls the source.
+            Ok(Event::Wake) => wake.taken(),
             Err(RecvTimeoutError::Timeout) => {}
             // No signal thread: keep the pace, never spin.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(cfg.poll),
@@ -157,9 +166,8 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
 /// A poll's worth of the kernel's log limit, many times over.
 const DENIED_QUEUE: usize = 1024;
 
-/// Bound on waiting for the source to show a pod that ADD reported.
-const SOURCE_WAIT: Duration = Duration::from_millis(500);
-const SOURCE_WAIT_STEP: Duration = Duration::from_millis(50);
+/// How soon a status file that could not be written is tried again.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
 
 /// The agent's state between events.
 struct Agent<'c> {
@@ -174,7 +182,13 @@ struct Agent<'c> {
     /// What the last policy sync compiled (with a policy backend).
     compiled: Option<Compiled>,
     pods: PodEvents,
+    /// ADDs of pods the source does not show yet.
+    parked: ParkedAdds<pod_reports::ParkedAdd>,
     last_status: Option<Status>,
+    /// Why the status file could not be written, until it is again.
+    status_error: Option<String>,
+    /// The readiness line is out (after the first status written).
+    announced: bool,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
     next_sync: Instant,
@@ -214,7 +228,10 @@ impl<'c> Agent<'c> {
             snap: None,
             compiled: None,
             pods: PodEvents::default(),
+            parked: ParkedAdds::default(),
             last_status: None,
+            status_error: None,
+            announced: false,
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
@@ -241,7 +258,7 @@ impl<'c> Agent<'c> {
         }
         let conflist = self.write_conflist(&mut status);
         report_changes(self.last_status.as_ref(), &status);
-        write_status(&self.cfg.status_file, &status)?;
+        let written = self.save_status(&mut status);
         let took = t0.elapsed();
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
         {
@@ -256,14 +273,38 @@ impl<'c> Agent<'c> {
             errors = status.errors.len(),
             "synced"
         );
-        if self.last_status.is_none() {
+        if written && !self.announced {
             println!("ready generation {}", status.generation);
             let _ = std::io::stdout().flush();
+            self.announced = true;
         }
         self.last_status = Some(status);
-        self.next_sync = Instant::now() + self.cfg.resync;
+        self.next_sync = Instant::now() + if written { self.cfg.resync } else { STATUS_RETRY };
         self.full = true;
         Ok(())
+    }
+
+    /// Writes the status file. A failure (out of fds, a full disk) is no
+    /// reason to stop enforcing: it goes into the status and the log (once),
+    /// and the caller syncs again after `STATUS_RETRY`. True if written.
+    fn save_status(&mut self, status: &mut Status) -> bool {
+        match write_status(&self.cfg.status_file, status) {
+            Ok(()) => {
+                if self.status_error.take().is_some() {
+                    info!(path = %self.cfg.status_file.display(), "the status file is written again");
+                }
+                true
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.status_error.as_ref() != Some(&e) {
+                    error!("{e}; retrying every {} ms", STATUS_RETRY.as_millis());
+                }
+                status.errors.push(e.clone());
+                self.status_error = Some(e);
+                false
+            }
+        }
     }
 
     fn poll_source(&mut self) {
@@ -271,57 +312,12 @@ impl<'c> Agent<'c> {
         for e in &s.errors {
             warn!(generation = %s.generation, "skipping manifest {e}");
         }
-        self.pods.prune(&s.model, &self.cfg.node);
+        self.pods.catch_up(&s.model, &self.cfg.node, Instant::now());
         self.snap = Some(s);
         if self.next_sync > Instant::now() {
             self.next_sync = Instant::now();
             self.full = false;
         }
-    }
-
-    /// A report from the plugin: lays it over the cluster state and commits
-    /// the policy before answering, so ADD returns with the pod's rules in force.
-    fn on_pod(&mut self, ev: &PodEvent) -> AgentReply {
-        match ev {
-            PodEvent::Add { container_id, ifname, namespace, name, ips } => {
-                self.pods.add(container_id, ifname, namespace, name, ips);
-                if self.policy.is_none() {
-                    return AgentReply { ok: true, error: None };
-                }
-                // The source may lag the kubelet by a moment.
-                let deadline = Instant::now() + SOURCE_WAIT;
-                loop {
-                    self.poll_source();
-                    let known =
-                        self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name));
-                    if known || Instant::now() >= deadline {
-                        break;
-                    }
-                    std::thread::sleep(SOURCE_WAIT_STEP);
-                }
-                if !self.snap.as_ref().is_some_and(|s| PodEvents::known(&s.model, namespace, name)) {
-                    let error = format!(
-                        "pod {namespace}/{name} is not in the cluster state yet: its traffic is dropped until it is"
-                    );
-                    warn!("{error}");
-                    return AgentReply { ok: false, error: Some(error) };
-                }
-            }
-            PodEvent::Del { container_id, ifname } => self.pods.del(container_id, ifname),
-        }
-        let t0 = Instant::now();
-        let Some(applied) = self.enforce(false) else {
-            return AgentReply { ok: true, error: None };
-        };
-        let reply = match applied {
-            Ok(_) => AgentReply { ok: true, error: None },
-            Err(e) => {
-                error!("{e}");
-                AgentReply { ok: false, error: Some(e) }
-            }
-        };
-        self.shared.metrics().observe_sync(SyncKind::Pod, t0.elapsed());
-        reply
     }
 
     /// Compiles the current state (laid over with the pod reports) and has

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod nflog;
 pub mod nft;
+pub mod parked_adds;
 pub mod pod_events;
 pub mod pod_socket;
 pub mod policy;

@@ -163,6 +163,10 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError>
 }
 
 impl Source for KubeSource {
+    fn set_wake(&mut self, wake: crate::source::WakeFn) {
+        self.shared.set_wake(wake);
+    }
+
     fn poll(&mut self) -> Option<Snapshot> {
         // Read before the stores: a change that lands after this read bumps
         // the counter again, so the next poll sees it.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,11 +23,13 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
 /// What the watchers tell the source: a change counter and each kind's state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Shared {
     /// Bumped on every store change and every change of `kinds`.
     version: AtomicU64,
     kinds: Mutex<BTreeMap<&'static str, KindState>>,
+    /// Wakes the agent loop on a Pod change (`Source::set_wake`).
+    wake: OnceLock<crate::source::WakeFn>,
 }
 
 /// One kind's watcher, as far as the source cares.
@@ -48,6 +50,21 @@ impl Shared {
         self.version.fetch_add(1, Ordering::SeqCst);
     }
 
+    pub(super) fn set_wake(&self, wake: crate::source::WakeFn) {
+        let _ = self.wake.set(wake);
+    }
+
+    /// Bumps the version for a change to `kind`'s store; a Pod change also
+    /// wakes the agent, so an ADD waiting for its pod is answered at once.
+    fn changed(&self, kind: &str) {
+        self.bump();
+        if kind == POD {
+            if let Some(wake) = self.wake.get() {
+                wake();
+            }
+        }
+    }
+
     pub(super) fn kinds(&self) -> BTreeMap<&'static str, KindState> {
         self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -63,6 +80,9 @@ impl Shared {
         }
     }
 }
+
+/// The kind whose changes wake the agent.
+const POD: &str = <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::KIND;
 
 /// Bounds of the back-off between attempts after an error.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -123,9 +143,9 @@ where
                                 s.error = None;
                             });
                             // The store was swapped in even if nothing else changed.
-                            shared.bump();
+                            shared.changed(kind);
                         }
-                        Event::Apply(_) | Event::Delete(_) => shared.bump(),
+                        Event::Apply(_) | Event::Delete(_) => shared.changed(kind),
                         // Buffered by the writer until InitDone: the store is unchanged.
                         Event::Init | Event::InitApply(_) => {}
                     }
@@ -172,6 +192,22 @@ mod tests {
         assert!(delays[9] >= BACKOFF_MAX / 2, "{delays:?}");
         b.reset();
         assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_pod_change_wakes_the_agent_and_other_kinds_wait_for_its_poll() {
+        let s = Shared::default();
+        s.changed(POD);
+        let woken = Arc::new(AtomicU64::new(0));
+        let w = woken.clone();
+        s.set_wake(Box::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        }));
+        let v = s.version();
+        s.changed("NetworkPolicy");
+        s.changed(POD);
+        s.changed(POD);
+        assert_eq!((s.version(), woken.load(Ordering::SeqCst)), (v + 3, 2));
     }
 
     #[test]
