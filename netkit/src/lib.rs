@@ -7,6 +7,7 @@ pub mod bridge;
 pub mod kernel_error;
 pub mod link;
 pub mod masquerade;
+pub mod netlink_dump;
 pub mod netns;
 pub mod sysctl;
 pub mod tool;
