@@ -9,6 +9,7 @@ pub mod link;
 pub mod masquerade;
 pub mod netlink_dump;
 pub mod netns;
+pub mod nflog;
 pub mod sysctl;
 pub mod tool;
 pub mod veth;
