@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod bridge;
+pub mod iptables_mode;
 pub mod kernel_error;
 pub mod link;
 pub mod masquerade;
