@@ -11,6 +11,7 @@ pub mod masquerade;
 pub mod netlink_dump;
 pub mod netns;
 pub mod nflog;
+pub mod process;
 pub mod sysctl;
 pub mod tool;
 pub mod veth;
