@@ -1,10 +1,9 @@
 //! Addresses and routes in the netns of a given handle (`ip addr`, `ip route`).
-//! Adds are idempotent (EEXIST counts as done); dumps are retried when the kernel
-//! flags them NLM_F_DUMP_INTR (see containernetworking/plugins pkg/netlinksafe).
+//! Adds are idempotent (EEXIST counts as done); dumps go through `netlink_dump`,
+//! which retries them when the kernel flags them NLM_F_DUMP_INTR.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::route::{
@@ -12,13 +11,10 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::libc;
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use rtnetlink::{AddressMessageBuilder, Handle, RouteMessageBuilder};
 
 use crate::kernel_error::{netlink, nl_errno, KernelError};
-
-/// How often an interrupted dump is retried before giving up.
-const DUMP_ATTEMPTS: usize = 5;
+use crate::netlink_dump::{self, DumpError, DUMP_ATTEMPTS};
 
 /// An address family, for listing routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,31 +176,17 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Runs a dump request, retrying it when the kernel marks it interrupted.
+/// Runs a dump request through `netlink_dump`, naming `op` in its error.
 async fn dump(
     h: &Handle,
     req: RouteNetlinkMessage,
     op: &str,
 ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
-    for _ in 0..DUMP_ATTEMPTS {
-        let mut nl = NetlinkMessage::from(req.clone());
-        nl.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut responses = h.clone().request(nl).map_err(netlink(op))?;
-        let (mut out, mut interrupted) = (Vec::new(), false);
-        while let Some(msg) = responses.next().await {
-            interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) => return Err(netlink(op)(rtnetlink::Error::NetlinkError(e))),
-                _ => {}
-            }
-        }
-        if !interrupted {
-            return Ok(out);
-        }
-    }
-    Err(KernelError::Io {
-        what: format!("{op}: dump interrupted {DUMP_ATTEMPTS} times"),
-        source: std::io::Error::from_raw_os_error(libc::EINTR),
+    netlink_dump::dump(h, req).await.map_err(|e| match e {
+        DumpError::Netlink(e) => netlink(op)(e),
+        DumpError::Interrupted => KernelError::Io {
+            what: format!("{op}: dump interrupted {DUMP_ATTEMPTS} times"),
+            source: std::io::Error::from_raw_os_error(libc::EINTR),
+        },
     })
 }

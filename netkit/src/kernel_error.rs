@@ -40,6 +40,10 @@ pub enum KernelError {
     ToolMissing { name: String },
     #[error("{cmd} failed: {stderr}")]
     ToolFailed { cmd: String, stderr: String },
+    #[error("{cmd} did not finish within {deadline:?}: killed")]
+    ToolTimedOut { cmd: String, deadline: std::time::Duration },
+    #[error("{cmd} wrote more than {limit} bytes to stdout")]
+    ToolOutputTooLarge { cmd: String, limit: usize },
     #[error("no tokio runtime: {what} must be called inside the plugin's runtime")]
     NoRuntime { what: &'static str },
     #[error("{what}: {source}")]

@@ -4,10 +4,14 @@
 
 pub mod addr;
 pub mod bridge;
+pub mod iptables_mode;
 pub mod kernel_error;
 pub mod link;
 pub mod masquerade;
+pub mod netlink_dump;
 pub mod netns;
+pub mod nflog;
+pub mod process;
 pub mod sysctl;
 pub mod tool;
 pub mod veth;

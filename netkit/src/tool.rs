@@ -1,16 +1,23 @@
-//! Running the netfilter tools (iptables, iptables-restore, ipset): found by
-//! absolute path in the sbin/bin directories, never through PATH (a CNI
-//! plugin may run with an empty PATH), run to completion, and failures turned
-//! into `KernelError::ToolFailed` with the tool's stderr. Shared by the
-//! plugin's masquerade chain and the agent's policy backend.
+//! Running the netfilter tools (iptables, iptables-restore, ipset, nft): found
+//! by absolute path in the sbin/bin directories, never through PATH (a CNI
+//! plugin may run with an empty PATH), run within a deadline (`DEADLINE`
+//! unless the call gives one) with their output read bounded (`process`),
+//! and failures turned into
+//! `KernelError::ToolFailed` with the tool's stderr. Shared by the plugin's
+//! masquerade chain and the agent's policy backends.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::kernel_error::KernelError;
+use crate::process::{exec, Finished};
 
 const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// How long a tool may run unless the call says otherwise: a full policy sync
+/// at 10,000 policies applies in about a second; a hung tool (a held xtables
+/// lock, a stuck kernel) must not hang a CNI ADD or the agent loop.
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Finds a binary in the sbin/bin directories, never through PATH.
 pub fn find_tool(name: &str) -> Result<PathBuf, KernelError> {
@@ -28,15 +35,17 @@ pub fn run(name: &str, args: &[&str], stdin: Option<&str>) -> Result<(), KernelE
 
 /// `run`, returning the tool's stdout.
 pub fn output(name: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
-    let mut cmd = command(name, args)?;
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| spawn_err(name, e))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A large payload and a tool that fails early: its stderr says why, not our EPIPE.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| spawn_err(name, e))?;
+    output_within(name, args, stdin, DEADLINE)
+}
+
+/// `output` with its own deadline.
+pub fn output_within(
+    name: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    deadline: Duration,
+) -> Result<String, KernelError> {
+    let out = tool_exec(name, args, stdin, deadline)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -47,7 +56,7 @@ pub fn output(name: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
 /// Runs an iptables `-C` command line: Ok(true) present, Ok(false) no such
 /// rule (exit 1) or no such chain (exit 2).
 pub fn check(name: &str, args: &[&str]) -> Result<bool, KernelError> {
-    let out = command(name, args)?.output().map_err(|e| spawn_err(name, e))?;
+    let out = tool_exec(name, args, None, DEADLINE)?;
     match out.status.code() {
         Some(0) => Ok(true),
         Some(1 | 2) => Ok(false),
@@ -67,10 +76,14 @@ pub fn restore(name: &str, args: &[&str], payload: &str) -> Result<(), KernelErr
     })
 }
 
-fn command(name: &str, args: &[&str]) -> Result<Command, KernelError> {
-    let mut cmd = Command::new(find_tool(name)?);
-    cmd.args(args);
-    Ok(cmd)
+/// Runs tool `name` (found by `find_tool`) through `process::exec`.
+fn tool_exec(
+    name: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    deadline: Duration,
+) -> Result<Finished, KernelError> {
+    exec(&find_tool(name)?, name, args, stdin, deadline)
 }
 
 fn failed(name: &str, args: &[&str], stderr: &[u8]) -> KernelError {
@@ -78,10 +91,6 @@ fn failed(name: &str, args: &[&str], stderr: &[u8]) -> KernelError {
         cmd: format!("{name} {}", args.join(" ")),
         stderr: String::from_utf8_lossy(stderr).trim().to_string(),
     }
-}
-
-fn spawn_err(name: &str, source: std::io::Error) -> KernelError {
-    KernelError::Io { what: format!("run {name}"), source }
 }
 
 /// The payload lines around the "line N" a restore tool complains about.
@@ -103,6 +112,13 @@ fn payload_context(payload: &str, stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_reads_the_exit_code() {
+        assert!(check("true", &[]).unwrap());
+        assert!(!check("false", &[]).unwrap());
+        assert!(matches!(check("sh", &["-c", "exit 4"]), Err(KernelError::ToolFailed { .. })));
+    }
 
     #[test]
     fn context_of_failing_line() {

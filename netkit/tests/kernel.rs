@@ -367,3 +367,27 @@ fn masquerade_is_idempotent_and_torn_down() {
     assert_eq!(root_after, root_before, "root netns nat table changed");
     assert!(root_after.iter().all(|l| !l.contains(comment)));
 }
+
+/// A node netns holding legacy rules reads as legacy, one holding nft rules as
+/// nft: the mode the host's own rules are in (iptables-wrapper's rule).
+#[test]
+fn iptables_mode_follows_the_rules_the_netns_holds() {
+    use weft_netkit::iptables_mode::{detect, IptablesMode};
+    let Some(_t) = isolate("iptables_mode_follows_the_rules_the_netns_holds") else { return };
+    for (mode, tool) in [(IptablesMode::Legacy, "iptables-legacy"), (IptablesMode::Nft, "iptables-nft")] {
+        let node = PodNs::new();
+        let ns = node.open();
+        let got = run_in(&ns, || {
+            if weft_netkit::tool::find_tool(tool).is_err() {
+                return None;
+            }
+            tool_output(tool, &["-w", "5", "-A", "INPUT", "-s", "192.0.2.1/32", "-j", "ACCEPT"]);
+            Some(detect().unwrap())
+        })
+        .unwrap();
+        match got {
+            None => eprintln!("SKIP {tool}: not installed"),
+            Some(got) => assert_eq!(got, mode, "a netns whose rules were written by {tool}"),
+        }
+    }
+}

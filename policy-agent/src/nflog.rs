@@ -1,14 +1,14 @@
 //! Denied packets from the kernel. The drop rules of both backends first
 //! hand a new connection's packet to NFLOG group `GROUP` (iptables `NFLOG`,
 //! nftables `log group`), with a prefix naming the direction; this module
-//! subscribes to that group on a netfilter netlink socket and parses each
-//! message into a `Denied`. Message building and parsing are pure.
+//! subscribes to that group (weft-netkit's `nflog` holds the netlink side)
+//! and turns each logged packet into a `Denied`. Parsing is pure.
 
 use std::net::Ipv4Addr;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use weft_netkit::nflog::{packets, subscribe};
 
 use crate::metrics::InputCounters;
 
@@ -31,19 +31,6 @@ pub const PREFIX_AUDIT_EGRESS: &str = "weft-audit-out";
 /// Pause after a failed read that is not an overrun.
 const RECV_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-const NFNL_SUBSYS_ULOG: u16 = 4;
-const NFULNL_MSG_PACKET: u16 = 0;
-const NFULNL_MSG_CONFIG: u16 = 1;
-const NFULA_CFG_CMD: u16 = 1;
-const NFULA_CFG_MODE: u16 = 2;
-const NFULNL_CFG_CMD_BIND: u8 = 1;
-const NFULNL_COPY_PACKET: u8 = 2;
-const NFULA_PAYLOAD: u16 = 9;
-const NFULA_PREFIX: u16 = 10;
-const NLM_F_REQUEST: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
-const AF_INET: u8 = 2;
-
 /// One denied packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
@@ -59,94 +46,21 @@ pub struct Denied {
     pub dport: Option<u16>,
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    out.resize(align4(out.len()), 0);
-}
-
-/// One NFULNL config message for `group`: its nlmsghdr, nfgenmsg and attributes.
-fn config(group: u16, attrs: impl FnOnce(&mut Vec<u8>), seq: u32) -> Vec<u8> {
-    let mut body = vec![AF_INET, 0];
-    body.extend_from_slice(&group.to_be_bytes());
-    attrs(&mut body);
-    let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-    msg.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
-    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&body);
-    msg
-}
-
-/// The messages that bind `group` and ask for the first `SNAPLEN` bytes of each packet.
-pub fn config_messages(group: u16) -> Vec<Vec<u8>> {
-    let bind = config(group, |b| attr(b, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]), 1);
-    let mode = config(
-        group,
-        |b| {
-            let mut m = SNAPLEN.to_be_bytes().to_vec();
-            m.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-            attr(b, NFULA_CFG_MODE, &m);
-        },
-        2,
-    );
-    vec![bind, mode]
-}
-
 /// The denied packets in one datagram from the socket (it may hold several messages).
 pub fn parse(buf: &[u8]) -> Vec<Denied> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            break;
-        }
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
-            if let Some(d) = packet(&buf[off + NLMSG_HDRLEN..off + len]) {
-                out.push(d);
-            }
-        }
-        off += align4(len);
-    }
-    out
+    packets(buf).into_iter().filter_map(|p| packet(&p.prefix, p.payload)).collect()
 }
 
-/// One NFULNL_MSG_PACKET body (after the nlmsghdr).
-fn packet(body: &[u8]) -> Option<Denied> {
-    let mut off = 4; // nfgenmsg
-    let (mut prefix, mut payload) = (None, None);
-    while off + 4 <= body.len() {
-        let len = u16::from_ne_bytes([body[off], body[off + 1]]) as usize;
-        let kind = u16::from_ne_bytes([body[off + 2], body[off + 3]]) & 0x7fff;
-        if len < 4 || off + len > body.len() {
-            break;
-        }
-        let data = &body[off + 4..off + len];
-        match kind {
-            NFULA_PREFIX => prefix = Some(String::from_utf8_lossy(data).trim_end_matches('\0').to_string()),
-            NFULA_PAYLOAD => payload = Some(data),
-            _ => {}
-        }
-        off += align4(len);
-    }
-    let (ingress, audit) = match prefix?.as_str() {
+/// One logged packet, if one of weft's log rules logged it.
+fn packet(prefix: &str, payload: &[u8]) -> Option<Denied> {
+    let (ingress, audit) = match prefix {
         PREFIX_INGRESS => (true, false),
         PREFIX_EGRESS => (false, false),
         PREFIX_AUDIT_INGRESS => (true, true),
         PREFIX_AUDIT_EGRESS => (false, true),
         _ => return None,
     };
-    let ip = payload?;
+    let ip = payload;
     if ip.len() < 20 || ip[0] >> 4 != 4 {
         return None;
     }
@@ -166,11 +80,7 @@ fn packet(body: &[u8]) -> Option<Denied> {
 /// waits on it: what does not fit is dropped and counted in `counters`, as
 /// are the kernel's drops when this thread reads too slowly.
 pub fn listen(tx: SyncSender<Denied>, counters: Arc<InputCounters>) -> std::io::Result<()> {
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    for msg in config_messages(GROUP) {
-        sock.send(&msg, 0)?;
-    }
+    let sock = subscribe(GROUP, SNAPLEN)?;
     std::thread::Builder::new().name("weft-agent-nflog".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -203,19 +113,8 @@ pub fn listen(tx: SyncSender<Denied>, counters: Arc<InputCounters>) -> std::io::
 mod tests {
     use super::*;
 
-    /// A packet message as the kernel sends it: nlmsghdr, nfgenmsg, prefix, payload.
     fn message(prefix: &str, ip: &[u8]) -> Vec<u8> {
-        let mut body = vec![AF_INET, 0, 0, GROUP as u8];
-        let mut p = prefix.as_bytes().to_vec();
-        p.push(0);
-        attr(&mut body, NFULA_PREFIX, &p);
-        attr(&mut body, 1, &[0, 8, 0, 1]); // NFULA_PACKET_HDR, ignored
-        attr(&mut body, NFULA_PAYLOAD, ip);
-        let mut msg = ((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes().to_vec();
-        msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET).to_ne_bytes());
-        msg.extend_from_slice(&[0; 10]);
-        msg.extend_from_slice(&body);
-        msg
+        weft_netkit::nflog::packet_message(GROUP, prefix, ip)
     }
 
     fn tcp_syn(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
@@ -256,17 +155,5 @@ mod tests {
             "a payload cut before the ports still names the hosts"
         );
         assert!(parse(&buf[..10]).is_empty() && parse(&[0xff; 40]).is_empty(), "garbage gives nothing");
-    }
-
-    #[test]
-    fn config_messages_bind_the_group_and_copy_the_header() {
-        let msgs = config_messages(GROUP);
-        assert_eq!(msgs.len(), 2);
-        for m in &msgs {
-            assert_eq!(u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize, m.len());
-            assert_eq!(u16::from_ne_bytes([m[4], m[5]]), (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG);
-            assert_eq!(&m[18..20], &GROUP.to_be_bytes(), "res_id is the group, big-endian");
-        }
-        assert_eq!(&msgs[1][24..28], &SNAPLEN.to_be_bytes());
     }
 }

@@ -5,20 +5,16 @@
 
 use std::net::Ipv4Addr;
 
-use futures::StreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::libc;
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use rtnetlink::{Handle, RouteMessageBuilder};
+use weft_netkit::netlink_dump::{dump, DumpError, DUMP_ATTEMPTS};
 
 use crate::routes::{Route, RouteChange, WEFT_PROTO};
-
-/// How often an interrupted dump is retried before giving up.
-const DUMP_ATTEMPTS: usize = 5;
 
 /// A failed route operation, naming the route.
 #[derive(Debug, thiserror::Error)]
@@ -54,30 +50,21 @@ fn message(r: Route) -> RouteMessage {
 /// Lists weft's IPv4 routes in the main table (`ip route show proto 87`).
 pub async fn list_weft_routes(h: &Handle) -> Result<Vec<Route>, RouteError> {
     let op = "RTM_GETROUTE";
-    for _ in 0..DUMP_ATTEMPTS {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
-        let mut nl = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(req));
-        nl.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let netlink = |source| RouteError::Netlink { op, what: "main table".into(), source };
-        let mut responses = h.clone().request(nl).map_err(netlink)?;
-        let (mut out, mut interrupted) = (Vec::new(), false);
-        while let Some(msg) = responses.next().await {
-            interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                    out.extend(weft_route(&r));
-                }
-                NetlinkPayload::Error(e) => return Err(netlink(rtnetlink::Error::NetlinkError(e))),
-                _ => {}
-            }
-        }
-        if !interrupted {
-            out.sort();
-            return Ok(out);
-        }
-    }
-    Err(RouteError::DumpInterrupted { op })
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet;
+    let msgs = dump(h, RouteNetlinkMessage::GetRoute(req)).await.map_err(|e| match e {
+        DumpError::Netlink(source) => RouteError::Netlink { op, what: "main table".into(), source },
+        DumpError::Interrupted => RouteError::DumpInterrupted { op },
+    })?;
+    let mut out: Vec<Route> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => weft_route(r),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// The route in `r` if it is one of weft's: main table, unicast, `WEFT_PROTO`, IPv4 via a gateway.
