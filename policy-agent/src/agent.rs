@@ -1,9 +1,11 @@
 //! The agent loop: poll the source, and on each new snapshot (or every
 //! `resync` for drift) reconcile weft's routes and, with a cluster CIDR, the
 //! node's masquerade chain, read the node's forwarding sysctls, and write the
-//! status file atomically. At start it turns ip_forward on (a node without
-//! pods must still forward NodePort transit traffic); later flips are
-//! reported, not fought. Runs in the calling thread's netns (the node's);
+//! status file atomically. At start, once the whole configuration is
+//! validated (source opened, backend tools found, status dir, pod socket and
+//! HTTP address bound) and not before, it turns ip_forward on (a node without
+//! pods must still forward NodePort transit traffic) and starts the policy
+//! backend; later flips are reported, not fought. Runs in the calling thread's netns (the node's);
 //! sleeps between polls on the stop channel, so SIGTERM ends it at once and
 //! nothing spins. Each sync is timed and reported to `metrics` (served by
 //! `http`), with the node's readiness; the log is `tracing` events in an
@@ -27,7 +29,6 @@ use weft_plugin::sysctl::{ensure_sysctl, read_sysctl};
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
 use crate::http::{self, Shared};
-use crate::kube_source::KubeSourceError;
 use crate::metrics::{readiness, SyncKind};
 use crate::model::{Model, Snapshot};
 use crate::nflog::{self, Denied};
@@ -36,7 +37,7 @@ use crate::pod_socket::{Event, PodSocket};
 use crate::policy::{compile_with, Options};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
-use crate::source::{Source, SourceSpec};
+use crate::source::{Source, SourceOpenError, SourceSpec};
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -130,7 +131,9 @@ pub enum AgentError {
     #[error("http endpoint {addr}: {source}")]
     Http { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("source: {0}")]
-    Source(#[from] KubeSourceError),
+    Source(#[from] SourceOpenError),
+    #[error("policy backend: {0}")]
+    Backend(#[source] KernelError),
 }
 
 /// Runs the agent until `events` yields `Stop` (a signal); then, with
@@ -140,6 +143,7 @@ pub enum AgentError {
 pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", node = %cfg.node);
     let _in_span = span.enter();
+    // Validation first: a configuration error exits before the node is touched.
     let mut agent = Agent::start(cfg)?;
     let _socket = match &cfg.pod_socket {
         Some(path) => {
@@ -155,6 +159,7 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             http::serve(addr, agent.shared.clone()).map_err(|source| AgentError::Http { addr, source })?;
         info!(address = %bound, "serving /denied, /metrics, /healthz and /readyz");
     }
+    agent.engage();
     if agent.policy.is_some() {
         if let Err(e) = nflog::listen(sender.clone(), Event::Denied) {
             warn!(group = nflog::GROUP, error = %e, "no denied-connection log: NFLOG unavailable");
@@ -190,6 +195,8 @@ struct Agent<'c> {
     rt: tokio::runtime::Runtime,
     h: Handle,
     masq: Option<Masquerade>,
+    /// The backend `--backend` resolved to; started by `engage`.
+    pick: BackendChoice,
     policy: Option<Box<dyn PolicyBackend>>,
     cluster_v4: Option<Ipv4Network>,
     source: Box<dyn Source>,
@@ -205,13 +212,18 @@ struct Agent<'c> {
 }
 
 impl<'c> Agent<'c> {
+    /// Checks the configuration and opens what it names; changes nothing on
+    /// the node (`engage` does).
     fn start(cfg: &'c Config) -> Result<Agent<'c>, AgentError> {
+        let source = cfg.source.open()?;
+        let (pick, why) = backend::choose(cfg.backend).map_err(AgentError::Backend)?;
+        info!(backend = %backend_name(pick), "{why}");
+        check_status_dir(&cfg.status_file)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(AgentError::Runtime)?;
         let h = rt.block_on(async { weft_plugin::netns::connect_current() })?;
-        ensure_forwarding();
         if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
             warn!(
                 cluster_cidr = %c,
@@ -219,19 +231,18 @@ impl<'c> Agent<'c> {
                  is exempt from masquerade"
             );
         }
-        let (policy, why) = backend::start(cfg.backend);
-        info!(backend = %policy.as_ref().map_or("off", |p| p.name()), "{why}");
         Ok(Agent {
             cfg,
             rt,
             h,
             masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
-            policy,
+            pick,
+            policy: None,
             cluster_v4: match cfg.cluster_cidr {
                 Some(IpNetwork::V4(n)) => Some(n),
                 _ => None,
             },
-            source: cfg.source.open()?,
+            source,
             snap: None,
             pods: PodEvents::default(),
             last_status: None,
@@ -239,6 +250,28 @@ impl<'c> Agent<'c> {
             next_sync: Instant::now(),
             full: true,
         })
+    }
+
+    /// The first changes to the node: ip_forward on, and the policy backend
+    /// started, or with `off` every object of weft's backends removed (an
+    /// earlier run's fail-closed drops would blackhole new pods).
+    fn engage(&mut self) {
+        ensure_forwarding();
+        if self.pick != BackendChoice::Off {
+            self.policy = backend::start(self.pick);
+            return;
+        }
+        let (removed, errors) = backend::remove_all();
+        match removed.is_empty() {
+            true => info!("NetworkPolicy enforcement is off; no object of weft's backends was in force"),
+            false => info!(
+                "NetworkPolicy enforcement is off; removed what an earlier run left in force: {}",
+                removed.join(", ")
+            ),
+        }
+        for e in errors {
+            error!("NetworkPolicy enforcement is off, but removing weft's objects failed: {e}");
+        }
     }
 
     /// Polls the source; syncs on a new snapshot or when the resync is due.
@@ -465,6 +498,29 @@ fn record_policy(
             Err(e)
         }
     }
+}
+
+/// The backend's name for the log.
+fn backend_name(pick: BackendChoice) -> &'static str {
+    match pick {
+        BackendChoice::Off => "off",
+        BackendChoice::Nftables => "nftables",
+        _ => "iptables",
+    }
+}
+
+/// The status file's directory must exist: the first sync writes it.
+fn check_status_dir(path: &Path) -> Result<(), AgentError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Err(e) => Err(e),
+    }
+    .map_err(|source| AgentError::Status { path: path.into(), source })
 }
 
 /// Turns net.ipv4.ip_forward on in this netns once, at start: until the first

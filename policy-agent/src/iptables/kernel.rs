@@ -10,14 +10,25 @@
 //! and its allows change independently, and a packet both policies deny is
 //! denied under either mix. Only weft's own chains and `weft-` sets are
 //! touched; stale ones from an earlier run are removed by the same steps.
+//!
+//! The jump's position is checked at every apply, and between applies by
+//! the `jump_guard` thread (started by the first apply), so a rule another
+//! program inserts in front of it is moved behind it within milliseconds.
+//! Both go through `JUMP_LOCK`, so they never race each other or `cleanup`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use weft_plugin::kernel_error::KernelError;
 use weft_plugin::tool;
 
+use super::jump_guard::{self, JumpGuard};
 use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};
+
+/// Held while weft's FORWARD jump is checked, moved or removed.
+static JUMP_LOCK: Mutex<()> = Mutex::new(());
 
 /// The comment on weft's jump from FORWARD.
 const JUMP_COMMENT: &str = "weft: NetworkPolicy";
@@ -50,6 +61,8 @@ pub struct Iptables {
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
     rules: Option<String>,
+    /// Keeps the jump first between applies; None until the first apply.
+    guard: Option<JumpGuard>,
 }
 
 impl Iptables {
@@ -115,9 +128,14 @@ impl Iptables {
             self.rules = Some(r.rules.clone());
             done.rules_written = true;
         }
-        // 3. The jump, first in FORWARD: checked on resync and when the chains changed.
-        if !fresh || done.rules_written {
-            done.jump_moved = ensure_jump_first()?;
+        // 3. The jump, first in FORWARD: checked at every apply (one listing),
+        // and from now on watched in between.
+        done.jump_moved = {
+            let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            ensure_jump_first()?
+        };
+        if self.guard.is_none() {
+            self.guard = start_guard();
         }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
@@ -130,37 +148,116 @@ impl Iptables {
         Ok(done)
     }
 
-    /// Removes weft's jump, chains and sets. Carries on after an error and
-    /// returns the first; absent pieces count as removed.
+    /// Removes weft's jump, chains and sets (stopping the guard first).
+    /// Idempotent; see `remove_objects`.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
-        let mut first: Option<KernelError> = None;
-        let mut keep = |r: Result<(), KernelError>| {
-            if let Err(e) = r {
-                first.get_or_insert(e);
-            }
-        };
-        keep(remove_jumps().map(drop));
-        let mut flush = String::from("*filter\n");
-        for c in CHAINS {
-            let _ = writeln!(flush, ":{c} - [0:0]");
+        self.guard = None;
+        self.sets.clear();
+        self.capacity.clear();
+        self.rules = None;
+        remove_objects().map(drop)
+    }
+}
+
+/// Removes whatever of weft's iptables objects the kernel holds (its FORWARD
+/// jumps, chains and `weft-` sets, found by one `iptables-save` and one
+/// `ipset list`) and says what they were. Writes nothing when there is
+/// nothing, so it creates no table on a node that has none; without the
+/// tools there is nothing to remove. Idempotent; carries on after an error
+/// and returns the first.
+pub fn remove_objects() -> Result<Vec<String>, KernelError> {
+    let mut removed = Vec::new();
+    let mut first: Option<KernelError> = None;
+    let mut keep = |r: Result<(), KernelError>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
         }
-        for c in CHAINS {
-            let _ = writeln!(flush, "-X {c}");
-        }
-        flush.push_str("COMMIT\n");
-        keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &flush));
-        match list_sets() {
-            Ok(sets) => {
-                for name in sets {
-                    keep(tool::run("ipset", &["destroy", &name], None));
+    };
+    if tool::find_tool("iptables-save").is_ok() {
+        match tool::output("iptables-save", &["-t", "filter"], None) {
+            Ok(save) => {
+                let (jumps, chains) = weft_chains(&save);
+                if jumps > 0 {
+                    let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+                    keep(remove_jumps().map(drop));
+                    removed.push(format!("{jumps} FORWARD jump(s)"));
+                }
+                if !chains.is_empty() {
+                    let mut flush = String::from("*filter\n");
+                    for c in &chains {
+                        let _ = writeln!(flush, ":{c} - [0:0]");
+                    }
+                    for c in &chains {
+                        let _ = writeln!(flush, "-X {c}");
+                    }
+                    flush.push_str("COMMIT\n");
+                    keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &flush));
+                    removed.push(format!("chains {}", chains.join(" ")));
                 }
             }
             Err(e) => keep(Err(e)),
         }
-        self.sets.clear();
-        self.capacity.clear();
-        self.rules = None;
-        first.map_or(Ok(()), Err)
+    }
+    if tool::find_tool("ipset").is_ok() {
+        match list_sets() {
+            Ok(sets) if sets.is_empty() => {}
+            Ok(sets) => {
+                for name in &sets {
+                    keep(tool::run("ipset", &["destroy", name], None));
+                }
+                removed.push(format!("{} ipsets", sets.len()));
+            }
+            Err(e) => keep(Err(e)),
+        }
+    }
+    first.map_or(Ok(removed), Err)
+}
+
+/// From an `iptables-save -t filter` listing: how many FORWARD rules jump to
+/// weft's chain, and which of weft's chains exist.
+fn weft_chains(save: &str) -> (usize, Vec<String>) {
+    let jump = format!("-j {FORWARD_CHAIN}");
+    let jumps = save.lines().filter(|l| l.starts_with("-A FORWARD ") && l.ends_with(&jump)).count();
+    let chains = save
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+        .filter(|c| CHAINS.contains(c))
+        .map(String::from)
+        .collect();
+    (jumps, chains)
+}
+
+/// Starts the thread that keeps the jump first between applies; None (and
+/// a warning: the jump is then checked at each apply only) if it cannot.
+fn start_guard() -> Option<JumpGuard> {
+    let nft_flavour = tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables"));
+    let check = |stop: &AtomicBool| {
+        let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        match ensure_jump_first() {
+            Ok(moved) => {
+                if moved {
+                    tracing::warn!("a rule was inserted before weft's FORWARD jump: put the jump back first");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("checking weft's FORWARD jump: {e}");
+                false
+            }
+        }
+    };
+    match jump_guard::spawn(nft_flavour, check) {
+        Ok((guard, how)) => {
+            tracing::info!("weft's FORWARD jump is kept first, watched through {how}");
+            Some(guard)
+        }
+        Err(e) => {
+            tracing::warn!("no FORWARD jump guard ({e}): the jump is checked at each sync only");
+            None
+        }
     }
 }
 
@@ -247,6 +344,7 @@ fn jump_spec() -> String {
 
 /// Makes weft's jump the first rule of FORWARD (something, e.g. kube-proxy's
 /// KUBE-FORWARD, may have been inserted in front of it). True if it moved.
+/// The caller holds `JUMP_LOCK`.
 fn ensure_jump_first() -> Result<bool, KernelError> {
     let listing = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None)?;
     let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
@@ -261,7 +359,8 @@ fn ensure_jump_first() -> Result<bool, KernelError> {
     Ok(true)
 }
 
-/// Deletes every copy of weft's jump; returns how many there were.
+/// Deletes every copy of weft's jump; returns how many there were. The
+/// caller holds `JUMP_LOCK`.
 fn remove_jumps() -> Result<usize, KernelError> {
     let args = ["-w", "5", "-D", "FORWARD", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
     let mut n = 0;
@@ -296,6 +395,17 @@ mod tests {
         assert_eq!(sets["weft-local"], ["10.244.1.2", "10.244.1.3"], "sorted");
         assert_eq!(sets["weft-in"], ["10.244.1.2,tcp:80,10.244.2.0/24"]);
         assert!(sets["weft-out"].is_empty(), "an empty set is still listed");
+    }
+
+    #[test]
+    fn weft_objects_are_found_in_a_save_listing() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n\
+                    :WEFT-FORWARD - [0:0]\n:WEFT-INGRESS - [0:0]\n:WEFT-FORWARDX - [0:0]\n\
+                    -A FORWARD -j KUBE-FORWARD\n\
+                    -A FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\n\
+                    -A FORWARD -j WEFT-FORWARDX\n-A WEFT-FORWARD -j WEFT-INGRESS\nCOMMIT\n";
+        assert_eq!(weft_chains(save), (1, vec!["WEFT-FORWARD".to_string(), "WEFT-INGRESS".to_string()]));
+        assert_eq!(weft_chains("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"), (0, vec![]));
     }
 
     #[test]
