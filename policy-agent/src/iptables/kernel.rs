@@ -344,19 +344,32 @@ fn jump_spec() -> String {
 
 /// Makes weft's jump the first rule of FORWARD (something, e.g. kube-proxy's
 /// KUBE-FORWARD, may have been inserted in front of it). True if it moved.
-/// The caller holds `JUMP_LOCK`.
+/// One listing, and when it must move, one `iptables-restore --noflush`
+/// that deletes every copy and inserts it first: atomic, so no packet ever
+/// sees FORWARD without the jump. The caller holds `JUMP_LOCK`.
 fn ensure_jump_first() -> Result<bool, KernelError> {
     let listing = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None)?;
+    let Some(payload) = jump_move(&listing) else { return Ok(false) };
+    tool::restore("iptables-restore", &["--noflush", "-w", "5"], &payload)?;
+    Ok(true)
+}
+
+/// The restore payload that makes weft's jump the only copy and first in
+/// FORWARD, given `iptables -S FORWARD`; None if it already is.
+fn jump_move(listing: &str) -> Option<String> {
     let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
     let spec = jump_spec();
-    if rules.first() == Some(&spec.as_str()) && rules.iter().filter(|r| **r == spec).count() == 1 {
-        return Ok(false);
+    let copies = rules.iter().filter(|r| **r == spec).count();
+    if rules.first() == Some(&spec.as_str()) && copies == 1 {
+        return None;
     }
-    remove_jumps()?;
-    let args =
-        ["-w", "5", "-I", "FORWARD", "1", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
-    tool::run("iptables", &args, None)?;
-    Ok(true)
+    let rule = spec.trim_start_matches("-A FORWARD ");
+    let mut payload = String::from("*filter\n");
+    for _ in 0..copies {
+        let _ = writeln!(payload, "-D FORWARD {rule}");
+    }
+    let _ = writeln!(payload, "-I FORWARD 1 {rule}\nCOMMIT");
+    Some(payload)
 }
 
 /// Deletes every copy of weft's jump; returns how many there were. The
@@ -395,6 +408,20 @@ mod tests {
         assert_eq!(sets["weft-local"], ["10.244.1.2", "10.244.1.3"], "sorted");
         assert_eq!(sets["weft-in"], ["10.244.1.2,tcp:80,10.244.2.0/24"]);
         assert!(sets["weft-out"].is_empty(), "an empty set is still listed");
+    }
+
+    #[test]
+    fn the_jump_moves_first_in_one_restore() {
+        let jump = "-A FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD";
+        let kube = "-A FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT";
+        assert_eq!(jump_move(&format!("-P FORWARD ACCEPT\n{jump}\n{kube}\n")), None, "first already");
+        let moved = "*filter\n-D FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\n\
+                     -I FORWARD 1 -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\nCOMMIT\n";
+        assert_eq!(jump_move(&format!("-P FORWARD ACCEPT\n{kube}\n{jump}\n")).as_deref(), Some(moved));
+        let twice = jump_move(&format!("{jump}\n{jump}\n")).unwrap();
+        assert_eq!(twice.matches("-D FORWARD").count(), 2, "{twice}");
+        let none = jump_move("-P FORWARD ACCEPT\n").unwrap();
+        assert!(!none.contains("-D") && none.contains("-I FORWARD 1"), "{none}");
     }
 
     #[test]
