@@ -230,7 +230,11 @@ fn weft_chains(save: &str) -> (usize, Vec<String>) {
 /// Starts the thread that keeps the jump first between applies; None (and
 /// a warning: the jump is then checked at each apply only) if it cannot.
 fn start_guard() -> Option<JumpGuard> {
-    let nft_flavour = tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables"));
+    start_guard_for(tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")))
+}
+
+/// `start_guard` for iptables of the nft flavour (notifications) or not (a period).
+fn start_guard_for(nft_flavour: bool) -> Option<JumpGuard> {
     let check = |stop: &AtomicBool| {
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if stop.load(Ordering::SeqCst) {
@@ -408,6 +412,38 @@ mod tests {
         assert_eq!(sets["weft-local"], ["10.244.1.2", "10.244.1.3"], "sorted");
         assert_eq!(sets["weft-in"], ["10.244.1.2,tcp:80,10.244.2.0/24"]);
         assert!(sets["weft-out"].is_empty(), "an empty set is still listed");
+    }
+
+    /// The period the guard falls back to (iptables-legacy, or no
+    /// notifications) also has the jump first again within 100 ms.
+    #[test]
+    fn without_notifications_the_guard_polls_within_100ms() {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            return eprintln!("SKIP: needs root (a network namespace of its own)");
+        }
+        crate::synthetic::in_netns(|| {
+            let mut ipt = Iptables::new();
+            ipt.apply(&super::super::render(&crate::policy::PolicyIr::default()), true).unwrap();
+            ipt.guard = start_guard_for(false);
+            let first = || {
+                let rules = tool::output("iptables", &["-S", "FORWARD"], None).unwrap();
+                rules
+                    .lines()
+                    .find(|l| l.starts_with("-A FORWARD"))
+                    .unwrap_or_default()
+                    .contains(FORWARD_CHAIN)
+            };
+            for _ in 0..3 {
+                tool::run("iptables", &["-I", "FORWARD", "1", "-j", "ACCEPT"], None).unwrap();
+                let t0 = std::time::Instant::now();
+                while !first() && t0.elapsed() < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                assert!(t0.elapsed() <= std::time::Duration::from_millis(100), "{:?}", t0.elapsed());
+            }
+            ipt.cleanup().unwrap();
+        });
     }
 
     #[test]
