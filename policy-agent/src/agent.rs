@@ -3,11 +3,11 @@
 //! node's masquerade chain, read the node's forwarding sysctls, and write the
 //! status file atomically. At start, once the whole configuration is
 //! validated (source opened, backend tools found, status dir, pod socket and
-//! HTTP address bound) and not before, it turns ip_forward on (a node without
-//! pods must still forward NodePort transit traffic) and starts the policy
-//! backend; later flips are reported, not fought. Runs in the calling thread's netns (the node's);
-//! sleeps between polls on the stop channel, so SIGTERM ends it at once and
-//! nothing spins. Each sync is timed and reported to `metrics` (served by
+//! HTTP address bound) and not before, it turns ip_forward on (a node
+//! without pods must still forward NodePort transit traffic) and starts the
+//! policy backend; later flips are reported, not fought. Runs in the calling
+//! thread's netns (the node's); sleeps between polls on the stop channel, so
+//! SIGTERM ends it at once and nothing spins. Each sync is timed and reported to `metrics` (served by
 //! `http`), with the node's readiness; the log is `tracing` events in an
 //! `agent{node=...}` span.
 
@@ -262,12 +262,11 @@ impl<'c> Agent<'c> {
             return;
         }
         let (removed, errors) = backend::remove_all();
-        match removed.is_empty() {
-            true => info!("NetworkPolicy enforcement is off; no object of weft's backends was in force"),
-            false => info!(
-                "NetworkPolicy enforcement is off; removed what an earlier run left in force: {}",
-                removed.join(", ")
-            ),
+        if removed.is_empty() {
+            info!("NetworkPolicy enforcement is off; no object of weft's backends was in force");
+        } else {
+            let removed = removed.join(", ");
+            info!("NetworkPolicy enforcement is off; removed what an earlier run left in force: {removed}");
         }
         for e in errors {
             error!("NetworkPolicy enforcement is off, but removing weft's objects failed: {e}");
