@@ -1,11 +1,12 @@
-//! Keeps weft's jump first in filter FORWARD between syncs. Another program
+//! Keeps weft's jumps first in mangle and filter FORWARD between syncs. Another program
 //! may insert a rule in front of it at any time: kube-proxy, started after
 //! the agent, prepends its KUBE-FORWARD jump, which accepts every packet
 //! marked for masquerade before weft's policy sees it. Each sync checks the
 //! position, but a sync may be seconds away, so a thread reacts in between:
 //! - with iptables-nft, every change of FORWARD is an nf_tables netlink
 //!   notification (group NFNLGRP_NFTABLES); the thread blocks on them and
-//!   re-checks as soon as one concerns `ip filter FORWARD` (a few ms);
+//!   re-checks as soon as one concerns FORWARD of `ip mangle` or `ip
+//!   filter` (a few ms);
 //! - with iptables-legacy there are no notifications: it re-checks every
 //!   `LEGACY_PERIOD`.
 //!
@@ -113,7 +114,8 @@ fn check_until_done(stop: &AtomicBool, check: &impl Fn(&AtomicBool) -> bool) {
     }
 }
 
-/// True if a datagram of nf_tables notifications changes `ip filter FORWARD`:
+/// True if a datagram of nf_tables notifications changes FORWARD in `ip
+/// filter` or `ip mangle`:
 /// a rule added to or deleted from it, the chain created or deleted, or the
 /// table deleted.
 pub fn concerns_forward(buf: &[u8]) -> bool {
@@ -161,7 +163,8 @@ fn message_concerns_forward(msg: u16, body: &[u8]) -> bool {
         }
         off += align4(len);
     }
-    table == Some(b"filter") && (msg == NFT_MSG_DELTABLE || chain == Some(b"FORWARD"))
+    let ours = table == Some(b"filter") || table == Some(b"mangle");
+    ours && (msg == NFT_MSG_DELTABLE || chain == Some(b"FORWARD"))
 }
 
 fn align4(n: usize) -> usize {
@@ -193,6 +196,7 @@ mod tests {
     fn only_changes_of_ip_filter_forward_count() {
         let rule = |family, table, chain| message(NFT_MSG_NEWRULE, family, &[(1, table), (2, chain)]);
         assert!(concerns_forward(&rule(NFPROTO_IPV4, "filter", "FORWARD")));
+        assert!(concerns_forward(&rule(NFPROTO_IPV4, "mangle", "FORWARD")));
         assert!(concerns_forward(&message(NFT_MSG_DELRULE, 2, &[(1, "filter"), (2, "FORWARD")])));
         assert!(concerns_forward(&message(NFT_MSG_DELTABLE, 2, &[(1, "filter")])));
         assert!(concerns_forward(&message(NFT_MSG_DELCHAIN, 2, &[(1, "filter"), (3, "FORWARD")])));
