@@ -80,6 +80,13 @@ fn first_forward_rule(ns: &Path) -> String {
         .into()
 }
 
+/// The packets counted by the mangle FORWARD rule commented `comment`.
+fn counted(ns: &Path, comment: &str) -> u64 {
+    let save = sh(ns, &["iptables-save", "-c", "-t", "mangle"]);
+    let line = save.lines().find(|l| l.contains(comment)).unwrap_or_default();
+    line.trim_start_matches('[').split(':').next().unwrap_or_default().parse().unwrap_or(0)
+}
+
 fn agent_log(tb: &Testbed) -> String {
     std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap_or_default()
 }
@@ -252,8 +259,25 @@ fn an_accept_for_marked_packets_inserted_before_weft_is_moved_behind_it_and_pass
     ) {
         return;
     }
-    let (tb, xa, _yc, zd) = testbed();
+    let (tb, xa, yc, zd) = testbed();
     let n1 = tb.node_netns(1);
+    // A rule of another program's after weft's jump in mangle FORWARD.
+    let (ysrc, xdst) = (yc.ip.to_string(), xa.ip.to_string());
+    let after = [
+        "-t",
+        "mangle",
+        "-A",
+        "FORWARD",
+        "-s",
+        &ysrc,
+        "-d",
+        &xdst,
+        "-m",
+        "comment",
+        "--comment",
+        "after-weft",
+    ];
+    iptables(&n1, &after);
     // The denied pair's packets carry kube-proxy's masquerade mark.
     let (src, dst) = (zd.ip.to_string(), xa.ip.to_string());
     iptables(
@@ -308,6 +332,13 @@ fn an_accept_for_marked_packets_inserted_before_weft_is_moved_behind_it_and_pass
         let ms = Duration::from_millis;
         assert!(sorted.is_empty() || (sorted[2] <= ms(100) && sorted[4] <= ms(500)), "median, max: {took:?}");
         assert!(passed.is_empty(), "{backend}: {} denied probes passed", passed.len());
+        // weft's mangle chains drop what policy denies and hand the rest on.
+        let before = counted(&n1, "after-weft");
+        assert!(connects(&yc, &xa));
+        assert!(
+            counted(&n1, "after-weft") > before,
+            "{backend}: allowed packets still reach later mangle rules"
+        );
         tb.kill_agent(1).unwrap();
     }
     // The test bites: with the agent gone (nothing moves anything back), the

@@ -225,10 +225,13 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
     first.map_or(Ok(removed), Err)
 }
 
-/// The rendered `*filter` payload followed by the same chains and rules for
-/// the mangle table.
+/// The rendered `*filter` payload, preceded by the same chains and rules
+/// for the mangle table with every ACCEPT a RETURN: there weft's chains
+/// only drop what policy denies and hand everything else back to mangle
+/// FORWARD, so other programs' rules after the jump (MSS clamping, marks)
+/// still see the packet; filter decides as before.
 fn in_both_tables(rules: &str) -> String {
-    let mangle = rules.replacen("*filter\n", "*mangle\n", 1);
+    let mangle = rules.replacen("*filter\n", "*mangle\n", 1).replace(" -j ACCEPT\n", " -j RETURN\n");
     format!("{mangle}{rules}")
 }
 
@@ -483,11 +486,15 @@ mod tests {
 
     #[test]
     fn the_chains_go_into_mangle_then_filter() {
-        let rules = "*filter\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -j ACCEPT\nCOMMIT\n";
+        let rules = "*filter\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -s 10.0.0.1 -j ACCEPT\n\
+                     -A WEFT-FORWARD -j DROP\nCOMMIT\n";
         assert_eq!(
             in_both_tables(rules),
-            "*mangle\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -j ACCEPT\nCOMMIT\n\
-             *filter\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -j ACCEPT\nCOMMIT\n"
+            format!(
+                "*mangle\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -s 10.0.0.1 -j RETURN\n\
+                 -A WEFT-FORWARD -j DROP\nCOMMIT\n{rules}"
+            ),
+            "mangle only drops; what filter accepts goes on through mangle FORWARD"
         );
     }
 
