@@ -45,6 +45,15 @@ fn testbed() -> (Testbed, Pod, Pod, Pod) {
     (tb, xa, yc, zd)
 }
 
+/// `testbed()` with its agent started on `backend` and enforcing.
+fn enforcing_testbed(backend: &str) -> (Testbed, Pod, Pod, Pod) {
+    let (tb, xa, yc, zd) = testbed();
+    tb.start_agents_with(&["--backend", backend]).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    assert!(connects(&yc, &xa) && !connects(&zd, &xa), "{backend} enforces");
+    (tb, xa, yc, zd)
+}
+
 fn connects(from: &Pod, to: &Pod) -> bool {
     matches!(
         probe_in(&from.netns, SocketAddr::from((to.ip, 80)), Proto::Tcp, CMD_TIMEOUT / 5).unwrap(),
@@ -61,6 +70,13 @@ fn iptables(ns: &Path, argv: &[&str]) {
     let argv: Vec<&str> = ["iptables", "-w", "5"].iter().chain(argv).copied().collect();
     let out = weft_e2e::exec_in(ns, &argv, CMD_TIMEOUT).unwrap();
     assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Gives `src` -> `dst` packets kube-proxy's masquerade mark, from a mangle
+/// FORWARD rule put at `position`.
+fn mark_pair(ns: &Path, position: &[&str], src: &str, dst: &str) {
+    let rule = ["-s", src, "-d", dst, "-j", "MARK", "--set-xmark", "0x4000/0x4000"];
+    iptables(ns, &[&["-t", "mangle"][..], position, &rule].concat());
 }
 
 /// weft's objects in the node: (iptables chains or jump, ipsets, nftables table).
@@ -163,10 +179,7 @@ fn a_backend_switch_across_a_restart_lets_nothing_denied_through_and_blocks_noth
     ) {
         return;
     }
-    let (tb, xa, yc, zd) = testbed();
-    tb.start_agents_with(&["--backend", "iptables"]).unwrap();
-    tb.wait_converged(CONVERGE).unwrap();
-    assert!(connects(&yc, &xa) && !connects(&zd, &xa));
+    let (tb, xa, yc, zd) = enforcing_testbed("iptables");
     let n1 = tb.node_netns(1);
     let denied = Prober::start(&zd, &xa);
     let allowed = Prober::start(&yc, &xa);
@@ -229,10 +242,7 @@ fn a_state_dir_moved_away_keeps_isolation_and_is_reported() {
     if !root_or_skip("a_state_dir_moved_away_keeps_isolation_and_is_reported") {
         return;
     }
-    let (tb, xa, yc, zd) = testbed();
-    tb.start_agents_with(&["--backend", "iptables"]).unwrap();
-    tb.wait_converged(CONVERGE).unwrap();
-    assert!(connects(&yc, &xa) && !connects(&zd, &xa));
+    let (tb, xa, yc, zd) = enforcing_testbed("iptables");
     let dir = tb.cluster_dir();
     let moved = dir.with_extension("moved");
     std::fs::rename(&dir, &moved).unwrap();
@@ -280,23 +290,7 @@ fn an_accept_for_marked_packets_inserted_before_weft_is_moved_behind_it_and_pass
     iptables(&n1, &after);
     // The denied pair's packets carry kube-proxy's masquerade mark.
     let (src, dst) = (zd.ip.to_string(), xa.ip.to_string());
-    iptables(
-        &n1,
-        &[
-            "-t",
-            "mangle",
-            "-A",
-            "FORWARD",
-            "-s",
-            &src,
-            "-d",
-            &dst,
-            "-j",
-            "MARK",
-            "--set-xmark",
-            "0x4000/0x4000",
-        ],
-    );
+    mark_pair(&n1, &["-A", "FORWARD"], &src, &dst);
     for backend in ["iptables", "nftables"] {
         tb.start_agent(1, &["--backend", backend]).unwrap();
         tb.wait_converged(CONVERGE).unwrap();
@@ -351,22 +345,7 @@ fn an_accept_for_marked_packets_inserted_before_weft_is_moved_behind_it_and_pass
     iptables(&n1, &[&["-I", "FORWARD", "1"][..], &MARKED_ACCEPT].concat());
     assert!(!connects(&zd, &xa), "mangle's copy of weft's chain drops it first");
     iptables(&n1, &[&["-t", "mangle", "-I", "FORWARD", "1"][..], &MARKED_ACCEPT].concat());
-    let mark = [
-        "-t",
-        "mangle",
-        "-I",
-        "FORWARD",
-        "1",
-        "-s",
-        &src,
-        "-d",
-        &dst,
-        "-j",
-        "MARK",
-        "--set-xmark",
-        "0x4000/0x4000",
-    ];
-    iptables(&n1, &mark);
+    mark_pair(&n1, &["-I", "FORWARD", "1"], &src, &dst);
     assert!(connects(&zd, &xa), "a marked packet passes ACCEPTs before both of weft's jumps");
     tb.down().unwrap();
 }
