@@ -67,14 +67,20 @@ fn ingress_isolation_namespace_and_port_allows_and_cleanup() {
         let rules = save(&n1, &["iptables", "-S", "FORWARD"]);
         rules.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default().to_string()
     };
-    // (By hand too, with no change of the cluster state: only the resync sees it.)
+    // (By hand too, with no change of the cluster state: the agent watches
+    // FORWARD between syncs; tests/fail_closed.rs times it.)
     let push = ["iptables", "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"];
     assert!(weft_e2e::exec_in(&n1, &push, CMD_TIMEOUT).unwrap().status.success());
-    assert!(first_rule().contains("KUBE-FORWARD"), "{}", first_rule());
     assert!(
         weft_e2e::wait_until(Duration::from_secs(5), || first_rule().contains("WEFT-FORWARD")),
         "{}",
         first_rule()
+    );
+    let rules = save(&n1, &["iptables", "-S", "FORWARD"]);
+    assert_eq!(
+        rules.matches("-j KUBE-FORWARD").count(),
+        2,
+        "both KUBE-FORWARD jumps stay, behind weft's: {rules}"
     );
     for (from, to) in [(&ya, &xa), (&yb, &xa), (&xb, &xa), (&xa, &yb)] {
         assert!(connects(from, to, 80, Proto::Tcp), "no policy: {} -> {}", from.name, to.name);

@@ -1,15 +1,18 @@
 //! The agent loop: poll the source, and on each new snapshot (or every
 //! `resync` for drift) reconcile weft's routes and, with a cluster CIDR, the
 //! node's masquerade chain, read the node's forwarding sysctls, and write the
-//! status file atomically. At start it turns ip_forward on (a node without
-//! pods must still forward NodePort transit traffic); later flips are
-//! reported, not fought. Runs in the calling thread's netns (the node's);
-//! sleeps between polls on the stop channel, so SIGTERM ends it at once and
-//! nothing spins. Each sync is timed and reported to `metrics` (served by
+//! status file atomically. At start, once the whole configuration is
+//! validated (source opened, backend tools found, status dir, pod socket and
+//! HTTP address bound) and not before, it turns ip_forward on (a node
+//! without pods must still forward NodePort transit traffic) and starts the
+//! policy backend; later flips are reported, not fought. Runs in the calling
+//! thread's netns (the node's); sleeps between polls on the stop channel, so
+//! SIGTERM ends it at once and nothing spins. Each sync is timed and reported to `metrics` (served by
 //! `http`), with the node's readiness; the log is `tracing` events in an
 //! `agent{node=...}` span.
 
 use std::io::Write;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{error, info, warn};
+use weft_netkit::kernel_error::KernelError;
 use weft_netkit::masquerade::{teardown_masquerade, MASQ_CHAIN};
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
@@ -36,8 +40,7 @@ use crate::policy::{Options, PolicyIr};
 use crate::route_table::{apply, delete_all, list_weft_routes};
 use crate::routes::{desired_routes, plan};
 use crate::snapshot::Compiled;
-use crate::source::kube::KubeSourceError;
-use crate::source::{Source, SourceSpec};
+use crate::source::{Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
 mod pod_reports;
@@ -92,7 +95,9 @@ pub enum AgentError {
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error("source: {0}")]
-    Source(#[from] KubeSourceError),
+    Source(#[from] SourceOpenError),
+    #[error("policy backend: {0}")]
+    Backend(#[source] KernelError),
 }
 
 /// Runs the agent until `events` yields `Stop` (a signal); then, with
@@ -102,6 +107,7 @@ pub enum AgentError {
 pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", node = %cfg.node);
     let _in_span = span.enter();
+    // Validation first: a configuration error exits before the node is touched.
     let mut agent = Agent::start(cfg)?;
     let _socket = match &cfg.pod_socket {
         Some(path) => {
@@ -126,6 +132,7 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
             Some(ep)
         }
     };
+    agent.engage();
     // Denied packets wait on a queue of their own, drained only while no
     // pod or source event waits.
     let (denied_tx, denied) = std::sync::mpsc::sync_channel(DENIED_QUEUE);
@@ -175,6 +182,8 @@ struct Agent<'c> {
     rt: tokio::runtime::Runtime,
     h: Handle,
     masq: Option<Masquerade>,
+    /// The backend `--backend` resolved to; started by `engage`.
+    pick: BackendChoice,
     policy: Option<Box<dyn PolicyBackend>>,
     cluster_v4: Option<Ipv4Network>,
     source: Box<dyn Source>,
@@ -198,13 +207,18 @@ struct Agent<'c> {
 }
 
 impl<'c> Agent<'c> {
+    /// Checks the configuration and opens what it names; changes nothing on
+    /// the node (`engage` does).
     fn start(cfg: &'c Config) -> Result<Agent<'c>, AgentError> {
+        let source = cfg.source.open()?;
+        let (pick, why) = backend::choose(cfg.backend).map_err(AgentError::Backend)?;
+        info!(backend = %backend_name(pick), "{why}");
+        check_status_dir(&cfg.status_file)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(AgentError::Runtime)?;
         let h = rt.block_on(async { weft_netkit::netns::connect_current() })?;
-        ensure_forwarding();
         if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
             warn!(
                 cluster_cidr = %c,
@@ -212,19 +226,18 @@ impl<'c> Agent<'c> {
                  is exempt from masquerade"
             );
         }
-        let (policy, why) = backend::start(cfg.backend);
-        info!(backend = %policy.as_ref().map_or("off", |p| p.name()), "{why}");
         Ok(Agent {
             cfg,
             rt,
             h,
             masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
-            policy,
+            pick,
+            policy: None,
             cluster_v4: match cfg.cluster_cidr {
                 Some(IpNetwork::V4(n)) => Some(n),
                 _ => None,
             },
-            source: cfg.source.open()?,
+            source,
             snap: None,
             compiled: None,
             pods: PodEvents::default(),
@@ -236,6 +249,27 @@ impl<'c> Agent<'c> {
             next_sync: Instant::now(),
             full: true,
         })
+    }
+
+    /// The first changes to the node: ip_forward on, and the policy backend
+    /// started, or with `off` every object of weft's backends removed (an
+    /// earlier run's fail-closed drops would blackhole new pods).
+    fn engage(&mut self) {
+        ensure_forwarding();
+        if self.pick != BackendChoice::Off {
+            self.policy = backend::start(self.pick);
+            return;
+        }
+        let (removed, errors) = backend::remove_all();
+        if removed.is_empty() {
+            info!("NetworkPolicy enforcement is off; no object of weft's backends was in force");
+        } else {
+            let removed = removed.join(", ");
+            info!("NetworkPolicy enforcement is off; removed what an earlier run left in force: {removed}");
+        }
+        for e in errors {
+            error!("NetworkPolicy enforcement is off, but removing weft's objects failed: {e}");
+        }
     }
 
     /// Polls the source; syncs on a new snapshot or when the resync is due.
@@ -459,6 +493,29 @@ fn record_policy(
             Err(e)
         }
     }
+}
+
+/// The backend's name for the log.
+fn backend_name(pick: BackendChoice) -> &'static str {
+    match pick {
+        BackendChoice::Off => "off",
+        BackendChoice::Nftables => "nftables",
+        _ => "iptables",
+    }
+}
+
+/// The status file's directory must exist: the first sync writes it.
+fn check_status_dir(path: &Path) -> Result<(), AgentError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Err(e) => Err(e),
+    }
+    .map_err(|source| AgentError::Status { path: path.into(), source })
 }
 
 /// Turns net.ipv4.ip_forward on in this netns once, at start: until the first

@@ -2,8 +2,15 @@
 //! chains) or nftables (one `inet weft` table), both fed the same PolicyIr.
 //! `auto` picks nftables where the iptables in use is the nft flavour (or
 //! there is none) and `nft` exists, iptables otherwise, and says why.
-//! Starting one backend removes what the other left behind, so switching
-//! never leaves two sets of rules in force.
+//!
+//! A switch across a restart (iptables <-> nftables) opens no window: the
+//! new backend's first apply is in force before the other backend's
+//! leftovers are removed (`Handover`). Meanwhile both enforce the same
+//! policy (the same IR; each one's fail-closed and transit rules match the
+//! other's), so a packet must pass both: nothing either denies passes,
+//! nothing both allow is dropped. `off` removes both backends' objects at
+//! start (`remove_all`), so no rule of an earlier run, fail-closed drops
+//! included, outlives enforcement.
 
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
@@ -145,26 +152,96 @@ impl PolicyBackend for Nft {
     }
 }
 
-/// The backend for `choice` (None for off) and why it was picked. Removes
-/// the other backend's objects (best effort: its tool may not even exist).
-pub fn start(choice: BackendChoice) -> (Option<Box<dyn PolicyBackend>>, String) {
+/// The tools each backend runs.
+const IPTABLES_TOOLS: [&str; 4] = ["iptables", "iptables-restore", "iptables-save", "ipset"];
+const NFTABLES_TOOLS: [&str; 1] = ["nft"];
+
+/// Resolves `choice` (auto picks) and says why; an error if a tool the
+/// chosen backend runs is missing. Touches nothing in the kernel.
+pub fn choose(choice: BackendChoice) -> Result<(BackendChoice, String), KernelError> {
     let (pick, why) = match choice {
-        BackendChoice::Off => return (None, "NetworkPolicy enforcement is off".into()),
+        BackendChoice::Off => return Ok((BackendChoice::Off, "NetworkPolicy enforcement is off".into())),
         BackendChoice::Iptables => (BackendChoice::Iptables, "iptables, as asked".to_string()),
         BackendChoice::Nftables => (BackendChoice::Nftables, "nftables, as asked".to_string()),
         BackendChoice::Auto => auto(),
     };
-    let backend: Box<dyn PolicyBackend> = match pick {
-        BackendChoice::Nftables => {
-            let _ = Iptables::new().cleanup();
-            Box::new(Nft::new())
+    let tools: &[&str] = if pick == BackendChoice::Nftables { &NFTABLES_TOOLS } else { &IPTABLES_TOOLS };
+    for t in tools {
+        tool::find_tool(t)?;
+    }
+    Ok((pick, why))
+}
+
+/// The backend `choose` picked (None for off). It removes the other
+/// backend's leftovers once its own first apply is in force.
+pub fn start(pick: BackendChoice) -> Option<Box<dyn PolicyBackend>> {
+    match pick {
+        BackendChoice::Off => None,
+        BackendChoice::Nftables => Some(Box::new(Handover {
+            inner: Nft::new(),
+            other: Some(("iptables", iptables::kernel::remove_objects)),
+        })),
+        _ => Some(Box::new(Handover {
+            inner: Iptables::new(),
+            other: Some(("nftables", nft::kernel::remove_table)),
+        })),
+    }
+}
+
+/// Removes both backends' objects (for `off`): what was removed, and the
+/// errors. Idempotent.
+pub fn remove_all() -> (Vec<String>, Vec<KernelError>) {
+    let (mut removed, mut errors) = (Vec::new(), Vec::new());
+    for remove in [iptables::kernel::remove_objects, nft::kernel::remove_table] {
+        match remove() {
+            Ok(r) => removed.extend(r),
+            Err(e) => errors.push(e),
         }
-        _ => {
-            let _ = Nft::new().cleanup();
-            Box::new(Iptables::new())
+    }
+    (removed, errors)
+}
+
+/// Removes a backend's objects and says what they were.
+type Remover = fn() -> Result<Vec<String>, KernelError>;
+
+/// A backend that removes the other backend's leftovers after its own first
+/// successful apply (retried at each full apply until it succeeds).
+struct Handover<B> {
+    inner: B,
+    /// The other backend's name and remover, until it has run.
+    other: Option<(&'static str, Remover)>,
+}
+
+impl<B: PolicyBackend> PolicyBackend for Handover<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
+        let mut out = self.inner.apply(ir, full)?;
+        let Some((other, remove)) = self.other.filter(|_| full) else { return Ok(out) };
+        let note = match remove() {
+            Ok(removed) => {
+                self.other = None;
+                (!removed.is_empty())
+                    .then(|| format!("now in force; the {other} backend's {} removed", removed.join(", ")))
+            }
+            Err(e) => {
+                Some(format!("now in force; removing the {other} backend's leftovers failed ({e}): retrying"))
+            }
+        };
+        if let Some(note) = note {
+            out.change = Some(out.change.map_or(note.clone(), |c| format!("{c}; {note}")));
         }
-    };
-    (Some(backend), why)
+        Ok(out)
+    }
+
+    fn cleanup(&mut self) -> Result<(), KernelError> {
+        if let Some((_, remove)) = self.other.take() {
+            let _ = remove();
+        }
+        self.inner.cleanup()
+    }
 }
 
 /// auto: nftables unless the iptables in use is the legacy one (which the

@@ -23,7 +23,7 @@ use weft_agent::source::SourceSpec;
 #[command(name = "weft-agent", version, args_override_self = true)]
 struct Args {
     /// This node's name (metadata.name of its Node).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_node_name)]
     node: String,
     /// Where cluster state comes from: `kube`, the Kubernetes API (list and
     /// watch), or `dir:PATH`, a directory of YAML manifests. Default: `kube`
@@ -133,6 +133,23 @@ fn resolve_source(
 fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
     let net: IpNetwork = s.parse().map_err(|e| format!("{s:?} is not a CIDR: {e}"))?;
     IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A Node's name: a DNS subdomain (lowercase letters, digits, '-' and '.',
+/// at most 253), so a typo fails here, before the agent touches the node.
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() > 253 || !s.split('.').all(label_ok) {
+        return Err(format!(
+            "{s:?} is not a node name (a DNS subdomain: lowercase letters, digits, '-', '.')"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Non-empty, as the CNI network name it stands for; iptables refuses an empty comment.
@@ -349,6 +366,14 @@ mod tests {
         assert_eq!(a.network_name, "pods");
         assert!(Args::try_parse_from(base.into_iter().chain(["--cluster-cidr", "nope"])).is_err());
         assert!(Args::try_parse_from(base.into_iter().chain(["--network-name", " "])).is_err());
+        for bad in ["", "Node-1", "node_1", "-n", "n.", "a..b"] {
+            let argv = ["weft-agent", "--node", bad, "--source", "dir:/x", "--status-file", "/s"];
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        for good in ["node-1", "ip-10-0-0-1.ec2.internal", "n"] {
+            let argv = ["weft-agent", "--node", good, "--source", "dir:/x", "--status-file", "/s"];
+            assert_eq!(Args::try_parse_from(argv).unwrap().node, good);
+        }
         assert_eq!(Args::try_parse_from(base).unwrap().backend, BackendChoice::Auto);
         let a = Args::try_parse_from(base.into_iter().chain(["--backend", "nftables"])).unwrap();
         assert_eq!(a.backend, BackendChoice::Nftables);

@@ -3,26 +3,44 @@
 //! Order, so that no intermediate state admits what both the old and the new
 //! policy deny: (1) every changed set is patched in place (small changes) or
 //! built, under a temporary name and swapped in if it exists (each swap is
-//! atomic); (2) the chains are replaced in one
-//! `iptables-restore --noflush` (atomic); (3) weft's jump is made the first
-//! rule of FORWARD; (4) weft's sets that nothing references any more are
+//! atomic); (2) the chains are replaced, in the mangle and the filter table
+//! (`TABLES`), in one `iptables-restore --noflush` (atomic per table); (3)
+//! weft's jump is made the first rule of each table's FORWARD; (4) weft's sets that nothing references any more are
 //! destroyed. Mixing old and new sets during (1) is safe: a pod's isolation
 //! and its allows change independently, and a packet both policies deny is
 //! denied under either mix. Only weft's own chains and `weft-` sets are
 //! touched; stale ones from an earlier run are removed by the same steps.
+//!
+//! The jump's position is checked at every apply, and between applies by
+//! the `jump_guard` thread (started by the first apply), so a rule another
+//! program inserts in front of it is moved behind it within milliseconds.
+//! Both go through `JUMP_LOCK`, so they never race each other or `cleanup`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
 
+use super::jump_guard::{self, JumpGuard};
 use super::patch;
 use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};
 use crate::policy::{Dirty, PolicyIr};
 
+/// Held while weft's FORWARD jump is checked, moved or removed.
+static JUMP_LOCK: Mutex<()> = Mutex::new(());
+
 /// The comment on weft's jump from FORWARD.
 const JUMP_COMMENT: &str = "weft: NetworkPolicy";
+/// The tables weft's chains are in, each jumped to first from its FORWARD.
+/// mangle's FORWARD hook (priority -150) runs before filter's (0), and
+/// nothing else commonly writes it (kube-proxy never does): a rule another
+/// program puts before weft's jump in filter FORWARD (kube-proxy's ACCEPT
+/// for marked packets) finds every packet policy denies already dropped.
+/// The filter copy keeps enforcing if mangle's is bypassed the same way.
+pub const TABLES: [&str; 2] = ["mangle", "filter"];
 /// Suffix of a fixed-name set's temporary twin while it is rebuilt.
 const TMP_SUFFIX: &str = "-new";
 /// Smallest hashsize and maxelem; both grow with the set (maxelem: twice the
@@ -52,6 +70,8 @@ pub struct Iptables {
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
     rules: Option<String>,
+    /// Keeps the jump first between applies; None until the first apply.
+    guard: Option<JumpGuard>,
 }
 
 impl Iptables {
@@ -111,15 +131,20 @@ impl Iptables {
         for s in &r.sets {
             self.sets.insert(s.name.clone(), s.clone());
         }
-        // 2. Chains.
+        // 2. Chains, in both tables, in one restore.
         if full || self.rules.as_deref() != Some(r.rules.as_str()) {
-            tool::restore("iptables-restore", &["--noflush", "-w", "5"], &r.rules)?;
+            tool::restore("iptables-restore", &["--noflush", "-w", "5"], &in_both_tables(&r.rules))?;
             self.rules = Some(r.rules.clone());
             done.rules_written = true;
         }
-        // 3. The jump, first in FORWARD: checked on resync and when the chains changed.
-        if !fresh || done.rules_written {
-            done.jump_moved = ensure_jump_first()?;
+        // 3. The jumps, first in each FORWARD: checked at every apply (one
+        // listing per table), and from now on watched in between.
+        done.jump_moved = {
+            let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            ensure_jump_first()?
+        };
+        if self.guard.is_none() {
+            self.guard = start_guard();
         }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
@@ -175,37 +200,135 @@ impl Iptables {
         }
     }
 
-    /// Removes weft's jump, chains and sets. Carries on after an error and
-    /// returns the first; absent pieces count as removed.
+    /// Removes weft's jump, chains and sets (stopping the guard first).
+    /// Idempotent; see `remove_objects`.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
-        let mut first: Option<KernelError> = None;
-        let mut keep = |r: Result<(), KernelError>| {
-            if let Err(e) = r {
-                first.get_or_insert(e);
-            }
-        };
-        keep(remove_jumps().map(drop));
-        let mut flush = String::from("*filter\n");
-        for c in CHAINS {
-            let _ = writeln!(flush, ":{c} - [0:0]");
-        }
-        for c in CHAINS {
-            let _ = writeln!(flush, "-X {c}");
-        }
-        flush.push_str("COMMIT\n");
-        keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &flush));
-        match list_sets() {
-            Ok(sets) => {
-                for name in sets {
-                    keep(tool::run("ipset", &["destroy", &name], None));
-                }
-            }
-            Err(e) => keep(Err(e)),
-        }
+        self.guard = None;
         self.sets.clear();
         self.capacity.clear();
         self.rules = None;
-        first.map_or(Ok(()), Err)
+        remove_objects().map(drop)
+    }
+}
+
+/// Removes whatever of weft's iptables objects the kernel holds (its FORWARD
+/// jumps and chains in each of `TABLES`, found by one `iptables-save` per
+/// table, and its `weft-` sets, by one `ipset list`) and says what they
+/// were. A table's jumps and chains go in one restore (never a jump to a
+/// deleted chain). Writes nothing when there is nothing, so it creates no
+/// table on a node that has none; without the tools there is nothing to
+/// remove. Idempotent; carries on after an error and returns the first.
+pub fn remove_objects() -> Result<Vec<String>, KernelError> {
+    let mut removed = Vec::new();
+    let mut first: Option<KernelError> = None;
+    let mut keep = |r: Result<(), KernelError>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    };
+    for table in TABLES.iter().filter(|_| tool::find_tool("iptables-save").is_ok()) {
+        let save = match tool::output("iptables-save", &["-t", table], None) {
+            Ok(save) => save,
+            Err(e) => {
+                keep(Err(e));
+                continue;
+            }
+        };
+        let (jumps, chains) = weft_chains(&save);
+        if jumps == 0 && chains.is_empty() {
+            continue;
+        }
+        let rule = jump_spec();
+        let rule = rule.trim_start_matches("-A FORWARD ");
+        let mut payload = format!("*{table}\n");
+        for _ in 0..jumps {
+            let _ = writeln!(payload, "-D FORWARD {rule}");
+        }
+        for c in &chains {
+            let _ = writeln!(payload, ":{c} - [0:0]");
+        }
+        for c in &chains {
+            let _ = writeln!(payload, "-X {c}");
+        }
+        payload.push_str("COMMIT\n");
+        let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &payload));
+        removed.push(format!("{table}: {jumps} FORWARD jump(s), chains {}", chains.join(" ")));
+    }
+    if tool::find_tool("ipset").is_ok() {
+        match list_sets() {
+            Ok(sets) if sets.is_empty() => {}
+            Ok(sets) => {
+                for name in &sets {
+                    keep(tool::run("ipset", &["destroy", name], None));
+                }
+                removed.push(format!("{} ipsets", sets.len()));
+            }
+            Err(e) => keep(Err(e)),
+        }
+    }
+    first.map_or(Ok(removed), Err)
+}
+
+/// The rendered `*filter` payload, preceded by the same chains and rules
+/// for the mangle table with every ACCEPT a RETURN: there weft's chains
+/// only drop what policy denies and hand everything else back to mangle
+/// FORWARD, so other programs' rules after the jump (MSS clamping, marks)
+/// still see the packet; filter decides as before.
+fn in_both_tables(rules: &str) -> String {
+    let mangle = rules.replacen("*filter\n", "*mangle\n", 1).replace(" -j ACCEPT\n", " -j RETURN\n");
+    format!("{mangle}{rules}")
+}
+
+/// From an `iptables-save -t TABLE` listing: how many FORWARD rules jump to
+/// weft's chain, and which of weft's chains exist.
+fn weft_chains(save: &str) -> (usize, Vec<String>) {
+    let jump = format!("-j {FORWARD_CHAIN}");
+    let jumps = save.lines().filter(|l| l.starts_with("-A FORWARD ") && l.ends_with(&jump)).count();
+    let chains = save
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+        .filter(|c| CHAINS.contains(c))
+        .map(String::from)
+        .collect();
+    (jumps, chains)
+}
+
+/// Starts the thread that keeps the jump first between applies; None (and
+/// a warning: the jump is then checked at each apply only) if it cannot.
+fn start_guard() -> Option<JumpGuard> {
+    start_guard_for(tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")))
+}
+
+/// `start_guard` for iptables of the nft flavour (notifications) or not (a period).
+fn start_guard_for(nft_flavour: bool) -> Option<JumpGuard> {
+    let check = |stop: &AtomicBool| {
+        let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        match ensure_jump_first() {
+            Ok(moved) => {
+                if moved {
+                    tracing::warn!("a rule was inserted before weft's FORWARD jump: put the jump back first");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("checking weft's FORWARD jump: {e}");
+                false
+            }
+        }
+    };
+    match jump_guard::spawn(nft_flavour, check) {
+        Ok((guard, how)) => {
+            tracing::info!("weft's FORWARD jump is kept first, watched through {how}");
+            Some(guard)
+        }
+        Err(e) => {
+            tracing::warn!("no FORWARD jump guard ({e}): the jump is checked at each sync only");
+            None
+        }
     }
 }
 
@@ -290,37 +413,41 @@ fn jump_spec() -> String {
     format!("-A FORWARD -m comment --comment \"{JUMP_COMMENT}\" -j {FORWARD_CHAIN}")
 }
 
-/// Makes weft's jump the first rule of FORWARD (something, e.g. kube-proxy's
-/// KUBE-FORWARD, may have been inserted in front of it). True if it moved.
+/// Makes weft's jump the first rule of FORWARD in each of `TABLES`
+/// (something, e.g. kube-proxy's KUBE-FORWARD, may have been inserted in
+/// front of it). True if one moved. One listing per table, and when one
+/// must move, one `iptables-restore --noflush` that deletes every copy and
+/// inserts it first: atomic, so no packet ever sees FORWARD without the
+/// jump. The caller holds `JUMP_LOCK`.
 fn ensure_jump_first() -> Result<bool, KernelError> {
-    let listing = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None)?;
-    let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
-    let spec = jump_spec();
-    if rules.first() == Some(&spec.as_str()) && rules.iter().filter(|r| **r == spec).count() == 1 {
+    let mut payload = String::new();
+    for table in TABLES {
+        let listing = tool::output("iptables", &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
+        payload.extend(jump_move(table, &listing));
+    }
+    if payload.is_empty() {
         return Ok(false);
     }
-    remove_jumps()?;
-    let args =
-        ["-w", "5", "-I", "FORWARD", "1", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
-    tool::run("iptables", &args, None)?;
+    tool::restore("iptables-restore", &["--noflush", "-w", "5"], &payload)?;
     Ok(true)
 }
 
-/// Deletes every copy of weft's jump; returns how many there were.
-fn remove_jumps() -> Result<usize, KernelError> {
-    let args = ["-w", "5", "-D", "FORWARD", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN];
-    let mut n = 0;
-    // Bounded: a handful of copies at most, even if someone added more by hand.
-    while n < 64
-        && tool::check(
-            "iptables",
-            &["-w", "5", "-C", "FORWARD", "-m", "comment", "--comment", JUMP_COMMENT, "-j", FORWARD_CHAIN],
-        )?
-    {
-        tool::run("iptables", &args, None)?;
-        n += 1;
+/// The restore payload that makes weft's jump the only copy and first in
+/// `table`'s FORWARD, given its `iptables -S FORWARD`; None if it already is.
+fn jump_move(table: &str, listing: &str) -> Option<String> {
+    let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
+    let spec = jump_spec();
+    let copies = rules.iter().filter(|r| **r == spec).count();
+    if rules.first() == Some(&spec.as_str()) && copies == 1 {
+        return None;
     }
-    Ok(n)
+    let rule = spec.trim_start_matches("-A FORWARD ");
+    let mut payload = format!("*{table}\n");
+    for _ in 0..copies {
+        let _ = writeln!(payload, "-D FORWARD {rule}");
+    }
+    let _ = writeln!(payload, "-I FORWARD 1 {rule}\nCOMMIT");
+    Some(payload)
 }
 
 #[cfg(test)]
@@ -341,6 +468,91 @@ mod tests {
         assert_eq!(sets["weft-local"], ["10.244.1.2", "10.244.1.3"], "sorted");
         assert_eq!(sets["weft-in"], ["10.244.1.2,tcp:80,10.244.2.0/24"]);
         assert!(sets["weft-out"].is_empty(), "an empty set is still listed");
+    }
+
+    /// The period the guard falls back to (iptables-legacy, or no
+    /// notifications) also has the jump first again within 100 ms (median).
+    #[test]
+    fn without_notifications_the_guard_polls_within_100ms() {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            return eprintln!("SKIP: needs root (a network namespace of its own)");
+        }
+        weft_netkit::netns::run_in_new(|| {
+            let mut ipt = Iptables::new();
+            ipt.apply(&super::super::render(&crate::policy::PolicyIr::default()), true).unwrap();
+            ipt.guard = start_guard_for(false);
+            let first = || {
+                let rules = tool::output("iptables", &["-S", "FORWARD"], None).unwrap();
+                rules
+                    .lines()
+                    .find(|l| l.starts_with("-A FORWARD"))
+                    .unwrap_or_default()
+                    .contains(FORWARD_CHAIN)
+            };
+            let mut took = Vec::new();
+            for _ in 0..5 {
+                tool::run("iptables", &["-I", "FORWARD", "1", "-j", "ACCEPT"], None).unwrap();
+                let t0 = std::time::Instant::now();
+                while !first() && t0.elapsed() < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                took.push(t0.elapsed());
+            }
+            // The median meets the target; a loaded machine may delay one.
+            took.sort();
+            let ms = std::time::Duration::from_millis;
+            assert!(took[2] <= ms(100) && took[4] <= ms(500), "{took:?}");
+            ipt.cleanup().unwrap();
+        })
+        .expect("a netns of its own");
+    }
+
+    #[test]
+    fn the_jump_moves_first_in_one_restore() {
+        let jump = "-A FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD";
+        let kube = "-A FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT";
+        assert_eq!(
+            jump_move("filter", &format!("-P FORWARD ACCEPT\n{jump}\n{kube}\n")),
+            None,
+            "first already"
+        );
+        let moved = "*filter\n-D FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\n\
+                     -I FORWARD 1 -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\nCOMMIT\n";
+        assert_eq!(
+            jump_move("filter", &format!("-P FORWARD ACCEPT\n{kube}\n{jump}\n")).as_deref(),
+            Some(moved)
+        );
+        let twice = jump_move("mangle", &format!("{jump}\n{jump}\n")).unwrap();
+        assert!(twice.starts_with("*mangle\n"), "{twice}");
+        assert_eq!(twice.matches("-D FORWARD").count(), 2, "{twice}");
+        let none = jump_move("filter", "-P FORWARD ACCEPT\n").unwrap();
+        assert!(!none.contains("-D") && none.contains("-I FORWARD 1"), "{none}");
+    }
+
+    #[test]
+    fn the_chains_go_into_mangle_then_filter() {
+        let rules = "*filter\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -s 10.0.0.1 -j ACCEPT\n\
+                     -A WEFT-FORWARD -j DROP\nCOMMIT\n";
+        assert_eq!(
+            in_both_tables(rules),
+            format!(
+                "*mangle\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -s 10.0.0.1 -j RETURN\n\
+                 -A WEFT-FORWARD -j DROP\nCOMMIT\n{rules}"
+            ),
+            "mangle only drops; what filter accepts goes on through mangle FORWARD"
+        );
+    }
+
+    #[test]
+    fn weft_objects_are_found_in_a_save_listing() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n\
+                    :WEFT-FORWARD - [0:0]\n:WEFT-INGRESS - [0:0]\n:WEFT-FORWARDX - [0:0]\n\
+                    -A FORWARD -j KUBE-FORWARD\n\
+                    -A FORWARD -m comment --comment \"weft: NetworkPolicy\" -j WEFT-FORWARD\n\
+                    -A FORWARD -j WEFT-FORWARDX\n-A WEFT-FORWARD -j WEFT-INGRESS\nCOMMIT\n";
+        assert_eq!(weft_chains(save), (1, vec!["WEFT-FORWARD".to_string(), "WEFT-INGRESS".to_string()]));
+        assert_eq!(weft_chains("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"), (0, vec![]));
     }
 
     #[test]

@@ -120,13 +120,19 @@ impl Nft {
     /// Deletes weft's table if it exists.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
         self.last = None;
-        self.sock = None;
-        if !table_exists()? {
-            return Ok(());
-        }
-        let table = NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
-        run(&Nftables { objects: Cow::Owned(vec![NfObject::CmdObject(NfCmd::Delete(table))]) })
+        remove_table().map(drop)
     }
+}
+
+/// Deletes weft's table if it exists and says so (without `nft` there is
+/// nothing to delete). Idempotent.
+pub fn remove_table() -> Result<Vec<String>, KernelError> {
+    if tool::find_tool("nft").is_err() || !table_exists()? {
+        return Ok(Vec::new());
+    }
+    let table = NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
+    run(&Nftables { objects: Cow::Owned(vec![NfObject::CmdObject(NfCmd::Delete(table))]) })?;
+    Ok(vec![format!("table inet {TABLE}")])
 }
 
 /// The element deletions and additions that turn `old` into `new`, per set,

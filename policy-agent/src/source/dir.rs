@@ -8,6 +8,12 @@
 //! good version stays in the model: a typo in a manifest never withdraws the
 //! routes or rules it used to give. The generation hashes the files' names and
 //! bytes, so the testbed computes it (`read_dir`) without parsing anything.
+//!
+//! A read that fails (the directory moved away or unreadable, a file that
+//! cannot be opened or read: EMFILE, EACCES, EIO) is not an empty cluster:
+//! the last good state stays in force, and the snapshot's errors say why
+//! until a read succeeds again. Only a directory that reads fine and holds
+//! no manifest is an empty cluster.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -41,6 +47,9 @@ pub struct DirSource {
     seen: BTreeMap<OsString, (Stamp, Vec<u8>)>,
     /// The generation of the last snapshot returned.
     last: Option<String>,
+    /// Why the last read failed, until one succeeds (the state in force is
+    /// then the last good one).
+    failing: Option<String>,
 }
 
 /// A manifest file and its bytes.
@@ -56,67 +65,46 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
 }
 
 impl DirSource {
-    /// A source over `dir` (which may not exist yet: an empty model then).
+    /// A source over `dir`. Until a first read of it succeeds, `poll` gives
+    /// nothing (a missing directory is not an empty cluster).
     pub fn new(dir: impl Into<PathBuf>) -> DirSource {
-        DirSource { dir: dir.into(), files: BTreeMap::new(), seen: BTreeMap::new(), last: None }
+        DirSource {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            last: None,
+            failing: None,
+        }
     }
 
     /// The manifest files and their bytes, reading only files whose stamp
-    /// changed; None if nothing changed since the last call.
-    fn read_changed(&mut self) -> Option<(Vec<RawFile>, Vec<SourceError>)> {
-        let (paths, mut errors) = list_manifests(&self.dir);
+    /// changed; Ok(None) if nothing changed since the last call. Err if the
+    /// directory or a file in it could not be read (a file that vanished
+    /// after the listing was deleted, which is no error).
+    fn read_changed(&mut self) -> Result<Option<Vec<RawFile>>, String> {
+        let paths = list_manifests(&self.dir)?;
+        let mut old = std::mem::take(&mut self.seen);
         let mut seen = BTreeMap::new();
-        let mut changed = paths.len() != self.seen.len();
-        for p in paths {
-            let Ok(meta) = std::fs::metadata(&p) else { continue };
-            let st = stamp(&meta);
-            let p = p.into_os_string();
-            match self.seen.remove(&p) {
-                Some((old, bytes)) if old == st => {
-                    seen.insert(p, (st, bytes));
-                }
-                _ => {
-                    changed = true;
-                    match std::fs::read(&p) {
-                        Ok(bytes) => {
-                            seen.insert(p, (st, bytes));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => errors.push(SourceError {
-                            file: Path::new(&p).display().to_string(),
-                            reason: e.to_string(),
-                        }),
-                    }
-                }
-            }
+        let mut changed = paths.len() != old.len() || self.failing.is_some();
+        let result = read_stamped(paths, &mut old, &mut seen, &mut changed);
+        if result.is_err() {
+            // Keep the cache whole: what was read stays read.
+            old.extend(seen);
+            self.seen = old;
+            return result.map(|()| None);
         }
-        changed |= !self.seen.is_empty() || !errors.is_empty();
+        changed |= !old.is_empty();
         self.seen = seen;
         if !changed && self.last.is_some() {
-            return None;
+            return Ok(None);
         }
-        Some((self.seen.iter().map(|(p, (_, b))| (PathBuf::from(p), b.clone())).collect(), errors))
+        Ok(Some(self.seen.iter().map(|(p, (_, b))| (PathBuf::from(p), b.clone())).collect()))
     }
-}
 
-impl Source for DirSource {
-    fn poll(&mut self) -> Option<Snapshot> {
-        let (raw, mut errors) = self.read_changed()?;
-        let generation = generation_of(&raw);
-        if self.last.as_ref() == Some(&generation) {
-            return None;
-        }
-        let mut files = BTreeMap::new();
-        for (path, bytes) in raw {
-            let path = path.into_os_string();
-            let state = match self.files.remove(&path) {
-                Some(old) if old.bytes == bytes => old,
-                old => parse_file(bytes, old.map(|o| o.objects).unwrap_or_default()),
-            };
-            files.insert(path, state);
-        }
-        self.files = files;
+    /// The model of the files as last parsed, and their errors.
+    fn model(&self) -> (Model, Vec<SourceError>) {
         let mut model = Model::default();
+        let mut errors = Vec::new();
         let name = |p: &OsString| Path::new(p).display().to_string();
         for (path, state) in &self.files {
             errors.extend(
@@ -138,6 +126,93 @@ impl Source for DirSource {
                 }
             }
         }
+        (model, errors)
+    }
+
+    /// A failed read: the last good state with the failure among its errors,
+    /// once per distinct failure (None before any good read: nothing to keep).
+    fn failed(&mut self, reason: String) -> Option<Snapshot> {
+        if self.failing.as_ref() == Some(&reason) {
+            return None;
+        }
+        let dir = self.dir.display().to_string();
+        let Some(generation) = self.last.clone() else {
+            tracing::warn!(dir = %dir, "cannot read the manifest directory ({reason}): no cluster state yet");
+            self.failing = Some(reason);
+            return None;
+        };
+        tracing::warn!(dir = %dir, "cannot read the manifest directory ({reason}): keeping the last good state");
+        let (model, mut errors) = self.model();
+        errors.push(SourceError {
+            file: dir,
+            reason: format!("cannot read: {reason}; keeping the last good state (generation {generation})"),
+        });
+        self.failing = Some(reason);
+        Some(Snapshot { generation, model, errors })
+    }
+}
+
+/// Moves each of `paths` from `old` to `seen` with its stamp and bytes,
+/// reading it only if its stamp changed (and setting `changed` then).
+fn read_stamped(
+    paths: Vec<PathBuf>,
+    old: &mut BTreeMap<OsString, (Stamp, Vec<u8>)>,
+    seen: &mut BTreeMap<OsString, (Stamp, Vec<u8>)>,
+    changed: &mut bool,
+) -> Result<(), String> {
+    let unreadable = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    for p in paths {
+        let meta = match std::fs::metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unreadable(&p, e)),
+        };
+        let st = stamp(&meta);
+        let p = p.into_os_string();
+        match old.remove(&p) {
+            Some((was, bytes)) if was == st => {
+                seen.insert(p, (st, bytes));
+            }
+            _ => {
+                *changed = true;
+                match std::fs::read(&p) {
+                    Ok(bytes) => {
+                        seen.insert(p, (st, bytes));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(unreadable(Path::new(&p), e)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Source for DirSource {
+    fn poll(&mut self) -> Option<Snapshot> {
+        let raw = match self.read_changed() {
+            Ok(raw) => raw?,
+            Err(reason) => return self.failed(reason),
+        };
+        let generation = generation_of(&raw);
+        let recovered = self.failing.take().is_some();
+        if recovered {
+            tracing::info!(dir = %self.dir.display(), "the manifest directory reads again");
+        }
+        if self.last.as_ref() == Some(&generation) && !recovered {
+            return None;
+        }
+        let mut files = BTreeMap::new();
+        for (path, bytes) in raw {
+            let path = path.into_os_string();
+            let state = match self.files.remove(&path) {
+                Some(old) if old.bytes == bytes => old,
+                old => parse_file(bytes, old.map(|o| o.objects).unwrap_or_default()),
+            };
+            files.insert(path, state);
+        }
+        self.files = files;
+        let (model, errors) = self.model();
         self.last = Some(generation.clone());
         Some(Snapshot { generation, model, errors })
     }
@@ -178,12 +253,18 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
 }
 
 /// The snapshot of the manifests in `dir` right now, as a fresh `DirSource`
-/// would see it (no last good versions).
+/// would see it (no last good versions); if `dir` cannot be read, an empty
+/// model whose errors say why.
 pub fn read_dir(dir: &Path) -> Snapshot {
-    DirSource::new(dir).poll().unwrap_or_else(|| Snapshot {
+    let mut source = DirSource::new(dir);
+    source.poll().unwrap_or_else(|| Snapshot {
         generation: generation_of(&[]),
         model: Model::default(),
-        errors: Vec::new(),
+        errors: source
+            .failing
+            .map(|reason| SourceError { file: dir.display().to_string(), reason })
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -193,7 +274,7 @@ pub fn read_dir(dir: &Path) -> Snapshot {
 /// that cannot be read are left out.
 pub fn read_files(dir: &Path) -> (Vec<(PathBuf, Vec<u8>)>, String) {
     let files: Vec<RawFile> = list_manifests(dir)
-        .0
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
         .collect();
@@ -218,20 +299,20 @@ fn is_manifest(p: &Path) -> bool {
     !hidden && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml"))
 }
 
-/// The manifest files of `dir`, sorted by path.
-fn list_manifests(dir: &Path) -> (Vec<PathBuf>, Vec<SourceError>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
-        Err(e) => {
-            return (Vec::new(), vec![SourceError { file: dir.display().to_string(), reason: e.to_string() }])
+/// The manifest files of `dir`, sorted by path; Err if the directory (or
+/// any entry of it) cannot be read, a missing directory included.
+fn list_manifests(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        if is_manifest(&p) {
+            paths.push(p);
         }
-    };
-    let mut paths: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_manifest(p)).collect();
+    }
     // One directory: byte order is path order, and much cheaper.
     paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-    (paths, Vec::new())
+    Ok(paths)
 }
 
 #[cfg(test)]
@@ -310,9 +391,10 @@ mod tests {
     fn poll_reports_changes_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut src = DirSource::new(dir.path().join("cluster"));
-        let empty = src.poll().expect("the first poll always reports");
-        assert!(empty.model.nodes.is_empty());
+        assert_eq!(src.poll(), None, "a missing directory is not an empty cluster");
         std::fs::create_dir(dir.path().join("cluster")).unwrap();
+        let empty = src.poll().expect("the first good read reports");
+        assert!(empty.model.nodes.is_empty() && empty.errors.is_empty(), "{empty:?}");
         assert_eq!(src.poll(), None, "still empty");
         let p = dir.path().join("cluster/node-1.yaml");
         std::fs::write(&p, node_yaml(1)).unwrap();
@@ -327,6 +409,52 @@ mod tests {
         assert_eq!(again.model, one.model);
         std::fs::remove_file(&p).unwrap();
         assert_eq!(src.poll().unwrap().generation, empty.generation);
+    }
+
+    #[test]
+    fn a_failed_read_keeps_the_last_good_state_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster");
+        std::fs::create_dir(&cluster).unwrap();
+        std::fs::write(cluster.join("node-1.yaml"), node_yaml(1)).unwrap();
+        std::fs::write(cluster.join("deny.yaml"), POLICY).unwrap();
+        let mut src = DirSource::new(&cluster);
+        let good = src.poll().unwrap();
+        assert_eq!((good.model.nodes.len(), good.model.policies.len()), (1, 1));
+        let kept_with = |snap: &Snapshot, what: &str| {
+            assert_eq!(snap.model, good.model, "the last good state stays");
+            assert_eq!(snap.generation, good.generation);
+            assert!(
+                snap.errors
+                    .iter()
+                    .any(|e| e.reason.contains(what) && e.reason.contains("keeping the last good state")),
+                "{:?}",
+                snap.errors
+            );
+        };
+
+        // The directory moved away (ENOENT of the dir itself).
+        std::fs::rename(&cluster, dir.path().join("moved")).unwrap();
+        kept_with(&src.poll().expect("the failure is reported"), "No such file");
+        assert_eq!(src.poll(), None, "once, not at every poll");
+        std::fs::rename(dir.path().join("moved"), &cluster).unwrap();
+        let back = src.poll().expect("reading again is a snapshot even with the same generation");
+        assert_eq!((back.model, back.errors.len()), (good.model.clone(), 0));
+
+        // A manifest that cannot be read (a directory by that name: EISDIR, as EMFILE or EACCES would).
+        std::fs::create_dir(cluster.join("pods.yaml")).unwrap();
+        kept_with(&src.poll().unwrap(), "pods.yaml");
+        std::fs::remove_dir(cluster.join("pods.yaml")).unwrap();
+        assert!(src.poll().unwrap().errors.is_empty());
+
+        // Only a read that succeeds and finds nothing empties the cluster.
+        std::fs::remove_file(cluster.join("node-1.yaml")).unwrap();
+        std::fs::remove_file(cluster.join("deny.yaml")).unwrap();
+        let empty = src.poll().unwrap();
+        assert!(empty.model.nodes.is_empty() && empty.model.policies.is_empty() && empty.errors.is_empty());
+        // A fresh reader of a missing directory reports it.
+        let missing = read_dir(&dir.path().join("nowhere"));
+        assert!(missing.model.nodes.is_empty() && missing.errors.len() == 1, "{missing:?}");
     }
 
     #[test]

@@ -39,14 +39,28 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
-    /// Opens the source. For the API, this loads the client configuration
-    /// (an unreadable kubeconfig fails here) and starts the watchers.
-    pub fn open(&self) -> Result<Box<dyn Source>, KubeSourceError> {
+    /// Opens the source. For a directory, it must be readable now; for the
+    /// API, this loads the client configuration (an unreadable kubeconfig
+    /// fails here) and starts the watchers.
+    pub fn open(&self) -> Result<Box<dyn Source>, SourceOpenError> {
         Ok(match self {
-            SourceSpec::Dir(dir) => Box::new(DirSource::new(dir)),
+            SourceSpec::Dir(dir) => {
+                std::fs::read_dir(dir)
+                    .map_err(|source| SourceOpenError::Dir { path: dir.clone(), source })?;
+                Box::new(DirSource::new(dir))
+            }
             SourceSpec::Kube { kubeconfig } => Box::new(KubeSource::start(kubeconfig.as_deref())?),
         })
     }
+}
+
+/// Why the source could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceOpenError {
+    #[error("cannot read the manifest directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Kube(#[from] KubeSourceError),
 }
 
 /// What stands for an object that no longer validates: its last good version,

@@ -194,6 +194,38 @@ mod tests {
         assert!(b.next_delay() <= BACKOFF_MIN);
     }
 
+    /// What `reflect` relies on for "a failed list keeps the last good
+    /// state": a re-list that breaks off before InitDone (the API failing
+    /// part-way) leaves the store as the last complete list left it.
+    #[test]
+    fn a_list_that_fails_part_way_leaves_the_store_as_it_was() {
+        use k8s_openapi::api::core::v1::Namespace;
+        let ns = |name: &str| {
+            let mut n = Namespace::default();
+            n.metadata.name = Some(name.into());
+            n
+        };
+        let mut writer: Writer<Namespace> = Writer::default();
+        let store = writer.as_reader();
+        for e in [Event::Init, Event::InitApply(ns("a")), Event::InitApply(ns("b")), Event::InitDone] {
+            writer.apply_watcher_event(&e);
+        }
+        let names = |s: &kube::runtime::reflector::Store<Namespace>| {
+            let mut v: Vec<String> = s.state().iter().filter_map(|n| n.metadata.name.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&store), ["a", "b"]);
+        // A re-list that got one object, then failed: the watcher starts over with Init.
+        for e in [Event::Init, Event::InitApply(ns("c")), Event::Init] {
+            writer.apply_watcher_event(&e);
+        }
+        assert_eq!(names(&store), ["a", "b"], "the last complete list stays");
+        // A complete list of nothing is an empty state.
+        writer.apply_watcher_event(&Event::InitDone);
+        assert!(names(&store).is_empty());
+    }
+
     #[test]
     fn a_pod_change_wakes_the_agent_and_other_kinds_wait_for_its_poll() {
         let s = Shared::default();
