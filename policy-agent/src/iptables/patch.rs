@@ -163,40 +163,25 @@ pub fn remember(sets: &mut BTreeMap<String, SetSpec>, changes: &BTreeMap<String,
 mod tests {
     use super::*;
     use crate::iptables::render;
-    use crate::policy::incremental::tests::{cluster, mutate, random_model, Rng};
-    use crate::policy::{Options, PolicyEngine};
+    use crate::policy::incremental::tests::each_change;
 
     /// Sets patched change by change equal the sets rendered in full.
     #[test]
     fn patched_sets_equal_rendered_sets() {
-        let mut patched_steps = 0;
-        for seed in 0..200u64 {
-            let mut r = Rng::new(seed);
-            let mut model = random_model(&mut r);
-            let mut engine =
-                PolicyEngine::new(&model, "node-1", cluster(), Options { triple_peers: r.below(3) });
-            engine.take_dirty();
-            let mut sets: BTreeMap<String, SetSpec> =
-                render(engine.ir()).sets.into_iter().map(|s| (s.name.clone(), s)).collect();
-            for step in 0..20 {
-                let mut next = model.clone();
-                mutate(&mut r, &mut next);
-                engine.update(&model, &next);
-                let dirty = engine.take_dirty();
-                let want: BTreeMap<String, SetSpec> =
-                    render(engine.ir()).sets.into_iter().map(|s| (s.name.clone(), s)).collect();
-                if dirty.structural {
-                    sets = want;
-                } else {
-                    let c = changes(engine.ir(), &dirty, &sets)
-                        .unwrap_or_else(|| panic!("seed {seed} step {step}"));
-                    remember(&mut sets, &c);
-                    assert_eq!(sets, want, "seed {seed} step {step}");
-                    patched_steps += 1;
-                }
-                model = next;
+        let rendered = |ir: &PolicyIr| -> BTreeMap<String, SetSpec> {
+            render(ir).sets.into_iter().map(|s| (s.name.clone(), s)).collect()
+        };
+        let (mut sets, mut patched) = (BTreeMap::new(), 0);
+        each_change(200, 20, |ir, dirty, at| {
+            if dirty.structural {
+                sets = rendered(ir);
+                return;
             }
-        }
-        assert!(patched_steps > 1000, "only {patched_steps} steps were patches");
+            let c = changes(ir, dirty, &sets).unwrap_or_else(|| panic!("{at}: a set was missing"));
+            remember(&mut sets, &c);
+            assert_eq!(sets, rendered(ir), "{at}");
+            patched += 1;
+        });
+        assert!(patched > 1000, "only {patched} changes were patches");
     }
 }

@@ -123,38 +123,22 @@ pub fn remember(sets: &mut BTreeMap<String, BTreeSet<Elem>>, changes: &BTreeMap<
 mod tests {
     use super::*;
     use crate::nft::render;
-    use crate::policy::incremental::tests::{cluster, mutate, random_model, Rng};
-    use crate::policy::{Options, PolicyEngine};
+    use crate::policy::incremental::tests::each_change;
 
     /// Elements patched change by change equal the elements rendered in full.
     #[test]
     fn patched_sets_equal_rendered_sets() {
-        let mut patched_steps = 0;
-        for seed in 0..200u64 {
-            let mut r = Rng::new(seed);
-            let mut model = random_model(&mut r);
-            let mut engine =
-                PolicyEngine::new(&model, "node-1", cluster(), Options { triple_peers: r.below(3) });
-            engine.take_dirty();
-            let mut sets = render(engine.ir()).sets;
-            for step in 0..20 {
-                let mut next = model.clone();
-                mutate(&mut r, &mut next);
-                engine.update(&model, &next);
-                let dirty = engine.take_dirty();
-                let want = render(engine.ir()).sets;
-                if dirty.structural {
-                    sets = want;
-                } else {
-                    let c = changes(engine.ir(), &dirty, &sets)
-                        .unwrap_or_else(|| panic!("seed {seed} step {step}"));
-                    remember(&mut sets, &c);
-                    assert_eq!(sets, want, "seed {seed} step {step}");
-                    patched_steps += 1;
-                }
-                model = next;
+        let (mut sets, mut patched) = (BTreeMap::new(), 0);
+        each_change(200, 20, |ir, dirty, at| {
+            if dirty.structural {
+                sets = render(ir).sets;
+                return;
             }
-        }
-        assert!(patched_steps > 1000, "only {patched_steps} steps were patches");
+            let c = changes(ir, dirty, &sets).unwrap_or_else(|| panic!("{at}: a set was missing"));
+            remember(&mut sets, &c);
+            assert_eq!(sets, render(ir).sets, "{at}");
+            patched += 1;
+        });
+        assert!(patched > 1000, "only {patched} changes were patches");
     }
 }

@@ -14,6 +14,7 @@ use crate::model::{
     ContainerPort, Namespace, NetworkPolicy, Node, Peer, PolicyPort, PortRef, Protocol, Rule,
 };
 use crate::policy::compile_with;
+use crate::policy::{Dirty, PolicyIr};
 
 /// xorshift64*: deterministic, no dependency.
 pub(crate) struct Rng(u64);
@@ -280,6 +281,28 @@ fn dirty_names_every_element_that_changed() {
                     }
                 }
             }
+            model = next;
+        }
+    }
+}
+
+/// Feeds `seeds` x `steps` random changes to an engine and hands each
+/// resulting IR and its Dirty record to `on_change` (with a label for
+/// messages); the first IR comes with a structural Dirty. The backends'
+/// patch tests are built on it.
+pub(crate) fn each_change(seeds: u64, steps: usize, mut on_change: impl FnMut(&PolicyIr, &Dirty, &str)) {
+    for seed in 0..seeds {
+        let mut r = Rng::new(seed);
+        let mut model = random_model(&mut r);
+        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), Options { triple_peers: r.below(3) });
+        let dirty = engine.take_dirty();
+        on_change(engine.ir(), &dirty, &format!("seed {seed} start"));
+        for step in 0..steps {
+            let mut next = model.clone();
+            mutate(&mut r, &mut next);
+            engine.update(&model, &next);
+            let dirty = engine.take_dirty();
+            on_change(engine.ir(), &dirty, &format!("seed {seed} step {step}"));
             model = next;
         }
     }
