@@ -113,6 +113,9 @@ pub(crate) struct PeerEntry {
 #[derive(Debug, Default)]
 pub(crate) struct PeerRegistry {
     pub defs: BTreeMap<PeerKey, PeerEntry>,
+    /// Named ports resolved on peers during one compile (cleared before
+    /// each: pods may have changed), by (peers, name, protocol).
+    pub named: BTreeMap<(PeerKey, String, Protocol), Arc<Vec<(u16, Nets)>>>,
 }
 
 /// Pods with an address (hostNetwork pods excluded), by namespace: the only
@@ -329,27 +332,26 @@ impl<'a, 'm> Compiler<'a, 'm> {
         peers: &Resolved,
     ) {
         use_peers(c, key, Use { exact: true, group_limit: None, named: true });
-        let port_ref = PortRef::Name(name.to_string());
-        let mut by_port: BTreeMap<u16, Vec<Ipv4Network>> = BTreeMap::new();
-        let mut add = |d: &Pod| {
-            if let (Some(ip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
-                by_port.entry(port).or_default().push(Ipv4Network::from(ip));
+        c.all_pods |= peers.anywhere;
+        if !peers.anywhere && peers.nets.len() > peers.pods.len() {
+            c.notes.push(format!(
+                "NetworkPolicy {}: named port {name} cannot apply to ipBlock peers (no pod names it)",
+                policy.key()
+            ));
+        }
+        // Many policies name the same peers and port (a DNS egress rule in
+        // every namespace): the destinations are resolved once per compile.
+        let cache_key = (key, name.to_string(), proto);
+        let by_port = match self.peers.named.get(&cache_key) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(self.resolve_named(peers, name, proto));
+                self.peers.named.insert(cache_key, b.clone());
+                b
             }
         };
-        if peers.anywhere {
-            c.all_pods = true;
-            self.index.by_ns.values().flatten().for_each(|d| add(d));
-        } else {
-            peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(add);
-            if peers.nets.len() > peers.pods.len() {
-                c.notes.push(format!(
-                    "NetworkPolicy {}: named port {name} cannot apply to ipBlock peers (no pod names it)",
-                    policy.key()
-                ));
-            }
-        }
-        for (port, dests) in by_port {
-            let nets = aggregate(dests);
+        for (port, nets) in by_port.iter() {
+            let port = *port;
             let egress = &mut c.egress;
             if nets.len() <= self.options.triple_peers {
                 for ip in ips {
@@ -358,9 +360,27 @@ impl<'a, 'm> Compiler<'a, 'm> {
             } else {
                 let k = fnv1a64(format!("{key:016x}/{name}/{}/{port}", proto.as_str()).as_bytes());
                 egress.port_groups.extend(ips.iter().map(|ip| (k, (*ip, proto, port))));
-                egress.nets.insert(k, Arc::from(nets));
+                egress.nets.insert(k, nets.clone());
             }
         }
+    }
+
+    /// The destinations of `peers` that serve `name`/`proto`, by the number
+    /// it resolves to on each, aggregated.
+    fn resolve_named(&self, peers: &Resolved, name: &str, proto: Protocol) -> Vec<(u16, Nets)> {
+        let port_ref = PortRef::Name(name.to_string());
+        let mut by_port: BTreeMap<u16, Vec<Ipv4Network>> = BTreeMap::new();
+        let mut add = |d: &Pod| {
+            if let (Some(ip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
+                by_port.entry(port).or_default().push(Ipv4Network::from(ip));
+            }
+        };
+        if peers.anywhere {
+            self.index.by_ns.values().flatten().for_each(|d| add(d));
+        } else {
+            peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(add);
+        }
+        by_port.into_iter().map(|(port, dests)| (port, Arc::from(aggregate(dests)))).collect()
     }
 
     /// The rule's peers, resolved once per distinct definition.

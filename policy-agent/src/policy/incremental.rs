@@ -199,6 +199,7 @@ impl PolicyEngine {
     /// Replaces the contributions of policies `keys` by what `model` gives.
     fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[String]) {
         let audits_before = self.all.is_some();
+        self.peers.named.clear();
         for key in keys {
             if let Some(old) = self.parts.remove(key) {
                 self.withdraw(key, &old);
