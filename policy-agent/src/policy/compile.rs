@@ -88,6 +88,10 @@ pub(crate) type PodPort = (Ipv4Addr, Protocol, u16);
 /// it means when it has no namespace selector (the policy's own).
 pub(crate) type PeerDef = Vec<(Option<String>, Peer)>;
 
+/// An egress named port's destinations: the networks serving it, by the
+/// number it resolves to on them.
+pub(crate) type NamedDests = Vec<(u16, Nets)>;
+
 /// A peer definition resolved against the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Resolved {
@@ -115,7 +119,7 @@ pub(crate) struct PeerRegistry {
     pub defs: BTreeMap<PeerKey, PeerEntry>,
     /// Named ports resolved on peers during one compile (cleared before
     /// each: pods may have changed), by (peers, name, protocol).
-    pub named: BTreeMap<(PeerKey, String, Protocol), Arc<Vec<(u16, Nets)>>>,
+    pub named: BTreeMap<(PeerKey, String, Protocol), Arc<NamedDests>>,
 }
 
 /// Pods with an address (hostNetwork pods excluded), by namespace: the only
@@ -367,7 +371,7 @@ impl<'a, 'm> Compiler<'a, 'm> {
 
     /// The destinations of `peers` that serve `name`/`proto`, by the number
     /// it resolves to on each, aggregated.
-    fn resolve_named(&self, peers: &Resolved, name: &str, proto: Protocol) -> Vec<(u16, Nets)> {
+    fn resolve_named(&self, peers: &Resolved, name: &str, proto: Protocol) -> NamedDests {
         let port_ref = PortRef::Name(name.to_string());
         let mut by_port: BTreeMap<u16, Vec<Ipv4Network>> = BTreeMap::new();
         let mut add = |d: &Pod| {
