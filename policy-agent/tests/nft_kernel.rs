@@ -78,6 +78,15 @@ const GOLDEN: &str = "table inet weft {
 		elements = { 10.244.1.3 }
 	}
 
+	set in_exact {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+		elements = { 10.244.1.2 . tcp . 80 . 10.244.2.3 }
+	}
+
+	set out_exact {
+		type ipv4_addr . inet_proto . inet_service . ipv4_addr
+	}
+
 	set in_allow {
 		type ipv4_addr . inet_proto . inet_service . ipv4_addr
 		flags interval
@@ -130,6 +139,7 @@ const GOLDEN: &str = "table inet weft {
 	}
 
 	chain ingress {
+		ip daddr . meta l4proto . th dport . ip saddr @in_exact return
 		ip daddr . meta l4proto . th dport . ip saddr @in_allow return
 		ip daddr . meta l4proto . th dport @ins_0000000000000002 ip saddr @inp_0000000000000002 return
 		ip daddr @int_a94d7d411fa716fc ip saddr @inp_0000000000000001 meta l4proto udp return
@@ -139,6 +149,7 @@ const GOLDEN: &str = "table inet weft {
 	}
 
 	chain egress {
+		ip saddr . meta l4proto . th dport . ip daddr @out_exact return
 		ip saddr . meta l4proto . th dport . ip daddr @out_allow return
 		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-out\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
@@ -203,8 +214,8 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         );
         assert_eq!(
             got.matches("return").count(),
-            5,
-            "in_allow, two port groups, one group, out_allow:\n{got}"
+            7,
+            "in_exact, in_allow, two port groups, one group, out_exact, out_allow:\n{got}"
         );
 
         // Groups only go (no element changes anywhere else): still applied.

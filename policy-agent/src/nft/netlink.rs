@@ -161,6 +161,14 @@ pub fn kernel_elems(e: &Elem) -> Vec<KernelElem> {
             reg(&port.to_be_bytes(), &mut key);
             vec![KernelElem::key(key)]
         }
+        Elem::Exact(pod, proto, port, peer) => {
+            let mut key = Vec::with_capacity(16);
+            reg(&pod.octets(), &mut key);
+            reg(&[proto], &mut key);
+            reg(&port.to_be_bytes(), &mut key);
+            reg(&peer.octets(), &mut key);
+            vec![KernelElem::key(key)]
+        }
         Elem::Cell(pod, protos, ports, net) => {
             let bound = |proto: u8, port: u16, addr: Ipv4Addr| {
                 let mut key = Vec::with_capacity(16);

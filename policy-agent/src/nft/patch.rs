@@ -64,11 +64,13 @@ fn view<'s>(
         let old = get(&iso)?.get(&Elem::Addr(*ip)).copied().into_iter().collect();
         diff(&iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), old);
     }
-    let allow = format!("{short}_allow");
+    let (allow, exact) = (format!("{short}_allow"), format!("{short}_exact"));
     for pod in &d.triples {
-        let new = pod_cells(*pod, pod_triples(dir, *pod)).into_iter().collect();
+        let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
+        let old = get(&exact)?.range(exact_range(*pod)).copied().collect();
+        diff(&exact, new_exact.into_iter().collect(), old);
         let old = get(&allow)?.range(cell_range(*pod)).copied().collect();
-        diff(&allow, new, old);
+        diff(&allow, new_cells.into_iter().collect(), old);
     }
     for (key, pod) in &d.port_groups {
         let Ok(i) = dir.port_groups.binary_search_by_key(key, |g| g.key) else { continue };
@@ -106,6 +108,11 @@ fn cell_range(pod: Ipv4Addr) -> std::ops::RangeInclusive<Elem> {
     let net = |a: Ipv4Addr, p: u8| Ipv4Network::new(a, p).unwrap_or_else(|_| Ipv4Network::from(a));
     Elem::Cell(pod, (0, 0), (0, 0), net(Ipv4Addr::UNSPECIFIED, 0))
         ..=Elem::Cell(pod, (u8::MAX, u8::MAX), (u16::MAX, u16::MAX), net(Ipv4Addr::BROADCAST, 32))
+}
+
+/// Every exact-set element of `pod`.
+fn exact_range(pod: Ipv4Addr) -> std::ops::RangeInclusive<Elem> {
+    Elem::Exact(pod, 0, 0, Ipv4Addr::UNSPECIFIED)..=Elem::Exact(pod, u8::MAX, u16::MAX, Ipv4Addr::BROADCAST)
 }
 
 /// Applies `changes` to the remembered `sets`.

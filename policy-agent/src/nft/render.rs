@@ -83,6 +83,8 @@ pub enum Elem {
     PodPort(Ipv4Addr, u8, u16),
     /// (pod, protocol range, port range, peer network).
     Cell(Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network),
+    /// (pod, protocol, port, peer address): an exact triple, in a hash set.
+    Exact(Ipv4Addr, u8, u16, Ipv4Addr),
 }
 
 impl Elem {
@@ -95,6 +97,12 @@ impl Elem {
                 Expression::String(pod.to_string().into()),
                 Expression::Number(u32::from(proto)),
                 Expression::Number(u32::from(port)),
+            ])),
+            Elem::Exact(pod, proto, port, peer) => Expression::Named(NamedExpression::Concat(vec![
+                Expression::String(pod.to_string().into()),
+                Expression::Number(u32::from(proto)),
+                Expression::Number(u32::from(port)),
+                Expression::String(peer.to_string().into()),
             ])),
             Elem::Cell(pod, protos, ports, net) => Expression::Named(NamedExpression::Concat(vec![
                 Expression::String(pod.to_string().into()),
@@ -266,6 +274,8 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         set("local", addr.clone(), false),
         set("in_iso", addr.clone(), false),
         set("out_iso", addr, false),
+        set("in_exact", allow.clone(), false),
+        set("out_exact", allow.clone(), false),
         set("in_allow", allow.clone(), true),
         set("out_allow", allow.clone(), true),
         chain(FORWARD_CHAIN, true),
@@ -277,6 +287,8 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         skeleton.extend([
             set("ain_iso", addr.clone(), false),
             set("aout_iso", addr, false),
+            set("ain_exact", allow.clone(), false),
+            set("aout_exact", allow.clone(), false),
             set("ain_allow", allow.clone(), true),
             set("aout_allow", allow, true),
             chain("audit_in", false),
@@ -361,6 +373,9 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             th_dport(),
             ip_field(peer),
         ]));
+        let exact = set.replace("_allow", "_exact");
+        let exact_rule = vec![m(key.clone(), Operator::EQ, set_ref(&exact)), Statement::Return(None)];
+        skeleton.push(rule(chain, exact_rule, None));
         skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
         let dir = match chain {
             "ingress" => &ir.ingress,
@@ -402,13 +417,19 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     sets.insert("local".to_string(), addrs(&ir.local));
     sets.insert("in_iso".to_string(), addrs(&ir.ingress.isolated));
     sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
-    sets.insert("in_allow".to_string(), cells(&ir.ingress));
-    sets.insert("out_allow".to_string(), cells(&ir.egress));
+    for (short, dir) in [("in", &ir.ingress), ("out", &ir.egress)] {
+        let (exact, cells) = cells(dir);
+        sets.insert(format!("{short}_exact"), exact);
+        sets.insert(format!("{short}_allow"), cells);
+    }
     if ir.audit {
         sets.insert("ain_iso".to_string(), addrs(&ir.audit_ingress.isolated));
         sets.insert("aout_iso".to_string(), addrs(&ir.audit_egress.isolated));
-        sets.insert("ain_allow".to_string(), cells(&ir.audit_ingress));
-        sets.insert("aout_allow".to_string(), cells(&ir.audit_egress));
+        for (short, dir) in [("ain", &ir.audit_ingress), ("aout", &ir.audit_egress)] {
+            let (exact, cells) = cells(dir);
+            sets.insert(format!("{short}_exact"), exact);
+            sets.insert(format!("{short}_allow"), cells);
+        }
     }
     NftRendered { sets, skeleton }
 }
@@ -515,24 +536,39 @@ pub(super) fn pod_port(&(ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> Elem {
     Elem::PodPort(ip, protocol_number(proto), port)
 }
 
-/// The allow set's elements of one pod: its triples cut into disjoint boxes.
+/// One pod's allow elements: its triples with a single peer address as
+/// exact elements (a hash set, where an element is added or deleted in
+/// microseconds), the others cut into disjoint boxes of the interval set
+/// (whose deletes cost the kernel tens of ms on a large set). A packet
+/// matching either is admitted, so the split changes nothing it allows.
 pub(super) fn pod_cells(
     pod: Ipv4Addr,
     triples: impl Iterator<Item = (Protocol, u16, Ipv4Network)>,
-) -> Vec<Elem> {
-    let boxes: Vec<PortBox> = triples
-        .map(|(proto, port, peer)| {
-            let p = protocol_number(proto);
-            ((p, p), (port, port), peer)
-        })
-        .collect();
-    disjoint(&boxes).into_iter().map(|(protos, ports, net)| Elem::Cell(pod, protos, ports, net)).collect()
+) -> (Vec<Elem>, Vec<Elem>) {
+    let mut exact = Vec::new();
+    let mut boxes: Vec<PortBox> = Vec::new();
+    for (proto, port, peer) in triples {
+        let p = protocol_number(proto);
+        if peer.prefix() == 32 {
+            exact.push(Elem::Exact(pod, p, port, peer.ip()));
+        } else {
+            boxes.push(((p, p), (port, port), peer));
+        }
+    }
+    let cells = disjoint(&boxes).into_iter().map(|(protos, ports, net)| Elem::Cell(pod, protos, ports, net));
+    (exact, cells.collect())
 }
 
 /// The elements of one direction's allow set: its triples.
-fn cells(dir: &Direction) -> BTreeSet<Elem> {
+fn cells(dir: &Direction) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
     let pods: BTreeSet<Ipv4Addr> = dir.triples.iter().map(|t| t.0).collect();
-    pods.into_iter().flat_map(|pod| pod_cells(pod, pod_triples(dir, pod))).collect()
+    let (mut exact, mut cells) = (BTreeSet::new(), BTreeSet::new());
+    for pod in pods {
+        let (e, c) = pod_cells(pod, pod_triples(dir, pod));
+        exact.extend(e);
+        cells.extend(c);
+    }
+    (exact, cells)
 }
 
 /// `pod`'s triples in `dir`, as (protocol, port, peer).
@@ -724,7 +760,8 @@ mod tests {
         });
         let r = render(&ir);
         let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
-        assert_eq!(elems("in_allow"), [r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#]);
+        assert_eq!(elems("in_exact"), [r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#], "an exact triple");
+        assert!(elems("in_allow").is_empty(), "no triple with a wider peer");
         assert_eq!(
             elems("inp_0000000000000001"),
             [r#"{"prefix":{"addr":"0.0.0.0","len":0}}"#],
@@ -738,6 +775,7 @@ mod tests {
             r#"{"add":{"table":{"family":"inet","name":"weft"}}},{"delete":{"table":{"family":"inet","name":"weft"}}}"#,
             r#""type":"filter","hook":"forward","prio":-200,"policy":"accept""#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
+            r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_exact","op":"=="}},{"return":null}"#,
             r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_allow","op":"=="}},{"return":null}"#,
             r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@ins_0000000000000001","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@inp_0000000000000001","op":"=="}},{"return":null}"#,
             r#""right":"@inp_0000000000000001","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":17,"op":"=="}},{"return":null}"#,
