@@ -85,7 +85,7 @@ enum Cmd {
     /// NodePort service, one probe per path as a table, then teardown. Exit 0 if
     /// every path is ok, 1 otherwise.
     Demo,
-    /// NetworkPolicy conformance cases (shared/CONFORMANCE.md).
+    /// NetworkPolicy conformance cases (format: conformance/case.rs).
     Conformance {
         #[command(subcommand)]
         cmd: ConformanceCmd,

@@ -1,4 +1,4 @@
-//! The run name and the fixed address plan (shared/CONFORMANCE.md): lan
+//! The run name and the fixed address plan (the conformance cases rely on it): lan
 //! 172.31.0.0/24, node N at 172.31.0.(10+N) with pod CIDR 10.244.N.0/24, the
 //! external client at 172.31.0.100. Pure functions, no I/O except the random name.
 

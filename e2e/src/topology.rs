@@ -1,4 +1,4 @@
-//! Bring a run's topology up and down (shared/TESTBED.md):
+//! Bring a run's topology up and down (the README's Tests section):
 //!
 //! ```text
 //! <run>-lan  netns with bridge <run>-lan (the underlay L2 segment)

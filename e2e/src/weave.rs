@@ -1,7 +1,7 @@
 //! A reproduction of the FORWARD chains and ipsets weave-npc 1.9.6 programmed,
 //! rendered from the same model weft enforces, for comparison only: never a
 //! weft backend. It exists to show, in the testbed, the failure weft fixes
-//! (shared/ARCHITECTURE.md, "The three failures", 1): an external client's
+//! (the README's first seed): an external client's
 //! NodePort connection that kube-proxy DNATs to a pod on another node is
 //! dropped on the ingress node, because 1.9.6 accepted a non-local
 //! destination only when the source was a local pod.
@@ -33,7 +33,7 @@
 //!   `-d <clusterCIDR> -j DROP`. On all traffic to the pod network, not just
 //!   the node bridge, because weave's cluster-wide bridge carried traffic to
 //!   remote pods too; a hook on weft's per-node bridge would never see the
-//!   NodePort flow under host-gw routing (shared/sketches/seeds-in-netns.sh).
+//!   NodePort flow under host-gw routing.
 //!   At the top, so kube-proxy's KUBE-FORWARD (accepting packets marked for
 //!   masquerade, which 1.9.6-era kube-proxy did not have) cannot accept the
 //!   NodePort flow first.

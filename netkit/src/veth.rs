@@ -11,7 +11,7 @@
 //! side brings it up with `link::set_up` on its pod handle.
 //! Hairpin cannot ride on the create: the kernel ignores bridge-port data on a
 //! link that has no master yet, and `link().set()` silently ignores it
-//! (see shared/notes/crates.md), hence `set_port` (RTM_NEWLINK, no CREATE).
+//! (measured: RTM_SETLINK returns Ok and leaves it off), hence `set_port` (RTM_NEWLINK, no CREATE).
 
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use nix::libc;

@@ -1,4 +1,4 @@
-//! Conformance case files (shared/CONFORMANCE.md): the serde structs of the
+//! Conformance case files (`e2e/cases/*.yaml`): the serde structs of the
 //! format and their validation into a `Case`. Validation replays the case's
 //! steps against a model of which namespaces, pods, services and policies
 //! exist at each step, so a typo (a pod in a matrix that does not exist, a
@@ -7,7 +7,7 @@
 //! file and the field, not minutes later as a puzzling probe result. Pure: no
 //! testbed, no root.
 //!
-//! Where shared/CONFORMANCE.md leaves a detail open, the runner reads it so:
+//! Where the case format leaves a detail open, the runner reads it so:
 //! - a listed pod without `labels` gets `pod: <name>`, without `ports` the
 //!   default ports; a listed pod takes its round-robin slot even when pinned;
 //! - a pod's namespace must be among the case's namespaces (or, in a step,

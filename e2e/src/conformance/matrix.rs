@@ -1,4 +1,4 @@
-//! Reachability matrices (shared/CONFORMANCE.md, "Matrices"): parsing the
+//! Reachability matrices (the `expect` blocks of a case): parsing the
 //! expected ones out of a case file, and printing an expected matrix next to
 //! the observed one with the differing cells marked. Pure: no I/O.
 

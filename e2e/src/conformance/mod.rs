@@ -1,4 +1,4 @@
-//! The NetworkPolicy conformance runner (shared/CONFORMANCE.md): cases are
+//! The NetworkPolicy conformance runner (format: case.rs): cases are
 //! YAML files (e2e/cases/), each a starting cluster state and steps of changes
 //! and probes with the expected outcome; the runner executes them on one
 //! testbed, reset between cases, against a chosen enforcement backend, and
