@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use weft_agent::backend::PolicyBackend;
 use weft_agent::iptables::Iptables;
 use weft_agent::model::{parse_manifests, Model};
+use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::Nft;
 use weft_agent::policy::{compile, PolicyIr};
 use weft_netkit::netns::run_in_new;
@@ -61,6 +62,16 @@ fn ir(with_policy: bool) -> PolicyIr {
     compile(&model(with_policy), "node-1", "10.244.0.0/16".parse().ok()).0
 }
 
+/// Set elements weft holds in this netns's kernel, as `ipset save` or the
+/// nftables table lists them.
+fn kernel_elements(backend: &str) -> usize {
+    if backend == "nftables" {
+        return read_back().expect("weft's table reads back").values().map(|s| s.len()).sum();
+    }
+    let out = std::process::Command::new("ipset").arg("save").output().expect("ipset save");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("add weft-")).count()
+}
+
 fn check(backend: &mut dyn PolicyBackend) {
     let huge = ir(true);
     assert!(huge.ingress.triples.is_empty(), "no triples: {}", huge.ingress.triples.len());
@@ -70,10 +81,12 @@ fn check(backend: &mut dyn PolicyBackend) {
     let applied = backend.apply(&huge, true).expect("the huge policy applies");
     let first = t0.elapsed();
     assert!(applied.counts.elements >= 7 * PORTS as usize, "{:?}", applied.counts);
+    assert_eq!(kernel_elements(backend.name()), applied.counts.elements, "the kernel holds them");
     let t1 = Instant::now();
     let resync = backend.apply(&huge, true).expect("a resync");
     let again = t1.elapsed();
-    assert_eq!(resync.counts, applied.counts, "a resync with no drift changes nothing");
+    assert_eq!(resync.change, None, "a resync with no drift reports no change");
+    assert_eq!(kernel_elements(backend.name()), applied.counts.elements, "and the kernel holds the same");
     eprintln!(
         "{}: 10,000-port policy applied in {first:?} ({} elements), resync without drift {again:?}",
         backend.name(),
@@ -83,6 +96,7 @@ fn check(backend: &mut dyn PolicyBackend) {
     // The policy goes: its elements go with it.
     let gone = backend.apply(&ir(false), false).expect("the policy removed");
     assert!(gone.counts.elements < 100, "{:?}", gone.counts);
+    assert_eq!(kernel_elements(backend.name()), gone.counts.elements, "its elements left the kernel");
     backend.cleanup().expect("cleanup");
 }
 

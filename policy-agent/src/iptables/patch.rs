@@ -93,7 +93,7 @@ fn view<'s>(
     }
     for (key, pod) in &d.port_groups {
         let name = port_group_set(n, *key);
-        let Ok(i) = dir.port_groups.binary_search_by_key(key, |g| g.key) else { continue };
+        let Ok(i) = dir.port_group_index(*key) else { continue };
         let mut new: Vec<String> = dir.port_groups[i]
             .targets
             .range((*pod, Protocol::Tcp, 0)..)
@@ -104,18 +104,13 @@ fn view<'s>(
         diff(&name, new, &prefixed(get(&name)?, &format!("{pod},"), false))?;
     }
     for (key, ports) in &d.groups {
-        let Some(g) = dir.groups.iter().find(|g| g.key == *key && g.ports == *ports) else { continue };
+        let Ok(i) = dir.group_index(*key, *ports) else { continue };
+        let g = &dir.groups[i];
         let new = ip_set(&group_set(n, *key, *ports), &g.targets);
         diff(&new.name, new.members.clone(), get(&new.name)?)?;
     }
     for key in &d.peers {
-        let nets = dir
-            .port_groups
-            .iter()
-            .find(|g| g.key == *key)
-            .map(|g| &g.peers)
-            .or_else(|| dir.groups.iter().find(|g| g.key == *key).map(|g| &g.peers));
-        let Some(nets) = nets else { continue };
+        let Some(nets) = dir.peers_of(*key) else { continue };
         let name = peer_set(n, *key);
         let mut new = net_members(nets);
         new.sort();

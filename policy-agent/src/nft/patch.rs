@@ -73,7 +73,7 @@ fn view<'s>(
         diff(&allow, new_cells.into_iter().collect(), old);
     }
     for (key, pod) in &d.port_groups {
-        let Ok(i) = dir.port_groups.binary_search_by_key(key, |g| g.key) else { continue };
+        let Ok(i) = dir.port_group_index(*key) else { continue };
         let name = port_group_set(short, *key);
         let targets = &dir.port_groups[i].targets;
         let new =
@@ -85,18 +85,13 @@ fn view<'s>(
         diff(&name, new, old);
     }
     for (key, ports) in &d.groups {
-        let Some(g) = dir.groups.iter().find(|g| g.key == *key && g.ports == *ports) else { continue };
+        let Ok(i) = dir.group_index(*key, *ports) else { continue };
+        let g = &dir.groups[i];
         let name = group_set(short, *key, *ports);
         diff(&name, addrs(&g.targets), get(&name)?.clone());
     }
     for key in &d.peers {
-        let nets = dir
-            .port_groups
-            .iter()
-            .find(|g| g.key == *key)
-            .map(|g| &g.peers)
-            .or_else(|| dir.groups.iter().find(|g| g.key == *key).map(|g| &g.peers));
-        let Some(nets) = nets else { continue };
+        let Some(nets) = dir.peers_of(*key) else { continue };
         let name = peer_set(short, *key);
         diff(&name, nets.iter().map(|n| Elem::Net(*n)).collect(), get(&name)?.clone());
     }

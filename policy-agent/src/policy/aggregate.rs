@@ -87,12 +87,12 @@ impl DirAgg {
             let counted = self.port_groups.entry(*key).or_default();
             if counted.is_empty() {
                 let peers = self.nets.get(key).map(|(n, _)| n.to_vec()).unwrap_or_default();
-                let at = out.port_groups.binary_search_by_key(key, |g| g.key).unwrap_or_else(|i| i);
+                let at = out.port_group_index(*key).unwrap_or_else(|i| i);
                 out.port_groups.insert(at, PortGroup { key: *key, targets: Default::default(), peers });
                 structural = true;
             }
             if counted.inc(target) {
-                if let Ok(i) = out.port_groups.binary_search_by_key(key, |g| g.key) {
+                if let Ok(i) = out.port_group_index(*key) {
                     out.port_groups[i].targets.insert(*target);
                 }
                 dirty.port_groups.insert((*key, target.0));
@@ -102,13 +102,13 @@ impl DirAgg {
             let counted = self.groups.entry((*key, *ports)).or_default();
             if counted.is_empty() {
                 let peers = self.nets.get(key).map(|(n, _)| n.to_vec()).unwrap_or_default();
-                let at = group_index(out, *key, *ports).unwrap_or_else(|i| i);
+                let at = out.group_index(*key, *ports).unwrap_or_else(|i| i);
                 let g = Group { key: *key, targets: Default::default(), peers, ports: *ports };
                 out.groups.insert(at, g);
                 structural = true;
             }
             if counted.inc(ip) {
-                if let Ok(i) = group_index(out, *key, *ports) {
+                if let Ok(i) = out.group_index(*key, *ports) {
                     out.groups[i].targets.insert(*ip);
                 }
                 dirty.groups.insert((*key, *ports));
@@ -139,7 +139,7 @@ impl DirAgg {
                 continue;
             }
             dirty.port_groups.insert((*key, target.0));
-            let Ok(i) = out.port_groups.binary_search_by_key(key, |g| g.key) else { continue };
+            let Ok(i) = out.port_group_index(*key) else { continue };
             out.port_groups[i].targets.remove(target);
             if counted.is_empty() {
                 self.port_groups.remove(key);
@@ -153,7 +153,7 @@ impl DirAgg {
                 continue;
             }
             dirty.groups.insert((*key, *ports));
-            let Ok(i) = group_index(out, *key, *ports) else { continue };
+            let Ok(i) = out.group_index(*key, *ports) else { continue };
             out.groups[i].targets.remove(ip);
             if counted.is_empty() {
                 self.groups.remove(&(*key, *ports));
@@ -184,14 +184,9 @@ impl DirAgg {
     }
 }
 
-/// Where group (key, ports) is (or would go) in `out.groups`, sorted by (key, ports).
-fn group_index(out: &Direction, key: PeerKey, ports: GroupPorts) -> Result<usize, usize> {
-    out.groups.binary_search_by(|g| (g.key, g.ports).cmp(&(key, ports)))
-}
-
 fn set_peers(out: &mut Direction, key: PeerKey, nets: &Nets, dirty: &mut DirtyDirection) {
     let mut touched = false;
-    if let Ok(i) = out.port_groups.binary_search_by_key(&key, |g| g.key) {
+    if let Ok(i) = out.port_group_index(key) {
         out.port_groups[i].peers = nets.to_vec();
         touched = true;
     }

@@ -17,11 +17,14 @@ use ipnetwork::Ipv4Network;
 
 use super::aggregate::{Counted, DirAgg};
 use super::compile::{
-    counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Options,
+    counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Options, Part,
     PeerRegistry, PodIndex,
 };
 use super::ir::{Direction, Dirty, DirtyDirection, PeerKey, PolicyIr};
 use crate::model::{LabelSelector, Model, Pod};
+
+/// `DirAgg::add` or `DirAgg::remove`: true if a group came or went.
+type FoldOp = fn(&mut DirAgg, &Part, &mut Direction, &mut DirtyDirection) -> bool;
 
 /// Both directions of one view (enforced, or with audit policies too).
 #[derive(Debug, Clone, Default)]
@@ -97,11 +100,6 @@ impl PolicyEngine {
     /// What changed since the last `take_dirty` (everything, after `new`).
     pub fn take_dirty(&mut self) -> Dirty {
         std::mem::take(&mut self.dirty)
-    }
-
-    /// Marks everything changed: the next apply renders in full.
-    pub fn mark_all_dirty(&mut self) {
-        self.dirty.structural = true;
     }
 
     /// Brings the IR from `old` (what it was compiled from) to `new`.
@@ -224,19 +222,7 @@ impl PolicyEngine {
 
     /// Takes policy `key`'s contribution out of the views and the indexes.
     fn withdraw(&mut self, key: &str, c: &Contribution) {
-        let mut structural = false;
-        if !c.audit {
-            structural |=
-                self.enforced.ingress.remove(&c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
-            structural |= self.enforced.egress.remove(&c.egress, &mut self.ir.egress, &mut self.dirty.egress);
-        }
-        if let Some(all) = self.all.as_mut() {
-            structural |=
-                all.ingress.remove(&c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
-            structural |=
-                all.egress.remove(&c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
-        }
-        self.dirty.structural |= structural;
+        self.fold(c, DirAgg::remove);
         for k in c.uses.keys() {
             if let Some(e) = self.peers.defs.get_mut(k) {
                 e.users.remove(key);
@@ -251,16 +237,21 @@ impl PolicyEngine {
     }
 
     fn contribute(&mut self, c: &Contribution) {
+        self.fold(c, DirAgg::add);
+    }
+
+    /// Adds `c` to (or removes it from) the views it belongs to: the
+    /// enforced one unless it is an audit policy, and the audit view.
+    fn fold(&mut self, c: &Contribution, op: FoldOp) {
         let mut structural = false;
+        let mut run = |agg: &mut DirAgg, part, out, dirty| structural |= op(agg, part, out, dirty);
         if !c.audit {
-            structural |=
-                self.enforced.ingress.add(&c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
-            structural |= self.enforced.egress.add(&c.egress, &mut self.ir.egress, &mut self.dirty.egress);
+            run(&mut self.enforced.ingress, &c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
+            run(&mut self.enforced.egress, &c.egress, &mut self.ir.egress, &mut self.dirty.egress);
         }
         if let Some(all) = self.all.as_mut() {
-            structural |=
-                all.ingress.add(&c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
-            structural |= all.egress.add(&c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+            run(&mut all.ingress, &c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
+            run(&mut all.egress, &c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
         }
         self.dirty.structural |= structural;
     }

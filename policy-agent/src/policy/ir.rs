@@ -76,6 +76,28 @@ pub struct Direction {
     pub groups: Vec<Group>,
 }
 
+impl Direction {
+    /// Where group (`key`, `ports`) is, or would go (groups are sorted by key, then ports).
+    pub fn group_index(&self, key: PeerKey, ports: GroupPorts) -> Result<usize, usize> {
+        self.groups.binary_search_by(|g| (g.key, g.ports).cmp(&(key, ports)))
+    }
+
+    /// Where port group `key` is, or would go (port groups are sorted by key).
+    pub fn port_group_index(&self, key: PeerKey) -> Result<usize, usize> {
+        self.port_groups.binary_search_by_key(&key, |g| g.key)
+    }
+
+    /// The peers of `key`: those of its port group, or of any of its groups
+    /// (all rules of one key have the same peers).
+    pub fn peers_of(&self, key: PeerKey) -> Option<&[Ipv4Network]> {
+        if let Ok(i) = self.port_group_index(key) {
+            return Some(&self.port_groups[i].peers);
+        }
+        let from = self.groups.partition_point(|g| g.key < key);
+        self.groups.get(from).filter(|g| g.key == key).map(|g| g.peers.as_slice())
+    }
+}
+
 /// What this node enforces.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PolicyIr {
@@ -115,12 +137,6 @@ pub struct DirtyDirection {
     pub peers: BTreeSet<PeerKey>,
 }
 
-impl DirtyDirection {
-    pub fn is_empty(&self) -> bool {
-        self == &DirtyDirection::default()
-    }
-}
-
 /// What changed in the IR since the backend last applied it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dirty {
@@ -133,29 +149,4 @@ pub struct Dirty {
     pub egress: DirtyDirection,
     pub audit_ingress: DirtyDirection,
     pub audit_egress: DirtyDirection,
-}
-
-impl Dirty {
-    /// Nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self == &Dirty::default()
-    }
-
-    /// Every change of `other` too.
-    pub fn merge(&mut self, other: Dirty) {
-        self.structural |= other.structural;
-        self.local.extend(other.local);
-        for (a, b) in [
-            (&mut self.ingress, other.ingress),
-            (&mut self.egress, other.egress),
-            (&mut self.audit_ingress, other.audit_ingress),
-            (&mut self.audit_egress, other.audit_egress),
-        ] {
-            a.isolated.extend(b.isolated);
-            a.triples.extend(b.triples);
-            a.port_groups.extend(b.port_groups);
-            a.groups.extend(b.groups);
-            a.peers.extend(b.peers);
-        }
-    }
 }
