@@ -244,6 +244,31 @@ fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// How many of `pid`'s fds are connections accepted from this test's
+/// clients. Other fds come and go with the agent's work (a netlink socket
+/// kept after the first delta, a child's pipes), so the clients are told
+/// apart by their inodes: an accepted unix socket belongs to the connecting
+/// side's network namespace, this test's, while the agent's own sockets are
+/// in its node's.
+fn client_fds(pid: i32) -> usize {
+    const LISTENING: &str = "00010000";
+    let table = std::fs::read_to_string("/proc/self/net/unix").unwrap();
+    let ours: std::collections::HashSet<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode [Path]
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 7 && f[3] != LISTENING).then(|| format!("socket:[{}]", f[6]))
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| ours.contains(&*target.to_string_lossy()))
+        .count()
+}
+
 /// True while `pid` runs (neither gone nor a zombie).
 fn running(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -268,8 +293,12 @@ fn idle_connections_and_fd_exhaustion_leave_the_agent_enforcing(backend: &str) {
     let base = open_fds(pid);
     let idle: Vec<UnixStream> = (0..1100).map(|_| UnixStream::connect(&sock).unwrap()).collect();
     let held = open_fds(pid);
-    eprintln!("{backend}: the agent holds {base} fds, {held} with 1,100 clients connected");
-    // Its cap, plus a refusal being written and the pipes of a sync's child process.
+    let clients = client_fds(pid);
+    eprintln!("{backend}: the agent holds {base} fds, {held} ({clients} of them clients) with 1,100 clients connected");
+    // Its cap, plus one refusal being written.
+    assert!(clients <= weft_agent::pod_socket::MAX_CONNECTIONS + 1, "{clients} clients held");
+    assert!(clients > 0, "the connections were not seen being served");
+    // And the agent's other fds (a sync's child pipes) did not grow with them.
     let bound = base + weft_agent::pod_socket::MAX_CONNECTIONS + 16;
     assert!(held <= bound, "{base} fds, then {held}");
     tb.delete_object("NetworkPolicy", Some("x"), "from-y").unwrap();
@@ -282,7 +311,8 @@ fn idle_connections_and_fd_exhaustion_leave_the_agent_enforcing(backend: &str) {
     // 2. Out of fds outright (16 spare, 64 idle clients): accept backs off,
     // the status write fails, is reported and retried; once the clients go,
     // the agent catches up by itself.
-    assert!(weft_e2e::wait_until(CONVERGE, || open_fds(pid) <= base), "the agent kept its clients' fds");
+    assert!(weft_e2e::wait_until(CONVERGE, || client_fds(pid) == 0), "the agent kept its clients' fds");
+    let base = open_fds(pid);
     limit_fds(pid, (base + 16) as u64);
     let idle: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&sock).unwrap()).collect();
     tb.delete_object("NetworkPolicy", Some("x"), "deny").unwrap();
