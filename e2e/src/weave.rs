@@ -663,6 +663,7 @@ mod tests {
             labels: labels(&[("pod", name)]),
             node: Some(node.into()),
             ip: ip.map(Ipv4Addr::from),
+            ip6: None,
             host_network: false,
             ports: vec![
                 ContainerPort { name: Some("serve-80-tcp".into()), port: tcp80, protocol: Protocol::Tcp },

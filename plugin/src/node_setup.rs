@@ -20,9 +20,14 @@ const FALLBACK_MTU: u32 = 1500;
 
 /// Sysctls a pod network needs in the node's netns: routing between pods and
 /// nodes, and bridged traffic through iptables (without it, same-node
-/// ClusterIP replies skip conntrack's reverse NAT; failure 2 of ARCHITECTURE.md).
-const SYSCTLS: [(&str, &str); 2] =
-    [("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")];
+/// ClusterIP replies skip conntrack's reverse NAT, and bridged traffic skips
+/// NetworkPolicy) and ip6tables (the same for IPv6, where the agent drops
+/// what it cannot enforce yet).
+const SYSCTLS: [(&str, &str); 3] = [
+    ("net/ipv4/ip_forward", "1"),
+    ("net/bridge/bridge-nf-call-iptables", "1"),
+    ("net/bridge/bridge-nf-call-ip6tables", "1"),
+];
 
 /// The bridge and the MTU pods get.
 pub struct Node {

@@ -84,12 +84,20 @@ fn sysctls_are_set_in_the_node_and_the_root_is_untouched() {
     let root_before =
         (read("/proc/sys/net/ipv4/ip_forward"), read("/proc/sys/net/bridge/bridge-nf-call-iptables"));
     let node = Node::new();
-    // A fresh netns starts with forwarding off: the ADD must turn it on.
+    // A fresh netns starts with forwarding off, and bridged traffic through
+    // the firewall on; the node is set the other way: the ADD must turn all on.
     assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "0");
+    let bridge_nf = ["iptables", "ip6tables"].map(|f| format!("/proc/sys/net/bridge/bridge-nf-call-{f}"));
+    for path in &bridge_nf {
+        node.sh(&["sh", "-c", &format!("echo 0 > {path}")]);
+        assert_eq!(node.sh(&["cat", path]).trim(), "0");
+    }
     let pod = PodNs::new();
     node.cni(&weft(), "ADD", "p", Some(&pod.path), &node.conf("1.0.0", json!({}))).ok();
     assert_eq!(node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
-    assert_eq!(node.sh(&["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"]).trim(), "1");
+    for path in &bridge_nf {
+        assert_eq!(node.sh(&["cat", path]).trim(), "1", "{path}");
+    }
     let root_after =
         (read("/proc/sys/net/ipv4/ip_forward"), read("/proc/sys/net/bridge/bridge-nf-call-iptables"));
     assert_eq!(root_before, root_after, "the root netns's sysctls changed");

@@ -1,6 +1,6 @@
 //! `weft-agent explain --check`: the node misconfigurations behind the
 //! classic failures, read from the live node (the netns explain runs in):
-//! bridge-nf-call-iptables or ip_forward off, hairpin off on a bridge port,
+//! bridge-nf-call-iptables (or -ip6tables) or ip_forward off, hairpin off on a bridge port,
 //! weft's FORWARD jump not first, the masquerade rule missing, weft sets or
 //! chains left from another run or backend, a route to another node's pod
 //! CIDR missing. Each finding says whether it is in play for the connection
@@ -42,6 +42,14 @@ pub fn check_node(
         find(
             "net.bridge.bridge-nf-call-iptables is 0: replies between pods of one bridge skip conntrack, so a \
              Service whose endpoint shares the client's bridge times out, and bridged traffic skips policy"
+                .into(),
+            same_node,
+        );
+    }
+    if read_sysctl("net/bridge/bridge-nf-call-ip6tables").is_ok_and(|v| v.trim() == "0") {
+        find(
+            "net.bridge.bridge-nf-call-ip6tables is 0: IPv6 between pods of one bridge skips the firewall, so a \
+             pod a policy isolates is open over IPv6 to pods on its node"
                 .into(),
             same_node,
         );

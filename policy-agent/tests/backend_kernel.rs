@@ -53,9 +53,11 @@ fn first_forward_rule() -> String {
 }
 
 /// What of weft's objects the kernel holds: (iptables chains or jump, ipsets, nft table).
+/// (iptables chains in either family, ipsets, the nftables table).
 fn weft_objects() -> (bool, bool, bool) {
+    let chains = |save: &str| ["filter", "mangle"].iter().any(|t| sh(&[save, "-t", t]).contains("WEFT-"));
     (
-        sh(&["iptables-save", "-t", "filter"]).contains("WEFT-"),
+        chains("iptables-save") || chains("ip6tables-save"),
         sh(&["ipset", "list", "-n"]).contains("weft-"),
         sh(&["nft", "list", "tables"]).contains("inet weft"),
     )
@@ -141,7 +143,13 @@ fn off_removes_both_backends_objects_and_writes_nothing_where_there_is_nothing()
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(weft_objects(), (false, false, false));
         let said = removed.join(", ");
-        for what in ["FORWARD jump", "chains ", "WEFT-FORWARD", "5 ipsets", "table inet weft"] {
+        for what in [
+            "iptables filter: 1 FORWARD jump",
+            "ip6tables filter: 1 FORWARD jump",
+            "WEFT-FORWARD",
+            "8 ipsets",
+            "table inet weft",
+        ] {
             assert!(said.contains(what), "{said}");
         }
     });

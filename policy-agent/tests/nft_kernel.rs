@@ -59,10 +59,32 @@ fn ir() -> PolicyIr {
         peers: vec!["172.31.0.0/24".parse().unwrap()],
     });
     ir.egress.isolated.insert(ip("10.244.1.3"));
+    let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
+    ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
+    ir.v6.local = [a6, b6].into();
+    ir.v6.ingress.insert(a6);
+    ir.v6.egress.insert(b6);
     ir
 }
 
 const GOLDEN: &str = "table inet weft {
+	set local6 {
+		type ipv6_addr
+		elements = { fd00:244:1::2,
+			     fd00:244:1::3 }
+	}
+
+	set in_iso6 {
+		type ipv6_addr
+		elements = { fd00:244:1::2 }
+	}
+
+	set out_iso6 {
+		type ipv6_addr
+		elements = { fd00:244:1::3 }
+	}
+
 	set local {
 		type ipv4_addr
 		elements = { 10.244.1.2, 10.244.1.3 }
@@ -129,6 +151,11 @@ const GOLDEN: &str = "table inet weft {
 	chain forward {
 		type filter hook forward priority -200; policy accept;
 		ct state established,related accept comment \"weft: replies\"
+		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"weft: IPv6 neighbour discovery\"
+		ip6 saddr fd00:244:1::/64 ip6 saddr != @local6 drop comment \"weft: no known pod has this address yet\"
+		ip6 daddr fd00:244:1::/64 ip6 daddr != @local6 drop comment \"weft: no known pod has this address yet\"
+		ip6 saddr @out_iso6 drop comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\"
+		ip6 daddr @in_iso6 drop comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\"
 		ip saddr 10.244.1.0/24 ip saddr != @local drop comment \"weft: no known pod has this address yet\"
 		ip daddr 10.244.1.0/24 ip daddr != @local drop comment \"weft: no known pod has this address yet\"
 		ip saddr @out_iso jump egress
@@ -263,6 +290,9 @@ fn ir_more() -> PolicyIr {
     ir.ingress.groups[1].peers = peers.clone();
     ir.ingress.port_groups[0].peers = peers;
     ir.ingress.port_groups[0].targets.insert((b, Protocol::Sctp, 9000));
+    let b6: std::net::Ipv6Addr = "fd00:244:1::9".parse().unwrap();
+    ir.v6.local.insert(b6);
+    ir.v6.ingress.insert(b6);
     ir
 }
 
@@ -288,14 +318,14 @@ fn element_deltas_go_over_netlink_and_read_back() {
         let done = nft.apply(&more, false).unwrap();
         assert!(done.netlink && !done.replaced && done.deleted == 0, "{done:?}");
         assert_eq!(
-            done.added, 8,
-            "local, in_iso, in_allow, out_allow, 2 group pods, peers, port target: {done:?}"
+            done.added, 10,
+            "local, in_iso, in_allow, out_allow, 2 group pods, peers, port target, local6, in_iso6: {done:?}"
         );
         assert_eq!(read_back().unwrap(), rendered_sets(&more), "what netlink added is what nft lists");
         assert!(listing().contains("10.244.1.9 . tcp . 80-81 . 10.244.4.0/24"), "{}", listing());
 
         let done = nft.apply(&base, false).unwrap();
-        assert!(done.netlink && done.added == 0 && done.deleted == 8, "{done:?}");
+        assert!(done.netlink && done.added == 0 && done.deleted == 10, "{done:?}");
         assert_eq!(read_back().unwrap(), rendered_sets(&base), "and what it deleted is gone");
     });
 }

@@ -30,7 +30,12 @@ pub fn model(pods: usize, policies: usize) -> Model {
         let name = format!("node-{}", n + 1);
         m.nodes.insert(
             name.clone(),
-            Node { name, pod_cidr: cidr, internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)) },
+            Node {
+                name,
+                pod_cidr: cidr,
+                pod_cidr6: None,
+                internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)),
+            },
         );
     }
     let namespaces = (pods / 10).clamp(1, 100);
@@ -432,6 +437,7 @@ fn synthetic_pod(namespaces: usize, p: usize, node: &str, ip: Ipv4Addr) -> Pod {
         ]),
         node: Some(node.to_string()),
         ip: Some(ip),
+        ip6: None,
         host_network: false,
         ports: vec![],
     }
@@ -708,6 +714,7 @@ fn mix_pod(p: usize, ip: Ipv4Addr) -> Pod {
         labels: labels([("app", app), ("tier", ["web", "db"][(p / 7) % 2].to_string())]),
         node: Some(format!("node-{}", p % 3 + 1)),
         ip: Some(ip),
+        ip6: None,
         host_network: false,
         ports,
     }

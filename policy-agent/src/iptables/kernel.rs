@@ -41,6 +41,28 @@ const JUMP_COMMENT: &str = "weft: NetworkPolicy";
 /// for marked packets) finds every packet policy denies already dropped.
 /// The filter copy keeps enforcing if mangle's is bypassed the same way.
 pub const TABLES: [&str; 2] = ["mangle", "filter"];
+
+/// The commands of one address family's iptables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Family {
+    iptables: &'static str,
+    restore: &'static str,
+    save: &'static str,
+}
+
+const IPV4: Family = Family { iptables: "iptables", restore: "iptables-restore", save: "iptables-save" };
+const IPV6: Family = Family { iptables: "ip6tables", restore: "ip6tables-restore", save: "ip6tables-save" };
+
+/// The families this kernel forwards: IPv6 unless it was turned off
+/// (`ipv6.disable=1` leaves no IPv6 traffic to guard, and no ip6tables).
+fn families() -> &'static [Family] {
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        &[IPV4, IPV6]
+    } else {
+        &[IPV4]
+    }
+}
+
 /// Suffix of a fixed-name set's temporary twin while it is rebuilt.
 const TMP_SUFFIX: &str = "-new";
 /// Smallest hashsize and maxelem; both grow with the set (maxelem: twice the
@@ -70,6 +92,8 @@ pub struct Iptables {
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
     rules: Option<String>,
+    /// The ip6tables payload as last applied.
+    rules6: Option<String>,
     /// Keeps the jump first between applies; None until the first apply.
     guard: Option<JumpGuard>,
 }
@@ -131,10 +155,16 @@ impl Iptables {
         for s in &r.sets {
             self.sets.insert(s.name.clone(), s.clone());
         }
-        // 2. Chains, in both tables, in one restore.
+        // 2. Chains, in both tables, in one restore per family.
         if full || self.rules.as_deref() != Some(r.rules.as_str()) {
-            tool::restore("iptables-restore", &["--noflush", "-w", "5"], &in_both_tables(&r.rules))?;
+            tool::restore(IPV4.restore, &["--noflush", "-w", "5"], &in_both_tables(&r.rules))?;
             self.rules = Some(r.rules.clone());
+            done.rules_written = true;
+        }
+        let v6 = families().contains(&IPV6);
+        if v6 && (full || self.rules6.as_deref() != Some(r.rules6.as_str())) {
+            tool::restore(IPV6.restore, &["--noflush", "-w", "5"], &in_both_tables(&r.rules6))?;
+            self.rules6 = Some(r.rules6.clone());
             done.rules_written = true;
         }
         // 3. The jumps, first in each FORWARD: checked at every apply (one
@@ -207,6 +237,7 @@ impl Iptables {
         self.sets.clear();
         self.capacity.clear();
         self.rules = None;
+        self.rules6 = None;
         remove_objects().map(drop)
     }
 }
@@ -226,8 +257,9 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
             first.get_or_insert(e);
         }
     };
-    for table in TABLES.iter().filter(|_| tool::find_tool("iptables-save").is_ok()) {
-        let save = match tool::output("iptables-save", &["-t", table], None) {
+    let tables = families().iter().flat_map(|f| TABLES.iter().map(move |t| (f, t)));
+    for (family, table) in tables.filter(|(f, _)| tool::find_tool(f.save).is_ok()) {
+        let save = match tool::output(family.save, &["-t", table], None) {
             Ok(save) => save,
             Err(e) => {
                 keep(Err(e));
@@ -252,8 +284,12 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
         }
         payload.push_str("COMMIT\n");
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        keep(tool::restore("iptables-restore", &["--noflush", "-w", "5"], &payload));
-        removed.push(format!("{table}: {jumps} FORWARD jump(s), chains {}", chains.join(" ")));
+        keep(tool::restore(family.restore, &["--noflush", "-w", "5"], &payload));
+        removed.push(format!(
+            "{} {table}: {jumps} FORWARD jump(s), chains {}",
+            family.iptables,
+            chains.join(" ")
+        ));
     }
     if tool::find_tool("ipset").is_ok() {
         match list_sets() {
@@ -360,7 +396,8 @@ fn write_set(out: &mut String, s: &SetSpec, exists: bool) -> usize {
     let n = s.members.len();
     let hashsize = (n / 2).next_power_of_two().max(MIN_HASHSIZE);
     let maxelem = (n * 2).next_power_of_two().max(MIN_MAXELEM);
-    let params = format!("{} family inet hashsize {hashsize} maxelem {maxelem}", s.kind.as_str());
+    let params =
+        format!("{} family {} hashsize {hashsize} maxelem {maxelem}", s.kind.as_str(), s.kind.family());
     // A set that exists and is referenced by a rule cannot be destroyed or
     // re-created: fill a twin and swap, which is atomic for the rules.
     let target = if exists { format!("{}{TMP_SUFFIX}", s.name) } else { s.name.clone() };
@@ -413,23 +450,26 @@ fn jump_spec() -> String {
     format!("-A FORWARD -m comment --comment \"{JUMP_COMMENT}\" -j {FORWARD_CHAIN}")
 }
 
-/// Makes weft's jump the first rule of FORWARD in each of `TABLES`
-/// (something, e.g. kube-proxy's KUBE-FORWARD, may have been inserted in
+/// Makes weft's jump the first rule of FORWARD in each of `TABLES`, in
+/// each family (something, e.g. kube-proxy's KUBE-FORWARD, may have been inserted in
 /// front of it). True if one moved. One listing per table, and when one
 /// must move, one `iptables-restore --noflush` that deletes every copy and
 /// inserts it first: atomic, so no packet ever sees FORWARD without the
 /// jump. The caller holds `JUMP_LOCK`.
 fn ensure_jump_first() -> Result<bool, KernelError> {
-    let mut payload = String::new();
-    for table in TABLES {
-        let listing = tool::output("iptables", &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
-        payload.extend(jump_move(table, &listing));
+    let mut moved = false;
+    for family in families() {
+        let mut payload = String::new();
+        for table in TABLES {
+            let listing = tool::output(family.iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
+            payload.extend(jump_move(table, &listing));
+        }
+        if !payload.is_empty() {
+            tool::restore(family.restore, &["--noflush", "-w", "5"], &payload)?;
+            moved = true;
+        }
     }
-    if payload.is_empty() {
-        return Ok(false);
-    }
-    tool::restore("iptables-restore", &["--noflush", "-w", "5"], &payload)?;
-    Ok(true)
+    Ok(moved)
 }
 
 /// The restore payload that makes weft's jump the only copy and first in

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::render::{
-    group_set, ip_set, net_members, peer_set, pod_port_member, port_group_set, triple_members, Names,
-    SetSpec, AUDIT_EGRESS, AUDIT_INGRESS, EGRESS, INGRESS, LOCAL_SET,
+    group_set, ip6_set, ip_set, net_members, peer_set, pod_port_member, port_group_set, triple_members,
+    Names, SetSpec, AUDIT_EGRESS, AUDIT_INGRESS, EGRESS, INGRESS, IN_ISO6_SET, LOCAL6_SET, LOCAL_SET,
+    OUT_ISO6_SET,
 };
 use crate::model::Protocol;
 use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
@@ -50,6 +51,13 @@ pub fn changes(
         let member = ip.to_string();
         let new = if ir.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
         diff(name, new, &prefixed(get(name)?, &member, true))?;
+    }
+    if dirty.v6 {
+        for (name, now) in
+            [(LOCAL6_SET, &ir.v6.local), (IN_ISO6_SET, &ir.v6.ingress), (OUT_ISO6_SET, &ir.v6.egress)]
+        {
+            diff(name, ip6_set(name, now).members, get(name)?)?;
+        }
     }
     let mut views = vec![(&INGRESS, &ir.ingress, &dirty.ingress), (&EGRESS, &ir.egress, &dirty.egress)];
     if ir.audit {

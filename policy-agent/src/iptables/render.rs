@@ -18,6 +18,16 @@
 //! WEFT-EGRESS    the same with (src, dport, dst) in weft-out
 //! ```
 //!
+//! IPv6 (ip6tables, the same chain name; policy/guard6.rs) fails closed until
+//! IPv6 policy is compiled:
+//!
+//! ```text
+//! WEFT-FORWARD   ESTABLISHED,RELATED                     ACCEPT
+//!                ICMPv6 neighbour solicitation/advertisement                   ACCEPT
+//!                src or dst in this node's IPv6 pod CIDR, not in weft-local6   DROP
+//!                src in weft-out-iso6, or dst in weft-in-iso6                  DROP
+//! ```
+//!
 //! A new connection to or from an isolated pod costs a fixed number of set
 //! lookups for rules with few peers, plus one rule per distinct many-peer
 //! definition (port group) and per rule without a single port (group) that
@@ -28,7 +38,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
@@ -49,12 +59,18 @@ pub const CHAINS: [&str; 5] =
 /// Every ipset weft creates starts with this.
 pub const SET_PREFIX: &str = "weft-";
 pub const LOCAL_SET: &str = "weft-local";
+/// The IPv6 guard's sets (family inet6).
+pub const LOCAL6_SET: &str = "weft-local6";
+pub const IN_ISO6_SET: &str = "weft-in-iso6";
+pub const OUT_ISO6_SET: &str = "weft-out-iso6";
 
 /// The ipset types weft uses (all present on the kernels we run on; this one
 /// lacks hash:net,net and hash:net,port,net).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SetType {
     HashIp,
+    /// hash:ip of family inet6.
+    HashIp6,
     HashNet,
     HashIpPort,
     HashIpPortNet,
@@ -63,10 +79,18 @@ pub enum SetType {
 impl SetType {
     pub fn as_str(self) -> &'static str {
         match self {
-            SetType::HashIp => "hash:ip",
+            SetType::HashIp | SetType::HashIp6 => "hash:ip",
             SetType::HashNet => "hash:net",
             SetType::HashIpPort => "hash:ip,port",
             SetType::HashIpPortNet => "hash:ip,port,net",
+        }
+    }
+
+    /// The address family of its members.
+    pub fn family(self) -> &'static str {
+        match self {
+            SetType::HashIp6 => "inet6",
+            _ => "inet",
         }
     }
 }
@@ -85,6 +109,8 @@ pub struct Rendered {
     pub sets: Vec<SetSpec>,
     /// The `iptables-restore --noflush` payload (filter table, weft's chains only).
     pub rules: String,
+    /// The same for `ip6tables-restore`: the IPv6 guard.
+    pub rules6: String,
 }
 
 pub(super) struct Names {
@@ -155,7 +181,11 @@ impl Rendered {
     /// Its rules (`-A` lines), sets and set members.
     pub fn counts(&self) -> ObjectCounts {
         ObjectCounts {
-            rules: self.rules.lines().filter(|l| l.starts_with("-A")).count(),
+            rules: [&self.rules, &self.rules6]
+                .iter()
+                .flat_map(|r| r.lines())
+                .filter(|l| l.starts_with("-A"))
+                .count(),
             sets: self.sets.len(),
             elements: self.sets.iter().map(|s| s.members.len()).sum(),
         }
@@ -207,7 +237,42 @@ pub fn render(ir: &PolicyIr) -> Rendered {
         }
     }
     rules.push_str("COMMIT\n");
-    Rendered { sets, rules }
+    sets.extend([
+        ip6_set(LOCAL6_SET, &ir.v6.local),
+        ip6_set(IN_ISO6_SET, &ir.v6.ingress),
+        ip6_set(OUT_ISO6_SET, &ir.v6.egress),
+    ]);
+    Rendered { sets, rules, rules6: guard6(ir) }
+}
+
+/// The ip6tables payload: IPv6 fails closed (see the module doc).
+fn guard6(ir: &PolicyIr) -> String {
+    let f = FORWARD_CHAIN;
+    let mut rules = format!("*filter\n:{f} - [0:0]\n");
+    let _ = writeln!(
+        rules,
+        "-A {f} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"
+    );
+    // Address resolution, as ARP is for IPv4: no policy governs it.
+    for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
+        let _ = writeln!(rules, "-A {f} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j ACCEPT");
+    }
+    if let Some(own) = ir.v6.pod_cidr {
+        for (flag, addr) in [("src", "-s"), ("dst", "-d")] {
+            let _ = writeln!(
+                rules,
+                "-A {f} {addr} {own} -m set ! --match-set {LOCAL6_SET} {flag} -m comment --comment \"weft: no known pod has this address yet\" -j DROP"
+            );
+        }
+    }
+    for (set, flag) in [(OUT_ISO6_SET, "src"), (IN_ISO6_SET, "dst")] {
+        let _ = writeln!(
+            rules,
+            "-A {f} -m set --match-set {set} {flag} -m comment --comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\" -j DROP"
+        );
+    }
+    rules.push_str("COMMIT\n");
+    rules
 }
 
 fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut String) {
@@ -273,6 +338,11 @@ fn spec(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
 /// A hash:ip set.
 pub(super) fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>) -> SetSpec {
     spec(name, SetType::HashIp, ips.iter().map(Ipv4Addr::to_string).collect())
+}
+
+/// A hash:ip set of family inet6.
+pub(super) fn ip6_set(name: &str, ips: &BTreeSet<Ipv6Addr>) -> SetSpec {
+    spec(name, SetType::HashIp6, ips.iter().map(Ipv6Addr::to_string).collect())
 }
 
 /// The hash:net set `name` of peers `nets`.
@@ -481,6 +551,55 @@ COMMIT
         assert!(!r.rules.contains(" DROP\n-A WEFT-FORWARD -m set --match-set weft-out-iso"));
         assert!(!r.rules.contains("transit"));
         assert!(!r.rules.contains("no known pod"));
-        assert_eq!(r.sets.len(), 5, "local, iso and allow per direction");
+        assert!(!r.rules6.contains("no known pod"));
+        assert_eq!(r.sets.len(), 8, "local, iso and allow per direction; the IPv6 guard's local and iso");
+    }
+
+    #[test]
+    fn ipv6_fails_closed_for_unknown_addresses_and_isolated_pods() {
+        let mut ir = PolicyIr::default();
+        let (a, b): (Ipv6Addr, Ipv6Addr) =
+            ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
+        ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
+        ir.v6.local = [a, b].into();
+        ir.v6.ingress.insert(a);
+        let r = render(&ir);
+        let set = |name: &str| r.sets.iter().find(|s| s.name == name).unwrap().clone();
+        assert_eq!(set(LOCAL6_SET).members, ["fd00:244:1::2", "fd00:244:1::3"]);
+        assert_eq!(set(IN_ISO6_SET).members, ["fd00:244:1::2"]);
+        assert_eq!(set(IN_ISO6_SET).kind.family(), "inet6");
+        assert!(set(OUT_ISO6_SET).members.is_empty());
+        let lines: Vec<&str> = r.rules6.lines().collect();
+        assert_eq!(lines[..3], ["*filter", ":WEFT-FORWARD - [0:0]", "-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"]);
+        assert_eq!(
+            lines[3],
+            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-solicitation -j ACCEPT"
+        );
+        assert_eq!(
+            lines[4],
+            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement -j ACCEPT"
+        );
+        let lines = [&lines[..3], &lines[5..]].concat();
+        assert!(
+            lines[3].starts_with("-A WEFT-FORWARD -s fd00:244:1::/64 -m set ! --match-set weft-local6 src "),
+            "{}",
+            r.rules6
+        );
+        assert!(
+            lines[4].starts_with("-A WEFT-FORWARD -d fd00:244:1::/64 -m set ! --match-set weft-local6 dst "),
+            "{}",
+            r.rules6
+        );
+        assert!(
+            lines[5].starts_with("-A WEFT-FORWARD -m set --match-set weft-out-iso6 src ")
+                && lines[5].ends_with("-j DROP")
+        );
+        assert!(
+            lines[6].starts_with("-A WEFT-FORWARD -m set --match-set weft-in-iso6 dst ")
+                && lines[6].ends_with("-j DROP")
+        );
+        assert_eq!(lines[7..], ["COMMIT"]);
+        // No IPv4 rule names an IPv6 set.
+        assert!(!r.rules.contains("iso6") && !r.rules.contains("local6"), "{}", r.rules);
     }
 }

@@ -4,9 +4,9 @@
 //! bad object is reported by name and skipped rather than half-applied.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use super::{
@@ -231,17 +231,20 @@ struct NodeStatus {
 
 fn node(m: NodeManifest) -> Result<Node, String> {
     let name = m.metadata.name()?;
-    // The first IPv4 one of podCIDR and podCIDRs (an IPv6-first dual-stack
-    // node has its IPv4 CIDR second); IPv6 pod CIDRs are not routed by weft yet.
+    // The first of each family of podCIDR and podCIDRs (an IPv6-first
+    // dual-stack node has its IPv4 CIDR second).
     let given = m.spec.pod_cidr.iter().map(|s| ("spec.podCIDR", s));
     let given = given.chain(m.spec.pod_cidrs.iter().map(|s| ("spec.podCIDRs", s)));
-    let mut pod_cidr = None;
+    let (mut pod_cidr, mut pod_cidr6) = (None, None);
     for (field, s) in given.filter(|(_, s)| !s.is_empty()) {
         match s.parse::<IpNetwork>() {
             Ok(IpNetwork::V4(n)) => {
                 pod_cidr = pod_cidr.or(Some(normal_v4(n)));
             }
-            Ok(IpNetwork::V6(_)) => {}
+            Ok(IpNetwork::V6(n)) => {
+                // The prefix came from a valid network, so it is valid again.
+                pod_cidr6 = pod_cidr6.or(Some(Ipv6Network::new(n.network(), n.prefix()).unwrap_or(n)));
+            }
             Err(e) => return Err(format!("{field} {s:?}: {e}")),
         }
     }
@@ -251,7 +254,7 @@ fn node(m: NodeManifest) -> Result<Node, String> {
         .iter()
         .filter(|a| a.kind == "InternalIP")
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-    Ok(Node { name, pod_cidr, internal_ip })
+    Ok(Node { name, pod_cidr, pod_cidr6, internal_ip })
 }
 
 fn normal_v4(n: Ipv4Network) -> Ipv4Network {
@@ -346,17 +349,19 @@ fn pod(m: PodManifest) -> Result<Pod, String> {
             ports.push(ContainerPort { name: p.name.clone(), port, protocol });
         }
     }
-    let mut ips = m.status.pod_ip.iter().chain(m.status.pod_ips.iter().map(|p| &p.ip));
+    let ips = || m.status.pod_ip.iter().chain(m.status.pod_ips.iter().map(|p| &p.ip));
     // A terminated pod keeps its status.podIP, but the address is free for the
     // next pod: it no longer stands for this one.
     let terminal = matches!(m.status.phase.as_deref(), Some("Succeeded" | "Failed"));
-    let ip = ips.find_map(|s| s.parse::<Ipv4Addr>().ok()).filter(|_| !terminal);
+    let ip = ips().find_map(|s| s.parse::<Ipv4Addr>().ok()).filter(|_| !terminal);
+    let ip6 = ips().find_map(|s| s.parse::<Ipv6Addr>().ok()).filter(|_| !terminal);
     Ok(Pod {
         namespace,
         name,
         labels: m.metadata.labels(),
         node: m.spec.node_name.filter(|n| !n.is_empty()),
         ip,
+        ip6,
         host_network: m.spec.host_network,
         ports,
     })
@@ -737,6 +742,7 @@ status:
         Node {
             name: name.into(),
             pod_cidr: Some(cidr.parse().unwrap()),
+            pod_cidr6: None,
             internal_ip: Some(ip.parse().unwrap()),
         }
     }
@@ -933,6 +939,7 @@ spec:
             labels: labels([("pod", l)]),
             node: None,
             ip,
+            ip6: None,
             host_network: false,
             ports: vec![],
         };

@@ -12,9 +12,9 @@ pub mod manifest;
 pub mod selector;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{parse_manifests, parse_objects, Object};
@@ -27,6 +27,8 @@ pub struct Node {
     /// The first IPv4 CIDR of spec.podCIDR and spec.podCIDRs, normalised to its
     /// network address; None if there is none.
     pub pod_cidr: Option<Ipv4Network>,
+    /// The first IPv6 CIDR of spec.podCIDRs (dual-stack and IPv6 clusters).
+    pub pod_cidr6: Option<Ipv6Network>,
     /// The first IPv4 InternalIP in status.addresses.
     pub internal_ip: Option<Ipv4Addr>,
 }
@@ -108,6 +110,8 @@ pub struct Pod {
     /// kubelet has reported it, and once the pod is terminal (phase Succeeded
     /// or Failed): only pods with an address that is theirs count for policy.
     pub ip: Option<Ipv4Addr>,
+    /// The first IPv6 address of status.podIPs, on the same terms as `ip`.
+    pub ip6: Option<Ipv6Addr>,
     /// spec.hostNetwork: such a pod has the node's address and no policy applies to it.
     pub host_network: bool,
     /// Every container's ports, in order.

@@ -139,6 +139,7 @@ pub fn kernel_elems(e: &Elem) -> Vec<KernelElem> {
     };
     match *e {
         Elem::Addr(ip) => vec![KernelElem::key(ip.octets().to_vec())],
+        Elem::Addr6(ip) => vec![KernelElem::key(ip.octets().to_vec())],
         Elem::Net(net) => {
             let start = KernelElem::key(net.network().octets().to_vec());
             match u32::from(net.broadcast()).checked_add(1) {

@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::render::{addrs, group_set, peer_set, pod_cells, pod_port, pod_triples, port_group_set, Elem};
+use super::render::{
+    addrs, addrs6, group_set, peer_set, pod_cells, pod_port, pod_triples, port_group_set, Elem,
+};
 use crate::model::Protocol;
 use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
 
@@ -39,6 +41,13 @@ pub fn changes(
     for ip in &dirty.local {
         let old = one(get("local")?, ip);
         diff("local", addrs(&ir.local.range(*ip..=*ip).copied().collect()), old);
+    }
+    if dirty.v6 {
+        for (name, now) in
+            [("local6", &ir.v6.local), ("in_iso6", &ir.v6.ingress), ("out_iso6", &ir.v6.egress)]
+        {
+            diff(name, addrs6(now), get(name)?.clone());
+        }
     }
     let mut views = vec![("in", &ir.ingress, &dirty.ingress), ("out", &ir.egress, &dirty.egress)];
     if ir.audit {

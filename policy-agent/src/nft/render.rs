@@ -3,12 +3,16 @@
 //! ```text
 //! table inet weft
 //!   set local, in_iso, out_iso      ipv4_addr
+//!   set local6, in_iso6, out_iso6   ipv6_addr   (policy/guard6.rs)
 //!   set in_allow                    ipv4_addr . inet_proto . inet_service . ipv4_addr  (interval)
 //!   set out_allow                   the same
 //!   chain forward  (hook forward, priority -200: before iptables' FORWARD and
 //!                   kube-proxy's nftables chains, so their accepts come too late
 //!                   to bypass a drop here)
 //!     ct state established,related              accept
+//!     icmpv6 type { 135, 136 }                    accept (neighbour discovery)
+//!     ip6 saddr/daddr <IPv6 pod CIDR> != @local6  drop   (fail closed)
+//!     ip6 saddr @out_iso6 / ip6 daddr @in_iso6    drop   (IPv6 not compiled yet)
 //!     ip saddr <pod CIDR> ip saddr != @local    drop   (fail closed)
 //!     ip daddr <pod CIDR> ip daddr != @local    drop
 //!     ip saddr @out_iso                         jump egress
@@ -34,10 +38,12 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, CT};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use nftables::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem, CT,
+};
 use nftables::schema::{
     Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
@@ -77,6 +83,7 @@ pub type PortBox = ((u8, u8), (u16, u16), Ipv4Network);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Elem {
     Addr(Ipv4Addr),
+    Addr6(Ipv6Addr),
     /// A network of an interval set of addresses (a group's peers).
     Net(Ipv4Network),
     /// (pod, protocol, port): a port group's target.
@@ -92,6 +99,7 @@ impl Elem {
     pub fn expr(&self) -> Expression<'static> {
         match *self {
             Elem::Addr(ip) => Expression::String(ip.to_string().into()),
+            Elem::Addr6(ip) => Expression::String(ip.to_string().into()),
             Elem::Net(net) => prefix(net),
             Elem::PodPort(pod, proto, port) => Expression::Named(NamedExpression::Concat(vec![
                 Expression::String(pod.to_string().into()),
@@ -174,8 +182,12 @@ impl NftRendered {
 }
 
 fn ip_field(field: &'static str) -> Expression<'static> {
+    payload("ip", field)
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: "ip".into(),
+        protocol: protocol.into(),
         field: field.into(),
     })))
 }
@@ -200,6 +212,13 @@ fn prefix(n: Ipv4Network) -> Expression<'static> {
     if n.prefix() == 32 {
         return Expression::String(n.ip().to_string().into());
     }
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(n.network().to_string().into())),
+        len: u32::from(n.prefix()),
+    }))
+}
+
+fn prefix6(n: Ipv6Network) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
         addr: Box::new(Expression::String(n.network().to_string().into())),
         len: u32::from(n.prefix()),
@@ -270,7 +289,11 @@ const POD_PORT_TYPE: [SetType; 3] = [SetType::Ipv4Addr, SetType::InetProto, SetT
 pub fn render(ir: &PolicyIr) -> NftRendered {
     let addr = SetTypeValue::Single(SetType::Ipv4Addr);
     let allow = SetTypeValue::Concatenated(Cow::Borrowed(&ALLOW_TYPE));
+    let addr6 = SetTypeValue::Single(SetType::Ipv6Addr);
     let mut skeleton = vec![
+        set("local6", addr6.clone(), false),
+        set("in_iso6", addr6.clone(), false),
+        set("out_iso6", addr6, false),
         set("local", addr.clone(), false),
         set("in_iso", addr.clone(), false),
         set("out_iso", addr, false),
@@ -306,6 +329,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         vec![m(ct_state, Operator::IN, established), Statement::Accept(None)],
         Some("weft: replies"),
     ));
+    guard6(ir, &mut skeleton);
     if let Some(own) = ir.pod_cidr {
         for field in ["saddr", "daddr"] {
             skeleton.push(rule(
@@ -414,6 +438,9 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         }
     }
 
+    sets.insert("local6".to_string(), addrs6(&ir.v6.local));
+    sets.insert("in_iso6".to_string(), addrs6(&ir.v6.ingress));
+    sets.insert("out_iso6".to_string(), addrs6(&ir.v6.egress));
     sets.insert("local".to_string(), addrs(&ir.local));
     sets.insert("in_iso".to_string(), addrs(&ir.ingress.isolated));
     sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
@@ -436,6 +463,52 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
 
 pub(super) fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Elem> {
     ips.iter().map(|ip| Elem::Addr(*ip)).collect()
+}
+
+pub(super) fn addrs6(ips: &BTreeSet<Ipv6Addr>) -> BTreeSet<Elem> {
+    ips.iter().map(|ip| Elem::Addr6(*ip)).collect()
+}
+
+/// ICMPv6 neighbour solicitation and advertisement (RFC 4861).
+const NEIGHBOUR_SOLICIT: u8 = 135;
+const NEIGHBOUR_ADVERT: u8 = 136;
+
+/// IPv6 fails closed (policy/guard6.rs): unknown addresses of this node's
+/// IPv6 pod CIDR, and new connections of isolated pods, are dropped.
+fn guard6(ir: &PolicyIr, skeleton: &mut Vec<NfListObject<'static>>) {
+    let ip6 = |field| payload("ip6", field);
+    // Neighbour solicitations and advertisements are address resolution, as
+    // ARP is for IPv4: no policy governs them, and without them an isolated
+    // pod could not even answer the connections it may make.
+    let nd = [NEIGHBOUR_SOLICIT, NEIGHBOUR_ADVERT].map(|t| SetItem::Element(Expression::Number(t.into())));
+    skeleton.push(rule(
+        FORWARD_CHAIN,
+        vec![
+            m(payload("icmpv6", "type"), Operator::EQ, Expression::Named(NamedExpression::Set(nd.into()))),
+            Statement::Accept(None),
+        ],
+        Some("weft: IPv6 neighbour discovery"),
+    ));
+    if let Some(own) = ir.v6.pod_cidr {
+        for field in ["saddr", "daddr"] {
+            skeleton.push(rule(
+                FORWARD_CHAIN,
+                vec![
+                    m(ip6(field), Operator::EQ, prefix6(own)),
+                    m(ip6(field), Operator::NEQ, set_ref("local6")),
+                    Statement::Drop(None),
+                ],
+                Some("weft: no known pod has this address yet"),
+            ));
+        }
+    }
+    for (field, set) in [("saddr", "out_iso6"), ("daddr", "in_iso6")] {
+        skeleton.push(rule(
+            FORWARD_CHAIN,
+            vec![m(ip6(field), Operator::EQ, set_ref(set)), Statement::Drop(None)],
+            Some("weft: IPv6 policy is not compiled yet; isolated pods get none"),
+        ));
+    }
 }
 
 fn protocol_number(p: Protocol) -> u8 {

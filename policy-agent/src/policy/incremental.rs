@@ -11,7 +11,7 @@
 //! checks that any sequence of updates gives the IR a full compile gives.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 
@@ -20,6 +20,7 @@ use super::compile::{
     counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Options, Part,
     PeerRegistry, PodIndex,
 };
+use super::guard6::{self, Guard6};
 use super::ir::{Direction, Dirty, DirtyDirection, PeerKey, PolicyIr};
 use crate::model::{LabelSelector, Model, Pod};
 
@@ -46,6 +47,8 @@ pub struct PolicyEngine {
     /// Policies that resolved a named port on every pod.
     all_pods: BTreeSet<String>,
     local: Counted<Ipv4Addr>,
+    /// This node's pods with an IPv6 address, by pod key.
+    local6: BTreeMap<String, Ipv6Addr>,
     enforced: View,
     /// Every policy, audit ones as if enforced; only while audit policies exist.
     all: Option<View>,
@@ -69,6 +72,7 @@ impl PolicyEngine {
             by_ns: BTreeMap::new(),
             all_pods: BTreeSet::new(),
             local: Counted::default(),
+            local6: BTreeMap::new(),
             enforced: View::default(),
             all: None,
             ir: PolicyIr { cluster_cidr, pod_cidr: pod_cidr(model, node), ..PolicyIr::default() },
@@ -79,6 +83,7 @@ impl PolicyEngine {
         }
         let keys: Vec<String> = model.policies.keys().cloned().collect();
         e.recompile(model, &keys);
+        e.guard6(model);
         e.dirty = Dirty { structural: true, ..Dirty::default() };
         e
     }
@@ -187,6 +192,19 @@ impl PolicyEngine {
         }
         let todo: Vec<String> = todo.into_iter().collect();
         self.recompile_with(new, &index, &todo);
+        self.guard6(new);
+    }
+
+    /// Brings the IPv6 guard to `model`: O(local IPv6 pods x the policies
+    /// of their namespaces), nothing on an IPv4-only node.
+    fn guard6(&mut self, model: &Model) {
+        let g = Guard6::new(model, &self.node, &self.local6);
+        if g == self.ir.v6 {
+            return;
+        }
+        self.dirty.structural |= g.pod_cidr != self.ir.v6.pod_cidr;
+        self.dirty.v6 = true;
+        self.ir.v6 = g;
     }
 
     fn recompile(&mut self, model: &Model, keys: &[String]) {
@@ -287,6 +305,13 @@ impl PolicyEngine {
 
     /// Counts `pod` in (`add`) or out of this node's local addresses.
     fn count_local(&mut self, pod: &Pod, add: bool) {
+        if let Some(ip6) = guard6::local_address(pod, &self.node) {
+            if add {
+                self.local6.insert(pod.key(), ip6);
+            } else {
+                self.local6.remove(&pod.key());
+            }
+        }
         let Some(ip) = pod.ip.filter(|_| counts_for_policy(pod) && pod.node.as_deref() == Some(&self.node))
         else {
             return;

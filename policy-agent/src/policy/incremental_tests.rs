@@ -5,9 +5,9 @@
 //! grow past the triple limit and shrink to nothing, audit policies come and go.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::*;
 use crate::model::{
@@ -52,6 +52,9 @@ fn random_pod(r: &mut Rng, name: &str) -> Pod {
     let node = format!("node-{}", 1 + r.below(2));
     // A small address pool, so addresses are reused and adjacent ones aggregate.
     let ip = r.chance(85).then(|| Ipv4Addr::new(10, 244, 1 + r.below(2) as u8, 1 + r.below(12) as u8));
+    let ip6 = r
+        .chance(40)
+        .then(|| Ipv6Addr::new(0xfd00, 10, 244, 1 + r.below(2) as u16, 0, 0, 0, 1 + r.below(12) as u16));
     let http = if r.chance(50) { 80 } else { 8080 };
     Pod {
         namespace: ns.into(),
@@ -59,6 +62,7 @@ fn random_pod(r: &mut Rng, name: &str) -> Pod {
         labels: labels(&[("app", *r.pick(&APPS)), ("tier", *r.pick(&["web", "db"]))]),
         node: r.chance(95).then_some(node),
         ip,
+        ip6,
         host_network: r.chance(5),
         ports: vec![
             ContainerPort { name: Some("http".into()), port: http, protocol: Protocol::Tcp },
@@ -126,6 +130,9 @@ fn node(name: &str, third: u8) -> Node {
     Node {
         name: name.into(),
         pod_cidr: Some(Ipv4Network::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap()),
+        pod_cidr6: Some(
+            Ipv6Network::new(Ipv6Addr::new(0xfd00, 10, 244, third.into(), 0, 0, 0, 0), 64).unwrap(),
+        ),
         internal_ip: None,
     }
 }
@@ -234,6 +241,7 @@ fn any_sequence_of_updates_gives_what_a_full_compile_gives() {
 
 #[test]
 fn dirty_names_every_element_that_changed() {
+    let mut v6_changes = 0;
     for seed in 0..200u64 {
         let mut r = Rng::new(seed);
         let options = Options { triple_peers: 1 };
@@ -252,6 +260,8 @@ fn dirty_names_every_element_that_changed() {
                 a.symmetric_difference(b).copied().collect()
             };
             assert!(sym(&before.local, &after.local).is_subset(&d.local), "{ctx}");
+            assert!(before.v6 == after.v6 || d.v6 || d.structural, "{ctx}: the IPv6 guard changed unmarked");
+            v6_changes += usize::from(before.v6.ingress != after.v6.ingress && !after.v6.ingress.is_empty());
             if d.structural {
                 continue;
             }
@@ -284,6 +294,7 @@ fn dirty_names_every_element_that_changed() {
             model = next;
         }
     }
+    assert!(v6_changes > 100, "only {v6_changes} changes touched the IPv6 guard");
 }
 
 /// Feeds `seeds` x `steps` random changes to an engine and hands each

@@ -25,6 +25,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
+use super::guard6::Guard6;
 use crate::model::Protocol;
 
 /// (local pod, protocol, port, peer network): the pod may receive from (or,
@@ -118,6 +119,8 @@ pub struct PolicyIr {
     pub audit: bool,
     pub audit_ingress: Direction,
     pub audit_egress: Direction,
+    /// IPv6, which this IR does not compile yet: what fails closed.
+    pub v6: Guard6,
 }
 
 /// What changed in one direction of the IR since the backend last applied
@@ -149,4 +152,7 @@ pub struct Dirty {
     pub egress: DirtyDirection,
     pub audit_ingress: DirtyDirection,
     pub audit_egress: DirtyDirection,
+    /// The IPv6 guard's addresses changed (its sets are small: the backend
+    /// diffs them whole).
+    pub v6: bool,
 }

@@ -7,9 +7,11 @@ mod aggregate;
 pub mod cidr;
 pub mod compile;
 pub mod evaluate;
+pub mod guard6;
 pub mod incremental;
 pub mod ir;
 
 pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
+pub use guard6::Guard6;
 pub use incremental::PolicyEngine;
 pub use ir::{Direction, Dirty, DirtyDirection, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
