@@ -38,6 +38,7 @@ const NFTA_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const NLMSG_HDRLEN: usize = 16;
 /// A recv error other than a lost batch (ENOBUFS) ends the listening: the
 /// thread falls back to the period.
@@ -138,7 +139,8 @@ pub fn concerns_forward(buf: &[u8]) -> bool {
 
 /// One nf_tables message body (nfgenmsg, then attributes).
 fn message_concerns_forward(msg: u16, body: &[u8]) -> bool {
-    if body[0] != NFPROTO_IPV4 {
+    // ip6tables holds weft's IPv6 guard (render.rs), jumped to first as well.
+    if !matches!(body.first(), Some(&NFPROTO_IPV4 | &NFPROTO_IPV6)) {
         return false;
     }
     let name_attr = match msg {
@@ -197,13 +199,14 @@ mod tests {
         let rule = |family, table, chain| message(NFT_MSG_NEWRULE, family, &[(1, table), (2, chain)]);
         assert!(concerns_forward(&rule(NFPROTO_IPV4, "filter", "FORWARD")));
         assert!(concerns_forward(&rule(NFPROTO_IPV4, "mangle", "FORWARD")));
+        assert!(concerns_forward(&rule(NFPROTO_IPV6, "filter", "FORWARD")));
         assert!(concerns_forward(&message(NFT_MSG_DELRULE, 2, &[(1, "filter"), (2, "FORWARD")])));
         assert!(concerns_forward(&message(NFT_MSG_DELTABLE, 2, &[(1, "filter")])));
         assert!(concerns_forward(&message(NFT_MSG_DELCHAIN, 2, &[(1, "filter"), (3, "FORWARD")])));
         // weft's own chains, kube-proxy's nat table, another family, another table.
         assert!(!concerns_forward(&rule(2, "filter", "WEFT-FORWARD")));
         assert!(!concerns_forward(&rule(2, "nat", "FORWARD")));
-        assert!(!concerns_forward(&rule(10, "filter", "FORWARD")));
+        assert!(!concerns_forward(&rule(7, "filter", "FORWARD")), "the bridge family");
         assert!(!concerns_forward(&message(NFT_MSG_DELTABLE, 2, &[(1, "nat")])));
         // A batch: found among others; garbage is nothing.
         let batch = [rule(2, "nat", "KUBE-SERVICES"), rule(2, "filter", "FORWARD")].concat();
