@@ -19,7 +19,7 @@ pub use args::CniArgs;
 pub use conflist::NetConfList;
 pub use env::{CniEnv, Command};
 pub use error::{CniError, ErrorCode};
-pub use netconf::{Attachment, IpamSection, NetConf};
+pub use netconf::{Attachment, IpamSection, MasqueradeBackend, NetConf};
 pub use reply::{serve, version_reply, Reply};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use runtime_config::{PortMapping, RuntimeConfig};

@@ -34,6 +34,10 @@ pub struct NetConf {
     pub is_gateway: bool,
     pub cluster_cidr: Option<IpNetwork>,
     pub masquerade: bool,
+    /// Where the masquerade rules go (`masqueradeBackend`): iptables (the
+    /// default, in the host's mode) or nftables. The agent writes it after
+    /// its policy backend, so the plugin and the agent never write two.
+    pub masquerade_backend: MasqueradeBackend,
     /// The node agent's pod socket (`agentSocket`; "" turns it off): ADD tells
     /// the agent the pod's address there and waits, bounded, until its policy
     /// is in force; DEL tells it the address is going.
@@ -45,6 +49,14 @@ pub struct NetConf {
     pub runtime_config: RuntimeConfig,
     /// `cni.dev/valid-attachments` of a GC request.
     pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// `masqueradeBackend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MasqueradeBackend {
+    #[default]
+    Iptables,
+    Nftables,
 }
 
 /// The `ipam` section: its type, and the whole object for the IPAM plugin.
@@ -77,6 +89,7 @@ struct Raw {
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<String>,
     masquerade: Option<bool>,
+    masquerade_backend: Option<String>,
     agent_socket: Option<String>,
     ipam: Option<serde_json::Value>,
     #[serde(default)]
@@ -120,6 +133,13 @@ impl NetConf {
             }
         }
         let cluster_cidr = raw.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+        let masquerade_backend = match raw.masquerade_backend.as_deref() {
+            None | Some("iptables") => MasqueradeBackend::Iptables,
+            Some("nftables") => MasqueradeBackend::Nftables,
+            Some(other) => {
+                return Err(invalid(format!("masqueradeBackend {other:?}: iptables or nftables")));
+            }
+        };
         let ipam = raw.ipam.ok_or_else(|| invalid("ipam is required"))?;
         let ipam_type = ipam
             .get("type")
@@ -141,6 +161,7 @@ impl NetConf {
             is_gateway: raw.is_gateway.unwrap_or(true),
             cluster_cidr,
             masquerade: raw.masquerade.unwrap_or(true),
+            masquerade_backend,
             agent_socket: match raw.agent_socket.as_deref() {
                 None => Some(PathBuf::from(DEFAULT_AGENT_SOCKET)),
                 Some("") => None,
@@ -233,6 +254,18 @@ mod tests {
         assert_eq!(c.prev_result, None);
         assert!(c.runtime_config.port_mappings.is_empty());
         assert_eq!(c.agent_socket.as_deref(), Some(std::path::Path::new(DEFAULT_AGENT_SOCKET)));
+    }
+
+    #[test]
+    fn masquerade_backend_is_iptables_unless_told() {
+        let mut v = minimal();
+        assert_eq!(parse(v.clone()).unwrap().masquerade_backend, MasqueradeBackend::Iptables);
+        v["masqueradeBackend"] = json!("nftables");
+        assert_eq!(parse(v.clone()).unwrap().masquerade_backend, MasqueradeBackend::Nftables);
+        v["masqueradeBackend"] = json!("ipfw");
+        let e = parse(v).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("iptables or nftables"), "{}", e.msg);
     }
 
     #[test]

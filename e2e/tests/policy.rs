@@ -200,7 +200,13 @@ fn switching_backends_removes_the_other_backends_rules_and_auto_says_which() {
         let sets = save(&n1, &["ipset", "list", "-n"]).contains("weft-");
         chains || sets
     };
-    let nft_table = || save(&n1, &["nft", "list", "tables"]).contains("inet weft");
+    let nft_table = || save(&n1, &["nft", "list", "tables"]).lines().any(|l| l == "table inet weft");
+    // Masquerade goes with the policy backend, and leaves the other.
+    let masq_iptables = || save(&n1, &["iptables-save", "-t", "nat"]).contains("WEFT-POSTROUTING");
+    let masq_nft = || save(&n1, &["nft", "list", "tables"]).contains("inet weft-masq");
+    tb.serve_ext(&[7777], true).unwrap();
+    let to_ext = SocketAddr::from((tb.ext_addr(), 7777));
+    let node_seen = Outcome::Connected(format!("ext {}", tb.node_addr(1)));
     for (backend, other) in [("iptables", "nftables"), ("nftables", "iptables"), ("auto", "iptables")] {
         tb.start_agent(1, &["--backend", backend]).unwrap();
         tb.start_agent(2, &["--backend", backend]).unwrap();
@@ -210,6 +216,13 @@ fn switching_backends_removes_the_other_backends_rules_and_auto_says_which() {
         assert_eq!(used, want, "{st:?}");
         assert_eq!(iptables_objects(), want == "iptables", "{backend}: iptables objects");
         assert_eq!(nft_table(), want == "nftables", "{backend}: the nft table (after {other})");
+        assert_eq!(
+            (masq_iptables(), masq_nft()),
+            (want == "iptables", want == "nftables"),
+            "{backend}: masquerade"
+        );
+        let got = probe_in(&ya.netns, to_ext, Proto::Tcp, PROBE).unwrap();
+        assert_eq!(got, node_seen, "{backend}: a pod reaches the outside as its node");
         assert!(blocked(&ya, &xa, 80, Proto::Tcp), "{backend} enforces");
         // Killed, as a crash or an upgrade would: its rules stay for the next one to remove.
         tb.kill_agent(1).unwrap();

@@ -325,6 +325,9 @@ fn sysctls_change_only_the_calling_threads_netns() {
     assert_eq!(root_after, root_before, "root netns sysctl changed");
 }
 
+/// The plain `iptables`, whatever mode it is.
+const PLAIN: masquerade::MasqBackend = masquerade::MasqBackend::Iptables(None);
+
 #[test]
 fn masquerade_is_idempotent_and_torn_down() {
     let Some(t) = isolate("masquerade_is_idempotent_and_torn_down") else { return };
@@ -339,10 +342,10 @@ fn masquerade_is_idempotent_and_torn_down() {
     let subnets = [net("10.250.0.0/24"), net("fd00:250::/64")];
     let cluster = Some(net("10.250.0.0/16"));
     let started = Instant::now();
-    masquerade::ensure_masquerade(&subnets, cluster, comment).unwrap();
+    masquerade::ensure_masquerade(PLAIN, &subnets, cluster, comment).unwrap();
     let first = started.elapsed();
     let started = Instant::now();
-    masquerade::ensure_masquerade(&subnets, cluster, comment).unwrap();
+    masquerade::ensure_masquerade(PLAIN, &subnets, cluster, comment).unwrap();
     eprintln!("ensure_masquerade (v4+v6): first {first:?}, again {:?}", started.elapsed());
 
     let saved = tool_output("iptables-save", &["-t", "nat"]);
@@ -366,6 +369,34 @@ fn masquerade_is_idempotent_and_torn_down() {
         run_in(&t.root, || lines_with(&tool_output("iptables-save", &["-t", "nat"]), "WEFT")).unwrap();
     assert_eq!(root_after, root_before, "root netns nat table changed");
     assert!(root_after.iter().all(|l| !l.contains(comment)));
+}
+
+#[test]
+fn nft_masquerade_is_one_table_replaced_whole_and_torn_down() {
+    use masquerade::MasqBackend::Nftables;
+    let Some(t) = isolate("nft_masquerade_is_one_table_replaced_whole_and_torn_down") else { return };
+    let comment = "weft test-net masquerade";
+    let root_before = run_in(&t.root, || tool_output("nft", &["list", "tables"])).unwrap();
+    let (subnets, cluster) = ([net("10.250.0.0/24"), net("fd00:250::/64")], Some(net("10.250.0.0/16")));
+    assert!(!masquerade::masquerade_present(Nftables, &subnets, cluster, comment).unwrap());
+    masquerade::ensure_masquerade(Nftables, &subnets, cluster, comment).unwrap();
+    masquerade::ensure_masquerade(Nftables, &subnets, cluster, comment).unwrap();
+    assert!(masquerade::masquerade_present(Nftables, &subnets, cluster, comment).unwrap());
+    let listed = tool_output("nft", &["list", "table", "inet", "weft-masq"]);
+    assert_eq!(lines_with(&listed, " masquerade comment").len(), 2, "one per subnet, not doubled: {listed}");
+    assert!(listed.contains("ip saddr 10.250.0.0/24 ip daddr 10.250.0.0/16 return"), "{listed}");
+    assert!(listed.contains("type nat hook postrouting priority srcnat; policy accept;"), "{listed}");
+    // The plain iptables holds nothing of it; a different subnet replaces it.
+    assert!(lines_with(&tool_output("iptables-save", &["-t", "nat"]), "WEFT").is_empty());
+    masquerade::ensure_masquerade(Nftables, &[net("10.251.0.0/24")], cluster, comment).unwrap();
+    assert!(!masquerade::masquerade_present(Nftables, &subnets, cluster, comment).unwrap());
+    // Clearing the other backends leaves it; a full teardown removes it, twice.
+    masquerade::teardown_masquerade_except(Some(Nftables)).unwrap();
+    assert!(tool_output("nft", &["list", "tables"]).contains("weft-masq"));
+    masquerade::teardown_masquerade().unwrap();
+    masquerade::teardown_masquerade().unwrap();
+    assert!(!tool_output("nft", &["list", "tables"]).contains("weft-masq"));
+    assert_eq!(run_in(&t.root, || tool_output("nft", &["list", "tables"])).unwrap(), root_before);
 }
 
 /// A node netns holding legacy rules reads as legacy, one holding nft rules as

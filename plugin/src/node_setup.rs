@@ -8,12 +8,13 @@
 
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
-use weft_conf::{CniError, ErrorCode, IpConfig, NetConf};
+use weft_conf::{CniError, ErrorCode, IpConfig, MasqueradeBackend, NetConf};
 
 use crate::error::context;
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::link::LinkState;
-use weft_netkit::{addr, bridge, link, masquerade, sysctl};
+use weft_netkit::masquerade::MasqBackend;
+use weft_netkit::{addr, bridge, iptables_mode, link, masquerade, sysctl};
 
 /// MTU when neither the config nor a default route says otherwise.
 const FALLBACK_MTU: u32 = 1500;
@@ -58,16 +59,31 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
         b = bridge::ensure_bridge(h, &conf.bridge, mtu, Some(*gw)).await?;
     }
     let subnets: Vec<IpNetwork> = ips.iter().filter_map(|i| net_of(&i.address)).collect();
-    if conf.masquerade {
-        masquerade::ensure_masquerade(&subnets, conf.cluster_cidr, &conf.name)?;
+    // The masquerade rules go to one backend and leave the others (a
+    // changed masqueradeBackend, or a host whose iptables mode changed).
+    let keep = if conf.masquerade {
+        let backend = masq_backend(conf.masquerade_backend)?;
+        masquerade::ensure_masquerade(backend, &subnets, conf.cluster_cidr, &conf.name)?;
+        Some(backend)
     } else {
-        match masquerade::teardown_masquerade() {
-            Ok(()) | Err(KernelError::ToolMissing { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        None
+    };
+    match masquerade::teardown_masquerade_except(keep) {
+        Ok(()) | Err(KernelError::ToolMissing { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     bridge::set_alias(h, b.index, stamp).await?;
     Ok(Node { mtu, bridge: b })
+}
+
+/// Where `choice` puts masquerade on this host: iptables in the mode that
+/// holds the host's rules (as kube-proxy's iptables-wrapper decides), so the
+/// plugin and the agent write the same one.
+fn masq_backend(choice: MasqueradeBackend) -> Result<MasqBackend, KernelError> {
+    Ok(match choice {
+        MasqueradeBackend::Iptables => MasqBackend::Iptables(Some(iptables_mode::detect()?)),
+        MasqueradeBackend::Nftables => MasqBackend::Nftables,
+    })
 }
 
 fn ensure_sysctls() -> Result<(), CniError> {
@@ -105,11 +121,12 @@ async fn default_route_mtu(h: &Handle) -> Result<u32, CniError> {
 /// A short digest of everything node-level the config decides.
 fn stamp(conf: &NetConf, ips: &[IpConfig]) -> String {
     let desc = format!(
-        "v1 bridge={} mtu={:?} gw={} masq={} cluster={:?} ips={:?}",
+        "v1 bridge={} mtu={:?} gw={} masq={} {:?} cluster={:?} ips={:?}",
         conf.bridge,
         conf.mtu,
         conf.is_gateway,
         conf.masquerade,
+        conf.masquerade_backend,
         conf.cluster_cidr,
         ips.iter().map(|i| (net_of(&i.address), i.gateway)).collect::<Vec<_>>()
     );

@@ -123,6 +123,37 @@ fn masquerade_rule_is_written_once_per_node() {
     assert_eq!(jumps, 1, "{nat}");
 }
 
+/// The masquerade goes to the iptables mode that holds the node's rules
+/// (the agent decides the same way), or to nftables when the conflist says
+/// so, and leaves the others: a node never holds two.
+#[test]
+fn masquerade_follows_the_nodes_iptables_mode_and_the_configured_backend() {
+    if !harness::root_or_skip("masquerade_modes") {
+        return;
+    }
+    let in_mode = |node: &Node, mode: &str| {
+        node.sh(&[&format!("iptables-{mode}-save"), "-t", "nat"]).contains("-A WEFT-POSTROUTING")
+    };
+    let in_nft = |node: &Node| node.sh(&["nft", "list", "tables"]).contains("inet weft-masq");
+    for (mode, other) in [("legacy", "nft"), ("nft", "legacy")] {
+        let node = Node::new();
+        // The node's own rules, as kube-proxy would have written them.
+        node.sh(&[&format!("iptables-{mode}"), "-A", "INPUT", "-s", "192.0.2.1/32", "-j", "ACCEPT"]);
+        let pod = PodNs::new();
+        let conf = node.conf("1.0.0", json!({}));
+        node.cni(&weft(), "ADD", "m", Some(&pod.path), &conf).ok();
+        assert!(in_mode(&node, mode), "a node whose rules are in {mode} gets its masquerade there");
+        assert!(!in_mode(&node, other) && !in_nft(&node), "and nowhere else");
+        node.cni(&weft(), "DEL", "m", Some(&pod.path), &conf).ok();
+        // The agent's conflist says nftables: the node is set up again, once.
+        let conf = node.conf("1.0.0", json!({"masqueradeBackend": "nftables"}));
+        node.cni(&weft(), "ADD", "m", Some(&pod.path), &conf).ok();
+        assert!(in_nft(&node), "nftables as configured");
+        assert!(!in_mode(&node, mode) && !in_mode(&node, other), "the iptables rules are gone");
+        node.cni(&weft(), "DEL", "m", Some(&pod.path), &conf).ok();
+    }
+}
+
 #[test]
 fn check_passes_after_add_and_fails_when_the_address_is_gone() {
     if !harness::root_or_skip("check") {

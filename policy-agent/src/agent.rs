@@ -22,14 +22,14 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{error, info, warn};
 use weft_netkit::kernel_error::KernelError;
-use weft_netkit::masquerade::{teardown_masquerade, MASQ_CHAIN};
+use weft_netkit::masquerade::{teardown_masquerade, MasqBackend};
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
 use crate::cni_config;
 use crate::denied::{self, Admit};
 use crate::http::{self, Shared};
-use crate::masquerade::{MasqIptables, Masquerade};
+use crate::masquerade::{MasqIn, Masquerade};
 use crate::metrics::{readiness, SyncKind};
 use crate::model::Snapshot;
 use crate::nflog::{self, Denied};
@@ -182,6 +182,8 @@ struct Agent<'c> {
     rt: tokio::runtime::Runtime,
     h: Handle,
     masq: Option<Masquerade>,
+    /// Where masquerade goes: with the policy backend (`masq_backend`).
+    masq_in: MasqIn,
     /// The backend `--backend` resolved to; started by `engage`.
     pick: BackendChoice,
     policy: Option<Box<dyn PolicyBackend>>,
@@ -213,6 +215,7 @@ impl<'c> Agent<'c> {
         let source = cfg.source.open()?;
         let (pick, why) = backend::choose(cfg.backend).map_err(AgentError::Backend)?;
         info!(backend = %backend_name(pick), "{why}");
+        let masq_in = MasqIn(crate::masquerade::backend_for(pick).map_err(AgentError::Backend)?);
         check_status_dir(&cfg.status_file)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -231,6 +234,7 @@ impl<'c> Agent<'c> {
             rt,
             h,
             masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
+            masq_in,
             pick,
             policy: None,
             cluster_v4: match cfg.cluster_cidr {
@@ -280,7 +284,8 @@ impl<'c> Agent<'c> {
             return Ok(());
         }
         let t0 = Instant::now();
-        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut(), self.full));
+        let masq = self.masq.as_mut().map(|m| (m, &self.masq_in));
+        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, masq, self.full));
         if let Some(applied) = self.enforce(self.full) {
             match applied {
                 Ok((ps, warnings)) => {
@@ -398,7 +403,11 @@ impl<'c> Agent<'c> {
         let socket =
             self.cfg.pod_socket.clone().unwrap_or_else(|| weft_conf::netconf::DEFAULT_AGENT_SOCKET.into());
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
-        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap);
+        let masq = match self.masq_in.0 {
+            MasqBackend::Nftables => "nftables",
+            MasqBackend::Iptables(_) => "iptables",
+        };
+        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, masq);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
             Ok(written) => {
@@ -451,7 +460,7 @@ impl<'c> Agent<'c> {
         }
         if self.masq.is_some() {
             match teardown_masquerade() {
-                Ok(()) => info!("cleanup: {MASQ_CHAIN} and its jump deleted"),
+                Ok(()) => info!("cleanup: weft's masquerade rules deleted"),
                 Err(e) => warn!("cleanup: masquerade: {e}"),
             }
         }
@@ -531,7 +540,13 @@ fn ensure_forwarding() {
 
 /// Reconciles the routes (and, when owned, the masquerade chain) against `snap`
 /// and reads the sysctls; errors go into the status.
-async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>, full: bool) -> Status {
+async fn sync(
+    h: &Handle,
+    node: &str,
+    snap: &Snapshot,
+    masq: Option<(&mut Masquerade, &MasqIn)>,
+    full: bool,
+) -> Status {
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
     let (desired, notes) = desired_routes(&snap.model, node);
     for n in notes {
@@ -556,7 +571,7 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         }
     };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
-    let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr, full)) {
+    let masquerade = match masq.map(|(m, k)| m.reconcile(k, pod_cidr, full)) {
         None => None,
         Some(Ok(cidr)) => Some(cidr.to_string()),
         Some(Err(e)) => {

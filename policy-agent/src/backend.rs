@@ -12,6 +12,7 @@
 //! start (`remove_all`), so no rule of an earlier run, fail-closed drops
 //! included, outlives enforcement.
 
+use weft_netkit::iptables_mode::{self, IptablesMode};
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
 
@@ -244,17 +245,21 @@ impl<B: PolicyBackend> PolicyBackend for Handover<B> {
     }
 }
 
-/// auto: nftables unless the iptables in use is the legacy one (which the
-/// nft tables would not be ordered against) or `nft` is missing.
+/// auto: nftables unless the host's rules are in iptables-legacy (which
+/// nftables tables would not be ordered against), decided from the rules the
+/// host holds, as kube-proxy's iptables-wrapper does, not from the flavour of
+/// the agent image's own `iptables`; iptables if `nft` is missing.
 fn auto() -> (BackendChoice, String) {
-    let nft = tool::find_tool("nft").is_ok();
-    let flavour = tool::output("iptables", &["--version"], None).ok();
-    match (nft, flavour.as_deref()) {
-        (false, _) => (BackendChoice::Iptables, "auto: iptables (no nft binary)".into()),
-        (true, None) => (BackendChoice::Nftables, "auto: nftables (no iptables)".into()),
-        (true, Some(v)) if v.contains("nf_tables") => {
-            (BackendChoice::Nftables, format!("auto: nftables ({} is the nft flavour)", v.trim()))
+    if tool::find_tool("nft").is_err() {
+        return (BackendChoice::Iptables, "auto: iptables (no nft binary)".into());
+    }
+    match iptables_mode::detect() {
+        Ok(IptablesMode::Legacy) => {
+            (BackendChoice::Iptables, "auto: iptables (the host's rules are in iptables-legacy)".into())
         }
-        (true, Some(v)) => (BackendChoice::Iptables, format!("auto: iptables ({} is in use)", v.trim())),
+        _ => (
+            BackendChoice::Nftables,
+            "auto: nftables (the host's iptables rules, if any, are nf_tables)".into(),
+        ),
     }
 }

@@ -8,7 +8,7 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
-use weft_netkit::masquerade::masquerade_present;
+use weft_netkit::masquerade::{masquerade_present, MasqBackend};
 use weft_netkit::sysctl::read_sysctl;
 use weft_netkit::tool;
 
@@ -127,9 +127,13 @@ pub fn check_node(
         find("no weft policy rules on this node: its NetworkPolicies are not enforced (is weft-agent running?)".into(), here.is_some());
     }
     if let (Some(own), Some(c)) = (model.nodes.get(node).and_then(|n| n.pod_cidr), cluster) {
-        if let Ok(false) = masquerade_present(&[IpNetwork::V4(own)], Some(IpNetwork::V4(c)), network_name) {
+        // In whichever backend holds it: the agent's follows its policy backend.
+        let present = |b| masquerade_present(b, &[IpNetwork::V4(own)], Some(IpNetwork::V4(c)), network_name);
+        let mode = weft_netkit::iptables_mode::detect().ok();
+        let backends = [MasqBackend::Iptables(mode), MasqBackend::Nftables];
+        if backends.iter().all(|b| matches!(present(*b), Ok(false))) {
             let external = e.hops.iter().all(|h| h.class == "local->other") && !e.dst.contains('/');
-            find("the masquerade rule (WEFT-POSTROUTING) is missing: pod traffic leaving the cluster keeps its pod address".into(), external);
+            find("weft's masquerade rules (WEFT-POSTROUTING, or table inet weft-masq) are missing: pod traffic leaving the cluster keeps its pod address".into(), external);
         }
     }
     out

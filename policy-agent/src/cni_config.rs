@@ -19,17 +19,20 @@ pub const CONFLIST: &str = "10-weft.conflist";
 pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 
 /// The conflist for a node with pod CIDR `pod_cidr`: weft (with its IPAM in
-/// process and the agent's socket), chained with portmap when `portmap`.
+/// process and the agent's socket, masquerading in `masquerade_backend`, the
+/// agent's), chained with portmap when `portmap`.
 pub fn conflist(
     pod_cidr: Ipv4Network,
     cluster: Option<IpNetwork>,
     agent_socket: &Path,
     portmap: bool,
+    masquerade_backend: &str,
 ) -> Value {
     let mut weft = json!({
         "type": "weft",
         "bridge": "weft0",
         "agentSocket": agent_socket.display().to_string(),
+        "masqueradeBackend": masquerade_backend,
         "ipam": {
             "type": "weft-ipam",
             "ranges": [[{"subnet": pod_cidr.to_string()}]],
@@ -89,6 +92,7 @@ mod tests {
             Some("10.244.0.0/16".parse().unwrap()),
             Path::new("/run/weft/agent.sock"),
             true,
+            "nftables",
         );
         let list = NetConfList::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(list.plugins.len(), 2);
@@ -96,8 +100,14 @@ mod tests {
         assert_eq!(weft.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
-        let alone =
-            conflist("10.244.3.0/24".parse().unwrap(), None, Path::new("/run/weft/agent.sock"), false);
+        assert_eq!(weft.masquerade_backend, weft_conf::MasqueradeBackend::Nftables);
+        let alone = conflist(
+            "10.244.3.0/24".parse().unwrap(),
+            None,
+            Path::new("/run/weft/agent.sock"),
+            false,
+            "iptables",
+        );
         assert_eq!(NetConfList::parse(alone.to_string().as_bytes()).unwrap().plugins.len(), 1);
     }
 

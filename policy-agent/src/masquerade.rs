@@ -1,31 +1,54 @@
 //! The agent's masquerade duty (with `--cluster-cidr`): keep the node's
-//! masquerade chain for this node's pod CIDR, re-asserting it on a resync when
-//! it went missing. The kernel side is weft-netkit's `masquerade`, the same
-//! rules the plugin's ADD writes; `MasqKernel` lets the skip logic be tested
-//! without iptables.
+//! masquerade rules for this node's pod CIDR in the backend that goes with
+//! the policy backend, re-asserting them on a resync when they went missing,
+//! and remove weft's rules from the other backends once they are in place.
+//! The kernel side is weft-netkit's `masquerade`, the same rules the
+//! plugin's ADD writes (the conflist names the same backend);
+//! `MasqKernel` lets the skip logic be tested without the kernel.
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::info;
+
+use crate::backend::BackendChoice;
+use weft_netkit::iptables_mode;
 use weft_netkit::kernel_error::KernelError;
-use weft_netkit::masquerade::{ensure_masquerade, masquerade_present, MASQ_CHAIN};
+use weft_netkit::masquerade::{
+    ensure_masquerade, masquerade_present, teardown_masquerade_except, MasqBackend,
+};
 
 /// The kernel side of the masquerade duty; a trait so the skip logic is tested
-/// without iptables.
+/// without the kernel.
 pub trait MasqKernel {
     fn present(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<bool, KernelError>;
     fn ensure(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<(), KernelError>;
+    /// Removes weft's masquerade from every other backend.
+    fn remove_others(&self) -> Result<(), KernelError>;
 }
 
-/// The real kernel: weft-plugin's masquerade module, as the plugin's ADD uses it.
-pub struct MasqIptables;
+/// The real kernel, in one backend: weft-netkit's masquerade, as the
+/// plugin's ADD uses it.
+pub struct MasqIn(pub MasqBackend);
 
-impl MasqKernel for MasqIptables {
+impl MasqKernel for MasqIn {
     fn present(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<bool, KernelError> {
-        masquerade_present(&[pod_cidr.into()], Some(cluster), comment)
+        masquerade_present(self.0, &[pod_cidr.into()], Some(cluster), comment)
     }
     fn ensure(&self, pod_cidr: Ipv4Network, cluster: IpNetwork, comment: &str) -> Result<(), KernelError> {
-        ensure_masquerade(&[pod_cidr.into()], Some(cluster), comment)
+        ensure_masquerade(self.0, &[pod_cidr.into()], Some(cluster), comment)
     }
+    fn remove_others(&self) -> Result<(), KernelError> {
+        teardown_masquerade_except(Some(self.0))
+    }
+}
+
+/// Where masquerade goes with policy backend `pick`: nftables with
+/// nftables, else iptables in the host's mode (the plugin decides the same
+/// way from the conflist the agent writes).
+pub fn backend_for(pick: BackendChoice) -> Result<MasqBackend, KernelError> {
+    Ok(match pick {
+        BackendChoice::Nftables => MasqBackend::Nftables,
+        _ => MasqBackend::Iptables(Some(iptables_mode::detect()?)),
+    })
 }
 
 /// The masquerade duty (with `--cluster-cidr`): keep `MASQ_CHAIN` for this
@@ -37,11 +60,14 @@ pub struct Masquerade {
     comment: String,
     /// The pod CIDR of the last successful ensure; None before it or after a failure.
     ensured: Option<Ipv4Network>,
+    /// The other backends were cleared of weft's masquerade (after the first
+    /// ensure, so the node is never without one).
+    others_removed: bool,
 }
 
 impl Masquerade {
     pub fn new(cluster_cidr: IpNetwork, comment: &str) -> Masquerade {
-        Masquerade { cluster_cidr, comment: comment.into(), ensured: None }
+        Masquerade { cluster_cidr, comment: comment.into(), ensured: None, others_removed: false }
     }
 
     /// Ensures the chain for `pod_cidr` (this node's, from the model) unless it
@@ -68,22 +94,36 @@ impl Masquerade {
             Some(old) if old != cidr => "rewritten (pod CIDR changed)",
             Some(_) if !full => return Ok(cidr),
             Some(_) => match k.present(cidr, self.cluster_cidr, &self.comment) {
-                Ok(true) => return Ok(cidr),
+                Ok(true) => return self.remove_others(k, cidr),
                 Ok(false) => "re-asserted (rules were missing)",
-                // The ensure below reports the real error if iptables is broken.
+                // The ensure below reports the real error if the tools are broken.
                 Err(_) => "re-asserted (the presence check failed)",
             },
         };
         match k.ensure(cidr, self.cluster_cidr, &self.comment) {
             Ok(()) => {
-                info!(pod_cidr = %cidr, "masquerade: {MASQ_CHAIN} for {cidr} {why} (cluster {})", self.cluster_cidr);
+                info!(pod_cidr = %cidr, "masquerade for {cidr} {why} (cluster {})", self.cluster_cidr);
                 self.ensured = Some(cidr);
-                Ok(cidr)
+                self.remove_others(k, cidr)
             }
             Err(e) => {
                 self.ensured = None;
                 Err(format!("masquerade {cidr}: {e}"))
             }
+        }
+    }
+
+    /// Clears the other backends once; a failure is reported and retried.
+    fn remove_others(&mut self, k: &impl MasqKernel, cidr: Ipv4Network) -> Result<Ipv4Network, String> {
+        if self.others_removed {
+            return Ok(cidr);
+        }
+        match k.remove_others() {
+            Ok(()) => {
+                self.others_removed = true;
+                Ok(cidr)
+            }
+            Err(e) => Err(format!("masquerade: removing weft's rules from the other backends: {e}")),
         }
     }
 }
@@ -101,6 +141,8 @@ mod tests {
         rules_in_place: Cell<bool>,
         fail_check: Cell<bool>,
         fail_ensure: Cell<bool>,
+        fail_remove: Cell<bool>,
+        removes: Cell<u32>,
         checks: Cell<u32>,
         ensured: RefCell<Vec<(Ipv4Network, IpNetwork, String)>>,
     }
@@ -125,6 +167,13 @@ mod tests {
             self.rules_in_place.set(true);
             Ok(())
         }
+        fn remove_others(&self) -> Result<(), KernelError> {
+            self.removes.set(self.removes.get() + 1);
+            if self.fail_remove.get() {
+                return Err(err());
+            }
+            Ok(())
+        }
     }
 
     fn v4(s: &str) -> Ipv4Network {
@@ -147,6 +196,24 @@ mod tests {
             assert_eq!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true), Ok(v4("10.244.1.0/24")));
         }
         assert_eq!((k.checks.get(), k.ensured.borrow().len()), (3, 1));
+    }
+
+    #[test]
+    fn the_other_backends_are_cleared_once_after_the_first_ensure_and_retried_on_failure() {
+        let (k, mut m) = (Fake::default(), duty());
+        k.fail_ensure.set(true);
+        assert!(m.reconcile(&k, Some(v4("10.244.1.0/24")), true).is_err());
+        assert_eq!(k.removes.get(), 0, "never before weft's own rules are in place");
+        k.fail_ensure.set(false);
+        k.fail_remove.set(true);
+        let e = m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap_err();
+        assert!(e.contains("other backends"), "{e}");
+        k.fail_remove.set(false);
+        for _ in 0..3 {
+            m.reconcile(&k, Some(v4("10.244.1.0/24")), true).unwrap();
+        }
+        assert_eq!(k.removes.get(), 2, "retried at the next resync, then never again");
+        assert_eq!(k.ensured.borrow().len(), 1, "the rules stayed in place meanwhile");
     }
 
     #[test]

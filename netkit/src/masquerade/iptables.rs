@@ -1,4 +1,4 @@
-//! Node-level masquerade for pod traffic leaving the cluster, iptables backend.
+//! Masquerade with iptables, in the host's mode (legacy or nft).
 //!
 //! Design (see kubernetes pkg/proxy/iptables/proxier.go `syncProxyRules`): the
 //! whole chain is built in memory as an iptables-restore payload and applied with
@@ -9,10 +9,10 @@
 //! IPv4 subnets go to iptables, IPv6 subnets to ip6tables.
 //! Binaries are found by absolute path: a CNI plugin may run with an empty PATH.
 
-use std::net::IpAddr;
-
 use ipnetwork::IpNetwork;
 
+use super::{plan, sanitize_comment, Step};
+use crate::iptables_mode::IptablesMode;
 use crate::kernel_error::KernelError;
 use crate::tool;
 
@@ -22,6 +22,20 @@ pub const MASQ_CHAIN: &str = "WEFT-POSTROUTING";
 pub const MAX_CHAIN_LEN: usize = 28;
 /// xt_comment keeps at most 255 bytes.
 const MAX_COMMENT_LEN: usize = 255;
+
+/// The iptables binaries of one mode (the plain names where the mode's own
+/// are not installed, as on hosts with a single iptables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub Option<IptablesMode>);
+
+impl Mode {
+    fn bin(self, base: &str) -> String {
+        match self.0 {
+            Some(m) if tool::find_tool(&m.tool(base)).is_ok() => m.tool(base),
+            _ => base.to_string(),
+        }
+    }
+}
 
 /// IPv4 or IPv6, i.e. iptables or ip6tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +52,10 @@ impl Family {
             Family::V6
         }
     }
-    fn tool(self) -> &'static str {
+    fn base(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
-        }
-    }
-    fn multicast(self) -> &'static str {
-        match self {
-            Family::V4 => "224.0.0.0/4",
-            Family::V6 => "ff00::/8",
         }
     }
 }
@@ -70,35 +78,29 @@ pub fn masquerade_payload(
     out.join("\n") + "\n"
 }
 
-/// The rules of the chain in order, each as the arguments after `-A CHAIN`, so the
-/// restore payload and the `-C` presence check can never disagree. The comment
-/// is one (sanitized, unquoted) argument.
+/// The rules of the chain in order (`super::plan`), each as the arguments
+/// after `-A CHAIN`, so the restore payload and the `-C` presence check can
+/// never disagree. The comment is one (sanitized, unquoted) argument.
 fn chain_rules(
     pod_subnets: &[IpNetwork],
     cluster_cidr: Option<IpNetwork>,
     comment: &str,
 ) -> Vec<Vec<String>> {
-    let comment = sanitize_comment(comment);
+    let comment = sanitize_comment(comment, MAX_COMMENT_LEN);
     let rule = |head: &[&str], verdict: &str| {
         let mut r: Vec<String> = head.iter().map(|a| a.to_string()).collect();
         r.extend(["-m", "comment", "--comment", &comment, "-j", verdict].map(String::from));
         r
     };
-    let mut rules = Vec::new();
-    for sub in pod_subnets.iter().copied().map(normalize) {
-        let cluster = cluster_cidr.filter(|c| Family::of(c) == Family::of(&sub)).map(normalize);
-        let mut returns: Vec<IpNetwork> = cluster.into_iter().collect();
-        if !cluster.is_some_and(|c| c.contains(sub.network()) && c.prefix() <= sub.prefix()) {
-            returns.push(sub);
-        }
-        let src = sub.to_string();
-        for dst in returns {
-            rules.push(rule(&["-s", &src, "-d", &dst.to_string()], "RETURN"));
-        }
-        // Must be the last rule for this subnet: everything not returned above is masqueraded.
-        rules.push(rule(&["-s", &src, "!", "-d", Family::of(&sub).multicast()], "MASQUERADE"));
-    }
-    rules
+    plan(pod_subnets, cluster_cidr)
+        .into_iter()
+        .map(|step| match step {
+            Step::Return { src, dst } => rule(&["-s", &src.to_string(), "-d", &dst.to_string()], "RETURN"),
+            Step::Masquerade { src, except } => {
+                rule(&["-s", &src.to_string(), "!", "-d", &except.to_string()], "MASQUERADE")
+            }
+        })
+        .collect()
 }
 
 /// Joins rule arguments for a restore payload, double-quoting the comment (which
@@ -115,7 +117,8 @@ fn payload_args(rule: &[String]) -> String {
 
 /// Idempotently installs chain `MASQ_CHAIN` with the rules of `masquerade_payload`
 /// and the single jump to it from nat POSTROUTING, for each family in `pod_subnets`.
-pub fn ensure_masquerade(
+pub fn ensure(
+    mode: Mode,
     pod_subnets: &[IpNetwork],
     cluster_cidr: Option<IpNetwork>,
     comment: &str,
@@ -124,8 +127,8 @@ pub fn ensure_masquerade(
     check_chain(chain)?;
     for (family, subs) in by_family(pod_subnets) {
         let payload = masquerade_payload(chain, &subs, cluster_cidr, comment);
-        restore(family, &payload)?;
-        ensure_jump(family, chain)?;
+        restore(mode, family, &payload)?;
+        ensure_jump(mode, family, chain)?;
     }
     Ok(())
 }
@@ -143,7 +146,8 @@ fn by_family(subnets: &[IpNetwork]) -> impl Iterator<Item = (Family, Vec<IpNetwo
 /// `iptables -C` (no full dump of the nat table, which may hold thousands of
 /// kube-proxy rules). Rule order and foreign extra rules in the chain are not
 /// checked. Lets a caller that re-asserts the rule periodically skip the restore.
-pub fn masquerade_present(
+pub fn present(
+    mode: Mode,
     pod_subnets: &[IpNetwork],
     cluster_cidr: Option<IpNetwork>,
     comment: &str,
@@ -151,13 +155,13 @@ pub fn masquerade_present(
     let chain = MASQ_CHAIN;
     check_chain(chain)?;
     for (family, subs) in by_family(pod_subnets) {
-        if !jump_exists(family, chain)? {
+        if !jump_exists(mode, family, chain)? {
             return Ok(false);
         }
         for rule in chain_rules(&subs, cluster_cidr, comment) {
             let mut args = vec!["-w", "5", "-t", "nat", "-C", chain];
             args.extend(rule.iter().map(String::as_str));
-            if !rule_exists(family, &args)? {
+            if !rule_exists(mode, family, &args)? {
                 return Ok(false);
             }
         }
@@ -167,14 +171,14 @@ pub fn masquerade_present(
 
 /// Removes the jump(s) to `MASQ_CHAIN` and the chain itself in both families; absent rules, chains and
 /// a missing ip6tables count as done. Carries on after an error and returns the first.
-pub fn teardown_masquerade() -> Result<(), KernelError> {
+pub fn teardown(mode: Mode) -> Result<(), KernelError> {
     let chain = MASQ_CHAIN;
     let mut first_err = None;
     for family in [Family::V4, Family::V6] {
-        let res = match tool::find_tool(&format!("{}-restore", family.tool())) {
+        let res = match tool::find_tool(&mode.bin(&format!("{}-restore", family.base()))) {
             Err(_) if family == Family::V6 => continue,
             Err(e) => Err(e),
-            Ok(_) => teardown_family(family, chain),
+            Ok(_) => teardown_family(mode, family, chain),
         };
         if let Err(e) = res {
             first_err.get_or_insert(e);
@@ -183,36 +187,48 @@ pub fn teardown_masquerade() -> Result<(), KernelError> {
     first_err.map_or(Ok(()), Err)
 }
 
-fn teardown_family(family: Family, chain: &str) -> Result<(), KernelError> {
-    // 1. Every jump (there should be one; remove duplicates left by hand too).
-    for _ in 0..16 {
-        if !jump_exists(family, chain)? {
-            break;
-        }
-        tool::run(family.tool(), &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-j", chain], None)?;
+/// One listing, then (if anything of weft's is there) one atomic restore
+/// that deletes every jump (duplicates left by hand too) and the chain. A
+/// mode that cannot list a nat table holds nothing of weft's; nothing is
+/// written where nothing is, so no table is created in a mode the host does
+/// not use.
+fn teardown_family(mode: Mode, family: Family, chain: &str) -> Result<(), KernelError> {
+    let Ok(listed) = tool::output(&mode.bin(family.base()), &["-w", "5", "-t", "nat", "-S"], None) else {
+        return Ok(());
+    };
+    let jump = format!("-A POSTROUTING -j {chain}");
+    let jumps = listed.lines().filter(|l| *l == jump).count();
+    let declared = listed.lines().any(|l| l == format!("-N {chain}"));
+    if jumps == 0 && !declared {
+        return Ok(());
     }
-    // 2. The chain: declaring it creates or flushes it, so -X works whether it existed or not.
-    restore(family, &format!("*nat\n:{chain} - [0:0]\n-X {chain}\nCOMMIT\n"))
+    let mut payload = String::from("*nat\n");
+    for _ in 0..jumps {
+        payload += &format!("-D POSTROUTING -j {chain}\n");
+    }
+    payload += &format!(":{chain} - [0:0]\n-X {chain}\nCOMMIT\n");
+    restore(mode, family, &payload)
 }
 
-fn jump_exists(family: Family, chain: &str) -> Result<bool, KernelError> {
-    rule_exists(family, &["-w", "5", "-t", "nat", "-C", "POSTROUTING", "-j", chain])
+fn jump_exists(mode: Mode, family: Family, chain: &str) -> Result<bool, KernelError> {
+    rule_exists(mode, family, &["-w", "5", "-t", "nat", "-C", "POSTROUTING", "-j", chain])
 }
 
 /// Runs a `-C` command line; exit codes: 0 present, 1 no such rule, 2 no such chain.
-fn rule_exists(family: Family, args: &[&str]) -> Result<bool, KernelError> {
-    tool::check(family.tool(), args)
+fn rule_exists(mode: Mode, family: Family, args: &[&str]) -> Result<bool, KernelError> {
+    tool::check(&mode.bin(family.base()), args)
 }
 
-fn ensure_jump(family: Family, chain: &str) -> Result<(), KernelError> {
-    if !jump_exists(family, chain)? {
-        tool::run(family.tool(), &["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", chain], None)?;
+fn ensure_jump(mode: Mode, family: Family, chain: &str) -> Result<(), KernelError> {
+    if !jump_exists(mode, family, chain)? {
+        let args = ["-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", chain];
+        tool::run(&mode.bin(family.base()), &args, None)?;
     }
     Ok(())
 }
 
-fn restore(family: Family, payload: &str) -> Result<(), KernelError> {
-    tool::restore(&format!("{}-restore", family.tool()), &["--noflush", "-w", "5"], payload)
+fn restore(mode: Mode, family: Family, payload: &str) -> Result<(), KernelError> {
+    tool::restore(&mode.bin(&format!("{}-restore", family.base())), &["--noflush", "-w", "5"], payload)
 }
 
 /// Chain names are limited to 28 characters; enforced here and only here.
@@ -221,21 +237,6 @@ fn check_chain(chain: &str) -> Result<(), KernelError> {
         return Err(KernelError::NameTooLong { name: chain.into() });
     }
     Ok(())
-}
-
-/// Comments are double-quoted in the payload: drop quotes, backslashes and control characters.
-fn sanitize_comment(comment: &str) -> String {
-    let mut out: String = comment.chars().filter(|c| !matches!(c, '"' | '\\') && !c.is_control()).collect();
-    while out.len() > MAX_COMMENT_LEN {
-        out.pop();
-    }
-    out
-}
-
-/// 10.244.1.7/24 -> 10.244.1.0/24, as iptables prints it.
-fn normalize(net: IpNetwork) -> IpNetwork {
-    let ip: IpAddr = net.network();
-    IpNetwork::new(ip, net.prefix()).unwrap_or(net)
 }
 
 #[cfg(test)]
@@ -320,12 +321,6 @@ COMMIT
             payload.lines().filter_map(|l| l.strip_prefix("-A C ")).map(String::from).collect();
         assert_eq!(lines, rules.iter().map(|r| payload_args(r)).collect::<Vec<_>>());
         assert!(lines[0].contains("--comment \"weft node masq\" -j RETURN"), "{lines:?}");
-    }
-
-    #[test]
-    fn comment_is_sanitized() {
-        assert_eq!(sanitize_comment("a \"b\" \\c\nd"), "a b cd");
-        assert_eq!(sanitize_comment(&"x".repeat(300)).len(), 255);
     }
 
     #[test]

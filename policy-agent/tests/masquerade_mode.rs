@@ -1,0 +1,59 @@
+//! The agent puts masquerade where the plugin does (netkit's iptables mode
+//! detection, as kube-proxy's iptables-wrapper): in a node namespace whose
+//! rules are in iptables-legacy, legacy; in one whose rules are in
+//! iptables-nft, nft; with the nftables policy backend, nftables. Each in a
+//! network namespace of the test's own (root; skips otherwise).
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use weft_agent::backend::BackendChoice;
+use weft_agent::masquerade::{backend_for, MasqIn, Masquerade};
+use weft_netkit::iptables_mode::IptablesMode;
+use weft_netkit::masquerade::MasqBackend;
+use weft_netkit::netns::run_in_new;
+
+fn root() -> bool {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if !root {
+        eprintln!("SKIP: needs root (a network namespace of its own)");
+    }
+    root
+}
+
+fn out(argv: &[&str]) -> String {
+    let o = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(o.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_agent_masquerades_in_the_mode_holding_the_nodes_rules() {
+    if !root() {
+        return;
+    }
+    let cases = [
+        (BackendChoice::Iptables, "legacy", MasqBackend::Iptables(Some(IptablesMode::Legacy))),
+        (BackendChoice::Iptables, "nft", MasqBackend::Iptables(Some(IptablesMode::Nft))),
+        (BackendChoice::Nftables, "legacy", MasqBackend::Nftables),
+    ];
+    for (pick, node_mode, want) in cases {
+        run_in_new(|| {
+            out(&[&format!("iptables-{node_mode}"), "-A", "INPUT", "-s", "192.0.2.1/32", "-j", "ACCEPT"]);
+            let backend = backend_for(pick).unwrap();
+            assert_eq!(backend, want, "{pick:?} on a node whose rules are in {node_mode}");
+            let mut duty = Masquerade::new("10.244.0.0/16".parse().unwrap(), "weft");
+            duty.reconcile(&MasqIn(backend), Some("10.244.1.0/24".parse().unwrap()), true).unwrap();
+            let held = |mode: &str| {
+                out(&[&format!("iptables-{mode}-save"), "-t", "nat"]).contains("-A WEFT-POSTROUTING")
+            };
+            let nft = out(&["nft", "list", "tables"]).contains("inet weft-masq");
+            let want_in = match want {
+                MasqBackend::Iptables(Some(m)) => (m == IptablesMode::Legacy, m == IptablesMode::Nft, false),
+                _ => (false, false, true),
+            };
+            assert_eq!((held("legacy"), held("nft"), nft), want_in, "{pick:?} on {node_mode}");
+        })
+        .unwrap();
+    }
+}
