@@ -40,6 +40,31 @@ impl IptablesMode {
     }
 }
 
+/// The binary for `tool` in `mode` (see `IptablesMode::tool`), or the plain
+/// `tool` without a mode or where the mode's own is not installed (a host
+/// with a single iptables).
+pub fn tool_in(mode: Option<IptablesMode>, tool: &str) -> String {
+    match mode {
+        Some(m) if tool::find_tool(&m.tool(tool)).is_ok() => m.tool(tool),
+        _ => tool.to_string(),
+    }
+}
+
+/// The modes whose tools are installed (the plain tools alone, None, where
+/// neither mode's are): every place weft's iptables rules may be.
+pub fn installed() -> Vec<Option<IptablesMode>> {
+    let modes: Vec<Option<IptablesMode>> = [IptablesMode::Legacy, IptablesMode::Nft]
+        .into_iter()
+        .filter(|m| tool::find_tool(&m.tool("iptables-restore")).is_ok())
+        .map(Some)
+        .collect();
+    if modes.is_empty() {
+        vec![None]
+    } else {
+        modes
+    }
+}
+
 /// The mode from what `iptables-legacy-save` and `iptables-nft-save` print
 /// (IPv4 and IPv6 concatenated for each).
 pub fn choose(legacy_save: &str, nft_save: &str) -> IptablesMode {

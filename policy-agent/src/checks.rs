@@ -98,7 +98,8 @@ pub fn check_node(
     }
     let (ir, _) = compile(model, node, cluster);
     let enforcing_here = !ir.ingress.isolated.is_empty() || !ir.egress.isolated.is_empty();
-    let forward = tool::output("iptables", &["-w", "5", "-S", "FORWARD"], None).unwrap_or_default();
+    let iptables = weft_netkit::iptables_mode::tool_in(weft_netkit::iptables_mode::detect().ok(), "iptables");
+    let forward = tool::output(&iptables, &["-w", "5", "-S", "FORWARD"], None).unwrap_or_default();
     let iptables_backend = forward.contains("-j WEFT-FORWARD");
     let nft_backend = tool::output("nft", &["list", "table", "inet", crate::nft::TABLE], None).is_ok();
     if iptables_backend {

@@ -147,9 +147,10 @@ fn off_removes_both_backends_objects_and_writes_nothing_where_there_is_nothing()
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(weft_objects(), (false, false, false));
         let said = removed.join(", ");
+        // A namespace holding no rules is of the nft mode (iptables_mode).
         for what in [
-            "iptables filter: 1 FORWARD jump",
-            "ip6tables filter: 1 FORWARD jump",
+            "iptables-nft filter: 1 FORWARD jump",
+            "ip6tables-nft filter: 1 FORWARD jump",
             "WEFT-FORWARD",
             "8 ipsets",
             "table inet weft",

@@ -30,10 +30,7 @@ pub struct Mode(pub Option<IptablesMode>);
 
 impl Mode {
     fn bin(self, base: &str) -> String {
-        match self.0 {
-            Some(m) if tool::find_tool(&m.tool(base)).is_ok() => m.tool(base),
-            _ => base.to_string(),
-        }
+        crate::iptables_mode::tool_in(self.0, base)
     }
 }
 

@@ -17,9 +17,8 @@ use ipnetwork::IpNetwork;
 
 pub use iptables::{masquerade_payload, MASQ_CHAIN, MAX_CHAIN_LEN};
 
-use crate::iptables_mode::IptablesMode;
+use crate::iptables_mode::{self, IptablesMode};
 use crate::kernel_error::KernelError;
-use crate::tool;
 
 /// Where weft's masquerade rules live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +102,8 @@ pub fn masquerade_present(
 /// Every place weft's masquerade may be: iptables in each installed mode
 /// (the plain tools where neither mode's are), and nftables.
 fn everywhere() -> Vec<MasqBackend> {
-    let modes: Vec<MasqBackend> = [IptablesMode::Legacy, IptablesMode::Nft]
-        .into_iter()
-        .filter(|m| tool::find_tool(&m.tool("iptables-restore")).is_ok())
-        .map(|m| MasqBackend::Iptables(Some(m)))
-        .collect();
-    let mut all = if modes.is_empty() { vec![MasqBackend::Iptables(None)] } else { modes };
+    let mut all: Vec<MasqBackend> =
+        iptables_mode::installed().into_iter().map(MasqBackend::Iptables).collect();
     all.push(MasqBackend::Nftables);
     all
 }

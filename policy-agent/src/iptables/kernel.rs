@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use weft_netkit::iptables_mode::{self, IptablesMode};
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
 
@@ -42,25 +43,32 @@ const JUMP_COMMENT: &str = "weft: NetworkPolicy";
 /// The filter copy keeps enforcing if mangle's is bypassed the same way.
 pub const TABLES: [&str; 2] = ["mangle", "filter"];
 
-/// The commands of one address family's iptables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The commands of one address family's iptables in one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Family {
-    iptables: &'static str,
-    restore: &'static str,
-    save: &'static str,
+    v6: bool,
+    iptables: String,
+    restore: String,
+    save: String,
 }
 
-const IPV4: Family = Family { iptables: "iptables", restore: "iptables-restore", save: "iptables-save" };
-const IPV6: Family = Family { iptables: "ip6tables", restore: "ip6tables-restore", save: "ip6tables-save" };
-
-/// The families this kernel forwards: IPv6 unless it was turned off
-/// (`ipv6.disable=1` leaves no IPv6 traffic to guard, and no ip6tables).
-fn families() -> &'static [Family] {
-    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        &[IPV4, IPV6]
-    } else {
-        &[IPV4]
+impl Family {
+    fn new(mode: Option<IptablesMode>, v6: bool) -> Family {
+        let base = if v6 { "ip6tables" } else { "iptables" };
+        let bin = |suffix: &str| iptables_mode::tool_in(mode, &format!("{base}{suffix}"));
+        Family { v6, iptables: bin(""), restore: bin("-restore"), save: bin("-save") }
     }
+}
+
+/// The families this kernel forwards, in `mode`: IPv6 unless it was turned
+/// off (`ipv6.disable=1` leaves no IPv6 traffic to guard, and no ip6tables).
+fn families(mode: Option<IptablesMode>) -> Vec<Family> {
+    let v6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
+    let mut out = vec![Family::new(mode, false)];
+    if v6 {
+        out.push(Family::new(mode, true));
+    }
+    out
 }
 
 /// Suffix of a fixed-name set's temporary twin while it is rebuilt.
@@ -88,6 +96,9 @@ pub struct Applied {
 /// The iptables backend's kernel state as this process last wrote it.
 #[derive(Debug, Default)]
 pub struct Iptables {
+    /// The host's iptables mode (None: the plain tools): weft's chains go
+    /// where kube-proxy's are, so one rule set orders both.
+    mode: Option<IptablesMode>,
     sets: BTreeMap<String, SetSpec>,
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
@@ -99,8 +110,9 @@ pub struct Iptables {
 }
 
 impl Iptables {
+    /// The backend in the host's mode, detected from the rules it holds.
     pub fn new() -> Iptables {
-        Iptables::default()
+        Iptables { mode: iptables_mode::detect().ok(), ..Iptables::default() }
     }
 
     /// Makes the kernel match `r`. Idempotent; with `full` (a resync, and the
@@ -156,25 +168,23 @@ impl Iptables {
             self.sets.insert(s.name.clone(), s.clone());
         }
         // 2. Chains, in both tables, in one restore per family.
-        if full || self.rules.as_deref() != Some(r.rules.as_str()) {
-            tool::restore(IPV4.restore, &["--noflush", "-w", "5"], &in_both_tables(&r.rules))?;
-            self.rules = Some(r.rules.clone());
-            done.rules_written = true;
-        }
-        let v6 = families().contains(&IPV6);
-        if v6 && (full || self.rules6.as_deref() != Some(r.rules6.as_str())) {
-            tool::restore(IPV6.restore, &["--noflush", "-w", "5"], &in_both_tables(&r.rules6))?;
-            self.rules6 = Some(r.rules6.clone());
-            done.rules_written = true;
+        for family in families(self.mode) {
+            let (wanted, applied) =
+                if family.v6 { (&r.rules6, &mut self.rules6) } else { (&r.rules, &mut self.rules) };
+            if full || applied.as_deref() != Some(wanted.as_str()) {
+                tool::restore(&family.restore, &["--noflush", "-w", "5"], &in_both_tables(wanted))?;
+                *applied = Some(wanted.clone());
+                done.rules_written = true;
+            }
         }
         // 3. The jumps, first in each FORWARD: checked at every apply (one
         // listing per table), and from now on watched in between.
         done.jump_moved = {
             let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            ensure_jump_first()?
+            ensure_jump_first(self.mode)?
         };
         if self.guard.is_none() {
-            self.guard = start_guard();
+            self.guard = start_guard(self.mode);
         }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
@@ -257,9 +267,10 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
             first.get_or_insert(e);
         }
     };
-    let tables = families().iter().flat_map(|f| TABLES.iter().map(move |t| (f, t)));
-    for (family, table) in tables.filter(|(f, _)| tool::find_tool(f.save).is_ok()) {
-        let save = match tool::output(family.save, &["-t", table], None) {
+    let families = iptables_mode::installed().into_iter().flat_map(families);
+    let tables: Vec<(Family, &str)> = families.flat_map(|f| TABLES.map(|t| (f.clone(), t))).collect();
+    for (family, table) in tables.iter().filter(|(f, _)| tool::find_tool(&f.save).is_ok()) {
+        let save = match tool::output(&family.save, &["-t", table], None) {
             Ok(save) => save,
             Err(e) => {
                 keep(Err(e));
@@ -284,7 +295,7 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
         }
         payload.push_str("COMMIT\n");
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        keep(tool::restore(family.restore, &["--noflush", "-w", "5"], &payload));
+        keep(tool::restore(&family.restore, &["--noflush", "-w", "5"], &payload));
         removed.push(format!(
             "{} {table}: {jumps} FORWARD jump(s), chains {}",
             family.iptables,
@@ -332,18 +343,22 @@ fn weft_chains(save: &str) -> (usize, Vec<String>) {
 
 /// Starts the thread that keeps the jump first between applies; None (and
 /// a warning: the jump is then checked at each apply only) if it cannot.
-fn start_guard() -> Option<JumpGuard> {
-    start_guard_for(tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")))
+fn start_guard(mode: Option<IptablesMode>) -> Option<JumpGuard> {
+    let nft_flavour = match mode {
+        Some(m) => m == IptablesMode::Nft,
+        None => tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")),
+    };
+    start_guard_for(mode, nft_flavour)
 }
 
 /// `start_guard` for iptables of the nft flavour (notifications) or not (a period).
-fn start_guard_for(nft_flavour: bool) -> Option<JumpGuard> {
-    let check = |stop: &AtomicBool| {
+fn start_guard_for(mode: Option<IptablesMode>, nft_flavour: bool) -> Option<JumpGuard> {
+    let check = move |stop: &AtomicBool| {
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if stop.load(Ordering::SeqCst) {
             return true;
         }
-        match ensure_jump_first() {
+        match ensure_jump_first(mode) {
             Ok(moved) => {
                 if moved {
                     tracing::warn!("a rule was inserted before weft's FORWARD jump: put the jump back first");
@@ -456,16 +471,16 @@ fn jump_spec() -> String {
 /// must move, one `iptables-restore --noflush` that deletes every copy and
 /// inserts it first: atomic, so no packet ever sees FORWARD without the
 /// jump. The caller holds `JUMP_LOCK`.
-fn ensure_jump_first() -> Result<bool, KernelError> {
+fn ensure_jump_first(mode: Option<IptablesMode>) -> Result<bool, KernelError> {
     let mut moved = false;
-    for family in families() {
+    for family in families(mode) {
         let mut payload = String::new();
         for table in TABLES {
-            let listing = tool::output(family.iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
+            let listing = tool::output(&family.iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
             payload.extend(jump_move(table, &listing));
         }
         if !payload.is_empty() {
-            tool::restore(family.restore, &["--noflush", "-w", "5"], &payload)?;
+            tool::restore(&family.restore, &["--noflush", "-w", "5"], &payload)?;
             moved = true;
         }
     }
@@ -521,7 +536,7 @@ mod tests {
         weft_netkit::netns::run_in_new(|| {
             let mut ipt = Iptables::new();
             ipt.apply(&super::super::render(&crate::policy::PolicyIr::default()), true).unwrap();
-            ipt.guard = start_guard_for(false);
+            ipt.guard = start_guard_for(ipt.mode, false);
             let first = || {
                 let rules = tool::output("iptables", &["-S", "FORWARD"], None).unwrap();
                 rules

@@ -1,14 +1,17 @@
-//! The agent puts masquerade where the plugin does (netkit's iptables mode
+//! The agent writes where the node's rules are (netkit's iptables mode
 //! detection, as kube-proxy's iptables-wrapper): in a node namespace whose
-//! rules are in iptables-legacy, legacy; in one whose rules are in
-//! iptables-nft, nft; with the nftables policy backend, nftables. Each in a
-//! network namespace of the test's own (root; skips otherwise).
+//! rules are in iptables-legacy, its policy chains and masquerade go to
+//! legacy; in one whose rules are in iptables-nft, to nft; with the nftables
+//! policy backend, masquerade goes to nftables (and the plugin decides the
+//! same, see plugin/tests/cni.rs). Each in a network namespace of the test's
+//! own (root; skips otherwise).
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use weft_agent::backend::BackendChoice;
+use weft_agent::backend::{self, BackendChoice};
 use weft_agent::masquerade::{backend_for, MasqIn, Masquerade};
+use weft_agent::policy::PolicyIr;
 use weft_netkit::iptables_mode::IptablesMode;
 use weft_netkit::masquerade::MasqBackend;
 use weft_netkit::netns::run_in_new;
@@ -28,7 +31,7 @@ fn out(argv: &[&str]) -> String {
 }
 
 #[test]
-fn the_agent_masquerades_in_the_mode_holding_the_nodes_rules() {
+fn the_agent_writes_in_the_mode_holding_the_nodes_rules() {
     if !root() {
         return;
     }
@@ -53,6 +56,20 @@ fn the_agent_masquerades_in_the_mode_holding_the_nodes_rules() {
                 _ => (false, false, true),
             };
             assert_eq!((held("legacy"), held("nft"), nft), want_in, "{pick:?} on {node_mode}");
+            if pick == BackendChoice::Iptables {
+                let mut policy = backend::start(pick).unwrap();
+                policy.apply(&PolicyIr::default(), true).unwrap();
+                let chains = |mode: &str| {
+                    out(&[&format!("iptables-{mode}-save"), "-t", "filter"]).contains("-A FORWARD -m comment")
+                };
+                assert_eq!(
+                    (chains("legacy"), chains("nft")),
+                    (want_in.0, want_in.1),
+                    "policy on {node_mode}"
+                );
+                policy.cleanup().unwrap();
+                assert!(!chains("legacy") && !chains("nft"), "cleanup removes them");
+            }
         })
         .unwrap();
     }
