@@ -111,6 +111,8 @@ fn tell_agent(env: &CniEnv, conf: &NetConf, alloc: &CniResult) {
     };
     match agent_client::notify(socket, &event, agent_client::TIMEOUT) {
         Ok(()) | Err(NotifyError::NoSocket(_)) => {}
+        // The agent's reason already says what happens to the pod's traffic.
+        Err(NotifyError::Refused(reason)) => eprintln!("weft: the node agent refused this pod: {reason}"),
         Err(e) => eprintln!("weft: the node agent was not told about this pod ({e}); its traffic is dropped until the agent learns it"),
     }
 }

@@ -51,13 +51,24 @@ pub struct Status {
     pub errors: Vec<String>,
 }
 
-/// Writes `status` to `path` atomically (a temp file in the same dir, then rename); idempotent.
+/// Where the agent writes its status unless told otherwise.
+pub const DEFAULT_STATUS_FILE: &str = "/run/weft/status.json";
+
+/// Writes `status` to `path` atomically (a temp file in the same dir, then
+/// rename), creating the directory if needed; idempotent.
 pub fn write_status(path: &Path, status: &Status) -> Result<(), AgentError> {
     let err = |source| AgentError::Status { path: path.into(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let text = serde_json::to_vec_pretty(status).expect("the status serialises");
-    std::fs::write(&tmp, text).map_err(err)?;
+    if let Err(e) = std::fs::write(&tmp, text) {
+        // A full disk must not leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     std::fs::rename(&tmp, path).map_err(err)
 }
 
