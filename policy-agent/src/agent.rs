@@ -43,6 +43,7 @@ use crate::snapshot::Compiled;
 use crate::source::{Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
+mod operator_log;
 mod pod_reports;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
@@ -153,7 +154,15 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
         agent.answer_parked();
         agent.expire_claims();
         match next.take().map_or_else(|| events.recv_timeout(agent.wait()), Ok) {
-            Ok(Event::Stop) => break,
+            Ok(Event::Stop) => {
+                let what = if cfg.cleanup_on_exit {
+                    "deleting weft's routes and rules (--cleanup-on-exit)"
+                } else {
+                    "leaving routes and rules in force for the next agent"
+                };
+                info!("SIGTERM or SIGINT: stopping, {what}");
+                break;
+            }
             Ok(Event::Pod(ev, reply)) => agent.on_pod(ev, reply),
             // The next tick polls the source.
             Ok(Event::Wake) => wake.taken(),
@@ -198,6 +207,8 @@ struct Agent<'c> {
     status_error: Option<String>,
     /// The readiness line is out (after the first status written).
     announced: bool,
+    /// The source's errors already logged (each is logged once, when new).
+    source_errors: Vec<String>,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
     next_sync: Instant,
@@ -245,6 +256,7 @@ impl<'c> Agent<'c> {
             last_status: None,
             status_error: None,
             announced: false,
+            source_errors: Vec::new(),
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
@@ -281,24 +293,27 @@ impl<'c> Agent<'c> {
         }
         let t0 = Instant::now();
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut(), self.full));
+        let logged: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
         if let Some(applied) = self.enforce(self.full) {
             match applied {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
-                    status.warnings = warnings;
+                    status.warnings.extend(warnings);
                 }
                 Err(e) => status.errors.push(e),
             }
         }
         let conflist = self.write_conflist(&mut status);
-        report_changes(self.last_status.as_ref(), &status);
+        operator_log::report_changes(self.last_status.as_ref(), &status, &logged);
         let written = self.save_status(&mut status);
         let took = t0.elapsed();
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
+        let ready = readiness(&status, self.policy.is_some(), conflist);
+        let ready_now = ready.is_ok();
         {
             let mut m = self.shared.metrics();
             m.observe_sync(kind, took);
-            m.synced(&status, readiness(&status, self.policy.is_some(), conflist));
+            m.synced(&status, ready);
         }
         tracing::debug!(
             generation = %status.generation,
@@ -307,8 +322,10 @@ impl<'c> Agent<'c> {
             errors = status.errors.len(),
             "synced"
         );
-        if written && !self.announced {
-            println!("ready generation {}", status.generation);
+        // The launcher's signal (stdout, the log's format): only once /readyz answers 200.
+        if written && ready_now && !self.announced {
+            let msg = format!("ready: /readyz answers 200 generation={}", status.generation);
+            println!("{}", crate::logging::stdout_line(tracing::Level::INFO, &msg, &self.cfg.node));
             let _ = std::io::stdout().flush();
             self.announced = true;
         }
@@ -343,9 +360,7 @@ impl<'c> Agent<'c> {
 
     fn poll_source(&mut self) {
         let Some(s) = self.source.poll() else { return };
-        for e in &s.errors {
-            warn!(generation = %s.generation, "skipping manifest {e}");
-        }
+        operator_log::report_source_errors(&mut self.source_errors, &s);
         self.pods.catch_up(&s.model, &self.cfg.node, Instant::now());
         self.snap = Some(s);
         if self.next_sync > Instant::now() {
@@ -533,15 +548,17 @@ fn ensure_forwarding() {
 /// and reads the sysctls; errors go into the status.
 async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>, full: bool) -> Status {
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
-    let (desired, notes) = desired_routes(&snap.model, node);
-    for n in notes {
-        warn!("{n}");
+    let (desired, mut warnings) = desired_routes(&snap.model, node);
+    match operator_log::own_node(&snap.model, node) {
+        operator_log::OwnNode::Ready => {}
+        operator_log::OwnNode::NoPodCidr(w) => warnings.push(w),
+        operator_log::OwnNode::Unknown(e) => errors.push(e),
     }
     match list_weft_routes(h).await {
         Ok(current) => {
             for change in plan(&desired, &current) {
                 match apply(h, change).await {
-                    Ok(()) => info!(generation = %snap.generation, "route {change:?}"),
+                    Ok(()) => info!(generation = %snap.generation, "route {change}"),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
@@ -556,14 +573,16 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         }
     };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
-    let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr, full)) {
-        None => None,
-        Some(Ok(cidr)) => Some(cidr.to_string()),
-        Some(Err(e)) => {
-            errors.push(e);
-            None
-        }
-    };
+    // Without a pod CIDR the rules stay as they are; own_node said why.
+    let masquerade =
+        match masq.filter(|_| pod_cidr.is_some()).map(|m| m.reconcile(&MasqIptables, pod_cidr, full)) {
+            None => None,
+            Some(Ok(cidr)) => Some(cidr.to_string()),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
+        };
     Status {
         node: node.into(),
         generation: snap.generation.clone(),
@@ -572,24 +591,7 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
         masquerade,
         policy: None,
-        warnings: Vec::new(),
+        warnings,
         errors,
-    }
-}
-
-/// Logs the sysctls that are off (when they turn off, or at the first sync) and new errors.
-fn report_changes(last: Option<&Status>, now: &Status) {
-    let was_fwd = last.map(|s| s.ip_forward);
-    if !now.ip_forward && was_fwd != Some(false) {
-        warn!("net.ipv4.ip_forward is off on this node: pods on other nodes are unreachable");
-    }
-    let was_br = last.and_then(|s| s.bridge_nf_call_iptables);
-    if now.bridge_nf_call_iptables == Some(false) && was_br != Some(false) {
-        warn!("net.bridge.bridge-nf-call-iptables is off on this node: same-node service traffic bypasses conntrack");
-    }
-    for e in &now.errors {
-        if !last.is_some_and(|s| s.errors.contains(e)) {
-            error!(generation = %now.generation, "{e}");
-        }
     }
 }

@@ -103,12 +103,12 @@ fn main() -> ExitCode {
 
 /// `weft-agent run`: logs, signals, then the agent until SIGTERM/SIGINT.
 fn run_main(args: RunArgs) -> ExitCode {
-    weft_agent::logging::init(&weft_agent::logging::directives(args.log_level.as_deref()));
+    weft_agent::logging::init(&weft_agent::logging::directives(args.log_level.as_deref()), &args.node);
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let source = match cli::resolve_source(args.source, args.kubeconfig, in_cluster) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("weft-agent: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
