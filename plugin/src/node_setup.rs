@@ -20,7 +20,7 @@ const FALLBACK_MTU: u32 = 1500;
 
 /// Sysctls a pod network needs in the node's netns: routing between pods and
 /// nodes, and bridged traffic through iptables (without it, same-node
-/// ClusterIP replies skip conntrack's reverse NAT; failure 2 of ARCHITECTURE.md).
+/// ClusterIP replies skip conntrack's reverse NAT; the second failure in README.md).
 const SYSCTLS: [(&str, &str); 2] =
     [("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")];
 
