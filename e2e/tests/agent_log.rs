@@ -116,3 +116,72 @@ fn every_line_the_agent_logs_through_an_operators_day_has_the_format() {
     assert!(errors.is_empty(), "nothing here is for an operator to fix: {errors:#?}");
     eprintln!("agent_log: {} lines, all in the format", lines.len());
 }
+
+/// A Node as the API shows it before the controller-manager assigned its podCIDR.
+fn node_3(pod_cidr: Option<&str>) -> String {
+    let spec = pod_cidr.map_or_else(String::new, |c| format!("spec:\n  podCIDR: {c}\n"));
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-3\n{spec}status:\n  addresses:\n  \
+         - type: InternalIP\n    address: 172.31.0.13\n"
+    )
+}
+
+#[test]
+fn a_missing_pod_cidr_is_a_warning_that_waits_and_a_misspelt_node_an_error() {
+    if !root_or_skip("a_missing_pod_cidr_is_a_warning_that_waits_and_a_misspelt_node_an_error") {
+        return;
+    }
+    let tb = pod_testbed(1);
+    tb.write_manifest("node-3.yaml", &node_3(None)).unwrap();
+    // The agent in node 1's netns, as node-3 (a later --node wins).
+    tb.start_agent(1, &["--backend", "iptables", "--node", "node-3"]).unwrap();
+    let log = || std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap();
+    assert!(weft_e2e::wait_until(NOTICE, || log().contains("has no IPv4 podCIDR yet")), "{}", log());
+    // Three full syncs (resyncs every 500 ms) while it waits: still one line.
+    let full_syncs = || {
+        let body = tb.agent_get(1, "/metrics").map(|r| r.1).unwrap_or_default();
+        body.lines()
+            .find(|l| l.starts_with("weft_sync_duration_seconds_count{kind=\"full\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(weft_e2e::wait_until(NOTICE, || full_syncs() >= 3), "full syncs: {}", full_syncs());
+    // The controller-manager assigns it: the masquerade rule follows.
+    tb.write_manifest("node-3.yaml", &node_3(Some("10.244.3.0/24"))).unwrap();
+    let masq = || tb.agent_status(1).and_then(|s| s.masquerade).is_some_and(|m| m == "10.244.3.0/24");
+    assert!(weft_e2e::wait_until(NOTICE, masq), "{:?}", tb.agent_status(1));
+    assert!(tb.stop_agent(1).unwrap());
+    // A --node that names no Node.
+    tb.start_agent(1, &["--backend", "iptables", "--node", "node-9"]).unwrap();
+    let unknown = |s: &weft_agent::status::Status| {
+        s.errors.iter().any(|e| e.contains("node-9 is not in the cluster state"))
+    };
+    assert!(
+        weft_e2e::wait_until(NOTICE, || tb.agent_status(1).is_some_and(|s| unknown(&s))),
+        "{:?}",
+        tb.agent_status(1)
+    );
+    assert!(tb.stop_agent(1).unwrap());
+
+    let log = log();
+    let lines: Vec<&str> = log.lines().collect();
+    let with = |s: &str| lines.iter().filter(|l| l.contains(s)).copied().collect::<Vec<_>>();
+    let waits = with("has no IPv4 podCIDR yet: waiting for the controller-manager");
+    assert_eq!(waits.len(), 1, "once, not at every resync:\n{log}");
+    assert!(waits[0].contains(" WARN weft-agent: node node-3 has no IPv4 podCIDR"), "{}", waits[0]);
+    let unknown = with("node node-9 is not in the cluster state: is --node spelt as");
+    assert_eq!(unknown.len(), 1, "{log}");
+    assert!(
+        unknown[0].contains(" ERROR weft-agent: ") && unknown[0].contains("(nodes: node-1, node-3)"),
+        "{}",
+        unknown[0]
+    );
+    // The first agent's lines end with node-3, the second's with node-9.
+    let second = lines.iter().position(|l| l.ends_with(" node=node-9")).unwrap_or(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let node = if i < second { "node-3" } else { "node-9" };
+        if let Some(why) = format_error(l, node) {
+            panic!("{why}: {l:?}\n{log}");
+        }
+    }
+}

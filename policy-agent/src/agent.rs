@@ -519,16 +519,19 @@ fn backend_name(pick: BackendChoice) -> &'static str {
     }
 }
 
-/// The status file's directory must exist: the first sync writes it.
+/// The status file's directory, or the nearest of its ancestors that
+/// exists, must be a directory: the first sync creates what is missing (the
+/// default, /run/weft, may not exist yet) and writes the file.
 fn check_status_dir(path: &Path) -> Result<(), AgentError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(std::io::Error::new(
+    let existing = dir.ancestors().find_map(|d| std::fs::metadata(d).ok().map(|m| (d, m)));
+    match existing {
+        Some((_, m)) if m.is_dir() => Ok(()),
+        Some((d, _)) => Err(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
-            format!("{} is not a directory", dir.display()),
+            format!("{} is not a directory", d.display()),
         )),
-        Err(e) => Err(e),
+        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}", dir.display()))),
     }
     .map_err(|source| AgentError::Status { path: path.into(), source })
 }
@@ -593,5 +596,34 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
         policy: None,
         warnings,
         errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_dir_may_be_created_later_but_not_under_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("run/weft/status.json");
+        check_status_dir(&deep).unwrap();
+        let status = Status {
+            node: "n".into(),
+            generation: "g".into(),
+            routes: 0,
+            ip_forward: true,
+            bridge_nf_call_iptables: None,
+            masquerade: None,
+            policy: None,
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        };
+        write_status(&deep, &status).unwrap();
+        assert!(crate::status::read_status(&deep).is_some(), "the first write creates the directory");
+        let file = tmp.path().join("plain");
+        std::fs::write(&file, "").unwrap();
+        let e = check_status_dir(&file.join("x/status.json")).unwrap_err();
+        assert!(e.to_string().contains("plain is not a directory"), "{e}");
     }
 }

@@ -44,7 +44,8 @@ pub struct Status {
     #[serde(default)]
     pub policy: Option<PolicyStatus>,
     /// What weft cannot enforce as written (e.g. an IPv6 ipBlock on an IPv4
-    /// pod network), by policy.
+    /// pod network), by policy, and what it waits for (a node without a
+    /// podCIDR yet, another node it cannot route to).
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Skipped manifests ("file: reason") and failed route changes.
