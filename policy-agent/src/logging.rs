@@ -227,39 +227,40 @@ pub fn stdout_line(level: Level, message: &str, node: &str) -> String {
     line
 }
 
+/// Test support: the lines `f` logs at `directives` (no time; `node` ends them).
 #[cfg(test)]
-mod tests {
-    use std::io;
+pub(crate) fn captured(directives: &str, node: Option<&str>, f: impl FnOnce()) -> Vec<String> {
     use std::sync::{Arc, Mutex};
 
-    use super::*;
+    /// A writer appending to a shared buffer.
+    struct Sink(Arc<Mutex<Vec<u8>>>);
 
-    /// A writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
             Ok(b.len())
         }
-        fn flush(&mut self) -> io::Result<()> {
+        fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
 
-    impl<'w> MakeWriter<'w> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'w self) -> Buf {
-            self.clone()
-        }
-    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let buf = buf.clone();
+        move || Sink(buf.clone())
+    };
+    tracing::subscriber::with_default(subscriber(directives, writer, true, node), f);
+    let text = String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines().map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn lines(directives: &str, f: impl FnOnce()) -> Vec<String> {
-        let buf = Buf::default();
-        tracing::subscriber::with_default(subscriber(directives, buf.clone(), true, None), f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(String::from).collect()
+        captured(directives, None, f)
     }
 
     #[test]
@@ -338,18 +339,15 @@ mod tests {
 
     #[test]
     fn the_node_ends_every_line_once() {
-        let buf = Buf::default();
-        let sub = subscriber("info", buf.clone(), true, Some("node-1"));
-        tracing::subscriber::with_default(sub, || {
+        let got = captured("info", Some("node-1"), || {
             tracing::info!("outside any span");
             let span = tracing::info_span!("agent", node = %"node-1");
             let _g = span.enter();
             tracing::info!("inside");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
-            text,
-            "INFO weft-agent: outside any span node=node-1\nINFO weft-agent: inside node=node-1\n"
+            got,
+            ["INFO weft-agent: outside any span node=node-1", "INFO weft-agent: inside node=node-1"]
         );
     }
 

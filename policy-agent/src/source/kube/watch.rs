@@ -270,6 +270,34 @@ mod tests {
     }
 
     #[test]
+    fn troubles_are_folded_across_watchers_and_logged_at_their_level() {
+        let t0 = Instant::now();
+        let s = Shared::default();
+        let got = crate::logging::captured("info", None, || {
+            for kind in ["Node", "Pod", "Namespace", "NetworkPolicy"] {
+                s.report(Trouble::Forbidden, "kube API: refused (403)", t0);
+                s.update(kind, |k| k.error = Some("403".into()));
+            }
+            s.report(Trouble::Unauthorized, "kube API: credentials (401)", t0);
+            s.report(Trouble::Forbidden, "kube API: refused (403)", t0 + Duration::from_secs(31));
+            for kind in ["Node", "Pod", "Namespace", "NetworkPolicy"] {
+                s.update(kind, |k| k.error = None);
+                s.recovered(kind, t0 + Duration::from_secs(40));
+            }
+        });
+        let want_start = [
+            "WARN weft-agent: kube API: refused (403)",
+            "ERROR weft-agent: kube API: credentials (401)",
+            "WARN weft-agent: kube API: refused (403) (4 times in 31 s)",
+        ];
+        assert_eq!(&got[..3], want_start, "{got:#?}");
+        assert_eq!(got.iter().filter(|l| l.contains("listed again")).count(), 4, "{got:#?}");
+        let ends: Vec<&String> = got.iter().filter(|l| l.contains("back after")).collect();
+        assert_eq!(ends.len(), 2, "one end per trouble, once every kind listed again: {got:#?}");
+        assert!(ends[0].contains("back after 40 s (5 failed attempts, forbidden)"), "{got:#?}");
+    }
+
+    #[test]
     fn state_changes_bump_the_version_once() {
         let s = Shared::default();
         s.update("Pod", |k| k.error = Some("down".into()));
