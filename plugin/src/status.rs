@@ -19,7 +19,8 @@ pub fn status(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
             format!("existing pods may have lost connectivity: {why}"),
         )
         .with_details(
-            "restarting weft-agent re-creates the bridge; pods attached before may need a restart",
+            "the next ADD brings the bridge up or re-creates it; pods attached before a deletion stay \
+             off it until re-created",
         ));
     }
     // Every failure to open or query the IPAM means ADD cannot work: 50.
