@@ -608,17 +608,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let deep = tmp.path().join("run/weft/status.json");
         check_status_dir(&deep).unwrap();
-        let status = Status {
-            node: "n".into(),
-            generation: "g".into(),
-            routes: 0,
-            ip_forward: true,
-            bridge_nf_call_iptables: None,
-            masquerade: None,
-            policy: None,
-            warnings: Vec::new(),
-            errors: Vec::new(),
-        };
+        let status = Status { node: "n".into(), generation: "g".into(), ..Status::default() };
         write_status(&deep, &status).unwrap();
         assert!(crate::status::read_status(&deep).is_some(), "the first write creates the directory");
         let file = tmp.path().join("plain");

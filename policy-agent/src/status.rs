@@ -26,7 +26,7 @@ pub struct PolicyStatus {
 }
 
 /// The status file: what the agent last applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     /// The generation of the snapshot the routes were reconciled against.
