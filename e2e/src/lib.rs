@@ -1,5 +1,5 @@
 //! weft's end-to-end testbed: a cluster made of network namespaces
-//! (the README's Tests section), a workload server and a probe.
+//! (docs/testing.md), a workload server and a probe.
 //!
 //! `Testbed::up` builds a run (`<run>-lan` with the lan bridge, `<run>-n1..nN`,
 //! `<run>-ext`) and tears it down on drop, so a failing or panicking test leaves

@@ -1,4 +1,4 @@
-//! Bring a run's topology up and down (the README's Tests section):
+//! Bring a run's topology up and down (docs/testing.md):
 //!
 //! ```text
 //! <run>-lan  netns with bridge <run>-lan (the underlay L2 segment)

@@ -1,7 +1,7 @@
 //! A reproduction of the FORWARD chains and ipsets weave-npc 1.9.6 programmed,
 //! rendered from the same model weft enforces, for comparison only: never a
 //! weft backend. It exists to show, in the testbed, the failure weft fixes
-//! (the README's first seed): an external client's
+//! (the first failure README.md lists): an external client's
 //! NodePort connection that kube-proxy DNATs to a pod on another node is
 //! dropped on the ingress node, because 1.9.6 accepted a non-local
 //! destination only when the source was a local pod.

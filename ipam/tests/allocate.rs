@@ -190,6 +190,30 @@ fn release_is_idempotent_and_owner_checked() {
 }
 
 #[test]
+fn release_frees_what_it_finds_past_a_corrupt_record() {
+    let (_d, cfg, store) = setup(json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00::/64"}]]));
+    let index = store.dir().join("attachments/a@eth0");
+    // 1. Garbled in place: the IP files are the same inode, so garbled too.
+    alloc(&store, &cfg, "a");
+    alloc(&store, &cfg, "b");
+    fs::write(&index, b"{\"containerID\": \"a\", \"ifn").unwrap();
+    assert!(held(&store, "a", "eth0").is_err(), "the record is unreadable");
+    release(&store, "a", "eth0").unwrap();
+    let left: Vec<String> = ip_files(store.dir()).into_iter().map(|(ip, _)| ip).collect();
+    assert_eq!(left, ["10.244.1.3", "fd00::3"], "only b's addresses stay");
+    assert!(!index.exists());
+    // 2. A garbled new index (another inode): the IP files still name a.
+    alloc(&store, &cfg, "a");
+    fs::remove_file(&index).unwrap();
+    fs::write(&index, b"\xff\xfe not json").unwrap();
+    release(&store, "a", "eth0").unwrap();
+    assert_eq!(ip_files(store.dir()).len(), 2, "a's new addresses are freed, b's kept");
+    release(&store, "a", "eth0").unwrap();
+    // The next allocation continues after a's freed .4 (last_reserved_ip).
+    assert_eq!(alloc(&store, &cfg, "c"), ["10.244.1.5/24", "fd00::5/64"]);
+}
+
+#[test]
 fn held_reports_only_what_the_ip_files_confirm() {
     let (_d, cfg, store) = setup(json!([[{"subnet": "10.244.1.0/24"}]]));
     assert!(held(&store, "a", "eth0").unwrap().is_empty());

@@ -98,12 +98,13 @@ pub async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, Ke
 
 /// Adds a main-table route to `dst` via `gw` and/or out of `oif` (`ip route add`);
 /// idempotent: EEXIST (a route to `dst` with the same metric exists) counts as done.
+/// `true` when this call added it, `false` when it was already there.
 pub async fn add_route(
     h: &Handle,
     dst: IpNetwork,
     gw: Option<IpAddr>,
     oif: Option<u32>,
-) -> Result<(), KernelError> {
+) -> Result<bool, KernelError> {
     let op = format!("RTM_NEWROUTE {dst} via {gw:?} oif {oif:?}");
     let invalid = |e: _| invalid_route(&op, e);
     let mut b = RouteMessageBuilder::<IpAddr>::new()
@@ -118,8 +119,8 @@ pub async fn add_route(
         b = b.output_interface(oif);
     }
     match h.route().add(b.build()).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if nl_errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if nl_errno(&e) == Some(libc::EEXIST) => Ok(false),
         Err(e) => Err(netlink(op)(e)),
     }
 }

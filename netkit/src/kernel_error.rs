@@ -12,8 +12,8 @@ use weft_conf::{CniError, ErrorCode};
 pub enum KernelError {
     #[error("network namespace {path:?} does not exist")]
     NetnsNotFound { path: PathBuf },
-    #[error("{path:?} is not a network namespace (stale or unmounted netns file?)")]
-    NotANetns { path: PathBuf },
+    #[error("{path:?} is not a network namespace: {reason}")]
+    NotANetns { path: PathBuf, reason: String },
     #[error("cannot enter network namespace {path:?}: {source}")]
     NetnsEnter { path: PathBuf, source: io::Error },
     #[error("link {name:?} not found")]

@@ -10,11 +10,13 @@
 //! See containernetworking/plugins pkg/ns/ns_linux.go and netavark
 //! src/network/core_utils.rs (`open_netlink_sockets`).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::libc;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
@@ -29,24 +31,49 @@ pub struct NetNs {
 
 impl NetNs {
     /// Opens a netns file; `NetnsNotFound` if it does not exist, `NotANetns` if it is
-    /// not an nsfs file (e.g. a bind-mount target left behind after unmount).
+    /// not a network namespace (a stale bind-mount target, another kind of
+    /// namespace, a FIFO). Never blocks: the file is opened with `O_NONBLOCK`.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs, KernelError> {
         let path = path.as_ref().to_path_buf();
-        let file = match File::open(&path) {
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(KernelError::NetnsNotFound { path }),
             Err(source) => {
                 return Err(KernelError::Io { what: format!("open netns {}", path.display()), source })
             }
         };
-        match fstatfs(&file) {
-            Ok(st) if st.filesystem_type() == NSFS_MAGIC => Ok(NetNs { file, path }),
-            Ok(_) => Err(KernelError::NotANetns { path }),
-            Err(errno) => Err(KernelError::Io {
-                what: format!("fstatfs netns {}", path.display()),
-                source: errno.into(),
-            }),
+        let io_err = |what: &str, errno: nix::Error| KernelError::Io {
+            what: format!("{what} netns {}", path.display()),
+            source: errno.into(),
+        };
+        let st = fstatfs(&file).map_err(|e| io_err("fstatfs", e))?;
+        if st.filesystem_type() != NSFS_MAGIC {
+            let reason = "not a namespace file: stale or unmounted netns file?";
+            return Err(KernelError::NotANetns { path, reason: reason.into() });
         }
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which `file` keeps open.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind < 0 {
+            return Err(io_err("NS_GET_NSTYPE on", nix::Error::last()));
+        }
+        if kind != libc::CLONE_NEWNET {
+            let reason = format!("a {} namespace", namespace_kind(kind));
+            return Err(KernelError::NotANetns { path, reason });
+        }
+        Ok(NetNs { file, path })
+    }
+
+    /// Whether `self` and `other` are the same namespace (same nsfs inode).
+    pub fn same_as(&self, other: &NetNs) -> Result<bool, KernelError> {
+        let id = |ns: &NetNs| {
+            let m = ns.file.metadata().map_err(|source| KernelError::Io {
+                what: format!("fstat netns {}", ns.path.display()),
+                source,
+            })?;
+            Ok::<_, KernelError>((m.dev(), m.ino()))
+        };
+        Ok(id(self)? == id(other)?)
     }
 
     /// A second handle on the same netns (for a thread that outlives the borrow).
@@ -83,6 +110,20 @@ impl NetNs {
 impl AsFd for NetNs {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+/// The name of a namespace type as NS_GET_NSTYPE returns it (a CLONE_NEW* flag).
+fn namespace_kind(kind: i32) -> &'static str {
+    match kind {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWTIME => "time",
+        _ => "non-network",
     }
 }
 

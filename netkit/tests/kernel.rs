@@ -71,6 +71,21 @@ fn netns_open_errors() {
     let e = NetNs::open(&plain).unwrap_err();
     assert!(matches!(e, KernelError::NotANetns { .. }), "{e:?}");
     assert!(missing.is_gone() && e.is_gone());
+    // A FIFO: opening it for reading would wait for a writer; NetNs::open must not.
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let t = std::time::Instant::now();
+    let e = NetNs::open(&fifo).unwrap_err();
+    assert!(matches!(e, KernelError::NotANetns { .. }), "{e:?}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "open took {:?}", t.elapsed());
+    // A namespace file of another kind.
+    let e = NetNs::open("/proc/self/ns/mnt").unwrap_err();
+    assert!(e.to_string().contains("a mount namespace"), "{e}");
+    // The same netns opened twice is the same; a fresh one is not.
+    let (a, b) = (NetNs::current().unwrap(), NetNs::open("/proc/thread-self/ns/net").unwrap());
+    assert!(a.same_as(&b).unwrap());
+    let other = weft_netkit::netns::run_in_new(NetNs::current).unwrap().unwrap();
+    assert!(!a.same_as(&other).unwrap());
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniE
         return Err(CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is required for ADD"));
     };
     let pod_ns = NetNs::open(netns_path).map_err(context("opening the pod netns"))?;
+    refuse_own_netns(&pod_ns)?;
     let rt = runtime()?;
     // The socket into the pod netns is opened while IPAM and the node work run.
     let pod_conn = {
@@ -86,12 +87,14 @@ async fn wire(
         configure_pod(&pod_h, pair.peer_index, alloc).await
     }
     .await;
-    if let Err(e) = done {
-        // Undo 2: the veth (deleting the host end deletes the peer too).
-        let _ = link::delete_link(&node_h, &host_name).await;
-        return Err(context("configuring the pod interface")(e));
+    match done {
+        Ok(routes) => Ok(result(env, conf, &node, &pair, pod_ns, alloc, routes)),
+        Err(e) => {
+            // Undo 2: the veth (deleting the host end deletes the peer too).
+            let _ = link::delete_link(&node_h, &host_name).await;
+            Err(context("configuring the pod interface")(e))
+        }
     }
-    Ok(result(env, conf, &node, &pair, pod_ns, alloc))
 }
 
 /// Tells the node agent the pod's addresses and waits (bounded) until its
@@ -108,21 +111,43 @@ fn tell_agent(env: &CniEnv, conf: &NetConf, alloc: &CniResult) {
     };
     match agent_client::notify(socket, &event, agent_client::TIMEOUT) {
         Ok(()) | Err(NotifyError::NoSocket(_)) => {}
+        // The agent's reason already says what happens to the pod's traffic.
+        Err(NotifyError::Refused(reason)) => eprintln!("weft: the node agent refused this pod: {reason}"),
         Err(e) => eprintln!("weft: the node agent was not told about this pod ({e}); its traffic is dropped until the agent learns it"),
     }
 }
 
-/// Addresses and routes inside the pod, on the interface `index`.
-async fn configure_pod(h: &Handle, index: u32, alloc: &CniResult) -> Result<(), CniError> {
+/// Refuses a CNI_NETNS that is the plugin's own netns (the node's): an ADD
+/// there would put the pod's address, and a default route, on the node.
+fn refuse_own_netns(pod_ns: &NetNs) -> Result<(), CniError> {
+    let own = NetNs::current().map_err(context("opening the plugin's own netns"))?;
+    if pod_ns.same_as(&own).map_err(context("comparing network namespaces"))? {
+        return Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("CNI_NETNS {} is the node's own network namespace, not a pod's", pod_ns.path().display()),
+        )
+        .with_details(
+            "refusing to put a pod address and routes on the node; the runtime passed the wrong netns",
+        ));
+    }
+    Ok(())
+}
+
+/// Addresses and routes inside the pod, on the interface `index`; returns
+/// the routes this call added (one that already existed is not ours to report).
+async fn configure_pod(h: &Handle, index: u32, alloc: &CniResult) -> Result<Vec<Route>, CniError> {
     link::set_up(h, index).await?;
     for ip in &alloc.ips {
         addr::add_address(h, index, ip.address).await?;
     }
+    let mut added = Vec::new();
     for r in &alloc.routes {
         let gw = r.gw.or_else(|| gateway_for(&alloc.ips, r.dst));
-        addr::add_route(h, r.dst, gw, Some(index)).await?;
+        if addr::add_route(h, r.dst, gw, Some(index)).await? {
+            added.push(r.clone());
+        }
     }
-    Ok(())
+    Ok(added)
 }
 
 /// Without configured routes a pod gets a default route via each address's
@@ -152,6 +177,7 @@ fn result(
     pair: &veth::VethPair,
     pod_ns: &NetNs,
     alloc: &CniResult,
+    routes: Vec<Route>,
 ) -> CniResult {
     let interfaces = vec![
         Interface {
@@ -176,8 +202,8 @@ fn result(
     ];
     let ips = alloc.ips.iter().map(|i| IpConfig { interface: Some(2), ..i.clone() }).collect();
     // Routes are reported as configured (a route without `gw` goes via the
-    // address's gateway), as the reference bridge plugin does.
-    let routes = alloc.routes.clone();
+    // address's gateway), as the reference bridge plugin does, but only those
+    // this ADD added.
     let dns = if conf.dns.is_empty() { alloc.dns.clone() } else { conf.dns.clone() };
     CniResult { interfaces, ips, routes, dns }
 }

@@ -29,7 +29,7 @@ pub enum NotifyError {
     Io { path: String, source: std::io::Error },
     #[error("agent socket {path}: bad reply {reply:?}")]
     BadReply { path: String, reply: String },
-    #[error("agent refused: {0}")]
+    #[error("the agent refused: {0}")]
     Refused(String),
 }
 

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod ipam_client;
 pub mod names;
 pub mod node_setup;
+pub mod status;
 
 use weft_conf::{CniEnv, CniError, Command, ErrorCode, NetConf, Reply};
 
@@ -28,9 +29,7 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>, Cni
         Command::Add => add::add(env, &conf, stdin).map(|r| Some(r.to_json(conf.cni_version))),
         Command::Del => del::del(env, &conf, stdin).map(|()| None),
         Command::Check => check::check(env, &conf, stdin).map(|()| None),
-        Command::Status => {
-            ipam_client::IpamClient::new(&conf, env).and_then(|i| i.status(env, stdin)).map(|()| None)
-        }
+        Command::Status => status::status(env, &conf, stdin).map(|()| None),
         Command::Gc => gc::gc(env, &conf, stdin).map(|()| None),
         // serve() answers VERSION before dispatching.
         Command::Version => Ok(None),

@@ -43,6 +43,7 @@ use crate::snapshot::Compiled;
 use crate::source::{Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
+mod operator_log;
 mod pod_reports;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
@@ -153,7 +154,15 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
         agent.answer_parked();
         agent.expire_claims();
         match next.take().map_or_else(|| events.recv_timeout(agent.wait()), Ok) {
-            Ok(Event::Stop) => break,
+            Ok(Event::Stop) => {
+                let what = if cfg.cleanup_on_exit {
+                    "deleting weft's routes and rules (--cleanup-on-exit)"
+                } else {
+                    "leaving routes and rules in force for the next agent"
+                };
+                info!("SIGTERM or SIGINT: stopping, {what}");
+                break;
+            }
             Ok(Event::Pod(ev, reply)) => agent.on_pod(ev, reply),
             // The next tick polls the source.
             Ok(Event::Wake) => wake.taken(),
@@ -200,6 +209,8 @@ struct Agent<'c> {
     status_error: Option<String>,
     /// The readiness line is out (after the first status written).
     announced: bool,
+    /// The source's errors already logged (each is logged once, when new).
+    source_errors: Vec<String>,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
     next_sync: Instant,
@@ -249,6 +260,7 @@ impl<'c> Agent<'c> {
             last_status: None,
             status_error: None,
             announced: false,
+            source_errors: Vec::new(),
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
@@ -286,24 +298,27 @@ impl<'c> Agent<'c> {
         let t0 = Instant::now();
         let masq = self.masq.as_mut().map(|m| (m, &self.masq_in));
         let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, masq, self.full));
+        let logged: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
         if let Some(applied) = self.enforce(self.full) {
             match applied {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
-                    status.warnings = warnings;
+                    status.warnings.extend(warnings);
                 }
                 Err(e) => status.errors.push(e),
             }
         }
         let conflist = self.write_conflist(&mut status);
-        report_changes(self.last_status.as_ref(), &status);
+        operator_log::report_changes(self.last_status.as_ref(), &status, &logged);
         let written = self.save_status(&mut status);
         let took = t0.elapsed();
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
+        let ready = readiness(&status, self.policy.is_some(), conflist);
+        let ready_now = ready.is_ok();
         {
             let mut m = self.shared.metrics();
             m.observe_sync(kind, took);
-            m.synced(&status, readiness(&status, self.policy.is_some(), conflist));
+            m.synced(&status, ready);
         }
         tracing::debug!(
             generation = %status.generation,
@@ -312,8 +327,10 @@ impl<'c> Agent<'c> {
             errors = status.errors.len(),
             "synced"
         );
-        if written && !self.announced {
-            println!("ready generation {}", status.generation);
+        // The launcher's signal (stdout, the log's format): only once /readyz answers 200.
+        if written && ready_now && !self.announced {
+            let msg = format!("ready: /readyz answers 200 generation={}", status.generation);
+            println!("{}", crate::logging::stdout_line(tracing::Level::INFO, &msg, &self.cfg.node));
             let _ = std::io::stdout().flush();
             self.announced = true;
         }
@@ -348,9 +365,7 @@ impl<'c> Agent<'c> {
 
     fn poll_source(&mut self) {
         let Some(s) = self.source.poll() else { return };
-        for e in &s.errors {
-            warn!(generation = %s.generation, "skipping manifest {e}");
-        }
+        operator_log::report_source_errors(&mut self.source_errors, &s);
         self.pods.catch_up(&s.model, &self.cfg.node, Instant::now());
         self.snap = Some(s);
         if self.next_sync > Instant::now() {
@@ -513,16 +528,19 @@ fn backend_name(pick: BackendChoice) -> &'static str {
     }
 }
 
-/// The status file's directory must exist: the first sync writes it.
+/// The status file's directory, or the nearest of its ancestors that
+/// exists, must be a directory: the first sync creates what is missing (the
+/// default, /run/weft, may not exist yet) and writes the file.
 fn check_status_dir(path: &Path) -> Result<(), AgentError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(std::io::Error::new(
+    let existing = dir.ancestors().find_map(|d| std::fs::metadata(d).ok().map(|m| (d, m)));
+    match existing {
+        Some((_, m)) if m.is_dir() => Ok(()),
+        Some((d, _)) => Err(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
-            format!("{} is not a directory", dir.display()),
+            format!("{} is not a directory", d.display()),
         )),
-        Err(e) => Err(e),
+        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}", dir.display()))),
     }
     .map_err(|source| AgentError::Status { path: path.into(), source })
 }
@@ -548,15 +566,17 @@ async fn sync(
     full: bool,
 ) -> Status {
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
-    let (desired, notes) = desired_routes(&snap.model, node);
-    for n in notes {
-        warn!("{n}");
+    let (desired, mut warnings) = desired_routes(&snap.model, node);
+    match operator_log::own_node(&snap.model, node) {
+        operator_log::OwnNode::Ready => {}
+        operator_log::OwnNode::NoPodCidr(w) => warnings.push(w),
+        operator_log::OwnNode::Unknown(e) => errors.push(e),
     }
     match list_weft_routes(h).await {
         Ok(current) => {
             for change in plan(&desired, &current) {
                 match apply(h, change).await {
-                    Ok(()) => info!(generation = %snap.generation, "route {change:?}"),
+                    Ok(()) => info!(generation = %snap.generation, "route {change}"),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
@@ -571,7 +591,8 @@ async fn sync(
         }
     };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
-    let masquerade = match masq.map(|(m, k)| m.reconcile(k, pod_cidr, full)) {
+    // Without a pod CIDR the rules stay as they are; own_node said why.
+    let masquerade = match masq.filter(|_| pod_cidr.is_some()).map(|(m, k)| m.reconcile(k, pod_cidr, full)) {
         None => None,
         Some(Ok(cidr)) => Some(cidr.to_string()),
         Some(Err(e)) => {
@@ -587,24 +608,26 @@ async fn sync(
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
         masquerade,
         policy: None,
-        warnings: Vec::new(),
+        warnings,
         errors,
     }
 }
 
-/// Logs the sysctls that are off (when they turn off, or at the first sync) and new errors.
-fn report_changes(last: Option<&Status>, now: &Status) {
-    let was_fwd = last.map(|s| s.ip_forward);
-    if !now.ip_forward && was_fwd != Some(false) {
-        warn!("net.ipv4.ip_forward is off on this node: pods on other nodes are unreachable");
-    }
-    let was_br = last.and_then(|s| s.bridge_nf_call_iptables);
-    if now.bridge_nf_call_iptables == Some(false) && was_br != Some(false) {
-        warn!("net.bridge.bridge-nf-call-iptables is off on this node: same-node service traffic bypasses conntrack");
-    }
-    for e in &now.errors {
-        if !last.is_some_and(|s| s.errors.contains(e)) {
-            error!(generation = %now.generation, "{e}");
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_dir_may_be_created_later_but_not_under_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("run/weft/status.json");
+        check_status_dir(&deep).unwrap();
+        let status = Status { node: "n".into(), generation: "g".into(), ..Status::default() };
+        write_status(&deep, &status).unwrap();
+        assert!(crate::status::read_status(&deep).is_some(), "the first write creates the directory");
+        let file = tmp.path().join("plain");
+        std::fs::write(&file, "").unwrap();
+        let e = check_status_dir(&file.join("x/status.json")).unwrap_err();
+        assert!(e.to_string().contains("plain is not a directory"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod http;
 pub mod iptables;
 pub mod kube_rbac;
+pub mod log_fold;
 pub mod logging;
 pub mod masquerade;
 pub mod metrics;

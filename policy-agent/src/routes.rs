@@ -40,6 +40,16 @@ pub enum RouteChange {
     Delete(Route),
 }
 
+impl std::fmt::Display for RouteChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteChange::Add(r) => write!(f, "added {r}"),
+            RouteChange::Replace { old, new } => write!(f, "replaced {old} with via {}", new.gw),
+            RouteChange::Delete(r) => write!(f, "deleted {r}"),
+        }
+    }
+}
+
 /// The routes node `me` wants, by destination, and the reasons other nodes
 /// give none (no pod CIDR, no InternalIP, a CIDR that overlaps ours or another's).
 pub fn desired_routes(model: &Model, me: &str) -> (BTreeMap<Ipv4Network, Ipv4Addr>, Vec<String>) {

@@ -26,7 +26,7 @@ pub struct PolicyStatus {
 }
 
 /// The status file: what the agent last applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     /// The generation of the snapshot the routes were reconciled against.
@@ -44,20 +44,32 @@ pub struct Status {
     #[serde(default)]
     pub policy: Option<PolicyStatus>,
     /// What weft cannot enforce as written (e.g. an IPv6 ipBlock on an IPv4
-    /// pod network), by policy.
+    /// pod network), by policy, and what it waits for (a node without a
+    /// podCIDR yet, another node it cannot route to).
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Skipped manifests ("file: reason") and failed route changes.
     pub errors: Vec<String>,
 }
 
-/// Writes `status` to `path` atomically (a temp file in the same dir, then rename); idempotent.
+/// Where the agent writes its status unless told otherwise.
+pub const DEFAULT_STATUS_FILE: &str = "/run/weft/status.json";
+
+/// Writes `status` to `path` atomically (a temp file in the same dir, then
+/// rename), creating the directory if needed; idempotent.
 pub fn write_status(path: &Path, status: &Status) -> Result<(), AgentError> {
     let err = |source| AgentError::Status { path: path.into(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let text = serde_json::to_vec_pretty(status).expect("the status serialises");
-    std::fs::write(&tmp, text).map_err(err)?;
+    if let Err(e) = std::fs::write(&tmp, text) {
+        // A full disk must not leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     std::fs::rename(&tmp, path).map_err(err)
 }
 

@@ -216,7 +216,14 @@ fn held_by(store: &Store, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
 pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<(), IpamError> {
     let owner = Owner::new(container_id, ifname)?;
     let _guard = store.lock()?;
-    let Some(index) = store.read_index(&owner)? else { return Ok(()) };
+    let index = match store.read_index(&owner) {
+        Ok(Some(index)) => index,
+        Ok(None) => return Ok(()),
+        // A DEL that failed here forever would leak the address (a runtime
+        // without GC never reclaims it): free what can be found instead.
+        Err(IpamError::Corrupt { path, .. }) => return release_corrupt(store, &owner, &path),
+        Err(e) => return Err(e),
+    };
     for ip in index.ips {
         if store.holder(ip)? == Holder::Held(owner.clone()) {
             remove_if_exists(&store.ip_path(ip))?;
@@ -229,6 +236,25 @@ pub fn release(store: &Store, container_id: &str, ifname: &str) -> Result<(), Ip
         &mut pool,
         (Step::ReleaseIndexPooled, Step::ReleaseIndexRemoved),
     )
+}
+
+/// Release when the owner's index is unreadable: an IP file is the owner's
+/// when it is a hard link of the index (same inode, so equally garbled) or
+/// names the owner; those go, then the index (unlinked, never pooled).
+fn release_corrupt(store: &Store, owner: &Owner, index: &std::path::Path) -> Result<(), IpamError> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let index_id = std::fs::symlink_metadata(index).map(identity).ok();
+    for ip in store.ip_files()? {
+        let path = store.ip_path(ip);
+        let linked = index_id.is_some() && std::fs::symlink_metadata(&path).map(identity).ok() == index_id;
+        if linked || store.holder(ip)? == Holder::Held(owner.clone()) {
+            remove_if_exists(&path)?;
+            store.reached(Step::ReleaseIpRemoved)?;
+        }
+    }
+    remove_if_exists(index)?;
+    store.reached(Step::ReleaseIndexRemoved)
 }
 
 /// The addresses (id, ifname) holds (for CNI CHECK). Read-only.

@@ -128,7 +128,11 @@ impl Store {
             r => r,
         }
         .map_err(IpamError::io("create", &path))?;
-        f.write_all(content).map_err(IpamError::io("write", &path))?;
+        if let Err(e) = f.write_all(content) {
+            // A full disk (ENOSPC) must not leave a temp file behind.
+            let _ = fs::remove_file(&path);
+            return Err(IpamError::io("write", path)(e));
+        }
         Ok(path)
     }
 

@@ -119,8 +119,35 @@ impl Node {
         reply(self.spawn(&weft(), cmd, id, netns, stdin.as_bytes()).wait_with_output().unwrap())
     }
 
+    /// Runs `wrapper` (a command whose last argument execs the plugin, e.g.
+    /// `unshare -m sh -c ...`) with the plugin's CNI env, in this node's netns.
+    pub fn cni_wrapped(
+        &self,
+        wrapper: &[&str],
+        cmd: &str,
+        id: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> Reply {
+        let mut c = Command::new(wrapper[0]);
+        c.args(&wrapper[1..]);
+        let child = self.spawn_command(c, true, cmd, id, netns, conf.to_string().as_bytes());
+        reply(child.wait_with_output().unwrap())
+    }
+
     fn spawn(&self, bin: &Path, cmd: &str, id: &str, netns: Option<&Path>, stdin: &[u8]) -> Child {
-        let mut c = Command::new(bin);
+        self.spawn_command(Command::new(bin), bin != weft(), cmd, id, netns, stdin)
+    }
+
+    fn spawn_command(
+        &self,
+        mut c: Command,
+        needs_path: bool,
+        cmd: &str,
+        id: &str,
+        netns: Option<&Path>,
+        stdin: &[u8],
+    ) -> Child {
         c.env_clear()
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)
@@ -135,7 +162,7 @@ impl Node {
         }
         // weft must work with the empty PATH some runtimes give plugins (it
         // finds iptables itself); the reference plugins need one.
-        if bin != weft() {
+        if needs_path {
             c.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         }
         in_netns(&mut c, &self.ns.path);

@@ -110,9 +110,9 @@ impl Agent<'_> {
                 (PodEvent::Add { container_id, ifname, namespace, name, ips }, Some(s)) => {
                     let claim = Claim { container_id, ifname, namespace, name, ips };
                     self.pods.add(&s.model, node, &claim, now).map(|()| true).map_err(|e| {
-                        let error = format!("ADD of {namespace}/{name} ({container_id}) refused: {e}");
-                        warn!("{error}");
-                        error
+                        // The plugin says who was refused; the reply carries the reason only.
+                        warn!("ADD of {namespace}/{name} ({container_id}) refused: {e}");
+                        e.to_string()
                     })
                 }
                 (PodEvent::Add { .. }, None) => Err("no cluster state yet".into()),

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
+use super::label_syntax::{check_key, check_labels, check_value};
 use super::{
     ContainerPort, LabelSelector, Labels, Namespace, NetworkPolicy, Node, Operator, Peer, Pod, PolicyPort,
     PortRef, Protocol, Requirement, Rule, Service, ServicePort, TrafficPolicy,
@@ -179,8 +180,10 @@ impl Meta {
         check_name(&ns, "metadata.namespace")?;
         Ok(ns)
     }
-    fn labels(&self) -> Labels {
-        self.labels.clone().unwrap_or_default()
+    fn labels(&self) -> Result<Labels, String> {
+        let labels = self.labels.clone().unwrap_or_default();
+        check_labels(&labels, "metadata.labels")?;
+        Ok(labels)
     }
 }
 
@@ -275,7 +278,7 @@ struct NamespaceManifest {
 
 fn namespace_of(m: NamespaceManifest) -> Result<Namespace, String> {
     let name = m.metadata.name()?;
-    let mut labels = m.metadata.labels();
+    let mut labels = m.metadata.labels()?;
     // The API server sets it and nobody can change it.
     labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
     Ok(Namespace { name, labels })
@@ -358,7 +361,7 @@ fn pod(m: PodManifest) -> Result<Pod, String> {
     Ok(Pod {
         namespace,
         name,
-        labels: m.metadata.labels(),
+        labels: m.metadata.labels()?,
         node: m.spec.node_name.filter(|n| !n.is_empty()),
         ip,
         ip6,
@@ -441,6 +444,9 @@ fn service(m: ServiceManifest) -> Result<Service, String> {
             target_port,
             node_port,
         });
+    }
+    if let Some(sel) = &m.spec.selector {
+        check_labels(sel, "spec.selector")?;
     }
     Ok(Service { namespace, name, cluster_ip, selector: m.spec.selector, ports, external_traffic_policy })
 }
@@ -661,14 +667,18 @@ fn selector(s: Option<SelectorManifest>, at: &str) -> Result<LabelSelector, Stri
             }
             _ => {}
         }
-        if r.key.is_empty() {
-            return Err(format!("{at}.matchExpressions[{i}]: empty key"));
+        let at_i = format!("{at}.matchExpressions[{i}]");
+        check_key(&r.key).map_err(|e| format!("{at_i}: {e}"))?;
+        for v in &values {
+            check_value(v).map_err(|e| format!("{at_i}.values: {e}"))?;
         }
         match_expressions.push(Requirement { key: r.key, operator, values });
     }
     // Sorted, so the same selector written in another order is the same value.
     match_expressions.sort();
-    Ok(LabelSelector { match_labels: s.match_labels.unwrap_or_default(), match_expressions })
+    let match_labels = s.match_labels.unwrap_or_default();
+    check_labels(&match_labels, &format!("{at}.matchLabels"))?;
+    Ok(LabelSelector { match_labels, match_expressions })
 }
 
 fn protocol(p: Option<&str>) -> Result<Protocol, String> {
@@ -1065,6 +1075,27 @@ spec:
         assert!(!p.audit);
         assert!(!policy("  podSelector: {}\n").audit);
         assert!(parse_manifests(&text("'yes'")).is_err());
+    }
+
+    #[test]
+    fn labels_the_api_would_reject_are_reported_by_object() {
+        let cases = [
+            ("kind: Pod\nmetadata: {name: a, namespace: x, labels: {\"bad key\": v}}", "metadata.labels"),
+            ("kind: Namespace\nmetadata: {name: n, labels: {app: \"-v\"}}", "metadata.labels[app]"),
+            (
+                "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: \"a b\"}}",
+                "spec.podSelector.matchLabels[app]",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector:\n    matchExpressions: [{key: \"Example.com/a\", operator: Exists}]",
+                "spec.podSelector.matchExpressions[0]",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let objects = parse_objects(&format!("apiVersion: v1\n{yaml}\n")).unwrap();
+            let [Err(e)] = objects.as_slice() else { panic!("{yaml}: {objects:?}") };
+            assert!(e.key.is_some() && e.reason.contains(field), "{yaml}: {e}");
+        }
     }
 
     #[test]

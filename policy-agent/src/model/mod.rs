@@ -8,6 +8,7 @@
 //! ever sees well-formed objects. The same parser takes YAML files (the
 //! testbed) and the objects the API server serves (`source::kube`).
 
+pub mod label_syntax;
 pub mod manifest;
 pub mod selector;
 

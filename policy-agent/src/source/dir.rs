@@ -141,11 +141,11 @@ impl DirSource {
             self.failing = Some(reason);
             return None;
         };
-        tracing::warn!(dir = %dir, "cannot read the manifest directory ({reason}): keeping the last good state");
+        // Among the snapshot's errors, which the agent logs once.
         let (model, mut errors) = self.model();
         errors.push(SourceError {
             file: dir,
-            reason: format!("cannot read: {reason}; keeping the last good state (generation {generation})"),
+            reason: format!("cannot read the manifest directory: {reason}; keeping the last good state (generation {generation})"),
         });
         self.failing = Some(reason);
         Some(Snapshot { generation, model, errors })

@@ -6,6 +6,7 @@
 //! every route and rule); after that, an unreachable API server leaves the
 //! stores, and so the rules, as they were, and the snapshot's errors say so.
 
+mod api_errors;
 pub mod translate;
 mod watch;
 
@@ -22,6 +23,10 @@ use crate::model::{Snapshot, SourceError};
 use crate::source::Source;
 use translate::Translator;
 pub use translate::{object_key, state_generation, API_ORIGIN};
+
+/// The origin of the watchers' own errors in a snapshot (the API is
+/// unreachable, refusing, ...); they log them themselves, folded.
+pub const WATCH_ORIGIN: &str = "kube API watch";
 use watch::Shared;
 
 /// One resource the agent lists and watches: what its RBAC must grant.
@@ -158,7 +163,7 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError>
         }
         None => kube::Config::infer().await.map_err(KubeSourceError::Infer)?,
     };
-    watch::log(&format!("watching {}", config.cluster_url));
+    tracing::info!("kube API: watching {}", config.cluster_url);
     Client::try_from(config).map_err(KubeSourceError::Client)
 }
 
@@ -190,7 +195,7 @@ impl Source for KubeSource {
             kinds
                 .values()
                 .filter_map(|k| k.error.clone())
-                .map(|reason| SourceError { file: API_ORIGIN.into(), reason }),
+                .map(|reason| SourceError { file: WATCH_ORIGIN.into(), reason }),
         );
         Some(Snapshot { generation: t.generation, model: t.model, errors: t.errors })
     }

@@ -14,13 +14,17 @@ use std::fmt::Debug;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
+use tracing::{error, info, warn};
+
+use super::api_errors::{describe, Trouble};
+use crate::log_fold::Fold;
 
 /// What the watchers tell the source: a change counter and each kind's state.
 #[derive(Default)]
@@ -30,6 +34,9 @@ pub(super) struct Shared {
     kinds: Mutex<BTreeMap<&'static str, KindState>>,
     /// Wakes the agent loop on a Pod change (`Source::set_wake`).
     wake: OnceLock<crate::source::WakeFn>,
+    /// Repeats of each kind of trouble, all watchers together: one outage
+    /// is one line, then one count per window, not a line per retry per kind.
+    fold: Mutex<Fold>,
 }
 
 /// One kind's watcher, as far as the source cares.
@@ -135,13 +142,13 @@ where
                         Event::InitDone => {
                             backoff.reset();
                             let had_error = shared.kinds().get(kind).is_some_and(|s| s.error.is_some());
-                            if had_error {
-                                log(&format!("{kind}: listed again; the API server is reachable"));
-                            }
                             shared.update(kind, |s| {
                                 s.ready = true;
                                 s.error = None;
                             });
+                            if had_error {
+                                shared.recovered(kind, Instant::now());
+                            }
                             // The store was swapped in even if nothing else changed.
                             shared.changed(kind);
                         }
@@ -151,17 +158,13 @@ where
                     }
                 }
                 Err(e) => {
-                    expired = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    let d = describe(&e, K::plural(&Default::default()).as_ref());
+                    expired = d.trouble == Trouble::Expired;
                     if expired {
-                        log(&format!("{kind}: watch expired (410 Gone): listing again"));
+                        info!("kube API: {kind}: {}", d.text);
                     } else {
-                        let msg = format!(
-                            "{kind}: {e} (the API server is unreachable or failing; the last state \
-                             received stays in force)"
-                        );
-                        if shared.kinds().get(kind).and_then(|s| s.error.as_ref()) != Some(&msg) {
-                            log(&msg);
-                        }
+                        let msg = format!("{kind}: {}", d.text);
+                        shared.report(d.trouble, &format!("kube API: {}", d.text), Instant::now());
                         shared.update(kind, |s| s.error = Some(msg));
                     }
                     break;
@@ -174,8 +177,32 @@ where
     }
 }
 
-pub(super) fn log(msg: &str) {
-    eprintln!("weft-agent: kube API: {msg}");
+impl Shared {
+    /// Logs one watcher's trouble, folded with the other watchers' and its
+    /// own repeats: 401 is an ERROR (it will not mend itself), the rest WARN.
+    fn report(&self, trouble: Trouble, text: &str, now: Instant) {
+        let line = self.fold.lock().unwrap_or_else(|p| p.into_inner()).occur(trouble.key(), text, now);
+        match line {
+            Some(l) if trouble == Trouble::Unauthorized => error!("{l}"),
+            Some(l) => warn!("{l}"),
+            None => {}
+        }
+    }
+
+    /// `kind` listed again after an error; once no kind has one, the
+    /// folded troubles end with a line saying how long they lasted.
+    fn recovered(&self, kind: &str, now: Instant) {
+        info!("kube API: {kind}: listed again; the API server is reachable");
+        if self.kinds().values().any(|k| k.error.is_some()) {
+            return;
+        }
+        let mut fold = self.fold.lock().unwrap_or_else(|p| p.into_inner());
+        for t in [Trouble::Unreachable, Trouble::Forbidden, Trouble::Unauthorized, Trouble::Failing] {
+            if let Some((n, took)) = fold.clear(t.key(), now) {
+                info!("kube API: back after {} s ({n} failed attempts, {})", took.as_secs(), t.key());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +267,34 @@ mod tests {
         s.changed(POD);
         s.changed(POD);
         assert_eq!((s.version(), woken.load(Ordering::SeqCst)), (v + 3, 2));
+    }
+
+    #[test]
+    fn troubles_are_folded_across_watchers_and_logged_at_their_level() {
+        let t0 = Instant::now();
+        let s = Shared::default();
+        let got = crate::logging::captured("info", None, || {
+            for kind in ["Node", "Pod", "Namespace", "NetworkPolicy"] {
+                s.report(Trouble::Forbidden, "kube API: refused (403)", t0);
+                s.update(kind, |k| k.error = Some("403".into()));
+            }
+            s.report(Trouble::Unauthorized, "kube API: credentials (401)", t0);
+            s.report(Trouble::Forbidden, "kube API: refused (403)", t0 + Duration::from_secs(31));
+            for kind in ["Node", "Pod", "Namespace", "NetworkPolicy"] {
+                s.update(kind, |k| k.error = None);
+                s.recovered(kind, t0 + Duration::from_secs(40));
+            }
+        });
+        let want_start = [
+            "WARN weft-agent: kube API: refused (403)",
+            "ERROR weft-agent: kube API: credentials (401)",
+            "WARN weft-agent: kube API: refused (403) (4 times in 31 s)",
+        ];
+        assert_eq!(&got[..3], want_start, "{got:#?}");
+        assert_eq!(got.iter().filter(|l| l.contains("listed again")).count(), 4, "{got:#?}");
+        let ends: Vec<&String> = got.iter().filter(|l| l.contains("back after")).collect();
+        assert_eq!(ends.len(), 2, "one end per trouble, once every kind listed again: {got:#?}");
+        assert!(ends[0].contains("back after 40 s (5 failed attempts, forbidden)"), "{got:#?}");
     }
 
     #[test]
