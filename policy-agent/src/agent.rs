@@ -33,17 +33,19 @@ use crate::masquerade::{MasqIptables, Masquerade};
 use crate::metrics::{readiness, SyncKind};
 use crate::model::Snapshot;
 use crate::nflog::{self, Denied};
+use crate::overlay::Routing;
+use crate::overlay_kernel::teardown_overlay;
 use crate::parked_adds::ParkedAdds;
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket, Wake};
 use crate::policy::{Options, PolicyIr};
-use crate::route_table::{apply, delete_all, list_weft_routes};
-use crate::routes::{desired_routes, plan};
+use crate::route_table::delete_all;
 use crate::snapshot::Compiled;
 use crate::source::{Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
 mod pod_reports;
+pub mod routing;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -79,6 +81,8 @@ pub struct Config {
     pub network_name: String,
     /// How NetworkPolicy is compiled (`--triple-peers`).
     pub compile: Options,
+    /// How other nodes' pods are reached (`--mode`, `--vxlan-vni`, `--vxlan-port`).
+    pub routing: Routing,
 }
 
 /// Errors that stop the agent (everything else goes into the status).
@@ -280,7 +284,7 @@ impl<'c> Agent<'c> {
             return Ok(());
         }
         let t0 = Instant::now();
-        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, self.masq.as_mut(), self.full));
+        let mut status = self.rt.block_on(sync(&self.h, self.cfg, s, self.masq.as_mut(), self.full));
         if let Some(applied) = self.enforce(self.full) {
             match applied {
                 Ok((ps, warnings)) => {
@@ -397,8 +401,13 @@ impl<'c> Agent<'c> {
         }
         let socket =
             self.cfg.pod_socket.clone().unwrap_or_else(|| weft_conf::netconf::DEFAULT_AGENT_SOCKET.into());
+        // An overlay's MTU must be known before a pod gets one too large.
+        let mtu = status.overlay.as_ref().map(|o| o.pod_mtu);
+        if self.cfg.routing.mode != crate::overlay::Mode::HostGw && mtu.is_none() {
+            return Some(false);
+        }
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
-        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap);
+        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, mtu);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
             Ok(written) => {
@@ -442,7 +451,10 @@ impl<'c> Agent<'c> {
         for e in self.rt.block_on(delete_all(&self.h)) {
             warn!("cleanup: {e}");
         }
-        info!("cleanup: weft's routes deleted");
+        for e in self.rt.block_on(teardown_overlay(&self.h)) {
+            warn!("cleanup: overlay: {e}");
+        }
+        info!("cleanup: weft's routes and overlay deleted");
         if let Some(p) = self.policy.as_mut() {
             match p.cleanup() {
                 Ok(()) => info!(backend = %p.name(), "cleanup: weft's policy chains and sets deleted"),
@@ -529,32 +541,19 @@ fn ensure_forwarding() {
     }
 }
 
-/// Reconciles the routes (and, when owned, the masquerade chain) against `snap`
-/// and reads the sysctls; errors go into the status.
-async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquerade>, full: bool) -> Status {
+/// Reconciles the routes and overlay (and, when owned, the masquerade chain)
+/// against `snap` and reads the sysctls; errors go into the status.
+async fn sync(
+    h: &Handle,
+    cfg: &Config,
+    snap: &Snapshot,
+    masq: Option<&mut Masquerade>,
+    full: bool,
+) -> Status {
+    let node = cfg.node.as_str();
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
-    let (desired, notes) = desired_routes(&snap.model, node);
-    for n in notes {
-        warn!("{n}");
-    }
-    match list_weft_routes(h).await {
-        Ok(current) => {
-            for change in plan(&desired, &current) {
-                match apply(h, change).await {
-                    Ok(()) => info!(generation = %snap.generation, "route {change:?}"),
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    let routes = match list_weft_routes(h).await {
-        Ok(r) => r.len(),
-        Err(e) => {
-            errors.push(e.to_string());
-            0
-        }
-    };
+    let routed = routing::sync_routing(h, node, &snap.model, &cfg.routing, &snap.generation).await;
+    errors.extend(routed.errors);
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
     let masquerade = match masq.map(|m| m.reconcile(&MasqIptables, pod_cidr, full)) {
         None => None,
@@ -567,7 +566,8 @@ async fn sync(h: &Handle, node: &str, snap: &Snapshot, masq: Option<&mut Masquer
     Status {
         node: node.into(),
         generation: snap.generation.clone(),
-        routes,
+        routes: routed.routes,
+        overlay: routed.overlay,
         ip_forward: read_sysctl(IP_FORWARD).is_ok_and(|v| v == "1"),
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
         masquerade,

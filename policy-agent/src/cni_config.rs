@@ -19,12 +19,14 @@ pub const CONFLIST: &str = "10-weft.conflist";
 pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 
 /// The conflist for a node with pod CIDR `pod_cidr`: weft (with its IPAM in
-/// process and the agent's socket), chained with portmap when `portmap`.
+/// process and the agent's socket, and `mtu` when an overlay needs one),
+/// chained with portmap when `portmap`.
 pub fn conflist(
     pod_cidr: Ipv4Network,
     cluster: Option<IpNetwork>,
     agent_socket: &Path,
     portmap: bool,
+    mtu: Option<u32>,
 ) -> Value {
     let mut weft = json!({
         "type": "weft",
@@ -39,6 +41,9 @@ pub fn conflist(
     });
     if let Some(c) = cluster {
         weft["clusterCIDR"] = json!(c.to_string());
+    }
+    if let Some(m) = mtu {
+        weft["mtu"] = json!(m);
     }
     let mut plugins = vec![weft];
     if portmap {
@@ -89,6 +94,7 @@ mod tests {
             Some("10.244.0.0/16".parse().unwrap()),
             Path::new("/run/weft/agent.sock"),
             true,
+            Some(1450),
         );
         let list = NetConfList::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(list.plugins.len(), 2);
@@ -96,9 +102,13 @@ mod tests {
         assert_eq!(weft.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        assert_eq!(weft.mtu, Some(1450), "the overlay's MTU");
         let alone =
-            conflist("10.244.3.0/24".parse().unwrap(), None, Path::new("/run/weft/agent.sock"), false);
-        assert_eq!(NetConfList::parse(alone.to_string().as_bytes()).unwrap().plugins.len(), 1);
+            conflist("10.244.3.0/24".parse().unwrap(), None, Path::new("/run/weft/agent.sock"), false, None);
+        let alone = NetConfList::parse(alone.to_string().as_bytes()).unwrap();
+        assert_eq!(alone.plugins.len(), 1);
+        let weft = NetConf::parse(alone.plugin_config(0, None).unwrap().to_string().as_bytes()).unwrap();
+        assert_eq!(weft.mtu, None, "host-gw: the plugin takes the node's");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `weft-agent --node NAME [--source kube [--kubeconfig PATH] | --source dir:PATH]
 //! --status-file PATH [--cluster-cidr CIDR] [--network-name NAME] [--cleanup-on-exit]
-//! [--log-level LEVEL]`, and the `explain` and `install-cni` subcommands
+//! [--mode host-gw|vxlan|auto [--vxlan-vni N] [--vxlan-port P]] [--log-level LEVEL]`, and the `explain` and `install-cni` subcommands
 //! (tools: they print their results and errors, and do not log).
 
 use std::path::PathBuf;
@@ -13,11 +13,12 @@ use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
 use weft_agent::agent::{run, Config};
 use weft_agent::backend::BackendChoice;
+use weft_agent::overlay::{Mode, Routing, DEFAULT_PORT, DEFAULT_VNI};
 use weft_agent::pod_socket::Event;
 use weft_agent::source::SourceSpec;
 
-/// The weft node agent: host-gw routes to the other nodes' pod CIDRs, and the
-/// node's masquerade rule when given the cluster CIDR.
+/// The weft node agent: routes to the other nodes' pod CIDRs (host-gw or a
+/// VXLAN overlay), and the node's masquerade rule when given the cluster CIDR.
 #[derive(Debug, Parser)]
 // A later flag overrides an earlier one (a wrapper's defaults, then the caller's).
 #[command(name = "weft-agent", version, args_override_self = true)]
@@ -52,6 +53,20 @@ struct Args {
     /// from `WEFT_BACKEND` (a DaemonSet's env or ConfigMap key).
     #[arg(long, env = "WEFT_BACKEND", default_value = "auto")]
     backend: BackendChoice,
+    /// How pods on other nodes are reached: `host-gw` (routes via their
+    /// InternalIPs: the underlay must carry pod addresses), `vxlan` (an
+    /// overlay to every node) or `auto` (host-gw to nodes on this node's
+    /// subnet, vxlan beyond it). Also read from `WEFT_MODE` (a ConfigMap key).
+    #[arg(long, env = "WEFT_MODE", default_value = "host-gw", value_parser = clap::builder::ValueParser::new(parse_mode))]
+    mode: Mode,
+    /// The overlay's VXLAN network identifier; every node must use the same.
+    #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = DEFAULT_VNI,
+          value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+    vxlan_vni: u32,
+    /// The overlay's UDP port; every node must use the same.
+    #[arg(long, env = "WEFT_VXLAN_PORT", default_value_t = DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    vxlan_port: u16,
     /// Listen on this unix socket for the plugin's pod reports (ADD waits until
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
     #[arg(long)]
@@ -102,6 +117,10 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
         return Ok(SourceSpec::Kube { kubeconfig: None });
     }
     parse_dir(s).map(SourceSpec::Dir).map_err(|_| format!("unsupported source {s:?}: kube or dir:PATH"))
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {
@@ -326,6 +345,7 @@ fn main() -> ExitCode {
         },
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dir: args.cni_bin_dir,
+        routing: Routing { mode: args.mode, vni: args.vxlan_vni, port: args.vxlan_port },
     };
     match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,
@@ -378,6 +398,16 @@ mod tests {
         let a = Args::try_parse_from(base.into_iter().chain(["--backend", "nftables"])).unwrap();
         assert_eq!(a.backend, BackendChoice::Nftables);
         assert!(Args::try_parse_from(base.into_iter().chain(["--backend", "ebpf"])).is_err());
+        let a = Args::try_parse_from(base).unwrap();
+        assert_eq!((a.mode, a.vxlan_vni, a.vxlan_port), (Mode::HostGw, DEFAULT_VNI, DEFAULT_PORT));
+        let a =
+            Args::try_parse_from(base.into_iter().chain(["--mode", "vxlan", "--vxlan-vni", "42"])).unwrap();
+        assert_eq!((a.mode, a.vxlan_vni), (Mode::Vxlan, 42));
+        for bad in
+            [["--mode", "geneve"], ["--vxlan-vni", "0"], ["--vxlan-vni", "16777216"], ["--vxlan-port", "0"]]
+        {
+            assert!(Args::try_parse_from(base.into_iter().chain(bad)).is_err(), "{bad:?}");
+        }
         let a = Args::try_parse_from(base.into_iter().chain(["--denied-socket", "/run/weft/denied.sock"]))
             .unwrap();
         assert_eq!((a.denied_socket, a.http_denied), (Some("/run/weft/denied.sock".into()), false));
