@@ -142,6 +142,15 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// The data path between nodes in host-gw and in vxlan mode, with the pods' MTU.
+    Modes {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Repetitions of each measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// What isolation from the first packet adds to CNI ADD.
     Add {
         /// Pods added (one at a time) per agent setup.
@@ -182,6 +191,9 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps } } => {
             weft_e2e::bench::datapath(policies, secs, reps)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
+        }
+        Cmd::Bench { cmd: BenchCmd::Modes { secs, reps } } => {
+            weft_e2e::bench::modes(secs, reps).map(|rows| print!("{}", weft_e2e::bench::modes_table(&rows)))
         }
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
