@@ -74,6 +74,22 @@ pub(super) fn overlay_seed_003() -> Result<Vec<Check>> {
     tb.wait_converged(CONVERGE)?;
     c.answers("vxlan: pod a -> pod c", &a.netns, at(pc.ip, 80), Proto::Tcp, "web/c")?;
     c.answers("vxlan: pod c -> pod a", &pc.netns, at(a.ip, 81), Proto::Udp, "web/a")?;
+    // A pod to another node's own address (kubelet, a hostNetwork pod):
+    // masqueraded to its node's InternalIP, through the overlay; with loose
+    // reverse-path filtering (Debian's default), which it needs (docs/modes.md).
+    let n2 = tb.node_netns(2);
+    for n in [&n1, &n2] {
+        sh(n, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"])?;
+    }
+    tb.serve_in(&n2, "node-2", &[ECHO_PORT], true)?;
+    let seen = format!("node-2 {}", tb.node_addr(1));
+    c.answers(
+        "vxlan: pod a -> node 2's address",
+        &a.netns,
+        at(tb.node_addr(2), ECHO_PORT),
+        Proto::Tcp,
+        &seen,
+    )?;
     c.answers(
         "vxlan: node 1 -> ClusterIP, endpoint on node 2, kube-proxy without clusterCIDR",
         &n1,
