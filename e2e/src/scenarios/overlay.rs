@@ -14,7 +14,12 @@ use super::{at, down_clean, sh, Check, Checks, CONVERGE, ECHO_PORT};
 use crate::error::Result;
 use crate::manifests::ServiceManifest;
 use crate::probe::Proto;
-use crate::{plan, Testbed};
+use crate::{plan, wait_until, Testbed};
+
+/// Pod c admits nothing.
+const DENY_C: &str =
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-c, namespace: web}\n\
+                      spec:\n  podSelector: {matchLabels: {pod: c}}\n  policyTypes: [Ingress]\n";
 
 pub(super) fn overlay_seed_003() -> Result<Vec<Check>> {
     let mut c = Checks::default();
@@ -128,6 +133,18 @@ pub(super) fn overlay_seed_003() -> Result<Vec<Check>> {
         Proto::Tcp,
         &seen,
     )?;
+    // Policy applies to what the overlay delivers, and the denied log names it.
+    tb.apply(DENY_C)?;
+    tb.wait_converged(CONVERGE)?;
+    c.blocked("vxlan: pod a -> pod c under c's deny-ingress", &a.netns, at(pc.ip, 80), Proto::Tcp)?;
+    let want = format!("\"src\":\"web/a ({})\"", a.ip);
+    let logged =
+        wait_until(CONVERGE, || tb.agent_get(2, "/denied?since=0").is_ok_and(|(_, d)| d.contains(&want)));
+    c.that(
+        "node 2's denied log names pod a",
+        logged,
+        tb.agent_get(2, "/denied?since=0").map(|(_, body)| body).unwrap_or_else(|e| e.to_string()),
+    );
     let overlay = tb.agent_status(1).and_then(|s| s.overlay);
     let want = Some((1, plan::MTU - VXLAN_OVERHEAD));
     c.that(
