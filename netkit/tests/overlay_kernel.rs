@@ -15,13 +15,15 @@ use weft_netkit::netns::connect_current;
 use weft_netkit::rule::{add_rule, delete_rule, list_rules, SourceRule};
 use weft_netkit::vxlan::{ensure_vxlan, VxlanSpec};
 
-/// An underlay link with 192.0.2.1/24 (one end of a veth pair); its index.
-async fn underlay(h: &rtnetlink::Handle) -> u32 {
+/// An underlay link with 192.0.2.1/24 (one end of a veth pair), and the
+/// spec of a VXLAN device on it.
+async fn underlay(h: &rtnetlink::Handle) -> VxlanSpec {
     h.link().add(LinkVeth::new("under0", "under1").build()).execute().await.unwrap();
     let u = get_link(h, "under0").await.unwrap().unwrap();
     set_up(h, u.index).await.unwrap();
     addr::add_address(h, u.index, "192.0.2.1/24".parse().unwrap()).await.unwrap();
-    u.index
+    let local = Ipv4Addr::new(192, 0, 2, 1);
+    VxlanSpec { vni: 87, port: 4789, local, underlay: u.index, mtu: 1450, mac: [0x02, 0x57, 192, 0, 2, 1] }
 }
 
 #[test]
@@ -29,16 +31,8 @@ fn vxlan_device_is_created_adopted_and_recreated() {
     let Some(t) = isolate("vxlan_device_is_created_adopted_and_recreated") else { return };
     t.rt.block_on(async {
         let h = connect_current().unwrap();
-        let under = underlay(&h).await;
-        let mac = [0x02, 0x57, 192, 0, 2, 1];
-        let spec = VxlanSpec {
-            vni: 87,
-            port: 4789,
-            local: Ipv4Addr::new(192, 0, 2, 1),
-            underlay: under,
-            mtu: 1450,
-            mac,
-        };
+        let spec = underlay(&h).await;
+        let mac = spec.mac;
         let a = ensure_vxlan(&h, "weft.vxlan", &spec).await.unwrap();
         assert_eq!((a.kind.as_deref(), a.mtu, a.mac, a.up), (Some("vxlan"), 1450, Some(mac), true));
         // The same spec: adopted, not recreated (same index).
@@ -62,15 +56,8 @@ fn static_fdb_and_neighbour_entries() {
     let Some(t) = isolate("static_fdb_and_neighbour_entries") else { return };
     t.rt.block_on(async {
         let h = connect_current().unwrap();
-        let under = underlay(&h).await;
-        let spec = VxlanSpec {
-            vni: 87,
-            port: 4789,
-            local: Ipv4Addr::new(192, 0, 2, 1),
-            underlay: under,
-            mtu: 1450,
-            mac: [0x02, 0x57, 192, 0, 2, 1],
-        };
+        let spec = underlay(&h).await;
+        let under = spec.underlay;
         let dev = ensure_vxlan(&h, "weft.vxlan", &spec).await.unwrap().index;
         let e2 = StaticEntry { mac: [0x02, 0x57, 192, 0, 2, 2], ip: Ipv4Addr::new(192, 0, 2, 2) };
         let e3 = StaticEntry { mac: [0x02, 0x57, 192, 0, 2, 3], ip: Ipv4Addr::new(192, 0, 2, 3) };

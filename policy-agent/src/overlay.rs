@@ -203,6 +203,13 @@ mod tests {
         let direct = |d, g| r(Table::Main, d, g, Dev::Underlay);
         let overlay = |d, g| r(Table::Main, d, g, Dev::Overlay);
         let reply = |d, g| r(Table::Replies, d, g, Dev::Overlay);
+        let all_overlay = vec![
+            overlay("10.244.2.0/24", "172.31.0.12"),
+            overlay("10.244.3.0/24", "192.168.7.13"),
+            reply("172.31.0.12/32", "172.31.0.12"),
+            reply("192.168.7.13/32", "192.168.7.13"),
+        ];
+        let all_vteps = vec![vtep("172.31.0.12"), vtep("192.168.7.13")];
         // table: (mode, underlay, routes, vteps)
         let cases = [
             (
@@ -211,17 +218,7 @@ mod tests {
                 vec![direct("10.244.2.0/24", "172.31.0.12"), direct("10.244.3.0/24", "192.168.7.13")],
                 vec![],
             ),
-            (
-                Mode::Vxlan,
-                Some(lan),
-                vec![
-                    overlay("10.244.2.0/24", "172.31.0.12"),
-                    overlay("10.244.3.0/24", "192.168.7.13"),
-                    reply("172.31.0.12/32", "172.31.0.12"),
-                    reply("192.168.7.13/32", "192.168.7.13"),
-                ],
-                vec![vtep("172.31.0.12"), vtep("192.168.7.13")],
-            ),
+            (Mode::Vxlan, Some(lan), all_overlay.clone(), all_vteps.clone()),
             (
                 Mode::Auto,
                 Some(lan),
@@ -232,17 +229,8 @@ mod tests {
                 ],
                 vec![vtep("192.168.7.13")],
             ),
-            (
-                Mode::Auto,
-                None,
-                vec![
-                    overlay("10.244.2.0/24", "172.31.0.12"),
-                    overlay("10.244.3.0/24", "192.168.7.13"),
-                    reply("172.31.0.12/32", "172.31.0.12"),
-                    reply("192.168.7.13/32", "192.168.7.13"),
-                ],
-                vec![vtep("172.31.0.12"), vtep("192.168.7.13")],
-            ),
+            // Without an underlay, auto cannot tell the subnet: all through the overlay.
+            (Mode::Auto, None, all_overlay, all_vteps),
         ];
         for (mode, underlay, routes, vteps) in cases {
             let mut routes = routes;

@@ -60,122 +60,113 @@ async fn kernel(h: &rtnetlink::Handle) -> (Vec<Route>, Vec<StaticEntry>, Vec<Sta
     (routes, fdb, neigh, list_rules(h, WEFT_PROTO).await.unwrap())
 }
 
+/// Runs `test` with a netlink handle in a network namespace of its own (root; skips otherwise).
+fn in_netns<F: std::future::Future<Output = ()>>(test: impl FnOnce(rtnetlink::Handle) -> F + Send) {
+    if !root() {
+        return;
+    }
+    run_in_new(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { test(connect_current().unwrap()).await });
+    })
+    .unwrap();
+}
+
 fn clean(s: &Synced) {
     assert!(s.errors.is_empty(), "{:?}", s.errors);
 }
 
 #[test]
 fn modes_build_and_remove_the_overlay() {
-    if !root() {
-        return;
-    }
-    run_in_new(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let h = connect_current().unwrap();
-            // The underlay: eth0 with node 1's InternalIP, MTU 1500.
-            h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
-            for name in ["eth0", "eth0-peer", "lo"] {
-                let l = link::get_link(&h, name).await.unwrap().unwrap();
-                link::set_up(&h, l.index).await.unwrap();
-            }
-            let eth0 = link::get_link(&h, "eth0").await.unwrap().unwrap().index;
-            addr::add_address(&h, eth0, "172.31.0.11/24".parse().unwrap()).await.unwrap();
-            let (n1, n2, n3) = (node(1, "172.31.0.11"), node(2, "172.31.0.12"), node(3, "192.168.7.13"));
-            let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
-            let rule = SourceRule {
-                src: "10.244.1.0/24".parse().unwrap(),
-                table: REPLY_TABLE,
-                priority: REPLY_RULE_PRIORITY,
-            };
+    in_netns(|h| async move {
+        // The underlay: eth0 with node 1's InternalIP, MTU 1500.
+        h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
+        for name in ["eth0", "eth0-peer", "lo"] {
+            let l = link::get_link(&h, name).await.unwrap().unwrap();
+            link::set_up(&h, l.index).await.unwrap();
+        }
+        let eth0 = link::get_link(&h, "eth0").await.unwrap().unwrap().index;
+        addr::add_address(&h, eth0, "172.31.0.11/24".parse().unwrap()).await.unwrap();
+        let (n1, n2, n3) = (node(1, "172.31.0.11"), node(2, "172.31.0.12"), node(3, "192.168.7.13"));
+        let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
+        let rule = SourceRule {
+            src: "10.244.1.0/24".parse().unwrap(),
+            table: REPLY_TABLE,
+            priority: REPLY_RULE_PRIORITY,
+        };
 
-            // vxlan: every other node through the overlay.
-            let s =
-                sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone(), n3.clone()]), &vxlan, "g1").await;
-            clean(&s);
-            let o = s.overlay.clone().expect("overlay status");
-            assert_eq!((s.routes, o.vteps, o.pod_mtu), (2, 2, 1450));
-            let dev = link::get_link(&h, VXLAN_DEVICE).await.unwrap().expect("weft.vxlan");
-            assert_eq!(
-                (dev.mtu, dev.mac, dev.up),
-                (1450, Some(vtep_mac("172.31.0.11".parse().unwrap())), true)
-            );
-            let mut addrs = addr::list_addresses(&h, dev.index).await.unwrap();
-            addrs.retain(|a| a.is_ipv4());
-            assert_eq!(addrs, ["172.31.0.11/32".parse().unwrap()], "the VTEP borrows the InternalIP");
-            let mut want = vec![
-                route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Overlay),
-                route(Table::Main, "10.244.3.0/24", "192.168.7.13", Dev::Overlay),
-                route(Table::Replies, "172.31.0.12/32", "172.31.0.12", Dev::Overlay),
-                route(Table::Replies, "192.168.7.13/32", "192.168.7.13", Dev::Overlay),
-            ];
-            want.sort();
-            let vteps = vec![vtep("172.31.0.12"), vtep("192.168.7.13")];
-            assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
+        // vxlan: every other node through the overlay.
+        let s = sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone(), n3.clone()]), &vxlan, "g1").await;
+        clean(&s);
+        let o = s.overlay.clone().expect("overlay status");
+        assert_eq!((s.routes, o.vteps, o.pod_mtu), (2, 2, 1450));
+        let dev = link::get_link(&h, VXLAN_DEVICE).await.unwrap().expect("weft.vxlan");
+        assert_eq!((dev.mtu, dev.mac, dev.up), (1450, Some(vtep_mac("172.31.0.11".parse().unwrap())), true));
+        let mut addrs = addr::list_addresses(&h, dev.index).await.unwrap();
+        addrs.retain(|a| a.is_ipv4());
+        assert_eq!(addrs, ["172.31.0.11/32".parse().unwrap()], "the VTEP borrows the InternalIP");
+        let mut want = vec![
+            route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Overlay),
+            route(Table::Main, "10.244.3.0/24", "192.168.7.13", Dev::Overlay),
+            route(Table::Replies, "172.31.0.12/32", "172.31.0.12", Dev::Overlay),
+            route(Table::Replies, "192.168.7.13/32", "192.168.7.13", Dev::Overlay),
+        ];
+        want.sort();
+        let vteps = vec![vtep("172.31.0.12"), vtep("192.168.7.13")];
+        assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
 
-            // A crashed agent's leftovers (a stale VTEP) and a deleted node: converged away.
-            replace_entry(&h, Entries::Fdb, dev.index, vtep("172.31.0.99")).await.unwrap();
-            replace_entry(&h, Entries::Neighbour, dev.index, vtep("172.31.0.99")).await.unwrap();
-            let s = sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone()]), &vxlan, "g2").await;
-            clean(&s);
-            let want = vec![
-                route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Overlay),
-                route(Table::Replies, "172.31.0.12/32", "172.31.0.12", Dev::Overlay),
-            ];
-            let vteps = vec![vtep("172.31.0.12")];
-            assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
-            let same = link::get_link(&h, VXLAN_DEVICE).await.unwrap().unwrap().index;
-            assert_eq!(same, dev.index, "the device is adopted, not recreated");
+        // A crashed agent's leftovers (a stale VTEP) and a deleted node: converged away.
+        replace_entry(&h, Entries::Fdb, dev.index, vtep("172.31.0.99")).await.unwrap();
+        replace_entry(&h, Entries::Neighbour, dev.index, vtep("172.31.0.99")).await.unwrap();
+        let s = sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone()]), &vxlan, "g2").await;
+        clean(&s);
+        let want = vec![
+            route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Overlay),
+            route(Table::Replies, "172.31.0.12/32", "172.31.0.12", Dev::Overlay),
+        ];
+        let vteps = vec![vtep("172.31.0.12")];
+        assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
+        let same = link::get_link(&h, VXLAN_DEVICE).await.unwrap().unwrap().index;
+        assert_eq!(same, dev.index, "the device is adopted, not recreated");
 
-            // auto: host-gw on 172.31.0.0/24, the overlay beyond it.
-            let auto = Routing { mode: Mode::Auto, ..vxlan };
-            let s =
-                sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone(), n3.clone()]), &auto, "g3").await;
-            clean(&s);
-            assert_eq!(s.overlay.map(|o| (o.vteps, o.pod_mtu)), Some((1, 1450)));
-            let mut want = vec![
-                route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay),
-                route(Table::Main, "10.244.3.0/24", "192.168.7.13", Dev::Overlay),
-                route(Table::Replies, "192.168.7.13/32", "192.168.7.13", Dev::Overlay),
-            ];
-            want.sort();
-            let vteps = vec![vtep("192.168.7.13")];
-            assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
+        // auto: host-gw on 172.31.0.0/24, the overlay beyond it.
+        let auto = Routing { mode: Mode::Auto, ..vxlan };
+        let s = sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone(), n3.clone()]), &auto, "g3").await;
+        clean(&s);
+        assert_eq!(s.overlay.map(|o| (o.vteps, o.pod_mtu)), Some((1, 1450)));
+        let mut want = vec![
+            route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay),
+            route(Table::Main, "10.244.3.0/24", "192.168.7.13", Dev::Overlay),
+            route(Table::Replies, "192.168.7.13/32", "192.168.7.13", Dev::Overlay),
+        ];
+        want.sort();
+        let vteps = vec![vtep("192.168.7.13")];
+        assert_eq!(kernel(&h).await, (want, vteps.clone(), vteps, vec![rule]));
 
-            // host-gw: the overlay and its rule are gone, the routes go via the underlay.
-            let host_gw = Routing { mode: Mode::HostGw, ..vxlan };
-            let s = sync_routing(&h, "node-1", &model(&[n1, n2]), &host_gw, "g4").await;
-            clean(&s);
-            assert_eq!((s.routes, s.overlay), (1, None));
-            let want = vec![route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay)];
-            assert_eq!(kernel(&h).await, (want, vec![], vec![], vec![]));
-            assert!(link::get_link(&h, VXLAN_DEVICE).await.unwrap().is_none());
-        });
-    })
-    .unwrap();
+        // host-gw: the overlay and its rule are gone, the routes go via the underlay.
+        let host_gw = Routing { mode: Mode::HostGw, ..vxlan };
+        let s = sync_routing(&h, "node-1", &model(&[n1, n2]), &host_gw, "g4").await;
+        clean(&s);
+        assert_eq!((s.routes, s.overlay), (1, None));
+        let want = vec![route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay)];
+        assert_eq!(kernel(&h).await, (want, vec![], vec![], vec![]));
+        assert!(link::get_link(&h, VXLAN_DEVICE).await.unwrap().is_none());
+    });
 }
 
 #[test]
 fn without_an_underlay_nothing_is_routed_through_the_overlay() {
-    if !root() {
-        return;
-    }
-    run_in_new(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let h = connect_current().unwrap();
-            // No link holds node 1's InternalIP: fail closed, with the reason.
-            let m = model(&[node(1, "172.31.0.11"), node(2, "172.31.0.12")]);
-            let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
-            let s = sync_routing(&h, "node-1", &m, &vxlan, "g1").await;
-            assert!(
-                s.errors.iter().any(|e| e.contains("no link holds this node's InternalIP 172.31.0.11")),
-                "{:?}",
-                s.errors
-            );
-            assert_eq!((s.routes, s.overlay), (0, None));
-            assert_eq!(kernel(&h).await, (vec![], vec![], vec![], vec![]));
-        });
-    })
-    .unwrap();
+    in_netns(|h| async move {
+        // No link holds node 1's InternalIP: fail closed, with the reason.
+        let m = model(&[node(1, "172.31.0.11"), node(2, "172.31.0.12")]);
+        let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
+        let s = sync_routing(&h, "node-1", &m, &vxlan, "g1").await;
+        assert!(
+            s.errors.iter().any(|e| e.contains("no link holds this node's InternalIP 172.31.0.11")),
+            "{:?}",
+            s.errors
+        );
+        assert_eq!((s.routes, s.overlay), (0, None));
+        assert_eq!(kernel(&h).await, (vec![], vec![], vec![], vec![]));
+    });
 }
