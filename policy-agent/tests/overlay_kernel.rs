@@ -145,12 +145,21 @@ fn modes_build_and_remove_the_overlay() {
 
         // host-gw: the overlay and its rule are gone, the routes go via the underlay.
         let host_gw = Routing { mode: Mode::HostGw, ..vxlan };
-        let s = sync_routing(&h, "node-1", &model(&[n1, n2]), &host_gw, "g4").await;
+        let s = sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone()]), &host_gw, "g4").await;
         clean(&s);
         assert_eq!((s.routes, s.overlay), (1, None));
         let want = vec![route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay)];
         assert_eq!(kernel(&h).await, (want, vec![], vec![], vec![]));
         assert!(link::get_link(&h, VXLAN_DEVICE).await.unwrap().is_none());
+
+        // Straight from vxlan to host-gw: the route is replaced in the
+        // same sync, before the device (and its routes) go.
+        clean(&sync_routing(&h, "node-1", &model(&[n1.clone(), n2.clone()]), &vxlan, "g5").await);
+        let s = sync_routing(&h, "node-1", &model(&[n1, n2]), &host_gw, "g6").await;
+        clean(&s);
+        assert_eq!(s.routes, 1);
+        let want = vec![route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay)];
+        assert_eq!(kernel(&h).await, (want, vec![], vec![], vec![]));
     });
 }
 

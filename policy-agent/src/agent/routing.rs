@@ -5,6 +5,7 @@
 
 use rtnetlink::Handle;
 use tracing::{info, warn};
+use weft_netkit::link;
 
 use crate::model::Model;
 use crate::overlay::{self, Mode, Routing};
@@ -74,7 +75,13 @@ pub async fn sync_routing(
             }
         }
     }
-    match list_weft_routes(h, index).await {
+    // Routes still through a device about to go (a switch away from the
+    // overlay) must read as overlay routes, so they are replaced now.
+    let leaving = match index {
+        Some(_) => None,
+        None => link::get_link(h, overlay::VXLAN_DEVICE).await.ok().flatten().map(|l| l.index),
+    };
+    match list_weft_routes(h, index.or(leaving)).await {
         Ok(current) => {
             for change in plan(&want.routes, &current) {
                 match apply(h, change, index).await {
