@@ -3,7 +3,8 @@
 //! carries pod to pod, but a node reaching a ClusterIP whose endpoint is on
 //! another node sends from its underlay address and the endpoint's reply,
 //! routed onto the underlay with the pod's address, is dropped; weft's vxlan
-//! mode carries all of it, NodePort from outside included.
+//! mode carries all of it: NodePort from outside, a pod to another node's
+//! address, NetworkPolicy and its denied log included.
 
 use std::net::Ipv4Addr;
 
@@ -17,9 +18,14 @@ use crate::probe::Proto;
 use crate::{plan, wait_until, Testbed};
 
 /// Pod c admits nothing.
-const DENY_C: &str =
-    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-c, namespace: web}\n\
-                      spec:\n  podSelector: {matchLabels: {pod: c}}\n  policyTypes: [Ingress]\n";
+const DENY_C: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-c, namespace: web}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Ingress]
+";
 
 pub(super) fn overlay_seed_003() -> Result<Vec<Check>> {
     let mut c = Checks::default();
