@@ -72,6 +72,9 @@ bench: release
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench datapath --policies 1000 --secs 3
+	@echo; echo "## Data path between nodes: host-gw next to the vxlan overlay, with the pods' MTU"; echo
+	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
+		target/release/weft-e2e bench modes --secs 3
 	@echo; echo "## What isolation from the first packet adds to CNI ADD (1000 policies select the new pods)"; echo
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench add --pods 20 --policies 1000

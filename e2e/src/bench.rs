@@ -12,6 +12,8 @@
 //! in the kernel. Without an agent on the node, the plugin finds no socket
 //! and returns at once: that is the baseline.
 //!
+//! The overlay benchmark (`weft-e2e bench modes`, `modes.rs`): host-gw next to vxlan.
+//!
 //! Figures only: nothing here passes or fails on a number.
 
 use std::io::Read;
@@ -24,6 +26,10 @@ use weft_netkit::netns::{run_in, NetNs};
 use crate::error::{E2eError, Result};
 use crate::manifests::serve_ports;
 use crate::{exec_in, Pod, Testbed};
+
+mod modes;
+
+pub use modes::{modes, modes_table, ModeRow};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const IPERF_PORT: &str = "5201";

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod compare;
 pub mod conformance;
 pub mod error;
+pub mod flannel;
 pub mod kube_proxy;
 pub mod manifests;
 pub mod netns;
@@ -25,6 +26,7 @@ pub mod serve;
 pub mod signals;
 pub mod syn_flood;
 pub mod topology;
+pub mod underlay;
 pub mod weave;
 
 use std::io::{BufRead, BufReader, Read};

@@ -117,6 +117,13 @@ enum ConformanceCmd {
         /// Cross-check every probed pod-to-pod cell against `weft-agent explain`.
         #[arg(long)]
         explain: bool,
+        /// The agents' routing: host-gw, vxlan or auto (`weft-agent --mode`).
+        #[arg(long, default_value = "host-gw", value_parser = parse_mode)]
+        mode: weft_e2e::conformance::Mode,
+        /// A lan that drops frames whose source or destination is neither a
+        /// node nor the external client (where only an overlay works).
+        #[arg(long)]
+        anti_spoofing: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -128,6 +135,15 @@ enum BenchCmd {
         /// Policies in force in the loaded runs, all selecting the server.
         #[arg(long, default_value_t = 1000)]
         policies: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Repetitions of each measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// The data path between nodes in host-gw and in vxlan mode, with the pods' MTU.
+    Modes {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
         secs: u64,
@@ -176,16 +192,34 @@ fn main() -> ExitCode {
             weft_e2e::bench::datapath(policies, secs, reps)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
         }
+        Cmd::Bench { cmd: BenchCmd::Modes { secs, reps } } => {
+            weft_e2e::bench::modes(secs, reps).map(|rows| print!("{}", weft_e2e::bench::modes_table(&rows)))
+        }
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
-        Cmd::Conformance { cmd: ConformanceCmd::Run { backend, source, keep, list, explain, paths } } => {
-            return conformance_cmd(backend, source, keep, list, explain, &paths)
+        Cmd::Conformance {
+            cmd: ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, paths },
+        } => {
+            let opts = weft_e2e::conformance::Options {
+                backend,
+                source,
+                keep,
+                explain,
+                mode,
+                anti_spoofing,
+                ..Default::default()
+            };
+            return conformance_cmd(opts, list, &paths);
         }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+fn parse_mode(s: &str) -> Result<weft_e2e::conformance::Mode, String> {
+    s.parse()
 }
 
 fn up(nodes: u32, name: Option<&str>, keep: bool) -> ExitCode {
@@ -312,14 +346,8 @@ fn run_cmd(name: &str) -> ExitCode {
     }
 }
 
-fn conformance_cmd(
-    backend: weft_e2e::conformance::Backend,
-    source: weft_e2e::conformance::StateSource,
-    keep: Option<Option<String>>,
-    list: bool,
-    explain: bool,
-    paths: &[PathBuf],
-) -> ExitCode {
+/// `weft-e2e conformance run` with `opts` (the signal flag is added here).
+fn conformance_cmd(mut opts: weft_e2e::conformance::Options, list: bool, paths: &[PathBuf]) -> ExitCode {
     use weft_e2e::conformance;
     if list {
         return match conformance::load_paths(paths) {
@@ -336,8 +364,7 @@ fn conformance_cmd(
         eprintln!("weft-e2e conformance run: needs root (network namespaces, mounts in /run/netns)");
         return ExitCode::FAILURE;
     }
-    let cancel = Some(conformance::cancel_on_signals());
-    let opts = conformance::Options { backend, source, keep, cancel, explain, agent_args: Vec::new() };
+    opts.cancel = Some(conformance::cancel_on_signals());
     match conformance::run(paths, &opts, &mut std::io::stdout()) {
         Ok(summary) if summary.ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

@@ -102,16 +102,21 @@ pub fn ipam_dir(run: &str, node: u32) -> PathBuf {
     run::run_dir(run).join(format!("ipam-n{node}"))
 }
 
-/// The plugin config a kubelet passes for node `node` (from a conflist).
-pub fn net_conf(run: &str, node: u32) -> Value {
-    json!({
+/// The plugin config a kubelet passes for node `node` (from a conflist),
+/// with `mtu` as an overlay's conflist has it.
+pub fn net_conf(run: &str, node: u32, mtu: Option<u32>) -> Value {
+    let mut conf = json!({
         "cniVersion": "1.0.0", "name": "weft", "type": "weft", "bridge": BRIDGE,
         "clusterCIDR": CLUSTER_CIDR,
         "agentSocket": crate::agents::pod_socket(run, node).display().to_string(),
         "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": plan::pod_cidr(node).to_string()}]],
                  "routes": [{"dst": "0.0.0.0/0"}],
                  "dataDir": ipam_dir(run, node).display().to_string()},
-    })
+    });
+    if let Some(m) = mtu {
+        conf["mtu"] = m.into();
+    }
+    conf
 }
 
 /// The process name a pod's workload is recorded under.
@@ -165,7 +170,7 @@ fn cni_exec(run: &str, pod: &PodRecord, cmd: &str) -> Result<Output> {
     if netns_exists(&pod.netns) {
         c.env("CNI_NETNS", &pod.path);
     }
-    let conf = net_conf(run, pod.node).to_string();
+    let conf = net_conf(run, pod.node, pod.mtu).to_string();
     let what = format!("weft {cmd} of pod {} on node {}", pod.name, pod.node);
     exec_command(c, &what, Some(conf.as_bytes()), CNI_TIMEOUT)
 }
@@ -323,6 +328,7 @@ impl Testbed {
                 weft,
                 ip: None,
                 host_veth: None,
+                mtu: st.pod_mtu,
                 labels,
                 ports,
             };
@@ -569,8 +575,10 @@ mod tests {
 
     #[test]
     fn config_is_the_conflist_entry() {
-        let c = net_conf("wt00aa", 2);
+        let c = net_conf("wt00aa", 2, None);
         assert_eq!(c["type"], "weft");
+        assert!(c.get("mtu").is_none());
+        assert_eq!(net_conf("wt00aa", 2, Some(1450))["mtu"], 1450);
         assert_eq!(c["cniVersion"], "1.0.0");
         assert_eq!(c["ipam"]["ranges"][0][0]["subnet"], "10.244.2.0/24");
         assert_eq!(c["ipam"]["dataDir"], "/run/weft-e2e/wt00aa/ipam-n2");

@@ -62,6 +62,10 @@ pub struct RunState {
     /// The kube-proxy imitation writes the older layout without KUBE-FORWARD.
     #[serde(default)]
     pub kube_proxy_legacy: bool,
+    /// The MTU pods are attached with (`Testbed::set_pod_mtu`: an overlay's);
+    /// None: the plugin's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_mtu: Option<u32>,
 }
 
 /// A pod: its netns (created by the testbed) and its attachment (made by the
@@ -84,6 +88,9 @@ pub struct PodRecord {
     /// The host end of the pod's veth, in the node's netns, from the ADD result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_veth: Option<String>,
+    /// The MTU it was attached with, if not the plugin's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// metadata.labels of its manifest.
     #[serde(default)]
     pub labels: weft_agent::model::Labels,
@@ -121,6 +128,7 @@ impl RunState {
             pods: Vec::new(),
             pod_seq: 0,
             kube_proxy_legacy: false,
+            pod_mtu: None,
         })
     }
 

@@ -19,6 +19,8 @@ use crate::pods::{find_binary, E2E_BIN_ENV};
 use crate::probe::{probe_in, Outcome, Proto};
 use crate::{exec_in, run, topology, wait_until, Testbed};
 
+mod overlay;
+
 /// Probe bound: generous, since the first packet to a new veth waits for ARP.
 const PROBE: Duration = Duration::from_secs(3);
 /// Bound on the agents applying the cluster dir (they poll every 100 ms).
@@ -55,7 +57,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order.
-pub const SCENARIOS: [Scenario; 7] = [
+pub const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "pod-to-pod",
         title: "1. pods on the same node and on different nodes reach each other (TCP and UDP)",
@@ -90,6 +92,11 @@ pub const SCENARIOS: [Scenario; 7] = [
         name: "weave-vs-weft",
         title: "the weave-npc 1.9.6 seed: external client -> NodePort on node 1 -> endpoint on node 2, under weave's rules and under weft",
         run: weave_vs_weft,
+    },
+    Scenario {
+        name: "overlay-seed-003",
+        title: "seed 003 as it happened: on a lan that drops pod addresses, host-gw fails, flannel fails a node -> ClusterIP (endpoint on another node), weft's vxlan mode carries it all",
+        run: overlay::overlay_seed_003,
     },
 ];
 

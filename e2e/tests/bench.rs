@@ -34,3 +34,19 @@ fn the_add_benchmark_runs_at_a_tiny_scale() {
     let table = weft_e2e::bench::add_table(&rows);
     assert_eq!(table.lines().count(), 5, "{table}");
 }
+
+/// Both modes connect across nodes, each at its conflist's MTU.
+#[test]
+fn the_modes_benchmark_runs_at_a_tiny_scale() {
+    if !root_or_skip("the_modes_benchmark_runs_at_a_tiny_scale") {
+        return;
+    }
+    let rows = weft_e2e::bench::modes(1, 1).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(String, u32)> = rows.iter().map(|r| (r.mode.to_string(), r.mtu)).collect();
+    assert_eq!(got, [("host-gw".to_string(), 1500), ("vxlan".to_string(), 1450)]);
+    for r in &rows {
+        assert!(r.gbits.is_some() && r.conns > 0.0, "{r:?}");
+    }
+    let table = weft_e2e::bench::modes_table(&rows);
+    assert_eq!(table.lines().count(), 4, "{table}");
+}

@@ -54,3 +54,8 @@ fn scenario_6_cleanup() {
 fn scenario_7_weave_vs_weft() {
     scenario("weave-vs-weft");
 }
+
+#[test]
+fn scenario_8_overlay_seed_003() {
+    scenario("overlay-seed-003");
+}

@@ -14,7 +14,7 @@ use nix::libc;
 use rtnetlink::{AddressMessageBuilder, Handle, RouteMessageBuilder};
 
 use crate::kernel_error::{netlink, nl_errno, KernelError};
-use crate::netlink_dump::{self, DumpError, DUMP_ATTEMPTS};
+use crate::netlink_dump::dump_op as dump;
 
 /// An address family, for listing routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,14 +70,22 @@ fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
 
 /// Lists the addresses (both families) of link `index` (`ip addr show DEV`).
 pub async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, KernelError> {
+    let all = list_all_addresses(h).await?;
+    Ok(all.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
+}
+
+/// The link holding `ip` and the address with its prefix; the first if several do.
+pub async fn find_address(h: &Handle, ip: IpAddr) -> Result<Option<(u32, IpNetwork)>, KernelError> {
+    Ok(list_all_addresses(h).await?.into_iter().find(|(_, a)| a.ip() == ip))
+}
+
+/// Every address of the netns with its link index (`ip addr show`).
+pub async fn list_all_addresses(h: &Handle) -> Result<Vec<(u32, IpNetwork)>, KernelError> {
     let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
     let msgs = dump(h, req, "RTM_GETADDR").await?;
     let mut out = Vec::new();
     for msg in msgs {
         let RouteNetlinkMessage::NewAddress(a) = msg else { continue };
-        if a.header.index != index {
-            continue;
-        }
         // IFA_LOCAL is the local address; IFA_ADDRESS is the peer on point-to-point links.
         let local = a.attributes.iter().find_map(|at| match at {
             AddressAttribute::Local(ip) => Some(*ip),
@@ -89,7 +97,7 @@ pub async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, Ke
         });
         if let Some(ip) = local.or(address) {
             if let Ok(net) = IpNetwork::new(ip, a.header.prefix_len) {
-                out.push(net);
+                out.push((a.header.index, net));
             }
         }
     }
@@ -175,19 +183,4 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
         _ => None,
     }
-}
-
-/// Runs a dump request through `netlink_dump`, naming `op` in its error.
-async fn dump(
-    h: &Handle,
-    req: RouteNetlinkMessage,
-    op: &str,
-) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
-    netlink_dump::dump(h, req).await.map_err(|e| match e {
-        DumpError::Netlink(e) => netlink(op)(e),
-        DumpError::Interrupted => KernelError::Io {
-            what: format!("{op}: dump interrupted {DUMP_ATTEMPTS} times"),
-            source: std::io::Error::from_raw_os_error(libc::EINTR),
-        },
-    })
 }

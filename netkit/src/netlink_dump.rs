@@ -45,3 +45,18 @@ pub async fn dump(h: &Handle, req: RouteNetlinkMessage) -> Result<Vec<RouteNetli
     }
     Err(DumpError::Interrupted)
 }
+
+/// `dump`, with its error as a `KernelError` naming `op`.
+pub(crate) async fn dump_op(
+    h: &Handle,
+    req: RouteNetlinkMessage,
+    op: &str,
+) -> Result<Vec<RouteNetlinkMessage>, crate::kernel_error::KernelError> {
+    dump(h, req).await.map_err(|e| match e {
+        DumpError::Netlink(e) => crate::kernel_error::netlink(op)(e),
+        DumpError::Interrupted => crate::kernel_error::KernelError::Io {
+            what: format!("{op}: dump interrupted {DUMP_ATTEMPTS} times"),
+            source: std::io::Error::from_raw_os_error(nix::libc::EINTR),
+        },
+    })
+}

@@ -33,18 +33,20 @@ use crate::masquerade::{MasqIn, Masquerade};
 use crate::metrics::{readiness, SyncKind};
 use crate::model::Snapshot;
 use crate::nflog::{self, Denied};
+use crate::overlay::Routing;
+use crate::overlay_kernel::teardown_overlay;
 use crate::parked_adds::ParkedAdds;
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket, Wake};
 use crate::policy::{Options, PolicyIr};
-use crate::route_table::{apply, delete_all, list_weft_routes};
-use crate::routes::{desired_routes, plan};
+use crate::route_table::delete_all;
 use crate::snapshot::Compiled;
 use crate::source::{Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
 mod operator_log;
 mod pod_reports;
+pub mod routing;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -80,6 +82,8 @@ pub struct Config {
     pub network_name: String,
     /// How NetworkPolicy is compiled (`--triple-peers`).
     pub compile: Options,
+    /// How other nodes' pods are reached (`--mode`, `--vxlan-vni`, `--vxlan-port`).
+    pub routing: Routing,
 }
 
 /// Errors that stop the agent (everything else goes into the status).
@@ -297,7 +301,7 @@ impl<'c> Agent<'c> {
         }
         let t0 = Instant::now();
         let masq = self.masq.as_mut().map(|m| (m, &self.masq_in));
-        let mut status = self.rt.block_on(sync(&self.h, &self.cfg.node, s, masq, self.full));
+        let mut status = self.rt.block_on(sync(&self.h, self.cfg, s, masq, self.full));
         let logged: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
         if let Some(applied) = self.enforce(self.full) {
             match applied {
@@ -417,12 +421,17 @@ impl<'c> Agent<'c> {
         }
         let socket =
             self.cfg.pod_socket.clone().unwrap_or_else(|| weft_conf::netconf::DEFAULT_AGENT_SOCKET.into());
+        // An overlay's MTU must be known before a pod gets one too large.
+        let mtu = status.overlay.as_ref().map(|o| o.pod_mtu);
+        if self.cfg.routing.mode != crate::overlay::Mode::HostGw && mtu.is_none() {
+            return Some(false);
+        }
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
         let masq = match self.masq_in.0 {
             MasqBackend::Nftables => "nftables",
             MasqBackend::Iptables(_) => "iptables",
         };
-        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, masq);
+        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, masq, mtu);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
             Ok(written) => {
@@ -466,7 +475,10 @@ impl<'c> Agent<'c> {
         for e in self.rt.block_on(delete_all(&self.h)) {
             warn!("cleanup: {e}");
         }
-        info!("cleanup: weft's routes deleted");
+        for e in self.rt.block_on(teardown_overlay(&self.h)) {
+            warn!("cleanup: overlay: {e}");
+        }
+        info!("cleanup: weft's routes and overlay deleted");
         if let Some(p) = self.policy.as_mut() {
             match p.cleanup() {
                 Ok(()) => info!(backend = %p.name(), "cleanup: weft's policy chains and sets deleted"),
@@ -556,40 +568,25 @@ fn ensure_forwarding() {
     }
 }
 
-/// Reconciles the routes (and, when owned, the masquerade chain) against `snap`
-/// and reads the sysctls; errors go into the status.
+/// Reconciles the routes and overlay (and, when owned, the masquerade
+/// rules) against `snap` and reads the sysctls; errors go into the status.
 async fn sync(
     h: &Handle,
-    node: &str,
+    cfg: &Config,
     snap: &Snapshot,
     masq: Option<(&mut Masquerade, &MasqIn)>,
     full: bool,
 ) -> Status {
+    let node = cfg.node.as_str();
     let mut errors: Vec<String> = snap.errors.iter().map(|e| e.to_string()).collect();
-    let (desired, mut warnings) = desired_routes(&snap.model, node);
+    let routed = routing::sync_routing(h, node, &snap.model, &cfg.routing, &snap.generation).await;
+    errors.extend(routed.errors);
+    let mut warnings = routed.warnings;
     match operator_log::own_node(&snap.model, node) {
         operator_log::OwnNode::Ready => {}
         operator_log::OwnNode::NoPodCidr(w) => warnings.push(w),
         operator_log::OwnNode::Unknown(e) => errors.push(e),
     }
-    match list_weft_routes(h).await {
-        Ok(current) => {
-            for change in plan(&desired, &current) {
-                match apply(h, change).await {
-                    Ok(()) => info!(generation = %snap.generation, "route {change}"),
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
-        }
-        Err(e) => errors.push(e.to_string()),
-    }
-    let routes = match list_weft_routes(h).await {
-        Ok(r) => r.len(),
-        Err(e) => {
-            errors.push(e.to_string());
-            0
-        }
-    };
     let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
     // Without a pod CIDR the rules stay as they are; own_node said why.
     let masquerade = match masq.filter(|_| pod_cidr.is_some()).map(|(m, k)| m.reconcile(k, pod_cidr, full)) {
@@ -603,7 +600,8 @@ async fn sync(
     Status {
         node: node.into(),
         generation: snap.generation.clone(),
-        routes,
+        routes: routed.routes,
+        overlay: routed.overlay,
         ip_forward: read_sysctl(IP_FORWARD).is_ok_and(|v| v == "1"),
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
         masquerade,

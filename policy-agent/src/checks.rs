@@ -78,10 +78,12 @@ pub fn check_node(
                     );
                 }
             }
-            if let Ok(have) = crate::route_table::list_weft_routes(&h).await {
+            // host-gw or through the overlay, the gateway is the node's InternalIP.
+            if let Ok(have) = crate::route_table::list_weft_routes(&h, None).await {
                 let (want, _) = desired_routes(model, node);
                 for (dst, gw) in want {
-                    if !have.iter().any(|r| r.dst == dst && r.gw == gw) {
+                    let main = crate::routes::Table::Main;
+                    if !have.iter().any(|r| r.table == main && r.dst == dst && r.gw == gw) {
                         let in_play = e.hops.iter().any(|h| h.node != node)
                             && model
                                 .nodes

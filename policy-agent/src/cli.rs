@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use ipnetwork::IpNetwork;
 use weft_agent::backend::BackendChoice;
+use weft_agent::overlay::{Mode, DEFAULT_PORT, DEFAULT_VNI};
 use weft_agent::source::SourceSpec;
 
 /// The weft node agent: host-gw routes to the other nodes' pod CIDRs, the
@@ -79,12 +80,27 @@ pub struct RunArgs {
     /// writes the same comment).
     #[arg(long, default_value = "weft", value_parser = parse_network_name)]
     pub network_name: String,
-    /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains),
-    /// `nftables` (one `inet weft` table), `auto` (nftables where iptables is
-    /// the nft flavour, else iptables; the log says which) or `off`. Also read
-    /// from `WEFT_BACKEND` (a DaemonSet's env or ConfigMap key).
+    /// NetworkPolicy enforcement: `iptables` (ipsets and weft's FORWARD chains,
+    /// in the host's iptables mode), `nftables` (one `inet weft` table), `auto`
+    /// (iptables where the host's rules are in iptables-legacy, else nftables;
+    /// the log says which) or `off`. Masquerade goes with it. Also read from
+    /// `WEFT_BACKEND` (a DaemonSet's env or ConfigMap key).
     #[arg(long, env = "WEFT_BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
+    /// How pods on other nodes are reached: `host-gw` (routes via their
+    /// InternalIPs: the underlay must carry pod addresses), `vxlan` (an
+    /// overlay to every node) or `auto` (host-gw to nodes on this node's
+    /// subnet, vxlan beyond it). Also read from `WEFT_MODE` (a ConfigMap key).
+    #[arg(long, env = "WEFT_MODE", default_value = "host-gw", value_parser = clap::builder::ValueParser::new(parse_mode))]
+    pub mode: Mode,
+    /// The overlay's VXLAN network identifier; every node must use the same.
+    #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = DEFAULT_VNI,
+          value_parser = clap::value_parser!(u32).range(1..=0xff_ffff))]
+    pub vxlan_vni: u32,
+    /// The overlay's UDP port; every node must use the same.
+    #[arg(long, env = "WEFT_VXLAN_PORT", default_value_t = DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan_port: u16,
     /// Listen on this unix socket for the plugin's pod reports (ADD waits until
     /// the new pod's policy is in force). The plugin's `agentSocket` must match.
     #[arg(long)]
@@ -135,6 +151,10 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
         return Ok(SourceSpec::Kube { kubeconfig: None });
     }
     parse_dir(s).map(SourceSpec::Dir).map_err(|_| format!("unsupported source {s:?}: kube or dir:PATH"))
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {
@@ -283,6 +303,15 @@ mod tests {
         let a = run_args(base.into_iter().chain(["--backend", "nftables"])).unwrap();
         assert_eq!(a.backend, BackendChoice::Nftables);
         assert!(run_args(base.into_iter().chain(["--backend", "ebpf"])).is_err());
+        let a = run_args(base).unwrap();
+        assert_eq!((a.mode, a.vxlan_vni, a.vxlan_port), (Mode::HostGw, DEFAULT_VNI, DEFAULT_PORT));
+        let a = run_args(base.into_iter().chain(["--mode", "vxlan", "--vxlan-vni", "42"])).unwrap();
+        assert_eq!((a.mode, a.vxlan_vni), (Mode::Vxlan, 42));
+        for bad in
+            [["--mode", "geneve"], ["--vxlan-vni", "0"], ["--vxlan-vni", "16777216"], ["--vxlan-port", "0"]]
+        {
+            assert!(run_args(base.into_iter().chain(bad)).is_err(), "{bad:?}");
+        }
         let a = run_args(base.into_iter().chain(["--denied-socket", "/run/weft/denied.sock"])).unwrap();
         assert_eq!((a.denied_socket, a.http_denied), (Some("/run/weft/denied.sock".into()), false));
         assert!(run_args(base.into_iter().chain(["--http-denied"])).is_err(), "needs --http");

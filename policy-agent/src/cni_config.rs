@@ -20,13 +20,15 @@ pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 
 /// The conflist for a node with pod CIDR `pod_cidr`: weft (with its IPAM in
 /// process and the agent's socket, masquerading in `masquerade_backend`, the
-/// agent's), chained with portmap when `portmap`.
+/// agent's, and `mtu` when an overlay needs one), chained with portmap when
+/// `portmap`.
 pub fn conflist(
     pod_cidr: Ipv4Network,
     cluster: Option<IpNetwork>,
     agent_socket: &Path,
     portmap: bool,
     masquerade_backend: &str,
+    mtu: Option<u32>,
 ) -> Value {
     let mut weft = json!({
         "type": "weft",
@@ -42,6 +44,9 @@ pub fn conflist(
     });
     if let Some(c) = cluster {
         weft["clusterCIDR"] = json!(c.to_string());
+    }
+    if let Some(m) = mtu {
+        weft["mtu"] = json!(m);
     }
     let mut plugins = vec![weft];
     if portmap {
@@ -93,6 +98,7 @@ mod tests {
             Path::new("/run/weft/agent.sock"),
             true,
             "nftables",
+            Some(1450),
         );
         let list = NetConfList::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(list.plugins.len(), 2);
@@ -101,14 +107,19 @@ mod tests {
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
         assert_eq!(weft.masquerade_backend, weft_conf::MasqueradeBackend::Nftables);
+        assert_eq!(weft.mtu, Some(1450), "the overlay's MTU");
         let alone = conflist(
             "10.244.3.0/24".parse().unwrap(),
             None,
             Path::new("/run/weft/agent.sock"),
             false,
             "iptables",
+            None,
         );
-        assert_eq!(NetConfList::parse(alone.to_string().as_bytes()).unwrap().plugins.len(), 1);
+        let alone = NetConfList::parse(alone.to_string().as_bytes()).unwrap();
+        assert_eq!(alone.plugins.len(), 1);
+        let weft = NetConf::parse(alone.plugin_config(0, None).unwrap().to_string().as_bytes()).unwrap();
+        assert_eq!(weft.mtu, None, "host-gw: the plugin takes the node's");
     }
 
     #[test]

@@ -334,6 +334,7 @@ mod tests {
             ip_forward: true,
             bridge_nf_call_iptables: None,
             masquerade: None,
+            overlay: None,
             policy: None,
             warnings: vec![],
             errors: vec![],

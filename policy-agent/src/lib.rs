@@ -1,7 +1,8 @@
 //! weft-agent, the per-node daemon: watches cluster state (the Kubernetes API
 //! or a manifests directory, behind `source::Source`) and
-//! keeps a host-gw route to every other node's pod CIDR in its node's main
-//! table, marked with weft's route protocol so it touches only its own routes.
+//! keeps a route to every other node's pod CIDR, host-gw or through a VXLAN
+//! overlay (`overlay`), marked with weft's route protocol so it touches only
+//! its own routes.
 
 pub mod agent;
 pub mod backend;
@@ -19,6 +20,8 @@ pub mod metrics;
 pub mod model;
 pub mod nflog;
 pub mod nft;
+pub mod overlay;
+pub mod overlay_kernel;
 pub mod parked_adds;
 pub mod pod_events;
 pub mod pod_socket;

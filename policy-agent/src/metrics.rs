@@ -351,6 +351,7 @@ mod tests {
             ip_forward: true,
             bridge_nf_call_iptables: Some(true),
             masquerade: None,
+            overlay: None,
             policy: policy.then(|| PolicyStatus { local_pods: 3, ingress_isolated: 1, ..Default::default() }),
             warnings: vec![],
             errors: errors.iter().map(|e| e.to_string()).collect(),

@@ -1,7 +1,8 @@
-//! Host-gw routing, the kernel part: weft's routes in the main table of the
-//! calling netns, over rtnetlink. Only routes with `WEFT_PROTO` are listed,
-//! replaced or deleted; a route weft did not add is never touched (adding over
-//! one fails with EEXIST and is reported).
+//! Routing to other nodes, the kernel part: weft's routes in the main table
+//! and in `overlay::REPLY_TABLE` of the calling netns, over rtnetlink. Only
+//! routes with `WEFT_PROTO` are listed, replaced or deleted; a route weft did
+//! not add is never touched (adding over one fails with EEXIST and is reported).
+//! A route's link is told by the VXLAN device's index (`overlay`), when there is one.
 
 use std::net::Ipv4Addr;
 
@@ -14,7 +15,8 @@ use nix::libc;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use weft_netkit::netlink_dump::{dump, DumpError, DUMP_ATTEMPTS};
 
-use crate::routes::{Route, RouteChange, WEFT_PROTO};
+use crate::overlay::REPLY_TABLE;
+use crate::routes::{Dev, Route, RouteChange, Table, WEFT_PROTO};
 
 /// A failed route operation, naming the route.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum RouteError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("{route}: the VXLAN device {} is missing", crate::overlay::VXLAN_DEVICE)]
+    NoOverlay { route: Route },
     #[error("{op}: dump interrupted {DUMP_ATTEMPTS} times")]
     DumpInterrupted { op: &'static str },
 }
@@ -39,16 +43,30 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn message(r: Route) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix())
-        .gateway(r.gw)
-        .protocol(RouteProtocol::Other(WEFT_PROTO))
-        .build()
+fn table_id(t: Table) -> u32 {
+    match t {
+        Table::Main => u32::from(RouteHeader::RT_TABLE_MAIN),
+        Table::Replies => REPLY_TABLE,
+    }
 }
 
-/// Lists weft's IPv4 routes in the main table (`ip route show proto 87`).
-pub async fn list_weft_routes(h: &Handle) -> Result<Vec<Route>, RouteError> {
+/// The message for `r`; an overlay route needs the VXLAN device's index.
+fn message(r: Route, overlay: Option<u32>) -> Result<RouteMessage, RouteError> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix())
+        .gateway(r.gw)
+        .table_id(table_id(r.table))
+        .protocol(RouteProtocol::Other(WEFT_PROTO));
+    if r.dev == Dev::Overlay {
+        let index = overlay.ok_or(RouteError::NoOverlay { route: r })?;
+        b = b.output_interface(index).onlink();
+    }
+    Ok(b.build())
+}
+
+/// Lists weft's IPv4 routes in the main table and `REPLY_TABLE` (`ip route
+/// show table all proto 87`); those out of link `overlay` are `Dev::Overlay`.
+pub async fn list_weft_routes(h: &Handle, overlay: Option<u32>) -> Result<Vec<Route>, RouteError> {
     let op = "RTM_GETROUTE";
     let mut req = RouteMessage::default();
     req.header.address_family = AddressFamily::Inet;
@@ -59,7 +77,7 @@ pub async fn list_weft_routes(h: &Handle) -> Result<Vec<Route>, RouteError> {
     let mut out: Vec<Route> = msgs
         .iter()
         .filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => weft_route(r),
+            RouteNetlinkMessage::NewRoute(r) => weft_route(r, overlay),
             _ => None,
         })
         .collect();
@@ -67,63 +85,68 @@ pub async fn list_weft_routes(h: &Handle) -> Result<Vec<Route>, RouteError> {
     Ok(out)
 }
 
-/// The route in `r` if it is one of weft's: main table, unicast, `WEFT_PROTO`, IPv4 via a gateway.
-fn weft_route(r: &RouteMessage) -> Option<Route> {
+/// The route in `r` if it is one of weft's: main or reply table, unicast,
+/// `WEFT_PROTO`, IPv4 via a gateway.
+fn weft_route(r: &RouteMessage, overlay: Option<u32>) -> Option<Route> {
     if r.header.protocol != RouteProtocol::Other(WEFT_PROTO) || r.header.kind != RouteType::Unicast {
         return None;
     }
     let mut table = u32::from(r.header.table);
-    let (mut dst, mut gw) = (None, None);
+    let (mut dst, mut gw, mut oif) = (None, None, None);
     for attr in &r.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-        return None;
-    }
+    let table = [Table::Main, Table::Replies].into_iter().find(|t| table_id(*t) == table)?;
     let dst =
         Ipv4Network::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), r.header.destination_prefix_length).ok()?;
-    Some(Route { dst, gw: gw? })
+    let dev = if oif.is_some() && oif == overlay { Dev::Overlay } else { Dev::Underlay };
+    Some(Route { table, dst, gw: gw?, dev })
 }
 
-/// Applies one change. Add fails with `NotOurs` if a foreign route holds the
+/// Applies one change (`overlay`: the VXLAN device's index, for overlay
+/// routes). Add fails with `NotOurs` if a foreign route holds the
 /// destination; Replace overwrites only weft's route (listed as ours just
 /// before); Delete matches on the weft protocol and counts "gone" as done.
-pub async fn apply(h: &Handle, change: RouteChange) -> Result<(), RouteError> {
+pub async fn apply(h: &Handle, change: RouteChange, overlay: Option<u32>) -> Result<(), RouteError> {
     match change {
-        RouteChange::Add(r) => match h.route().add(message(r)).execute().await {
+        RouteChange::Add(r) => match h.route().add(message(r, overlay)?).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Err(RouteError::NotOurs { op: "add", route: r }),
             Err(source) => Err(RouteError::Netlink { op: "add", what: r.to_string(), source }),
         },
-        RouteChange::Replace { new, .. } => {
-            h.route().add(message(new)).replace().execute().await.map_err(|source| RouteError::Netlink {
-                op: "replace",
-                what: new.to_string(),
-                source,
-            })
+        RouteChange::Replace { new, .. } => h
+            .route()
+            .add(message(new, overlay)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| RouteError::Netlink { op: "replace", what: new.to_string(), source }),
+        // Matched without the link: a route of a gone device is gone with it.
+        RouteChange::Delete(r) => {
+            match h.route().del(message(Route { dev: Dev::Underlay, ..r }, None)?).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+                Err(source) => Err(RouteError::Netlink { op: "delete", what: r.to_string(), source }),
+            }
         }
-        RouteChange::Delete(r) => match h.route().del(message(r)).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
-            Err(source) => Err(RouteError::Netlink { op: "delete", what: r.to_string(), source }),
-        },
     }
 }
 
 /// Deletes every weft route (shutdown with cleanup); collects errors and carries on.
 pub async fn delete_all(h: &Handle) -> Vec<RouteError> {
-    let routes = match list_weft_routes(h).await {
+    let routes = match list_weft_routes(h, None).await {
         Ok(r) => r,
         Err(e) => return vec![e],
     };
     let mut errors = Vec::new();
     for r in routes {
-        if let Err(e) = apply(h, RouteChange::Delete(r)).await {
+        if let Err(e) = apply(h, RouteChange::Delete(r), None).await {
             errors.push(e);
         }
     }

@@ -1,6 +1,7 @@
-//! Host-gw routing, the pure part: which routes this node wants (every other
-//! node's pod CIDR via that node's InternalIP) and what to change in the
-//! kernel to get there. `route_table.rs` does the netlink I/O.
+//! Routing to other nodes, the pure part: which peers this node has (every
+//! other node's pod CIDR and InternalIP; `overlay::plan` turns them into
+//! routes by mode) and what to change in the kernel to get there.
+//! `route_table.rs` does the netlink I/O.
 //!
 //! Ownership: weft marks its routes with its own route protocol number
 //! (`WEFT_PROTO`, shown by `ip route` as `proto 87`), lists only routes with that
@@ -16,16 +17,42 @@ use crate::model::Model;
 /// The route protocol (rtm_protocol) that marks weft's routes: 0x57, "W".
 pub const WEFT_PROTO: u8 = 0x57;
 
-/// A host-gw route: `dst via gw`.
+/// The routing table a weft route is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Main,
+    /// `overlay::REPLY_TABLE`, looked up for traffic from this node's pods.
+    Replies,
+}
+
+/// Which link a route leaves by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dev {
+    /// The one the kernel finds for the gateway (host-gw: the underlay).
+    Underlay,
+    /// The VXLAN device, `onlink` (the gateway is a VTEP, not on a subnet of it).
+    Overlay,
+}
+
+/// A weft route: `dst via gw [dev weft.vxlan onlink] [table REPLY_TABLE]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
+    pub table: Table,
     pub dst: Ipv4Network,
     pub gw: Ipv4Addr,
+    pub dev: Dev,
 }
 
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} via {}", self.dst, self.gw)
+        write!(f, "{} via {}", self.dst, self.gw)?;
+        if self.dev == Dev::Overlay {
+            write!(f, " dev {} onlink", crate::overlay::VXLAN_DEVICE)?;
+        }
+        if self.table == Table::Replies {
+            write!(f, " table {}", crate::overlay::REPLY_TABLE)?;
+        }
+        Ok(())
     }
 }
 
@@ -34,7 +61,7 @@ impl std::fmt::Display for Route {
 pub enum RouteChange {
     /// A desired route that is missing.
     Add(Route),
-    /// A weft route to the right destination via the wrong gateway.
+    /// A weft route to the right destination via the wrong gateway or link.
     Replace { old: Route, new: Route },
     /// A weft route that is no longer desired.
     Delete(Route),
@@ -78,15 +105,16 @@ fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
 
-/// The changes that turn `current` (weft's routes in the kernel) into `desired`.
-/// A destination with several weft routes keeps the right one, if any, and
-/// loses the rest. Deletes come last, so a replaced node stays reachable.
-pub fn plan(desired: &BTreeMap<Ipv4Network, Ipv4Addr>, current: &[Route]) -> Vec<RouteChange> {
+/// The changes that turn `current` (weft's routes in the kernel) into
+/// `desired` (one route per table and destination). A destination with
+/// several weft routes keeps the right one, if any, and loses the rest.
+/// Deletes come last, so a replaced node stays reachable.
+pub fn plan(desired: &[Route], current: &[Route]) -> Vec<RouteChange> {
     let mut changes = Vec::new();
     let mut deletes = Vec::new();
-    for (&dst, &gw) in desired {
-        let want = Route { dst, gw };
-        let here: Vec<Route> = current.iter().copied().filter(|r| r.dst == dst).collect();
+    let same_key = |a: &Route, b: &Route| a.table == b.table && a.dst == b.dst;
+    for &want in desired {
+        let here: Vec<Route> = current.iter().copied().filter(|r| same_key(r, &want)).collect();
         match (here.contains(&want), here.first()) {
             (true, _) => deletes.extend(here.into_iter().filter(|r| *r != want)),
             (false, None) => changes.push(RouteChange::Add(want)),
@@ -96,7 +124,7 @@ pub fn plan(desired: &BTreeMap<Ipv4Network, Ipv4Addr>, current: &[Route]) -> Vec
             }
         }
     }
-    deletes.extend(current.iter().copied().filter(|r| !desired.contains_key(&r.dst)));
+    deletes.extend(current.iter().copied().filter(|r| !desired.iter().any(|d| same_key(d, r))));
     deletes.sort();
     deletes.dedup();
     changes.extend(deletes.into_iter().map(RouteChange::Delete));
@@ -122,14 +150,14 @@ mod tests {
     }
 
     fn r(dst: &str, gw: &str) -> Route {
-        Route { dst: dst.parse().unwrap(), gw: gw.parse().unwrap() }
+        Route { table: Table::Main, dst: dst.parse().unwrap(), gw: gw.parse().unwrap(), dev: Dev::Underlay }
     }
 
     #[test]
     fn every_other_node_via_its_internal_ip() {
         let m = model([node(1), node(2), node(3)]);
         let (want, notes) = desired_routes(&m, "node-1");
-        let want: Vec<_> = want.into_iter().map(|(dst, gw)| Route { dst, gw }).collect();
+        let want: Vec<_> = want.into_iter().map(|(dst, gw)| r(&dst.to_string(), &gw.to_string())).collect();
         assert_eq!(want, [r("10.244.2.0/24", "172.31.0.12"), r("10.244.3.0/24", "172.31.0.13")]);
         assert!(notes.is_empty());
         // A node that is not (yet) in the model still routes to all the others.
@@ -156,11 +184,7 @@ mod tests {
 
     #[test]
     fn plans() {
-        let desired: BTreeMap<_, _> = [
-            ("10.244.2.0/24".parse().unwrap(), "172.31.0.12".parse().unwrap()),
-            ("10.244.3.0/24".parse().unwrap(), "172.31.0.13".parse().unwrap()),
-        ]
-        .into();
+        let desired = [r("10.244.2.0/24", "172.31.0.12"), r("10.244.3.0/24", "172.31.0.13")];
         // table: (current, expected changes)
         let cases: Vec<(Vec<Route>, Vec<RouteChange>)> = vec![
             (
@@ -196,6 +220,14 @@ mod tests {
         }
         // Nothing desired: every weft route goes.
         let current = [r("10.244.2.0/24", "172.31.0.12")];
-        assert_eq!(plan(&BTreeMap::new(), &current), [RouteChange::Delete(current[0])]);
+        assert_eq!(plan(&[], &current), [RouteChange::Delete(current[0])]);
+        // The same gateway through the overlay (a mode switch) is replaced;
+        // a reply route of the same destination is another table's.
+        let overlay = Route { dev: Dev::Overlay, ..current[0] };
+        let reply = Route { table: Table::Replies, ..overlay };
+        assert_eq!(
+            plan(&[overlay], &[current[0], reply]),
+            [RouteChange::Replace { old: current[0], new: overlay }, RouteChange::Delete(reply)]
+        );
     }
 }

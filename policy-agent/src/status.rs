@@ -25,6 +25,16 @@ pub struct PolicyStatus {
     pub port_groups: usize,
 }
 
+/// The overlay (`--mode` vxlan or auto) after a sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    pub mode: String,
+    /// Other nodes reached through the VXLAN device.
+    pub vteps: usize,
+    /// The MTU pods get (the conflist's): the underlay's less the VXLAN header.
+    pub pod_mtu: u32,
+}
+
 /// The status file: what the agent last applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -40,6 +50,9 @@ pub struct Status {
     /// sync; None when the agent does not own masquerade or could not ensure it.
     #[serde(default)]
     pub masquerade: Option<String>,
+    /// None in host-gw mode (and while the underlay is not known).
+    #[serde(default)]
+    pub overlay: Option<OverlayStatus>,
     /// None when policy enforcement is off (or failed to apply: see errors).
     #[serde(default)]
     pub policy: Option<PolicyStatus>,

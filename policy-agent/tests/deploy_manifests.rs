@@ -228,10 +228,10 @@ fn the_agent_gets_flags_it_accepts_and_values_that_exist() {
             assert!(env.contains_key(var), "$({var}) is not in the env");
         }
     }
-    // WEFT_BACKEND and WEFT_LOG are read by weft-agent itself (clap env).
+    // WEFT_BACKEND, WEFT_MODE and WEFT_LOG are read by weft-agent itself (clap env).
     let help = Command::new(env!("CARGO_BIN_EXE_weft-agent")).arg("--help").output().unwrap().stdout;
     let help = String::from_utf8_lossy(&help);
-    for var in ["WEFT_BACKEND", "WEFT_LOG"] {
+    for var in ["WEFT_BACKEND", "WEFT_MODE", "WEFT_LOG"] {
         assert!(env.contains_key(var) && help.contains(&format!("env: {var}")), "{var}");
     }
     assert!(config["cluster-cidr"].parse::<ipnetwork::IpNetwork>().is_ok(), "{config:?}");

@@ -12,7 +12,7 @@ use weft_agent::model::{Model, Protocol, Service, ServicePort};
 
 use super::case::{proto_name, Case, Change, Probe, ProbeKind, Source, Target};
 use super::matrix::{Cell, Observed, Seen};
-use super::{Backend, Options, StateSource};
+use super::{Backend, Mode, Options, StateSource};
 use crate::error::{E2eError, Result};
 use crate::manifests::{namespace, to_yaml};
 use crate::probe::{probe_in, Outcome, Proto};
@@ -128,7 +128,16 @@ fn prepare(tb: &Testbed, opts: &Options) -> Result<()> {
     if opts.source == StateSource::Kube {
         tb.start_standin()?;
     }
+    if opts.anti_spoofing {
+        tb.set_anti_spoofing(true)?;
+    }
+    let mode = opts.mode.to_string();
+    if opts.mode != Mode::HostGw {
+        // As the agents' conflist says: pods must fit the overlay.
+        tb.set_pod_mtu(Some(crate::plan::MTU - weft_agent::overlay::VXLAN_OVERHEAD))?;
+    }
     let mut args: Vec<&str> = opts.backend.agent_args().to_vec();
+    args.extend(["--mode", mode.as_str()]);
     args.extend(opts.agent_args.iter().map(String::as_str));
     tb.start_agents_with(&args)?;
     settle(tb, opts.backend)

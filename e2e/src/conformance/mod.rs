@@ -4,10 +4,12 @@
 //! testbed, reset between cases, against a chosen enforcement backend, and
 //! prints expected and observed matrices side by side where they differ.
 //!
-//! `weft-e2e conformance run [--backend B] [--source dir|kube] PATH...` and
-//! `run_paths(&[PathBuf], Backend)` (for tests) do the same. With
-//! `--source kube` the agents read the cluster state through the stand-in
-//! API server (`apiserver_standin`) instead of the directory.
+//! `weft-e2e conformance run [--backend B] [--source dir|kube] [--mode M
+//! [--anti-spoofing]] PATH...` and `run_paths(&[PathBuf], Backend)` (for
+//! tests) do the same. With `--source kube` the agents read the cluster state
+//! through the stand-in API server (`apiserver_standin`) instead of the
+//! directory; `--mode vxlan --anti-spoofing` runs the suite over the overlay
+//! on a lan that drops pod addresses.
 
 pub mod case;
 mod exec;
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use case::{parse_case, Case};
 pub use exec::PROBE_TIMEOUT;
+pub use weft_agent::overlay::Mode;
 
 use crate::error::{E2eError, Result};
 
@@ -131,6 +134,12 @@ pub struct Options {
     pub explain: bool,
     /// More weft-agent flags (e.g. `--triple-peers 1`).
     pub agent_args: Vec<String>,
+    /// How the agents route between nodes (`--mode`); vxlan and auto attach
+    /// pods with the overlay's MTU.
+    pub mode: Mode,
+    /// The lan drops frames whose source or destination is not a host
+    /// (`Testbed::set_anti_spoofing`): only an overlay crosses it.
+    pub anti_spoofing: bool,
 }
 
 /// The outcome of one case.

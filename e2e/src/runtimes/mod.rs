@@ -168,7 +168,7 @@ pub fn node_conflist(run: &str, node: u32, agent_socket: &Path) -> Value {
     // CLUSTER_CIDR is a constant that parses.
     let cluster = CLUSTER_CIDR.parse().ok();
     let mut list =
-        weft_agent::cni_config::conflist(plan::pod_cidr(node), cluster, agent_socket, true, "iptables");
+        weft_agent::cni_config::conflist(plan::pod_cidr(node), cluster, agent_socket, true, "iptables", None);
     list["plugins"][0]["ipam"]["dataDir"] = ipam_dir(run, node).display().to_string().into();
     list
 }
