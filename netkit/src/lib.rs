@@ -4,11 +4,13 @@
 
 pub mod addr;
 pub mod bridge;
+pub mod ipset_list;
 pub mod iptables_mode;
 pub mod kernel_error;
 pub mod link;
 pub mod masquerade;
 pub mod neighbour;
+pub mod netlink_attrs;
 pub mod netlink_dump;
 pub mod netns;
 pub mod nflog;

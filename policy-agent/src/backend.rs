@@ -128,6 +128,9 @@ impl PolicyBackend for Nft {
         let done = Nft::apply(self, &rendered, full)?;
         let elements = format!("{} elements added, {} deleted", done.added, done.deleted);
         let change = match (done.replaced, done.regrouped, done.added + done.deleted) {
+            (true, _, _) if done.repaired => {
+                Some("the table had changed behind weft's back: replaced".into())
+            }
             (true, _, _) if full => None,
             (true, _, _) => Some("table inet weft replaced".into()),
             (false, true, _) => Some(format!("groups changed (policy chains rewritten), {elements}")),

@@ -93,6 +93,17 @@ fn check(backend: &mut dyn PolicyBackend) {
         applied.counts.elements
     );
     assert!(first < LOOSE_BOUND && again < LOOSE_BOUND, "{first:?} / {again:?}");
+    // Drift behind weft's back (the local pods' set emptied): a resync finds and repairs it.
+    let flush: &[&str] = if backend.name() == "nftables" {
+        &["nft", "flush", "set", "inet", "weft", "local"]
+    } else {
+        &["ipset", "flush", "weft-local"]
+    };
+    assert!(std::process::Command::new(flush[0]).args(&flush[1..]).status().unwrap().success());
+    assert_eq!(kernel_elements(backend.name()), applied.counts.elements - 7, "the drift is in the kernel");
+    let repaired = backend.apply(&huge, true).expect("a resync");
+    assert!(repaired.change.is_some(), "a resync that repaired drift says so");
+    assert_eq!(kernel_elements(backend.name()), applied.counts.elements, "the kernel holds them again");
     // The policy goes: its elements go with it.
     let gone = backend.apply(&ir(false), false).expect("the policy removed");
     assert!(gone.counts.elements < 100, "{:?}", gone.counts);

@@ -366,3 +366,27 @@ fn a_delta_too_large_for_one_send_goes_through_nft() {
         assert_eq!(read_back().unwrap(), rendered_sets(&r));
     });
 }
+
+/// The read-back over netlink holds exactly the keys of the rendered
+/// elements, whether `nft` wrote them (a full replace) or netlink (a
+/// delta); its skeleton fingerprint is stable until a rule changes.
+#[test]
+fn the_netlink_read_back_is_the_rendered_table() {
+    use weft_agent::nft::readback::{keys, read};
+    let expect = |r: &NftRendered| -> BTreeMap<String, _> {
+        r.sets.iter().map(|(name, elems)| (name.clone(), keys(elems))).collect()
+    };
+    with_table(|nft, base| {
+        let first = read(TABLE, true).unwrap();
+        assert_eq!(first.sets, expect(&base), "after nft wrote the table");
+        assert_eq!(read(TABLE, true).unwrap().skeleton, first.skeleton, "stable");
+        let more = render(&ir_more());
+        assert!(nft.apply(&more, false).unwrap().netlink);
+        let after = read(TABLE, true).unwrap();
+        assert_eq!(after.sets, expect(&more), "after a netlink delta");
+        assert_eq!(after.skeleton, first.skeleton, "elements are not the skeleton");
+        let rule = ["add", "rule", "inet", TABLE, "egress", "ip", "daddr", "10.9.9.9", "accept"];
+        assert!(std::process::Command::new("nft").args(rule).status().unwrap().success());
+        assert_ne!(read(TABLE, true).unwrap().skeleton, first.skeleton, "a rule added behind weft's back");
+    });
+}

@@ -6,8 +6,11 @@
 //! Each change is one transaction, so the table is never half-written and a
 //! refused transaction (a kernel without a feature, a bad element) leaves the
 //! last good table in force:
-//! - on every resync, and when the forward chain or the fixed sets change:
-//!   the whole table is replaced (`add table; delete table; add ...`);
+//! - when the forward chain or the fixed sets change, and on a resync that
+//!   finds the kernel's table differs from what this process last wrote
+//!   (read back over netlink, `readback`: milliseconds where `nft -j list`
+//!   takes a second): the whole table is replaced (`add table; delete
+//!   table; add ...`);
 //! - when only groups came or went (a policy changed): their sets are added,
 //!   the policy chains flushed and refilled, the sets no rule uses any more
 //!   deleted, and the other sets' elements patched, in one transaction;
@@ -26,6 +29,7 @@ use weft_netkit::tool;
 
 use super::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
 use super::patch;
+use super::readback;
 use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};
 use crate::policy::{Dirty, PolicyIr};
 
@@ -41,12 +45,18 @@ pub struct NftApplied {
     pub deleted: usize,
     /// True if the element delta went over nf_tables netlink (the fast path).
     pub netlink: bool,
+    /// True if a resync found the kernel's table changed behind weft's back
+    /// (and replaced it).
+    pub repaired: bool,
 }
 
 /// The table as this process last committed it.
 #[derive(Debug, Default)]
 pub struct Nft {
     last: Option<NftRendered>,
+    /// `readback::KernelTable::skeleton` right after `last`'s chains and
+    /// sets were written; None when unknown (a resync then replaces).
+    fingerprint: Option<u64>,
     /// Opened by the first element delta, dropped after any netlink error.
     sock: Option<NftSocket>,
 }
@@ -59,6 +69,14 @@ impl Nft {
     /// Makes the kernel hold `r`; with `full`, the whole table is replaced
     /// even if only elements changed (a resync repairs any drift).
     pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
+        // A resync checks the kernel against what was written last: as it
+        // was, the rest is a change like any other.
+        let mut repaired = false;
+        let full = full && {
+            let intact = self.intact();
+            repaired = intact == Some(false);
+            intact != Some(true)
+        };
         let done = match &self.last {
             Some(last) if !full && last.skeleton == r.skeleton => {
                 apply_elements(&mut self.sock, &changes(last, r, &BTreeSet::new()))?
@@ -72,12 +90,48 @@ impl Nft {
                 NftApplied { regrouped: true, added, deleted, ..NftApplied::default() }
             }
             _ => {
+                self.fingerprint = None;
                 run(&r.full_transaction())?;
-                NftApplied { replaced: true, ..NftApplied::default() }
+                NftApplied { replaced: true, repaired, ..NftApplied::default() }
             }
         };
+        if done.replaced || done.regrouped {
+            self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+        }
         self.last = Some(r.clone());
         Ok(done)
+    }
+
+    /// Whether the kernel's table is what this process wrote last: its
+    /// skeleton as fingerprinted then, and every set's elements. None when
+    /// that cannot be known (nothing written yet, or no fingerprint).
+    fn intact(&self) -> Option<bool> {
+        let (last, fingerprint) = (self.last.as_ref()?, self.fingerprint?);
+        let Ok(kernel) = readback::read(TABLE, true) else { return Some(false) };
+        let sets_equal = kernel.sets.len() == last.sets.len()
+            && last.sets.iter().all(|(name, elems)| kernel.sets.get(name) == Some(&readback::keys(elems)));
+        if std::env::var_os("WEFT_DBG").is_some() {
+            eprintln!(
+                "DBG skeleton {} {} sets {} {}",
+                kernel.skeleton,
+                fingerprint,
+                kernel.sets.len(),
+                last.sets.len()
+            );
+            for (name, elems) in &last.sets {
+                let want = readback::keys(elems);
+                let got = kernel.sets.get(name);
+                if got != Some(&want) {
+                    eprintln!(
+                        "DBG set {name}: want {} got {:?} first-diff {:?}",
+                        want.len(),
+                        got.map(|g| g.len()),
+                        got.map(|g| want.symmetric_difference(g).take(3).cloned().collect::<Vec<_>>())
+                    );
+                }
+            }
+        }
+        Some(kernel.skeleton == fingerprint && sets_equal)
     }
 
     /// Patches the elements `dirty` names, as `ir` now has them, into the
@@ -107,6 +161,7 @@ impl Nft {
             Err(e) => {
                 // What the kernel holds is unknown now: the next apply replaces the table.
                 self.last = None;
+                self.fingerprint = None;
                 Err(e)
             }
         }
@@ -120,6 +175,7 @@ impl Nft {
     /// Deletes weft's table if it exists.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
         self.last = None;
+        self.fingerprint = None;
         remove_table().map(drop)
     }
 }

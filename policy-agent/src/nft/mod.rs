@@ -5,6 +5,7 @@
 pub mod kernel;
 pub mod netlink;
 pub mod patch;
+pub mod readback;
 pub mod render;
 
 pub use kernel::Nft;

@@ -1,0 +1,97 @@
+//! The netlink ipset listing against `ipset save`, in a network namespace of
+//! the test's own (root; skips otherwise): every set type weft uses, both
+//! families, host and /1 networks, a set large enough to span many dump
+//! messages, and sets of other owners left out.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Instant;
+
+use weft_netkit::ipset_list::list_sets;
+use weft_netkit::netns::run_in_new;
+
+fn root() -> bool {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if !root {
+        eprintln!("SKIP: needs root (a network namespace of its own)");
+    }
+    root
+}
+
+fn ipset(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("ipset")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "ipset {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ipset save`'s sets named weft-*: (type, sorted members).
+fn saved() -> BTreeMap<String, (String, Vec<String>)> {
+    let mut sets: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in ipset(&["save"], None).lines() {
+        let words: Vec<&str> = line.splitn(4, ' ').collect();
+        match words[..] {
+            ["create", name, kind, ..] if name.starts_with("weft-") => {
+                sets.entry(name.into()).or_default().0 = kind.into();
+            }
+            ["add", name, member, ..] | ["add", name, member] if name.starts_with("weft-") => {
+                sets.entry(name.into()).or_default().1.push(member.into());
+            }
+            _ => {}
+        }
+    }
+    for s in sets.values_mut() {
+        s.1.sort();
+    }
+    sets
+}
+
+#[test]
+fn the_netlink_listing_is_what_ipset_save_prints() {
+    if !root() {
+        return;
+    }
+    run_in_new(|| {
+        let mut payload = String::from(
+            "create weft-a hash:ip family inet\nadd weft-a 10.244.1.2\nadd weft-a 10.244.1.3\n\
+             create weft-n hash:net family inet\nadd weft-n 10.0.0.0/8\nadd weft-n 172.16.0.1\n\
+             add weft-n 0.0.0.0/1\nadd weft-n 128.0.0.0/1\n\
+             create weft-p hash:ip,port family inet\nadd weft-p 10.244.1.2,tcp:80\nadd weft-p 10.244.1.2,udp:53\n\
+             add weft-p 10.244.1.2,sctp:9000\n\
+             create weft-t hash:ip,port,net family inet\nadd weft-t 10.244.1.2,tcp:443,10.1.0.0/16\n\
+             add weft-t 10.244.1.2,udp:53,10.9.9.9\n\
+             create weft-6 hash:ip family inet6\nadd weft-6 fd00:244:1::2\nadd weft-6 fd00::1:0:0:9\n\
+             create weft-empty hash:ip family inet\n\
+             create other hash:ip family inet\nadd other 10.9.9.9\n\
+             create weft-big hash:ip,port family inet maxelem 131072\n",
+        );
+        for i in 0..30_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0af4_0000 + i / 7);
+            payload += &format!("add weft-big {ip},tcp:{}\n", 1024 + i % 7);
+        }
+        ipset(&["restore"], Some(&payload));
+        let t0 = Instant::now();
+        let listed = list_sets("weft-").unwrap();
+        let took = t0.elapsed();
+        let t1 = Instant::now();
+        let want = saved();
+        eprintln!("netlink listing {took:?}, ipset save and its parse {:?}", t1.elapsed());
+        let got: BTreeMap<String, (String, Vec<String>)> =
+            listed.into_iter().map(|(k, s)| (k, (s.kind, s.members))).collect();
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "no other owner's set");
+        assert_eq!(got["weft-big"].1.len(), 30_000);
+        for (name, w) in &want {
+            assert_eq!(&got[name], w, "{name}");
+        }
+        assert!(got["weft-empty"].1.is_empty());
+    })
+    .unwrap();
+}
