@@ -63,7 +63,7 @@ fn explain_names_each_injected_misconfiguration() {
         (vec!["iptables", "-I", "FORWARD", "1", "-j", "ACCEPT"], vec!["iptables", "-D", "FORWARD", "1"],
          "FORWARD jump is not first", true),
         (vec!["iptables", "-t", "nat", "-D", "POSTROUTING", "-j", "WEFT-POSTROUTING"], vec!["iptables", "-t", "nat", "-A", "POSTROUTING", "-j", "WEFT-POSTROUTING"],
-         "masquerade rule (WEFT-POSTROUTING) is missing", false),
+         "masquerade rules (WEFT-POSTROUTING, or table inet weft-masq) are missing", false),
         (vec!["ipset", "create", "weft-stale", "hash:ip"], vec!["ipset", "destroy", "weft-stale"],
          "stale ipset weft-stale", false),
         (vec!["ip", "route", "del", "10.244.2.0/24"], vec!["ip", "route", "add", "10.244.2.0/24", "via", "172.31.0.12", "proto", "87"],

@@ -211,7 +211,9 @@ struct Agent<'c> {
     last_status: Option<Status>,
     /// Why the status file could not be written, until it is again.
     status_error: Option<String>,
-    /// The readiness line is out (after the first status written).
+    /// The first-sync line is out (the launcher's signal: the first status written).
+    synced_once: bool,
+    /// The readiness line is out (/readyz answered 200).
     announced: bool,
     /// The source's errors already logged (each is logged once, when new).
     source_errors: Vec<String>,
@@ -263,6 +265,7 @@ impl<'c> Agent<'c> {
             parked: ParkedAdds::default(),
             last_status: None,
             status_error: None,
+            synced_once: false,
             announced: false,
             source_errors: Vec::new(),
             shared: Arc::new(Shared::new(Instant::now())),
@@ -319,6 +322,7 @@ impl<'c> Agent<'c> {
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
         let ready = readiness(&status, self.policy.is_some(), conflist);
         let ready_now = ready.is_ok();
+        let not_ready = ready.as_ref().err().cloned();
         {
             let mut m = self.shared.metrics();
             m.observe_sync(kind, took);
@@ -331,12 +335,20 @@ impl<'c> Agent<'c> {
             errors = status.errors.len(),
             "synced"
         );
-        // The launcher's signal (stdout, the log's format): only once /readyz answers 200.
-        if written && ready_now && !self.announced {
-            let msg = format!("ready: /readyz answers 200 generation={}", status.generation);
+        // The launcher's signal (stdout, the log's format): a line at the
+        // first status written, saying "ready" only when /readyz answers 200,
+        // and one more when it first does.
+        if written && (!self.synced_once || (ready_now && !self.announced)) {
+            let msg = match &not_ready {
+                None => format!("ready: /readyz answers 200 generation={}", status.generation),
+                Some(why) => {
+                    format!("synced generation={}: not ready yet, /readyz answers 503: {why}", status.generation)
+                }
+            };
             println!("{}", crate::logging::stdout_line(tracing::Level::INFO, &msg, &self.cfg.node));
             let _ = std::io::stdout().flush();
-            self.announced = true;
+            self.synced_once = true;
+            self.announced = ready_now;
         }
         self.last_status = Some(status);
         self.next_sync = Instant::now() + if written { self.cfg.resync } else { STATUS_RETRY };

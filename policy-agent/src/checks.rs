@@ -101,16 +101,33 @@ pub fn check_node(
     let (ir, _) = compile(model, node, cluster);
     let enforcing_here = !ir.ingress.isolated.is_empty() || !ir.egress.isolated.is_empty();
     let iptables = weft_netkit::iptables_mode::tool_in(weft_netkit::iptables_mode::detect().ok(), "iptables");
-    let forward = tool::output(&iptables, &["-w", "5", "-S", "FORWARD"], None).unwrap_or_default();
+    let forward_in =
+        |table| tool::output(&iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None).unwrap_or_default();
+    let (forward, mangle) = (forward_in("filter"), forward_in("mangle"));
     let iptables_backend = forward.contains("-j WEFT-FORWARD");
     let nft_backend = tool::output("nft", &["list", "table", "inet", crate::nft::TABLE], None).is_ok();
     if iptables_backend {
-        let first = forward.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default();
-        if !first.contains("-j WEFT-FORWARD") {
-            find(
-                format!("weft's FORWARD jump is not first ({first:?} precedes it): what that rule accepts bypasses NetworkPolicy"),
+        // weft's chains are jumped to first from FORWARD in mangle and in
+        // filter: what a rule ahead of one jump accepts, the other still sees.
+        let first = |listing: &str| {
+            listing.lines().find(|l| l.starts_with("-A FORWARD")).unwrap_or_default().to_string()
+        };
+        let (in_filter, in_mangle) = (first(&forward), first(&mangle));
+        let behind = |first: &str| !first.contains("-j WEFT-FORWARD");
+        match (behind(&in_filter), behind(&in_mangle)) {
+            (false, false) => {}
+            (true, true) => find(
+                format!("weft's FORWARD jump is not first in filter ({in_filter:?} precedes it) nor in mangle ({in_mangle:?}): what those rules accept bypasses NetworkPolicy"),
                 here.is_some(),
-            );
+            ),
+            (true, false) => find(
+                format!("weft's FORWARD jump is not first in filter ({in_filter:?} precedes it): mangle's copy still drops what policy denies; the agent moves it back while it runs"),
+                here.is_some(),
+            ),
+            (false, true) => find(
+                format!("weft's FORWARD jump is not first in mangle ({in_mangle:?} precedes it): filter's copy still drops what policy denies; the agent moves it back while it runs"),
+                here.is_some(),
+            ),
         }
         let wanted: Vec<String> = crate::iptables::render(&ir).sets.into_iter().map(|s| s.name).collect();
         let sets = tool::output("ipset", &["list", "-n"], None).unwrap_or_default();

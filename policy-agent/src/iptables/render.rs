@@ -1,6 +1,7 @@
 //! PolicyIr -> ipsets + the iptables-restore payload of weft's chains. Pure.
 //!
-//! The packet path (filter FORWARD, jumped to first):
+//! The packet path (jumped to first from FORWARD in filter, and in mangle,
+//! whose copy has every ACCEPT a RETURN: kernel.rs):
 //!
 //! ```text
 //! WEFT-FORWARD   ESTABLISHED,RELATED                     ACCEPT   replies first
