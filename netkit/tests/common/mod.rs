@@ -72,7 +72,7 @@ impl PodNs {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
         let name =
             format!("weft-test-{}-{}-{nanos:x}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        fs::create_dir_all("/run/netns").unwrap();
+        weft_netkit::netns::ensure_netns_dir(Path::new("/run/netns")).unwrap();
         let path = Path::new("/run/netns").join(name);
         File::create(&path).unwrap();
         let target = path.clone();
