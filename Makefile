@@ -45,13 +45,23 @@ release: deps
 # test); plain cargo test is the fallback. Both print a closing summary.
 # The e2e tests drive the built binaries (weft, weft-ipam, weft-agent) the way
 # a cluster does, so every binary is built before the tests run.
+# A test that cannot run here (not root, a runtime or tool missing) appends
+# `SKIPPED: <test>: <why>` to SKIP_LOG (weft-test-support): the count closes
+# the run. Under CI=true such a test fails instead, and so does any skip.
+SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/skipped-tests.log
 test: deps
 	$(CARGO) build --workspace --bins
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+	@rm -f $(SKIP_LOG); status=0; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) nextest run --workspace --no-fail-fast || status=$$?; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
-	fi
+		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --no-fail-fast || status=$$?; \
+	fi; \
+	skipped=$$(cat $(SKIP_LOG) 2>/dev/null | grep -c '^SKIPPED: '); \
+	cat $(SKIP_LOG) 2>/dev/null | sort; \
+	echo "$$skipped tests skipped"; \
+	if [ "$$CI" = true ] && [ "$$skipped" -gt 0 ]; then echo "CI=true: a skipped test fails the run"; status=1; fi; \
+	exit $$status
 
 # The demo is `weft-e2e demo` (e2e/src/demo.rs): a 2-node testbed, three pods
 # attached by `weft`, a ClusterIP and a NodePort service, one probe per path

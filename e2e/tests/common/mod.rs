@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,13 +10,9 @@ use weft_e2e::{netns, run, RunState};
 /// Bound on any single command a test runs.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// True when running as root; otherwise prints why the test skips.
+/// True when running as root; otherwise the test skips (fails under CI).
 pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP {test}: the testbed needs root (network namespaces, mounts in /run/netns)");
-    }
-    root
+    weft_test_support::root_or_skip(test, "network namespaces, mounts in /run/netns")
 }
 
 /// The built `weft-e2e` binary.
