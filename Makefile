@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables ipset nftables conntrack iputils-ping procps \
 	containernetworking-plugins iperf3 ca-certificates shellcheck \
 	protobuf-compiler containerd runc podman busybox-static
 
-.PHONY: all deps build release test demo bench clean
+.PHONY: all deps build release lint test demo bench clean
 
 all: build
 
@@ -34,12 +34,23 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "deps: all present"; fi
 	@command -v $(CARGO) >/dev/null || { echo "deps: cargo (Rust toolchain) is required"; exit 1; }
+	@# rustfmt and clippy for `make lint` (.ci/run), where rustup manages the toolchain.
+	@if command -v rustup >/dev/null; then \
+		for c in rustfmt clippy; do \
+			rustup component list --installed 2>/dev/null | grep -q "^$$c" || rustup component add $$c; \
+		done; \
+	fi
 
 build: deps
 	$(CARGO) build --workspace --all-targets
 
 release: deps
 	$(STATIC) $(CARGO) build --workspace --release --bins --target $(HOST)
+
+# The lint gates .ci/run runs before the tests; both are clean on main.
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # nextest runs each test in its own process (the netns tests unshare per
 # test); plain cargo test is the fallback. Both print a closing summary.
