@@ -54,17 +54,27 @@ lint: deps
 
 # nextest runs each test in its own process (the netns tests unshare per
 # test); plain cargo test is the fallback. Both print a closing summary.
-# The e2e tests drive the built binaries (weft, weft-ipam, weft-agent) the way
-# a cluster does, so every binary is built before the tests run.
+# First, without root and in seconds, every conformance case on the policy
+# model (e2e/tests/conformance_pure.rs): a semantic regression stops the run
+# before the kernel suites. The e2e tests drive the built binaries (weft,
+# weft-ipam, weft-agent) the way a cluster does, so every binary is built
+# before the rest runs.
 # A test that cannot run here (not root, a runtime or tool missing) appends
 # `SKIPPED: <test>: <why>` to SKIP_LOG (weft-test-support): the count closes
 # the run. Under CI=true such a test fails instead, and so does any skip.
 SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/skipped-tests.log
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 test: deps
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run -p weft-e2e --test conformance_pure
+else
+	$(CARGO) test -p weft-e2e --test conformance_pure
+endif
 	$(CARGO) build --workspace --bins
 	@rm -f $(SKIP_LOG); status=0; \
-	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) nextest run --workspace --no-fail-fast || status=$$?; \
+	if [ "$(NEXTEST)" = yes ]; then \
+		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) nextest run --workspace --no-fail-fast \
+			-E 'not binary(conformance_pure)' || status=$$?; \
 	else \
 		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --no-fail-fast || status=$$?; \
 	fi; \
