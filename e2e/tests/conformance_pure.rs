@@ -4,6 +4,9 @@
 //! No root, seconds: `make test` runs this binary before everything else, so
 //! a semantic regression shows even where the kernel suites cannot run.
 
+mod common;
+
+use common::WRONG;
 use weft_e2e::conformance::{cases_dir, load_paths, parse_case, pure};
 
 #[test]
@@ -28,19 +31,7 @@ fn every_probe_of_every_case_holds_on_the_model() {
 /// The same run fails a case whose expectations are wrong, naming the cell.
 #[test]
 fn a_wrong_expectation_fails_and_is_named() {
-    let wrong = r#"
-name: deliberately-wrong
-description: x/a -> x/b is allowed (no policy), y/a -> x/c UDP 81 too; both expected denied
-steps:
-  - probe:
-      - port: 80
-        expect: |2
-              x/a x/b y/a
-          x/a  .   X   .
-          y/a  .   .   .
-      - {from: y/a, to: x/c, port: 81, protocol: UDP, expect: deny}
-"#;
-    let case = parse_case(wrong, std::path::Path::new("wrong.yaml")).unwrap();
+    let case = parse_case(WRONG, std::path::Path::new("wrong.yaml")).unwrap();
     let r = pure::evaluate(&case);
     assert_eq!(r.checked, 5, "4 matrix cells off the diagonal and one single probe");
     assert_eq!(r.failures.len(), 2, "{:?}", r.failures);

@@ -7,6 +7,21 @@ use std::time::Duration;
 
 use weft_e2e::{netns, run, RunState};
 
+/// A case that expects x/a -> x/b to be blocked, and a UDP probe to be
+/// denied, where nothing is enforced.
+pub const WRONG: &str = r#"
+name: deliberately-wrong
+description: expects blocks where backend none lets everything through
+steps:
+  - probe:
+      - port: 80
+        expect: |2
+              x/a x/b y/a
+          x/a  .   X   .
+          y/a  .   .   .
+      - {from: y/a, to: x/c, port: 81, protocol: UDP, expect: deny}
+"#;
+
 /// Bound on any single command a test runs.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 
