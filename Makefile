@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables ipset nftables conntrack iputils-ping procps \
 	containernetworking-plugins iperf3 ca-certificates shellcheck \
 	protobuf-compiler containerd runc podman busybox-static
 
-.PHONY: all deps build release lint test demo bench clean
+.PHONY: all deps fuzz-deps build release lint test fuzz demo bench clean
 
 all: build
 
@@ -82,7 +82,34 @@ endif
 	cat $(SKIP_LOG) 2>/dev/null | sort; \
 	echo "$$skipped tests skipped"; \
 	if [ "$$CI" = true ] && [ "$$skipped" -gt 0 ]; then echo "CI=true: a skipped test fails the run"; status=1; fi; \
+	$(MAKE) --no-print-directory fuzz FUZZ_SECS=$(FUZZ_SMOKE_SECS) || status=$$?; \
 	exit $$status
+
+# Fuzz targets (fuzz/fuzz_targets, cargo-fuzz on nightly) for the parsers of
+# outside input: CNI config, env and prevResult, manifests and API objects,
+# the pod socket's requests, NFLOG datagrams. `make fuzz` runs each
+# FUZZ_SECS (5 min); `make test` each FUZZ_SMOKE_SECS. The corpus grows in
+# fuzz/corpus/<target>, seeded from fuzz/seeds/<target>; a crash stops the
+# run and leaves its input in fuzz/artifacts/<target>/.
+FUZZ_TARGETS := cni_config cni_env manifest pod_socket nflog
+FUZZ_SECS ?= 300
+FUZZ_SMOKE_SECS ?= 20
+fuzz-deps:
+	@if command -v rustup >/dev/null && ! rustup toolchain list | grep -q '^nightly'; then \
+		rustup toolchain install nightly --profile minimal; \
+	fi
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+fuzz: fuzz-deps
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t target; log=target/fuzz-$$t.log; \
+		echo "fuzz: $$t for $(FUZZ_SECS) s (output in fuzz/$$log)"; \
+		if ! $(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1 >$$log 2>&1; then \
+			tail -40 $$log; echo "fuzz: $$t failed; a crashing input is kept in fuzz/artifacts/$$t/"; exit 1; \
+		fi; \
+		grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units' $$log; \
+	done
 
 # The demo is `weft-e2e demo` (e2e/src/demo.rs): a 2-node testbed, three pods
 # attached by `weft`, a ClusterIP and a NodePort service, one probe per path
