@@ -310,6 +310,32 @@ impl Testbed {
         }
     }
 
+    /// How many syncs (the first, each periodic resync and each change of
+    /// cluster state; not pod reports) node `n`'s agent has completed, from
+    /// the counts of `weft_sync_duration_seconds` on its /metrics.
+    pub fn agent_syncs(&self, n: u32) -> Result<u64> {
+        Ok(sync_count(&self.agent_get(n, "/metrics")?.1))
+    }
+
+    /// Waits (polling, bounded by `timeout`) until node `n`'s agent has
+    /// completed `more` syncs after this call. With `more` >= 2 at least one
+    /// whole sync began after the call: the positive signal a test waits for
+    /// before asserting that the agent did not change something.
+    pub fn wait_syncs(&self, n: u32, more: u64, timeout: Duration) -> Result<()> {
+        let base = self.agent_syncs(n)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.agent_syncs(n)?.saturating_sub(base);
+            if done >= more {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(E2eError::NoSync { node: n, want: more, done, ms: timeout.as_millis() });
+            }
+            std::thread::sleep(CONVERGE_POLL);
+        }
+    }
+
     /// Sends SIGTERM to node `n`'s agent and waits (bounded) for it to exit;
     /// true if it exited successfully (it deletes its routes first).
     pub fn stop_agent(&self, n: u32) -> Result<bool> {
@@ -351,4 +377,33 @@ fn http_get(mut s: impl std::io::Read + std::io::Write, path: &str) -> std::io::
 /// The process name node `n`'s agent is recorded under.
 pub fn agent_name(n: u32) -> String {
     format!("agent node {n}")
+}
+
+/// The syncs an agent's /metrics text counts: `weft_sync_duration_seconds_count`
+/// of kinds full and change (pod reports are not syncs of the whole node).
+fn sync_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("weft_sync_duration_seconds_count{kind=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(kind, _)| matches!(*kind, "full" | "change"))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncs_are_the_full_and_change_counts() {
+        let text = "# TYPE weft_sync_duration_seconds histogram\n\
+            weft_sync_duration_seconds_bucket{kind=\"full\",le=\"+Inf\"} 4\n\
+            weft_sync_duration_seconds_count{kind=\"full\"} 4\n\
+            weft_sync_duration_seconds_count{kind=\"change\"} 3\n\
+            weft_sync_duration_seconds_count{kind=\"pod\"} 9\n";
+        assert_eq!(sync_count(text), 7);
+        assert_eq!(sync_count(""), 0);
+    }
 }

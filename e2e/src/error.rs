@@ -55,6 +55,8 @@ pub enum E2eError {
     BinaryMissing { name: String, env: &'static str, tried: Vec<PathBuf> },
     #[error("agents of run {run:?} not converged on generation {generation} within {ms} ms: {detail}")]
     NotConverged { run: String, generation: String, ms: u128, detail: String },
+    #[error("node {node}'s agent did not complete {want} more syncs within {ms} ms (it did {done})")]
+    NoSync { node: u32, want: u64, done: u64, ms: u128 },
     #[error("manifest: {reason}")]
     Manifest { reason: String },
     /// A conformance case file that cannot be read or is not a valid case

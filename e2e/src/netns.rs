@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -25,9 +26,13 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
+/// How long `delete_netns` retries an unlink that a mount still holds (EBUSY).
+const DELETE_BUSY_FOR: Duration = Duration::from_secs(2);
+
 /// Creates the named netns `name`; not idempotent: `NetnsExists` if the file is there.
 pub fn create_netns(name: &str) -> Result<PathBuf> {
-    fs::create_dir_all(NETNS_DIR).map_err(E2eError::io(format!("create {NETNS_DIR}")))?;
+    weft_netkit::netns::ensure_netns_dir(Path::new(NETNS_DIR))
+        .map_err(E2eError::kernel(format!("prepare {NETNS_DIR}")))?;
     let path = netns_path(name);
     match File::options().write(true).create_new(true).open(&path) {
         Ok(_) => {}
@@ -59,15 +64,23 @@ pub fn delete_netns(name: &str) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    match umount2(&path, MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point (a file left by a create that failed half-way).
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(errno) => return Err(E2eError::io(format!("unmount {}", path.display()))(errno.into())),
-    }
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(E2eError::io(format!("remove {}", path.display()))(e)),
+    let deadline = Instant::now() + DELETE_BUSY_FOR;
+    loop {
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            // EINVAL: not a mount point (a file left by a create that failed half-way).
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(E2eError::io(format!("unmount {}", path.display()))(errno.into())),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            // EBUSY: more mounts stacked on the file here (propagated twice);
+            // each round detaches the top one.
+            Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(E2eError::io(format!("remove {}", path.display()))(e)),
+        }
     }
 }
 

@@ -102,7 +102,7 @@ fn agent_turns_forwarding_on_and_owns_the_masquerade_rule() {
     // 3. Steady state: resyncs find the rules intact and do not rewrite them.
     let ensures = |p: &Path| log(p).matches("masquerade for 10.244.1.0/24 ensured").count();
     assert_eq!(ensures(&log1), 1, "{}", log(&log1));
-    std::thread::sleep(Duration::from_millis(1500));
+    tb.wait_syncs(1, 3, RESYNC).unwrap();
     assert_eq!(ensures(&log1), 1, "{}", log(&log1));
 
     // 4. The jump, deleted by hand, is back within a resync.
@@ -125,7 +125,7 @@ fn agent_turns_forwarding_on_and_owns_the_masquerade_rule() {
     sh(&n2, &["sysctl", "-w", "net.ipv4.ip_forward=0"]);
     let reported = weft_e2e::wait_until(RESYNC, || tb.agent_status(2).is_some_and(|s| !s.ip_forward));
     assert!(reported, "{:?}", tb.agent_status(2));
-    std::thread::sleep(Duration::from_millis(1000));
+    tb.wait_syncs(2, 2, RESYNC).unwrap();
     assert_eq!(ip_forward(&n2), "0");
     assert!(log(&log2).contains("ip_forward is off"), "{}", log(&log2));
 

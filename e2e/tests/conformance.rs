@@ -14,23 +14,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{bin, root_or_skip};
+use common::{bin, root_or_skip, WRONG};
 use weft_e2e::conformance::{self, cases_dir, Backend, Mode, Options, StateSource};
-
-/// A case that expects x/a -> x/b to be blocked, and a UDP probe to be
-/// denied, where nothing is enforced.
-const WRONG: &str = r#"
-name: deliberately-wrong
-description: expects blocks where backend none lets everything through
-steps:
-  - probe:
-      - port: 80
-        expect: |2
-              x/a x/b y/a
-          x/a  .   X   .
-          y/a  .   .   .
-      - {from: y/a, to: x/c, port: 81, protocol: UDP, expect: deny}
-"#;
 
 /// A scratch directory of this test process, removed on drop.
 struct Scratch(PathBuf);

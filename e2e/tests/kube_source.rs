@@ -140,8 +140,10 @@ fn rules_stay_while_the_api_is_down_and_follow_it_once_back() {
         tb.agent_status(1),
         tb.agent_status(2)
     );
-    // Several resyncs (every 500 ms) later, the rules are still the ones in force.
-    std::thread::sleep(Duration::from_secs(2));
+    // Several resyncs later, the rules are still the ones in force.
+    for n in [1, 2] {
+        tb.wait_syncs(n, 3, NOTICE).unwrap();
+    }
     assert!(unreachable(2));
     assert!(tb.agent_status(2).unwrap().policy.is_some_and(|p| p.ingress_isolated == 1));
     assert!(blocked(&a, &b), "still denied while the API is down");

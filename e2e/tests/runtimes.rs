@@ -52,7 +52,7 @@ fn setup<T>(
         Ok(t) => Some((tb, witness, cni, dir, t)),
         Err(e) => match e.skip_reason() {
             Some(reason) => {
-                eprintln!("SKIP {test}: {reason}");
+                weft_test_support::skip(test, reason);
                 None
             }
             None => panic!("{test}: {e}"),

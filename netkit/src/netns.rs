@@ -16,7 +16,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 
@@ -207,6 +210,38 @@ fn on_thread<T: Send>(
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Makes `dir` (e.g. /run/netns) a shared mount point before a named netns is
+/// mounted in it, binding it over itself first if it is a plain directory: what
+/// iproute2's `netns_add` does (ip/ipnetns.c). Idempotent.
+///
+/// Without it, another tool's first `ip netns add` binds the directory over
+/// itself mid-run, hiding the mounts already in it: their unmount finds no mount
+/// point and the unlink fails with EBUSY. Shared, an unmount also reaches the
+/// copies other mount namespaces (`ip netns exec`) hold. A lock on the directory
+/// keeps two of our processes from both binding it.
+pub fn ensure_netns_dir(dir: &Path) -> Result<(), KernelError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |errno: Errno| KernelError::Io { what, source: errno.into() }
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|source| KernelError::Io { what: format!("create {}", dir.display()), source })?;
+    let handle = File::open(dir)
+        .map_err(|source| KernelError::Io { what: format!("open {}", dir.display()), source })?;
+    let _lock = Flock::lock(handle, FlockArg::LockExclusive).map_err(|(_, errno)| io("lock")(errno))?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    let make_shared = || mount(None::<&str>, dir, Some("none"), shared, None::<&str>);
+    match make_shared() {
+        Ok(()) => return Ok(()),
+        // EINVAL: not a mount point yet.
+        Err(Errno::EINVAL) => {}
+        Err(errno) => return Err(io("make shared")(errno)),
+    }
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(dir), dir, Some("none"), bind, None::<&str>).map_err(io("bind over itself"))?;
+    make_shared().map_err(io("make shared"))
 }
 
 /// Creates the rtnetlink socket on this thread (so in this thread's netns) and runs

@@ -4,19 +4,15 @@
 //! messages, and sets of other owners left out.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Instant;
 
 use weft_netkit::ipset_list::list_sets;
 use weft_netkit::netns::run_in_new;
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 fn ipset(args: &[&str], stdin: Option<&str>) -> String {

@@ -347,7 +347,10 @@ const PLAIN: masquerade::MasqBackend = masquerade::MasqBackend::Iptables(None);
 fn masquerade_is_idempotent_and_torn_down() {
     let Some(t) = isolate("masquerade_is_idempotent_and_torn_down") else { return };
     if weft_netkit::tool::find_tool("iptables-restore").is_err() {
-        eprintln!("SKIP masquerade_is_idempotent_and_torn_down: iptables-restore not installed");
+        weft_test_support::skip(
+            "masquerade_is_idempotent_and_torn_down",
+            "iptables-restore is not installed",
+        );
         return;
     }
     let comment = "weft test-net masquerade";
@@ -432,7 +435,9 @@ fn iptables_mode_follows_the_rules_the_netns_holds() {
         })
         .unwrap();
         match got {
-            None => eprintln!("SKIP {tool}: not installed"),
+            None => {
+                weft_test_support::skip(&weft_test_support::this_test(), format!("{tool} is not installed"))
+            }
             Some(got) => assert_eq!(got, mode, "a netns whose rules were written by {tool}"),
         }
     }

@@ -16,7 +16,10 @@ fn weft_delegates_to_host_local() {
         return;
     }
     if reference_dir().is_none() {
-        eprintln!("SKIP delegate_host_local: host-local (containernetworking-plugins) is not installed");
+        weft_test_support::skip(
+            "delegate_host_local",
+            "host-local (containernetworking-plugins) is not installed",
+        );
         return;
     }
     let node = Node::new();
@@ -53,7 +56,7 @@ fn the_reference_bridge_delegates_to_weft_ipam() {
         return;
     }
     let Some(refdir) = reference_dir() else {
-        eprintln!("SKIP delegate_weft_ipam: the reference bridge is not installed");
+        weft_test_support::skip("delegate_weft_ipam", "the reference bridge is not installed");
         return;
     };
     let weft_ipam = weft().with_file_name("weft-ipam");

@@ -60,7 +60,10 @@ fn results_have_the_reference_shape_at_every_version() {
         return;
     }
     let Some(refdir) = reference_dir() else {
-        eprintln!("SKIP differential: the reference plugins (containernetworking-plugins) are not installed");
+        weft_test_support::skip(
+            "differential",
+            "the reference plugins (containernetworking-plugins) are not installed",
+        );
         return;
     };
     // Debian's plugins (1.1.1) speak up to 1.0.0; 1.1.0 has no reference to compare with.

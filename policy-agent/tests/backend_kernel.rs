@@ -5,7 +5,6 @@
 //! is in force; `off` removes both and writes nothing where there is nothing.
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,12 +17,9 @@ fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     run_in_new(f).expect("a netns of its own (root)")
 }
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 fn ir() -> PolicyIr {

@@ -7,14 +7,11 @@
 #[path = "../benches/synthetic/mod.rs"]
 mod synthetic;
 
-use std::os::unix::fs::MetadataExt;
-
 use synthetic::ModelKind;
 
 #[test]
 fn the_backends_benchmark_runs_at_a_tiny_scale() {
-    if std::fs::metadata("/proc/self").map(|m| m.uid() != 0).unwrap_or(true) {
-        eprintln!("SKIP: needs root");
+    if !weft_test_support::root_or_skip(&weft_test_support::this_test(), "network namespaces") {
         return;
     }
     for kind in [ModelKind::Synthetic, ModelKind::Mix] {

@@ -6,7 +6,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -32,12 +31,9 @@ const GIB: u64 = 1 << 30;
 /// Bound on streaming the 1 GB line: the agent must cut it off well before.
 const STREAM_BOUND: Duration = Duration::from_secs(20);
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 /// `weft-agent` serving `ADDR` in this thread's netns; killed on drop.

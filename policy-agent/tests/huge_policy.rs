@@ -6,7 +6,6 @@
 //! printed; the bound asserted is loose (the naive form took 114 s on
 //! nftables and 10.9 s on iptables), so a noisy machine cannot fail it.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use weft_agent::backend::PolicyBackend;
@@ -21,12 +20,9 @@ const PORTS: u32 = 10_000;
 /// Far above what a port group costs, far below the naive triples.
 const LOOSE_BOUND: Duration = Duration::from_secs(10);
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 /// Node-1 with 7 pods a policy with 10,000 ports selects, from 5 peer networks.

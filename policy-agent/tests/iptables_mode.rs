@@ -6,7 +6,6 @@
 //! same, see plugin/tests/cni.rs). Each in a network namespace of the test's
 //! own (root; skips otherwise).
 
-use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use weft_agent::backend::{self, BackendChoice};
@@ -16,12 +15,9 @@ use weft_netkit::iptables_mode::IptablesMode;
 use weft_netkit::masquerade::MasqBackend;
 use weft_netkit::netns::run_in_new;
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 fn out(argv: &[&str]) -> String {

@@ -6,7 +6,6 @@
 //! CIDR that no pod holds gets nothing, and pods no policy selects, and
 //! replies, pass; a pod that appears is admitted by the incremental path.
 
-use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,12 +45,9 @@ fn model(pods: &[(&str, u8)]) -> Model {
     m
 }
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (network namespaces of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "network namespaces of its own")
 }
 
 /// Runs `argv`, in the calling thread's netns, to success.

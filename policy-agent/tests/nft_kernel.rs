@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 use weft_agent::model::Protocol;
@@ -18,12 +17,9 @@ use weft_agent::nft::{render, Elem, Nft, NftRendered, TABLE};
 use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new;
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 fn ip(s: &str) -> Ipv4Addr {

@@ -5,7 +5,6 @@
 //! left; auto splits peers by subnet; host-gw removes the overlay.
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
 
 use weft_agent::agent::routing::{sync_routing, Synced};
 use weft_agent::model::{Model, Node};
@@ -17,12 +16,9 @@ use weft_netkit::netns::{connect_current, run_in_new};
 use weft_netkit::rule::{list_rules, SourceRule};
 use weft_netkit::{addr, link};
 
+/// True when root; otherwise the test skips (fails under CI).
 fn root() -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP: needs root (a network namespace of its own)");
-    }
-    root
+    weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
 fn node(n: u8, ip: &str) -> Node {

@@ -179,6 +179,22 @@ impl fmt::Display for Target {
     }
 }
 
+impl Probe {
+    /// How many verdicts it checks: a matrix's cells off the diagonal and not `?`, or one.
+    pub fn verdicts(&self) -> usize {
+        match &self.kind {
+            ProbeKind::Matrix { expect, .. } => expect
+                .rows
+                .iter()
+                .enumerate()
+                .flat_map(|(r, from)| expect.cols.iter().enumerate().map(move |(c, to)| (r, c, from == to)))
+                .filter(|&(r, c, diagonal)| !diagonal && expect.cells[r][c] != super::matrix::Cell::Any)
+                .count(),
+            ProbeKind::Single { .. } => 1,
+        }
+    }
+}
+
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = proto_name(self.proto);

@@ -14,6 +14,7 @@
 pub mod case;
 mod exec;
 pub mod matrix;
+pub mod pure;
 
 use std::fmt;
 use std::io::Write;

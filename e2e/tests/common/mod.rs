@@ -2,22 +2,32 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
 use weft_e2e::{netns, run, RunState};
 
+/// A case that expects x/a -> x/b to be blocked, and a UDP probe to be
+/// denied, where nothing is enforced.
+pub const WRONG: &str = r#"
+name: deliberately-wrong
+description: expects blocks where backend none lets everything through
+steps:
+  - probe:
+      - port: 80
+        expect: |2
+              x/a x/b y/a
+          x/a  .   X   .
+          y/a  .   .   .
+      - {from: y/a, to: x/c, port: 81, protocol: UDP, expect: deny}
+"#;
+
 /// Bound on any single command a test runs.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// True when running as root; otherwise prints why the test skips.
+/// True when running as root; otherwise the test skips (fails under CI).
 pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if !root {
-        eprintln!("SKIP {test}: the testbed needs root (network namespaces, mounts in /run/netns)");
-    }
-    root
+    weft_test_support::root_or_skip(test, "network namespaces, mounts in /run/netns")
 }
 
 /// The built `weft-e2e` binary.

@@ -29,13 +29,12 @@ pub struct Isolated {
 /// Skips (None, with a message) unless root; otherwise unshares the calling
 /// thread's netns, brings `lo` up and builds a current_thread runtime.
 pub fn isolate(test: &str) -> Option<Isolated> {
-    if fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
-        eprintln!("SKIP {test}: kernel tests need root (CAP_NET_ADMIN + CAP_SYS_ADMIN)");
+    if !weft_test_support::root_or_skip(test, "CAP_NET_ADMIN + CAP_SYS_ADMIN") {
         return None;
     }
     let root = NetNs::current().expect("open own netns");
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
-        eprintln!("SKIP {test}: unshare(CLONE_NEWNET) failed: {e}");
+        weft_test_support::skip(test, format!("unshare(CLONE_NEWNET) failed: {e}"));
         return None;
     }
     assert_ne!(ns_inode("/proc/thread-self/ns/net"), fd_inode(&root), "unshare did not switch netns");
@@ -72,7 +71,7 @@ impl PodNs {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
         let name =
             format!("weft-test-{}-{}-{nanos:x}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        fs::create_dir_all("/run/netns").unwrap();
+        weft_netkit::netns::ensure_netns_dir(Path::new("/run/netns")).unwrap();
         let path = Path::new("/run/netns").join(name);
         File::create(&path).unwrap();
         let target = path.clone();

@@ -26,15 +26,9 @@ pub fn reference_dir() -> Option<PathBuf> {
     (d.join("bridge").is_file() && d.join("host-local").is_file()).then_some(d)
 }
 
-/// True when running as root; otherwise prints why the test skips.
+/// True when running as root; otherwise the test skips (fails under CI).
 pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if !root {
-        eprintln!("SKIP {test}: needs root for network namespaces");
-    }
-    root
+    weft_test_support::root_or_skip(test, "network namespaces")
 }
 
 /// A node: its netns and its IPAM data dir, both removed on drop.

@@ -537,9 +537,9 @@ mod tests {
     /// notifications) also has the jump first again within 100 ms (median).
     #[test]
     fn without_notifications_the_guard_polls_within_100ms() {
-        use std::os::unix::fs::MetadataExt;
-        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
-            return eprintln!("SKIP: needs root (a network namespace of its own)");
+        if !weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
+        {
+            return;
         }
         weft_netkit::netns::run_in_new(|| {
             let mut ipt = Iptables::new();

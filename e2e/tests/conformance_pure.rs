@@ -1,0 +1,40 @@
+//! Every conformance case (e2e/cases) evaluated without a kernel: the cluster
+//! state of each step as the agents' model, each probe's expected verdict
+//! checked against the compiled rules and the policies (`conformance::pure`).
+//! No root, seconds: `make test` runs this binary before everything else, so
+//! a semantic regression shows even where the kernel suites cannot run.
+
+mod common;
+
+use common::WRONG;
+use weft_e2e::conformance::{cases_dir, load_paths, parse_case, pure};
+
+#[test]
+fn every_probe_of_every_case_holds_on_the_model() {
+    let cases = load_paths(&[cases_dir().to_path_buf()]).expect("the cases load (an empty dir is an error)");
+    assert!(cases.len() >= 70, "only {} cases in {}", cases.len(), cases_dir().display());
+    let (mut checked, mut failures) = (0, Vec::new());
+    for case in &cases {
+        let want: usize = case.steps.iter().flat_map(|s| &s.probes).map(|p| p.verdicts()).sum();
+        let r = pure::evaluate(case);
+        assert!(want > 0, "{} has no probe", case.name);
+        if r.failures.is_empty() {
+            assert_eq!(r.checked, want, "{}: every verdict of every probe is checked", case.name);
+        }
+        checked += r.checked;
+        failures.extend(r.failures.into_iter().map(|f| format!("{}: {f}", case.name)));
+    }
+    assert!(failures.is_empty(), "{} of {checked} verdicts fail:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("{} cases, {checked} verdicts, all hold on the model", cases.len());
+}
+
+/// The same run fails a case whose expectations are wrong, naming the cell.
+#[test]
+fn a_wrong_expectation_fails_and_is_named() {
+    let case = parse_case(WRONG, std::path::Path::new("wrong.yaml")).unwrap();
+    let r = pure::evaluate(&case);
+    assert_eq!(r.checked, 5, "4 matrix cells off the diagonal and one single probe");
+    assert_eq!(r.failures.len(), 2, "{:?}", r.failures);
+    assert!(r.failures[0].contains("x/a -> x/b: expected deny, the model says allow"), "{}", r.failures[0]);
+    assert!(r.failures[1].contains("y/a -> x/c:81 UDP"), "{}", r.failures[1]);
+}
