@@ -342,7 +342,10 @@ impl<'c> Agent<'c> {
             let msg = match &not_ready {
                 None => format!("ready: /readyz answers 200 generation={}", status.generation),
                 Some(why) => {
-                    format!("synced generation={}: not ready yet, /readyz answers 503: {why}", status.generation)
+                    format!(
+                        "synced generation={}: not ready yet, /readyz answers 503: {why}",
+                        status.generation
+                    )
                 }
             };
             println!("{}", crate::logging::stdout_line(tracing::Level::INFO, &msg, &self.cfg.node));
