@@ -34,6 +34,41 @@ fn ir() -> PolicyIr {
     ir
 }
 
+/// `ir()` on a dual-stack node: the IPv6 guard has something to guard.
+fn ir_dual() -> PolicyIr {
+    let mut ir = ir();
+    ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
+    ir.v6.local.insert("fd00:244:1::2".parse().unwrap());
+    ir
+}
+
+/// weft's chains in ip6tables (filter or mangle).
+fn ip6_chains() -> bool {
+    ["filter", "mangle"].iter().any(|t| sh(&["ip6tables-save", "-t", t]).contains("WEFT-"))
+}
+
+#[test]
+fn ip6tables_chains_come_with_ipv6_to_guard_and_an_earlier_runs_are_removed() {
+    if !root() {
+        return;
+    }
+    in_netns(|| {
+        let mut b = backend::start(BackendChoice::Iptables).unwrap();
+        b.apply(&ir(), true).unwrap();
+        assert!(!ip6_chains(), "an IPv4-only node gets no ip6tables chain");
+        b.apply(&ir_dual(), false).unwrap();
+        assert!(ip6_chains(), "IPv6 to guard: the chain and its jump");
+        b.apply(&ir(), true).unwrap();
+        assert!(ip6_chains(), "kept once written: it guards nothing, and costs a restore");
+        // A new run on a node that no longer has IPv6 removes the old run's.
+        let mut next = backend::start(BackendChoice::Iptables).unwrap();
+        next.apply(&ir(), true).unwrap();
+        assert!(!ip6_chains(), "the earlier run's ip6tables chains are gone");
+        next.cleanup().unwrap();
+        b.cleanup().unwrap();
+    });
+}
+
 /// Runs `argv` in the calling thread's netns; its stdout (empty on failure).
 fn sh(argv: &[&str]) -> String {
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
@@ -62,7 +97,7 @@ fn a_rule_inserted_before_the_jump_is_moved_behind_it_within_100ms() {
     }
     in_netns(|| {
         let mut b = backend::start(BackendChoice::Iptables).unwrap();
-        b.apply(&ir(), true).unwrap();
+        b.apply(&ir_dual(), true).unwrap();
         // IPv4, and ip6tables, where the IPv6 guard is.
         for tool in ["iptables", "ip6tables"] {
             assert!(first_forward_rule(tool).contains("-j WEFT-FORWARD"), "{}", first_forward_rule(tool));
@@ -134,10 +169,10 @@ fn off_removes_both_backends_objects_and_writes_nothing_where_there_is_nothing()
         let (removed, errors) = backend::remove_all();
         assert!(removed.is_empty() && errors.is_empty(), "{removed:?} {errors:?}");
         assert_eq!(sh(&["nft", "list", "ruleset"]).trim(), "", "no table created");
-        backend::start(BackendChoice::Iptables).unwrap().apply(&ir(), true).unwrap();
-        backend::start(BackendChoice::Nftables).unwrap().apply(&ir(), true).unwrap();
+        backend::start(BackendChoice::Iptables).unwrap().apply(&ir_dual(), true).unwrap();
+        backend::start(BackendChoice::Nftables).unwrap().apply(&ir_dual(), true).unwrap();
         // The nftables start removed the iptables objects: put them back.
-        backend::start(BackendChoice::Iptables).unwrap().apply(&ir(), false).unwrap();
+        backend::start(BackendChoice::Iptables).unwrap().apply(&ir_dual(), false).unwrap();
         assert_eq!(weft_objects(), (true, true, true));
         let (removed, errors) = backend::remove_all();
         assert!(errors.is_empty(), "{errors:?}");

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use weft_netkit::iptables_mode::{self, IptablesMode};
 use weft_netkit::kernel_error::KernelError;
@@ -105,6 +105,12 @@ pub struct Iptables {
     rules: Option<String>,
     /// The ip6tables payload as last applied.
     rules6: Option<String>,
+    /// ip6tables' chains are in use (written by this process): until a node
+    /// has IPv6 to guard, none are written, listed or watched, so an
+    /// IPv4-only node pays nothing for them.
+    v6: Arc<AtomicBool>,
+    /// An earlier run's ip6tables chains were removed or found absent.
+    v6_checked: bool,
     /// Keeps the jump first between applies; None until the first apply.
     guard: Option<JumpGuard>,
 }
@@ -167,8 +173,15 @@ impl Iptables {
         for s in &r.sets {
             self.sets.insert(s.name.clone(), s.clone());
         }
-        // 2. Chains, in both tables, in one restore per family.
-        for family in families(self.mode) {
+        // 2. Chains, in both tables, in one restore per family; ip6tables'
+        // only once there is IPv6 to guard (an earlier run's are removed).
+        if !r.v6 && !self.v6_checked && self.rules6.is_none() {
+            let (_, error) = remove_chains(|f| f.v6);
+            error.map_or(Ok(()), Err)?;
+        }
+        self.v6_checked = true;
+        let v6 = r.v6 || self.rules6.is_some();
+        for family in families(self.mode).into_iter().filter(|f| v6 || !f.v6) {
             let (wanted, applied) =
                 if family.v6 { (&r.rules6, &mut self.rules6) } else { (&r.rules, &mut self.rules) };
             if full || applied.as_deref() != Some(wanted.as_str()) {
@@ -179,12 +192,13 @@ impl Iptables {
         }
         // 3. The jumps, first in each FORWARD: checked at every apply (one
         // listing per table), and from now on watched in between.
+        self.v6.store(v6, Ordering::SeqCst);
         done.jump_moved = {
             let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            ensure_jump_first(self.mode)?
+            ensure_jump_first(self.mode, v6)?
         };
         if self.guard.is_none() {
-            self.guard = start_guard(self.mode);
+            self.guard = start_guard(self.mode, self.v6.clone());
         }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
@@ -248,6 +262,8 @@ impl Iptables {
         self.capacity.clear();
         self.rules = None;
         self.rules6 = None;
+        self.v6.store(false, Ordering::SeqCst);
+        self.v6_checked = false;
         remove_objects().map(drop)
     }
 }
@@ -260,6 +276,30 @@ impl Iptables {
 /// table on a node that has none; without the tools there is nothing to
 /// remove. Idempotent; carries on after an error and returns the first.
 pub fn remove_objects() -> Result<Vec<String>, KernelError> {
+    let (mut removed, mut first) = remove_chains(|_| true);
+    let mut keep = |r: Result<(), KernelError>| {
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    };
+    if tool::find_tool("ipset").is_ok() {
+        match list_sets() {
+            Ok(sets) if sets.is_empty() => {}
+            Ok(sets) => {
+                for name in &sets {
+                    keep(tool::run("ipset", &["destroy", name], None));
+                }
+                removed.push(format!("{} ipsets", sets.len()));
+            }
+            Err(e) => keep(Err(e)),
+        }
+    }
+    first.map_or(Ok(removed), Err)
+}
+
+/// `remove_objects`' jumps and chains, in the families `which` picks, in
+/// every installed mode: what was removed, and the first error.
+fn remove_chains(which: impl Fn(&Family) -> bool) -> (Vec<String>, Option<KernelError>) {
     let mut removed = Vec::new();
     let mut first: Option<KernelError> = None;
     let mut keep = |r: Result<(), KernelError>| {
@@ -267,7 +307,7 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
             first.get_or_insert(e);
         }
     };
-    let families = iptables_mode::installed().into_iter().flat_map(families);
+    let families = iptables_mode::installed().into_iter().flat_map(families).filter(|f| which(f));
     let tables: Vec<(Family, &str)> = families.flat_map(|f| TABLES.map(|t| (f.clone(), t))).collect();
     for (family, table) in tables.iter().filter(|(f, _)| tool::find_tool(&f.save).is_ok()) {
         let save = match tool::output(&family.save, &["-t", table], None) {
@@ -302,19 +342,7 @@ pub fn remove_objects() -> Result<Vec<String>, KernelError> {
             chains.join(" ")
         ));
     }
-    if tool::find_tool("ipset").is_ok() {
-        match list_sets() {
-            Ok(sets) if sets.is_empty() => {}
-            Ok(sets) => {
-                for name in &sets {
-                    keep(tool::run("ipset", &["destroy", name], None));
-                }
-                removed.push(format!("{} ipsets", sets.len()));
-            }
-            Err(e) => keep(Err(e)),
-        }
-    }
-    first.map_or(Ok(removed), Err)
+    (removed, first)
 }
 
 /// The rendered `*filter` payload, preceded by the same chains and rules
@@ -343,22 +371,23 @@ fn weft_chains(save: &str) -> (usize, Vec<String>) {
 
 /// Starts the thread that keeps the jump first between applies; None (and
 /// a warning: the jump is then checked at each apply only) if it cannot.
-fn start_guard(mode: Option<IptablesMode>) -> Option<JumpGuard> {
+fn start_guard(mode: Option<IptablesMode>, v6: Arc<AtomicBool>) -> Option<JumpGuard> {
     let nft_flavour = match mode {
         Some(m) => m == IptablesMode::Nft,
         None => tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")),
     };
-    start_guard_for(mode, nft_flavour)
+    start_guard_for(mode, v6, nft_flavour)
 }
 
-/// `start_guard` for iptables of the nft flavour (notifications) or not (a period).
-fn start_guard_for(mode: Option<IptablesMode>, nft_flavour: bool) -> Option<JumpGuard> {
+/// `start_guard` for iptables of the nft flavour (notifications) or not (a
+/// period); ip6tables' jump too while `v6` says its chains are in use.
+fn start_guard_for(mode: Option<IptablesMode>, v6: Arc<AtomicBool>, nft_flavour: bool) -> Option<JumpGuard> {
     let check = move |stop: &AtomicBool| {
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if stop.load(Ordering::SeqCst) {
             return true;
         }
-        match ensure_jump_first(mode) {
+        match ensure_jump_first(mode, v6.load(Ordering::SeqCst)) {
             Ok(moved) => {
                 if moved {
                     tracing::warn!("a rule was inserted before weft's FORWARD jump: put the jump back first");
@@ -479,9 +508,9 @@ fn jump_spec() -> String {
 /// must move, one `iptables-restore --noflush` that deletes every copy and
 /// inserts it first: atomic, so no packet ever sees FORWARD without the
 /// jump. The caller holds `JUMP_LOCK`.
-fn ensure_jump_first(mode: Option<IptablesMode>) -> Result<bool, KernelError> {
+fn ensure_jump_first(mode: Option<IptablesMode>, v6: bool) -> Result<bool, KernelError> {
     let mut moved = false;
-    for family in families(mode) {
+    for family in families(mode).into_iter().filter(|f| v6 || !f.v6) {
         let mut payload = String::new();
         for table in TABLES {
             let listing = tool::output(&family.iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
@@ -544,7 +573,7 @@ mod tests {
         weft_netkit::netns::run_in_new(|| {
             let mut ipt = Iptables::new();
             ipt.apply(&super::super::render(&crate::policy::PolicyIr::default()), true).unwrap();
-            ipt.guard = start_guard_for(ipt.mode, false);
+            ipt.guard = start_guard_for(ipt.mode, ipt.v6.clone(), false);
             let first = || {
                 let rules = tool::output("iptables", &["-S", "FORWARD"], None).unwrap();
                 rules

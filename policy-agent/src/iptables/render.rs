@@ -112,6 +112,9 @@ pub struct Rendered {
     pub rules: String,
     /// The same for `ip6tables-restore`: the IPv6 guard.
     pub rules6: String,
+    /// The IPv6 guard has something to guard (an IPv6 pod CIDR or pod):
+    /// without, a node needs no ip6tables chain (kernel.rs).
+    pub v6: bool,
 }
 
 pub(super) struct Names {
@@ -243,7 +246,7 @@ pub fn render(ir: &PolicyIr) -> Rendered {
         ip6_set(IN_ISO6_SET, &ir.v6.ingress),
         ip6_set(OUT_ISO6_SET, &ir.v6.egress),
     ]);
-    Rendered { sets, rules, rules6: guard6(ir) }
+    Rendered { sets, rules, rules6: guard6(ir), v6: ir.v6 != crate::policy::Guard6::default() }
 }
 
 /// The ip6tables payload: IPv6 fails closed (see the module doc).
