@@ -11,14 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
-
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::time::Duration;
 
 use crate::kernel_error::KernelError;
-use crate::netlink_attrs::{Attrs, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::netlink_attrs::Attrs;
+use crate::nfnl_dump::{put_attr, DumpSocket};
 
 const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_LIST: u16 = 7;
@@ -40,8 +37,6 @@ const AF_INET: u8 = 2;
 /// A dump that goes on longer than this is abandoned (the caller falls back
 /// or reports); a dump of 70k members takes milliseconds.
 const DEADLINE: Duration = Duration::from_secs(5);
-/// At most this much dump data is read: far above any set weft makes.
-const MAX_BYTES: usize = 512 << 20;
 
 /// One set: its type (`hash:ip,port`) and members as `ipset save` prints them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,92 +47,19 @@ pub struct ListedSet {
 
 /// The sets whose names start with `prefix`, with their members (sorted).
 pub fn list_sets(prefix: &str) -> Result<BTreeMap<String, ListedSet>, KernelError> {
-    let err =
-        |what: &str, e: std::io::Error| KernelError::Io { what: format!("ipset netlink: {what}"), source: e };
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| err("socket", e))?;
-    sock.bind_auto().map_err(|e| err("bind", e))?;
-    sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(|e| err("connect", e))?;
-    sock.send(&request(), 0).map_err(|e| err("send", e))?;
-    let deadline = Instant::now() + DEADLINE;
+    let err = |e: std::io::Error| KernelError::Io { what: "ipset netlink dump".into(), source: e };
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+    let mut sock = DumpSocket::open(DEADLINE).map_err(err)?;
+    let bodies = sock.dump((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST, AF_INET, &attrs).map_err(err)?;
     let mut sets: BTreeMap<String, ListedSet> = BTreeMap::new();
-    let (mut buf, mut read) = (vec![0u8; 1 << 20], 0usize);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
-        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(&mut fds, timeout).map_err(|e| err("poll", e.into()))?;
-        if ready == 0 {
-            return Err(err("dump", std::io::Error::from(std::io::ErrorKind::TimedOut)));
-        }
-        let n = sock.recv(&mut &mut buf[..], 0).map_err(|e| err("recv", e))?;
-        read += n;
-        if read > MAX_BYTES {
-            return Err(err("dump", std::io::Error::other("larger than 512 MiB")));
-        }
-        match parse_messages(&buf[..n], prefix, &mut sets) {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(errno) => {
-                return Err(err("dump", std::io::Error::from_raw_os_error(errno)));
-            }
-        }
+    for body in &bodies {
+        list_message(body, prefix, &mut sets);
     }
     for s in sets.values_mut() {
         s.members.sort();
     }
     Ok(sets)
-}
-
-/// The dump request: LIST of every set.
-fn request() -> Vec<u8> {
-    let mut msg = Vec::with_capacity(28);
-    msg.extend(0u32.to_ne_bytes()); // the length, set below
-    msg.extend(((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST).to_ne_bytes());
-    msg.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend(1u32.to_ne_bytes()); // sequence
-    msg.extend(0u32.to_ne_bytes()); // port id: the kernel's
-    msg.extend([AF_INET, 0, 0, 0]); // nfgenmsg: family, version 0, res_id
-    msg.extend(5u16.to_ne_bytes());
-    msg.extend(IPSET_ATTR_PROTOCOL.to_ne_bytes());
-    msg.extend([IPSET_PROTOCOL, 0, 0, 0]); // u8, padded to 4
-    let len = msg.len() as u32;
-    msg[..4].copy_from_slice(&len.to_ne_bytes());
-    msg
-}
-
-/// Walks the netlink messages in `buf`, adding what they list to `sets`.
-/// Ok(true) once the dump is done; Err(errno) for an error message.
-fn parse_messages(buf: &[u8], prefix: &str, sets: &mut BTreeMap<String, ListedSet>) -> Result<bool, i32> {
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        if len < 16 || off + len > buf.len() {
-            return Err(libc_eproto());
-        }
-        let body = &buf[off + 16..off + len];
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                if code != 0 {
-                    return Err(-code);
-                }
-            }
-            k if k == (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST => {
-                if let Some(body) = body.get(4..) {
-                    list_message(body, prefix, sets);
-                }
-            }
-            _ => {}
-        }
-        off += len.next_multiple_of(4);
-    }
-    Ok(false)
-}
-
-fn libc_eproto() -> i32 {
-    nix::errno::Errno::EPROTO as i32
 }
 
 /// One LIST message: a set's name and type, and (in the later ones of a

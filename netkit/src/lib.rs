@@ -14,6 +14,7 @@ pub mod netlink_attrs;
 pub mod netlink_dump;
 pub mod netns;
 pub mod nflog;
+pub mod nfnl_dump;
 pub mod process;
 pub mod rule;
 pub mod sysctl;

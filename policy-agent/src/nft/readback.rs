@@ -11,19 +11,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
-use weft_netkit::netlink_attrs::{Attrs, NLMSG_DONE, NLM_F_DUMP};
+use weft_netkit::netlink_attrs::Attrs;
+use weft_netkit::nfnl_dump::{put_attr, DumpSocket};
 
 use super::netlink::{
     kernel_elems, KernelElem, NetlinkError, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_DATA_VALUE,
     NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END,
-    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFT_SET_ELEM_INTERVAL_END, NLMSG_ERROR,
-    NLM_F_REQUEST,
+    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFT_SET_ELEM_INTERVAL_END,
 };
 use super::render::Elem;
 
@@ -37,8 +33,6 @@ const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_COUNT: u16 = 20;
 /// The whole read-back must finish within this.
 const DEADLINE: Duration = Duration::from_secs(5);
-/// At most this much dump data is read.
-const MAX_BYTES: usize = 512 << 20;
 
 /// An element as the kernel holds it: (key, key end, interval end).
 pub type Key = (Vec<u8>, Option<Vec<u8>>, bool);
@@ -61,11 +55,11 @@ pub fn keys(elems: &BTreeSet<Elem>) -> BTreeSet<Key> {
 /// Reads table `table` (family inet) from the calling thread's netns; its
 /// sets' elements only `with_elements`.
 pub fn read(table: &str, with_elements: bool) -> Result<KernelTable, NetlinkError> {
-    let mut r = Reader::open()?;
+    let mut r = DumpSocket::open(DEADLINE).map_err(NetlinkError::Socket)?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let mut set_names = Vec::new();
     for kind in [NFT_MSG_GETCHAIN, NFT_MSG_GETSET, NFT_MSG_GETRULE] {
-        for body in r.dump(kind, table, None)? {
+        for body in dump(&mut r, kind, table, None)? {
             // Dumps of chains and sets may cover every table of the family.
             if text_attr(&body, ATTR_TABLE).as_deref() != Some(table) {
                 continue;
@@ -84,7 +78,7 @@ pub fn read(table: &str, with_elements: bool) -> Result<KernelTable, NetlinkErro
     // Anonymous sets (`icmpv6 type { .. }`) are part of their rule: always read.
     for name in set_names.into_iter().filter(|n| with_elements || n.starts_with("__set")) {
         let mut elems = BTreeSet::new();
-        for body in r.dump(NFT_MSG_GETSETELEM, table, Some(&name))? {
+        for body in dump(&mut r, NFT_MSG_GETSETELEM, table, Some(&name))? {
             for (t, list) in Attrs(&body) {
                 if t == NFTA_SET_ELEM_LIST_ELEMENTS {
                     elems.extend(Attrs(list).filter(|(t, _)| *t == NFTA_LIST_ELEM).map(|(_, e)| key(e)));
@@ -122,99 +116,23 @@ fn key(elem: &[u8]) -> Key {
     (k, end, interval_end)
 }
 
-/// A blocking dump socket with one deadline for everything it reads.
-struct Reader {
-    sock: Socket,
-    seq: u32,
-    deadline: Instant,
-    read: usize,
+/// The bodies of the answers to one dump of `kind` for `table` (and `set`).
+fn dump(
+    sock: &mut DumpSocket,
+    kind: u16,
+    table: &str,
+    set: Option<&str>,
+) -> Result<Vec<Vec<u8>>, NetlinkError> {
+    let mut attrs = Vec::new();
+    put_attr(&mut attrs, ATTR_TABLE, &strz(table));
+    if let Some(set) = set {
+        put_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &strz(set));
+    }
+    sock.dump((NFNL_SUBSYS_NFTABLES << 8) | kind, NFPROTO_INET, &attrs).map_err(NetlinkError::Recv)
 }
 
-impl Reader {
-    fn open() -> Result<Reader, NetlinkError> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
-        sock.bind_auto().map_err(NetlinkError::Socket)?;
-        Ok(Reader { sock, seq: 1, deadline: Instant::now() + DEADLINE, read: 0 })
-    }
-
-    /// The bodies (after nfgenmsg, which holds the ruleset generation) of
-    /// every message one dump of `kind` answers.
-    fn dump(&mut self, kind: u16, table: &str, set: Option<&str>) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        self.seq += 1;
-        let mut msg = Vec::with_capacity(64);
-        msg.extend(0u32.to_ne_bytes());
-        msg.extend(((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
-        msg.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        msg.extend(self.seq.to_ne_bytes());
-        msg.extend(0u32.to_ne_bytes());
-        msg.extend([NFPROTO_INET, 0, 0, 0]);
-        put_str(&mut msg, ATTR_TABLE, table);
-        if let Some(set) = set {
-            put_str(&mut msg, NFTA_SET_ELEM_LIST_SET, set);
-        }
-        let len = msg.len() as u32;
-        msg[..4].copy_from_slice(&len.to_ne_bytes());
-        self.sock.send(&msg, 0).map_err(NetlinkError::Send)?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
-            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => return Err(NetlinkError::Timeout(DEADLINE)),
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(NetlinkError::Recv(e.into())),
-            }
-            let n = self.sock.recv(&mut &mut buf[..], 0).map_err(NetlinkError::Recv)?;
-            self.read += n;
-            if self.read > MAX_BYTES {
-                return Err(NetlinkError::Malformed("a dump larger than 512 MiB"));
-            }
-            if messages(&buf[..n], self.seq, &mut out)? {
-                return Ok(out);
-            }
-        }
-    }
-}
-
-/// Collects the bodies of `buf`'s messages of dump `seq`; true at its end.
-fn messages(buf: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> Result<bool, NetlinkError> {
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            return Err(NetlinkError::Malformed("a message longer than what was received"));
-        }
-        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let their_seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-        let body = &buf[off + 16..off + len];
-        off += len.next_multiple_of(4);
-        if their_seq != seq {
-            continue;
-        }
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                if code != 0 {
-                    let errno = nix::errno::Errno::from_raw(-code);
-                    return Err(NetlinkError::Commit { errno, detail: " (reading the table back)".into() });
-                }
-            }
-            _ => out.extend(body.get(4..).map(<[u8]>::to_vec)),
-        }
-    }
-    Ok(false)
-}
-
-fn put_str(msg: &mut Vec<u8>, kind: u16, s: &str) {
-    msg.extend(((4 + s.len() + 1) as u16).to_ne_bytes());
-    msg.extend(kind.to_ne_bytes());
-    msg.extend(s.as_bytes());
-    msg.push(0);
-    msg.resize(msg.len().next_multiple_of(4), 0);
+fn strz(s: &str) -> Vec<u8> {
+    [s.as_bytes(), &[0]].concat()
 }
 
 fn text_attr(attrs: &[u8], kind: u16) -> Option<String> {
