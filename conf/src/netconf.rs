@@ -59,6 +59,16 @@ pub enum MasqueradeBackend {
     Nftables,
 }
 
+impl MasqueradeBackend {
+    /// Its name in a network config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MasqueradeBackend::Iptables => "iptables",
+            MasqueradeBackend::Nftables => "nftables",
+        }
+    }
+}
+
 /// The `ipam` section: its type, and the whole object for the IPAM plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IpamSection {
@@ -134,11 +144,11 @@ impl NetConf {
         }
         let cluster_cidr = raw.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
         let masquerade_backend = match raw.masquerade_backend.as_deref() {
-            None | Some("iptables") => MasqueradeBackend::Iptables,
-            Some("nftables") => MasqueradeBackend::Nftables,
-            Some(other) => {
-                return Err(invalid(format!("masqueradeBackend {other:?}: iptables or nftables")));
-            }
+            None => MasqueradeBackend::Iptables,
+            Some(name) => [MasqueradeBackend::Iptables, MasqueradeBackend::Nftables]
+                .into_iter()
+                .find(|b| b.as_str() == name)
+                .ok_or_else(|| invalid(format!("masqueradeBackend {name:?}: iptables or nftables")))?,
         };
         let ipam = raw.ipam.ok_or_else(|| invalid("ipam is required"))?;
         let ipam_type = ipam

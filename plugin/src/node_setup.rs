@@ -8,13 +8,13 @@
 
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
-use weft_conf::{CniError, ErrorCode, IpConfig, MasqueradeBackend, NetConf};
+use weft_conf::{CniError, ErrorCode, IpConfig, NetConf};
 
 use crate::error::context;
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::link::LinkState;
 use weft_netkit::masquerade::MasqBackend;
-use weft_netkit::{addr, bridge, iptables_mode, link, masquerade, sysctl};
+use weft_netkit::{addr, bridge, link, masquerade, sysctl};
 
 /// MTU when neither the config nor a default route says otherwise.
 const FALLBACK_MTU: u32 = 1500;
@@ -62,7 +62,7 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
     // The masquerade rules go to one backend and leave the others (a
     // changed masqueradeBackend, or a host whose iptables mode changed).
     let keep = if conf.masquerade {
-        let backend = masq_backend(conf.masquerade_backend)?;
+        let backend = MasqBackend::on_this_host(conf.masquerade_backend)?;
         masquerade::ensure_masquerade(backend, &subnets, conf.cluster_cidr, &conf.name)?;
         Some(backend)
     } else {
@@ -74,16 +74,6 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
     }
     bridge::set_alias(h, b.index, stamp).await?;
     Ok(Node { mtu, bridge: b })
-}
-
-/// Where `choice` puts masquerade on this host: iptables in the mode that
-/// holds the host's rules (as kube-proxy's iptables-wrapper decides), so the
-/// plugin and the agent write the same one.
-fn masq_backend(choice: MasqueradeBackend) -> Result<MasqBackend, KernelError> {
-    Ok(match choice {
-        MasqueradeBackend::Iptables => MasqBackend::Iptables(Some(iptables_mode::detect()?)),
-        MasqueradeBackend::Nftables => MasqBackend::Nftables,
-    })
 }
 
 fn ensure_sysctls() -> Result<(), CniError> {

@@ -22,7 +22,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{error, info, warn};
 use weft_netkit::kernel_error::KernelError;
-use weft_netkit::masquerade::{teardown_masquerade, MasqBackend};
+use weft_netkit::masquerade::teardown_masquerade;
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
 use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
@@ -442,10 +442,7 @@ impl<'c> Agent<'c> {
             return Some(false);
         }
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
-        let masq = match self.masq_in.0 {
-            MasqBackend::Nftables => "nftables",
-            MasqBackend::Iptables(_) => "iptables",
-        };
+        let masq = self.masq_in.0.choice().as_str();
         let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, masq, mtu);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {

@@ -10,7 +10,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::info;
 
 use crate::backend::BackendChoice;
-use weft_netkit::iptables_mode;
+use weft_conf::MasqueradeBackend;
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::masquerade::{
     ensure_masquerade, masquerade_present, teardown_masquerade_except, MasqBackend,
@@ -45,10 +45,11 @@ impl MasqKernel for MasqIn {
 /// nftables, else iptables in the host's mode (the plugin decides the same
 /// way from the conflist the agent writes).
 pub fn backend_for(pick: BackendChoice) -> Result<MasqBackend, KernelError> {
-    Ok(match pick {
-        BackendChoice::Nftables => MasqBackend::Nftables,
-        _ => MasqBackend::Iptables(Some(iptables_mode::detect()?)),
-    })
+    let choice = match pick {
+        BackendChoice::Nftables => MasqueradeBackend::Nftables,
+        _ => MasqueradeBackend::Iptables,
+    };
+    MasqBackend::on_this_host(choice)
 }
 
 /// The masquerade duty (with `--cluster-cidr`): keep `MASQ_CHAIN` for this

@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use weft_conf::MasqueradeBackend;
 
 pub use iptables::{masquerade_payload, MASQ_CHAIN, MAX_CHAIN_LEN};
 
@@ -27,6 +28,26 @@ pub enum MasqBackend {
     Iptables(Option<IptablesMode>),
     /// nftables, table `inet weft-masq`.
     Nftables,
+}
+
+impl MasqBackend {
+    /// Where `choice` puts masquerade on this host: iptables in the mode
+    /// that holds the host's rules (as kube-proxy's iptables-wrapper
+    /// decides), so the plugin and the agent write the same one.
+    pub fn on_this_host(choice: MasqueradeBackend) -> Result<MasqBackend, KernelError> {
+        Ok(match choice {
+            MasqueradeBackend::Iptables => MasqBackend::Iptables(Some(iptables_mode::detect()?)),
+            MasqueradeBackend::Nftables => MasqBackend::Nftables,
+        })
+    }
+
+    /// The network config's name for it.
+    pub fn choice(self) -> MasqueradeBackend {
+        match self {
+            MasqBackend::Iptables(_) => MasqueradeBackend::Iptables,
+            MasqBackend::Nftables => MasqueradeBackend::Nftables,
+        }
+    }
 }
 
 impl fmt::Display for MasqBackend {
