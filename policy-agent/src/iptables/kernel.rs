@@ -94,11 +94,14 @@ pub struct Applied {
 }
 
 /// The iptables backend's kernel state as this process last wrote it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Iptables {
     /// The host's iptables mode (None: the plain tools): weft's chains go
     /// where kube-proxy's are, so one rule set orders both.
     mode: Option<IptablesMode>,
+    /// The mode's commands per family, found once (the jump guard checks
+    /// with them too).
+    families: Vec<Family>,
     sets: BTreeMap<String, SetSpec>,
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
@@ -115,10 +118,27 @@ pub struct Iptables {
     guard: Option<JumpGuard>,
 }
 
+impl Default for Iptables {
+    fn default() -> Self {
+        Iptables::new()
+    }
+}
+
 impl Iptables {
     /// The backend in the host's mode, detected from the rules it holds.
     pub fn new() -> Iptables {
-        Iptables { mode: iptables_mode::detect().ok(), ..Iptables::default() }
+        let mode = iptables_mode::detect().ok();
+        Iptables {
+            mode,
+            families: families(mode),
+            sets: BTreeMap::new(),
+            capacity: BTreeMap::new(),
+            rules: None,
+            rules6: None,
+            v6: Arc::default(),
+            v6_checked: false,
+            guard: None,
+        }
     }
 
     /// Makes the kernel match `r`. Idempotent; with `full` (a resync, and the
@@ -181,7 +201,7 @@ impl Iptables {
         }
         self.v6_checked = true;
         let v6 = r.v6 || self.rules6.is_some();
-        for family in families(self.mode).into_iter().filter(|f| v6 || !f.v6) {
+        for family in self.families.iter().filter(|f| v6 || !f.v6) {
             let (wanted, applied) =
                 if family.v6 { (&r.rules6, &mut self.rules6) } else { (&r.rules, &mut self.rules) };
             if full || applied.as_deref() != Some(wanted.as_str()) {
@@ -195,10 +215,10 @@ impl Iptables {
         self.v6.store(v6, Ordering::SeqCst);
         done.jump_moved = {
             let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            ensure_jump_first(self.mode, v6)?
+            ensure_jump_first(&self.families, v6)?
         };
         if self.guard.is_none() {
-            self.guard = start_guard(self.mode, self.v6.clone());
+            self.guard = start_guard(self.mode, self.families.clone(), self.v6.clone());
         }
         // 4. Stale sets.
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
@@ -371,23 +391,23 @@ fn weft_chains(save: &str) -> (usize, Vec<String>) {
 
 /// Starts the thread that keeps the jump first between applies; None (and
 /// a warning: the jump is then checked at each apply only) if it cannot.
-fn start_guard(mode: Option<IptablesMode>, v6: Arc<AtomicBool>) -> Option<JumpGuard> {
+fn start_guard(mode: Option<IptablesMode>, families: Vec<Family>, v6: Arc<AtomicBool>) -> Option<JumpGuard> {
     let nft_flavour = match mode {
         Some(m) => m == IptablesMode::Nft,
         None => tool::output("iptables", &["--version"], None).is_ok_and(|v| v.contains("nf_tables")),
     };
-    start_guard_for(mode, v6, nft_flavour)
+    start_guard_for(families, v6, nft_flavour)
 }
 
 /// `start_guard` for iptables of the nft flavour (notifications) or not (a
 /// period); ip6tables' jump too while `v6` says its chains are in use.
-fn start_guard_for(mode: Option<IptablesMode>, v6: Arc<AtomicBool>, nft_flavour: bool) -> Option<JumpGuard> {
+fn start_guard_for(families: Vec<Family>, v6: Arc<AtomicBool>, nft_flavour: bool) -> Option<JumpGuard> {
     let check = move |stop: &AtomicBool| {
         let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         if stop.load(Ordering::SeqCst) {
             return true;
         }
-        match ensure_jump_first(mode, v6.load(Ordering::SeqCst)) {
+        match ensure_jump_first(&families, v6.load(Ordering::SeqCst)) {
             Ok(moved) => {
                 if moved {
                     tracing::warn!("a rule was inserted before weft's FORWARD jump: put the jump back first");
@@ -508,9 +528,9 @@ fn jump_spec() -> String {
 /// must move, one `iptables-restore --noflush` that deletes every copy and
 /// inserts it first: atomic, so no packet ever sees FORWARD without the
 /// jump. The caller holds `JUMP_LOCK`.
-fn ensure_jump_first(mode: Option<IptablesMode>, v6: bool) -> Result<bool, KernelError> {
+fn ensure_jump_first(families: &[Family], v6: bool) -> Result<bool, KernelError> {
     let mut moved = false;
-    for family in families(mode).into_iter().filter(|f| v6 || !f.v6) {
+    for family in families.iter().filter(|f| v6 || !f.v6) {
         let mut payload = String::new();
         for table in TABLES {
             let listing = tool::output(&family.iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None)?;
@@ -573,7 +593,7 @@ mod tests {
         weft_netkit::netns::run_in_new(|| {
             let mut ipt = Iptables::new();
             ipt.apply(&super::super::render(&crate::policy::PolicyIr::default()), true).unwrap();
-            ipt.guard = start_guard_for(ipt.mode, ipt.v6.clone(), false);
+            ipt.guard = start_guard_for(ipt.families.clone(), ipt.v6.clone(), false);
             let first = || {
                 let rules = tool::output("iptables", &["-S", "FORWARD"], None).unwrap();
                 rules
