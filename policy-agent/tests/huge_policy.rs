@@ -47,11 +47,7 @@ fn model(with_policy: bool) -> Model {
             ports.join(", ")
         );
     }
-    let mut m = Model::default();
-    for o in parse_manifests(&text).expect("the manifests parse") {
-        m.insert(o);
-    }
-    m
+    parse_manifests(&text).expect("the manifests parse").into_iter().collect()
 }
 
 fn ir(with_policy: bool) -> PolicyIr {

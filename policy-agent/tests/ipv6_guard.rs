@@ -38,11 +38,7 @@ fn pod(name: &str, n: u8) -> String {
 
 fn model(pods: &[(&str, u8)]) -> Model {
     let text = NODE.to_string() + &pods.iter().map(|(name, n)| pod(name, *n)).collect::<String>();
-    let mut m = Model::default();
-    for obj in parse_manifests(&text).unwrap() {
-        m.insert(obj);
-    }
-    m
+    parse_manifests(&text).unwrap().into_iter().collect()
 }
 
 /// True when root; otherwise the test skips (fails under CI).

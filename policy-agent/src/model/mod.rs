@@ -296,6 +296,17 @@ impl Model {
     }
 }
 
+/// A model of `objects`; of two with the same kind and key, the first (as `insert`).
+impl FromIterator<Object> for Model {
+    fn from_iter<I: IntoIterator<Item = Object>>(objects: I) -> Model {
+        let mut m = Model::default();
+        for o in objects {
+            m.insert(o);
+        }
+        m
+    }
+}
+
 /// A problem with one manifest file or one object in it; that object (or file)
 /// is skipped, and its last good version, if any, kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

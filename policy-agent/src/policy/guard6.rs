@@ -120,10 +120,7 @@ spec: {podSelector: {}}
 ";
 
     fn guard(node: &str) -> Guard6 {
-        let mut model = Model::default();
-        for obj in parse_manifests(MODEL).unwrap() {
-            model.insert(obj);
-        }
+        let model: Model = parse_manifests(MODEL).unwrap().into_iter().collect();
         let local6 =
             model.pods.iter().filter_map(|(k, p)| Some((k.clone(), local_address(p, node)?))).collect();
         Guard6::new(&model, node, &local6)
