@@ -52,7 +52,7 @@ impl Testbed {
                         return Err(bad(format!("pod {name} does not exist (create pods with add_pod)")));
                     }
                     // set_pod_labels re-applies the services.
-                    self.set_pod_labels(&name, p.labels)?;
+                    self.set_pod_labels(&name, p.labels.clone())?;
                 }
                 Object::Node(n) => return Err(bad(format!("Node {}: nodes are the testbed's", n.name))),
             }

@@ -172,6 +172,7 @@ pub fn render(model: &Model, node: &str, cluster_cidr: Ipv4Network) -> Rendered 
         .pods
         .values()
         .filter(|p| p.node.as_deref() == Some(node) && p.ip.is_some() && !p.host_network)
+        .map(|p| &**p)
         .collect();
     let mut r = Renderer {
         model,
@@ -409,8 +410,11 @@ impl<'a> Renderer<'a> {
                 let named = PortRef::Name(name.clone());
                 let mut by_number: BTreeMap<u16, Vec<&Pod>> = BTreeMap::new();
                 let model = self.model;
-                for p in
-                    model.pods.values().filter(|p| p.ip.is_some() && !p.host_network && selects(policy, p))
+                for p in model
+                    .pods
+                    .values()
+                    .map(|p| &**p)
+                    .filter(|p| p.ip.is_some() && !p.host_network && selects(policy, p))
                 {
                     if let Some(n) = p.resolve_port(&named, *protocol) {
                         let group = by_number.entry(n).or_default();
@@ -716,7 +720,7 @@ mod tests {
             pod("y/pending", "node-1", None, 80),
             host,
         ] {
-            m.pods.insert(p.key(), p);
+            m.pods.insert(p.key(), p.into());
         }
         let block = Peer::IpBlock {
             cidr: "172.31.0.0/24".parse().unwrap(),
@@ -744,7 +748,7 @@ mod tests {
             policy("y/allow-a", LabelSelector::of_labels([("pod", "b")]), Some(allow_a)),
             egress_only,
         ] {
-            m.policies.insert(p.key(), p);
+            m.policies.insert(p.key(), p.into());
         }
         m
     }
@@ -907,7 +911,7 @@ destroy weave-BLOCK-new
         let mut m = model();
         m.policies.clear();
         let deny = policy("y/deny", LabelSelector::default(), Some(vec![]));
-        m.policies.insert(deny.key(), deny);
+        m.policies.insert(deny.key(), deny.into());
         let r = render(&m, "node-1", cidr());
         assert!(members(&r, &set_name("default-allow:y")).is_empty());
         assert_eq!(members(&r, &set_name("default-allow:x")), ["10.244.1.2", "10.244.1.3"]);
@@ -921,7 +925,7 @@ destroy weave-BLOCK-new
         let all = vec![Rule::default()];
         for key in ["y/one", "y/two"] {
             let p = policy(key, LabelSelector::of_labels([("pod", "d")]), Some(all.clone()));
-            m.policies.insert(p.key(), p);
+            m.policies.insert(p.key(), p.into());
         }
         let r = render(&m, "node-1", cidr());
         let ingress: Vec<&str> =
@@ -952,7 +956,7 @@ destroy weave-BLOCK-new
             ports: vec![],
         };
         let p = policy("y/any", LabelSelector::default(), Some(vec![rule]));
-        m.policies.insert(p.key(), p);
+        m.policies.insert(p.key(), p.into());
         let r = render(&m, "node-1", cidr());
         let block = set_name("ipblock:ipBlock: 0.0.0.0/0 except 10.0.0.0/8");
         assert_eq!(members(&r, &block), ["0.0.0.0/1", "10.0.0.0/8 nomatch", "128.0.0.0/1"]);
@@ -968,11 +972,11 @@ destroy weave-BLOCK-new
         m.policies.clear();
         // team=blue is x's label; z has no manifest (only its name label).
         let z = pod("z/e", "node-1", Some([10, 244, 1, 9]), 80);
-        m.pods.insert(z.key(), z);
+        m.pods.insert(z.key(), z.into());
         let rule = |ns: LabelSelector| Rule { peers: vec![pods_peer(Some(ns), "a")], ports: vec![] };
         let blue = LabelSelector::of_labels([("team", "blue")]);
         let p = policy("y/blue", LabelSelector::default(), Some(vec![rule(blue)]));
-        m.policies.insert(p.key(), p);
+        m.policies.insert(p.key(), p.into());
         let r = render(&m, "node-1", cidr());
         assert_eq!(members(&r, &set_name("src-pods:nsSelector=team=blue:pod=a")), ["10.244.1.2"]);
         // Every namespace, z included, has its default-allow set.

@@ -377,7 +377,7 @@ spec: {podSelector: {}}
     fn audit_events_say_what_would_be_denied() {
         let mut m = model();
         for p in m.policies.values_mut() {
-            p.audit = true;
+            std::sync::Arc::make_mut(p).audit = true;
         }
         let mut log = DenyLog::default();
         let view = ExplainView::new(m);

@@ -26,9 +26,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::Model;
+use crate::model::{Model, Pod};
 
 /// How long an attachment the source has not confirmed stays in force.
 pub const CLAIM_TTL: Duration = Duration::from_secs(120);
@@ -175,18 +176,25 @@ impl PodEvents {
     /// `model` with the reports laid over it, for node `node`.
     pub fn overlay(&self, model: &Model, node: &str) -> Model {
         let mut m = model.clone();
+        let here = |pod: &Pod| pod.node.as_deref() == Some(node);
         let claimed: BTreeMap<Ipv4Addr, &str> =
             self.attached.values().map(|a| (a.ip, a.pod.as_str())).collect();
-        for (key, pod) in m.pods.iter_mut() {
-            let Some(ip) = pod.ip else { continue };
-            let on_this_node = pod.node.as_deref() == Some(node);
-            let claimed_by_other = claimed.get(&ip).is_some_and(|owner| owner != key);
-            if on_this_node && (claimed_by_other || self.released.contains(&(ip, key.clone()))) {
-                pod.ip = None;
+        if !claimed.is_empty() {
+            for (key, pod) in m.pods.iter_mut() {
+                let Some(ip) = pod.ip else { continue };
+                if here(pod) && claimed.get(&ip).is_some_and(|owner| owner != key) {
+                    Arc::make_mut(pod).ip = None;
+                }
+            }
+        }
+        for (ip, key) in &self.released {
+            if let Some(pod) = m.pods.get_mut(key).filter(|p| p.ip == Some(*ip) && here(p)) {
+                Arc::make_mut(pod).ip = None;
             }
         }
         for a in self.attached.values() {
-            if let Some(pod) = m.pods.get_mut(&a.pod) {
+            if let Some(pod) = m.pods.get_mut(&a.pod).filter(|p| p.ip != Some(a.ip) || !here(p)) {
+                let pod = Arc::make_mut(pod);
                 pod.ip = Some(a.ip);
                 pod.node = Some(node.to_string());
             }

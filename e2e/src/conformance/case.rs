@@ -718,6 +718,7 @@ fn apply(text: &str, at: &str, world: &mut World, out: &mut Vec<Change>) -> std:
                 out.push(Change::Apply { key: format!("Service {}", s.key()), yaml });
             }
             Object::Pod(p) => {
+                let p = std::sync::Arc::unwrap_or_clone(p);
                 let name = p.key();
                 ns_exists(&p.namespace)?;
                 if world.has_pod(&name) {

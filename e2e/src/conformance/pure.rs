@@ -88,7 +88,7 @@ impl Cluster {
             host_network: false,
             ports: p.ports.clone(),
         };
-        self.model.pods.insert(p.name.clone(), pod);
+        self.model.pods.insert(p.name.clone(), pod.into());
     }
 
     fn change(&mut self, change: &Change) -> Result<(), String> {
@@ -97,7 +97,7 @@ impl Cluster {
             Change::Apply { yaml, .. } => return self.apply(yaml),
             Change::AddPod(p) => self.add_pod(p),
             Change::Relabel { pod, labels } => match m.pods.get_mut(pod) {
-                Some(p) => p.labels = labels.clone(),
+                Some(p) => std::sync::Arc::make_mut(p).labels = labels.clone(),
                 None => return Err(format!("relabel of pod {pod}, which does not exist")),
             },
             Change::DeletePod(pod) => drop(m.pods.remove(pod)),
@@ -210,7 +210,7 @@ fn connects(model: &Model, src: &str, dst: &str, port: u16, proto: Protocol) -> 
     }
     let pod = match dst.parse::<Ipv4Addr>() {
         Ok(ip) => model.pod_by_ip(ip.into()),
-        Err(_) => model.pods.get(dst),
+        Err(_) => model.pods.get(dst).map(|p| &**p),
     };
     let served = pod.is_some_and(|p| p.ports.iter().any(|cp| cp.port == port && cp.protocol == proto));
     Ok(e.allowed && served)

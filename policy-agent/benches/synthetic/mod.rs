@@ -49,7 +49,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
         let k = (p / 3) as u32;
         let ip = Ipv4Addr::new(10, 100 + node as u8, (k / 250) as u8, (k % 250 + 2) as u8);
         let pod = synthetic_pod(namespaces, p, &format!("node-{}", node + 1), ip);
-        m.pods.insert(pod.key(), pod);
+        m.pods.insert(pod.key(), pod.into());
     }
     for i in 0..policies {
         let ns = format!("ns-{}", i % namespaces);
@@ -109,7 +109,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
             egress,
             audit: false,
         };
-        m.policies.insert(p.key(), p);
+        m.policies.insert(p.key(), p.into());
     }
     m
 }
@@ -349,7 +349,7 @@ pub fn measure(
         let add = |m: &mut Model| {
             let pod = kind.new_pod(namespaces, added.get());
             added.set(added.get() + 1);
-            m.pods.insert(pod.key(), pod).is_none()
+            m.pods.insert(pod.key(), pod.into()).is_none()
         };
         let relabelled = std::cell::Cell::new(0);
         let relabel = |m: &mut Model| {
@@ -361,6 +361,7 @@ pub fn measure(
             else {
                 return false;
             };
+            let p = std::sync::Arc::make_mut(p);
             for (k, a, b) in [("role", "client", "server"), ("tier", "web", "db")] {
                 if let Some(v) = p.labels.get_mut(k) {
                     *v = if v == a { b.into() } else { a.into() };
@@ -381,12 +382,19 @@ pub fn measure(
                 .filter(|p| numbered(p))
                 .count()
                 .max(1);
-            let port = m
+            let key = m
                 .policies
-                .values_mut()
-                .filter_map(|p| p.ingress.as_mut()?.first_mut()?.ports.first_mut())
-                .filter(|p| numbered(p))
-                .nth(nth * 13 % count);
+                .iter()
+                .filter(|(_, p)| {
+                    p.ingress.as_ref().and_then(|r| r.first()?.ports.first()).is_some_and(numbered)
+                })
+                .nth(nth * 13 % count)
+                .map(|(k, _)| k.clone());
+            let Some(policy) = key.and_then(|k| m.policies.get_mut(&k)) else { return false };
+            let port = std::sync::Arc::make_mut(policy)
+                .ingress
+                .as_mut()
+                .and_then(|r| r.first_mut()?.ports.first_mut());
             let Some(port) = port else { return false };
             if let Some(PortRef::Number(n)) = port.port {
                 port.port = Some(PortRef::Number(n.wrapping_add(1).max(1)));
@@ -464,7 +472,7 @@ fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> C
         // The changes due by now, each at its scheduled time.
         let due = (start.elapsed().as_nanos() / interval.as_nanos()) as usize + 1;
         let mut pending = Vec::new();
-        let mut ops: Vec<(String, Option<Pod>)> = Vec::new();
+        let mut ops: Vec<(String, Option<std::sync::Arc<Pod>>)> = Vec::new();
         while made < due {
             let at = start + interval * made as u32;
             let p = 1_000_000 + made;
@@ -481,7 +489,7 @@ fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> C
                 ModelKind::Mix => Pod { name: format!("churn-{p}"), node: Some(node), ..mix_pod(p, ip) },
             };
             live.push_back(pod.key());
-            ops.push((pod.key(), Some(pod)));
+            ops.push((pod.key(), Some(pod.into())));
             pending.push(at);
             if live.len() > PER_SECOND as usize {
                 if let Some(old) = live.pop_front() {
@@ -614,7 +622,7 @@ pub fn mix_model(pods: usize, policies: usize) -> Model {
     for p in 0..pods {
         let pod =
             mix_pod(p, Ipv4Addr::new(10, 100 + (p % 3) as u8, (p / 3 / 250) as u8, (p / 3 % 250 + 2) as u8));
-        m.pods.insert(pod.key(), pod);
+        m.pods.insert(pod.key(), pod.into());
     }
     let sel = |k: &str, v: String| LabelSelector::of_labels([(k, v.as_str())]);
     let port =
@@ -688,7 +696,7 @@ pub fn mix_model(pods: usize, policies: usize) -> Model {
             egress,
             audit: false,
         };
-        m.policies.insert(p.key(), p);
+        m.policies.insert(p.key(), p.into());
     }
     m
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
@@ -23,9 +24,9 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub enum Object {
     Node(Node),
     Namespace(Namespace),
-    Pod(Pod),
+    Pod(Arc<Pod>),
     Service(Service),
-    NetworkPolicy(NetworkPolicy),
+    NetworkPolicy(Arc<NetworkPolicy>),
 }
 
 impl Object {
@@ -136,9 +137,9 @@ fn collect(value: serde_norway::Value, out: &mut Vec<Result<Object, ObjectError>
         }
         "Node" => decode(value).and_then(node).map(Object::Node),
         "Namespace" => decode(value).and_then(namespace_of).map(Object::Namespace),
-        "Pod" => decode(value).and_then(pod).map(Object::Pod),
+        "Pod" => decode(value).and_then(pod).map(|p| Object::Pod(Arc::new(p))),
         "Service" => decode(value).and_then(service).map(Object::Service),
-        "NetworkPolicy" => decode(value).and_then(network_policy).map(Object::NetworkPolicy),
+        "NetworkPolicy" => decode(value).and_then(network_policy).map(|p| Object::NetworkPolicy(Arc::new(p))),
         _ => return,
     };
     out.push(parsed.map_err(|reason| ObjectError { key: Some(key), reason }));
@@ -766,7 +767,7 @@ status:
     fn policy(spec: &str) -> NetworkPolicy {
         let text = format!("kind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec:\n{spec}");
         match one(&text) {
-            Object::NetworkPolicy(p) => p,
+            Object::NetworkPolicy(p) => Arc::unwrap_or_clone(p),
             other => panic!("{other:?}"),
         }
     }
@@ -853,7 +854,7 @@ status:
         assert_eq!(p.resolve_port(&name("serve-80-udp"), Protocol::Tcp), None, "the protocol must match too");
         assert_eq!(p.resolve_port(&PortRef::Number(81), Protocol::Tcp), Some(81));
         let Object::Pod(bare) = one("kind: Pod\nmetadata: {name: b}\n") else { panic!() };
-        assert_eq!((bare.namespace.as_str(), bare.ip, bare.node), ("default", None, None));
+        assert_eq!((bare.namespace.as_str(), bare.ip, bare.node.as_deref()), ("default", None, None));
         for bad in [
             "kind: Pod\nmetadata: {name: B}\n",
             "kind: Pod\nmetadata: {name: b}\nspec: {containers: [{ports: [{containerPort: 70000}]}]}\n",

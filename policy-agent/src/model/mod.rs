@@ -14,6 +14,7 @@ pub mod selector;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
@@ -238,13 +239,19 @@ impl NetworkPolicy {
 }
 
 /// The cluster state the agent acts on. Namespaced objects are keyed "ns/name".
+///
+/// Pods and policies, the kinds that number in the thousands, are shared
+/// (`Arc`): a model is copied for each change (the pod reports laid over
+/// it, the snapshot kept), and two models compared to find what changed;
+/// shared objects make the copy a pointer each and the comparison of an
+/// unchanged object a pointer comparison.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<String, Pod>,
+    pub pods: BTreeMap<String, Arc<Pod>>,
     pub services: BTreeMap<String, Service>,
-    pub policies: BTreeMap<String, NetworkPolicy>,
+    pub policies: BTreeMap<String, Arc<NetworkPolicy>>,
 }
 
 impl Model {
@@ -292,7 +299,7 @@ impl Model {
 
     /// The IPv4 address of pod IP `ip`'s pod, if a pod has it.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pods.values().find(|p| p.ip.map(IpAddr::V4) == Some(ip))
+        self.pods.values().map(|p| &**p).find(|p| p.ip.map(IpAddr::V4) == Some(ip))
     }
 }
 

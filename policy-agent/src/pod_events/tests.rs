@@ -46,7 +46,7 @@ fn add_gives_a_known_pod_its_address_before_the_source_does() {
     assert_eq!(ev.ahead(), 1);
     // The source catches up: nothing left to lay over, and the same ADD again changes nothing.
     let mut shown = m.clone();
-    shown.pods.get_mut("x/b").unwrap().ip = v4("10.244.1.6");
+    std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap()).ip = v4("10.244.1.6");
     ev.catch_up(&shown, NODE, now);
     assert_eq!(ev.ahead(), 0);
     assert_eq!(ev.overlay(&shown, NODE), shown);
@@ -127,7 +127,7 @@ fn a_released_address_leaves_the_old_pod_until_the_source_drops_it() {
     let mut ev = PodEvents::default();
     ev.add(&m, NODE, &claim("c1", "b", &[ip("10.244.1.6")]), now).unwrap();
     let mut shown = m.clone();
-    shown.pods.get_mut("x/b").unwrap().ip = v4("10.244.1.6");
+    std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap()).ip = v4("10.244.1.6");
     ev.catch_up(&shown, NODE, now);
     assert!(ev.del("c1", "eth0"));
     assert_eq!(ev.overlay(&shown, NODE).pods["x/b"].ip, None, "the source still shows it");
@@ -190,16 +190,16 @@ fn the_source_settles_what_an_attachment_said() {
     ev.add(&m, NODE, &claim("k2", "c", &[ip("10.244.1.7")]), now).unwrap();
     // The source shows pod c at b's address (b's DEL was missed): b's claim goes.
     let mut later = m.clone();
-    later.pods.get_mut("x/c").unwrap().ip = v4("10.244.1.6");
+    std::sync::Arc::make_mut(later.pods.get_mut("x/c").unwrap()).ip = v4("10.244.1.6");
     ev.catch_up(&later, NODE, now);
     let o = ev.overlay(&later, NODE);
     assert_eq!((o.pods["x/b"].ip, o.pods["x/c"].ip), (None, v4("10.244.1.7")), "c's own claim stays ahead");
     assert!(!ev.del("k1", "eth0"), "b's attachment is gone");
     // A confirmed attachment whose pod the source moves elsewhere, or deletes, goes.
-    later.pods.get_mut("x/c").unwrap().ip = v4("10.244.1.7");
+    std::sync::Arc::make_mut(later.pods.get_mut("x/c").unwrap()).ip = v4("10.244.1.7");
     ev.catch_up(&later, NODE, now);
     assert_eq!(ev.ahead(), 0);
-    later.pods.get_mut("x/c").unwrap().node = Some("node-2".into());
+    std::sync::Arc::make_mut(later.pods.get_mut("x/c").unwrap()).node = Some("node-2".into());
     ev.catch_up(&later, NODE, now);
     assert!(!ev.del("k2", "eth0"));
 }

@@ -382,7 +382,7 @@ impl<'a, 'm> Compiler<'a, 'm> {
         if peers.anywhere {
             self.index.by_ns.values().flatten().for_each(|d| add(d));
         } else {
-            peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(add);
+            peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(|d| add(d));
         }
         by_port.into_iter().map(|(port, dests)| (port, Arc::from(aggregate(dests)))).collect()
     }

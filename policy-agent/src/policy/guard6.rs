@@ -64,7 +64,7 @@ pub fn local_address(pod: &Pod, node: &str) -> Option<Ipv6Addr> {
 /// The policies of namespace `ns` (policy keys are "namespace/name").
 fn policies_of<'m>(model: &'m Model, ns: &str) -> impl Iterator<Item = &'m NetworkPolicy> {
     let from = format!("{ns}/");
-    model.policies.range(from.clone()..).take_while(move |(k, _)| k.starts_with(&from)).map(|(_, p)| p)
+    model.policies.range(from.clone()..).take_while(move |(k, _)| k.starts_with(&from)).map(|(_, p)| &**p)
 }
 
 #[cfg(test)]

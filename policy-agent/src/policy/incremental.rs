@@ -333,20 +333,32 @@ fn pod_cidr(model: &Model, node: &str) -> Option<Ipv4Network> {
 }
 
 /// The keys whose values differ between `old` and `new`, with both versions.
+/// One walk of both maps in key order; shared values (`Arc`) compare by
+/// pointer first, so an unchanged object costs a key comparison.
 fn changed<'a, V: PartialEq>(
     old: &'a BTreeMap<String, V>,
     new: &'a BTreeMap<String, V>,
 ) -> Vec<(&'a String, Option<&'a V>, Option<&'a V>)> {
+    use std::cmp::Ordering;
     let mut out = Vec::new();
-    for (k, v) in old {
-        match new.get(k) {
-            Some(w) if w == v => {}
-            w => out.push((k, Some(v), w)),
-        }
-    }
-    for (k, w) in new {
-        if !old.contains_key(k) {
-            out.push((k, None, Some(w)));
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => out.extend(a.next().map(|(k, v)| (k, Some(v), None))),
+            Ordering::Greater => out.extend(b.next().map(|(k, w)| (k, None, Some(w)))),
+            Ordering::Equal => {
+                if let (Some((k, v)), Some((_, w))) = (a.next(), b.next()) {
+                    if v != w {
+                        out.push((k, Some(v), Some(w)));
+                    }
+                }
+            }
         }
     }
     out

@@ -148,11 +148,11 @@ pub(crate) fn random_model(r: &mut Rng) -> Model {
     }
     for i in 0..r.below(10) {
         let p = random_pod(r, &format!("p{i}"));
-        m.pods.insert(p.key(), p);
+        m.pods.insert(p.key(), p.into());
     }
     for i in 0..r.below(5) {
         let p = random_policy(r, &format!("n{i}"));
-        m.policies.insert(p.key(), p);
+        m.policies.insert(p.key(), p.into());
     }
     m
 }
@@ -169,11 +169,11 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
                     m.pods.remove(&k);
                 }
                 (Some(k), 1) => {
-                    let p = m.pods.get_mut(&k).unwrap();
+                    let p = std::sync::Arc::make_mut(m.pods.get_mut(&k).unwrap());
                     p.labels.insert("app".into(), r.pick(&APPS).to_string());
                 }
                 (Some(k), 2) => {
-                    let p = m.pods.get_mut(&k).unwrap();
+                    let p = std::sync::Arc::make_mut(m.pods.get_mut(&k).unwrap());
                     p.ip = r
                         .chance(80)
                         .then(|| Ipv4Addr::new(10, 244, 1 + r.below(2) as u8, 1 + r.below(12) as u8));
@@ -184,7 +184,7 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
                         m.pods.remove(&k);
                     }
                     let p = random_pod(r, &name);
-                    m.pods.insert(p.key(), p);
+                    m.pods.insert(p.key(), p.into());
                 }
             }
         }
@@ -196,7 +196,7 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
             }
             if key.is_none() || r.chance(60) {
                 let p = random_policy(r, &name);
-                m.policies.insert(p.key(), p);
+                m.policies.insert(p.key(), p.into());
             }
         }
         7 | 8 => {
