@@ -68,6 +68,7 @@ impl Cluster {
                 Object::Pod(p) => drop(m.pods.insert(p.key(), p)),
                 Object::Service(s) => drop(m.services.insert(s.key(), s)),
                 Object::NetworkPolicy(p) => drop(m.policies.insert(p.key(), p)),
+                Object::ClusterNetworkPolicy(p) => drop(m.cluster_policies.insert(p.name.clone(), p)),
             }
         }
         Ok(())
@@ -107,6 +108,7 @@ impl Cluster {
                     "Namespace" => drop(m.namespaces.remove(name)),
                     "Service" => drop(m.services.remove(&key(namespace))),
                     "NetworkPolicy" => drop(m.policies.remove(&key(namespace))),
+                    "ClusterNetworkPolicy" => drop(m.cluster_policies.remove(name)),
                     other => return Err(format!("cannot delete a {other}")),
                 }
             }
