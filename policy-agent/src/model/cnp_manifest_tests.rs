@@ -80,8 +80,7 @@ fn tier_and_priority_are_required_and_bounded() {
     err(&with("tier: Admin", "foo: 1"), "spec.priority is required");
     err(&with("tier: Developer", "priority: 1"), "spec.tier \"Developer\" is not Admin or Baseline");
     err(&with("foo: 1", "priority: 1"), "spec.tier is required");
-    let text = format!("{HEAD}");
-    let r = parse_objects(&text).unwrap();
+    let r = parse_objects(HEAD).unwrap();
     assert!(matches!(&r[..], [Err(e)] if e.reason == "spec is required"), "{r:?}");
 }
 
@@ -238,11 +237,9 @@ fn selectors_are_validated_and_lists_unwrapped() {
         &ingress("    - {action: Deny, from: [{namespaces: {matchLabels: {ns: 'a b'}}}]}\n"),
         "spec.ingress[0].from[0].namespaces.matchLabels",
     );
-    let text = format!(
-        "kind: ClusterNetworkPolicyList\nitems:\n- kind: ClusterNetworkPolicy\n  metadata: {{name: a, namespace: ignored}}\n  \
-         spec: {{tier: Admin, priority: 3, subject: {{namespaces: {{}}}}}}\n"
-    );
-    let r = parse_objects(&text).unwrap();
+    let text = "kind: ClusterNetworkPolicyList\nitems:\n- kind: ClusterNetworkPolicy\n  metadata: {name: a, namespace: ignored}\n  \
+                spec: {tier: Admin, priority: 3, subject: {namespaces: {}}}\n";
+    let r = parse_objects(text).unwrap();
     assert!(matches!(&r[..], [Ok(Object::ClusterNetworkPolicy(p))] if p.name == "a"), "{r:?}");
     assert_eq!(r[0].as_ref().unwrap().key(), "ClusterNetworkPolicy a");
 }

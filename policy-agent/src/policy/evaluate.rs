@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use super::ir::{GroupPorts, PolicyIr};
+use super::tiers::{self, ClusterVerdict, Way};
 use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
 /// One end of a connection.
@@ -28,7 +29,8 @@ impl Party<'_> {
         }
     }
 
-    fn pod(&self) -> Option<&Pod> {
+    /// The pod policy applies to: None for an address or a host-network pod.
+    pub fn pod(&self) -> Option<&Pod> {
         match self {
             // A hostNetwork pod has the node's address and no policy of its own.
             Party::Pod(p) if !p.host_network => Some(p),
@@ -44,16 +46,32 @@ pub struct Decision {
     pub isolated_by: Vec<String>,
     /// Rules that admit the connection ("ns/name rule N", N from 1).
     pub admitted_by: Vec<String>,
+    /// The ClusterNetworkPolicy rule that decided this direction, if one did
+    /// (an Admin rule before NetworkPolicy, a Baseline rule after it).
+    pub cluster_verdict: Option<ClusterVerdict>,
+    /// The tiers walked, in order (empty without ClusterNetworkPolicies),
+    /// e.g. ["Admin Pass by cnp/a/0", "NetworkPolicy denied by x/y"].
+    pub walk: Vec<String>,
 }
 
 impl Decision {
+    /// True if this direction lets the connection through.
     pub fn allows(&self) -> bool {
-        self.isolated_by.is_empty() || !self.admitted_by.is_empty()
+        match &self.cluster_verdict {
+            Some(v) => v.allows,
+            None => self.isolated_by.is_empty() || !self.admitted_by.is_empty(),
+        }
+    }
+
+    /// The walk as one line: "Admin Pass by cnp/a/0 -> NetworkPolicy denied by x/y".
+    pub fn walk_line(&self) -> String {
+        self.walk.join(" -> ")
     }
 }
 
 /// Egress of `src` (a pod) and ingress of `dst` (a pod) for `proto`/`port`,
-/// per the NetworkPolicy API. None for an end that is not a pod.
+/// per the NetworkPolicy API, inside ClusterNetworkPolicy's tiers
+/// (`tiers::settle`). None for an end that is not a pod.
 pub fn decide(
     model: &Model,
     src: Party,
@@ -62,20 +80,24 @@ pub fn decide(
     port: u16,
 ) -> (Option<Decision>, Option<Decision>) {
     let egress = src.pod().map(|s| {
-        direction(
+        let mut d = direction(
             model,
             s,
             |p| p.egress.as_deref(),
             |rule| peers_match(model, rule, s, dst) && ports_match(&rule.ports, proto, port, dst.pod()),
-        )
+        );
+        tiers::settle(&mut d, model, Way::Egress, s, dst, proto, port);
+        d
     });
     let ingress = dst.pod().map(|d| {
-        direction(
+        let mut dec = direction(
             model,
             d,
             |p| p.ingress.as_deref(),
             |rule| peers_match(model, rule, d, src) && ports_match(&rule.ports, proto, port, Some(d)),
-        )
+        );
+        tiers::settle(&mut dec, model, Way::Ingress, d, src, proto, port);
+        dec
     });
     (egress, ingress)
 }
