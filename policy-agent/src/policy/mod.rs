@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod guard6;
 pub mod incremental;
 pub mod ir;
+pub mod tier_notices;
 pub mod tiers;
 
 pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
