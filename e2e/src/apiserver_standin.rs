@@ -686,6 +686,24 @@ mod tests {
     }
 
     #[test]
+    fn cluster_network_policies_are_cluster_scoped_and_need_a_spec() {
+        let objs = yaml_objects(
+            "kind: ClusterNetworkPolicy\napiVersion: policy.networking.k8s.io/v1alpha2\n\
+             metadata: {name: guard, namespace: x}\nspec: {tier: Admin}\n---\n\
+             kind: ClusterNetworkPolicy\nmetadata: {name: nospec}\n",
+        );
+        let keys: Vec<_> = objs.keys().map(|(k, key)| format!("{k} {key}")).collect();
+        assert_eq!(keys, ["ClusterNetworkPolicy guard"]);
+        let guard = &objs[&("ClusterNetworkPolicy", "guard".to_string())];
+        assert!(guard["metadata"].get("namespace").is_none());
+        assert_eq!(guard["apiVersion"], "policy.networking.k8s.io/v1alpha2");
+        let d = cnp_discovery();
+        assert_eq!(d["groupVersion"], "policy.networking.k8s.io/v1alpha2");
+        assert_eq!(d["resources"][0]["name"], "clusternetworkpolicies");
+        assert_eq!(d["resources"][0]["namespaced"], false);
+    }
+
+    #[test]
     fn each_change_gets_a_version_and_an_event() {
         let mut st = State::default();
         apply_objects(

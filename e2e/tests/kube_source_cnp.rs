@@ -169,3 +169,20 @@ fn a_crd_installed_later_is_found_and_its_removal_too() {
     standin.serve_cnp(false).unwrap();
     wait_for(&mut source, &standin, "no CNP once the CRD went", |s| s.model.cluster_policies.is_empty());
 }
+
+#[test]
+fn discovery_that_failed_at_start_leaves_no_error_once_answered() {
+    if !root_or_skip(&this_test(), "a network namespace of its own") {
+        return;
+    }
+    for crd in [false, true] {
+        let (_dir, standin, kc) = setup(&[&cnp(5)]);
+        standin.serve_cnp(crd).unwrap();
+        // Down before the source starts: its first discovery (and lists) are refused.
+        standin.down();
+        let mut source = KubeSource::start_with(Some(&kc), RECHECK).unwrap();
+        standin.up().unwrap();
+        let s = wait_for(&mut source, &standin, "a clean snapshot", |s| s.errors.is_empty());
+        assert_eq!(s.model.cluster_policies.contains_key("guard"), crd, "{s:#?}");
+    }
+}

@@ -165,6 +165,7 @@ pub(super) async fn follow(client: Client, shared: Arc<Shared>, slot: Arc<CnpSlo
             }
             Ok(false) => {
                 backoff.reset();
+                shared.update(KIND, |s| s.error = None);
                 // Said, and the source woken, only when the answer changes.
                 if slot.set(Discovered::NotServed, None) {
                     info!(
@@ -178,6 +179,7 @@ pub(super) async fn follow(client: Client, shared: Arc<Shared>, slot: Arc<CnpSlo
             }
             Ok(true) => {
                 backoff.reset();
+                shared.update(KIND, |s| s.error = None);
                 let (store, writer) = reflector::store();
                 slot.set(Discovered::Served, Some(store));
                 info!("kube API: {RESOURCE}.{GROUP}/{VERSION} is served: watching ClusterNetworkPolicies");
