@@ -10,6 +10,9 @@ use tracing::warn;
 use super::tiers::same_priority_overlaps;
 use crate::model::Model;
 
+/// Equal-priority pairs named per snapshot at most; the rest are counted.
+const MAX_PAIR_LINES: usize = 10;
+
 /// The notices already given, so each is given once per object (or pair)
 /// while it exists; one that goes and comes back is noticed again.
 #[derive(Debug, Default)]
@@ -38,12 +41,19 @@ impl TierNotices {
         } else {
             BTreeSet::new()
         };
-        for (a, b) in pairs.difference(&self.ambiguous) {
+        let new: Vec<&(String, String)> = pairs.difference(&self.ambiguous).collect();
+        for (a, b) in new.iter().take(MAX_PAIR_LINES) {
             let p = &model.cluster_policies[a];
             warn!(
                 "ClusterNetworkPolicies {a} and {b} share the {} tier, priority {} and at least one pod: \
                  which applies first to that pod's connections is undefined; give them distinct priorities",
                 p.tier, p.priority
+            );
+        }
+        if new.len() > MAX_PAIR_LINES {
+            warn!(
+                "... and {} more pairs of ClusterNetworkPolicies with equal priorities sharing pods",
+                new.len() - MAX_PAIR_LINES
             );
         }
         self.ambiguous = pairs;
@@ -92,5 +102,14 @@ mod tests {
             .filter(|l| l.contains("ClusterNetworkPolicies a and b share the Admin tier, priority 1"));
         assert_eq!(pairs.count(), 2, "once, and again after b came back to priority 1: {lines:#?}");
         assert!(lines.iter().all(|l| l.starts_with("WARN")), "{lines:#?}");
+    }
+
+    #[test]
+    fn many_pairs_are_named_up_to_a_bound_and_counted() {
+        let six: Vec<(String, u16)> = (0..6).map(|i| (format!("p{i}"), 4)).collect();
+        let six: Vec<(&str, u16)> = six.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        let lines = crate::logging::captured("info", None, || TierNotices::default().note(&model(&six)));
+        assert_eq!(lines.iter().filter(|l| l.contains(" share the Admin tier")).count(), MAX_PAIR_LINES);
+        assert!(lines.last().is_some_and(|l| l.contains("... and 5 more pairs")), "15 pairs: {lines:#?}");
     }
 }

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use super::evaluate::{Decision, Party};
 use crate::model::{
-    Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, Model, NamespacedPods, Pod, Protocol, Subject,
-    Tier,
+    Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, Labels, Model, NamespacedPods, Pod, Protocol,
+    Subject, Tier,
 };
 
 /// Which direction of `me` is judged.
@@ -141,12 +141,14 @@ fn walk_tier(c: &Conn, tier: Tier) -> TierOutcome {
 
 /// True if `subject` applies to `pod` (never a host-network pod).
 pub fn subject_selects(model: &Model, subject: &Subject, pod: &Pod) -> bool {
-    if pod.host_network {
-        return false;
-    }
+    !pod.host_network && selects(subject, &model.namespace_labels(&pod.namespace), &pod.labels)
+}
+
+/// True if `subject` applies to a pod with `labels` in a namespace with `ns_labels`.
+fn selects(subject: &Subject, ns_labels: &Labels, labels: &Labels) -> bool {
     match subject {
-        Subject::Namespaces(sel) => sel.matches(&model.namespace_labels(&pod.namespace)),
-        Subject::Pods(np) => selects_pod(model, np, pod),
+        Subject::Namespaces(sel) => sel.matches(ns_labels),
+        Subject::Pods(np) => np.namespaces.matches(ns_labels) && np.pods.matches(labels),
     }
 }
 
@@ -195,26 +197,46 @@ fn ports_match(c: &Conn, ports: &[CnpPort]) -> bool {
         })
 }
 
+/// At most this many pairs are listed: 500 policies of one priority over
+/// the same pods would make 124,750.
+pub const MAX_OVERLAP_PAIRS: usize = 1000;
+
 /// Pairs of policies ("a", "b", a < b) of one tier with the same priority
-/// whose subjects share a pod of the model: which of the two applies to that
-/// pod's connections is up to the implementation, so the admin is warned.
+/// whose subjects share a pod of the model (at most `MAX_OVERLAP_PAIRS`):
+/// which of the two applies to that pod's connections is up to the
+/// implementation, so the admin is warned.
 pub fn same_priority_overlaps(model: &Model) -> Vec<(String, String)> {
     let mut groups: BTreeMap<(Tier, u16), Vec<&ClusterNetworkPolicy>> = BTreeMap::new();
     for p in model.cluster_policies.values() {
         groups.entry((p.tier, p.priority)).or_default().push(p);
     }
+    groups.retain(|_, g| g.len() > 1);
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    // Pods with the same labels in one namespace are one case (replicas), and
+    // a namespace's labels are looked up once.
+    let ns_labels: BTreeMap<&str, Labels> =
+        model.pods.values().map(|p| (p.namespace.as_str(), model.namespace_labels(&p.namespace))).collect();
+    let kinds: BTreeSet<(&str, &Labels)> =
+        model.pods.values().filter(|p| !p.host_network).map(|p| (p.namespace.as_str(), &p.labels)).collect();
     let mut pairs = BTreeSet::new();
-    // Per pod, the policies of the group selecting it: pods x group size, not pairs x pods.
-    for group in groups.values().filter(|g| g.len() > 1) {
-        for pod in model.pods.values() {
-            let on: Vec<&str> = group
-                .iter()
-                .filter(|p| subject_selects(model, &p.subject, pod))
-                .map(|p| p.name.as_str())
-                .collect();
-            for (i, a) in on.iter().enumerate() {
-                for b in &on[i + 1..] {
-                    pairs.insert((a.to_string(), b.to_string()));
+    for group in groups.values() {
+        // The distinct sets of the group's policies that select one pod.
+        let on: BTreeSet<Vec<usize>> = kinds
+            .iter()
+            .map(|(ns, labels)| {
+                let nl = &ns_labels[ns];
+                (0..group.len()).filter(|&i| selects(&group[i].subject, nl, labels)).collect()
+            })
+            .collect();
+        for set in &on {
+            for (k, &a) in set.iter().enumerate() {
+                for &b in &set[k + 1..] {
+                    if pairs.len() >= MAX_OVERLAP_PAIRS {
+                        return pairs.into_iter().collect();
+                    }
+                    pairs.insert((group[a].name.clone(), group[b].name.clone()));
                 }
             }
         }
