@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use weft_agent::model::{parse_manifests, Model, Object, Pod, Protocol, TrafficPolicy};
+use weft_agent::policy::evaluate::{decide_via, Party};
 
 use super::case::{Case, CasePod, Change, Probe, ProbeKind, Source, Target};
 use super::matrix::Cell;
@@ -235,6 +236,17 @@ fn connects(model: &Model, src: &str, dst: &str, port: u16, proto: Protocol) -> 
     Ok(e.allowed && served)
 }
 
+/// Whether the pod at endpoint `ep` reaches itself through a Service on its
+/// own node (hairpin, not masqueraded): by the policies, ClusterNetworkPolicy
+/// judging it as any connection (`decide_via`), and served there.
+fn hairpin_connects(model: &Model, ep: &Endpoint, proto: Protocol) -> bool {
+    let Some(pod) = model.pod_by_ip(ep.ip.into()) else { return false };
+    let me = Party::Pod(pod);
+    let (egress, ingress) = decide_via(model, me, me, proto, ep.port, true);
+    let served = pod.ports.iter().any(|cp| cp.port == ep.port && cp.protocol == proto);
+    served && egress.is_none_or(|d| d.allows()) && ingress.is_none_or(|d| d.allows())
+}
+
 /// A single probe: through the service NAT if it targets one; every endpoint
 /// it can reach must give the same verdict.
 fn single(model: &Model, from: &Source, to: &Target, proto: Protocol) -> Result<bool, String> {
@@ -268,6 +280,10 @@ fn single(model: &Model, from: &Source, to: &Target, proto: Protocol) -> Result<
     let mut verdicts = Vec::new();
     for ep in &eps {
         let hairpin = matches!(from, Source::Pod(p) if model.pods.get(p).and_then(|p| p.ip) == Some(ep.ip));
+        if hairpin && ep.node == forwarder && model_only(model) {
+            verdicts.push(hairpin_connects(model, ep, proto));
+            continue;
+        }
         let src = if (masq || hairpin) && ep.node != forwarder {
             plan::node_addr(forwarder).ip().to_string()
         } else {

@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use super::ir::{GroupPorts, PolicyIr};
-use super::tiers::{self, ClusterVerdict, Way};
+use super::tiers::{self, ClusterVerdict, Conn, Way};
 use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
 /// One end of a connection.
@@ -79,6 +79,20 @@ pub fn decide(
     proto: Protocol,
     port: u16,
 ) -> (Option<Decision>, Option<Decision>) {
+    decide_via(model, src, dst, proto, port, false)
+}
+
+/// `decide` for a connection `dst` received through a Service's virtual IP
+/// (`via_service`): the same but for a pod reaching itself (hairpin), which
+/// ClusterNetworkPolicy then judges as any other connection.
+pub fn decide_via(
+    model: &Model,
+    src: Party,
+    dst: Party,
+    proto: Protocol,
+    port: u16,
+    via_service: bool,
+) -> (Option<Decision>, Option<Decision>) {
     let egress = src.pod().map(|s| {
         let mut d = direction(
             model,
@@ -86,7 +100,8 @@ pub fn decide(
             |p| p.egress.as_deref(),
             |rule| peers_match(model, rule, s, dst) && ports_match(&rule.ports, proto, port, dst.pod()),
         );
-        tiers::settle(&mut d, model, Way::Egress, s, dst, proto, port);
+        let conn = Conn { model, way: Way::Egress, me: s, other: dst, proto, port, via_service };
+        tiers::settle(&mut d, &conn);
         d
     });
     let ingress = dst.pod().map(|d| {
@@ -96,7 +111,8 @@ pub fn decide(
             |p| p.ingress.as_deref(),
             |rule| peers_match(model, rule, d, src) && ports_match(&rule.ports, proto, port, Some(d)),
         );
-        tiers::settle(&mut dec, model, Way::Ingress, d, src, proto, port);
+        let conn = Conn { model, way: Way::Ingress, me: d, other: src, proto, port, via_service };
+        tiers::settle(&mut dec, &conn);
         dec
     });
     (egress, ingress)

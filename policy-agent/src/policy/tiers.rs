@@ -54,29 +54,33 @@ enum TierOutcome {
 }
 
 /// The connection as one end sees it.
-struct Conn<'a> {
-    model: &'a Model,
-    way: Way,
-    me: &'a Pod,
-    other: Party<'a>,
-    proto: Protocol,
-    port: u16,
+pub struct Conn<'a> {
+    pub model: &'a Model,
+    pub way: Way,
+    /// The end being judged (the subject).
+    pub me: &'a Pod,
+    pub other: Party<'a>,
+    pub proto: Protocol,
+    pub port: u16,
+    /// Reached through a Service's virtual IP: a pod reaching itself that
+    /// way (hairpin) is subject to ClusterNetworkPolicy, unlike one reaching
+    /// its own address.
+    pub via_service: bool,
 }
 
 /// Puts the cluster tiers around `d`, the NetworkPolicy tier's decision for
-/// `me` in direction `way`: sets `d.cluster_verdict` when a cluster tier
+/// `c.me` in direction `c.way`: sets `d.cluster_verdict` when a cluster tier
 /// decides, and `d.walk` to the tiers walked. Nothing when the model has no
 /// ClusterNetworkPolicy (then `d` is NetworkPolicy's alone).
-pub fn settle(d: &mut Decision, model: &Model, way: Way, me: &Pod, other: Party, proto: Protocol, port: u16) {
-    if model.cluster_policies.is_empty() {
+pub fn settle(d: &mut Decision, c: &Conn) {
+    if c.model.cluster_policies.is_empty() {
         return;
     }
-    if me.ip.is_some() && other.ip() == me.ip {
+    if !c.via_service && c.me.ip.is_some() && c.other.ip() == c.me.ip {
         d.walk.push("own address: no ClusterNetworkPolicy applies".into());
         return;
     }
-    let conn = Conn { model, way, me, other, proto, port };
-    match walk_tier(&conn, Tier::Admin) {
+    match walk_tier(c, Tier::Admin) {
         TierOutcome::Final(v) => return finish(d, v),
         TierOutcome::Pass(rule) => d.walk.push(format!("Admin Pass by {rule}")),
         TierOutcome::NoMatch => d.walk.push("Admin: no rule matches".into()),
@@ -90,7 +94,7 @@ pub fn settle(d: &mut Decision, model: &Model, way: Way, me: &Pod, other: Party,
         return;
     }
     d.walk.push("NetworkPolicy: not isolated".into());
-    match walk_tier(&conn, Tier::Baseline) {
+    match walk_tier(c, Tier::Baseline) {
         TierOutcome::Final(v) => finish(d, v),
         TierOutcome::Pass(rule) => d.walk.push(format!("Baseline Pass by {rule} -> default allow")),
         TierOutcome::NoMatch => d.walk.push("Baseline: no rule matches -> default allow".into()),

@@ -308,3 +308,21 @@ fn many_equal_priorities_are_bounded_and_fast() {
     // 2,000 pods of 13 label sets: 13 x 100 subject checks, not 2,000 x 100 x 100.
     assert!(took < std::time::Duration::from_secs(1), "{took:?}");
 }
+
+#[test]
+fn a_pod_reaching_itself_through_a_service_is_subject() {
+    let deny = cnp(
+        "deny-x",
+        "Admin",
+        1,
+        ALL,
+        "ingress",
+        "    - {action: Deny, from: [{namespaces: {matchLabels: {ns: x}}}]}",
+    );
+    let m = cluster(&deny);
+    let me = party(&m, "x/a");
+    let direct = crate::policy::evaluate::decide_via(&m, me, me, Protocol::Tcp, 80, false).1.unwrap();
+    assert!(direct.allows() && direct.walk_line().starts_with("own address"), "{direct:?}");
+    let hairpin = crate::policy::evaluate::decide_via(&m, me, me, Protocol::Tcp, 80, true).1.unwrap();
+    assert_eq!(hairpin.walk_line(), "Admin Deny by cnp/deny-x/0");
+}
