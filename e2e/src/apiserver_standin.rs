@@ -23,6 +23,13 @@
 //! - Reach: an agent runs inside its node's netns, so there is one listener
 //!   per node, on 127.0.0.1 inside that netns (the socket is created on a
 //!   thread that entered it, and stays there); `kubeconfig` points an agent at it.
+//! - ClusterNetworkPolicy: served only while `serve_cnp(true)` says the
+//!   cluster has its CRD (off at start, as in most clusters): then discovery
+//!   (`GET /apis/policy.networking.k8s.io/v1alpha2`) lists the resource and
+//!   its collection is listed and watched like the others; off, both answer
+//!   404 and the served generation leaves CNPs out. The CRD's schema is not
+//!   applied (any object with a spec is kept): weft's own validation is what
+//!   the agents are tested on.
 //! - Faults: `freeze` holds events back from open watches, `expire` forgets
 //!   the history and ends every watch with 410 (so the agents re-list),
 //!   `down` closes the listeners and every connection (connections are
@@ -39,6 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use weft_agent::source::kube::cnp::{self, watched_cnp};
 use weft_agent::source::kube::{object_key, state_generation, watched, Watched};
 
 use crate::error::{E2eError, Result};
@@ -72,6 +80,8 @@ pub struct Stats {
     pub watches: u64,
     /// Watches ended or refused with 410 Expired.
     pub expired: u64,
+    /// Discovery requests for ClusterNetworkPolicy's group version, answered or 404.
+    pub cnp_discoveries: u64,
 }
 
 /// One object as served.
@@ -113,6 +123,8 @@ struct State {
     frozen: bool,
     /// Bumped to end every open watch, for `cut`.
     epoch: u64,
+    /// The ClusterNetworkPolicy CRD is installed (`serve_cnp`).
+    cnp_served: bool,
     cut: Option<Cut>,
     uid_seq: u64,
     stats: Stats,
@@ -182,14 +194,28 @@ impl ApiStandin {
         let mut st = self.shared.lock();
         let before = st.rv;
         apply_objects(&mut st, objects);
-        let generation =
-            state_generation(st.objects.iter().map(|((kind, key), o)| (*kind, key.as_str(), rv_str(o))));
+        let served_kind = |kind: &str| kind != cnp::KIND || st.cnp_served;
+        let generation = state_generation(
+            st.objects
+                .iter()
+                .filter(|((kind, _), _)| served_kind(kind))
+                .map(|((kind, key), o)| (*kind, key.as_str(), rv_str(o))),
+        );
         let served = Served { dir_generation, generation, resource_version: st.rv };
         st.served = Some(served.clone());
         if st.rv != before {
             self.shared.changed.notify_all();
         }
         Ok(served)
+    }
+
+    /// Installs (true) or removes (false) the ClusterNetworkPolicy CRD: what
+    /// discovery answers and whether the collection is served; returns what
+    /// is served then. A CNP watch already open is left to end by itself
+    /// (the agent's next discovery stops it).
+    pub fn serve_cnp(&self, on: bool) -> Result<Served> {
+        self.shared.lock().cnp_served = on;
+        self.refresh()
     }
 
     /// What was served after the last refresh.
@@ -317,9 +343,14 @@ fn rv_str(o: &Stored) -> &str {
     o.served["metadata"]["resourceVersion"].as_str().unwrap_or_default()
 }
 
-/// The watched kind a `kind` field names.
+/// Every kind the stand-in can serve: the agent's watched kinds and CNP.
+fn servable() -> impl Iterator<Item = Watched> {
+    watched().into_iter().chain([watched_cnp()])
+}
+
+/// The servable kind a `kind` field names.
 fn watched_kind(kind: &str) -> Option<Watched> {
-    watched().into_iter().find(|w| w.kind == kind)
+    servable().find(|w| w.kind == kind)
 }
 
 /// True if the API's schema (k8s-openapi's types) accepts `v` as a `kind`.
@@ -334,6 +365,8 @@ fn schema_accepts(kind: &str, v: &Value) -> bool {
         "Namespace" => ok::<Namespace>(v),
         "Pod" => ok::<Pod>(v),
         "NetworkPolicy" => ok::<NetworkPolicy>(v),
+        // No k8s-openapi type: the CRD's schema requires a spec object.
+        cnp::KIND => v.get("spec").is_some_and(Value::is_object),
         _ => false,
     }
 }
@@ -465,12 +498,21 @@ fn read_head(conn: &TcpStream) -> Option<String> {
 /// Serves one connection: one request, then the connection is closed.
 fn handle(mut conn: TcpStream, shared: &Shared) {
     let Some(req) = read_head(&conn).as_deref().and_then(parse_request) else { return };
-    let resource = watched().into_iter().find(|w| w.path() == req.path);
+    let cnp_path = format!("/apis/{}/{}", cnp::GROUP, cnp::VERSION);
+    let cnp_served = {
+        let mut st = shared.lock();
+        if req.path == cnp_path {
+            st.stats.cnp_discoveries += 1;
+        }
+        st.cnp_served
+    };
+    let resource = servable().find(|w| w.path() == req.path && (w.kind != cnp::KIND || cnp_served));
     let _ = match (req.method.as_str(), resource) {
         ("GET", Some(w)) if matches!(req.query.get("watch").map(String::as_str), Some("1" | "true")) => {
             watch(&mut conn, shared, &w, &req.query)
         }
         ("GET", Some(w)) => list(&mut conn, shared, &w),
+        ("GET", None) if cnp_served && req.path == cnp_path => respond(&mut conn, "200 OK", &cnp_discovery()),
         ("GET", None) if req.path == "/version" => respond(
             &mut conn,
             "200 OK",
@@ -482,6 +524,16 @@ fn handle(mut conn: TcpStream, shared: &Shared) {
             &status(404, "NotFound", &format!("{} {}", req.method, req.path)),
         ),
     };
+}
+
+/// The APIResourceList of policy.networking.k8s.io/v1alpha2 with the CRD installed.
+fn cnp_discovery() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{}/{}", cnp::GROUP, cnp::VERSION),
+           "resources": [{"name": cnp::RESOURCE, "singularName": "clusternetworkpolicy", "namespaced": false,
+                          "kind": cnp::KIND, "shortNames": ["cnp"],
+                          "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"]},
+                         {"name": format!("{}/status", cnp::RESOURCE), "singularName": "", "namespaced": false,
+                          "kind": cnp::KIND, "verbs": ["get", "patch", "update"]}]})
 }
 
 /// A metav1.Status.
@@ -631,6 +683,24 @@ mod tests {
         assert!(objs[&("Pod", "default/a".to_string())].get("spec").is_none());
         assert!(objs[&("Node", "n1".to_string())]["metadata"].get("namespace").is_none());
         assert_eq!(objs[&("Node", "n1".to_string())]["apiVersion"], "v1");
+    }
+
+    #[test]
+    fn cluster_network_policies_are_cluster_scoped_and_need_a_spec() {
+        let objs = yaml_objects(
+            "kind: ClusterNetworkPolicy\napiVersion: policy.networking.k8s.io/v1alpha2\n\
+             metadata: {name: guard, namespace: x}\nspec: {tier: Admin}\n---\n\
+             kind: ClusterNetworkPolicy\nmetadata: {name: nospec}\n",
+        );
+        let keys: Vec<_> = objs.keys().map(|(k, key)| format!("{k} {key}")).collect();
+        assert_eq!(keys, ["ClusterNetworkPolicy guard"]);
+        let guard = &objs[&("ClusterNetworkPolicy", "guard".to_string())];
+        assert!(guard["metadata"].get("namespace").is_none());
+        assert_eq!(guard["apiVersion"], "policy.networking.k8s.io/v1alpha2");
+        let d = cnp_discovery();
+        assert_eq!(d["groupVersion"], "policy.networking.k8s.io/v1alpha2");
+        assert_eq!(d["resources"][0]["name"], "clusternetworkpolicies");
+        assert_eq!(d["resources"][0]["namespaced"], false);
     }
 
     #[test]

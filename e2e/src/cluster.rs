@@ -11,7 +11,7 @@ use weft_agent::model::{parse_manifests, Object};
 
 impl Testbed {
     /// Creates or replaces every object of `yaml` (one or more `---`
-    /// documents: Namespace, Service, NetworkPolicy; a Pod that exists gets
+    /// documents: Namespace, Service, NetworkPolicy, ClusterNetworkPolicy; a Pod that exists gets
     /// the new manifest's labels). Nothing is written unless every document
     /// is valid. Returns the objects' keys ("Kind ns/name").
     pub fn apply(&self, yaml: &str) -> Result<Vec<String>> {
@@ -42,6 +42,9 @@ impl Testbed {
                 Object::NetworkPolicy(p) => {
                     self.write_manifest(&file_name("NetworkPolicy", Some(&p.namespace), &p.name), &text)?
                 }
+                Object::ClusterNetworkPolicy(p) => {
+                    self.write_manifest(&file_name("ClusterNetworkPolicy", None, &p.name), &text)?
+                }
                 Object::Service(s) => {
                     self.write_manifest(&file_name("Service", Some(&s.namespace), &s.name), &text)?;
                     services_changed = true;
@@ -64,10 +67,10 @@ impl Testbed {
     }
 
     /// Deletes object `kind` `namespace`/`name` (Namespace, Service,
-    /// NetworkPolicy; a Pod goes through `delete_pod`). Ok(false) if it was gone.
+    /// NetworkPolicy, ClusterNetworkPolicy; a Pod goes through `delete_pod`). Ok(false) if it was gone.
     pub fn delete_object(&self, kind: &str, namespace: Option<&str>, name: &str) -> Result<bool> {
         let namespace = match kind {
-            "Namespace" => None,
+            "Namespace" | "ClusterNetworkPolicy" => None,
             "Service" | "NetworkPolicy" => Some(namespace.unwrap_or("default")),
             other => return Err(E2eError::Manifest { reason: format!("cannot delete a {other} this way") }),
         };

@@ -217,6 +217,8 @@ struct Agent<'c> {
     announced: bool,
     /// The source's errors already logged (each is logged once, when new).
     source_errors: Vec<String>,
+    /// ClusterNetworkPolicy warnings already logged (not enforced yet; equal priorities).
+    tier_notices: crate::policy::tier_notices::TierNotices,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,
     next_sync: Instant,
@@ -268,6 +270,7 @@ impl<'c> Agent<'c> {
             synced_once: false,
             announced: false,
             source_errors: Vec::new(),
+            tier_notices: Default::default(),
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
@@ -385,6 +388,7 @@ impl<'c> Agent<'c> {
     fn poll_source(&mut self) {
         let Some(s) = self.source.poll() else { return };
         operator_log::report_source_errors(&mut self.source_errors, &s);
+        self.tier_notices.note(&s.model);
         self.pods.catch_up(&s.model, &self.cfg.node, Instant::now());
         self.snap = Some(s);
         if self.next_sync > Instant::now() {

@@ -33,6 +33,8 @@ pub struct Explanation {
     pub port: u16,
     /// What the compiled rules of the nodes on the path do.
     pub allowed: bool,
+    /// What the policies (NetworkPolicy and ClusterNetworkPolicy tiers) say.
+    pub allowed_by_policy: bool,
     pub hops: Vec<Hop>,
     /// The policies' view of each end (None: not a pod).
     pub egress: Option<Decision>,
@@ -134,9 +136,15 @@ pub fn explain(
     let (egress, ingress) = decide(model, s.party, d.party, proto, port);
     let by_policy = host_path
         || (egress.as_ref().is_none_or(Decision::allows) && ingress.as_ref().is_none_or(Decision::allows));
+    // The kernel does not carry ClusterNetworkPolicy yet: a difference is then expected, not a bug.
+    let why = if model.cluster_policies.is_empty() {
+        "a weft bug, please report it"
+    } else {
+        "this version of weft does not enforce ClusterNetworkPolicy"
+    };
     let disagreement = (allowed != by_policy).then(|| {
         format!(
-            "the compiled rules {} but the policies {}: a weft bug, please report it",
+            "the compiled rules {} but the policies {}: {why}",
             if allowed { "admit it" } else { "deny it" },
             if by_policy { "allow it" } else { "deny it" }
         )
@@ -147,6 +155,7 @@ pub fn explain(
         protocol: proto,
         port,
         allowed,
+        allowed_by_policy: by_policy,
         hops,
         egress,
         ingress,
@@ -176,6 +185,9 @@ impl std::fmt::Display for Explanation {
         }
         for (what, who, d) in [("egress", &self.src, &self.egress), ("ingress", &self.dst, &self.ingress)] {
             let Some(d) = d else { continue };
+            if !d.walk.is_empty() {
+                writeln!(f, "  {what} of {who}, tiers: {}", d.walk_line())?;
+            }
             if d.isolated_by.is_empty() {
                 writeln!(f, "  {what} of {who}: no policy isolates it")?;
             } else if d.admitted_by.is_empty() {
@@ -272,6 +284,34 @@ spec:
         assert_eq!(classes, [("node-2", "local->other"), ("node-1", "other->local")]);
         assert_eq!(e.hops.len(), 2);
         assert!(e.to_string().contains("admitted by x/from-y rule 1"), "{e}");
+    }
+
+    #[test]
+    fn the_tier_walk_is_shown_and_decides_on_the_policies_side() {
+        let mut m = model();
+        let cnp = "kind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 1\n  \
+                   subject: {namespaces: {}}\n  ingress:\n    - {name: pass-y, action: Pass, from: [{namespaces: {matchLabels: {ns: y}}}]}\n";
+        for o in crate::model::parse_manifests(cnp).unwrap() {
+            assert!(m.insert(o));
+        }
+        let e = explain(&m, cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        assert!(
+            !e.allowed_by_policy && e.disagreement.is_none(),
+            "Pass: NetworkPolicy denies, as the rules do: {e}"
+        );
+        assert!(e.to_string().contains("ingress of x/a (10.244.1.2), tiers: Admin Pass by cnp/guard/pass-y -> NetworkPolicy denied by x/deny, x/from-y"), "{e}");
+        // An Admin Accept the kernel does not carry: the difference says why.
+        let accept = cnp.replace("Pass", "Accept");
+        let mut m = model();
+        for o in crate::model::parse_manifests(&accept).unwrap() {
+            assert!(m.insert(o));
+        }
+        let e = explain(&m, cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        assert!(!e.allowed && e.allowed_by_policy, "{e}");
+        assert_eq!(
+            e.disagreement.as_deref(),
+            Some("the compiled rules deny it but the policies allow it: this version of weft does not enforce ClusterNetworkPolicy")
+        );
     }
 
     #[test]

@@ -23,11 +23,19 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall { group: "", version: "v1", resource: "namespaces", verbs: READ },
     ApiCall { group: "", version: "v1", resource: "pods", verbs: READ },
     ApiCall { group: "networking.k8s.io", version: "v1", resource: "networkpolicies", verbs: READ },
+    // Read only while the CRD is served (`source::kube::cnp`).
+    ApiCall {
+        group: "policy.networking.k8s.io",
+        version: "v1alpha2",
+        resource: "clusternetworkpolicies",
+        verbs: READ,
+    },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::kube::cnp::watched_cnp;
     use crate::source::kube::watched;
 
     /// The watchers' calls (from the k8s-openapi types they watch) are
@@ -35,7 +43,8 @@ mod tests {
     /// manifest test (ClusterRole == API_CALLS), the RBAC covers every call.
     #[test]
     fn every_call_the_watchers_make_is_granted_and_no_other_kind() {
-        for w in watched() {
+        let read = || watched().into_iter().chain([watched_cnp()]);
+        for w in read() {
             let call = API_CALLS
                 .iter()
                 .find(|c| (c.group, c.version, c.resource) == (w.group, w.version, w.resource))
@@ -48,7 +57,7 @@ mod tests {
         }
         for c in API_CALLS {
             assert!(
-                watched().iter().any(|w| (w.group, w.resource) == (c.group, c.resource)),
+                read().any(|w| (w.group, w.resource) == (c.group, c.resource)),
                 "{} is granted but never read",
                 c.resource
             );

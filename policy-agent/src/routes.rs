@@ -139,9 +139,11 @@ mod tests {
     fn node(n: u32) -> Node {
         Node {
             name: format!("node-{n}"),
+            labels: Default::default(),
             pod_cidr: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             pod_cidr6: None,
             internal_ip: Some(Ipv4Addr::new(172, 31, 0, 10 + n as u8)),
+            addresses: vec![],
         }
     }
 

@@ -145,7 +145,7 @@ fn the_cluster_role_grants_exactly_the_agents_api_calls() {
         .flat_map(|c| c.verbs.iter().map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string())))
         .collect();
     assert_eq!(granted, needed);
-    assert_eq!(needed.len(), 12, "get, list and watch of four kinds");
+    assert_eq!(needed.len(), 15, "get, list and watch of five kinds (ClusterNetworkPolicy the fifth)");
     assert!(m.role.aggregation_rule.is_none());
 }
 

@@ -24,9 +24,11 @@ fn root() -> bool {
 fn node(n: u8, ip: &str) -> Node {
     Node {
         name: format!("node-{n}"),
+        labels: Default::default(),
         pod_cidr: Some(format!("10.244.{n}.0/24").parse().unwrap()),
         pod_cidr6: None,
         internal_ip: Some(ip.parse().unwrap()),
+        addresses: vec![],
     }
 }
 

@@ -101,7 +101,7 @@ pub struct Step {
 /// creates a pod or relabels one depends on the pods of that step).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Create or replace a Namespace, Service or NetworkPolicy: `yaml` is one object.
+    /// Create or replace a Namespace, Service, NetworkPolicy or ClusterNetworkPolicy: `yaml` is one object.
     Apply { key: String, yaml: String },
     /// Create a pod (CNI ADD, workload, manifest).
     AddPod(CasePod),
@@ -109,7 +109,7 @@ pub enum Change {
     Relabel { pod: String, labels: Labels },
     /// Delete a pod (workload, CNI DEL, manifest).
     DeletePod(String),
-    /// Delete a NetworkPolicy, Service or Namespace manifest.
+    /// Delete a NetworkPolicy, ClusterNetworkPolicy, Service or Namespace manifest.
     Delete { kind: &'static str, namespace: Option<String>, name: String },
 }
 
@@ -363,6 +363,8 @@ struct World {
     placed: usize,
     services: BTreeMap<String, Svc>,
     policies: BTreeSet<String>,
+    /// ClusterNetworkPolicy names.
+    cluster_policies: BTreeSet<String>,
     /// Services applied in steps that got a cluster IP from us.
     assigned_ips: usize,
 }
@@ -464,7 +466,9 @@ fn one_object(yaml: &str, at: &str) -> std::result::Result<Object, String> {
     let mut objs = parse_manifests(yaml).map_err(|e| format!("{at}: {e}"))?;
     match (objs.pop(), objs.is_empty()) {
         (Some(o), true) => Ok(o),
-        (None, _) => Err(format!("{at}: not an object weft reads (Namespace, Pod, Service, NetworkPolicy)")),
+        (None, _) => Err(format!(
+            "{at}: not an object weft reads (Namespace, Pod, Service, NetworkPolicy, ClusterNetworkPolicy)"
+        )),
         (Some(_), false) => Err(format!("{at}: one object per document (no List)")),
     }
 }
@@ -701,6 +705,10 @@ fn apply(text: &str, at: &str, world: &mut World, out: &mut Vec<Change>) -> std:
                 world.policies.insert(p.key());
                 out.push(Change::Apply { key: format!("NetworkPolicy {}", p.key()), yaml });
             }
+            Object::ClusterNetworkPolicy(p) => {
+                world.cluster_policies.insert(p.name.clone());
+                out.push(Change::Apply { key: format!("ClusterNetworkPolicy {}", p.name), yaml });
+            }
             Object::Service(s) => {
                 ns_exists(&s.namespace)?;
                 let Some(cluster_ip) = s.cluster_ip else {
@@ -769,6 +777,17 @@ fn delete(
             }
             out.push(Change::Delete { kind: "NetworkPolicy", namespace: d.namespace, name: d.name });
         }
+        "ClusterNetworkPolicy" => {
+            if d.namespace.is_some() {
+                return Err(format!(
+                    "{at}.namespace: a ClusterNetworkPolicy is cluster-scoped (give only name)"
+                ));
+            }
+            if !world.cluster_policies.remove(&d.name) {
+                return Err(gone(format!("ClusterNetworkPolicy {}", d.name)));
+            }
+            out.push(Change::Delete { kind: "ClusterNetworkPolicy", namespace: None, name: d.name });
+        }
         "Service" => {
             let key = format!("{}/{}", need_ns()?, d.name);
             if world.services.remove(&key).is_none() {
@@ -810,7 +829,11 @@ fn delete(
             world.pods.retain(|k| !k.starts_with(&prefix));
             out.push(Change::Delete { kind: "Namespace", namespace: None, name: ns });
         }
-        other => return Err(format!("{at}.kind: {other:?} is not NetworkPolicy, Service, Pod or Namespace")),
+        other => {
+            return Err(format!(
+                "{at}.kind: {other:?} is not NetworkPolicy, ClusterNetworkPolicy, Service, Pod or Namespace"
+            ))
+        }
     }
     Ok(())
 }

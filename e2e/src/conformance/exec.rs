@@ -183,6 +183,9 @@ fn reset(tb: &mut Testbed, case: &Case, backend: Backend) -> Result<()> {
     for p in model.policies.values() {
         tb.delete_object("NetworkPolicy", Some(&p.namespace), &p.name)?;
     }
+    for name in model.cluster_policies.keys() {
+        tb.delete_object("ClusterNetworkPolicy", None, name)?;
+    }
     for s in model.services.values() {
         tb.delete_object("Service", Some(&s.namespace), &s.name)?;
     }

@@ -358,6 +358,13 @@ pub fn cases_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/cases"))
 }
 
+/// The ClusterNetworkPolicy cases (e2e/cases-cnp): checked on the model only
+/// until the kernel backends enforce ClusterNetworkPolicy, so the kernel
+/// suites do not run them yet.
+pub fn cnp_cases_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/cases-cnp"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

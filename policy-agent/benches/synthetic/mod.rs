@@ -32,9 +32,11 @@ pub fn model(pods: usize, policies: usize) -> Model {
             name.clone(),
             Node {
                 name,
+                labels: Default::default(),
                 pod_cidr: cidr,
                 pod_cidr6: None,
                 internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)),
+                addresses: vec![],
             },
         );
     }

@@ -90,9 +90,11 @@ mod tests {
         let mut model = Model::default();
         let n = |name: &str, cidr: Option<&str>| Node {
             name: name.into(),
+            labels: Default::default(),
             pod_cidr: cidr.map(|c| c.parse().unwrap()),
             pod_cidr6: None,
             internal_ip: None,
+            addresses: vec![],
         };
         model.nodes.insert("node-1".into(), n("node-1", None));
         model.nodes.insert("node-2".into(), n("node-2", Some("10.244.2.0/24")));

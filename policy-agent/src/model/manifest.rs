@@ -4,12 +4,14 @@
 //! bad object is reported by name and skipped rather than half-applied.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
+use super::cluster_policy::ClusterNetworkPolicy;
+use super::cnp_manifest::cluster_network_policy;
 use super::label_syntax::{check_key, check_labels, check_value};
 use super::{
     ContainerPort, LabelSelector, Labels, Namespace, NetworkPolicy, Node, Operator, Peer, Pod, PolicyPort,
@@ -27,6 +29,7 @@ pub enum Object {
     Pod(Arc<Pod>),
     Service(Service),
     NetworkPolicy(Arc<NetworkPolicy>),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Object {
@@ -38,6 +41,7 @@ impl Object {
             Object::Pod(p) => format!("Pod {}", p.key()),
             Object::Service(s) => format!("Service {}", s.key()),
             Object::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key()),
+            Object::ClusterNetworkPolicy(p) => format!("ClusterNetworkPolicy {}", p.name),
         }
     }
 }
@@ -124,11 +128,17 @@ fn collect(value: serde_norway::Value, out: &mut Vec<Result<Object, ObjectError>
     let name = head.metadata.as_ref().and_then(|m| m.name.clone()).unwrap_or_default();
     let namespace = head.metadata.and_then(|m| m.namespace).unwrap_or_else(|| "default".into());
     let key = match kind.as_str() {
-        "Node" | "Namespace" => format!("{kind} {name}"),
+        "Node" | "Namespace" | "ClusterNetworkPolicy" => format!("{kind} {name}"),
         _ => format!("{kind} {namespace}/{name}"),
     };
     let parsed = match kind.as_str() {
-        "List" | "NodeList" | "PodList" | "NamespaceList" | "ServiceList" | "NetworkPolicyList" => {
+        "List"
+        | "NodeList"
+        | "PodList"
+        | "NamespaceList"
+        | "ServiceList"
+        | "NetworkPolicyList"
+        | "ClusterNetworkPolicyList" => {
             match serde_norway::from_value::<List>(value) {
                 Ok(list) => list.items.into_iter().for_each(|item| collect(item, out)),
                 Err(e) => out.push(Err(ObjectError { key: Some(kind), reason: e.to_string() })),
@@ -140,6 +150,9 @@ fn collect(value: serde_norway::Value, out: &mut Vec<Result<Object, ObjectError>
         "Pod" => decode(value).and_then(pod).map(|p| Object::Pod(Arc::new(p))),
         "Service" => decode(value).and_then(service).map(Object::Service),
         "NetworkPolicy" => decode(value).and_then(network_policy).map(|p| Object::NetworkPolicy(Arc::new(p))),
+        "ClusterNetworkPolicy" => {
+            decode(value).and_then(cluster_network_policy).map(Object::ClusterNetworkPolicy)
+        }
         _ => return,
     };
     out.push(parsed.map_err(|reason| ObjectError { key: Some(key), reason }));
@@ -156,7 +169,7 @@ struct List {
 }
 
 #[derive(Debug, Deserialize)]
-struct Meta {
+pub(super) struct Meta {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -172,7 +185,7 @@ struct Meta {
 pub const AUDIT_ANNOTATION: &str = "weft.io/audit";
 
 impl Meta {
-    fn name(&self) -> Result<String, String> {
+    pub(super) fn name(&self) -> Result<String, String> {
         check_name(&self.name, "metadata.name")?;
         Ok(self.name.clone())
     }
@@ -258,7 +271,10 @@ fn node(m: NodeManifest) -> Result<Node, String> {
         .iter()
         .filter(|a| a.kind == "InternalIP")
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-    Ok(Node { name, pod_cidr, pod_cidr6, internal_ip })
+    // Every IP of status.addresses (InternalIP, ExternalIP, ...): what a CNP `nodes` peer selects.
+    let addresses = m.status.addresses.iter().filter_map(|a| a.address.parse::<IpAddr>().ok()).collect();
+    let labels = m.metadata.labels()?;
+    Ok(Node { name, labels, pod_cidr, pod_cidr6, internal_ip, addresses })
 }
 
 fn normal_v4(n: Ipv4Network) -> Ipv4Network {
@@ -516,7 +532,7 @@ struct PolicyPortManifest {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SelectorManifest {
+pub(super) struct SelectorManifest {
     #[serde(default)]
     match_labels: Option<Labels>,
     #[serde(default)]
@@ -621,7 +637,7 @@ fn peer(p: PeerManifest, at: &str) -> Result<Peer, String> {
     }
 }
 
-fn cidr(s: &str, at: &str) -> Result<IpNetwork, String> {
+pub(super) fn cidr(s: &str, at: &str) -> Result<IpNetwork, String> {
     s.parse::<IpNetwork>().map(normal).map_err(|e| format!("{at} {s:?}: {e}"))
 }
 
@@ -643,7 +659,7 @@ fn policy_port(p: PolicyPortManifest, at: &str) -> Result<PolicyPort, String> {
     Ok(PolicyPort { protocol, port, end_port })
 }
 
-fn selector(s: Option<SelectorManifest>, at: &str) -> Result<LabelSelector, String> {
+pub(super) fn selector(s: Option<SelectorManifest>, at: &str) -> Result<LabelSelector, String> {
     let s = s.unwrap_or_default();
     let mut match_expressions = Vec::new();
     for (i, r) in s.match_expressions.unwrap_or_default().into_iter().enumerate() {
@@ -691,7 +707,7 @@ fn protocol(p: Option<&str>) -> Result<Protocol, String> {
     }
 }
 
-fn port_number(n: i64, field: &str) -> Result<u16, String> {
+pub(super) fn port_number(n: i64, field: &str) -> Result<u16, String> {
     u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| format!("{field} {n} is not in 1-65535"))
 }
 
@@ -707,7 +723,7 @@ fn port_ref(v: IntOrString, field: &str) -> Result<PortRef, String> {
 
 /// An IANA_SVC_NAME: 1-15 of [a-z0-9-], at least one letter, no leading,
 /// trailing or double '-'.
-fn check_port_name(s: &str) -> Result<(), String> {
+pub(super) fn check_port_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 15
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -752,9 +768,11 @@ status:
     fn node(name: &str, cidr: &str, ip: &str) -> Node {
         Node {
             name: name.into(),
+            labels: Labels::new(),
             pod_cidr: Some(cidr.parse().unwrap()),
             pod_cidr6: None,
             internal_ip: Some(ip.parse().unwrap()),
+            addresses: vec![],
         }
     }
 
@@ -786,7 +804,12 @@ status:
 
     #[test]
     fn a_node_with_unknown_fields() {
-        assert_eq!(one(NODE), Object::Node(node("node-1", "10.244.1.0/24", "172.31.0.11")));
+        let want = Node {
+            labels: labels([("kubernetes.io/hostname", "node-1")]),
+            addresses: vec!["fd00::11".parse().unwrap(), "172.31.0.11".parse().unwrap()],
+            ..node("node-1", "10.244.1.0/24", "172.31.0.11")
+        };
+        assert_eq!(one(NODE), Object::Node(want));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! ever sees well-formed objects. The same parser takes YAML files (the
 //! testbed) and the objects the API server serves (`source::kube`).
 
+pub mod cluster_policy;
+mod cnp_manifest;
 pub mod label_syntax;
 pub mod manifest;
 pub mod selector;
@@ -19,6 +21,9 @@ use std::sync::Arc;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+pub use cluster_policy::{
+    Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, NamespacedPods, Subject, Tier,
+};
 pub use manifest::{parse_manifests, parse_objects, Object};
 pub use selector::{LabelSelector, Labels, Operator, Requirement};
 
@@ -26,6 +31,8 @@ pub use selector::{LabelSelector, Labels, Operator, Requirement};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Node {
     pub name: String,
+    /// metadata.labels: what a ClusterNetworkPolicy `nodes` peer selects on.
+    pub labels: Labels,
     /// The first IPv4 CIDR of spec.podCIDR and spec.podCIDRs, normalised to its
     /// network address; None if there is none.
     pub pod_cidr: Option<Ipv4Network>,
@@ -33,6 +40,8 @@ pub struct Node {
     pub pod_cidr6: Option<Ipv6Network>,
     /// The first IPv4 InternalIP in status.addresses.
     pub internal_ip: Option<Ipv4Addr>,
+    /// Every IP address of status.addresses, in order.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// A namespace and its labels (`kubernetes.io/metadata.name` always among them,
@@ -252,6 +261,8 @@ pub struct Model {
     pub pods: BTreeMap<String, Arc<Pod>>,
     pub services: BTreeMap<String, Service>,
     pub policies: BTreeMap<String, Arc<NetworkPolicy>>,
+    /// ClusterNetworkPolicies by name (cluster-scoped).
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 impl Model {
@@ -285,6 +296,7 @@ impl Model {
             Object::Pod(p) => put(&mut self.pods, p.key(), p),
             Object::Service(s) => put(&mut self.services, s.key(), s),
             Object::NetworkPolicy(p) => put(&mut self.policies, p.key(), p),
+            Object::ClusterNetworkPolicy(p) => put(&mut self.cluster_policies, p.name.clone(), p),
         }
     }
 

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use super::ir::{GroupPorts, PolicyIr};
+use super::tiers::{self, ClusterVerdict, Conn, Way};
 use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
 /// One end of a connection.
@@ -28,7 +29,8 @@ impl Party<'_> {
         }
     }
 
-    fn pod(&self) -> Option<&Pod> {
+    /// The pod policy applies to: None for an address or a host-network pod.
+    pub fn pod(&self) -> Option<&Pod> {
         match self {
             // A hostNetwork pod has the node's address and no policy of its own.
             Party::Pod(p) if !p.host_network => Some(p),
@@ -44,16 +46,32 @@ pub struct Decision {
     pub isolated_by: Vec<String>,
     /// Rules that admit the connection ("ns/name rule N", N from 1).
     pub admitted_by: Vec<String>,
+    /// The ClusterNetworkPolicy rule that decided this direction, if one did
+    /// (an Admin rule before NetworkPolicy, a Baseline rule after it).
+    pub cluster_verdict: Option<ClusterVerdict>,
+    /// The tiers walked, in order (empty without ClusterNetworkPolicies),
+    /// e.g. ["Admin Pass by cnp/a/0", "NetworkPolicy denied by x/y"].
+    pub walk: Vec<String>,
 }
 
 impl Decision {
+    /// True if this direction lets the connection through.
     pub fn allows(&self) -> bool {
-        self.isolated_by.is_empty() || !self.admitted_by.is_empty()
+        match &self.cluster_verdict {
+            Some(v) => v.allows,
+            None => self.isolated_by.is_empty() || !self.admitted_by.is_empty(),
+        }
+    }
+
+    /// The walk as one line: "Admin Pass by cnp/a/0 -> NetworkPolicy denied by x/y".
+    pub fn walk_line(&self) -> String {
+        self.walk.join(" -> ")
     }
 }
 
 /// Egress of `src` (a pod) and ingress of `dst` (a pod) for `proto`/`port`,
-/// per the NetworkPolicy API. None for an end that is not a pod.
+/// per the NetworkPolicy API, inside ClusterNetworkPolicy's tiers
+/// (`tiers::settle`). None for an end that is not a pod.
 pub fn decide(
     model: &Model,
     src: Party,
@@ -61,21 +79,41 @@ pub fn decide(
     proto: Protocol,
     port: u16,
 ) -> (Option<Decision>, Option<Decision>) {
+    decide_via(model, src, dst, proto, port, false)
+}
+
+/// `decide` for a connection `dst` received through a Service's virtual IP
+/// (`via_service`): the same but for a pod reaching itself (hairpin), which
+/// ClusterNetworkPolicy then judges as any other connection.
+pub fn decide_via(
+    model: &Model,
+    src: Party,
+    dst: Party,
+    proto: Protocol,
+    port: u16,
+    via_service: bool,
+) -> (Option<Decision>, Option<Decision>) {
     let egress = src.pod().map(|s| {
-        direction(
+        let mut d = direction(
             model,
             s,
             |p| p.egress.as_deref(),
             |rule| peers_match(model, rule, s, dst) && ports_match(&rule.ports, proto, port, dst.pod()),
-        )
+        );
+        let conn = Conn { model, way: Way::Egress, me: s, other: dst, proto, port, via_service };
+        tiers::settle(&mut d, &conn);
+        d
     });
     let ingress = dst.pod().map(|d| {
-        direction(
+        let mut dec = direction(
             model,
             d,
             |p| p.ingress.as_deref(),
             |rule| peers_match(model, rule, d, src) && ports_match(&rule.ports, proto, port, Some(d)),
-        )
+        );
+        let conn = Conn { model, way: Way::Ingress, me: d, other: src, proto, port, via_service };
+        tiers::settle(&mut dec, &conn);
+        dec
     });
     (egress, ingress)
 }

@@ -129,11 +129,13 @@ fn random_policy(r: &mut Rng, name: &str) -> NetworkPolicy {
 fn node(name: &str, third: u8) -> Node {
     Node {
         name: name.into(),
+        labels: Default::default(),
         pod_cidr: Some(Ipv4Network::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap()),
         pod_cidr6: Some(
             Ipv6Network::new(Ipv6Addr::new(0xfd00, 10, 244, third.into(), 0, 0, 0, 0), 64).unwrap(),
         ),
         internal_ip: None,
+        addresses: vec![],
     }
 }
 

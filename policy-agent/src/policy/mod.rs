@@ -2,6 +2,9 @@
 //! node's `PolicyIr` (which local pods are isolated in which direction, and
 //! what each may send or receive), backend-neutral; the iptables renderer
 //! (and, later, nftables) turn the IR into kernel state.
+//! ClusterNetworkPolicy's Admin and Baseline tiers (`tiers`) are evaluated on
+//! the model only (explain, the pure conformance run): the IR does not carry
+//! them yet, and `tier_notices` says so to the operator.
 
 mod aggregate;
 pub mod cidr;
@@ -10,6 +13,8 @@ pub mod evaluate;
 pub mod guard6;
 pub mod incremental;
 pub mod ir;
+pub mod tier_notices;
+pub mod tiers;
 
 pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
 pub use guard6::Guard6;

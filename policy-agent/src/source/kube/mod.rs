@@ -1,5 +1,6 @@
 //! The Kubernetes API as the agent's source (`--source kube`): watchers for
-//! Nodes, Namespaces, Pods and NetworkPolicies (`watch`) fill reflector
+//! Nodes, Namespaces, Pods and NetworkPolicies (`watch`), and for
+//! ClusterNetworkPolicies while their CRD is served (`cnp`), fill reflector
 //! stores on a runtime thread; `poll` translates the stores into the model
 //! (`translate`) when they changed, without blocking. No snapshot is given
 //! before every kind has been listed once (an empty store would withdraw
@@ -7,12 +8,14 @@
 //! stores, and so the rules, as they were, and the snapshot's errors say so.
 
 mod api_errors;
+pub mod cnp;
 pub mod translate;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -21,6 +24,7 @@ use kube::Client;
 
 use crate::model::{Snapshot, SourceError};
 use crate::source::Source;
+use cnp::{CnpObject, CnpSlot};
 use translate::Translator;
 pub use translate::{object_key, state_generation, API_ORIGIN};
 
@@ -94,6 +98,8 @@ struct Stores {
 /// The Kubernetes API source.
 pub struct KubeSource {
     stores: Stores,
+    /// ClusterNetworkPolicy, when the CRD is served (`cnp`).
+    cnp: Arc<CnpSlot>,
     shared: Arc<Shared>,
     translator: Translator,
     /// The change counter of the last snapshot returned.
@@ -108,11 +114,22 @@ impl KubeSource {
     /// watchers on a thread of their own. Returns once the configuration is
     /// loaded; the lists follow in the background.
     pub fn start(kubeconfig: Option<&Path>) -> Result<KubeSource, KubeSourceError> {
+        KubeSource::start_with(kubeconfig, cnp::RECHECK)
+    }
+
+    /// `start`, asking discovery whether ClusterNetworkPolicy is served every
+    /// `cnp_recheck` (tests shorten it).
+    pub fn start_with(
+        kubeconfig: Option<&Path>,
+        cnp_recheck: Duration,
+    ) -> Result<KubeSource, KubeSourceError> {
         let (nodes, w_nodes) = reflector::store();
         let (namespaces, w_namespaces) = reflector::store();
         let (pods, w_pods) = reflector::store();
         let (policies, w_policies) = reflector::store();
         let shared = Arc::new(Shared::default());
+        let cnp = Arc::new(CnpSlot::new());
+        let slot = cnp.clone();
         let (stop, stopped) = futures::channel::oneshot::channel::<()>();
         let (started_tx, started) = mpsc::channel();
         let kubeconfig = kubeconfig.map(Path::to_path_buf);
@@ -134,6 +151,7 @@ impl KubeSource {
                     tokio::spawn(watch::reflect(client.clone(), w_nodes, n, sh.clone()));
                     tokio::spawn(watch::reflect(client.clone(), w_namespaces, ns, sh.clone()));
                     tokio::spawn(watch::reflect(client.clone(), w_pods, p, sh.clone()));
+                    tokio::spawn(cnp::follow(client.clone(), sh.clone(), slot, cnp_recheck));
                     tokio::spawn(watch::reflect(client, w_policies, np, sh));
                     // Until the source is dropped (Err: the sender went, the same thing).
                     let _ = stopped.await;
@@ -143,6 +161,7 @@ impl KubeSource {
         started.recv().map_err(|_| KubeSourceError::ThreadGone)??;
         Ok(KubeSource {
             stores: Stores { nodes, namespaces, pods, policies },
+            cnp,
             shared,
             translator: Translator::default(),
             seen: None,
@@ -183,6 +202,7 @@ impl Source for KubeSource {
         if watched().iter().any(|w| !kinds.get(w.kind).is_some_and(|k| k.ready)) {
             return None;
         }
+        let cnps = self.cnp.objects(kinds.get(cnp::KIND).is_some_and(|k| k.ready))?;
         self.seen = Some(version);
         let [n, ns, p, np] = watched().map(|w| w.kind);
         let mut batch = self.translator.begin();
@@ -190,6 +210,7 @@ impl Source for KubeSource {
         batch.add::<Namespace, _>(ns, self.stores.namespaces.state());
         batch.add::<Pod, _>(p, self.stores.pods.state());
         batch.add::<NetworkPolicy, _>(np, self.stores.policies.state());
+        batch.add::<CnpObject, _>(cnp::KIND, cnps);
         let mut t = batch.finish();
         t.errors.extend(
             kinds

@@ -63,7 +63,7 @@ impl Shared {
 
     /// Bumps the version for a change to `kind`'s store; a Pod change also
     /// wakes the agent, so an ADD waiting for its pod is answered at once.
-    fn changed(&self, kind: &str) {
+    pub(super) fn changed(&self, kind: &str) {
         self.bump();
         if kind == POD {
             if let Some(wake) = self.wake.get() {
@@ -76,8 +76,15 @@ impl Shared {
         self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Forgets `kind`'s state (its watcher was stopped): not ready until listed again.
+    pub(super) fn forget(&self, kind: &str) {
+        if self.kinds.lock().unwrap_or_else(|p| p.into_inner()).remove(kind).is_some() {
+            self.bump();
+        }
+    }
+
     /// Updates `kind`'s state; bumps the version if it changed.
-    fn update(&self, kind: &'static str, f: impl FnOnce(&mut KindState)) {
+    pub(super) fn update(&self, kind: &'static str, f: impl FnOnce(&mut KindState)) {
         let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
         let state = kinds.entry(kind).or_default();
         let before = state.clone();
@@ -180,7 +187,7 @@ where
 impl Shared {
     /// Logs one watcher's trouble, folded with the other watchers' and its
     /// own repeats: 401 is an ERROR (it will not mend itself), the rest WARN.
-    fn report(&self, trouble: Trouble, text: &str, now: Instant) {
+    pub(super) fn report(&self, trouble: Trouble, text: &str, now: Instant) {
         let line = self.fold.lock().unwrap_or_else(|p| p.into_inner()).occur(trouble.key(), text, now);
         match line {
             Some(l) if trouble == Trouble::Unauthorized => error!("{l}"),
