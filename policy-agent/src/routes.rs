@@ -142,6 +142,7 @@ mod tests {
             pod_cidr: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             pod_cidr6: None,
             internal_ip: Some(Ipv4Addr::new(172, 31, 0, 10 + n as u8)),
+            internal_ip6: None,
         }
     }
 

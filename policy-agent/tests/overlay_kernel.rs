@@ -27,6 +27,7 @@ fn node(n: u8, ip: &str) -> Node {
         pod_cidr: Some(format!("10.244.{n}.0/24").parse().unwrap()),
         pod_cidr6: None,
         internal_ip: Some(ip.parse().unwrap()),
+        internal_ip6: None,
     }
 }
 

@@ -35,6 +35,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
                 pod_cidr: cidr,
                 pod_cidr6: None,
                 internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)),
+                internal_ip6: None,
             },
         );
     }

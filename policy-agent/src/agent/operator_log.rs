@@ -93,6 +93,7 @@ mod tests {
             pod_cidr: cidr.map(|c| c.parse().unwrap()),
             pod_cidr6: None,
             internal_ip: None,
+            internal_ip6: None,
         };
         model.nodes.insert("node-1".into(), n("node-1", None));
         model.nodes.insert("node-2".into(), n("node-2", Some("10.244.2.0/24")));

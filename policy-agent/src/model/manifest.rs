@@ -251,13 +251,10 @@ fn node(m: NodeManifest) -> Result<Node, String> {
             Err(e) => return Err(format!("{field} {s:?}: {e}")),
         }
     }
-    let internal_ip = m
-        .status
-        .addresses
-        .iter()
-        .filter(|a| a.kind == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-    Ok(Node { name, pod_cidr, pod_cidr6, internal_ip })
+    let internal = || m.status.addresses.iter().filter(|a| a.kind == "InternalIP");
+    let internal_ip = internal().find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let internal_ip6 = internal().find_map(|a| a.address.parse::<Ipv6Addr>().ok());
+    Ok(Node { name, pod_cidr, pod_cidr6, internal_ip, internal_ip6 })
 }
 
 fn normal_v4(n: Ipv4Network) -> Ipv4Network {
@@ -754,6 +751,7 @@ status:
             pod_cidr: Some(cidr.parse().unwrap()),
             pod_cidr6: None,
             internal_ip: Some(ip.parse().unwrap()),
+            internal_ip6: None,
         }
     }
 
@@ -785,7 +783,10 @@ status:
 
     #[test]
     fn a_node_with_unknown_fields() {
-        assert_eq!(one(NODE), Object::Node(node("node-1", "10.244.1.0/24", "172.31.0.11")));
+        // Both families of InternalIP, whichever comes first.
+        let want =
+            Node { internal_ip6: "fd00::11".parse().ok(), ..node("node-1", "10.244.1.0/24", "172.31.0.11") };
+        assert_eq!(one(NODE), Object::Node(want));
     }
 
     #[test]

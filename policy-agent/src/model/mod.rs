@@ -32,6 +32,9 @@ pub struct Node {
     pub pod_cidr6: Option<Ipv6Network>,
     /// The first IPv4 InternalIP in status.addresses.
     pub internal_ip: Option<Ipv4Addr>,
+    /// The first IPv6 InternalIP in status.addresses (the gateway of the
+    /// node's IPv6 pod CIDR in host-gw mode).
+    pub internal_ip6: Option<Ipv6Addr>,
 }
 
 /// A namespace and its labels (`kubernetes.io/metadata.name` always among them,

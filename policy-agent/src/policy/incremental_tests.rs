@@ -134,6 +134,7 @@ fn node(name: &str, third: u8) -> Node {
             Ipv6Network::new(Ipv6Addr::new(0xfd00, 10, 244, third.into(), 0, 0, 0, 0), 64).unwrap(),
         ),
         internal_ip: None,
+        internal_ip6: None,
     }
 }
 
