@@ -6,6 +6,8 @@
 //! CIDR missing. Each finding says whether it is in play for the connection
 //! being explained.
 
+use std::net::IpAddr;
+
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
 use weft_netkit::masquerade::{masquerade_present, MasqBackend};
@@ -83,7 +85,8 @@ pub fn check_node(
                 let (want, _) = desired_routes(model, node);
                 for (dst, gw) in want {
                     let main = crate::routes::Table::Main;
-                    if !have.iter().any(|r| r.table == main && r.dst == dst && r.gw == gw) {
+                    let (dst_ip, gw_ip) = (IpNetwork::V4(dst), IpAddr::V4(gw));
+                    if !have.iter().any(|r| r.table == main && r.dst == dst_ip && r.gw == gw_ip) {
                         let in_play = e.hops.iter().any(|h| h.node != node)
                             && model
                                 .nodes
