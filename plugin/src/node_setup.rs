@@ -63,7 +63,7 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
     // changed masqueradeBackend, or a host whose iptables mode changed).
     let keep = if conf.masquerade {
         let backend = MasqBackend::on_this_host(conf.masquerade_backend)?;
-        masquerade::ensure_masquerade(backend, &subnets, conf.cluster_cidr, &conf.name)?;
+        masquerade::ensure_masquerade(backend, &subnets, &conf.cluster_cidrs, &conf.name)?;
         Some(backend)
     } else {
         None
@@ -117,7 +117,7 @@ fn stamp(conf: &NetConf, ips: &[IpConfig]) -> String {
         conf.is_gateway,
         conf.masquerade,
         conf.masquerade_backend,
-        conf.cluster_cidr,
+        conf.cluster_cidrs,
         ips.iter().map(|i| (net_of(&i.address), i.gateway)).collect::<Vec<_>>()
     );
     format!("weft:{:016x}", weft_conf::hash::fnv1a64(desc.as_bytes()))

@@ -151,7 +151,7 @@ pub fn check_node(
     }
     if let (Some(own), Some(c)) = (model.nodes.get(node).and_then(|n| n.pod_cidr), cluster) {
         // In whichever backend holds it: the agent's follows its policy backend.
-        let present = |b| masquerade_present(b, &[IpNetwork::V4(own)], Some(IpNetwork::V4(c)), network_name);
+        let present = |b| masquerade_present(b, &[IpNetwork::V4(own)], &[IpNetwork::V4(c)], network_name);
         let mode = weft_netkit::iptables_mode::detect().ok();
         let backends = [MasqBackend::Iptables(mode), MasqBackend::Nftables];
         if backends.iter().all(|b| matches!(present(*b), Ok(false))) {

@@ -24,7 +24,7 @@ pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 /// `portmap`.
 pub fn conflist(
     pod_cidr: Ipv4Network,
-    cluster: Option<IpNetwork>,
+    cluster: &[IpNetwork],
     agent_socket: &Path,
     portmap: bool,
     masquerade_backend: &str,
@@ -42,8 +42,11 @@ pub fn conflist(
             "dataDir": "/var/lib/cni/weft",
         },
     });
-    if let Some(c) = cluster {
+    if let Some(c) = cluster.first() {
         weft["clusterCIDR"] = json!(c.to_string());
+    }
+    if cluster.len() > 1 {
+        weft["clusterCIDRs"] = json!(cluster.iter().map(ToString::to_string).collect::<Vec<_>>());
     }
     if let Some(m) = mtu {
         weft["mtu"] = json!(m);
@@ -94,7 +97,7 @@ mod tests {
     fn the_conflist_is_what_a_runtime_and_weft_accept() {
         let v = conflist(
             "10.244.3.0/24".parse().unwrap(),
-            Some("10.244.0.0/16".parse().unwrap()),
+            &["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()],
             Path::new("/run/weft/agent.sock"),
             true,
             "nftables",
@@ -103,14 +106,15 @@ mod tests {
         let list = NetConfList::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(list.plugins.len(), 2);
         let weft = NetConf::parse(list.plugin_config(0, None).unwrap().to_string().as_bytes()).unwrap();
-        assert_eq!(weft.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        let both: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()];
+        assert_eq!(weft.cluster_cidrs, both, "the plugin masquerades as the agent does");
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
         assert_eq!(weft.masquerade_backend, weft_conf::MasqueradeBackend::Nftables);
         assert_eq!(weft.mtu, Some(1450), "the overlay's MTU");
         let alone = conflist(
             "10.244.3.0/24".parse().unwrap(),
-            None,
+            &[],
             Path::new("/run/weft/agent.sock"),
             false,
             "iptables",
