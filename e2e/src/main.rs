@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weft_e2e::family::Family;
 use weft_e2e::probe::{probe, Proto};
 use weft_e2e::serve::Server;
 use weft_e2e::signals::Signals;
@@ -39,6 +40,10 @@ enum Cmd {
         name: Option<String>,
         #[arg(long)]
         keep: bool,
+        /// The address families of nodes and pods: ipv4, ipv6 (the plan
+        /// embedded in fd00::/96) or dual.
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
     },
     /// Delete everything a run created (idempotent).
     Down { run: String },
@@ -180,7 +185,7 @@ fn main() -> ExitCode {
         }
     };
     let r = match cli.cmd {
-        Cmd::Up { nodes, name, keep } => return up(nodes, name.as_deref(), keep),
+        Cmd::Up { nodes, name, keep, family } => return up(nodes, name.as_deref(), keep, family),
         Cmd::Probe { netns, to, proto, timeout_ms } => return probe_cmd(&netns, to, proto, timeout_ms),
         Cmd::Down { run } => topology::down(&run),
         Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
@@ -222,13 +227,13 @@ fn parse_mode(s: &str) -> Result<weft_e2e::conformance::Mode, String> {
     s.parse()
 }
 
-fn up(nodes: u32, name: Option<&str>, keep: bool) -> ExitCode {
+fn up(nodes: u32, name: Option<&str>, keep: bool, family: Family) -> ExitCode {
     // First, before any other thread exists: signals go to the watcher thread only.
     let signals = match Signals::watch() {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let state = match topology::up(nodes, name, signals.cancel()) {
+    let state = match topology::up_in(nodes, name, family, signals.cancel()) {
         Ok(s) => s,
         Err(E2eError::Cancelled) => {
             eprintln!("weft-e2e: up cancelled; what it created is deleted");

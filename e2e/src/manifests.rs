@@ -2,7 +2,7 @@
 //! would hold them: built as JSON values and written as YAML, so no hand
 //! formatting can produce a manifest the agent reads differently.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 use weft_agent::model::{ContainerPort, Labels, PortRef, Protocol, ServicePort, TrafficPolicy};
@@ -30,14 +30,14 @@ pub fn namespace(name: &str, labels: &Labels) -> Value {
 }
 
 /// A running Pod on node `node-<node>` with one container declaring `ports`,
-/// and its address once the CNI ADD has given it.
+/// and its addresses (podIP the first, podIPs all) once the CNI ADD has given them.
 pub fn pod(
     namespace: &str,
     name: &str,
     labels: &Labels,
     node: u32,
     ports: &[ContainerPort],
-    ip: Option<Ipv4Addr>,
+    ips: &[IpAddr],
 ) -> Value {
     let ports: Vec<Value> = ports
         .iter()
@@ -56,9 +56,9 @@ pub fn pod(
                  "containers": [{"name": "serve", "image": "weft-e2e", "ports": ports}]},
         "status": {"phase": "Pending"},
     });
-    if let Some(ip) = ip {
-        v["status"] =
-            json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
+    if let Some(ip) = ips.first() {
+        let all: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+        v["status"] = json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": all});
     }
     v
 }
@@ -187,7 +187,7 @@ mod tests {
         let labels: Labels = [("pod".to_string(), "a".to_string())].into();
         let ip = Ipv4Addr::new(10, 244, 2, 5);
         let Object::Pod(p) =
-            parse_one(&to_yaml(&pod("x", "a", &labels, 2, &serve_ports(&[80, 81]), Some(ip))))
+            parse_one(&to_yaml(&pod("x", "a", &labels, 2, &serve_ports(&[80, 81]), &[ip.into()])))
         else {
             panic!()
         };
@@ -195,10 +195,17 @@ mod tests {
         assert_eq!(p.labels, labels);
         assert_eq!(p.ports.len(), 4);
         assert_eq!(p.resolve_port(&PortRef::Name("serve-81-udp".into()), Protocol::Udp), Some(81));
-        let Object::Pod(pending) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], None))) else {
+        let Object::Pod(pending) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], &[]))) else {
             panic!()
         };
         assert_eq!(pending.ip, None);
+        // Dual-stack: podIPs lists both families.
+        let ip6: IpAddr = "fd00::af4:205".parse().unwrap();
+        let Object::Pod(dual) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], &[ip.into(), ip6])))
+        else {
+            panic!()
+        };
+        assert_eq!((dual.ip, dual.ip6.map(IpAddr::V6)), (Some(ip), Some(ip6)));
 
         let svc = ServiceManifest::new("y", "web", Ipv4Addr::new(10, 96, 0, 10), &[("pod", "a")])
             .port(80, Protocol::Tcp, PortRef::Name("serve-80-tcp".into()))

@@ -1,0 +1,102 @@
+//! ipv6 and dual runs (`up --family`), before IPv6 policy is compiled: what
+//! must already hold. Pods on two nodes reach each other over IPv6 with no
+//! policy (a real packet across the agents' IPv6 host-gw routes, through the
+//! plan's addresses embedded in fd00::/96), and a pod that a default-deny
+//! policy isolates gets no IPv6 connection (the agent's IPv6 guard) while a
+//! pod beside it that no policy selects still does. In dual, IPv4 behaves
+//! as in an ipv4 run. Both backends.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{bin, root_or_skip, weft_bin, CMD_TIMEOUT};
+use weft_e2e::family::{embed, Family};
+use weft_e2e::probe::{probe_in, Outcome, Proto};
+use weft_e2e::{Pod, Testbed};
+
+const PROBE: Duration = Duration::from_millis(1500);
+const CONVERGE: Duration = Duration::from_secs(15);
+
+fn probe(from: &Pod, to: IpAddr) -> Outcome {
+    probe_in(&from.netns, SocketAddr::new(to, 80), Proto::Tcp, PROBE).unwrap()
+}
+
+/// Connects from `from` to `to`'s address in each family of the run, within `CONVERGE`.
+fn reaches(from: &Pod, to: &Pod, family: Family) -> Vec<(IpAddr, Outcome)> {
+    let want = Outcome::Connected(to.name.clone());
+    let mut last = Vec::new();
+    weft_e2e::wait_until(CONVERGE, || {
+        last = family.addresses(to.ip).into_iter().map(|ip| (ip, probe(from, ip))).collect();
+        last.iter().all(|(_, o)| *o == want)
+    });
+    last
+}
+
+fn blocked(from: &Pod, to: IpAddr) -> bool {
+    matches!(probe(from, to), Outcome::Timeout | Outcome::Refused)
+}
+
+const ISOLATE_B: &str = "kind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\n\
+                         spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}\n";
+
+fn check(family: Family, backend: &str) {
+    let mut tb = Testbed::up_in(2, family).unwrap();
+    tb.set_weft_bin(weft_bin());
+    tb.set_e2e_bin(bin());
+    tb.start_agents_with(&["--backend", backend]).unwrap();
+    // Pods added after the agents: each ADD reports both addresses to its node's agent.
+    let a = tb.add_pod(1, "x/a").unwrap();
+    let b = tb.add_pod(2, "x/b").unwrap();
+    let c = tb.add_pod(2, "x/c").unwrap();
+    assert_eq!(b.ip6, Some(embed(b.ip)), "{family}: the plan's address, embedded");
+    let st = tb.wait_converged(CONVERGE).unwrap();
+    assert!(st.iter().all(|s| s.errors.is_empty()), "{family}/{backend}: {st:?}");
+
+    // Node 1 routes node 2's IPv6 pod CIDR via node 2's IPv6 InternalIP.
+    let out =
+        weft_e2e::exec_in(&tb.node_netns(1), &["ip", "-6", "route", "show", "proto", "87"], CMD_TIMEOUT);
+    let routes = String::from_utf8_lossy(&out.unwrap().stdout).to_string();
+    assert!(routes.contains("fd00::af4:200/120 via fd00::ac1f:c"), "{family}: {routes}");
+    let seen = reaches(&a, &b, family);
+    assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/b".into())), "{family}/{backend}: {seen:?}");
+
+    // b isolated for ingress, nothing allowed: dropped in every family (IPv6 by the guard).
+    tb.apply(ISOLATE_B).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    for ip in family.addresses(b.ip) {
+        assert!(blocked(&a, ip), "{family}/{backend}: x/a reached the isolated x/b at {ip}");
+    }
+    // c, beside b on node 2 and selected by no policy, is still reached in every family.
+    let seen = reaches(&a, &c, family);
+    assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/c".into())), "{family}/{backend}: {seen:?}");
+}
+
+#[test]
+fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
+    if root_or_skip("ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
+        check(Family::Ipv6, "iptables");
+    }
+}
+
+#[test]
+fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
+    if root_or_skip("ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables") {
+        check(Family::Ipv6, "nftables");
+    }
+}
+
+#[test]
+fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
+    if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
+        check(Family::Dual, "iptables");
+    }
+}
+
+#[test]
+fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
+    if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables") {
+        check(Family::Dual, "nftables");
+    }
+}
