@@ -39,6 +39,22 @@ impl Family {
         self != Family::Ipv4
     }
 
+    /// The single families a probe runs in: ipv4, ipv6, or both for dual.
+    pub fn singles(self) -> Vec<Family> {
+        match self {
+            Family::Dual => vec![Family::Ipv4, Family::Ipv6],
+            f => vec![f],
+        }
+    }
+
+    /// Plan address `ip` in a single family (dual: its IPv4 form).
+    pub fn address(self, ip: Ipv4Addr) -> IpAddr {
+        match self {
+            Family::Ipv6 => IpAddr::V6(embed(ip)),
+            _ => IpAddr::V4(ip),
+        }
+    }
+
     /// The addresses a probe of plan address `ip` goes to, one per family of the run.
     pub fn addresses(self, ip: Ipv4Addr) -> Vec<IpAddr> {
         let v4 = self.v4().then_some(IpAddr::V4(ip));
@@ -101,6 +117,22 @@ pub fn translate_cidr(s: &str) -> Option<String> {
     // Host bits are kept as written, so the agent judges the translation as it judges the original.
     let ip = if host_bits { net.ip() } else { net.network() };
     Some(format!("{}/{}", embed(ip), 96 + net.prefix()))
+}
+
+/// `yaml` (one object) as the runner applies it in `family`: a
+/// NetworkPolicy's or ClusterNetworkPolicy's CIDRs translated
+/// (`translate_policy`), anything else as it is.
+pub fn translate_manifest(yaml: &str, family: Family) -> Result<String, String> {
+    if family == Family::Ipv4 {
+        return Ok(yaml.to_string());
+    }
+    let mut doc: Value = serde_norway::from_str(yaml).map_err(|e| format!("not YAML: {e}"))?;
+    if !matches!(doc.get("kind").and_then(Value::as_str), Some("NetworkPolicy" | "ClusterNetworkPolicy")) {
+        return Ok(yaml.to_string());
+    }
+    translate_policy(&mut doc, family);
+    // A serde_json::Value always serialises.
+    Ok(serde_norway::to_string(&doc).unwrap_or_default())
 }
 
 /// Translates the CIDRs of a NetworkPolicy (ipBlock `cidr` and `except` of
@@ -190,6 +222,8 @@ mod tests {
         assert_eq!(Family::Ipv4.addresses(ip), [IpAddr::V4(ip)]);
         assert_eq!(Family::Ipv6.addresses(ip), [v6]);
         assert_eq!(Family::Dual.addresses(ip), [IpAddr::V4(ip), v6]);
+        assert_eq!(Family::Dual.singles(), [Family::Ipv4, Family::Ipv6]);
+        assert_eq!(Family::Ipv6.singles().iter().map(|f| f.address(ip)).collect::<Vec<_>>(), [v6]);
         for f in [Family::Ipv4, Family::Ipv6, Family::Dual] {
             assert_eq!(f.to_string().parse::<Family>(), Ok(f));
         }
@@ -222,6 +256,18 @@ mod tests {
         let mut same = policy();
         translate_policy(&mut same, Family::Ipv4);
         assert_eq!(same, policy());
+    }
+
+    #[test]
+    fn manifests_are_translated_by_kind() {
+        let np = "kind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+                  spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}\n";
+        let got = translate_manifest(np, Family::Ipv6).unwrap();
+        assert!(got.contains("cidr: fd00::a00:0/104") && !got.contains("10.0.0.0/8"), "{got}");
+        let svc = "kind: Service\nmetadata: {name: s, namespace: x}\nspec: {clusterIP: 10.96.0.10}\n";
+        assert_eq!(translate_manifest(svc, Family::Ipv6).unwrap(), svc, "services keep their plan address");
+        assert_eq!(translate_manifest(np, Family::Ipv4).unwrap(), np);
+        assert!(translate_manifest("a: [", Family::Dual).is_err());
     }
 
     #[test]

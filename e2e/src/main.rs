@@ -129,6 +129,10 @@ enum ConformanceCmd {
         /// node nor the external client (where only an overlay works).
         #[arg(long)]
         anti_spoofing: bool,
+        /// ipv4, ipv6 (the plan and the cases' CIDRs embedded in fd00::/96)
+        /// or dual (every probe in both families).
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -203,7 +207,8 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
         Cmd::Conformance {
-            cmd: ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, paths },
+            cmd:
+                ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, family, paths },
         } => {
             let opts = weft_e2e::conformance::Options {
                 backend,
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
                 explain,
                 mode,
                 anti_spoofing,
+                family,
                 ..Default::default()
             };
             return conformance_cmd(opts, list, &paths);

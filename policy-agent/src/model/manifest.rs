@@ -959,6 +959,8 @@ spec:
         assert!(!s.selects(&pod("x", "a", ip)), "other namespace");
         assert!(!s.selects(&pod("y", "b", ip)));
         assert!(!s.selects(&pod("y", "a", None)), "no address yet");
+        let v6_only = Pod { ip6: "fd00::af4:105".parse().ok(), ..pod("y", "a", None) };
+        assert!(s.selects(&v6_only), "an IPv6 pod backs it too");
         assert!(parse_manifests(&text.replace("Local", "Nearby")).is_err());
     }
 

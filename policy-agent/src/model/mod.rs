@@ -180,12 +180,12 @@ impl Service {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// True if `pod` backs this service: same namespace, has an IP, and
-    /// carries every label of a non-empty selector.
+    /// True if `pod` backs this service: same namespace, has an IP (of either
+    /// family), and carries every label of a non-empty selector.
     pub fn selects(&self, pod: &Pod) -> bool {
         let Some(sel) = self.selector.as_ref().filter(|s| !s.is_empty()) else { return false };
         pod.namespace == self.namespace
-            && pod.ip.is_some()
+            && (pod.ip.is_some() || pod.ip6.is_some())
             && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
