@@ -4,7 +4,8 @@
 //! plan's addresses embedded in fd00::/96), and a pod that a default-deny
 //! policy isolates gets no IPv6 connection (the agent's IPv6 guard) while a
 //! pod beside it that no policy selects still does. In dual, IPv4 behaves
-//! as in an ipv4 run. Both backends. The conformance runner in ipv6 and dual
+//! as in an ipv4 run. Both backends, and once with the agents reading the
+//! state through the stand-in API server. The conformance runner in ipv6 and dual
 //! passes the cases that hold before the compiler knows IPv6: no policy,
 //! Services (the kube-proxy imitation in ip6tables), and default deny.
 //! The whole suite in a family (fails until IPv6 policy is compiled):
@@ -46,10 +47,22 @@ fn blocked(from: &Pod, to: IpAddr) -> bool {
 const ISOLATE_B: &str = "kind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\n\
                          spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}\n";
 
-fn check(family: Family, backend: &str) {
+/// Where the agents read the cluster state.
+#[derive(PartialEq)]
+enum Source {
+    Dir,
+    /// Through the stand-in API server: Nodes' podCIDRs and InternalIPs and
+    /// Pods' podIPs of both families as an API server serves them.
+    Kube,
+}
+
+fn check(family: Family, backend: &str, source: Source) {
     let mut tb = Testbed::up_in(2, family).unwrap();
     tb.set_weft_bin(weft_bin());
     tb.set_e2e_bin(bin());
+    if source == Source::Kube {
+        tb.start_standin().unwrap();
+    }
     tb.start_agents_with(&["--backend", backend]).unwrap();
     // Pods added after the agents: each ADD reports both addresses to its node's agent.
     let a = tb.add_pod(1, "x/a").unwrap();
@@ -81,28 +94,35 @@ fn check(family: Family, backend: &str) {
 #[test]
 fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
     if root_or_skip("ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
-        check(Family::Ipv6, "iptables");
+        check(Family::Ipv6, "iptables", Source::Dir);
     }
 }
 
 #[test]
 fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
     if root_or_skip("ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables") {
-        check(Family::Ipv6, "nftables");
+        check(Family::Ipv6, "nftables", Source::Dir);
     }
 }
 
 #[test]
 fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
     if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
-        check(Family::Dual, "iptables");
+        check(Family::Dual, "iptables", Source::Dir);
     }
 }
 
 #[test]
 fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
     if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables") {
-        check(Family::Dual, "nftables");
+        check(Family::Dual, "nftables", Source::Dir);
+    }
+}
+
+#[test]
+fn dual_through_the_kube_source() {
+    if root_or_skip("dual_through_the_kube_source") {
+        check(Family::Dual, "nftables", Source::Kube);
     }
 }
 
