@@ -1,9 +1,11 @@
 //! `weft-agent explain --check`: the node misconfigurations behind the
 //! classic failures, read from the live node (the netns explain runs in):
-//! bridge-nf-call-iptables (or -ip6tables) or ip_forward off, hairpin off on a bridge port,
+//! bridge-nf-call-iptables (or -ip6tables) or ip_forward off (or IPv6
+//! forwarding, on a node with an IPv6 pod CIDR), hairpin off on a bridge port,
 //! weft's FORWARD jump not first, the masquerade rule missing, weft sets or
 //! chains left from another run or backend, a route to another node's pod
-//! CIDR missing. Each finding says whether it is in play for the connection
+//! CIDR (of either family) missing. IPv6 findings are never in play: explain
+//! takes IPv4 endpoints. Each finding says whether it is in play for the connection
 //! being explained.
 
 use std::net::IpAddr;
@@ -17,7 +19,7 @@ use weft_netkit::tool;
 use crate::explain::Explanation;
 use crate::model::Model;
 use crate::policy::compile;
-use crate::routes::desired_routes;
+use crate::routes::{desired_routes, desired_routes6};
 
 /// One misconfiguration found on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -62,6 +64,13 @@ pub fn check_node(
             here.is_some(),
         );
     }
+    let ipv6_pods = model.nodes.get(node).is_some_and(|n| n.pod_cidr6.is_some());
+    if ipv6_pods && read_sysctl("net/ipv6/conf/all/forwarding").is_ok_and(|v| v.trim() == "0") {
+        find(
+            "net.ipv6.conf.all.forwarding is 0: this node forwards no IPv6 to or from its pods".into(),
+            false,
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
     if let Ok(rt) = rt {
         rt.block_on(async {
@@ -95,6 +104,21 @@ pub fn check_node(
                         find(
                             format!("the route to {dst} via {gw} (another node's pods) is missing"),
                             in_play,
+                        );
+                    }
+                }
+                // IPv6 pod CIDRs are routed in host-gw only: an overlay route says this node is not.
+                let host_gw = !have.iter().any(|r| r.dev == crate::routes::Dev::Overlay);
+                let (want6, _) = desired_routes6(model, node);
+                for (dst, gw) in want6.into_iter().filter(|_| host_gw) {
+                    let (dst_ip, gw_ip) = (IpNetwork::V6(dst), IpAddr::V6(gw));
+                    if !have
+                        .iter()
+                        .any(|r| r.table == crate::routes::Table::Main && r.dst == dst_ip && r.gw == gw_ip)
+                    {
+                        find(
+                            format!("the route to {dst} via {gw} (another node's IPv6 pods) is missing"),
+                            false,
                         );
                     }
                 }
