@@ -423,9 +423,10 @@ impl<'c> Agent<'c> {
     fn write_conflist(&self, status: &mut Status) -> Option<bool> {
         let dir = self.cfg.cni_conf_dir.as_ref()?;
         let s = self.snap.as_ref()?;
-        let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else {
+        let cidrs = s.model.nodes.get(&self.cfg.node).map(|n| n.pod_cidrs()).unwrap_or_default();
+        if cidrs.is_empty() {
             return Some(false);
-        };
+        }
         if self.policy.is_some() && status.policy.is_none() {
             return Some(false);
         }
@@ -438,13 +439,13 @@ impl<'c> Agent<'c> {
         }
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
         let masq = self.masq_in.0.choice().as_str();
-        let list = cni_config::conflist(cidr, &self.cfg.cluster_cidrs, &socket, portmap, masq, mtu);
+        let list = cni_config::conflist(&cidrs, &self.cfg.cluster_cidrs, &socket, portmap, masq, mtu);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
             Ok(written) => {
                 if written {
                     let path = dir.join(cni_config::CONFLIST);
-                    info!(path = %path.display(), pod_cidr = %cidr, "wrote the conflist: the node is ready for pods");
+                    info!(path = %path.display(), pod_cidr = %crate::masquerade::joined(&cidrs), "wrote the conflist: the node is ready for pods");
                 }
                 Some(true)
             }
@@ -594,12 +595,7 @@ async fn sync(
         operator_log::OwnNode::NoPodCidr(w) => warnings.push(w),
         operator_log::OwnNode::Unknown(e) => errors.push(e),
     }
-    let me = snap.model.nodes.get(node);
-    let pod_cidrs: Vec<IpNetwork> = me
-        .and_then(|n| n.pod_cidr.map(IpNetwork::V4))
-        .into_iter()
-        .chain(me.and_then(|n| n.pod_cidr6.map(IpNetwork::V6)))
-        .collect();
+    let pod_cidrs = snap.model.nodes.get(node).map(|n| n.pod_cidrs()).unwrap_or_default();
     // Without a pod CIDR the rules stay as they are; own_node said why.
     let masq = masq.filter(|_| !pod_cidrs.is_empty());
     let masquerade = match masq.map(|(m, k)| m.reconcile(k, &pod_cidrs, full)) {

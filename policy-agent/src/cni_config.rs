@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
 /// The conflist's file name (sorts before most others, as CNI picks the first).
@@ -18,12 +18,13 @@ pub const CONFLIST: &str = "10-weft.conflist";
 /// The binaries `install-cni` copies.
 pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 
-/// The conflist for a node with pod CIDR `pod_cidr`: weft (with its IPAM in
+/// The conflist for a node with pod CIDRs `pod_cidrs` (one range and one
+/// default route per family): weft (with its IPAM in
 /// process and the agent's socket, masquerading in `masquerade_backend`, the
 /// agent's, and `mtu` when an overlay needs one), chained with portmap when
 /// `portmap`.
 pub fn conflist(
-    pod_cidr: Ipv4Network,
+    pod_cidrs: &[IpNetwork],
     cluster: &[IpNetwork],
     agent_socket: &Path,
     portmap: bool,
@@ -37,8 +38,11 @@ pub fn conflist(
         "masqueradeBackend": masquerade_backend,
         "ipam": {
             "type": "weft-ipam",
-            "ranges": [[{"subnet": pod_cidr.to_string()}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
+            "ranges": pod_cidrs.iter().map(|c| json!([{"subnet": c.to_string()}])).collect::<Vec<_>>(),
+            "routes": pod_cidrs
+                .iter()
+                .map(|c| json!({"dst": if c.is_ipv4() { "0.0.0.0/0" } else { "::/0" }}))
+                .collect::<Vec<_>>(),
             "dataDir": "/var/lib/cni/weft",
         },
     });
@@ -96,7 +100,7 @@ mod tests {
     #[test]
     fn the_conflist_is_what_a_runtime_and_weft_accept() {
         let v = conflist(
-            "10.244.3.0/24".parse().unwrap(),
+            &["10.244.3.0/24".parse().unwrap(), "fd00::af4:300/120".parse().unwrap()],
             &["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()],
             Path::new("/run/weft/agent.sock"),
             true,
@@ -110,10 +114,15 @@ mod tests {
         assert_eq!(weft.cluster_cidrs, both, "the plugin masquerades as the agent does");
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        assert_eq!(
+            weft.ipam.raw["ranges"][1][0]["subnet"], "fd00::af4:300/120",
+            "dual-stack: a range per family"
+        );
+        assert_eq!(weft.ipam.raw["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
         assert_eq!(weft.masquerade_backend, weft_conf::MasqueradeBackend::Nftables);
         assert_eq!(weft.mtu, Some(1450), "the overlay's MTU");
         let alone = conflist(
-            "10.244.3.0/24".parse().unwrap(),
+            &["10.244.3.0/24".parse().unwrap()],
             &[],
             Path::new("/run/weft/agent.sock"),
             false,

@@ -168,7 +168,7 @@ pub fn node_conflist(run: &str, node: u32, agent_socket: &Path) -> Value {
     // CLUSTER_CIDR is a constant that parses.
     let cluster: Vec<_> = CLUSTER_CIDR.parse().ok().into_iter().collect();
     let mut list = weft_agent::cni_config::conflist(
-        plan::pod_cidr(node),
+        &[plan::pod_cidr(node).into()],
         &cluster,
         agent_socket,
         true,

@@ -37,6 +37,14 @@ pub struct Node {
     pub internal_ip6: Option<Ipv6Addr>,
 }
 
+impl Node {
+    /// Its pod CIDRs, IPv4 first: one, or one per family on a dual-stack node.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        let v4 = self.pod_cidr.map(IpNetwork::V4);
+        v4.into_iter().chain(self.pod_cidr6.map(IpNetwork::V6)).collect()
+    }
+}
+
 /// A namespace and its labels (`kubernetes.io/metadata.name` always among them,
 /// as the API server guarantees).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
