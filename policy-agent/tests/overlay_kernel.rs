@@ -70,6 +70,19 @@ fn in_netns<F: std::future::Future<Output = ()>>(test: impl FnOnce(rtnetlink::Ha
     .unwrap();
 }
 
+/// Node 1's underlay: eth0 (a veth, up, with `addrs`) and lo up.
+async fn underlay(h: &rtnetlink::Handle, addrs: &[&str]) {
+    h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
+    for name in ["eth0", "eth0-peer", "lo"] {
+        let l = link::get_link(h, name).await.unwrap().unwrap();
+        link::set_up(h, l.index).await.unwrap();
+    }
+    let eth0 = link::get_link(h, "eth0").await.unwrap().unwrap().index;
+    for a in addrs {
+        addr::add_address(h, eth0, a.parse().unwrap()).await.unwrap();
+    }
+}
+
 fn clean(s: &Synced) {
     assert!(s.errors.is_empty(), "{:?}", s.errors);
 }
@@ -78,13 +91,7 @@ fn clean(s: &Synced) {
 fn modes_build_and_remove_the_overlay() {
     in_netns(|h| async move {
         // The underlay: eth0 with node 1's InternalIP, MTU 1500.
-        h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
-        for name in ["eth0", "eth0-peer", "lo"] {
-            let l = link::get_link(&h, name).await.unwrap().unwrap();
-            link::set_up(&h, l.index).await.unwrap();
-        }
-        let eth0 = link::get_link(&h, "eth0").await.unwrap().unwrap().index;
-        addr::add_address(&h, eth0, "172.31.0.11/24".parse().unwrap()).await.unwrap();
+        underlay(&h, &["172.31.0.11/24"]).await;
         let (n1, n2, n3) = (node(1, "172.31.0.11"), node(2, "172.31.0.12"), node(3, "192.168.7.13"));
         let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
         let rule = SourceRule {
@@ -181,14 +188,7 @@ fn without_an_underlay_nothing_is_routed_through_the_overlay() {
 #[test]
 fn host_gw_routes_ipv6_pod_cidrs_beside_ipv4_and_cleans_them_up() {
     in_netns(|h| async move {
-        h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
-        for name in ["eth0", "eth0-peer", "lo"] {
-            let l = link::get_link(&h, name).await.unwrap().unwrap();
-            link::set_up(&h, l.index).await.unwrap();
-        }
-        let eth0 = link::get_link(&h, "eth0").await.unwrap().unwrap().index;
-        addr::add_address(&h, eth0, "172.31.0.11/24".parse().unwrap()).await.unwrap();
-        addr::add_address(&h, eth0, "fd00::ac1f:b/120".parse().unwrap()).await.unwrap();
+        underlay(&h, &["172.31.0.11/24", "fd00::ac1f:b/120"]).await;
         let dual = |n: u8, gw6: &str| Node {
             pod_cidr6: Some(format!("fd00::af4:{n}00/120").parse().unwrap()),
             internal_ip6: Some(gw6.parse().unwrap()),
