@@ -126,6 +126,36 @@ fn dual_through_the_kube_source() {
     }
 }
 
+/// A dual pod's CNI ADD reports both its addresses to the agent, which lays
+/// them over the cluster state: with the API's events held back after the
+/// pod showed as Pending, its IPv6 address is reachable at once (unknown, the
+/// guard would drop it as an unknown address of the node's IPv6 pod CIDR).
+#[test]
+fn a_dual_pods_add_report_makes_its_ipv6_address_known_before_the_api_shows_it() {
+    if !root_or_skip("a_dual_pods_add_report_makes_its_ipv6_address_known_before_the_api_shows_it") {
+        return;
+    }
+    let mut tb = Testbed::up_in(1, Family::Dual).unwrap();
+    tb.set_weft_bin(weft_bin());
+    tb.set_e2e_bin(bin());
+    let standin = tb.start_standin().unwrap();
+    tb.start_agents_with(&["--backend", "iptables"]).unwrap();
+    let a = tb.add_pod(1, "x/a").unwrap();
+    // x/new scheduled, no address yet (what the testbed writes before the ADD), and seen.
+    let labels = [("pod".to_string(), "new".to_string())].into();
+    let ports = weft_e2e::manifests::serve_ports(&weft_e2e::pods::DEFAULT_PORTS);
+    let pending = weft_e2e::manifests::pod("x", "new", &labels, 1, &ports, &[]);
+    tb.write_manifest("pod-x-new.yaml", &weft_e2e::manifests::to_yaml(&pending)).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    standin.freeze();
+    let new = tb.add_pod(1, "x/new").unwrap();
+    let shown = standin.refresh().unwrap().generation;
+    let agent = tb.agent_status(1).unwrap().generation;
+    assert_ne!(agent, shown, "the agent must not have seen the pod's addresses from the API");
+    let seen = reaches(&a, &new, Family::Dual);
+    assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/new".into())), "{seen:?}");
+}
+
 /// The cases that must pass in `family` before IPv6 policy is compiled.
 fn holding_cases(family: Family, backend: Backend) {
     let paths = [
