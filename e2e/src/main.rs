@@ -279,15 +279,22 @@ fn probe_cmd(netns: &std::path::Path, to: SocketAddr, proto: Proto, timeout_ms: 
 fn pod(cmd: PodCmd) -> Result<(), E2eError> {
     match cmd {
         PodCmd::Add { run, node, name } => {
-            let pod = Testbed::open(&run)?.add_pod(node, &name)?;
-            println!("{}", pod.ip);
+            let mut tb = Testbed::open(&run)?;
+            tb.add_pod(node, &name)?;
+            let rec = tb.pod(&name).ok_or_else(|| E2eError::PodNotFound { run, name: name.clone() })?;
+            println!("{}", joined(&rec.addresses()));
         }
         PodCmd::Del { run, name } => {
             let rec = Testbed::open(&run)?.delete_pod(&name)?;
-            println!("{}", rec.ip.map(|ip| ip.to_string()).unwrap_or_default());
+            println!("{}", joined(&rec.addresses()));
         }
     }
     Ok(())
+}
+
+/// A pod's addresses as the CLI prints them: "10.244.1.2 fd00::af4:102".
+fn joined(ips: &[std::net::IpAddr]) -> String {
+    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
 fn serve(name: &str, ports: &[u16], echo_peer: bool) -> Result<(), E2eError> {

@@ -17,7 +17,7 @@ use weft_netkit::netns::{connect_in, NetNs};
 use weft_netkit::{addr, bridge, link, veth};
 
 use crate::error::{E2eError, Result};
-use crate::family::{embed_host, Family};
+use crate::family::{embed_host, embed_net, Family};
 use crate::netns::{create_netns, delete_netns, list_with_prefix, netns_exists, netns_path};
 use crate::plan::{check_run_name, random_run_name, HOST_IFNAME, MTU};
 use crate::run::{self, Host, RunState};
@@ -252,12 +252,22 @@ pub fn status(run: &str) -> Result<String> {
     let phase = if state.complete { "up" } else { "incomplete (up running or died)" };
     let mut out = format!("run {run}: {phase}, state in {}\n", run::run_dir(run).display());
     out += &format!("  {:<12} {:<8} bridge {}\n", state.lan, here(&state.lan), state.lan);
+    let v6 = state.family.v6();
     for h in state.hosts() {
-        let pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
-        out += &format!("  {:<12} {:<8} eth0 {}{pods}\n", h.netns, here(&h.netns), h.lan_addr);
+        let mut pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
+        let mut lan = h.lan_addr.to_string();
+        if v6 {
+            lan += &format!(" {}", embed_host(h.lan_addr));
+            pods += &h.pod_cidr.map(|c| format!(" {}", embed_net(c))).unwrap_or_default();
+        }
+        out += &format!("  {:<12} {:<8} eth0 {lan}{pods}\n", h.netns, here(&h.netns));
+    }
+    if state.family != Family::Ipv4 {
+        out += &format!("  family {}\n", state.family);
     }
     for p in &state.pods {
-        let ip = p.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(no address)".into());
+        let ips: Vec<String> = p.addresses().iter().map(ToString::to_string).collect();
+        let ip = if ips.is_empty() { "(no address)".to_string() } else { ips.join(" ") };
         out += &format!("  pod {} on node {} netns {} {} ip {ip}\n", p.name, p.node, p.netns, here(&p.netns));
     }
     for p in &state.processes {
