@@ -468,18 +468,11 @@ mod tests {
         let mut odd = serve_ports(&[80]);
         odd[0].port = 8080; // serve-80-tcp is 8080 on this pod
         let docs = [
-            pod("web", "a", &labels("web"), 1, &serve_ports(&[80]), &[Ipv4Addr::new(10, 244, 1, 2).into()]),
-            pod("web", "b", &labels("web"), 2, &odd, &[Ipv4Addr::new(10, 244, 2, 2).into()]),
-            pod("web", "pending", &labels("web"), 2, &serve_ports(&[80]), &[]),
-            pod(
-                "web",
-                "other",
-                &labels("db"),
-                1,
-                &serve_ports(&[80]),
-                &[Ipv4Addr::new(10, 244, 1, 3).into()],
-            ),
-            pod("db", "a", &labels("web"), 1, &serve_ports(&[80]), &[Ipv4Addr::new(10, 244, 1, 4).into()]),
+            pod("web", "a", &labels("web"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 2))),
+            pod("web", "b", &labels("web"), 2, &odd, Some(Ipv4Addr::new(10, 244, 2, 2))),
+            pod("web", "pending", &labels("web"), 2, &serve_ports(&[80]), None),
+            pod("web", "other", &labels("db"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 3))),
+            pod("db", "a", &labels("web"), 1, &serve_ports(&[80]), Some(Ipv4Addr::new(10, 244, 1, 4))),
         ];
         for d in &docs {
             text += &format!("---\n{}", to_yaml(d));

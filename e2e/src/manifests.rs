@@ -30,8 +30,22 @@ pub fn namespace(name: &str, labels: &Labels) -> Value {
 }
 
 /// A running Pod on node `node-<node>` with one container declaring `ports`,
-/// and its addresses (podIP the first, podIPs all) once the CNI ADD has given them.
+/// and its address once the CNI ADD has given it.
 pub fn pod(
+    namespace: &str,
+    name: &str,
+    labels: &Labels,
+    node: u32,
+    ports: &[ContainerPort],
+    ip: Option<Ipv4Addr>,
+) -> Value {
+    let ips: Vec<IpAddr> = ip.map(IpAddr::V4).into_iter().collect();
+    pod_with_addresses(namespace, name, labels, node, ports, &ips)
+}
+
+/// `pod` with the addresses of every family it has (podIP the first, podIPs
+/// all; Pending while there are none).
+pub fn pod_with_addresses(
     namespace: &str,
     name: &str,
     labels: &Labels,
@@ -187,7 +201,7 @@ mod tests {
         let labels: Labels = [("pod".to_string(), "a".to_string())].into();
         let ip = Ipv4Addr::new(10, 244, 2, 5);
         let Object::Pod(p) =
-            parse_one(&to_yaml(&pod("x", "a", &labels, 2, &serve_ports(&[80, 81]), &[ip.into()])))
+            parse_one(&to_yaml(&pod("x", "a", &labels, 2, &serve_ports(&[80, 81]), Some(ip))))
         else {
             panic!()
         };
@@ -195,13 +209,14 @@ mod tests {
         assert_eq!(p.labels, labels);
         assert_eq!(p.ports.len(), 4);
         assert_eq!(p.resolve_port(&PortRef::Name("serve-81-udp".into()), Protocol::Udp), Some(81));
-        let Object::Pod(pending) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], &[]))) else {
+        let Object::Pod(pending) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], None))) else {
             panic!()
         };
         assert_eq!(pending.ip, None);
         // Dual-stack: podIPs lists both families.
         let ip6: IpAddr = "fd00::af4:205".parse().unwrap();
-        let Object::Pod(dual) = parse_one(&to_yaml(&pod("x", "a", &labels, 2, &[], &[ip.into(), ip6])))
+        let Object::Pod(dual) =
+            parse_one(&to_yaml(&pod_with_addresses("x", "a", &labels, 2, &[], &[ip.into(), ip6])))
         else {
             panic!()
         };

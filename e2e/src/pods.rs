@@ -502,7 +502,8 @@ impl Testbed {
     /// (Re)writes the manifest of pod `rec` with the addresses it holds.
     pub(crate) fn write_pod_manifest(&self, rec: &PodRecord) -> Result<()> {
         let (ns, pod_name) = split_pod_name(&rec.name)?;
-        let doc = manifests::pod(ns, pod_name, &rec.labels, rec.node, &rec.ports, &rec.addresses());
+        let doc =
+            manifests::pod_with_addresses(ns, pod_name, &rec.labels, rec.node, &rec.ports, &rec.addresses());
         self.write_manifest(&manifests::file_name("Pod", Some(ns), pod_name), &manifests::to_yaml(&doc))
     }
 

@@ -144,7 +144,7 @@ fn a_dual_pods_add_report_makes_its_ipv6_address_known_before_the_api_shows_it()
     // x/new scheduled, no address yet (what the testbed writes before the ADD), and seen.
     let labels = [("pod".to_string(), "new".to_string())].into();
     let ports = weft_e2e::manifests::serve_ports(&weft_e2e::pods::DEFAULT_PORTS);
-    let pending = weft_e2e::manifests::pod("x", "new", &labels, 1, &ports, &[]);
+    let pending = weft_e2e::manifests::pod("x", "new", &labels, 1, &ports, None);
     tb.write_manifest("pod-x-new.yaml", &weft_e2e::manifests::to_yaml(&pending)).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     standin.freeze();

@@ -583,7 +583,7 @@ fn case_pod(p: RawPod, at: &str, world: &mut World) -> std::result::Result<CaseP
         }
     };
     // The agent's parser judges the manifest the testbed will write (port names, labels).
-    let doc = manifests::pod(ns, pod_name, &labels, node, &ports, &[]);
+    let doc = manifests::pod(ns, pod_name, &labels, node, &ports, None);
     one_object(&manifests::to_yaml(&doc), at)?;
     world.pods.push(p.name.clone());
     Ok(CasePod { name: p.name, node, labels, ports })
