@@ -32,7 +32,9 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub hairpin_mode: bool,
     pub is_gateway: bool,
-    pub cluster_cidr: Option<IpNetwork>,
+    /// The cluster's pod networks, at most one per family (`clusterCIDR`,
+    /// then `clusterCIDRs` for dual-stack): traffic to them is not masqueraded.
+    pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade: bool,
     /// Where the masquerade rules go (`masqueradeBackend`): iptables (the
     /// default, in the host's mode) or nftables. The agent writes it after
@@ -98,6 +100,8 @@ struct Raw {
     is_gateway: Option<bool>,
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<String>,
+    #[serde(rename = "clusterCIDRs", default)]
+    cluster_cidrs: Vec<String>,
     masquerade: Option<bool>,
     masquerade_backend: Option<String>,
     agent_socket: Option<String>,
@@ -109,6 +113,22 @@ struct Raw {
     runtime_config: RuntimeConfig,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// `clusterCIDR` then `clusterCIDRs`, the same CIDR once, at most one per family.
+fn cluster_cidrs(one: Option<&str>, list: &[String]) -> Result<Vec<IpNetwork>, CniError> {
+    let mut out: Vec<IpNetwork> = Vec::with_capacity(2);
+    for s in one.into_iter().chain(list.iter().map(String::as_str)) {
+        let c = parse_cidr(s)?;
+        match out.iter().find(|o| o.is_ipv4() == c.is_ipv4()) {
+            Some(o) if *o == c => {}
+            Some(o) => {
+                return Err(invalid(format!("clusterCIDRs: {o} and {c} are of one family; one per family")))
+            }
+            None => out.push(c),
+        }
+    }
+    Ok(out)
 }
 
 impl NetConf {
@@ -142,7 +162,7 @@ impl NetConf {
                 return Err(invalid(format!("mtu {mtu} is out of range 68-65535")));
             }
         }
-        let cluster_cidr = raw.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+        let cluster_cidrs = cluster_cidrs(raw.cluster_cidr.as_deref(), &raw.cluster_cidrs)?;
         let masquerade_backend = match raw.masquerade_backend.as_deref() {
             None => MasqueradeBackend::Iptables,
             Some(name) => [MasqueradeBackend::Iptables, MasqueradeBackend::Nftables]
@@ -169,7 +189,7 @@ impl NetConf {
             mtu: raw.mtu,
             hairpin_mode: raw.hairpin_mode.unwrap_or(true),
             is_gateway: raw.is_gateway.unwrap_or(true),
-            cluster_cidr,
+            cluster_cidrs,
             masquerade: raw.masquerade.unwrap_or(true),
             masquerade_backend,
             agent_socket: match raw.agent_socket.as_deref() {
@@ -259,7 +279,7 @@ mod tests {
         assert_eq!(c.bridge, "weft0");
         assert_eq!(c.mtu, None);
         assert!(c.hairpin_mode && c.is_gateway && c.masquerade);
-        assert_eq!(c.cluster_cidr, None);
+        assert!(c.cluster_cidrs.is_empty());
         assert_eq!(c.ipam.ipam_type, "weft-ipam");
         assert_eq!(c.prev_result, None);
         assert!(c.runtime_config.port_mappings.is_empty());
@@ -276,6 +296,20 @@ mod tests {
         let e = parse(v).unwrap_err();
         assert_eq!(e.code, 7);
         assert!(e.msg.contains("iptables or nftables"), "{}", e.msg);
+    }
+
+    #[test]
+    fn cluster_cidrs_one_per_family() {
+        let mut v = minimal();
+        v["clusterCIDR"] = json!("10.244.0.0/16");
+        v["clusterCIDRs"] = json!(["10.244.0.0/16", "fd00::af4:0/112"]);
+        let want: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()];
+        assert_eq!(parse(v.clone()).unwrap().cluster_cidrs, want);
+        v["clusterCIDRs"] = json!(["10.96.0.0/12"]);
+        let e = parse(v.clone()).unwrap_err();
+        assert!((e.code, e.msg.contains("one per family")) == (7, true), "{}", e.msg);
+        v["clusterCIDRs"] = json!(["fd00::/300"]);
+        assert_eq!(parse(v).unwrap_err().code, 7);
     }
 
     #[test]
@@ -305,7 +339,7 @@ mod tests {
         assert_eq!(c.bridge, "br-pods");
         assert_eq!(c.mtu, Some(1450));
         assert!(!c.hairpin_mode && !c.is_gateway && !c.masquerade);
-        assert_eq!(c.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(c.cluster_cidrs, ["10.244.0.0/16".parse().unwrap()]);
         assert_eq!(c.dns.nameservers, ["10.96.0.10"]);
         assert_eq!(c.runtime_config.port_mappings[0].container_port, 8080);
     }

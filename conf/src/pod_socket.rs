@@ -59,4 +59,11 @@ mod tests {
             serde_json::from_str(r#"{"op":"del","containerId":"c1","ifname":"eth0"}"#).unwrap();
         assert!(matches!(del, PodEvent::Del { .. }));
     }
+
+    #[test]
+    fn a_dual_stack_add_carries_both_families() {
+        let text = r#"{"op":"add","containerId":"c1","ifname":"eth0","namespace":"x","name":"a","ips":["10.244.1.2","fd00::af4:102"]}"#;
+        let PodEvent::Add { ips, .. } = serde_json::from_str(text).unwrap() else { panic!("not an add") };
+        assert_eq!(ips, ["10.244.1.2".parse::<IpAddr>().unwrap(), "fd00::af4:102".parse().unwrap()]);
+    }
 }

@@ -22,7 +22,8 @@ use weft_agent::status::{read_status, Status};
 
 use crate::apiserver_standin::{self, ApiStandin};
 use crate::error::{E2eError, Result};
-use crate::pods::{find_binary, CLUSTER_CIDR};
+use crate::family::{embed, embed_net, Family};
+use crate::pods::{cluster_cidrs, find_binary};
 use crate::run::{self, RunState};
 use crate::{command_in, plan, Testbed};
 
@@ -76,13 +77,31 @@ pub fn status_file(run: &str, n: u32) -> PathBuf {
 
 /// The Node manifest of node `n`, as the API server would show it.
 pub fn node_manifest(n: u32) -> String {
+    node_manifest_in(n, Family::Ipv4)
+}
+
+/// The Node manifest of node `n` in `family`: a pod CIDR and an InternalIP
+/// per family (IPv4 first in dual), the IPv6 ones the plan's embedded.
+pub fn node_manifest_in(n: u32, family: Family) -> String {
+    let mut cidrs = Vec::new();
+    let mut addresses = Vec::new();
+    if family.v4() {
+        cidrs.push(plan::pod_cidr(n).to_string());
+        addresses.push(plan::node_addr(n).ip().to_string());
+    }
+    if family.v6() {
+        cidrs.push(embed_net(plan::pod_cidr(n)).to_string());
+        addresses.push(embed(plan::node_addr(n).ip()).to_string());
+    }
+    let cidr_list: String = cidrs.iter().map(|c| format!("  - {c}\n")).collect();
+    let address_list: String =
+        addresses.iter().map(|a| format!("  - type: InternalIP\n    address: {a}\n")).collect();
     format!(
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n\
-         spec:\n  podCIDR: {cidr}\n  podCIDRs:\n  - {cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    \
-         address: {ip}\n  - type: Hostname\n    address: {name}\n",
+         spec:\n  podCIDR: {first}\n  podCIDRs:\n{cidr_list}status:\n  addresses:\n{address_list}  \
+         - type: Hostname\n    address: {name}\n",
         name = node_name(n),
-        cidr = plan::pod_cidr(n),
-        ip = plan::node_addr(n).ip(),
+        first = cidrs[0],
     )
 }
 
@@ -91,7 +110,7 @@ pub fn write_cluster_dir(state: &RunState) -> Result<()> {
     let dir = cluster_dir(&state.run);
     std::fs::create_dir_all(&dir).map_err(E2eError::io(format!("create {}", dir.display())))?;
     for n in 1..=state.nodes.len() as u32 {
-        write_manifest(&dir, &format!("{}.yaml", node_name(n)), &node_manifest(n))?;
+        write_manifest(&dir, &format!("{}.yaml", node_name(n)), &node_manifest_in(n, state.family))?;
     }
     Ok(())
 }
@@ -189,6 +208,7 @@ impl Testbed {
         let socket = pod_socket(&run, n).display().to_string();
         let denied = denied_socket(&run, n).display().to_string();
         let node = node_name(n);
+        let cluster = cluster_cidrs(self.family()).join(",");
         let mut argv = vec![bin.as_str(), "--node", &node, "--source"];
         argv.extend(source.iter().map(String::as_str));
         argv.extend([
@@ -201,7 +221,7 @@ impl Testbed {
             "--resync-ms",
             AGENT_RESYNC_MS,
             "--cluster-cidr",
-            CLUSTER_CIDR,
+            &cluster,
             "--http",
             AGENT_HTTP,
             "--denied-socket",

@@ -6,6 +6,10 @@
 //! the jumps from the built-in chains with `-C || -I`; declaring a chain in the
 //! payload flushes it, so applying again replaces the rules (idempotent).
 //!
+//! In ipv6 and dual runs the same rules go to ip6tables too, every address
+//! (cluster IP, endpoints, the cluster CIDR) embedded in fd00::/96, as a
+//! dual-stack kube-proxy writes one payload per family.
+//!
 //! Simplifications against the real kube-proxy: chain hashes are FNV-1a (not
 //! sha256/base32); a service without endpoints gets no rules (no REJECT); Local
 //! NodePorts select among local endpoints inside KUBE-EXT-* (no KUBE-SVL-*);
@@ -19,6 +23,7 @@ use std::time::Duration;
 use weft_agent::model::{Model, Protocol, TrafficPolicy};
 
 use crate::error::{E2eError, Result};
+use crate::family::{embed, embed_net, unembed};
 use crate::pods::CLUSTER_CIDR;
 
 /// The masquerade mark kube-proxy uses.
@@ -70,8 +75,9 @@ impl Service {
     }
 }
 
-/// One ready endpoint of a service port: the pod's IP, the target port on
-/// that pod (a named targetPort may differ per pod), and the node it runs on.
+/// One ready endpoint of a service port: the pod's IP (its plan address: in
+/// an ipv6 run the one its IPv6 address embeds), the target port on that pod
+/// (a named targetPort may differ per pod), and the node it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub ip: Ipv4Addr,
@@ -94,7 +100,8 @@ pub fn from_model(model: &Model) -> Vec<(Service, Vec<Endpoint>)> {
                 .filter(|p| svc.selects(p))
                 .filter_map(|p| {
                     let node = p.node.as_deref()?.strip_prefix("node-")?.parse().ok()?;
-                    Some(Endpoint { ip: p.ip?, port: p.resolve_port(&sp.target_port, sp.protocol)?, node })
+                    let ip = p.ip.or_else(|| p.ip6.and_then(unembed))?;
+                    Some(Endpoint { ip, port: p.resolve_port(&sp.target_port, sp.protocol)?, node })
                 })
                 .collect();
             let service = Service {
@@ -132,9 +139,62 @@ fn pick(out: &mut Vec<String>, from: &str, comment: &str, seps: &[String]) {
     }
 }
 
+/// Which of iptables and ip6tables a payload is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    V4,
+    /// Every address embedded in fd00::/96.
+    V6,
+}
+
+impl Stack {
+    /// The tool of this family: "iptables" -> "ip6tables".
+    fn tool(self, base: &str) -> String {
+        match self {
+            Stack::V4 => base.to_string(),
+            Stack::V6 => base.replacen("iptables", "ip6tables", 1),
+        }
+    }
+
+    /// One host as a CIDR: 10.96.0.10/32 or fd00::a60:a/128.
+    fn host(self, ip: Ipv4Addr) -> String {
+        match self {
+            Stack::V4 => format!("{ip}/32"),
+            Stack::V6 => format!("{}/128", embed(ip)),
+        }
+    }
+
+    /// A DNAT destination: 10.244.1.2:80 or [fd00::af4:102]:80.
+    fn to(self, ip: Ipv4Addr, port: u16) -> String {
+        match self {
+            Stack::V4 => format!("{ip}:{port}"),
+            Stack::V6 => format!("[{}]:{port}", embed(ip)),
+        }
+    }
+
+    fn cluster(self) -> String {
+        match self {
+            Stack::V4 => CLUSTER_CIDR.to_string(),
+            // CLUSTER_CIDR is a constant that parses.
+            Stack::V6 => embed_net(CLUSTER_CIDR.parse().expect("a CIDR")).to_string(),
+        }
+    }
+}
+
 /// The `iptables-restore` payload for node `node`: the nat table, then the
 /// filter table. `legacy_layout` leaves out KUBE-FORWARD (older kube-proxy).
 pub fn render(node: u32, services: &[(Service, Vec<Endpoint>)], legacy_layout: bool) -> String {
+    render_in(Stack::V4, node, services, legacy_layout)
+}
+
+/// `render` for iptables or (`Stack::V6`) ip6tables.
+pub fn render_in(
+    stack: Stack,
+    node: u32,
+    services: &[(Service, Vec<Endpoint>)],
+    legacy_layout: bool,
+) -> String {
+    let cluster = stack.cluster();
     let mut chains: Vec<String> =
         ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"].map(String::from).into();
     let mut rules: Vec<String> = vec![
@@ -151,21 +211,25 @@ pub fn render(node: u32, services: &[(Service, Vec<Endpoint>)], legacy_layout: b
         let (svc_chain, proto, name) = (svc.svc_chain(), svc.protocol.as_str(), svc.key());
         let seps: Vec<String> = eps.iter().map(|e| svc.sep_chain(e)).collect();
         chains.push(svc_chain.clone());
+        let cluster_ip = stack.host(svc.cluster_ip);
         rules.push(format!(
-            "-A KUBE-SERVICES -d {}/32 -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j {svc_chain}",
-            svc.cluster_ip, svc.port
+            "-A KUBE-SERVICES -d {cluster_ip} -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j {svc_chain}",
+            svc.port
         ));
         rules.push(format!(
-            "-A {svc_chain} ! -s {CLUSTER_CIDR} -d {}/32 -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j KUBE-MARK-MASQ",
-            svc.cluster_ip, svc.port
+            "-A {svc_chain} ! -s {cluster} -d {cluster_ip} -p {proto} -m comment --comment \"{name} cluster IP\" -m {proto} --dport {} -j KUBE-MARK-MASQ",
+            svc.port
         ));
         pick(&mut rules, &svc_chain, &format!("{name} -> endpoints"), &seps);
         for (ep, sep) in eps.iter().zip(&seps) {
             chains.push(sep.clone());
-            rules.push(format!("-A {sep} -s {}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ", ep.ip));
             rules.push(format!(
-                "-A {sep} -p {proto} -m comment --comment \"{name}\" -m {proto} -j DNAT --to-destination {}:{}",
-                ep.ip, ep.port
+                "-A {sep} -s {} -m comment --comment \"{name}\" -j KUBE-MARK-MASQ",
+                stack.host(ep.ip)
+            ));
+            rules.push(format!(
+                "-A {sep} -p {proto} -m comment --comment \"{name}\" -m {proto} -j DNAT --to-destination {}",
+                stack.to(ep.ip, ep.port)
             ));
         }
         let Some(np) = svc.node_port else { continue };
@@ -192,7 +256,7 @@ pub fn render(node: u32, services: &[(Service, Vec<Endpoint>)], legacy_layout: b
             }
             TrafficPolicy::Local => {
                 rules.push(format!(
-                    "-A {ext} -s {CLUSTER_CIDR} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}"
+                    "-A {ext} -s {cluster} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}"
                 ));
                 rules.push(format!(
                     "-A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
@@ -303,29 +367,40 @@ pub fn apply(
     services: &[(Service, Vec<Endpoint>)],
     legacy_layout: bool,
 ) -> Result<()> {
-    let payload = render(node, services, legacy_layout);
-    let out = run(netns, &["iptables-restore", "--noflush", "-w", "5"], Some(payload.as_bytes()))?;
-    check(out, &format!("iptables-restore in {}", netns.display()))?;
+    apply_in(Stack::V4, netns, node, services, legacy_layout)
+}
+
+/// `apply` with iptables or (`Stack::V6`) ip6tables.
+pub fn apply_in(
+    stack: Stack,
+    netns: &Path,
+    node: u32,
+    services: &[(Service, Vec<Endpoint>)],
+    legacy_layout: bool,
+) -> Result<()> {
+    let (ipt, restore) = (stack.tool("iptables"), stack.tool("iptables-restore"));
+    let payload = render_in(stack, node, services, legacy_layout);
+    let out = run(netns, &[&restore, "--noflush", "-w", "5"], Some(payload.as_bytes()))?;
+    check(out, &format!("{restore} in {}", netns.display()))?;
     for (table, chain, spec) in jumps(legacy_layout) {
-        let mut c = vec!["iptables", "-w", "5", "-t", table, "-C", chain];
+        let mut c = vec![ipt.as_str(), "-w", "5", "-t", table, "-C", chain];
         c.extend(&spec);
         if run(netns, &c, None)?.status.success() {
             continue;
         }
-        let mut i = vec!["iptables", "-w", "5", "-t", table, "-I", chain];
+        let mut i = vec![ipt.as_str(), "-w", "5", "-t", table, "-I", chain];
         i.extend(&spec);
         check(run(netns, &i, None)?, &format!("insert jump from {table} {chain}"))?;
     }
     if legacy_layout {
         let spec = ["-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"];
-        let mut d = vec!["iptables", "-w", "5", "-t", "filter", "-D", "FORWARD"];
+        let mut d = vec![ipt.as_str(), "-w", "5", "-t", "filter", "-D", "FORWARD"];
         d.extend(spec);
         while run(netns, &d, None)?.status.success() {}
         // The chain itself goes too (absent already: nothing to do).
-        if run(netns, &["iptables", "-w", "5", "-t", "filter", "-F", "KUBE-FORWARD"], None)?.status.success()
-        {
+        if run(netns, &[&ipt, "-w", "5", "-t", "filter", "-F", "KUBE-FORWARD"], None)?.status.success() {
             check(
-                run(netns, &["iptables", "-w", "5", "-t", "filter", "-X", "KUBE-FORWARD"], None)?,
+                run(netns, &[&ipt, "-w", "5", "-t", "filter", "-X", "KUBE-FORWARD"], None)?,
                 "delete KUBE-FORWARD",
             )?;
         }
@@ -352,8 +427,11 @@ impl crate::Testbed {
         let st = self.state();
         let model = weft_agent::source::read_dir(&self.cluster_dir()).model;
         let services = from_model(&model);
-        for (i, host) in st.nodes.iter().enumerate() {
-            apply(&host.path, i as u32 + 1, &services, st.kube_proxy_legacy)?;
+        let v4 = st.family.v4().then_some(Stack::V4);
+        for stack in v4.into_iter().chain(st.family.v6().then_some(Stack::V6)) {
+            for (i, host) in st.nodes.iter().enumerate() {
+                apply_in(stack, &host.path, i as u32 + 1, &services, st.kube_proxy_legacy)?;
+            }
         }
         Ok(())
     }
@@ -502,6 +580,26 @@ COMMIT
 COMMIT
 "#;
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn ip6tables_gets_the_same_rules_with_embedded_addresses() {
+        let (v4, v6) = (render(1, &model(), false), render_in(Stack::V6, 1, &model(), false));
+        assert_eq!(v4.lines().count(), v6.lines().count(), "one rule for one rule");
+        let web = Service::cluster_ip("web", "b", Ipv4Addr::new(10, 96, 0, 10), 80);
+        let svc = web.svc_chain();
+        for want in [
+            format!("-A KUBE-SERVICES -d fd00::a60:a/128 -p tcp -m comment --comment \"web/b:80/tcp cluster IP\" -m tcp --dport 80 -j {svc}"),
+            format!("-A {svc} ! -s fd00::af4:0/112 -d fd00::a60:a/128 -p tcp -m comment --comment \"web/b:80/tcp cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ"),
+        ] {
+            assert!(v6.lines().any(|l| l == want), "{want}\nnot in\n{v6}");
+        }
+        assert!(v6.contains("-j DNAT --to-destination [fd00::af4:103]:80"), "{v6}");
+        assert!(!v6.contains("10.2"), "no IPv4 address left: {v6}");
+        assert_eq!(
+            (Stack::V6.tool("iptables-restore"), Stack::V4.tool("iptables")),
+            ("ip6tables-restore".into(), "iptables".into())
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod compare;
 pub mod conformance;
 pub mod error;
+pub mod family;
 pub mod flannel;
 pub mod kube_proxy;
 pub mod manifests;
@@ -74,6 +75,13 @@ impl Testbed {
         Testbed::start(nodes, Some(name))
     }
 
+    /// Brings up a run with `nodes` nodes whose nodes and pods use `family`.
+    pub fn up_in(nodes: u32, family: family::Family) -> Result<Testbed> {
+        let never = AtomicBool::new(false);
+        let state = topology::up_in(nodes, None, family, &never)?;
+        Ok(Testbed::with_state(state, true))
+    }
+
     fn start(nodes: u32, name: Option<&str>) -> Result<Testbed> {
         let never = AtomicBool::new(false);
         let state = topology::up(nodes, name, &never)?;
@@ -121,6 +129,11 @@ impl Testbed {
     /// The run name (the prefix of every namespace).
     pub fn run(&self) -> String {
         self.state().run
+    }
+
+    /// The address families of the run's nodes and pods.
+    pub fn family(&self) -> family::Family {
+        self.state().family
     }
 
     /// The number of nodes.

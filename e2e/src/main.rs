@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weft_e2e::family::Family;
 use weft_e2e::probe::{probe, Proto};
 use weft_e2e::serve::Server;
 use weft_e2e::signals::Signals;
@@ -39,6 +40,10 @@ enum Cmd {
         name: Option<String>,
         #[arg(long)]
         keep: bool,
+        /// The address families of nodes and pods: ipv4, ipv6 (the plan
+        /// embedded in fd00::/96) or dual.
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
     },
     /// Delete everything a run created (idempotent).
     Down { run: String },
@@ -124,6 +129,10 @@ enum ConformanceCmd {
         /// node nor the external client (where only an overlay works).
         #[arg(long)]
         anti_spoofing: bool,
+        /// ipv4, ipv6 (the plan and the cases' CIDRs embedded in fd00::/96)
+        /// or dual (every probe in both families).
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -180,7 +189,7 @@ fn main() -> ExitCode {
         }
     };
     let r = match cli.cmd {
-        Cmd::Up { nodes, name, keep } => return up(nodes, name.as_deref(), keep),
+        Cmd::Up { nodes, name, keep, family } => return up(nodes, name.as_deref(), keep, family),
         Cmd::Probe { netns, to, proto, timeout_ms } => return probe_cmd(&netns, to, proto, timeout_ms),
         Cmd::Down { run } => topology::down(&run),
         Cmd::Status { run } => topology::status(&run).map(|s| print!("{s}")),
@@ -198,7 +207,8 @@ fn main() -> ExitCode {
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
         Cmd::Conformance {
-            cmd: ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, paths },
+            cmd:
+                ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, family, paths },
         } => {
             let opts = weft_e2e::conformance::Options {
                 backend,
@@ -207,6 +217,7 @@ fn main() -> ExitCode {
                 explain,
                 mode,
                 anti_spoofing,
+                family,
                 ..Default::default()
             };
             return conformance_cmd(opts, list, &paths);
@@ -222,13 +233,13 @@ fn parse_mode(s: &str) -> Result<weft_e2e::conformance::Mode, String> {
     s.parse()
 }
 
-fn up(nodes: u32, name: Option<&str>, keep: bool) -> ExitCode {
+fn up(nodes: u32, name: Option<&str>, keep: bool, family: Family) -> ExitCode {
     // First, before any other thread exists: signals go to the watcher thread only.
     let signals = match Signals::watch() {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let state = match topology::up(nodes, name, signals.cancel()) {
+    let state = match topology::up_in(nodes, name, family, signals.cancel()) {
         Ok(s) => s,
         Err(E2eError::Cancelled) => {
             eprintln!("weft-e2e: up cancelled; what it created is deleted");
@@ -268,15 +279,22 @@ fn probe_cmd(netns: &std::path::Path, to: SocketAddr, proto: Proto, timeout_ms: 
 fn pod(cmd: PodCmd) -> Result<(), E2eError> {
     match cmd {
         PodCmd::Add { run, node, name } => {
-            let pod = Testbed::open(&run)?.add_pod(node, &name)?;
-            println!("{}", pod.ip);
+            let mut tb = Testbed::open(&run)?;
+            tb.add_pod(node, &name)?;
+            let rec = tb.pod(&name).ok_or_else(|| E2eError::PodNotFound { run, name: name.clone() })?;
+            println!("{}", joined(&rec.addresses()));
         }
         PodCmd::Del { run, name } => {
             let rec = Testbed::open(&run)?.delete_pod(&name)?;
-            println!("{}", rec.ip.map(|ip| ip.to_string()).unwrap_or_default());
+            println!("{}", joined(&rec.addresses()));
         }
     }
     Ok(())
+}
+
+/// A pod's addresses as the CLI prints them: "10.244.1.2 fd00::af4:102".
+fn joined(ips: &[std::net::IpAddr]) -> String {
+    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
 fn serve(name: &str, ports: &[u16], echo_peer: bool) -> Result<(), E2eError> {

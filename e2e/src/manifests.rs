@@ -2,7 +2,7 @@
 //! would hold them: built as JSON values and written as YAML, so no hand
 //! formatting can produce a manifest the agent reads differently.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 use weft_agent::model::{ContainerPort, Labels, PortRef, Protocol, ServicePort, TrafficPolicy};
@@ -39,6 +39,20 @@ pub fn pod(
     ports: &[ContainerPort],
     ip: Option<Ipv4Addr>,
 ) -> Value {
+    let ips: Vec<IpAddr> = ip.map(IpAddr::V4).into_iter().collect();
+    pod_with_addresses(namespace, name, labels, node, ports, &ips)
+}
+
+/// `pod` with the addresses of every family it has (podIP the first, podIPs
+/// all; Pending while there are none).
+pub fn pod_with_addresses(
+    namespace: &str,
+    name: &str,
+    labels: &Labels,
+    node: u32,
+    ports: &[ContainerPort],
+    ips: &[IpAddr],
+) -> Value {
     let ports: Vec<Value> = ports
         .iter()
         .map(|p| {
@@ -56,9 +70,9 @@ pub fn pod(
                  "containers": [{"name": "serve", "image": "weft-e2e", "ports": ports}]},
         "status": {"phase": "Pending"},
     });
-    if let Some(ip) = ip {
-        v["status"] =
-            json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
+    if let Some(ip) = ips.first() {
+        let all: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+        v["status"] = json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": all});
     }
     v
 }
@@ -199,6 +213,14 @@ mod tests {
             panic!()
         };
         assert_eq!(pending.ip, None);
+        // Dual-stack: podIPs lists both families.
+        let ip6: IpAddr = "fd00::af4:205".parse().unwrap();
+        let Object::Pod(dual) =
+            parse_one(&to_yaml(&pod_with_addresses("x", "a", &labels, 2, &[], &[ip.into(), ip6])))
+        else {
+            panic!()
+        };
+        assert_eq!((dual.ip, dual.ip6.map(IpAddr::V6)), (Some(ip), Some(ip6)));
 
         let svc = ServiceManifest::new("y", "web", Ipv4Addr::new(10, 96, 0, 10), &[("pod", "a")])
             .port(80, Protocol::Tcp, PortRef::Name("serve-80-tcp".into()))

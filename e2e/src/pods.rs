@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use weft_netkit::netns::connect_in;
 
 use crate::error::{E2eError, Result};
+use crate::family::{embed_net, unembed, Family};
 use crate::netns::{create_netns, delete_netns, netns_exists, netns_path};
 use weft_agent::model::manifest::NAMESPACE_NAME_LABEL;
 use weft_agent::model::{ContainerPort, Labels};
@@ -58,7 +59,11 @@ pub struct Pod {
     pub node: u32,
     /// The pod's netns path.
     pub netns: PathBuf,
+    /// Its address in the plan: its IPv4 address, or in an ipv6 run the one
+    /// its IPv6 address embeds (`family::embed(ip) == ip6`).
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (ipv6 and dual runs).
+    pub ip6: Option<Ipv6Addr>,
     /// The host end of its veth, in the node's netns.
     pub host_veth: Option<String>,
     /// The workload's pid.
@@ -102,15 +107,34 @@ pub fn ipam_dir(run: &str, node: u32) -> PathBuf {
     run::run_dir(run).join(format!("ipam-n{node}"))
 }
 
+/// The cluster's pod networks in `family` (the IPv6 one embeds `CLUSTER_CIDR`).
+pub fn cluster_cidrs(family: Family) -> Vec<String> {
+    // CLUSTER_CIDR is a constant that parses.
+    let v4: Ipv4Network = CLUSTER_CIDR.parse().expect("a CIDR");
+    let v4_form = family.v4().then(|| v4.to_string());
+    v4_form.into_iter().chain(family.v6().then(|| embed_net(v4).to_string())).collect()
+}
+
 /// The plugin config a kubelet passes for node `node` (from a conflist),
-/// with `mtu` as an overlay's conflist has it.
-pub fn net_conf(run: &str, node: u32, mtu: Option<u32>) -> Value {
+/// with `mtu` as an overlay's conflist has it, in the families of `family`
+/// (one range, default route and cluster CIDR per family).
+pub fn net_conf(run: &str, node: u32, mtu: Option<u32>, family: Family) -> Value {
+    let cidr = plan::pod_cidr(node);
+    let mut ranges = Vec::new();
+    let mut routes = Vec::new();
+    if family.v4() {
+        ranges.push(json!([{"subnet": cidr.to_string()}]));
+        routes.push(json!({"dst": "0.0.0.0/0"}));
+    }
+    if family.v6() {
+        ranges.push(json!([{"subnet": embed_net(cidr).to_string()}]));
+        routes.push(json!({"dst": "::/0"}));
+    }
     let mut conf = json!({
         "cniVersion": "1.0.0", "name": "weft", "type": "weft", "bridge": BRIDGE,
-        "clusterCIDR": CLUSTER_CIDR,
+        "clusterCIDRs": cluster_cidrs(family),
         "agentSocket": crate::agents::pod_socket(run, node).display().to_string(),
-        "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": plan::pod_cidr(node).to_string()}]],
-                 "routes": [{"dst": "0.0.0.0/0"}],
+        "ipam": {"type": "weft-ipam", "ranges": ranges, "routes": routes,
                  "dataDir": ipam_dir(run, node).display().to_string()},
     });
     if let Some(m) = mtu {
@@ -170,7 +194,7 @@ fn cni_exec(run: &str, pod: &PodRecord, cmd: &str) -> Result<Output> {
     if netns_exists(&pod.netns) {
         c.env("CNI_NETNS", &pod.path);
     }
-    let conf = net_conf(run, pod.node, pod.mtu).to_string();
+    let conf = net_conf(run, pod.node, pod.mtu, pod.family).to_string();
     let what = format!("weft {cmd} of pod {} on node {}", pod.name, pod.node);
     exec_command(c, &what, Some(conf.as_bytes()), CNI_TIMEOUT)
 }
@@ -198,28 +222,50 @@ pub fn cni_del(run: &str, pod: &PodRecord) -> Result<()> {
     cni_checked(run, pod, "DEL").map(drop)
 }
 
-/// The pod's IPv4 address and the host veth's name from an ADD result.
-fn parse_add_result(pod: &str, stdout: &str) -> Result<(Ipv4Addr, Option<String>)> {
+/// What an ADD result says of the pod.
+struct Added {
+    /// The plan address (see `Pod::ip`).
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    host_veth: Option<String>,
+}
+
+/// The pod's addresses (one of each family of `family`) and the host veth's
+/// name from an ADD result.
+fn parse_add_result(pod: &str, stdout: &str, family: Family) -> Result<Added> {
     let bad = |why: String| E2eError::Cni {
         what: format!("ADD result for pod {pod}"),
         detail: format!("{why}: {stdout}"),
     };
     let v: Value = serde_json::from_str(stdout).map_err(|e| bad(format!("not JSON ({e})")))?;
-    let ip = v["ips"]
+    let ips: Vec<IpAddr> = v["ips"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|i| i["address"].as_str()?.parse::<Ipv4Network>().ok())
+        .filter_map(|i| i["address"].as_str()?.parse::<ipnetwork::IpNetwork>().ok())
         .map(|n| n.ip())
-        .next()
-        .ok_or_else(|| bad("no IPv4 address".into()))?;
+        .collect();
+    let ip4 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let ip6 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    if family.v4() && ip4.is_none() || family.v6() && ip6.is_none() {
+        return Err(bad(format!("no address of each family of {family}")));
+    }
+    let ip = ip4
+        .or_else(|| ip6.and_then(unembed))
+        .ok_or_else(|| bad("an IPv6 address outside fd00::/96".into()))?;
     let host_veth = v["interfaces"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|i| i.get("sandbox").is_none() && i["name"].as_str() != Some(BRIDGE))
         .and_then(|i| i["name"].as_str().map(String::from));
-    Ok((ip, host_veth))
+    Ok(Added { ip, ip6, host_veth })
 }
 
 /// Sets `lo` up in the named netns (the runtime's loopback plugin does this for a real pod).
@@ -327,6 +373,8 @@ impl Testbed {
                 container_id: container_id(&run, ns, pod_name),
                 weft,
                 ip: None,
+                ip6: None,
+                family: st.family,
                 host_veth: None,
                 mtu: st.pod_mtu,
                 labels,
@@ -378,14 +426,14 @@ impl Testbed {
         lo_up_in(&rec.netns)?;
         // As the API server shows a scheduled pod before its sandbox exists:
         // the agent knows its labels when ADD reports its address.
-        self.write_pod_manifest(rec, None)?;
+        self.write_pod_manifest(rec)?;
         let t0 = Instant::now();
         let stdout = cni_checked(run, rec, "ADD")?;
         let add = t0.elapsed();
-        let (ip, host_veth) = parse_add_result(&rec.name, &stdout)?;
+        let Added { ip, ip6, host_veth } = parse_add_result(&rec.name, &stdout, rec.family)?;
         self.update_state(|st| {
             if let Some(p) = st.pods.iter_mut().find(|p| p.name == rec.name) {
-                p.ip = Some(ip);
+                (p.ip, p.ip6) = (Some(ip), ip6);
                 p.host_veth = host_veth.clone();
             }
             run::save(st)
@@ -404,7 +452,16 @@ impl Testbed {
         }
         let what = format!("serve of pod {}", rec.name);
         let pid = self.spawn_command(&workload_name(&rec.name), &rec.path, c, &what, READY_TIMEOUT)?;
-        Ok(Pod { name: rec.name.clone(), node: rec.node, netns: rec.path.clone(), ip, host_veth, pid, add })
+        Ok(Pod {
+            name: rec.name.clone(),
+            node: rec.node,
+            netns: rec.path.clone(),
+            ip,
+            ip6,
+            host_veth,
+            pid,
+            add,
+        })
     }
 
     /// Deletes pod `name`: stops its workload, releases it with CNI DEL (its
@@ -436,15 +493,17 @@ impl Testbed {
             let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]);
             self.write_manifest(&ns_file, &manifests::to_yaml(&manifests::namespace(ns, &labels)))?;
         }
-        self.write_pod_manifest(rec, Some(pod.ip))?;
+        let added = PodRecord { ip: Some(pod.ip), ip6: pod.ip6, ..rec.clone() };
+        self.write_pod_manifest(&added)?;
         self.apply_services()?;
         Ok(pod)
     }
 
-    /// (Re)writes the manifest of pod `rec` with address `ip`.
-    pub(crate) fn write_pod_manifest(&self, rec: &PodRecord, ip: Option<Ipv4Addr>) -> Result<()> {
+    /// (Re)writes the manifest of pod `rec` with the addresses it holds.
+    pub(crate) fn write_pod_manifest(&self, rec: &PodRecord) -> Result<()> {
         let (ns, pod_name) = split_pod_name(&rec.name)?;
-        let doc = manifests::pod(ns, pod_name, &rec.labels, rec.node, &rec.ports, ip);
+        let doc =
+            manifests::pod_with_addresses(ns, pod_name, &rec.labels, rec.node, &rec.ports, &rec.addresses());
         self.write_manifest(&manifests::file_name("Pod", Some(ns), pod_name), &manifests::to_yaml(&doc))
     }
 
@@ -459,7 +518,7 @@ impl Testbed {
             let rec = p.clone();
             run::save(st).map(|()| rec)
         })?;
-        self.write_pod_manifest(&rec, rec.ip)?;
+        self.write_pod_manifest(&rec)?;
         self.apply_services()
     }
 
@@ -575,13 +634,22 @@ mod tests {
 
     #[test]
     fn config_is_the_conflist_entry() {
-        let c = net_conf("wt00aa", 2, None);
+        let c = net_conf("wt00aa", 2, None, Family::Ipv4);
         assert_eq!(c["type"], "weft");
         assert!(c.get("mtu").is_none());
-        assert_eq!(net_conf("wt00aa", 2, Some(1450))["mtu"], 1450);
+        assert_eq!(net_conf("wt00aa", 2, Some(1450), Family::Ipv4)["mtu"], 1450);
         assert_eq!(c["cniVersion"], "1.0.0");
-        assert_eq!(c["ipam"]["ranges"][0][0]["subnet"], "10.244.2.0/24");
+        assert_eq!(c["ipam"]["ranges"], serde_json::json!([[{"subnet": "10.244.2.0/24"}]]));
+        assert_eq!(c["clusterCIDRs"], serde_json::json!(["10.244.0.0/16"]));
         assert_eq!(c["ipam"]["dataDir"], "/run/weft-e2e/wt00aa/ipam-n2");
+        // Each family its range, default route and cluster CIDR; ipv6 the plan's embedding.
+        let d = net_conf("wt00aa", 2, None, Family::Dual);
+        let ranges = serde_json::json!([[{"subnet": "10.244.2.0/24"}], [{"subnet": "fd00::af4:200/120"}]]);
+        assert_eq!(d["ipam"]["ranges"], ranges);
+        assert_eq!(d["ipam"]["routes"], serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
+        assert_eq!(d["clusterCIDRs"], serde_json::json!(["10.244.0.0/16", "fd00::af4:0/112"]));
+        let v6 = net_conf("wt00aa", 2, None, Family::Ipv6);
+        assert_eq!(v6["ipam"]["ranges"], serde_json::json!([[{"subnet": "fd00::af4:200/120"}]]));
     }
 
     #[test]
@@ -590,10 +658,16 @@ mod tests {
             {"name":"veth1234abcd","mac":"aa:bb:cc:dd:ee:01"},
             {"name":"eth0","mac":"aa:bb:cc:dd:ee:02","sandbox":"/run/netns/x"}],
             "ips":[{"address":"10.244.1.2/24","gateway":"10.244.1.1","interface":2}]}"#;
-        let (ip, veth) = parse_add_result("ns/p", r).unwrap();
-        assert_eq!(ip, Ipv4Addr::new(10, 244, 1, 2));
-        assert_eq!(veth.as_deref(), Some("veth1234abcd"));
-        assert!(parse_add_result("ns/p", r#"{"ips":[]}"#).is_err());
-        assert!(parse_add_result("ns/p", "nope").is_err());
+        let a = parse_add_result("ns/p", r, Family::Ipv4).unwrap();
+        assert_eq!((a.ip, a.ip6), (Ipv4Addr::new(10, 244, 1, 2), None));
+        assert_eq!(a.host_veth.as_deref(), Some("veth1234abcd"));
+        assert!(parse_add_result("ns/p", r#"{"ips":[]}"#, Family::Ipv4).is_err());
+        assert!(parse_add_result("ns/p", "nope", Family::Ipv4).is_err());
+        // An ipv6 run: the plan address is the one the IPv6 address embeds; a missing family fails.
+        let v6 = r#"{"ips":[{"address":"fd00::af4:102/120","interface":2}]}"#;
+        let a = parse_add_result("ns/p", v6, Family::Ipv6).unwrap();
+        assert_eq!((a.ip, a.ip6), (Ipv4Addr::new(10, 244, 1, 2), "fd00::af4:102".parse().ok()));
+        assert!(parse_add_result("ns/p", v6, Family::Dual).is_err());
+        assert!(parse_add_result("ns/p", r, Family::Dual).is_err());
     }
 }

@@ -11,6 +11,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{E2eError, Result};
+use crate::family::Family;
 use crate::netns::netns_path;
 use crate::plan;
 
@@ -66,6 +67,11 @@ pub struct RunState {
     /// None: the plugin's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_mtu: Option<u32>,
+    /// The address families of nodes, pods and probes (`up --family`); the
+    /// lan keeps its IPv4 addresses in every family and gains their
+    /// embeddings (`family::embed`) in ipv6 and dual.
+    #[serde(default)]
+    pub family: Family,
 }
 
 /// A pod: its netns (created by the testbed) and its attachment (made by the
@@ -82,9 +88,16 @@ pub struct PodRecord {
     pub container_id: String,
     /// The `weft` binary that made the attachment (and is used to release it).
     pub weft: PathBuf,
-    /// The pod's address, once CNI ADD has returned it.
+    /// The pod's address in the plan, once CNI ADD has returned it: its IPv4
+    /// address, or in an ipv6 run the one its IPv6 address embeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Its IPv6 address (ipv6 and dual runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    /// The families it was attached in (the run's).
+    #[serde(default)]
+    pub family: Family,
     /// The host end of the pod's veth, in the node's netns, from the ADD result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_veth: Option<String>,
@@ -100,6 +113,12 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// The addresses the pod holds, IPv4 first (none before its ADD).
+    pub fn addresses(&self) -> Vec<std::net::IpAddr> {
+        let v4 = self.ip.filter(|_| self.family.v4()).map(std::net::IpAddr::V4);
+        v4.into_iter().chain(self.ip6.map(std::net::IpAddr::V6)).collect()
+    }
+
     /// The distinct port numbers its workload serves.
     pub fn serve_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self.ports.iter().map(|p| p.port).collect();
@@ -129,6 +148,7 @@ impl RunState {
             pod_seq: 0,
             kube_proxy_legacy: false,
             pod_mtu: None,
+            family: Family::default(),
         })
     }
 

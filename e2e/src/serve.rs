@@ -1,4 +1,5 @@
-//! The workload: on each port a TCP listener and a UDP socket on 0.0.0.0 that
+//! The workload: on each port a TCP listener and a UDP socket on [::] (both
+//! families; 0.0.0.0 where the netns has no IPv6) that
 //! answer every connection / datagram with the server's name and a newline, or
 //! with `NAME PEER_IP` when `echo_peer` is set (the source address the server
 //! saw, so a test can tell whether a path masquerades).
@@ -6,7 +7,7 @@
 //! readiness line between `bind` and `run`.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds TCP and UDP on 0.0.0.0:`port` for each port; replies are `NAME`.
+    /// Binds TCP and UDP on [::]:`port` (or 0.0.0.0) for each port; replies are `NAME`.
     pub fn bind(name: &str, ports: &[u16]) -> Result<Server> {
         Server::bind_with(name, ports, false)
     }
@@ -32,8 +33,13 @@ impl Server {
     pub fn bind_with(name: &str, ports: &[u16], echo_peer: bool) -> Result<Server> {
         let reply = Arc::new(Reply { name: name.into(), echo_peer });
         let mut s = Server { reply, tcp: vec![], udp: vec![] };
+        // A dual-stack socket (bindv6only is 0 in a new netns) serves IPv4 as mapped addresses.
+        let any = match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+            Ok(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            Err(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
         for &port in ports {
-            let addr = (Ipv4Addr::UNSPECIFIED, port);
+            let addr = (any, port);
             s.tcp.push(TcpListener::bind(addr).map_err(E2eError::io(format!("bind tcp port {port}")))?);
             s.udp.push(UdpSocket::bind(addr).map_err(E2eError::io(format!("bind udp port {port}")))?);
         }
@@ -68,7 +74,8 @@ impl Reply {
     /// The reply line for a client whose source address is `peer`.
     fn to(&self, peer: IpAddr) -> Vec<u8> {
         if self.echo_peer {
-            format!("{} {peer}\n", self.name).into_bytes()
+            // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+            format!("{} {}\n", self.name, peer.to_canonical()).into_bytes()
         } else {
             format!("{}\n", self.name).into_bytes()
         }
@@ -109,5 +116,7 @@ mod tests {
         let peer = IpAddr::from([172, 31, 0, 11]);
         assert_eq!(Reply { name: "web/a".into(), echo_peer: false }.to(peer), b"web/a\n");
         assert_eq!(Reply { name: "ext".into(), echo_peer: true }.to(peer), b"ext 172.31.0.11\n");
+        let mapped = IpAddr::V6(Ipv4Addr::new(172, 31, 0, 11).to_ipv6_mapped());
+        assert_eq!(Reply { name: "ext".into(), echo_peer: true }.to(mapped), b"ext 172.31.0.11\n");
     }
 }

@@ -17,6 +17,7 @@ use weft_netkit::netns::{connect_in, NetNs};
 use weft_netkit::{addr, bridge, link, veth};
 
 use crate::error::{E2eError, Result};
+use crate::family::{embed_host, embed_net, Family};
 use crate::netns::{create_netns, delete_netns, list_with_prefix, netns_exists, netns_path};
 use crate::plan::{check_run_name, random_run_name, HOST_IFNAME, MTU};
 use crate::run::{self, Host, RunState};
@@ -28,8 +29,15 @@ const NAME_ATTEMPTS: usize = 8;
 /// Not idempotent: `RunExists` if `name` is taken. On failure or when `cancel`
 /// becomes true, deletes what it created and returns the error.
 pub fn up(nodes: u32, name: Option<&str>, cancel: &AtomicBool) -> Result<RunState> {
+    up_in(nodes, name, Family::Ipv4, cancel)
+}
+
+/// `up` with nodes and pods in `family`: in ipv6 and dual every host's lan
+/// link also holds its address embedded in fd00::/96 (`family::embed`).
+pub fn up_in(nodes: u32, name: Option<&str>, family: Family, cancel: &AtomicBool) -> Result<RunState> {
     crate::plan::check_nodes(nodes)?;
     let mut state = claim_run(nodes, name)?;
+    state.family = family;
     let built = run::save(&state)
         .and_then(|()| crate::agents::write_cluster_dir(&state))
         .and_then(|()| build(&state, cancel));
@@ -93,13 +101,14 @@ async fn wire(state: &RunState, cancel: &AtomicBool) -> Result<()> {
         .map_err(E2eError::kernel(format!("bridge {} in {}", state.lan, state.lan)))?;
     for host in state.hosts() {
         check_cancel(cancel)?;
-        attach(&h, br.index, host).await?;
+        attach(&h, br.index, host, state.family).await?;
     }
     Ok(())
 }
 
-/// Plugs `host` into the lan: port `<netns>` on the bridge, `eth0` with its address.
-async fn attach(lan: &rtnetlink::Handle, bridge_index: u32, host: &Host) -> Result<()> {
+/// Plugs `host` into the lan: port `<netns>` on the bridge, `eth0` with its
+/// address (and its embedding when `family` has IPv6).
+async fn attach(lan: &rtnetlink::Handle, bridge_index: u32, host: &Host, family: Family) -> Result<()> {
     let ns = open(&host.netns)?;
     let what = |step: &str| format!("{step} for {}", host.netns);
     let pair = veth::create_veth(lan, &host.netns, HOST_IFNAME, &ns, MTU, bridge_index, false)
@@ -108,9 +117,11 @@ async fn attach(lan: &rtnetlink::Handle, bridge_index: u32, host: &Host) -> Resu
     let h = connect_in(&ns).map_err(E2eError::kernel(what("netlink")))?;
     lo_up(&h, &host.netns).await?;
     link::set_up(&h, pair.peer_index).await.map_err(E2eError::kernel(what("eth0 up")))?;
-    addr::add_address(&h, pair.peer_index, host.lan_addr.into())
-        .await
-        .map_err(E2eError::kernel(what("eth0 address")))
+    let v6 = family.v6().then(|| embed_host(host.lan_addr).into());
+    for a in std::iter::once(host.lan_addr.into()).chain(v6) {
+        addr::add_address(&h, pair.peer_index, a).await.map_err(E2eError::kernel(what("eth0 address")))?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn lo_up(h: &rtnetlink::Handle, ns: &str) -> Result<()> {
@@ -241,12 +252,22 @@ pub fn status(run: &str) -> Result<String> {
     let phase = if state.complete { "up" } else { "incomplete (up running or died)" };
     let mut out = format!("run {run}: {phase}, state in {}\n", run::run_dir(run).display());
     out += &format!("  {:<12} {:<8} bridge {}\n", state.lan, here(&state.lan), state.lan);
+    let v6 = state.family.v6();
     for h in state.hosts() {
-        let pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
-        out += &format!("  {:<12} {:<8} eth0 {}{pods}\n", h.netns, here(&h.netns), h.lan_addr);
+        let mut pods = h.pod_cidr.map(|c| format!(" pod-cidr {c}")).unwrap_or_default();
+        let mut lan = h.lan_addr.to_string();
+        if v6 {
+            lan += &format!(" {}", embed_host(h.lan_addr));
+            pods += &h.pod_cidr.map(|c| format!(" {}", embed_net(c))).unwrap_or_default();
+        }
+        out += &format!("  {:<12} {:<8} eth0 {lan}{pods}\n", h.netns, here(&h.netns));
+    }
+    if state.family != Family::Ipv4 {
+        out += &format!("  family {}\n", state.family);
     }
     for p in &state.pods {
-        let ip = p.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(no address)".into());
+        let ips: Vec<String> = p.addresses().iter().map(ToString::to_string).collect();
+        let ip = if ips.is_empty() { "(no address)".to_string() } else { ips.join(" ") };
         out += &format!("  pod {} on node {} netns {} {} ip {ip}\n", p.name, p.node, p.netns, here(&p.netns));
     }
     for p in &state.processes {

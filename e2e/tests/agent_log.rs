@@ -136,7 +136,7 @@ fn a_missing_pod_cidr_is_a_warning_that_waits_and_a_misspelt_node_an_error() {
     // The agent in node 1's netns, as node-3 (a later --node wins).
     tb.start_agent(1, &["--backend", "iptables", "--node", "node-3"]).unwrap();
     let log = || std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap();
-    assert!(weft_e2e::wait_until(NOTICE, || log().contains("has no IPv4 podCIDR yet")), "{}", log());
+    assert!(weft_e2e::wait_until(NOTICE, || log().contains("has no podCIDR yet")), "{}", log());
     // Three full syncs (resyncs every 500 ms) while it waits: still one line.
     let full_syncs = || {
         let body = tb.agent_get(1, "/metrics").map(|r| r.1).unwrap_or_default();
@@ -166,9 +166,9 @@ fn a_missing_pod_cidr_is_a_warning_that_waits_and_a_misspelt_node_an_error() {
     let log = log();
     let lines: Vec<&str> = log.lines().collect();
     let with = |s: &str| lines.iter().filter(|l| l.contains(s)).copied().collect::<Vec<_>>();
-    let waits = with("has no IPv4 podCIDR yet: waiting for the controller-manager");
+    let waits = with("has no podCIDR yet: waiting for the controller-manager");
     assert_eq!(waits.len(), 1, "once, not at every resync:\n{log}");
-    assert!(waits[0].contains(" WARN weft-agent: node node-3 has no IPv4 podCIDR"), "{}", waits[0]);
+    assert!(waits[0].contains(" WARN weft-agent: node node-3 has no podCIDR"), "{}", waits[0]);
     let unknown = with("node node-9 is not in the cluster state: is --node spelt as");
     assert_eq!(unknown.len(), 1, "{log}");
     assert!(

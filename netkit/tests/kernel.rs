@@ -358,7 +358,7 @@ fn masquerade_is_idempotent_and_torn_down() {
         run_in(&t.root, || lines_with(&tool_output("iptables-save", &["-t", "nat"]), "WEFT")).unwrap();
 
     let subnets = [net("10.250.0.0/24"), net("fd00:250::/64")];
-    let cluster = Some(net("10.250.0.0/16"));
+    let cluster = &[net("10.250.0.0/16")][..];
     let started = Instant::now();
     masquerade::ensure_masquerade(PLAIN, &subnets, cluster, comment).unwrap();
     let first = started.elapsed();
@@ -395,7 +395,7 @@ fn nft_masquerade_is_one_table_replaced_whole_and_torn_down() {
     let Some(t) = isolate("nft_masquerade_is_one_table_replaced_whole_and_torn_down") else { return };
     let comment = "weft test-net masquerade";
     let root_before = run_in(&t.root, || tool_output("nft", &["list", "tables"])).unwrap();
-    let (subnets, cluster) = ([net("10.250.0.0/24"), net("fd00:250::/64")], Some(net("10.250.0.0/16")));
+    let (subnets, cluster) = ([net("10.250.0.0/24"), net("fd00:250::/64")], &[net("10.250.0.0/16")][..]);
     assert!(!masquerade::masquerade_present(Nftables, &subnets, cluster, comment).unwrap());
     masquerade::ensure_masquerade(Nftables, &subnets, cluster, comment).unwrap();
     masquerade::ensure_masquerade(Nftables, &subnets, cluster, comment).unwrap();

@@ -30,6 +30,10 @@ const SYSCTLS: [(&str, &str); 3] = [
     ("net/bridge/bridge-nf-call-ip6tables", "1"),
 ];
 
+/// Routing IPv6 between pods and nodes, once a pod has an IPv6 address (a
+/// node without IPv6 pods keeps its host-mode IPv6, router advertisements included).
+const IPV6_FORWARDING: (&str, &str) = ("net/ipv6/conf/all/forwarding", "1");
+
 /// The bridge and the MTU pods get.
 pub struct Node {
     pub bridge: LinkState,
@@ -38,7 +42,7 @@ pub struct Node {
 
 /// Ensures the node is set up for `conf` and the pod's `ips`. Idempotent; cheap when already done.
 pub async fn ensure_node(h: &Handle, conf: &NetConf, ips: &[IpConfig]) -> Result<Node, CniError> {
-    ensure_sysctls()?;
+    ensure_sysctls(ips.iter().any(|i| i.address.is_ipv6()))?;
     let stamp = stamp(conf, ips);
     if let Some(b) = link::get_link(h, &conf.bridge).await? {
         if b.alias.as_deref() == Some(stamp.as_str()) {
@@ -63,7 +67,7 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
     // changed masqueradeBackend, or a host whose iptables mode changed).
     let keep = if conf.masquerade {
         let backend = MasqBackend::on_this_host(conf.masquerade_backend)?;
-        masquerade::ensure_masquerade(backend, &subnets, conf.cluster_cidr, &conf.name)?;
+        masquerade::ensure_masquerade(backend, &subnets, &conf.cluster_cidrs, &conf.name)?;
         Some(backend)
     } else {
         None
@@ -76,8 +80,9 @@ async fn set_up_node(h: &Handle, conf: &NetConf, ips: &[IpConfig], stamp: &str) 
     Ok(Node { mtu, bridge: b })
 }
 
-fn ensure_sysctls() -> Result<(), CniError> {
-    for (name, value) in SYSCTLS {
+fn ensure_sysctls(ipv6: bool) -> Result<(), CniError> {
+    let v6 = ipv6.then_some(IPV6_FORWARDING);
+    for (name, value) in SYSCTLS.into_iter().chain(v6) {
         sysctl::ensure_sysctl(name, value).map_err(|e| {
             let hint = if name.starts_with("net/bridge") {
                 " (is the br_netfilter module loaded? `modprobe br_netfilter`)"
@@ -117,7 +122,7 @@ fn stamp(conf: &NetConf, ips: &[IpConfig]) -> String {
         conf.is_gateway,
         conf.masquerade,
         conf.masquerade_backend,
-        conf.cluster_cidr,
+        conf.cluster_cidrs,
         ips.iter().map(|i| (net_of(&i.address), i.gateway)).collect::<Vec<_>>()
     );
     format!("weft:{:016x}", weft_conf::hash::fnv1a64(desc.as_bytes()))

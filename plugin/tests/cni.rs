@@ -490,6 +490,8 @@ fn dual_stack_pods_reach_each_other_over_both_families() {
     let mut chk = conf.clone();
     chk["prevResult"] = ra.clone();
     assert_eq!(node.cni(&weft(), "CHECK", "ds-a", Some(&a.path), &chk).code, 0);
+    let forwarding = node.sh(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
+    assert_eq!(forwarding.trim(), "1", "a node with IPv6 pods routes IPv6");
     let nat6 = node.sh(&["ip6tables-save", "-t", "nat"]);
     assert_eq!(nat6.lines().filter(|l| l.contains("-j MASQUERADE")).count(), 1, "{nat6}");
     for (id, p) in [("ds-a", &a), ("ds-b", &b)] {

@@ -63,9 +63,10 @@ pub struct Config {
     pub poll: Duration,
     /// How often the kernel is reconciled even when nothing changed.
     pub resync: Duration,
-    /// The pod network of the whole cluster (`--cluster-cidr`). When set, the
-    /// agent owns the node's masquerade chain; when not, it never touches it.
-    pub cluster_cidr: Option<IpNetwork>,
+    /// The pod networks of the whole cluster (`--cluster-cidr`), at most one
+    /// per family. When set, the agent owns the node's masquerade chain; when
+    /// not, it never touches it.
+    pub cluster_cidrs: Vec<IpNetwork>,
     /// Where to write the conflist once the node is ready (`--cni-conf-dir`).
     pub cni_conf_dir: Option<PathBuf>,
     /// The CNI bin dir, to chain portmap when it is there (`--cni-bin-dir`).
@@ -241,25 +242,19 @@ impl<'c> Agent<'c> {
             .build()
             .map_err(AgentError::Runtime)?;
         let h = rt.block_on(async { weft_netkit::netns::connect_current() })?;
-        if let Some(c) = cfg.cluster_cidr.filter(|c| c.is_ipv6()) {
-            warn!(
-                cluster_cidr = %c,
-                "the cluster CIDR is IPv6 and pod CIDRs are IPv4: only traffic to this node's own pod CIDR \
-                 is exempt from masquerade"
-            );
-        }
         Ok(Agent {
             cfg,
             rt,
             h,
-            masq: cfg.cluster_cidr.map(|c| Masquerade::new(c, &cfg.network_name)),
+            masq: (!cfg.cluster_cidrs.is_empty())
+                .then(|| Masquerade::new(cfg.cluster_cidrs.clone(), &cfg.network_name)),
             masq_in,
             pick,
             policy: None,
-            cluster_v4: match cfg.cluster_cidr {
-                Some(IpNetwork::V4(n)) => Some(n),
-                _ => None,
-            },
+            cluster_v4: cfg.cluster_cidrs.iter().find_map(|c| match c {
+                IpNetwork::V4(n) => Some(*n),
+                IpNetwork::V6(_) => None,
+            }),
             source,
             snap: None,
             compiled: None,
@@ -432,9 +427,10 @@ impl<'c> Agent<'c> {
     fn write_conflist(&self, status: &mut Status) -> Option<bool> {
         let dir = self.cfg.cni_conf_dir.as_ref()?;
         let s = self.snap.as_ref()?;
-        let Some(cidr) = s.model.nodes.get(&self.cfg.node).and_then(|n| n.pod_cidr) else {
+        let cidrs = s.model.nodes.get(&self.cfg.node).map(|n| n.pod_cidrs()).unwrap_or_default();
+        if cidrs.is_empty() {
             return Some(false);
-        };
+        }
         if self.policy.is_some() && status.policy.is_none() {
             return Some(false);
         }
@@ -447,13 +443,13 @@ impl<'c> Agent<'c> {
         }
         let portmap = self.cfg.cni_bin_dir.join("portmap").is_file();
         let masq = self.masq_in.0.choice().as_str();
-        let list = cni_config::conflist(cidr, self.cfg.cluster_cidr, &socket, portmap, masq, mtu);
+        let list = cni_config::conflist(&cidrs, &self.cfg.cluster_cidrs, &socket, portmap, masq, mtu);
         let text = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
         match cni_config::write_if_changed(dir, cni_config::CONFLIST, text.as_bytes(), 0o644) {
             Ok(written) => {
                 if written {
                     let path = dir.join(cni_config::CONFLIST);
-                    info!(path = %path.display(), pod_cidr = %cidr, "wrote the conflist: the node is ready for pods");
+                    info!(path = %path.display(), pod_cidr = %crate::masquerade::joined(&cidrs), "wrote the conflist: the node is ready for pods");
                 }
                 Some(true)
             }
@@ -603,11 +599,12 @@ async fn sync(
         operator_log::OwnNode::NoPodCidr(w) => warnings.push(w),
         operator_log::OwnNode::Unknown(e) => errors.push(e),
     }
-    let pod_cidr = snap.model.nodes.get(node).and_then(|n| n.pod_cidr);
+    let pod_cidrs = snap.model.nodes.get(node).map(|n| n.pod_cidrs()).unwrap_or_default();
     // Without a pod CIDR the rules stay as they are; own_node said why.
-    let masquerade = match masq.filter(|_| pod_cidr.is_some()).map(|(m, k)| m.reconcile(k, pod_cidr, full)) {
+    let masq = masq.filter(|_| !pod_cidrs.is_empty());
+    let masquerade = match masq.map(|(m, k)| m.reconcile(k, &pod_cidrs, full)) {
         None => None,
-        Some(Ok(cidr)) => Some(cidr.to_string()),
+        Some(Ok(cidrs)) => Some(crate::masquerade::joined(&cidrs)),
         Some(Err(e)) => {
             errors.push(e);
             None

@@ -1,10 +1,14 @@
 //! `weft-agent explain --check`: the node misconfigurations behind the
 //! classic failures, read from the live node (the netns explain runs in):
-//! bridge-nf-call-iptables (or -ip6tables) or ip_forward off, hairpin off on a bridge port,
+//! bridge-nf-call-iptables (or -ip6tables) or ip_forward off (or IPv6
+//! forwarding, on a node with an IPv6 pod CIDR), hairpin off on a bridge port,
 //! weft's FORWARD jump not first, the masquerade rule missing, weft sets or
 //! chains left from another run or backend, a route to another node's pod
-//! CIDR missing. Each finding says whether it is in play for the connection
+//! CIDR (of either family) missing. IPv6 findings are never in play: explain
+//! takes IPv4 endpoints. Each finding says whether it is in play for the connection
 //! being explained.
+
+use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
@@ -15,7 +19,7 @@ use weft_netkit::tool;
 use crate::explain::Explanation;
 use crate::model::Model;
 use crate::policy::compile;
-use crate::routes::desired_routes;
+use crate::routes::{desired_routes, desired_routes6};
 
 /// One misconfiguration found on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +64,13 @@ pub fn check_node(
             here.is_some(),
         );
     }
+    let ipv6_pods = model.nodes.get(node).is_some_and(|n| n.pod_cidr6.is_some());
+    if ipv6_pods && read_sysctl("net/ipv6/conf/all/forwarding").is_ok_and(|v| v.trim() == "0") {
+        find(
+            "net.ipv6.conf.all.forwarding is 0: this node forwards no IPv6 to or from its pods".into(),
+            false,
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
     if let Ok(rt) = rt {
         rt.block_on(async {
@@ -83,7 +94,8 @@ pub fn check_node(
                 let (want, _) = desired_routes(model, node);
                 for (dst, gw) in want {
                     let main = crate::routes::Table::Main;
-                    if !have.iter().any(|r| r.table == main && r.dst == dst && r.gw == gw) {
+                    let (dst_ip, gw_ip) = (IpNetwork::V4(dst), IpAddr::V4(gw));
+                    if !have.iter().any(|r| r.table == main && r.dst == dst_ip && r.gw == gw_ip) {
                         let in_play = e.hops.iter().any(|h| h.node != node)
                             && model
                                 .nodes
@@ -92,6 +104,21 @@ pub fn check_node(
                         find(
                             format!("the route to {dst} via {gw} (another node's pods) is missing"),
                             in_play,
+                        );
+                    }
+                }
+                // IPv6 pod CIDRs are routed in host-gw only: an overlay route says this node is not.
+                let host_gw = !have.iter().any(|r| r.dev == crate::routes::Dev::Overlay);
+                let (want6, _) = desired_routes6(model, node);
+                for (dst, gw) in want6.into_iter().filter(|_| host_gw) {
+                    let (dst_ip, gw_ip) = (IpNetwork::V6(dst), IpAddr::V6(gw));
+                    if !have
+                        .iter()
+                        .any(|r| r.table == crate::routes::Table::Main && r.dst == dst_ip && r.gw == gw_ip)
+                    {
+                        find(
+                            format!("the route to {dst} via {gw} (another node's IPv6 pods) is missing"),
+                            false,
                         );
                     }
                 }
@@ -148,7 +175,7 @@ pub fn check_node(
     }
     if let (Some(own), Some(c)) = (model.nodes.get(node).and_then(|n| n.pod_cidr), cluster) {
         // In whichever backend holds it: the agent's follows its policy backend.
-        let present = |b| masquerade_present(b, &[IpNetwork::V4(own)], Some(IpNetwork::V4(c)), network_name);
+        let present = |b| masquerade_present(b, &[IpNetwork::V4(own)], &[IpNetwork::V4(c)], network_name);
         let mode = weft_netkit::iptables_mode::detect().ok();
         let backends = [MasqBackend::Iptables(mode), MasqBackend::Nftables];
         if backends.iter().all(|b| matches!(present(*b), Ok(false))) {

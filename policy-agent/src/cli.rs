@@ -71,11 +71,12 @@ pub struct RunArgs {
     /// Where to write the status JSON (atomically) after each sync.
     #[arg(long, default_value = weft_agent::status::DEFAULT_STATUS_FILE)]
     pub status_file: PathBuf,
-    /// The pod network of the whole cluster (IPv4 or IPv6). When given, the agent
+    /// The pod network of the whole cluster: one CIDR, or one per family for
+    /// dual-stack (`10.244.0.0/16,fd00:10:244::/56`). When given, the agent
     /// owns the node's masquerade rule: pod traffic leaving this network is
     /// masqueraded. Without it, the agent never touches masquerade.
-    #[arg(long, value_parser = parse_cidr)]
-    pub cluster_cidr: Option<IpNetwork>,
+    #[arg(long, value_parser = parse_cidr, value_delimiter = ',', num_args = 1)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The CNI network's name: the comment on the masquerade rules (the plugin
     /// writes the same comment).
     #[arg(long, default_value = "weft", value_parser = parse_network_name)]
@@ -188,6 +189,15 @@ fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
     IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Checks that `cidrs` hold at most one network per family.
+pub fn one_per_family(cidrs: &[IpNetwork]) -> Result<(), String> {
+    let v4 = cidrs.iter().filter(|c| c.is_ipv4()).count();
+    if v4 > 1 || cidrs.len() - v4 > 1 {
+        return Err(format!("at most one CIDR per family, got {cidrs:?}"));
+    }
+    Ok(())
+}
+
 /// A Node's name: a DNS subdomain (lowercase letters, digits, '-' and '.',
 /// at most 253), so a typo fails here, before the agent touches the node.
 fn parse_node_name(s: &str) -> Result<String, String> {
@@ -283,11 +293,15 @@ mod tests {
     fn flags() {
         let base = ["weft-agent", "--node", "n1", "--source", "dir:/x", "--status-file", "/s"];
         let a = run_args(base).unwrap();
-        assert_eq!((a.cluster_cidr, a.network_name.as_str()), (None, "weft"));
+        assert_eq!((a.cluster_cidr.is_empty(), a.network_name.as_str()), (true, "weft"));
         let a =
             run_args(base.into_iter().chain(["--cluster-cidr", "10.244.0.0/16", "--network-name", "pods"]))
                 .unwrap();
-        assert_eq!(a.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(a.cluster_cidr, ["10.244.0.0/16".parse().unwrap()]);
+        let dual = base.into_iter().chain(["--cluster-cidr", "10.244.0.0/16,fd00::af4:0/112"]);
+        let dual = run_args(dual).unwrap().cluster_cidr;
+        assert_eq!((dual.len(), one_per_family(&dual)), (2, Ok(())));
+        assert!(one_per_family(&[dual[0], dual[0]]).is_err());
         assert_eq!(a.network_name, "pods");
         assert!(run_args(base.into_iter().chain(["--cluster-cidr", "nope"])).is_err());
         assert!(run_args(base.into_iter().chain(["--network-name", " "])).is_err());

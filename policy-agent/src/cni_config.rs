@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
 /// The conflist's file name (sorts before most others, as CNI picks the first).
@@ -18,13 +18,14 @@ pub const CONFLIST: &str = "10-weft.conflist";
 /// The binaries `install-cni` copies.
 pub const BINARIES: [&str; 2] = ["weft", "weft-ipam"];
 
-/// The conflist for a node with pod CIDR `pod_cidr`: weft (with its IPAM in
+/// The conflist for a node with pod CIDRs `pod_cidrs` (one range and one
+/// default route per family): weft (with its IPAM in
 /// process and the agent's socket, masquerading in `masquerade_backend`, the
 /// agent's, and `mtu` when an overlay needs one), chained with portmap when
 /// `portmap`.
 pub fn conflist(
-    pod_cidr: Ipv4Network,
-    cluster: Option<IpNetwork>,
+    pod_cidrs: &[IpNetwork],
+    cluster: &[IpNetwork],
     agent_socket: &Path,
     portmap: bool,
     masquerade_backend: &str,
@@ -37,13 +38,19 @@ pub fn conflist(
         "masqueradeBackend": masquerade_backend,
         "ipam": {
             "type": "weft-ipam",
-            "ranges": [[{"subnet": pod_cidr.to_string()}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
+            "ranges": pod_cidrs.iter().map(|c| json!([{"subnet": c.to_string()}])).collect::<Vec<_>>(),
+            "routes": pod_cidrs
+                .iter()
+                .map(|c| json!({"dst": if c.is_ipv4() { "0.0.0.0/0" } else { "::/0" }}))
+                .collect::<Vec<_>>(),
             "dataDir": "/var/lib/cni/weft",
         },
     });
-    if let Some(c) = cluster {
+    if let Some(c) = cluster.first() {
         weft["clusterCIDR"] = json!(c.to_string());
+    }
+    if cluster.len() > 1 {
+        weft["clusterCIDRs"] = json!(cluster.iter().map(ToString::to_string).collect::<Vec<_>>());
     }
     if let Some(m) = mtu {
         weft["mtu"] = json!(m);
@@ -93,8 +100,8 @@ mod tests {
     #[test]
     fn the_conflist_is_what_a_runtime_and_weft_accept() {
         let v = conflist(
-            "10.244.3.0/24".parse().unwrap(),
-            Some("10.244.0.0/16".parse().unwrap()),
+            &["10.244.3.0/24".parse().unwrap(), "fd00::af4:300/120".parse().unwrap()],
+            &["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()],
             Path::new("/run/weft/agent.sock"),
             true,
             "nftables",
@@ -103,14 +110,20 @@ mod tests {
         let list = NetConfList::parse(v.to_string().as_bytes()).unwrap();
         assert_eq!(list.plugins.len(), 2);
         let weft = NetConf::parse(list.plugin_config(0, None).unwrap().to_string().as_bytes()).unwrap();
-        assert_eq!(weft.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        let both: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()];
+        assert_eq!(weft.cluster_cidrs, both, "the plugin masquerades as the agent does");
         assert_eq!(weft.agent_socket.as_deref(), Some(Path::new("/run/weft/agent.sock")));
         assert_eq!(weft.ipam.raw["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        assert_eq!(
+            weft.ipam.raw["ranges"][1][0]["subnet"], "fd00::af4:300/120",
+            "dual-stack: a range per family"
+        );
+        assert_eq!(weft.ipam.raw["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
         assert_eq!(weft.masquerade_backend, weft_conf::MasqueradeBackend::Nftables);
         assert_eq!(weft.mtu, Some(1450), "the overlay's MTU");
         let alone = conflist(
-            "10.244.3.0/24".parse().unwrap(),
-            None,
+            &["10.244.3.0/24".parse().unwrap()],
+            &[],
             Path::new("/run/weft/agent.sock"),
             false,
             "iptables",

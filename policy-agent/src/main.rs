@@ -112,6 +112,10 @@ fn run_main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = cli::one_per_family(&args.cluster_cidr) {
+        tracing::error!("--cluster-cidr: {e}");
+        return ExitCode::from(2);
+    }
     let (tx, events) = mpsc::channel();
     if let Err(e) = watch_signals(tx.clone()) {
         tracing::error!("signals: {e}");
@@ -124,7 +128,7 @@ fn run_main(args: RunArgs) -> ExitCode {
         cleanup_on_exit: args.cleanup_on_exit,
         poll: Duration::from_millis(args.poll_ms.max(10)),
         resync: Duration::from_millis(args.resync_ms.max(100)),
-        cluster_cidr: args.cluster_cidr,
+        cluster_cidrs: args.cluster_cidr,
         network_name: args.network_name,
         compile: weft_agent::policy::Options { triple_peers: args.triple_peers },
         backend: args.backend,

@@ -143,12 +143,13 @@ pub fn plan(peers: &BTreeMap<Ipv4Network, Ipv4Addr>, mode: Mode, underlay: Optio
             Mode::Auto => underlay.is_some_and(|u| u.contains(gw)),
         };
         if direct {
-            p.routes.push(Route { table: Table::Main, dst, gw, dev: Dev::Underlay });
+            p.routes.push(Route::direct(dst, gw));
             continue;
         }
-        p.routes.push(Route { table: Table::Main, dst, gw, dev: Dev::Overlay });
-        let host = Ipv4Network::new(gw, 32).expect("a /32 is valid");
-        p.routes.push(Route { table: Table::Replies, dst: host, gw, dev: Dev::Overlay });
+        let (dst, gw_ip) = (dst.into(), gw.into());
+        p.routes.push(Route { table: Table::Main, dst, gw: gw_ip, dev: Dev::Overlay });
+        let host = Ipv4Network::new(gw, 32).expect("a /32 is valid").into();
+        p.routes.push(Route { table: Table::Replies, dst: host, gw: gw_ip, dev: Dev::Overlay });
         p.vteps.push(StaticEntry { mac: vtep_mac(gw), ip: gw });
     }
     p.routes.sort();

@@ -11,25 +11,29 @@
 //!
 //! The socket is root-only, yet a claim is an outside input like any other
 //! and must not bend policy, so each is checked before it counts:
-//! - the address lies in this node's pod CIDR (from the cluster state) and is
-//!   not its network or broadcast address; only the first IPv4 address
-//!   counts, as in the model;
+//! - each address lies in this node's pod CIDR of its family (from the
+//!   cluster state) and is not its network (or IPv4 broadcast) address; only
+//!   the first address of each family counts, as in the model (a report of
+//!   neither family's address changes nothing);
 //! - the pod is scheduled to this node (or not yet to any) and is not a
 //!   host-network pod;
-//! - one live attachment per address: an address another container holds,
+//! - one live attachment per address, in each family: an address another container holds,
 //!   or that the source shows for another pod of this node (no DEL having
 //!   released it), is refused, and so is a second container for a pod;
-//! - a claim the source already shows is in force without an attachment, so
-//!   a DEL from a container that did not ADD releases nothing;
+//! - a claim the source already shows (every address of it) is in force
+//!   without an attachment, so a DEL from a container that did not ADD
+//!   releases nothing;
 //! - an attachment the source never confirms expires after `CLAIM_TTL`, and
 //!   at most `MAX_AHEAD` are ahead of the source.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::{Model, Pod};
+use ipnetwork::IpNetwork;
+
+use crate::model::{Model, Node, Pod};
 
 /// How long an attachment the source has not confirmed stays in force.
 pub const CLAIM_TTL: Duration = Duration::from_secs(120);
@@ -43,10 +47,10 @@ pub const MAX_ADDRESSES: usize = 8;
 pub enum ClaimError {
     #[error("{count} addresses in one report (at most {MAX_ADDRESSES})")]
     TooManyAddresses { count: usize },
-    #[error("this node's pod CIDR is not in the cluster state yet")]
-    NoPodCidr,
+    #[error("this node's {family} pod CIDR is not in the cluster state yet")]
+    NoPodCidr { family: &'static str },
     #[error("{ip} is not a pod address of this node's pod CIDR {cidr}")]
-    OutsidePodCidr { ip: Ipv4Addr, cidr: ipnetwork::Ipv4Network },
+    OutsidePodCidr { ip: IpAddr, cidr: IpNetwork },
     #[error("pod {pod} is not in the cluster state")]
     UnknownPod { pod: String },
     #[error("pod {pod} is scheduled to node {node}, not this one")]
@@ -54,9 +58,9 @@ pub enum ClaimError {
     #[error("pod {pod} uses the host network")]
     HostNetwork { pod: String },
     #[error("{ip} is held by container {container} (pod {pod})")]
-    AddressHeld { ip: Ipv4Addr, container: String, pod: String },
+    AddressHeld { ip: IpAddr, container: String, pod: String },
     #[error("{ip} belongs to pod {pod} in the cluster state")]
-    AddressShown { ip: Ipv4Addr, pod: String },
+    AddressShown { ip: IpAddr, pod: String },
     #[error("pod {pod} is attached as container {container}; its DEL comes first")]
     PodHeld { pod: String, container: String },
     #[error("{MAX_AHEAD} attachments are ahead of the cluster state")]
@@ -78,10 +82,11 @@ pub struct Claim<'a> {
 struct Attached {
     /// "namespace/name".
     pod: String,
-    ip: Ipv4Addr,
+    /// At most one address per family, IPv4 first.
+    ips: Vec<IpAddr>,
     since: Instant,
-    /// The source has shown the pod with this address: nothing left to lay
-    /// over, kept so that its container's DEL releases the address.
+    /// The source has shown the pod with these addresses (each family it
+    /// shows agrees): kept so that its container's DEL releases them.
     confirmed: bool,
 }
 
@@ -90,7 +95,49 @@ struct Attached {
 pub struct PodEvents {
     attached: BTreeMap<(String, String), Attached>,
     /// (address, pod) pairs a DEL released that the source may still show.
-    released: BTreeSet<(Ipv4Addr, String)>,
+    released: BTreeSet<(IpAddr, String)>,
+}
+
+/// The address `pod` has in the cluster state in the family of `like`.
+fn shown_in_family(pod: &Pod, like: IpAddr) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => pod.ip.map(IpAddr::V4),
+        IpAddr::V6(_) => pod.ip6.map(IpAddr::V6),
+    }
+}
+
+/// The addresses `pod` has in the cluster state, IPv4 first.
+fn shown_addresses(pod: &Pod) -> impl Iterator<Item = IpAddr> {
+    pod.ip.map(IpAddr::V4).into_iter().chain(pod.ip6.map(IpAddr::V6))
+}
+
+/// True if the source shows `pod` with an address of `ips` and with no other
+/// address in their families.
+fn agrees(pod: &Pod, ips: &[IpAddr]) -> bool {
+    let shown: Vec<Option<IpAddr>> = ips.iter().map(|ip| shown_in_family(pod, *ip)).collect();
+    shown.iter().any(Option::is_some) && shown.iter().zip(ips).all(|(s, ip)| s.is_none_or(|s| s == *ip))
+}
+
+/// The first address of each family in `ips`, each checked against `node`'s
+/// pod CIDR of its family.
+fn pod_addresses(node: Option<&Node>, ips: &[IpAddr]) -> Result<Vec<IpAddr>, ClaimError> {
+    let v4 = ips.iter().find(|ip| ip.is_ipv4());
+    let v6 = ips.iter().find(|ip| ip.is_ipv6());
+    let mut out = Vec::with_capacity(2);
+    for ip in v4.into_iter().chain(v6).copied() {
+        let cidr = match ip {
+            IpAddr::V4(_) => node.and_then(|n| n.pod_cidr).map(IpNetwork::V4),
+            IpAddr::V6(_) => node.and_then(|n| n.pod_cidr6).map(IpNetwork::V6),
+        };
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let cidr = cidr.ok_or(ClaimError::NoPodCidr { family })?;
+        let broadcast = matches!(cidr, IpNetwork::V4(c) if ip == IpAddr::V4(c.broadcast()));
+        if !cidr.contains(ip) || ip == cidr.network() || broadcast {
+            return Err(ClaimError::OutsidePodCidr { ip, cidr });
+        }
+        out.push(ip);
+    }
+    Ok(out)
 }
 
 impl PodEvents {
@@ -101,17 +148,10 @@ impl PodEvents {
         if claim.ips.len() > MAX_ADDRESSES {
             return Err(ClaimError::TooManyAddresses { count: claim.ips.len() });
         }
-        // IPv6 only: nothing weft enforces.
-        let Some(ip) = claim.ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        }) else {
+        if claim.ips.is_empty() {
             return Ok(());
-        };
-        let cidr = model.nodes.get(node).and_then(|n| n.pod_cidr).ok_or(ClaimError::NoPodCidr)?;
-        if !cidr.contains(ip) || ip == cidr.network() || ip == cidr.broadcast() {
-            return Err(ClaimError::OutsidePodCidr { ip, cidr });
         }
+        let ips = pod_addresses(model.nodes.get(node), claim.ips)?;
         let pod = format!("{}/{}", claim.namespace, claim.name);
         let shown = model.pods.get(&pod).ok_or_else(|| ClaimError::UnknownPod { pod: pod.clone() })?;
         if let Some(other) = shown.node.as_deref().filter(|n| *n != node) {
@@ -122,46 +162,53 @@ impl PodEvents {
         }
         let key = (claim.container_id.to_string(), claim.ifname.to_string());
         for (k, a) in self.attached.iter().filter(|(k, _)| **k != key) {
-            if a.ip == ip {
-                return Err(ClaimError::AddressHeld { ip, container: k.0.clone(), pod: a.pod.clone() });
+            if let Some(ip) = ips.iter().find(|ip| a.ips.contains(ip)) {
+                return Err(ClaimError::AddressHeld { ip: *ip, container: k.0.clone(), pod: a.pod.clone() });
             }
             if a.pod == pod && k.0 != key.0 {
                 return Err(ClaimError::PodHeld { pod, container: k.0.clone() });
             }
         }
-        if let Some(owner) = self.shown_owner(model, node, ip) {
-            if owner != pod {
-                return Err(ClaimError::AddressShown { ip, pod: owner.into() });
+        let mut all_shown = true;
+        for ip in &ips {
+            match self.shown_owner(model, node, *ip) {
+                Some(owner) if owner != pod => {
+                    return Err(ClaimError::AddressShown { ip: *ip, pod: owner.into() });
+                }
+                Some(_) => {}
+                None => all_shown = false,
             }
-            if !self.attached.contains_key(&key) {
-                return Ok(());
-            }
+        }
+        if all_shown && !self.attached.contains_key(&key) {
+            return Ok(());
         }
         let new = !self.attached.contains_key(&key);
         if new && self.attached.values().filter(|a| !a.confirmed).count() >= MAX_AHEAD {
             return Err(ClaimError::Full);
         }
-        let confirmed = shown.ip == Some(ip);
-        self.attached.insert(key, Attached { pod, ip, since: now, confirmed });
+        let confirmed = agrees(shown, &ips);
+        self.attached.insert(key, Attached { pod, ips, since: now, confirmed });
         Ok(())
     }
 
     /// The pod of this node the source shows with `ip`, unless a DEL released it.
-    fn shown_owner<'m>(&self, model: &'m Model, node: &str, ip: Ipv4Addr) -> Option<&'m str> {
+    fn shown_owner<'m>(&self, model: &'m Model, node: &str, ip: IpAddr) -> Option<&'m str> {
         model
             .pods
             .iter()
-            .filter(|(_, p)| p.ip == Some(ip) && p.node.as_deref() == Some(node))
+            .filter(|(_, p)| shown_in_family(p, ip) == Some(ip) && p.node.as_deref() == Some(node))
             .map(|(k, _)| k.as_str())
             .find(|k| !self.released.contains(&(ip, k.to_string())))
     }
 
-    /// Forgets the attachment this container added and releases its address;
-    /// true if there was one (a DEL of anything else changes nothing).
+    /// Forgets the attachment this container added and releases its
+    /// addresses; true if there was one (a DEL of anything else changes nothing).
     pub fn del(&mut self, container_id: &str, ifname: &str) -> bool {
         match self.attached.remove(&(container_id.to_string(), ifname.to_string())) {
             Some(a) => {
-                self.released.insert((a.ip, a.pod));
+                for ip in a.ips {
+                    self.released.insert((ip, a.pod.clone()));
+                }
                 true
             }
             None => false,
@@ -177,25 +224,33 @@ impl PodEvents {
     pub fn overlay(&self, model: &Model, node: &str) -> Model {
         let mut m = model.clone();
         let here = |pod: &Pod| pod.node.as_deref() == Some(node);
-        let claimed: BTreeMap<Ipv4Addr, &str> =
-            self.attached.values().map(|a| (a.ip, a.pod.as_str())).collect();
+        let claimed: BTreeMap<IpAddr, &str> =
+            self.attached.values().flat_map(|a| a.ips.iter().map(|ip| (*ip, a.pod.as_str()))).collect();
+        // Only the pods changed here are copied (`Arc::make_mut`).
         if !claimed.is_empty() {
-            for (key, pod) in m.pods.iter_mut() {
-                let Some(ip) = pod.ip else { continue };
-                if here(pod) && claimed.get(&ip).is_some_and(|owner| owner != key) {
-                    Arc::make_mut(pod).ip = None;
+            for (key, pod) in m.pods.iter_mut().filter(|(_, p)| here(p)) {
+                for ip in [pod.ip.map(IpAddr::V4), pod.ip6.map(IpAddr::V6)].into_iter().flatten() {
+                    if claimed.get(&ip).is_some_and(|owner| owner != key) {
+                        without(pod, ip);
+                    }
                 }
             }
         }
         for (ip, key) in &self.released {
-            if let Some(pod) = m.pods.get_mut(key).filter(|p| p.ip == Some(*ip) && here(p)) {
-                Arc::make_mut(pod).ip = None;
+            if let Some(pod) = m.pods.get_mut(key).filter(|p| here(p) && holds(p, *ip)) {
+                without(pod, *ip);
             }
         }
         for a in self.attached.values() {
-            if let Some(pod) = m.pods.get_mut(&a.pod).filter(|p| p.ip != Some(a.ip) || !here(p)) {
+            let stale = |p: &Pod| !here(p) || a.ips.iter().any(|ip| !holds(p, *ip));
+            if let Some(pod) = m.pods.get_mut(&a.pod).filter(|p| stale(p)) {
                 let pod = Arc::make_mut(pod);
-                pod.ip = Some(a.ip);
+                for ip in &a.ips {
+                    match ip {
+                        IpAddr::V4(v4) => pod.ip = Some(*v4),
+                        IpAddr::V6(v6) => pod.ip6 = Some(*v6),
+                    }
+                }
                 pod.node = Some(node.to_string());
             }
         }
@@ -205,18 +260,18 @@ impl PodEvents {
     /// Catches up with a new state of the source: releases it no longer shows
     /// are forgotten; attachments it shows as they are become confirmed; and
     /// attachments go when their pod is gone or elsewhere, when the source
-    /// moved a confirmed one to another address, when it shows their address
-    /// for another pod, or when unconfirmed past `CLAIM_TTL`.
+    /// moved a confirmed one to another address, when it shows one of their
+    /// addresses for another pod, or when unconfirmed past `CLAIM_TTL`.
     pub fn catch_up(&mut self, model: &Model, node: &str, now: Instant) {
-        let shown: BTreeSet<(Ipv4Addr, &str)> = model
+        let shown: BTreeSet<(IpAddr, &str)> = model
             .pods
             .iter()
             .filter(|(_, p)| p.node.as_deref() == Some(node))
-            .filter_map(|(k, p)| Some((p.ip?, k.as_str())))
+            .flat_map(|(k, p)| shown_addresses(p).map(move |ip| (ip, k.as_str())))
             .collect();
         self.released.retain(|(ip, pod)| shown.contains(&(*ip, pod.as_str())));
         let released = &self.released;
-        let taken_by_other = |ip: Ipv4Addr, pod: &str| {
+        let taken_by_other = |ip: IpAddr, pod: &str| {
             shown
                 .range((ip, "")..)
                 .take_while(|(i, _)| *i == ip)
@@ -227,11 +282,15 @@ impl PodEvents {
             if p.host_network || p.node.as_deref().is_some_and(|n| n != node) {
                 return false;
             }
-            a.confirmed |= p.ip == Some(a.ip);
-            match p.ip {
-                Some(ip) if ip == a.ip => true,
+            let agreed = agrees(p, &a.ips);
+            a.confirmed |= agreed;
+            match () {
+                _ if agreed => true,
                 _ if a.confirmed => false,
-                _ => !taken_by_other(a.ip, &a.pod) && now.duration_since(a.since) < CLAIM_TTL,
+                _ => {
+                    !a.ips.iter().any(|ip| taken_by_other(*ip, &a.pod))
+                        && now.duration_since(a.since) < CLAIM_TTL
+                }
             }
         });
     }
@@ -246,6 +305,23 @@ impl PodEvents {
     /// How many attachments are ahead of the source.
     pub fn ahead(&self) -> usize {
         self.attached.values().filter(|a| !a.confirmed).count()
+    }
+}
+
+/// True if `pod` holds `ip` (its address of that family).
+fn holds(pod: &Pod, ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => pod.ip == Some(v4),
+        IpAddr::V6(v6) => pod.ip6 == Some(v6),
+    }
+}
+
+/// `pod` without its address `ip`.
+fn without(pod: &mut Arc<Pod>, ip: IpAddr) {
+    let p = Arc::make_mut(pod);
+    match ip {
+        IpAddr::V4(_) => p.ip = None,
+        IpAddr::V6(_) => p.ip6 = None,
     }
 }
 

@@ -4,9 +4,9 @@
 //! not add is never touched (adding over one fails with EEXIST and is reported).
 //! A route's link is told by the VXLAN device's index (`overlay`), when there is one.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -34,6 +34,8 @@ pub enum RouteError {
     NoOverlay { route: Route },
     #[error("{op}: dump interrupted {DUMP_ATTEMPTS} times")]
     DumpInterrupted { op: &'static str },
+    #[error("{route}: destination and gateway of different families")]
+    MixedFamilies { route: Route },
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -52,9 +54,12 @@ fn table_id(t: Table) -> u32 {
 
 /// The message for `r`; an overlay route needs the VXLAN device's index.
 fn message(r: Route, overlay: Option<u32>) -> Result<RouteMessage, RouteError> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix())
-        .gateway(r.gw)
+        .and_then(|b| b.gateway(r.gw))
+        .ok()
+        .filter(|_| r.dst.is_ipv4() == r.gw.is_ipv4())
+        .ok_or(RouteError::MixedFamilies { route: r })?
         .table_id(table_id(r.table))
         .protocol(RouteProtocol::Other(WEFT_PROTO));
     if r.dev == Dev::Overlay {
@@ -64,29 +69,32 @@ fn message(r: Route, overlay: Option<u32>) -> Result<RouteMessage, RouteError> {
     Ok(b.build())
 }
 
-/// Lists weft's IPv4 routes in the main table and `REPLY_TABLE` (`ip route
-/// show table all proto 87`); those out of link `overlay` are `Dev::Overlay`.
+/// Lists weft's IPv4 and IPv6 routes in the main table and `REPLY_TABLE`
+/// (`ip route show table all proto 87`, and `ip -6`); those out of link
+/// `overlay` are `Dev::Overlay`.
 pub async fn list_weft_routes(h: &Handle, overlay: Option<u32>) -> Result<Vec<Route>, RouteError> {
     let op = "RTM_GETROUTE";
-    let mut req = RouteMessage::default();
-    req.header.address_family = AddressFamily::Inet;
-    let msgs = dump(h, RouteNetlinkMessage::GetRoute(req)).await.map_err(|e| match e {
-        DumpError::Netlink(source) => RouteError::Netlink { op, what: "main table".into(), source },
-        DumpError::Interrupted => RouteError::DumpInterrupted { op },
-    })?;
-    let mut out: Vec<Route> = msgs
-        .iter()
-        .filter_map(|m| match m {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        let msgs = dump(h, RouteNetlinkMessage::GetRoute(req)).await.map_err(|e| match e {
+            DumpError::Netlink(source) => {
+                RouteError::Netlink { op, what: format!("{family:?} routes"), source }
+            }
+            DumpError::Interrupted => RouteError::DumpInterrupted { op },
+        })?;
+        out.extend(msgs.iter().filter_map(|m| match m {
             RouteNetlinkMessage::NewRoute(r) => weft_route(r, overlay),
             _ => None,
-        })
-        .collect();
+        }));
+    }
     out.sort();
     Ok(out)
 }
 
 /// The route in `r` if it is one of weft's: main or reply table, unicast,
-/// `WEFT_PROTO`, IPv4 via a gateway.
+/// `WEFT_PROTO`, via a gateway of its own family.
 fn weft_route(r: &RouteMessage, overlay: Option<u32>) -> Option<Route> {
     if r.header.protocol != RouteProtocol::Other(WEFT_PROTO) || r.header.kind != RouteType::Unicast {
         return None;
@@ -96,17 +104,24 @@ fn weft_route(r: &RouteMessage, overlay: Option<u32>) -> Option<Route> {
     for attr in &r.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(IpAddr::V6(*ip)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
     let table = [Table::Main, Table::Replies].into_iter().find(|t| table_id(*t) == table)?;
-    let dst =
-        Ipv4Network::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), r.header.destination_prefix_length).ok()?;
+    let any = match r.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let dst = IpNetwork::new(dst.unwrap_or(any), r.header.destination_prefix_length).ok()?;
+    let gw = gw.filter(|g| g.is_ipv4() == dst.is_ipv4())?;
     let dev = if oif.is_some() && oif == overlay { Dev::Overlay } else { Dev::Underlay };
-    Some(Route { table, dst, gw: gw?, dev })
+    Some(Route { table, dst, gw, dev })
 }
 
 /// Applies one change (`overlay`: the VXLAN device's index, for overlay

@@ -1,6 +1,7 @@
 //! Routing to other nodes, the pure part: which peers this node has (every
 //! other node's pod CIDR and InternalIP; `overlay::plan` turns them into
-//! routes by mode) and what to change in the kernel to get there.
+//! routes by mode), the IPv6 pod CIDRs' host-gw routes (via each node's IPv6
+//! InternalIP; no IPv6 overlay), and what to change in the kernel to get there.
 //! `route_table.rs` does the netlink I/O.
 //!
 //! Ownership: weft marks its routes with its own route protocol number
@@ -8,11 +9,12 @@
 //! mark, and so never changes or deletes a route it did not add.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::model::Model;
+use crate::model::{Model, Node};
 
 /// The route protocol (rtm_protocol) that marks weft's routes: 0x57, "W".
 pub const WEFT_PROTO: u8 = 0x57;
@@ -34,13 +36,21 @@ pub enum Dev {
     Overlay,
 }
 
-/// A weft route: `dst via gw [dev weft.vxlan onlink] [table REPLY_TABLE]`.
+/// A weft route: `dst via gw [dev weft.vxlan onlink] [table REPLY_TABLE]`;
+/// `dst` and `gw` are of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub table: Table,
-    pub dst: Ipv4Network,
-    pub gw: Ipv4Addr,
+    pub dst: IpNetwork,
+    pub gw: IpAddr,
     pub dev: Dev,
+}
+
+impl Route {
+    /// A host-gw route in the main table: `dst via gw`.
+    pub fn direct(dst: impl Into<IpNetwork>, gw: impl Into<IpAddr>) -> Route {
+        Route { table: Table::Main, dst: dst.into(), gw: gw.into(), dev: Dev::Underlay }
+    }
 }
 
 impl std::fmt::Display for Route {
@@ -80,12 +90,35 @@ impl std::fmt::Display for RouteChange {
 /// The routes node `me` wants, by destination, and the reasons other nodes
 /// give none (no pod CIDR, no InternalIP, a CIDR that overlaps ours or another's).
 pub fn desired_routes(model: &Model, me: &str) -> (BTreeMap<Ipv4Network, Ipv4Addr>, Vec<String>) {
-    let own = model.nodes.get(me).and_then(|n| n.pod_cidr);
+    let overlaps = |a: Ipv4Network, b: Ipv4Network| a.contains(b.network()) || b.contains(a.network());
+    let peers = model.nodes.values().map(|n| (n, n.pod_cidr, n.internal_ip));
+    peers_of(model.nodes.get(me).and_then(|n| n.pod_cidr), me, "IPv4", peers, overlaps)
+}
+
+/// The IPv6 pod CIDRs node `me` routes (host-gw), as `desired_routes`; a
+/// node without an IPv6 pod CIDR is no peer in IPv6 and gets no note.
+pub fn desired_routes6(model: &Model, me: &str) -> (BTreeMap<Ipv6Network, Ipv6Addr>, Vec<String>) {
+    let overlaps = |a: Ipv6Network, b: Ipv6Network| a.contains(b.network()) || b.contains(a.network());
+    let peers =
+        model.nodes.values().filter(|n| n.pod_cidr6.is_some()).map(|n| (n, n.pod_cidr6, n.internal_ip6));
+    peers_of(model.nodes.get(me).and_then(|n| n.pod_cidr6), me, "IPv6", peers, overlaps)
+}
+
+/// The peers of one family: each other node's (pod CIDR, InternalIP) unless
+/// one is missing or the CIDR overlaps `own` or an earlier peer's.
+fn peers_of<'m, N: Copy + Ord + Display, A>(
+    own: Option<N>,
+    me: &str,
+    family: &str,
+    nodes: impl Iterator<Item = (&'m Node, Option<N>, Option<A>)>,
+    overlaps: impl Fn(N, N) -> bool,
+) -> (BTreeMap<N, A>, Vec<String>) {
     let mut routes = BTreeMap::new();
     let mut notes = Vec::new();
-    for node in model.nodes.values().filter(|n| n.name != me) {
-        let (Some(dst), Some(gw)) = (node.pod_cidr, node.internal_ip) else {
-            notes.push(format!("node {}: no podCIDR or no IPv4 InternalIP, no route", node.name));
+    for (node, cidr, gw) in nodes.filter(|(n, _, _)| n.name != me) {
+        let (Some(dst), Some(gw)) = (cidr, gw) else {
+            notes
+                .push(format!("node {}: no {family} podCIDR or no {family} InternalIP, no route", node.name));
             continue;
         };
         if own.is_some_and(|o| overlaps(o, dst)) {
@@ -99,10 +132,6 @@ pub fn desired_routes(model: &Model, me: &str) -> (BTreeMap<Ipv4Network, Ipv4Add
         routes.insert(dst, gw);
     }
     (routes, notes)
-}
-
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 /// The changes that turn `current` (weft's routes in the kernel) into
@@ -141,9 +170,10 @@ mod tests {
             name: format!("node-{n}"),
             labels: Default::default(),
             pod_cidr: Some(format!("10.244.{n}.0/24").parse().unwrap()),
-            pod_cidr6: None,
+            pod_cidr6: Some(format!("fd00::af4:{n}00/120").parse().unwrap()),
             internal_ip: Some(Ipv4Addr::new(172, 31, 0, 10 + n as u8)),
             addresses: vec![],
+            internal_ip6: Some(format!("fd00::ac1f:{:x}", 10 + n).parse().unwrap()),
         }
     }
 
@@ -168,6 +198,34 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_pod_cidrs_via_each_nodes_ipv6_internal_ip() {
+        let mut v4_only = node(3);
+        v4_only.pod_cidr6 = None;
+        let mut no_ip6 = node(4);
+        no_ip6.internal_ip6 = None;
+        let mut overlapping_me = node(5);
+        overlapping_me.pod_cidr6 = Some("fd00::af4:0/112".parse().unwrap());
+        let m = model([node(1), node(2), v4_only, no_ip6, overlapping_me]);
+        let (want, notes) = desired_routes6(&m, "node-1");
+        let want: Vec<_> = want.into_iter().map(|(dst, gw)| Route::direct(dst, gw)).collect();
+        assert_eq!(want, [r("fd00::af4:200/120", "fd00::ac1f:c")]);
+        // A node without an IPv6 pod CIDR is no IPv6 peer and no note.
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("node-4: no IPv6 podCIDR or no IPv6 InternalIP"), "{notes:?}");
+        // Both families side by side in one plan: an IPv6 route is replaced and deleted like an IPv4 one.
+        let desired = [r("10.244.2.0/24", "172.31.0.12"), r("fd00::af4:200/120", "fd00::ac1f:c")];
+        let current = [r("fd00::af4:200/120", "fd00::ac1f:63"), r("fd00::af4:900/120", "fd00::ac1f:13")];
+        assert_eq!(
+            plan(&desired, &current),
+            [
+                RouteChange::Add(desired[0]),
+                RouteChange::Replace { old: current[0], new: desired[1] },
+                RouteChange::Delete(current[1]),
+            ]
+        );
+    }
+
+    #[test]
     fn nodes_without_a_route() {
         let mut no_ip = node(2);
         no_ip.internal_ip = None;
@@ -179,8 +237,10 @@ mod tests {
         dup.name = "node-6".into();
         let m = model([node(1), no_ip, no_cidr, overlapping_me, node(5), dup]);
         let (want, notes) = desired_routes(&m, "node-1");
-        let only = r("10.244.5.0/24", "172.31.0.15");
-        assert_eq!(want, BTreeMap::from([(only.dst, only.gw)]));
+        assert_eq!(
+            want,
+            BTreeMap::from([("10.244.5.0/24".parse().unwrap(), "172.31.0.15".parse().unwrap())])
+        );
         assert_eq!(notes.len(), 4, "{notes:?}");
     }
 

@@ -41,12 +41,27 @@ fn the_agent_writes_in_the_mode_holding_the_nodes_rules() {
             out(&[&format!("iptables-{node_mode}"), "-A", "INPUT", "-s", "192.0.2.1/32", "-j", "ACCEPT"]);
             let backend = backend_for(pick).unwrap();
             assert_eq!(backend, want, "{pick:?} on a node whose rules are in {node_mode}");
-            let mut duty = Masquerade::new("10.244.0.0/16".parse().unwrap(), "weft");
-            duty.reconcile(&MasqIn(backend), Some("10.244.1.0/24".parse().unwrap()), true).unwrap();
+            // Dual-stack: the IPv6 pod CIDR goes to ip6tables of the same mode.
+            let cluster = vec!["10.244.0.0/16".parse().unwrap(), "fd00::af4:0/112".parse().unwrap()];
+            let mut duty = Masquerade::new(cluster, "weft");
+            let pods = ["10.244.1.0/24".parse().unwrap(), "fd00::af4:100/120".parse().unwrap()];
+            duty.reconcile(&MasqIn(backend), &pods, true).unwrap();
             let held = |mode: &str| {
-                out(&[&format!("iptables-{mode}-save"), "-t", "nat"]).contains("-A WEFT-POSTROUTING")
+                let v4 =
+                    out(&[&format!("iptables-{mode}-save"), "-t", "nat"]).contains("-A WEFT-POSTROUTING");
+                let v6 = out(&[&format!("ip6tables-{mode}-save"), "-t", "nat"]);
+                let v6 = v6.contains("-A WEFT-POSTROUTING -s fd00::af4:100/120 -d fd00::af4:0/112");
+                assert_eq!(v4, v6, "both families in {mode}");
+                v4
             };
             let nft = out(&["nft", "list", "tables"]).contains("inet weft-masq");
+            if nft {
+                let table = out(&["nft", "list", "table", "inet", "weft-masq"]);
+                assert!(
+                    table.contains("ip6 saddr fd00::af4:100/120 ip6 daddr fd00::af4:0/112 return"),
+                    "{table}"
+                );
+            }
             let want_in = match want {
                 MasqBackend::Iptables(Some(m)) => (m == IptablesMode::Legacy, m == IptablesMode::Nft, false),
                 _ => (false, false, true),

@@ -29,6 +29,7 @@ fn node(n: u8, ip: &str) -> Node {
         pod_cidr6: None,
         internal_ip: Some(ip.parse().unwrap()),
         addresses: vec![],
+        internal_ip6: None,
     }
 }
 
@@ -71,6 +72,19 @@ fn in_netns<F: std::future::Future<Output = ()>>(test: impl FnOnce(rtnetlink::Ha
     .unwrap();
 }
 
+/// Node 1's underlay: eth0 (a veth, up, with `addrs`) and lo up.
+async fn underlay(h: &rtnetlink::Handle, addrs: &[&str]) {
+    h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
+    for name in ["eth0", "eth0-peer", "lo"] {
+        let l = link::get_link(h, name).await.unwrap().unwrap();
+        link::set_up(h, l.index).await.unwrap();
+    }
+    let eth0 = link::get_link(h, "eth0").await.unwrap().unwrap().index;
+    for a in addrs {
+        addr::add_address(h, eth0, a.parse().unwrap()).await.unwrap();
+    }
+}
+
 fn clean(s: &Synced) {
     assert!(s.errors.is_empty(), "{:?}", s.errors);
 }
@@ -79,13 +93,7 @@ fn clean(s: &Synced) {
 fn modes_build_and_remove_the_overlay() {
     in_netns(|h| async move {
         // The underlay: eth0 with node 1's InternalIP, MTU 1500.
-        h.link().add(rtnetlink::LinkVeth::new("eth0", "eth0-peer").build()).execute().await.unwrap();
-        for name in ["eth0", "eth0-peer", "lo"] {
-            let l = link::get_link(&h, name).await.unwrap().unwrap();
-            link::set_up(&h, l.index).await.unwrap();
-        }
-        let eth0 = link::get_link(&h, "eth0").await.unwrap().unwrap().index;
-        addr::add_address(&h, eth0, "172.31.0.11/24".parse().unwrap()).await.unwrap();
+        underlay(&h, &["172.31.0.11/24"]).await;
         let (n1, n2, n3) = (node(1, "172.31.0.11"), node(2, "172.31.0.12"), node(3, "192.168.7.13"));
         let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
         let rule = SourceRule {
@@ -176,5 +184,60 @@ fn without_an_underlay_nothing_is_routed_through_the_overlay() {
         );
         assert_eq!((s.routes, s.overlay), (0, None));
         assert_eq!(kernel(&h).await, (vec![], vec![], vec![], vec![]));
+    });
+}
+
+#[test]
+fn host_gw_routes_ipv6_pod_cidrs_beside_ipv4_and_cleans_them_up() {
+    in_netns(|h| async move {
+        underlay(&h, &["172.31.0.11/24", "fd00::ac1f:b/120"]).await;
+        let dual = |n: u8, gw6: &str| Node {
+            pod_cidr6: Some(format!("fd00::af4:{n}00/120").parse().unwrap()),
+            internal_ip6: Some(gw6.parse().unwrap()),
+            ..node(n, &format!("172.31.0.{}", 10 + n))
+        };
+        let host_gw = Routing { mode: Mode::HostGw, ..Routing::default() };
+        // A route to an IPv6 pod CIDR that weft did not add stays as it is.
+        let foreign = "fd00::af4:900/120".parse().unwrap();
+        addr::add_route(&h, foreign, Some("fd00::ac1f:63".parse().unwrap()), None).await.unwrap();
+
+        let m = model(&[dual(1, "fd00::ac1f:b"), dual(2, "fd00::ac1f:c"), dual(3, "fd00::ac1f:d")]);
+        let s = sync_routing(&h, "node-1", &m, &host_gw, "g1").await;
+        clean(&s);
+        let mut want = vec![
+            route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay),
+            route(Table::Main, "10.244.3.0/24", "172.31.0.13", Dev::Underlay),
+            route(Table::Main, "fd00::af4:200/120", "fd00::ac1f:c", Dev::Underlay),
+            route(Table::Main, "fd00::af4:300/120", "fd00::ac1f:d", Dev::Underlay),
+        ];
+        want.sort();
+        assert_eq!((s.routes, kernel(&h).await.0), (4, want));
+        // The kernel resolves an IPv6 pod address of node 2 via node 2's IPv6 InternalIP.
+        let out = weft_netkit::tool::output("ip", &["-6", "route", "get", "fd00::af4:205"], None).unwrap();
+        assert!(out.contains("via fd00::ac1f:c dev eth0"), "{out}");
+
+        // Node 2 moves to another IPv6 address and node 3 goes: replaced and deleted.
+        let m = model(&[dual(1, "fd00::ac1f:b"), dual(2, "fd00::ac1f:22")]);
+        let s = sync_routing(&h, "node-1", &m, &host_gw, "g2").await;
+        clean(&s);
+        let want = vec![
+            route(Table::Main, "10.244.2.0/24", "172.31.0.12", Dev::Underlay),
+            route(Table::Main, "fd00::af4:200/120", "fd00::ac1f:22", Dev::Underlay),
+        ];
+        assert_eq!(kernel(&h).await.0, want);
+
+        // vxlan carries IPv4 only: the IPv6 routes go, with the reason.
+        let vxlan = Routing { mode: Mode::Vxlan, ..Routing::default() };
+        let s = sync_routing(&h, "node-1", &m, &vxlan, "g3").await;
+        clean(&s);
+        assert!(s.warnings.iter().any(|w| w.contains("IPv6 in host-gw only")), "{:?}", s.warnings);
+        assert!(kernel(&h).await.0.iter().all(|r| r.dst.is_ipv4()));
+
+        // Cleanup deletes weft's routes of both families and nothing else.
+        clean(&sync_routing(&h, "node-1", &m, &host_gw, "g4").await);
+        assert!(weft_agent::route_table::delete_all(&h).await.is_empty());
+        assert_eq!(kernel(&h).await.0, vec![]);
+        let left = addr::list_routes(&h, addr::Family::V6).await.unwrap();
+        assert!(left.iter().any(|r| r.dst == foreign), "the foreign route stays: {left:?}");
     });
 }

@@ -3,7 +3,7 @@
 //! state a fraction of that), the reset, the steps, and the probes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use super::case::{proto_name, Case, Change, Probe, ProbeKind, Source, Target};
 use super::matrix::{Cell, Observed, Seen};
 use super::{Backend, Mode, Options, StateSource};
 use crate::error::{E2eError, Result};
+use crate::family::{embed_net, translate_manifest, Family};
 use crate::manifests::{namespace, to_yaml};
 use crate::probe::{probe_in, Outcome, Proto};
 use crate::{exec_in, topology, Testbed};
@@ -90,10 +91,10 @@ fn cancelled(opts: &Options) -> Result<()> {
 /// that neither a drop nor the end of the process tears it down.
 fn bring_up(nodes: u32, opts: &Options) -> Result<Testbed> {
     let tb = match &opts.keep {
-        None => Testbed::up(nodes)?,
+        None => Testbed::up_in(nodes, opts.family)?,
         Some(name) => {
             let never = AtomicBool::new(false);
-            let state = topology::up(nodes, name.as_deref(), opts.cancel.unwrap_or(&never))?;
+            let state = topology::up_in(nodes, name.as_deref(), opts.family, opts.cancel.unwrap_or(&never))?;
             Testbed::open(&state.run)?
         }
     };
@@ -114,15 +115,20 @@ fn prepare(tb: &Testbed, opts: &Options) -> Result<()> {
     // run); a real node's default route covers the service CIDR, which
     // `node/N -> svc/...` probes need, so stand in for it with a route via
     // the lan, inside the node's netns only (as scenario node-to-clusterip does).
-    for n in 1..=tb.nodes() {
-        let node = tb.node_netns(n);
-        let argv = ["ip", "route", "replace", SERVICE_CIDR, "dev", "eth0"];
-        let out = exec_in(&node, &argv, CMD_TIMEOUT)?;
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(E2eError::io(format!("{argv:?} in node {n}: {why}"))(
-                std::io::ErrorKind::Other.into(),
-            ));
+    // SERVICE_CIDR is a constant that parses.
+    let v6 = embed_net(SERVICE_CIDR.parse().expect("a CIDR")).to_string();
+    let v4 = opts.family.v4().then_some(SERVICE_CIDR);
+    for cidr in v4.into_iter().chain(opts.family.v6().then_some(v6.as_str())) {
+        for n in 1..=tb.nodes() {
+            let node = tb.node_netns(n);
+            let argv = ["ip", "route", "replace", cidr, "dev", "eth0"];
+            let out = exec_in(&node, &argv, CMD_TIMEOUT)?;
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(E2eError::io(format!("{argv:?} in node {n}: {why}"))(
+                    std::io::ErrorKind::Other.into(),
+                ));
+            }
         }
     }
     if opts.source == StateSource::Kube {
@@ -161,13 +167,20 @@ pub(super) fn run_case(tb: &mut Testbed, case: &Case, opts: &Options) -> Result<
     for (i, step) in case.steps.iter().enumerate() {
         cancelled(opts)?;
         for change in &step.changes {
-            apply_change(tb, change)?;
+            apply_change(tb, change, opts.family)?;
         }
         settle(tb, opts.backend)?;
         for (j, probe) in step.probes.iter().enumerate() {
-            cancelled(opts)?;
-            if let Some(diff) = run_probe(tb, probe, opts.explain)? {
-                failures.push(format!("steps[{i}].probe[{j}] ({probe}):\n{diff}"));
+            // In dual every probe runs once per family, with the same expectation.
+            for family in opts.family.singles() {
+                cancelled(opts)?;
+                // explain takes IPv4 endpoints only: its cross-check runs in IPv4.
+                let explain = opts.explain && family == Family::Ipv4;
+                if let Some(diff) = run_probe(tb, probe, explain, family)? {
+                    let tag =
+                        if opts.family == Family::Dual { format!(" [{family}]") } else { String::new() };
+                    failures.push(format!("steps[{i}].probe[{j}] ({probe}){tag}:\n{diff}"));
+                }
             }
         }
     }
@@ -226,9 +239,12 @@ fn reset(tb: &mut Testbed, case: &Case, backend: Backend) -> Result<()> {
     settle(tb, backend)
 }
 
-fn apply_change(tb: &mut Testbed, change: &Change) -> Result<()> {
+fn apply_change(tb: &mut Testbed, change: &Change, family: Family) -> Result<()> {
     match change {
-        Change::Apply { yaml, .. } => tb.apply(yaml).map(drop),
+        Change::Apply { yaml, .. } => {
+            let yaml = translate_manifest(yaml, family).map_err(|reason| E2eError::Manifest { reason })?;
+            tb.apply(&yaml).map(drop)
+        }
         Change::AddPod(p) => tb.add_pod_with(p.node, &p.name, p.labels.clone(), p.ports.clone()).map(drop),
         Change::Relabel { pod, labels } => tb.set_pod_labels(pod, labels.clone()),
         Change::DeletePod(name) => tb.delete_pod(name).map(drop),
@@ -347,13 +363,14 @@ fn explain_disagreements(
     out
 }
 
-/// Runs one probe; None if it showed what the case expects, else the report.
-fn run_probe(tb: &Testbed, probe: &Probe, explain: bool) -> Result<Option<String>> {
+/// Runs one probe in `family` (ipv4 or ipv6: every address of the plan in
+/// that family); None if it showed what the case expects, else the report.
+fn run_probe(tb: &Testbed, probe: &Probe, explain: bool, family: Family) -> Result<Option<String>> {
     let pods: BTreeMap<String, (PathBuf, Option<Ipv4Addr>)> =
         tb.pods().into_iter().map(|p| (p.name, (p.path, p.ip))).collect();
-    let pod = |name: &str| -> Result<(PathBuf, Ipv4Addr)> {
+    let pod = |name: &str| -> Result<(PathBuf, IpAddr)> {
         match pods.get(name) {
-            Some((path, Some(ip))) => Ok((path.clone(), *ip)),
+            Some((path, Some(ip))) => Ok((path.clone(), family.address(*ip))),
             _ => Err(E2eError::PodNotFound { run: tb.run(), name: name.into() }),
         }
     };
@@ -412,12 +429,12 @@ fn run_probe(tb: &Testbed, probe: &Probe, explain: bool) -> Result<Option<String
                     let key = format!("{namespace}/{name}");
                     let servers =
                         endpoints(&model, probe.proto, |svc, sp| svc.key() == key && sp.port == *port);
-                    (SocketAddr::from((*cluster_ip, *port)), servers)
+                    (SocketAddr::new(family.address(*cluster_ip), *port), servers)
                 }
                 Target::NodePort { node, port } => {
                     let model = weft_agent::source::read_dir(&tb.cluster_dir()).model;
                     let servers = endpoints(&model, probe.proto, |_, sp| sp.node_port == Some(*port));
-                    (SocketAddr::from((tb.node_addr(*node), *port)), servers)
+                    (SocketAddr::new(family.address(tb.node_addr(*node)), *port), servers)
                 }
             };
             let want = if *allow { Cell::Allow } else { Cell::Deny };

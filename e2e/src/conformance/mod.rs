@@ -28,6 +28,7 @@ pub use exec::PROBE_TIMEOUT;
 pub use weft_agent::overlay::Mode;
 
 use crate::error::{E2eError, Result};
+use crate::family::Family;
 
 /// Which enforcement the agents (or the reproduction) put in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +142,9 @@ pub struct Options {
     /// The lan drops frames whose source or destination is not a host
     /// (`Testbed::set_anti_spoofing`): only an overlay crosses it.
     pub anti_spoofing: bool,
+    /// The address families the cases run in (`family.rs`: the plan embedded
+    /// in fd00::/96, ipBlocks translated; in dual every probe in both).
+    pub family: Family,
 }
 
 /// The outcome of one case.
@@ -269,12 +273,17 @@ pub fn run_cases(cases: &[Case], opts: &Options, out: &mut dyn Write) -> Result<
         let tb = runner.ensure(case.nodes)?;
         let outcome = exec::run_case(tb, case, opts);
         let elapsed = t0.elapsed();
+        // The report names the family it ran in (nothing for the default, ipv4).
+        let name = match opts.family {
+            Family::Ipv4 => case.name.clone(),
+            f => format!("{} [{f}]", case.name),
+        };
         let (passed, report) = match outcome {
             Ok(failures) if failures.is_empty() => {
-                (true, format!("PASS {} ({:.1}s)\n", case.name, elapsed.as_secs_f64()))
+                (true, format!("PASS {name} ({:.1}s)\n", elapsed.as_secs_f64()))
             }
             Ok(failures) => {
-                let mut r = format!("FAIL {} ({:.1}s)\n", case.name, elapsed.as_secs_f64());
+                let mut r = format!("FAIL {name} ({:.1}s)\n", elapsed.as_secs_f64());
                 for f in failures {
                     r.push_str(&indent(&f, "  "));
                 }
@@ -284,7 +293,7 @@ pub fn run_cases(cases: &[Case], opts: &Options, out: &mut dyn Write) -> Result<
             Err(e) => {
                 // The testbed is in an unknown state: the next case gets a fresh one.
                 runner.discard()?;
-                (false, format!("FAIL {} ({:.1}s)\n  error: {e}\n", case.name, elapsed.as_secs_f64()))
+                (false, format!("FAIL {name} ({:.1}s)\n  error: {e}\n", elapsed.as_secs_f64()))
             }
         };
         say(out, &report)?;

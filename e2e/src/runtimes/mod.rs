@@ -166,9 +166,15 @@ pub fn cni_setup(dir: &Path, run: &str, node: u32, weft_bin: &Path, agent_socket
 /// portmap chained), with the IPAM data dir moved into the run's dir.
 pub fn node_conflist(run: &str, node: u32, agent_socket: &Path) -> Value {
     // CLUSTER_CIDR is a constant that parses.
-    let cluster = CLUSTER_CIDR.parse().ok();
-    let mut list =
-        weft_agent::cni_config::conflist(plan::pod_cidr(node), cluster, agent_socket, true, "iptables", None);
+    let cluster: Vec<_> = CLUSTER_CIDR.parse().ok().into_iter().collect();
+    let mut list = weft_agent::cni_config::conflist(
+        &[plan::pod_cidr(node).into()],
+        &cluster,
+        agent_socket,
+        true,
+        "iptables",
+        None,
+    );
     list["plugins"][0]["ipam"]["dataDir"] = ipam_dir(run, node).display().to_string().into();
     list
 }

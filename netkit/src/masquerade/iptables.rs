@@ -60,15 +60,15 @@ impl Family {
 /// Renders the iptables-restore file for `chain`: per pod subnet, RETURN for
 /// traffic to the cluster (and to the subnet itself when the cluster CIDR does not
 /// cover it), then MASQUERADE for everything else but multicast. Pass subnets of
-/// one family; a `cluster_cidr` of the other family is ignored.
+/// one family; the `cluster_cidrs` of the other family are ignored.
 pub fn masquerade_payload(
     chain: &str,
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> String {
     let mut out = vec!["*nat".to_string(), format!(":{chain} - [0:0]")];
-    for rule in chain_rules(pod_subnets, cluster_cidr, comment) {
+    for rule in chain_rules(pod_subnets, cluster_cidrs, comment) {
         out.push(format!("-A {chain} {}", payload_args(&rule)));
     }
     out.push("COMMIT".into());
@@ -78,18 +78,14 @@ pub fn masquerade_payload(
 /// The rules of the chain in order (`super::plan`), each as the arguments
 /// after `-A CHAIN`, so the restore payload and the `-C` presence check can
 /// never disagree. The comment is one (sanitized, unquoted) argument.
-fn chain_rules(
-    pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
-    comment: &str,
-) -> Vec<Vec<String>> {
+fn chain_rules(pod_subnets: &[IpNetwork], cluster_cidrs: &[IpNetwork], comment: &str) -> Vec<Vec<String>> {
     let comment = sanitize_comment(comment, MAX_COMMENT_LEN);
     let rule = |head: &[&str], verdict: &str| {
         let mut r: Vec<String> = head.iter().map(|a| a.to_string()).collect();
         r.extend(["-m", "comment", "--comment", &comment, "-j", verdict].map(String::from));
         r
     };
-    plan(pod_subnets, cluster_cidr)
+    plan(pod_subnets, cluster_cidrs)
         .into_iter()
         .map(|step| match step {
             Step::Return { src, dst } => rule(&["-s", &src.to_string(), "-d", &dst.to_string()], "RETURN"),
@@ -117,13 +113,13 @@ fn payload_args(rule: &[String]) -> String {
 pub fn ensure(
     mode: Mode,
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<(), KernelError> {
     let chain = MASQ_CHAIN;
     check_chain(chain)?;
     for (family, subs) in by_family(pod_subnets) {
-        let payload = masquerade_payload(chain, &subs, cluster_cidr, comment);
+        let payload = masquerade_payload(chain, &subs, cluster_cidrs, comment);
         restore(mode, family, &payload)?;
         ensure_jump(mode, family, chain)?;
     }
@@ -146,7 +142,7 @@ fn by_family(subnets: &[IpNetwork]) -> impl Iterator<Item = (Family, Vec<IpNetwo
 pub fn present(
     mode: Mode,
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<bool, KernelError> {
     let chain = MASQ_CHAIN;
@@ -155,7 +151,7 @@ pub fn present(
         if !jump_exists(mode, family, chain)? {
             return Ok(false);
         }
-        for rule in chain_rules(&subs, cluster_cidr, comment) {
+        for rule in chain_rules(&subs, cluster_cidrs, comment) {
             let mut args = vec!["-w", "5", "-t", "nat", "-C", chain];
             args.extend(rule.iter().map(String::as_str));
             if !rule_exists(mode, family, &args)? {
@@ -249,7 +245,7 @@ mod tests {
         let got = masquerade_payload(
             MASQ_CHAIN,
             &[net("10.244.1.7/24")],
-            Some(net("10.244.0.0/16")),
+            &[net("10.244.0.0/16")],
             "weft node masquerade",
         );
         let want = "\
@@ -264,7 +260,7 @@ COMMIT
 
     #[test]
     fn payload_golden_without_cluster_cidr_returns_own_subnet() {
-        let got = masquerade_payload("WEFT-X", &[net("10.1.0.0/24"), net("10.2.0.0/24")], None, "c");
+        let got = masquerade_payload("WEFT-X", &[net("10.1.0.0/24"), net("10.2.0.0/24")], &[], "c");
         let want = "\
 *nat
 :WEFT-X - [0:0]
@@ -279,8 +275,7 @@ COMMIT
 
     #[test]
     fn payload_v6_and_foreign_family_cluster_cidr() {
-        let got =
-            masquerade_payload(MASQ_CHAIN, &[net("fd00:10:244:1::/64")], Some(net("10.244.0.0/16")), "c");
+        let got = masquerade_payload(MASQ_CHAIN, &[net("fd00:10:244:1::/64")], &[net("10.244.0.0/16")], "c");
         let want = "\
 *nat
 :WEFT-POSTROUTING - [0:0]
@@ -294,7 +289,7 @@ COMMIT
     #[test]
     fn payload_empty_still_declares_chain() {
         assert_eq!(
-            masquerade_payload(MASQ_CHAIN, &[], None, "c"),
+            masquerade_payload(MASQ_CHAIN, &[], &[], "c"),
             "*nat\n:WEFT-POSTROUTING - [0:0]\nCOMMIT\n"
         );
     }
@@ -302,7 +297,7 @@ COMMIT
     #[test]
     fn check_rules_are_the_payload_rules_unquoted() {
         let subs = [net("10.244.1.7/24")];
-        let rules = chain_rules(&subs, Some(net("10.244.0.0/16")), "weft \"node\" masq");
+        let rules = chain_rules(&subs, &[net("10.244.0.0/16")], "weft \"node\" masq");
         assert_eq!(
             rules[0],
             ["-s", "10.244.1.0/24", "-d", "10.244.0.0/16", "-m", "comment", "--comment", "weft node masq"]
@@ -313,7 +308,7 @@ COMMIT
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[1][..4], ["-s", "10.244.1.0/24", "!", "-d"]);
         // Every -A line of the payload is exactly one rule, in the same order.
-        let payload = masquerade_payload("C", &subs, Some(net("10.244.0.0/16")), "weft \"node\" masq");
+        let payload = masquerade_payload("C", &subs, &[net("10.244.0.0/16")], "weft \"node\" masq");
         let lines: Vec<String> =
             payload.lines().filter_map(|l| l.strip_prefix("-A C ")).map(String::from).collect();
         assert_eq!(lines, rules.iter().map(|r| payload_args(r)).collect::<Vec<_>>());

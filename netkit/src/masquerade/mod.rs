@@ -69,12 +69,12 @@ pub(crate) enum Step {
     Masquerade { src: IpNetwork, except: IpNetwork },
 }
 
-/// The steps for `pod_subnets` (both families may be mixed); a
-/// `cluster_cidr` only counts for subnets of its family.
-pub(crate) fn plan(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>) -> Vec<Step> {
+/// The steps for `pod_subnets` (both families may be mixed); each subnet
+/// returns to the first of `cluster_cidrs` of its family.
+pub(crate) fn plan(pod_subnets: &[IpNetwork], cluster_cidrs: &[IpNetwork]) -> Vec<Step> {
     let mut steps = Vec::new();
     for sub in pod_subnets.iter().copied().map(normalize) {
-        let cluster = cluster_cidr.filter(|c| c.is_ipv4() == sub.is_ipv4()).map(normalize);
+        let cluster = cluster_cidrs.iter().find(|c| c.is_ipv4() == sub.is_ipv4()).copied().map(normalize);
         if let Some(c) = cluster {
             steps.push(Step::Return { src: sub, dst: c });
         }
@@ -94,14 +94,14 @@ pub(crate) fn plan(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>) -
 pub fn ensure_masquerade(
     backend: MasqBackend,
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<(), KernelError> {
     match backend {
         MasqBackend::Iptables(mode) => {
-            iptables::ensure(iptables::Mode(mode), pod_subnets, cluster_cidr, comment)
+            iptables::ensure(iptables::Mode(mode), pod_subnets, cluster_cidrs, comment)
         }
-        MasqBackend::Nftables => nftables::ensure(pod_subnets, cluster_cidr, comment),
+        MasqBackend::Nftables => nftables::ensure(pod_subnets, cluster_cidrs, comment),
     }
 }
 
@@ -109,14 +109,14 @@ pub fn ensure_masquerade(
 pub fn masquerade_present(
     backend: MasqBackend,
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<bool, KernelError> {
     match backend {
         MasqBackend::Iptables(mode) => {
-            iptables::present(iptables::Mode(mode), pod_subnets, cluster_cidr, comment)
+            iptables::present(iptables::Mode(mode), pod_subnets, cluster_cidrs, comment)
         }
-        MasqBackend::Nftables => nftables::present(pod_subnets, cluster_cidr, comment),
+        MasqBackend::Nftables => nftables::present(pod_subnets, cluster_cidrs, comment),
     }
 }
 
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_plan_returns_the_cluster_then_masquerades_all_but_multicast() {
-        let steps = plan(&[net("10.244.1.7/24"), net("fd00:1::/64")], Some(net("10.244.0.0/16")));
+        let steps = plan(&[net("10.244.1.7/24"), net("fd00:1::/64")], &[net("10.244.0.0/16")]);
         assert_eq!(
             steps,
             [
@@ -191,7 +191,16 @@ mod tests {
             ]
         );
         // A cluster CIDR that does not cover the subnet: both return.
-        assert_eq!(plan(&[net("10.9.0.0/24")], Some(net("10.244.0.0/16"))).len(), 3);
+        assert_eq!(plan(&[net("10.9.0.0/24")], &[net("10.244.0.0/16")]).len(), 3);
+        // Dual-stack: each subnet returns to the cluster CIDR of its family.
+        let cluster = [net("fd00::af4:0/112"), net("10.244.0.0/16")];
+        assert_eq!(
+            plan(&[net("fd00::af4:100/120")], &cluster),
+            [
+                Step::Return { src: net("fd00::af4:100/120"), dst: net("fd00::af4:0/112") },
+                Step::Masquerade { src: net("fd00::af4:100/120"), except: net("ff00::/8") },
+            ]
+        );
     }
 
     #[test]

@@ -17,10 +17,10 @@ pub const TABLE: &str = "weft-masq";
 const MAX_COMMENT_LEN: usize = 127;
 
 /// The chain's rules, as `nft list` prints them.
-fn rules(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>, comment: &str) -> Vec<String> {
+fn rules(pod_subnets: &[IpNetwork], cluster_cidrs: &[IpNetwork], comment: &str) -> Vec<String> {
     let comment = sanitize_comment(comment, MAX_COMMENT_LEN);
     let ip = |n: &IpNetwork| if n.is_ipv4() { "ip" } else { "ip6" };
-    plan(pod_subnets, cluster_cidr)
+    plan(pod_subnets, cluster_cidrs)
         .into_iter()
         .map(|step| match step {
             Step::Return { src, dst } => {
@@ -38,10 +38,10 @@ fn rules(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>, comment: &s
 
 /// The `nft -f` transaction that makes the table hold exactly these rules:
 /// add (so the delete cannot fail), delete, add with the chain.
-pub fn payload(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>, comment: &str) -> String {
+pub fn payload(pod_subnets: &[IpNetwork], cluster_cidrs: &[IpNetwork], comment: &str) -> String {
     let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     out += "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n";
-    for r in rules(pod_subnets, cluster_cidr, comment) {
+    for r in rules(pod_subnets, cluster_cidrs, comment) {
         out += &format!("\t\t{r}\n");
     }
     out + "\t}\n}\n"
@@ -50,16 +50,16 @@ pub fn payload(pod_subnets: &[IpNetwork], cluster_cidr: Option<IpNetwork>, comme
 /// Installs the table for `pod_subnets`, replacing what it held.
 pub fn ensure(
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<(), KernelError> {
-    tool::restore("nft", &["-f", "-"], &payload(pod_subnets, cluster_cidr, comment))
+    tool::restore("nft", &["-f", "-"], &payload(pod_subnets, cluster_cidrs, comment))
 }
 
 /// Whether the table holds every rule `ensure` would write (one listing).
 pub fn present(
     pod_subnets: &[IpNetwork],
-    cluster_cidr: Option<IpNetwork>,
+    cluster_cidrs: &[IpNetwork],
     comment: &str,
 ) -> Result<bool, KernelError> {
     if !table_exists()? {
@@ -67,7 +67,7 @@ pub fn present(
     }
     let listed = tool::output("nft", &["list", "table", "inet", TABLE], None)?;
     let listed: Vec<&str> = listed.lines().map(str::trim).collect();
-    Ok(rules(pod_subnets, cluster_cidr, comment).iter().all(|r| listed.contains(&r.as_str())))
+    Ok(rules(pod_subnets, cluster_cidrs, comment).iter().all(|r| listed.contains(&r.as_str())))
 }
 
 /// Deletes the table if it exists; without `nft` there is none.
@@ -93,8 +93,7 @@ mod tests {
 
     #[test]
     fn payload_golden() {
-        let got =
-            payload(&[net("10.244.1.7/24"), net("fd00:1::/64")], Some(net("10.244.0.0/16")), "weft \"x\"");
+        let got = payload(&[net("10.244.1.7/24"), net("fd00:1::/64")], &[net("10.244.0.0/16")], "weft \"x\"");
         let want = "\
 table inet weft-masq
 delete table inet weft-masq

@@ -37,6 +37,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
                 pod_cidr6: None,
                 internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11 + n as u8)),
                 addresses: vec![],
+                internal_ip6: None,
             },
         );
     }

@@ -12,7 +12,7 @@ use crate::status::Status;
 /// This node as the cluster state shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum OwnNode {
-    /// It has an IPv4 podCIDR.
+    /// It has a podCIDR (of either family).
     Ready,
     /// It is there without one: normal until the controller-manager assigns
     /// it (a warning, not an error).
@@ -24,9 +24,9 @@ pub(super) enum OwnNode {
 /// Where `node` stands in `model`.
 pub(super) fn own_node(model: &Model, node: &str) -> OwnNode {
     match model.nodes.get(node) {
-        Some(n) if n.pod_cidr.is_some() => OwnNode::Ready,
+        Some(n) if !n.pod_cidrs().is_empty() => OwnNode::Ready,
         Some(_) => OwnNode::NoPodCidr(format!(
-            "node {node} has no IPv4 podCIDR yet: waiting for the controller-manager to assign one \
+            "node {node} has no podCIDR yet: waiting for the controller-manager to assign one \
              (kube-controller-manager --allocate-node-cidrs); routes to it, its masquerade rule and \
              the conflist follow once it has one"
         )),
@@ -95,14 +95,19 @@ mod tests {
             pod_cidr6: None,
             internal_ip: None,
             addresses: vec![],
+            internal_ip6: None,
         };
         model.nodes.insert("node-1".into(), n("node-1", None));
         model.nodes.insert("node-2".into(), n("node-2", Some("10.244.2.0/24")));
         assert_eq!(own_node(&model, "node-2"), OwnNode::Ready);
+        // An IPv6-only node is ready with its IPv6 pod CIDR.
+        let v6_only = Node { pod_cidr6: Some("fd00::af4:300/120".parse().unwrap()), ..n("node-3", None) };
+        model.nodes.insert("node-3".into(), v6_only);
+        assert_eq!(own_node(&model, "node-3"), OwnNode::Ready);
         let OwnNode::NoPodCidr(w) = own_node(&model, "node-1") else { panic!() };
         assert!(w.contains("waiting for the controller-manager"), "{w}");
-        let OwnNode::Unknown(e) = own_node(&model, "node-3") else { panic!() };
-        assert!(e.contains("node node-3 is not in the cluster state") && e.contains("node-1, node-2"), "{e}");
+        let OwnNode::Unknown(e) = own_node(&model, "node-4") else { panic!() };
+        assert!(e.contains("node node-4 is not in the cluster state") && e.contains("node-1, node-2"), "{e}");
         let OwnNode::Unknown(e) = own_node(&Model::default(), "n") else { panic!() };
         assert!(e.contains("nodes: none yet"), "{e}");
     }

@@ -1,7 +1,8 @@
 //! One sync of the routes to other nodes' pods, by `--mode`: the peers from
 //! the model, the overlay (`overlay_kernel`) when some peer is reached
 //! through it, then weft's routes. Fails closed: a peer that needs the
-//! overlay gets no route while the overlay cannot be set up.
+//! overlay gets no route while the overlay cannot be set up. IPv6 pod CIDRs
+//! are routed in host-gw mode only (the overlay is IPv4; docs/modes.md).
 
 use rtnetlink::Handle;
 use tracing::info;
@@ -11,7 +12,7 @@ use crate::model::Model;
 use crate::overlay::{self, Mode, Routing};
 use crate::overlay_kernel::{ensure_overlay, read_underlay, teardown_overlay};
 use crate::route_table::{apply, list_weft_routes};
-use crate::routes::{desired_routes, plan, Dev, Table};
+use crate::routes::{desired_routes, desired_routes6, plan, Dev, Route, Table};
 use crate::status::OverlayStatus;
 
 /// What a routing sync did.
@@ -37,6 +38,20 @@ pub async fn sync_routing(
     let mut out = Synced::default();
     let (peers, notes) = desired_routes(model, node);
     out.warnings = notes;
+    let (peers6, notes6) = desired_routes6(model, node);
+    let peers6 = match routing.mode {
+        Mode::HostGw => {
+            out.warnings.extend(notes6);
+            peers6
+        }
+        _ if peers6.is_empty() => peers6,
+        _ => {
+            let n = peers6.len();
+            out.warnings
+                .push(format!("{}: {n} IPv6 pod CIDRs get no route (IPv6 in host-gw only)", routing.mode));
+            Default::default()
+        }
+    };
     let me = model.nodes.get(node);
     let underlay = match (routing.mode, me.and_then(|n| n.internal_ip)) {
         (Mode::HostGw, _) => None,
@@ -58,6 +73,7 @@ pub async fn sync_routing(
         },
     };
     let mut want = overlay::plan(&peers, routing.mode, underlay.map(|u| u.addr));
+    want.routes.extend(peers6.into_iter().map(|(dst, gw)| Route::direct(dst, gw)));
     let mut index = None;
     if want.uses_overlay() {
         let ready = match &underlay {

@@ -265,16 +265,13 @@ fn node(m: NodeManifest) -> Result<Node, String> {
             Err(e) => return Err(format!("{field} {s:?}: {e}")),
         }
     }
-    let internal_ip = m
-        .status
-        .addresses
-        .iter()
-        .filter(|a| a.kind == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let internal = || m.status.addresses.iter().filter(|a| a.kind == "InternalIP");
+    let internal_ip = internal().find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let internal_ip6 = internal().find_map(|a| a.address.parse::<Ipv6Addr>().ok());
     // Every IP of status.addresses (InternalIP, ExternalIP, ...): what a CNP `nodes` peer selects.
     let addresses = m.status.addresses.iter().filter_map(|a| a.address.parse::<IpAddr>().ok()).collect();
     let labels = m.metadata.labels()?;
-    Ok(Node { name, labels, pod_cidr, pod_cidr6, internal_ip, addresses })
+    Ok(Node { name, labels, pod_cidr, pod_cidr6, internal_ip, internal_ip6, addresses })
 }
 
 fn normal_v4(n: Ipv4Network) -> Ipv4Network {
@@ -773,6 +770,7 @@ status:
             pod_cidr6: None,
             internal_ip: Some(ip.parse().unwrap()),
             addresses: vec![],
+            internal_ip6: None,
         }
     }
 
@@ -804,9 +802,11 @@ status:
 
     #[test]
     fn a_node_with_unknown_fields() {
+        // Both families of InternalIP, whichever comes first.
         let want = Node {
             labels: labels([("kubernetes.io/hostname", "node-1")]),
             addresses: vec!["fd00::11".parse().unwrap(), "172.31.0.11".parse().unwrap()],
+            internal_ip6: "fd00::11".parse().ok(),
             ..node("node-1", "10.244.1.0/24", "172.31.0.11")
         };
         assert_eq!(one(NODE), Object::Node(want));
@@ -982,6 +982,8 @@ spec:
         assert!(!s.selects(&pod("x", "a", ip)), "other namespace");
         assert!(!s.selects(&pod("y", "b", ip)));
         assert!(!s.selects(&pod("y", "a", None)), "no address yet");
+        let v6_only = Pod { ip6: "fd00::af4:105".parse().ok(), ..pod("y", "a", None) };
+        assert!(s.selects(&v6_only), "an IPv6 pod backs it too");
         assert!(parse_manifests(&text.replace("Local", "Nearby")).is_err());
     }
 

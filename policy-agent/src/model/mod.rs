@@ -42,6 +42,17 @@ pub struct Node {
     pub internal_ip: Option<Ipv4Addr>,
     /// Every IP address of status.addresses, in order.
     pub addresses: Vec<IpAddr>,
+    /// The first IPv6 InternalIP in status.addresses (the gateway of the
+    /// node's IPv6 pod CIDR in host-gw mode).
+    pub internal_ip6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// Its pod CIDRs, IPv4 first: one, or one per family on a dual-stack node.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        let v4 = self.pod_cidr.map(IpNetwork::V4);
+        v4.into_iter().chain(self.pod_cidr6.map(IpNetwork::V6)).collect()
+    }
 }
 
 /// A namespace and its labels (`kubernetes.io/metadata.name` always among them,
@@ -187,12 +198,12 @@ impl Service {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// True if `pod` backs this service: same namespace, has an IP, and
-    /// carries every label of a non-empty selector.
+    /// True if `pod` backs this service: same namespace, has an IP (of either
+    /// family), and carries every label of a non-empty selector.
     pub fn selects(&self, pod: &Pod) -> bool {
         let Some(sel) = self.selector.as_ref().filter(|s| !s.is_empty()) else { return false };
         pod.namespace == self.namespace
-            && pod.ip.is_some()
+            && (pod.ip.is_some() || pod.ip6.is_some())
             && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }

@@ -1,13 +1,15 @@
+use std::net::Ipv4Addr;
+
 use super::*;
 
-/// Node 1 owns 10.244.1.0/24; pods: x/a on node 1 at .5, x/b on node 1
+/// Node 1 owns 10.244.1.0/24 and fd00::af4:100/120; pods: x/a on node 1 at .5, x/b on node 1
 /// without an address yet, x/far on node 2, x/host on the host network,
 /// plus `extra`.
 fn model(extra: &str) -> Model {
     let mut text = String::new();
     for n in [1, 2] {
         text +=
-            &format!("---\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDR: 10.244.{n}.0/24}}\n");
+            &format!("---\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDRs: [10.244.{n}.0/24, 'fd00::af4:{n}00/120']}}\n");
     }
     text += &pod("a", 1, Some("10.244.1.5"));
     text += &pod("b", 1, None);
@@ -27,7 +29,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn v4(s: &str) -> Option<Ipv4Addr> {
+fn v4(s: &str) -> Option<std::net::Ipv4Addr> {
+    Some(s.parse().unwrap())
+}
+
+fn v6(s: &str) -> Option<std::net::Ipv6Addr> {
     Some(s.parse().unwrap())
 }
 
@@ -41,7 +47,7 @@ const NODE: &str = "node-1";
 fn add_gives_a_known_pod_its_address_before_the_source_does() {
     let (m, now) = (model(""), Instant::now());
     let mut ev = PodEvents::default();
-    ev.add(&m, NODE, &claim("c1", "b", &[ip("10.244.1.6"), ip("fd00::6")]), now).unwrap();
+    ev.add(&m, NODE, &claim("c1", "b", &[ip("10.244.1.6")]), now).unwrap();
     assert_eq!(ev.overlay(&m, NODE).pods["x/b"].ip, v4("10.244.1.6"));
     assert_eq!(ev.ahead(), 1);
     // The source catches up: nothing left to lay over, and the same ADD again changes nothing.
@@ -97,7 +103,8 @@ fn forged_and_impossible_claims_are_refused_and_change_nothing() {
     assert!(!ev.del("f", "eth0") && !ev.del("nobody", "eth0"));
     assert_eq!(ev.overlay(&m, NODE), before);
     // No pod CIDR for this node: refused too.
-    assert_eq!(ev.add(&m, "node-9", &claim("f", "a", &[ip("10.244.1.9")]), now), Err(ClaimError::NoPodCidr));
+    let no_cidr = ClaimError::NoPodCidr { family: "IPv4" };
+    assert_eq!(ev.add(&m, "node-9", &claim("f", "a", &[ip("10.244.1.9")]), now), Err(no_cidr));
 }
 
 fn outside(ip: &str) -> ClaimError {
@@ -202,4 +209,80 @@ fn the_source_settles_what_an_attachment_said() {
     std::sync::Arc::make_mut(later.pods.get_mut("x/c").unwrap()).node = Some("node-2".into());
     ev.catch_up(&later, NODE, now);
     assert!(!ev.del("k2", "eth0"));
+}
+
+#[test]
+fn a_dual_stack_add_gives_both_addresses_and_its_del_releases_both() {
+    let (m, now) = (model(""), Instant::now());
+    let mut ev = PodEvents::default();
+    // The first address of each family counts, in whichever order the plugin lists them.
+    let ips = [ip("fd00::af4:106"), ip("10.244.1.6"), ip("fd00::af4:107")];
+    ev.add(&m, NODE, &claim("c1", "b", &ips), now).unwrap();
+    let o = ev.overlay(&m, NODE);
+    assert_eq!((o.pods["x/b"].ip, o.pods["x/b"].ip6), (v4("10.244.1.6"), v6("fd00::af4:106")));
+    // The source shows both: confirmed, nothing left to lay over.
+    let mut shown = m.clone();
+    let b = std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap());
+    (b.ip, b.ip6) = (v4("10.244.1.6"), v6("fd00::af4:106"));
+    ev.catch_up(&shown, NODE, now);
+    assert_eq!((ev.ahead(), ev.overlay(&shown, NODE) == shown), (0, true));
+    // A DEL from another container releases nothing; the pod's own releases both families.
+    assert!(!ev.del("other", "eth0"));
+    assert_eq!(ev.overlay(&shown, NODE), shown);
+    assert!(ev.del("c1", "eth0"));
+    let o = ev.overlay(&shown, NODE);
+    assert_eq!((o.pods["x/b"].ip, o.pods["x/b"].ip6), (None, None));
+}
+
+#[test]
+fn an_ipv6_add_alone_is_laid_over_and_the_source_showing_ipv4_only_confirms_it() {
+    let (m, now) = (model(""), Instant::now());
+    let mut ev = PodEvents::default();
+    ev.add(&m, NODE, &claim("c1", "b", &[ip("fd00::af4:106")]), now).unwrap();
+    assert_eq!((ev.ahead(), ev.overlay(&m, NODE).pods["x/b"].ip6), (1, v6("fd00::af4:106")));
+    // A source that shows only the IPv4 address (an IPv4-only API view) agrees
+    // with a dual claim: confirmed, and the IPv6 address stays laid over.
+    let mut ev = PodEvents::default();
+    ev.add(&m, NODE, &claim("c1", "b", &[ip("10.244.1.6"), ip("fd00::af4:106")]), now).unwrap();
+    let mut shown = m.clone();
+    std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap()).ip = v4("10.244.1.6");
+    ev.catch_up(&shown, NODE, now + CLAIM_TTL);
+    assert_eq!((ev.ahead(), ev.overlay(&shown, NODE).pods["x/b"].ip6), (0, v6("fd00::af4:106")));
+    // The source then shows another IPv6 address for it: the attachment goes.
+    std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap()).ip6 = v6("fd00::af4:199");
+    ev.catch_up(&shown, NODE, now);
+    assert!(!ev.del("c1", "eth0"));
+}
+
+#[test]
+fn forged_ipv6_claims_are_refused_and_change_nothing() {
+    let mut m = model(&pod("c", 1, None));
+    std::sync::Arc::make_mut(m.pods.get_mut("x/a").unwrap()).ip6 = v6("fd00::af4:105");
+    let now = Instant::now();
+    let mut ev = PodEvents::default();
+    ev.add(&m, NODE, &claim("real", "b", &[ip("10.244.1.6"), ip("fd00::af4:106")]), now).unwrap();
+    let before = ev.overlay(&m, NODE);
+    let outside6 =
+        |s: &str| ClaimError::OutsidePodCidr { ip: ip(s), cidr: "fd00::af4:100/120".parse().unwrap() };
+    let cases: &[(&str, &[IpAddr], ClaimError)] = &[
+        ("c", &[ip("10.244.1.9"), ip("2001:db8::1")], outside6("2001:db8::1")),
+        ("c", &[ip("fd00::af4:209")], outside6("fd00::af4:209")),
+        ("c", &[ip("fd00::af4:100")], outside6("fd00::af4:100")),
+        // Held by an attachment (in either family), or shown by the source for another pod.
+        ("c", &[ip("10.244.1.9"), ip("fd00::af4:106")], held("fd00::af4:106", "real", "x/b")),
+        ("c", &[ip("10.244.1.6"), ip("fd00::af4:109")], held("10.244.1.6", "real", "x/b")),
+        (
+            "c",
+            &[ip("10.244.1.9"), ip("fd00::af4:105")],
+            ClaimError::AddressShown { ip: ip("fd00::af4:105"), pod: "x/a".into() },
+        ),
+    ];
+    for (pod, ips, want) in cases {
+        assert_eq!(ev.add(&m, NODE, &claim("f", pod, ips), now).as_ref(), Err(want), "{pod} {ips:?}");
+        assert_eq!(ev.overlay(&m, NODE), before, "{want}: enforcement unchanged");
+    }
+    // A node without an IPv6 pod CIDR refuses an IPv6 address.
+    m.nodes.get_mut(NODE).unwrap().pod_cidr6 = None;
+    let got = ev.add(&m, NODE, &claim("f", "c", &[ip("10.244.1.9"), ip("fd00::af4:109")]), now);
+    assert_eq!(got, Err(ClaimError::NoPodCidr { family: "IPv6" }));
 }

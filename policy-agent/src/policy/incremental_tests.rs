@@ -136,6 +136,7 @@ fn node(name: &str, third: u8) -> Node {
         ),
         internal_ip: None,
         addresses: vec![],
+        internal_ip6: None,
     }
 }
 

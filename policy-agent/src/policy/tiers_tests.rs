@@ -41,6 +41,7 @@ fn cluster(manifests: &str) -> Model {
         pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
         pod_cidr6: None,
         internal_ip: Some(Ipv4Addr::new(172, 31, 0, 11)),
+        internal_ip6: None,
         addresses: vec!["172.31.0.11".parse().unwrap()],
     };
     m.nodes.insert(node.name.clone(), node);

@@ -183,7 +183,7 @@ mod tests {
             "a",
             "1",
             json!({"phase": "Running", "podIP": "10.244.1.5",
-                                            "podIPs": [{"ip": "10.244.1.5"}]}),
+                                            "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::af4:105"}]}),
         );
         let pending = pod("b", "2", json!({"phase": "Pending"}));
         let done = pod("c", "3", json!({"phase": "Succeeded", "podIP": "10.244.1.6"}));
@@ -193,6 +193,7 @@ mod tests {
         let ips: Vec<_> = t.model.pods.values().map(|p| (p.name.as_str(), p.ip)).collect();
         assert_eq!(ips, [("a", Some("10.244.1.5".parse().unwrap())), ("b", None), ("c", None), ("d", None)]);
         let a = &t.model.pods["x/a"];
+        assert_eq!(a.ip6, "fd00::af4:105".parse().ok(), "podIPs' IPv6 one");
         assert_eq!((a.node.as_deref(), a.labels["app"].as_str()), (Some("node-1"), "a"));
         assert_eq!(a.ports[0].name.as_deref(), Some("http"));
     }
@@ -203,7 +204,9 @@ mod tests {
             "spec": {"podCIDR": "10.244.1.0/24"},
             "status": {"addresses": [{"type": "InternalIP", "address": "172.31.0.11"}]}}));
         let dual: Arc<Node> = from(json!({"metadata": {"name": "n2", "resourceVersion": "2"},
-            "spec": {"podCIDR": "fd00:10:244:2::/64", "podCIDRs": ["fd00:10:244:2::/64", "10.244.2.0/24"]}}));
+            "spec": {"podCIDR": "fd00:10:244:2::/64", "podCIDRs": ["fd00:10:244:2::/64", "10.244.2.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "fd00::ac1f:c"},
+                                     {"type": "InternalIP", "address": "172.31.0.12"}]}}));
         let ns: Arc<Namespace> =
             from(json!({"metadata": {"name": "web", "resourceVersion": "3", "labels": {"team": "a"}}}));
         let mut t = Translator::default();
@@ -214,6 +217,10 @@ mod tests {
         assert_eq!(m.nodes["n1"].pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(m.nodes["n1"].internal_ip, Some("172.31.0.11".parse().unwrap()));
         assert_eq!(m.nodes["n2"].pod_cidr, Some("10.244.2.0/24".parse().unwrap()), "podCIDRs' IPv4 one");
+        assert_eq!(m.nodes["n2"].pod_cidr6, Some("fd00:10:244:2::/64".parse().unwrap()));
+        let n2 = (m.nodes["n2"].internal_ip, m.nodes["n2"].internal_ip6);
+        assert_eq!(n2, ("172.31.0.12".parse().ok(), "fd00::ac1f:c".parse().ok()), "both families");
+        assert_eq!(m.nodes["n1"].internal_ip6, None);
         let labels = &m.namespaces["web"].labels;
         assert_eq!((labels["team"].as_str(), labels["kubernetes.io/metadata.name"].as_str()), ("a", "web"));
     }
