@@ -210,15 +210,14 @@ fn vm(pid: i32, field: &str) -> Result<u64> {
     let kib = status.lines().find_map(|l| {
         l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<u64>().ok()
     });
-    kib.map(|k| k * 1024).ok_or_else(|| E2eError::Manifest { reason: format!("no {field} in {path}") })
+    kib.map(|k| k * 1024).ok_or_else(|| not_in(&path, field))
 }
 
 /// `weft_denied_packets_received_total` on node 1's /metrics.
 fn denied_received(tb: &Testbed) -> Result<f64> {
     let body = tb.agent_get(1, "/metrics")?.1;
-    metric(&body, "weft_denied_packets_received_total").ok_or_else(|| E2eError::Manifest {
-        reason: format!("no weft_denied_packets_received_total in {body}"),
-    })
+    let name = "weft_denied_packets_received_total";
+    metric(&body, name).ok_or_else(|| not_in("node 1's /metrics", name))
 }
 
 /// An unlabelled metric's value in Prometheus text.
@@ -234,7 +233,13 @@ fn tcp_in_segments(netns: &Path) -> Result<u64> {
     let snmp = run_in(&ns, || std::fs::read_to_string("/proc/thread-self/net/snmp"))
         .map_err(E2eError::kernel(&what))?
         .map_err(E2eError::io(&what))?;
-    in_segs(&snmp).ok_or_else(|| E2eError::Manifest { reason: format!("{what}: no Tcp InSegs in {snmp}") })
+    in_segs(&snmp).ok_or_else(|| not_in(&what, "Tcp InSegs"))
+}
+
+/// A figure missing from what was read.
+fn not_in(what: &str, figure: &str) -> E2eError {
+    let source = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no {figure}"));
+    E2eError::Io { what: what.into(), source }
 }
 
 /// `Tcp: InSegs` in /proc/net/snmp text (a header line, then a values line).
