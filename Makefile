@@ -20,7 +20,7 @@ DEB_PACKAGES := iproute2 iptables ipset nftables conntrack iputils-ping procps \
 	containernetworking-plugins iperf3 ca-certificates shellcheck \
 	protobuf-compiler containerd runc podman busybox-static
 
-.PHONY: all deps fuzz-deps build release lint test fuzz demo bench clean
+.PHONY: all deps fuzz-deps build release lint test fuzz fuzz-short demo bench clean
 
 all: build
 
@@ -56,9 +56,10 @@ lint: deps
 # test); plain cargo test is the fallback. Both print a closing summary.
 # First, without root and in seconds, every conformance case on the policy
 # model (e2e/tests/conformance_pure.rs): a semantic regression stops the run
-# before the kernel suites. The e2e tests drive the built binaries (weft,
-# weft-ipam, weft-agent) the way a cluster does, so every binary is built
-# before the rest runs.
+# before the kernel suites. Then every fuzz target for 20 s (fuzz-short,
+# below): a crash stops the run there too. The e2e tests drive the built
+# binaries (weft, weft-ipam, weft-agent) the way a cluster does, so every
+# binary is built before the rest runs.
 # A test that cannot run here (not root, a runtime or tool missing) appends
 # `SKIPPED: <test>: <why>` to SKIP_LOG (weft-test-support): the count closes
 # the run. Under CI=true such a test fails instead, and so does any skip.
@@ -70,8 +71,10 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test -p weft-e2e --test conformance_pure
 endif
+	@rm -f $(SKIP_LOG)
+	@$(MAKE) --no-print-directory fuzz-short
 	$(CARGO) build --workspace --bins
-	@rm -f $(SKIP_LOG); status=0; \
+	@status=0; \
 	if [ "$(NEXTEST)" = yes ]; then \
 		WEFT_SKIP_LOG=$(SKIP_LOG) $(CARGO) nextest run --workspace --no-fail-fast \
 			-E 'not binary(conformance_pure)' || status=$$?; \
@@ -86,31 +89,45 @@ endif
 
 # Fuzz targets (fuzz/fuzz_targets, cargo-fuzz on nightly) for the parsers of
 # outside input: CNI config, env and prevResult, manifests and API objects,
-# the pod socket's requests, NFLOG datagrams. `make fuzz` runs each
-# FUZZ_SECS (5 min; `make fuzz FUZZ_SECS=20` is the short run). Not part of
-# `make test`: building the targets with their sanitizer takes about 14
-# CPU-minutes from a clean checkout, which the 20-minute budget of
-# `make test` on 2 cores cannot hold. The corpus grows in
-# fuzz/corpus/<target>, seeded from fuzz/seeds/<target>; a crash stops the
-# run and leaves its input in fuzz/artifacts/<target>/.
+# the pod socket's requests, NFLOG datagrams. They build against weft-agent
+# without its `daemon` feature (the policy library alone: 66 crates, not 228).
+# The corpus grows in fuzz/corpus/<target>, seeded from fuzz/seeds/<target>;
+# a crash fails the run and leaves its input in fuzz/artifacts/<target>/
+# (fuzz/run.sh runs them). A crash found becomes a regression test in the
+# crate that owns the parser (docs/testing.md).
 FUZZ_TARGETS := cni_config cni_env manifest pod_socket nflog
-FUZZ_SECS ?= 300
+FUZZ_HOST := $(or $(HOST),x86_64-unknown-linux-gnu)
+
+# The nightly toolchain and cargo-fuzz, installed once (cargo-fuzz lands in
+# ~/.cargo/bin and is reused by every later run).
 fuzz-deps:
 	@if command -v rustup >/dev/null && ! rustup toolchain list | grep -q '^nightly'; then \
 		rustup toolchain install nightly --profile minimal; \
 	fi
+	@$(CARGO) +nightly --version >/dev/null
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 
+# `make fuzz`: the long run, each target FUZZ_SECS (5 min) with AddressSanitizer.
+FUZZ_SECS ?= 300
 fuzz: fuzz-deps
-	@cd fuzz && for t in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$t target; log=target/fuzz-$$t.log; \
-		echo "fuzz: $$t for $(FUZZ_SECS) s (output in fuzz/$$log)"; \
-		if ! $(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- \
-			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1 >$$log 2>&1; then \
-			tail -40 $$log; echo "fuzz: $$t failed; a crashing input is kept in fuzz/artifacts/$$t/"; exit 1; \
-		fi; \
-		grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units' $$log; \
-	done
+	cd fuzz && $(CARGO) +nightly fuzz build
+	fuzz/run.sh $(CURDIR)/fuzz/target/$(FUZZ_HOST)/release $(FUZZ_SECS) 1 $(FUZZ_TARGETS)
+
+# `make test`'s short run: each target FUZZ_SHORT_SECS (20 s), two at once
+# (one per core). Built without a sanitizer (the parsers are safe Rust: a
+# panic, an overflow, a hang or running out of memory is what it finds) and
+# with 16 codegen units, in a target dir of its own: 130 CPU-seconds from a
+# clean checkout (ASan's build: 193; against the whole agent: about 840),
+# then 63 s to run (docs/testing.md). Without a nightly toolchain it is a
+# skip (SKIPPED: in SKIP_LOG), which fails the run under CI=true.
+FUZZ_SHORT_SECS ?= 20
+fuzz-short:
+	@if ! $(MAKE) --no-print-directory fuzz-deps; then \
+		echo "SKIPPED: fuzz: no nightly toolchain or cargo-fuzz to build the fuzz targets" | tee -a $(SKIP_LOG); \
+	else \
+		(cd fuzz && $(CARGO) +nightly fuzz build -s none --codegen-units 16 --target-dir target/short) && \
+		fuzz/run.sh $(CURDIR)/fuzz/target/short/$(FUZZ_HOST)/release $(FUZZ_SHORT_SECS) 2 $(FUZZ_TARGETS); \
+	fi
 
 # The demo is `weft-e2e demo` (e2e/src/demo.rs): a 2-node testbed, three pods
 # attached by `weft`, a ClusterIP and a NodePort service, one probe per path
@@ -137,6 +154,9 @@ bench: release
 	@echo; echo "## What isolation from the first packet adds to CNI ADD (1000 policies select the new pods)"; echo
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench add --pods 20 --policies 1000
+	@echo; echo "## A denied pod's SYN flood, 20k/s for 20 s: CNI ADD on its node and the agent's RSS"; echo
+	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
+		target/release/weft-e2e bench flood --rate 20000 --secs 20 --after 10
 
 clean:
 	$(CARGO) clean

@@ -14,6 +14,9 @@
 //!
 //! The overlay benchmark (`weft-e2e bench modes`, `modes.rs`): host-gw next to vxlan.
 //!
+//! The flood benchmark (`weft-e2e bench flood`, `flood.rs`): CNI ADD and the
+//! agent's RSS while a denied pod floods its node with SYNs.
+//!
 //! Figures only: nothing here passes or fails on a number.
 
 use std::io::Read;
@@ -27,8 +30,10 @@ use crate::error::{E2eError, Result};
 use crate::manifests::serve_ports;
 use crate::{exec_in, Pod, Testbed};
 
+mod flood;
 mod modes;
 
+pub use flood::{flood, flood_table};
 pub use modes::{modes, modes_table, ModeRow};
 
 const CONVERGE: Duration = Duration::from_secs(60);

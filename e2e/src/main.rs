@@ -13,6 +13,7 @@ use weft_e2e::family::Family;
 use weft_e2e::probe::{probe, Proto};
 use weft_e2e::serve::Server;
 use weft_e2e::signals::Signals;
+use weft_e2e::syn_flood::scenario::Plan;
 use weft_e2e::{topology, E2eError, Testbed};
 use weft_netkit::netns::NetNs;
 
@@ -169,6 +170,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         policies: usize,
     },
+    /// CNI ADD and the agent's RSS while a denied pod floods its node with SYNs.
+    Flood {
+        /// SYNs a second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// Seconds the flood lasts.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Seconds of ADDs after the flood.
+        #[arg(long, default_value_t = 10)]
+        after: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +219,15 @@ fn main() -> ExitCode {
         }
         Cmd::Bench { cmd: BenchCmd::Add { pods, policies } } => weft_e2e::bench::add_cost(pods, policies)
             .map(|rows| print!("{}", weft_e2e::bench::add_table(&rows))),
+        Cmd::Bench { cmd: BenchCmd::Flood { rate, secs, after } } => {
+            let plan = Plan {
+                rate,
+                flood: Duration::from_secs(secs),
+                after: Duration::from_secs(after),
+                ..Plan::issue()
+            };
+            weft_e2e::bench::flood(&plan).map(|rows| print!("{}", weft_e2e::bench::flood_table(&rows)))
+        }
         Cmd::Conformance {
             cmd:
                 ConformanceCmd::Run { backend, source, keep, list, explain, mode, anti_spoofing, family, paths },

@@ -4,6 +4,7 @@
 //! cycling through a range, sent from a pod's netns (the raw socket is
 //! opened there), paced to a rate in 10 ms slices and bounded in count and
 //! time. Packets go only where that netns routes them: the test's own.
+//! `scenario` is issue 16's flood row around it, for the test and the benchmark.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::error::{E2eError, Result};
+
+pub mod scenario;
 
 /// IPPROTO_RAW: the socket sends whole IPv4 packets (IP_HDRINCL).
 const IPPROTO_RAW: i32 = 255;

@@ -5,11 +5,15 @@
 //! and turns each logged packet into a `Denied`. Parsing is pure.
 
 use std::net::Ipv4Addr;
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
+#[cfg(feature = "daemon")]
+use std::sync::{
+    mpsc::{SyncSender, TrySendError},
+    Arc,
+};
 
-use weft_netkit::nflog::{packets, subscribe};
+use weft_netkit::nflog::packets;
 
+#[cfg(feature = "daemon")]
 use crate::metrics::InputCounters;
 
 /// The NFLOG group weft's drop rules log to.
@@ -28,6 +32,7 @@ pub const PREFIX_EGRESS: &str = "weft-deny-out";
 pub const PREFIX_AUDIT_INGRESS: &str = "weft-audit-in";
 pub const PREFIX_AUDIT_EGRESS: &str = "weft-audit-out";
 
+#[cfg(feature = "daemon")]
 /// Pause after a failed read that is not an overrun.
 const RECV_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -79,8 +84,9 @@ fn packet(prefix: &str, payload: &[u8]) -> Option<Denied> {
 /// `tx` from a thread of its own. The queue is bounded and this thread never
 /// waits on it: what does not fit is dropped and counted in `counters`, as
 /// are the kernel's drops when this thread reads too slowly.
+#[cfg(feature = "daemon")]
 pub fn listen(tx: SyncSender<Denied>, counters: Arc<InputCounters>) -> std::io::Result<()> {
-    let sock = subscribe(GROUP, SNAPLEN)?;
+    let sock = weft_netkit::nflog::subscribe(GROUP, SNAPLEN)?;
     std::thread::Builder::new().name("weft-agent-nflog".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
