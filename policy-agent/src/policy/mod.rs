@@ -13,6 +13,8 @@ pub mod evaluate;
 pub mod guard6;
 pub mod incremental;
 pub mod ir;
+// Logs (tracing): part of the daemon, not of the pure library.
+#[cfg(feature = "daemon")]
 pub mod tier_notices;
 pub mod tiers;
 
