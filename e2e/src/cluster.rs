@@ -1,13 +1,22 @@
 //! Changing the cluster state as `kubectl apply` / `kubectl delete` would:
-//! each object of a YAML text is validated with the agent's own parser and
-//! written, one object per file, into the cluster dir; kube-proxy's rules
+//! each object of a YAML text is validated with the agent's own parser (a
+//! Service with the testbed's, `services`) and written, one object per
+//! file, into the cluster dir; kube-proxy's rules
 //! follow Services and pods. Pods are created with `add_pod_with`, which
 //! attaches them for real; `apply` only relabels an existing one.
 
 use crate::error::{E2eError, Result};
 use crate::manifests::{file_name, to_yaml};
+use crate::services::{self, Service};
 use crate::Testbed;
 use weft_agent::model::{parse_manifests, Object};
+
+/// One document of an apply: an object the agent reads, or a Service (which
+/// only the kube-proxy imitation reads).
+enum Doc {
+    Agent(Object),
+    Service(Service),
+}
 
 impl Testbed {
     /// Creates or replaces every object of `yaml` (one or more `---`
@@ -24,16 +33,30 @@ impl Testbed {
                 continue;
             }
             let text = to_yaml(&value);
+            if services::is_service(&value) {
+                let svc = services::parse(value).map_err(|e| bad(format!("Service: {e}")))?;
+                docs.push((Doc::Service(svc), text));
+                continue;
+            }
             let mut objs = parse_manifests(&text).map_err(bad)?;
             match (objs.pop(), objs.is_empty()) {
-                (Some(obj), true) => docs.push((obj, text)),
+                (Some(obj), true) => docs.push((Doc::Agent(obj), text)),
                 (None, _) => return Err(bad(format!("not an object weft reads: {text}"))),
                 (Some(_), false) => return Err(bad("one object per document (no List)".into())),
             }
         }
         let mut keys = Vec::new();
         let mut services_changed = false;
-        for (obj, text) in docs {
+        for (doc, text) in docs {
+            let obj = match doc {
+                Doc::Service(s) => {
+                    keys.push(format!("Service {}", s.key()));
+                    self.write_manifest(&file_name("Service", Some(&s.namespace), &s.name), &text)?;
+                    services_changed = true;
+                    continue;
+                }
+                Doc::Agent(obj) => obj,
+            };
             keys.push(obj.key());
             match obj {
                 Object::Namespace(ns) => {
@@ -44,10 +67,6 @@ impl Testbed {
                 }
                 Object::ClusterNetworkPolicy(p) => {
                     self.write_manifest(&file_name("ClusterNetworkPolicy", None, &p.name), &text)?
-                }
-                Object::Service(s) => {
-                    self.write_manifest(&file_name("Service", Some(&s.namespace), &s.name), &text)?;
-                    services_changed = true;
                 }
                 Object::Pod(p) => {
                     let name = p.key();

@@ -20,11 +20,12 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use weft_agent::model::{Model, Protocol, TrafficPolicy};
+use weft_agent::model::{Model, Protocol};
 
 use crate::error::{E2eError, Result};
 use crate::family::{embed, embed_net, unembed};
 use crate::pods::CLUSTER_CIDR;
+use crate::services::{self, TrafficPolicy};
 
 /// The masquerade mark kube-proxy uses.
 pub const MASQ_MARK: &str = "0x4000/0x4000";
@@ -85,13 +86,16 @@ pub struct Endpoint {
     pub node: u32,
 }
 
-/// The service ports of `model` with a cluster IP, each with its endpoints: the
-/// pods its selector picks (same namespace, with an IP, on a `node-N`), with the
-/// target port resolved on each pod; a pod that lacks a named target port is
-/// not an endpoint of that port, as in kube-proxy.
-pub fn from_model(model: &Model) -> Vec<(Service, Vec<Endpoint>)> {
+/// The ports of `services` with a cluster IP, each with its endpoints: the
+/// pods of `model` its selector picks (same namespace, with an IP, on a
+/// `node-N`), with the target port resolved on each pod; a pod that lacks a
+/// named target port is not an endpoint of that port, as in kube-proxy.
+pub fn endpoints<'s>(
+    services: impl IntoIterator<Item = &'s services::Service>,
+    model: &Model,
+) -> Vec<(Service, Vec<Endpoint>)> {
     let mut out = Vec::new();
-    for svc in model.services.values() {
+    for svc in services {
         let Some(cluster_ip) = svc.cluster_ip else { continue };
         for sp in &svc.ports {
             let eps = model
@@ -425,8 +429,9 @@ impl crate::Testbed {
     /// change of Services or endpoints.
     pub fn apply_services(&self) -> Result<()> {
         let st = self.state();
-        let model = weft_agent::source::read_dir(&self.cluster_dir()).model;
-        let services = from_model(&model);
+        let dir = self.cluster_dir();
+        let model = weft_agent::source::read_dir(&dir).model;
+        let services = endpoints(services::read(&dir)?.values(), &model);
         let v4 = st.family.v4().then_some(Stack::V4);
         for stack in v4.into_iter().chain(st.family.v6().then_some(Stack::V6)) {
             for (i, host) in st.nodes.iter().enumerate() {
@@ -481,12 +486,12 @@ mod tests {
             .port(80, Protocol::Tcp, PortRef::Name("serve-80-tcp".into()))
             .node_port(30080)
             .port(81, Protocol::Udp, PortRef::Name("serve-81-udp".into()));
-        text += &format!("---\n{}", svc.to_yaml());
         let mut model = Model::default();
         for o in parse_manifests(&text).unwrap() {
             assert!(model.insert(o));
         }
-        let got = from_model(&model);
+        let svc = services::parse(serde_norway::from_str(&svc.to_yaml()).unwrap()).unwrap();
+        let got = endpoints([&svc], &model);
         assert_eq!(got.len(), 2);
         let (tcp, eps) = &got[0];
         assert_eq!((tcp.port, tcp.node_port), (80, Some(30080)));

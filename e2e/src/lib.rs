@@ -24,6 +24,7 @@ pub mod run;
 pub mod runtimes;
 pub mod scenarios;
 pub mod serve;
+pub mod services;
 pub mod signals;
 pub mod syn_flood;
 pub mod topology;

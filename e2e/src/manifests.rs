@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
-use weft_agent::model::{ContainerPort, Labels, PortRef, Protocol, ServicePort, TrafficPolicy};
+use weft_agent::model::{ContainerPort, Labels, PortRef, Protocol};
+
+use crate::services::{ServicePort, TrafficPolicy};
 
 /// The file an object lives in: `<kind>-<namespace>-<name>.yaml` (namespaced)
 /// or `<kind>-<name>.yaml`, kind in lower case. Names are DNS labels, so two
@@ -227,7 +229,7 @@ mod tests {
             .node_port(30080)
             .port(81, Protocol::Udp, PortRef::Number(81))
             .local();
-        let Object::Service(s) = parse_one(&svc.to_yaml()) else { panic!() };
+        let s = crate::services::parse(serde_norway::from_str(&svc.to_yaml()).unwrap()).unwrap();
         assert_eq!(s.ports, svc.ports);
         assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
         assert_eq!(s.selector, Some(svc.selector.clone()));

@@ -38,6 +38,7 @@ use crate::error::{E2eError, Result};
 use crate::manifests::{self, serve_ports, ServiceManifest};
 use crate::pods::{split_pod_name, DEFAULT_PORTS};
 use crate::probe::Proto;
+use crate::services;
 
 /// Nodes when a case does not say.
 pub const DEFAULT_NODES: u32 = 2;
@@ -635,7 +636,8 @@ fn case_service(
             return Err(format!("{at}.externalTrafficPolicy: {other:?} is not Cluster or Local"))
         }
     }
-    one_object(&m.to_yaml(), at)?;
+    let value = serde_norway::from_str(&m.to_yaml()).map_err(|e| format!("{at}: {e}"))?;
+    services::parse(value).map_err(|e| format!("{at}: {e}"))?;
     let svc = Svc { cluster_ip: ip, ports: vec![(s.port, proto, s.node_port)] };
     world.add_service(key, svc, at)?;
     Ok(m)
@@ -686,7 +688,6 @@ fn apply(text: &str, at: &str, world: &mut World, out: &mut Vec<Change>) -> std:
             }
         }
         let yaml = manifests::to_yaml(&value);
-        let obj = one_object(&yaml, &dat)?;
         let ns_exists = |ns: &str| {
             if world.namespaces.contains(ns) {
                 Ok(())
@@ -694,6 +695,23 @@ fn apply(text: &str, at: &str, world: &mut World, out: &mut Vec<Change>) -> std:
                 Err(format!("{dat}: namespace {ns:?} does not exist at this step (apply a Namespace first)"))
             }
         };
+        if services::is_service(&value) {
+            let s = services::parse(value).map_err(|e| format!("{dat}: {e}"))?;
+            ns_exists(&s.namespace)?;
+            let Some(cluster_ip) = s.cluster_ip else {
+                return Err(format!("{dat}: the runner needs an IPv4 spec.clusterIP (or none, to get one)"));
+            };
+            for (j, p) in s.ports.iter().enumerate() {
+                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                    return Err(format!("{dat}: spec.ports[{j}].protocol: only TCP and UDP are served"));
+                }
+            }
+            let ports = s.ports.iter().map(|p| (p.port, p.protocol, p.node_port)).collect();
+            world.add_service(s.key(), Svc { cluster_ip, ports }, &dat)?;
+            out.push(Change::Apply { key: format!("Service {}", s.key()), yaml });
+            continue;
+        }
+        let obj = one_object(&yaml, &dat)?;
         match obj {
             Object::Namespace(ns) => {
                 check_dns_label(&ns.name, &format!("{dat}: metadata.name"))?;
@@ -708,22 +726,6 @@ fn apply(text: &str, at: &str, world: &mut World, out: &mut Vec<Change>) -> std:
             Object::ClusterNetworkPolicy(p) => {
                 world.cluster_policies.insert(p.name.clone());
                 out.push(Change::Apply { key: format!("ClusterNetworkPolicy {}", p.name), yaml });
-            }
-            Object::Service(s) => {
-                ns_exists(&s.namespace)?;
-                let Some(cluster_ip) = s.cluster_ip else {
-                    return Err(format!(
-                        "{dat}: the runner needs an IPv4 spec.clusterIP (or none, to get one)"
-                    ));
-                };
-                for (j, p) in s.ports.iter().enumerate() {
-                    if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
-                        return Err(format!("{dat}: spec.ports[{j}].protocol: only TCP and UDP are served"));
-                    }
-                }
-                let ports = s.ports.iter().map(|p| (p.port, p.protocol, p.node_port)).collect();
-                world.add_service(s.key(), Svc { cluster_ip, ports }, &dat)?;
-                out.push(Change::Apply { key: format!("Service {}", s.key()), yaml });
             }
             Object::Pod(p) => {
                 let p = std::sync::Arc::unwrap_or_clone(p);
@@ -959,7 +961,7 @@ fn target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_agent::model::TrafficPolicy;
+    use crate::services::TrafficPolicy;
 
     fn parse(text: &str) -> std::result::Result<Case, String> {
         parse_case(text, Path::new("cases/t.yaml")).map_err(|e| e.to_string())

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use weft_agent::model::{Model, Protocol, Service, ServicePort};
+use weft_agent::model::Protocol;
 
 use super::case::{proto_name, Case, Change, Probe, ProbeKind, Source, Target};
 use super::matrix::{Cell, Observed, Seen};
@@ -17,6 +17,7 @@ use crate::error::{E2eError, Result};
 use crate::family::{embed_net, translate_manifest, Family};
 use crate::manifests::{namespace, to_yaml};
 use crate::probe::{probe_in, Outcome, Proto};
+use crate::services::{self, Service, ServicePort};
 use crate::{exec_in, topology, Testbed};
 
 /// Bound on one probe. Short, because a blocked cell costs all of it (the
@@ -199,7 +200,7 @@ fn reset(tb: &mut Testbed, case: &Case, backend: Backend) -> Result<()> {
     for name in model.cluster_policies.keys() {
         tb.delete_object("ClusterNetworkPolicy", None, name)?;
     }
-    for s in model.services.values() {
+    for s in services::read(&tb.cluster_dir())?.values() {
         tb.delete_object("Service", Some(&s.namespace), &s.name)?;
     }
     let want: BTreeMap<&str, _> = case.pods.iter().map(|p| (p.name.as_str(), p)).collect();
@@ -425,15 +426,12 @@ fn run_probe(tb: &Testbed, probe: &Probe, explain: bool, family: Family) -> Resu
             let (addr, servers) = match to {
                 Target::Pod { name, port } => (SocketAddr::from((pod(name)?.1, *port)), vec![name.clone()]),
                 Target::Service { namespace, name, cluster_ip, port } => {
-                    let model = weft_agent::source::read_dir(&tb.cluster_dir()).model;
                     let key = format!("{namespace}/{name}");
-                    let servers =
-                        endpoints(&model, probe.proto, |svc, sp| svc.key() == key && sp.port == *port);
+                    let servers = endpoints(tb, probe.proto, |svc, sp| svc.key() == key && sp.port == *port)?;
                     (SocketAddr::new(family.address(*cluster_ip), *port), servers)
                 }
                 Target::NodePort { node, port } => {
-                    let model = weft_agent::source::read_dir(&tb.cluster_dir()).model;
-                    let servers = endpoints(&model, probe.proto, |_, sp| sp.node_port == Some(*port));
+                    let servers = endpoints(tb, probe.proto, |_, sp| sp.node_port == Some(*port))?;
                     (SocketAddr::new(family.address(tb.node_addr(*node)), *port), servers)
                 }
             };
@@ -459,16 +457,23 @@ fn run_probe(tb: &Testbed, probe: &Probe, explain: bool, family: Family) -> Resu
     }
 }
 
-/// The pods ("ns/name") behind the service ports `pick` chooses for `proto`,
+/// The pods ("ns/name") behind the service ports `pick` chooses for `proto`
+/// in the testbed's cluster dir,
 /// as the kube-proxy imitation derives endpoints: selected, with an IP, and
 /// declaring the target port.
-fn endpoints(model: &Model, proto: Proto, pick: impl Fn(&Service, &ServicePort) -> bool) -> Vec<String> {
+fn endpoints(
+    tb: &Testbed,
+    proto: Proto,
+    pick: impl Fn(&Service, &ServicePort) -> bool,
+) -> Result<Vec<String>> {
+    let dir = tb.cluster_dir();
+    let model = weft_agent::source::read_dir(&dir).model;
     let protocol = match proto {
         Proto::Tcp => Protocol::Tcp,
         Proto::Udp => Protocol::Udp,
     };
     let mut out = Vec::new();
-    for svc in model.services.values() {
+    for svc in services::read(&dir)?.values() {
         for sp in svc.ports.iter().filter(|sp| sp.protocol == protocol && pick(svc, sp)) {
             for pod in model.pods.values() {
                 if svc.selects(pod) && pod.resolve_port(&sp.target_port, sp.protocol).is_some() {
@@ -477,7 +482,7 @@ fn endpoints(model: &Model, proto: Proto, pick: impl Fn(&Service, &ServicePort) 
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

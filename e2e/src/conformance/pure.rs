@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use weft_agent::model::{parse_manifests, Model, Object, Pod, Protocol, TrafficPolicy};
+use weft_agent::model::{parse_manifests, Model, Object, Pod, Protocol};
 use weft_agent::policy::evaluate::{decide_via, Party};
 
 use super::case::{Case, CasePod, Change, Probe, ProbeKind, Source, Target};
@@ -29,18 +29,22 @@ use crate::kube_proxy::{self, Endpoint};
 use crate::plan;
 use crate::pods::CLUSTER_CIDR;
 use crate::probe::Proto;
+use crate::services::{self, Service, TrafficPolicy};
 
 /// A case's cluster state as the agents would read it, with the addresses
 /// the testbed would have given its pods.
 struct Cluster {
     model: Model,
+    /// The Services, by key (the agents do not read them).
+    services: BTreeMap<String, Service>,
     /// The next host number of each node's pod CIDR.
     next_host: BTreeMap<u32, u32>,
 }
 
 impl Cluster {
     fn new(case: &Case) -> Result<Cluster, String> {
-        let mut c = Cluster { model: Model::default(), next_host: BTreeMap::new() };
+        let mut c =
+            Cluster { model: Model::default(), services: BTreeMap::new(), next_host: BTreeMap::new() };
         for n in 1..=case.nodes {
             c.apply(&node_manifest(n))?;
         }
@@ -61,13 +65,18 @@ impl Cluster {
 
     /// Creates or replaces the objects of `yaml`.
     fn apply(&mut self, yaml: &str) -> Result<(), String> {
+        let value: serde_json::Value = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
+        if services::is_service(&value) {
+            let s = services::parse(value)?;
+            self.services.insert(s.key(), s);
+            return Ok(());
+        }
         for obj in parse_manifests(yaml)? {
             let m = &mut self.model;
             match obj {
                 Object::Node(n) => drop(m.nodes.insert(n.name.clone(), n)),
                 Object::Namespace(n) => drop(m.namespaces.insert(n.name.clone(), n)),
                 Object::Pod(p) => drop(m.pods.insert(p.key(), p)),
-                Object::Service(s) => drop(m.services.insert(s.key(), s)),
                 Object::NetworkPolicy(p) => drop(m.policies.insert(p.key(), p)),
                 Object::ClusterNetworkPolicy(p) => drop(m.cluster_policies.insert(p.name.clone(), p)),
             }
@@ -107,7 +116,7 @@ impl Cluster {
                 let key = |ns: &Option<String>| format!("{}/{name}", ns.as_deref().unwrap_or("default"));
                 match *kind {
                     "Namespace" => drop(m.namespaces.remove(name)),
-                    "Service" => drop(m.services.remove(&key(namespace))),
+                    "Service" => drop(self.services.remove(&key(namespace))),
                     "NetworkPolicy" => drop(m.policies.remove(&key(namespace))),
                     "ClusterNetworkPolicy" => drop(m.cluster_policies.remove(name)),
                     other => return Err(format!("cannot delete a {other}")),
@@ -148,7 +157,7 @@ pub fn evaluate(case: &Case) -> PureResult {
         }
         let before = out.checked;
         for (j, probe) in step.probes.iter().enumerate() {
-            for failure in check_probe(&cluster.model, probe, &mut out.checked) {
+            for failure in check_probe(&cluster, probe, &mut out.checked) {
                 out.failures.push(format!("steps[{i}].probe[{j}] ({probe}): {failure}"));
             }
         }
@@ -167,7 +176,8 @@ fn protocol(p: Proto) -> Protocol {
 }
 
 /// The failures of one probe; counts each verdict checked into `checked`.
-fn check_probe(model: &Model, probe: &Probe, checked: &mut usize) -> Vec<String> {
+fn check_probe(cluster: &Cluster, probe: &Probe, checked: &mut usize) -> Vec<String> {
+    let model = &cluster.model;
     let proto = protocol(probe.proto);
     let mut failures = Vec::new();
     let mut expect = |want: bool, got: Result<bool, String>, what: String| {
@@ -195,7 +205,7 @@ fn check_probe(model: &Model, probe: &Probe, checked: &mut usize) -> Vec<String>
             }
         }
         ProbeKind::Single { from, to, allow } => {
-            expect(*allow, single(model, from, to, proto), String::new());
+            expect(*allow, single(cluster, from, to, proto), String::new());
         }
     }
     failures
@@ -249,7 +259,8 @@ fn hairpin_connects(model: &Model, ep: &Endpoint, proto: Protocol) -> bool {
 
 /// A single probe: through the service NAT if it targets one; every endpoint
 /// it can reach must give the same verdict.
-fn single(model: &Model, from: &Source, to: &Target, proto: Protocol) -> Result<bool, String> {
+fn single(cluster: &Cluster, from: &Source, to: &Target, proto: Protocol) -> Result<bool, String> {
+    let model = &cluster.model;
     let original = match from {
         Source::Pod(p) => p.clone(),
         Source::Ext => plan::ext_addr().ip().to_string(),
@@ -260,10 +271,10 @@ fn single(model: &Model, from: &Source, to: &Target, proto: Protocol) -> Result<
         Target::Service { namespace, name, port, .. } => {
             let pick =
                 |s: &kube_proxy::Service| &s.namespace == namespace && &s.name == name && s.port == *port;
-            (pick_service(model, proto, pick)?, node_of(model, from)?)
+            (pick_service(cluster, proto, pick)?, node_of(model, from)?)
         }
         Target::NodePort { node, port } => {
-            (pick_service(model, proto, |s| s.node_port == Some(*port))?, *node)
+            (pick_service(cluster, proto, |s| s.node_port == Some(*port))?, *node)
         }
     };
     let (svc, eps) = svc_port;
@@ -301,11 +312,12 @@ fn single(model: &Model, from: &Source, to: &Target, proto: Protocol) -> Result<
 
 /// The one service port of `proto` that `pick` chooses, with its endpoints.
 fn pick_service(
-    model: &Model,
+    cluster: &Cluster,
     proto: Protocol,
     pick: impl Fn(&kube_proxy::Service) -> bool,
 ) -> Result<(kube_proxy::Service, Vec<Endpoint>), String> {
-    let mut found = kube_proxy::from_model(model).into_iter().filter(|(s, _)| s.protocol == proto && pick(s));
+    let all = kube_proxy::endpoints(cluster.services.values(), &cluster.model);
+    let mut found = all.into_iter().filter(|(s, _)| s.protocol == proto && pick(s));
     match (found.next(), found.next()) {
         (Some(one), None) => Ok(one),
         (None, _) => Err("no such service port in the model".into()),

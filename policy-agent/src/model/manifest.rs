@@ -15,7 +15,7 @@ use super::cnp_manifest::cluster_network_policy;
 use super::label_syntax::{check_key, check_labels, check_value};
 use super::{
     ContainerPort, LabelSelector, Labels, Namespace, NetworkPolicy, Node, Operator, Peer, Pod, PolicyPort,
-    PortRef, Protocol, Requirement, Rule, Service, ServicePort, TrafficPolicy,
+    PortRef, Protocol, Requirement, Rule,
 };
 
 /// The label the API server puts on every namespace.
@@ -27,7 +27,6 @@ pub enum Object {
     Node(Node),
     Namespace(Namespace),
     Pod(Arc<Pod>),
-    Service(Service),
     NetworkPolicy(Arc<NetworkPolicy>),
     ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
@@ -39,7 +38,6 @@ impl Object {
             Object::Node(n) => format!("Node {}", n.name),
             Object::Namespace(n) => format!("Namespace {}", n.name),
             Object::Pod(p) => format!("Pod {}", p.key()),
-            Object::Service(s) => format!("Service {}", s.key()),
             Object::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key()),
             Object::ClusterNetworkPolicy(p) => format!("ClusterNetworkPolicy {}", p.name),
         }
@@ -136,7 +134,6 @@ fn collect(value: serde_norway::Value, out: &mut Vec<Result<Object, ObjectError>
         | "NodeList"
         | "PodList"
         | "NamespaceList"
-        | "ServiceList"
         | "NetworkPolicyList"
         | "ClusterNetworkPolicyList" => {
             match serde_norway::from_value::<List>(value) {
@@ -148,7 +145,6 @@ fn collect(value: serde_norway::Value, out: &mut Vec<Result<Object, ObjectError>
         "Node" => decode(value).and_then(node).map(Object::Node),
         "Namespace" => decode(value).and_then(namespace_of).map(Object::Namespace),
         "Pod" => decode(value).and_then(pod).map(|p| Object::Pod(Arc::new(p))),
-        "Service" => decode(value).and_then(service).map(Object::Service),
         "NetworkPolicy" => decode(value).and_then(network_policy).map(|p| Object::NetworkPolicy(Arc::new(p))),
         "ClusterNetworkPolicy" => {
             decode(value).and_then(cluster_network_policy).map(Object::ClusterNetworkPolicy)
@@ -384,85 +380,12 @@ fn pod(m: PodManifest) -> Result<Pod, String> {
     })
 }
 
-// ---- Service
-
-#[derive(Debug, Deserialize)]
-struct ServiceManifest {
-    metadata: Meta,
-    #[serde(default)]
-    spec: ServiceSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServiceSpec {
-    #[serde(default, rename = "clusterIP")]
-    cluster_ip: Option<String>,
-    #[serde(default)]
-    selector: Option<Labels>,
-    #[serde(default)]
-    ports: Vec<ServicePortManifest>,
-    #[serde(default)]
-    external_traffic_policy: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServicePortManifest {
-    #[serde(default)]
-    name: Option<String>,
-    port: i64,
-    #[serde(default)]
-    protocol: Option<String>,
-    #[serde(default)]
-    target_port: Option<IntOrString>,
-    #[serde(default)]
-    node_port: Option<i64>,
-}
-
+/// A port as the API writes it: a number or a name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum IntOrString {
     Int(i64),
     Str(String),
-}
-
-fn service(m: ServiceManifest) -> Result<Service, String> {
-    let name = m.metadata.name()?;
-    let namespace = m.metadata.namespace()?;
-    let cluster_ip = match m.spec.cluster_ip.as_deref() {
-        None | Some("") | Some("None") => None,
-        Some(s) => match s.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-            Ok(std::net::IpAddr::V6(_)) => None,
-            Err(e) => return Err(format!("spec.clusterIP {s:?}: {e}")),
-        },
-    };
-    let external_traffic_policy = match m.spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => TrafficPolicy::Cluster,
-        Some("Local") => TrafficPolicy::Local,
-        Some(other) => return Err(format!("spec.externalTrafficPolicy {other:?} is not Cluster or Local")),
-    };
-    let mut ports = Vec::new();
-    for p in m.spec.ports {
-        let port = port_number(p.port, "ports[].port")?;
-        let target_port = match p.target_port {
-            None => PortRef::Number(port),
-            Some(t) => port_ref(t, "ports[].targetPort")?,
-        };
-        let node_port = p.node_port.map(|n| port_number(n, "ports[].nodePort")).transpose()?;
-        ports.push(ServicePort {
-            name: p.name,
-            port,
-            protocol: protocol(p.protocol.as_deref())?,
-            target_port,
-            node_port,
-        });
-    }
-    if let Some(sel) = &m.spec.selector {
-        check_labels(sel, "spec.selector")?;
-    }
-    Ok(Service { namespace, name, cluster_ip, selector: m.spec.selector, ports, external_traffic_policy })
 }
 
 // ---- NetworkPolicy
@@ -944,47 +867,6 @@ status:
         bad["spec"]["policyTypes"] = serde_json::json!(["Sideways"]);
         let r = parse_serialized(&bad);
         assert!(matches!(&r[..], [Err(e)] if e.key.as_deref() == Some("NetworkPolicy x/p")), "{r:?}");
-    }
-
-    #[test]
-    fn services() {
-        let text = "
-kind: Service
-metadata: {name: web, namespace: y}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.10
-  selector: {pod: a}
-  externalTrafficPolicy: Local
-  ports:
-  - {name: http, port: 80, targetPort: serve-80-tcp, nodePort: 30080}
-  - {port: 81, protocol: UDP}
-";
-        let Object::Service(s) = one(text) else { panic!() };
-        assert_eq!(s.cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 10)));
-        assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
-        assert_eq!(s.ports[0].target_port, PortRef::Name("serve-80-tcp".into()));
-        assert_eq!(s.ports[0].node_port, Some(30080));
-        assert_eq!(s.ports[1].target_port, PortRef::Number(81), "targetPort defaults to port");
-        assert_eq!(s.ports[1].protocol, Protocol::Udp);
-        let pod = |ns: &str, l: &str, ip: Option<Ipv4Addr>| Pod {
-            namespace: ns.into(),
-            name: "p".into(),
-            labels: labels([("pod", l)]),
-            node: None,
-            ip,
-            ip6: None,
-            host_network: false,
-            ports: vec![],
-        };
-        let ip = Some(Ipv4Addr::new(10, 244, 1, 2));
-        assert!(s.selects(&pod("y", "a", ip)));
-        assert!(!s.selects(&pod("x", "a", ip)), "other namespace");
-        assert!(!s.selects(&pod("y", "b", ip)));
-        assert!(!s.selects(&pod("y", "a", None)), "no address yet");
-        let v6_only = Pod { ip6: "fd00::af4:105".parse().ok(), ..pod("y", "a", None) };
-        assert!(s.selects(&v6_only), "an IPv6 pod backs it too");
-        assert!(parse_manifests(&text.replace("Local", "Nearby")).is_err());
     }
 
     #[test]

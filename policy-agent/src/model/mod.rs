@@ -1,6 +1,7 @@
 //! The agent's view of the cluster: the few fields of Nodes, Namespaces,
-//! Pods, Services and NetworkPolicies that routing, the policy compiler and
-//! the testbed's kube-proxy imitation read.
+//! Pods, NetworkPolicies and ClusterNetworkPolicies that routing and the
+//! policy compiler read. Services are not here: policy applies to pods after
+//! kube-proxy's DNAT.
 //!
 //! No k8s-openapi here: `manifest` declares small serde structs for exactly
 //! these fields (ignoring every other field, as a client of a newer API
@@ -120,7 +121,7 @@ pub struct ContainerPort {
     pub protocol: Protocol,
 }
 
-/// A pod as policy and services see it.
+/// A pod as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pod {
     pub namespace: String,
@@ -157,54 +158,6 @@ impl Pod {
                 .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name.as_str()))
                 .map(|p| p.port),
         }
-    }
-}
-
-/// spec.externalTrafficPolicy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum TrafficPolicy {
-    #[default]
-    Cluster,
-    Local,
-}
-
-/// One port of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServicePort {
-    pub name: Option<String>,
-    pub port: u16,
-    pub protocol: Protocol,
-    /// Defaults to `port`.
-    pub target_port: PortRef,
-    pub node_port: Option<u16>,
-}
-
-/// A Service: enough for the testbed's kube-proxy imitation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Service {
-    pub namespace: String,
-    pub name: String,
-    /// spec.clusterIP: None for a headless service or one without an IPv4 address.
-    pub cluster_ip: Option<Ipv4Addr>,
-    /// None (or empty) means no endpoints are derived from pods.
-    pub selector: Option<Labels>,
-    pub ports: Vec<ServicePort>,
-    pub external_traffic_policy: TrafficPolicy,
-}
-
-impl Service {
-    /// "namespace/name".
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// True if `pod` backs this service: same namespace, has an IP (of either
-    /// family), and carries every label of a non-empty selector.
-    pub fn selects(&self, pod: &Pod) -> bool {
-        let Some(sel) = self.selector.as_ref().filter(|s| !s.is_empty()) else { return false };
-        pod.namespace == self.namespace
-            && (pod.ip.is_some() || pod.ip6.is_some())
-            && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
 
@@ -270,7 +223,6 @@ pub struct Model {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<String, Arc<Pod>>,
-    pub services: BTreeMap<String, Service>,
     pub policies: BTreeMap<String, Arc<NetworkPolicy>>,
     /// ClusterNetworkPolicies by name (cluster-scoped).
     pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
@@ -305,7 +257,6 @@ impl Model {
             Object::Node(n) => put(&mut self.nodes, n.name.clone(), n),
             Object::Namespace(n) => put(&mut self.namespaces, n.name.clone(), n),
             Object::Pod(p) => put(&mut self.pods, p.key(), p),
-            Object::Service(s) => put(&mut self.services, s.key(), s),
             Object::NetworkPolicy(p) => put(&mut self.policies, p.key(), p),
             Object::ClusterNetworkPolicy(p) => put(&mut self.cluster_policies, p.name.clone(), p),
         }
