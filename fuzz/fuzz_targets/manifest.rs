@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
         model.insert(obj);
     }
     let nodes: Vec<String> = model.nodes.keys().cloned().chain(["node-1".to_string()]).collect();
+    let cluster = ["10.244.0.0/16", "fd00:244::/56"].map(|c| c.parse().expect("a CIDR"));
     for node in nodes {
-        let _ = compile(&model, &node, "10.244.0.0/16".parse().ok());
+        let _ = compile(&model, &node, &cluster);
     }
 });

@@ -53,14 +53,14 @@ fn pod(i: u32) -> Ipv4Addr {
 fn ir(elements: usize) -> PolicyIr {
     let mut ir = PolicyIr::default();
     for i in 0..PODS {
-        ir.local.insert(pod(i));
-        ir.ingress.isolated.insert(pod(i));
-        ir.egress.isolated.insert(pod(i));
+        ir.v4.local.insert(pod(i));
+        ir.v4.ingress.isolated.insert(pod(i));
+        ir.v4.egress.isolated.insert(pod(i));
     }
     let cells = elements.saturating_sub(3 * PODS as usize) as u32;
     for c in 0..cells {
         let peer = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + c / PODS), 32).expect("a /32");
-        ir.ingress.triples.insert((pod(c % PODS), Protocol::Tcp, 80, peer));
+        ir.v4.ingress.triples.insert((pod(c % PODS), Protocol::Tcp, 80, peer));
     }
     ir
 }
@@ -70,7 +70,7 @@ fn ir(elements: usize) -> PolicyIr {
 fn ir_hash(elements: usize) -> PolicyIr {
     let mut ir = ir(3 * PODS as usize);
     let targets = elements.saturating_sub(3 * PODS as usize) as u32;
-    ir.ingress.port_groups.push(PortGroup {
+    ir.v4.ingress.port_groups.push(PortGroup {
         key: 1,
         targets: (0..targets).map(|c| (Ipv4Addr::from(0x0a80_0000 + c), Protocol::Tcp, 80)).collect(),
         peers: vec!["10.0.0.0/8".parse().expect("a network")],
@@ -289,7 +289,7 @@ fn main() -> std::process::ExitCode {
     let (ir, hash, rounds) = match args.first().map(String::as_str) {
         Some("--model") => {
             let m = synthetic::model(number(1, 10_000), number(2, 10_000));
-            (compile(&m, "node-1", "10.100.0.0/14".parse().ok()).0, false, number(3, 100))
+            (compile(&m, "node-1", &["10.100.0.0/14".parse().unwrap()]).0, false, number(3, 100))
         }
         Some("--hash") => (ir_hash(number(1, 68_000)), true, number(2, 100)),
         _ => (ir(number(0, 68_000)), false, number(1, 100)),

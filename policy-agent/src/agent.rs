@@ -12,6 +12,7 @@
 //! `agent{node=...}` span.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -38,7 +39,7 @@ use crate::overlay_kernel::teardown_overlay;
 use crate::parked_adds::ParkedAdds;
 use crate::pod_events::PodEvents;
 use crate::pod_socket::{Event, PodSocket, Wake};
-use crate::policy::{Options, PolicyIr};
+use crate::policy::{Direction, Options, PolicyIr};
 use crate::route_table::delete_all;
 use crate::snapshot::Compiled;
 use crate::source::{Source, SourceOpenError, SourceSpec};
@@ -404,8 +405,13 @@ impl<'c> Agent<'c> {
         match self.compiled.as_mut() {
             Some(c) if !full => c.update(model, &s.generation),
             _ => {
-                let c =
-                    Compiled::new(model, &s.generation, &self.cfg.node, self.cluster_v4, self.cfg.compile);
+                let c = Compiled::new(
+                    model,
+                    &s.generation,
+                    &self.cfg.node,
+                    &self.cfg.cluster_cidrs,
+                    self.cfg.compile,
+                );
                 self.compiled = Some(c);
             }
         }
@@ -512,14 +518,18 @@ type Enforced = (ObjectCounts, PolicyStatus, Vec<String>);
 
 /// What backend `name` enforces for `ir`.
 fn policy_status(name: &str, ir: &PolicyIr) -> PolicyStatus {
+    let (v4, v6) = (&ir.v4, &ir.v6);
+    let both = |f: fn(&Direction<Ipv4Addr>) -> usize, g: fn(&Direction<Ipv6Addr>) -> usize| {
+        f(&v4.ingress) + f(&v4.egress) + g(&v6.ingress) + g(&v6.egress)
+    };
     PolicyStatus {
         backend: name.into(),
-        local_pods: ir.local.len(),
-        ingress_isolated: ir.ingress.isolated.len(),
-        egress_isolated: ir.egress.isolated.len(),
-        triples: ir.ingress.triples.len() + ir.egress.triples.len(),
-        groups: ir.ingress.groups.len() + ir.egress.groups.len(),
-        port_groups: ir.ingress.port_groups.len() + ir.egress.port_groups.len(),
+        local_pods: v4.local.len() + v6.local.len(),
+        ingress_isolated: v4.ingress.isolated.len() + v6.ingress.isolated.len(),
+        egress_isolated: v4.egress.isolated.len() + v6.egress.isolated.len(),
+        triples: both(|d| d.triples.len(), |d| d.triples.len()),
+        groups: both(|d| d.groups.len(), |d| d.groups.len()),
+        port_groups: both(|d| d.port_groups.len(), |d| d.port_groups.len()),
     }
 }
 

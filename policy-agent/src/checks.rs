@@ -125,8 +125,9 @@ pub fn check_node(
             }
         });
     }
-    let (ir, _) = compile(model, node, cluster);
-    let enforcing_here = !ir.ingress.isolated.is_empty() || !ir.egress.isolated.is_empty();
+    let (ir, _) = compile(model, node, &cluster.map(IpNetwork::V4).into_iter().collect::<Vec<_>>());
+    let enforcing_here = [&ir.v4.ingress, &ir.v4.egress].iter().any(|d| !d.isolated.is_empty())
+        || [&ir.v6.ingress, &ir.v6.egress].iter().any(|d| !d.isolated.is_empty());
     let iptables = weft_netkit::iptables_mode::tool_in(weft_netkit::iptables_mode::detect().ok(), "iptables");
     let forward_in =
         |table| tool::output(&iptables, &["-w", "5", "-t", table, "-S", "FORWARD"], None).unwrap_or_default();

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
 
 use crate::model::{Model, Protocol};
@@ -115,7 +115,7 @@ pub fn explain(
             hops.push(Hop { node, class: "node->local (not forwarded)".into(), egress: None, ingress: None });
             continue;
         }
-        let ir = compile(model, &node, cluster).0;
+        let ir = compile(model, &node, &cluster.map(IpNetwork::V4).into_iter().collect::<Vec<_>>()).0.v4;
         let class = match (src_local, dst_local) {
             (true, true) => "local->local",
             (true, false) => "local->other",

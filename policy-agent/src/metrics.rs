@@ -381,7 +381,7 @@ spec:
   podSelector: {matchLabels: {app: a}}
   ingress: [{ports: [{port: 80}]}]
 ";
-        compile(&Model::of_manifests(text), "node-1", "10.244.0.0/16".parse().ok()).0
+        compile(&Model::of_manifests(text), "node-1", &["10.244.0.0/16".parse().unwrap()]).0
     }
 
     /// Every line parses; every family has HELP then TYPE before its samples;

@@ -4,7 +4,7 @@
 //! only the policies it touches and the backend patches only what changed;
 //! the denied log explains from here instead of building a model.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::denied::ExplainView;
 use crate::model::Model;
@@ -25,10 +25,10 @@ impl Compiled {
         model: Model,
         generation: &str,
         node: &str,
-        cluster: Option<Ipv4Network>,
+        cluster_cidrs: &[IpNetwork],
         options: Options,
     ) -> Compiled {
-        let engine = PolicyEngine::new(&model, node, cluster, options);
+        let engine = PolicyEngine::new(&model, node, cluster_cidrs, options);
         Compiled { generation: generation.into(), view: ExplainView::new(model), engine }
     }
 

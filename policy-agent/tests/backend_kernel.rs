@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_agent::backend::{self, BackendChoice};
-use weft_agent::policy::PolicyIr;
+use weft_agent::policy::{FamilyIr, PolicyIr};
 use weft_netkit::netns::run_in_new;
 
 /// Runs `f` in a network namespace of its own.
@@ -25,12 +25,15 @@ fn root() -> bool {
 fn ir() -> PolicyIr {
     let a: Ipv4Addr = "10.244.1.2".parse().unwrap();
     let mut ir = PolicyIr {
-        local: [a].into(),
-        pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        v4: FamilyIr {
+            local: [a].into(),
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            ..FamilyIr::default()
+        },
         ..PolicyIr::default()
     };
-    ir.ingress.isolated.insert(a);
+    ir.v4.ingress.isolated.insert(a);
     ir
 }
 

@@ -51,7 +51,7 @@ fn model(with_policy: bool) -> Model {
 }
 
 fn ir(with_policy: bool) -> PolicyIr {
-    compile(&model(with_policy), "node-1", "10.244.0.0/16".parse().ok()).0
+    compile(&model(with_policy), "node-1", &["10.244.0.0/16".parse().unwrap()]).0
 }
 
 /// Set elements weft holds in this netns's kernel, as `ipset save` or the
@@ -66,9 +66,9 @@ fn kernel_elements(backend: &str) -> usize {
 
 fn check(backend: &mut dyn PolicyBackend) {
     let huge = ir(true);
-    assert!(huge.ingress.triples.is_empty(), "no triples: {}", huge.ingress.triples.len());
-    assert_eq!(huge.ingress.port_groups.len(), 1);
-    assert_eq!(huge.ingress.port_groups[0].targets.len(), 7 * PORTS as usize);
+    assert!(huge.v4.ingress.triples.is_empty(), "no triples: {}", huge.v4.ingress.triples.len());
+    assert_eq!(huge.v4.ingress.port_groups.len(), 1);
+    assert_eq!(huge.v4.ingress.port_groups[0].targets.len(), 7 * PORTS as usize);
     let t0 = Instant::now();
     let applied = backend.apply(&huge, true).expect("the huge policy applies");
     let first = t0.elapsed();

@@ -14,7 +14,7 @@ use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
 use weft_agent::nft::{render, Elem, Nft, NftRendered, TABLE};
-use weft_agent::policy::{Group, GroupPorts, PolicyIr, PortGroup};
+use weft_agent::policy::{FamilyIr, Group, GroupPorts, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new;
 
 /// True when root; otherwise the test skips (fails under CI).
@@ -29,38 +29,41 @@ fn ip(s: &str) -> Ipv4Addr {
 fn ir() -> PolicyIr {
     let a = ip("10.244.1.2");
     let mut ir = PolicyIr {
-        local: [a, ip("10.244.1.3")].into(),
-        pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        v4: FamilyIr {
+            local: [a, ip("10.244.1.3")].into(),
+            pod_cidr: Some("10.244.1.0/24".parse().unwrap()),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            ..FamilyIr::default()
+        },
         ..PolicyIr::default()
     };
-    ir.ingress.isolated.insert(a);
-    ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.0/24".parse().unwrap()));
-    ir.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.3/32".parse().unwrap()));
-    ir.ingress.groups.push(Group {
+    ir.v4.ingress.isolated.insert(a);
+    ir.v4.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.0/24".parse().unwrap()));
+    ir.v4.ingress.triples.insert((a, Protocol::Tcp, 80, "10.244.2.3/32".parse().unwrap()));
+    ir.v4.ingress.groups.push(Group {
         key: 1,
         targets: [a].into(),
         peers: vec!["0.0.0.0/0".parse().unwrap()],
         ports: GroupPorts::Protocol(Protocol::Udp),
     });
-    ir.ingress.groups.push(Group {
+    ir.v4.ingress.groups.push(Group {
         key: 2,
         targets: [a].into(),
         peers: vec!["172.31.0.0/24".parse().unwrap()],
         ports: GroupPorts::All,
     });
-    ir.ingress.port_groups.push(PortGroup {
+    ir.v4.ingress.port_groups.push(PortGroup {
         key: 2,
         targets: [(a, Protocol::Tcp, 443), (a, Protocol::Udp, 53)].into(),
         peers: vec!["172.31.0.0/24".parse().unwrap()],
     });
-    ir.egress.isolated.insert(ip("10.244.1.3"));
+    ir.v4.egress.isolated.insert(ip("10.244.1.3"));
     let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
         ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
     ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
     ir.v6.local = [a6, b6].into();
-    ir.v6.ingress.insert(a6);
-    ir.v6.egress.insert(b6);
+    ir.v6.ingress.isolated.insert(a6);
+    ir.v6.egress.isolated.insert(b6);
     ir
 }
 
@@ -207,7 +210,7 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
 
         // A new local pod: one element in one set, as a delta.
         let mut more = ir();
-        more.local.insert(ip("10.244.1.9"));
+        more.v4.local.insert(ip("10.244.1.9"));
         let r = render(&more);
         let done = nft.apply(&r, false).unwrap();
         assert!(!done.replaced && done.added == 1 && done.deleted == 0, "{done:?}");
@@ -216,8 +219,8 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         // A policy changed: one group goes (its sets with it), a port group
         // comes, in one transaction that does not replace the table.
         let mut regrouped = more.clone();
-        regrouped.ingress.groups.retain(|g| g.key != 1);
-        regrouped.ingress.port_groups.push(PortGroup {
+        regrouped.v4.ingress.groups.retain(|g| g.key != 1);
+        regrouped.v4.ingress.port_groups.push(PortGroup {
             key: 5,
             targets: [(ip("10.244.1.9"), Protocol::Tcp, 8080)].into(),
             peers: vec!["10.244.3.0/24".parse().unwrap()],
@@ -243,7 +246,7 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
 
         // Groups only go (no element changes anywhere else): still applied.
         let mut fewer = regrouped.clone();
-        fewer.ingress.port_groups.retain(|g| g.key != 5);
+        fewer.v4.ingress.port_groups.retain(|g| g.key != 5);
         let r = render(&fewer);
         let done = nft.apply(&r, false).unwrap();
         assert!(done.regrouped && done.added + done.deleted == 0, "{done:?}");
@@ -274,21 +277,21 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
 fn ir_more() -> PolicyIr {
     let mut ir = ir();
     let b = ip("10.244.1.9");
-    ir.local.insert(b);
-    ir.ingress.isolated.insert(b);
-    ir.ingress.triples.insert((b, Protocol::Tcp, 80, "10.244.4.0/24".parse().unwrap()));
-    ir.ingress.triples.insert((b, Protocol::Tcp, 81, "10.244.4.0/24".parse().unwrap()));
-    ir.egress.triples.insert((ip("10.244.1.3"), Protocol::Udp, 53, "0.0.0.0/0".parse().unwrap()));
-    for g in &mut ir.ingress.groups {
+    ir.v4.local.insert(b);
+    ir.v4.ingress.isolated.insert(b);
+    ir.v4.ingress.triples.insert((b, Protocol::Tcp, 80, "10.244.4.0/24".parse().unwrap()));
+    ir.v4.ingress.triples.insert((b, Protocol::Tcp, 81, "10.244.4.0/24".parse().unwrap()));
+    ir.v4.egress.triples.insert((ip("10.244.1.3"), Protocol::Udp, 53, "0.0.0.0/0".parse().unwrap()));
+    for g in &mut ir.v4.ingress.groups {
         g.targets.insert(b);
     }
     let peers = vec!["172.31.0.0/24".parse().unwrap(), "172.31.1.0/24".parse().unwrap()];
-    ir.ingress.groups[1].peers = peers.clone();
-    ir.ingress.port_groups[0].peers = peers;
-    ir.ingress.port_groups[0].targets.insert((b, Protocol::Sctp, 9000));
+    ir.v4.ingress.groups[1].peers = peers.clone();
+    ir.v4.ingress.port_groups[0].peers = peers;
+    ir.v4.ingress.port_groups[0].targets.insert((b, Protocol::Sctp, 9000));
     let b6: std::net::Ipv6Addr = "fd00:244:1::9".parse().unwrap();
     ir.v6.local.insert(b6);
-    ir.v6.ingress.insert(b6);
+    ir.v6.ingress.isolated.insert(b6);
     ir
 }
 
@@ -354,7 +357,7 @@ fn a_delta_too_large_for_one_send_goes_through_nft() {
         let mut big = ir();
         let peer: ipnetwork::Ipv4Network = "10.244.2.0/24".parse().unwrap();
         for i in 0..3000u32 {
-            big.ingress.triples.insert((Ipv4Addr::from(0x0af5_0000 + i), Protocol::Tcp, 80, peer));
+            big.v4.ingress.triples.insert((Ipv4Addr::from(0x0af5_0000 + i), Protocol::Tcp, 80, peer));
         }
         let r = render(&big);
         let done = nft.apply(&r, false).unwrap();

@@ -297,7 +297,7 @@ impl Backend {
 /// the step's times and what is in force.
 fn sync_full(m: &Model, backend: &mut Backend) -> (PolicyEngine, Step, ObjectCounts) {
     let t0 = Instant::now();
-    let mut engine = PolicyEngine::new(m, "node-1", cluster_cidr(), Options::default());
+    let mut engine = PolicyEngine::new(m, "node-1", &cluster_cidr(), Options::default());
     let compile = t0.elapsed();
     engine.take_dirty();
     let (render, apply, counts) = backend.apply(engine.ir(), true);
@@ -315,8 +315,8 @@ fn sync_change(engine: &mut PolicyEngine, old: &Model, new: &Model, backend: &mu
     Step { compile, render: Duration::ZERO, apply }
 }
 
-fn cluster_cidr() -> Option<ipnetwork::Ipv4Network> {
-    "10.100.0.0/14".parse().ok()
+fn cluster_cidr() -> Vec<ipnetwork::IpNetwork> {
+    vec!["10.100.0.0/14".parse().expect("a CIDR")]
 }
 
 /// Measures one backend on node-1's share of `kind`'s model at (pods,
@@ -463,7 +463,7 @@ fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> C
     let mut m = m.clone();
     // What the engine was last brought to: the agent's compiled snapshot.
     let mut synced = m.clone();
-    let mut engine = PolicyEngine::new(&m, "node-1", cluster_cidr(), Options::default());
+    let mut engine = PolicyEngine::new(&m, "node-1", &cluster_cidr(), Options::default());
     engine.take_dirty();
     let start = Instant::now();
     let interval = Duration::from_secs(1) / PER_SECOND;

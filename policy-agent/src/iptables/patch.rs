@@ -46,23 +46,27 @@ pub fn changes(
         Some(())
     };
     let get = |name: &str| sets.get(name).map(|s| s.members.as_slice());
-    for ip in &dirty.local {
+    let (v4, d4) = (&ir.v4, &dirty.v4);
+    for ip in &d4.local {
         let name = LOCAL_SET;
         let member = ip.to_string();
-        let new = if ir.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
+        let new = if v4.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
         diff(name, new, &prefixed(get(name)?, &member, true))?;
     }
-    if dirty.v6 {
-        for (name, now) in
-            [(LOCAL6_SET, &ir.v6.local), (IN_ISO6_SET, &ir.v6.ingress), (OUT_ISO6_SET, &ir.v6.egress)]
-        {
+    if !dirty.v6.is_empty() {
+        let v6 = &ir.v6;
+        for (name, now) in [
+            (LOCAL6_SET, &v6.local),
+            (IN_ISO6_SET, &v6.ingress.isolated),
+            (OUT_ISO6_SET, &v6.egress.isolated),
+        ] {
             diff(name, ip6_set(name, now).members, get(name)?)?;
         }
     }
-    let mut views = vec![(&INGRESS, &ir.ingress, &dirty.ingress), (&EGRESS, &ir.egress, &dirty.egress)];
-    if ir.audit {
-        views.push((&AUDIT_INGRESS, &ir.audit_ingress, &dirty.audit_ingress));
-        views.push((&AUDIT_EGRESS, &ir.audit_egress, &dirty.audit_egress));
+    let mut views = vec![(&INGRESS, &v4.ingress, &d4.ingress), (&EGRESS, &v4.egress, &d4.egress)];
+    if v4.audit {
+        views.push((&AUDIT_INGRESS, &v4.audit_ingress, &d4.audit_ingress));
+        views.push((&AUDIT_EGRESS, &v4.audit_egress, &d4.audit_egress));
     }
     for (n, dir, d) in views {
         view(n, dir, d, &get, &mut diff)?;

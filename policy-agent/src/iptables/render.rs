@@ -19,7 +19,7 @@
 //! WEFT-EGRESS    the same with (src, dport, dst) in weft-out
 //! ```
 //!
-//! IPv6 (ip6tables, the same chain name; policy/guard6.rs) fails closed until
+//! IPv6 (ip6tables, the same chain name; from the IR's IPv6 half) fails closed until
 //! IPv6 policy is compiled:
 //!
 //! ```text
@@ -198,7 +198,8 @@ impl Rendered {
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> Rendered {
-    let mut sets = vec![ip_set(LOCAL_SET, &ir.local)];
+    let (v4, v6) = (&ir.v4, &ir.v6);
+    let mut sets = vec![ip_set(LOCAL_SET, &v4.local)];
     let mut rules = String::from("*filter\n");
     for c in CHAINS {
         let _ = writeln!(rules, ":{c} - [0:0]");
@@ -208,7 +209,7 @@ pub fn render(ir: &PolicyIr) -> Rendered {
         rules,
         "-A {f} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"
     );
-    if let Some(own) = ir.pod_cidr {
+    if let Some(own) = v4.pod_cidr {
         for (flag, addr) in [("src", "-s"), ("dst", "-d")] {
             let _ = writeln!(
                 rules,
@@ -218,7 +219,7 @@ pub fn render(ir: &PolicyIr) -> Rendered {
     }
     let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", EGRESS.iso);
     let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", INGRESS.iso);
-    if ir.audit {
+    if v4.audit {
         let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {AUDIT_EGRESS_CHAIN}", AUDIT_EGRESS.iso);
         let _ =
             writeln!(rules, "-A {f} -m set --match-set {} dst -j {AUDIT_INGRESS_CHAIN}", AUDIT_INGRESS.iso);
@@ -226,27 +227,27 @@ pub fn render(ir: &PolicyIr) -> Rendered {
     for flag in ["src", "dst"] {
         let _ = writeln!(rules, "-A {f} -m set --match-set {LOCAL_SET} {flag} -j ACCEPT");
     }
-    if let Some(cluster) = ir.cluster_cidr {
+    if let Some(cluster) = v4.cluster_cidr {
         let _ = writeln!(
             rules,
             "-A {f} -d {cluster} -m comment --comment \"weft: transit to a pod on another node\" -j ACCEPT"
         );
     }
-    for (dir, names) in [(&ir.ingress, &INGRESS), (&ir.egress, &EGRESS)] {
+    for (dir, names) in [(&v4.ingress, &INGRESS), (&v4.egress, &EGRESS)] {
         direction(dir, names, &mut sets, &mut rules);
     }
-    if ir.audit {
-        for (dir, names) in [(&ir.audit_ingress, &AUDIT_INGRESS), (&ir.audit_egress, &AUDIT_EGRESS)] {
+    if v4.audit {
+        for (dir, names) in [(&v4.audit_ingress, &AUDIT_INGRESS), (&v4.audit_egress, &AUDIT_EGRESS)] {
             direction(dir, names, &mut sets, &mut rules);
         }
     }
     rules.push_str("COMMIT\n");
     sets.extend([
-        ip6_set(LOCAL6_SET, &ir.v6.local),
-        ip6_set(IN_ISO6_SET, &ir.v6.ingress),
-        ip6_set(OUT_ISO6_SET, &ir.v6.egress),
+        ip6_set(LOCAL6_SET, &v6.local),
+        ip6_set(IN_ISO6_SET, &v6.ingress.isolated),
+        ip6_set(OUT_ISO6_SET, &v6.egress.isolated),
     ]);
-    Rendered { sets, rules, rules6: guard6(ir), v6: ir.v6 != crate::policy::Guard6::default() }
+    Rendered { sets, rules, rules6: guard6(ir), v6: v6.pod_cidr.is_some() || !v6.local.is_empty() }
 }
 
 /// The ip6tables payload: IPv6 fails closed (see the module doc).
@@ -425,7 +426,7 @@ fn ipset_nets(n: Ipv4Network) -> Vec<Ipv4Network> {
 mod tests {
     use super::*;
     use crate::model::Protocol;
-    use crate::policy::{Group, PortGroup};
+    use crate::policy::{FamilyIr, Group, PortGroup};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -438,22 +439,25 @@ mod tests {
     fn ir() -> PolicyIr {
         let a = ip("10.244.1.2");
         let mut ir = PolicyIr {
-            local: [a, ip("10.244.1.3")].into(),
-            pod_cidr: Some(net("10.244.1.0/24")),
-            cluster_cidr: Some(net("10.244.0.0/16")),
+            v4: FamilyIr {
+                local: [a, ip("10.244.1.3")].into(),
+                pod_cidr: Some(net("10.244.1.0/24")),
+                cluster_cidr: Some(net("10.244.0.0/16")),
+                ..FamilyIr::default()
+            },
             ..PolicyIr::default()
         };
-        ir.ingress.isolated.insert(a);
-        ir.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.0/24")));
-        ir.ingress.triples.insert((a, Protocol::Udp, 81, net("0.0.0.0/0")));
-        ir.ingress.groups.push(Group {
+        ir.v4.ingress.isolated.insert(a);
+        ir.v4.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.0/24")));
+        ir.v4.ingress.triples.insert((a, Protocol::Udp, 81, net("0.0.0.0/0")));
+        ir.v4.ingress.groups.push(Group {
             key: 1,
             targets: [a].into(),
             peers: vec![net("172.31.0.0/24")],
             ports: GroupPorts::Range(Protocol::Tcp, 9000, 9999),
         });
-        ir.egress.isolated.insert(a);
-        ir.egress.groups.push(Group {
+        ir.v4.egress.isolated.insert(a);
+        ir.v4.egress.groups.push(Group {
             key: 2,
             targets: [a].into(),
             peers: vec![net("0.0.0.0/0")],
@@ -515,12 +519,12 @@ COMMIT
         let a = render(&ir());
         let names = |r: &Rendered| r.sets.iter().map(|s| s.name.clone()).collect::<BTreeSet<_>>();
         let mut members = ir();
-        members.egress.groups[0].peers = vec![net("10.0.0.0/8")];
+        members.v4.egress.groups[0].peers = vec![net("10.0.0.0/8")];
         let b = render(&members);
         assert_eq!(names(&a), names(&b), "new peers, same key: the same sets");
         assert_eq!(a.rules, b.rules, "and the same rules");
         let mut other = ir();
-        other.egress.groups[0].key = 3;
+        other.v4.egress.groups[0].key = 3;
         let (na, nc) = (names(&a), names(&render(&other)));
         assert_eq!(na.difference(&nc).count(), 2, "another key: its targets and peers sets");
         assert_eq!(render(&ir()), a, "deterministic");
@@ -530,7 +534,7 @@ COMMIT
     fn port_groups_are_one_rule_over_a_pod_port_set_and_a_peer_set() {
         let a = ip("10.244.1.2");
         let mut ir = ir();
-        ir.ingress.port_groups.push(PortGroup {
+        ir.v4.ingress.port_groups.push(PortGroup {
             key: 1,
             targets: [(a, Protocol::Tcp, 80), (a, Protocol::Udp, 53)].into(),
             peers: vec![net("10.244.2.0/24"), net("10.244.3.7/32")],
@@ -566,7 +570,7 @@ COMMIT
             ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
         ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
         ir.v6.local = [a, b].into();
-        ir.v6.ingress.insert(a);
+        ir.v6.ingress.isolated.insert(a);
         let r = render(&ir);
         let set = |name: &str| r.sets.iter().find(|s| s.name == name).unwrap().clone();
         assert_eq!(set(LOCAL6_SET).members, ["fd00:244:1::2", "fd00:244:1::3"]);

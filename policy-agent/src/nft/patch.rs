@@ -38,21 +38,23 @@ pub fn changes(
     };
     let get = |name: &str| sets.get(name);
     let one = |set: &BTreeSet<Elem>, ip: &Ipv4Addr| set.get(&Elem::Addr(*ip)).copied().into_iter().collect();
-    for ip in &dirty.local {
+    let (v4, d4) = (&ir.v4, &dirty.v4);
+    for ip in &d4.local {
         let old = one(get("local")?, ip);
-        diff("local", addrs(&ir.local.range(*ip..=*ip).copied().collect()), old);
+        diff("local", addrs(&v4.local.range(*ip..=*ip).copied().collect()), old);
     }
-    if dirty.v6 {
+    if !dirty.v6.is_empty() {
+        let v6 = &ir.v6;
         for (name, now) in
-            [("local6", &ir.v6.local), ("in_iso6", &ir.v6.ingress), ("out_iso6", &ir.v6.egress)]
+            [("local6", &v6.local), ("in_iso6", &v6.ingress.isolated), ("out_iso6", &v6.egress.isolated)]
         {
             diff(name, addrs6(now), get(name)?.clone());
         }
     }
-    let mut views = vec![("in", &ir.ingress, &dirty.ingress), ("out", &ir.egress, &dirty.egress)];
-    if ir.audit {
-        views.push(("ain", &ir.audit_ingress, &dirty.audit_ingress));
-        views.push(("aout", &ir.audit_egress, &dirty.audit_egress));
+    let mut views = vec![("in", &v4.ingress, &d4.ingress), ("out", &v4.egress, &d4.egress)];
+    if v4.audit {
+        views.push(("ain", &v4.audit_ingress, &d4.audit_ingress));
+        views.push(("aout", &v4.audit_egress, &d4.audit_egress));
     }
     for (short, dir, d) in views {
         view(short, dir, d, &get, &mut diff)?;

@@ -3,7 +3,7 @@
 //! ```text
 //! table inet weft
 //!   set local, in_iso, out_iso      ipv4_addr
-//!   set local6, in_iso6, out_iso6   ipv6_addr   (policy/guard6.rs)
+//!   set local6, in_iso6, out_iso6   ipv6_addr   (from the IR's IPv6 half)
 //!   set in_allow                    ipv4_addr . inet_proto . inet_service . ipv4_addr  (interval)
 //!   set out_allow                   the same
 //!   chain forward  (hook forward, priority -200: before iptables' FORWARD and
@@ -305,7 +305,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         chain("ingress", false),
         chain("egress", false),
     ];
-    if ir.audit {
+    if ir.v4.audit {
         let addr = SetTypeValue::Single(SetType::Ipv4Addr);
         skeleton.extend([
             set("ain_iso", addr.clone(), false),
@@ -330,7 +330,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         Some("weft: replies"),
     ));
     guard6(ir, &mut skeleton);
-    if let Some(own) = ir.pod_cidr {
+    if let Some(own) = ir.v4.pod_cidr {
         for field in ["saddr", "daddr"] {
             skeleton.push(rule(
                 FORWARD_CHAIN,
@@ -354,7 +354,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         vec![m(ip_field("daddr"), Operator::EQ, set_ref("in_iso")), jump("ingress")],
         None,
     ));
-    if ir.audit {
+    if ir.v4.audit {
         skeleton.push(rule(
             FORWARD_CHAIN,
             vec![m(ip_field("saddr"), Operator::EQ, set_ref("aout_iso")), jump("audit_out")],
@@ -373,7 +373,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
             None,
         ));
     }
-    if let Some(cluster) = ir.cluster_cidr {
+    if let Some(cluster) = ir.v4.cluster_cidr {
         skeleton.push(rule(
             FORWARD_CHAIN,
             vec![m(ip_field("daddr"), Operator::EQ, prefix(cluster)), Statement::Accept(None)],
@@ -384,7 +384,7 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         ("ingress", "daddr", "saddr", "in_allow", nflog::PREFIX_INGRESS, true),
         ("egress", "saddr", "daddr", "out_allow", nflog::PREFIX_EGRESS, true),
     ];
-    if ir.audit {
+    if ir.v4.audit {
         // Audit chains log what is not admitted and let it pass.
         dirs.push(("audit_in", "daddr", "saddr", "ain_allow", nflog::PREFIX_AUDIT_INGRESS, false));
         dirs.push(("audit_out", "saddr", "daddr", "aout_allow", nflog::PREFIX_AUDIT_EGRESS, false));
@@ -402,10 +402,10 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
         skeleton.push(rule(chain, exact_rule, None));
         skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
         let dir = match chain {
-            "ingress" => &ir.ingress,
-            "egress" => &ir.egress,
-            "audit_in" => &ir.audit_ingress,
-            _ => &ir.audit_egress,
+            "ingress" => &ir.v4.ingress,
+            "egress" => &ir.v4.egress,
+            "audit_in" => &ir.v4.audit_ingress,
+            _ => &ir.v4.audit_egress,
         };
         let short = set.trim_end_matches("_allow");
         groups(dir, chain, short, (pod, peer), &mut skeleton, &mut sets);
@@ -439,20 +439,20 @@ pub fn render(ir: &PolicyIr) -> NftRendered {
     }
 
     sets.insert("local6".to_string(), addrs6(&ir.v6.local));
-    sets.insert("in_iso6".to_string(), addrs6(&ir.v6.ingress));
-    sets.insert("out_iso6".to_string(), addrs6(&ir.v6.egress));
-    sets.insert("local".to_string(), addrs(&ir.local));
-    sets.insert("in_iso".to_string(), addrs(&ir.ingress.isolated));
-    sets.insert("out_iso".to_string(), addrs(&ir.egress.isolated));
-    for (short, dir) in [("in", &ir.ingress), ("out", &ir.egress)] {
+    sets.insert("in_iso6".to_string(), addrs6(&ir.v6.ingress.isolated));
+    sets.insert("out_iso6".to_string(), addrs6(&ir.v6.egress.isolated));
+    sets.insert("local".to_string(), addrs(&ir.v4.local));
+    sets.insert("in_iso".to_string(), addrs(&ir.v4.ingress.isolated));
+    sets.insert("out_iso".to_string(), addrs(&ir.v4.egress.isolated));
+    for (short, dir) in [("in", &ir.v4.ingress), ("out", &ir.v4.egress)] {
         let (exact, cells) = cells(dir);
         sets.insert(format!("{short}_exact"), exact);
         sets.insert(format!("{short}_allow"), cells);
     }
-    if ir.audit {
-        sets.insert("ain_iso".to_string(), addrs(&ir.audit_ingress.isolated));
-        sets.insert("aout_iso".to_string(), addrs(&ir.audit_egress.isolated));
-        for (short, dir) in [("ain", &ir.audit_ingress), ("aout", &ir.audit_egress)] {
+    if ir.v4.audit {
+        sets.insert("ain_iso".to_string(), addrs(&ir.v4.audit_ingress.isolated));
+        sets.insert("aout_iso".to_string(), addrs(&ir.v4.audit_egress.isolated));
+        for (short, dir) in [("ain", &ir.v4.audit_ingress), ("aout", &ir.v4.audit_egress)] {
             let (exact, cells) = cells(dir);
             sets.insert(format!("{short}_exact"), exact);
             sets.insert(format!("{short}_allow"), cells);
@@ -473,7 +473,7 @@ pub(super) fn addrs6(ips: &BTreeSet<Ipv6Addr>) -> BTreeSet<Elem> {
 const NEIGHBOUR_SOLICIT: u8 = 135;
 const NEIGHBOUR_ADVERT: u8 = 136;
 
-/// IPv6 fails closed (policy/guard6.rs): unknown addresses of this node's
+/// IPv6 fails closed (from the IR's IPv6 half): unknown addresses of this node's
 /// IPv6 pod CIDR, and new connections of isolated pods, are dropped.
 fn guard6(ir: &PolicyIr, skeleton: &mut Vec<NfListObject<'static>>) {
     let ip6 = |field| payload("ip6", field);
@@ -763,7 +763,7 @@ fn subtract_ranges(have: &[(u16, u16)], minus: &[(u16, u16)]) -> Vec<(u16, u16)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Group, PortGroup};
+    use crate::policy::{FamilyIr, Group, PortGroup};
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -816,17 +816,19 @@ mod tests {
     #[test]
     fn golden_skeleton_and_elements() {
         let a: Ipv4Addr = "10.244.1.2".parse().unwrap();
-        let mut ir =
-            PolicyIr { local: [a].into(), pod_cidr: Some(net("10.244.1.0/24")), ..PolicyIr::default() };
-        ir.ingress.isolated.insert(a);
-        ir.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.3/32")));
-        ir.ingress.groups.push(Group {
+        let mut ir = PolicyIr {
+            v4: FamilyIr { local: [a].into(), pod_cidr: Some(net("10.244.1.0/24")), ..FamilyIr::default() },
+            ..PolicyIr::default()
+        };
+        ir.v4.ingress.isolated.insert(a);
+        ir.v4.ingress.triples.insert((a, Protocol::Tcp, 80, net("10.244.2.3/32")));
+        ir.v4.ingress.groups.push(Group {
             key: 1,
             targets: [a].into(),
             peers: vec![net("0.0.0.0/0")],
             ports: GroupPorts::Protocol(Protocol::Udp),
         });
-        ir.ingress.port_groups.push(PortGroup {
+        ir.v4.ingress.port_groups.push(PortGroup {
             key: 1,
             targets: [(a, Protocol::Tcp, 443)].into(),
             peers: vec![net("0.0.0.0/0")],
@@ -858,7 +860,7 @@ mod tests {
         assert!(!json.contains("transit"), "no cluster CIDR, no transit rule");
         // Only elements differ between two renders of the same shape.
         let mut ir2 = ir.clone();
-        ir2.local.insert("10.244.1.9".parse().unwrap());
+        ir2.v4.local.insert("10.244.1.9".parse().unwrap());
         assert_eq!(render(&ir2).skeleton, r.skeleton);
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::compile::{Nets, Part, PodPort};
+use super::family::Family;
 use super::ir::{Direction, DirtyDirection, Group, GroupPorts, PeerKey, PortGroup, Triple};
-use std::net::Ipv4Addr;
 
 /// Elements with how many contributions hold each.
 #[derive(Debug, Clone)]
@@ -49,19 +49,31 @@ impl<T: Ord + Clone> Counted<T> {
 }
 
 /// One direction's contributions, counted.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct DirAgg {
-    isolated: Counted<Ipv4Addr>,
-    triples: Counted<Triple>,
-    port_groups: BTreeMap<PeerKey, Counted<PodPort>>,
-    groups: BTreeMap<(PeerKey, GroupPorts), Counted<Ipv4Addr>>,
+#[derive(Debug, Clone)]
+pub(crate) struct DirAgg<A: Family> {
+    isolated: Counted<A>,
+    triples: Counted<Triple<A>>,
+    port_groups: BTreeMap<PeerKey, Counted<PodPort<A>>>,
+    groups: BTreeMap<(PeerKey, GroupPorts), Counted<A>>,
     /// The networks of each group key, and how many parts name it.
-    nets: BTreeMap<PeerKey, (Nets, u32)>,
+    nets: BTreeMap<PeerKey, (Nets<A>, u32)>,
 }
 
-impl DirAgg {
+impl<A: Family> Default for DirAgg<A> {
+    fn default() -> Self {
+        DirAgg {
+            isolated: Counted::default(),
+            triples: Counted::default(),
+            port_groups: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            nets: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A: Family> DirAgg<A> {
     /// Adds `part` to the union and to `out`; true if a group or port group came.
-    pub fn add(&mut self, part: &Part, out: &mut Direction, dirty: &mut DirtyDirection) -> bool {
+    pub fn add(&mut self, part: &Part<A>, out: &mut Direction<A>, dirty: &mut DirtyDirection<A>) -> bool {
         for (key, nets) in &part.nets {
             let e = self.nets.entry(*key).or_insert_with(|| (nets.clone(), 0));
             e.1 += 1;
@@ -119,7 +131,7 @@ impl DirAgg {
 
     /// Takes `part` (added earlier) out of the union and of `out`; true if a
     /// group or port group went.
-    pub fn remove(&mut self, part: &Part, out: &mut Direction, dirty: &mut DirtyDirection) -> bool {
+    pub fn remove(&mut self, part: &Part<A>, out: &mut Direction<A>, dirty: &mut DirtyDirection<A>) -> bool {
         let mut structural = false;
         for ip in &part.isolated {
             if self.isolated.dec(ip) {
@@ -174,7 +186,13 @@ impl DirAgg {
 
     /// The peers of `key` now resolve to `nets` (its users did not need a
     /// recompile): every group and port group of the key gets them.
-    pub fn renet(&mut self, key: PeerKey, nets: &Nets, out: &mut Direction, dirty: &mut DirtyDirection) {
+    pub fn renet(
+        &mut self,
+        key: PeerKey,
+        nets: &Nets<A>,
+        out: &mut Direction<A>,
+        dirty: &mut DirtyDirection<A>,
+    ) {
         if let Some(e) = self.nets.get_mut(&key) {
             if e.0 != *nets {
                 e.0 = nets.clone();
@@ -184,7 +202,7 @@ impl DirAgg {
     }
 }
 
-fn set_peers(out: &mut Direction, key: PeerKey, nets: &Nets, dirty: &mut DirtyDirection) {
+fn set_peers<A: Family>(out: &mut Direction<A>, key: PeerKey, nets: &Nets<A>, dirty: &mut DirtyDirection<A>) {
     let mut touched = false;
     if let Ok(i) = out.port_group_index(key) {
         out.port_groups[i].peers = nets.to_vec();

@@ -1,72 +1,68 @@
-//! IPv4 CIDR arithmetic for ipBlock: a block minus its excepts, as the fewest
-//! CIDRs that cover exactly the remaining addresses (hash:net sets and
-//! hash:ip,port,net entries take CIDRs, not ranges).
+//! CIDR arithmetic for ipBlock, in either family: a block minus its excepts,
+//! as the fewest CIDRs that cover exactly the remaining addresses (hash:net
+//! sets and interval sets take CIDRs, not ranges).
 
-use std::net::Ipv4Addr;
-
-use ipnetwork::Ipv4Network;
+use super::family::{self, Family};
 
 /// `block` minus every network of `except`, as disjoint CIDRs in address order.
-pub fn subtract(block: Ipv4Network, except: &[Ipv4Network]) -> Vec<Ipv4Network> {
+pub fn subtract<A: Family>(block: A::Net, except: &[A::Net]) -> Vec<A::Net> {
     let mut out = Vec::new();
-    split(normal(block), except, &mut out);
+    split::<A>(normal::<A>(block), except, &mut out);
     out
 }
 
-fn normal(n: Ipv4Network) -> Ipv4Network {
+fn normal<A: Family>(n: A::Net) -> A::Net {
     // The prefix is already valid.
-    Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)
+    A::net(A::network(n), A::prefix(n)).unwrap_or(n)
 }
 
 /// True if `a` contains all of `b`.
-fn covers(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.prefix() <= b.prefix() && a.contains(b.network())
+fn covers<A: Family>(a: A::Net, b: A::Net) -> bool {
+    A::prefix(a) <= A::prefix(b) && family::contains(a, A::network(b))
 }
 
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    covers(a, b) || covers(b, a)
+fn overlaps<A: Family>(a: A::Net, b: A::Net) -> bool {
+    covers::<A>(a, b) || covers::<A>(b, a)
 }
 
-fn split(n: Ipv4Network, except: &[Ipv4Network], out: &mut Vec<Ipv4Network>) {
-    if except.iter().any(|e| covers(*e, n)) {
+fn split<A: Family>(n: A::Net, except: &[A::Net], out: &mut Vec<A::Net>) {
+    if except.iter().any(|e| covers::<A>(*e, n)) {
         return;
     }
-    if !except.iter().any(|e| overlaps(*e, n)) {
+    if !except.iter().any(|e| overlaps::<A>(*e, n)) {
         out.push(n);
         return;
     }
-    // Some except lies strictly inside n: halve (n is at most /31 here, since
-    // a /32 either is covered or overlaps nothing).
-    let p = n.prefix() + 1;
-    let base = u32::from(n.network());
-    let half = 1u32 << (32 - p);
+    // Some except lies strictly inside n: halve (n is shorter than a host
+    // prefix here, since a host either is covered or overlaps nothing).
+    let p = A::prefix(n) + 1;
+    let base = A::network(n).as_u128();
+    let half = 1u128 << u32::from(A::BITS - p);
     for start in [base, base + half] {
-        // p <= 32 holds: n had prefix < 32.
-        if let Ok(h) = Ipv4Network::new(Ipv4Addr::from(start), p) {
-            split(h, except, out);
+        if let Some(h) = A::net(A::from_u128(start), p) {
+            split::<A>(h, except, out);
         }
     }
 }
 
 /// Merges CIDRs into the fewest that cover the same addresses: drops
 /// networks inside others and joins sibling halves, repeatedly.
-pub fn aggregate(nets: impl IntoIterator<Item = Ipv4Network>) -> Vec<Ipv4Network> {
-    let mut v: Vec<Ipv4Network> = nets.into_iter().map(normal).collect();
-    v.sort_by_key(|n| (u32::from(n.network()), n.prefix()));
+pub fn aggregate<A: Family>(nets: impl IntoIterator<Item = A::Net>) -> Vec<A::Net> {
+    let mut v: Vec<A::Net> = nets.into_iter().map(normal::<A>).collect();
+    v.sort_by_key(|n| (A::network(*n), A::prefix(*n)));
     v.dedup();
     loop {
-        let mut out: Vec<Ipv4Network> = Vec::with_capacity(v.len());
+        let mut out: Vec<A::Net> = Vec::with_capacity(v.len());
         let mut changed = false;
         for n in v {
             if let Some(last) = out.last().copied() {
-                if covers(last, n) {
+                if covers::<A>(last, n) {
                     changed = true;
                     continue;
                 }
-                if last.prefix() == n.prefix() && last.prefix() > 0 {
-                    if let Ok(parent) = Ipv4Network::new(last.network(), last.prefix() - 1) {
-                        let parent = normal(parent);
-                        if parent.network() == last.network() && covers(parent, n) {
+                if A::prefix(last) == A::prefix(n) && A::prefix(last) > 0 {
+                    if let Some(parent) = A::net(A::network(last), A::prefix(last) - 1) {
+                        if A::network(parent) == A::network(last) && covers::<A>(parent, n) {
                             out.pop();
                             out.push(parent);
                             changed = true;
@@ -87,6 +83,8 @@ pub fn aggregate(nets: impl IntoIterator<Item = Ipv4Network>) -> Vec<Ipv4Network
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnetwork::{Ipv4Network, Ipv6Network};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn n(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -98,15 +96,15 @@ mod tests {
 
     #[test]
     fn subtract_leaves_exactly_the_rest() {
-        let got = subtract(n("172.31.0.0/24"), &[n("172.31.0.100/32")]);
+        let got = subtract::<Ipv4Addr>(n("172.31.0.0/24"), &[n("172.31.0.100/32")]);
         assert_eq!(size(&got), 255);
         assert!(got.iter().all(|g| !g.contains("172.31.0.100".parse().unwrap())));
         assert!(got.iter().any(|g| g.contains("172.31.0.101".parse().unwrap())));
         assert_eq!(got.len(), 8, "{got:?}");
-        assert_eq!(subtract(n("10.0.0.0/8"), &[]), [n("10.0.0.0/8")]);
-        assert_eq!(subtract(n("10.0.0.0/8"), &[n("0.0.0.0/0")]), []);
-        assert_eq!(subtract(n("10.0.0.0/8"), &[n("11.0.0.0/8")]), [n("10.0.0.0/8")]);
-        let all = subtract(n("0.0.0.0/0"), &[n("10.244.0.0/16"), n("10.244.1.0/24")]);
+        assert_eq!(subtract::<Ipv4Addr>(n("10.0.0.0/8"), &[]), [n("10.0.0.0/8")]);
+        assert_eq!(subtract::<Ipv4Addr>(n("10.0.0.0/8"), &[n("0.0.0.0/0")]), []);
+        assert_eq!(subtract::<Ipv4Addr>(n("10.0.0.0/8"), &[n("11.0.0.0/8")]), [n("10.0.0.0/8")]);
+        let all = subtract::<Ipv4Addr>(n("0.0.0.0/0"), &[n("10.244.0.0/16"), n("10.244.1.0/24")]);
         assert_eq!(size(&all), (1u64 << 32) - (1 << 16));
         assert_eq!(all.len(), 16);
     }
@@ -114,14 +112,30 @@ mod tests {
     #[test]
     fn aggregate_joins_siblings_and_drops_covered() {
         assert_eq!(
-            aggregate([n("10.0.0.0/25"), n("10.0.0.128/25"), n("10.0.0.7/32"), n("10.0.1.0/24")]),
+            aggregate::<Ipv4Addr>([n("10.0.0.0/25"), n("10.0.0.128/25"), n("10.0.0.7/32"), n("10.0.1.0/24")]),
             [n("10.0.0.0/23")]
         );
-        assert_eq!(aggregate([n("10.0.0.1/32"), n("10.0.0.2/32")]), [n("10.0.0.1/32"), n("10.0.0.2/32")]);
-        assert_eq!(aggregate([n("10.0.0.2/32"), n("10.0.0.3/32")]), [n("10.0.0.2/31")]);
-        let rest = subtract(n("172.31.0.0/24"), &[n("172.31.0.100/32")]);
+        assert_eq!(
+            aggregate::<Ipv4Addr>([n("10.0.0.1/32"), n("10.0.0.2/32")]),
+            [n("10.0.0.1/32"), n("10.0.0.2/32")]
+        );
+        assert_eq!(aggregate::<Ipv4Addr>([n("10.0.0.2/32"), n("10.0.0.3/32")]), [n("10.0.0.2/31")]);
+        let rest = subtract::<Ipv4Addr>(n("172.31.0.0/24"), &[n("172.31.0.100/32")]);
         let mut back = rest.clone();
         back.push(n("172.31.0.100/32"));
-        assert_eq!(aggregate(back), [n("172.31.0.0/24")]);
+        assert_eq!(aggregate::<Ipv4Addr>(back), [n("172.31.0.0/24")]);
+    }
+
+    #[test]
+    fn the_same_in_ipv6() {
+        let n6 = |s: &str| s.parse::<Ipv6Network>().unwrap();
+        let got = subtract::<Ipv6Addr>(n6("fd00::/64"), &[n6("fd00::5/128")]);
+        assert_eq!(got.len(), 64, "one network per bit below the prefix");
+        assert!(got.iter().all(|g| !g.contains("fd00::5".parse().unwrap())));
+        assert!(got.iter().any(|g| g.contains("fd00::4".parse().unwrap())));
+        assert_eq!(aggregate::<Ipv6Addr>(got.iter().copied().chain([n6("fd00::5/128")])), [n6("fd00::/64")]);
+        let everything = subtract::<Ipv6Addr>(n6("::/0"), &[n6("fd00::/8")]);
+        assert_eq!(everything.len(), 8);
+        assert_eq!(aggregate::<Ipv6Addr>([n6("fd00::2/128"), n6("fd00::3/128")]), [n6("fd00::2/127")]);
     }
 }

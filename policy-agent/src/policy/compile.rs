@@ -15,13 +15,13 @@
 //! started from nothing, so both paths share every line of the semantics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::IpNetwork;
 use weft_conf::hash::fnv1a64;
 
 use super::cidr::{aggregate, subtract};
+use super::family::{self, Family};
 use super::incremental::PolicyEngine;
 use super::ir::{GroupPorts, PeerKey, PolicyIr, Triple};
 use crate::model::{LabelSelector, Model, NetworkPolicy, Peer, Pod, PortRef, Protocol, Rule};
@@ -56,33 +56,30 @@ impl Default for Options {
 /// The default of `Options::triple_peers` (weft-agent `--triple-peers`).
 pub const DEFAULT_TRIPLE_PEERS: usize = 16;
 
-/// The whole IPv4 space: a rule with no peers allows every address.
-const ANYWHERE: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
-
-/// Compiles `model` for node `node`. `cluster_cidr` is the cluster's pod
-/// network (for the IR's transit rule). Returns the IR and notes on what could
-/// not be enforced as written (e.g. IPv6 ipBlocks on this IPv4 data path).
-pub fn compile(model: &Model, node: &str, cluster_cidr: Option<Ipv4Network>) -> (PolicyIr, Vec<String>) {
-    compile_with(model, node, cluster_cidr, Options::default())
+/// Compiles `model` for node `node`, in both families. `cluster_cidrs` are
+/// the cluster's pod networks (at most one per family, for the IR's transit
+/// rule). Returns the IR and notes on what could not be enforced as written.
+pub fn compile(model: &Model, node: &str, cluster_cidrs: &[IpNetwork]) -> (PolicyIr, Vec<String>) {
+    compile_with(model, node, cluster_cidrs, Options::default())
 }
 
 /// `compile` with `options`.
 pub fn compile_with(
     model: &Model,
     node: &str,
-    cluster_cidr: Option<Ipv4Network>,
+    cluster_cidrs: &[IpNetwork],
     options: Options,
 ) -> (PolicyIr, Vec<String>) {
-    let engine = PolicyEngine::new(model, node, cluster_cidr, options);
+    let engine = PolicyEngine::new(model, node, cluster_cidrs, options);
     let notes = engine.notes();
     (engine.into_ir(), notes)
 }
 
 /// Resolved peer networks, shared by the rules that name the same peers.
-pub(crate) type Nets = Arc<[Ipv4Network]>;
+pub(crate) type Nets<A> = Arc<[<A as Family>::Net]>;
 
 /// A port group's target: (local pod, protocol, port).
-pub(crate) type PodPort = (Ipv4Addr, Protocol, u16);
+pub(crate) type PodPort<A> = (A, Protocol, u16);
 
 /// A rule's peers as written, in a canonical order: each with the namespace
 /// it means when it has no namespace selector (the policy's own).
@@ -90,68 +87,85 @@ pub(crate) type PeerDef = Vec<(Option<String>, Peer)>;
 
 /// An egress named port's destinations: the networks serving it, by the
 /// number it resolves to on them.
-pub(crate) type NamedDests = Vec<(u16, Nets)>;
+pub(crate) type NamedDests<A> = Vec<(u16, Nets<A>)>;
 
-/// A peer definition resolved against the model.
+/// A peer definition resolved against the model, in one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Resolved {
+pub(crate) struct Resolved<A: Family> {
     /// Pods named by selector peers, by key, sorted (egress named ports resolve on them).
     pub pods: Vec<String>,
-    /// Every allowed network (pods as /32s, ipBlocks minus excepts), aggregated.
-    pub nets: Nets,
+    /// Every allowed network (pods as host networks, ipBlocks of the family
+    /// minus excepts), aggregated.
+    pub nets: Nets<A>,
     /// True for a rule without peers: every address.
     pub anywhere: bool,
-    /// IPv6 ipBlocks, which match nothing on this IPv4 data path.
-    pub v6: Vec<Ipv6Network>,
 }
 
 /// A peer definition, what it resolves to now and the policies that use it.
 #[derive(Debug)]
-pub(crate) struct PeerEntry {
+pub(crate) struct PeerEntry<A: Family> {
     pub def: PeerDef,
-    pub resolved: Arc<Resolved>,
+    pub resolved: Arc<Resolved<A>>,
     pub users: BTreeSet<String>,
 }
 
 /// Every peer definition some compiled policy uses, by key.
-#[derive(Debug, Default)]
-pub(crate) struct PeerRegistry {
-    pub defs: BTreeMap<PeerKey, PeerEntry>,
+#[derive(Debug)]
+pub(crate) struct PeerRegistry<A: Family> {
+    pub defs: BTreeMap<PeerKey, PeerEntry<A>>,
     /// Named ports resolved on peers during one compile (cleared before
     /// each: pods may have changed), by (peers, name, protocol).
-    pub named: BTreeMap<(PeerKey, String, Protocol), Arc<NamedDests>>,
+    pub named: BTreeMap<(PeerKey, String, Protocol), Arc<NamedDests<A>>>,
 }
 
-/// Pods with an address (hostNetwork pods excluded), by namespace: the only
-/// pods policy sees, as targets and as peers.
+impl<A: Family> Default for PeerRegistry<A> {
+    fn default() -> Self {
+        PeerRegistry { defs: BTreeMap::new(), named: BTreeMap::new() }
+    }
+}
+
+/// Pods with an address of family `A` (hostNetwork pods excluded), by
+/// namespace: the only pods policy of that family sees, as targets and as peers.
 pub(crate) struct PodIndex<'m> {
     pub by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
 }
 
 impl<'m> PodIndex<'m> {
-    pub fn new(model: &'m Model) -> PodIndex<'m> {
+    pub fn new<A: Family>(model: &'m Model) -> PodIndex<'m> {
         let mut by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for p in model.pods.values().filter(|p| counts_for_policy(p)) {
+        for p in model.pods.values().filter(|p| counts_for_policy::<A>(p)) {
             by_ns.entry(p.namespace.as_str()).or_default().push(p);
         }
         PodIndex { by_ns }
     }
 }
 
-/// True if policy sees `pod` at all.
-pub(crate) fn counts_for_policy(pod: &Pod) -> bool {
-    pod.ip.is_some() && !pod.host_network
+/// True if policy of family `A` sees `pod` at all.
+pub(crate) fn counts_for_policy<A: Family>(pod: &Pod) -> bool {
+    A::of_pod(pod).is_some() && !pod.host_network
 }
 
 /// What one policy adds to one direction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Part {
-    pub isolated: Vec<Ipv4Addr>,
-    pub triples: Vec<Triple>,
-    pub port_groups: Vec<(PeerKey, PodPort)>,
-    pub groups: Vec<(PeerKey, GroupPorts, Ipv4Addr)>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part<A: Family> {
+    pub isolated: Vec<A>,
+    pub triples: Vec<Triple<A>>,
+    pub port_groups: Vec<(PeerKey, PodPort<A>)>,
+    pub groups: Vec<(PeerKey, GroupPorts, A)>,
     /// The peers of each group and port group key it names.
-    pub nets: BTreeMap<PeerKey, Nets>,
+    pub nets: BTreeMap<PeerKey, Nets<A>>,
+}
+
+impl<A: Family> Default for Part<A> {
+    fn default() -> Self {
+        Part {
+            isolated: Vec::new(),
+            triples: Vec::new(),
+            port_groups: Vec::new(),
+            groups: Vec::new(),
+            nets: BTreeMap::new(),
+        }
+    }
 }
 
 /// How a policy uses a peer definition: when a change of its resolution
@@ -177,17 +191,17 @@ impl Use {
     }
 
     /// True if the policy must be recompiled when its peers now resolve to `nets`.
-    pub fn stale(&self, nets: &[Ipv4Network]) -> bool {
+    pub fn stale<N>(&self, nets: &[N]) -> bool {
         self.exact || nets.is_empty() || self.group_limit.is_some_and(|l| nets.len() <= l)
     }
 }
 
-/// What one policy adds to the IR, and what it was compiled from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Contribution {
+/// What one policy adds to one family of the IR, and what it was compiled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Contribution<A: Family> {
     pub audit: bool,
-    pub ingress: Part,
-    pub egress: Part,
+    pub ingress: Part<A>,
+    pub egress: Part<A>,
     pub notes: Vec<String>,
     /// The peer definitions it used.
     pub uses: BTreeMap<PeerKey, Use>,
@@ -196,24 +210,37 @@ pub(crate) struct Contribution {
     pub all_pods: bool,
 }
 
+impl<A: Family> Default for Contribution<A> {
+    fn default() -> Self {
+        Contribution {
+            audit: false,
+            ingress: Part::default(),
+            egress: Part::default(),
+            notes: Vec::new(),
+            uses: BTreeMap::new(),
+            all_pods: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
     Ingress,
     Egress,
 }
 
-/// Compiles one policy against `model`.
-pub(crate) struct Compiler<'a, 'm> {
+/// Compiles one policy against `model`, in family `A`.
+pub(crate) struct Compiler<'a, 'm, A: Family> {
     pub model: &'m Model,
     pub index: &'a PodIndex<'m>,
     pub node: &'a str,
     pub options: Options,
-    pub peers: &'a mut PeerRegistry,
+    pub peers: &'a mut PeerRegistry<A>,
 }
 
-impl<'a, 'm> Compiler<'a, 'm> {
+impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
     /// What `policy` adds; registers it as a user of the peers it names.
-    pub fn contribution(&mut self, policy: &NetworkPolicy) -> Contribution {
+    pub fn contribution(&mut self, policy: &NetworkPolicy) -> Contribution<A> {
         let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
         let targets: Vec<&Pod> = self
             .index
@@ -245,22 +272,16 @@ impl<'a, 'm> Compiler<'a, 'm> {
 
     fn direction(
         &mut self,
-        c: &mut Contribution,
+        c: &mut Contribution<A>,
         dir: Dir,
         policy: &NetworkPolicy,
         rules: &[Rule],
         targets: &[&Pod],
     ) {
-        let ips: Vec<Ipv4Addr> = targets.iter().filter_map(|p| p.ip).collect();
+        let ips: Vec<A> = targets.iter().filter_map(|p| A::of_pod(p)).collect();
         part(c, dir).isolated.extend(ips.iter().copied());
         for rule in rules {
             let (key, peers) = self.peers(policy, rule);
-            for block in &peers.v6 {
-                c.notes.push(format!(
-                    "NetworkPolicy {}: ipBlock {block} is IPv6; the pod network is IPv4, so it matches nothing",
-                    policy.key()
-                ));
-            }
             if peers.nets.is_empty() {
                 // Peers that match nothing (yet): the rule allows nothing.
                 use_peers(c, key, Use { exact: true, ..Use::default() });
@@ -290,7 +311,8 @@ impl<'a, 'm> Compiler<'a, 'm> {
                             // Resolved on each target: the local pod that serves it.
                             for t in targets {
                                 let port_ref = PortRef::Name(name.clone());
-                                if let (Some(ip), Some(n)) = (t.ip, t.resolve_port(&port_ref, port.protocol))
+                                if let (Some(ip), Some(n)) =
+                                    (A::of_pod(t), t.resolve_port(&port_ref, port.protocol))
                                 {
                                     allow(c, dir, &[ip], port.protocol, n, key, &peers, limit);
                                 }
@@ -327,13 +349,13 @@ impl<'a, 'm> Compiler<'a, 'm> {
     #[allow(clippy::too_many_arguments)]
     fn named_egress(
         &mut self,
-        c: &mut Contribution,
+        c: &mut Contribution<A>,
         policy: &NetworkPolicy,
-        ips: &[Ipv4Addr],
+        ips: &[A],
         proto: Protocol,
         name: &str,
         key: PeerKey,
-        peers: &Resolved,
+        peers: &Resolved<A>,
     ) {
         use_peers(c, key, Use { exact: true, group_limit: None, named: true });
         c.all_pods |= peers.anywhere;
@@ -371,12 +393,12 @@ impl<'a, 'm> Compiler<'a, 'm> {
 
     /// The destinations of `peers` that serve `name`/`proto`, by the number
     /// it resolves to on each, aggregated.
-    fn resolve_named(&self, peers: &Resolved, name: &str, proto: Protocol) -> NamedDests {
+    fn resolve_named(&self, peers: &Resolved<A>, name: &str, proto: Protocol) -> NamedDests<A> {
         let port_ref = PortRef::Name(name.to_string());
-        let mut by_port: BTreeMap<u16, Vec<Ipv4Network>> = BTreeMap::new();
+        let mut by_port: BTreeMap<u16, Vec<A::Net>> = BTreeMap::new();
         let mut add = |d: &Pod| {
-            if let (Some(ip), Some(port)) = (d.ip, d.resolve_port(&port_ref, proto)) {
-                by_port.entry(port).or_default().push(Ipv4Network::from(ip));
+            if let (Some(ip), Some(port)) = (A::of_pod(d), d.resolve_port(&port_ref, proto)) {
+                by_port.entry(port).or_default().push(family::host(ip));
             }
         };
         if peers.anywhere {
@@ -384,11 +406,11 @@ impl<'a, 'm> Compiler<'a, 'm> {
         } else {
             peers.pods.iter().filter_map(|k| self.model.pods.get(k)).for_each(|d| add(d));
         }
-        by_port.into_iter().map(|(port, dests)| (port, Arc::from(aggregate(dests)))).collect()
+        by_port.into_iter().map(|(port, dests)| (port, Arc::from(aggregate::<A>(dests)))).collect()
     }
 
     /// The rule's peers, resolved once per distinct definition.
-    fn peers(&mut self, policy: &NetworkPolicy, rule: &Rule) -> (PeerKey, Arc<Resolved>) {
+    fn peers(&mut self, policy: &NetworkPolicy, rule: &Rule) -> (PeerKey, Arc<Resolved<A>>) {
         let mut def: PeerDef = rule
             .peers
             .iter()
@@ -419,28 +441,28 @@ pub(crate) fn peer_key(def: &PeerDef) -> PeerKey {
     fnv1a64(format!("{borrowed:?}").as_bytes())
 }
 
-fn part(c: &mut Contribution, dir: Dir) -> &mut Part {
+fn part<A: Family>(c: &mut Contribution<A>, dir: Dir) -> &mut Part<A> {
     match dir {
         Dir::Ingress => &mut c.ingress,
         Dir::Egress => &mut c.egress,
     }
 }
 
-fn use_peers(c: &mut Contribution, key: PeerKey, u: Use) {
+fn use_peers<A: Family>(c: &mut Contribution<A>, key: PeerKey, u: Use) {
     c.uses.entry(key).or_default().merge(u);
 }
 
 /// `ips` may exchange `proto`/`port` with `peers`: triples for few peers,
 /// else (pod, port) targets of the peers' port group.
 #[allow(clippy::too_many_arguments)]
-fn allow(
-    c: &mut Contribution,
+fn allow<A: Family>(
+    c: &mut Contribution<A>,
     dir: Dir,
-    ips: &[Ipv4Addr],
+    ips: &[A],
     proto: Protocol,
     port: u16,
     key: PeerKey,
-    peers: &Resolved,
+    peers: &Resolved<A>,
     limit: usize,
 ) {
     if peers.nets.len() <= limit {
@@ -457,12 +479,12 @@ fn allow(
     }
 }
 
-fn group(
-    c: &mut Contribution,
+fn group<A: Family>(
+    c: &mut Contribution<A>,
     dir: Dir,
-    ips: &[Ipv4Addr],
+    ips: &[A],
     key: PeerKey,
-    peers: &Resolved,
+    peers: &Resolved<A>,
     ports: GroupPorts,
 ) {
     use_peers(c, key, Use::default());
@@ -471,14 +493,14 @@ fn group(
     p.nets.insert(key, peers.nets.clone());
 }
 
-/// Resolves `def` against `model`.
-pub(crate) fn resolve(model: &Model, index: &PodIndex, def: &PeerDef) -> Resolved {
+/// Resolves `def` against `model`, in family `A` (`index` holds the pods
+/// with an address of that family).
+pub(crate) fn resolve<A: Family>(model: &Model, index: &PodIndex, def: &PeerDef) -> Resolved<A> {
     if def.is_empty() {
-        return Resolved { pods: Vec::new(), nets: Arc::from([ANYWHERE]), anywhere: true, v6: Vec::new() };
+        return Resolved { pods: Vec::new(), nets: Arc::from([family::anywhere::<A>()]), anywhere: true };
     }
     let mut pods: BTreeMap<String, &Pod> = BTreeMap::new();
-    let mut nets: Vec<Ipv4Network> = Vec::new();
-    let mut v6 = Vec::new();
+    let mut nets: Vec<A::Net> = Vec::new();
     for (own_ns, peer) in def {
         match peer {
             Peer::Pods { namespaces, pods: sel } => {
@@ -502,21 +524,17 @@ pub(crate) fn resolve(model: &Model, index: &PodIndex, def: &PeerDef) -> Resolve
                     }
                 }
             }
-            Peer::IpBlock { cidr: IpNetwork::V4(block), except } => {
-                let except: Vec<Ipv4Network> = except
-                    .iter()
-                    .filter_map(|e| match e {
-                        IpNetwork::V4(e) => Some(*e),
-                        IpNetwork::V6(_) => None,
-                    })
-                    .collect();
-                nets.extend(subtract(*block, &except));
+            // A block of the other family matches nothing in this one.
+            Peer::IpBlock { cidr, except } => {
+                if let Some(block) = A::of_net(*cidr) {
+                    let except: Vec<A::Net> = except.iter().filter_map(|e| A::of_net(*e)).collect();
+                    nets.extend(subtract::<A>(block, &except));
+                }
             }
-            Peer::IpBlock { cidr: IpNetwork::V6(block), .. } => v6.push(*block),
         }
     }
-    nets.extend(pods.values().filter_map(|p| p.ip).map(Ipv4Network::from));
-    Resolved { pods: pods.into_keys().collect(), nets: Arc::from(aggregate(nets)), anywhere: false, v6 }
+    nets.extend(pods.values().filter_map(|p| A::of_pod(p)).map(family::host));
+    Resolved { pods: pods.into_keys().collect(), nets: Arc::from(aggregate::<A>(nets)), anywhere: false }
 }
 
 /// True if a change of `pod` (its old or new version) may change what `def`
@@ -548,7 +566,9 @@ pub(crate) fn selects_namespaces(def: &PeerDef) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ir::Direction;
+    use crate::policy::ir::{Direction, FamilyIr};
+    use ipnetwork::Ipv4Network;
+    use std::net::Ipv4Addr;
 
     /// Namespaces x, y (labelled ns=<name>), pods a, b in each: x/a and y/a
     /// on node-1, x/b and y/b on node-2, serving serve-80-tcp (x/b's on 8080).
@@ -584,8 +604,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn node1(m: &Model) -> PolicyIr {
-        compile(m, "node-1", Some(net("10.244.0.0/16"))).0
+    fn node1(m: &Model) -> FamilyIr {
+        compile(m, "node-1", &[net("10.244.0.0/16").into()]).0.v4
     }
 
     #[test]
@@ -603,7 +623,7 @@ mod tests {
         assert_eq!(ir.ingress.isolated, [ip("10.244.1.2")].into(), "x/a only: x/b is on node-2, y/a is in y");
         assert!(ir.ingress.triples.is_empty() && ir.ingress.groups.is_empty());
         assert!(ir.egress.isolated.is_empty(), "ingress-only policy");
-        let ir2 = compile(&cluster(&policy("x", "deny", "  podSelector: {}\n")), "node-2", None).0;
+        let ir2 = compile(&cluster(&policy("x", "deny", "  podSelector: {}\n")), "node-2", &[]).0.v4;
         assert_eq!(ir2.ingress.isolated, [ip("10.244.2.2")].into());
     }
 
@@ -638,7 +658,7 @@ mod tests {
     fn named_ports_resolve_on_the_pod_that_serves_them() {
         // Ingress into x/b (node-2), whose serve-80-tcp is 8080.
         let spec = "  podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-tcp}]\n";
-        let ir2 = compile(&cluster(&policy("x", "named", spec)), "node-2", None).0;
+        let ir2 = compile(&cluster(&policy("x", "named", spec)), "node-2", &[]).0.v4;
         assert_eq!(ir2.ingress.triples, [(ip("10.244.2.2"), Protocol::Tcp, 8080, net("0.0.0.0/0"))].into());
         // Egress from x/a to x's pods on serve-80-tcp: 80 on x/a, 8080 on x/b.
         let spec = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {}}]\n    ports: [{port: serve-80-tcp}]\n";
@@ -661,16 +681,11 @@ mod tests {
         assert_eq!(nets.len(), 8);
         assert!(!nets.iter().any(|n| n.contains(ip("172.31.0.100"))));
         assert!(ir.ingress.triples.iter().all(|t| t.1 == Protocol::Udp && t.2 == 80));
-        let (_, notes) = compile(
-            &cluster(&policy(
-                "x",
-                "p",
-                &spec.replace("172.31.0.0/24, except: [172.31.0.100/32]", "fd00::/64"),
-            )),
-            "node-1",
-            None,
-        );
-        assert!(notes.iter().any(|n| n.contains("IPv6")), "{notes:?}");
+        // An IPv6 block allows nothing in IPv4: x/a stays isolated, admitting nothing.
+        let v6_block = spec.replace("172.31.0.0/24, except: [172.31.0.100/32]", "fd00::/64");
+        let ir = node1(&cluster(&policy("x", "p", &v6_block)));
+        assert!(ir.ingress.triples.is_empty() && ir.ingress.groups.is_empty());
+        assert_eq!(ir.ingress.isolated, [ip("10.244.1.2")].into());
     }
 
     #[test]
@@ -742,10 +757,11 @@ mod tests {
         let one = compile_with(
             &cluster(&format!("{}{}", many_clients(1), policy("x", "p", spec))),
             "node-1",
-            None,
+            &[],
             opts,
         )
-        .0;
+        .0
+        .v4;
         assert!(one.ingress.triples.is_empty());
         assert_eq!(one.ingress.port_groups.len(), 1);
     }
@@ -824,5 +840,126 @@ mod tests {
         let ir = node1(&cluster(&format!("{extra}{}", policy("x", "deny", "  podSelector: {}\n"))));
         assert_eq!(ir.local, [ip("10.244.1.2"), ip("10.244.1.3")].into());
         assert_eq!(ir.ingress.isolated, [ip("10.244.1.2")].into());
+    }
+
+    #[test]
+    fn each_family_compiles_from_its_own_addresses_and_blocks() {
+        let text = "
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}
+---
+kind: Namespace
+metadata: {name: x}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 10.244.1.2}, {ip: 'fd00:244:1::2'}]}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 10.244.1.3}, {ip: 'fd00:244:1::3'}]}
+---
+kind: Pod
+metadata: {name: v4only, namespace: x, labels: {pod: b}}
+spec: {nodeName: node-1}
+status: {podIP: 10.244.1.4}
+";
+        let spec = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}, {ipBlock: {cidr: 172.31.0.0/16}}, {ipBlock: {cidr: 'fd00:31::/48', except: ['fd00:31::/49']}}]\n    ports: [{port: 80}]\n";
+        let (ir, _) =
+            compile(&Model::of_manifests(&format!("{text}{}", policy("x", "p", spec))), "node-1", &[]);
+        let peers4: BTreeSet<String> = ir.v4.ingress.triples.iter().map(|t| t.3.to_string()).collect();
+        let want4: BTreeSet<String> =
+            ["10.244.1.3/32", "10.244.1.4/32", "172.31.0.0/16"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(peers4, want4, "pods' IPv4 addresses and the IPv4 block only");
+        assert_eq!(ir.v6.local.len(), 2, "v4only has no IPv6 address");
+        assert_eq!(ir.v6.pod_cidr, Some("fd00:244:1::/64".parse().unwrap()));
+        assert_eq!(ir.v6.ingress.isolated, ["fd00:244:1::2".parse().unwrap()].into());
+        let peers6: BTreeSet<String> = ir.v6.ingress.triples.iter().map(|t| t.3.to_string()).collect();
+        assert!(peers6.contains("fd00:244:1::3/128"), "{peers6:?}");
+        assert!(peers6.contains("fd00:31:0:8000::/49"), "the block minus its except: {peers6:?}");
+        assert_eq!(peers6.len(), 2, "{peers6:?}");
+        assert!(ir.v6.ingress.triples.iter().all(|t| t.1 == Protocol::Tcp && t.2 == 80));
+        assert!(ir.v4.egress.isolated.is_empty() && ir.v6.egress.isolated.is_empty());
+    }
+
+    const DUAL_MODEL: &str = "
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}
+---
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDRs: ['fd00:244:2::/64']}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 10.244.1.2}, {ip: 'fd00:244:1::2'}]}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 'fd00:244:1::3'}]}
+---
+kind: Pod
+metadata: {name: c, namespace: xy, labels: {app: a}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 'fd00:244:1::4'}]}
+---
+kind: Pod
+metadata: {name: d, namespace: x, labels: {app: a}}
+spec: {nodeName: node-2}
+status: {podIPs: [{ip: 'fd00:244:2::5'}]}
+---
+kind: Pod
+metadata: {name: h, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1, hostNetwork: true}
+status: {podIPs: [{ip: 'fd00:244:1::6'}]}
+---
+kind: NetworkPolicy
+metadata: {name: in-a, namespace: x}
+spec: {podSelector: {matchLabels: {app: a}}}
+---
+kind: NetworkPolicy
+metadata: {name: out-b, namespace: x}
+spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Egress]}
+---
+kind: NetworkPolicy
+metadata: {name: audit-all, namespace: xy, annotations: {weft.io/audit: 'true'}}
+spec: {podSelector: {}}
+";
+
+    fn v6(node: &str) -> FamilyIr<std::net::Ipv6Addr> {
+        compile(&Model::of_manifests(DUAL_MODEL), node, &[]).0.v6
+    }
+
+    fn addrs6(a: &[&str]) -> BTreeSet<std::net::Ipv6Addr> {
+        a.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn ipv6_isolation_follows_the_policies_of_the_pods_own_namespace() {
+        let g = v6("node-1");
+        assert_eq!(g.pod_cidr, Some("fd00:244:1::/64".parse().unwrap()));
+        // hostNetwork pods and other nodes' pods are not local.
+        assert_eq!(g.local, addrs6(&["fd00:244:1::2", "fd00:244:1::3", "fd00:244:1::4"]));
+        // x/a is isolated for ingress; xy/c has the same labels in another
+        // namespace, whose only policy is an audit one.
+        assert_eq!(g.ingress.isolated, addrs6(&["fd00:244:1::2"]));
+        assert_eq!(g.egress.isolated, addrs6(&["fd00:244:1::3"]));
+        assert!(g.audit && g.audit_ingress.isolated.contains(&"fd00:244:1::4".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_ipv6_only_node_has_its_cidr_and_pods() {
+        let g = v6("node-2");
+        assert_eq!(g.pod_cidr, Some("fd00:244:2::/64".parse().unwrap()));
+        assert_eq!(g.local, addrs6(&["fd00:244:2::5"]));
+        assert_eq!(g.ingress.isolated, addrs6(&["fd00:244:2::5"]));
+        assert!(g.egress.isolated.is_empty());
+        assert_eq!(compile(&Model::of_manifests(DUAL_MODEL), "node-2", &[]).0.v4.pod_cidr, None);
     }
 }

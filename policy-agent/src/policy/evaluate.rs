@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use super::ir::{GroupPorts, PolicyIr};
+use super::family::{self, Family};
+use super::ir::{FamilyIr, GroupPorts};
 use super::tiers::{self, ClusterVerdict, Conn, Way};
 use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
@@ -206,16 +207,16 @@ impl IrVerdict {
 }
 
 /// Ingress (`ingress` true) or egress of local pod `pod` with `peer` on one node.
-pub fn ir_verdict(
-    ir: &PolicyIr,
+pub fn ir_verdict<A: Family>(
+    ir: &FamilyIr<A>,
     ingress: bool,
-    pod: Ipv4Addr,
-    peer: Ipv4Addr,
+    pod: A,
+    peer: A,
     proto: Protocol,
     port: u16,
 ) -> IrVerdict {
     if !ir.local.contains(&pod) {
-        return if ir.pod_cidr.is_some_and(|c| c.contains(pod)) {
+        return if ir.pod_cidr.is_some_and(|c| family::contains(c, pod)) {
             IrVerdict::UnknownLocal
         } else {
             IrVerdict::NotLocal
@@ -228,20 +229,19 @@ pub fn ir_verdict(
     let exact = dir
         .triples
         .iter()
-        .any(|(p, pr, po, net)| *p == pod && *pr == proto && *po == port && net.contains(peer));
+        .any(|(p, pr, po, net)| *p == pod && *pr == proto && *po == port && family::contains(*net, peer));
     let group = dir.groups.iter().any(|g| {
         g.targets.contains(&pod)
-            && g.peers.iter().any(|n| n.contains(peer))
+            && g.peers.iter().any(|n| family::contains(*n, peer))
             && match g.ports {
                 GroupPorts::All => true,
                 GroupPorts::Protocol(p) => p == proto,
                 GroupPorts::Range(p, a, b) => p == proto && (a..=b).contains(&port),
             }
     });
-    let port_group = dir
-        .port_groups
-        .iter()
-        .any(|g| g.targets.contains(&(pod, proto, port)) && g.peers.iter().any(|n| n.contains(peer)));
+    let port_group = dir.port_groups.iter().any(|g| {
+        g.targets.contains(&(pod, proto, port)) && g.peers.iter().any(|n| family::contains(*n, peer))
+    });
     if exact || port_group || group {
         IrVerdict::Admitted
     } else {

@@ -6,86 +6,78 @@
 //! of this node (before or after), and those whose peers now resolve
 //! differently in a way that changes what they add (`Use::stale`); the
 //! others keep their contribution, and a group's peers that changed are
-//! patched in place. The IR and a `Dirty` record of what changed are kept
-//! in step, so a backend re-renders only those elements. A property test
-//! checks that any sequence of updates gives the IR a full compile gives.
+//! patched in place. Each address family has its own engine (`FamilyEngine`)
+//! over the same changes. The IR and a `Dirty` record of what changed are
+//! kept in step, so a backend re-renders only those elements. A property
+//! test checks that any sequence of updates gives the IR a full compile gives.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::aggregate::{Counted, DirAgg};
 use super::compile::{
-    counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Options, Part,
-    PeerRegistry, PodIndex,
+    counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Nets, Options,
+    Part, PeerRegistry, PodIndex,
 };
-use super::guard6::{self, Guard6};
-use super::ir::{Direction, Dirty, DirtyDirection, PeerKey, PolicyIr};
-use crate::model::{LabelSelector, Model, Pod};
+use super::family::Family;
+use super::ir::{Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PeerKey, PolicyIr};
+use crate::model::{LabelSelector, Model, NetworkPolicy, Pod};
 
 /// `DirAgg::add` or `DirAgg::remove`: true if a group came or went.
-type FoldOp = fn(&mut DirAgg, &Part, &mut Direction, &mut DirtyDirection) -> bool;
+type FoldOp<A> = fn(&mut DirAgg<A>, &Part<A>, &mut Direction<A>, &mut DirtyDirection<A>) -> bool;
 
 /// Both directions of one view (enforced, or with audit policies too).
-#[derive(Debug, Clone, Default)]
-struct View {
-    ingress: DirAgg,
-    egress: DirAgg,
+#[derive(Debug, Clone)]
+struct View<A: Family> {
+    ingress: DirAgg<A>,
+    egress: DirAgg<A>,
+}
+
+impl<A: Family> Default for View<A> {
+    fn default() -> Self {
+        View { ingress: DirAgg::default(), egress: DirAgg::default() }
+    }
 }
 
 /// This node's compiled policy and what it was compiled from.
 #[derive(Debug)]
 pub struct PolicyEngine {
-    node: String,
-    options: Options,
-    peers: PeerRegistry,
-    /// Each policy's contribution, by policy key.
-    parts: BTreeMap<String, Contribution>,
-    /// Policy keys by namespace: a pod change can only retarget these.
-    by_ns: BTreeMap<String, BTreeSet<String>>,
-    /// Policies that resolved a named port on every pod.
-    all_pods: BTreeSet<String>,
-    local: Counted<Ipv4Addr>,
-    /// This node's pods with an IPv6 address, by pod key.
-    local6: BTreeMap<String, Ipv6Addr>,
-    enforced: View,
-    /// Every policy, audit ones as if enforced; only while audit policies exist.
-    all: Option<View>,
+    v4: FamilyEngine<Ipv4Addr>,
+    v6: FamilyEngine<Ipv6Addr>,
     ir: PolicyIr,
     dirty: Dirty,
 }
 
+/// A key whose value changed, with the value before and after.
+type Change<'a, V> = (&'a String, Option<&'a V>, Option<&'a V>);
+
+/// What changed between two models, as every family's engine needs it.
+struct Changes<'a> {
+    old: &'a Model,
+    new: &'a Model,
+    /// Pods that changed, before and after.
+    pods: Vec<Change<'a, Arc<Pod>>>,
+    /// A namespace's labels changed, or one came or went.
+    namespaces: bool,
+    /// Policies that changed, came or went.
+    policies: BTreeSet<String>,
+}
+
 impl PolicyEngine {
-    /// Compiles every policy of `model` for `node`.
-    pub fn new(
-        model: &Model,
-        node: &str,
-        cluster_cidr: Option<Ipv4Network>,
-        options: Options,
-    ) -> PolicyEngine {
-        let mut e = PolicyEngine {
-            node: node.into(),
-            options,
-            peers: PeerRegistry::default(),
-            parts: BTreeMap::new(),
-            by_ns: BTreeMap::new(),
-            all_pods: BTreeSet::new(),
-            local: Counted::default(),
-            local6: BTreeMap::new(),
-            enforced: View::default(),
-            all: None,
-            ir: PolicyIr { cluster_cidr, pod_cidr: pod_cidr(model, node), ..PolicyIr::default() },
-            dirty: Dirty::default(),
-        };
-        for p in model.pods.values() {
-            e.count_local(p, true);
-        }
-        let keys: Vec<String> = model.policies.keys().cloned().collect();
-        e.recompile(model, &keys);
-        e.guard6(model);
-        e.dirty = Dirty { structural: true, ..Dirty::default() };
-        e
+    /// Compiles every policy of `model` for `node`; `cluster_cidrs` are the
+    /// cluster's pod networks (at most one per family).
+    pub fn new(model: &Model, node: &str, cluster_cidrs: &[IpNetwork], options: Options) -> PolicyEngine {
+        let mut ir = PolicyIr::default();
+        ir.v4.cluster_cidr = cluster_cidrs.iter().find_map(|c| Ipv4Addr::of_net(*c));
+        ir.v6.cluster_cidr = cluster_cidrs.iter().find_map(|c| Ipv6Addr::of_net(*c));
+        // The first apply is in full: what changed on the way is not kept.
+        let mut scratch = Dirty::default();
+        let v4 = FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4);
+        let v6 = FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6);
+        PolicyEngine { v4, v6, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
     }
 
     /// The IR in force.
@@ -99,7 +91,13 @@ impl PolicyEngine {
 
     /// Notes on what could not be enforced as written, by policy.
     pub fn notes(&self) -> Vec<String> {
-        self.parts.values().flat_map(|c| c.notes.iter().cloned()).collect()
+        let mut notes = self.v4.notes();
+        for n in self.v6.notes() {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
+        notes
     }
 
     /// What changed since the last `take_dirty` (everything, after `new`).
@@ -109,25 +107,99 @@ impl PolicyEngine {
 
     /// Brings the IR from `old` (what it was compiled from) to `new`.
     pub fn update(&mut self, old: &Model, new: &Model) {
-        let cidr = pod_cidr(new, &self.node);
-        if cidr != self.ir.pod_cidr {
-            self.ir.pod_cidr = cidr;
-            self.dirty.structural = true;
+        let changes = Changes {
+            old,
+            new,
+            pods: changed(&old.pods, &new.pods),
+            namespaces: !changed(&old.namespaces, &new.namespaces).is_empty(),
+            policies: changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect(),
+        };
+        let d = &mut self.dirty;
+        d.structural |= self.v4.update(&changes, &mut self.ir.v4, &mut d.v4);
+        d.structural |= self.v6.update(&changes, &mut self.ir.v6, &mut d.v6);
+    }
+}
+
+/// One family's share of the engine.
+#[derive(Debug)]
+struct FamilyEngine<A: Family> {
+    node: String,
+    options: Options,
+    peers: PeerRegistry<A>,
+    /// Each policy's contribution, by policy key.
+    parts: BTreeMap<String, Contribution<A>>,
+    /// Policy keys by namespace: a pod change can only retarget these.
+    by_ns: BTreeMap<String, BTreeSet<String>>,
+    /// Policies that resolved a named port on every pod.
+    all_pods: BTreeSet<String>,
+    local: Counted<A>,
+    enforced: View<A>,
+    /// Every policy, audit ones as if enforced; only while audit policies exist.
+    all: Option<View<A>>,
+}
+
+/// Where a family engine writes: its half of the IR and of the Dirty record,
+/// and whether a change was structural.
+struct Out<'o, A: Family> {
+    ir: &'o mut FamilyIr<A>,
+    dirty: &'o mut FamilyDirty<A>,
+    structural: bool,
+}
+
+impl<A: Family> FamilyEngine<A> {
+    fn new(
+        model: &Model,
+        node: &str,
+        options: Options,
+        ir: &mut FamilyIr<A>,
+        dirty: &mut FamilyDirty<A>,
+    ) -> FamilyEngine<A> {
+        let mut e = FamilyEngine {
+            node: node.into(),
+            options,
+            peers: PeerRegistry::default(),
+            parts: BTreeMap::new(),
+            by_ns: BTreeMap::new(),
+            all_pods: BTreeSet::new(),
+            local: Counted::default(),
+            enforced: View::default(),
+            all: None,
+        };
+        ir.pod_cidr = pod_cidr::<A>(model, node);
+        let mut out = Out { ir, dirty, structural: false };
+        for p in model.pods.values() {
+            e.count_local(p, true, &mut out);
         }
-        let pods = changed(&old.pods, &new.pods);
-        let namespaces = !changed(&old.namespaces, &new.namespaces).is_empty();
-        let mut todo: BTreeSet<String> =
-            changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect();
-        for (_, before, after) in &pods {
+        let keys: Vec<String> = model.policies.keys().cloned().collect();
+        let index = PodIndex::new::<A>(model);
+        e.recompile_with(model, &index, &keys, &mut out);
+        e
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.parts.values().flat_map(|c| c.notes.iter().cloned()).collect()
+    }
+
+    /// Applies `c` to this family's IR; true if the change was structural.
+    fn update(&mut self, c: &Changes, ir: &mut FamilyIr<A>, dirty: &mut FamilyDirty<A>) -> bool {
+        let (old, new) = (c.old, c.new);
+        let mut out = Out { ir, dirty, structural: false };
+        let cidr = pod_cidr::<A>(new, &self.node);
+        if cidr != out.ir.pod_cidr {
+            out.ir.pod_cidr = cidr;
+            out.structural = true;
+        }
+        let mut todo = c.policies.clone();
+        for (_, before, after) in &c.pods {
             if let Some(p) = before {
-                self.count_local(p, false);
+                self.count_local(p, false, &mut out);
             }
             if let Some(p) = after {
-                self.count_local(p, true);
+                self.count_local(p, true, &mut out);
             }
         }
         // Targets: policies of a changed pod's namespace that select it.
-        for (_, before, after) in &pods {
+        for (_, before, after) in &c.pods {
             for p in before.iter().chain(after).filter(|p| p.node.as_deref() == Some(&self.node)) {
                 for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
                     let policy = new.policies.get(key).or_else(|| old.policies.get(key));
@@ -137,26 +209,26 @@ impl PolicyEngine {
                 }
             }
         }
-        if !pods.is_empty() {
+        if !c.pods.is_empty() {
             todo.extend(self.all_pods.iter().cloned());
         }
         // Peers: re-resolve the definitions a change may touch.
-        let index = PodIndex::new(new);
+        let index = PodIndex::new::<A>(new);
         let ns_matches = |sel: &LabelSelector, ns: &str| {
             sel.matches(&old.namespace_labels(ns)) || sel.matches(&new.namespace_labels(ns))
         };
-        let mut renet: Vec<(PeerKey, super::compile::Nets)> = Vec::new();
+        let mut renet: Vec<(PeerKey, Nets<A>)> = Vec::new();
         for (key, entry) in self.peers.defs.iter_mut() {
-            let touched = (namespaces && selects_namespaces(&entry.def))
-                || pods.iter().any(|(_, before, after)| {
+            let touched = (c.namespaces && selects_namespaces(&entry.def))
+                || c.pods.iter().any(|(_, before, after)| {
                     before.iter().chain(after).any(|p| def_may_match(&entry.def, p, ns_matches))
                 });
             if !touched {
                 continue;
             }
-            let now = resolve(new, &index, &entry.def);
+            let now = resolve::<A>(new, &index, &entry.def);
             // A member pod may have changed what its named ports resolve to.
-            let member_changed = pods.iter().any(|(k, _, _)| {
+            let member_changed = c.pods.iter().any(|(k, _, _)| {
                 now.pods.binary_search(k).is_ok() || entry.resolved.pods.binary_search(k).is_ok()
             });
             let resolution_changed = now != *entry.resolved;
@@ -185,62 +257,49 @@ impl PolicyEngine {
                 }
             }
             renet.push((*key, now.nets.clone()));
-            entry.resolved = std::sync::Arc::new(now);
+            entry.resolved = Arc::new(now);
         }
         for (key, nets) in &renet {
-            self.for_views(|agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
+            self.for_views(&mut out, |agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
         }
         let todo: Vec<String> = todo.into_iter().collect();
-        self.recompile_with(new, &index, &todo);
-        self.guard6(new);
-    }
-
-    /// Brings the IPv6 guard to `model`: O(local IPv6 pods x the policies
-    /// of their namespaces), nothing on an IPv4-only node.
-    fn guard6(&mut self, model: &Model) {
-        let g = Guard6::new(model, &self.node, &self.local6);
-        if g == self.ir.v6 {
-            return;
-        }
-        self.dirty.structural |= g.pod_cidr != self.ir.v6.pod_cidr;
-        self.dirty.v6 = true;
-        self.ir.v6 = g;
-    }
-
-    fn recompile(&mut self, model: &Model, keys: &[String]) {
-        let index = PodIndex::new(model);
-        self.recompile_with(model, &index, keys);
+        self.recompile_with(new, &index, &todo, &mut out);
+        out.structural
     }
 
     /// Replaces the contributions of policies `keys` by what `model` gives.
-    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[String]) {
+    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[String], out: &mut Out<A>) {
         let audits_before = self.all.is_some();
         self.peers.named.clear();
         for key in keys {
             if let Some(old) = self.parts.remove(key) {
-                self.withdraw(key, &old);
+                self.withdraw(key, &old, out);
             }
             let Some(policy) = model.policies.get(key) else { continue };
-            let mut compiler =
-                Compiler { model, index, node: &self.node, options: self.options, peers: &mut self.peers };
-            let c = compiler.contribution(policy);
+            let c = self.compile(model, index, policy);
             self.by_ns.entry(policy.namespace.clone()).or_default().insert(key.clone());
             if c.all_pods {
                 self.all_pods.insert(key.clone());
             }
-            self.contribute(&c);
+            self.fold(&c, DirAgg::add, out);
             self.parts.insert(key.clone(), c);
         }
         self.peers.defs.retain(|_, e| !e.users.is_empty());
         let audits_now = model.policies.values().any(|p| p.audit);
         if audits_now != audits_before {
-            self.rebuild_audit(audits_now);
+            self.rebuild_audit(audits_now, out);
         }
     }
 
+    fn compile(&mut self, model: &Model, index: &PodIndex, policy: &NetworkPolicy) -> Contribution<A> {
+        let mut compiler =
+            Compiler { model, index, node: &self.node, options: self.options, peers: &mut self.peers };
+        compiler.contribution(policy)
+    }
+
     /// Takes policy `key`'s contribution out of the views and the indexes.
-    fn withdraw(&mut self, key: &str, c: &Contribution) {
-        self.fold(c, DirAgg::remove);
+    fn withdraw(&mut self, key: &str, c: &Contribution<A>, out: &mut Out<A>) {
+        self.fold(c, DirAgg::remove, out);
         for k in c.uses.keys() {
             if let Some(e) = self.peers.defs.get_mut(k) {
                 e.users.remove(key);
@@ -254,82 +313,75 @@ impl PolicyEngine {
         }
     }
 
-    fn contribute(&mut self, c: &Contribution) {
-        self.fold(c, DirAgg::add);
-    }
-
     /// Adds `c` to (or removes it from) the views it belongs to: the
     /// enforced one unless it is an audit policy, and the audit view.
-    fn fold(&mut self, c: &Contribution, op: FoldOp) {
+    fn fold(&mut self, c: &Contribution<A>, op: FoldOp<A>, out: &mut Out<A>) {
+        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
         let mut structural = false;
-        let mut run = |agg: &mut DirAgg, part, out, dirty| structural |= op(agg, part, out, dirty);
+        let mut run = |agg: &mut DirAgg<A>, part, dir, d| structural |= op(agg, part, dir, d);
         if !c.audit {
-            run(&mut self.enforced.ingress, &c.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
-            run(&mut self.enforced.egress, &c.egress, &mut self.ir.egress, &mut self.dirty.egress);
+            run(&mut self.enforced.ingress, &c.ingress, &mut ir.ingress, &mut dirty.ingress);
+            run(&mut self.enforced.egress, &c.egress, &mut ir.egress, &mut dirty.egress);
         }
         if let Some(all) = self.all.as_mut() {
-            run(&mut all.ingress, &c.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
-            run(&mut all.egress, &c.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+            run(&mut all.ingress, &c.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
+            run(&mut all.egress, &c.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
         }
-        self.dirty.structural |= structural;
+        out.structural |= structural;
     }
 
     /// Audit policies came or went: the audit view is built from every
     /// contribution, or dropped.
-    fn rebuild_audit(&mut self, on: bool) {
-        self.ir.audit = on;
-        self.ir.audit_ingress = Direction::default();
-        self.ir.audit_egress = Direction::default();
+    fn rebuild_audit(&mut self, on: bool, out: &mut Out<A>) {
+        out.ir.audit = on;
+        out.ir.audit_ingress = Direction::default();
+        out.ir.audit_egress = Direction::default();
         self.all = None;
-        self.dirty.structural = true;
+        out.structural = true;
         if !on {
             return;
         }
         let mut all = View::default();
         let mut scratch = DirtyDirection::default();
         for c in self.parts.values() {
-            all.ingress.add(&c.ingress, &mut self.ir.audit_ingress, &mut scratch);
-            all.egress.add(&c.egress, &mut self.ir.audit_egress, &mut scratch);
+            all.ingress.add(&c.ingress, &mut out.ir.audit_ingress, &mut scratch);
+            all.egress.add(&c.egress, &mut out.ir.audit_egress, &mut scratch);
         }
         self.all = Some(all);
     }
 
-    fn for_views(&mut self, mut f: impl FnMut(&mut DirAgg, &mut Direction, &mut DirtyDirection)) {
-        f(&mut self.enforced.ingress, &mut self.ir.ingress, &mut self.dirty.ingress);
-        f(&mut self.enforced.egress, &mut self.ir.egress, &mut self.dirty.egress);
+    fn for_views(
+        &mut self,
+        out: &mut Out<A>,
+        mut f: impl FnMut(&mut DirAgg<A>, &mut Direction<A>, &mut DirtyDirection<A>),
+    ) {
+        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
+        f(&mut self.enforced.ingress, &mut ir.ingress, &mut dirty.ingress);
+        f(&mut self.enforced.egress, &mut ir.egress, &mut dirty.egress);
         if let Some(all) = self.all.as_mut() {
-            f(&mut all.ingress, &mut self.ir.audit_ingress, &mut self.dirty.audit_ingress);
-            f(&mut all.egress, &mut self.ir.audit_egress, &mut self.dirty.audit_egress);
+            f(&mut all.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
+            f(&mut all.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
         }
     }
 
     /// Counts `pod` in (`add`) or out of this node's local addresses.
-    fn count_local(&mut self, pod: &Pod, add: bool) {
-        if let Some(ip6) = guard6::local_address(pod, &self.node) {
-            if add {
-                self.local6.insert(pod.key(), ip6);
-            } else {
-                self.local6.remove(&pod.key());
-            }
-        }
-        let Some(ip) = pod.ip.filter(|_| counts_for_policy(pod) && pod.node.as_deref() == Some(&self.node))
-        else {
-            return;
-        };
+    fn count_local(&mut self, pod: &Pod, add: bool, out: &mut Out<A>) {
+        let local = counts_for_policy::<A>(pod) && pod.node.as_deref() == Some(&self.node);
+        let Some(ip) = A::of_pod(pod).filter(|_| local) else { return };
         let flipped = if add { self.local.inc(&ip) } else { self.local.dec(&ip) };
         if flipped {
             if add {
-                self.ir.local.insert(ip);
+                out.ir.local.insert(ip);
             } else {
-                self.ir.local.remove(&ip);
+                out.ir.local.remove(&ip);
             }
-            self.dirty.local.insert(ip);
+            out.dirty.local.insert(ip);
         }
     }
 }
 
-fn pod_cidr(model: &Model, node: &str) -> Option<Ipv4Network> {
-    model.nodes.get(node).and_then(|n| n.pod_cidr)
+fn pod_cidr<A: Family>(model: &Model, node: &str) -> Option<A::Net> {
+    model.nodes.get(node).and_then(A::pod_cidr)
 }
 
 /// The keys whose values differ between `old` and `new`, with both versions.
@@ -338,7 +390,7 @@ fn pod_cidr(model: &Model, node: &str) -> Option<Ipv4Network> {
 fn changed<'a, V: PartialEq>(
     old: &'a BTreeMap<String, V>,
     new: &'a BTreeMap<String, V>,
-) -> Vec<(&'a String, Option<&'a V>, Option<&'a V>)> {
+) -> Vec<Change<'a, V>> {
     use std::cmp::Ordering;
     let mut out = Vec::new();
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());

@@ -14,6 +14,8 @@ use crate::model::{
     ContainerPort, Namespace, NetworkPolicy, Node, Peer, PolicyPort, PortRef, Protocol, Rule,
 };
 use crate::policy::compile_with;
+use crate::policy::family::Family;
+use crate::policy::ir::{FamilyDirty, FamilyIr};
 use crate::policy::{Dirty, PolicyIr};
 
 /// xorshift64*: deterministic, no dependency.
@@ -85,7 +87,12 @@ fn random_peer(r: &mut Rng) -> Peer {
             cidr: IpNetwork::V4("10.244.0.0/16".parse().unwrap()),
             except: vec![IpNetwork::V4(Ipv4Network::new(Ipv4Addr::new(10, 244, 1, 0), 28).unwrap())],
         },
-        _ => Peer::IpBlock { cidr: "fd00::/64".parse().unwrap(), except: Vec::new() },
+        5 if r.chance(50) => Peer::IpBlock { cidr: "fd00::/64".parse().unwrap(), except: Vec::new() },
+        // The IPv6 pods' network, minus node-1's.
+        _ => Peer::IpBlock {
+            cidr: "fd00:a:f4::/48".parse().unwrap(),
+            except: vec!["fd00:a:f4:1::/64".parse().unwrap()],
+        },
     }
 }
 
@@ -214,8 +221,8 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
     }
 }
 
-pub(crate) fn cluster() -> Option<Ipv4Network> {
-    "10.244.0.0/16".parse().ok()
+pub(crate) fn cluster() -> Vec<IpNetwork> {
+    ["10.244.0.0/16", "fd00:a::/32"].iter().filter_map(|c| c.parse().ok()).collect()
 }
 
 #[test]
@@ -225,14 +232,14 @@ fn any_sequence_of_updates_gives_what_a_full_compile_gives() {
         let mut r = Rng::new(seed);
         let options = Options { triple_peers: r.below(3) };
         let mut model = random_model(&mut r);
-        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), options);
+        let mut engine = PolicyEngine::new(&model, "node-1", &cluster(), options);
         for step in 0..25 {
             let mut next = model.clone();
             for _ in 0..1 + r.below(3) {
                 mutate(&mut r, &mut next);
             }
             engine.update(&model, &next);
-            let (want, notes) = compile_with(&next, "node-1", cluster(), options);
+            let (want, notes) = compile_with(&next, "node-1", &cluster(), options);
             assert_eq!(engine.ir(), &want, "seed {seed} step {step}");
             assert_eq!(engine.notes(), notes, "seed {seed} step {step}");
             model = next;
@@ -249,7 +256,7 @@ fn dirty_names_every_element_that_changed() {
         let mut r = Rng::new(seed);
         let options = Options { triple_peers: 1 };
         let mut model = random_model(&mut r);
-        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), options);
+        let mut engine = PolicyEngine::new(&model, "node-1", &cluster(), options);
         engine.take_dirty();
         for step in 0..20 {
             let before = engine.ir().clone();
@@ -259,45 +266,51 @@ fn dirty_names_every_element_that_changed() {
             let d = engine.take_dirty();
             let after = engine.ir();
             let ctx = format!("seed {seed} step {step}");
-            let sym = |a: &BTreeSet<Ipv4Addr>, b: &BTreeSet<Ipv4Addr>| -> BTreeSet<Ipv4Addr> {
-                a.symmetric_difference(b).copied().collect()
-            };
-            assert!(sym(&before.local, &after.local).is_subset(&d.local), "{ctx}");
-            assert!(before.v6 == after.v6 || d.v6 || d.structural, "{ctx}: the IPv6 guard changed unmarked");
-            v6_changes += usize::from(before.v6.ingress != after.v6.ingress && !after.v6.ingress.is_empty());
-            if d.structural {
-                continue;
+            if !d.structural {
+                dirty_covers(&before.v4, &after.v4, &d.v4, &ctx);
+                dirty_covers(&before.v6, &after.v6, &d.v6, &ctx);
             }
-            for (b, a, dd) in
-                [(&before.ingress, &after.ingress, &d.ingress), (&before.egress, &after.egress, &d.egress)]
-            {
-                assert!(sym(&b.isolated, &a.isolated).is_subset(&dd.isolated), "{ctx}");
-                let pods: BTreeSet<Ipv4Addr> =
-                    b.triples.symmetric_difference(&a.triples).map(|t| t.0).collect();
-                assert!(pods.is_subset(&dd.triples), "{ctx}");
-                // Without a structural change the groups are the same ones.
-                assert_eq!(b.groups.len(), a.groups.len(), "{ctx}");
-                for (gb, ga) in b.groups.iter().zip(&a.groups) {
-                    if gb.targets != ga.targets {
-                        assert!(dd.groups.contains(&(ga.key, ga.ports)), "{ctx}");
-                    }
-                    if gb.peers != ga.peers {
-                        assert!(dd.peers.contains(&ga.key), "{ctx}");
-                    }
-                }
-                for (gb, ga) in b.port_groups.iter().zip(&a.port_groups) {
-                    for t in gb.targets.symmetric_difference(&ga.targets) {
-                        assert!(dd.port_groups.contains(&(ga.key, t.0)), "{ctx}");
-                    }
-                    if gb.peers != ga.peers {
-                        assert!(dd.peers.contains(&ga.key), "{ctx}");
-                    }
-                }
-            }
+            // Changes to IPv6 allow rules, not only to who is isolated.
+            let rules =
+                |d: &Direction<Ipv6Addr>| (d.triples.clone(), d.groups.clone(), d.port_groups.clone());
+            let (b6, a6) = (&before.v6, &after.v6);
+            v6_changes += usize::from(
+                rules(&b6.ingress) != rules(&a6.ingress) || rules(&b6.egress) != rules(&a6.egress),
+            );
             model = next;
         }
     }
-    assert!(v6_changes > 100, "only {v6_changes} changes touched the IPv6 guard");
+    assert!(v6_changes > 100, "only {v6_changes} changes touched IPv6 rules");
+}
+
+/// Asserts that `d` names every element that differs between `b` and `a`.
+fn dirty_covers<A: Family>(b: &FamilyIr<A>, a: &FamilyIr<A>, d: &FamilyDirty<A>, ctx: &str) {
+    let sym =
+        |x: &BTreeSet<A>, y: &BTreeSet<A>| -> BTreeSet<A> { x.symmetric_difference(y).copied().collect() };
+    assert!(sym(&b.local, &a.local).is_subset(&d.local), "{ctx}");
+    for (b, a, dd) in [(&b.ingress, &a.ingress, &d.ingress), (&b.egress, &a.egress, &d.egress)] {
+        assert!(sym(&b.isolated, &a.isolated).is_subset(&dd.isolated), "{ctx}");
+        let pods: BTreeSet<A> = b.triples.symmetric_difference(&a.triples).map(|t| t.0).collect();
+        assert!(pods.is_subset(&dd.triples), "{ctx}");
+        // Without a structural change the groups are the same ones.
+        assert_eq!(b.groups.len(), a.groups.len(), "{ctx}");
+        for (gb, ga) in b.groups.iter().zip(&a.groups) {
+            if gb.targets != ga.targets {
+                assert!(dd.groups.contains(&(ga.key, ga.ports)), "{ctx}");
+            }
+            if gb.peers != ga.peers {
+                assert!(dd.peers.contains(&ga.key), "{ctx}");
+            }
+        }
+        for (gb, ga) in b.port_groups.iter().zip(&a.port_groups) {
+            for t in gb.targets.symmetric_difference(&ga.targets) {
+                assert!(dd.port_groups.contains(&(ga.key, t.0)), "{ctx}");
+            }
+            if gb.peers != ga.peers {
+                assert!(dd.peers.contains(&ga.key), "{ctx}");
+            }
+        }
+    }
 }
 
 /// Feeds `seeds` x `steps` random changes to an engine and hands each
@@ -308,7 +321,8 @@ pub(crate) fn each_change(seeds: u64, steps: usize, mut on_change: impl FnMut(&P
     for seed in 0..seeds {
         let mut r = Rng::new(seed);
         let mut model = random_model(&mut r);
-        let mut engine = PolicyEngine::new(&model, "node-1", cluster(), Options { triple_peers: r.below(3) });
+        let mut engine =
+            PolicyEngine::new(&model, "node-1", &cluster(), Options { triple_peers: r.below(3) });
         let dirty = engine.take_dirty();
         on_change(engine.ir(), &dirty, &format!("seed {seed} start"));
         for step in 0..steps {

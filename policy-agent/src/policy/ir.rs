@@ -1,6 +1,7 @@
-//! The compiled policy of one node, backend-neutral. Everything is in terms
-//! of this node's local pods (by IPv4 address) and peer networks; a renderer
-//! maps it to ipsets + iptables chains, or to nftables sets and maps.
+//! The compiled policy of one node, backend-neutral, one half per address
+//! family (`FamilyIr`). Everything is in terms of this node's local pods (by
+//! address) and peer networks of that family; a renderer maps it to ipsets +
+//! iptables chains (ip6tables for IPv6), or to nftables sets and rules.
 //!
 //! Per direction, a local pod is either not isolated (everything passes in
 //! that direction) or isolated, and then a packet passes if a `Triple` names
@@ -20,17 +21,16 @@
 //! peers changes that set's members in place, never the set or the rules.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use super::guard6::Guard6;
+use super::family::Family;
 use crate::model::Protocol;
 
 /// (local pod, protocol, port, peer network): the pod may receive from (or,
 /// for egress, send to) the peer network on that port.
-pub type Triple = (Ipv4Addr, Protocol, u16, Ipv4Network);
+pub type Triple<A = Ipv4Addr> = (A, Protocol, u16, <A as Family>::Net);
 
 /// The ports a group allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -50,34 +50,48 @@ pub type PeerKey = u64;
 
 /// Local pods `targets` may exchange traffic with `peers` on `ports`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Group {
+#[serde(bound = "")]
+pub struct Group<A: Family = Ipv4Addr> {
     pub key: PeerKey,
-    pub targets: BTreeSet<Ipv4Addr>,
-    pub peers: Vec<Ipv4Network>,
+    pub targets: BTreeSet<A>,
+    pub peers: Vec<A::Net>,
     pub ports: GroupPorts,
 }
 
 /// (local pod, protocol, port) targets may exchange traffic with `peers`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct PortGroup {
+#[serde(bound = "")]
+pub struct PortGroup<A: Family = Ipv4Addr> {
     pub key: PeerKey,
-    pub targets: BTreeSet<(Ipv4Addr, Protocol, u16)>,
-    pub peers: Vec<Ipv4Network>,
+    pub targets: BTreeSet<(A, Protocol, u16)>,
+    pub peers: Vec<A::Net>,
 }
 
 /// One direction (ingress or egress) on this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Direction {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(bound = "")]
+pub struct Direction<A: Family = Ipv4Addr> {
     /// Local pods some policy of this direction selects.
-    pub isolated: BTreeSet<Ipv4Addr>,
-    pub triples: BTreeSet<Triple>,
+    pub isolated: BTreeSet<A>,
+    pub triples: BTreeSet<Triple<A>>,
     /// Sorted by key; one per peer key.
-    pub port_groups: Vec<PortGroup>,
+    pub port_groups: Vec<PortGroup<A>>,
     /// Sorted; groups with the same peer key and ports are merged.
-    pub groups: Vec<Group>,
+    pub groups: Vec<Group<A>>,
 }
 
-impl Direction {
+impl<A: Family> Default for Direction<A> {
+    fn default() -> Self {
+        Direction {
+            isolated: BTreeSet::new(),
+            triples: BTreeSet::new(),
+            port_groups: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl<A: Family> Direction<A> {
     /// Where group (`key`, `ports`) is, or would go (groups are sorted by key, then ports).
     pub fn group_index(&self, key: PeerKey, ports: GroupPorts) -> Result<usize, usize> {
         self.groups.binary_search_by(|g| (g.key, g.ports).cmp(&(key, ports)))
@@ -90,7 +104,7 @@ impl Direction {
 
     /// The peers of `key`: those of its port group, or of any of its groups
     /// (all rules of one key have the same peers).
-    pub fn peers_of(&self, key: PeerKey) -> Option<&[Ipv4Network]> {
+    pub fn peers_of(&self, key: PeerKey) -> Option<&[A::Net]> {
         if let Ok(i) = self.port_group_index(key) {
             return Some(&self.port_groups[i].peers);
         }
@@ -99,60 +113,131 @@ impl Direction {
     }
 }
 
-/// What this node enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PolicyIr {
+/// What this node enforces in one address family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(bound = "")]
+pub struct FamilyIr<A: Family = Ipv4Addr> {
     /// The addresses of this node's pods (hostNetwork pods excluded).
-    pub local: BTreeSet<Ipv4Addr>,
+    pub local: BTreeSet<A>,
     /// This node's pod CIDR: addresses in it that are not `local` belong to no
     /// known pod, and are dropped until the agent knows them (fail closed).
-    pub pod_cidr: Option<Ipv4Network>,
+    pub pod_cidr: Option<A::Net>,
     /// The cluster's pod network: traffic to it that is neither from nor to a
     /// local pod is transit (e.g. a NodePort DNATed to a pod on another node)
     /// and is accepted here; policy applies at the pod's own node.
-    pub cluster_cidr: Option<Ipv4Network>,
-    pub ingress: Direction,
-    pub egress: Direction,
+    pub cluster_cidr: Option<A::Net>,
+    pub ingress: Direction<A>,
+    pub egress: Direction<A>,
     /// True if audit policies exist: `audit_*` then hold every policy's view
     /// (audit ones as if enforced); what it denies and the enforced view
     /// admits is logged and passes.
     pub audit: bool,
-    pub audit_ingress: Direction,
-    pub audit_egress: Direction,
-    /// IPv6, which this IR does not compile yet: what fails closed.
-    pub v6: Guard6,
+    pub audit_ingress: Direction<A>,
+    pub audit_egress: Direction<A>,
+}
+
+impl<A: Family> Default for FamilyIr<A> {
+    fn default() -> Self {
+        FamilyIr {
+            local: BTreeSet::new(),
+            pod_cidr: None,
+            cluster_cidr: None,
+            ingress: Direction::default(),
+            egress: Direction::default(),
+            audit: false,
+            audit_ingress: Direction::default(),
+            audit_egress: Direction::default(),
+        }
+    }
+}
+
+/// What this node enforces: each family compiled on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyIr {
+    pub v4: FamilyIr<Ipv4Addr>,
+    pub v6: FamilyIr<Ipv6Addr>,
 }
 
 /// What changed in one direction of the IR since the backend last applied
 /// it, at the grain the renderers patch sets: enough for a backend to
 /// re-render only those elements and diff them against what it applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DirtyDirection {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyDirection<A: Family = Ipv4Addr> {
     /// Addresses that joined or left `isolated`.
-    pub isolated: BTreeSet<Ipv4Addr>,
+    pub isolated: BTreeSet<A>,
     /// Local pods whose triples changed.
-    pub triples: BTreeSet<Ipv4Addr>,
+    pub triples: BTreeSet<A>,
     /// (port group, local pod) whose (pod, port) targets changed.
-    pub port_groups: BTreeSet<(PeerKey, Ipv4Addr)>,
+    pub port_groups: BTreeSet<(PeerKey, A)>,
     /// Groups whose targets changed.
     pub groups: BTreeSet<(PeerKey, GroupPorts)>,
     /// Peer keys whose networks changed.
     pub peers: BTreeSet<PeerKey>,
 }
 
+impl<A: Family> Default for DirtyDirection<A> {
+    fn default() -> Self {
+        DirtyDirection {
+            isolated: BTreeSet::new(),
+            triples: BTreeSet::new(),
+            port_groups: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            peers: BTreeSet::new(),
+        }
+    }
+}
+
+impl<A: Family> DirtyDirection<A> {
+    pub fn is_empty(&self) -> bool {
+        self.isolated.is_empty()
+            && self.triples.is_empty()
+            && self.port_groups.is_empty()
+            && self.groups.is_empty()
+            && self.peers.is_empty()
+    }
+}
+
+/// What changed in one family of the IR since the backend last applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyDirty<A: Family = Ipv4Addr> {
+    /// Addresses that joined or left `local`.
+    pub local: BTreeSet<A>,
+    pub ingress: DirtyDirection<A>,
+    pub egress: DirtyDirection<A>,
+    pub audit_ingress: DirtyDirection<A>,
+    pub audit_egress: DirtyDirection<A>,
+}
+
+impl<A: Family> Default for FamilyDirty<A> {
+    fn default() -> Self {
+        FamilyDirty {
+            local: BTreeSet::new(),
+            ingress: DirtyDirection::default(),
+            egress: DirtyDirection::default(),
+            audit_ingress: DirtyDirection::default(),
+            audit_egress: DirtyDirection::default(),
+        }
+    }
+}
+
+impl<A: Family> FamilyDirty<A> {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty()
+            && self.ingress.is_empty()
+            && self.egress.is_empty()
+            && self.audit_ingress.is_empty()
+            && self.audit_egress.is_empty()
+    }
+}
+
 /// What changed in the IR since the backend last applied it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dirty {
     /// Something the chains depend on changed (groups or port groups came or
-    /// went, audit, the CIDRs): the backend renders and applies in full.
+    /// went, audit, the CIDRs), in either family: the backend renders and
+    /// applies in full.
     pub structural: bool,
-    /// Addresses that joined or left `local`.
-    pub local: BTreeSet<Ipv4Addr>,
-    pub ingress: DirtyDirection,
-    pub egress: DirtyDirection,
-    pub audit_ingress: DirtyDirection,
-    pub audit_egress: DirtyDirection,
-    /// The IPv6 guard's addresses changed (its sets are small: the backend
-    /// diffs them whole).
-    pub v6: bool,
+    pub v4: FamilyDirty<Ipv4Addr>,
+    pub v6: FamilyDirty<Ipv6Addr>,
 }

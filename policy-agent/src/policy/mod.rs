@@ -1,7 +1,7 @@
 //! NetworkPolicy, the pure part: `compile` turns the cluster model into this
-//! node's `PolicyIr` (which local pods are isolated in which direction, and
-//! what each may send or receive), backend-neutral; the iptables renderer
-//! (and, later, nftables) turn the IR into kernel state.
+//! node's `PolicyIr` (per address family: which local pods are isolated in
+//! which direction, and what each may send or receive), backend-neutral; the
+//! iptables and nftables renderers turn the IR into kernel state.
 //! ClusterNetworkPolicy's Admin and Baseline tiers (`tiers`) are evaluated on
 //! the model only (explain, the pure conformance run): the IR does not carry
 //! them yet, and `tier_notices` says so to the operator.
@@ -10,7 +10,7 @@ mod aggregate;
 pub mod cidr;
 pub mod compile;
 pub mod evaluate;
-pub mod guard6;
+pub mod family;
 pub mod incremental;
 pub mod ir;
 // Logs (tracing): part of the daemon, not of the pure library.
@@ -19,6 +19,9 @@ pub mod tier_notices;
 pub mod tiers;
 
 pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
-pub use guard6::Guard6;
+pub use family::Family;
 pub use incremental::PolicyEngine;
-pub use ir::{Direction, Dirty, DirtyDirection, Group, GroupPorts, PeerKey, PolicyIr, PortGroup, Triple};
+pub use ir::{
+    Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, Group, GroupPorts, PeerKey, PolicyIr, PortGroup,
+    Triple,
+};
