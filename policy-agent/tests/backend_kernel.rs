@@ -186,7 +186,7 @@ fn off_removes_both_backends_objects_and_writes_nothing_where_there_is_nothing()
             "iptables-nft filter: 1 FORWARD jump",
             "ip6tables-nft filter: 1 FORWARD jump",
             "WEFT-FORWARD",
-            "8 ipsets",
+            "10 ipsets",
             "table inet weft",
         ] {
             assert!(said.contains(what), "{said}");

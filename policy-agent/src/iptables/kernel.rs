@@ -460,8 +460,7 @@ fn write_set(out: &mut String, s: &SetSpec, exists: bool) -> usize {
     let n = s.members.len();
     let hashsize = (n / 2).next_power_of_two().max(MIN_HASHSIZE);
     let maxelem = (n * 2).next_power_of_two().max(MIN_MAXELEM);
-    let params =
-        format!("{} family {} hashsize {hashsize} maxelem {maxelem}", s.kind.as_str(), s.kind.family());
+    let params = format!("{} family {} hashsize {hashsize} maxelem {maxelem}", s.kind.as_str(), s.family());
     // A set that exists and is referenced by a rule cannot be destroyed or
     // re-created: fill a twin and swap, which is atomic for the rules.
     let target = if exists { format!("{}{TMP_SUFFIX}", s.name) } else { s.name.clone() };
@@ -669,8 +668,12 @@ mod tests {
 
     #[test]
     fn existing_sets_are_swapped_new_ones_created() {
-        let fixed =
-            SetSpec { name: "weft-in-iso".into(), kind: SetType::HashIp, members: vec!["10.244.1.2".into()] };
+        let fixed = SetSpec {
+            name: "weft-in-iso".into(),
+            kind: SetType::HashIp,
+            inet6: false,
+            members: vec!["10.244.1.2".into()],
+        };
         let mut out = String::new();
         write_set(&mut out, &fixed, true);
         assert_eq!(

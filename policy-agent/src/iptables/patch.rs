@@ -5,15 +5,14 @@
 //! (a property test checks it against `render`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use super::render::{
-    group_set, ip6_set, ip_set, net_members, peer_set, pod_port_member, port_group_set, triple_members,
-    Names, SetSpec, AUDIT_EGRESS, AUDIT_INGRESS, EGRESS, INGRESS, IN_ISO6_SET, LOCAL6_SET, LOCAL_SET,
-    OUT_ISO6_SET,
+    group_set, ip_set, names, net_members, peer_set, pod_port_member, port_group_set, triple_members, Names,
+    SetSpec,
 };
 use crate::model::Protocol;
-use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
+use crate::policy::family::{self, Family};
+use crate::policy::{Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PolicyIr};
 
 /// One set's members to add and to delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,31 +45,8 @@ pub fn changes(
         Some(())
     };
     let get = |name: &str| sets.get(name).map(|s| s.members.as_slice());
-    let (v4, d4) = (&ir.v4, &dirty.v4);
-    for ip in &d4.local {
-        let name = LOCAL_SET;
-        let member = ip.to_string();
-        let new = if v4.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
-        diff(name, new, &prefixed(get(name)?, &member, true))?;
-    }
-    if !dirty.v6.is_empty() {
-        let v6 = &ir.v6;
-        for (name, now) in [
-            (LOCAL6_SET, &v6.local),
-            (IN_ISO6_SET, &v6.ingress.isolated),
-            (OUT_ISO6_SET, &v6.egress.isolated),
-        ] {
-            diff(name, ip6_set(name, now).members, get(name)?)?;
-        }
-    }
-    let mut views = vec![(&INGRESS, &v4.ingress, &d4.ingress), (&EGRESS, &v4.egress, &d4.egress)];
-    if v4.audit {
-        views.push((&AUDIT_INGRESS, &v4.audit_ingress, &d4.audit_ingress));
-        views.push((&AUDIT_EGRESS, &v4.audit_egress, &d4.audit_egress));
-    }
-    for (n, dir, d) in views {
-        view(n, dir, d, &get, &mut diff)?;
-    }
+    family_changes(&ir.v4, &dirty.v4, &get, &mut diff)?;
+    family_changes(&ir.v6, &dirty.v6, &get, &mut diff)?;
     out.retain(|_, c| !c.add.is_empty() || !c.del.is_empty());
     for c in out.values_mut() {
         c.add.sort();
@@ -81,10 +57,34 @@ pub fn changes(
     Some(out)
 }
 
-fn view<'s>(
+/// One family's share of `changes`.
+fn family_changes<'s, A: Family>(
+    ir: &FamilyIr<A>,
+    dirty: &FamilyDirty<A>,
+    get: &impl Fn(&str) -> Option<&'s [String]>,
+    diff: &mut impl FnMut(&str, Vec<String>, &[String]) -> Option<()>,
+) -> Option<()> {
+    let n = names::<A>();
+    for ip in &dirty.local {
+        let member = ip.to_string();
+        let new = if ir.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
+        diff(n.local, new, &prefixed(get(n.local)?, &member, true))?;
+    }
+    let mut views = vec![(&n.ingress, &ir.ingress, &dirty.ingress), (&n.egress, &ir.egress, &dirty.egress)];
+    if ir.audit {
+        views.push((&n.audit_ingress, &ir.audit_ingress, &dirty.audit_ingress));
+        views.push((&n.audit_egress, &ir.audit_egress, &dirty.audit_egress));
+    }
+    for (n, dir, d) in views {
+        view(n, dir, d, get, diff)?;
+    }
+    Some(())
+}
+
+fn view<'s, A: Family>(
     n: &Names,
-    dir: &Direction,
-    d: &DirtyDirection,
+    dir: &Direction<A>,
+    d: &DirtyDirection<A>,
     get: &impl Fn(&str) -> Option<&'s [String]>,
     diff: &mut impl FnMut(&str, Vec<String>, &[String]) -> Option<()>,
 ) -> Option<()> {
@@ -93,10 +93,12 @@ fn view<'s>(
         let new = if dir.isolated.contains(ip) { vec![member.clone()] } else { Vec::new() };
         diff(n.iso, new, &prefixed(get(n.iso)?, &member, true))?;
     }
+    // The least network, to start a range of a pod's triples.
+    let least = family::anywhere::<A>();
     for pod in &d.triples {
         let mut new: Vec<String> = dir
             .triples
-            .range((*pod, Protocol::Tcp, 0, MIN_NET)..)
+            .range((*pod, Protocol::Tcp, 0, least)..)
             .take_while(|t| t.0 == *pod)
             .flat_map(triple_members)
             .collect();
@@ -124,7 +126,7 @@ fn view<'s>(
     for key in &d.peers {
         let Some(nets) = dir.peers_of(*key) else { continue };
         let name = peer_set(n, *key);
-        let mut new = net_members(nets);
+        let mut new = net_members::<A>(nets);
         new.sort();
         new.dedup();
         diff(&name, new, get(&name)?)?;
@@ -142,12 +144,6 @@ fn prefixed(members: &[String], member: &str, exact: bool) -> Vec<String> {
         .cloned()
         .collect()
 }
-
-/// The least network, to start a range of a pod's triples.
-const MIN_NET: ipnetwork::Ipv4Network = match ipnetwork::Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
-    Some(n) => n,
-    None => panic!("0.0.0.0/0 is a network"),
-};
 
 /// Applies `changes` to the remembered `sets` (kept sorted).
 pub fn remember(sets: &mut BTreeMap<String, SetSpec>, changes: &BTreeMap<String, SetChange>) {

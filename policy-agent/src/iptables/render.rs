@@ -1,10 +1,13 @@
-//! PolicyIr -> ipsets + the iptables-restore payload of weft's chains. Pure.
+//! PolicyIr -> ipsets + the iptables-restore payloads of weft's chains, one
+//! per address family (iptables for IPv4, ip6tables for IPv6, the same
+//! layout over sets of family inet or inet6). Pure.
 //!
 //! The packet path (jumped to first from FORWARD in filter, and in mangle,
 //! whose copy has every ACCEPT a RETURN: kernel.rs):
 //!
 //! ```text
 //! WEFT-FORWARD   ESTABLISHED,RELATED                     ACCEPT   replies first
+//!                (IPv6) ICMPv6 neighbour solicitation/advertisement   ACCEPT
 //!                src in this node's pod CIDR, not a known local pod   DROP   (fail closed)
 //!                dst in this node's pod CIDR, not a known local pod   DROP
 //!                src in weft-out-iso                      -> WEFT-EGRESS
@@ -19,35 +22,25 @@
 //! WEFT-EGRESS    the same with (src, dport, dst) in weft-out
 //! ```
 //!
-//! IPv6 (ip6tables, the same chain name; from the IR's IPv6 half) fails closed until
-//! IPv6 policy is compiled:
-//!
-//! ```text
-//! WEFT-FORWARD   ESTABLISHED,RELATED                     ACCEPT
-//!                ICMPv6 neighbour solicitation/advertisement                   ACCEPT
-//!                src or dst in this node's IPv6 pod CIDR, not in weft-local6   DROP
-//!                src in weft-out-iso6, or dst in weft-in-iso6                  DROP
-//! ```
-//!
-//! A new connection to or from an isolated pod costs a fixed number of set
-//! lookups for rules with few peers, plus one rule per distinct many-peer
-//! definition (port group) and per rule without a single port (group) that
-//! this node's pods have; replies cost one conntrack match. Group and port
-//! group sets are named after the peer key (the peers as written), so a pod
-//! joining or leaving the peers patches a set in place; only a new peer
-//! definition rewrites the chains.
+//! IPv6's sets carry a 6 (weft-local6, weft-in-iso6, weft-in6, weft-i6s-<key>
+//! ...). A new connection to or from an isolated pod costs a fixed number of
+//! set lookups for rules with few peers, plus one rule per distinct
+//! many-peer definition (port group) and per rule without a single port
+//! (group) that this node's pods have; replies cost one conntrack match.
+//! Group and port group sets are named after the peer key (the peers as
+//! written), so a pod joining or leaving the peers patches a set in place;
+//! only a new peer definition rewrites the chains.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
 use weft_conf::hash::fnv1a64;
 
 use crate::backend::ObjectCounts;
 use crate::model::Protocol;
 use crate::nflog;
-use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr, Triple};
+use crate::policy::family::Family;
+use crate::policy::{Direction, FamilyIr, GroupPorts, PeerKey, PolicyIr, Triple};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
@@ -60,18 +53,13 @@ pub const CHAINS: [&str; 5] =
 /// Every ipset weft creates starts with this.
 pub const SET_PREFIX: &str = "weft-";
 pub const LOCAL_SET: &str = "weft-local";
-/// The IPv6 guard's sets (family inet6).
 pub const LOCAL6_SET: &str = "weft-local6";
-pub const IN_ISO6_SET: &str = "weft-in-iso6";
-pub const OUT_ISO6_SET: &str = "weft-out-iso6";
 
 /// The ipset types weft uses (all present on the kernels we run on; this one
 /// lacks hash:net,net and hash:net,port,net).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SetType {
     HashIp,
-    /// hash:ip of family inet6.
-    HashIp6,
     HashNet,
     HashIpPort,
     HashIpPortNet,
@@ -80,40 +68,46 @@ pub enum SetType {
 impl SetType {
     pub fn as_str(self) -> &'static str {
         match self {
-            SetType::HashIp | SetType::HashIp6 => "hash:ip",
+            SetType::HashIp => "hash:ip",
             SetType::HashNet => "hash:net",
             SetType::HashIpPort => "hash:ip,port",
             SetType::HashIpPortNet => "hash:ip,port,net",
         }
     }
-
-    /// The address family of its members.
-    pub fn family(self) -> &'static str {
-        match self {
-            SetType::HashIp6 => "inet6",
-            _ => "inet",
-        }
-    }
 }
 
-/// One ipset: its name, type and members as `ipset add` takes them, sorted.
+/// One ipset: its name, type, family and members as `ipset add` takes them, sorted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SetSpec {
     pub name: String,
     pub kind: SetType,
+    /// Family inet6 (IPv6 members), else inet.
+    pub inet6: bool,
     pub members: Vec<String>,
+}
+
+impl SetSpec {
+    /// `family inet` or `family inet6`, as `ipset create` takes it.
+    pub fn family(&self) -> &'static str {
+        if self.inet6 {
+            "inet6"
+        } else {
+            "inet"
+        }
+    }
 }
 
 /// What `render` produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
+    /// Both families' sets.
     pub sets: Vec<SetSpec>,
     /// The `iptables-restore --noflush` payload (filter table, weft's chains only).
     pub rules: String,
-    /// The same for `ip6tables-restore`: the IPv6 guard.
+    /// The same for `ip6tables-restore`.
     pub rules6: String,
-    /// The IPv6 guard has something to guard (an IPv6 pod CIDR or pod):
-    /// without, a node needs no ip6tables chain (kernel.rs).
+    /// The node has IPv6 to enforce (an IPv6 pod CIDR or pod): without, it
+    /// needs no ip6tables chain (kernel.rs).
     pub v6: bool,
 }
 
@@ -121,7 +115,7 @@ pub(super) struct Names {
     pub(super) iso: &'static str,
     pub(super) allow: &'static str,
     pub(super) chain: &'static str,
-    /// Prefix of group sets: "weft-i" / "weft-e".
+    /// Prefix of group sets: "weft-i" / "weft-e" ("weft-i6" / "weft-e6").
     pub(super) group: &'static str,
     /// The match flags of the allow set: which packet fields make (pod, port, peer).
     pub(super) allow_flags: &'static str,
@@ -181,6 +175,44 @@ pub(super) const AUDIT_EGRESS: Names = Names {
     ..EGRESS
 };
 
+/// The names of one family's objects.
+pub(super) struct FamilyNames {
+    pub(super) local: &'static str,
+    pub(super) ingress: Names,
+    pub(super) egress: Names,
+    pub(super) audit_ingress: Names,
+    pub(super) audit_egress: Names,
+}
+
+pub(super) const V4: FamilyNames = FamilyNames {
+    local: LOCAL_SET,
+    ingress: INGRESS,
+    egress: EGRESS,
+    audit_ingress: AUDIT_INGRESS,
+    audit_egress: AUDIT_EGRESS,
+};
+
+pub(super) const V6: FamilyNames = FamilyNames {
+    local: LOCAL6_SET,
+    ingress: Names { iso: "weft-in-iso6", allow: "weft-in6", group: "weft-i6", ..INGRESS },
+    egress: Names { iso: "weft-out-iso6", allow: "weft-out6", group: "weft-e6", ..EGRESS },
+    audit_ingress: Names { iso: "weft-ain-iso6", allow: "weft-ain6", group: "weft-ai6", ..AUDIT_INGRESS },
+    audit_egress: Names { iso: "weft-aout-iso6", allow: "weft-aout6", group: "weft-ae6", ..AUDIT_EGRESS },
+};
+
+/// The names of family `A`'s objects.
+pub(super) fn names<A: Family>() -> &'static FamilyNames {
+    if inet6::<A>() {
+        &V6
+    } else {
+        &V4
+    }
+}
+
+fn inet6<A: Family>() -> bool {
+    A::BITS == 128
+}
+
 impl Rendered {
     /// Its rules (`-A` lines), sets and set members.
     pub fn counts(&self) -> ObjectCounts {
@@ -196,10 +228,20 @@ impl Rendered {
     }
 }
 
-/// Renders `ir`.
+/// Renders `ir`: both families, each its own chains over its own sets.
 pub fn render(ir: &PolicyIr) -> Rendered {
-    let (v4, v6) = (&ir.v4, &ir.v6);
-    let mut sets = vec![ip_set(LOCAL_SET, &v4.local)];
+    let (mut sets, rules) = render_family(&ir.v4);
+    let (sets6, rules6) = render_family(&ir.v6);
+    sets.extend(sets6);
+    let v6 = ir.v6.pod_cidr.is_some() || !ir.v6.local.is_empty();
+    Rendered { sets, rules, rules6, v6 }
+}
+
+/// One family's sets and restore payload.
+fn render_family<A: Family>(ir: &FamilyIr<A>) -> (Vec<SetSpec>, String) {
+    let n = names::<A>();
+    let local = n.local;
+    let mut sets = vec![ip_set(local, &ir.local)];
     let mut rules = String::from("*filter\n");
     for c in CHAINS {
         let _ = writeln!(rules, ":{c} - [0:0]");
@@ -209,81 +251,53 @@ pub fn render(ir: &PolicyIr) -> Rendered {
         rules,
         "-A {f} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"
     );
-    if let Some(own) = v4.pod_cidr {
+    if inet6::<A>() {
+        // Address resolution, as ARP is for IPv4: no policy governs it.
+        for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
+            let _ = writeln!(rules, "-A {f} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j ACCEPT");
+        }
+    }
+    if let Some(own) = ir.pod_cidr {
         for (flag, addr) in [("src", "-s"), ("dst", "-d")] {
             let _ = writeln!(
                 rules,
-                "-A {f} {addr} {own} -m set ! --match-set {LOCAL_SET} {flag} -m comment --comment \"weft: no known pod has this address yet\" -j DROP"
+                "-A {f} {addr} {own} -m set ! --match-set {local} {flag} -m comment --comment \"weft: no known pod has this address yet\" -j DROP"
             );
         }
     }
-    let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", EGRESS.iso);
-    let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", INGRESS.iso);
-    if v4.audit {
-        let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {AUDIT_EGRESS_CHAIN}", AUDIT_EGRESS.iso);
+    let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", n.egress.iso);
+    let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", n.ingress.iso);
+    if ir.audit {
         let _ =
-            writeln!(rules, "-A {f} -m set --match-set {} dst -j {AUDIT_INGRESS_CHAIN}", AUDIT_INGRESS.iso);
+            writeln!(rules, "-A {f} -m set --match-set {} src -j {AUDIT_EGRESS_CHAIN}", n.audit_egress.iso);
+        let _ =
+            writeln!(rules, "-A {f} -m set --match-set {} dst -j {AUDIT_INGRESS_CHAIN}", n.audit_ingress.iso);
     }
     for flag in ["src", "dst"] {
-        let _ = writeln!(rules, "-A {f} -m set --match-set {LOCAL_SET} {flag} -j ACCEPT");
+        let _ = writeln!(rules, "-A {f} -m set --match-set {local} {flag} -j ACCEPT");
     }
-    if let Some(cluster) = v4.cluster_cidr {
+    if let Some(cluster) = ir.cluster_cidr {
         let _ = writeln!(
             rules,
             "-A {f} -d {cluster} -m comment --comment \"weft: transit to a pod on another node\" -j ACCEPT"
         );
     }
-    for (dir, names) in [(&v4.ingress, &INGRESS), (&v4.egress, &EGRESS)] {
+    for (dir, names) in [(&ir.ingress, &n.ingress), (&ir.egress, &n.egress)] {
         direction(dir, names, &mut sets, &mut rules);
     }
-    if v4.audit {
-        for (dir, names) in [(&v4.audit_ingress, &AUDIT_INGRESS), (&v4.audit_egress, &AUDIT_EGRESS)] {
+    if ir.audit {
+        for (dir, names) in [(&ir.audit_ingress, &n.audit_ingress), (&ir.audit_egress, &n.audit_egress)] {
             direction(dir, names, &mut sets, &mut rules);
         }
     }
     rules.push_str("COMMIT\n");
-    sets.extend([
-        ip6_set(LOCAL6_SET, &v6.local),
-        ip6_set(IN_ISO6_SET, &v6.ingress.isolated),
-        ip6_set(OUT_ISO6_SET, &v6.egress.isolated),
-    ]);
-    Rendered { sets, rules, rules6: guard6(ir), v6: v6.pod_cidr.is_some() || !v6.local.is_empty() }
+    (sets, rules)
 }
 
-/// The ip6tables payload: IPv6 fails closed (see the module doc).
-fn guard6(ir: &PolicyIr) -> String {
-    let f = FORWARD_CHAIN;
-    let mut rules = format!("*filter\n:{f} - [0:0]\n");
-    let _ = writeln!(
-        rules,
-        "-A {f} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"
-    );
-    // Address resolution, as ARP is for IPv4: no policy governs it.
-    for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
-        let _ = writeln!(rules, "-A {f} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j ACCEPT");
-    }
-    if let Some(own) = ir.v6.pod_cidr {
-        for (flag, addr) in [("src", "-s"), ("dst", "-d")] {
-            let _ = writeln!(
-                rules,
-                "-A {f} {addr} {own} -m set ! --match-set {LOCAL6_SET} {flag} -m comment --comment \"weft: no known pod has this address yet\" -j DROP"
-            );
-        }
-    }
-    for (set, flag) in [(OUT_ISO6_SET, "src"), (IN_ISO6_SET, "dst")] {
-        let _ = writeln!(
-            rules,
-            "-A {f} -m set --match-set {set} {flag} -m comment --comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\" -j DROP"
-        );
-    }
-    rules.push_str("COMMIT\n");
-    rules
-}
-
-fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut String) {
+fn direction<A: Family>(dir: &Direction<A>, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut String) {
     sets.push(ip_set(n.iso, &dir.isolated));
     let members = dir.triples.iter().flat_map(triple_members).collect();
-    sets.push(spec(n.allow, SetType::HashIpPortNet, members));
+    sets.push(spec::<A>(n.allow, SetType::HashIpPortNet, members));
     let c = n.chain;
     let _ = writeln!(rules, "-A {c} -m set --match-set {} {} -j RETURN", n.allow, n.allow_flags);
     // Sets named after the peer key (and ports): a pod joining the peers
@@ -297,7 +311,7 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
     // (targets set, its match flags, peer key, peers, port match) per rule.
     let port_groups = dir.port_groups.iter().map(|g| {
         let members = g.targets.iter().map(pod_port_member).collect();
-        let targets = spec(&port_group_set(n, g.key), SetType::HashIpPort, members);
+        let targets = spec::<A>(&port_group_set(n, g.key), SetType::HashIpPort, members);
         (targets, n.allow_flags_pod_port, g.key, &g.peers, String::new())
     });
     let groups = dir.groups.iter().map(|g| {
@@ -306,7 +320,7 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
         (targets, n.pod_flag, g.key, &g.peers, ports)
     });
     for (targets, flags, key, peers, ports) in port_groups.chain(groups) {
-        let peers = net_set(&peer_set(n, key), peers);
+        let peers = net_set::<A>(&peer_set(n, key), peers);
         let _ = writeln!(
             rules,
             "-A {c} -m set --match-set {} {flags} -m set --match-set {} {}{ports} -j RETURN",
@@ -334,39 +348,38 @@ fn direction(dir: &Direction, n: &Names, sets: &mut Vec<SetSpec>, rules: &mut St
     }
 }
 
-fn spec(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
+fn spec<A: Family>(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
     members.sort();
     members.dedup();
-    SetSpec { name: name.into(), kind, members }
+    SetSpec { name: name.into(), kind, inet6: inet6::<A>(), members }
 }
 
-/// A hash:ip set.
-pub(super) fn ip_set(name: &str, ips: &BTreeSet<Ipv4Addr>) -> SetSpec {
-    spec(name, SetType::HashIp, ips.iter().map(Ipv4Addr::to_string).collect())
-}
-
-/// A hash:ip set of family inet6.
-pub(super) fn ip6_set(name: &str, ips: &BTreeSet<Ipv6Addr>) -> SetSpec {
-    spec(name, SetType::HashIp6, ips.iter().map(Ipv6Addr::to_string).collect())
+/// A hash:ip set of family `A`.
+pub(super) fn ip_set<A: Family>(name: &str, ips: &BTreeSet<A>) -> SetSpec {
+    spec::<A>(name, SetType::HashIp, ips.iter().map(A::to_string).collect())
 }
 
 /// The hash:net set `name` of peers `nets`.
-pub(super) fn net_set(name: &str, nets: &[Ipv4Network]) -> SetSpec {
-    spec(name, SetType::HashNet, net_members(nets))
+pub(super) fn net_set<A: Family>(name: &str, nets: &[A::Net]) -> SetSpec {
+    spec::<A>(name, SetType::HashNet, net_members::<A>(nets))
 }
 
 /// The members of a hash:net set of `nets`.
-pub(super) fn net_members(nets: &[Ipv4Network]) -> Vec<String> {
-    nets.iter().flat_map(|n| ipset_nets(*n)).map(net_str).collect()
+pub(super) fn net_members<A: Family>(nets: &[A::Net]) -> Vec<String> {
+    nets.iter().flat_map(|n| ipset_nets::<A>(*n)).map(net_str::<A>).collect()
 }
 
 /// The hash:ip,port,net members of a triple (two for a /0 peer).
-pub(super) fn triple_members(&(pod, proto, port, peer): &Triple) -> impl Iterator<Item = String> {
-    ipset_nets(peer).into_iter().map(move |p| format!("{pod},{}:{port},{}", proto.as_str(), net_str(p)))
+pub(super) fn triple_members<A: Family>(
+    &(pod, proto, port, peer): &Triple<A>,
+) -> impl Iterator<Item = String> {
+    ipset_nets::<A>(peer)
+        .into_iter()
+        .map(move |p| format!("{pod},{}:{port},{}", proto.as_str(), net_str::<A>(p)))
 }
 
 /// The hash:ip,port member of a port group's target.
-pub(super) fn pod_port_member((ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> String {
+pub(super) fn pod_port_member<A: Family>((ip, proto, port): &(A, Protocol, u16)) -> String {
     format!("{ip},{}:{port}", proto.as_str())
 }
 
@@ -401,25 +414,22 @@ fn keyed(prefix: &str, key: PeerKey, extra: &str) -> String {
     format!("{prefix}-{h:016x}")
 }
 
-/// A network as `ipset save` prints it: a /32 as the bare address, so a
-/// resync compares like with like.
-fn net_str(n: Ipv4Network) -> String {
-    if n.prefix() == 32 {
-        n.ip().to_string()
+/// A network as `ipset save` prints it: a host network as the bare address,
+/// so a resync compares like with like.
+fn net_str<A: Family>(n: A::Net) -> String {
+    if A::prefix(n) == A::BITS {
+        A::network(n).to_string()
     } else {
         n.to_string()
     }
 }
 
-/// ipset's net types take prefixes 1-32: /0 becomes its two halves.
-fn ipset_nets(n: Ipv4Network) -> Vec<Ipv4Network> {
-    if n.prefix() > 0 {
+/// ipset's net types take prefixes from 1: /0 becomes its two halves.
+fn ipset_nets<A: Family>(n: A::Net) -> Vec<A::Net> {
+    if A::prefix(n) > 0 {
         return vec![n];
     }
-    [Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(128, 0, 0, 0)]
-        .into_iter()
-        .filter_map(|a| Ipv4Network::new(a, 1).ok())
-        .collect()
+    [0, 1u128 << (A::BITS - 1)].into_iter().filter_map(|a| A::net(A::from_u128(a), 1)).collect()
 }
 
 #[cfg(test)]
@@ -427,6 +437,8 @@ mod tests {
     use super::*;
     use crate::model::Protocol;
     use crate::policy::{FamilyIr, Group, PortGroup};
+    use ipnetwork::{Ipv4Network, Ipv6Network};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -560,54 +572,70 @@ COMMIT
         assert!(!r.rules.contains("transit"));
         assert!(!r.rules.contains("no known pod"));
         assert!(!r.rules6.contains("no known pod"));
-        assert_eq!(r.sets.len(), 8, "local, iso and allow per direction; the IPv6 guard's local and iso");
+        assert_eq!(r.sets.len(), 10, "local, and iso and allow per direction, in each family");
+        assert!(!r.v6, "no IPv6 to enforce");
     }
 
     #[test]
-    fn ipv6_fails_closed_for_unknown_addresses_and_isolated_pods() {
-        let mut ir = PolicyIr::default();
+    fn ipv6_has_the_same_layout_over_inet6_sets() {
+        let mut ir = ir();
         let (a, b): (Ipv6Addr, Ipv6Addr) =
             ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
-        ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
+        let net6 = |s: &str| s.parse::<Ipv6Network>().unwrap();
+        ir.v6.pod_cidr = Some(net6("fd00:244:1::/64"));
+        ir.v6.cluster_cidr = Some(net6("fd00:244::/56"));
         ir.v6.local = [a, b].into();
         ir.v6.ingress.isolated.insert(a);
+        ir.v6.ingress.triples.insert((a, Protocol::Tcp, 80, net6("fd00:244:2::/64")));
+        ir.v6.ingress.triples.insert((a, Protocol::Udp, 81, net6("::/0")));
+        ir.v6.ingress.groups.push(Group {
+            key: 1,
+            targets: [a].into(),
+            peers: vec![net6("fd00:244:3::5/128")],
+            ports: GroupPorts::All,
+        });
         let r = render(&ir);
+        assert!(r.v6);
         let set = |name: &str| r.sets.iter().find(|s| s.name == name).unwrap().clone();
         assert_eq!(set(LOCAL6_SET).members, ["fd00:244:1::2", "fd00:244:1::3"]);
-        assert_eq!(set(IN_ISO6_SET).members, ["fd00:244:1::2"]);
-        assert_eq!(set(IN_ISO6_SET).kind.family(), "inet6");
-        assert!(set(OUT_ISO6_SET).members.is_empty());
+        assert_eq!(set("weft-in-iso6").members, ["fd00:244:1::2"]);
+        assert_eq!(
+            set("weft-in6").members,
+            [
+                "fd00:244:1::2,tcp:80,fd00:244:2::/64",
+                "fd00:244:1::2,udp:81,8000::/1",
+                "fd00:244:1::2,udp:81,::/1"
+            ]
+        );
+        assert!(r.sets.iter().filter(|s| s.name.ends_with('6') || s.name.contains("-i6")).all(|s| s.inet6));
+        assert!(r.sets.iter().filter(|s| s.inet6).all(|s| s.name.len() <= 27), "room for -new: {:?}", r.sets);
+        let group = |prefix: &str| r.sets.iter().find(|s| s.name.starts_with(prefix)).unwrap().clone();
+        assert_eq!(group("weft-i6p-").members, ["fd00:244:3::5"], "a host network as the bare address");
         let lines: Vec<&str> = r.rules6.lines().collect();
-        assert_eq!(lines[..3], ["*filter", ":WEFT-FORWARD - [0:0]", "-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT"]);
-        assert_eq!(
-            lines[3],
-            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-solicitation -j ACCEPT"
-        );
-        assert_eq!(
-            lines[4],
-            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement -j ACCEPT"
-        );
-        let lines = [&lines[..3], &lines[5..]].concat();
+        let want_head = [
+            "-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"weft: replies\" -j ACCEPT",
+            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-solicitation -j ACCEPT",
+            "-A WEFT-FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement -j ACCEPT",
+        ];
+        assert_eq!(lines[6..9], want_head, "{}", r.rules6);
         assert!(
-            lines[3].starts_with("-A WEFT-FORWARD -s fd00:244:1::/64 -m set ! --match-set weft-local6 src "),
-            "{}",
-            r.rules6
+            lines[9].starts_with("-A WEFT-FORWARD -s fd00:244:1::/64 -m set ! --match-set weft-local6 src ")
         );
         assert!(
-            lines[4].starts_with("-A WEFT-FORWARD -d fd00:244:1::/64 -m set ! --match-set weft-local6 dst "),
-            "{}",
-            r.rules6
+            lines[10].starts_with("-A WEFT-FORWARD -d fd00:244:1::/64 -m set ! --match-set weft-local6 dst ")
         );
-        assert!(
-            lines[5].starts_with("-A WEFT-FORWARD -m set --match-set weft-out-iso6 src ")
-                && lines[5].ends_with("-j DROP")
-        );
-        assert!(
-            lines[6].starts_with("-A WEFT-FORWARD -m set --match-set weft-in-iso6 dst ")
-                && lines[6].ends_with("-j DROP")
-        );
-        assert_eq!(lines[7..], ["COMMIT"]);
-        // No IPv4 rule names an IPv6 set.
-        assert!(!r.rules.contains("iso6") && !r.rules.contains("local6"), "{}", r.rules);
+        assert_eq!(lines[11], "-A WEFT-FORWARD -m set --match-set weft-out-iso6 src -j WEFT-EGRESS");
+        assert_eq!(lines[12], "-A WEFT-FORWARD -m set --match-set weft-in-iso6 dst -j WEFT-INGRESS");
+        assert!(r.rules6.contains("-A WEFT-FORWARD -d fd00:244::/56 "), "transit: {}", r.rules6);
+        let (it, ip_) = (group("weft-i6t-").name, group("weft-i6p-").name);
+        let rule =
+            format!("-A WEFT-INGRESS -m set --match-set {it} dst -m set --match-set {ip_} src -j RETURN");
+        assert!(lines.contains(&rule.as_str()), "{}", r.rules6);
+        assert!(r.rules6.contains("--nflog-prefix weft-deny-in "), "denials are logged in IPv6 too");
+        // No rule of one family names a set of the other.
+        for s in &r.sets {
+            let other = if s.inet6 { &r.rules } else { &r.rules6 };
+            assert!(!other.contains(&format!(" {} ", s.name)), "{} in the other family: {other}", s.name);
+        }
     }
 }
