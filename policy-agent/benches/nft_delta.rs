@@ -38,7 +38,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::{element_transaction, read_back, run};
 use weft_agent::nft::netlink::{self, NftSocket, Op, SetDelta};
-use weft_agent::nft::{render, Elem, Nft, TABLE};
+use weft_agent::nft::{render, Elem, FamilyElem, Nft, TABLE};
 use weft_agent::policy::{compile, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new as in_netns;
 
@@ -87,12 +87,18 @@ fn new_pod(round: u32, hash: bool) -> [(&'static str, Elem); 5] {
     let p = Ipv4Addr::from(0x0af5_0000 + round);
     let cell = |port: u16| {
         if hash {
-            return (HASH_SET, Elem::PodPort(p, 6, port));
+            return (HASH_SET, Elem::from(FamilyElem::PodPort(p, 6, port)));
         }
         let peer = Ipv4Network::new(Ipv4Addr::new(10, 9, 0, 1), 32).expect("a /32");
-        ("in_allow", Elem::Cell(p, (6, 6), (port, port), peer))
+        ("in_allow", Elem::from(FamilyElem::Cell(p, (6, 6), (port, port), peer)))
     };
-    [("local", Elem::Addr(p)), ("in_iso", Elem::Addr(p)), cell(80), cell(443), cell(8080)]
+    [
+        ("local", Elem::from(FamilyElem::Addr(p))),
+        ("in_iso", Elem::from(FamilyElem::Addr(p))),
+        cell(80),
+        cell(443),
+        cell(8080),
+    ]
 }
 
 fn deltas<'a>(elems: &'a [(&'static str, Elem)], op: Op) -> Vec<SetDelta<'a>> {

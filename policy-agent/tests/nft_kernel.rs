@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::read_back;
 use weft_agent::nft::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
-use weft_agent::nft::{render, Elem, Nft, NftRendered, TABLE};
+use weft_agent::nft::{render, Elem, FamilyElem, Nft, NftRendered, TABLE};
 use weft_agent::policy::{FamilyIr, Group, GroupPorts, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new;
 
@@ -61,29 +61,28 @@ fn ir() -> PolicyIr {
     let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
         ("fd00:244:1::2".parse().unwrap(), "fd00:244:1::3".parse().unwrap());
     ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
+    ir.v6.cluster_cidr = Some("fd00:244::/48".parse().unwrap());
     ir.v6.local = [a6, b6].into();
     ir.v6.ingress.isolated.insert(a6);
     ir.v6.egress.isolated.insert(b6);
+    // The same policy in IPv6: a triple of each kind, a group, a port group.
+    ir.v6.ingress.triples.insert((a6, Protocol::Tcp, 80, "fd00:244:2::/64".parse().unwrap()));
+    ir.v6.ingress.triples.insert((a6, Protocol::Tcp, 80, "fd00:244:2::3/128".parse().unwrap()));
+    ir.v6.ingress.groups.push(Group {
+        key: 1,
+        targets: [a6].into(),
+        peers: vec!["::/0".parse().unwrap()],
+        ports: GroupPorts::Protocol(Protocol::Udp),
+    });
+    ir.v6.ingress.port_groups.push(PortGroup {
+        key: 2,
+        targets: [(a6, Protocol::Tcp, 443)].into(),
+        peers: vec!["fd00:31::/64".parse().unwrap()],
+    });
     ir
 }
 
 const GOLDEN: &str = "table inet weft {
-	set local6 {
-		type ipv6_addr
-		elements = { fd00:244:1::2,
-			     fd00:244:1::3 }
-	}
-
-	set in_iso6 {
-		type ipv6_addr
-		elements = { fd00:244:1::2 }
-	}
-
-	set out_iso6 {
-		type ipv6_addr
-		elements = { fd00:244:1::3 }
-	}
-
 	set local {
 		type ipv4_addr
 		elements = { 10.244.1.2, 10.244.1.3 }
@@ -119,6 +118,42 @@ const GOLDEN: &str = "table inet weft {
 		flags interval
 	}
 
+	set local6 {
+		type ipv6_addr
+		elements = { fd00:244:1::2,
+			     fd00:244:1::3 }
+	}
+
+	set in_iso6 {
+		type ipv6_addr
+		elements = { fd00:244:1::2 }
+	}
+
+	set out_iso6 {
+		type ipv6_addr
+		elements = { fd00:244:1::3 }
+	}
+
+	set in_exact6 {
+		type ipv6_addr . inet_proto . inet_service . ipv6_addr
+		elements = { fd00:244:1::2 . tcp . 80 . fd00:244:2::3 }
+	}
+
+	set out_exact6 {
+		type ipv6_addr . inet_proto . inet_service . ipv6_addr
+	}
+
+	set in_allow6 {
+		type ipv6_addr . inet_proto . inet_service . ipv6_addr
+		flags interval
+		elements = { fd00:244:1::2 . tcp . 80 . fd00:244:2::/64 }
+	}
+
+	set out_allow6 {
+		type ipv6_addr . inet_proto . inet_service . ipv6_addr
+		flags interval
+	}
+
 	set inp_0000000000000002 {
 		type ipv4_addr
 		flags interval
@@ -147,14 +182,32 @@ const GOLDEN: &str = "table inet weft {
 		elements = { 10.244.1.2 }
 	}
 
+	set inp6_0000000000000002 {
+		type ipv6_addr
+		flags interval
+		elements = { fd00:31::/64 }
+	}
+
+	set ins6_0000000000000002 {
+		type ipv6_addr . inet_proto . inet_service
+		elements = { fd00:244:1::2 . tcp . 443 }
+	}
+
+	set inp6_0000000000000001 {
+		type ipv6_addr
+		flags interval
+		elements = { ::/0 }
+	}
+
+	set int6_a94d7d411fa716fc {
+		type ipv6_addr
+		elements = { fd00:244:1::2 }
+	}
+
 	chain forward {
 		type filter hook forward priority -200; policy accept;
 		ct state established,related accept comment \"weft: replies\"
 		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"weft: IPv6 neighbour discovery\"
-		ip6 saddr fd00:244:1::/64 ip6 saddr != @local6 drop comment \"weft: no known pod has this address yet\"
-		ip6 daddr fd00:244:1::/64 ip6 daddr != @local6 drop comment \"weft: no known pod has this address yet\"
-		ip6 saddr @out_iso6 drop comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\"
-		ip6 daddr @in_iso6 drop comment \"weft: IPv6 policy is not compiled yet; isolated pods get none\"
 		ip saddr 10.244.1.0/24 ip saddr != @local drop comment \"weft: no known pod has this address yet\"
 		ip daddr 10.244.1.0/24 ip daddr != @local drop comment \"weft: no known pod has this address yet\"
 		ip saddr @out_iso jump egress
@@ -162,6 +215,13 @@ const GOLDEN: &str = "table inet weft {
 		ip saddr @local accept
 		ip daddr @local accept
 		ip daddr 10.244.0.0/16 accept comment \"weft: transit to a pod on another node\"
+		ip6 saddr fd00:244:1::/64 ip6 saddr != @local6 drop comment \"weft: no known pod has this address yet\"
+		ip6 daddr fd00:244:1::/64 ip6 daddr != @local6 drop comment \"weft: no known pod has this address yet\"
+		ip6 saddr @out_iso6 jump egress6
+		ip6 daddr @in_iso6 jump ingress6
+		ip6 saddr @local6 accept
+		ip6 daddr @local6 accept
+		ip6 daddr fd00:244::/48 accept comment \"weft: transit to a pod on another node\"
 	}
 
 	chain ingress {
@@ -177,6 +237,22 @@ const GOLDEN: &str = "table inet weft {
 	chain egress {
 		ip saddr . meta l4proto . th dport . ip daddr @out_exact return
 		ip saddr . meta l4proto . th dport . ip daddr @out_allow return
+		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-out\" group 87 snaplen 64
+		drop comment \"weft: denied by NetworkPolicy\"
+	}
+
+	chain ingress6 {
+		ip6 daddr . meta l4proto . th dport . ip6 saddr @in_exact6 return
+		ip6 daddr . meta l4proto . th dport . ip6 saddr @in_allow6 return
+		ip6 daddr . meta l4proto . th dport @ins6_0000000000000002 ip6 saddr @inp6_0000000000000002 return
+		ip6 daddr @int6_a94d7d411fa716fc ip6 saddr @inp6_0000000000000001 meta l4proto udp return
+		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-in\" group 87 snaplen 64
+		drop comment \"weft: denied by NetworkPolicy\"
+	}
+
+	chain egress6 {
+		ip6 saddr . meta l4proto . th dport . ip6 daddr @out_exact6 return
+		ip6 saddr . meta l4proto . th dport . ip6 daddr @out_allow6 return
 		ct state new limit rate 100/second burst 200 packets log prefix \"weft-deny-out\" group 87 snaplen 64
 		drop comment \"weft: denied by NetworkPolicy\"
 	}
@@ -240,8 +316,9 @@ fn golden_round_trip_delta_refusal_and_cleanup() {
         );
         assert_eq!(
             got.matches("return").count(),
-            7,
-            "in_exact, in_allow, two port groups, one group, out_exact, out_allow:\n{got}"
+            7 + 6,
+            "in_exact, in_allow, two port groups, one group, out_exact, out_allow, \
+             and in IPv6 the same with one port group:\n{got}"
         );
 
         // Groups only go (no element changes anywhere else): still applied.
@@ -292,6 +369,12 @@ fn ir_more() -> PolicyIr {
     let b6: std::net::Ipv6Addr = "fd00:244:1::9".parse().unwrap();
     ir.v6.local.insert(b6);
     ir.v6.ingress.isolated.insert(b6);
+    ir.v6.ingress.triples.insert((b6, Protocol::Tcp, 80, "fd00:244:4::/64".parse().unwrap()));
+    ir.v6.ingress.triples.insert((b6, Protocol::Tcp, 81, "fd00:244:4::/64".parse().unwrap()));
+    ir.v6.ingress.triples.insert((b6, Protocol::Udp, 53, "fd00:244:4::1/128".parse().unwrap()));
+    ir.v6.ingress.groups[0].targets.insert(b6);
+    ir.v6.ingress.port_groups[0].targets.insert((b6, Protocol::Sctp, 9000));
+    ir.v6.ingress.port_groups[0].peers.push("fd00:32::/64".parse().unwrap());
     ir
 }
 
@@ -317,14 +400,16 @@ fn element_deltas_go_over_netlink_and_read_back() {
         let done = nft.apply(&more, false).unwrap();
         assert!(done.netlink && !done.replaced && done.deleted == 0, "{done:?}");
         assert_eq!(
-            done.added, 10,
-            "local, in_iso, in_allow, out_allow, 2 group pods, peers, port target, local6, in_iso6: {done:?}"
+            done.added, 15,
+            "local, in_iso, in_allow, out_allow, 2 group pods, peers, port target; \
+             local6, in_iso6, in_allow6, in_exact6, group pod, peers, port target: {done:?}"
         );
         assert_eq!(read_back().unwrap(), rendered_sets(&more), "what netlink added is what nft lists");
         assert!(listing().contains("10.244.1.9 . tcp . 80-81 . 10.244.4.0/24"), "{}", listing());
+        assert!(listing().contains("fd00:244:1::9 . tcp . 80-81 . fd00:244:4::/64"), "{}", listing());
 
         let done = nft.apply(&base, false).unwrap();
-        assert!(done.netlink && done.added == 0 && done.deleted == 10, "{done:?}");
+        assert!(done.netlink && done.added == 0 && done.deleted == 15, "{done:?}");
         assert_eq!(read_back().unwrap(), rendered_sets(&base), "and what it deleted is gone");
     });
 }
@@ -332,7 +417,8 @@ fn element_deltas_go_over_netlink_and_read_back() {
 #[test]
 fn a_refused_batch_changes_nothing() {
     with_table(|_, base| {
-        let (new, absent) = (Elem::Addr(ip("10.244.1.77")), Elem::Addr(ip("10.9.9.9")));
+        let (new, absent) =
+            (Elem::from(FamilyElem::Addr(ip("10.244.1.77"))), Elem::from(FamilyElem::Addr(ip("10.9.9.9"))));
         let deltas = [
             SetDelta { set: "local", op: Op::Add, elems: vec![&new] },
             SetDelta { set: "in_iso", op: Op::Delete, elems: vec![&absent] },

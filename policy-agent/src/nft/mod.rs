@@ -9,4 +9,4 @@ pub mod readback;
 pub mod render;
 
 pub use kernel::Nft;
-pub use render::{render, Elem, NftRendered, TABLE};
+pub use render::{render, Elem, FamilyElem, NftFamily, NftRendered, TABLE};

@@ -17,7 +17,7 @@
 //!   multiple of 4 bytes (one 32-bit register), numbers in network order. An
 //!   interval set of addresses holds a start element and an INTERVAL_END
 //!   element at the first address after the network (none when the network
-//!   reaches 255.255.255.255), as nft writes them; a concatenation with ranges
+//!   reaches the family's last address), as nft writes them; a concatenation with ranges
 //!   holds one element with KEY (the lows) and KEY_END (the highs).
 //! - The socket is opened in the netns of the thread that first applies a
 //!   delta (the agent's loop, as for the `nft` children of the JSON path)
@@ -27,14 +27,14 @@
 //! checks: nft_add_set_elem in net/netfilter/nf_tables_api.c.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::render::Elem;
+use super::render::{last, Elem, FamilyElem};
+use crate::policy::family::{anywhere, Family};
 
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -61,8 +61,9 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 pub(super) const NFPROTO_INET: u8 = 1;
 const NLMSG_HDRLEN: usize = 16;
 
-/// Elements per message: at most 56 bytes each, so a message's nested
-/// element list stays far below the 64 KiB an attribute length can say.
+/// Elements per message: at most 100 bytes each (an IPv6 cell: two 40-byte
+/// keys), so a message's nested element list stays far below the 64 KiB an
+/// attribute length can say.
 const ELEMS_PER_MESSAGE: usize = 256;
 /// A batch goes in one sendmsg, which the socket's send buffer (208 KiB by
 /// default) bounds; larger deltas take the `nft` path, whose cost they amortise.
@@ -133,58 +134,55 @@ impl KernelElem {
 
 /// The kernel elements that hold `e` in the set type render.rs gives it.
 pub fn kernel_elems(e: &Elem) -> Vec<KernelElem> {
+    match e {
+        Elem::V4(e) => family_elems(e),
+        Elem::V6(e) => family_elems(e),
+    }
+}
+
+/// An address in network order: 4 or 16 bytes.
+fn octets<A: Family>(a: A) -> Vec<u8> {
+    let bytes = a.as_u128().to_be_bytes();
+    bytes[16 - usize::from(A::BITS / 8)..].to_vec()
+}
+
+fn family_elems<A: Family>(e: &FamilyElem<A>) -> Vec<KernelElem> {
     let reg = |bytes: &[u8], key: &mut Vec<u8>| {
         key.extend_from_slice(bytes);
         key.resize(key.len().next_multiple_of(4), 0);
     };
+    // (pod, protocol, port[, address]), each field in whole registers.
+    let concat = |pod: A, proto: u8, port: u16, addr: Option<A>| {
+        let mut key = Vec::with_capacity(2 * usize::from(A::BITS / 8) + 8);
+        reg(&octets(pod), &mut key);
+        reg(&[proto], &mut key);
+        reg(&port.to_be_bytes(), &mut key);
+        if let Some(addr) = addr {
+            reg(&octets(addr), &mut key);
+        }
+        key
+    };
     match *e {
-        Elem::Addr(ip) => vec![KernelElem::key(ip.octets().to_vec())],
-        Elem::Addr6(ip) => vec![KernelElem::key(ip.octets().to_vec())],
-        Elem::Net(net) => {
-            let start = KernelElem::key(net.network().octets().to_vec());
-            match u32::from(net.broadcast()).checked_add(1) {
-                Some(after) => vec![
-                    start,
-                    KernelElem {
-                        key: Ipv4Addr::from(after).octets().to_vec(),
-                        key_end: None,
-                        interval_end: true,
-                    },
-                ],
+        FamilyElem::Addr(ip) => vec![KernelElem::key(octets(ip))],
+        FamilyElem::Net(net) => {
+            let start = KernelElem::key(octets(A::network(net)));
+            let end = last::<A>(net);
+            if end == last::<A>(anywhere::<A>()) {
                 // Open to the end of the address space, as nft leaves it.
-                None => vec![start],
+                return vec![start];
             }
+            let after = A::from_u128(end.as_u128() + 1);
+            vec![start, KernelElem { key: octets(after), key_end: None, interval_end: true }]
         }
-        Elem::PodPort(pod, proto, port) => {
-            let mut key = Vec::with_capacity(12);
-            reg(&pod.octets(), &mut key);
-            reg(&[proto], &mut key);
-            reg(&port.to_be_bytes(), &mut key);
-            vec![KernelElem::key(key)]
+        FamilyElem::PodPort(pod, proto, port) => vec![KernelElem::key(concat(pod, proto, port, None))],
+        FamilyElem::Exact(pod, proto, port, peer) => {
+            vec![KernelElem::key(concat(pod, proto, port, Some(peer)))]
         }
-        Elem::Exact(pod, proto, port, peer) => {
-            let mut key = Vec::with_capacity(16);
-            reg(&pod.octets(), &mut key);
-            reg(&[proto], &mut key);
-            reg(&port.to_be_bytes(), &mut key);
-            reg(&peer.octets(), &mut key);
-            vec![KernelElem::key(key)]
-        }
-        Elem::Cell(pod, protos, ports, net) => {
-            let bound = |proto: u8, port: u16, addr: Ipv4Addr| {
-                let mut key = Vec::with_capacity(16);
-                reg(&pod.octets(), &mut key);
-                reg(&[proto], &mut key);
-                reg(&port.to_be_bytes(), &mut key);
-                reg(&addr.octets(), &mut key);
-                key
-            };
-            vec![KernelElem {
-                key: bound(protos.0, ports.0, net.network()),
-                key_end: Some(bound(protos.1, ports.1, net.broadcast())),
-                interval_end: false,
-            }]
-        }
+        FamilyElem::Cell(pod, protos, ports, net) => vec![KernelElem {
+            key: concat(pod, protos.0, ports.0, Some(A::network(net))),
+            key_end: Some(concat(pod, protos.1, ports.1, Some(last::<A>(net)))),
+            interval_end: false,
+        }],
     }
 }
 
@@ -245,7 +243,7 @@ impl Writer {
     }
 
     fn end_nest(&mut self, start: usize) {
-        // At most ELEMS_PER_MESSAGE elements of at most 56 bytes: fits in u16.
+        // At most ELEMS_PER_MESSAGE elements of at most 100 bytes: fits in u16.
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
@@ -454,6 +452,8 @@ impl NftSocket {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn elem_bytes(e: &Elem) -> Vec<(String, Option<String>, bool)> {
@@ -465,19 +465,19 @@ mod tests {
     fn keys_follow_the_set_layouts() {
         let pod: Ipv4Addr = "10.244.1.2".parse().unwrap();
         let s = |k: &str| k.to_string();
-        assert_eq!(elem_bytes(&Elem::Addr(pod)), [(s("0af40102"), None, false)]);
+        assert_eq!(elem_bytes(&Elem::from(FamilyElem::Addr(pod))), [(s("0af40102"), None, false)]);
         assert_eq!(
-            elem_bytes(&Elem::Net("10.1.0.0/16".parse().unwrap())),
+            elem_bytes(&Elem::from(FamilyElem::<Ipv4Addr>::Net("10.1.0.0/16".parse().unwrap()))),
             [(s("0a010000"), None, false), (s("0a020000"), None, true)],
             "start, then the first address after it closes the interval"
         );
         assert_eq!(
-            elem_bytes(&Elem::Net("0.0.0.0/0".parse().unwrap())),
+            elem_bytes(&Elem::from(FamilyElem::<Ipv4Addr>::Net("0.0.0.0/0".parse().unwrap()))),
             [(s("00000000"), None, false)],
             "open to the end of the address space"
         );
         assert_eq!(
-            elem_bytes(&Elem::PodPort(pod, 6, 443)),
+            elem_bytes(&Elem::from(FamilyElem::PodPort(pod, 6, 443))),
             [(
                 s("0af40102" /* pod */) + "06000000" /* proto, padded */ + "01bb0000", /* port, BE, padded */
                 None,
@@ -485,10 +485,37 @@ mod tests {
             )]
         );
         assert_eq!(
-            elem_bytes(&Elem::Cell(pod, (6, 17), (80, 8080), "10.244.2.0/24".parse().unwrap())),
+            elem_bytes(&Elem::from(FamilyElem::Cell(
+                pod,
+                (6, 17),
+                (80, 8080),
+                "10.244.2.0/24".parse().unwrap()
+            ))),
             [(
                 s("0af40102") + "06000000" + "00500000" + "0af40200",
                 Some(s("0af40102") + "11000000" + "1f900000" + "0af402ff"),
+                false
+            )]
+        );
+    }
+
+    #[test]
+    fn ipv6_keys_take_four_registers_per_address() {
+        let pod: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let s = |k: &str| k.to_string();
+        let v6 = |e: FamilyElem<std::net::Ipv6Addr>| elem_bytes(&Elem::from(e));
+        let (fd00_2, zeros) = (s("fd000000000000000000000000000002"), "0".repeat(32));
+        assert_eq!(v6(FamilyElem::Addr(pod)), [(fd00_2.clone(), None, false)]);
+        assert_eq!(
+            v6(FamilyElem::Net("fd00:1::/32".parse().unwrap())),
+            [(s("fd000001") + &zeros[8..], None, false), (s("fd000002") + &zeros[8..], None, true)],
+        );
+        assert_eq!(v6(FamilyElem::Net("::/0".parse().unwrap())), [(zeros.clone(), None, false)]);
+        assert_eq!(
+            v6(FamilyElem::Cell(pod, (6, 6), (80, 81), "fd00:9::/64".parse().unwrap())),
+            [(
+                fd00_2.clone() + "06000000" + "00500000" + "fd000009" + &zeros[8..],
+                Some(fd00_2 + "06000000" + "00510000" + "fd000009" + "00000000" + &"f".repeat(16)),
                 false
             )]
         );
@@ -512,8 +539,9 @@ mod tests {
 
     #[test]
     fn batch_is_begin_messages_end_and_splits_large_deltas() {
-        let addrs: Vec<Elem> = (0..300u32).map(|i| Elem::Addr(Ipv4Addr::from(0x0af40000 + i))).collect();
-        let net = Elem::Net("10.1.0.0/16".parse().unwrap());
+        let addrs: Vec<Elem> =
+            (0..300u32).map(|i| Elem::from(FamilyElem::Addr(Ipv4Addr::from(0x0af40000 + i)))).collect();
+        let net = Elem::from(FamilyElem::<Ipv4Addr>::Net("10.1.0.0/16".parse().unwrap()));
         let deltas = [
             SetDelta { set: "local", op: Op::Delete, elems: vec![&net] },
             SetDelta { set: "local", op: Op::Add, elems: addrs.iter().collect() },
@@ -541,7 +569,14 @@ mod tests {
     #[test]
     fn too_large_a_delta_is_refused_before_sending() {
         let cells: Vec<Elem> = (0..4000u32)
-            .map(|i| Elem::Cell(Ipv4Addr::from(i), (6, 6), (80, 80), "10.0.0.0/8".parse().unwrap()))
+            .map(|i| {
+                Elem::from(FamilyElem::Cell(
+                    Ipv4Addr::from(i),
+                    (6, 6),
+                    (80, 80),
+                    "10.0.0.0/8".parse().unwrap(),
+                ))
+            })
             .collect();
         let d = [SetDelta { set: "in_allow", op: Op::Add, elems: cells.iter().collect() }];
         assert!(matches!(encode("weft", &d, 1), Err(NetlinkError::TooLarge { .. })));
@@ -570,7 +605,7 @@ mod tests {
 
     #[test]
     fn answers_name_the_refused_message_or_the_commit() {
-        let a = Elem::Addr("10.0.0.1".parse().unwrap());
+        let a = Elem::from(FamilyElem::<Ipv4Addr>::Addr("10.0.0.1".parse().unwrap()));
         let d = [
             SetDelta { set: "in_iso", op: Op::Delete, elems: vec![&a] },
             SetDelta { set: "local", op: Op::Add, elems: vec![&a] },

@@ -2,17 +2,18 @@
 //! against what was applied, so a pod or policy change costs a few elements
 //! instead of rendering every set again. Pure; built from the renderer's own
 //! element functions, so a patched table equals a rendered one (a property
-//! test checks it against `render`).
+//! test checks it against `render`). Both families patch the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
-
-use ipnetwork::Ipv4Network;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, addrs6, group_set, peer_set, pod_cells, pod_port, pod_triples, port_group_set, Elem,
+    addrs, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set, views, Elem,
+    FamilyElem, NftFamily, View,
 };
 use crate::model::Protocol;
+use crate::policy::family::{anywhere, host};
 use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
 
 /// One set's elements to delete and to add.
@@ -22,113 +23,131 @@ pub struct SetChange {
     pub came: Vec<Elem>,
 }
 
+/// The applied sets: name -> elements.
+type Sets = BTreeMap<String, BTreeSet<Elem>>;
+
 /// The element changes that bring the applied `sets` to `ir`, given what
 /// `dirty` says changed; None if a set it needs was never applied (the
 /// caller renders in full). `dirty` must not be structural.
-pub fn changes(
-    ir: &PolicyIr,
-    dirty: &Dirty,
-    sets: &BTreeMap<String, BTreeSet<Elem>>,
-) -> Option<BTreeMap<String, SetChange>> {
+pub fn changes(ir: &PolicyIr, dirty: &Dirty, sets: &Sets) -> Option<BTreeMap<String, SetChange>> {
     let mut out: BTreeMap<String, SetChange> = BTreeMap::new();
-    let mut diff = |name: &str, new: BTreeSet<Elem>, old: BTreeSet<Elem>| {
-        let c = out.entry(name.to_string()).or_default();
-        c.came.extend(new.difference(&old).copied());
-        c.gone.extend(old.difference(&new).copied());
-    };
-    let get = |name: &str| sets.get(name);
-    let one = |set: &BTreeSet<Elem>, ip: &Ipv4Addr| set.get(&Elem::Addr(*ip)).copied().into_iter().collect();
-    let (v4, d4) = (&ir.v4, &dirty.v4);
-    for ip in &d4.local {
-        let old = one(get("local")?, ip);
-        diff("local", addrs(&v4.local.range(*ip..=*ip).copied().collect()), old);
-    }
-    if !dirty.v6.is_empty() {
-        let v6 = &ir.v6;
-        for (name, now) in
-            [("local6", &v6.local), ("in_iso6", &v6.ingress.isolated), ("out_iso6", &v6.egress.isolated)]
-        {
-            diff(name, addrs6(now), get(name)?.clone());
-        }
-    }
-    let mut views = vec![("in", &v4.ingress, &d4.ingress), ("out", &v4.egress, &d4.egress)];
-    if v4.audit {
-        views.push(("ain", &v4.audit_ingress, &d4.audit_ingress));
-        views.push(("aout", &v4.audit_egress, &d4.audit_egress));
-    }
-    for (short, dir, d) in views {
-        view(short, dir, d, &get, &mut diff)?;
-    }
+    family::<Ipv4Addr>(ir, dirty, sets, &mut out)?;
+    family::<Ipv6Addr>(ir, dirty, sets, &mut out)?;
     out.retain(|_, c| !c.gone.is_empty() || !c.came.is_empty());
     Some(out)
 }
 
-fn view<'s>(
-    short: &str,
-    dir: &Direction,
-    d: &DirtyDirection,
-    get: &impl Fn(&str) -> Option<&'s BTreeSet<Elem>>,
-    diff: &mut impl FnMut(&str, BTreeSet<Elem>, BTreeSet<Elem>),
+/// `new` minus `old` came, `old` minus `new` went, in set `name`.
+fn diff(out: &mut BTreeMap<String, SetChange>, name: &str, new: BTreeSet<Elem>, old: BTreeSet<Elem>) {
+    let c = out.entry(name.to_string()).or_default();
+    c.came.extend(new.difference(&old).cloned());
+    c.gone.extend(old.difference(&new).cloned());
+}
+
+/// The elements of `set` in `range`.
+fn within(set: &BTreeSet<Elem>, range: RangeInclusive<Elem>) -> BTreeSet<Elem> {
+    set.range(range).cloned().collect()
+}
+
+/// One family's changes; nothing to do (nor to allocate) when none changed.
+fn family<A: NftFamily>(
+    ir: &PolicyIr,
+    dirty: &Dirty,
+    sets: &Sets,
+    out: &mut BTreeMap<String, SetChange>,
 ) -> Option<()> {
-    let iso = format!("{short}_iso");
-    for ip in &d.isolated {
-        let old = get(&iso)?.get(&Elem::Addr(*ip)).copied().into_iter().collect();
-        diff(&iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), old);
+    let (fir, d) = (A::half(ir), A::dirty(dirty));
+    if d.is_empty() {
+        return Some(());
     }
-    let (allow, exact) = (format!("{short}_allow"), format!("{short}_exact"));
-    for pod in &d.triples {
-        let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
-        let old = get(&exact)?.range(exact_range(*pod)).copied().collect();
-        diff(&exact, new_exact.into_iter().collect(), old);
-        let old = get(&allow)?.range(cell_range(*pod)).copied().collect();
-        diff(&allow, new_cells.into_iter().collect(), old);
+    let local = format!("local{}", A::SUFFIX);
+    for ip in &d.local {
+        let one = A::elem(FamilyElem::Addr(*ip));
+        let old = within(sets.get(&local)?, one.clone()..=one);
+        diff(out, &local, addrs(&fir.local.range(*ip..=*ip).copied().collect()), old);
     }
-    for (key, pod) in &d.port_groups {
-        let Ok(i) = dir.port_group_index(*key) else { continue };
-        let name = port_group_set(short, *key);
-        let targets = &dir.port_groups[i].targets;
-        let new =
-            targets.range((*pod, Protocol::Tcp, 0)..).take_while(|t| t.0 == *pod).map(pod_port).collect();
-        let old = get(&name)?
-            .range(Elem::PodPort(*pod, 0, 0)..=Elem::PodPort(*pod, u8::MAX, u16::MAX))
-            .copied()
-            .collect();
-        diff(&name, new, old);
-    }
-    for (key, ports) in &d.groups {
-        let Ok(i) = dir.group_index(*key, *ports) else { continue };
-        let g = &dir.groups[i];
-        let name = group_set(short, *key, *ports);
-        diff(&name, addrs(&g.targets), get(&name)?.clone());
-    }
-    for key in &d.peers {
-        let Some(nets) = dir.peers_of(*key) else { continue };
-        let name = peer_set(short, *key);
-        diff(&name, nets.iter().map(|n| Elem::Net(*n)).collect(), get(&name)?.clone());
+    for v in views(fir.audit) {
+        let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
+        let dd = v.pick([&d.ingress, &d.egress, &d.audit_ingress, &d.audit_egress]);
+        view(v, dir, dd, sets, out)?;
     }
     Some(())
 }
 
+fn view<A: NftFamily>(
+    v: &View,
+    dir: &Direction<A>,
+    d: &DirtyDirection<A>,
+    sets: &Sets,
+    out: &mut BTreeMap<String, SetChange>,
+) -> Option<()> {
+    let short = v.short;
+    let iso = v.set::<A>("iso");
+    for ip in &d.isolated {
+        let one = A::elem(FamilyElem::Addr(*ip));
+        let old = within(sets.get(&iso)?, one.clone()..=one);
+        diff(out, &iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), old);
+    }
+    let (allow, exact) = (v.set::<A>("allow"), v.set::<A>("exact"));
+    for pod in &d.triples {
+        let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
+        let old = within(sets.get(&exact)?, exact_range(*pod));
+        diff(out, &exact, new_exact.into_iter().collect(), old);
+        let old = within(sets.get(&allow)?, cell_range(*pod));
+        diff(out, &allow, new_cells.into_iter().collect(), old);
+    }
+    for (key, pod) in &d.port_groups {
+        let Ok(i) = dir.port_group_index(*key) else { continue };
+        let name = port_group_set::<A>(short, *key);
+        let targets = &dir.port_groups[i].targets;
+        let new =
+            targets.range((*pod, Protocol::Tcp, 0)..).take_while(|t| t.0 == *pod).map(pod_port).collect();
+        let range =
+            A::elem(FamilyElem::PodPort(*pod, 0, 0))..=A::elem(FamilyElem::PodPort(*pod, u8::MAX, u16::MAX));
+        let old = within(sets.get(&name)?, range);
+        diff(out, &name, new, old);
+    }
+    for (key, ports) in &d.groups {
+        let Ok(i) = dir.group_index(*key, *ports) else { continue };
+        let g = &dir.groups[i];
+        let name = group_set::<A>(short, *key, *ports);
+        diff(out, &name, addrs(&g.targets), sets.get(&name)?.clone());
+    }
+    for key in &d.peers {
+        let Some(nets) = dir.peers_of(*key) else { continue };
+        let name = peer_set::<A>(short, *key);
+        let new = nets.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect();
+        diff(out, &name, new, sets.get(&name)?.clone());
+    }
+    Some(())
+}
+
+/// The least and greatest address of the family.
+fn extremes<A: NftFamily>() -> (A, A) {
+    (A::from_u128(0), last::<A>(anywhere::<A>()))
+}
+
 /// Every allow-set element of `pod`.
-fn cell_range(pod: Ipv4Addr) -> std::ops::RangeInclusive<Elem> {
-    let net = |a: Ipv4Addr, p: u8| Ipv4Network::new(a, p).unwrap_or_else(|_| Ipv4Network::from(a));
-    Elem::Cell(pod, (0, 0), (0, 0), net(Ipv4Addr::UNSPECIFIED, 0))
-        ..=Elem::Cell(pod, (u8::MAX, u8::MAX), (u16::MAX, u16::MAX), net(Ipv4Addr::BROADCAST, 32))
+fn cell_range<A: NftFamily>(pod: A) -> RangeInclusive<Elem> {
+    let (_, max) = extremes::<A>();
+    A::elem(FamilyElem::Cell(pod, (0, 0), (0, 0), anywhere::<A>()))
+        ..=A::elem(FamilyElem::Cell(pod, (u8::MAX, u8::MAX), (u16::MAX, u16::MAX), host(max)))
 }
 
 /// Every exact-set element of `pod`.
-fn exact_range(pod: Ipv4Addr) -> std::ops::RangeInclusive<Elem> {
-    Elem::Exact(pod, 0, 0, Ipv4Addr::UNSPECIFIED)..=Elem::Exact(pod, u8::MAX, u16::MAX, Ipv4Addr::BROADCAST)
+fn exact_range<A: NftFamily>(pod: A) -> RangeInclusive<Elem> {
+    let (min, max) = extremes::<A>();
+    A::elem(FamilyElem::Exact(pod, 0, 0, min))..=A::elem(FamilyElem::Exact(pod, u8::MAX, u16::MAX, max))
 }
 
 /// Applies `changes` to the remembered `sets`.
-pub fn remember(sets: &mut BTreeMap<String, BTreeSet<Elem>>, changes: &BTreeMap<String, SetChange>) {
+pub fn remember(sets: &mut Sets, changes: &BTreeMap<String, SetChange>) {
     for (name, c) in changes {
         let Some(s) = sets.get_mut(name) else { continue };
         for e in &c.gone {
             s.remove(e);
         }
-        s.extend(c.came.iter().copied());
+        s.extend(c.came.iter().cloned());
     }
 }
 
@@ -138,10 +157,11 @@ mod tests {
     use crate::nft::render;
     use crate::policy::incremental::tests::each_change;
 
-    /// Elements patched change by change equal the elements rendered in full.
+    /// Elements patched change by change equal the elements rendered in
+    /// full, in both families.
     #[test]
     fn patched_sets_equal_rendered_sets() {
-        let (mut sets, mut patched) = (BTreeMap::new(), 0);
+        let (mut sets, mut patched, mut patched6) = (BTreeMap::new(), 0, 0);
         each_change(200, 20, |ir, dirty, at| {
             if dirty.structural {
                 sets = render(ir).sets;
@@ -151,7 +171,11 @@ mod tests {
             remember(&mut sets, &c);
             assert_eq!(sets, render(ir).sets, "{at}");
             patched += 1;
+            if c.values().flat_map(|c| c.came.iter().chain(&c.gone)).any(|e| matches!(e, Elem::V6(_))) {
+                patched6 += 1;
+            }
         });
         assert!(patched > 1000, "only {patched} changes were patches");
+        assert!(patched6 > 100, "only {patched6} patches changed IPv6 elements");
     }
 }

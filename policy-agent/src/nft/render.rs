@@ -1,32 +1,51 @@
 //! PolicyIr -> the `inet weft` table, built with the `nftables` crate's types.
+//! Both halves of the IR render the same way (`family`, generic over the
+//! address family; `NftFamily` holds what differs: `ip` or `ip6`, the set
+//! types, a name suffix "" or "6").
 //!
 //! ```text
 //! table inet weft
 //!   set local, in_iso, out_iso      ipv4_addr
-//!   set local6, in_iso6, out_iso6   ipv6_addr   (from the IR's IPv6 half)
-//!   set in_allow                    ipv4_addr . inet_proto . inet_service . ipv4_addr  (interval)
-//!   set out_allow                   the same
+//!   set in_exact, out_exact         ipv4_addr . inet_proto . inet_service . ipv4_addr
+//!   set in_allow, out_allow         the same, interval
+//!   set local6, in_iso6, out_iso6, in_exact6, out_exact6, in_allow6, out_allow6
+//!                                   the same with ipv6_addr
+//!   (with audit policies, per family: ain_iso, aout_iso, ain_exact, aout_exact,
+//!    ain_allow, aout_allow, and the same with 6)
 //!   chain forward  (hook forward, priority -200: before iptables' FORWARD and
 //!                   kube-proxy's nftables chains, so their accepts come too late
 //!                   to bypass a drop here)
-//!     ct state established,related              accept
+//!     ct state established,related              accept (replies, both families)
 //!     icmpv6 type { 135, 136 }                    accept (neighbour discovery)
-//!     ip6 saddr/daddr <IPv6 pod CIDR> != @local6  drop   (fail closed)
-//!     ip6 saddr @out_iso6 / ip6 daddr @in_iso6    drop   (IPv6 not compiled yet)
 //!     ip saddr <pod CIDR> ip saddr != @local    drop   (fail closed)
 //!     ip daddr <pod CIDR> ip daddr != @local    drop
 //!     ip saddr @out_iso                         jump egress
 //!     ip daddr @in_iso                          jump ingress
+//!     [ip saddr @aout_iso jump audit_out; ip daddr @ain_iso jump audit_in]
 //!     ip saddr @local / ip daddr @local         accept
 //!     ip daddr <cluster CIDR>                   accept (transit)
+//!     the same for IPv6: ip6, the IPv6 pod and cluster CIDRs, local6,
+//!       out_iso6 -> egress6, in_iso6 -> ingress6 [, audit_out6, audit_in6]
 //!   chain ingress
+//!     ip daddr . meta l4proto . th dport . ip saddr @in_exact   return
 //!     ip daddr . meta l4proto . th dport . ip saddr @in_allow   return
 //!     ip daddr . meta l4proto . th dport @ins_<key> ip saddr @inp_<key>   return   (port groups)
 //!     ip daddr @int_<hash> ip saddr @inp_<key> [meta l4proto P [th dport A-B]]   return   (groups)
+//!     ct state new limit rate 100/second log group 87 (the agent's denial log)
 //!     drop
 //!   chain egress
 //!     the same with saddr and daddr swapped, sets out*
+//!   chain ingress6, egress6
+//!     the same with ip6, sets *6, group sets inp6_<key>, ins6_<key>, int6_<hash>
+//!   chain audit_in, audit_out, audit_in6, audit_out6   (audit policies only)
+//!     the same over the a* sets, logging without a drop
 //! ```
+//!
+//! An `ip`/`ip6` match implies its family, so the halves never see each
+//! other's packets, and a pod isolated in one family is isolated there only.
+//! Every change is one transaction (kernel.rs), so no packet meets a table
+//! half applied: an isolated pod's new connections go through its policy
+//! chain in both families at every moment.
 //!
 //! Rules with few peers are elements of the interval set of their direction:
 //! (pod, protocol, port, peer network), one lookup whatever their number. The
@@ -40,7 +59,6 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem, CT,
 };
@@ -55,7 +73,8 @@ use crate::model::Protocol;
 use crate::nflog;
 use weft_conf::hash::fnv1a64;
 
-use crate::policy::{Direction, GroupPorts, PeerKey, PolicyIr};
+use crate::policy::family::{anywhere, contains, Family};
+use crate::policy::{Direction, Dirty, FamilyDirty, FamilyIr, GroupPorts, PeerKey, PolicyIr};
 
 /// weft's table (family inet).
 pub const TABLE: &str = "weft";
@@ -64,7 +83,7 @@ pub const FORWARD_CHAIN: &str = "forward";
 /// The forward hook's priority: before filter (0) and kube-proxy's chains.
 pub const FORWARD_PRIORITY: i32 = -200;
 
-/// True for the sets of groups and port groups (`<dir><kind>_<16 hex>`),
+/// True for the sets of groups and port groups (`<dir><kind>[6]_<16 hex>`),
 /// which come and go with policies; the other sets are always there.
 pub fn is_group_set(name: &str) -> bool {
     name.rsplit_once('_').is_some_and(|(head, hex)| {
@@ -72,52 +91,138 @@ pub fn is_group_set(name: &str) -> bool {
     })
 }
 
+/// What the table's IPv4 and IPv6 halves differ in.
+pub trait NftFamily: Family {
+    /// The payload protocol of the address fields: "ip" or "ip6".
+    const PAYLOAD: &'static str;
+    /// An address.
+    const ADDR: SetType;
+    /// (pod, protocol, port, peer): the exact and allow sets.
+    const ALLOW_TYPE: &'static [SetType];
+    /// (pod, protocol, port): a port group's targets.
+    const POD_PORT_TYPE: &'static [SetType];
+    /// Ends the names of this half's sets and chains (before a group set's key).
+    const SUFFIX: &'static str;
+    /// An element of this family as the table's element type.
+    fn elem(e: FamilyElem<Self>) -> Elem;
+    /// This family's half of the IR.
+    fn half(ir: &PolicyIr) -> &FamilyIr<Self>;
+    /// And of what changed.
+    fn dirty(d: &Dirty) -> &FamilyDirty<Self>;
+}
+
+impl NftFamily for Ipv4Addr {
+    const PAYLOAD: &'static str = "ip";
+    const ADDR: SetType = SetType::Ipv4Addr;
+    const ALLOW_TYPE: &'static [SetType] =
+        &[SetType::Ipv4Addr, SetType::InetProto, SetType::InetService, SetType::Ipv4Addr];
+    const POD_PORT_TYPE: &'static [SetType] = &[SetType::Ipv4Addr, SetType::InetProto, SetType::InetService];
+    const SUFFIX: &'static str = "";
+    fn elem(e: FamilyElem<Self>) -> Elem {
+        Elem::V4(e)
+    }
+    fn half(ir: &PolicyIr) -> &FamilyIr<Self> {
+        &ir.v4
+    }
+    fn dirty(d: &Dirty) -> &FamilyDirty<Self> {
+        &d.v4
+    }
+}
+
+impl NftFamily for Ipv6Addr {
+    const PAYLOAD: &'static str = "ip6";
+    const ADDR: SetType = SetType::Ipv6Addr;
+    const ALLOW_TYPE: &'static [SetType] =
+        &[SetType::Ipv6Addr, SetType::InetProto, SetType::InetService, SetType::Ipv6Addr];
+    const POD_PORT_TYPE: &'static [SetType] = &[SetType::Ipv6Addr, SetType::InetProto, SetType::InetService];
+    const SUFFIX: &'static str = "6";
+    fn elem(e: FamilyElem<Self>) -> Elem {
+        Elem::V6(Box::new(e))
+    }
+    fn half(ir: &PolicyIr) -> &FamilyIr<Self> {
+        &ir.v6
+    }
+    fn dirty(d: &Dirty) -> &FamilyDirty<Self> {
+        &d.v6
+    }
+}
+
 /// Protocols and the port ranges open for them.
 type ProtoPorts = ((u8, u8), Vec<(u16, u16)>);
 /// A (protocol range, port range) rectangle.
 pub type Rect = ((u8, u8), (u16, u16));
 /// What a pod may exchange: (protocol range, port range, peer network).
-pub type PortBox = ((u8, u8), (u16, u16), Ipv4Network);
+pub type PortBox<A = Ipv4Addr> = ((u8, u8), (u16, u16), <A as Family>::Net);
 
-/// One set element.
+/// One set element of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Elem {
-    Addr(Ipv4Addr),
-    Addr6(Ipv6Addr),
+pub enum FamilyElem<A: Family = Ipv4Addr> {
+    Addr(A),
     /// A network of an interval set of addresses (a group's peers).
-    Net(Ipv4Network),
+    Net(A::Net),
     /// (pod, protocol, port): a port group's target.
-    PodPort(Ipv4Addr, u8, u16),
+    PodPort(A, u8, u16),
     /// (pod, protocol range, port range, peer network).
-    Cell(Ipv4Addr, (u8, u8), (u16, u16), Ipv4Network),
+    Cell(A, (u8, u8), (u16, u16), A::Net),
     /// (pod, protocol, port, peer address): an exact triple, in a hash set.
-    Exact(Ipv4Addr, u8, u16, Ipv4Addr),
+    Exact(A, u8, u16, A),
+}
+
+/// One set element. IPv6 ones are boxed: an IPv4 element stays 16 bytes
+/// (an IPv6 cell is 40), and IPv4 elements are most of a large table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Elem {
+    V4(FamilyElem<Ipv4Addr>),
+    V6(Box<FamilyElem<Ipv6Addr>>),
+}
+
+impl From<FamilyElem<Ipv4Addr>> for Elem {
+    fn from(e: FamilyElem<Ipv4Addr>) -> Elem {
+        Ipv4Addr::elem(e)
+    }
+}
+
+impl From<FamilyElem<Ipv6Addr>> for Elem {
+    fn from(e: FamilyElem<Ipv6Addr>) -> Elem {
+        Ipv6Addr::elem(e)
+    }
+}
+
+impl<A: Family> FamilyElem<A> {
+    /// The element as the nftables JSON expression.
+    pub fn expr(&self) -> Expression<'static> {
+        let addr = |a: A| Expression::String(a.to_string().into());
+        let concat = |items| Expression::Named(NamedExpression::Concat(items));
+        match *self {
+            FamilyElem::Addr(ip) => addr(ip),
+            FamilyElem::Net(net) => prefix::<A>(net),
+            FamilyElem::PodPort(pod, proto, port) => concat(vec![
+                addr(pod),
+                Expression::Number(u32::from(proto)),
+                Expression::Number(u32::from(port)),
+            ]),
+            FamilyElem::Exact(pod, proto, port, peer) => concat(vec![
+                addr(pod),
+                Expression::Number(u32::from(proto)),
+                Expression::Number(u32::from(port)),
+                addr(peer),
+            ]),
+            FamilyElem::Cell(pod, protos, ports, net) => concat(vec![
+                addr(pod),
+                range_or_value(u32::from(protos.0), u32::from(protos.1)),
+                range_or_value(u32::from(ports.0), u32::from(ports.1)),
+                prefix::<A>(net),
+            ]),
+        }
+    }
 }
 
 impl Elem {
     /// The element as the nftables JSON expression.
     pub fn expr(&self) -> Expression<'static> {
-        match *self {
-            Elem::Addr(ip) => Expression::String(ip.to_string().into()),
-            Elem::Addr6(ip) => Expression::String(ip.to_string().into()),
-            Elem::Net(net) => prefix(net),
-            Elem::PodPort(pod, proto, port) => Expression::Named(NamedExpression::Concat(vec![
-                Expression::String(pod.to_string().into()),
-                Expression::Number(u32::from(proto)),
-                Expression::Number(u32::from(port)),
-            ])),
-            Elem::Exact(pod, proto, port, peer) => Expression::Named(NamedExpression::Concat(vec![
-                Expression::String(pod.to_string().into()),
-                Expression::Number(u32::from(proto)),
-                Expression::Number(u32::from(port)),
-                Expression::String(peer.to_string().into()),
-            ])),
-            Elem::Cell(pod, protos, ports, net) => Expression::Named(NamedExpression::Concat(vec![
-                Expression::String(pod.to_string().into()),
-                range_or_value(u32::from(protos.0), u32::from(protos.1)),
-                range_or_value(u32::from(ports.0), u32::from(ports.1)),
-                prefix(net),
-            ])),
+        match self {
+            Elem::V4(e) => e.expr(),
+            Elem::V6(e) => e.expr(),
         }
     }
 
@@ -181,10 +286,6 @@ impl NftRendered {
     }
 }
 
-fn ip_field(field: &'static str) -> Expression<'static> {
-    payload("ip", field)
-}
-
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
         protocol: protocol.into(),
@@ -193,10 +294,7 @@ fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
 }
 
 fn th_dport() -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: "th".into(),
-        field: "dport".into(),
-    })))
+    payload("th", "dport")
 }
 
 fn l4proto() -> Expression<'static> {
@@ -208,21 +306,22 @@ fn set_ref(name: &str) -> Expression<'static> {
     Expression::String(format!("@{name}").into())
 }
 
-fn prefix(n: Ipv4Network) -> Expression<'static> {
-    if n.prefix() == 32 {
-        return Expression::String(n.ip().to_string().into());
+/// A network; one address as itself, as nft lists it.
+fn prefix<A: Family>(n: A::Net) -> Expression<'static> {
+    if A::prefix(n) == A::BITS {
+        return Expression::String(A::network(n).to_string().into());
     }
     Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(n.network().to_string().into())),
-        len: u32::from(n.prefix()),
+        addr: Box::new(Expression::String(A::network(n).to_string().into())),
+        len: u32::from(A::prefix(n)),
     }))
 }
 
-fn prefix6(n: Ipv6Network) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(n.network().to_string().into())),
-        len: u32::from(n.prefix()),
-    }))
+/// A network's last address.
+pub(super) fn last<A: Family>(n: A::Net) -> A {
+    let width = u32::from(A::BITS - A::prefix(n));
+    let host = if width == 128 { u128::MAX } else { (1u128 << width) - 1 };
+    A::from_u128(A::network(n).as_u128() | host)
 }
 
 fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
@@ -230,7 +329,7 @@ fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Sta
 }
 
 fn rule(
-    chain: &'static str,
+    chain: impl Into<Cow<'static, str>>,
     expr: Vec<Statement<'static>>,
     comment: Option<&'static str>,
 ) -> NfListObject<'static> {
@@ -245,7 +344,7 @@ fn rule(
     })
 }
 
-fn chain(name: &'static str, hook: bool) -> NfListObject<'static> {
+fn chain(name: impl Into<Cow<'static, str>>, hook: bool) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -281,207 +380,108 @@ fn set(
     }))
 }
 
-const ALLOW_TYPE: [SetType; 4] =
-    [SetType::Ipv4Addr, SetType::InetProto, SetType::InetService, SetType::Ipv4Addr];
-const POD_PORT_TYPE: [SetType; 3] = [SetType::Ipv4Addr, SetType::InetProto, SetType::InetService];
+/// One direction's view of the policy: ingress, egress, or their audit ones.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct View {
+    /// Which direction of the IR (and of what changed) it renders.
+    index: usize,
+    /// Names the view's sets: `<short>_iso`, `<short>_exact`, `<short>_allow`,
+    /// `<short><kind>_<key>`, each with the family's suffix.
+    pub short: &'static str,
+    chain: &'static str,
+    /// The packet's address fields of the local pod and of the peer.
+    pod: &'static str,
+    peer: &'static str,
+    log_prefix: &'static str,
+    /// What the view does not admit is dropped (enforced views) or only
+    /// logged (audit views).
+    drop: bool,
+}
+
+const VIEWS: [View; 4] = [
+    View {
+        index: 0,
+        short: "in",
+        chain: "ingress",
+        pod: "daddr",
+        peer: "saddr",
+        log_prefix: nflog::PREFIX_INGRESS,
+        drop: true,
+    },
+    View {
+        index: 1,
+        short: "out",
+        chain: "egress",
+        pod: "saddr",
+        peer: "daddr",
+        log_prefix: nflog::PREFIX_EGRESS,
+        drop: true,
+    },
+    View {
+        index: 2,
+        short: "ain",
+        chain: "audit_in",
+        pod: "daddr",
+        peer: "saddr",
+        log_prefix: nflog::PREFIX_AUDIT_INGRESS,
+        drop: false,
+    },
+    View {
+        index: 3,
+        short: "aout",
+        chain: "audit_out",
+        pod: "saddr",
+        peer: "daddr",
+        log_prefix: nflog::PREFIX_AUDIT_EGRESS,
+        drop: false,
+    },
+];
+
+/// The views a family renders: the audit ones only with audit policies.
+pub(super) fn views(audit: bool) -> &'static [View] {
+    if audit {
+        &VIEWS
+    } else {
+        &VIEWS[..2]
+    }
+}
+
+impl View {
+    /// This view's one of (ingress, egress, audit ingress, audit egress).
+    pub(super) fn pick<T>(&self, [i, e, ai, ae]: [T; 4]) -> T {
+        match self.index {
+            0 => i,
+            1 => e,
+            2 => ai,
+            _ => ae,
+        }
+    }
+
+    /// The name of its set `kind` (iso, exact, allow) in family `A`.
+    pub(super) fn set<A: NftFamily>(&self, kind: &str) -> String {
+        format!("{}_{kind}{}", self.short, A::SUFFIX)
+    }
+}
 
 /// Renders `ir`.
 pub fn render(ir: &PolicyIr) -> NftRendered {
-    let addr = SetTypeValue::Single(SetType::Ipv4Addr);
-    let allow = SetTypeValue::Concatenated(Cow::Borrowed(&ALLOW_TYPE));
-    let addr6 = SetTypeValue::Single(SetType::Ipv6Addr);
-    let mut skeleton = vec![
-        set("local6", addr6.clone(), false),
-        set("in_iso6", addr6.clone(), false),
-        set("out_iso6", addr6, false),
-        set("local", addr.clone(), false),
-        set("in_iso", addr.clone(), false),
-        set("out_iso", addr, false),
-        set("in_exact", allow.clone(), false),
-        set("out_exact", allow.clone(), false),
-        set("in_allow", allow.clone(), true),
-        set("out_allow", allow.clone(), true),
-        chain(FORWARD_CHAIN, true),
-        chain("ingress", false),
-        chain("egress", false),
-    ];
-    if ir.v4.audit {
-        let addr = SetTypeValue::Single(SetType::Ipv4Addr);
-        skeleton.extend([
-            set("ain_iso", addr.clone(), false),
-            set("aout_iso", addr, false),
-            set("ain_exact", allow.clone(), false),
-            set("aout_exact", allow.clone(), false),
-            set("ain_allow", allow.clone(), true),
-            set("aout_allow", allow, true),
-            chain("audit_in", false),
-            chain("audit_out", false),
-        ]);
-    }
+    let mut p = Parts::default();
     let ct_state =
         Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None }));
     let established = Expression::List(vec![
         Expression::String("established".into()),
         Expression::String("related".into()),
     ]);
-    skeleton.push(rule(
+    p.forward.push(rule(
         FORWARD_CHAIN,
         vec![m(ct_state, Operator::IN, established), Statement::Accept(None)],
         Some("weft: replies"),
     ));
-    guard6(ir, &mut skeleton);
-    if let Some(own) = ir.v4.pod_cidr {
-        for field in ["saddr", "daddr"] {
-            skeleton.push(rule(
-                FORWARD_CHAIN,
-                vec![
-                    m(ip_field(field), Operator::EQ, prefix(own)),
-                    m(ip_field(field), Operator::NEQ, set_ref("local")),
-                    Statement::Drop(None),
-                ],
-                Some("weft: no known pod has this address yet"),
-            ));
-        }
-    }
-    let jump = |target: &'static str| Statement::Jump(JumpTarget { target: target.into() });
-    skeleton.push(rule(
-        FORWARD_CHAIN,
-        vec![m(ip_field("saddr"), Operator::EQ, set_ref("out_iso")), jump("egress")],
-        None,
-    ));
-    skeleton.push(rule(
-        FORWARD_CHAIN,
-        vec![m(ip_field("daddr"), Operator::EQ, set_ref("in_iso")), jump("ingress")],
-        None,
-    ));
-    if ir.v4.audit {
-        skeleton.push(rule(
-            FORWARD_CHAIN,
-            vec![m(ip_field("saddr"), Operator::EQ, set_ref("aout_iso")), jump("audit_out")],
-            None,
-        ));
-        skeleton.push(rule(
-            FORWARD_CHAIN,
-            vec![m(ip_field("daddr"), Operator::EQ, set_ref("ain_iso")), jump("audit_in")],
-            None,
-        ));
-    }
-    for field in ["saddr", "daddr"] {
-        skeleton.push(rule(
-            FORWARD_CHAIN,
-            vec![m(ip_field(field), Operator::EQ, set_ref("local")), Statement::Accept(None)],
-            None,
-        ));
-    }
-    if let Some(cluster) = ir.v4.cluster_cidr {
-        skeleton.push(rule(
-            FORWARD_CHAIN,
-            vec![m(ip_field("daddr"), Operator::EQ, prefix(cluster)), Statement::Accept(None)],
-            Some("weft: transit to a pod on another node"),
-        ));
-    }
-    let mut dirs = vec![
-        ("ingress", "daddr", "saddr", "in_allow", nflog::PREFIX_INGRESS, true),
-        ("egress", "saddr", "daddr", "out_allow", nflog::PREFIX_EGRESS, true),
-    ];
-    if ir.v4.audit {
-        // Audit chains log what is not admitted and let it pass.
-        dirs.push(("audit_in", "daddr", "saddr", "ain_allow", nflog::PREFIX_AUDIT_INGRESS, false));
-        dirs.push(("audit_out", "saddr", "daddr", "aout_allow", nflog::PREFIX_AUDIT_EGRESS, false));
-    }
-    let mut sets = BTreeMap::new();
-    for (chain, pod, peer, set, log_prefix, drop) in dirs {
-        let key = Expression::Named(NamedExpression::Concat(vec![
-            ip_field(pod),
-            l4proto(),
-            th_dport(),
-            ip_field(peer),
-        ]));
-        let exact = set.replace("_allow", "_exact");
-        let exact_rule = vec![m(key.clone(), Operator::EQ, set_ref(&exact)), Statement::Return(None)];
-        skeleton.push(rule(chain, exact_rule, None));
-        skeleton.push(rule(chain, vec![m(key, Operator::EQ, set_ref(set)), Statement::Return(None)], None));
-        let dir = match chain {
-            "ingress" => &ir.v4.ingress,
-            "egress" => &ir.v4.egress,
-            "audit_in" => &ir.v4.audit_ingress,
-            _ => &ir.v4.audit_egress,
-        };
-        let short = set.trim_end_matches("_allow");
-        groups(dir, chain, short, (pod, peer), &mut skeleton, &mut sets);
-        // The first packet of a denied connection goes to the agent's log (nflog.rs).
-        let ct_new = m(
-            Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
-            Operator::IN,
-            Expression::List(vec![Expression::String("new".into())]),
-        );
-        let log = Statement::Log(Some(Log {
-            prefix: Some(log_prefix.into()),
-            group: Some(u32::from(nflog::GROUP)),
-            snaplen: Some(nflog::SNAPLEN),
-            queue_threshold: None,
-            level: None,
-            flags: None,
-        }));
-        // At most `LOG_RATE` a second: a flood is cut in the kernel.
-        let limit = Statement::Limit(Limit {
-            rate: nflog::LOG_RATE,
-            rate_unit: None,
-            per: Some("second".into()),
-            burst: Some(nflog::LOG_BURST),
-            burst_unit: Some("packets".into()),
-            inv: None,
-        });
-        skeleton.push(rule(chain, vec![ct_new, limit, log], None));
-        if drop {
-            skeleton.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
-        }
-    }
-
-    sets.insert("local6".to_string(), addrs6(&ir.v6.local));
-    sets.insert("in_iso6".to_string(), addrs6(&ir.v6.ingress.isolated));
-    sets.insert("out_iso6".to_string(), addrs6(&ir.v6.egress.isolated));
-    sets.insert("local".to_string(), addrs(&ir.v4.local));
-    sets.insert("in_iso".to_string(), addrs(&ir.v4.ingress.isolated));
-    sets.insert("out_iso".to_string(), addrs(&ir.v4.egress.isolated));
-    for (short, dir) in [("in", &ir.v4.ingress), ("out", &ir.v4.egress)] {
-        let (exact, cells) = cells(dir);
-        sets.insert(format!("{short}_exact"), exact);
-        sets.insert(format!("{short}_allow"), cells);
-    }
-    if ir.v4.audit {
-        sets.insert("ain_iso".to_string(), addrs(&ir.v4.audit_ingress.isolated));
-        sets.insert("aout_iso".to_string(), addrs(&ir.v4.audit_egress.isolated));
-        for (short, dir) in [("ain", &ir.v4.audit_ingress), ("aout", &ir.v4.audit_egress)] {
-            let (exact, cells) = cells(dir);
-            sets.insert(format!("{short}_exact"), exact);
-            sets.insert(format!("{short}_allow"), cells);
-        }
-    }
-    NftRendered { sets, skeleton }
-}
-
-pub(super) fn addrs(ips: &BTreeSet<Ipv4Addr>) -> BTreeSet<Elem> {
-    ips.iter().map(|ip| Elem::Addr(*ip)).collect()
-}
-
-pub(super) fn addrs6(ips: &BTreeSet<Ipv6Addr>) -> BTreeSet<Elem> {
-    ips.iter().map(|ip| Elem::Addr6(*ip)).collect()
-}
-
-/// ICMPv6 neighbour solicitation and advertisement (RFC 4861).
-const NEIGHBOUR_SOLICIT: u8 = 135;
-const NEIGHBOUR_ADVERT: u8 = 136;
-
-/// IPv6 fails closed (from the IR's IPv6 half): unknown addresses of this node's
-/// IPv6 pod CIDR, and new connections of isolated pods, are dropped.
-fn guard6(ir: &PolicyIr, skeleton: &mut Vec<NfListObject<'static>>) {
-    let ip6 = |field| payload("ip6", field);
     // Neighbour solicitations and advertisements are address resolution, as
     // ARP is for IPv4: no policy governs them, and without them an isolated
     // pod could not even answer the connections it may make.
     let nd = [NEIGHBOUR_SOLICIT, NEIGHBOUR_ADVERT].map(|t| SetItem::Element(Expression::Number(t.into())));
-    skeleton.push(rule(
+    p.forward.push(rule(
         FORWARD_CHAIN,
         vec![
             m(payload("icmpv6", "type"), Operator::EQ, Expression::Named(NamedExpression::Set(nd.into()))),
@@ -489,26 +489,149 @@ fn guard6(ir: &PolicyIr, skeleton: &mut Vec<NfListObject<'static>>) {
         ],
         Some("weft: IPv6 neighbour discovery"),
     ));
-    if let Some(own) = ir.v6.pod_cidr {
+    family(&ir.v4, &mut p);
+    family(&ir.v6, &mut p);
+    let Parts { sets, chains, forward, policy, elems } = p;
+    let mut skeleton = sets;
+    skeleton.push(chain(FORWARD_CHAIN, true));
+    skeleton.extend(chains);
+    skeleton.extend(forward);
+    skeleton.extend(policy);
+    NftRendered { sets: elems, skeleton }
+}
+
+/// The table in the order it is written (sets before the rules naming them).
+#[derive(Default)]
+struct Parts {
+    /// The fixed sets (group sets are in `policy`, before their rules).
+    sets: Vec<NfListObject<'static>>,
+    /// The policy chains.
+    chains: Vec<NfListObject<'static>>,
+    /// The forward chain's rules.
+    forward: Vec<NfListObject<'static>>,
+    /// Group sets and the policy chains' rules.
+    policy: Vec<NfListObject<'static>>,
+    elems: BTreeMap<String, BTreeSet<Elem>>,
+}
+
+/// ICMPv6 neighbour solicitation and advertisement (RFC 4861).
+const NEIGHBOUR_SOLICIT: u8 = 135;
+const NEIGHBOUR_ADVERT: u8 = 136;
+
+/// One family's half of the table: its sets, its forward rules (fail closed
+/// for unknown addresses of its pod CIDR, jumps by isolation, local and
+/// transit accepts) and its policy chains.
+fn family<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
+    let s = A::SUFFIX;
+    let f = |field: &'static str| payload(A::PAYLOAD, field);
+    let addr = || SetTypeValue::Single(A::ADDR);
+    let allow = || SetTypeValue::Concatenated(Cow::Borrowed(A::ALLOW_TYPE));
+    let local = format!("local{s}");
+    p.sets.push(set(local.clone(), addr(), false));
+    p.elems.insert(local.clone(), addrs(&fir.local));
+    let views = views(fir.audit);
+    for kind in ["iso", "exact", "allow"] {
+        for v in views {
+            let name = v.set::<A>(kind);
+            p.sets.push(match kind {
+                "iso" => set(name, addr(), false),
+                "exact" => set(name, allow(), false),
+                _ => set(name, allow(), true),
+            });
+        }
+    }
+    for v in views {
+        let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
+        p.chains.push(chain(format!("{}{s}", v.chain), false));
+        p.elems.insert(v.set::<A>("iso"), addrs(&dir.isolated));
+        let (exact, cells) = cells(dir);
+        p.elems.insert(v.set::<A>("exact"), exact);
+        p.elems.insert(v.set::<A>("allow"), cells);
+        policy_chain(v, dir, p);
+    }
+
+    if let Some(own) = fir.pod_cidr {
         for field in ["saddr", "daddr"] {
-            skeleton.push(rule(
+            p.forward.push(rule(
                 FORWARD_CHAIN,
                 vec![
-                    m(ip6(field), Operator::EQ, prefix6(own)),
-                    m(ip6(field), Operator::NEQ, set_ref("local6")),
+                    m(f(field), Operator::EQ, prefix::<A>(own)),
+                    m(f(field), Operator::NEQ, set_ref(&local)),
                     Statement::Drop(None),
                 ],
                 Some("weft: no known pod has this address yet"),
             ));
         }
     }
-    for (field, set) in [("saddr", "out_iso6"), ("daddr", "in_iso6")] {
-        skeleton.push(rule(
+    // Egress before ingress, enforced before audit: a packet between two
+    // isolated pods passes both.
+    for i in [1, 0, 3, 2] {
+        let Some(v) = views.get(i) else { continue };
+        let jump = Statement::Jump(JumpTarget { target: format!("{}{s}", v.chain).into() });
+        p.forward.push(rule(
             FORWARD_CHAIN,
-            vec![m(ip6(field), Operator::EQ, set_ref(set)), Statement::Drop(None)],
-            Some("weft: IPv6 policy is not compiled yet; isolated pods get none"),
+            vec![m(f(v.pod), Operator::EQ, set_ref(&v.set::<A>("iso"))), jump],
+            None,
         ));
     }
+    for field in ["saddr", "daddr"] {
+        p.forward.push(rule(
+            FORWARD_CHAIN,
+            vec![m(f(field), Operator::EQ, set_ref(&local)), Statement::Accept(None)],
+            None,
+        ));
+    }
+    if let Some(cluster) = fir.cluster_cidr {
+        p.forward.push(rule(
+            FORWARD_CHAIN,
+            vec![m(f("daddr"), Operator::EQ, prefix::<A>(cluster)), Statement::Accept(None)],
+            Some("weft: transit to a pod on another node"),
+        ));
+    }
+}
+
+/// View `v`'s policy chain: its exact and allow sets, its port groups and
+/// groups, and what it does with the rest (log, and drop unless audit).
+fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
+    let f = |field: &'static str| payload(A::PAYLOAD, field);
+    let chain = format!("{}{}", v.chain, A::SUFFIX);
+    let key = Expression::Named(NamedExpression::Concat(vec![f(v.pod), l4proto(), th_dport(), f(v.peer)]));
+    for kind in ["exact", "allow"] {
+        let lookup = vec![m(key.clone(), Operator::EQ, set_ref(&v.set::<A>(kind))), Statement::Return(None)];
+        p.policy.push(rule(chain.clone(), lookup, None));
+    }
+    groups(dir, &chain, v, p);
+    // The first packet of a denied connection goes to the agent's log (nflog.rs).
+    let ct_new = m(
+        Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
+        Operator::IN,
+        Expression::List(vec![Expression::String("new".into())]),
+    );
+    let log = Statement::Log(Some(Log {
+        prefix: Some(v.log_prefix.into()),
+        group: Some(u32::from(nflog::GROUP)),
+        snaplen: Some(nflog::SNAPLEN),
+        queue_threshold: None,
+        level: None,
+        flags: None,
+    }));
+    // At most `LOG_RATE` a second: a flood is cut in the kernel.
+    let limit = Statement::Limit(Limit {
+        rate: nflog::LOG_RATE,
+        rate_unit: None,
+        per: Some("second".into()),
+        burst: Some(nflog::LOG_BURST),
+        burst_unit: Some("packets".into()),
+        inv: None,
+    });
+    p.policy.push(rule(chain.clone(), vec![ct_new, limit, log], None));
+    if v.drop {
+        p.policy.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+    }
+}
+
+pub(super) fn addrs<A: NftFamily>(ips: &BTreeSet<A>) -> BTreeSet<Elem> {
+    ips.iter().map(|ip| A::elem(FamilyElem::Addr(*ip))).collect()
 }
 
 fn protocol_number(p: Protocol) -> u8 {
@@ -528,50 +651,43 @@ fn range_or_value(lo: u32, hi: u32) -> Expression<'static> {
 }
 
 /// One rule per port group and per group of `dir` in `chain`, and their
-/// sets, named after the peer key: `<dir>p_<key>` the peers (interval),
-/// `<dir>s_<key>` a port group's (pod, protocol, port) targets, `<dir>t_<hash
-/// of key and ports>` a group's pods. `fields` are the packet's (pod, peer)
-/// address fields.
-fn groups(
-    dir: &Direction,
-    chain: &'static str,
-    short: &str,
-    (pod, peer): (&'static str, &'static str),
-    skeleton: &mut Vec<NfListObject<'static>>,
-    sets: &mut BTreeMap<String, BTreeSet<Elem>>,
-) {
-    let addr = || SetTypeValue::Single(SetType::Ipv4Addr);
-    let mut peer_set = |key: PeerKey, nets: &[Ipv4Network], skeleton: &mut Vec<NfListObject<'static>>| {
-        let name = peer_set(short, key);
-        if !sets.contains_key(&name) {
-            skeleton.push(set(name.clone(), addr(), true));
-            sets.insert(name.clone(), nets.iter().map(|n| Elem::Net(*n)).collect());
+/// sets, named after the peer key: `<dir>p[6]_<key>` the peers (interval),
+/// `<dir>s[6]_<key>` a port group's (pod, protocol, port) targets,
+/// `<dir>t[6]_<hash of key and ports>` a group's pods.
+fn groups<A: NftFamily>(dir: &Direction<A>, chain: &str, v: &View, p: &mut Parts) {
+    let f = |field: &'static str| payload(A::PAYLOAD, field);
+    let short = v.short;
+    let addr = || SetTypeValue::Single(A::ADDR);
+    let mut rules = Vec::new();
+    let mut own = BTreeMap::new();
+    let mut peer_set = |key: PeerKey, nets: &[A::Net], p: &mut Parts| {
+        let name = peer_set::<A>(short, key);
+        if !p.elems.contains_key(&name) && !own.contains_key(&name) {
+            p.policy.push(set(name.clone(), addr(), true));
+            own.insert(name.clone(), nets.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect());
         }
         name
     };
-    let mut rules = Vec::new();
-    let mut own = BTreeMap::new();
+    let mut targets = Vec::new();
     for g in &dir.port_groups {
-        let peers = peer_set(g.key, &g.peers, skeleton);
-        let targets = port_group_set(short, g.key);
-        skeleton.push(set(targets.clone(), SetTypeValue::Concatenated(Cow::Borrowed(&POD_PORT_TYPE)), false));
-        own.insert(targets.clone(), g.targets.iter().map(pod_port).collect());
-        let key = Expression::Named(NamedExpression::Concat(vec![ip_field(pod), l4proto(), th_dport()]));
+        let peers = peer_set(g.key, &g.peers, p);
+        let name = port_group_set::<A>(short, g.key);
+        p.policy.push(set(name.clone(), SetTypeValue::Concatenated(Cow::Borrowed(A::POD_PORT_TYPE)), false));
+        targets.push((name.clone(), g.targets.iter().map(pod_port).collect::<BTreeSet<_>>()));
+        let key = Expression::Named(NamedExpression::Concat(vec![f(v.pod), l4proto(), th_dport()]));
         rules.push(vec![
-            m(key, Operator::EQ, set_ref(&targets)),
-            m(ip_field(peer), Operator::EQ, set_ref(&peers)),
+            m(key, Operator::EQ, set_ref(&name)),
+            m(f(v.peer), Operator::EQ, set_ref(&peers)),
             Statement::Return(None),
         ]);
     }
     for g in &dir.groups {
-        let peers = peer_set(g.key, &g.peers, skeleton);
-        let targets = group_set(short, g.key, g.ports);
-        skeleton.push(set(targets.clone(), addr(), false));
-        own.insert(targets.clone(), addrs(&g.targets));
-        let mut expr = vec![
-            m(ip_field(pod), Operator::EQ, set_ref(&targets)),
-            m(ip_field(peer), Operator::EQ, set_ref(&peers)),
-        ];
+        let peers = peer_set(g.key, &g.peers, p);
+        let name = group_set::<A>(short, g.key, g.ports);
+        p.policy.push(set(name.clone(), addr(), false));
+        targets.push((name.clone(), addrs(&g.targets)));
+        let mut expr =
+            vec![m(f(v.pod), Operator::EQ, set_ref(&name)), m(f(v.peer), Operator::EQ, set_ref(&peers))];
         let proto =
             |p: Protocol| m(l4proto(), Operator::EQ, Expression::Number(u32::from(protocol_number(p))));
         match g.ports {
@@ -585,28 +701,29 @@ fn groups(
         expr.push(Statement::Return(None));
         rules.push(expr);
     }
-    sets.extend(own);
-    skeleton.extend(rules.into_iter().map(|expr| rule(chain, expr, None)));
+    p.elems.extend(own);
+    p.elems.extend(targets);
+    p.policy.extend(rules.into_iter().map(|expr| rule(chain.to_string(), expr, None)));
 }
 
-/// The peers set of `key` in the direction named `short` (in, out, ain, aout).
-pub(super) fn peer_set(short: &str, key: PeerKey) -> String {
-    format!("{short}p_{key:016x}")
+/// The peers set of `key` in the view named `short` (in, out, ain, aout).
+pub(super) fn peer_set<A: NftFamily>(short: &str, key: PeerKey) -> String {
+    format!("{short}p{}_{key:016x}", A::SUFFIX)
 }
 
 /// The (pod, protocol, port) targets set of port group `key`.
-pub(super) fn port_group_set(short: &str, key: PeerKey) -> String {
-    format!("{short}s_{key:016x}")
+pub(super) fn port_group_set<A: NftFamily>(short: &str, key: PeerKey) -> String {
+    format!("{short}s{}_{key:016x}", A::SUFFIX)
 }
 
 /// The pod targets set of group (`key`, `ports`).
-pub(super) fn group_set(short: &str, key: PeerKey, ports: GroupPorts) -> String {
-    format!("{short}t_{:016x}", fnv1a64(format!("{key:016x}{ports:?}").as_bytes()))
+pub(super) fn group_set<A: NftFamily>(short: &str, key: PeerKey, ports: GroupPorts) -> String {
+    format!("{short}t{}_{:016x}", A::SUFFIX, fnv1a64(format!("{key:016x}{ports:?}").as_bytes()))
 }
 
 /// A port group's target as an element.
-pub(super) fn pod_port(&(ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> Elem {
-    Elem::PodPort(ip, protocol_number(proto), port)
+pub(super) fn pod_port<A: NftFamily>(&(ip, proto, port): &(A, Protocol, u16)) -> Elem {
+    A::elem(FamilyElem::PodPort(ip, protocol_number(proto), port))
 }
 
 /// One pod's allow elements: its triples with a single peer address as
@@ -614,27 +731,29 @@ pub(super) fn pod_port(&(ip, proto, port): &(Ipv4Addr, Protocol, u16)) -> Elem {
 /// microseconds), the others cut into disjoint boxes of the interval set
 /// (whose deletes cost the kernel tens of ms on a large set). A packet
 /// matching either is admitted, so the split changes nothing it allows.
-pub(super) fn pod_cells(
-    pod: Ipv4Addr,
-    triples: impl Iterator<Item = (Protocol, u16, Ipv4Network)>,
+pub(super) fn pod_cells<A: NftFamily>(
+    pod: A,
+    triples: impl Iterator<Item = (Protocol, u16, A::Net)>,
 ) -> (Vec<Elem>, Vec<Elem>) {
     let mut exact = Vec::new();
-    let mut boxes: Vec<PortBox> = Vec::new();
+    let mut boxes: Vec<PortBox<A>> = Vec::new();
     for (proto, port, peer) in triples {
         let p = protocol_number(proto);
-        if peer.prefix() == 32 {
-            exact.push(Elem::Exact(pod, p, port, peer.ip()));
+        if A::prefix(peer) == A::BITS {
+            exact.push(A::elem(FamilyElem::Exact(pod, p, port, A::network(peer))));
         } else {
             boxes.push(((p, p), (port, port), peer));
         }
     }
-    let cells = disjoint(&boxes).into_iter().map(|(protos, ports, net)| Elem::Cell(pod, protos, ports, net));
+    let cells = disjoint::<A>(&boxes)
+        .into_iter()
+        .map(|(protos, ports, net)| A::elem(FamilyElem::Cell(pod, protos, ports, net)));
     (exact, cells.collect())
 }
 
-/// The elements of one direction's allow set: its triples.
-fn cells(dir: &Direction) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
-    let pods: BTreeSet<Ipv4Addr> = dir.triples.iter().map(|t| t.0).collect();
+/// The elements of one direction's exact and allow sets: its triples.
+fn cells<A: NftFamily>(dir: &Direction<A>) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
+    let pods: BTreeSet<A> = dir.triples.iter().map(|t| t.0).collect();
     let (mut exact, mut cells) = (BTreeSet::new(), BTreeSet::new());
     for pod in pods {
         let (e, c) = pod_cells(pod, pod_triples(dir, pod));
@@ -645,13 +764,13 @@ fn cells(dir: &Direction) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
 }
 
 /// `pod`'s triples in `dir`, as (protocol, port, peer).
-pub(super) fn pod_triples(
-    dir: &Direction,
-    pod: Ipv4Addr,
-) -> impl Iterator<Item = (Protocol, u16, Ipv4Network)> + '_ {
-    const MIN_NET: Ipv4Network = Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+pub(super) fn pod_triples<A: Family>(
+    dir: &Direction<A>,
+    pod: A,
+) -> impl Iterator<Item = (Protocol, u16, A::Net)> + '_ {
+    // The least triple of `pod`: networks order by address, then prefix.
     dir.triples
-        .range((pod, Protocol::Tcp, 0, MIN_NET)..)
+        .range((pod, Protocol::Tcp, 0, anywhere::<A>())..)
         .take_while(move |t| t.0 == pod)
         .map(|t| (t.1, t.2, t.3))
 }
@@ -662,20 +781,20 @@ pub(super) fn pod_triples(
 /// (in protocol x port), so a network and the ones inside it never share a
 /// (protocol, port) and no two elements overlap: the kernel refuses an
 /// interval element that starts or ends inside another.
-pub fn disjoint(boxes: &[PortBox]) -> Vec<PortBox> {
-    let contains = |a: &Ipv4Network, b: &Ipv4Network| a.prefix() <= b.prefix() && a.contains(b.network());
-    let mut own: BTreeMap<(u32, u8), Vec<Rect>> = BTreeMap::new();
+pub fn disjoint<A: Family>(boxes: &[PortBox<A>]) -> Vec<PortBox<A>> {
+    let inside = |a: &A::Net, b: &A::Net| A::prefix(*a) <= A::prefix(*b) && contains(*a, A::network(*b));
+    let mut own: BTreeMap<(u128, u8), Vec<Rect>> = BTreeMap::new();
     for (protos, ports, net) in boxes {
-        own.entry((u32::from(net.network()), net.prefix())).or_default().push((*protos, *ports));
+        own.entry((A::network(*net).as_u128(), A::prefix(*net))).or_default().push((*protos, *ports));
     }
     // In address order, outer networks before the ones they contain: a stack
     // of the networks around the current one gives its parent in O(1).
-    let mut stack: Vec<(Ipv4Network, Vec<Rect>)> = Vec::new();
+    let mut stack: Vec<(A::Net, Vec<Rect>)> = Vec::new();
     let mut out = Vec::new();
     for ((addr, prefix), rects) in own {
         // A valid network: it came from one.
-        let Ok(n) = Ipv4Network::new(Ipv4Addr::from(addr), prefix) else { continue };
-        while stack.last().is_some_and(|(p, _)| !contains(p, &n)) {
+        let Some(n) = A::net(A::from_u128(addr), prefix) else { continue };
+        while stack.last().is_some_and(|(p, _)| !inside(p, &n)) {
             stack.pop();
         }
         let around: &[Rect] = stack.last().map(|(_, c)| c.as_slice()).unwrap_or(&[]);
@@ -762,6 +881,8 @@ fn subtract_ranges(have: &[(u16, u16)], minus: &[(u16, u16)]) -> Vec<(u16, u16)>
 
 #[cfg(test)]
 mod tests {
+    use ipnetwork::Ipv4Network;
+
     use super::*;
     use crate::policy::{FamilyIr, Group, PortGroup};
 
@@ -772,7 +893,7 @@ mod tests {
     /// Every (protocol, port, address) sample is covered by the output exactly
     /// as by the input, and no two output boxes overlap.
     fn check_disjoint(boxes: &[PortBox]) -> Vec<PortBox> {
-        let out = disjoint(boxes);
+        let out = disjoint::<Ipv4Addr>(boxes);
         let inside = |b: &PortBox, p: u8, port: u16, ip: Ipv4Addr| {
             b.0 .0 <= p && p <= b.0 .1 && b.1 .0 <= port && port <= b.1 .1 && b.2.contains(ip)
         };
@@ -862,5 +983,88 @@ mod tests {
         let mut ir2 = ir.clone();
         ir2.v4.local.insert("10.244.1.9".parse().unwrap());
         assert_eq!(render(&ir2).skeleton, r.skeleton);
+    }
+
+    /// The IPv6 half renders as the IPv4 one, in sets and chains of its own.
+    #[test]
+    fn ipv6_renders_like_ipv4_in_sets_and_chains_of_its_own() {
+        let a: Ipv6Addr = "fd00:244:1::2".parse().unwrap();
+        let n = |s: &str| -> ipnetwork::Ipv6Network { s.parse().unwrap() };
+        let mut ir = PolicyIr::default();
+        ir.v6.local.insert(a);
+        ir.v6.pod_cidr = Some(n("fd00:244:1::/64"));
+        ir.v6.audit = true;
+        ir.v6.ingress.isolated.insert(a);
+        ir.v6.ingress.triples.insert((a, Protocol::Tcp, 80, n("fd00:244:2::3/128")));
+        ir.v6.ingress.triples.insert((a, Protocol::Tcp, 80, n("fd00:244:2::/64")));
+        ir.v6.ingress.triples.insert((a, Protocol::Tcp, 81, n("fd00:244:2::/64")));
+        ir.v6.ingress.triples.insert((a, Protocol::Tcp, 80, n("fd00:244:2:0:8000::/65")));
+        ir.v6.ingress.groups.push(Group {
+            key: 1,
+            targets: [a].into(),
+            peers: vec![n("fd00:9::/64")],
+            ports: GroupPorts::All,
+        });
+        ir.v6.ingress.port_groups.push(PortGroup {
+            key: 1,
+            targets: [(a, Protocol::Udp, 53)].into(),
+            peers: vec![n("fd00:9::/64")],
+        });
+        let r = render(&ir);
+        let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
+        assert_eq!(elems("in_exact6"), [r#"{"concat":["fd00:244:1::2",6,80,"fd00:244:2::3"]}"#]);
+        assert_eq!(
+            elems("in_allow6"),
+            [
+                r#"{"concat":["fd00:244:1::2",6,{"range":[80,81]},{"prefix":{"addr":"fd00:244:2::","len":64}}]}"#
+            ],
+            "ports merged, the /65 inside the /64 adds nothing"
+        );
+        assert_eq!(elems("inp6_0000000000000001"), [r#"{"prefix":{"addr":"fd00:9::","len":64}}"#]);
+        assert_eq!(elems("ins6_0000000000000001"), [r#"{"concat":["fd00:244:1::2",17,53]}"#]);
+        assert!(r.sets.keys().any(|k| k.starts_with("int6_") && is_group_set(k)), "the group's pods");
+        assert!(is_group_set("inp6_0000000000000001") && !is_group_set("in_allow6"));
+        for (name, elems) in &r.sets {
+            let v6 = elems.iter().all(|e| matches!(e, Elem::V6(_)));
+            assert!(v6, "{name}: only IPv6 elements in an IPv4-free IR");
+        }
+        assert!(r.sets["in_allow"].is_empty() && r.sets["local"].is_empty());
+        let json = serde_json::to_string(&r.full_transaction()).unwrap();
+        for want in [
+            r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@in_iso6","op":"=="}},{"jump":{"target":"ingress6"}}"#,
+            r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@ain_iso6","op":"=="}},{"jump":{"target":"audit_in6"}}"#,
+            r#""chain":"ingress6","expr":[{"match":{"left":{"concat":[{"payload":{"protocol":"ip6","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip6","field":"saddr"}}]},"right":"@in_exact6","op":"=="}}"#,
+            r#""chain":"ingress6","expr":[{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@int6_"#,
+            r#""chain":"ingress6","expr":[{"drop":null}]"#,
+        ] {
+            assert!(json.contains(want), "{want}\nnot in\n{json}");
+        }
+        assert!(!json.contains("not compiled"), "no IPv6 guard drops any more");
+        assert!(!json.contains(r#""chain":"audit_in","#), "IPv4 has no audit policies here");
+    }
+
+    /// IPv6 elements are boxed so that the many IPv4 ones stay small.
+    #[test]
+    fn an_element_is_16_bytes() {
+        assert!(std::mem::size_of::<Elem>() <= 16, "{}", std::mem::size_of::<Elem>());
+    }
+
+    /// `disjoint` over IPv6 networks: nested ones get only what they add.
+    #[test]
+    fn ipv6_boxes_are_cut_the_same_way() {
+        let n = |s: &str| -> ipnetwork::Ipv6Network { s.parse().unwrap() };
+        let out = disjoint::<Ipv6Addr>(&[
+            ((6, 6), (80, 80), n("fd00::/16")),
+            ((6, 6), (80, 81), n("fd00:1::/64")),
+            ((17, 17), (53, 53), n("::/0")),
+        ]);
+        assert_eq!(
+            out,
+            [
+                ((17, 17), (53, 53), n("::/0")),
+                ((6, 6), (80, 80), n("fd00::/16")),
+                ((6, 6), (81, 81), n("fd00:1::/64"))
+            ]
+        );
     }
 }
