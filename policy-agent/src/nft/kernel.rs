@@ -110,27 +110,6 @@ impl Nft {
         let Ok(kernel) = readback::read(TABLE, true) else { return Some(false) };
         let sets_equal = kernel.sets.len() == last.sets.len()
             && last.sets.iter().all(|(name, elems)| kernel.sets.get(name) == Some(&readback::keys(elems)));
-        if std::env::var_os("WEFT_DBG").is_some() {
-            eprintln!(
-                "DBG skeleton {} {} sets {} {}",
-                kernel.skeleton,
-                fingerprint,
-                kernel.sets.len(),
-                last.sets.len()
-            );
-            for (name, elems) in &last.sets {
-                let want = readback::keys(elems);
-                let got = kernel.sets.get(name);
-                if got != Some(&want) {
-                    eprintln!(
-                        "DBG set {name}: want {} got {:?} first-diff {:?}",
-                        want.len(),
-                        got.map(|g| g.len()),
-                        got.map(|g| want.symmetric_difference(g).take(3).cloned().collect::<Vec<_>>())
-                    );
-                }
-            }
-        }
         Some(kernel.skeleton == fingerprint && sets_equal)
     }
 

@@ -1,12 +1,11 @@
 //! IPv6 policy with real packets: dual-stack pods on a bridge in a node
 //! namespace of the test's own (each pod a namespace of its own, held by a
-//! child process), on both backends. The nftables backend enforces IPv6
-//! policy as IPv4's: an isolated pod gets exactly what its policies allow
-//! (a triple, a group, a port group; TCP connections and their replies),
-//! and a pod that joins the allowed peers is admitted by the incremental
-//! path. Both backends fail closed: an address of the node's IPv6 pod CIDR
-//! that no pod holds gets nothing; pods no policy selects, and replies, pass.
-//! (The iptables backend still gives isolated pods no IPv6 at all.)
+//! child process), on both backends, which enforce IPv6 policy as IPv4's: an
+//! isolated pod gets exactly what its policies allow (a triple, a group, a
+//! port group; TCP connections and their replies), and a pod that joins the
+//! allowed peers is admitted by the incremental path. Both fail closed: an
+//! address of the node's IPv6 pod CIDR that no pod holds gets nothing; pods
+//! no policy selects, and replies, pass.
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -181,10 +180,8 @@ fn bridge() {
     std::fs::write("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1").unwrap();
 }
 
-/// `choice` enforces IPv6 policy (nftables) or only guards IPv6 (iptables:
-/// isolated pods get none).
+/// `choice` enforces IPv6 policy: an isolated pod gets what it allows.
 fn isolated_pods_get_what_ipv6_policy_allows(choice: BackendChoice) {
-    let policy = choice == BackendChoice::Nftables;
     run_in_new(|| {
         bridge();
         let (a, b, c, d) = (PodNs::new("a", 2), PodNs::new("b", 3), PodNs::new("c", 4), PodNs::new("d", 5));
@@ -196,7 +193,7 @@ fn isolated_pods_get_what_ipv6_policy_allows(choice: BackendChoice) {
         engine.take_dirty();
         let mut backend = backend::start(choice).unwrap();
         backend.apply(engine.ir(), true).unwrap();
-        assert_eq!(c.pings(2), policy, "a admits c, on every port and protocol");
+        assert!(c.pings(2), "a admits c, on every port and protocol");
         assert!(!d.pings(2), "a is isolated for ingress, and admits nothing from d");
         assert!(a.pings(4), "a may open connections, and their replies pass");
         assert!(!b.pings(4), "b is isolated for egress");
@@ -219,7 +216,7 @@ fn isolated_pods_get_what_ipv6_policy_allows(choice: BackendChoice) {
         backend.apply_changes(engine.ir(), &dirty).unwrap();
         assert!(u.pings(4) && c.pings(9), "u is known now");
         assert!(!u.pings(2), "and a stays isolated");
-        assert_eq!(e.pings(2), policy, "e joined a's allowed peers");
+        assert!(e.pings(2), "e joined a's allowed peers");
 
         backend.cleanup().unwrap();
         assert!(d.pings(2), "cleanup removes the guard with the rest");
