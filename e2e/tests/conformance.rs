@@ -3,10 +3,11 @@
 //! is denied, pass; a case expecting a block where traffic flows fails, and
 //! the report shows the expected and observed matrices side by side with
 //! the differing cell marked. The whole suite passes on both backends with
-//! the agents reading the cluster dir, and on iptables with the agents
-//! reading the same state through the stand-in API server (`--source kube`),
-//! and on nftables in vxlan mode on a lan that drops pod addresses.
-//! `weft-e2e conformance run --backend iptables [--source kube] e2e/cases`
+//! the agents reading the cluster dir, in dual stack (every probe in IPv4
+//! and in IPv6) and in IPv6 alone, on iptables with the agents reading the
+//! same state through the stand-in API server (`--source kube`), and on
+//! nftables in vxlan mode (IPv4) on a lan that drops pod addresses.
+//! `weft-e2e conformance run --backend iptables [--family dual] [--source kube] e2e/cases`
 //! runs it from the command line.
 
 mod common;
@@ -16,6 +17,7 @@ use std::process::Command;
 
 use common::{bin, root_or_skip, WRONG};
 use weft_e2e::conformance::{self, cases_dir, Backend, Mode, Options, StateSource};
+use weft_e2e::family::Family;
 
 /// A scratch directory of this test process, removed on drop.
 struct Scratch(PathBuf);
@@ -117,18 +119,19 @@ fn cli_exit_codes() {
     assert_eq!(stdout.lines().last(), Some("conformance: 0 passed, 1 failed"));
 }
 
-/// The whole suite (`e2e/cases/`, shared by both backends) on `backend`, the
-/// agents reading `source` with `agent_args`: every case passes, and
-/// `weft-agent explain` agrees with every probed pod-to-pod cell.
-fn the_suite_passes_on(backend: Backend, source: StateSource, agent_args: &[&str]) {
+/// The whole suite (`e2e/cases/`, shared by both backends) on `backend` in
+/// `family`, the agents reading `source` with `agent_args`: every case
+/// passes, and `weft-agent explain` agrees with every probed pod-to-pod cell.
+fn the_suite_passes_on(backend: Backend, family: Family, source: StateSource, agent_args: &[&str]) {
     let agent_args = agent_args.iter().map(|a| a.to_string()).collect();
-    the_suite_passes(Options { backend, source, agent_args, ..Options::default() });
+    the_suite_passes(Options { backend, family, source, agent_args, ..Options::default() });
 }
 
 /// `the_suite_passes_on` with `opts` (explain always on).
 fn the_suite_passes(opts: Options) {
-    let (backend, source, mode) = (opts.backend, opts.source, opts.mode);
-    if !root_or_skip(&format!("the conformance suite on {backend} through {source} in {mode} mode")) {
+    let (backend, source, mode, family) = (opts.backend, opts.source, opts.mode, opts.family);
+    let what = format!("the conformance suite on {backend} through {source} in {mode} mode, {family}");
+    if !root_or_skip(&what) {
         return;
     }
     // Every probed pod-to-pod cell is also checked against weft-agent explain.
@@ -140,7 +143,7 @@ fn the_suite_passes(opts: Options) {
     eprintln!("{out}");
     let n = conformance::load_paths(&[cases_dir().to_path_buf()]).unwrap().len();
     assert!(n >= 60, "{n} cases");
-    assert!(summary.ok(), "{backend} through {source} in {mode} mode: {}", summary.line());
+    assert!(summary.ok(), "{what}: {}", summary.line());
     assert_eq!(summary.passed(), n);
 }
 
@@ -150,14 +153,27 @@ fn the_suite_passes(opts: Options) {
 /// meet real packets on both backends.
 const MIXED: &[&str] = &["--triple-peers", "1"];
 
+/// Dual stack: every probe in IPv4 and in IPv6 (at once), so IPv4 is
+/// covered here too.
 #[test]
-fn the_suite_passes_on_iptables() {
-    the_suite_passes_on(Backend::Iptables, StateSource::Dir, MIXED);
+fn the_suite_passes_on_iptables_in_dual_stack() {
+    the_suite_passes_on(Backend::Iptables, Family::Dual, StateSource::Dir, MIXED);
 }
 
 #[test]
-fn the_suite_passes_on_nftables() {
-    the_suite_passes_on(Backend::Nftables, StateSource::Dir, MIXED);
+fn the_suite_passes_on_nftables_in_dual_stack() {
+    the_suite_passes_on(Backend::Nftables, Family::Dual, StateSource::Dir, MIXED);
+}
+
+/// IPv6 alone: pods, nodes and CIDRs without IPv4.
+#[test]
+fn the_suite_passes_on_iptables_in_ipv6() {
+    the_suite_passes_on(Backend::Iptables, Family::Ipv6, StateSource::Dir, &[]);
+}
+
+#[test]
+fn the_suite_passes_on_nftables_in_ipv6() {
+    the_suite_passes_on(Backend::Nftables, Family::Ipv6, StateSource::Dir, &[]);
 }
 
 /// Over the overlay, on a lan that drops every frame with a pod address
@@ -178,5 +194,5 @@ fn the_suite_passes_in_vxlan_mode() {
 /// cluster dir, instead of reading the dir.
 #[test]
 fn the_suite_passes_on_iptables_through_the_kube_source() {
-    the_suite_passes_on(Backend::Iptables, StateSource::Kube, &[]);
+    the_suite_passes_on(Backend::Iptables, Family::Dual, StateSource::Kube, &[]);
 }

@@ -1,14 +1,12 @@
-//! ipv6 and dual runs (`up --family`), before IPv6 policy is compiled: what
-//! must already hold. Pods on two nodes reach each other over IPv6 with no
-//! policy (a real packet across the agents' IPv6 host-gw routes, through the
-//! plan's addresses embedded in fd00::/96), and a pod that a default-deny
-//! policy isolates gets no IPv6 connection (the agent's IPv6 guard) while a
-//! pod beside it that no policy selects still does. In dual, IPv4 behaves
-//! as in an ipv4 run. Both backends, and once with the agents reading the
-//! state through the stand-in API server. The conformance runner in ipv6 and dual
-//! passes the cases that hold before the compiler knows IPv6: no policy,
-//! Services (the kube-proxy imitation in ip6tables), and default deny.
-//! The whole suite in a family (fails until IPv6 policy is compiled):
+//! ipv6 and dual runs (`up --family`): the plumbing under IPv6 policy. Pods
+//! on two nodes reach each other over IPv6 (a real packet across the
+//! agents' IPv6 host-gw routes, through the plan's addresses embedded in
+//! fd00::/96), a pod that a default-deny policy isolates gets no IPv6
+//! connection while a pod beside it that no policy selects still does, and
+//! in dual IPv4 behaves as in an ipv4 run; once with the agents reading the
+//! state through the stand-in API server, and a dual pod's ADD report makes
+//! its IPv6 address known before the API shows it. The conformance suite in
+//! ipv6 and in dual on both backends (tests/conformance.rs) covers policy:
 //! `weft-e2e conformance run --family ipv6|dual --backend iptables|nftables e2e/cases`.
 
 mod common;
@@ -17,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::{bin, root_or_skip, weft_bin, CMD_TIMEOUT};
-use weft_e2e::conformance::{self, cases_dir, Backend, Options};
 use weft_e2e::family::{embed, Family};
 use weft_e2e::probe::{probe_in, Outcome, Proto};
 use weft_e2e::{Pod, Testbed};
@@ -80,22 +77,26 @@ fn check(family: Family, backend: &str, source: Source) {
     let seen = reaches(&a, &b, family);
     assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/b".into())), "{family}/{backend}: {seen:?}");
 
-    // b isolated for ingress, nothing allowed: dropped in every family (IPv6 by the guard).
+    // b isolated for ingress, nothing allowed: dropped in every family.
     tb.apply(ISOLATE_B).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     for ip in family.addresses(b.ip) {
         assert!(blocked(&a, ip), "{family}/{backend}: x/a reached the isolated x/b at {ip}");
     }
+    // The IPv6 denial is logged by b's node, in policy terms, with a's IPv6 address.
+    let a6 = embed(a.ip).to_string();
+    let log_file = weft_e2e::run::run_dir(&tb.run()).join("agent-n2.log");
+    let logged = || {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        log.lines().any(|l| l.contains("weft-agent: denied ") && l.contains(&a6) && l.contains("x/deny-b"))
+    };
+    assert!(
+        weft_e2e::wait_until(Duration::from_secs(5), logged),
+        "{family}/{backend}: no IPv6 denial of {a6} logged"
+    );
     // c, beside b on node 2 and selected by no policy, is still reached in every family.
     let seen = reaches(&a, &c, family);
     assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/c".into())), "{family}/{backend}: {seen:?}");
-}
-
-#[test]
-fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
-    if root_or_skip("ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
-        check(Family::Ipv6, "iptables", Source::Dir);
-    }
 }
 
 #[test]
@@ -109,13 +110,6 @@ fn ipv6_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
 fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables() {
     if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_iptables") {
         check(Family::Dual, "iptables", Source::Dir);
-    }
-}
-
-#[test]
-fn dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables() {
-    if root_or_skip("dual_pods_reach_across_nodes_and_an_isolated_pod_is_dropped_nftables") {
-        check(Family::Dual, "nftables", Source::Dir);
     }
 }
 
@@ -154,36 +148,4 @@ fn a_dual_pods_add_report_makes_its_ipv6_address_known_before_the_api_shows_it()
     assert_ne!(agent, shown, "the agent must not have seen the pod's addresses from the API");
     let seen = reaches(&a, &new, Family::Dual);
     assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/new".into())), "{seen:?}");
-}
-
-/// The cases that must pass in `family` before IPv6 policy is compiled.
-fn holding_cases(family: Family, backend: Backend) {
-    let paths = [
-        "baseline/01-no-policy.yaml",
-        "baseline/03-services.yaml",
-        "01-default-deny-ingress.yaml",
-        "03-default-deny-all.yaml",
-    ]
-    .map(|c| cases_dir().join(c));
-    let opts = Options { backend, family, ..Options::default() };
-    let mut out = Vec::new();
-    let summary = conformance::run(&paths, &opts, &mut out).unwrap_or_else(|e| panic!("{e}"));
-    let out = String::from_utf8_lossy(&out).to_string();
-    assert!(summary.ok(), "{family}: {out}");
-    assert_eq!(summary.results.len(), 4);
-    assert!(out.contains(&format!("PASS services [{family}]")), "the report names its family: {out}");
-}
-
-#[test]
-fn conformance_in_ipv6_passes_what_holds_before_ipv6_policy() {
-    if root_or_skip("conformance_in_ipv6_passes_what_holds_before_ipv6_policy") {
-        holding_cases(Family::Ipv6, Backend::Nftables);
-    }
-}
-
-#[test]
-fn conformance_in_dual_passes_what_holds_before_ipv6_policy() {
-    if root_or_skip("conformance_in_dual_passes_what_holds_before_ipv6_policy") {
-        holding_cases(Family::Dual, Backend::Iptables);
-    }
 }

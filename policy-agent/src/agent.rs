@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use tracing::{error, info, warn};
 use weft_netkit::kernel_error::KernelError;
@@ -202,7 +202,6 @@ struct Agent<'c> {
     /// The backend `--backend` resolved to; started by `engage`.
     pick: BackendChoice,
     policy: Option<Box<dyn PolicyBackend>>,
-    cluster_v4: Option<Ipv4Network>,
     source: Box<dyn Source>,
     snap: Option<Snapshot>,
     /// What the last policy sync compiled (with a policy backend).
@@ -252,10 +251,6 @@ impl<'c> Agent<'c> {
             masq_in,
             pick,
             policy: None,
-            cluster_v4: cfg.cluster_cidrs.iter().find_map(|c| match c {
-                IpNetwork::V4(n) => Some(*n),
-                IpNetwork::V6(_) => None,
-            }),
             source,
             snap: None,
             compiled: None,
@@ -478,7 +473,7 @@ impl<'c> Agent<'c> {
         }
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         // Explained without the log's lock: the HTTP endpoint never waits on it.
-        let line = denied::explain_line(d, view, self.cluster_v4, wall.as_millis() as u64);
+        let line = denied::explain_line(d, view, &self.cfg.cluster_cidrs, wall.as_millis() as u64);
         info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
         self.shared.denied().log(d, &line, now);
     }

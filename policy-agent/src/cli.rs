@@ -229,9 +229,10 @@ pub struct ExplainArgs {
     /// The cluster state to evaluate (`dir:PATH`, as the agent's `--source`).
     #[arg(long, value_parser = parse_dir)]
     pub source: PathBuf,
-    /// The cluster's pod network (as the agent's `--cluster-cidr`).
-    #[arg(long, value_parser = parse_cidr)]
-    pub cluster_cidr: Option<IpNetwork>,
+    /// The cluster's pod network: one CIDR, or one per family (as the
+    /// agent's `--cluster-cidr`).
+    #[arg(long, value_parser = parse_cidr, value_delimiter = ',', num_args = 1)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

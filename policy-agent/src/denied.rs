@@ -8,12 +8,12 @@
 //! `/metrics` serves. Pure but for the clock passed in.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::explain::explain;
@@ -51,7 +51,7 @@ pub struct DeniedConnection {
     pub audit: bool,
 }
 
-type Key = (Ipv4Addr, Ipv4Addr, u8, Option<u16>, bool, bool);
+type Key = (IpAddr, IpAddr, u8, Option<u16>, bool, bool);
 
 fn key(d: &Denied) -> Key {
     (d.src, d.dst, d.proto, d.dport, d.ingress, d.audit)
@@ -134,7 +134,7 @@ impl DenyLog {
         &mut self,
         d: &Denied,
         view: &ExplainView,
-        cluster: Option<Ipv4Network>,
+        cluster: &[IpNetwork],
         now: Instant,
         time_ms: u64,
     ) -> Option<DeniedConnection> {
@@ -268,12 +268,7 @@ pub fn drain_while_idle<E, D>(
 
 /// The log line of `d`, the first packet of a denied connection, naming the
 /// policies that isolate the denying end in `view`.
-pub fn explain_line(
-    d: &Denied,
-    view: &ExplainView,
-    cluster: Option<Ipv4Network>,
-    time_ms: u64,
-) -> DeniedConnection {
+pub fn explain_line(d: &Denied, view: &ExplainView, cluster: &[IpNetwork], time_ms: u64) -> DeniedConnection {
     let direction = if d.ingress { "ingress" } else { "egress" };
     let (protocol, proto) = protocol_name(d.proto);
     // An audit event is explained as if the audit policies were enforced.
@@ -354,19 +349,19 @@ spec: {podSelector: {}}
     fn one_line_per_connection_naming_the_policy() {
         let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
-        let line = log.record(&syn(81), &m, None, t0, 1000).expect("the first packet is logged");
+        let line = log.record(&syn(81), &m, &[], t0, 1000).expect("the first packet is logged");
         assert_eq!(line.direction, "ingress");
         assert_eq!(line.policies, ["x/deny-all"]);
         assert_eq!(line.reason, "x/a (10.244.1.2) is isolated for ingress by x/deny-all; no rule admits y/b (10.244.1.3) on TCP 81");
         // The retransmitted SYN one second later: folded.
-        assert_eq!(log.record(&syn(81), &m, None, t0 + Duration::from_secs(1), 2000), None);
+        assert_eq!(log.record(&syn(81), &m, &[], t0 + Duration::from_secs(1), 2000), None);
         assert_eq!(log.folded, 1);
         assert!(log
             .metrics()
             .contains("weft_denied_packets_total{policy=\"x/deny-all\",direction=\"ingress\"} 2"));
         // Another port is another connection; after FOLD the same one is new again.
-        assert!(log.record(&syn(80), &m, None, t0 + Duration::from_secs(2), 3000).is_some());
-        assert!(log.record(&syn(81), &m, None, t0 + FOLD + Duration::from_secs(1), 4000).is_some());
+        assert!(log.record(&syn(80), &m, &[], t0 + Duration::from_secs(2), 3000).is_some());
+        assert!(log.record(&syn(81), &m, &[], t0 + FOLD + Duration::from_secs(1), 4000).is_some());
         assert_eq!(log.since(2500).lines().count(), 2);
         assert!(log
             .metrics()
@@ -381,12 +376,12 @@ spec: {podSelector: {}}
         }
         let mut log = DenyLog::default();
         let view = ExplainView::new(m);
-        let line = log.record(&Denied { audit: true, ..syn(81) }, &view, None, Instant::now(), 1).unwrap();
+        let line = log.record(&Denied { audit: true, ..syn(81) }, &view, &[], Instant::now(), 1).unwrap();
         assert!(line.audit && line.policies == ["x/deny-all"], "{line:?}");
         assert!(line.reason.contains("would be isolated for ingress by x/deny-all"), "{}", line.reason);
         assert!(line.reason.ends_with("(audit: it passed)"), "{}", line.reason);
         assert!(serde_json::to_string(&line).unwrap().contains("\"audit\":true"));
-        let plain = log.record(&syn(82), &ExplainView::new(model()), None, Instant::now(), 2).unwrap();
+        let plain = log.record(&syn(82), &ExplainView::new(model()), &[], Instant::now(), 2).unwrap();
         assert!(!serde_json::to_string(&plain).unwrap().contains("audit"), "only audit lines carry the flag");
     }
 
@@ -395,9 +390,9 @@ spec: {podSelector: {}}
         let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
         let logged =
-            (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, None, t0, 1).is_some()).count();
+            (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, &[], t0, 1).is_some()).count();
         assert_eq!((logged, log.suppressed), (RATE as usize, 10));
-        assert!(log.record(&syn(5000), &m, None, t0 + Duration::from_secs(1), 2).is_some(), "a new second");
+        assert!(log.record(&syn(5000), &m, &[], t0 + Duration::from_secs(1), 2).is_some(), "a new second");
     }
 
     #[test]
@@ -430,7 +425,7 @@ spec: {podSelector: {}}
         assert_eq!(log.admit(&syn(9_999), t0 + Duration::from_secs(1)), Admit::Folded);
         // Remembered connections stay bounded whatever the flood.
         for p in 0..40_000u32 {
-            let d = Denied { src: Ipv4Addr::from(0x0af4_0000 + p), ..syn(80) };
+            let d = Denied { src: IpAddr::V4(std::net::Ipv4Addr::from(0x0af4_0000 + p)), ..syn(80) };
             log.admit(&d, t0 + Duration::from_micros(u64::from(p) * 100));
         }
         assert!(log.seen.len() <= MAX_SEEN + 1, "{}", log.seen.len());

@@ -5,14 +5,14 @@
 //! that admits the connection, or that none does. If the compiled rules and
 //! the policies disagree, it says so: that is a weft bug.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use crate::model::{Model, Protocol};
+use crate::model::{Model, Node, Protocol};
 use crate::policy::compile;
-use crate::policy::evaluate::{decide, ir_verdict, Decision, IrVerdict, Party};
+use crate::policy::evaluate::{address_of, decide, ir_verdict, Decision, IrVerdict, Party};
 
 /// One node on the path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,33 +53,63 @@ struct End<'m> {
     is_node: Option<String>,
 }
 
-fn resolve<'m>(model: &'m Model, s: &str) -> Result<End<'m>, String> {
+/// The family of a connection between `src` and `dst` as given: IPv6 if
+/// either is an IPv6 address, IPv4 if either is an IPv4 one; between names,
+/// IPv4 unless an end has no IPv4 address (an IPv6-only pod or node).
+fn is_v6(model: &Model, src: &str, dst: &str) -> bool {
+    let ends = [src, dst];
+    if ends.iter().any(|e| e.parse::<Ipv6Addr>().is_ok()) {
+        return true;
+    }
+    if ends.iter().any(|e| e.parse::<Ipv4Addr>().is_ok()) {
+        return false;
+    }
+    ends.iter().any(|e| match e.strip_prefix("node/") {
+        Some(name) => {
+            model.nodes.get(name).is_some_and(|n| n.internal_ip.is_none() && n.internal_ip6.is_some())
+        }
+        None => model.pods.get(*e).is_some_and(|p| p.ip.is_none() && p.ip6.is_some()),
+    })
+}
+
+/// Resolves `s` (NAMESPACE/POD, an address or node/NAME) in the family of `v6`.
+fn resolve<'m>(model: &'m Model, s: &str, v6: bool) -> Result<End<'m>, String> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
     if let Some(name) = s.strip_prefix("node/") {
         let node = model.nodes.get(name).ok_or_else(|| format!("no node {name}"))?;
-        let ip = node.internal_ip.ok_or_else(|| format!("node {name} has no InternalIP"))?;
+        let ip = if v6 { node.internal_ip6.map(IpAddr::V6) } else { node.internal_ip.map(IpAddr::V4) };
+        let ip = ip.ok_or_else(|| format!("node {name} has no {family} InternalIP"))?;
         return Ok(End { label: s.into(), party: Party::Addr(ip), node: None, is_node: Some(name.into()) });
     }
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        if let Some(p) = model.pods.values().find(|p| p.ip == Some(ip) && !p.host_network) {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        if let Some(p) = model.pods.values().find(|p| address_of(p, v6) == Some(ip) && !p.host_network) {
             return Ok(End {
                 label: format!("{} ({ip})", p.key()),
-                party: Party::Pod(p),
+                party: if v6 { Party::Pod6(p) } else { Party::Pod(p) },
                 node: p.node.clone(),
                 is_node: None,
             });
         }
-        let node = model.nodes.values().find(|n| n.internal_ip == Some(ip)).map(|n| n.name.clone());
-        return Ok(End { label: s.into(), party: Party::Addr(ip), node: None, is_node: node });
+        let node_ip =
+            |n: &Node| if v6 { n.internal_ip6.map(IpAddr::V6) } else { n.internal_ip.map(IpAddr::V4) };
+        let node = model.nodes.values().find(|n| node_ip(n) == Some(ip)).map(|n| n.name.clone());
+        // An address of a node's pod CIDR that no pod holds: that node's
+        // rules see it as local, and drop it (fail closed).
+        let in_cidr = |n: &Node| n.pod_cidrs().iter().any(|c| c.contains(ip));
+        let owner = model.nodes.values().find(|n| in_cidr(n)).map(|n| n.name.clone());
+        return Ok(End { label: s.into(), party: Party::Addr(ip), node: owner, is_node: node });
     }
     let pod = model
         .pods
         .get(s)
-        .ok_or_else(|| format!("no pod {s} (give NAMESPACE/POD, an IPv4 address or node/NAME)"))?;
-    let ip = pod.ip.ok_or_else(|| format!("pod {s} has no address yet"))?;
-    Ok(End { label: format!("{s} ({ip})"), party: Party::Pod(pod), node: pod.node.clone(), is_node: None })
+        .ok_or_else(|| format!("no pod {s} (give NAMESPACE/POD, an address or node/NAME)"))?;
+    let ip = address_of(pod, v6).ok_or_else(|| format!("pod {s} has no {family} address"))?;
+    let party = if v6 { Party::Pod6(pod) } else { Party::Pod(pod) };
+    Ok(End { label: format!("{s} ({ip})"), party, node: pod.node.clone(), is_node: None })
 }
 
-/// Parses `DST:PORT[/PROTO]` (PROTO tcp, udp or sctp; default tcp).
+/// Parses `DST:PORT[/PROTO]` (PROTO tcp, udp or sctp; default tcp; an IPv6
+/// DST as `[ADDR]`).
 pub fn parse_target(s: &str) -> Result<(String, u16, Protocol), String> {
     let (addr, rest) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: want DST:PORT[/PROTO]"))?;
     let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
@@ -90,21 +120,27 @@ pub fn parse_target(s: &str) -> Result<(String, u16, Protocol), String> {
         "sctp" => Protocol::Sctp,
         other => return Err(format!("{s:?}: protocol {other:?} is not tcp, udp or sctp")),
     };
+    // An IPv6 address may come in brackets, as in a URL: [fd00::2]:80.
+    let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
     Ok((addr.to_string(), port, proto))
 }
 
-/// Explains `src` -> `dst`:`port`/`proto` in `model`.
+/// Explains `src` -> `dst`:`port`/`proto` in `model`; `cluster_cidrs` are
+/// the cluster's pod networks (at most one per family).
 pub fn explain(
     model: &Model,
-    cluster: Option<Ipv4Network>,
+    cluster_cidrs: &[IpNetwork],
     src: &str,
     dst: &str,
     port: u16,
     proto: Protocol,
 ) -> Result<Explanation, String> {
-    let (s, d) = (resolve(model, src)?, resolve(model, dst)?);
-    let (sip, dip) =
-        (s.party.ip().unwrap_or(Ipv4Addr::UNSPECIFIED), d.party.ip().unwrap_or(Ipv4Addr::UNSPECIFIED));
+    let v6 = is_v6(model, src, dst);
+    let (s, d) = (resolve(model, src, v6)?, resolve(model, dst, v6)?);
+    let (sip, dip) = (s.party.ip(), d.party.ip());
+    if sip.is_some_and(|ip| ip.is_ipv6() != v6) || dip.is_some_and(|ip| ip.is_ipv6() != v6) {
+        return Err(format!("{src} and {dst} are of different address families"));
+    }
     let mut nodes: Vec<String> = [s.node.clone(), d.node.clone()].into_iter().flatten().collect();
     nodes.dedup();
     let mut hops = Vec::new();
@@ -115,18 +151,28 @@ pub fn explain(
             hops.push(Hop { node, class: "node->local (not forwarded)".into(), egress: None, ingress: None });
             continue;
         }
-        let ir = compile(model, &node, &cluster.map(IpNetwork::V4).into_iter().collect::<Vec<_>>()).0.v4;
+        let ir = compile(model, &node, cluster_cidrs).0;
         let class = match (src_local, dst_local) {
             (true, true) => "local->local",
             (true, false) => "local->other",
             (false, true) => "other->local",
             (false, false) => "transit",
         };
+        let verdict = |ingress: bool, pod: Option<IpAddr>, peer: Option<IpAddr>| match (pod, peer) {
+            (Some(IpAddr::V4(pod)), Some(IpAddr::V4(peer))) => {
+                ir_verdict(&ir.v4, ingress, pod, peer, proto, port)
+            }
+            (Some(IpAddr::V6(pod)), Some(IpAddr::V6(peer))) => {
+                ir_verdict(&ir.v6, ingress, pod, peer, proto, port)
+            }
+            // An end without an address: no rule of the family names it.
+            _ => IrVerdict::NotLocal,
+        };
         hops.push(Hop {
             node,
             class: class.into(),
-            egress: src_local.then(|| ir_verdict(&ir, false, sip, dip, proto, port)),
-            ingress: dst_local.then(|| ir_verdict(&ir, true, dip, sip, proto, port)),
+            egress: src_local.then(|| verdict(false, sip, dip)),
+            ingress: dst_local.then(|| verdict(true, dip, sip)),
         });
     }
     let allowed = hops
@@ -142,7 +188,9 @@ pub fn explain(
     } else {
         "this version of weft does not enforce ClusterNetworkPolicy"
     };
-    let disagreement = (allowed != by_policy).then(|| {
+    // An address no known pod holds is dropped whatever the policies say.
+    let unknown = hops.iter().any(|h| [h.egress, h.ingress].contains(&Some(IrVerdict::UnknownLocal)));
+    let disagreement = (allowed != by_policy && !unknown).then(|| {
         format!(
             "the compiled rules {} but the policies {}: {why}",
             if allowed { "admit it" } else { "deny it" },
@@ -262,13 +310,13 @@ spec:
         Model::of_manifests(text)
     }
 
-    fn cluster() -> Option<Ipv4Network> {
-        "10.244.0.0/16".parse().ok()
+    fn cluster() -> Vec<IpNetwork> {
+        ["10.244.0.0/16", "fd00:244::/56"].iter().map(|c| c.parse().unwrap()).collect()
     }
 
     #[test]
     fn a_denied_connection_names_the_isolating_policies() {
-        let e = explain(&model(), cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        let e = explain(&model(), &cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
         assert!(!e.allowed && e.disagreement.is_none(), "{e}");
         let text = e.to_string();
         assert!(text.starts_with("y/b (10.244.1.3) -> x/a (10.244.1.2):81/TCP: DENIED"), "{text}");
@@ -278,7 +326,7 @@ spec:
 
     #[test]
     fn an_admitted_connection_names_the_rule_across_nodes() {
-        let e = explain(&model(), cluster(), "y/c", "x/a", 80, Protocol::Tcp).unwrap();
+        let e = explain(&model(), &cluster(), "y/c", "x/a", 80, Protocol::Tcp).unwrap();
         assert!(e.allowed && e.disagreement.is_none(), "{e}");
         let classes: Vec<(&str, &str)> = e.hops.iter().map(|h| (h.node.as_str(), h.class.as_str())).collect();
         assert_eq!(classes, [("node-2", "local->other"), ("node-1", "other->local")]);
@@ -294,7 +342,7 @@ spec:
         for o in crate::model::parse_manifests(cnp).unwrap() {
             assert!(m.insert(o));
         }
-        let e = explain(&m, cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        let e = explain(&m, &cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
         assert!(
             !e.allowed_by_policy && e.disagreement.is_none(),
             "Pass: NetworkPolicy denies, as the rules do: {e}"
@@ -306,7 +354,7 @@ spec:
         for o in crate::model::parse_manifests(&accept).unwrap() {
             assert!(m.insert(o));
         }
-        let e = explain(&m, cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
+        let e = explain(&m, &cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
         assert!(!e.allowed && e.allowed_by_policy, "{e}");
         assert_eq!(
             e.disagreement.as_deref(),
@@ -317,19 +365,65 @@ spec:
     #[test]
     fn nodes_addresses_and_bad_input() {
         let m = model();
-        let from_node = explain(&m, cluster(), "node/node-1", "x/a", 81, Protocol::Tcp).unwrap();
+        let from_node = explain(&m, &cluster(), "node/node-1", "x/a", 81, Protocol::Tcp).unwrap();
         assert!(from_node.allowed, "the node's own traffic to its pod is not forwarded: {from_node}");
-        let remote_node = explain(&m, cluster(), "node/node-2", "x/a", 81, Protocol::Tcp).unwrap();
+        let remote_node = explain(&m, &cluster(), "node/node-2", "x/a", 81, Protocol::Tcp).unwrap();
         assert!(!remote_node.allowed, "{remote_node}");
-        let by_ip = explain(&m, cluster(), "10.244.1.3", "10.244.1.2", 80, Protocol::Tcp).unwrap();
+        let by_ip = explain(&m, &cluster(), "10.244.1.3", "10.244.1.2", 80, Protocol::Tcp).unwrap();
         assert!(by_ip.allowed && by_ip.src.starts_with("y/b"), "{by_ip}");
-        assert!(explain(&m, cluster(), "x/nobody", "x/a", 80, Protocol::Tcp).is_err());
+        assert!(explain(&m, &cluster(), "x/nobody", "x/a", 80, Protocol::Tcp).is_err());
         assert_eq!(parse_target("x/a:81/udp"), Ok(("x/a".into(), 81, Protocol::Udp)));
         assert_eq!(parse_target("10.244.1.2:80"), Ok(("10.244.1.2".into(), 80, Protocol::Tcp)));
         assert!(
             parse_target("x/a").is_err()
                 && parse_target("x/a:99999").is_err()
                 && parse_target("x/a:1/icmp").is_err()
+        );
+        assert_eq!(parse_target("[fd00::2]:80"), Ok(("fd00::2".into(), 80, Protocol::Tcp)));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_explained_in_ipv6() {
+        let text = "
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 10.244.1.2}, {ip: 'fd00:244:1::2'}]}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+spec: {nodeName: node-1}
+status: {podIPs: [{ip: 10.244.1.3}, {ip: 'fd00:244:1::3'}]}
+---
+kind: NetworkPolicy
+metadata: {name: from-b6, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{ipBlock: {cidr: 'fd00:244:1::3/128'}}], ports: [{port: 80}]}]
+";
+        let m = Model::of_manifests(text);
+        let v6 = explain(&m, &cluster(), "fd00:244:1::3", "x/a", 80, Protocol::Tcp).unwrap();
+        assert!(v6.allowed && v6.allowed_by_policy && v6.disagreement.is_none(), "{v6}");
+        assert!(v6.dst.contains("fd00:244:1::2"), "x/a by its IPv6 address: {v6}");
+        let v4 = explain(&m, &cluster(), "10.244.1.3", "x/a", 80, Protocol::Tcp).unwrap();
+        assert!(
+            !v4.allowed && !v4.allowed_by_policy && v4.disagreement.is_none(),
+            "an IPv6 block admits no IPv4: {v4}"
+        );
+        let by_name = explain(&m, &cluster(), "x/b", "x/a", 80, Protocol::Tcp).unwrap();
+        assert!(!by_name.allowed, "names are IPv4 when both ends have IPv4: {by_name}");
+        let unknown = explain(&m, &cluster(), "fd00:244:1::3", "fd00:244:1::9", 80, Protocol::Tcp).unwrap();
+        assert!(
+            !unknown.allowed && unknown.disagreement.is_none(),
+            "an unknown address of the pod CIDR is dropped: {unknown}"
+        );
+        assert!(
+            explain(&m, &cluster(), "fd00:244:1::3", "10.244.1.2", 80, Protocol::Tcp).is_err(),
+            "mixed families"
         );
     }
 }

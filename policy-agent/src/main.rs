@@ -36,12 +36,16 @@ fn watch_signals(tx: mpsc::Sender<Event>) -> std::io::Result<()> {
 /// Exit codes of `explain`: allowed 0, denied 1, bad input 64.
 fn explain_main(args: ExplainArgs) -> ExitCode {
     let model = weft_agent::source::read_dir(&args.source).model;
-    let cluster = match args.cluster_cidr {
-        Some(IpNetwork::V4(n)) => Some(n),
-        _ => None,
-    };
+    if let Err(e) = cli::one_per_family(&args.cluster_cidr) {
+        eprintln!("weft-agent explain: --cluster-cidr: {e}");
+        return ExitCode::from(64);
+    }
+    let cluster = args.cluster_cidr.iter().find_map(|c| match c {
+        IpNetwork::V4(n) => Some(*n),
+        IpNetwork::V6(_) => None,
+    });
     let result = weft_agent::explain::parse_target(&args.dst).and_then(|(dst, port, proto)| {
-        weft_agent::explain::explain(&model, cluster, &args.src, &dst, port, proto)
+        weft_agent::explain::explain(&model, &args.cluster_cidr, &args.src, &dst, port, proto)
     });
     match result {
         Ok(e) => {

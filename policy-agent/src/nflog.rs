@@ -4,7 +4,7 @@
 //! subscribes to that group (weft-netkit's `nflog` holds the netlink side)
 //! and turns each logged packet into a `Denied`. Parsing is pure.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(feature = "daemon")]
 use std::sync::{
     mpsc::{SyncSender, TrySendError},
@@ -18,7 +18,8 @@ use crate::metrics::InputCounters;
 
 /// The NFLOG group weft's drop rules log to.
 pub const GROUP: u16 = 87;
-/// Bytes of each packet copied to us: the IPv4 header and the ports.
+/// Bytes of each packet copied to us: the IP header (IPv4's or IPv6's
+/// fixed one) and the ports.
 pub const SNAPLEN: u32 = 64;
 /// Packets a second each log rule hands to the agent (the kernel's `limit`),
 /// and the burst above it: enough for every connection a busy node denies,
@@ -43,8 +44,8 @@ pub struct Denied {
     pub ingress: bool,
     /// True if only an audit policy would deny it (it passed).
     pub audit: bool,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// IP protocol number.
     pub proto: u8,
     /// TCP/UDP/SCTP destination port.
@@ -66,15 +67,24 @@ fn packet(prefix: &str, payload: &[u8]) -> Option<Denied> {
         _ => return None,
     };
     let ip = payload;
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let proto = ip[9];
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let (header, proto, src, dst) = match ip.first().map(|b| b >> 4) {
+        Some(4) if ip.len() >= 20 => {
+            let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]));
+            (usize::from(ip[0] & 0x0f) * 4, ip[9], addr(12), addr(16))
+        }
+        // The fixed header; a packet with extension headers is logged
+        // without its port (their chain is not walked).
+        Some(6) if ip.len() >= 40 => {
+            let addr = |at: usize| {
+                let bytes: [u8; 16] = ip[at..at + 16].try_into().unwrap_or_default();
+                IpAddr::V6(Ipv6Addr::from(bytes))
+            };
+            (40, ip[6], addr(8), addr(24))
+        }
+        _ => return None,
+    };
     let dport = match proto {
-        6 | 17 | 132 if ip.len() >= ihl + 4 => Some(u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]])),
+        6 | 17 | 132 if ip.len() >= header + 4 => Some(u16::from_be_bytes([ip[header + 2], ip[header + 3]])),
         _ => None,
     };
     Some(Denied { ingress, audit, src, dst, proto, dport })
@@ -161,5 +171,30 @@ mod tests {
             "a payload cut before the ports still names the hosts"
         );
         assert!(parse(&buf[..10]).is_empty() && parse(&[0xff; 40]).is_empty(), "garbage gives nothing");
+    }
+
+    #[test]
+    fn ipv6_packets_are_parsed_from_the_fixed_header() {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fd00:244:1::3".parse().unwrap(), "fd00:244:2::2".parse().unwrap());
+        let mut ip = vec![0x60, 0, 0, 0, 0, 20, 17, 64];
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(&40000u16.to_be_bytes());
+        ip.extend_from_slice(&53u16.to_be_bytes());
+        let got = parse(&message(PREFIX_EGRESS, &ip));
+        let want = Denied {
+            ingress: false,
+            audit: false,
+            src: src.into(),
+            dst: dst.into(),
+            proto: 17,
+            dport: Some(53),
+        };
+        assert_eq!(got, std::slice::from_ref(&want));
+        // A hop-by-hop header first: no port, the hosts still named.
+        ip[6] = 0;
+        assert_eq!(parse(&message(PREFIX_EGRESS, &ip)), [Denied { proto: 0, dport: None, ..want }]);
+        assert!(parse(&message(PREFIX_EGRESS, &ip[..39])).is_empty(), "a cut fixed header gives nothing");
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
 use weft_agent::model::Protocol;
 
 use super::case::{proto_name, Case, Change, Probe, ProbeKind, Source, Target};
@@ -172,12 +173,21 @@ pub(super) fn run_case(tb: &mut Testbed, case: &Case, opts: &Options) -> Result<
         }
         settle(tb, opts.backend)?;
         for (j, probe) in step.probes.iter().enumerate() {
-            // In dual every probe runs once per family, with the same expectation.
-            for family in opts.family.singles() {
-                cancelled(opts)?;
-                // explain takes IPv4 endpoints only: its cross-check runs in IPv4.
-                let explain = opts.explain && family == Family::Ipv4;
-                if let Some(diff) = run_probe(tb, probe, explain, family)? {
+            cancelled(opts)?;
+            // In dual every probe runs once per family, with the same
+            // expectation, both at once: a probe costs one timeout either way.
+            let families = opts.family.singles();
+            let tb: &Testbed = tb;
+            let outcomes: Vec<Result<Option<String>>> = std::thread::scope(|s| {
+                let runs: Vec<_> = families
+                    .iter()
+                    .map(|&f| s.spawn(move || run_probe(tb, probe, opts.explain, f)))
+                    .collect();
+                // A panic in a probe is the runner's bug: it goes on up.
+                runs.into_iter().map(|r| r.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+            });
+            for (family, outcome) in families.iter().zip(outcomes) {
+                if let Some(diff) = outcome? {
                     let tag =
                         if opts.family == Family::Dual { format!(" [{family}]") } else { String::new() };
                     failures.push(format!("steps[{i}].probe[{j}] ({probe}){tag}:\n{diff}"));
@@ -335,9 +345,17 @@ fn explain_disagreements(
     seen: &[Vec<Seen>],
     port: u16,
     proto: Proto,
+    family: Family,
 ) -> Vec<String> {
     let model = weft_agent::source::read_dir(&tb.cluster_dir()).model;
-    let cluster = crate::pods::CLUSTER_CIDR.parse().ok();
+    let cluster: Vec<IpNetwork> =
+        crate::pods::cluster_cidrs(Family::Dual).iter().filter_map(|c| c.parse().ok()).collect();
+    // explain tells the family by the addresses: in IPv6, the pods' IPv6 ones.
+    let pods: BTreeMap<String, Option<Ipv4Addr>> = tb.pods().into_iter().map(|p| (p.name, p.ip)).collect();
+    let end = |name: &str| match (family, pods.get(name)) {
+        (Family::Ipv6, Some(Some(ip))) => family.address(*ip).to_string(),
+        _ => name.to_string(),
+    };
     let proto = match proto {
         Proto::Tcp => Protocol::Tcp,
         Proto::Udp => Protocol::Udp,
@@ -350,7 +368,7 @@ fn explain_disagreements(
                 Seen::Blocked => false,
                 _ => continue,
             };
-            match weft_agent::explain::explain(&model, cluster, from, to, port, proto) {
+            match weft_agent::explain::explain(&model, &cluster, &end(from), &end(to), port, proto) {
                 Ok(e) if e.allowed == observed && e.disagreement.is_none() => {}
                 Ok(e) => out.push(format!(
                     "{from} -> {to}: observed {}, explain says\n{}",
@@ -399,7 +417,7 @@ fn run_probe(tb: &Testbed, probe: &Probe, explain: bool, family: Family) -> Resu
                 seen[r][c] = s;
             }
             let disagree = if explain {
-                explain_disagreements(tb, expect, &seen, *port, probe.proto)
+                explain_disagreements(tb, expect, &seen, *port, probe.proto, family)
             } else {
                 Vec::new()
             };

@@ -19,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnetwork::IpNetwork;
+
 use weft_agent::model::{parse_manifests, Model, Object, Pod, Protocol};
 use weft_agent::policy::evaluate::{decide_via, Party};
 
@@ -230,8 +232,8 @@ fn model_only(model: &Model) -> bool {
 /// the policies alike (their disagreement is an error); with a
 /// ClusterNetworkPolicy in the model, by the policies alone (`model_only`).
 fn connects(model: &Model, src: &str, dst: &str, port: u16, proto: Protocol) -> Result<bool, String> {
-    let cluster = CLUSTER_CIDR.parse().ok();
-    let e = weft_agent::explain::explain(model, cluster, src, dst, port, proto)?;
+    let cluster: Vec<IpNetwork> = CLUSTER_CIDR.parse().into_iter().collect();
+    let e = weft_agent::explain::explain(model, &cluster, src, dst, port, proto)?;
     let pod = match dst.parse::<Ipv4Addr>() {
         Ok(ip) => model.pod_by_ip(ip.into()),
         Err(_) => model.pods.get(dst).map(|p| &**p),

@@ -4,7 +4,7 @@
 //! decide. Both are kept so that explain can say why in policy terms and
 //! check that the compiled rules agree.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -14,19 +14,33 @@ use super::ir::{FamilyIr, GroupPorts};
 use super::tiers::{self, ClusterVerdict, Conn, Way};
 use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
-/// One end of a connection.
+/// One end of a connection. Both ends of one connection are of one family.
 #[derive(Debug, Clone, Copy)]
 pub enum Party<'m> {
+    /// A pod, by its IPv4 address.
     Pod(&'m Pod),
+    /// A pod, by its IPv6 address.
+    Pod6(&'m Pod),
     /// A node's or an external address (no policy applies to it as a pod).
-    Addr(Ipv4Addr),
+    Addr(IpAddr),
 }
 
 impl Party<'_> {
-    pub fn ip(&self) -> Option<Ipv4Addr> {
+    /// Its address in the connection's family.
+    pub fn ip(&self) -> Option<IpAddr> {
         match self {
-            Party::Pod(p) => p.ip,
+            Party::Pod(p) => p.ip.map(IpAddr::V4),
+            Party::Pod6(p) => p.ip6.map(IpAddr::V6),
             Party::Addr(ip) => Some(*ip),
+        }
+    }
+
+    /// True if the connection is IPv6.
+    pub fn is_v6(&self) -> bool {
+        match self {
+            Party::Pod(_) => false,
+            Party::Pod6(_) => true,
+            Party::Addr(ip) => ip.is_ipv6(),
         }
     }
 
@@ -34,9 +48,18 @@ impl Party<'_> {
     pub fn pod(&self) -> Option<&Pod> {
         match self {
             // A hostNetwork pod has the node's address and no policy of its own.
-            Party::Pod(p) if !p.host_network => Some(p),
+            Party::Pod(p) | Party::Pod6(p) if !p.host_network => Some(p),
             _ => None,
         }
+    }
+}
+
+/// `pod`'s address in the family of `v6`.
+pub fn address_of(pod: &Pod, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        pod.ip6.map(IpAddr::V6)
+    } else {
+        pod.ip.map(IpAddr::V4)
     }
 }
 
@@ -155,10 +178,10 @@ fn peers_match(model: &Model, rule: &Rule, me: &Pod, other: Party) -> bool {
             };
             ns_ok && pods.matches(&o.labels)
         }),
-        Peer::IpBlock { cidr, except } => other.ip().is_some_and(|ip| {
-            let ip = std::net::IpAddr::V4(ip);
-            cidr.contains(ip) && !except.iter().any(|e: &IpNetwork| e.contains(ip))
-        }),
+        // A block of the other family contains no address of this one.
+        Peer::IpBlock { cidr, except } => other
+            .ip()
+            .is_some_and(|ip| cidr.contains(ip) && !except.iter().any(|e: &IpNetwork| e.contains(ip))),
     })
 }
 

@@ -14,7 +14,6 @@
 //!   Accept matches nothing, a Deny or Pass denies everything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -76,7 +75,8 @@ pub fn settle(d: &mut Decision, c: &Conn) {
     if c.model.cluster_policies.is_empty() {
         return;
     }
-    if !c.via_service && c.me.ip.is_some() && c.other.ip() == c.me.ip {
+    let mine = super::evaluate::address_of(c.me, c.other.is_v6());
+    if !c.via_service && mine.is_some() && c.other.ip() == mine {
         d.walk.push("own address: no ClusterNetworkPolicy applies".into());
         return;
     }
@@ -165,7 +165,7 @@ fn rule_matches(c: &Conn, rule: &CnpRule) -> bool {
 }
 
 fn peer_matches(c: &Conn, peer: &CnpPeer) -> bool {
-    let ip = c.other.ip().map(IpAddr::V4);
+    let ip = c.other.ip();
     match peer {
         CnpPeer::Namespaces(sel) => {
             c.other.pod().is_some_and(|o| sel.matches(&c.model.namespace_labels(&o.namespace)))

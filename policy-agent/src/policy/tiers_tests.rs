@@ -71,7 +71,7 @@ const ALL: &str = "{namespaces: {}}";
 
 fn party<'m>(m: &'m Model, s: &str) -> Party<'m> {
     match s.parse::<Ipv4Addr>() {
-        Ok(ip) => Party::Addr(ip),
+        Ok(ip) => Party::Addr(ip.into()),
         Err(_) => Party::Pod(&m.pods[s]),
     }
 }
