@@ -4,13 +4,16 @@
 //! backend, then under weave-npc 1.9.6's rules (`weave.rs`): weave drops the
 //! DNATed packet on node 1, where neither end is a local pod; weft accepts it
 //! there as transit and enforces the endpoint's ingress policy on node 2.
+//! In a dual-stack testbed weft is probed over IPv6 too; weave-npc 1.9.6
+//! writes iptables only (IPv4), so its half stays IPv4.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use weft_agent::model::{PortRef, Protocol};
 
 use crate::error::Result;
+use crate::family::{embed, Family};
 use crate::manifests::ServiceManifest;
 use crate::probe::{probe_in, Outcome, Proto};
 use crate::Testbed;
@@ -28,12 +31,19 @@ pub struct Row {
     pub allowed: bool,
     pub weave: Outcome,
     pub weft: Outcome,
+    /// weft over IPv6 (a dual-stack testbed only).
+    pub weft6: Option<Outcome>,
 }
 
 impl Row {
     /// weft did what the API says.
     pub fn weft_right(&self) -> bool {
         passed(&self.weft) == self.allowed
+    }
+
+    /// weft over IPv6 did what the API says (None: not probed).
+    pub fn weft6_right(&self) -> Option<bool> {
+        self.weft6.as_ref().map(|o| passed(o) == self.allowed)
     }
 }
 
@@ -59,7 +69,14 @@ const CASES: [(&str, Option<&str>, bool); 3] = [
 
 /// Runs every case under weft, then under weave-npc 1.9.6, on one 2-node testbed.
 pub fn nodeport_side_by_side() -> Result<Vec<Row>> {
-    let mut tb = Testbed::up(2)?;
+    nodeport_side_by_side_in(false)
+}
+
+/// `nodeport_side_by_side`, on a dual-stack testbed if `dual`: weft probed
+/// over IPv4 and IPv6, weave over IPv4 (its only family).
+pub fn nodeport_side_by_side_in(dual: bool) -> Result<Vec<Row>> {
+    let family = if dual { Family::Dual } else { Family::Ipv4 };
+    let mut tb = Testbed::up_in(2, family)?;
     tb.add_pod(1, "demo/a")?;
     tb.add_pod(2, ENDPOINT)?;
     let svc = ServiceManifest::new("demo", "web", Ipv4Addr::new(10, 96, 0, 30), &[("pod", "c")])
@@ -67,14 +84,16 @@ pub fn nodeport_side_by_side() -> Result<Vec<Row>> {
         .node_port(NODE_PORT);
     tb.apply(&svc.to_yaml())?;
     let to = SocketAddr::from((tb.node_addr(1), NODE_PORT));
+    let to6 = dual.then(|| SocketAddr::new(IpAddr::V6(embed(tb.node_addr(1))), NODE_PORT));
     let ext = tb.ext_netns();
 
     tb.start_agents_with(&["--backend", "iptables"])?;
-    let mut weft = Vec::new();
+    let (mut weft, mut weft6) = (Vec::new(), Vec::new());
     for (_, policy, _) in CASES {
         set_policy(&tb, policy)?;
         tb.wait_converged(CONVERGE)?;
         weft.push(probe_in(&ext, to, Proto::Tcp, PROBE)?);
+        weft6.push(to6.map(|to6| probe_in(&ext, to6, Proto::Tcp, PROBE)).transpose()?);
     }
 
     // The same cluster under weave: agents without policy (routes and
@@ -93,8 +112,14 @@ pub fn nodeport_side_by_side() -> Result<Vec<Row>> {
     tb.down()?;
     Ok(CASES
         .iter()
-        .zip(weave.into_iter().zip(weft))
-        .map(|((case, _, allowed), (weave, weft))| Row { case, allowed: *allowed, weave, weft })
+        .zip(weave.into_iter().zip(weft.into_iter().zip(weft6)))
+        .map(|((case, _, allowed), (weave, (weft, weft6)))| Row {
+            case,
+            allowed: *allowed,
+            weave,
+            weft,
+            weft6,
+        })
         .collect())
 }
 

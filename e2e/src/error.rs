@@ -65,6 +65,9 @@ pub enum E2eError {
     Case { file: PathBuf, reason: String },
     #[error("cancelled by a signal")]
     Cancelled,
+    /// A scenario asked for in a family it cannot run in.
+    #[error("scenario {scenario} does not run in {family}: {why}")]
+    ScenarioFamily { scenario: &'static str, family: crate::family::Family, why: &'static str },
     #[error("teardown of run {run:?} left {} error(s): {}", errors.len(), join(errors))]
     Teardown { run: String, errors: Vec<E2eError> },
 }

@@ -79,7 +79,13 @@ enum Cmd {
     },
     /// Run scenario NAME (or `all`) on a fresh testbed of its own and print
     /// each check; exit 0 if every check passed. `list` names them.
-    Run { name: String },
+    Run {
+        name: String,
+        /// The testbed's families: ipv4, ipv6 or dual (every probe in both).
+        /// A scenario that cannot run in it is an error (`list` says which).
+        #[arg(long, default_value = "ipv4")]
+        family: Family,
+    },
     /// Benchmarks (root): `datapath` measures what policy costs the packets
     /// (iperf3 and connections per second, three backends, with no policy and
     /// with N policies in force) and prints a table.
@@ -209,7 +215,7 @@ fn main() -> ExitCode {
         Cmd::Serve { name, ports, echo_peer } => serve(&name, &ports, echo_peer),
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
-        Cmd::Run { name } => return run_cmd(&name),
+        Cmd::Run { name, family } => return run_cmd(&name, family),
         Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps } } => {
             weft_e2e::bench::datapath(policies, secs, reps)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
@@ -345,11 +351,12 @@ fn demo_cmd() -> ExitCode {
     }
 }
 
-fn run_cmd(name: &str) -> ExitCode {
+fn run_cmd(name: &str, family: Family) -> ExitCode {
     use weft_e2e::scenarios::{find, run_and_print, SCENARIOS};
     if name == "list" {
         for s in &SCENARIOS {
-            println!("{:<20} {}", s.name, s.title);
+            let families: Vec<String> = s.families.iter().map(Family::to_string).collect();
+            println!("{:<20} [{}] {}", s.name, families.join(","), s.title);
         }
         return ExitCode::SUCCESS;
     }
@@ -371,7 +378,13 @@ fn run_cmd(name: &str) -> ExitCode {
     }
     let mut all_ok = true;
     for s in chosen {
-        match run_and_print(s) {
+        // `all` names every scenario: those that cannot run in the family say
+        // why and are left out; one asked for by name fails below.
+        if let (true, Err(e)) = (name == "all", s.runs_in(family)) {
+            println!("scenario {}: not run: {e}", s.name);
+            continue;
+        }
+        match run_and_print(s, family) {
             Ok(ok) => all_ok &= ok,
             Err(e) => {
                 println!("  ERROR {e}");
