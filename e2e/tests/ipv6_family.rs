@@ -2,8 +2,9 @@
 //! on two nodes reach each other over IPv6 (a real packet across the
 //! agents' IPv6 host-gw routes, through the plan's addresses embedded in
 //! fd00::/96), a pod that a default-deny policy isolates gets no IPv6
-//! connection while a pod beside it that no policy selects still does, and
-//! in dual IPv4 behaves as in an ipv4 run; once with the agents reading the
+//! connection (the denial logged in policy terms) while a pod beside it that
+//! no policy selects still does, an audit policy denies nothing and logs
+//! what it would, and in dual IPv4 behaves as in an ipv4 run; once with the agents reading the
 //! state through the stand-in API server, and a dual pod's ADD report makes
 //! its IPv6 address known before the API shows it. The conformance suite in
 //! ipv6 and in dual on both backends (tests/conformance.rs) covers policy:
@@ -43,6 +44,10 @@ fn blocked(from: &Pod, to: IpAddr) -> bool {
 
 const ISOLATE_B: &str = "kind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\n\
                          spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}\n";
+
+const AUDIT_C: &str =
+    "kind: NetworkPolicy\nmetadata: {name: try-c, namespace: x, annotations: {weft.io/audit: 'true'}}\n\
+                       spec: {podSelector: {matchLabels: {pod: c}}, policyTypes: [Ingress]}\n";
 
 /// Where the agents read the cluster state.
 #[derive(PartialEq)]
@@ -97,6 +102,17 @@ fn check(family: Family, backend: &str, source: Source) {
     // c, beside b on node 2 and selected by no policy, is still reached in every family.
     let seen = reaches(&a, &c, family);
     assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/c".into())), "{family}/{backend}: {seen:?}");
+    // An audit policy over c denies nothing in any family; what it would
+    // deny in IPv6 is logged as audit.
+    tb.apply(AUDIT_C).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    let seen = reaches(&a, &c, family);
+    assert!(seen.iter().all(|(_, o)| *o == Outcome::Connected("x/c".into())), "{family}/{backend}: {seen:?}");
+    let audited = || {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        log.lines().any(|l| l.contains("\"audit\":true") && l.contains(&a6) && l.contains("x/try-c"))
+    };
+    assert!(weft_e2e::wait_until(Duration::from_secs(5), audited), "{family}/{backend}: no IPv6 audit line");
 }
 
 #[test]
