@@ -51,6 +51,7 @@ pub mod routing;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
+const BRIDGE_NF_CALL_IP6TABLES: &str = "net/bridge/bridge-nf-call-ip6tables";
 
 /// What the agent was told on its command line.
 #[derive(Debug, Clone)]
@@ -622,6 +623,7 @@ async fn sync(
         overlay: routed.overlay,
         ip_forward: read_sysctl(IP_FORWARD).is_ok_and(|v| v == "1"),
         bridge_nf_call_iptables: read_sysctl(BRIDGE_NF_CALL_IPTABLES).ok().map(|v| v == "1"),
+        bridge_nf_call_ip6tables: read_sysctl(BRIDGE_NF_CALL_IP6TABLES).ok().map(|v| v == "1"),
         masquerade,
         policy: None,
         warnings,

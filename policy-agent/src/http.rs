@@ -333,6 +333,7 @@ mod tests {
             routes: 0,
             ip_forward: true,
             bridge_nf_call_iptables: None,
+            bridge_nf_call_ip6tables: None,
             masquerade: None,
             overlay: None,
             policy: None,

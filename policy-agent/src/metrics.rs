@@ -350,6 +350,7 @@ mod tests {
             routes: 2,
             ip_forward: true,
             bridge_nf_call_iptables: Some(true),
+            bridge_nf_call_ip6tables: Some(true),
             masquerade: None,
             overlay: None,
             policy: policy.then(|| PolicyStatus { local_pods: 3, ingress_isolated: 1, ..Default::default() }),

@@ -46,6 +46,9 @@ pub struct Status {
     pub ip_forward: bool,
     /// None when br_netfilter is not loaded (the sysctl does not exist).
     pub bridge_nf_call_iptables: Option<bool>,
+    /// The same for IPv6 (bridged IPv6 through ip6tables and nftables).
+    #[serde(default)]
+    pub bridge_nf_call_ip6tables: Option<bool>,
     /// The pod CIDR whose masquerade rules were ensured (or found intact) in this
     /// sync; None when the agent does not own masquerade or could not ensure it.
     #[serde(default)]

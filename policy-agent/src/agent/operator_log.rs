@@ -67,6 +67,10 @@ pub(super) fn report_changes(last: Option<&Status>, now: &Status, source_errors:
     if now.bridge_nf_call_iptables == Some(false) && was_br != Some(false) {
         warn!("net.bridge.bridge-nf-call-iptables is off on this node: same-node service traffic bypasses conntrack");
     }
+    let was_br6 = last.and_then(|s| s.bridge_nf_call_ip6tables);
+    if now.bridge_nf_call_ip6tables == Some(false) && was_br6 != Some(false) {
+        warn!("net.bridge.bridge-nf-call-ip6tables is off on this node: IPv6 between pods of one bridge bypasses conntrack and policy");
+    }
     for w in new_items(last.map(|s| &s.warnings[..]), &now.warnings, &[]) {
         warn!(generation = %now.generation, "{w}");
     }
