@@ -106,6 +106,9 @@ pub fn datapath(n: usize, dur: Duration, reps: usize, family: Family) -> Result<
     let mut rows = Vec::new();
     for backend in ["iptables", "nftables", "weave-1.9.6"] {
         let weave = backend == "weave-1.9.6";
+        if weave && !family.v4() {
+            continue; // 1.9.6 filtered IPv4 only: nothing to measure.
+        }
         // The agents' defaults, not the testbed's fast resync: on 2 cores a
         // sync every 500 ms of 1000 policies would be measured too.
         let args =

@@ -15,8 +15,8 @@ fn the_datapath_benchmark_runs_at_a_tiny_scale() {
     if !root_or_skip("the_datapath_benchmark_runs_at_a_tiny_scale") {
         return;
     }
-    // 20 measurements: iperf3's shortest run (1 s) and 0.25 s of connections each.
-    let rows = weft_e2e::bench::datapath(2, Duration::from_millis(250), 1, Family::Dual)
+    // 20 measurements: iperf3's shortest run (1 s) and 0.15 s of connections each.
+    let rows = weft_e2e::bench::datapath(2, Duration::from_millis(150), 1, Family::Dual)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows.len(), 12, "3 backends x 2 loads x 2 paths: {rows:?}");
     let admitted = |f: Option<Figures>| f.is_some_and(|f| f.gbits.is_some_and(|g| g > 0.0) && f.conns > 0.0);
