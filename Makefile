@@ -144,7 +144,7 @@ bench: release
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 1000 100 10000 1000 10000 10000
 	@echo; echo "## The same on a second model: a mix of the shapes real clusters hold"; echo
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 --model mix 10000 1000 10000 10000
-	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force"; echo
+	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force, in IPv4 and IPv6"; echo
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench datapath --policies 1000 --secs 3

@@ -88,7 +88,7 @@ enum Cmd {
     },
     /// Benchmarks (root): `datapath` measures what policy costs the packets
     /// (iperf3 and connections per second, three backends, with no policy and
-    /// with N policies in force) and prints a table.
+    /// with N policies in force, over IPv4 and IPv6) and prints a table.
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
@@ -157,6 +157,9 @@ enum BenchCmd {
         /// Repetitions of each measurement (the median is shown).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// The testbed's families: ipv4, ipv6, or dual (each path over both).
+        #[arg(long, default_value = "dual")]
+        family: Family,
     },
     /// The data path between nodes in host-gw and in vxlan mode, with the pods' MTU.
     Modes {
@@ -216,8 +219,8 @@ fn main() -> ExitCode {
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
         Cmd::Run { name, family } => return run_cmd(&name, family),
-        Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps } } => {
-            weft_e2e::bench::datapath(policies, secs, reps)
+        Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps, family } } => {
+            weft_e2e::bench::datapath(policies, Duration::from_secs(secs), reps, family)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
         }
         Cmd::Bench { cmd: BenchCmd::Modes { secs, reps } } => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use weft_agent::model::manifest::labels;
 use weft_agent::overlay::{pod_mtu, Mode};
 
-use super::{conn_rate, iperf3, median, CONVERGE, IPERF_PORT};
+use super::{measure, CONVERGE, IPERF_PORT};
 use crate::error::Result;
 use crate::manifests::serve_ports;
 use crate::{plan, Testbed};
@@ -43,12 +43,8 @@ pub fn modes(secs: u64, reps: usize) -> Result<Vec<ModeRow>> {
         let args = ["--backend", "nftables", "--mode", &mode_arg, "--resync-ms", "10000", "--poll-ms", "200"];
         tb.start_agents_with(&args)?;
         tb.wait_converged(CONVERGE)?;
-        let (mut g, mut k) = (Vec::new(), Vec::new());
-        for _ in 0..reps.max(1) {
-            g.push(iperf3(&far, srv.ip, secs)?);
-            k.push(conn_rate(&far, srv.ip, Duration::from_secs(secs))?);
-        }
-        let (gbits, conns) = (median(g).flatten(), median(k).unwrap_or(0.0));
+        let fig = measure(&far, &[srv.ip.into()], Duration::from_secs(secs), reps)?.pop();
+        let (gbits, conns) = fig.map_or((None, 0.0), |f| (f.gbits, f.conns));
         rows.push(ModeRow { mode, mtu: mtu.unwrap_or(plan::MTU), gbits, conns });
         for node in 1..=tb.nodes() {
             tb.stop_agent(node)?;
