@@ -163,10 +163,20 @@ fn join<T>(r: std::thread::Result<T>) -> T {
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
-/// One pod added on node 1: its CNI ADD's time.
+/// Measured pods kept at once: older ones are deleted (untimed), so a fast
+/// machine's hundreds of ADDs never exhaust the node's /24.
+const KEEP_PODS: usize = 64;
+
+/// One pod added on node 1: its CNI ADD's time. The pod `KEEP_PODS` adds
+/// earlier is deleted after it.
 fn add(tb: &mut Testbed) -> Result<Duration> {
-    let name = format!("z/p{}", tb.pods().len());
-    Ok(tb.add_pod_with(1, &name, labels([("app", "z")]), serve_ports(&[80]))?.add)
+    let seq = tb.pods().iter().filter_map(|p| p.name.strip_prefix("z/p")?.parse::<usize>().ok()).max();
+    let seq = seq.map_or(0, |n| n + 1);
+    let took = tb.add_pod_with(1, &format!("z/p{seq}"), labels([("app", "z")]), serve_ports(&[80]))?.add;
+    if let Some(old) = seq.checked_sub(KEEP_PODS) {
+        tb.delete_pod(&format!("z/p{old}"))?;
+    }
+    Ok(took)
 }
 
 /// Pod reports every `REPORT_EVERY` until `done` (or one fails, which sets it).
