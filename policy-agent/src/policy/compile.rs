@@ -210,6 +210,27 @@ pub(crate) struct Contribution<A: Family> {
     pub all_pods: bool,
 }
 
+impl<A: Family> Contribution<A> {
+    /// True if it adds nothing and depends on nothing: nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_empty()
+            && self.egress.is_empty()
+            && self.notes.is_empty()
+            && self.uses.is_empty()
+            && !self.all_pods
+    }
+}
+
+impl<A: Family> Part<A> {
+    fn is_empty(&self) -> bool {
+        self.isolated.is_empty()
+            && self.triples.is_empty()
+            && self.port_groups.is_empty()
+            && self.groups.is_empty()
+            && self.nets.is_empty()
+    }
+}
+
 impl<A: Family> Default for Contribution<A> {
     fn default() -> Self {
         Contribution {

@@ -272,12 +272,20 @@ impl<A: Family> FamilyEngine<A> {
         let audits_before = self.all.is_some();
         self.peers.named.clear();
         for key in keys {
-            if let Some(old) = self.parts.remove(key) {
-                self.withdraw(key, &old, out);
+            match self.parts.remove(key) {
+                Some(old) => self.withdraw(key, &old, out),
+                // It added nothing, so nothing was kept but its index entry.
+                None => self.unindex(key),
             }
             let Some(policy) = model.policies.get(key) else { continue };
             let c = self.compile(model, index, policy);
             self.by_ns.entry(policy.namespace.clone()).or_default().insert(key.clone());
+            if c.is_empty() {
+                // Most policies select no pod of this node (and, on an
+                // IPv4-only cluster, none in IPv6): keeping their nothing
+                // would cost memory per policy.
+                continue;
+            }
             if c.all_pods {
                 self.all_pods.insert(key.clone());
             }
@@ -305,11 +313,15 @@ impl<A: Family> FamilyEngine<A> {
                 e.users.remove(key);
             }
         }
+        self.unindex(key);
+    }
+
+    /// Takes policy `key` ("namespace/name") out of the indexes.
+    fn unindex(&mut self, key: &str) {
         self.all_pods.remove(key);
-        for keys in self.by_ns.values_mut() {
-            if keys.remove(key) {
-                break;
-            }
+        let ns = key.split_once('/').map_or(key, |(ns, _)| ns);
+        if let Some(keys) = self.by_ns.get_mut(ns) {
+            keys.remove(key);
         }
     }
 
