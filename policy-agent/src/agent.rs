@@ -474,7 +474,7 @@ impl<'c> Agent<'c> {
         }
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         // Explained without the log's lock: the HTTP endpoint never waits on it.
-        let line = denied::explain_line(d, view, &self.cfg.cluster_cidrs, wall.as_millis() as u64);
+        let line = denied::explain_line(d, view, wall.as_millis() as u64);
         info!("denied {}", serde_json::to_string(&line).unwrap_or_default());
         self.shared.denied().log(d, &line, now);
     }

@@ -13,10 +13,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use crate::explain::explain;
+use crate::explain;
 use crate::model::{Model, Protocol};
 use crate::nflog::Denied;
 use crate::policy::evaluate::with_audit_enforced;
@@ -134,14 +133,13 @@ impl DenyLog {
         &mut self,
         d: &Denied,
         view: &ExplainView,
-        cluster: &[IpNetwork],
         now: Instant,
         time_ms: u64,
     ) -> Option<DeniedConnection> {
         if self.admit(d, now) != Admit::New {
             return None;
         }
-        let line = explain_line(d, view, cluster, time_ms);
+        let line = explain_line(d, view, time_ms);
         self.log(d, &line, now);
         Some(line)
     }
@@ -268,13 +266,13 @@ pub fn drain_while_idle<E, D>(
 
 /// The log line of `d`, the first packet of a denied connection, naming the
 /// policies that isolate the denying end in `view`.
-pub fn explain_line(d: &Denied, view: &ExplainView, cluster: &[IpNetwork], time_ms: u64) -> DeniedConnection {
+pub fn explain_line(d: &Denied, view: &ExplainView, time_ms: u64) -> DeniedConnection {
     let direction = if d.ingress { "ingress" } else { "egress" };
     let (protocol, proto) = protocol_name(d.proto);
     // An audit event is explained as if the audit policies were enforced.
-    let (src, dst, reason, policies) = match explain(
+    // The policies' view only: the kernel already decided, no rule is compiled.
+    let (src, dst, reason, policies) = match explain::policies(
         view.model(d.audit),
-        cluster,
         &d.src.to_string(),
         &d.dst.to_string(),
         d.dport.unwrap_or(0),
@@ -349,19 +347,19 @@ spec: {podSelector: {}}
     fn one_line_per_connection_naming_the_policy() {
         let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
-        let line = log.record(&syn(81), &m, &[], t0, 1000).expect("the first packet is logged");
+        let line = log.record(&syn(81), &m, t0, 1000).expect("the first packet is logged");
         assert_eq!(line.direction, "ingress");
         assert_eq!(line.policies, ["x/deny-all"]);
         assert_eq!(line.reason, "x/a (10.244.1.2) is isolated for ingress by x/deny-all; no rule admits y/b (10.244.1.3) on TCP 81");
         // The retransmitted SYN one second later: folded.
-        assert_eq!(log.record(&syn(81), &m, &[], t0 + Duration::from_secs(1), 2000), None);
+        assert_eq!(log.record(&syn(81), &m, t0 + Duration::from_secs(1), 2000), None);
         assert_eq!(log.folded, 1);
         assert!(log
             .metrics()
             .contains("weft_denied_packets_total{policy=\"x/deny-all\",direction=\"ingress\"} 2"));
         // Another port is another connection; after FOLD the same one is new again.
-        assert!(log.record(&syn(80), &m, &[], t0 + Duration::from_secs(2), 3000).is_some());
-        assert!(log.record(&syn(81), &m, &[], t0 + FOLD + Duration::from_secs(1), 4000).is_some());
+        assert!(log.record(&syn(80), &m, t0 + Duration::from_secs(2), 3000).is_some());
+        assert!(log.record(&syn(81), &m, t0 + FOLD + Duration::from_secs(1), 4000).is_some());
         assert_eq!(log.since(2500).lines().count(), 2);
         assert!(log
             .metrics()
@@ -376,12 +374,12 @@ spec: {podSelector: {}}
         }
         let mut log = DenyLog::default();
         let view = ExplainView::new(m);
-        let line = log.record(&Denied { audit: true, ..syn(81) }, &view, &[], Instant::now(), 1).unwrap();
+        let line = log.record(&Denied { audit: true, ..syn(81) }, &view, Instant::now(), 1).unwrap();
         assert!(line.audit && line.policies == ["x/deny-all"], "{line:?}");
         assert!(line.reason.contains("would be isolated for ingress by x/deny-all"), "{}", line.reason);
         assert!(line.reason.ends_with("(audit: it passed)"), "{}", line.reason);
         assert!(serde_json::to_string(&line).unwrap().contains("\"audit\":true"));
-        let plain = log.record(&syn(82), &ExplainView::new(model()), &[], Instant::now(), 2).unwrap();
+        let plain = log.record(&syn(82), &ExplainView::new(model()), Instant::now(), 2).unwrap();
         assert!(!serde_json::to_string(&plain).unwrap().contains("audit"), "only audit lines carry the flag");
     }
 
@@ -390,9 +388,9 @@ spec: {podSelector: {}}
         let (m, t0) = (ExplainView::new(model()), Instant::now());
         let mut log = DenyLog::default();
         let logged =
-            (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, &[], t0, 1).is_some()).count();
+            (0..RATE as u16 + 10).filter(|p| log.record(&syn(1000 + p), &m, t0, 1).is_some()).count();
         assert_eq!((logged, log.suppressed), (RATE as usize, 10));
-        assert!(log.record(&syn(5000), &m, &[], t0 + Duration::from_secs(1), 2).is_some(), "a new second");
+        assert!(log.record(&syn(5000), &m, t0 + Duration::from_secs(1), 2).is_some(), "a new second");
     }
 
     #[test]

@@ -125,6 +125,42 @@ pub fn parse_target(s: &str) -> Result<(String, u16, Protocol), String> {
     Ok((addr.to_string(), port, proto))
 }
 
+/// What the policies alone say of a connection (no rule compiled): each
+/// end as resolved, and its direction's decision (None: not a pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyView {
+    pub src: String,
+    pub dst: String,
+    pub egress: Option<Decision>,
+    pub ingress: Option<Decision>,
+}
+
+/// Both ends of `src` -> `dst`, resolved in the connection's family.
+fn ends<'m>(model: &'m Model, src: &str, dst: &str) -> Result<(End<'m>, End<'m>), String> {
+    let v6 = is_v6(model, src, dst);
+    let (s, d) = (resolve(model, src, v6)?, resolve(model, dst, v6)?);
+    let mixed = |e: &End| e.party.ip().is_some_and(|ip| ip.is_ipv6() != v6);
+    if mixed(&s) || mixed(&d) {
+        return Err(format!("{src} and {dst} are of different address families"));
+    }
+    Ok((s, d))
+}
+
+/// The policies' view of `src` -> `dst`:`port`/`proto` in `model`, as
+/// `explain` gives it but without compiling any node's rules: what the
+/// denied log needs per connection.
+pub fn policies(
+    model: &Model,
+    src: &str,
+    dst: &str,
+    port: u16,
+    proto: Protocol,
+) -> Result<PolicyView, String> {
+    let (s, d) = ends(model, src, dst)?;
+    let (egress, ingress) = decide(model, s.party, d.party, proto, port);
+    Ok(PolicyView { src: s.label, dst: d.label, egress, ingress })
+}
+
 /// Explains `src` -> `dst`:`port`/`proto` in `model`; `cluster_cidrs` are
 /// the cluster's pod networks (at most one per family).
 pub fn explain(
@@ -135,12 +171,8 @@ pub fn explain(
     port: u16,
     proto: Protocol,
 ) -> Result<Explanation, String> {
-    let v6 = is_v6(model, src, dst);
-    let (s, d) = (resolve(model, src, v6)?, resolve(model, dst, v6)?);
+    let (s, d) = ends(model, src, dst)?;
     let (sip, dip) = (s.party.ip(), d.party.ip());
-    if sip.is_some_and(|ip| ip.is_ipv6() != v6) || dip.is_some_and(|ip| ip.is_ipv6() != v6) {
-        return Err(format!("{src} and {dst} are of different address families"));
-    }
     let mut nodes: Vec<String> = [s.node.clone(), d.node.clone()].into_iter().flatten().collect();
     nodes.dedup();
     let mut hops = Vec::new();

@@ -91,13 +91,9 @@ impl PolicyEngine {
 
     /// Notes on what could not be enforced as written, by policy.
     pub fn notes(&self) -> Vec<String> {
-        let mut notes = self.v4.notes();
-        for n in self.v6.notes() {
-            if !notes.contains(&n) {
-                notes.push(n);
-            }
-        }
-        notes
+        // A note both families make (a named port on ipBlock peers) once.
+        let mut seen = BTreeSet::new();
+        self.v4.notes().into_iter().chain(self.v6.notes()).filter(|n| seen.insert(n.clone())).collect()
     }
 
     /// What changed since the last `take_dirty` (everything, after `new`).
