@@ -37,7 +37,7 @@ fn ir() -> PolicyIr {
     ir
 }
 
-/// `ir()` on a dual-stack node: the IPv6 guard has something to guard.
+/// `ir()` on a dual-stack node: ip6tables gets weft's IPv6 chains.
 fn ir_dual() -> PolicyIr {
     let mut ir = ir();
     ir.v6.pod_cidr = Some("fd00:244:1::/64".parse().unwrap());
@@ -101,7 +101,7 @@ fn a_rule_inserted_before_the_jump_is_moved_behind_it_within_100ms() {
     in_netns(|| {
         let mut b = backend::start(BackendChoice::Iptables).unwrap();
         b.apply(&ir_dual(), true).unwrap();
-        // IPv4, and ip6tables, where the IPv6 guard is.
+        // IPv4, and ip6tables, where the IPv6 chains are.
         for tool in ["iptables", "ip6tables"] {
             assert!(first_forward_rule(tool).contains("-j WEFT-FORWARD"), "{}", first_forward_rule(tool));
             let mut took = Vec::new();

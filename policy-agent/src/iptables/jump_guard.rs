@@ -139,7 +139,7 @@ pub fn concerns_forward(buf: &[u8]) -> bool {
 
 /// One nf_tables message body (nfgenmsg, then attributes).
 fn message_concerns_forward(msg: u16, body: &[u8]) -> bool {
-    // ip6tables holds weft's IPv6 guard (render.rs), jumped to first as well.
+    // ip6tables holds weft's IPv6 chains (render.rs), jumped to first as well.
     if !matches!(body.first(), Some(&NFPROTO_IPV4 | &NFPROTO_IPV6)) {
         return false;
     }
