@@ -214,12 +214,7 @@ pub fn explain(
     let (egress, ingress) = decide(model, s.party, d.party, proto, port);
     let by_policy = host_path
         || (egress.as_ref().is_none_or(Decision::allows) && ingress.as_ref().is_none_or(Decision::allows));
-    // The kernel does not carry ClusterNetworkPolicy yet: a difference is then expected, not a bug.
-    let why = if model.cluster_policies.is_empty() {
-        "a weft bug, please report it"
-    } else {
-        "this version of weft does not enforce ClusterNetworkPolicy"
-    };
+    let why = "a weft bug, please report it";
     // An address no known pod holds is dropped whatever the policies say.
     let unknown = hops.iter().any(|h| [h.egress, h.ingress].contains(&Some(IrVerdict::UnknownLocal)));
     let disagreement = (allowed != by_policy && !unknown).then(|| {
@@ -380,18 +375,15 @@ spec:
             "Pass: NetworkPolicy denies, as the rules do: {e}"
         );
         assert!(e.to_string().contains("ingress of x/a (10.244.1.2), tiers: Admin Pass by cnp/guard/pass-y -> NetworkPolicy denied by x/deny, x/from-y"), "{e}");
-        // An Admin Accept the kernel does not carry: the difference says why.
+        // An Admin Accept: the compiled rules skip NetworkPolicy as the policies do.
         let accept = cnp.replace("Pass", "Accept");
         let mut m = model();
         for o in crate::model::parse_manifests(&accept).unwrap() {
             assert!(m.insert(o));
         }
         let e = explain(&m, &cluster(), "y/b", "x/a", 81, Protocol::Tcp).unwrap();
-        assert!(!e.allowed && e.allowed_by_policy, "{e}");
-        assert_eq!(
-            e.disagreement.as_deref(),
-            Some("the compiled rules deny it but the policies allow it: this version of weft does not enforce ClusterNetworkPolicy")
-        );
+        assert!(e.allowed && e.allowed_by_policy, "{e}");
+        assert_eq!(e.disagreement, None);
     }
 
     #[test]

@@ -134,9 +134,6 @@ impl Cluster {
 #[derive(Debug, Default)]
 pub struct PureResult {
     pub checked: usize,
-    /// Of `checked`, the verdicts checked against the policies only: those of
-    /// steps with a ClusterNetworkPolicy, which the compiled IR does not know yet.
-    pub model_only: usize,
     pub failures: Vec<String>,
 }
 
@@ -157,14 +154,10 @@ pub fn evaluate(case: &Case) -> PureResult {
                 return out;
             }
         }
-        let before = out.checked;
         for (j, probe) in step.probes.iter().enumerate() {
             for failure in check_probe(&cluster, probe, &mut out.checked) {
                 out.failures.push(format!("steps[{i}].probe[{j}] ({probe}): {failure}"));
             }
-        }
-        if model_only(&cluster.model) {
-            out.model_only += out.checked - before;
         }
     }
     out
@@ -221,16 +214,9 @@ fn verdict(allowed: bool) -> &'static str {
     }
 }
 
-/// True if the compiled IR cannot be checked in this state: it does not
-/// know ClusterNetworkPolicy until the kernel enforces it (phase 2).
-fn model_only(model: &Model) -> bool {
-    !model.cluster_policies.is_empty()
-}
-
 /// Whether `src` (a pod key, an address or node/NAME) reaches pod `dst`
 /// (key or address) on `port`: served there, and admitted by the rules and
-/// the policies alike (their disagreement is an error); with a
-/// ClusterNetworkPolicy in the model, by the policies alone (`model_only`).
+/// the policies alike (their disagreement is an error).
 fn connects(model: &Model, src: &str, dst: &str, port: u16, proto: Protocol) -> Result<bool, String> {
     let cluster: Vec<IpNetwork> = CLUSTER_CIDR.parse().into_iter().collect();
     let e = weft_agent::explain::explain(model, &cluster, src, dst, port, proto)?;
@@ -239,9 +225,6 @@ fn connects(model: &Model, src: &str, dst: &str, port: u16, proto: Protocol) -> 
         Err(_) => model.pods.get(dst).map(|p| &**p),
     };
     let served = pod.is_some_and(|p| p.ports.iter().any(|cp| cp.port == port && cp.protocol == proto));
-    if model_only(model) {
-        return Ok(e.allowed_by_policy && served);
-    }
     if let Some(d) = e.disagreement {
         return Err(format!("{src} -> {dst}: {d}"));
     }
@@ -293,7 +276,10 @@ fn single(cluster: &Cluster, from: &Source, to: &Target, proto: Protocol) -> Res
     let mut verdicts = Vec::new();
     for ep in &eps {
         let hairpin = matches!(from, Source::Pod(p) if model.pods.get(p).and_then(|p| p.ip) == Some(ep.ip));
-        if hairpin && ep.node == forwarder && model_only(model) {
+        // The model exempts a pod's own address; through a Service it is
+        // judged as any connection, which `decide_via` does and the kernel
+        // does too (saddr = daddr in FORWARD).
+        if hairpin && ep.node == forwarder {
             verdicts.push(hairpin_connects(model, ep, proto));
             continue;
         }

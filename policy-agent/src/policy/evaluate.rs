@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::family::{self, Family};
 use super::ir::{FamilyIr, GroupPorts};
 use super::tiers::{self, ClusterVerdict, Conn, Way};
-use crate::model::{Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
+use crate::model::{Action, Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule, Tier};
 
 /// One end of a connection. Both ends of one connection are of one family.
 #[derive(Debug, Clone, Copy)]
@@ -245,9 +245,20 @@ pub fn ir_verdict<A: Family>(
             IrVerdict::NotLocal
         };
     }
+    // ClusterNetworkPolicy's Admin tier, then NetworkPolicy, then Baseline
+    // for a pod NetworkPolicy does not isolate (policy::cluster).
+    let cluster = |tier| ir.cluster.action(tier, ingress, pod, peer, Some(proto), port);
+    match cluster(Tier::Admin) {
+        Some(Action::Accept) => return IrVerdict::Admitted,
+        Some(Action::Deny) => return IrVerdict::Denied,
+        Some(Action::Pass) | None => {}
+    }
     let dir = if ingress { &ir.ingress } else { &ir.egress };
     if !dir.isolated.contains(&pod) {
-        return IrVerdict::NotIsolated;
+        return match cluster(Tier::Baseline) {
+            Some(Action::Deny) => IrVerdict::Denied,
+            _ => IrVerdict::NotIsolated,
+        };
     }
     let exact = dir
         .triples

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ipnetwork::IpNetwork;
 
 use super::aggregate::{Counted, DirAgg};
+use super::cluster;
 use super::compile::{
     counts_for_policy, def_may_match, resolve, selects_namespaces, Compiler, Contribution, Nets, Options,
     Part, PeerRegistry, PodIndex,
@@ -77,6 +78,8 @@ impl PolicyEngine {
         let mut scratch = Dirty::default();
         let v4 = FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4);
         let v6 = FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6);
+        ir.v4.cluster = cluster::compile(model, node);
+        ir.v6.cluster = cluster::compile(model, node);
         PolicyEngine { v4, v6, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
     }
 
@@ -113,6 +116,16 @@ impl PolicyEngine {
         let d = &mut self.dirty;
         d.structural |= self.v4.update(&changes, &mut self.ir.v4, &mut d.v4);
         d.structural |= self.v6.update(&changes, &mut self.ir.v6, &mut d.v6);
+        // ClusterNetworkPolicy is compiled whole while there is any, and its
+        // chains re-rendered when its regions change.
+        if !old.cluster_policies.is_empty() || !new.cluster_policies.is_empty() {
+            let node = &self.v4.node;
+            let v4 = cluster::compile(new, node);
+            let v6 = cluster::compile(new, node);
+            d.structural |= v4 != self.ir.v4.cluster || v6 != self.ir.v6.cluster;
+            self.ir.v4.cluster = v4;
+            self.ir.v6.cluster = v6;
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use super::family::Family;
-use crate::model::Protocol;
+use crate::model::{Action, Protocol, Tier};
 
 /// (local pod, protocol, port, peer network): the pod may receive from (or,
 /// for egress, send to) the peer network on that port.
@@ -113,6 +113,112 @@ impl<A: Family> Direction<A> {
     }
 }
 
+/// A cell of the (protocol, port) space that a ClusterNetworkPolicy region covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Cell {
+    /// Destination ports `lo..=hi` of one protocol.
+    Ports(Protocol, u16, u16),
+    /// Every protocol but TCP, UDP and SCTP (whatever their ports).
+    Other,
+}
+
+/// Peers x cells with one verdict, for every subject of its class.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(bound = "")]
+pub struct Region<A: Family = Ipv4Addr> {
+    pub action: Action,
+    pub cells: Vec<Cell>,
+    /// Aggregated, disjoint.
+    pub peers: Vec<A::Net>,
+}
+
+/// Local pods that the same ClusterNetworkPolicies select, in one tier and
+/// direction, and the disjoint regions their rules resolve to: first match
+/// wins was settled at compile time, so a packet needs one lookup per
+/// verdict, whatever the number of policies.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(bound = "")]
+pub struct Class<A: Family = Ipv4Addr> {
+    pub subjects: BTreeSet<A>,
+    pub regions: Vec<Region<A>>,
+}
+
+/// ClusterNetworkPolicy on this node in one family: per tier and direction,
+/// the classes of its subjects (sorted). Empty without ClusterNetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(bound = "")]
+pub struct ClusterIr<A: Family = Ipv4Addr> {
+    pub admin_ingress: Vec<Class<A>>,
+    pub admin_egress: Vec<Class<A>>,
+    pub baseline_ingress: Vec<Class<A>>,
+    pub baseline_egress: Vec<Class<A>>,
+}
+
+impl<A: Family> Default for ClusterIr<A> {
+    fn default() -> Self {
+        ClusterIr {
+            admin_ingress: Vec::new(),
+            admin_egress: Vec::new(),
+            baseline_ingress: Vec::new(),
+            baseline_egress: Vec::new(),
+        }
+    }
+}
+
+impl<A: Family> ClusterIr<A> {
+    /// True if no local pod is the subject of a rule: the backends then
+    /// render no ClusterNetworkPolicy chain at all.
+    pub fn is_empty(&self) -> bool {
+        [Tier::Admin, Tier::Baseline]
+            .into_iter()
+            .all(|t| self.get(t, true).is_empty() && self.get(t, false).is_empty())
+    }
+
+    /// The classes of `tier` in one direction (ingress, else egress).
+    pub fn get(&self, tier: Tier, ingress: bool) -> &[Class<A>] {
+        match (tier, ingress) {
+            (Tier::Admin, true) => &self.admin_ingress,
+            (Tier::Admin, false) => &self.admin_egress,
+            (Tier::Baseline, true) => &self.baseline_ingress,
+            (Tier::Baseline, false) => &self.baseline_egress,
+        }
+    }
+
+    pub fn get_mut(&mut self, tier: Tier, ingress: bool) -> &mut Vec<Class<A>> {
+        match (tier, ingress) {
+            (Tier::Admin, true) => &mut self.admin_ingress,
+            (Tier::Admin, false) => &mut self.admin_egress,
+            (Tier::Baseline, true) => &mut self.baseline_ingress,
+            (Tier::Baseline, false) => &mut self.baseline_egress,
+        }
+    }
+
+    /// What `tier`'s rules decide for local `subject` and `peer` in one
+    /// direction: the verdict of the region holding the packet, if any.
+    pub fn action(
+        &self,
+        tier: Tier,
+        ingress: bool,
+        subject: A,
+        peer: A,
+        proto: Option<Protocol>,
+        port: u16,
+    ) -> Option<Action> {
+        let class = self.get(tier, ingress).iter().find(|c| c.subjects.contains(&subject))?;
+        class
+            .regions
+            .iter()
+            .find(|r| {
+                r.cells.iter().any(|c| match (*c, proto) {
+                    (Cell::Ports(p, lo, hi), Some(q)) => p == q && (lo..=hi).contains(&port),
+                    (Cell::Other, None) => true,
+                    _ => false,
+                }) && r.peers.iter().any(|n| super::family::contains(*n, peer))
+            })
+            .map(|r| r.action)
+    }
+}
+
 /// What this node enforces in one address family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(bound = "")]
@@ -134,6 +240,8 @@ pub struct FamilyIr<A: Family = Ipv4Addr> {
     pub audit: bool,
     pub audit_ingress: Direction<A>,
     pub audit_egress: Direction<A>,
+    /// ClusterNetworkPolicy's Admin and Baseline tiers (policy::cluster).
+    pub cluster: ClusterIr<A>,
 }
 
 impl<A: Family> Default for FamilyIr<A> {
@@ -147,6 +255,7 @@ impl<A: Family> Default for FamilyIr<A> {
             audit: false,
             audit_ingress: Direction::default(),
             audit_egress: Direction::default(),
+            cluster: ClusterIr::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod aggregate;
 pub mod cidr;
+pub mod cluster;
 pub mod compile;
 pub mod evaluate;
 pub mod family;
@@ -22,6 +23,6 @@ pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
 pub use family::Family;
 pub use incremental::PolicyEngine;
 pub use ir::{
-    Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, Group, GroupPorts, PeerKey, PolicyIr, PortGroup,
-    Triple,
+    Cell, Class, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, Group, GroupPorts,
+    PeerKey, PolicyIr, PortGroup, Region, Triple,
 };

@@ -115,6 +115,18 @@ pub fn in_order(model: &Model, tier: Tier) -> Vec<&ClusterNetworkPolicy> {
     v
 }
 
+/// What `tier` alone does with `c`: the action of its first matching rule
+/// (a fail-closed Deny or Pass as Deny), None if no rule matches.
+#[cfg(test)]
+pub(crate) fn tier_action(c: &Conn, tier: Tier) -> Option<Action> {
+    match walk_tier(c, tier) {
+        TierOutcome::Final(v) if v.allows => Some(Action::Accept),
+        TierOutcome::Final(_) => Some(Action::Deny),
+        TierOutcome::Pass(_) => Some(Action::Pass),
+        TierOutcome::NoMatch => None,
+    }
+}
+
 fn walk_tier(c: &Conn, tier: Tier) -> TierOutcome {
     for policy in in_order(c.model, tier) {
         if !subject_selects(c.model, &policy.subject, c.me) {
@@ -156,7 +168,7 @@ fn selects(subject: &Subject, ns_labels: &Labels, labels: &Labels) -> bool {
     }
 }
 
-fn selects_pod(model: &Model, np: &NamespacedPods, pod: &Pod) -> bool {
+pub(crate) fn selects_pod(model: &Model, np: &NamespacedPods, pod: &Pod) -> bool {
     np.namespaces.matches(&model.namespace_labels(&pod.namespace)) && np.pods.matches(&pod.labels)
 }
 

@@ -49,7 +49,45 @@ fn cluster(manifests: &str) -> Model {
         assert!(matches!(o, Object::ClusterNetworkPolicy(_) | Object::NetworkPolicy(_)), "{o:?}");
         assert!(m.insert(o));
     }
+    assert_compiled_agrees(&m);
     m
+}
+
+/// Every test's cluster also checks the kernel's view: for each local pod
+/// as subject, in each tier and direction, the region `policy::cluster`
+/// compiled holds the action the walk on the model finds.
+fn assert_compiled_agrees(m: &Model) {
+    let ir = crate::policy::cluster::compile::<Ipv4Addr>(m, "node-1");
+    let others: Vec<Party> = m
+        .pods
+        .values()
+        .map(|p| Party::Pod(p))
+        .chain(["172.31.0.11", "8.8.8.8", "10.244.1.200"].map(|a| Party::Addr(a.parse().unwrap())))
+        .collect();
+    for me in m.pods.values().filter(|p| !p.host_network) {
+        let mine = me.ip.unwrap();
+        for other in &others {
+            let Some(std::net::IpAddr::V4(peer)) = other.ip() else { continue };
+            if peer == mine {
+                continue;
+            }
+            for (way, ingress) in [(Way::Ingress, true), (Way::Egress, false)] {
+                for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                    for port in [1, 53, 79, 80, 81, 443, 8080, 65535] {
+                        let c = Conn { model: m, way, me, other: *other, proto, port, via_service: false };
+                        for tier in [Tier::Admin, Tier::Baseline] {
+                            assert_eq!(
+                                ir.action(tier, ingress, mine, peer, Some(proto), port),
+                                tier_action(&c, tier),
+                                "{tier} {way:?} of {} with {other:?} on {proto:?}/{port}",
+                                me.key()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn cnp(name: &str, tier: &str, prio: u16, subject: &str, dir: &str, rules: &str) -> String {

@@ -1,0 +1,393 @@
+//! ClusterNetworkPolicy compiled for this node, in one address family: per
+//! tier and direction, this node's subjects in classes (pods the same
+//! policies select) and, per class, disjoint regions (peers x protocol and
+//! port cells), each with the action of the first rule that covers it.
+//!
+//! First match wins is settled here, ahead of time, so the kernel asks one
+//! question per verdict whatever the number of policies and rules: the
+//! regions of a class never overlap, and a packet's (subject, protocol,
+//! port, peer) falls in at most one. `policy::tiers` is the same semantics
+//! on the model, and the tests check the two agree.
+//!
+//! How a class is cut: the port space is split at every port boundary some
+//! rule uses (per protocol; every other protocol is one cell), and for each
+//! elementary cell the address space is painted rule by rule, in evaluation
+//! order, each rule painting only what earlier ones left. Cells painted
+//! alike are then one region per action. Work grows with rules x peers per
+//! class, and a node has few classes however many pods it runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::family::Family;
+use super::ir::{Cell, Class, ClusterIr, Region};
+use super::tiers::{in_order, selects_pod, subject_selects};
+use crate::model::{Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, Model, Pod, Protocol, Tier};
+
+/// The protocols with ports, in lane order; lane 3 is every other protocol.
+const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+const OTHER: u8 = 3;
+
+/// (lane, first port, last port); lane `OTHER` ignores ports.
+type LaneCell = (u8, u16, u16);
+/// Inclusive address range, as integers.
+type Span = (u128, u128);
+
+/// A rule's reach: peers (as address spans) on cells.
+#[derive(Debug, Clone)]
+struct Atom {
+    spans: Arc<Vec<Span>>,
+    cells: Vec<LaneCell>,
+}
+
+/// Compiles every ClusterNetworkPolicy of `model` for the local pods of `node`.
+pub fn compile<A: Family>(model: &Model, node: &str) -> ClusterIr<A> {
+    let mut ir = ClusterIr::default();
+    if model.cluster_policies.is_empty() {
+        return ir;
+    }
+    let local: Vec<(&Pod, A)> = model
+        .pods
+        .values()
+        .filter(|p| p.node.as_deref() == Some(node) && !p.host_network)
+        .filter_map(|p| Some((p.as_ref(), A::of_pod(p)?)))
+        .collect();
+    for tier in [Tier::Admin, Tier::Baseline] {
+        let policies = in_order(model, tier);
+        for ingress in [true, false] {
+            *ir.get_mut(tier, ingress) = tier_direction(model, &policies, ingress, &local);
+        }
+    }
+    ir
+}
+
+fn rules_of(p: &ClusterNetworkPolicy, ingress: bool) -> &[CnpRule] {
+    if ingress {
+        &p.ingress
+    } else {
+        &p.egress
+    }
+}
+
+/// The classes of one tier and direction.
+fn tier_direction<A: Family>(
+    model: &Model,
+    policies: &[&ClusterNetworkPolicy],
+    ingress: bool,
+    local: &[(&Pod, A)],
+) -> Vec<Class<A>> {
+    // A class is the policies selecting a pod, plus, where an ingress rule
+    // names a port, the pod's own port names (resolved on the subject).
+    type Key = (Vec<usize>, Vec<(String, Protocol, u16)>);
+    let mut classes: BTreeMap<Key, (&Pod, BTreeSet<A>)> = BTreeMap::new();
+    for &(pod, addr) in local {
+        let chosen: Vec<usize> = (0..policies.len())
+            .filter(|&i| {
+                !rules_of(policies[i], ingress).is_empty()
+                    && subject_selects(model, &policies[i].subject, pod)
+            })
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let named = ingress
+            && chosen.iter().any(|&i| {
+                rules_of(policies[i], ingress)
+                    .iter()
+                    .any(|r| r.ports.iter().any(|p| matches!(p, CnpPort::Named(_))))
+            });
+        let ports = if named {
+            pod.ports.iter().filter_map(|c| Some((c.name.clone()?, c.protocol, c.port))).collect()
+        } else {
+            Vec::new()
+        };
+        classes.entry((chosen, ports)).or_insert_with(|| (pod, BTreeSet::new())).1.insert(addr);
+    }
+    let mut peers = PeerCache::default();
+    let mut out: Vec<Class<A>> = classes
+        .into_iter()
+        .filter_map(|((chosen, _), (rep, subjects))| {
+            let rules: Vec<(Action, Vec<Atom>)> = chosen
+                .iter()
+                .flat_map(|&i| {
+                    rules_of(policies[i], ingress).iter().enumerate().map(move |(r, rule)| (i, r, rule))
+                })
+                .filter_map(|(i, r, rule)| atoms::<A>(model, &mut peers, (i, r), rule, ingress, rep))
+                .collect();
+            let regions = cut::<A>(&rules);
+            (!regions.is_empty()).then_some(Class { subjects, regions })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A rule's peers, resolved once per compile: the pods they select and
+/// every address they match.
+#[derive(Default)]
+struct PeerCache<'m> {
+    rules: BTreeMap<(usize, usize), Resolved<'m>>,
+}
+
+/// The pods a rule's peers select and every address they match.
+type Resolved<'m> = (Vec<&'m Pod>, Arc<Vec<Span>>);
+
+/// What `rule` (rule `id` = (policy, rule index)) reaches for subject `me`,
+/// with its action: None for a rule that matches nothing (a fail-closed
+/// Accept). A fail-closed Deny or Pass reaches everything.
+fn atoms<'m, A: Family>(
+    model: &'m Model,
+    cache: &mut PeerCache<'m>,
+    id: (usize, usize),
+    rule: &CnpRule,
+    ingress: bool,
+    me: &Pod,
+) -> Option<(Action, Vec<Atom>)> {
+    let all_cells = || (0..=OTHER).map(|l| (l, 0, u16::MAX)).collect::<Vec<_>>();
+    if rule.fails_closed() {
+        // The API's fail closed: an Accept matches nothing, a Deny or Pass denies everything.
+        let everything = Atom { spans: Arc::new(vec![(0, max::<A>())]), cells: all_cells() };
+        return (rule.action != Action::Accept).then(|| (Action::Deny, vec![everything]));
+    }
+    let (pods, spans) = cache.rules.entry(id).or_insert_with(|| resolve::<A>(model, &rule.peers)).clone();
+    if rule.ports.is_empty() {
+        return Some((rule.action, vec![Atom { spans, cells: all_cells() }]));
+    }
+    let mut plain = Vec::new();
+    let mut named: BTreeMap<LaneCell, Vec<Span>> = BTreeMap::new();
+    for port in &rule.ports {
+        match port {
+            CnpPort::Ports { protocol, start, end } => plain.push((lane(*protocol), *start, *end)),
+            // The destination's port of that name: the subject's own on
+            // ingress, each peer pod's on egress.
+            CnpPort::Named(name) if ingress => {
+                for c in me.ports.iter().filter(|c| c.name.as_deref() == Some(name.as_str())) {
+                    named
+                        .entry((lane(c.protocol), c.port, c.port))
+                        .or_default()
+                        .extend(spans.iter().copied());
+                }
+            }
+            CnpPort::Named(name) => {
+                for p in &pods {
+                    let Some(addr) = A::of_pod(p) else { continue };
+                    let a = addr.as_u128();
+                    for c in p.ports.iter().filter(|c| c.name.as_deref() == Some(name.as_str())) {
+                        named.entry((lane(c.protocol), c.port, c.port)).or_default().push((a, a));
+                    }
+                }
+            }
+            // Handled by `fails_closed`.
+            CnpPort::Unknown(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    if !plain.is_empty() {
+        out.push(Atom { spans, cells: plain });
+    }
+    out.extend(named.into_iter().map(|(cell, spans)| Atom { spans: Arc::new(spans), cells: vec![cell] }));
+    Some((rule.action, out))
+}
+
+fn lane(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::Sctp => 2,
+    }
+}
+
+fn max<A: Family>() -> u128 {
+    if A::BITS == 128 {
+        u128::MAX
+    } else {
+        (1u128 << A::BITS) - 1
+    }
+}
+
+/// The pods `peers` select (host-network pods never) and every address they
+/// match in family `A`, sorted.
+fn resolve<'m, A: Family>(model: &'m Model, peers: &[CnpPeer]) -> Resolved<'m> {
+    let mut pods: Vec<&Pod> = Vec::new();
+    let mut spans = Vec::new();
+    for peer in peers {
+        match peer {
+            CnpPeer::Namespaces(sel) => pods.extend(
+                model
+                    .pods
+                    .values()
+                    .filter(|p| !p.host_network && sel.matches(&model.namespace_labels(&p.namespace)))
+                    .map(|p| p.as_ref()),
+            ),
+            CnpPeer::Pods(np) => pods.extend(
+                model
+                    .pods
+                    .values()
+                    .filter(|p| !p.host_network && selects_pod(model, np, p))
+                    .map(|p| p.as_ref()),
+            ),
+            CnpPeer::Networks(nets) => spans.extend(nets.iter().filter_map(|n| A::of_net(*n)).map(span::<A>)),
+            CnpPeer::Nodes(sel) => spans.extend(
+                model
+                    .nodes
+                    .values()
+                    .filter(|n| sel.matches(&n.labels))
+                    .flat_map(|n| n.addresses.iter().filter_map(|ip| A::of_ip(*ip)))
+                    .map(|a| (a.as_u128(), a.as_u128())),
+            ),
+            CnpPeer::Unknown(_) => {}
+        }
+    }
+    pods.sort_by_key(|p| (&p.namespace, &p.name));
+    pods.dedup_by_key(|p| (p.namespace.clone(), p.name.clone()));
+    spans.extend(pods.iter().filter_map(|p| A::of_pod(p)).map(|a| (a.as_u128(), a.as_u128())));
+    (pods, Arc::new(spans))
+}
+
+fn span<A: Family>(n: A::Net) -> Span {
+    let first = A::network(n).as_u128();
+    let host = if A::prefix(n) == 0 { max::<A>() } else { max::<A>() >> A::prefix(n) };
+    (first, first | host)
+}
+
+/// Cuts the ordered rules of one class into disjoint regions.
+fn cut<A: Family>(rules: &[(Action, Vec<Atom>)]) -> Vec<Region<A>> {
+    // Port boundaries per protocol: every cell between two is painted alike.
+    let mut bounds: [BTreeSet<u32>; 3] = Default::default();
+    for b in &mut bounds {
+        b.extend([0, 1 << 16]);
+    }
+    for (_, atoms) in rules {
+        for &(l, lo, hi) in atoms.iter().flat_map(|a| &a.cells) {
+            if l < OTHER {
+                bounds[usize::from(l)].extend([u32::from(lo), u32::from(hi) + 1]);
+            }
+        }
+    }
+    let mut cells: Vec<LaneCell> = Vec::new();
+    for (l, b) in bounds.iter().enumerate() {
+        let b: Vec<u32> = b.iter().copied().collect();
+        // Bounds are at most 65536, so the casts hold.
+        cells.extend(b.windows(2).map(|w| (l as u8, w[0] as u16, (w[1] - 1) as u16)));
+    }
+    cells.push((OTHER, 0, u16::MAX));
+    // Cells painted alike, grouped.
+    let mut alike: BTreeMap<Vec<(Span, Action)>, Vec<LaneCell>> = BTreeMap::new();
+    for cell in cells {
+        let mut painted: BTreeMap<u128, (u128, Action)> = BTreeMap::new();
+        for (action, atoms) in rules {
+            for atom in atoms.iter().filter(|a| a.cells.iter().any(|c| covers(*c, cell))) {
+                for &s in atom.spans.iter() {
+                    paint(&mut painted, s, *action);
+                }
+            }
+        }
+        if !painted.is_empty() {
+            alike.entry(coalesce(painted)).or_default().push(cell);
+        }
+    }
+    let mut regions = Vec::new();
+    for (painting, cells) in alike {
+        let cells = join_cells(cells);
+        let mut by_action: BTreeMap<Action, Vec<A::Net>> = BTreeMap::new();
+        for ((lo, hi), action) in painting {
+            by_action.entry(action).or_default().extend(nets::<A>(lo, hi));
+        }
+        regions.extend(by_action.into_iter().map(|(action, peers)| Region {
+            action,
+            cells: cells.clone(),
+            peers,
+        }));
+    }
+    regions.sort();
+    regions
+}
+
+fn covers((l, lo, hi): LaneCell, (cl, clo, chi): LaneCell) -> bool {
+    l == cl && (l == OTHER || (lo <= clo && chi <= hi))
+}
+
+/// Paints the parts of `s` that nothing painted yet with `action`.
+fn paint(painted: &mut BTreeMap<u128, (u128, Action)>, (lo, hi): Span, action: Action) {
+    let mut gaps = Vec::new();
+    let mut next = Some(lo);
+    if let Some((_, &(end, _))) = painted.range(..lo).next_back() {
+        if end >= lo {
+            next = end.checked_add(1);
+        }
+    }
+    for (&start, &(end, _)) in painted.range(lo..=hi) {
+        let Some(from) = next else { break };
+        if start > from {
+            gaps.push((from, start - 1));
+        }
+        next = end.checked_add(1);
+    }
+    if let Some(from) = next {
+        if from <= hi {
+            gaps.push((from, hi));
+        }
+    }
+    for (a, b) in gaps {
+        painted.insert(a, (b, action));
+    }
+}
+
+/// The painting as spans, neighbours with the same action joined.
+fn coalesce(painted: BTreeMap<u128, (u128, Action)>) -> Vec<(Span, Action)> {
+    let mut out: Vec<(Span, Action)> = Vec::new();
+    for (lo, (hi, action)) in painted {
+        match out.last_mut() {
+            Some(((_, end), a)) if *a == action && end.checked_add(1) == Some(lo) => *end = hi,
+            _ => out.push(((lo, hi), action)),
+        }
+    }
+    out
+}
+
+/// The IR's cells: neighbouring port cells of one protocol joined.
+fn join_cells(cells: Vec<LaneCell>) -> Vec<Cell> {
+    let mut joined: Vec<LaneCell> = Vec::new();
+    for c in cells {
+        match joined.last_mut() {
+            Some(last) if last.0 == c.0 && c.0 != OTHER && u32::from(last.2) + 1 == u32::from(c.1) => {
+                last.2 = c.2
+            }
+            _ => joined.push(c),
+        }
+    }
+    joined
+        .into_iter()
+        .map(|(l, lo, hi)| match PORT_PROTOCOLS.get(usize::from(l)) {
+            Some(p) => Cell::Ports(*p, lo, hi),
+            None => Cell::Other,
+        })
+        .collect()
+}
+
+/// The fewest networks covering exactly `lo..=hi`.
+fn nets<A: Family>(mut lo: u128, hi: u128) -> Vec<A::Net> {
+    let bits = u32::from(A::BITS);
+    let mut out = Vec::new();
+    loop {
+        // The largest block aligned at `lo` that ends within `hi`.
+        let align = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
+        let room = hi - lo;
+        let fit = if room == u128::MAX { 128 } else { 127 - (room + 1).leading_zeros() };
+        let size = align.min(fit).min(bits);
+        // size <= bits, so the prefix is valid.
+        if let Some(n) = A::net(A::from_u128(lo), (bits - size) as u8) {
+            out.push(n);
+        }
+        let step = if size >= 128 { None } else { lo.checked_add(1u128 << size) };
+        match step {
+            Some(next) if next <= hi && next > lo => lo = next,
+            _ => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;
