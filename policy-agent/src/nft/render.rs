@@ -69,12 +69,12 @@ use nftables::stmt::{JumpTarget, Limit, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::backend::ObjectCounts;
-use crate::model::Protocol;
+use crate::model::{Action, Protocol, Tier};
 use crate::nflog;
 use weft_conf::hash::fnv1a64;
 
 use crate::policy::family::{anywhere, contains, Family};
-use crate::policy::{Direction, Dirty, FamilyDirty, FamilyIr, GroupPorts, PeerKey, PolicyIr};
+use crate::policy::{Cell, Class, Direction, Dirty, FamilyDirty, FamilyIr, GroupPorts, PeerKey, PolicyIr};
 
 /// weft's table (family inet).
 pub const TABLE: &str = "weft";
@@ -457,6 +457,11 @@ impl View {
         }
     }
 
+    /// True for the audit views, which log and never drop.
+    pub(super) fn audit(&self) -> bool {
+        !self.drop
+    }
+
     /// The name of its set `kind` (iso, exact, allow) in family `A`.
     pub(super) fn set<A: NftFamily>(&self, kind: &str) -> String {
         format!("{}_{kind}{}", self.short, A::SUFFIX)
@@ -565,14 +570,21 @@ fn family<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
     }
     // Egress before ingress, enforced before audit: a packet between two
     // isolated pods passes both.
+    let cluster = !fir.cluster.is_empty();
     for i in [1, 0, 3, 2] {
         let Some(v) = views.get(i) else { continue };
-        let jump = Statement::Jump(JumpTarget { target: format!("{}{s}", v.chain).into() });
-        p.forward.push(rule(
-            FORWARD_CHAIN,
-            vec![m(f(v.pod), Operator::EQ, set_ref(&v.set::<A>("iso"))), jump],
-            None,
-        ));
+        // With ClusterNetworkPolicy, every local pod's connections walk
+        // the tiers, NetworkPolicy's chain among them (`cluster_chains`).
+        let (from, to) = if cluster && !v.audit() {
+            (local.clone(), format!("cnp_a{}{s}", v.short))
+        } else {
+            (v.set::<A>("iso"), format!("{}{s}", v.chain))
+        };
+        let jump = Statement::Jump(JumpTarget { target: to.into() });
+        p.forward.push(rule(FORWARD_CHAIN, vec![m(f(v.pod), Operator::EQ, set_ref(&from)), jump], None));
+    }
+    if cluster {
+        cluster_chains(fir, p);
     }
     for field in ["saddr", "daddr"] {
         p.forward.push(rule(
@@ -601,21 +613,28 @@ fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
         p.policy.push(rule(chain.clone(), lookup, None));
     }
     groups(dir, &chain, v, p);
-    // The first packet of a denied connection goes to the agent's log (nflog.rs).
+    p.policy.push(rule(chain.clone(), log_new(v.log_prefix), None));
+    if v.drop {
+        p.policy.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+    }
+}
+
+/// The first packet of a denied connection goes to the agent's log
+/// (nflog.rs), at most `LOG_RATE` a second: a flood is cut in the kernel.
+fn log_new(prefix: &'static str) -> Vec<Statement<'static>> {
     let ct_new = m(
         Expression::Named(NamedExpression::CT(CT { key: "state".into(), family: None, dir: None })),
         Operator::IN,
         Expression::List(vec![Expression::String("new".into())]),
     );
     let log = Statement::Log(Some(Log {
-        prefix: Some(v.log_prefix.into()),
+        prefix: Some(prefix.into()),
         group: Some(u32::from(nflog::GROUP)),
         snaplen: Some(nflog::SNAPLEN),
         queue_threshold: None,
         level: None,
         flags: None,
     }));
-    // At most `LOG_RATE` a second: a flood is cut in the kernel.
     let limit = Statement::Limit(Limit {
         rate: nflog::LOG_RATE,
         rate_unit: None,
@@ -624,10 +643,125 @@ fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
         burst_unit: Some("packets".into()),
         inv: None,
     });
-    p.policy.push(rule(chain.clone(), vec![ct_new, limit, log], None));
-    if v.drop {
-        p.policy.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+    vec![ct_new, limit, log]
+}
+
+/// ClusterNetworkPolicy's chains in one family, per direction (`in`, `out`):
+///
+/// ```text
+/// cnp_a<dir>   key @cnp_a<dir>_deny goto cnp_d<dir>; key @cnp_a<dir>_accept return;
+///              key @cnp_a<dir>_pass goto cnp_np<dir>; goto cnp_np<dir>
+/// cnp_np<dir>  <pod> @<dir>_iso goto <NetworkPolicy chain>; goto cnp_b<dir>
+/// cnp_b<dir>   key @cnp_b<dir>_deny goto cnp_d<dir>; return
+/// cnp_d<dir>   log (as NetworkPolicy's denials); drop
+/// ```
+///
+/// where key is (pod, protocol, port, peer) and the sets hold the regions
+/// of `policy::cluster`, which are disjoint, so the lookups' order does not
+/// matter: three per direction on the Admin tier and one on Baseline,
+/// whatever the number of policies. Accept is a return, so an egress
+/// Accept still meets ingress at a local destination; Pass a goto past the
+/// rest of its tier. Baseline Accept and Pass need no set: nothing after
+/// them denies.
+fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
+    let s = A::SUFFIX;
+    let f = |field: &'static str| payload(A::PAYLOAD, field);
+    let kind = || SetTypeValue::Concatenated(Cow::Borrowed(A::ALLOW_TYPE));
+    for v in &VIEWS[..2] {
+        let dir = v.short;
+        let ingress = v.index == 0;
+        let key =
+            Expression::Named(NamedExpression::Concat(vec![f(v.pod), l4proto(), th_dport(), f(v.peer)]));
+        let [admin, np, base, deny] = ["a", "np", "b", "d"].map(|c| format!("cnp_{c}{dir}{s}"));
+        for c in [&admin, &np, &base, &deny] {
+            p.chains.push(chain(c.clone(), false));
+        }
+        let goto = |c: &str| Statement::Goto(JumpTarget { target: c.to_string().into() });
+        let lookups = [
+            (Tier::Admin, Action::Deny, &admin, goto(&deny)),
+            (Tier::Admin, Action::Accept, &admin, Statement::Return(None)),
+            (Tier::Admin, Action::Pass, &admin, goto(&np)),
+            (Tier::Baseline, Action::Deny, &base, goto(&deny)),
+        ];
+        for (tier, action, chain, verdict) in lookups {
+            let name = format!("{chain}_{}", action.to_string().to_lowercase());
+            p.sets.push(set(name.clone(), kind(), true));
+            p.elems.insert(name.clone(), region_elems(fir.cluster.get(tier, ingress), action));
+            p.policy.push(rule(
+                chain.clone(),
+                vec![m(key.clone(), Operator::EQ, set_ref(&name)), verdict],
+                None,
+            ));
+        }
+        p.policy.push(rule(admin.clone(), vec![goto(&np)], None));
+        let policy_chain = format!("{}{s}", v.chain);
+        p.policy.push(rule(
+            np.clone(),
+            vec![m(f(v.pod), Operator::EQ, set_ref(&v.set::<A>("iso"))), goto(&policy_chain)],
+            None,
+        ));
+        p.policy.push(rule(np, vec![goto(&base)], None));
+        p.policy.push(rule(base, vec![Statement::Return(None)], None));
+        p.policy.push(rule(deny.clone(), log_new(v.log_prefix), None));
+        p.policy.push(rule(deny, vec![Statement::Drop(None)], Some("weft: denied by ClusterNetworkPolicy")));
     }
+}
+
+/// The elements of the regions of `classes` with `action`: (subject,
+/// protocols, ports, peer) for each subject, cell and peer network.
+fn region_elems<A: NftFamily>(classes: &[Class<A>], action: Action) -> BTreeSet<Elem> {
+    let mut out = BTreeSet::new();
+    for class in classes {
+        for r in class.regions.iter().filter(|r| r.action == action) {
+            let boxes = cell_boxes(&r.cells);
+            for &subject in &class.subjects {
+                for &(protos, ports) in &boxes {
+                    out.extend(r.peers.iter().map(|&n| A::elem(FamilyElem::Cell(subject, protos, ports, n))));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `cells` as (protocol range, port range) boxes: `Other` is every protocol
+/// number but TCP's, UDP's and SCTP's; protocols whose every port is in
+/// join their neighbours, so a rule on everything is one box.
+fn cell_boxes(cells: &[Cell]) -> Vec<Rect> {
+    const ALL_PORTS: (u16, u16) = (0, u16::MAX);
+    let mut boxes: Vec<Rect> = Vec::new();
+    for c in cells {
+        match *c {
+            Cell::Ports(p, lo, hi) => {
+                let n = protocol_number(p);
+                boxes.push(((n, n), (lo, hi)));
+            }
+            Cell::Other => {
+                let ported = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp].map(protocol_number);
+                let mut from = 0u8;
+                for n in ported {
+                    if n > from {
+                        boxes.push(((from, n - 1), ALL_PORTS));
+                    }
+                    from = n + 1;
+                }
+                boxes.push(((from, u8::MAX), ALL_PORTS));
+            }
+        }
+    }
+    boxes.sort();
+    let mut joined: Vec<Rect> = Vec::new();
+    for b in boxes {
+        match joined.last_mut() {
+            Some(((_, hi), ports))
+                if *ports == ALL_PORTS && b.1 == ALL_PORTS && u16::from(*hi) + 1 == u16::from(b.0 .0) =>
+            {
+                *hi = b.0 .1
+            }
+            _ => joined.push(b),
+        }
+    }
+    joined
 }
 
 pub(super) fn addrs<A: NftFamily>(ips: &BTreeSet<A>) -> BTreeSet<Elem> {

@@ -246,7 +246,8 @@ fn resolve<'m, A: Family>(model: &'m Model, peers: &[CnpPeer]) -> Resolved<'m> {
 
 fn span<A: Family>(n: A::Net) -> Span {
     let first = A::network(n).as_u128();
-    let host = if A::prefix(n) == 0 { max::<A>() } else { max::<A>() >> A::prefix(n) };
+    // The host bits: none for a host network (a shift by 128 would overflow).
+    let host = max::<A>().checked_shr(u32::from(A::prefix(n))).unwrap_or(0);
     (first, first | host)
 }
 

@@ -76,3 +76,16 @@ fn a_port_rule_before_a_catch_all_splits_the_port_space() {
         ]
     );
 }
+
+#[test]
+fn networks_become_spans_in_both_families_host_networks_included() {
+    let n4 = |s: &str| span::<Ipv4Addr>(s.parse().unwrap());
+    assert_eq!(n4("10.0.0.0/24"), (v4("10.0.0.0"), v4("10.0.0.255")));
+    assert_eq!(n4("10.0.0.7/32"), (v4("10.0.0.7"), v4("10.0.0.7")));
+    assert_eq!(n4("0.0.0.0/0"), (0, v4("255.255.255.255")));
+    let n6 = |s: &str| span::<Ipv6Addr>(s.parse().unwrap());
+    let a = "fd00::af4:202".parse::<Ipv6Addr>().unwrap().as_u128();
+    assert_eq!(n6("fd00::af4:202/128"), (a, a));
+    assert_eq!(n6("fd00::af4:100/120"), (a - 0x102, a - 0x102 + 0xff));
+    assert_eq!(n6("::/0"), (0, u128::MAX));
+}
