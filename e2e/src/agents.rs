@@ -304,15 +304,19 @@ impl Testbed {
 
     /// Waits (polling, bounded by `timeout`) until every node's agent reports the
     /// current generation of the cluster dir (or, with the stand-in, of the API
-    /// state it serves from the dir); returns their statuses, node 1 first.
+    /// state it serves from the dir, which the agents' ClusterNetworkPolicy
+    /// status writes move on too); returns their statuses, node 1 first.
     pub fn wait_converged(&self, timeout: Duration) -> Result<Vec<Status>> {
         let run = self.run();
-        let generation = match self.standin() {
+        let mut generation = match self.standin() {
             Some(s) => s.refresh()?.generation,
             None => weft_agent::source::read_dir(&cluster_dir(&run)).generation,
         };
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(now) = self.standin().and_then(|s| s.served()) {
+                generation = now.generation;
+            }
             let statuses: Vec<Option<Status>> = (1..=self.nodes()).map(|n| self.agent_status(n)).collect();
             if statuses.iter().all(|s| s.as_ref().is_some_and(|s| s.generation == generation)) {
                 return Ok(statuses.into_iter().flatten().collect());

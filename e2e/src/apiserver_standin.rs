@@ -3,8 +3,9 @@
 //! server would, so the kube source runs end to end where no real API server
 //! can (no Docker, no kind on our machines). It is test scaffolding, not an
 //! API server: it serves only list and watch of the resources the agent
-//! watches (`weft_agent::source::kube::watched`) and `/version`, without
-//! authentication, paging or selectors.
+//! watches (`weft_agent::source::kube::watched`), `/version`, and the writes
+//! of the ClusterNetworkPolicy status writer (`writes`: status patches and
+//! Leases), without authentication, paging or (but for Leases) selectors.
 //!
 //! - State: `refresh` reads the cluster dir (the Testbed calls it after every
 //!   write), keeps the objects of the watched kinds that the API's schema
@@ -23,13 +24,16 @@
 //! - Reach: an agent runs inside its node's netns, so there is one listener
 //!   per node, on 127.0.0.1 inside that netns (the socket is created on a
 //!   thread that entered it, and stays there); `kubeconfig` points an agent at it.
+//! - Generation: metadata.generation is 1 when an object is added and grows
+//!   by one with each change of its spec, as the API server sets it.
 //! - ClusterNetworkPolicy: served only while `serve_cnp(true)` says the
 //!   cluster has its CRD (off at start, as in most clusters): then discovery
 //!   (`GET /apis/policy.networking.k8s.io/v1alpha2`) lists the resource and
 //!   its collection is listed and watched like the others; off, both answer
 //!   404 and the served generation leaves CNPs out. The CRD's schema is not
 //!   applied (any object with a spec is kept): weft's own validation is what
-//!   the agents are tested on.
+//!   the agents are tested on. Its status is the status writer's alone: a
+//!   change of the file keeps it (as a status subresource does).
 //! - Faults: `freeze` holds events back from open watches, `expire` forgets
 //!   the history and ends every watch with 410 (so the agents re-list),
 //!   `down` closes the listeners and every connection (connections are
@@ -51,6 +55,8 @@ use weft_agent::source::kube::{object_key, state_generation, watched, Watched};
 
 use crate::error::{E2eError, Result};
 
+mod writes;
+
 /// Bound on reading a request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A watch without `timeoutSeconds` ends after this long.
@@ -59,6 +65,8 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(290);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
 
 /// What the stand-in serves after a refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +90,10 @@ pub struct Stats {
     pub expired: u64,
     /// Discovery requests for ClusterNetworkPolicy's group version, answered or 404.
     pub cnp_discoveries: u64,
+    /// ClusterNetworkPolicy status patches applied, by the listener they came in on.
+    pub status_patches: BTreeMap<usize, u64>,
+    /// Leases created or updated.
+    pub lease_writes: u64,
 }
 
 /// One object as served.
@@ -128,6 +140,10 @@ struct State {
     cut: Option<Cut>,
     uid_seq: u64,
     stats: Stats,
+    /// Leases by (namespace, name), as served.
+    leases: BTreeMap<(String, String), Value>,
+    /// The cluster dir's generation at the last refresh.
+    dir_generation: String,
 }
 
 struct Shared {
@@ -169,10 +185,10 @@ impl ApiStandin {
         });
         let standin = ApiStandin { shared, listeners: Mutex::new(Vec::new()) };
         standin.refresh()?;
-        for ns in netns {
+        for (i, ns) in netns.iter().enumerate() {
             let socket = bind_in(ns, 0)?;
             let port = socket.local_addr().map_err(E2eError::io("stand-in listener address"))?.port();
-            let live = Some(standin.serve(socket)?);
+            let live = Some(standin.serve(socket, i)?);
             standin.lock_listeners().push(Listener { netns: ns.clone(), port, live });
         }
         Ok(standin)
@@ -194,19 +210,23 @@ impl ApiStandin {
         let mut st = self.shared.lock();
         let before = st.rv;
         apply_objects(&mut st, objects);
-        let served_kind = |kind: &str| kind != cnp::KIND || st.cnp_served;
-        let generation = state_generation(
-            st.objects
-                .iter()
-                .filter(|((kind, _), _)| served_kind(kind))
-                .map(|((kind, key), o)| (*kind, key.as_str(), rv_str(o))),
-        );
-        let served = Served { dir_generation, generation, resource_version: st.rv };
-        st.served = Some(served.clone());
+        st.dir_generation = dir_generation;
+        let served = publish(&mut st);
         if st.rv != before {
             self.shared.changed.notify_all();
         }
         Ok(served)
+    }
+
+    /// An object as served now, by kind and key ("namespace/name" or "name").
+    pub fn object(&self, kind: &str, key: &str) -> Option<Value> {
+        let st = self.shared.lock();
+        st.objects.iter().find(|((k, n), _)| *k == kind && n == key).map(|(_, o)| o.served.clone())
+    }
+
+    /// A Lease as served now.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.lock().leases.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     /// Installs (true) or removes (false) the ClusterNetworkPolicy CRD: what
@@ -267,15 +287,15 @@ impl ApiStandin {
     /// Listens again on the same ports after `down`; idempotent.
     pub fn up(&self) -> Result<()> {
         let mut listeners = self.lock_listeners();
-        for l in listeners.iter_mut().filter(|l| l.live.is_none()) {
+        for (i, l) in listeners.iter_mut().enumerate().filter(|(_, l)| l.live.is_none()) {
             let socket = bind_in(&l.netns, l.port)?;
-            l.live = Some(self.serve(socket)?);
+            l.live = Some(self.serve(socket, i)?);
         }
         Ok(())
     }
 
-    /// Starts the accept thread of `socket`.
-    fn serve(&self, socket: TcpListener) -> Result<(Arc<TcpListener>, JoinHandle<()>)> {
+    /// Starts the accept thread of `socket`, the `listener`th.
+    fn serve(&self, socket: TcpListener, listener: usize) -> Result<(Arc<TcpListener>, JoinHandle<()>)> {
         let socket = Arc::new(socket);
         let (s, shared) = (socket.clone(), self.shared.clone());
         let thread = std::thread::Builder::new()
@@ -288,7 +308,7 @@ impl ApiStandin {
                     let spawned = std::thread::Builder::new().name("api-standin-conn".into()).spawn({
                         let shared = shared.clone();
                         move || {
-                            handle(conn, &shared);
+                            handle(conn, &shared, listener);
                             shared.connections.fetch_sub(1, Ordering::SeqCst);
                         }
                     });
@@ -341,6 +361,20 @@ fn bind_in(netns: &Path, port: u16) -> Result<TcpListener> {
 
 fn rv_str(o: &Stored) -> &str {
     o.served["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+}
+
+/// Records what `st` serves now (its generation as an agent computes it) and returns it.
+fn publish(st: &mut State) -> Served {
+    let served_kind = |kind: &str| kind != cnp::KIND || st.cnp_served;
+    let generation = state_generation(
+        st.objects
+            .iter()
+            .filter(|((kind, _), _)| served_kind(kind))
+            .map(|((kind, key), o)| (*kind, key.as_str(), rv_str(o))),
+    );
+    let served = Served { dir_generation: st.dir_generation.clone(), generation, resource_version: st.rv };
+    st.served = Some(served.clone());
+    served
 }
 
 /// Every kind the stand-in can serve: the agent's watched kinds and CNP.
@@ -438,30 +472,45 @@ fn apply_objects(st: &mut State, objects: BTreeMap<(&'static str, String), Value
         st.history.push(Change { rv, kind: key.0, event: "DELETED", object });
     }
     for (key, given) in objects {
-        let (event, uid) = match st.objects.get(&key) {
+        let mut served = given.clone();
+        let (event, uid, generation) = match st.objects.get(&key) {
             Some(old) if old.given == given => continue,
-            Some(old) => ("MODIFIED", old.served["metadata"]["uid"].clone()),
+            Some(old) => {
+                let g = old.served["metadata"]["generation"].as_i64().unwrap_or(1);
+                let spec_changed = old.given.get("spec") != given.get("spec");
+                // The status subresource's: a change of the object keeps it.
+                if key.0 == cnp::KIND {
+                    if let Some(status) = old.served.get("status") {
+                        served["status"] = status.clone();
+                    }
+                }
+                ("MODIFIED", old.served["metadata"]["uid"].clone(), g + i64::from(spec_changed))
+            }
             None => {
                 st.uid_seq += 1;
-                ("ADDED", json!(format!("standin-{}", st.uid_seq)))
+                if key.0 == cnp::KIND {
+                    served.as_object_mut().map(|o| o.remove("status"));
+                }
+                ("ADDED", json!(format!("standin-{}", st.uid_seq)), 1)
             }
         };
         st.rv += 1;
-        let mut served = given.clone();
         served["metadata"]["resourceVersion"] = json!(st.rv.to_string());
         served["metadata"]["uid"] = uid;
+        served["metadata"]["generation"] = json!(generation);
         let rv = st.rv;
         st.history.push(Change { rv, kind: key.0, event, object: served.clone() });
         st.objects.insert(key, Stored { given, served });
     }
 }
 
-/// A parsed request line: path and query parameters.
+/// A parsed request: method, path, query parameters and body.
 #[derive(Debug, PartialEq, Eq)]
 struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
+    body: Vec<u8>,
 }
 
 fn parse_request(head: &str) -> Option<Request> {
@@ -475,29 +524,51 @@ fn parse_request(head: &str) -> Option<Request> {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Some(Request { method, path: path.to_string(), query })
+    Some(Request { method, path: path.to_string(), query, body: Vec::new() })
 }
 
-/// Reads the request head (up to the blank line).
-fn read_head(conn: &TcpStream) -> Option<String> {
+/// The Content-Length a request head gives (0 without one).
+fn content_length(head: &str) -> Option<usize> {
+    for line in head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                return value.trim().parse().ok();
+            }
+        }
+    }
+    Some(0)
+}
+
+/// Reads one request: its head (up to the blank line) and its body, both bounded.
+fn read_request(conn: &TcpStream) -> Option<Request> {
     conn.set_read_timeout(Some(REQUEST_TIMEOUT)).ok()?;
-    let mut reader = BufReader::new(conn.take(MAX_HEAD as u64));
+    let mut reader = BufReader::new(conn.take((MAX_HEAD + MAX_BODY) as u64));
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
+        if reader.read_line(&mut line).ok()? == 0 || head.len() > MAX_HEAD {
             return None;
         }
         if line == "\r\n" || line == "\n" {
-            return Some(head);
+            break;
         }
         head.push_str(&line);
     }
+    let mut req = parse_request(&head)?;
+    let len = content_length(&head).filter(|&n| n <= MAX_BODY)?;
+    req.body = vec![0; len];
+    reader.read_exact(&mut req.body).ok()?;
+    Some(req)
 }
 
 /// Serves one connection: one request, then the connection is closed.
-fn handle(mut conn: TcpStream, shared: &Shared) {
-    let Some(req) = read_head(&conn).as_deref().and_then(parse_request) else { return };
+/// `listener` is the index of the listener it came in on.
+fn handle(mut conn: TcpStream, shared: &Shared, listener: usize) {
+    let Some(req) = read_request(&conn) else { return };
+    if let Some((code, body)) = writes::route(&req, shared, listener) {
+        let _ = respond(&mut conn, code, &body);
+        return;
+    }
     let cnp_path = format!("/apis/{}/{}", cnp::GROUP, cnp::VERSION);
     let cnp_served = {
         let mut st = shared.lock();
@@ -727,11 +798,34 @@ mod tests {
     }
 
     #[test]
+    fn the_generation_follows_the_spec_and_a_cnps_status_stays() {
+        let mut st = State::default();
+        let cnp = |priority: u32, label: &str| {
+            yaml_objects(&format!(
+                "kind: ClusterNetworkPolicy\nmetadata: {{name: p, labels: {{l: {label}}}}}\n\
+                 spec: {{tier: Admin, priority: {priority}}}\nstatus: {{conditions: [{{type: Forged}}]}}\n"
+            ))
+        };
+        let key = (cnp::KIND, "p".to_string());
+        apply_objects(&mut st, cnp(1, "a"));
+        let served = |st: &State| st.objects[&key].served.clone();
+        assert_eq!(served(&st)["metadata"]["generation"], 1);
+        assert!(served(&st).get("status").is_none(), "a status given with the object is not kept");
+        st.objects.get_mut(&key).unwrap().served["status"] = json!({"conditions": [{"type": "Accepted"}]});
+        apply_objects(&mut st, cnp(1, "b"));
+        assert_eq!(served(&st)["metadata"]["generation"], 1, "labels are no spec");
+        apply_objects(&mut st, cnp(2, "b"));
+        assert_eq!(served(&st)["metadata"]["generation"], 2);
+        assert_eq!(served(&st)["status"]["conditions"][0]["type"], "Accepted", "the writer's status stays");
+    }
+
+    #[test]
     fn requests() {
-        let r = parse_request(
-            "GET /api/v1/pods?watch=1&resourceVersion=12&allowWatchBookmarks=true HTTP/1.1\r\nHost: x\r\n",
-        )
-        .unwrap();
+        let head =
+            "GET /api/v1/pods?watch=1&resourceVersion=12&allowWatchBookmarks=true HTTP/1.1\r\nHost: x\r\n";
+        let r = parse_request(head).unwrap();
+        assert_eq!(content_length(head), Some(0));
+        assert_eq!(content_length("PUT /x HTTP/1.1\r\ncontent-length: 12\r\n"), Some(12));
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/api/v1/pods"));
         assert_eq!(r.query["resourceVersion"], "12");
         assert_eq!(r.query["watch"], "1");

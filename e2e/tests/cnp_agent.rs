@@ -2,7 +2,8 @@
 //! directory source and through the stand-in API with the CRD installed:
 //! until the kernel enforces CNP the agent must not pretend, so it warns,
 //! once per policy, that this version does not enforce it (root; skips
-//! otherwise).
+//! otherwise). Through the API, the agents report the CNPs they applied and
+//! the one holding the Lease writes their status.
 
 mod common;
 
@@ -64,4 +65,34 @@ fn the_agent_reads_cnps_through_the_api_when_the_crd_is_served() {
     warned_once(&tb);
     assert_eq!(tb.standin().unwrap().stats().lists.get("ClusterNetworkPolicy"), Some(&1));
     assert!(log(&tb).contains("clusternetworkpolicies.policy.networking.k8s.io/v1alpha2 is served"));
+}
+
+/// Two real agents (default status timing: the writer's round every 5 s):
+/// the CNP's status ends Accepted and realized on both nodes, written
+/// through one node's listener only.
+#[test]
+fn the_agents_report_a_cnp_realized_and_one_of_them_writes_its_status() {
+    if !root_or_skip("the_agents_report_a_cnp_realized_and_one_of_them_writes_its_status") {
+        return;
+    }
+    let tb = pod_testbed(2);
+    tb.start_standin().unwrap();
+    let standin = tb.standin().unwrap();
+    standin.serve_cnp(true).unwrap();
+    tb.start_agents_with(&["--backend", "iptables"]).unwrap();
+    tb.apply(GUARD).unwrap();
+    tb.wait_converged(CONVERGE).unwrap();
+    let condition = |type_: &str| {
+        let obj = standin.object("ClusterNetworkPolicy", "guard")?;
+        let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+        Some(format!("{} {} {}", c["status"], c["reason"], c["message"]))
+    };
+    let done = weft_e2e::wait_until(Duration::from_secs(30), || {
+        condition("Realized").as_deref()
+            == Some(r#""True" "Realized" "realized on 2 of 2 nodes at generation 1""#)
+    });
+    assert!(done, "{:?} {:?} {:?}", condition("Accepted"), condition("Realized"), standin.stats());
+    assert_eq!(condition("Accepted").as_deref(), Some(r#""True" "Valid" "valid""#));
+    let writers = standin.stats().status_patches;
+    assert_eq!(writers.len(), 1, "one writer: {writers:?}");
 }

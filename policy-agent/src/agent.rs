@@ -42,7 +42,8 @@ use crate::pod_socket::{Event, PodSocket, Wake};
 use crate::policy::{Direction, Options, PolicyIr};
 use crate::route_table::delete_all;
 use crate::snapshot::Compiled;
-use crate::source::{Source, SourceOpenError, SourceSpec};
+use crate::source::kube::cnp_status::StatusConfig;
+use crate::source::{KubeExtras, Realized, Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
 mod operator_log;
@@ -87,6 +88,9 @@ pub struct Config {
     pub compile: Options,
     /// How other nodes' pods are reached (`--mode`, `--vxlan-vni`, `--vxlan-port`).
     pub routing: Routing,
+    /// With the API source: the namespace of the ClusterNetworkPolicy status
+    /// Leases (`--lease-namespace`); None: no status (`--cnp-status=false`).
+    pub cnp_status_namespace: Option<String>,
 }
 
 /// Errors that stop the agent (everything else goes into the status).
@@ -233,7 +237,12 @@ impl<'c> Agent<'c> {
     /// Checks the configuration and opens what it names; changes nothing on
     /// the node (`engage` does).
     fn start(cfg: &'c Config) -> Result<Agent<'c>, AgentError> {
-        let source = cfg.source.open()?;
+        let cnp_status = cfg.cnp_status_namespace.clone().map(|namespace| StatusConfig {
+            node: cfg.node.clone(),
+            namespace,
+            timing: Default::default(),
+        });
+        let source = cfg.source.open(KubeExtras { cnp_status })?;
         let (pick, why) = backend::choose(cfg.backend).map_err(AgentError::Backend)?;
         info!(backend = %backend_name(pick), "{why}");
         let masq_in = MasqIn(crate::masquerade::backend_for(pick).map_err(AgentError::Backend)?);
@@ -301,7 +310,17 @@ impl<'c> Agent<'c> {
         let masq = self.masq.as_mut().map(|m| (m, &self.masq_in));
         let mut status = self.rt.block_on(sync(&self.h, self.cfg, s, masq, self.full));
         let logged: Vec<String> = s.errors.iter().map(|e| e.to_string()).collect();
-        if let Some(applied) = self.enforce(self.full) {
+        let enforced = self.enforce(self.full);
+        let realized = match &enforced {
+            Some(Ok(_)) => self.snap.as_ref().map(realized_cnps),
+            Some(Err(_)) => None,
+            // No backend: this node realizes no policy.
+            None => Some(Realized::new()),
+        };
+        if let Some(r) = realized {
+            self.source.report_realized(&r);
+        }
+        if let Some(applied) = enforced {
             match applied {
                 Ok((ps, warnings)) => {
                     status.policy = Some(ps);
@@ -506,6 +525,13 @@ impl<'c> Agent<'c> {
             }
         }
     }
+}
+
+/// The ClusterNetworkPolicies of `snap` at their generations: what a
+/// successful enforce of it realized on this node.
+fn realized_cnps(snap: &Snapshot) -> Realized {
+    let cnps = snap.model.cluster_policies.values();
+    cnps.filter_map(|p| Some((p.name.clone(), p.generation?))).collect()
 }
 
 /// What `enforce` returns: the backend's objects in force, what it enforces

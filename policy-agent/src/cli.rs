@@ -145,6 +145,30 @@ pub struct RunArgs {
     /// from `WEFT_LOG`, then `RUST_LOG`; default info.
     #[arg(long, env = "WEFT_LOG", value_parser = weft_agent::logging::parse_level)]
     pub log_level: Option<String>,
+    /// With `--source kube` and the ClusterNetworkPolicy CRD served: report
+    /// the CNPs this node applied and, on the agent holding the Lease
+    /// `weft-cnp-status`, write every CNP's status conditions. Also read
+    /// from `WEFT_CNP_STATUS`.
+    #[arg(long, env = "WEFT_CNP_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cnp_status: bool,
+    /// The namespace of the status Leases (the agent's own; the DaemonSet
+    /// sets POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system", value_parser = parse_namespace)]
+    pub lease_namespace: String,
+}
+
+/// A namespace name: a DNS label (RFC 1123).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"))
+    }
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -309,6 +333,14 @@ mod tests {
         for bad in ["", "Node-1", "node_1", "-n", "n.", "a..b"] {
             let argv = ["weft-agent", "--node", bad, "--source", "dir:/x", "--status-file", "/s"];
             assert!(run_args(argv).is_err(), "{bad:?}");
+        }
+        let a = run_args(base).unwrap();
+        assert_eq!((a.cnp_status, a.lease_namespace.as_str()), (true, "kube-system"), "the defaults");
+        let a =
+            run_args(base.into_iter().chain(["--cnp-status=false", "--lease-namespace", "weft"])).unwrap();
+        assert_eq!((a.cnp_status, a.lease_namespace.as_str()), (false, "weft"));
+        for bad in ["", "Kube", "a.b", "-a", &"a".repeat(64)] {
+            assert!(run_args(base.into_iter().chain(["--lease-namespace", bad])).is_err(), "{bad:?}");
         }
         for good in ["node-1", "ip-10-0-0-1.ec2.internal", "n"] {
             let argv = ["weft-agent", "--node", good, "--source", "dir:/x", "--status-file", "/s"];

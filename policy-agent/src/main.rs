@@ -145,6 +145,7 @@ fn run_main(args: RunArgs) -> ExitCode {
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dir: args.cni_bin_dir,
         routing: weft_agent::overlay::Routing { mode: args.mode, vni: args.vxlan_vni, port: args.vxlan_port },
+        cnp_status_namespace: args.cnp_status.then_some(args.lease_namespace),
     };
     match run(&cfg, &events, tx) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! What a cluster installs, checked without a cluster: every document of
-//! `deploy/weft.yaml` parses into its k8s-openapi type, the ClusterRole
-//! grants exactly the agent's API calls (`kube_rbac::API_CALLS`), the
+//! `deploy/weft.yaml` parses into its k8s-openapi type, the ClusterRole and
+//! the Role grant exactly the agent's API calls (`kube_rbac::API_CALLS`), the
 //! DaemonSet passes only flags `weft-agent` accepts and mounts what those
 //! flags name, `deploy/kind/kind-config.yaml` has the keys the script relies
 //! on, the Containerfile ships the binaries `install-cni` copies, and
@@ -12,7 +12,10 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use weft_agent::kube_rbac::API_CALLS;
 
@@ -42,6 +45,9 @@ struct Manifest {
     account: ServiceAccount,
     role: ClusterRole,
     binding: ClusterRoleBinding,
+    /// The Leases, in the agent's namespace.
+    ns_role: Role,
+    ns_binding: RoleBinding,
     config: ConfigMap,
     daemonset: DaemonSet,
 }
@@ -61,6 +67,8 @@ fn manifest() -> Manifest {
         account: typed(take("ServiceAccount", "v1")),
         role: typed(take("ClusterRole", "rbac.authorization.k8s.io/v1")),
         binding: typed(take("ClusterRoleBinding", "rbac.authorization.k8s.io/v1")),
+        ns_role: typed(take("Role", "rbac.authorization.k8s.io/v1")),
+        ns_binding: typed(take("RoleBinding", "rbac.authorization.k8s.io/v1")),
         config: typed(take("ConfigMap", "v1")),
         daemonset: typed(take("DaemonSet", "apps/v1")),
     };
@@ -115,19 +123,18 @@ fn every_document_parses_into_its_type() {
         ("ServiceAccount", &m.account.metadata),
         ("ConfigMap", &m.config.metadata),
         ("DaemonSet", &m.daemonset.metadata),
+        ("Role", &m.ns_role.metadata),
+        ("RoleBinding", &m.ns_binding.metadata),
     ] {
         assert_eq!(meta.namespace.as_deref(), Some("kube-system"), "{kind}");
     }
     assert!(m.role.metadata.namespace.is_none() && m.binding.metadata.namespace.is_none());
 }
 
-/// The ClusterRole grants exactly the (group, resource, verb) triples the
-/// agent uses: nothing missing (a watch would be forbidden) and nothing more.
-#[test]
-fn the_cluster_role_grants_exactly_the_agents_api_calls() {
-    let m = manifest();
+/// The (group, resource, verb) triples `rules` grant, each once.
+fn granted(rules: Option<&[PolicyRule]>) -> BTreeSet<(String, String, String)> {
     let mut granted = BTreeSet::new();
-    for r in m.role.rules.as_deref().unwrap_or_default() {
+    for r in rules.unwrap_or_default() {
         assert!(r.resource_names.is_none() && r.non_resource_urls.is_none(), "{r:?}");
         for g in r.api_groups.as_deref().unwrap_or_default() {
             for res in r.resources.as_deref().unwrap_or_default() {
@@ -140,31 +147,70 @@ fn the_cluster_role_grants_exactly_the_agents_api_calls() {
             }
         }
     }
-    let needed: BTreeSet<(String, String, String)> = API_CALLS
-        .iter()
-        .flat_map(|c| c.verbs.iter().map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string())))
-        .collect();
-    assert_eq!(granted, needed);
-    assert_eq!(needed.len(), 15, "get, list and watch of five kinds (ClusterNetworkPolicy the fifth)");
-    assert!(m.role.aggregation_rule.is_none());
+    granted
 }
 
+/// The triples of the agent's calls, cluster-wide or in its namespace.
+fn needed(namespaced: bool) -> BTreeSet<(String, String, String)> {
+    API_CALLS
+        .iter()
+        .filter(|c| c.namespaced == namespaced)
+        .flat_map(|c| c.verbs.iter().map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string())))
+        .collect()
+}
+
+/// The ClusterRole grants exactly the (group, resource, verb) triples the
+/// agent uses cluster-wide, the Role in its namespace exactly the others:
+/// nothing missing (a watch would be forbidden) and nothing more.
 #[test]
-fn the_binding_gives_the_role_to_the_daemonsets_account() {
+fn the_roles_grant_exactly_the_agents_api_calls() {
     let m = manifest();
-    let (b, sa) = (&m.binding, &m.account.metadata);
+    let cluster = granted(m.role.rules.as_deref());
+    assert_eq!(cluster, needed(false));
     assert_eq!(
-        (b.role_ref.kind.as_str(), b.role_ref.api_group.as_str()),
-        ("ClusterRole", "rbac.authorization.k8s.io")
+        cluster.len(),
+        16,
+        "get, list and watch of five kinds (ClusterNetworkPolicy the fifth), and patch of CNP status"
     );
-    assert_eq!(Some(&b.role_ref.name), m.role.metadata.name.as_ref());
-    let subjects = b.subjects.as_deref().unwrap_or_default();
+    assert!(m.role.aggregation_rule.is_none());
+    let namespaced = granted(m.ns_role.rules.as_deref());
+    assert_eq!(namespaced, needed(true));
+    assert_eq!(namespaced.len(), 4, "get, list, create and update of Leases; no delete, no watch");
+}
+
+/// The binding (`role_ref`, `subjects`) gives the `kind` named `name` to
+/// the service account `sa` alone.
+fn gives(
+    role_ref: &RoleRef,
+    subjects: Option<&[Subject]>,
+    kind: &str,
+    name: Option<&String>,
+    sa: &ObjectMeta,
+) {
+    assert_eq!((role_ref.kind.as_str(), role_ref.api_group.as_str()), (kind, "rbac.authorization.k8s.io"));
+    assert_eq!(Some(&role_ref.name), name);
+    let subjects = subjects.unwrap_or_default();
     assert_eq!(subjects.len(), 1, "{subjects:?}");
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(
         (Some(&subjects[0].name), subjects[0].namespace.as_ref()),
         (sa.name.as_ref(), sa.namespace.as_ref())
     );
+}
+
+#[test]
+fn the_bindings_give_the_roles_to_the_daemonsets_account() {
+    let m = manifest();
+    let sa = &m.account.metadata;
+    gives(
+        &m.binding.role_ref,
+        m.binding.subjects.as_deref(),
+        "ClusterRole",
+        m.role.metadata.name.as_ref(),
+        sa,
+    );
+    let b = &m.ns_binding;
+    gives(&b.role_ref, b.subjects.as_deref(), "Role", m.ns_role.metadata.name.as_ref(), sa);
     assert_eq!(pod(&m).service_account_name.as_ref(), sa.name.as_ref());
 }
 
@@ -216,6 +262,10 @@ fn the_agent_gets_flags_it_accepts_and_values_that_exist() {
         .expect("NODE_NAME from a field");
     assert_eq!(node.field_path, "spec.nodeName");
     assert_eq!(given["node"], "$(NODE_NAME)");
+    // The status Leases go to the agent's own namespace, where the Role grants them.
+    let ns = env["POD_NAMESPACE"].value_from.as_ref().and_then(|f| f.field_ref.as_ref()).expect("a field");
+    assert_eq!(ns.field_path, "metadata.namespace");
+    assert!(help_says_env("POD_NAMESPACE"), "--lease-namespace reads POD_NAMESPACE");
     let config = m.config.data.clone().unwrap_or_default();
     for e in env.values() {
         if let Some(k) = e.value_from.as_ref().and_then(|f| f.config_map_key_ref.as_ref()) {
@@ -250,6 +300,12 @@ fn the_agent_gets_flags_it_accepts_and_values_that_exist() {
     let res = c.resources.as_ref().expect("resources");
     assert!(res.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
     assert!(res.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
+}
+
+/// True if `weft-agent --help` says a flag reads `var`.
+fn help_says_env(var: &str) -> bool {
+    let help = Command::new(env!("CARGO_BIN_EXE_weft-agent")).arg("--help").output().unwrap().stdout;
+    String::from_utf8_lossy(&help).contains(&format!("env: {var}"))
 }
 
 /// Host path behind the container path `p`: the mount that holds it, and

@@ -115,6 +115,11 @@ impl CnpRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterNetworkPolicy {
     pub name: String,
+    /// metadata.generation, as the API server set it (None from a manifest
+    /// file without one): what a node reports it realized, for the CNP's
+    /// status. It changes only with the spec, so comparing it costs nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     pub tier: Tier,
     /// 0..=1000, lower first.
     pub priority: u16,

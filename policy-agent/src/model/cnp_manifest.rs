@@ -142,6 +142,7 @@ struct RangeManifest {
 /// Validates one ClusterNetworkPolicy; Err names the field.
 pub(super) fn cluster_network_policy(m: CnpManifest) -> Result<ClusterNetworkPolicy, String> {
     let name = m.metadata.name()?;
+    let generation = m.metadata.generation();
     let spec = m.spec.ok_or("spec is required")?;
     let tier = match spec.tier.as_deref() {
         Some("Admin") => Tier::Admin,
@@ -157,7 +158,7 @@ pub(super) fn cluster_network_policy(m: CnpManifest) -> Result<ClusterNetworkPol
     let subject = subject(spec.subject.ok_or("spec.subject is required")?)?;
     let ingress = rules(spec.ingress, Direction::Ingress)?;
     let egress = rules(spec.egress, Direction::Egress)?;
-    Ok(ClusterNetworkPolicy { name, tier, priority, subject, ingress, egress })
+    Ok(ClusterNetworkPolicy { name, generation, tier, priority, subject, ingress, egress })
 }
 
 fn subject(s: SubjectManifest) -> Result<Subject, String> {

@@ -243,3 +243,16 @@ fn selectors_are_validated_and_lists_unwrapped() {
     assert!(matches!(&r[..], [Ok(Object::ClusterNetworkPolicy(p))] if p.name == "a"), "{r:?}");
     assert_eq!(r[0].as_ref().unwrap().key(), "ClusterNetworkPolicy a");
 }
+
+/// metadata.generation is kept (the node reports it for the status); a
+/// manifest without one has none.
+#[test]
+fn the_generation_is_read_from_the_metadata() {
+    assert_eq!(ok(&egress("  - {action: Deny, to: [{namespaces: {}}]}\n")).generation, None);
+    let text = "kind: ClusterNetworkPolicy\nmetadata: {name: g, generation: 7}\n\
+                spec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n";
+    match parse_objects(text).unwrap().remove(0) {
+        Ok(Object::ClusterNetworkPolicy(p)) => assert_eq!(p.generation, Some(7)),
+        other => panic!("{other:?}"),
+    }
+}

@@ -174,6 +174,9 @@ pub(super) struct Meta {
     labels: Option<Labels>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
+    /// Set by the API server, bumped on every change of the spec.
+    #[serde(default)]
+    generation: Option<i64>,
 }
 
 /// The annotation that puts a NetworkPolicy in audit mode: what it would
@@ -184,6 +187,9 @@ impl Meta {
     pub(super) fn name(&self) -> Result<String, String> {
         check_name(&self.name, "metadata.name")?;
         Ok(self.name.clone())
+    }
+    pub(super) fn generation(&self) -> Option<i64> {
+        self.generation
     }
     fn namespace(&self) -> Result<String, String> {
         let ns = self.namespace.clone().unwrap_or_else(|| "default".into());

@@ -23,7 +23,14 @@ pub trait Source {
     /// when a pod changes, so the agent polls at once; a polled source has
     /// nothing to call it on. Idempotent: a second call is ignored.
     fn set_wake(&mut self, _wake: WakeFn) {}
+
+    /// What the last successful sync applied: CNP name -> metadata.generation
+    /// (for the API source's ClusterNetworkPolicy status). Never blocks.
+    fn report_realized(&mut self, _realized: &Realized) {}
 }
+
+/// CNP name -> the metadata.generation a node applied.
+pub type Realized = std::collections::BTreeMap<String, i64>;
 
 /// What a source calls to wake the agent loop to poll it.
 pub type WakeFn = Box<dyn Fn() + Send + Sync>;
@@ -38,18 +45,28 @@ pub enum SourceSpec {
     Kube { kubeconfig: Option<PathBuf> },
 }
 
+/// What only the API source uses.
+#[derive(Debug, Clone, Default)]
+pub struct KubeExtras {
+    /// ClusterNetworkPolicy status (reports and the elected writer); None: off.
+    pub cnp_status: Option<self::kube::cnp_status::StatusConfig>,
+}
+
 impl SourceSpec {
     /// Opens the source. For a directory, it must be readable now; for the
     /// API, this loads the client configuration (an unreadable kubeconfig
-    /// fails here) and starts the watchers.
-    pub fn open(&self) -> Result<Box<dyn Source>, SourceOpenError> {
+    /// fails here) and starts the watchers, with `extras`.
+    pub fn open(&self, extras: KubeExtras) -> Result<Box<dyn Source>, SourceOpenError> {
         Ok(match self {
             SourceSpec::Dir(dir) => {
                 std::fs::read_dir(dir)
                     .map_err(|source| SourceOpenError::Dir { path: dir.clone(), source })?;
                 Box::new(DirSource::new(dir))
             }
-            SourceSpec::Kube { kubeconfig } => Box::new(KubeSource::start(kubeconfig.as_deref())?),
+            SourceSpec::Kube { kubeconfig } => {
+                let opts = self::kube::Options { cnp_status: extras.cnp_status, ..Default::default() };
+                Box::new(KubeSource::start_opts(kubeconfig.as_deref(), opts)?)
+            }
         })
     }
 }

@@ -43,15 +43,19 @@ pub fn watched_cnp() -> Watched {
     Watched { group: GROUP, version: VERSION, resource: RESOURCE, kind: KIND, verbs: &["list", "watch"] }
 }
 
-/// A ClusterNetworkPolicy as served: its metadata and its spec, untyped.
+/// A ClusterNetworkPolicy as served: its metadata, its spec and its status, untyped.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CnpObject {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: serde_json::Value,
+    /// What the status writer (`cnp_status`) compares its conditions with.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
 }
 
-/// Serialised with its kind (list items come without one), so the manifest parser picks it.
+/// Serialised with its kind (list items come without one), so the manifest
+/// parser picks it; without the status, which the parser does not read.
 impl Serialize for CnpObject {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -128,6 +132,11 @@ impl CnpSlot {
             (Discovered::Served, Some(store)) if listed => Some(store.state()),
             (Discovered::Served, _) => None,
         }
+    }
+
+    /// True while discovery says the CRD is served.
+    pub(super) fn served(&self) -> bool {
+        self.lock().0 == Discovered::Served
     }
 
     /// Records an answer; true if it differs from the last one.

@@ -6,9 +6,12 @@
 //! before every kind has been listed once (an empty store would withdraw
 //! every route and rule); after that, an unreachable API server leaves the
 //! stores, and so the rules, as they were, and the snapshot's errors say so.
+//! While the CRD is served, `cnp_status` reports what this node realized and,
+//! on the node holding its Lease, writes every CNP's status.
 
 mod api_errors;
 pub mod cnp;
+pub mod cnp_status;
 pub mod translate;
 mod watch;
 
@@ -25,6 +28,7 @@ use kube::Client;
 use crate::model::{Snapshot, SourceError};
 use crate::source::Source;
 use cnp::{CnpObject, CnpSlot};
+use cnp_status::{Realized, StatusConfig};
 use translate::Translator;
 pub use translate::{object_key, state_generation, API_ORIGIN};
 
@@ -104,6 +108,8 @@ pub struct KubeSource {
     translator: Translator,
     /// The change counter of the last snapshot returned.
     seen: Option<u64>,
+    /// What this node realized, for the status reporter (with `cnp_status` on).
+    realized: Option<tokio::sync::watch::Sender<Option<Realized>>>,
     /// Stops the runtime thread when dropped.
     _stop: futures::channel::oneshot::Sender<()>,
 }
@@ -123,6 +129,12 @@ impl KubeSource {
         kubeconfig: Option<&Path>,
         cnp_recheck: Duration,
     ) -> Result<KubeSource, KubeSourceError> {
+        KubeSource::start_opts(kubeconfig, Options { cnp_recheck, cnp_status: None })
+    }
+
+    /// `start` with every option.
+    pub fn start_opts(kubeconfig: Option<&Path>, opts: Options) -> Result<KubeSource, KubeSourceError> {
+        let Options { cnp_recheck, cnp_status } = opts;
         let (nodes, w_nodes) = reflector::store();
         let (namespaces, w_namespaces) = reflector::store();
         let (pods, w_pods) = reflector::store();
@@ -134,6 +146,13 @@ impl KubeSource {
         let (started_tx, started) = mpsc::channel();
         let kubeconfig = kubeconfig.map(Path::to_path_buf);
         let sh = shared.clone();
+        let (realized, realized_rx) = tokio::sync::watch::channel(None);
+        let status_inputs = cnp_status.map(|cfg| {
+            let inputs =
+                cnp_status::Inputs { shared: shared.clone(), slot: cnp.clone(), nodes: nodes.clone() };
+            (cfg, inputs)
+        });
+        let realized = status_inputs.is_some().then_some(realized);
         std::thread::Builder::new()
             .name("weft-agent-kube".into())
             .spawn(move || {
@@ -152,6 +171,9 @@ impl KubeSource {
                     tokio::spawn(watch::reflect(client.clone(), w_namespaces, ns, sh.clone()));
                     tokio::spawn(watch::reflect(client.clone(), w_pods, p, sh.clone()));
                     tokio::spawn(cnp::follow(client.clone(), sh.clone(), slot, cnp_recheck));
+                    if let Some((cfg, inputs)) = status_inputs {
+                        cnp_status::spawn(client.clone(), cfg, inputs, realized_rx);
+                    }
                     tokio::spawn(watch::reflect(client, w_policies, np, sh));
                     // Until the source is dropped (Err: the sender went, the same thing).
                     let _ = stopped.await;
@@ -165,8 +187,24 @@ impl KubeSource {
             shared,
             translator: Translator::default(),
             seen: None,
+            realized,
             _stop: stop,
         })
+    }
+}
+
+/// How the API source runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often discovery is asked whether ClusterNetworkPolicy is served.
+    pub cnp_recheck: Duration,
+    /// Report this node's realized CNPs and compete to write their status; None: off.
+    pub cnp_status: Option<StatusConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { cnp_recheck: cnp::RECHECK, cnp_status: None }
     }
 }
 
@@ -189,6 +227,19 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Result<Client, KubeSourceError>
 impl Source for KubeSource {
     fn set_wake(&mut self, wake: crate::source::WakeFn) {
         self.shared.set_wake(wake);
+    }
+
+    fn report_realized(&mut self, realized: &Realized) {
+        if let Some(tx) = &self.realized {
+            // Wakes the reporter only on a change.
+            tx.send_if_modified(|r| {
+                let changed = r.as_ref() != Some(realized);
+                if changed {
+                    *r = Some(realized.clone());
+                }
+                changed
+            });
+        }
     }
 
     fn poll(&mut self) -> Option<Snapshot> {
