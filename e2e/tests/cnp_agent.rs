@@ -1,9 +1,10 @@
 //! weft-agent with a ClusterNetworkPolicy in its cluster state, through the
 //! directory source and through the stand-in API with the CRD installed:
-//! until the kernel enforces CNP the agent must not pretend, so it warns,
-//! once per policy, that this version does not enforce it (root; skips
+//! the agent reads them, and warns once about two of one tier and priority
+//! that share a pod (which applies first is undefined) (root; skips
 //! otherwise). Through the API, the agents report the CNPs they applied and
-//! the one holding the Lease writes their status.
+//! the one holding the Lease writes their status. That the kernel enforces
+//! them is the conformance suites' part (e2e/cases-cnp).
 
 mod common;
 
@@ -20,29 +21,34 @@ const GUARD: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: Cluste
 const POLICY: &str = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\n\
     metadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n";
 
-const UNENFORCED: &str =
-    "WARN weft-agent: ClusterNetworkPolicy guard (Admin tier, priority 5) is NOT enforced";
+/// A second policy of GUARD's tier and priority over the same pods.
+const TWIN: &str = "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+    metadata: {name: twin}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {namespaces: {}}\n  \
+    ingress:\n    - {action: Accept, from: [{namespaces: {matchLabels: {ns: z}}}]}\n";
+
+const AMBIGUOUS: &str =
+    "WARN weft-agent: ClusterNetworkPolicies guard and twin share the Admin tier, priority 5";
 
 fn log(tb: &weft_e2e::Testbed) -> String {
     std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.log")).unwrap_or_default()
 }
 
-/// Applies GUARD, then a NetworkPolicy (a second snapshot with GUARD in it),
-/// and checks the warning came exactly once.
+/// Applies GUARD and TWIN, then a NetworkPolicy (a second snapshot with
+/// them in it), and checks the warning came exactly once.
 fn warned_once(tb: &weft_e2e::Testbed) {
-    tb.apply(GUARD).unwrap();
+    tb.apply(&format!("{GUARD}{TWIN}")).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
-    assert!(weft_e2e::wait_until(CONVERGE, || log(tb).contains(UNENFORCED)), "{}", log(tb));
+    assert!(weft_e2e::wait_until(CONVERGE, || log(tb).contains(AMBIGUOUS)), "{}", log(tb));
     tb.apply(POLICY).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     assert!(tb.stop_agent(1).unwrap());
     let log = log(tb);
-    assert_eq!(log.lines().filter(|l| l.contains(UNENFORCED)).count(), 1, "once, not per snapshot:\n{log}");
+    assert_eq!(log.lines().filter(|l| l.contains(AMBIGUOUS)).count(), 1, "once, not per snapshot:\n{log}");
 }
 
 #[test]
-fn the_agent_says_once_that_a_cnp_from_a_file_is_not_enforced() {
-    if !root_or_skip("the_agent_says_once_that_a_cnp_from_a_file_is_not_enforced") {
+fn the_agent_reads_cnps_from_files_and_warns_once_about_equal_priorities() {
+    if !root_or_skip("the_agent_reads_cnps_from_files_and_warns_once_about_equal_priorities") {
         return;
     }
     let mut tb = pod_testbed(1);

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{bin, root_or_skip, WRONG};
-use weft_e2e::conformance::{self, cases_dir, Backend, Mode, Options, StateSource};
+use weft_e2e::conformance::{self, cases_dir, cnp_cases_dir, Backend, Mode, Options, StateSource};
 use weft_e2e::family::Family;
 
 /// A scratch directory of this test process, removed on drop.
@@ -235,4 +235,33 @@ fn the_suite_passes_in_vxlan_mode() {
 #[test]
 fn the_suite_passes_on_iptables_through_the_kube_source() {
     the_suite_passes_on(Backend::Iptables, Family::Dual, StateSource::Kube, &[]);
+}
+
+/// The ClusterNetworkPolicy cases (e2e/cases-cnp: Admin and Baseline tiers,
+/// their integration with NetworkPolicy, priorities and rule order, Pass,
+/// networks, nodes and named-port peers, updates and deletions) on
+/// `backend` in `family` through `source`, explain agreeing.
+fn the_cnp_suite_passes_on(backend: Backend, family: Family, source: StateSource) {
+    cases_pass(
+        Options { backend, family, source, ..Options::default() },
+        &[cnp_cases_dir().to_path_buf()],
+        50,
+    );
+}
+
+#[test]
+fn the_cnp_suite_passes_on_iptables_in_dual_stack() {
+    the_cnp_suite_passes_on(Backend::Iptables, Family::Dual, StateSource::Dir);
+}
+
+#[test]
+fn the_cnp_suite_passes_on_nftables_in_dual_stack() {
+    the_cnp_suite_passes_on(Backend::Nftables, Family::Dual, StateSource::Dir);
+}
+
+/// Through the stand-in API with the CRD served: the agents watch
+/// clusternetworkpolicies (and write their status) as on a real cluster.
+#[test]
+fn the_cnp_suite_passes_on_nftables_through_the_kube_source() {
+    the_cnp_suite_passes_on(Backend::Nftables, Family::Ipv4, StateSource::Kube);
 }

@@ -7,12 +7,8 @@
 //! address of the node's IPv6 pod CIDR that no pod holds gets nothing; pods
 //! no policy selects, and replies, pass.
 
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "support/pods.rs"]
+mod pods;
 
 use weft_agent::backend::{self, BackendChoice};
 use weft_agent::model::{parse_manifests, Model, Protocol};
@@ -20,7 +16,9 @@ use weft_agent::nft::{render, Nft};
 use weft_agent::policy::{
     Dirty, DirtyDirection, FamilyDirty, Group, GroupPorts, Options, PolicyEngine, PolicyIr, PortGroup,
 };
-use weft_netkit::netns::{run_in, run_in_new, NetNs};
+use weft_netkit::netns::run_in_new;
+
+use pods::{addr6, bridge, PodNs};
 
 const NODE: &str = "
 kind: Node
@@ -59,146 +57,28 @@ fn root() -> bool {
     weft_test_support::root_or_skip(&weft_test_support::this_test(), "network namespaces of its own")
 }
 
-/// Runs `argv`, in the calling thread's netns, to success.
-fn run(argv: &[&str]) {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A pod: a network namespace held by a child process, its eth0 the peer of
-/// a veth on the node's bridge.
-struct PodNs {
-    child: Child,
-}
-
-impl PodNs {
-    fn new(name: &str, n: u8) -> PodNs {
-        let child = Command::new("unshare").args(["-n", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
-        let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ns(child.id().to_string()) == ns("thread-self".into()) {
-            assert!(Instant::now() < deadline, "unshare did not take its namespace");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let pod = PodNs { child };
-        let pid = pod.child.id().to_string();
-        let host = format!("veth-{name}");
-        run(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pid]);
-        run(&["ip", "link", "set", &host, "master", "br0", "up"]);
-        pod.exec(&["ip", "link", "set", "lo", "up"]);
-        pod.exec(&["ip", "link", "set", "eth0", "up"]);
-        pod.exec(&["ip", "-6", "addr", "add", &format!("fd00:244:1::{n}/64"), "dev", "eth0", "nodad"]);
-        pod
-    }
-
-    fn exec(&self, argv: &[&str]) {
-        let pid = self.child.id().to_string();
-        run(&[&["nsenter", "-t", &pid, "-n"][..], argv].concat());
-    }
-
-    /// True if an IPv6 echo to fd00:244:1::`n` is answered within a second.
-    fn pings(&self, n: u8) -> bool {
-        let pid = self.child.id().to_string();
-        let to = format!("fd00:244:1::{n}");
-        Command::new("nsenter")
-            .args(["-t", &pid, "-n", "ping", "-6", "-c1", "-W1", &to])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    /// Its network namespace.
-    fn ns(&self) -> NetNs {
-        NetNs::open(format!("/proc/{}/ns/net", self.child.id())).unwrap()
-    }
-
-    /// True if a TCP connection to fd00:244:1::`n` on `port` is set up within a
-    /// second and the server's answer (a reply) comes back on it.
-    fn connects(&self, n: u8, port: u16) -> bool {
-        let to = SocketAddr::new(addr6(n).into(), port);
-        run_in(&self.ns(), || {
-            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else { return false };
-            let mut answer = [0u8; 1];
-            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-            s.read_exact(&mut answer).is_ok() && answer == *b"!"
-        })
-        .unwrap()
-    }
-
-    /// A TCP server at fd00:244:1::`n` in this pod on `port`.
-    fn serve(&self, n: u8, port: u16) -> Server {
-        let listener = run_in(&self.ns(), || TcpListener::bind((addr6(n), port))).unwrap().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    // Every connection gets one byte: the client reads it as the reply.
-                    Ok((mut s, _)) => drop(s.write_all(b"!")),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Server { stop, thread: Some(thread) }
-    }
-}
-
-/// fd00:244:1::`n`.
-fn addr6(n: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, u16::from_str_radix(&n.to_string(), 16).unwrap())
-}
-
-/// A pod's TCP server, stopped on drop.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PodNs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A bridge br0 in the calling thread's netns that passes bridged IPv6
-/// through the firewall, as the plugin sets a node up.
-fn bridge() {
-    run(&["ip", "link", "add", "br0", "type", "bridge"]);
-    run(&["ip", "link", "set", "br0", "up"]);
-    std::fs::write("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1").unwrap();
-}
-
 /// `choice` enforces IPv6 policy: an isolated pod gets what it allows.
 fn isolated_pods_get_what_ipv6_policy_allows(choice: BackendChoice) {
     run_in_new(|| {
         bridge();
         let (a, b, c, d) = (PodNs::new("a", 2), PodNs::new("b", 3), PodNs::new("c", 4), PodNs::new("d", 5));
         let (u, e) = (PodNs::new("u", 9), PodNs::new("e", 6));
-        assert!(d.pings(2) && u.pings(4), "before weft applies anything, IPv6 is open");
+        assert!(d.pings(addr6(2)) && u.pings(addr6(4)), "before weft applies anything, IPv6 is open");
 
         let known = model(&[("a", "a", 2), ("b", "b", 3), ("c", "c", 4), ("d", "d", 5)]);
         let mut engine = PolicyEngine::new(&known, "node-1", &[], Options::default());
         engine.take_dirty();
         let mut backend = backend::start(choice).unwrap();
         backend.apply(engine.ir(), true).unwrap();
-        assert!(c.pings(2), "a admits c, on every port and protocol");
-        assert!(!d.pings(2), "a is isolated for ingress, and admits nothing from d");
-        assert!(a.pings(4), "a may open connections, and their replies pass");
-        assert!(!b.pings(4), "b is isolated for egress");
-        assert!(c.pings(3), "b may be reached");
-        assert!(!u.pings(4) && !c.pings(9) && !e.pings(4), "no known pod holds u's or e's address");
+        assert!(c.pings(addr6(2)), "a admits c, on every port and protocol");
+        assert!(!d.pings(addr6(2)), "a is isolated for ingress, and admits nothing from d");
+        assert!(a.pings(addr6(4)), "a may open connections, and their replies pass");
+        assert!(!b.pings(addr6(4)), "b is isolated for egress");
+        assert!(c.pings(addr6(3)), "b may be reached");
+        assert!(
+            !u.pings(addr6(4)) && !c.pings(addr6(9)) && !e.pings(addr6(4)),
+            "no known pod holds u's or e's address"
+        );
 
         // u's pod appears, and e's, which a-from-c selects: the change is
         // patched in, u is a pod like d and e one like c.
@@ -214,12 +94,12 @@ fn isolated_pods_get_what_ipv6_policy_allows(choice: BackendChoice) {
         let dirty = engine.take_dirty();
         assert!(!dirty.v6.is_empty() && !dirty.structural, "{dirty:?}");
         backend.apply_changes(engine.ir(), &dirty).unwrap();
-        assert!(u.pings(4) && c.pings(9), "u is known now");
-        assert!(!u.pings(2), "and a stays isolated");
-        assert!(e.pings(2), "e joined a's allowed peers");
+        assert!(u.pings(addr6(4)) && c.pings(addr6(9)), "u is known now");
+        assert!(!u.pings(addr6(2)), "and a stays isolated");
+        assert!(e.pings(addr6(2)), "e joined a's allowed peers");
 
         backend.cleanup().unwrap();
-        assert!(d.pings(2), "cleanup removes the guard with the rest");
+        assert!(d.pings(addr6(2)), "cleanup removes the guard with the rest");
     })
     .expect("a netns of its own");
 }
@@ -276,19 +156,35 @@ fn ipv6_tcp_passes_exactly_as_policy_allows_on_nftables() {
         bridge();
         let (a, b, c, d) = (PodNs::new("a", 2), PodNs::new("b", 3), PodNs::new("c", 4), PodNs::new("d", 5));
         let (p, g, u) = (PodNs::new("p", 7), PodNs::new("g", 11), PodNs::new("u", 9));
-        let _servers = [a.serve(2, 80), a.serve(2, 443), a.serve(2, 8080), c.serve(4, 80)];
-        assert!(c.connects(2, 443) && u.connects(2, 80), "before weft applies anything, IPv6 is open");
+        let _servers =
+            [a.serve(addr6(2), 80), a.serve(addr6(2), 443), a.serve(addr6(2), 8080), c.serve(addr6(4), 80)];
+        assert!(
+            c.connects(addr6(2), 443) && u.connects(addr6(2), 80),
+            "before weft applies anything, IPv6 is open"
+        );
 
         let mut ir = ipv6_ir();
         let mut nft = Nft::new();
         assert!(nft.apply(&render(&ir), false).unwrap().replaced);
-        assert!(b.connects(2, 80), "the triple admits b on TCP 80, and the replies pass");
-        assert!(!b.connects(2, 443) && !c.connects(2, 80), "nothing else from b, nothing from c");
-        assert!(g.connects(2, 80) && g.connects(2, 8080) && g.pings(2), "the group admits g on every port");
-        assert!(p.connects(2, 443) && !p.connects(2, 80), "the port group admits p on TCP 443 only");
-        assert!(!d.connects(2, 443), "d is not (yet) a peer of the port group");
-        assert!(!u.connects(2, 80) && !u.pings(4) && !a.pings(9), "no known pod has u's address");
-        assert!(a.connects(4, 80), "a is not isolated for egress: it reaches c, and c's replies pass");
+        assert!(b.connects(addr6(2), 80), "the triple admits b on TCP 80, and the replies pass");
+        assert!(
+            !b.connects(addr6(2), 443) && !c.connects(addr6(2), 80),
+            "nothing else from b, nothing from c"
+        );
+        assert!(
+            g.connects(addr6(2), 80) && g.connects(addr6(2), 8080) && g.pings(addr6(2)),
+            "the group admits g on every port"
+        );
+        assert!(
+            p.connects(addr6(2), 443) && !p.connects(addr6(2), 80),
+            "the port group admits p on TCP 443 only"
+        );
+        assert!(!d.connects(addr6(2), 443), "d is not (yet) a peer of the port group");
+        assert!(
+            !u.connects(addr6(2), 80) && !u.pings(addr6(4)) && !a.pings(addr6(9)),
+            "no known pod has u's address"
+        );
+        assert!(a.connects(addr6(4), 80), "a is not isolated for egress: it reaches c, and c's replies pass");
 
         // d joins the port group's peers: a patch of the peers set.
         ir.v6.ingress.port_groups[0].peers.push(ipnetwork::Ipv6Network::new(addr6(5), 128).unwrap());
@@ -301,8 +197,11 @@ fn ipv6_tcp_passes_exactly_as_policy_allows_on_nftables() {
         };
         let done = nft.apply_changes(&ir, &dirty).unwrap().expect("a patch");
         assert!(done.netlink && done.added == 1 && done.deleted == 0, "{done:?}");
-        assert!(d.connects(2, 443) && !d.connects(2, 80), "d is admitted on TCP 443 now, and only there");
-        assert!(p.connects(2, 443) && !c.connects(2, 443), "p still is, c still is not");
+        assert!(
+            d.connects(addr6(2), 443) && !d.connects(addr6(2), 80),
+            "d is admitted on TCP 443 now, and only there"
+        );
+        assert!(p.connects(addr6(2), 443) && !c.connects(addr6(2), 443), "p still is, c still is not");
         nft.cleanup().unwrap();
     })
     .expect("a netns of its own");

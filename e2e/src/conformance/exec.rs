@@ -134,7 +134,9 @@ fn prepare(tb: &Testbed, opts: &Options) -> Result<()> {
         }
     }
     if opts.source == StateSource::Kube {
-        tb.start_standin()?;
+        // With the ClusterNetworkPolicy CRD installed, as a cluster running
+        // the cases-cnp suite through the API has it.
+        tb.start_standin()?.serve_cnp(true)?;
     }
     if opts.anti_spoofing {
         tb.set_anti_spoofing(true)?;

@@ -27,7 +27,7 @@ use weft_netkit::tool;
 
 use super::jump_guard::{self, JumpGuard};
 use super::patch;
-use super::render::{Rendered, SetSpec, CHAINS, FORWARD_CHAIN, SET_PREFIX};
+use super::render::{Rendered, SetSpec, CHAINS, CNP_CHAINS, FORWARD_CHAIN, SET_PREFIX};
 use crate::policy::{Dirty, PolicyIr};
 
 /// Held while weft's FORWARD jump is checked, moved or removed.
@@ -205,7 +205,14 @@ impl Iptables {
             let (wanted, applied) =
                 if family.v6 { (&r.rules6, &mut self.rules6) } else { (&r.rules, &mut self.rules) };
             if full || applied.as_deref() != Some(wanted.as_str()) {
-                tool::restore(&family.restore, &["--noflush", "-w", "5"], &in_both_tables(wanted))?;
+                // ClusterNetworkPolicy's chains go with the last policy: they
+                // may be left from this process's last apply or, on a first
+                // apply or a resync, from an earlier run.
+                let stale =
+                    !has_cnp_chains(wanted) && (full || applied.as_deref().is_none_or(has_cnp_chains));
+                let payload =
+                    in_both_tables(&if stale { dropping_cnp_chains(wanted) } else { wanted.clone() });
+                tool::restore(&family.restore, &["--noflush", "-w", "5"], &payload)?;
                 *applied = Some(wanted.clone());
                 done.rules_written = true;
             }
@@ -375,6 +382,27 @@ fn in_both_tables(rules: &str) -> String {
     format!("{mangle}{rules}")
 }
 
+/// True if restore payload `rules` declares ClusterNetworkPolicy's chains.
+fn has_cnp_chains(rules: &str) -> bool {
+    rules.lines().any(|l| {
+        l.strip_prefix(':').and_then(|l| l.split(' ').next()).is_some_and(|c| CNP_CHAINS.contains(&c))
+    })
+}
+
+/// `rules` (which declares no ClusterNetworkPolicy chain) that also flushes
+/// and deletes ClusterNetworkPolicy's chains, in its one transaction: they
+/// reference sets that are destroyed next. Declaring a chain creates it if
+/// absent, so the deletes hold whether or not the kernel has them.
+fn dropping_cnp_chains(rules: &str) -> String {
+    let declare: String = CNP_CHAINS.iter().map(|c| format!(":{c} - [0:0]\n")).collect();
+    let delete: String = CNP_CHAINS.iter().map(|c| format!("-X {c}\n")).collect();
+    rules.replacen("*filter\n", &format!("*filter\n{declare}"), 1).replacen(
+        "COMMIT\n",
+        &format!("{delete}COMMIT\n"),
+        1,
+    )
+}
+
 /// From an `iptables-save -t TABLE` listing: how many FORWARD rules jump to
 /// weft's chain, and which of weft's chains exist.
 fn weft_chains(save: &str) -> (usize, Vec<String>) {
@@ -383,7 +411,7 @@ fn weft_chains(save: &str) -> (usize, Vec<String>) {
     let chains = save
         .lines()
         .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
-        .filter(|c| CHAINS.contains(c))
+        .filter(|c| CHAINS.contains(c) || CNP_CHAINS.contains(c))
         .map(String::from)
         .collect();
     (jumps, chains)
@@ -653,6 +681,26 @@ mod tests {
             ),
             "mangle only drops; what filter accepts goes on through mangle FORWARD"
         );
+    }
+
+    #[test]
+    fn cluster_policy_chains_go_in_the_same_transaction() {
+        let rules = "*filter\n:WEFT-FORWARD - [0:0]\n-A WEFT-FORWARD -j DROP\nCOMMIT\n";
+        assert!(!has_cnp_chains(rules));
+        let dropping = dropping_cnp_chains(rules);
+        let lines: Vec<&str> = dropping.lines().collect();
+        assert_eq!(
+            lines[..3],
+            ["*filter", ":WEFT-CNP-AIN - [0:0]", ":WEFT-CNP-NPIN - [0:0]"],
+            "declared first"
+        );
+        assert_eq!(lines[lines.len() - 2..], ["-X WEFT-CNP-DOUT", "COMMIT"], "deleted last");
+        assert_eq!(dropping.matches("-X WEFT-CNP-").count(), CNP_CHAINS.len());
+        assert!(has_cnp_chains(&dropping));
+        let both = in_both_tables(&dropping);
+        assert_eq!(both.matches("-X WEFT-CNP-AOUT\n").count(), 2, "mangle and filter: {both}");
+        let save = "*filter\n:WEFT-FORWARD - [0:0]\n:WEFT-CNP-AOUT - [0:0]\nCOMMIT\n";
+        assert_eq!(weft_chains(save).1, ["WEFT-FORWARD", "WEFT-CNP-AOUT"], "cleanup finds them");
     }
 
     #[test]

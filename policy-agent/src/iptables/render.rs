@@ -22,6 +22,11 @@
 //! WEFT-EGRESS    the same with (src, dport, dst) in weft-out
 //! ```
 //!
+//! With ClusterNetworkPolicy on this node, the two jumps to WEFT-EGRESS and
+//! WEFT-INGRESS become jumps of every local pod to its tiers, which go to
+//! NetworkPolicy's chains themselves (`cluster_direction`); without, not
+//! one line differs.
+//!
 //! IPv6's sets carry a 6 (weft-local6, weft-in-iso6, weft-in6, weft-i6s-<key>
 //! ...). A new connection to or from an isolated pod costs a fixed number of
 //! set lookups for rules with few peers, plus one rule per distinct
@@ -37,10 +42,10 @@ use std::fmt::Write as _;
 use weft_conf::hash::fnv1a64;
 
 use crate::backend::ObjectCounts;
-use crate::model::Protocol;
+use crate::model::{Action, Protocol, Tier};
 use crate::nflog;
 use crate::policy::family::Family;
-use crate::policy::{Direction, FamilyIr, GroupPorts, PeerKey, PolicyIr, Triple};
+use crate::policy::{Cell, Class, ClusterIr, Direction, FamilyIr, GroupPorts, PeerKey, PolicyIr, Triple};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
@@ -50,6 +55,19 @@ pub const AUDIT_EGRESS_CHAIN: &str = "WEFT-AUDIT-OUT";
 /// Every chain weft declares (and so flushes and, on cleanup, deletes).
 pub const CHAINS: [&str; 5] =
     [FORWARD_CHAIN, INGRESS_CHAIN, EGRESS_CHAIN, AUDIT_INGRESS_CHAIN, AUDIT_EGRESS_CHAIN];
+/// ClusterNetworkPolicy's chains: declared only while some local pod is a
+/// subject (kernel.rs deletes them when they go), so a node without
+/// ClusterNetworkPolicy has exactly the chains it had before them.
+pub const CNP_CHAINS: [&str; 8] = [
+    CNP_INGRESS.admin,
+    CNP_INGRESS.np,
+    CNP_INGRESS.baseline,
+    CNP_INGRESS.deny,
+    CNP_EGRESS.admin,
+    CNP_EGRESS.np,
+    CNP_EGRESS.baseline,
+    CNP_EGRESS.deny,
+];
 /// Every ipset weft creates starts with this.
 pub const SET_PREFIX: &str = "weft-";
 pub const LOCAL_SET: &str = "weft-local";
@@ -175,6 +193,44 @@ pub(super) const AUDIT_EGRESS: Names = Names {
     ..EGRESS
 };
 
+/// ClusterNetworkPolicy's chains and verdict sets in one direction.
+pub(super) struct CnpNames {
+    /// The Admin tier, jumped to for every local pod.
+    pub(super) admin: &'static str,
+    /// NetworkPolicy, gone to from Admin on Pass or no match.
+    pub(super) np: &'static str,
+    /// The Baseline tier, gone to when NetworkPolicy does not isolate.
+    pub(super) baseline: &'static str,
+    /// Logs and drops.
+    pub(super) deny: &'static str,
+    /// hash:ip,port,net sets of (subject, protocol:port, peer) per verdict
+    /// that needs a rule (a Pass, and Baseline's Accept, are the chains' own
+    /// fall-through).
+    pub(super) admin_deny: &'static str,
+    pub(super) admin_accept: &'static str,
+    pub(super) baseline_deny: &'static str,
+}
+
+pub(super) const CNP_INGRESS: CnpNames = CnpNames {
+    admin: "WEFT-CNP-AIN",
+    np: "WEFT-CNP-NPIN",
+    baseline: "WEFT-CNP-BIN",
+    deny: "WEFT-CNP-DIN",
+    admin_deny: "weft-admin-in-deny",
+    admin_accept: "weft-admin-in-accept",
+    baseline_deny: "weft-base-in-deny",
+};
+
+pub(super) const CNP_EGRESS: CnpNames = CnpNames {
+    admin: "WEFT-CNP-AOUT",
+    np: "WEFT-CNP-NPOUT",
+    baseline: "WEFT-CNP-BOUT",
+    deny: "WEFT-CNP-DOUT",
+    admin_deny: "weft-admin-out-deny",
+    admin_accept: "weft-admin-out-accept",
+    baseline_deny: "weft-base-out-deny",
+};
+
 /// The names of one family's objects.
 pub(super) struct FamilyNames {
     pub(super) local: &'static str,
@@ -182,6 +238,13 @@ pub(super) struct FamilyNames {
     pub(super) egress: Names,
     pub(super) audit_ingress: Names,
     pub(super) audit_egress: Names,
+    /// The chains are the same in both families (each its own table), the sets not.
+    pub(super) cnp_ingress: CnpNames,
+    pub(super) cnp_egress: CnpNames,
+    /// Prefixes of the sets of a class's subjects and of a region's peers
+    /// (named after their content: ClusterNetworkPolicy changes are structural).
+    pub(super) cnp_subjects: &'static str,
+    pub(super) cnp_peers: &'static str,
 }
 
 pub(super) const V4: FamilyNames = FamilyNames {
@@ -190,6 +253,10 @@ pub(super) const V4: FamilyNames = FamilyNames {
     egress: EGRESS,
     audit_ingress: AUDIT_INGRESS,
     audit_egress: AUDIT_EGRESS,
+    cnp_ingress: CNP_INGRESS,
+    cnp_egress: CNP_EGRESS,
+    cnp_subjects: "weft-cs",
+    cnp_peers: "weft-cp",
 };
 
 pub(super) const V6: FamilyNames = FamilyNames {
@@ -198,6 +265,21 @@ pub(super) const V6: FamilyNames = FamilyNames {
     egress: Names { iso: "weft-out-iso6", allow: "weft-out6", group: "weft-e6", ..EGRESS },
     audit_ingress: Names { iso: "weft-ain-iso6", allow: "weft-ain6", group: "weft-ai6", ..AUDIT_INGRESS },
     audit_egress: Names { iso: "weft-aout-iso6", allow: "weft-aout6", group: "weft-ae6", ..AUDIT_EGRESS },
+    cnp_ingress: CnpNames {
+        admin_deny: "weft-admin-in-deny6",
+        admin_accept: "weft-admin-in-accept6",
+        baseline_deny: "weft-base-in-deny6",
+        ..CNP_INGRESS
+    },
+    cnp_egress: CnpNames {
+        admin_deny: "weft-admin-out-deny6",
+        admin_accept: "weft-admin-out-accept6",
+        baseline_deny: "weft-base-out-deny6",
+        ..CNP_EGRESS
+    },
+    // Seven characters, so that `keyed` stays within 24.
+    cnp_subjects: "weft-6s",
+    cnp_peers: "weft-6p",
 };
 
 /// The names of family `A`'s objects.
@@ -242,8 +324,10 @@ fn render_family<A: Family>(ir: &FamilyIr<A>) -> (Vec<SetSpec>, String) {
     let n = names::<A>();
     let local = n.local;
     let mut sets = vec![ip_set(local, &ir.local)];
+    let cnp = !ir.cluster.is_empty();
     let mut rules = String::from("*filter\n");
-    for c in CHAINS {
+    let cnp_chains: &[&str] = if cnp { &CNP_CHAINS } else { &[] };
+    for c in CHAINS.iter().chain(cnp_chains) {
         let _ = writeln!(rules, ":{c} - [0:0]");
     }
     let f = FORWARD_CHAIN;
@@ -265,8 +349,15 @@ fn render_family<A: Family>(ir: &FamilyIr<A>) -> (Vec<SetSpec>, String) {
             );
         }
     }
-    let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", n.egress.iso);
-    let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", n.ingress.iso);
+    if cnp {
+        // Every local pod meets ClusterNetworkPolicy's tiers, which go to
+        // NetworkPolicy's chains themselves where the Admin tier passes.
+        let _ = writeln!(rules, "-A {f} -m set --match-set {local} src -j {}", n.cnp_egress.admin);
+        let _ = writeln!(rules, "-A {f} -m set --match-set {local} dst -j {}", n.cnp_ingress.admin);
+    } else {
+        let _ = writeln!(rules, "-A {f} -m set --match-set {} src -j {EGRESS_CHAIN}", n.egress.iso);
+        let _ = writeln!(rules, "-A {f} -m set --match-set {} dst -j {INGRESS_CHAIN}", n.ingress.iso);
+    }
     if ir.audit {
         let _ =
             writeln!(rules, "-A {f} -m set --match-set {} src -j {AUDIT_EGRESS_CHAIN}", n.audit_egress.iso);
@@ -284,6 +375,11 @@ fn render_family<A: Family>(ir: &FamilyIr<A>) -> (Vec<SetSpec>, String) {
     }
     for (dir, names) in [(&ir.ingress, &n.ingress), (&ir.egress, &n.egress)] {
         direction(dir, names, &mut sets, &mut rules);
+    }
+    if cnp {
+        for ingress in [true, false] {
+            cluster_direction(&ir.cluster, ingress, n, &mut sets, &mut rules);
+        }
     }
     if ir.audit {
         for (dir, names) in [(&ir.audit_ingress, &n.audit_ingress), (&ir.audit_egress, &n.audit_egress)] {
@@ -329,23 +425,192 @@ fn direction<A: Family>(dir: &Direction<A>, n: &Names, sets: &mut Vec<SetSpec>, 
         add(targets, sets);
         add(peers, sets);
     }
-    // The first packet of a denied connection goes to the agent's log (a
-    // dropped packet never confirms its conntrack entry, so retransmits are
-    // NEW again: the agent folds those), at most `LOG_RATE` a second: a flood
-    // is cut in the kernel, before it costs the agent anything.
-    let _ = writeln!(
-        rules,
-        "-A {c} -m conntrack --ctstate NEW -m limit --limit {}/sec --limit-burst {} \
-         -j NFLOG --nflog-group {} --nflog-prefix {} --nflog-size {}",
-        nflog::LOG_RATE,
-        nflog::LOG_BURST,
-        nflog::GROUP,
-        n.log_prefix,
-        nflog::SNAPLEN
-    );
+    log_denied(rules, c, n.log_prefix);
     if !n.audit {
         let _ = writeln!(rules, "-A {c} -m comment --comment \"weft: denied by NetworkPolicy\" -j DROP");
     }
+}
+
+/// The first packet of a denied connection goes to the agent's log (a
+/// dropped packet never confirms its conntrack entry, so retransmits are
+/// NEW again: the agent folds those), at most `LOG_RATE` a second: a flood
+/// is cut in the kernel, before it costs the agent anything.
+fn log_denied(rules: &mut String, chain: &str, prefix: &str) {
+    let _ = writeln!(
+        rules,
+        "-A {chain} -m conntrack --ctstate NEW -m limit --limit {}/sec --limit-burst {} \
+         -j NFLOG --nflog-group {} --nflog-prefix {prefix} --nflog-size {}",
+        nflog::LOG_RATE,
+        nflog::LOG_BURST,
+        nflog::GROUP,
+        nflog::SNAPLEN
+    );
+}
+
+/// A region cell of at most this many ports is one set member per port; a
+/// wider one is a rule of its own (as NetworkPolicy's port groups bound it).
+const MAX_SET_PORTS: u32 = 256;
+
+/// A region with all of these cells is every packet to its peers.
+const EVERY_CELL: [Cell; 4] = [
+    Cell::Ports(Protocol::Tcp, 0, u16::MAX),
+    Cell::Ports(Protocol::Udp, 0, u16::MAX),
+    Cell::Ports(Protocol::Sctp, 0, u16::MAX),
+    Cell::Other,
+];
+
+/// ClusterNetworkPolicy's chains in one direction, for the chains above:
+///
+/// ```text
+/// WEFT-CNP-AOUT   (src,dport,dst) in weft-admin-out-deny    -> WEFT-CNP-DOUT
+///                 (src,dport,dst) in weft-admin-out-accept  RETURN (NetworkPolicy skipped)
+///                 wide cells: src in a class, dst in a region's peers, ports   the same
+///                 -g WEFT-CNP-NPOUT                          Pass, or no match
+/// WEFT-CNP-NPOUT  src in weft-out-iso                        -g WEFT-EGRESS
+///                 -g WEFT-CNP-BOUT
+/// WEFT-CNP-BOUT   (src,dport,dst) in weft-base-out-deny     -> WEFT-CNP-DOUT
+///                 wide cells, Deny only
+///                 RETURN                                     Accept, Pass, no match
+/// WEFT-CNP-DOUT   log as NetworkPolicy's denials, DROP
+/// ```
+///
+/// Regions are disjoint and a pod is in one class per tier, so the order of
+/// a tier's rules does not matter, and a verdict the chain reaches anyway
+/// (Pass; Baseline's Accept) needs no rule. Pass and no match are gotos, so
+/// NetworkPolicy's RETURN lands in WEFT-FORWARD; Accept is a RETURN, so an
+/// egress Accept still meets the ingress chains of a local destination.
+fn cluster_direction<A: Family>(
+    cluster: &ClusterIr<A>,
+    ingress: bool,
+    n: &FamilyNames,
+    sets: &mut Vec<SetSpec>,
+    rules: &mut String,
+) {
+    let (np, c) = if ingress { (&n.ingress, &n.cnp_ingress) } else { (&n.egress, &n.cnp_egress) };
+    let deny = format!("-j {}", c.deny);
+    let mut named: BTreeSet<String> = sets.iter().map(|s| s.name.clone()).collect();
+    for tier in [Tier::Admin, Tier::Baseline] {
+        let (chain, verdicts, no_match) = match tier {
+            Tier::Admin => (
+                c.admin,
+                vec![
+                    (Action::Deny, c.admin_deny, deny.clone()),
+                    (Action::Accept, c.admin_accept, "-j RETURN".into()),
+                ],
+                format!("-g {}", c.np),
+            ),
+            Tier::Baseline => {
+                (c.baseline, vec![(Action::Deny, c.baseline_deny, deny.clone())], "-j RETURN".to_string())
+            }
+        };
+        let mut members: Vec<Vec<String>> = vec![Vec::new(); verdicts.len()];
+        let mut wide = String::new();
+        for class in cluster.get(tier, ingress) {
+            let subjects = content_set(n.cnp_subjects, ip_set::<A>("", &class.subjects));
+            let (mut port_rules, mut other_rules) = (String::new(), String::new());
+            for region in &class.regions {
+                let Some(v) = verdicts.iter().position(|v| v.0 == region.action) else { continue };
+                let target = &verdicts[v].2;
+                let peers = content_set(n.cnp_peers, net_set::<A>("", &region.peers));
+                let rule = |out: &mut String, ports: &str| {
+                    let _ = writeln!(
+                        out,
+                        "-A {chain} -m set --match-set {} {} -m set --match-set {} {}{ports} {target}",
+                        subjects.name, np.pod_flag, peers.name, np.peer_flag
+                    );
+                };
+                let mut used = false;
+                if EVERY_CELL.iter().all(|e| region.cells.contains(e)) {
+                    rule(&mut port_rules, "");
+                    used = true;
+                } else {
+                    for cell in &region.cells {
+                        match *cell {
+                            Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => {
+                                members[v].extend(cell_members(class, p, lo, hi, &region.peers));
+                                continue;
+                            }
+                            Cell::Ports(p, 0, u16::MAX) => {
+                                rule(&mut port_rules, &ports_match(GroupPorts::Protocol(p)))
+                            }
+                            Cell::Ports(p, lo, hi) => {
+                                rule(&mut port_rules, &ports_match(GroupPorts::Range(p, lo, hi)))
+                            }
+                            // No match says "not TCP, UDP or SCTP": escapes below.
+                            Cell::Other => rule(&mut other_rules, ""),
+                        }
+                        used = true;
+                    }
+                }
+                if used && named.insert(peers.name.clone()) {
+                    sets.push(peers);
+                }
+            }
+            if port_rules.is_empty() && other_rules.is_empty() {
+                continue;
+            }
+            wide.push_str(&port_rules);
+            if !other_rules.is_empty() {
+                // The class's TCP, UDP and SCTP that no port rule took leave
+                // first, so that the rules without a protocol match take
+                // only the other protocols (no other class has these subjects).
+                for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                    let _ = writeln!(
+                        wide,
+                        "-A {chain} -m set --match-set {} {} -p {} {no_match}",
+                        subjects.name,
+                        np.pod_flag,
+                        p.as_str()
+                    );
+                }
+                wide.push_str(&other_rules);
+            }
+            if named.insert(subjects.name.clone()) {
+                sets.push(subjects);
+            }
+        }
+        for ((_, name, target), members) in verdicts.iter().zip(members) {
+            let _ = writeln!(rules, "-A {chain} -m set --match-set {name} {} {target}", np.allow_flags);
+            sets.push(spec::<A>(name, SetType::HashIpPortNet, members));
+        }
+        rules.push_str(&wide);
+        let _ = writeln!(rules, "-A {chain} {no_match}");
+        if tier == Tier::Admin {
+            // NetworkPolicy decides for the pods it isolates, Baseline for the others.
+            let _ =
+                writeln!(rules, "-A {} -m set --match-set {} {} -g {}", c.np, np.iso, np.pod_flag, np.chain);
+            let _ = writeln!(rules, "-A {} -g {}", c.np, c.baseline);
+        }
+    }
+    // Logged as NetworkPolicy's denials are, so the agent's denied log has them.
+    log_denied(rules, c.deny, np.log_prefix);
+    let _ = writeln!(
+        rules,
+        "-A {} -m comment --comment \"weft: denied by ClusterNetworkPolicy\" -j DROP",
+        c.deny
+    );
+}
+
+/// The hash:ip,port,net members of a small cell: every subject of `class`,
+/// port and peer network.
+fn cell_members<'a, A: Family>(
+    class: &'a Class<A>,
+    p: Protocol,
+    lo: u16,
+    hi: u16,
+    peers: &'a [A::Net],
+) -> impl Iterator<Item = String> + 'a {
+    class.subjects.iter().flat_map(move |&s| {
+        (lo..=hi)
+            .flat_map(move |port| peers.iter().flat_map(move |&peer| triple_members(&(s, p, port, peer))))
+    })
+}
+
+/// `s` named `<prefix>-<hash of its members>`: ClusterNetworkPolicy's
+/// changes are structural, so a set's content may name it.
+fn content_set(prefix: &str, mut s: SetSpec) -> SetSpec {
+    s.name = keyed(prefix, fnv1a64(s.members.join(" ").as_bytes()), "");
+    s
 }
 
 fn spec<A: Family>(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {
@@ -639,3 +904,7 @@ COMMIT
         }
     }
 }
+
+#[cfg(test)]
+#[path = "render_cnp_tests.rs"]
+mod cnp_tests;

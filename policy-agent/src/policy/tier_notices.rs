@@ -1,7 +1,5 @@
-//! What the operator must hear about ClusterNetworkPolicy, once each: that
-//! this version does not enforce it (the kernel layout comes in a later
-//! version: until then, saying nothing would pretend it holds), and which
-//! policies of one tier share a priority and a pod (either may apply).
+//! What the operator must hear about ClusterNetworkPolicy, once each: which
+//! policies of one tier share a priority and a pod (either may apply first).
 
 use std::collections::BTreeSet;
 
@@ -17,25 +15,13 @@ const MAX_PAIR_LINES: usize = 10;
 /// while it exists; one that goes and comes back is noticed again.
 #[derive(Debug, Default)]
 pub struct TierNotices {
-    unenforced: BTreeSet<String>,
     ambiguous: BTreeSet<(String, String)>,
 }
 
 impl TierNotices {
-    /// Logs a WARN for each ClusterNetworkPolicy and each equal-priority pair
-    /// of `model` not warned about yet; idempotent for the same model.
+    /// Logs a WARN for each equal-priority pair of `model` not warned about
+    /// yet; idempotent for the same model.
     pub fn note(&mut self, model: &Model) {
-        self.unenforced.retain(|name| model.cluster_policies.contains_key(name));
-        for (name, p) in &model.cluster_policies {
-            if self.unenforced.insert(name.clone()) {
-                warn!(
-                    "ClusterNetworkPolicy {name} ({} tier, priority {}) is NOT enforced by this version of \
-                     weft: it is read and validated, and `weft-agent explain` shows what it would decide, \
-                     but no kernel rule carries it yet",
-                    p.tier, p.priority
-                );
-            }
-        }
         let pairs: BTreeSet<(String, String)> = if model.cluster_policies.len() > 1 {
             same_priority_overlaps(model).into_iter().collect()
         } else {
@@ -79,28 +65,20 @@ mod tests {
     }
 
     #[test]
-    fn each_policy_and_each_ambiguous_pair_is_warned_about_once_while_it_exists() {
+    fn each_ambiguous_pair_is_warned_about_once_while_it_exists() {
         let mut n = TierNotices::default();
         let lines = crate::logging::captured("info", None, || {
             n.note(&model(&[("a", 1), ("b", 1), ("c", 2)]));
             n.note(&model(&[("a", 1), ("b", 1), ("c", 2)]));
-            // c goes and comes back; b moves to another priority, then back.
+            // b moves to another priority, then back.
             n.note(&model(&[("a", 1), ("b", 3)]));
             n.note(&model(&[("a", 1), ("b", 1), ("c", 2)]));
         });
-        let unenforced: Vec<&str> = lines
-            .iter()
-            .filter(|l| l.contains("NOT enforced"))
-            .map(|l| l.split_whitespace().nth(3).unwrap_or_default())
-            .collect();
-        assert_eq!(unenforced, ["a", "b", "c", "c"], "{lines:#?}");
-        assert!(
-            lines[0].starts_with("WARN weft-agent: ClusterNetworkPolicy a (Admin tier, priority 1) is NOT")
-        );
         let pairs = lines
             .iter()
             .filter(|l| l.contains("ClusterNetworkPolicies a and b share the Admin tier, priority 1"));
         assert_eq!(pairs.count(), 2, "once, and again after b came back to priority 1: {lines:#?}");
+        assert_eq!(lines.len(), 2, "nothing about c, alone at its priority: {lines:#?}");
         assert!(lines.iter().all(|l| l.starts_with("WARN")), "{lines:#?}");
     }
 
