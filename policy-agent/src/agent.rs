@@ -223,7 +223,7 @@ struct Agent<'c> {
     announced: bool,
     /// The source's errors already logged (each is logged once, when new).
     source_errors: Vec<String>,
-    /// ClusterNetworkPolicy warnings already logged (not enforced yet; equal priorities).
+    /// ClusterNetworkPolicy warnings already logged (equal priorities sharing pods).
     tier_notices: crate::policy::tier_notices::TierNotices,
     /// The denied-connection log and the metrics, shared with the HTTP endpoint.
     shared: Arc<Shared>,

@@ -16,13 +16,22 @@
 //! alike are then one region per action. Work grows with rules x peers per
 //! class, and a node has few classes however many pods it runs.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 use std::sync::Arc;
 
+use ipnetwork::IpNetwork;
+
 use super::family::Family;
+use super::incremental::Changes;
 use super::ir::{Cell, Class, ClusterIr, Region};
-use super::tiers::{in_order, selects_pod, subject_selects};
-use crate::model::{Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, Model, Pod, Protocol, Tier};
+use super::tiers::{in_order, selects as subject_selects};
+use crate::model::{
+    Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, LabelSelector, Labels, Model, Pod, Protocol,
+    Tier,
+};
 
 /// The protocols with ports, in lane order; lane 3 is every other protocol.
 const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
@@ -42,20 +51,149 @@ struct Atom {
 
 /// Compiles every ClusterNetworkPolicy of `model` for the local pods of `node`.
 pub fn compile<A: Family>(model: &Model, node: &str) -> ClusterIr<A> {
-    let mut ir = ClusterIr::default();
-    if model.cluster_policies.is_empty() {
-        return ir;
+    compile_in(&Ctx::new(model, node))
+}
+
+/// Both families at once: subjects and peers are selected once.
+pub fn compile_both(model: &Model, node: &str) -> (ClusterIr<Ipv4Addr>, ClusterIr<Ipv6Addr>) {
+    let ctx = Ctx::new(model, node);
+    (compile_in(&ctx), compile_in(&ctx))
+}
+
+/// What one compile looks up many times, looked up once: namespaces'
+/// labels, pods by namespace, the policies in order, and which select each
+/// kind of local pod (pods of one namespace with the same labels).
+struct Ctx<'m> {
+    model: &'m Model,
+    ns_labels: BTreeMap<&'m str, Labels>,
+    /// Pods that policy sees as pods (host-network ones never), by namespace.
+    pods_by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
+    /// Per tier, its policies in evaluation order.
+    tiers: [Vec<&'m ClusterNetworkPolicy>; 2],
+    /// This node's pods (not host-network), by kind, with the indices (per
+    /// tier) of the policies whose subject selects them.
+    kinds: Vec<(Vec<&'m Pod>, [Vec<usize>; 2])>,
+    /// Each distinct peer list resolved, family-neutral.
+    peers: RefCell<BTreeMap<&'m [CnpPeer], Rc<Resolved<'m>>>>,
+}
+
+/// A peer list resolved: the pods it selects, and the networks and node
+/// addresses it names.
+#[derive(Default)]
+struct Resolved<'m> {
+    pods: Vec<&'m Pod>,
+    nets: Vec<IpNetwork>,
+    addrs: Vec<IpAddr>,
+}
+
+impl<'m> Ctx<'m> {
+    fn new(model: &'m Model, node: &str) -> Ctx<'m> {
+        let mut ns_labels: BTreeMap<&str, Labels> =
+            model.namespaces.iter().map(|(n, ns)| (n.as_str(), ns.labels.clone())).collect();
+        let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for p in model.pods.values().filter(|p| !p.host_network) {
+            pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
+            // A namespace without its object still has its name label.
+            ns_labels.entry(p.namespace.as_str()).or_insert_with(|| model.namespace_labels(&p.namespace));
+        }
+        let tiers = [in_order(model, Tier::Admin), in_order(model, Tier::Baseline)];
+        let mut by_kind: BTreeMap<(&str, &Labels), Vec<&Pod>> = BTreeMap::new();
+        if !model.cluster_policies.is_empty() {
+            for p in model.pods.values().filter(|p| p.node.as_deref() == Some(node) && !p.host_network) {
+                by_kind.entry((p.namespace.as_str(), &p.labels)).or_default().push(p);
+            }
+        }
+        let kinds = by_kind
+            .into_iter()
+            .map(|((ns, labels), pods)| {
+                let nl = &ns_labels[ns];
+                let chosen = tiers
+                    .each_ref()
+                    .map(|t| (0..t.len()).filter(|&i| subject_selects(&t[i].subject, nl, labels)).collect());
+                (pods, chosen)
+            })
+            .collect();
+        Ctx { model, ns_labels, pods_by_ns, tiers, kinds, peers: RefCell::default() }
     }
-    let local: Vec<(&Pod, A)> = model
-        .pods
-        .values()
-        .filter(|p| p.node.as_deref() == Some(node) && !p.host_network)
-        .filter_map(|p| Some((p.as_ref(), A::of_pod(p)?)))
-        .collect();
-    for tier in [Tier::Admin, Tier::Baseline] {
-        let policies = in_order(model, tier);
+
+    /// The pods of the namespaces `sel` matches.
+    fn pods_in<'a>(&'a self, sel: &'a LabelSelector) -> impl Iterator<Item = &'m Pod> + 'a {
+        self.pods_by_ns
+            .iter()
+            .filter(move |(ns, _)| self.ns_labels.get(*ns).is_some_and(|l| sel.matches(l)))
+            .flat_map(|(_, pods)| pods.iter().copied())
+    }
+
+    fn resolve(&self, peers: &'m [CnpPeer]) -> Rc<Resolved<'m>> {
+        if let Some(r) = self.peers.borrow().get(peers) {
+            return r.clone();
+        }
+        let mut r = Resolved::default();
+        for peer in peers {
+            match peer {
+                CnpPeer::Namespaces(sel) => r.pods.extend(self.pods_in(sel)),
+                CnpPeer::Pods(np) => {
+                    r.pods.extend(self.pods_in(&np.namespaces).filter(|p| np.pods.matches(&p.labels)))
+                }
+                CnpPeer::Networks(nets) => r.nets.extend(nets),
+                CnpPeer::Nodes(sel) => r.addrs.extend(
+                    self.model
+                        .nodes
+                        .values()
+                        .filter(|n| sel.matches(&n.labels))
+                        .flat_map(|n| n.addresses.iter().copied()),
+                ),
+                CnpPeer::Unknown(_) => {}
+            }
+        }
+        r.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        r.pods.dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
+        let r = Rc::new(r);
+        self.peers.borrow_mut().insert(peers, r.clone());
+        r
+    }
+}
+
+/// True if `c` may change what ClusterNetworkPolicy compiles to on `node`:
+/// a policy, a namespace or a node changed while there are policies, or a
+/// pod that is local, or that some policy's peers select (before or after).
+pub(super) fn touched(c: &Changes, node: &str) -> bool {
+    let (old, new) = (c.old, c.new);
+    if old.cluster_policies.is_empty() && new.cluster_policies.is_empty() {
+        return false;
+    }
+    if old.cluster_policies != new.cluster_policies || c.namespaces || old.nodes != new.nodes {
+        return true;
+    }
+    // The distinct pod selectors of every rule's peers.
+    let mut selectors: BTreeSet<(&LabelSelector, Option<&LabelSelector>)> = BTreeSet::new();
+    for rule in new.cluster_policies.values().flat_map(|p| p.ingress.iter().chain(&p.egress)) {
+        for peer in &rule.peers {
+            match peer {
+                CnpPeer::Namespaces(ns) => selectors.insert((ns, None)),
+                CnpPeer::Pods(np) => selectors.insert((&np.namespaces, Some(&np.pods))),
+                _ => false,
+            };
+        }
+    }
+    let model = new;
+    let peer = |p: &Pod| {
+        !p.host_network && {
+            let nl = model.namespace_labels(&p.namespace);
+            selectors.iter().any(|(ns, pods)| ns.matches(&nl) && pods.is_none_or(|s| s.matches(&p.labels)))
+        }
+    };
+    c.pods
+        .iter()
+        .flat_map(|(_, before, after)| before.iter().chain(after))
+        .any(|p| p.node.as_deref() == Some(node) || peer(p))
+}
+
+fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {
+    let mut ir = ClusterIr::default();
+    for (t, tier) in [Tier::Admin, Tier::Baseline].into_iter().enumerate() {
         for ingress in [true, false] {
-            *ir.get_mut(tier, ingress) = tier_direction(model, &policies, ingress, &local);
+            *ir.get_mut(tier, ingress) = tier_direction::<A>(ctx, t, ingress);
         }
     }
     ir
@@ -70,23 +208,15 @@ fn rules_of(p: &ClusterNetworkPolicy, ingress: bool) -> &[CnpRule] {
 }
 
 /// The classes of one tier and direction.
-fn tier_direction<A: Family>(
-    model: &Model,
-    policies: &[&ClusterNetworkPolicy],
-    ingress: bool,
-    local: &[(&Pod, A)],
-) -> Vec<Class<A>> {
+fn tier_direction<A: Family>(ctx: &Ctx, tier: usize, ingress: bool) -> Vec<Class<A>> {
+    let policies = &ctx.tiers[tier];
     // A class is the policies selecting a pod, plus, where an ingress rule
     // names a port, the pod's own port names (resolved on the subject).
     type Key = (Vec<usize>, Vec<(String, Protocol, u16)>);
     let mut classes: BTreeMap<Key, (&Pod, BTreeSet<A>)> = BTreeMap::new();
-    for &(pod, addr) in local {
-        let chosen: Vec<usize> = (0..policies.len())
-            .filter(|&i| {
-                !rules_of(policies[i], ingress).is_empty()
-                    && subject_selects(model, &policies[i].subject, pod)
-            })
-            .collect();
+    for (pods, chosen) in &ctx.kinds {
+        let chosen: Vec<usize> =
+            chosen[tier].iter().copied().filter(|&i| !rules_of(policies[i], ingress).is_empty()).collect();
         if chosen.is_empty() {
             continue;
         }
@@ -96,23 +226,24 @@ fn tier_direction<A: Family>(
                     .iter()
                     .any(|r| r.ports.iter().any(|p| matches!(p, CnpPort::Named(_))))
             });
-        let ports = if named {
-            pod.ports.iter().filter_map(|c| Some((c.name.clone()?, c.protocol, c.port))).collect()
-        } else {
-            Vec::new()
-        };
-        classes.entry((chosen, ports)).or_insert_with(|| (pod, BTreeSet::new())).1.insert(addr);
+        for &pod in pods {
+            let Some(addr) = A::of_pod(pod) else { continue };
+            let ports = if named {
+                pod.ports.iter().filter_map(|c| Some((c.name.clone()?, c.protocol, c.port))).collect()
+            } else {
+                Vec::new()
+            };
+            classes.entry((chosen.clone(), ports)).or_insert_with(|| (pod, BTreeSet::new())).1.insert(addr);
+        }
     }
-    let mut peers = PeerCache::default();
+    let mut spans = SpanCache::default();
     let mut out: Vec<Class<A>> = classes
         .into_iter()
         .filter_map(|((chosen, _), (rep, subjects))| {
             let rules: Vec<(Action, Vec<Atom>)> = chosen
                 .iter()
-                .flat_map(|&i| {
-                    rules_of(policies[i], ingress).iter().enumerate().map(move |(r, rule)| (i, r, rule))
-                })
-                .filter_map(|(i, r, rule)| atoms::<A>(model, &mut peers, (i, r), rule, ingress, rep))
+                .flat_map(|&i| rules_of(policies[i], ingress))
+                .filter_map(|rule| atoms::<A>(ctx, &mut spans, rule, ingress, rep))
                 .collect();
             let regions = cut::<A>(&rules);
             (!regions.is_empty()).then_some(Class { subjects, regions })
@@ -122,24 +253,16 @@ fn tier_direction<A: Family>(
     out
 }
 
-/// A rule's peers, resolved once per compile: the pods they select and
-/// every address they match.
-#[derive(Default)]
-struct PeerCache<'m> {
-    rules: BTreeMap<(usize, usize), Resolved<'m>>,
-}
+/// A peer list's addresses in one family, by the list.
+type SpanCache<'m> = BTreeMap<&'m [CnpPeer], Arc<Vec<Span>>>;
 
-/// The pods a rule's peers select and every address they match.
-type Resolved<'m> = (Vec<&'m Pod>, Arc<Vec<Span>>);
-
-/// What `rule` (rule `id` = (policy, rule index)) reaches for subject `me`,
-/// with its action: None for a rule that matches nothing (a fail-closed
-/// Accept). A fail-closed Deny or Pass reaches everything.
+/// What `rule` reaches for subject `me`, with its action: None for a rule
+/// that matches nothing (a fail-closed Accept). A fail-closed Deny or Pass
+/// reaches everything.
 fn atoms<'m, A: Family>(
-    model: &'m Model,
-    cache: &mut PeerCache<'m>,
-    id: (usize, usize),
-    rule: &CnpRule,
+    ctx: &Ctx<'m>,
+    cache: &mut SpanCache<'m>,
+    rule: &'m CnpRule,
     ingress: bool,
     me: &Pod,
 ) -> Option<(Action, Vec<Atom>)> {
@@ -149,7 +272,8 @@ fn atoms<'m, A: Family>(
         let everything = Atom { spans: Arc::new(vec![(0, max::<A>())]), cells: all_cells() };
         return (rule.action != Action::Accept).then(|| (Action::Deny, vec![everything]));
     }
-    let (pods, spans) = cache.rules.entry(id).or_insert_with(|| resolve::<A>(model, &rule.peers)).clone();
+    let resolved = ctx.resolve(&rule.peers);
+    let spans = cache.entry(&rule.peers).or_insert_with(|| Arc::new(spans_of::<A>(&resolved))).clone();
     if rule.ports.is_empty() {
         return Some((rule.action, vec![Atom { spans, cells: all_cells() }]));
     }
@@ -169,7 +293,7 @@ fn atoms<'m, A: Family>(
                 }
             }
             CnpPort::Named(name) => {
-                for p in &pods {
+                for p in &resolved.pods {
                     let Some(addr) = A::of_pod(p) else { continue };
                     let a = addr.as_u128();
                     for c in p.ports.iter().filter(|c| c.name.as_deref() == Some(name.as_str())) {
@@ -189,6 +313,15 @@ fn atoms<'m, A: Family>(
     Some((rule.action, out))
 }
 
+/// Every address of family `A` that `r` matches.
+fn spans_of<A: Family>(r: &Resolved) -> Vec<Span> {
+    let hosts =
+        r.pods.iter().filter_map(|p| A::of_pod(p)).chain(r.addrs.iter().filter_map(|ip| A::of_ip(*ip)));
+    let mut spans: Vec<Span> = hosts.map(|a| (a.as_u128(), a.as_u128())).collect();
+    spans.extend(r.nets.iter().filter_map(|n| A::of_net(*n)).map(span::<A>));
+    spans
+}
+
 fn lane(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 0,
@@ -203,45 +336,6 @@ fn max<A: Family>() -> u128 {
     } else {
         (1u128 << A::BITS) - 1
     }
-}
-
-/// The pods `peers` select (host-network pods never) and every address they
-/// match in family `A`, sorted.
-fn resolve<'m, A: Family>(model: &'m Model, peers: &[CnpPeer]) -> Resolved<'m> {
-    let mut pods: Vec<&Pod> = Vec::new();
-    let mut spans = Vec::new();
-    for peer in peers {
-        match peer {
-            CnpPeer::Namespaces(sel) => pods.extend(
-                model
-                    .pods
-                    .values()
-                    .filter(|p| !p.host_network && sel.matches(&model.namespace_labels(&p.namespace)))
-                    .map(|p| p.as_ref()),
-            ),
-            CnpPeer::Pods(np) => pods.extend(
-                model
-                    .pods
-                    .values()
-                    .filter(|p| !p.host_network && selects_pod(model, np, p))
-                    .map(|p| p.as_ref()),
-            ),
-            CnpPeer::Networks(nets) => spans.extend(nets.iter().filter_map(|n| A::of_net(*n)).map(span::<A>)),
-            CnpPeer::Nodes(sel) => spans.extend(
-                model
-                    .nodes
-                    .values()
-                    .filter(|n| sel.matches(&n.labels))
-                    .flat_map(|n| n.addresses.iter().filter_map(|ip| A::of_ip(*ip)))
-                    .map(|a| (a.as_u128(), a.as_u128())),
-            ),
-            CnpPeer::Unknown(_) => {}
-        }
-    }
-    pods.sort_by_key(|p| (&p.namespace, &p.name));
-    pods.dedup_by_key(|p| (p.namespace.clone(), p.name.clone()));
-    spans.extend(pods.iter().filter_map(|p| A::of_pod(p)).map(|a| (a.as_u128(), a.as_u128())));
-    (pods, Arc::new(spans))
 }
 
 fn span<A: Family>(n: A::Net) -> Span {
@@ -272,23 +366,38 @@ fn cut<A: Family>(rules: &[(Action, Vec<Atom>)]) -> Vec<Region<A>> {
         cells.extend(b.windows(2).map(|w| (l as u8, w[0] as u16, (w[1] - 1) as u16)));
     }
     cells.push((OTHER, 0, u16::MAX));
-    // Cells painted alike, grouped.
-    let mut alike: BTreeMap<Vec<(Span, Action)>, Vec<LaneCell>> = BTreeMap::new();
+    // Cells the same atoms cover are painted alike: paint each such group once.
+    let atoms: Vec<(Action, &Atom)> =
+        rules.iter().flat_map(|(action, atoms)| atoms.iter().map(move |a| (*action, a))).collect();
+    let mut covered: BTreeMap<Vec<usize>, Vec<LaneCell>> = BTreeMap::new();
     for cell in cells {
+        let by: Vec<usize> =
+            (0..atoms.len()).filter(|&i| atoms[i].1.cells.iter().any(|c| covers(*c, cell))).collect();
+        if !by.is_empty() {
+            covered.entry(by).or_default().push(cell);
+        }
+    }
+    let everything = (0, max::<A>());
+    let mut alike: BTreeMap<Vec<(Span, Action)>, Vec<LaneCell>> = BTreeMap::new();
+    for (by, cells) in covered {
         let mut painted: BTreeMap<u128, (u128, Action)> = BTreeMap::new();
-        for (action, atoms) in rules {
-            for atom in atoms.iter().filter(|a| a.cells.iter().any(|c| covers(*c, cell))) {
-                for &s in atom.spans.iter() {
-                    paint(&mut painted, s, *action);
+        'paint: for i in by {
+            let (action, atom) = atoms[i];
+            for &s in atom.spans.iter() {
+                paint(&mut painted, s, action);
+                // Nothing later can paint a cell painted whole.
+                if s == everything {
+                    break 'paint;
                 }
             }
         }
         if !painted.is_empty() {
-            alike.entry(coalesce(painted)).or_default().push(cell);
+            alike.entry(coalesce(painted)).or_default().extend(cells);
         }
     }
     let mut regions = Vec::new();
-    for (painting, cells) in alike {
+    for (painting, mut cells) in alike {
+        cells.sort();
         let cells = join_cells(cells);
         let mut by_action: BTreeMap<Action, Vec<A::Net>> = BTreeMap::new();
         for ((lo, hi), action) in painting {

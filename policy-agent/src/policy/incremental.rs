@@ -53,16 +53,16 @@ pub struct PolicyEngine {
 }
 
 /// A key whose value changed, with the value before and after.
-type Change<'a, V> = (&'a String, Option<&'a V>, Option<&'a V>);
+pub(super) type Change<'a, V> = (&'a String, Option<&'a V>, Option<&'a V>);
 
 /// What changed between two models, as every family's engine needs it.
-struct Changes<'a> {
-    old: &'a Model,
-    new: &'a Model,
+pub(super) struct Changes<'a> {
+    pub(super) old: &'a Model,
+    pub(super) new: &'a Model,
     /// Pods that changed, before and after.
-    pods: Vec<Change<'a, Arc<Pod>>>,
+    pub(super) pods: Vec<Change<'a, Arc<Pod>>>,
     /// A namespace's labels changed, or one came or went.
-    namespaces: bool,
+    pub(super) namespaces: bool,
     /// Policies that changed, came or went.
     policies: BTreeSet<String>,
 }
@@ -78,8 +78,7 @@ impl PolicyEngine {
         let mut scratch = Dirty::default();
         let v4 = FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4);
         let v6 = FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6);
-        ir.v4.cluster = cluster::compile(model, node);
-        ir.v6.cluster = cluster::compile(model, node);
+        (ir.v4.cluster, ir.v6.cluster) = cluster::compile_both(model, node);
         PolicyEngine { v4, v6, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
     }
 
@@ -116,12 +115,10 @@ impl PolicyEngine {
         let d = &mut self.dirty;
         d.structural |= self.v4.update(&changes, &mut self.ir.v4, &mut d.v4);
         d.structural |= self.v6.update(&changes, &mut self.ir.v6, &mut d.v6);
-        // ClusterNetworkPolicy is compiled whole while there is any, and its
-        // chains re-rendered when its regions change.
-        if !old.cluster_policies.is_empty() || !new.cluster_policies.is_empty() {
-            let node = &self.v4.node;
-            let v4 = cluster::compile(new, node);
-            let v6 = cluster::compile(new, node);
+        // ClusterNetworkPolicy is compiled whole when a change can touch it,
+        // and its chains re-rendered when its regions change.
+        if cluster::touched(&changes, &self.v4.node) {
+            let (v4, v6) = cluster::compile_both(new, &self.v4.node);
             d.structural |= v4 != self.ir.v4.cluster || v6 != self.ir.v6.cluster;
             self.ir.v4.cluster = v4;
             self.ir.v6.cluster = v6;

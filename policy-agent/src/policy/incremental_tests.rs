@@ -11,7 +11,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::*;
 use crate::model::{
-    ContainerPort, Namespace, NetworkPolicy, Node, Peer, PolicyPort, PortRef, Protocol, Rule,
+    Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, ContainerPort, Namespace, NamespacedPods,
+    NetworkPolicy, Node, Peer, PolicyPort, PortRef, Protocol, Rule, Subject, Tier,
 };
 use crate::policy::compile_with;
 use crate::policy::family::Family;
@@ -133,6 +134,52 @@ fn random_policy(r: &mut Rng, name: &str) -> NetworkPolicy {
     }
 }
 
+/// A ClusterNetworkPolicy over the same small cluster: subjects and peers
+/// by team or app, networks, ports numbered and named, every action.
+fn random_cnp(r: &mut Rng, name: &str) -> ClusterNetworkPolicy {
+    let team = || LabelSelector::of_labels([("team", "t1")]);
+    let app = |r: &mut Rng| LabelSelector::of_labels([("app", *r.pick(&APPS))]);
+    let subject = match r.below(3) {
+        0 => Subject::Namespaces(team()),
+        1 => Subject::Namespaces(LabelSelector::default()),
+        _ => Subject::Pods(NamespacedPods { namespaces: LabelSelector::default(), pods: app(r) }),
+    };
+    let rules = |r: &mut Rng, egress: bool| -> Vec<CnpRule> {
+        (0..r.below(4))
+            .map(|_| {
+                let peer = match r.below(if egress { 5 } else { 3 }) {
+                    0 => CnpPeer::Namespaces(team()),
+                    1 => CnpPeer::Namespaces(LabelSelector::default()),
+                    2 => CnpPeer::Pods(NamespacedPods { namespaces: LabelSelector::default(), pods: app(r) }),
+                    3 => CnpPeer::Networks(vec![
+                        "10.244.1.0/28".parse().unwrap(),
+                        "fd00:a::/32".parse().unwrap(),
+                    ]),
+                    _ => CnpPeer::Nodes(LabelSelector::default()),
+                };
+                let ports = match r.below(4) {
+                    0 => vec![],
+                    1 => vec![CnpPort::Ports { protocol: Protocol::Tcp, start: 80, end: 80 }],
+                    2 => vec![CnpPort::Ports { protocol: Protocol::Tcp, start: 1, end: 8080 }],
+                    _ if matches!(peer, CnpPeer::Networks(_) | CnpPeer::Nodes(_)) => vec![],
+                    _ => vec![CnpPort::Named("http".into())],
+                };
+                let action = *r.pick(&[Action::Accept, Action::Deny, Action::Pass]);
+                CnpRule { name: None, action, peers: vec![peer], ports }
+            })
+            .collect()
+    };
+    ClusterNetworkPolicy {
+        name: name.into(),
+        generation: None,
+        tier: *r.pick(&[Tier::Admin, Tier::Baseline]),
+        priority: r.below(3) as u16,
+        subject,
+        ingress: rules(r, false),
+        egress: rules(r, true),
+    }
+}
+
 fn node(name: &str, third: u8) -> Node {
     Node {
         name: name.into(),
@@ -164,13 +211,17 @@ pub(crate) fn random_model(r: &mut Rng) -> Model {
         let p = random_policy(r, &format!("n{i}"));
         m.policies.insert(p.key(), p.into());
     }
+    for i in 0..r.below(3) {
+        let p = random_cnp(r, &format!("c{i}"));
+        m.cluster_policies.insert(p.name.clone(), p);
+    }
     m
 }
 
-/// One random change: a pod or policy added, changed or removed, a
-/// namespace relabelled, node-1's pod CIDR changed.
+/// One random change: a pod, policy or cluster policy added, changed or
+/// removed, a namespace relabelled, node-1's pod CIDR changed.
 pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
-    match r.below(10) {
+    match r.below(11) {
         0..=3 => {
             let name = format!("p{}", r.below(12));
             let key = m.pods.keys().find(|k| k.ends_with(&format!("/{name}"))).cloned();
@@ -207,6 +258,12 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
             if key.is_none() || r.chance(60) {
                 let p = random_policy(r, &name);
                 m.policies.insert(p.key(), p.into());
+            }
+        }
+        10 => {
+            let name = format!("c{}", r.below(4));
+            if m.cluster_policies.remove(&name).is_none() || r.chance(60) {
+                m.cluster_policies.insert(name.clone(), random_cnp(r, &name));
             }
         }
         7 | 8 => {

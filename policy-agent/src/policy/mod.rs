@@ -2,9 +2,9 @@
 //! node's `PolicyIr` (per address family: which local pods are isolated in
 //! which direction, and what each may send or receive), backend-neutral; the
 //! iptables and nftables renderers turn the IR into kernel state.
-//! ClusterNetworkPolicy's Admin and Baseline tiers (`tiers`) are evaluated on
-//! the model only (explain, the pure conformance run): the IR does not carry
-//! them yet, and `tier_notices` says so to the operator.
+//! ClusterNetworkPolicy's Admin and Baseline tiers are evaluated on the
+//! model by `tiers` (explain's walk) and compiled into the IR by `cluster`
+//! (disjoint regions per subject class, what the backends render).
 
 mod aggregate;
 pub mod cidr;

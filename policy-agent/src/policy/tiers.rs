@@ -161,14 +161,14 @@ pub fn subject_selects(model: &Model, subject: &Subject, pod: &Pod) -> bool {
 }
 
 /// True if `subject` applies to a pod with `labels` in a namespace with `ns_labels`.
-fn selects(subject: &Subject, ns_labels: &Labels, labels: &Labels) -> bool {
+pub(crate) fn selects(subject: &Subject, ns_labels: &Labels, labels: &Labels) -> bool {
     match subject {
         Subject::Namespaces(sel) => sel.matches(ns_labels),
         Subject::Pods(np) => np.namespaces.matches(ns_labels) && np.pods.matches(labels),
     }
 }
 
-pub(crate) fn selects_pod(model: &Model, np: &NamespacedPods, pod: &Pod) -> bool {
+fn selects_pod(model: &Model, np: &NamespacedPods, pod: &Pod) -> bool {
     np.namespaces.matches(&model.namespace_labels(&pod.namespace)) && np.pods.matches(&pod.labels)
 }
 
