@@ -280,9 +280,17 @@ pub fn explain_line(d: &Denied, view: &ExplainView, time_ms: u64) -> DeniedConne
     ) {
         Ok(e) => {
             let decision = if d.ingress { &e.ingress } else { &e.egress };
-            let policies = decision.as_ref().map(|x| x.isolated_by.clone()).unwrap_or_default();
+            let cluster = decision.as_ref().and_then(|x| x.cluster_verdict.as_ref()).filter(|v| !v.allows);
+            let policies = match cluster {
+                // A ClusterNetworkPolicy rule decided: it is the one to name and count.
+                Some(v) => vec![v.rule.clone()],
+                None => decision.as_ref().map(|x| x.isolated_by.clone()).unwrap_or_default(),
+            };
             let (end, other) = if d.ingress { (&e.dst, &e.src) } else { (&e.src, &e.dst) };
-            let reason = if policies.is_empty() {
+            let reason = if let (Some(v), Some(x)) = (cluster, decision) {
+                let is = if d.audit { "would be" } else { "is" };
+                format!("{direction} of {end} {is} denied by {} ({} tier): {}", v.rule, v.tier, x.walk_line())
+            } else if policies.is_empty() {
                 format!("{end} is not isolated for {direction} in the current state (the rules were older)")
             } else {
                 let port = d.dport.map(|p| format!(" {p}")).unwrap_or_default();
@@ -364,6 +372,28 @@ spec: {podSelector: {}}
         assert!(log
             .metrics()
             .contains("weft_denied_connections_total{policy=\"x/deny-all\",direction=\"ingress\"} 3"));
+    }
+
+    #[test]
+    fn a_cluster_network_policy_denial_names_its_rule_and_is_counted_under_it() {
+        let mut text = String::from(
+            "kind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: node-1}\nstatus: {podIP: 10.244.1.2}\n---\n\
+             kind: Pod\nmetadata: {name: b, namespace: y}\nspec: {nodeName: node-1}\nstatus: {podIP: 10.244.1.3}\n",
+        );
+        text += "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                 metadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  \
+                 ingress:\n    - {name: no-y, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}]}\n";
+        let view = ExplainView::new(Model::of_manifests(&text));
+        let mut log = DenyLog::default();
+        let line = log.record(&syn(81), &view, Instant::now(), 1).unwrap();
+        assert_eq!(line.policies, ["cnp/guard/no-y"]);
+        assert_eq!(
+            line.reason,
+            "ingress of x/a (10.244.1.2) is denied by cnp/guard/no-y (Admin tier): Admin Deny by cnp/guard/no-y"
+        );
+        assert!(log
+            .metrics()
+            .contains("weft_denied_connections_total{policy=\"cnp/guard/no-y\",direction=\"ingress\"} 1"));
     }
 
     #[test]
