@@ -244,7 +244,9 @@ impl Iptables {
     /// maxelem): the caller applies in full. Adds and deletes in place are
     /// safe in any order (see `small_change`).
     pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<Applied>, KernelError> {
-        if dirty.structural || self.rules.is_none() {
+        // ClusterNetworkPolicy's wide rules name their sets by content:
+        // a change to its regions renders in full (and writes what differs).
+        if dirty.structural || self.rules.is_none() || dirty.cluster() {
             return Ok(None);
         }
         let Some(changes) = patch::changes(ir, dirty, &self.sets) else { return Ok(None) };

@@ -176,7 +176,8 @@ mod tests {
         };
         let (mut sets, mut patched) = (BTreeMap::new(), 0);
         each_change(200, 20, |ir, dirty, at| {
-            if dirty.structural {
+            // As Iptables::apply_changes: ClusterNetworkPolicy changes render in full.
+            if dirty.structural || dirty.cluster() {
                 sets = rendered(ir);
                 return;
             }

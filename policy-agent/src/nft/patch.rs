@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set, views, Elem,
-    FamilyElem, NftFamily, View,
+    addrs, cluster_set, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set,
+    region_elems, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::Protocol;
 use crate::policy::family::{anywhere, host};
@@ -70,6 +70,16 @@ fn family<A: NftFamily>(
         let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
         let dd = v.pick([&d.ingress, &d.egress, &d.audit_ingress, &d.audit_egress]);
         view(v, dir, dd, sets, out)?;
+    }
+    if d.cluster {
+        // ClusterNetworkPolicy's verdict sets, whole: a few per direction.
+        for v in &VIEWS[..2] {
+            for (tier, action) in CLUSTER_SETS {
+                let name = cluster_set::<A>(v, tier, action);
+                let new = region_elems(fir.cluster.get(tier, v.pick([true, false, true, false])), action);
+                diff(out, &name, new, sets.get(&name)?.clone());
+            }
+        }
     }
     Some(())
 }

@@ -398,7 +398,7 @@ pub(super) struct View {
     drop: bool,
 }
 
-const VIEWS: [View; 4] = [
+pub(super) const VIEWS: [View; 4] = [
     View {
         index: 0,
         short: "in",
@@ -677,14 +677,14 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
             p.chains.push(chain(c.clone(), false));
         }
         let goto = |c: &str| Statement::Goto(JumpTarget { target: c.to_string().into() });
-        let lookups = [
-            (Tier::Admin, Action::Deny, &admin, goto(&deny)),
-            (Tier::Admin, Action::Accept, &admin, Statement::Return(None)),
-            (Tier::Admin, Action::Pass, &admin, goto(&np)),
-            (Tier::Baseline, Action::Deny, &base, goto(&deny)),
-        ];
-        for (tier, action, chain, verdict) in lookups {
-            let name = format!("{chain}_{}", action.to_string().to_lowercase());
+        for (tier, action) in CLUSTER_SETS {
+            let (chain, verdict) = match (tier, action) {
+                (Tier::Admin, Action::Accept) => (&admin, Statement::Return(None)),
+                (Tier::Admin, Action::Pass) => (&admin, goto(&np)),
+                (Tier::Admin, _) => (&admin, goto(&deny)),
+                (Tier::Baseline, _) => (&base, goto(&deny)),
+            };
+            let name = cluster_set::<A>(v, tier, action);
             p.sets.push(set(name.clone(), kind(), true));
             p.elems.insert(name.clone(), region_elems(fir.cluster.get(tier, ingress), action));
             p.policy.push(rule(
@@ -707,9 +707,25 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
     }
 }
 
+/// The verdict sets of ClusterNetworkPolicy, per direction: Admin Deny,
+/// Accept and Pass, Baseline Deny (Baseline Accept and Pass need none).
+pub(super) const CLUSTER_SETS: [(Tier, Action); 4] = [
+    (Tier::Admin, Action::Deny),
+    (Tier::Admin, Action::Accept),
+    (Tier::Admin, Action::Pass),
+    (Tier::Baseline, Action::Deny),
+];
+
+/// The name of the verdict set of (`tier`, `action`) in view `v` (ingress
+/// or egress), family `A`: `cnp_<a|b><in|out>[6]_<action>`.
+pub(super) fn cluster_set<A: NftFamily>(v: &View, tier: Tier, action: Action) -> String {
+    let t = if tier == Tier::Admin { "a" } else { "b" };
+    format!("cnp_{t}{}{}_{}", v.short, A::SUFFIX, action.to_string().to_lowercase())
+}
+
 /// The elements of the regions of `classes` with `action`: (subject,
 /// protocols, ports, peer) for each subject, cell and peer network.
-fn region_elems<A: NftFamily>(classes: &[Class<A>], action: Action) -> BTreeSet<Elem> {
+pub(super) fn region_elems<A: NftFamily>(classes: &[Class<A>], action: Action) -> BTreeSet<Elem> {
     let mut out = BTreeSet::new();
     for class in classes {
         for r in class.regions.iter().filter(|r| r.action == action) {

@@ -154,39 +154,57 @@ impl<'m> Ctx<'m> {
     }
 }
 
+/// The distinct pod selectors of every ClusterNetworkPolicy rule's peers
+/// (namespaces, and pods within them): what decides whether a pod change
+/// can move a peer. Kept by the engine while the policies stay the same.
+#[derive(Debug, Default)]
+pub(super) struct PodPeers(Vec<(LabelSelector, Option<LabelSelector>)>);
+
+impl PodPeers {
+    pub(super) fn of(model: &Model) -> PodPeers {
+        let mut selectors: BTreeSet<(&LabelSelector, Option<&LabelSelector>)> = BTreeSet::new();
+        for rule in model.cluster_policies.values().flat_map(|p| p.ingress.iter().chain(&p.egress)) {
+            for peer in &rule.peers {
+                match peer {
+                    CnpPeer::Namespaces(ns) => selectors.insert((ns, None)),
+                    CnpPeer::Pods(np) => selectors.insert((&np.namespaces, Some(&np.pods))),
+                    _ => false,
+                };
+            }
+        }
+        PodPeers(selectors.into_iter().map(|(ns, pods)| (ns.clone(), pods.cloned())).collect())
+    }
+
+    fn select(&self, model: &Model, p: &Pod) -> bool {
+        !p.host_network && {
+            let nl = model.namespace_labels(&p.namespace);
+            self.0
+                .iter()
+                .any(|(ns, pods)| ns.matches(&nl) && pods.as_ref().is_none_or(|s| s.matches(&p.labels)))
+        }
+    }
+}
+
 /// True if `c` may change what ClusterNetworkPolicy compiles to on `node`:
 /// a policy, a namespace or a node changed while there are policies, or a
 /// pod that is local, or that some policy's peers select (before or after).
-pub(super) fn touched(c: &Changes, node: &str) -> bool {
+/// `peers` are the new model's (`PodPeers::of`), refreshed when policies change.
+pub(super) fn touched(c: &Changes, node: &str, peers: &mut PodPeers) -> bool {
     let (old, new) = (c.old, c.new);
     if old.cluster_policies.is_empty() && new.cluster_policies.is_empty() {
         return false;
     }
-    if old.cluster_policies != new.cluster_policies || c.namespaces || old.nodes != new.nodes {
+    if old.cluster_policies != new.cluster_policies {
+        *peers = PodPeers::of(new);
         return true;
     }
-    // The distinct pod selectors of every rule's peers.
-    let mut selectors: BTreeSet<(&LabelSelector, Option<&LabelSelector>)> = BTreeSet::new();
-    for rule in new.cluster_policies.values().flat_map(|p| p.ingress.iter().chain(&p.egress)) {
-        for peer in &rule.peers {
-            match peer {
-                CnpPeer::Namespaces(ns) => selectors.insert((ns, None)),
-                CnpPeer::Pods(np) => selectors.insert((&np.namespaces, Some(&np.pods))),
-                _ => false,
-            };
-        }
+    if c.namespaces || old.nodes != new.nodes {
+        return true;
     }
-    let model = new;
-    let peer = |p: &Pod| {
-        !p.host_network && {
-            let nl = model.namespace_labels(&p.namespace);
-            selectors.iter().any(|(ns, pods)| ns.matches(&nl) && pods.is_none_or(|s| s.matches(&p.labels)))
-        }
-    };
     c.pods
         .iter()
         .flat_map(|(_, before, after)| before.iter().chain(after))
-        .any(|p| p.node.as_deref() == Some(node) || peer(p))
+        .any(|p| p.node.as_deref() == Some(node) || peers.select(new, p))
 }
 
 fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {

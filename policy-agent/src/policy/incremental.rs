@@ -48,6 +48,8 @@ impl<A: Family> Default for View<A> {
 pub struct PolicyEngine {
     v4: FamilyEngine<Ipv4Addr>,
     v6: FamilyEngine<Ipv6Addr>,
+    /// What ClusterNetworkPolicy peers select, for `cluster::touched`.
+    cnp_peers: cluster::PodPeers,
     ir: PolicyIr,
     dirty: Dirty,
 }
@@ -79,7 +81,8 @@ impl PolicyEngine {
         let v4 = FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4);
         let v6 = FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6);
         (ir.v4.cluster, ir.v6.cluster) = cluster::compile_both(model, node);
-        PolicyEngine { v4, v6, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
+        let cnp_peers = cluster::PodPeers::of(model);
+        PolicyEngine { v4, v6, cnp_peers, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
     }
 
     /// The IR in force.
@@ -115,11 +118,15 @@ impl PolicyEngine {
         let d = &mut self.dirty;
         d.structural |= self.v4.update(&changes, &mut self.ir.v4, &mut d.v4);
         d.structural |= self.v6.update(&changes, &mut self.ir.v6, &mut d.v6);
-        // ClusterNetworkPolicy is compiled whole when a change can touch it,
-        // and its chains re-rendered when its regions change.
-        if cluster::touched(&changes, &self.v4.node) {
+        // ClusterNetworkPolicy is compiled whole when a change can touch it;
+        // its chains come or go (structural) only with the first or last
+        // subject, otherwise its sets' elements change.
+        if cluster::touched(&changes, &self.v4.node, &mut self.cnp_peers) {
             let (v4, v6) = cluster::compile_both(new, &self.v4.node);
-            d.structural |= v4 != self.ir.v4.cluster || v6 != self.ir.v6.cluster;
+            d.structural |= v4.is_empty() != self.ir.v4.cluster.is_empty()
+                || v6.is_empty() != self.ir.v6.cluster.is_empty();
+            d.v4.cluster |= v4 != self.ir.v4.cluster;
+            d.v6.cluster |= v6 != self.ir.v6.cluster;
             self.ir.v4.cluster = v4;
             self.ir.v6.cluster = v6;
         }

@@ -315,6 +315,9 @@ pub struct FamilyDirty<A: Family = Ipv4Addr> {
     pub egress: DirtyDirection<A>,
     pub audit_ingress: DirtyDirection<A>,
     pub audit_egress: DirtyDirection<A>,
+    /// ClusterNetworkPolicy's regions changed (not whether there are any:
+    /// that is structural).
+    pub cluster: bool,
 }
 
 impl<A: Family> Default for FamilyDirty<A> {
@@ -325,6 +328,7 @@ impl<A: Family> Default for FamilyDirty<A> {
             egress: DirtyDirection::default(),
             audit_ingress: DirtyDirection::default(),
             audit_egress: DirtyDirection::default(),
+            cluster: false,
         }
     }
 }
@@ -332,7 +336,8 @@ impl<A: Family> Default for FamilyDirty<A> {
 impl<A: Family> FamilyDirty<A> {
     /// True if nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.local.is_empty()
+        !self.cluster
+            && self.local.is_empty()
             && self.ingress.is_empty()
             && self.egress.is_empty()
             && self.audit_ingress.is_empty()
@@ -349,4 +354,11 @@ pub struct Dirty {
     pub structural: bool,
     pub v4: FamilyDirty<Ipv4Addr>,
     pub v6: FamilyDirty<Ipv6Addr>,
+}
+
+impl Dirty {
+    /// True if ClusterNetworkPolicy's regions changed in either family.
+    pub fn cluster(&self) -> bool {
+        self.v4.cluster || self.v6.cluster
+    }
 }
