@@ -39,6 +39,16 @@ fn warned_once(tb: &weft_e2e::Testbed) {
     tb.apply(&format!("{GUARD}{TWIN}")).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     assert!(weft_e2e::wait_until(CONVERGE, || log(tb).contains(AMBIGUOUS)), "{}", log(tb));
+    // ... and the status file, while the pair exists.
+    let status = || {
+        std::fs::read_to_string(weft_e2e::run::run_dir(&tb.run()).join("agent-n1.status.json"))
+            .unwrap_or_default()
+    };
+    assert!(
+        weft_e2e::wait_until(CONVERGE, || status().contains("ClusterNetworkPolicies guard and twin share")),
+        "{}",
+        status()
+    );
     tb.apply(POLICY).unwrap();
     tb.wait_converged(CONVERGE).unwrap();
     assert!(tb.stop_agent(1).unwrap());

@@ -329,6 +329,7 @@ impl<'c> Agent<'c> {
                 Err(e) => status.errors.push(e),
             }
         }
+        status.warnings.extend(self.tier_notices.warnings());
         let conflist = self.write_conflist(&mut status);
         operator_log::report_changes(self.last_status.as_ref(), &status, &logged);
         let written = self.save_status(&mut status);

@@ -44,6 +44,21 @@ impl TierNotices {
         }
         self.ambiguous = pairs;
     }
+
+    /// The equal-priority pairs of the last model noted, for the status
+    /// file's warnings (at most `MAX_PAIR_LINES` named, the rest counted).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ambiguous
+            .iter()
+            .take(MAX_PAIR_LINES)
+            .map(|(a, b)| format!("ClusterNetworkPolicies {a} and {b} share a tier, a priority and a pod: which applies first is undefined"))
+            .collect();
+        if self.ambiguous.len() > MAX_PAIR_LINES {
+            out.push(format!("... and {} more such pairs", self.ambiguous.len() - MAX_PAIR_LINES));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +94,11 @@ mod tests {
             .filter(|l| l.contains("ClusterNetworkPolicies a and b share the Admin tier, priority 1"));
         assert_eq!(pairs.count(), 2, "once, and again after b came back to priority 1: {lines:#?}");
         assert_eq!(lines.len(), 2, "nothing about c, alone at its priority: {lines:#?}");
+        // The status says so as long as the pair exists.
+        assert_eq!(n.warnings().len(), 1);
+        assert!(n.warnings()[0].starts_with("ClusterNetworkPolicies a and b share"), "{:?}", n.warnings());
+        n.note(&model(&[("a", 1), ("b", 3)]));
+        assert_eq!(n.warnings(), Vec::<String>::new());
         assert!(lines.iter().all(|l| l.starts_with("WARN")), "{lines:#?}");
     }
 
@@ -88,6 +108,9 @@ mod tests {
         let six: Vec<(&str, u16)> = six.iter().map(|(n, p)| (n.as_str(), *p)).collect();
         let lines = crate::logging::captured("info", None, || TierNotices::default().note(&model(&six)));
         assert_eq!(lines.iter().filter(|l| l.contains(" share the Admin tier")).count(), MAX_PAIR_LINES);
+        let mut n = TierNotices::default();
+        n.note(&model(&six));
+        assert_eq!(n.warnings().len(), MAX_PAIR_LINES + 1, "bounded in the status too");
         assert!(lines.last().is_some_and(|l| l.contains("... and 5 more pairs")), "15 pairs: {lines:#?}");
     }
 }
