@@ -113,6 +113,28 @@ fn port_split() -> Model {
     )])
 }
 
+/// 70 more pods of node-1 (no namespace of their own: only the model has
+/// them) with `app: crowd`, and an Admin Deny of TCP 80 from the crowd and
+/// from c to every pod: 76 subjects x 71 peers, past what the verdict sets
+/// spell out (`MAX_REGION_ELEMENTS`), so one rule over a subjects set and a
+/// peers set carries it.
+fn crowd() -> Model {
+    // Every other address, so that the peers do not aggregate into a few networks.
+    let crowd: Vec<String> =
+        (0..70).map(|i| 100 + 2 * i).map(|n| pod(&format!("crowd-{n}"), "crowd", n)).collect();
+    let deny = cnp(
+        "crowd",
+        "Admin",
+        1,
+        "{namespaces: {}}",
+        "ingress",
+        &["{action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchExpressions: \
+           [{key: app, operator: In, values: [crowd, c]}]}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}"
+            .into()],
+    );
+    model(&[crowd.concat(), deny])
+}
+
 /// a isolated for ingress, admitting b and c; no ClusterNetworkPolicy.
 fn network_policy_only() -> Model {
     model(&[np(
@@ -153,19 +175,28 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
         assert!(!f.pings(to_a), "f's egress Accept still meets a's ingress (Pass, then its NetworkPolicy)");
         assert!(a.connects(to_e, 80), "a's egress meets no policy, and the replies pass");
 
-        // A change of ClusterNetworkPolicy, applied as the agent applies one.
-        let mut change = |next: Model| {
+        // A change of ClusterNetworkPolicy, applied as the agent applies one;
+        // true if a region of the Admin ingress is a rule of its own.
+        let mut change = |next: Model| -> bool {
             engine.update(&now, &next);
             let dirty = engine.take_dirty();
-            assert!(dirty.structural, "{dirty:?}");
+            // The chains come with the first policy and go with the last;
+            // in between the regions change (nftables patches elements).
+            assert!(dirty.structural || dirty.cluster(), "{dirty:?}");
             backend.apply_changes(engine.ir(), &dirty).unwrap();
             now = next;
+            engine.ir().v4.cluster.admin_ingress.iter().any(|c| c.regions.iter().any(|r| c.grouped(r)))
         };
         change(port_split());
         assert!(d.connects(to_e, 80), "the Accept on TCP 80 comes first");
         assert!(!d.connects(to_e, 81), "the Deny takes every other port");
         assert!(!c.connects(to_e, 80) && !d.pings(to_e), "and every other peer and protocol");
         assert!(c.connects(to_a, 80) && b.connects(to_a, 80), "a has only its NetworkPolicy now");
+
+        assert!(change(crowd()), "the crowd's region is a rule of its own");
+        assert!(!c.connects(to_a, 80) && !c.connects(to_e, 80), "the Admin Deny holds through that rule");
+        assert!(c.connects(to_e, 81) && b.connects(to_a, 80), "and only for TCP 80 from the crowd and c");
+        assert!(!c.connects(addr6(2), 80), "in IPv6 too");
 
         change(network_policy_only());
         assert_eq!(cnp_objects(), Vec::<String>::new(), "the last ClusterNetworkPolicy took its objects");

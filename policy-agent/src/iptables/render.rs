@@ -519,6 +519,8 @@ fn cluster_direction<A: Family>(
                         subjects.name, np.pod_flag, peers.name, np.peer_flag
                     );
                 };
+                // A region too big for elements gets rules for all its cells.
+                let grouped = class.grouped(region);
                 let mut used = false;
                 if EVERY_CELL.iter().all(|e| region.cells.contains(e)) {
                     rule(&mut port_rules, "");
@@ -526,7 +528,9 @@ fn cluster_direction<A: Family>(
                 } else {
                     for cell in &region.cells {
                         match *cell {
-                            Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => {
+                            Cell::Ports(p, lo, hi)
+                                if !grouped && u32::from(hi) - u32::from(lo) < MAX_SET_PORTS =>
+                            {
                                 members[v].extend(cell_members(class, p, lo, hi, &region.peers));
                                 continue;
                             }

@@ -12,7 +12,7 @@ use super::render::{
     addrs, cluster_set, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set,
     region_elems, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
-use crate::model::Protocol;
+use crate::model::{Protocol, Tier};
 use crate::policy::family::{anywhere, host};
 use crate::policy::{Direction, Dirty, DirtyDirection, PolicyIr};
 
@@ -72,6 +72,16 @@ fn family<A: NftFamily>(
         view(v, dir, dd, sets, out)?;
     }
     if d.cluster {
+        // Regions matched by rules of their own (`Class::grouped`), now or
+        // before: the rules change, which a full render does.
+        let grouped = [Tier::Admin, Tier::Baseline]
+            .iter()
+            .flat_map(|&t| [true, false].map(|i| fir.cluster.get(t, i)))
+            .flatten()
+            .any(|c| c.regions.iter().any(|r| c.grouped(r)));
+        if grouped || sets.keys().any(|n| n.starts_with("cnps")) {
+            return None;
+        }
         // ClusterNetworkPolicy's verdict sets, whole: a few per direction.
         for v in &VIEWS[..2] {
             for (tier, action) in CLUSTER_SETS {

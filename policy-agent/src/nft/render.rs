@@ -689,9 +689,10 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
             p.elems.insert(name.clone(), region_elems(fir.cluster.get(tier, ingress), action));
             p.policy.push(rule(
                 chain.clone(),
-                vec![m(key.clone(), Operator::EQ, set_ref(&name)), verdict],
+                vec![m(key.clone(), Operator::EQ, set_ref(&name)), verdict.clone()],
                 None,
             ));
+            cluster_groups(fir.cluster.get(tier, ingress), action, v, chain, verdict, p);
         }
         p.policy.push(rule(admin.clone(), vec![goto(&np)], None));
         let policy_chain = format!("{}{s}", v.chain);
@@ -704,6 +705,57 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
         p.policy.push(rule(base, vec![Statement::Return(None)], None));
         p.policy.push(rule(deny.clone(), log_new(v.log_prefix), None));
         p.policy.push(rule(deny, vec![Statement::Drop(None)], Some("weft: denied by ClusterNetworkPolicy")));
+    }
+}
+
+/// The regions of `classes` with `action` too big for the verdict sets
+/// (`Class::grouped`): a rule each in `chain`, over a set of the class's
+/// subjects (`cnps[6]_<hash>`) and one of the region's peers
+/// (`cnpp[6]_<hash>`), named after their content and shared by the rules
+/// that have the same.
+fn cluster_groups<A: NftFamily>(
+    classes: &[Class<A>],
+    action: Action,
+    v: &View,
+    chain: &str,
+    verdict: Statement<'static>,
+    p: &mut Parts,
+) {
+    let f = |field: &'static str| payload(A::PAYLOAD, field);
+    for class in classes {
+        for r in class.regions.iter().filter(|r| r.action == action && class.grouped(r)) {
+            let subjects =
+                format!("cnps{}_{:016x}", A::SUFFIX, fnv1a64(format!("{:?}", class.subjects).as_bytes()));
+            if !p.elems.contains_key(&subjects) {
+                p.policy.push(set(subjects.clone(), SetTypeValue::Single(A::ADDR), false));
+                p.elems.insert(subjects.clone(), addrs(&class.subjects));
+            }
+            let peers = format!("cnpp{}_{:016x}", A::SUFFIX, fnv1a64(format!("{:?}", r.peers).as_bytes()));
+            if !p.elems.contains_key(&peers) {
+                p.policy.push(set(peers.clone(), SetTypeValue::Single(A::ADDR), true));
+                p.elems.insert(peers.clone(), r.peers.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect());
+            }
+            let mut expr = vec![
+                m(f(v.pod), Operator::EQ, set_ref(&subjects)),
+                m(f(v.peer), Operator::EQ, set_ref(&peers)),
+            ];
+            let boxes = cell_boxes(&r.cells);
+            if boxes != [((0, u8::MAX), (0, u16::MAX))] {
+                let items: Vec<SetItem<'static>> = boxes
+                    .iter()
+                    .map(|&((plo, phi), (lo, hi))| {
+                        SetItem::Element(Expression::Named(NamedExpression::Concat(vec![
+                            range_or_value(u32::from(plo), u32::from(phi)),
+                            range_or_value(u32::from(lo), u32::from(hi)),
+                        ])))
+                    })
+                    .collect();
+                let key = Expression::Named(NamedExpression::Concat(vec![l4proto(), th_dport()]));
+                expr.push(m(key, Operator::EQ, Expression::Named(NamedExpression::Set(items))));
+            }
+            expr.push(verdict.clone());
+            p.policy.push(rule(chain.to_string(), expr, None));
+        }
     }
 }
 
@@ -728,7 +780,7 @@ pub(super) fn cluster_set<A: NftFamily>(v: &View, tier: Tier, action: Action) ->
 pub(super) fn region_elems<A: NftFamily>(classes: &[Class<A>], action: Action) -> BTreeSet<Elem> {
     let mut out = BTreeSet::new();
     for class in classes {
-        for r in class.regions.iter().filter(|r| r.action == action) {
+        for r in class.regions.iter().filter(|r| r.action == action && !class.grouped(r)) {
             let boxes = cell_boxes(&r.cells);
             for &subject in &class.subjects {
                 for &(protos, ports) in &boxes {

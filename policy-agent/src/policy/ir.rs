@@ -143,6 +143,22 @@ pub struct Class<A: Family = Ipv4Addr> {
     pub regions: Vec<Region<A>>,
 }
 
+/// Above this many (subject, peer network, cell) combinations a region is
+/// not spelled out as set elements, which grow with their product (a Deny
+/// from a team's 1,000 pods to 300 local subjects), but matched by one rule
+/// over a set of its class's subjects and a set of its peers, which grow
+/// with their sum: the price is one rule per such region on a new
+/// connection's path, as NetworkPolicy's port groups pay.
+pub const MAX_REGION_ELEMENTS: usize = 4096;
+
+impl<A: Family> Class<A> {
+    /// True if `r` (one of this class's regions) is matched by a rule of its
+    /// own rather than by elements of the verdict sets (`MAX_REGION_ELEMENTS`).
+    pub fn grouped(&self, r: &Region<A>) -> bool {
+        self.subjects.len().saturating_mul(r.peers.len()).saturating_mul(r.cells.len()) > MAX_REGION_ELEMENTS
+    }
+}
+
 /// ClusterNetworkPolicy on this node in one family: per tier and direction,
 /// the classes of its subjects (sorted). Empty without ClusterNetworkPolicy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
