@@ -18,10 +18,16 @@ use weft_netkit::netns::run_in_new;
 
 use pods::{addr4, addr6, bridge, PodNs};
 
+/// node-1, and node-2 whose pod CIDR holds the bridge's upper half (pod g
+/// there is one node-1 has not heard of yet).
 const NODE: &str = "
 kind: Node
 metadata: {name: node-1}
-spec: {podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}
+spec: {podCIDRs: [10.244.1.0/25, 'fd00:244:1::/64']}
+---
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDRs: [10.244.1.128/25]}
 ";
 
 /// The pods (name, app, n): servers a (2) and e (6), clients b, c, d, f.
@@ -113,6 +119,16 @@ fn port_split() -> Model {
     )])
 }
 
+/// `m` with pod g (app g) on node-2 at 10.244.1.250.
+fn with_g(mut m: Model) -> Model {
+    let g = "kind: Pod\nmetadata: {name: g, namespace: x, labels: {app: g}}\nspec: {nodeName: node-2}\n\
+             status: {podIP: 10.244.1.250}\n";
+    for o in parse_manifests(g).unwrap() {
+        assert!(m.insert(o));
+    }
+    m
+}
+
 /// 70 more pods of node-1 (no namespace of their own: only the model has
 /// them) with `app: crowd`, and an Admin Deny of TCP 80 from the crowd and
 /// from c to every pod: 76 subjects x 71 peers, past what the verdict sets
@@ -174,6 +190,11 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
         );
         assert!(!f.pings(to_a), "f's egress Accept still meets a's ingress (Pass, then its NetworkPolicy)");
         assert!(a.connects(to_e, 80), "a's egress meets no policy, and the replies pass");
+        // g, at an address of node-2's pod CIDR that no pod has yet: it may
+        // be b, so the Baseline's Deny from b holds it; once known, it is not b.
+        let g = PodNs::new("g", 250);
+        assert!(!g.connects(to_e, 80), "a pod not known yet meets the Deny that may be meant for it");
+        assert!(c.connects(to_e, 80), "known pods as before");
 
         // A change of ClusterNetworkPolicy, applied as the agent applies one;
         // true if a region of the Admin ingress is a rule of its own.
@@ -187,6 +208,8 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
             now = next;
             engine.ir().v4.cluster.admin_ingress.iter().any(|c| c.regions.iter().any(|r| c.grouped(r)))
         };
+        change(with_g(tiers()));
+        assert!(g.connects(to_e, 80), "g is known now, and not b");
         change(port_split());
         assert!(d.connects(to_e, 80), "the Accept on TCP 80 comes first");
         assert!(!d.connects(to_e, 81), "the Deny takes every other port");

@@ -70,6 +70,14 @@ fn family_changes<'s, A: Family>(
         let new = if ir.local.contains(ip) { vec![member.clone()] } else { Vec::new() };
         diff(n.local, new, &prefixed(get(n.local)?, &member, true))?;
     }
+    // ClusterNetworkPolicy's known pods (rendered only while it has subjects here).
+    if !ir.cluster.is_empty() {
+        for ip in &dirty.known {
+            let member = ip.to_string();
+            let new = if ir.cluster.known.contains(ip) { vec![member.clone()] } else { Vec::new() };
+            diff(n.cnp_pods, new, &prefixed(get(n.cnp_pods)?, &member, true))?;
+        }
+    }
     let mut views = vec![(&n.ingress, &ir.ingress, &dirty.ingress), (&n.egress, &ir.egress, &dirty.egress)];
     if ir.audit {
         views.push((&n.audit_ingress, &ir.audit_ingress, &dirty.audit_ingress));

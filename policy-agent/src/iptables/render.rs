@@ -209,6 +209,10 @@ pub(super) struct CnpNames {
     pub(super) admin_deny: &'static str,
     pub(super) admin_accept: &'static str,
     pub(super) baseline_deny: &'static str,
+    /// hash:ip,port,net sets of (subject, protocol:port, anywhere) where a
+    /// pod not known yet is denied (`Class::unknown`), per tier.
+    pub(super) admin_unknown: &'static str,
+    pub(super) baseline_unknown: &'static str,
 }
 
 pub(super) const CNP_INGRESS: CnpNames = CnpNames {
@@ -219,6 +223,8 @@ pub(super) const CNP_INGRESS: CnpNames = CnpNames {
     admin_deny: "weft-admin-in-deny",
     admin_accept: "weft-admin-in-accept",
     baseline_deny: "weft-base-in-deny",
+    admin_unknown: "weft-admin-in-unk",
+    baseline_unknown: "weft-base-in-unk",
 };
 
 pub(super) const CNP_EGRESS: CnpNames = CnpNames {
@@ -229,6 +235,8 @@ pub(super) const CNP_EGRESS: CnpNames = CnpNames {
     admin_deny: "weft-admin-out-deny",
     admin_accept: "weft-admin-out-accept",
     baseline_deny: "weft-base-out-deny",
+    admin_unknown: "weft-admin-out-unk",
+    baseline_unknown: "weft-base-out-unk",
 };
 
 /// The names of one family's objects.
@@ -245,6 +253,11 @@ pub(super) struct FamilyNames {
     /// (named after their content: ClusterNetworkPolicy changes are structural).
     pub(super) cnp_subjects: &'static str,
     pub(super) cnp_peers: &'static str,
+    /// Every known pod's address (hash:ip) and every node's pod CIDR
+    /// (hash:net): an address in the second and not the first is a pod
+    /// not known yet.
+    pub(super) cnp_pods: &'static str,
+    pub(super) cnp_pod_cidrs: &'static str,
 }
 
 pub(super) const V4: FamilyNames = FamilyNames {
@@ -257,6 +270,8 @@ pub(super) const V4: FamilyNames = FamilyNames {
     cnp_egress: CNP_EGRESS,
     cnp_subjects: "weft-cs",
     cnp_peers: "weft-cp",
+    cnp_pods: "weft-cnp-pods",
+    cnp_pod_cidrs: "weft-cnp-podnets",
 };
 
 pub(super) const V6: FamilyNames = FamilyNames {
@@ -269,17 +284,23 @@ pub(super) const V6: FamilyNames = FamilyNames {
         admin_deny: "weft-admin-in-deny6",
         admin_accept: "weft-admin-in-accept6",
         baseline_deny: "weft-base-in-deny6",
+        admin_unknown: "weft-admin-in-unk6",
+        baseline_unknown: "weft-base-in-unk6",
         ..CNP_INGRESS
     },
     cnp_egress: CnpNames {
         admin_deny: "weft-admin-out-deny6",
         admin_accept: "weft-admin-out-accept6",
         baseline_deny: "weft-base-out-deny6",
+        admin_unknown: "weft-admin-out-unk6",
+        baseline_unknown: "weft-base-out-unk6",
         ..CNP_EGRESS
     },
     // Seven characters, so that `keyed` stays within 24.
     cnp_subjects: "weft-6s",
     cnp_peers: "weft-6p",
+    cnp_pods: "weft-cnp-pods6",
+    cnp_pod_cidrs: "weft-cnp-podnets6",
 };
 
 /// The names of family `A`'s objects.
@@ -377,6 +398,8 @@ fn render_family<A: Family>(ir: &FamilyIr<A>) -> (Vec<SetSpec>, String) {
         direction(dir, names, &mut sets, &mut rules);
     }
     if cnp {
+        sets.push(ip_set(n.cnp_pods, &ir.cluster.known));
+        sets.push(net_set::<A>(n.cnp_pod_cidrs, &ir.cluster.pod_cidrs));
         for ingress in [true, false] {
             cluster_direction(&ir.cluster, ingress, n, &mut sets, &mut rules);
         }
@@ -503,6 +526,7 @@ fn cluster_direction<A: Family>(
                 (c.baseline, vec![(Action::Deny, c.baseline_deny, deny.clone())], "-j RETURN".to_string())
             }
         };
+        unknown_rules(cluster.get(tier, ingress), tier, np, c, n, &mut named, sets, rules);
         let mut members: Vec<Vec<String>> = vec![Vec::new(); verdicts.len()];
         let mut wide = String::new();
         for class in cluster.get(tier, ingress) {
@@ -593,6 +617,69 @@ fn cluster_direction<A: Family>(
         "-A {} -m comment --comment \"weft: denied by ClusterNetworkPolicy\" -j DROP",
         c.deny
     );
+}
+
+/// The rules that deny a pod not known yet (`Class::unknown`), first in a
+/// tier's chain: the peer is in a node's pod CIDR and no known pod has it,
+/// and (subject, port) is in the tier's unknown set, or a class's wide cell.
+#[allow(clippy::too_many_arguments)]
+fn unknown_rules<A: Family>(
+    classes: &[Class<A>],
+    tier: Tier,
+    np: &Names,
+    c: &CnpNames,
+    n: &FamilyNames,
+    named: &mut BTreeSet<String>,
+    sets: &mut Vec<SetSpec>,
+    rules: &mut String,
+) {
+    let (chain, set) = match tier {
+        Tier::Admin => (c.admin, c.admin_unknown),
+        Tier::Baseline => (c.baseline, c.baseline_unknown),
+    };
+    let peer = np.peer_flag;
+    let unknown =
+        format!("-m set --match-set {} {peer} -m set ! --match-set {} {peer}", n.cnp_pod_cidrs, n.cnp_pods);
+    let mut members = Vec::new();
+    let anywhere = crate::policy::family::anywhere::<A>();
+    for class in classes.iter().filter(|c| !c.unknown.is_empty()) {
+        let subjects = content_set(n.cnp_subjects, ip_set::<A>("", &class.subjects));
+        let rule = |out: &mut String, ports: &str| {
+            let _ = writeln!(
+                out,
+                "-A {chain} {unknown} -m set --match-set {} {}{ports} -j {}",
+                subjects.name, np.pod_flag, c.deny
+            );
+        };
+        let mut used = false;
+        if EVERY_CELL.iter().all(|e| class.unknown.contains(e)) {
+            rule(rules, "");
+            used = true;
+        } else {
+            for cell in &class.unknown {
+                match *cell {
+                    Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => {
+                        members.extend(cell_members(class, p, lo, hi, std::slice::from_ref(&anywhere)))
+                    }
+                    Cell::Ports(p, 0, u16::MAX) => {
+                        rule(rules, &ports_match(GroupPorts::Protocol(p)));
+                        used = true;
+                    }
+                    Cell::Ports(p, lo, hi) => {
+                        rule(rules, &ports_match(GroupPorts::Range(p, lo, hi)));
+                        used = true;
+                    }
+                    // Only a rule on every port has it, and then every cell: above.
+                    Cell::Other => {}
+                }
+            }
+        }
+        if used && named.insert(subjects.name.clone()) {
+            sets.push(subjects);
+        }
+    }
+    let _ = writeln!(rules, "-A {chain} {unknown} -m set --match-set {set} {} -j {}", np.allow_flags, c.deny);
+    sets.push(spec::<A>(set, SetType::HashIpPortNet, members));
 }
 
 /// The hash:ip,port,net members of a small cell: every subject of `class`,

@@ -40,6 +40,7 @@ fn cluster_ir() -> PolicyIr {
             region(Action::Accept, &[Cell::Ports(UDP, 0, u16::MAX), Cell::Other], &["10.244.4.0/24"]),
             region(Action::Deny, &EVERY_CELL, &["192.168.0.0/16"]),
         ],
+        unknown: Vec::new(),
     });
     ir.v4.cluster.baseline_ingress.push(Class {
         subjects: [b].into(),
@@ -47,6 +48,7 @@ fn cluster_ir() -> PolicyIr {
             region(Action::Deny, &[Cell::Ports(TCP, 22, 22)], &["0.0.0.0/0"]),
             region(Action::Accept, &EVERY_CELL, &["10.244.5.0/24"]),
         ],
+        unknown: Vec::new(),
     });
     ir
 }
@@ -94,7 +96,8 @@ fn admin_egress_sets_wide_rules_and_escapes() {
     assert_eq!(
         chain(&r.rules, "WEFT-CNP-AOUT"),
         [
-            "-m set --match-set weft-admin-out-deny src,dst,dst -j WEFT-CNP-DOUT".to_string(),
+            "-m set --match-set weft-cnp-podnets dst -m set ! --match-set weft-cnp-pods dst -m set --match-set weft-admin-out-unk src,dst,dst -j WEFT-CNP-DOUT".to_string(),
+            "-m set --match-set weft-admin-out-deny src,dst,dst -j WEFT-CNP-DOUT".into(),
             "-m set --match-set weft-admin-out-accept src,dst,dst -j RETURN".into(),
             format!("-m set --match-set {cs} src -m set --match-set {p2} dst -p tcp -m tcp --dport 1000:9999 -j WEFT-CNP-DOUT"),
             format!("-m set --match-set {cs} src -m set --match-set {p4} dst -p udp -j RETURN"),
@@ -114,7 +117,11 @@ fn admin_egress_sets_wide_rules_and_escapes() {
     );
     assert_eq!(
         chain(&r.rules, "WEFT-CNP-BOUT"),
-        ["-m set --match-set weft-base-out-deny src,dst,dst -j WEFT-CNP-DOUT", "-j RETURN"]
+        [
+            "-m set --match-set weft-cnp-podnets dst -m set ! --match-set weft-cnp-pods dst -m set --match-set weft-base-out-unk src,dst,dst -j WEFT-CNP-DOUT",
+            "-m set --match-set weft-base-out-deny src,dst,dst -j WEFT-CNP-DOUT",
+            "-j RETURN"
+        ]
     );
     assert_eq!(
         chain(&r.rules, "WEFT-CNP-DOUT"),
@@ -152,6 +159,7 @@ fn baseline_ingress_denies_and_lets_the_rest_return() {
     assert_eq!(
         chain(&r.rules, "WEFT-CNP-AIN"),
         [
+            "-m set --match-set weft-cnp-podnets src -m set ! --match-set weft-cnp-pods src -m set --match-set weft-admin-in-unk dst,dst,src -j WEFT-CNP-DIN",
             "-m set --match-set weft-admin-in-deny dst,dst,src -j WEFT-CNP-DIN",
             "-m set --match-set weft-admin-in-accept dst,dst,src -j RETURN",
             "-g WEFT-CNP-NPIN"
@@ -163,7 +171,11 @@ fn baseline_ingress_denies_and_lets_the_rest_return() {
     );
     assert_eq!(
         chain(&r.rules, "WEFT-CNP-BIN"),
-        ["-m set --match-set weft-base-in-deny dst,dst,src -j WEFT-CNP-DIN", "-j RETURN"],
+        [
+            "-m set --match-set weft-cnp-podnets src -m set ! --match-set weft-cnp-pods src -m set --match-set weft-base-in-unk dst,dst,src -j WEFT-CNP-DIN",
+            "-m set --match-set weft-base-in-deny dst,dst,src -j WEFT-CNP-DIN",
+            "-j RETURN"
+        ],
         "Baseline's Accept is the fall-through"
     );
     assert_eq!(
@@ -183,9 +195,10 @@ fn a_baseline_class_with_other_cells_escapes_to_return() {
     let r = render(&ir);
     let rules = chain(&r.rules, "WEFT-CNP-BIN");
     let cs = r.sets.iter().find(|s| s.name.starts_with("weft-cs-") && s.members == [b.to_string()]).unwrap();
-    assert_eq!(rules[1], format!("-m set --match-set {} dst -p tcp -j RETURN", cs.name));
-    assert!(rules[4].ends_with(" src -j WEFT-CNP-DIN") && !rules[4].contains("-p "), "{rules:?}");
-    assert_eq!(rules.len(), 6);
+    // After the unknown-pod rule and the Baseline deny set.
+    assert_eq!(rules[2], format!("-m set --match-set {} dst -p tcp -j RETURN", cs.name));
+    assert!(rules[5].ends_with(" src -j WEFT-CNP-DIN") && !rules[5].contains("-p "), "{rules:?}");
+    assert_eq!(rules.len(), 7);
 }
 
 #[test]
@@ -201,8 +214,9 @@ fn without_cluster_policy_the_render_is_unchanged() {
     );
     assert_eq!(
         with.counts().sets,
-        plain.counts().sets + 6 + 4,
-        "three verdict sets per direction, and sets for a's wide rules: its class and 3 peers (b has none)"
+        plain.counts().sets + 6 + 4 + 2 + 4,
+        "three verdict sets and two unknown-pod sets per direction, the known pods and the pod networks, \
+         and sets for a's wide rules: its class and 3 peers (b has none)"
     );
 }
 
@@ -218,6 +232,7 @@ fn ipv6_objects_carry_a_6_and_fit_ipset_names() {
             cells: vec![Cell::Ports(TCP, 80, 80), Cell::Other],
             peers: vec!["fd00:244:2::/64".parse::<Ipv6Network>().unwrap()],
         }],
+        unknown: Vec::new(),
     });
     let r = render(&ir);
     assert!(!r.rules.contains("CNP"), "IPv4 has none");

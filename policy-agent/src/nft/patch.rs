@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 
 use super::render::{
     addrs, cluster_set, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set,
-    region_elems, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
+    region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Protocol, Tier};
 use crate::policy::family::{anywhere, host};
@@ -82,13 +82,30 @@ fn family<A: NftFamily>(
         if grouped || sets.keys().any(|n| n.starts_with("cnps")) {
             return None;
         }
-        // ClusterNetworkPolicy's verdict sets, whole: a few per direction.
+        // ClusterNetworkPolicy's verdict and unknown-pod sets, whole: a few
+        // per direction, and the pod networks.
         for v in &VIEWS[..2] {
+            let ingress = v.pick([true, false, true, false]);
             for (tier, action) in CLUSTER_SETS {
                 let name = cluster_set::<A>(v, tier, action);
-                let new = region_elems(fir.cluster.get(tier, v.pick([true, false, true, false])), action);
+                let new = region_elems(fir.cluster.get(tier, ingress), action);
                 diff(out, &name, new, sets.get(&name)?.clone());
             }
+            for tier in [Tier::Admin, Tier::Baseline] {
+                let name = unknown_set::<A>(v, tier);
+                diff(out, &name, unknown_elems(fir.cluster.get(tier, ingress)), sets.get(&name)?.clone());
+            }
+        }
+        let nets = format!("cnp_podnets{}", A::SUFFIX);
+        let new = fir.cluster.pod_cidrs.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect();
+        diff(out, &nets, new, sets.get(&nets)?.clone());
+    }
+    if !d.known.is_empty() && !fir.cluster.is_empty() {
+        let pods = format!("cnp_pods{}", A::SUFFIX);
+        for ip in &d.known {
+            let one = A::elem(FamilyElem::Addr(*ip));
+            let old = within(sets.get(&pods)?, one.clone()..=one);
+            diff(out, &pods, addrs(&fir.cluster.known.range(*ip..=*ip).copied().collect()), old);
         }
     }
     Some(())

@@ -665,6 +665,12 @@ fn log_new(prefix: &'static str) -> Vec<Statement<'static>> {
 /// them denies.
 fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
     let s = A::SUFFIX;
+    // What tells a pod not known yet: every known pod, every node's pod CIDR.
+    let (pods, nets) = (format!("cnp_pods{s}"), format!("cnp_podnets{s}"));
+    p.sets.push(set(pods.clone(), SetTypeValue::Single(A::ADDR), false));
+    p.elems.insert(pods, addrs(&fir.cluster.known));
+    p.sets.push(set(nets.clone(), SetTypeValue::Single(A::ADDR), true));
+    p.elems.insert(nets, fir.cluster.pod_cidrs.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect());
     let f = |field: &'static str| payload(A::PAYLOAD, field);
     let kind = || SetTypeValue::Concatenated(Cow::Borrowed(A::ALLOW_TYPE));
     for v in &VIEWS[..2] {
@@ -677,6 +683,19 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
             p.chains.push(chain(c.clone(), false));
         }
         let goto = |c: &str| Statement::Goto(JumpTarget { target: c.to_string().into() });
+        // A pod not known yet is denied first where a Deny may be meant for it.
+        for (tier, chain) in [(Tier::Admin, &admin), (Tier::Baseline, &base)] {
+            let name = unknown_set::<A>(v, tier);
+            p.sets.push(set(name.clone(), kind(), true));
+            p.elems.insert(name.clone(), unknown_elems(fir.cluster.get(tier, ingress)));
+            let expr = vec![
+                m(f(v.peer), Operator::EQ, set_ref(&format!("cnp_podnets{s}"))),
+                m(f(v.peer), Operator::NEQ, set_ref(&format!("cnp_pods{s}"))),
+                m(key.clone(), Operator::EQ, set_ref(&name)),
+                goto(&deny),
+            ];
+            p.policy.push(rule(chain.clone(), expr, None));
+        }
         for (tier, action) in CLUSTER_SETS {
             let (chain, verdict) = match (tier, action) {
                 (Tier::Admin, Action::Accept) => (&admin, Statement::Return(None)),
@@ -757,6 +776,29 @@ fn cluster_groups<A: NftFamily>(
             p.policy.push(rule(chain.to_string(), expr, None));
         }
     }
+}
+
+/// The set of (subject, protocols, ports, anywhere) where `tier` denies a
+/// pod not known yet, in view `v`: `cnp_<a|b><in|out>[6]_unknown`.
+pub(super) fn unknown_set<A: NftFamily>(v: &View, tier: Tier) -> String {
+    let t = if tier == Tier::Admin { "a" } else { "b" };
+    format!("cnp_{t}{}{}_unknown", v.short, A::SUFFIX)
+}
+
+/// The elements of `unknown_set`: each class's subjects on its unknown cells.
+pub(super) fn unknown_elems<A: NftFamily>(classes: &[Class<A>]) -> BTreeSet<Elem> {
+    let mut out = BTreeSet::new();
+    for class in classes {
+        let boxes = cell_boxes(&class.unknown);
+        for &subject in &class.subjects {
+            out.extend(
+                boxes.iter().map(|&(protos, ports)| {
+                    A::elem(FamilyElem::Cell(subject, protos, ports, anywhere::<A>()))
+                }),
+            );
+        }
+    }
+    out
 }
 
 /// The verdict sets of ClusterNetworkPolicy, per direction: Admin Deny,

@@ -26,7 +26,7 @@ use ipnetwork::IpNetwork;
 
 use super::family::Family;
 use super::incremental::Changes;
-use super::ir::{Cell, Class, ClusterIr, Region};
+use super::ir::{Cell, Class, ClusterIr, FamilyDirty, Region};
 use super::tiers::{in_order, selects as subject_selects};
 use crate::model::{
     Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, LabelSelector, Labels, Model, Pod, Protocol,
@@ -209,12 +209,60 @@ pub(super) fn touched(c: &Changes, node: &str, peers: &mut PodPeers) -> bool {
 
 fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {
     let mut ir = ClusterIr::default();
+    let mut unknown = false;
     for (t, tier) in [Tier::Admin, Tier::Baseline].into_iter().enumerate() {
         for ingress in [true, false] {
-            *ir.get_mut(tier, ingress) = tier_direction::<A>(ctx, t, ingress);
+            let classes = tier_direction::<A>(ctx, t, ingress);
+            unknown |= classes.iter().any(|c| !c.unknown.is_empty());
+            *ir.get_mut(tier, ingress) = classes;
         }
     }
+    if unknown {
+        ir.pod_cidrs = ctx.model.nodes.values().filter_map(A::pod_cidr).collect();
+        ir.pod_cidrs.sort();
+        ir.known = known_pods(ctx.model);
+    }
     ir
+}
+
+/// `now` in place of `*cir`, noting in `d` what changed: the regions (or
+/// pod networks), and which known pods came or went.
+pub(super) fn replace<A: Family>(cir: &mut ClusterIr<A>, now: ClusterIr<A>, d: &mut FamilyDirty<A>) {
+    d.cluster |= now.regions_differ(cir);
+    d.known.extend(now.known.symmetric_difference(&cir.known).copied());
+    *cir = now;
+}
+
+/// The known pods of `cir` after `c`, which touched no policy: a pod's old
+/// address leaves unless another pod holds it, its new one joins.
+pub(super) fn update_known<A: Family>(c: &Changes, cir: &mut ClusterIr<A>, d: &mut BTreeSet<A>) {
+    if cir.pod_cidrs.is_empty() {
+        return;
+    }
+    let addr = |p: Option<&Arc<Pod>>| p.filter(|p| !p.host_network).and_then(|p| A::of_pod(p));
+    for (_, before, after) in &c.pods {
+        let (old, new) = (addr(*before), addr(*after));
+        if old == new {
+            continue;
+        }
+        if let Some(o) = old {
+            let held = c.new.pods.values().any(|p| !p.host_network && A::of_pod(p) == Some(o));
+            if !held && cir.known.remove(&o) {
+                d.insert(o);
+            }
+        }
+        if let Some(n) = new {
+            if cir.known.insert(n) {
+                d.insert(n);
+            }
+        }
+    }
+}
+
+/// Every address of family `A` a pod of `model` holds (host-network pods
+/// have their node's).
+pub(super) fn known_pods<A: Family>(model: &Model) -> BTreeSet<A> {
+    model.pods.values().filter(|p| !p.host_network).filter_map(|p| A::of_pod(p)).collect()
 }
 
 fn rules_of(p: &ClusterNetworkPolicy, ingress: bool) -> &[CnpRule] {
@@ -264,7 +312,9 @@ fn tier_direction<A: Family>(ctx: &Ctx, tier: usize, ingress: bool) -> Vec<Class
                 .filter_map(|rule| atoms::<A>(ctx, &mut spans, rule, ingress, rep))
                 .collect();
             let regions = cut::<A>(&rules);
-            (!regions.is_empty()).then_some(Class { subjects, regions })
+            let unknown =
+                unknown_cells(chosen.iter().flat_map(|&i| rules_of(policies[i], ingress)), ingress, rep);
+            (!regions.is_empty() || !unknown.is_empty()).then_some(Class { subjects, regions, unknown })
         })
         .collect();
     out.sort();
@@ -329,6 +379,45 @@ fn atoms<'m, A: Family>(
     }
     out.extend(named.into_iter().map(|(cell, spans)| Atom { spans: Arc::new(spans), cells: vec![cell] }));
     Some((rule.action, out))
+}
+
+/// The cells where `rules` deny a pod not known yet: those of every Deny
+/// rule with pod or namespace peers (the pod may be one of them). A named
+/// port is resolved on the subject (ingress); on egress it is the unknown
+/// pod's, which has none known.
+fn unknown_cells<'r>(rules: impl Iterator<Item = &'r CnpRule>, ingress: bool, me: &Pod) -> Vec<Cell> {
+    let mut cells: Vec<LaneCell> = Vec::new();
+    let pod_peers =
+        |r: &CnpRule| r.peers.iter().any(|p| matches!(p, CnpPeer::Namespaces(_) | CnpPeer::Pods(_)));
+    for rule in rules.filter(|r| r.action == Action::Deny && !r.fails_closed() && pod_peers(r)) {
+        if rule.ports.is_empty() {
+            cells.extend((0..=OTHER).map(|l| (l, 0, u16::MAX)));
+        }
+        for port in &rule.ports {
+            match port {
+                CnpPort::Ports { protocol, start, end } => cells.push((lane(*protocol), *start, *end)),
+                CnpPort::Named(name) if ingress => cells.extend(
+                    me.ports
+                        .iter()
+                        .filter(|c| c.name.as_deref() == Some(name.as_str()))
+                        .map(|c| (lane(c.protocol), c.port, c.port)),
+                ),
+                CnpPort::Named(_) | CnpPort::Unknown(_) => {}
+            }
+        }
+    }
+    // Overlapping cells merged, so that they are disjoint as set elements must be.
+    cells.sort();
+    let mut merged: Vec<LaneCell> = Vec::new();
+    for c in cells {
+        match merged.last_mut() {
+            Some(last) if last.0 == c.0 && (c.0 == OTHER || u32::from(c.1) <= u32::from(last.2) + 1) => {
+                last.2 = last.2.max(c.2)
+            }
+            _ => merged.push(c),
+        }
+    }
+    join_cells(merged)
 }
 
 /// Every address of family `A` that `r` matches.

@@ -247,7 +247,7 @@ pub fn ir_verdict<A: Family>(
     }
     // ClusterNetworkPolicy's Admin tier, then NetworkPolicy, then Baseline
     // for a pod NetworkPolicy does not isolate (policy::cluster).
-    let cluster = |tier| ir.cluster.action(tier, ingress, pod, peer, Some(proto), port);
+    let cluster = |tier| ir.cluster.decide(tier, ingress, pod, peer, Some(proto), port);
     match cluster(Tier::Admin) {
         Some(Action::Accept) => return IrVerdict::Admitted,
         Some(Action::Deny) => return IrVerdict::Denied,

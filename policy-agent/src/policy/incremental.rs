@@ -125,10 +125,12 @@ impl PolicyEngine {
             let (v4, v6) = cluster::compile_both(new, &self.v4.node);
             d.structural |= v4.is_empty() != self.ir.v4.cluster.is_empty()
                 || v6.is_empty() != self.ir.v6.cluster.is_empty();
-            d.v4.cluster |= v4 != self.ir.v4.cluster;
-            d.v6.cluster |= v6 != self.ir.v6.cluster;
-            self.ir.v4.cluster = v4;
-            self.ir.v6.cluster = v6;
+            cluster::replace(&mut self.ir.v4.cluster, v4, &mut d.v4);
+            cluster::replace(&mut self.ir.v6.cluster, v6, &mut d.v6);
+        } else {
+            // Pods no policy selects came, went or moved: the known pods only.
+            cluster::update_known(&changes, &mut self.ir.v4.cluster, &mut d.v4.known);
+            cluster::update_known(&changes, &mut self.ir.v6.cluster, &mut d.v6.known);
         }
     }
 }

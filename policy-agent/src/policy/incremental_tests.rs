@@ -345,7 +345,11 @@ fn dirty_covers<A: Family>(b: &FamilyIr<A>, a: &FamilyIr<A>, d: &FamilyDirty<A>,
     let sym =
         |x: &BTreeSet<A>, y: &BTreeSet<A>| -> BTreeSet<A> { x.symmetric_difference(y).copied().collect() };
     assert!(sym(&b.local, &a.local).is_subset(&d.local), "{ctx}");
-    assert!(b.cluster == a.cluster || d.cluster, "{ctx}: ClusterNetworkPolicy's regions changed unnoticed");
+    assert!(
+        !b.cluster.regions_differ(&a.cluster) || d.cluster,
+        "{ctx}: ClusterNetworkPolicy's regions changed unnoticed"
+    );
+    assert!(sym(&b.cluster.known, &a.cluster.known).is_subset(&d.known), "{ctx}: known pods");
     for (b, a, dd) in [(&b.ingress, &a.ingress, &d.ingress), (&b.egress, &a.egress, &d.egress)] {
         assert!(sym(&b.isolated, &a.isolated).is_subset(&dd.isolated), "{ctx}");
         let pods: BTreeSet<A> = b.triples.symmetric_difference(&a.triples).map(|t| t.0).collect();

@@ -122,6 +122,17 @@ pub enum Cell {
     Other,
 }
 
+impl Cell {
+    /// True if a packet of `proto` (None: neither TCP, UDP nor SCTP) to `port` is in the cell.
+    pub fn holds(self, proto: Option<Protocol>, port: u16) -> bool {
+        match (self, proto) {
+            (Cell::Ports(p, lo, hi), Some(q)) => p == q && (lo..=hi).contains(&port),
+            (Cell::Other, None) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Peers x cells with one verdict, for every subject of its class.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(bound = "")]
@@ -141,6 +152,11 @@ pub struct Region<A: Family = Ipv4Addr> {
 pub struct Class<A: Family = Ipv4Addr> {
     pub subjects: BTreeSet<A>,
     pub regions: Vec<Region<A>>,
+    /// The cells where a pod this agent does not know yet (an address of the
+    /// cluster's pod networks no known pod holds: a pod just started on
+    /// another node) is denied, before any region: those a Deny rule with
+    /// pod or namespace peers covers, since that pod may be one of them.
+    pub unknown: Vec<Cell>,
 }
 
 /// Above this many (subject, peer network, cell) combinations a region is
@@ -168,6 +184,11 @@ pub struct ClusterIr<A: Family = Ipv4Addr> {
     pub admin_egress: Vec<Class<A>>,
     pub baseline_ingress: Vec<Class<A>>,
     pub baseline_egress: Vec<Class<A>>,
+    /// Every node's pod CIDR, and every address a known pod holds: what
+    /// tells a pod not known yet (`Class::unknown`). Empty when no class
+    /// has unknown cells.
+    pub pod_cidrs: Vec<A::Net>,
+    pub known: BTreeSet<A>,
 }
 
 impl<A: Family> Default for ClusterIr<A> {
@@ -177,6 +198,8 @@ impl<A: Family> Default for ClusterIr<A> {
             admin_egress: Vec::new(),
             baseline_ingress: Vec::new(),
             baseline_egress: Vec::new(),
+            pod_cidrs: Vec::new(),
+            known: BTreeSet::new(),
         }
     }
 }
@@ -209,7 +232,41 @@ impl<A: Family> ClusterIr<A> {
         }
     }
 
-    /// What `tier`'s rules decide for local `subject` and `peer` in one
+    /// True if the classes or the pod networks of `self` and `other`
+    /// differ: what re-renders the rules (the known pods are patched).
+    pub fn regions_differ(&self, other: &ClusterIr<A>) -> bool {
+        [Tier::Admin, Tier::Baseline]
+            .into_iter()
+            .any(|t| [true, false].into_iter().any(|i| self.get(t, i) != other.get(t, i)))
+            || self.pod_cidrs != other.pod_cidrs
+    }
+
+    /// True if `peer` is an address of the cluster's pod networks that no
+    /// known pod holds (meaningful only while a class has unknown cells).
+    pub fn unknown_pod(&self, peer: A) -> bool {
+        self.pod_cidrs.iter().any(|n| super::family::contains(*n, peer)) && !self.known.contains(&peer)
+    }
+
+    /// What `tier` decides for local `subject` and `peer` in one direction:
+    /// Deny for a pod not known yet on the class's unknown cells, else the
+    /// verdict of the region holding the packet, if any.
+    pub fn decide(
+        &self,
+        tier: Tier,
+        ingress: bool,
+        subject: A,
+        peer: A,
+        proto: Option<Protocol>,
+        port: u16,
+    ) -> Option<Action> {
+        let class = self.get(tier, ingress).iter().find(|c| c.subjects.contains(&subject))?;
+        if self.unknown_pod(peer) && class.unknown.iter().any(|c| c.holds(proto, port)) {
+            return Some(Action::Deny);
+        }
+        self.action(tier, ingress, subject, peer, proto, port)
+    }
+
+    /// What `tier`'s regions decide for local `subject` and `peer` in one
     /// direction: the verdict of the region holding the packet, if any.
     pub fn action(
         &self,
@@ -225,11 +282,8 @@ impl<A: Family> ClusterIr<A> {
             .regions
             .iter()
             .find(|r| {
-                r.cells.iter().any(|c| match (*c, proto) {
-                    (Cell::Ports(p, lo, hi), Some(q)) => p == q && (lo..=hi).contains(&port),
-                    (Cell::Other, None) => true,
-                    _ => false,
-                }) && r.peers.iter().any(|n| super::family::contains(*n, peer))
+                r.cells.iter().any(|c| c.holds(proto, port))
+                    && r.peers.iter().any(|n| super::family::contains(*n, peer))
             })
             .map(|r| r.action)
     }
@@ -334,6 +388,8 @@ pub struct FamilyDirty<A: Family = Ipv4Addr> {
     /// ClusterNetworkPolicy's regions changed (not whether there are any:
     /// that is structural).
     pub cluster: bool,
+    /// Addresses that joined or left ClusterNetworkPolicy's known pods.
+    pub known: BTreeSet<A>,
 }
 
 impl<A: Family> Default for FamilyDirty<A> {
@@ -345,6 +401,7 @@ impl<A: Family> Default for FamilyDirty<A> {
             audit_ingress: DirtyDirection::default(),
             audit_egress: DirtyDirection::default(),
             cluster: false,
+            known: BTreeSet::new(),
         }
     }
 }
@@ -353,6 +410,7 @@ impl<A: Family> FamilyDirty<A> {
     /// True if nothing changed.
     pub fn is_empty(&self) -> bool {
         !self.cluster
+            && self.known.is_empty()
             && self.local.is_empty()
             && self.ingress.is_empty()
             && self.egress.is_empty()

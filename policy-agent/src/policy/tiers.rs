@@ -14,6 +14,9 @@
 //!   Accept matches nothing, a Deny or Pass denies everything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 
 use serde::Serialize;
 
@@ -128,6 +131,26 @@ pub(crate) fn tier_action(c: &Conn, tier: Tier) -> Option<Action> {
 }
 
 fn walk_tier(c: &Conn, tier: Tier) -> TierOutcome {
+    // A pod not known yet may be any pod: the first Deny naming pods or
+    // namespaces (on its ports) holds it, before any other rule.
+    if unknown_pod(c.model, &c.other) {
+        for policy in
+            in_order(c.model, tier).into_iter().filter(|p| subject_selects(c.model, &p.subject, c.me))
+        {
+            let rules = match c.way {
+                Way::Egress => &policy.egress,
+                Way::Ingress => &policy.ingress,
+            };
+            let pod_peers =
+                |r: &CnpRule| r.peers.iter().any(|p| matches!(p, CnpPeer::Namespaces(_) | CnpPeer::Pods(_)));
+            if let Some(i) = rules.iter().position(|r| {
+                r.action == Action::Deny && !r.fails_closed() && pod_peers(r) && ports_match(c, &r.ports)
+            }) {
+                let rule = policy.rule_id(rules, i);
+                return TierOutcome::Final(ClusterVerdict { tier, rule, allows: false });
+            }
+        }
+    }
     for policy in in_order(c.model, tier) {
         if !subject_selects(c.model, &policy.subject, c.me) {
             continue;
@@ -153,6 +176,20 @@ fn walk_tier(c: &Conn, tier: Tier) -> TierOutcome {
         }
     }
     TierOutcome::NoMatch
+}
+
+/// True if `other` is an address of some node's pod CIDR that no pod
+/// holds: a pod this node does not know yet (just started elsewhere).
+pub fn unknown_pod(model: &Model, other: &Party) -> bool {
+    let Party::Addr(ip) = *other else { return false };
+    let in_pod_cidr = model.nodes.values().any(|n| {
+        n.pod_cidr.is_some_and(|c| IpNetwork::V4(c).contains(ip))
+            || n.pod_cidr6.is_some_and(|c| IpNetwork::V6(c).contains(ip))
+    });
+    in_pod_cidr
+        && !model.pods.values().any(|p| {
+            !p.host_network && (p.ip.map(IpAddr::V4) == Some(ip) || p.ip6.map(IpAddr::V6) == Some(ip))
+        })
 }
 
 /// True if `subject` applies to `pod` (never a host-network pod).

@@ -77,7 +77,7 @@ fn assert_compiled_agrees(m: &Model) {
                         let c = Conn { model: m, way, me, other: *other, proto, port, via_service: false };
                         for tier in [Tier::Admin, Tier::Baseline] {
                             assert_eq!(
-                                ir.action(tier, ingress, mine, peer, Some(proto), port),
+                                ir.decide(tier, ingress, mine, peer, Some(proto), port),
                                 tier_action(&c, tier),
                                 "{tier} {way:?} of {} with {other:?} on {proto:?}/{port}",
                                 me.key()
