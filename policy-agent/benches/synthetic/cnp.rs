@@ -60,7 +60,7 @@ pub fn add_cnps(m: &mut Model, n: usize) {
             // Ingress holds 1-25 rules; egress, in half of the policies, 1-12.
             let count = match dir {
                 0 => 1 + pick(i, 3) % 25,
-                _ if pick(i, 4) % 2 == 0 => 1 + pick(i, 5) % 12,
+                _ if pick(i, 4).is_multiple_of(2) => 1 + pick(i, 5) % 12,
                 _ => 0,
             };
             let mut out: Vec<CnpRule> = (0..count).map(|j| shape(i, j, dir, tier)).collect();

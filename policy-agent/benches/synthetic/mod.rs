@@ -243,6 +243,9 @@ pub struct Figures {
     /// (the figures before it stand).
     #[serde(default)]
     pub error: Option<String>,
+    /// `cluster_triples` of the full sync's IR: the size of the CNP regions.
+    #[serde(default)]
+    pub cluster_triples: usize,
 }
 
 /// The backends `backends` measures.
@@ -300,13 +303,41 @@ impl Backend {
     }
 }
 
+/// The most (subject, cell, peer) triples of ClusterNetworkPolicy regions
+/// the benchmark renders: past it the renderers' output runs into GBs (100
+/// CNPs at 1k pods: 5.3 M triples, 4-8 GiB) and would take the machine.
+const CLUSTER_TRIPLES_BUDGET: usize = 1_000_000;
+
+/// (subject, cell, peer) triples in `ir`'s ClusterNetworkPolicy regions, IPv4
+/// (the synthetic models are IPv4): about what the nftables renderer makes
+/// elements of (iptables enumerates the ports of a cell too).
+pub fn cluster_triples(ir: &PolicyIr) -> usize {
+    let c = &ir.v4.cluster;
+    [&c.admin_ingress, &c.admin_egress, &c.baseline_ingress, &c.baseline_egress]
+        .into_iter()
+        .flatten()
+        .flat_map(|class| {
+            class.regions.iter().map(move |r| class.subjects.len() * r.cells.len() * r.peers.len())
+        })
+        .sum()
+}
+
 /// A full compile of `m` for node-1, rendered and applied; the engine,
-/// the step's times, what was rendered and the apply's error if it failed.
+/// the step's times, what was rendered and the apply's error if it failed
+/// (or why it was not rendered).
 fn sync_full(m: &Model, backend: &mut Backend) -> (PolicyEngine, Step, ObjectCounts, Option<String>) {
     let t0 = Instant::now();
     let mut engine = PolicyEngine::new(m, "node-1", &cluster_cidr(), Options::default());
     let compile = t0.elapsed();
     engine.take_dirty();
+    let triples = cluster_triples(engine.ir());
+    if triples > CLUSTER_TRIPLES_BUDGET {
+        let why = format!(
+            "not rendered: {triples} ClusterNetworkPolicy (subject, cell, peer) triples, \
+             over the benchmark's budget of {CLUSTER_TRIPLES_BUDGET}"
+        );
+        return (engine, Step { compile, ..Step::default() }, ObjectCounts::default(), Some(why));
+    }
     let (render, apply, counts, error) = backend.apply(engine.ir(), true);
     (engine, Step { compile, render, apply }, counts, error)
 }
@@ -358,6 +389,7 @@ pub fn measure(
             peak_rss_kib: peak_rss_kib(),
             churn: None,
             error,
+            cluster_triples: cluster_triples(engine.ir()),
         };
         if figures.error.is_some() {
             backend.cleanup();
@@ -606,8 +638,11 @@ pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> 
         0 => "-".to_string(),
         _ => format!("{} / {}", ms(p.p50.total()), ms(p.p99.total())),
     };
-    let step =
-        |t: &Step| format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total()));
+    // `-`: not measured (the run stopped short).
+    let step = |t: &Step| match t.total() {
+        Duration::ZERO => "-".to_string(),
+        _ => format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total())),
+    };
     for f in figures {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
@@ -622,6 +657,13 @@ pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> 
             pct(&f.changes[3]),
             step(&f.resync),
             f.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    // The same model on both backends: the same regions.
+    if let (true, Some(f)) = (cnps > 0, figures.first()) {
+        s += &format!(
+            "\nClusterNetworkPolicy regions: {} (subject, cell, peer) triples.\n",
+            f.cluster_triples
         );
     }
     for f in figures {
