@@ -144,10 +144,13 @@ bench: release
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 1000 100 10000 1000 10000 10000
 	@echo; echo "## The same on a second model: a mix of the shapes real clusters hold"; echo
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 --model mix 10000 1000 10000 10000
-	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies in force, in IPv4 and IPv6"; echo
+	@echo; echo "## ClusterNetworkPolicy control plane: 100 CNPs at 1k pods, 1000 CNPs at 10k pods and 10k policies"; echo
+	$(CARGO) bench -q -p weft-agent --bench backends -- --cnp 10 1000 100
+	$(CARGO) bench -q -p weft-agent --bench backends -- --cnp 10 10000 10000
+	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies vs 1000 CNPs in force, in IPv4 and IPv6"; echo
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
-		target/release/weft-e2e bench datapath --policies 1000 --secs 3
+		target/release/weft-e2e bench datapath --policies 1000 --cnps 1000 --secs 3
 	@echo; echo "## Data path between nodes: host-gw next to the vxlan overlay, with the pods' MTU"; echo
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \
 		target/release/weft-e2e bench modes --secs 3

@@ -4,7 +4,10 @@
 //! weft nftables, the weave-npc 1.9.6 reproduction), with no policy and with
 //! N policies in force that all select the server, of which one admits the
 //! clients: single-stream iperf3 throughput, and short TCP connections per
-//! second (connect, read the server's reply, close), from each client. In
+//! second (connect, read the server's reply, close), from each client; and,
+//! on weft's backends with `--cnps M`, with M ClusterNetworkPolicies in
+//! force (no NetworkPolicy) that select the pods and let the clients in
+//! (`cluster_policies`). In
 //! a dual-stack testbed (the default) each path is measured over IPv4 and
 //! over IPv6, except through weave-npc 1.9.6, which filtered IPv4 only.
 //!
@@ -60,6 +63,8 @@ pub struct Figures {
 pub struct Row {
     pub backend: &'static str,
     pub policies: usize,
+    /// ClusterNetworkPolicies in force.
+    pub cnps: usize,
     pub path: &'static str,
     /// None where not measured: a family the run lacks, or IPv6 through
     /// weave-npc 1.9.6 (IPv4 only: it filtered no IPv6 traffic).
@@ -81,19 +86,112 @@ fn policies(n: usize) -> String {
         .join("---\n")
 }
 
+/// `n` ClusterNetworkPolicies over namespace `bench` (every pod of it a
+/// subject), Admin and Baseline alternating, priorities spread over 0-1000,
+/// each with 1-25 rules per direction, that let pods labelled
+/// `client: <client>` reach the `app: srv` pods on TCP 80 and 5201 and deny
+/// the `app: outsider` pods. Admin: Deny the outsider (every fourth
+/// policy), Deny other namespaces on other ports, Pass port ranges, Deny
+/// egress to documentation networks and SMTP, and last the measured flow,
+/// Accept or Pass (to what follows). Baseline: Deny the outsider on 80,
+/// other namespaces and other ports; egress Accept to the cluster's pods,
+/// then Deny every other address. The measured flow thus meets every tier.
+fn cluster_policies(n: usize, client: &str) -> String {
+    let bench = "{matchLabels: {kubernetes.io/metadata.name: bench}}";
+    let others = "{matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [bench]}]}";
+    let outsider =
+        format!("{{pods: {{namespaceSelector: {bench}, podSelector: {{matchLabels: {{app: outsider}}}}}}}}");
+    let clients = format!(
+        "{{pods: {{namespaceSelector: {bench}, podSelector: {{matchLabels: {{client: {client}}}}}}}}}"
+    );
+    let srv = format!("{{pods: {{namespaceSelector: {bench}, podSelector: {{matchLabels: {{app: srv}}}}}}}}");
+    let tcp = |a: usize, b: usize| {
+        if a == b {
+            format!("{{tcp: {{destinationPort: {{number: {a}}}}}}}")
+        } else {
+            format!("{{tcp: {{destinationPort: {{range: {{start: {a}, end: {b}}}}}}}}}")
+        }
+    };
+    let measured = format!("[{}, {}]", tcp(80, 80), tcp(5201, 5201));
+    let rule = |action: &str, dir: &str, peers: &str, ports: Option<String>| {
+        let ports = ports.map(|p| format!(", protocols: {p}")).unwrap_or_default();
+        format!("    - {{action: {action}, {dir}: [{peers}]{ports}}}\n")
+    };
+    (0..n)
+        .map(|i| {
+            let admin = i % 2 == 0;
+            let port = |j: usize| 1000 + 100 * (i % 40) + j;
+            let mut ingress = Vec::new();
+            // Half of the policies, one tier each, deny the outsider first.
+            if i % 4 < 2 {
+                ingress.push(rule("Deny", "from", &outsider, None));
+            }
+            for j in 0..i * 7 % 24 {
+                let p = port(j);
+                ingress.push(match (admin, j % 3) {
+                    (_, 0) => rule("Deny", "from", &format!("{{namespaces: {others}}}"), Some(format!("[{}]", tcp(p, p)))),
+                    (true, 1) => rule("Pass", "from", "{namespaces: {}}", Some(format!("[{}]", tcp(p, p + 50)))),
+                    (false, 1) => rule("Deny", "from", &outsider, Some(format!("[{}]", tcp(80, 80)))),
+                    _ => rule("Deny", "from", "{namespaces: {}}", Some(format!("[{}]", tcp(p + 5000, p + 5000)))),
+                });
+            }
+            // Last, the measured flow through Admin; Baseline keeps other namespaces out.
+            ingress.push(match (admin, i % 4) {
+                (true, 0) => rule("Accept", "from", &clients, Some(measured.clone())),
+                (true, _) => rule("Pass", "from", &clients, Some(measured.clone())),
+                (false, _) => rule("Deny", "from", &format!("{{namespaces: {others}}}"), None),
+            });
+            let mut egress = Vec::new();
+            for j in 0..i * 11 % 23 {
+                egress.push(match (admin, j % 3) {
+                    (true, 0) => rule("Deny", "to", "{networks: [192.0.2.0/24, '2001:db8::/32']}", None),
+                    (true, 1) => rule("Deny", "to", "{namespaces: {}}", Some(format!("[{}]", tcp(25, 25)))),
+                    (true, _) => rule("Pass", "to", &format!("{{namespaces: {others}}}"), None),
+                    (false, _) => rule("Deny", "to", &format!("{{namespaces: {others}}}"), Some(format!("[{}]", tcp(3000 + j, 3000 + j)))),
+                });
+            }
+            match (admin, i % 4) {
+                (true, 0) => egress.push(rule("Accept", "to", &srv, Some(measured.clone()))),
+                (true, _) => egress.push(rule("Pass", "to", &srv, Some(measured.clone()))),
+                // The cluster's pods, then nothing else: the usual egress baseline.
+                (false, _) => {
+                    egress.push(rule("Accept", "to", "{namespaces: {}}", None));
+                    egress.push(rule("Deny", "to", "{networks: [0.0.0.0/0, '::/0']}", None));
+                }
+            }
+            let subject = if i % 3 == 0 {
+                format!("{{namespaces: {bench}}}")
+            } else {
+                format!("{{pods: {{namespaceSelector: {bench}, podSelector: {{}}}}}}")
+            };
+            format!(
+                "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: cnp{i}}}\n\
+                 spec:\n  tier: {}\n  priority: {}\n  subject: {subject}\n  ingress:\n{}  egress:\n{}",
+                if admin { "Admin" } else { "Baseline" },
+                i * 1000 / n.max(1),
+                ingress.concat(),
+                egress.concat(),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// The median of `xs` (NaN-free: None counts as failed and sorts first).
 fn median<T: PartialOrd + Copy>(mut xs: Vec<T>) -> Option<T> {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     xs.get(xs.len() / 2).copied()
 }
 
-/// Runs the benchmark with `n` policies, `dur` per measurement (iperf3's in
-/// whole seconds, at least 1) and the median of `reps` repetitions of each,
-/// in a testbed of `family`: in dual each path is measured over IPv4 and
-/// over IPv6 (the pods' IPv6 addresses; the policies select by labels, so
-/// they admit and isolate in both). With the policies in force, a pod they
-/// do not admit must be kept out in each family measured, or this errs.
-pub fn datapath(n: usize, dur: Duration, reps: usize, family: Family) -> Result<Vec<Row>> {
+/// Runs the benchmark with `n` policies, then (weft's backends, if `cnps`
+/// is not 0) `cnps` ClusterNetworkPolicies alone, `dur` per measurement
+/// (iperf3's in whole seconds, at least 1) and the median of `reps`
+/// repetitions of each, in a testbed of `family`: in dual each path is
+/// measured over IPv4 and over IPv6 (the pods' IPv6 addresses; the policies
+/// select by labels, so they admit and isolate in both). With either kind
+/// in force, a pod they do not admit must be kept out in each family
+/// measured, or this errs.
+pub fn datapath(n: usize, cnps: usize, dur: Duration, reps: usize, family: Family) -> Result<Vec<Row>> {
     let n = n.max(1);
     let mut tb = Testbed::up_in(2, family)?;
     let client = format!("c{}", n - 1);
@@ -118,26 +216,36 @@ pub fn datapath(n: usize, dur: Duration, reps: usize, family: Family) -> Result<
         let fams: Vec<Family> =
             family.singles().into_iter().filter(|f| !weave || *f == Family::Ipv4).collect();
         let ips: Vec<IpAddr> = fams.iter().map(|f| f.address(srv.ip)).collect();
-        for load in [0, n] {
+        // (NetworkPolicies, ClusterNetworkPolicies) in force; weave-npc knows no CNP.
+        let mut loads = vec![(0, 0), (n, 0)];
+        if cnps > 0 && !weave {
+            loads.push((0, cnps));
+        }
+        for (load, cnp_load) in loads {
             if load > 0 {
                 tb.apply(&policies(load))?;
+            }
+            if cnp_load > 0 {
+                tb.apply(&cluster_policies(cnp_load, &client))?;
             }
             tb.wait_converged(CONVERGE)?;
             if weave {
                 tb.apply_weave()?;
             }
-            if load > 0 {
+            if load + cnp_load > 0 {
                 kept_out(&outsider, &ips)?;
             }
             for (path, c) in [("same node", &near), ("across nodes", &far)] {
                 let figs = measure(c, &ips, dur, reps)?;
                 let of = |f: Family| fams.iter().zip(&figs).find(|(x, _)| **x == f).map(|(_, g)| *g);
-                rows.push(Row { backend, policies: load, path, v4: of(Family::Ipv4), v6: of(Family::Ipv6) });
+                let (v4, v6) = (of(Family::Ipv4), of(Family::Ipv6));
+                rows.push(Row { backend, policies: load, cnps: cnp_load, path, v4, v6 });
             }
-            if load > 0 {
-                for i in 0..load {
-                    tb.delete_object("NetworkPolicy", Some("bench"), &format!("p{i}"))?;
-                }
+            for i in 0..load {
+                tb.delete_object("NetworkPolicy", Some("bench"), &format!("p{i}"))?;
+            }
+            for i in 0..cnp_load {
+                tb.delete_object("ClusterNetworkPolicy", None, &format!("cnp{i}"))?;
             }
         }
         if weave {
@@ -278,12 +386,14 @@ pub fn add_table(rows: &[AddRow]) -> String {
 /// and family without policy. `-` where a family was not measured.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| backend | policies | path | iperf3 Gbit/s IPv4 / IPv6 | IPv6 vs IPv4 | vs no policy IPv4 / IPv6 \
+        "| backend | policies | CNPs | path | iperf3 Gbit/s IPv4 / IPv6 | IPv6 vs IPv4 | vs no policy IPv4 / IPv6 \
          | connections/s IPv4 / IPv6 | IPv6 vs IPv4 | vs no policy IPv4 / IPv6 |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let base = rows.iter().find(|b| b.backend == r.backend && b.path == r.path && b.policies == 0);
+        let base = rows
+            .iter()
+            .find(|b| b.backend == r.backend && b.path == r.path && b.policies == 0 && b.cnps == 0);
         // A blocked iperf3 counts as 0 in a ratio.
         let g = cells(
             r,
@@ -292,7 +402,7 @@ pub fn table(rows: &[Row]) -> String {
             |f| f.gbits.map(|x| format!("{x:.2}")).unwrap_or_else(|| "blocked".into()),
         );
         let k = cells(r, base, |f| f.conns, |f| format!("{:.0}", f.conns));
-        s += &format!("| {} | {} | {} | {g} | {k} |\n", r.backend, r.policies, r.path);
+        s += &format!("| {} | {} | {} | {} | {g} | {k} |\n", r.backend, r.policies, r.cnps, r.path);
     }
     s
 }
@@ -331,7 +441,24 @@ mod tests {
         v6: Option<(Option<f64>, f64)>,
     ) -> Row {
         let fig = |f: Option<(Option<f64>, f64)>| f.map(|(gbits, conns)| Figures { gbits, conns });
-        Row { backend: "nftables", policies, path, v4: fig(v4), v6: fig(v6) }
+        Row { backend: "nftables", policies, cnps: 0, path, v4: fig(v4), v6: fig(v6) }
+    }
+
+    #[test]
+    fn the_cluster_policies_parse_within_the_apis_limits_and_spread_over_both_tiers() {
+        use weft_agent::model::{Object, Tier};
+        let objects = weft_agent::model::parse_objects(&cluster_policies(40, "c9")).expect("valid manifests");
+        let cnps: Vec<_> = objects
+            .into_iter()
+            .filter_map(|o| match o.unwrap_or_else(|e| panic!("{e:?}")) {
+                Object::ClusterNetworkPolicy(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cnps.len(), 40);
+        assert_eq!(cnps.iter().filter(|p| p.tier == Tier::Admin).count(), 20);
+        assert!(cnps.iter().all(|p| p.priority <= 1000 && p.ingress.len() <= 25 && p.egress.len() <= 25));
+        assert!(cnps.iter().any(|p| p.ingress.len() >= 20), "some policies near the 25-rule limit");
     }
 
     #[test]
@@ -347,16 +474,16 @@ mod tests {
         assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count(), "{t}");
         assert_eq!(
             lines[2],
-            "| nftables | 0 | same node | 20.00 / 16.00 | 0.80x | 1.00x / 1.00x | 1000 / 900 | 0.90x | 1.00x / 1.00x |"
+            "| nftables | 0 | 0 | same node | 20.00 / 16.00 | 0.80x | 1.00x / 1.00x | 1000 / 900 | 0.90x | 1.00x / 1.00x |"
         );
         assert_eq!(
             lines[3],
-            "| nftables | 1000 | same node | 10.00 / 16.00 | 1.60x | 0.50x / 1.00x | 800 / 450 | 0.56x | 0.80x / 0.50x |"
+            "| nftables | 1000 | 0 | same node | 10.00 / 16.00 | 1.60x | 0.50x / 1.00x | 800 / 450 | 0.56x | 0.80x / 0.50x |"
         );
         // Blocked, IPv6 not measured, and no baseline: dashes, no division by zero.
         assert_eq!(
             lines[4],
-            "| nftables | 1000 | across nodes | blocked / - | - | - / - | 0 / - | - | - / - |"
+            "| nftables | 1000 | 0 | across nodes | blocked / - | - | - / - | 0 / - | - | - / - |"
         );
     }
 }

@@ -151,6 +151,10 @@ enum BenchCmd {
         /// Policies in force in the loaded runs, all selecting the server.
         #[arg(long, default_value_t = 1000)]
         policies: usize,
+        /// ClusterNetworkPolicies in force in a further run (weft's backends,
+        /// no NetworkPolicy), selecting the server and the clients; 0: none.
+        #[arg(long, default_value_t = 0)]
+        cnps: usize,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
         secs: u64,
@@ -219,8 +223,8 @@ fn main() -> ExitCode {
         Cmd::Pod { cmd } => pod(cmd),
         Cmd::Demo => return demo_cmd(),
         Cmd::Run { name, family } => return run_cmd(&name, family),
-        Cmd::Bench { cmd: BenchCmd::Datapath { policies, secs, reps, family } } => {
-            weft_e2e::bench::datapath(policies, Duration::from_secs(secs), reps, family)
+        Cmd::Bench { cmd: BenchCmd::Datapath { policies, cnps, secs, reps, family } } => {
+            weft_e2e::bench::datapath(policies, cnps, Duration::from_secs(secs), reps, family)
                 .map(|rows| print!("{}", weft_e2e::bench::table(&rows)))
         }
         Cmd::Bench { cmd: BenchCmd::Modes { secs, reps } } => {

@@ -1,6 +1,7 @@
 //! The data-path benchmark (`make bench`) at a tiny scale so its code cannot
 //! rot: every backend and path gives a row; the weft backends connect with
-//! the admitting policy in force, over IPv4 and over IPv6. No figure is judged.
+//! the admitting policy, and with the ClusterNetworkPolicies, in force, over
+//! IPv4 and over IPv6. No figure is judged.
 
 mod common;
 
@@ -16,9 +17,9 @@ fn the_datapath_benchmark_runs_at_a_tiny_scale() {
         return;
     }
     // 20 measurements: iperf3's shortest run (1 s) and 0.15 s of connections each.
-    let rows = weft_e2e::bench::datapath(2, Duration::from_millis(150), 1, Family::Dual)
+    let rows = weft_e2e::bench::datapath(2, 3, Duration::from_millis(150), 1, Family::Dual)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rows.len(), 12, "3 backends x 2 loads x 2 paths: {rows:?}");
+    assert_eq!(rows.len(), 16, "(weave 2 loads, weft 3 loads with CNPs) x 2 paths: {rows:?}");
     let admitted = |f: Option<Figures>| f.is_some_and(|f| f.gbits.is_some_and(|g| g > 0.0) && f.conns > 0.0);
     for r in &rows {
         if r.backend == "weave-1.9.6" {
@@ -29,9 +30,11 @@ fn the_datapath_benchmark_runs_at_a_tiny_scale() {
         }
     }
     let table = weft_e2e::bench::table(&rows);
-    assert_eq!(table.lines().count(), 14, "{table}");
-    let weft = table.lines().find(|l| l.starts_with("| nftables | 2 | across nodes |"));
-    assert!(weft.is_some_and(|l| !l.contains(" - ")), "every cell filled in: {table}");
+    assert_eq!(table.lines().count(), 18, "{table}");
+    for row in ["| nftables | 2 | 0 | across nodes |", "| iptables | 0 | 3 | across nodes |"] {
+        let weft = table.lines().find(|l| l.starts_with(row));
+        assert!(weft.is_some_and(|l| !l.contains(" - ")), "every cell of {row} filled in: {table}");
+    }
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! `synthetic`). Root. `make bench` runs it at three scales:
 //!
 //! ```sh
-//! cargo bench -p weft-agent --bench backends -- [--churn SECS] [--model synthetic|mix] [PODS POLICIES]...
+//! cargo bench -p weft-agent --bench backends -- [--churn SECS] [--model synthetic|mix] [--cnp N] [PODS POLICIES]...
 //! ```
+//!
+//! `--cnp N` adds N ClusterNetworkPolicies to the model at every scale
+//! (`synthetic::cnp`) and times changes to them too.
 //!
 //! Each (scale, backend) runs in a child process of its own, so the peak RSS
 //! it reports is that backend's alone, as a node agent's would be.
@@ -21,10 +24,11 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("--one") {
         return one(&args[1..]);
     }
-    let (mut churn, mut kind, mut rest) = (0u64, ModelKind::Synthetic, &args[..]);
+    let (mut churn, mut cnps, mut kind, mut rest) = (0u64, 0usize, ModelKind::Synthetic, &args[..]);
     loop {
         match rest.first().map(String::as_str) {
             Some("--churn") => churn = rest.get(1).and_then(|a| a.parse().ok()).unwrap_or(0),
+            Some("--cnp") => cnps = rest.get(1).and_then(|a| a.parse().ok()).unwrap_or(0),
             Some("--model") => match rest.get(1).map(|m| m.parse()) {
                 Some(Ok(k)) => kind = k,
                 Some(Err(e)) => {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
                     model_name,
                     &pods.to_string(),
                     &policies.to_string(),
+                    &cnps.to_string(),
                     &churn.to_string(),
                 ])
                 .output();
@@ -70,22 +75,22 @@ fn main() -> ExitCode {
                 Err(e) => eprintln!("backends: cannot run {}: {e}", me.display()),
             }
         }
-        println!("Model: {model_name}. {}", table(pods, policies, &figures));
+        println!("Model: {model_name}. {}", table(pods, policies, cnps, &figures));
     }
     ExitCode::SUCCESS
 }
 
-/// `--one BACKEND PODS POLICIES CHURN_SECS`: measures and prints the figures as JSON.
+/// `--one BACKEND MODEL PODS POLICIES CNPS CHURN_SECS`: measures and prints the figures as JSON.
 fn one(args: &[String]) -> ExitCode {
     let n = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
     let kind = args.get(1).and_then(|k| k.parse::<ModelKind>().ok());
-    let (Some(backend), Some(kind), Some(pods), Some(policies), Some(churn)) =
-        (args.first(), kind, n(2), n(3), n(4))
+    let (Some(backend), Some(kind), Some(pods), Some(policies), Some(cnps), Some(churn)) =
+        (args.first(), kind, n(2), n(3), n(4), n(5))
     else {
-        eprintln!("usage: backends --one BACKEND synthetic|mix PODS POLICIES CHURN_SECS");
+        eprintln!("usage: backends --one BACKEND synthetic|mix PODS POLICIES CNPS CHURN_SECS");
         return ExitCode::from(64);
     };
-    let f = measure(backend, kind, pods as usize, policies as usize, churn);
+    let f = measure(backend, kind, pods as usize, policies as usize, cnps as usize, churn);
     match serde_json::to_string(&f) {
         Ok(json) => {
             println!("{json}");

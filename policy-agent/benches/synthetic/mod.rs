@@ -8,6 +8,8 @@
 //! so none is a copy of another. `measure` applies node-1's share with a
 //! backend in a network namespace of its own and measures.
 
+mod cnp;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -229,13 +231,21 @@ pub struct Figures {
     /// Full sync from a cold start: the whole model to rules in the kernel.
     pub full: Step,
     /// Pods added on this node (what a CNI ADD waits for), pods
-    /// relabelled, policies changed: each kind `CHANGES` times.
-    pub changes: [Percentiles; 3],
+    /// relabelled, policies changed, ClusterNetworkPolicies changed (only
+    /// with some in the model): each kind `CHANGES` times.
+    pub changes: [Percentiles; 4],
     /// A periodic resync of the unchanged model (checks the kernel).
     pub resync: Step,
     /// The process's peak resident memory after the full sync, KiB.
     pub peak_rss_kib: u64,
     pub churn: Option<Churn>,
+    /// Why the run stopped short: the full sync or a change failed to apply
+    /// (the figures before it stand).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// `cluster_triples` of the full sync's IR: the size of the CNP regions.
+    #[serde(default)]
+    pub cluster_triples: usize,
 }
 
 /// The backends `backends` measures.
@@ -256,33 +266,33 @@ impl Backend {
         }
     }
 
-    /// Renders and applies `ir`: (render time, apply time, what is in force).
-    fn apply(&mut self, ir: &PolicyIr, full: bool) -> (Duration, Duration, ObjectCounts) {
+    /// Renders and applies `ir`: (render time, apply time, what was
+    /// rendered, the apply's error if it failed: a figure too, e.g. a tool
+    /// that did not finish in its deadline).
+    fn apply(&mut self, ir: &PolicyIr, full: bool) -> (Duration, Duration, ObjectCounts, Option<String>) {
         let t0 = Instant::now();
-        match self {
+        let (counts, done) = match self {
             Backend::Iptables(b) => {
                 let r = weft_agent::iptables::render(ir);
-                let t1 = Instant::now();
-                b.apply(&r, full).expect("iptables apply");
-                (t1 - t0, t1.elapsed(), r.counts())
+                (r.counts(), (Instant::now(), b.apply(&r, full).map(|_| ()).map_err(|e| format!("{e}"))))
             }
             Backend::Nft(b) => {
                 let r = weft_agent::nft::render(ir);
-                let t1 = Instant::now();
-                b.apply(&r, full).expect("nft apply");
-                (t1 - t0, t1.elapsed(), r.counts())
+                (r.counts(), (Instant::now(), b.apply(&r, full).map(|_| ()).map_err(|e| format!("{e}"))))
             }
-        }
+        };
+        let (t1, done) = done;
+        (t1 - t0, t1.elapsed(), counts, done.err())
     }
 
-    /// Applies what `dirty` names: (apply time, what is in force).
-    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> (Duration, ObjectCounts) {
+    /// Applies what `dirty` names: the apply time.
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Duration, String> {
         let t0 = Instant::now();
         let done = match self {
             Backend::Iptables(b) => PolicyBackend::apply_changes(b, ir, dirty),
             Backend::Nft(b) => PolicyBackend::apply_changes(b, ir, dirty),
         };
-        (t0.elapsed(), done.expect("apply changes").counts)
+        done.map(|_| t0.elapsed()).map_err(|e| format!("{e}"))
     }
 
     fn cleanup(&mut self) {
@@ -293,26 +303,67 @@ impl Backend {
     }
 }
 
+/// The most (subject, cell, peer) triples of ClusterNetworkPolicy regions
+/// the benchmark renders: past it the renderers' output runs into GBs (100
+/// CNPs at 1k pods: 5.3 M triples, 4-8 GiB) and would take the machine.
+const CLUSTER_TRIPLES_BUDGET: usize = 1_000_000;
+
+/// (subject, cell, peer) triples in `ir`'s ClusterNetworkPolicy regions that
+/// are spelled out as set elements, IPv4 (the synthetic models are IPv4):
+/// about what the nftables renderer makes elements of (iptables enumerates
+/// the ports of a cell too). Regions past `MAX_REGION_ELEMENTS` are rules
+/// over subject and peer sets (`Class::grouped`) and count their sum.
+pub fn cluster_triples(ir: &PolicyIr) -> usize {
+    let c = &ir.v4.cluster;
+    [&c.admin_ingress, &c.admin_egress, &c.baseline_ingress, &c.baseline_egress]
+        .into_iter()
+        .flatten()
+        .flat_map(|class| {
+            class.regions.iter().map(move |r| {
+                if class.grouped(r) {
+                    class.subjects.len() + r.peers.len()
+                } else {
+                    class.subjects.len() * r.cells.len() * r.peers.len()
+                }
+            })
+        })
+        .sum()
+}
+
 /// A full compile of `m` for node-1, rendered and applied; the engine,
-/// the step's times and what is in force.
-fn sync_full(m: &Model, backend: &mut Backend) -> (PolicyEngine, Step, ObjectCounts) {
+/// the step's times, what was rendered and the apply's error if it failed
+/// (or why it was not rendered).
+fn sync_full(m: &Model, backend: &mut Backend) -> (PolicyEngine, Step, ObjectCounts, Option<String>) {
     let t0 = Instant::now();
     let mut engine = PolicyEngine::new(m, "node-1", &cluster_cidr(), Options::default());
     let compile = t0.elapsed();
     engine.take_dirty();
-    let (render, apply, counts) = backend.apply(engine.ir(), true);
-    (engine, Step { compile, render, apply }, counts)
+    let triples = cluster_triples(engine.ir());
+    if triples > CLUSTER_TRIPLES_BUDGET {
+        let why = format!(
+            "not rendered: {triples} ClusterNetworkPolicy (subject, cell, peer) triples, \
+             over the benchmark's budget of {CLUSTER_TRIPLES_BUDGET}"
+        );
+        return (engine, Step { compile, ..Step::default() }, ObjectCounts::default(), Some(why));
+    }
+    let (render, apply, counts, error) = backend.apply(engine.ir(), true);
+    (engine, Step { compile, render, apply }, counts, error)
 }
 
 /// A change from `old` to `new` as the agent takes it: the engine
 /// recompiles what changed and the backend patches it (render is part of apply).
-fn sync_change(engine: &mut PolicyEngine, old: &Model, new: &Model, backend: &mut Backend) -> Step {
+fn sync_change(
+    engine: &mut PolicyEngine,
+    old: &Model,
+    new: &Model,
+    backend: &mut Backend,
+) -> Result<Step, String> {
     let t0 = Instant::now();
     engine.update(old, new);
     let dirty = engine.take_dirty();
     let compile = t0.elapsed();
-    let (apply, _) = backend.apply_changes(engine.ir(), &dirty);
-    Step { compile, render: Duration::ZERO, apply }
+    let apply = backend.apply_changes(engine.ir(), &dirty)?;
+    Ok(Step { compile, render: Duration::ZERO, apply })
 }
 
 fn cluster_cidr() -> Vec<ipnetwork::IpNetwork> {
@@ -320,29 +371,52 @@ fn cluster_cidr() -> Vec<ipnetwork::IpNetwork> {
 }
 
 /// Measures one backend on node-1's share of `kind`'s model at (pods,
-/// policies), in a network namespace of its own (root); with `churn_secs`,
-/// also the churn run.
+/// policies) plus `cnps` ClusterNetworkPolicies (`cnp::add_cnps`), in a
+/// network namespace of its own (root); with `churn_secs`, also the churn run.
 pub fn measure(
     backend_name: &str,
     kind: ModelKind,
     pods: usize,
     policies: usize,
+    cnps: usize,
     churn_secs: u64,
 ) -> Figures {
-    let m = kind.build(pods, policies);
+    let mut m = kind.build(pods, policies);
+    cnp::add_cnps(&mut m, cnps);
     in_netns(|| {
         let mut backend = Backend::new(backend_name);
-        let (mut engine, full, ObjectCounts { rules, sets, elements }) = sync_full(&m, &mut backend);
-        let peak_rss_kib = peak_rss_kib();
+        let (mut engine, full, ObjectCounts { rules, sets, elements }, error) = sync_full(&m, &mut backend);
+        let mut figures = Figures {
+            backend: backend_name.to_string(),
+            rules,
+            sets,
+            elements,
+            full,
+            changes: Default::default(),
+            resync: Step::default(),
+            peak_rss_kib: peak_rss_kib(),
+            churn: None,
+            error,
+            cluster_triples: cluster_triples(engine.ir()),
+        };
+        if figures.error.is_some() {
+            backend.cleanup();
+            return figures;
+        }
         let mut m = m;
+        // The first change that failed to apply (the kinds after it are not measured).
+        let mut failed: Option<String> = None;
         let mut timed = |engine: &mut PolicyEngine, m: &mut Model, change: &dyn Fn(&mut Model) -> bool| {
             let mut steps = Vec::new();
             for _ in 0..CHANGES {
                 let mut next = m.clone();
-                if !change(&mut next) {
+                if failed.is_some() || !change(&mut next) {
                     break;
                 }
-                steps.push(sync_change(engine, m, &next, &mut backend));
+                match sync_change(engine, m, &next, &mut backend) {
+                    Ok(step) => steps.push(step),
+                    Err(e) => failed = Some(format!("a change: {e}")),
+                }
                 *m = next;
             }
             Percentiles::of(steps)
@@ -404,32 +478,36 @@ pub fn measure(
             }
             true
         };
+        let cnp_changed = std::cell::Cell::new(0);
+        let change_cnp = |m: &mut Model| {
+            cnp_changed.set(cnp_changed.get() + 1);
+            cnp::change_cnp(m, cnp_changed.get() - 1)
+        };
         let changes = [
             timed(&mut engine, &mut m, &add),
             timed(&mut engine, &mut m, &relabel),
             timed(&mut engine, &mut m, &change_policy),
+            timed(&mut engine, &mut m, &change_cnp),
         ];
-        let resync = sync_full(&m, &mut backend).1;
-        let churn = (churn_secs > 0).then(|| churn(kind, &m, &mut backend, Duration::from_secs(churn_secs)));
-        backend.cleanup();
-        Figures {
-            backend: backend_name.to_string(),
-            rules,
-            sets,
-            elements,
-            full,
-            changes,
-            resync,
-            peak_rss_kib,
-            churn,
+        figures.changes = changes;
+        figures.error = failed;
+        if figures.error.is_none() {
+            let (_, resync, _, error) = sync_full(&m, &mut backend);
+            figures.resync = resync;
+            figures.error = error.map(|e| format!("the resync: {e}"));
         }
+        if figures.error.is_none() && churn_secs > 0 {
+            figures.churn = Some(churn(kind, &m, &mut backend, Duration::from_secs(churn_secs)));
+        }
+        backend.cleanup();
+        figures
     })
 }
 
 /// Measures both backends in this process (the tiny-scale test; `make bench`
 /// runs `measure` in a process per backend so each peak RSS is its own).
-pub fn backends(kind: ModelKind, pods: usize, policies: usize, churn_secs: u64) -> Vec<Figures> {
-    BACKENDS.iter().map(|b| measure(b, kind, pods, policies, churn_secs)).collect()
+pub fn backends(kind: ModelKind, pods: usize, policies: usize, cnps: usize, churn_secs: u64) -> Vec<Figures> {
+    BACKENDS.iter().map(|b| measure(b, kind, pods, policies, cnps, churn_secs)).collect()
 }
 
 const NEW_POD: usize = usize::MAX;
@@ -517,7 +595,9 @@ fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> C
             }
         };
         apply(&mut m);
-        sync_change(&mut engine, &synced, &m, backend);
+        if sync_change(&mut engine, &synced, &m, backend).is_err() {
+            break; // Lags from here on would measure nothing.
+        }
         apply(&mut synced);
         cycles += 1;
         let done = Instant::now();
@@ -553,19 +633,27 @@ fn ms(d: Duration) -> String {
 }
 
 /// The control-plane figures as a Markdown table, a row per backend.
-pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
+pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> String {
     let mut s = format!(
-        "{pods} pods, {policies} policies (node-1's share). Full sync and resync: compile + render + apply = total, ms. \
+        "{pods} pods, {policies} policies, {cnps} ClusterNetworkPolicies (node-1's share). \
+         Full sync and resync: compile + render + apply = total, ms. \
          Changes ({CHANGES} of each kind): p50 / p99 of compile + patch, ms.\n\n\
-         | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | resync | peak RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
+         | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | CNP changed | resync | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
     );
-    let pct = |p: &Percentiles| format!("{} / {}", ms(p.p50.total()), ms(p.p99.total()));
-    let step =
-        |t: &Step| format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total()));
+    // `-`: a kind of change the model had nothing for (no CNP).
+    let pct = |p: &Percentiles| match p.samples {
+        0 => "-".to_string(),
+        _ => format!("{} / {}", ms(p.p50.total()), ms(p.p99.total())),
+    };
+    // `-`: not measured (the run stopped short).
+    let step = |t: &Step| match t.total() {
+        Duration::ZERO => "-".to_string(),
+        _ => format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total())),
+    };
     for f in figures {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             f.backend,
             f.rules,
             f.sets,
@@ -574,9 +662,22 @@ pub fn table(pods: usize, policies: usize, figures: &[Figures]) -> String {
             pct(&f.changes[0]),
             pct(&f.changes[1]),
             pct(&f.changes[2]),
+            pct(&f.changes[3]),
             step(&f.resync),
             f.peak_rss_kib as f64 / 1024.0
         );
+    }
+    // The same model on both backends: the same regions.
+    if let (true, Some(f)) = (cnps > 0, figures.first()) {
+        s += &format!(
+            "\nClusterNetworkPolicy regions: {} (subject, cell, peer) triples.\n",
+            f.cluster_triples
+        );
+    }
+    for f in figures {
+        if let Some(e) = &f.error {
+            s += &format!("\n{} stopped short (figures after it not measured): {e}\n", f.backend);
+        }
     }
     if figures.iter().any(|f| f.churn.is_some()) {
         s += "\nChurn: 100 pods created and 100 deleted per second; lag from a change to the kernel reflecting it, ms.\n\n\

@@ -194,6 +194,14 @@ mod tests {
     use crate::nft::render;
     use crate::policy::incremental::tests::each_change;
 
+    /// True if a region of `cir` is matched by a rule of its own.
+    fn grouped<A: crate::policy::Family>(cir: &crate::policy::ClusterIr<A>) -> bool {
+        [&cir.admin_ingress, &cir.admin_egress, &cir.baseline_ingress, &cir.baseline_egress]
+            .into_iter()
+            .flatten()
+            .any(|c| c.regions.iter().any(|r| c.grouped(r)))
+    }
+
     /// Elements patched change by change equal the elements rendered in
     /// full, in both families.
     #[test]
@@ -204,7 +212,17 @@ mod tests {
                 sets = render(ir).sets;
                 return;
             }
-            let c = changes(ir, dirty, &sets).unwrap_or_else(|| panic!("{at}: a set was missing"));
+            let Some(c) = changes(ir, dirty, &sets) else {
+                // Only ClusterNetworkPolicy regions matched by rules of their
+                // own (now or before) call for a full render.
+                let before = sets.keys().any(|n| n.starts_with("cnps"));
+                assert!(
+                    before || grouped(&ir.v4.cluster) || grouped(&ir.v6.cluster),
+                    "{at}: a set was missing"
+                );
+                sets = render(ir).sets;
+                return;
+            };
             remember(&mut sets, &c);
             assert_eq!(sets, render(ir).sets, "{at}");
             patched += 1;

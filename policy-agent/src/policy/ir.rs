@@ -171,7 +171,14 @@ impl<A: Family> Class<A> {
     /// True if `r` (one of this class's regions) is matched by a rule of its
     /// own rather than by elements of the verdict sets (`MAX_REGION_ELEMENTS`).
     pub fn grouped(&self, r: &Region<A>) -> bool {
-        self.subjects.len().saturating_mul(r.peers.len()).saturating_mul(r.cells.len()) > MAX_REGION_ELEMENTS
+        // A cell of up to 256 ports is that many ipset members (one per
+        // port); wider ones and nftables' intervals are one.
+        let width = |c: &Cell| match *c {
+            Cell::Ports(_, lo, hi) if hi - lo < 256 => usize::from(hi - lo) + 1,
+            _ => 1,
+        };
+        let cells: usize = r.cells.iter().map(width).sum();
+        self.subjects.len().saturating_mul(r.peers.len()).saturating_mul(cells) > MAX_REGION_ELEMENTS
     }
 }
 
