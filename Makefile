@@ -56,7 +56,7 @@ lint: deps
 # test); plain cargo test is the fallback. Both print a closing summary.
 # First, without root and in seconds, every conformance case on the policy
 # model (e2e/tests/conformance_pure.rs): a semantic regression stops the run
-# before the kernel suites. Then every fuzz target for 20 s (fuzz-short,
+# before the kernel suites. Then every fuzz target for 12 s (fuzz-short,
 # below): a crash stops the run there too. The e2e tests drive the built
 # binaries (weft, weft-ipam, weft-agent) the way a cluster does, so every
 # binary is built before the rest runs.
@@ -113,14 +113,14 @@ fuzz: fuzz-deps
 	cd fuzz && $(CARGO) +nightly fuzz build
 	fuzz/run.sh $(CURDIR)/fuzz/target/$(FUZZ_HOST)/release $(FUZZ_SECS) 1 $(FUZZ_TARGETS)
 
-# `make test`'s short run: each target FUZZ_SHORT_SECS (20 s), two at once
+# `make test`'s short run: each target FUZZ_SHORT_SECS (12 s), two at once
 # (one per core). Built without a sanitizer (the parsers are safe Rust: a
 # panic, an overflow, a hang or running out of memory is what it finds) and
 # with 16 codegen units, in a target dir of its own: 130 CPU-seconds from a
 # clean checkout (ASan's build: 193; against the whole agent: about 840),
 # then 63 s to run (docs/testing.md). Without a nightly toolchain it is a
 # skip (SKIPPED: in SKIP_LOG), which fails the run under CI=true.
-FUZZ_SHORT_SECS ?= 20
+FUZZ_SHORT_SECS ?= 12
 fuzz-short:
 	@if ! $(MAKE) --no-print-directory fuzz-deps; then \
 		echo "SKIPPED: fuzz: no nightly toolchain or cargo-fuzz to build the fuzz targets" | tee -a $(SKIP_LOG); \
