@@ -74,12 +74,7 @@ fn family<A: NftFamily>(
     if d.cluster {
         // Regions matched by rules of their own (`Class::grouped`), now or
         // before: the rules change, which a full render does.
-        let grouped = [Tier::Admin, Tier::Baseline]
-            .iter()
-            .flat_map(|&t| [true, false].map(|i| fir.cluster.get(t, i)))
-            .flatten()
-            .any(|c| c.regions.iter().any(|r| c.grouped(r)));
-        if grouped || sets.keys().any(|n| n.starts_with("cnps")) {
+        if fir.cluster.has_grouped() || sets.keys().any(|n| n.starts_with("cnps")) {
             return None;
         }
         // ClusterNetworkPolicy's verdict and unknown-pod sets, whole: a few
@@ -194,14 +189,6 @@ mod tests {
     use crate::nft::render;
     use crate::policy::incremental::tests::each_change;
 
-    /// True if a region of `cir` is matched by a rule of its own.
-    fn grouped<A: crate::policy::Family>(cir: &crate::policy::ClusterIr<A>) -> bool {
-        [&cir.admin_ingress, &cir.admin_egress, &cir.baseline_ingress, &cir.baseline_egress]
-            .into_iter()
-            .flatten()
-            .any(|c| c.regions.iter().any(|r| c.grouped(r)))
-    }
-
     /// Elements patched change by change equal the elements rendered in
     /// full, in both families.
     #[test]
@@ -217,7 +204,7 @@ mod tests {
                 // own (now or before) call for a full render.
                 let before = sets.keys().any(|n| n.starts_with("cnps"));
                 assert!(
-                    before || grouped(&ir.v4.cluster) || grouped(&ir.v6.cluster),
+                    before || ir.v4.cluster.has_grouped() || ir.v6.cluster.has_grouped(),
                     "{at}: a set was missing"
                 );
                 sets = render(ir).sets;

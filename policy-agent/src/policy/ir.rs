@@ -239,6 +239,14 @@ impl<A: Family> ClusterIr<A> {
         }
     }
 
+    /// True if a region is matched by a rule of its own (`Class::grouped`).
+    pub fn has_grouped(&self) -> bool {
+        [&self.admin_ingress, &self.admin_egress, &self.baseline_ingress, &self.baseline_egress]
+            .into_iter()
+            .flatten()
+            .any(|c| c.regions.iter().any(|r| c.grouped(r)))
+    }
+
     /// True if the classes or the pod networks of `self` and `other`
     /// differ: what re-renders the rules (the known pods are patched).
     pub fn regions_differ(&self, other: &ClusterIr<A>) -> bool {
@@ -270,21 +278,6 @@ impl<A: Family> ClusterIr<A> {
         if self.unknown_pod(peer) && class.unknown.iter().any(|c| c.holds(proto, port)) {
             return Some(Action::Deny);
         }
-        self.action(tier, ingress, subject, peer, proto, port)
-    }
-
-    /// What `tier`'s regions decide for local `subject` and `peer` in one
-    /// direction: the verdict of the region holding the packet, if any.
-    pub fn action(
-        &self,
-        tier: Tier,
-        ingress: bool,
-        subject: A,
-        peer: A,
-        proto: Option<Protocol>,
-        port: u16,
-    ) -> Option<Action> {
-        let class = self.get(tier, ingress).iter().find(|c| c.subjects.contains(&subject))?;
         class
             .regions
             .iter()
