@@ -130,11 +130,11 @@ fn with_g(mut m: Model) -> Model {
 }
 
 /// 70 more pods of node-1 (no namespace of their own: only the model has
-/// them) with `app: crowd`, and an Admin Deny of TCP 80 from the crowd and
-/// from c to every pod: 76 subjects x 71 peers, past what the verdict sets
+/// them) with `app: crowd`, and an Admin Deny of TCP 80 from the pods of
+/// `apps` (the crowd and c) to every pod: 76 subjects x 71 peers, past what the verdict sets
 /// spell out (`MAX_REGION_ELEMENTS`), so one rule over a subjects set and a
 /// peers set carries it.
-fn crowd() -> Model {
+fn crowd(apps: &str) -> Model {
     // Every other address, so that the peers do not aggregate into a few networks.
     let crowd: Vec<String> =
         (0..70).map(|i| 100 + 2 * i).map(|n| pod(&format!("crowd-{n}"), "crowd", n)).collect();
@@ -144,9 +144,10 @@ fn crowd() -> Model {
         1,
         "{namespaces: {}}",
         "ingress",
-        &["{action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchExpressions: \
-           [{key: app, operator: In, values: [crowd, c]}]}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}"
-            .into()],
+        &[format!(
+            "{{action: Deny, from: [{{pods: {{namespaceSelector: {{}}, podSelector: {{matchExpressions: \
+             [{{key: app, operator: In, values: [{apps}]}}]}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]}}"
+        )],
     );
     model(&[crowd.concat(), deny])
 }
@@ -198,15 +199,18 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
 
         // A change of ClusterNetworkPolicy, applied as the agent applies one;
         // true if a region of the Admin ingress is a rule of its own.
-        let mut change = |next: Model| -> bool {
+        // Also what the backend said it did.
+        let mut change = |next: Model| -> (bool, String) {
             engine.update(&now, &next);
             let dirty = engine.take_dirty();
             // The chains come with the first policy and go with the last;
             // in between the regions change (nftables patches elements).
             assert!(dirty.structural || dirty.cluster(), "{dirty:?}");
-            backend.apply_changes(engine.ir(), &dirty).unwrap();
+            let done = backend.apply_changes(engine.ir(), &dirty).unwrap();
             now = next;
-            engine.ir().v4.cluster.admin_ingress.iter().any(|c| c.regions.iter().any(|r| c.grouped(r)))
+            let grouped =
+                engine.ir().v4.cluster.admin_ingress.iter().any(|c| c.regions.iter().any(|r| c.grouped(r)));
+            (grouped, done.change.unwrap_or_default())
         };
         change(with_g(tiers()));
         assert!(g.connects(to_e, 80), "g is known now, and not b");
@@ -216,10 +220,19 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
         assert!(!c.connects(to_e, 80) && !d.pings(to_e), "and every other peer and protocol");
         assert!(c.connects(to_a, 80) && b.connects(to_a, 80), "a has only its NetworkPolicy now");
 
-        assert!(change(crowd()), "the crowd's region is a rule of its own");
+        assert!(change(crowd("crowd, c")).0, "the crowd's region is a rule of its own");
         assert!(!c.connects(to_a, 80) && !c.connects(to_e, 80), "the Admin Deny holds through that rule");
         assert!(c.connects(to_e, 81) && b.connects(to_a, 80), "and only for TCP 80 from the crowd and c");
         assert!(!c.connects(addr6(2), 80), "in IPv6 too");
+        assert!(d.connects(to_a, 80), "d is not in the crowd yet");
+        // d joins the region's peers: its sets' members change, its rule stays.
+        let (grouped, how) = change(crowd("crowd, c, d"));
+        assert!(grouped);
+        assert!(!d.connects(to_a, 80) && !d.connects(addr6(2), 80), "d is denied now: {how}");
+        assert!(
+            !how.contains("groups changed") && !how.contains("replaced") && !how.contains("chains written"),
+            "a peer joining a grouped region patches elements: {how}"
+        );
 
         change(network_policy_only());
         assert_eq!(cnp_objects(), Vec::<String>::new(), "the last ClusterNetworkPolicy took its objects");

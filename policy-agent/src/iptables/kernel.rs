@@ -244,8 +244,9 @@ impl Iptables {
     /// maxelem): the caller applies in full. Adds and deletes in place are
     /// safe in any order (see `small_change`).
     pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<Applied>, KernelError> {
-        // ClusterNetworkPolicy's wide rules name their sets by content:
-        // a change to its regions renders in full (and writes what differs).
+        // A change to ClusterNetworkPolicy's regions renders in full, which
+        // writes only what differs: members, and rules only if regions came,
+        // went or changed cells (their sets are named after who they are).
         if dirty.structural || self.rules.is_none() || dirty.cluster() {
             return Ok(None);
         }

@@ -250,7 +250,7 @@ pub(super) struct FamilyNames {
     pub(super) cnp_ingress: CnpNames,
     pub(super) cnp_egress: CnpNames,
     /// Prefixes of the sets of a class's subjects and of a region's peers
-    /// (named after their content: ClusterNetworkPolicy changes are structural).
+    /// (named after the class and region they serve, `class_set`).
     pub(super) cnp_subjects: &'static str,
     pub(super) cnp_peers: &'static str,
     /// Every known pod's address (hash:ip) and every node's pod CIDR
@@ -530,12 +530,13 @@ fn cluster_direction<A: Family>(
         let mut members: Vec<Vec<String>> = vec![Vec::new(); verdicts.len()];
         let mut wide = String::new();
         for class in cluster.get(tier, ingress) {
-            let subjects = content_set(n.cnp_subjects, ip_set::<A>("", &class.subjects));
+            let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
             let (mut port_rules, mut other_rules) = (String::new(), String::new());
             for region in &class.regions {
                 let Some(v) = verdicts.iter().position(|v| v.0 == region.action) else { continue };
                 let target = &verdicts[v].2;
-                let peers = content_set(n.cnp_peers, net_set::<A>("", &region.peers));
+                let who = format!("{:?} {:?}", region.action, region.cells);
+                let peers = net_set::<A>(&class_set(n.cnp_peers, class, &who), &region.peers);
                 let rule = |out: &mut String, ports: &str| {
                     let _ = writeln!(
                         out,
@@ -643,7 +644,7 @@ fn unknown_rules<A: Family>(
     let mut members = Vec::new();
     let anywhere = crate::policy::family::anywhere::<A>();
     for class in classes.iter().filter(|c| !c.unknown.is_empty()) {
-        let subjects = content_set(n.cnp_subjects, ip_set::<A>("", &class.subjects));
+        let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
         let rule = |out: &mut String, ports: &str| {
             let _ = writeln!(
                 out,
@@ -697,11 +698,11 @@ fn cell_members<'a, A: Family>(
     })
 }
 
-/// `s` named `<prefix>-<hash of its members>`: ClusterNetworkPolicy's
-/// changes are structural, so a set's content may name it.
-fn content_set(prefix: &str, mut s: SetSpec) -> SetSpec {
-    s.name = keyed(prefix, fnv1a64(s.members.join(" ").as_bytes()), "");
-    s
+/// The set `<prefix>-<hash>` of `class` (and `extra`): named after who
+/// the class is (`Class::key`), not what it holds, so that subjects and
+/// peers that come and go patch its members and leave the rules as they are.
+fn class_set<A: Family>(prefix: &str, class: &Class<A>, extra: &str) -> String {
+    keyed(prefix, class.key, extra)
 }
 
 fn spec<A: Family>(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {

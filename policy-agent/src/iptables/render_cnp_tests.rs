@@ -41,6 +41,7 @@ fn cluster_ir() -> PolicyIr {
             region(Action::Deny, &EVERY_CELL, &["192.168.0.0/16"]),
         ],
         unknown: Vec::new(),
+        key: 1,
     });
     ir.v4.cluster.baseline_ingress.push(Class {
         subjects: [b].into(),
@@ -49,6 +50,7 @@ fn cluster_ir() -> PolicyIr {
             region(Action::Accept, &EVERY_CELL, &["10.244.5.0/24"]),
         ],
         unknown: Vec::new(),
+        key: 2,
     });
     ir
 }
@@ -233,6 +235,7 @@ fn ipv6_objects_carry_a_6_and_fit_ipset_names() {
             peers: vec!["fd00:244:2::/64".parse::<Ipv6Network>().unwrap()],
         }],
         unknown: Vec::new(),
+        key: 3,
     });
     let r = render(&ir);
     assert!(!r.rules.contains("CNP"), "IPv4 has none");

@@ -9,8 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, cluster_set, group_set, last, peer_set, pod_cells, pod_port, pod_triples, port_group_set,
-    region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
+    addrs, cluster_set, group_set, grouped, last, nets_elems, peer_set, pod_cells, pod_port, pod_triples,
+    port_group_set, region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem, NftFamily, View,
+    CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Protocol, Tier};
 use crate::policy::family::{anywhere, host};
@@ -38,9 +39,9 @@ pub fn changes(ir: &PolicyIr, dirty: &Dirty, sets: &Sets) -> Option<BTreeMap<Str
 }
 
 /// `new` minus `old` came, `old` minus `new` went, in set `name`.
-fn diff(out: &mut BTreeMap<String, SetChange>, name: &str, new: BTreeSet<Elem>, old: BTreeSet<Elem>) {
+fn diff(out: &mut BTreeMap<String, SetChange>, name: &str, new: BTreeSet<Elem>, old: &BTreeSet<Elem>) {
     let c = out.entry(name.to_string()).or_default();
-    c.came.extend(new.difference(&old).cloned());
+    c.came.extend(new.difference(old).cloned());
     c.gone.extend(old.difference(&new).cloned());
 }
 
@@ -64,7 +65,7 @@ fn family<A: NftFamily>(
     for ip in &d.local {
         let one = A::elem(FamilyElem::Addr(*ip));
         let old = within(sets.get(&local)?, one.clone()..=one);
-        diff(out, &local, addrs(&fir.local.range(*ip..=*ip).copied().collect()), old);
+        diff(out, &local, addrs(&fir.local.range(*ip..=*ip).copied().collect()), &old);
     }
     for v in views(fir.audit) {
         let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
@@ -72,10 +73,27 @@ fn family<A: NftFamily>(
         view(v, dir, dd, sets, out)?;
     }
     if d.cluster {
-        // Regions matched by rules of their own (`Class::grouped`), now or
-        // before: the rules change, which a full render does.
-        if fir.cluster.has_grouped() || sets.keys().any(|n| n.starts_with("cnps")) {
+        // Regions matched by rules of their own (`Class::grouped`): their
+        // sets are named after who they are, so the same names are the same
+        // rules, and only their elements may change; other names call for
+        // rules a full render writes.
+        let mut grouped_sets: BTreeMap<String, BTreeSet<Elem>> = BTreeMap::new();
+        for v in &VIEWS[..2] {
+            let ingress = v.pick([true, false, true, false]);
+            for (tier, action) in CLUSTER_SETS {
+                for g in grouped(fir.cluster.get(tier, ingress), action) {
+                    grouped_sets.entry(g.subjects).or_insert_with(|| addrs(&g.class.subjects));
+                    grouped_sets.insert(g.peers, nets_elems::<A>(&g.region.peers));
+                }
+            }
+        }
+        let (subjects, peers) = (format!("cnps{}_", A::SUFFIX), format!("cnpp{}_", A::SUFFIX));
+        let had = sets.keys().filter(|n| n.starts_with(&subjects) || n.starts_with(&peers));
+        if !had.eq(grouped_sets.keys()) {
             return None;
+        }
+        for (name, new) in grouped_sets {
+            diff(out, &name, new, sets.get(&name)?);
         }
         // ClusterNetworkPolicy's verdict and unknown-pod sets, whole: a few
         // per direction, and the pod networks.
@@ -84,23 +102,23 @@ fn family<A: NftFamily>(
             for (tier, action) in CLUSTER_SETS {
                 let name = cluster_set::<A>(v, tier, action);
                 let new = region_elems(fir.cluster.get(tier, ingress), action);
-                diff(out, &name, new, sets.get(&name)?.clone());
+                diff(out, &name, new, sets.get(&name)?);
             }
             for tier in [Tier::Admin, Tier::Baseline] {
                 let name = unknown_set::<A>(v, tier);
-                diff(out, &name, unknown_elems(fir.cluster.get(tier, ingress)), sets.get(&name)?.clone());
+                diff(out, &name, unknown_elems(fir.cluster.get(tier, ingress)), sets.get(&name)?);
             }
         }
         let nets = format!("cnp_podnets{}", A::SUFFIX);
         let new = fir.cluster.pod_cidrs.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect();
-        diff(out, &nets, new, sets.get(&nets)?.clone());
+        diff(out, &nets, new, sets.get(&nets)?);
     }
     if !d.known.is_empty() && !fir.cluster.is_empty() {
         let pods = format!("cnp_pods{}", A::SUFFIX);
         for ip in &d.known {
             let one = A::elem(FamilyElem::Addr(*ip));
             let old = within(sets.get(&pods)?, one.clone()..=one);
-            diff(out, &pods, addrs(&fir.cluster.known.range(*ip..=*ip).copied().collect()), old);
+            diff(out, &pods, addrs(&fir.cluster.known.range(*ip..=*ip).copied().collect()), &old);
         }
     }
     Some(())
@@ -118,15 +136,15 @@ fn view<A: NftFamily>(
     for ip in &d.isolated {
         let one = A::elem(FamilyElem::Addr(*ip));
         let old = within(sets.get(&iso)?, one.clone()..=one);
-        diff(out, &iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), old);
+        diff(out, &iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), &old);
     }
     let (allow, exact) = (v.set::<A>("allow"), v.set::<A>("exact"));
     for pod in &d.triples {
         let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
         let old = within(sets.get(&exact)?, exact_range(*pod));
-        diff(out, &exact, new_exact.into_iter().collect(), old);
+        diff(out, &exact, new_exact.into_iter().collect(), &old);
         let old = within(sets.get(&allow)?, cell_range(*pod));
-        diff(out, &allow, new_cells.into_iter().collect(), old);
+        diff(out, &allow, new_cells.into_iter().collect(), &old);
     }
     for (key, pod) in &d.port_groups {
         let Ok(i) = dir.port_group_index(*key) else { continue };
@@ -137,19 +155,19 @@ fn view<A: NftFamily>(
         let range =
             A::elem(FamilyElem::PodPort(*pod, 0, 0))..=A::elem(FamilyElem::PodPort(*pod, u8::MAX, u16::MAX));
         let old = within(sets.get(&name)?, range);
-        diff(out, &name, new, old);
+        diff(out, &name, new, &old);
     }
     for (key, ports) in &d.groups {
         let Ok(i) = dir.group_index(*key, *ports) else { continue };
         let g = &dir.groups[i];
         let name = group_set::<A>(short, *key, *ports);
-        diff(out, &name, addrs(&g.targets), sets.get(&name)?.clone());
+        diff(out, &name, addrs(&g.targets), sets.get(&name)?);
     }
     for key in &d.peers {
         let Some(nets) = dir.peers_of(*key) else { continue };
         let name = peer_set::<A>(short, *key);
         let new = nets.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect();
-        diff(out, &name, new, sets.get(&name)?.clone());
+        diff(out, &name, new, sets.get(&name)?);
     }
     Some(())
 }
@@ -201,13 +219,13 @@ mod tests {
             }
             let Some(c) = changes(ir, dirty, &sets) else {
                 // Only ClusterNetworkPolicy regions matched by rules of their
-                // own (now or before) call for a full render.
-                let before = sets.keys().any(|n| n.starts_with("cnps"));
-                assert!(
-                    before || ir.v4.cluster.has_grouped() || ir.v6.cluster.has_grouped(),
-                    "{at}: a set was missing"
-                );
-                sets = render(ir).sets;
+                // own, come or gone, call for a full render.
+                let after = render(ir).sets;
+                let grouped = |s: &Sets| -> Vec<String> {
+                    s.keys().filter(|n| n.starts_with("cnps") || n.starts_with("cnpp")).cloned().collect()
+                };
+                assert_ne!(grouped(&sets), grouped(&after), "{at}: a set was missing");
+                sets = after;
                 return;
             };
             remember(&mut sets, &c);

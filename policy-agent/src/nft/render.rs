@@ -74,7 +74,9 @@ use crate::nflog;
 use weft_conf::hash::fnv1a64;
 
 use crate::policy::family::{anywhere, contains, Family};
-use crate::policy::{Cell, Class, Direction, Dirty, FamilyDirty, FamilyIr, GroupPorts, PeerKey, PolicyIr};
+use crate::policy::{
+    Cell, Class, Direction, Dirty, FamilyDirty, FamilyIr, GroupPorts, PeerKey, PolicyIr, Region,
+};
 
 /// weft's table (family inet).
 pub const TABLE: &str = "weft";
@@ -729,9 +731,11 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
 
 /// The regions of `classes` with `action` too big for the verdict sets
 /// (`Class::grouped`): a rule each in `chain`, over a set of the class's
-/// subjects (`cnps[6]_<hash>`) and one of the region's peers
-/// (`cnpp[6]_<hash>`), named after their content and shared by the rules
-/// that have the same.
+/// subjects (`cnps[6]_<class>`) and one of the region's peers
+/// (`cnpp[6]_<class, action, cells>`). Named after who they are, not what
+/// they hold, and in the order of their names, so that subjects and peers
+/// that come and go are element patches (`grouped_sets`) and leave the
+/// rules as they are.
 fn cluster_groups<A: NftFamily>(
     classes: &[Class<A>],
     action: Action,
@@ -741,41 +745,67 @@ fn cluster_groups<A: NftFamily>(
     p: &mut Parts,
 ) {
     let f = |field: &'static str| payload(A::PAYLOAD, field);
+    let mut rules = Vec::new();
+    for g in grouped::<A>(classes, action) {
+        if !p.elems.contains_key(&g.subjects) {
+            p.policy.push(set(g.subjects.clone(), SetTypeValue::Single(A::ADDR), false));
+            p.elems.insert(g.subjects.clone(), addrs(&g.class.subjects));
+        }
+        p.policy.push(set(g.peers.clone(), SetTypeValue::Single(A::ADDR), true));
+        p.elems.insert(g.peers.clone(), nets_elems::<A>(&g.region.peers));
+        let mut expr = vec![
+            m(f(v.pod), Operator::EQ, set_ref(&g.subjects)),
+            m(f(v.peer), Operator::EQ, set_ref(&g.peers)),
+        ];
+        let boxes = cell_boxes(&g.region.cells);
+        if boxes != [((0, u8::MAX), (0, u16::MAX))] {
+            let items: Vec<SetItem<'static>> = boxes
+                .iter()
+                .map(|&((plo, phi), (lo, hi))| {
+                    SetItem::Element(Expression::Named(NamedExpression::Concat(vec![
+                        range_or_value(u32::from(plo), u32::from(phi)),
+                        range_or_value(u32::from(lo), u32::from(hi)),
+                    ])))
+                })
+                .collect();
+            let key = Expression::Named(NamedExpression::Concat(vec![l4proto(), th_dport()]));
+            expr.push(m(key, Operator::EQ, Expression::Named(NamedExpression::Set(items))));
+        }
+        expr.push(verdict.clone());
+        rules.push((g.peers, rule(chain.to_string(), expr, None)));
+    }
+    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    p.policy.extend(rules.into_iter().map(|(_, r)| r));
+}
+
+/// A region of `Class::grouped` with the names of its two sets.
+pub(super) struct Grouped<'a, A: Family> {
+    pub class: &'a Class<A>,
+    pub region: &'a Region<A>,
+    pub subjects: String,
+    pub peers: String,
+}
+
+/// The grouped regions of `classes` with `action`.
+pub(super) fn grouped<A: NftFamily>(classes: &[Class<A>], action: Action) -> Vec<Grouped<'_, A>> {
+    let mut out = Vec::new();
     for class in classes {
-        for r in class.regions.iter().filter(|r| r.action == action && class.grouped(r)) {
-            let subjects =
-                format!("cnps{}_{:016x}", A::SUFFIX, fnv1a64(format!("{:?}", class.subjects).as_bytes()));
-            if !p.elems.contains_key(&subjects) {
-                p.policy.push(set(subjects.clone(), SetTypeValue::Single(A::ADDR), false));
-                p.elems.insert(subjects.clone(), addrs(&class.subjects));
-            }
-            let peers = format!("cnpp{}_{:016x}", A::SUFFIX, fnv1a64(format!("{:?}", r.peers).as_bytes()));
-            if !p.elems.contains_key(&peers) {
-                p.policy.push(set(peers.clone(), SetTypeValue::Single(A::ADDR), true));
-                p.elems.insert(peers.clone(), r.peers.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect());
-            }
-            let mut expr = vec![
-                m(f(v.pod), Operator::EQ, set_ref(&subjects)),
-                m(f(v.peer), Operator::EQ, set_ref(&peers)),
-            ];
-            let boxes = cell_boxes(&r.cells);
-            if boxes != [((0, u8::MAX), (0, u16::MAX))] {
-                let items: Vec<SetItem<'static>> = boxes
-                    .iter()
-                    .map(|&((plo, phi), (lo, hi))| {
-                        SetItem::Element(Expression::Named(NamedExpression::Concat(vec![
-                            range_or_value(u32::from(plo), u32::from(phi)),
-                            range_or_value(u32::from(lo), u32::from(hi)),
-                        ])))
-                    })
-                    .collect();
-                let key = Expression::Named(NamedExpression::Concat(vec![l4proto(), th_dport()]));
-                expr.push(m(key, Operator::EQ, Expression::Named(NamedExpression::Set(items))));
-            }
-            expr.push(verdict.clone());
-            p.policy.push(rule(chain.to_string(), expr, None));
+        for region in class.regions.iter().filter(|r| r.action == action && class.grouped(r)) {
+            let who = format!("{:016x} {action:?} {:?}", class.key, region.cells);
+            out.push(Grouped {
+                class,
+                region,
+                subjects: format!("cnps{}_{:016x}", A::SUFFIX, class.key),
+                peers: format!("cnpp{}_{:016x}", A::SUFFIX, fnv1a64(who.as_bytes())),
+            });
         }
     }
+    out
+}
+
+/// The interval elements of `nets`.
+pub(super) fn nets_elems<A: NftFamily>(nets: &[A::Net]) -> BTreeSet<Elem> {
+    nets.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect()
 }
 
 /// The set of (subject, protocols, ports, anywhere) where `tier` denies a

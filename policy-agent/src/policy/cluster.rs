@@ -10,11 +10,14 @@
 //! on the model, and the tests check the two agree.
 //!
 //! How a class is cut: the port space is split at every port boundary some
-//! rule uses (per protocol; every other protocol is one cell), and for each
-//! elementary cell the address space is painted rule by rule, in evaluation
-//! order, each rule painting only what earlier ones left. Cells painted
-//! alike are then one region per action. Work grows with rules x peers per
-//! class, and a node has few classes however many pods it runs.
+//! rule uses (per protocol; every other protocol is one cell), and each
+//! elementary cell is painted rule by rule, in evaluation order, each rule
+//! painting only what earlier ones left. What is painted is not addresses
+//! but address classes (`Partition`): the address space cut, once per
+//! compile, into the addresses that the same peer lists hold. A team of
+//! 1,000 pods is then a few classes, not 1,000 spans, and the work per
+//! class of subjects grows with its rules x the address classes they reach.
+//! Cells painted alike are then one region per action.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use weft_conf::hash::fnv1a64;
 
 use super::family::Family;
 use super::incremental::Changes;
@@ -42,10 +46,10 @@ type LaneCell = (u8, u16, u16);
 /// Inclusive address range, as integers.
 type Span = (u128, u128);
 
-/// A rule's reach: peers (as address spans) on cells.
+/// A rule's reach: peers (a list of `Lists`) on cells.
 #[derive(Debug, Clone)]
 struct Atom {
-    spans: Arc<Vec<Span>>,
+    list: usize,
     cells: Vec<LaneCell>,
 }
 
@@ -209,13 +213,33 @@ pub(super) fn touched(c: &Changes, node: &str, peers: &mut PodPeers) -> bool {
 
 fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {
     let mut ir = ClusterIr::default();
-    let mut unknown = false;
+    let mut lists = Lists::default();
+    let mut pending = Vec::new();
     for (t, tier) in [Tier::Admin, Tier::Baseline].into_iter().enumerate() {
         for ingress in [true, false] {
-            let classes = tier_direction::<A>(ctx, t, ingress);
-            unknown |= classes.iter().any(|c| !c.unknown.is_empty());
-            *ir.get_mut(tier, ingress) = classes;
+            pending.push((tier, ingress, classes_of::<A>(ctx, &mut lists, t, ingress)));
         }
+    }
+    // Every peer list of every class, cut once into the address classes
+    // the lists tell apart: painting then works on those, not on addresses.
+    let part = Partition::of::<A>(&lists.spans);
+    let mut unknown = false;
+    for (tier, ingress, classes) in pending {
+        let mut out: Vec<Class<A>> = classes
+            .into_iter()
+            .filter_map(|p| {
+                let regions = cut::<A>(&p.rules, &part);
+                (!regions.is_empty() || !p.unknown.is_empty()).then_some(Class {
+                    subjects: p.subjects,
+                    regions,
+                    unknown: p.unknown,
+                    key: p.key,
+                })
+            })
+            .collect();
+        out.sort();
+        unknown |= out.iter().any(|c| !c.unknown.is_empty());
+        *ir.get_mut(tier, ingress) = out;
     }
     if unknown {
         ir.pod_cidrs = ctx.model.nodes.values().filter_map(A::pod_cidr).collect();
@@ -273,8 +297,22 @@ fn rules_of(p: &ClusterNetworkPolicy, ingress: bool) -> &[CnpRule] {
     }
 }
 
-/// The classes of one tier and direction.
-fn tier_direction<A: Family>(ctx: &Ctx, tier: usize, ingress: bool) -> Vec<Class<A>> {
+/// A class before it is cut: its subjects, its rules in evaluation order,
+/// and the cells where a pod not known yet is denied.
+struct Pending<A: Family> {
+    key: u64,
+    subjects: BTreeSet<A>,
+    rules: Vec<(Action, Vec<Atom>)>,
+    unknown: Vec<Cell>,
+}
+
+/// The classes of one tier and direction, their rules' peers registered in `lists`.
+fn classes_of<'m, A: Family>(
+    ctx: &Ctx<'m>,
+    lists: &mut Lists<'m>,
+    tier: usize,
+    ingress: bool,
+) -> Vec<Pending<A>> {
     let policies = &ctx.tiers[tier];
     // A class is the policies selecting a pod, plus, where an ingress rule
     // names a port, the pod's own port names (resolved on the subject).
@@ -302,34 +340,94 @@ fn tier_direction<A: Family>(ctx: &Ctx, tier: usize, ingress: bool) -> Vec<Class
             classes.entry((chosen.clone(), ports)).or_insert_with(|| (pod, BTreeSet::new())).1.insert(addr);
         }
     }
-    let mut spans = SpanCache::default();
-    let mut out: Vec<Class<A>> = classes
+    classes
         .into_iter()
-        .filter_map(|((chosen, _), (rep, subjects))| {
-            let rules: Vec<(Action, Vec<Atom>)> = chosen
+        .map(|((chosen, ports), (rep, subjects))| {
+            let names: Vec<&str> = chosen.iter().map(|&i| policies[i].name.as_str()).collect();
+            let key = fnv1a64(format!("{tier} {ingress} {names:?} {ports:?}").as_bytes());
+            let rules = chosen
                 .iter()
                 .flat_map(|&i| rules_of(policies[i], ingress))
-                .filter_map(|rule| atoms::<A>(ctx, &mut spans, rule, ingress, rep))
+                .filter_map(|rule| atoms::<A>(ctx, lists, rule, ingress, rep))
                 .collect();
-            let regions = cut::<A>(&rules);
             let unknown =
                 unknown_cells(chosen.iter().flat_map(|&i| rules_of(policies[i], ingress)), ingress, rep);
-            (!regions.is_empty() || !unknown.is_empty()).then_some(Class { subjects, regions, unknown })
+            Pending { key, subjects, rules, unknown }
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
-/// A peer list's addresses in one family, by the list.
-type SpanCache<'m> = BTreeMap<&'m [CnpPeer], Arc<Vec<Span>>>;
+/// A named port's destinations: per cell, a list of `Lists`.
+type NamedLists = Vec<(LaneCell, usize)>;
+
+/// The address lists rules reach, each registered once (in one family):
+/// a peer list's addresses, and on egress, a named port's destinations.
+#[derive(Default)]
+struct Lists<'m> {
+    spans: Vec<Vec<Span>>,
+    by_peers: BTreeMap<&'m [CnpPeer], usize>,
+    /// (peers, port name): the list of each cell the name resolves to.
+    named: BTreeMap<(&'m [CnpPeer], &'m str), NamedLists>,
+    everything: Option<usize>,
+}
+
+impl<'m> Lists<'m> {
+    fn add(&mut self, spans: Vec<Span>) -> usize {
+        self.spans.push(spans);
+        self.spans.len() - 1
+    }
+
+    fn everything<A: Family>(&mut self) -> usize {
+        match self.everything {
+            Some(id) => id,
+            None => {
+                let id = self.add(vec![(0, max::<A>())]);
+                self.everything = Some(id);
+                id
+            }
+        }
+    }
+
+    fn peers<A: Family>(&mut self, ctx: &Ctx<'m>, peers: &'m [CnpPeer]) -> usize {
+        if let Some(&id) = self.by_peers.get(peers) {
+            return id;
+        }
+        let id = self.add(spans_of::<A>(&ctx.resolve(peers)));
+        self.by_peers.insert(peers, id);
+        id
+    }
+
+    /// The destinations of `peers` with a port named `name`, by cell.
+    fn named<A: Family>(
+        &mut self,
+        ctx: &Ctx<'m>,
+        peers: &'m [CnpPeer],
+        name: &'m str,
+    ) -> Vec<(LaneCell, usize)> {
+        if let Some(v) = self.named.get(&(peers, name)) {
+            return v.clone();
+        }
+        let mut by_cell: BTreeMap<LaneCell, Vec<Span>> = BTreeMap::new();
+        for p in &ctx.resolve(peers).pods {
+            let Some(addr) = A::of_pod(p) else { continue };
+            let a = addr.as_u128();
+            for c in p.ports.iter().filter(|c| c.name.as_deref() == Some(name)) {
+                by_cell.entry((lane(c.protocol), c.port, c.port)).or_default().push((a, a));
+            }
+        }
+        let v: Vec<(LaneCell, usize)> =
+            by_cell.into_iter().map(|(cell, spans)| (cell, self.add(spans))).collect();
+        self.named.insert((peers, name), v.clone());
+        v
+    }
+}
 
 /// What `rule` reaches for subject `me`, with its action: None for a rule
 /// that matches nothing (a fail-closed Accept). A fail-closed Deny or Pass
 /// reaches everything.
 fn atoms<'m, A: Family>(
     ctx: &Ctx<'m>,
-    cache: &mut SpanCache<'m>,
+    lists: &mut Lists<'m>,
     rule: &'m CnpRule,
     ingress: bool,
     me: &Pod,
@@ -337,47 +435,41 @@ fn atoms<'m, A: Family>(
     let all_cells = || (0..=OTHER).map(|l| (l, 0, u16::MAX)).collect::<Vec<_>>();
     if rule.fails_closed() {
         // The API's fail closed: an Accept matches nothing, a Deny or Pass denies everything.
-        let everything = Atom { spans: Arc::new(vec![(0, max::<A>())]), cells: all_cells() };
+        let everything = Atom { list: lists.everything::<A>(), cells: all_cells() };
         return (rule.action != Action::Accept).then(|| (Action::Deny, vec![everything]));
     }
-    let resolved = ctx.resolve(&rule.peers);
-    let spans = cache.entry(&rule.peers).or_insert_with(|| Arc::new(spans_of::<A>(&resolved))).clone();
+    let list = lists.peers::<A>(ctx, &rule.peers);
     if rule.ports.is_empty() {
-        return Some((rule.action, vec![Atom { spans, cells: all_cells() }]));
+        return Some((rule.action, vec![Atom { list, cells: all_cells() }]));
     }
-    let mut plain = Vec::new();
-    let mut named: BTreeMap<LaneCell, Vec<Span>> = BTreeMap::new();
+    let mut cells = Vec::new();
+    let mut named = Vec::new();
     for port in &rule.ports {
         match port {
-            CnpPort::Ports { protocol, start, end } => plain.push((lane(*protocol), *start, *end)),
+            CnpPort::Ports { protocol, start, end } => cells.push((lane(*protocol), *start, *end)),
             // The destination's port of that name: the subject's own on
             // ingress, each peer pod's on egress.
-            CnpPort::Named(name) if ingress => {
-                for c in me.ports.iter().filter(|c| c.name.as_deref() == Some(name.as_str())) {
-                    named
-                        .entry((lane(c.protocol), c.port, c.port))
-                        .or_default()
-                        .extend(spans.iter().copied());
-                }
-            }
-            CnpPort::Named(name) => {
-                for p in &resolved.pods {
-                    let Some(addr) = A::of_pod(p) else { continue };
-                    let a = addr.as_u128();
-                    for c in p.ports.iter().filter(|c| c.name.as_deref() == Some(name.as_str())) {
-                        named.entry((lane(c.protocol), c.port, c.port)).or_default().push((a, a));
-                    }
-                }
-            }
+            CnpPort::Named(name) if ingress => cells.extend(
+                me.ports
+                    .iter()
+                    .filter(|c| c.name.as_deref() == Some(name.as_str()))
+                    .map(|c| (lane(c.protocol), c.port, c.port)),
+            ),
+            CnpPort::Named(name) => named.extend(
+                lists
+                    .named::<A>(ctx, &rule.peers, name)
+                    .into_iter()
+                    .map(|(cell, list)| Atom { list, cells: vec![cell] }),
+            ),
             // Handled by `fails_closed`.
             CnpPort::Unknown(_) => {}
         }
     }
     let mut out = Vec::new();
-    if !plain.is_empty() {
-        out.push(Atom { spans, cells: plain });
+    if !cells.is_empty() {
+        out.push(Atom { list, cells });
     }
-    out.extend(named.into_iter().map(|(cell, spans)| Atom { spans: Arc::new(spans), cells: vec![cell] }));
+    out.extend(named);
     Some((rule.action, out))
 }
 
@@ -452,8 +544,63 @@ fn span<A: Family>(n: A::Net) -> Span {
     (first, first | host)
 }
 
+/// The address space cut by every list's bounds into classes of addresses
+/// that the same lists hold: a rule's peers are then a few classes, however
+/// many addresses they spell.
+struct Partition {
+    /// Per class, its addresses: sorted, disjoint spans.
+    spans: Vec<Vec<Span>>,
+    /// Per list, the classes it holds, sorted.
+    of_list: Vec<Vec<u32>>,
+}
+
+impl Partition {
+    fn of<A: Family>(lists: &[Vec<Span>]) -> Partition {
+        let max = max::<A>();
+        // Every bound: a span's first address, and the one after its last.
+        let mut cuts: Vec<u128> =
+            lists.iter().flatten().flat_map(|&(lo, hi)| [Some(lo), hi.checked_add(1)]).flatten().collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        // Which lists hold each elementary interval (cuts[k] up to the next cut).
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); cuts.len()];
+        for (id, spans) in lists.iter().enumerate() {
+            for &(lo, hi) in spans {
+                let mut k = cuts.partition_point(|&c| c < lo);
+                while k < cuts.len() && cuts[k] <= hi {
+                    if held[k].last() != Some(&(id as u32)) {
+                        held[k].push(id as u32);
+                    }
+                    k += 1;
+                }
+            }
+        }
+        let mut class_of: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+        let mut part = Partition { spans: Vec::new(), of_list: vec![Vec::new(); lists.len()] };
+        for (k, held) in held.into_iter().enumerate() {
+            if held.is_empty() {
+                continue;
+            }
+            let span = (cuts[k], cuts.get(k + 1).map_or(max, |next| next - 1));
+            let next = part.spans.len() as u32;
+            let class = *class_of.entry(held).or_insert(next);
+            if class == next {
+                part.spans.push(Vec::new());
+            }
+            part.spans[class as usize].push(span);
+        }
+        for (held, class) in class_of {
+            for id in held {
+                part.of_list[id as usize].push(class);
+            }
+        }
+        part.of_list.iter_mut().for_each(|l| l.sort_unstable());
+        part
+    }
+}
+
 /// Cuts the ordered rules of one class into disjoint regions.
-fn cut<A: Family>(rules: &[(Action, Vec<Atom>)]) -> Vec<Region<A>> {
+fn cut<A: Family>(rules: &[(Action, Vec<Atom>)], part: &Partition) -> Vec<Region<A>> {
     // Port boundaries per protocol: every cell between two is painted alike.
     let mut bounds: [BTreeSet<u32>; 3] = Default::default();
     for b in &mut bounds {
@@ -473,90 +620,82 @@ fn cut<A: Family>(rules: &[(Action, Vec<Atom>)]) -> Vec<Region<A>> {
         cells.extend(b.windows(2).map(|w| (l as u8, w[0] as u16, (w[1] - 1) as u16)));
     }
     cells.push((OTHER, 0, u16::MAX));
-    // Cells the same atoms cover are painted alike: paint each such group once.
+    // Which atoms cover each cell, in evaluation order.
     let atoms: Vec<(Action, &Atom)> =
         rules.iter().flat_map(|(action, atoms)| atoms.iter().map(move |a| (*action, a))).collect();
+    let mut by: Vec<Vec<usize>> = vec![Vec::new(); cells.len()];
+    for (i, (_, atom)) in atoms.iter().enumerate() {
+        for &(l, lo, hi) in &atom.cells {
+            // Cells are sorted and a rule's bounds are cell bounds: its cells are a run.
+            let first = cells.partition_point(|&(cl, clo, _)| (cl, clo) < (l, lo));
+            for k in first..cells.len() {
+                let (cl, _, chi) = cells[k];
+                if cl != l || (l != OTHER && chi > hi) {
+                    break;
+                }
+                if by[k].last() != Some(&i) {
+                    by[k].push(i);
+                }
+            }
+        }
+    }
+    // Cells the same atoms cover are painted alike: paint each such group once.
     let mut covered: BTreeMap<Vec<usize>, Vec<LaneCell>> = BTreeMap::new();
-    for cell in cells {
-        let by: Vec<usize> =
-            (0..atoms.len()).filter(|&i| atoms[i].1.cells.iter().any(|c| covers(*c, cell))).collect();
+    for (cell, by) in cells.into_iter().zip(by) {
         if !by.is_empty() {
             covered.entry(by).or_default().push(cell);
         }
     }
-    let everything = (0, max::<A>());
-    let mut alike: BTreeMap<Vec<(Span, Action)>, Vec<LaneCell>> = BTreeMap::new();
-    for (by, cells) in covered {
-        let mut painted: BTreeMap<u128, (u128, Action)> = BTreeMap::new();
-        'paint: for i in by {
+    // Each address class takes the action of the first atom holding it.
+    let mut seen = vec![u32::MAX; part.spans.len()];
+    let mut alike: BTreeMap<Vec<(u32, Action)>, Vec<LaneCell>> = BTreeMap::new();
+    for (stamp, (by, cells)) in covered.into_iter().enumerate() {
+        let stamp = stamp as u32;
+        let mut painting: Vec<(u32, Action)> = Vec::new();
+        for i in by {
             let (action, atom) = atoms[i];
-            for &s in atom.spans.iter() {
-                paint(&mut painted, s, action);
-                // Nothing later can paint a cell painted whole.
-                if s == everything {
-                    break 'paint;
+            for &class in &part.of_list[atom.list] {
+                if seen[class as usize] != stamp {
+                    seen[class as usize] = stamp;
+                    painting.push((class, action));
                 }
             }
+            // Nothing later can paint a cell painted whole.
+            if painting.len() == part.spans.len() {
+                break;
+            }
         }
-        if !painted.is_empty() {
-            alike.entry(coalesce(painted)).or_default().extend(cells);
+        if !painting.is_empty() {
+            painting.sort_unstable();
+            alike.entry(painting).or_default().extend(cells);
         }
     }
     let mut regions = Vec::new();
     for (painting, mut cells) in alike {
         cells.sort();
         let cells = join_cells(cells);
-        let mut by_action: BTreeMap<Action, Vec<A::Net>> = BTreeMap::new();
-        for ((lo, hi), action) in painting {
-            by_action.entry(action).or_default().extend(nets::<A>(lo, hi));
+        let mut by_action: BTreeMap<Action, Vec<Span>> = BTreeMap::new();
+        for (class, action) in painting {
+            by_action.entry(action).or_default().extend(&part.spans[class as usize]);
         }
-        regions.extend(by_action.into_iter().map(|(action, peers)| Region {
+        regions.extend(by_action.into_iter().map(|(action, spans)| Region {
             action,
             cells: cells.clone(),
-            peers,
+            peers: joined(spans).into_iter().flat_map(|(lo, hi)| nets::<A>(lo, hi)).collect(),
         }));
     }
     regions.sort();
     regions
 }
 
-fn covers((l, lo, hi): LaneCell, (cl, clo, chi): LaneCell) -> bool {
-    l == cl && (l == OTHER || (lo <= clo && chi <= hi))
-}
-
-/// Paints the parts of `s` that nothing painted yet with `action`.
-fn paint(painted: &mut BTreeMap<u128, (u128, Action)>, (lo, hi): Span, action: Action) {
-    let mut gaps = Vec::new();
-    let mut next = Some(lo);
-    if let Some((_, &(end, _))) = painted.range(..lo).next_back() {
-        if end >= lo {
-            next = end.checked_add(1);
-        }
-    }
-    for (&start, &(end, _)) in painted.range(lo..=hi) {
-        let Some(from) = next else { break };
-        if start > from {
-            gaps.push((from, start - 1));
-        }
-        next = end.checked_add(1);
-    }
-    if let Some(from) = next {
-        if from <= hi {
-            gaps.push((from, hi));
-        }
-    }
-    for (a, b) in gaps {
-        painted.insert(a, (b, action));
-    }
-}
-
-/// The painting as spans, neighbours with the same action joined.
-fn coalesce(painted: BTreeMap<u128, (u128, Action)>) -> Vec<(Span, Action)> {
-    let mut out: Vec<(Span, Action)> = Vec::new();
-    for (lo, (hi, action)) in painted {
+/// `spans` (disjoint) sorted, neighbours joined.
+fn joined(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable();
+    let mut out: Vec<Span> = Vec::new();
+    for (lo, hi) in spans {
         match out.last_mut() {
-            Some(((_, end), a)) if *a == action && end.checked_add(1) == Some(lo) => *end = hi,
-            _ => out.push(((lo, hi), action)),
+            Some((_, end)) if end.checked_add(1) == Some(lo) => *end = hi,
+            _ => out.push((lo, hi)),
         }
     }
     out

@@ -26,55 +26,50 @@ fn ranges_become_the_fewest_networks() {
 }
 
 #[test]
-fn painting_keeps_what_earlier_rules_painted() {
-    let mut p = BTreeMap::new();
-    paint(&mut p, (10, 20), Action::Accept);
-    paint(&mut p, (0, 100), Action::Deny);
-    paint(&mut p, (15, 30), Action::Pass);
-    paint(&mut p, (u128::MAX - 3, u128::MAX), Action::Pass);
-    paint(&mut p, (0, u128::MAX), Action::Accept);
-    assert_eq!(
-        coalesce(p),
-        vec![
-            ((0, 9), Action::Deny),
-            ((10, 20), Action::Accept),
-            ((21, 100), Action::Deny),
-            ((101, u128::MAX - 4), Action::Accept),
-            ((u128::MAX - 3, u128::MAX), Action::Pass),
-        ]
-    );
+fn addresses_the_same_lists_hold_are_one_class() {
+    let lists = vec![
+        vec![(10, 20), (40, 40)],
+        vec![(15, 30), (40, 40)],
+        vec![(0, u128::MAX)],
+        vec![(u128::MAX, u128::MAX)],
+    ];
+    let part = Partition::of::<Ipv6Addr>(&lists);
+    let class = |spans: &[Span]| part.spans.iter().position(|s| s == spans).unwrap() as u32;
+    let only_all = class(&[(0, 9), (31, 39), (41, u128::MAX - 1)]);
+    let first = class(&[(10, 14)]);
+    let both = class(&[(15, 20), (40, 40)]);
+    let second = class(&[(21, 30)]);
+    let last = class(&[(u128::MAX, u128::MAX)]);
+    assert_eq!(part.spans.len(), 5);
+    assert_eq!(part.of_list[0], [first, both]);
+    assert_eq!(part.of_list[1], [both, second]);
+    assert_eq!(part.of_list[3], [last]);
+    let all = part.of_list[2].clone();
+    let mut every = vec![only_all, first, both, second, last];
+    every.sort();
+    assert_eq!(all, every);
 }
 
 #[test]
-fn a_port_rule_before_a_catch_all_splits_the_port_space() {
-    let spans = Arc::new(vec![(v4("10.0.0.0"), v4("10.0.0.255"))]);
+fn earlier_rules_keep_what_they_painted() {
+    let lists = vec![vec![(10, 20)], vec![(0, 100)], vec![(15, 30)], vec![(0, u128::MAX)]];
+    let part = Partition::of::<Ipv6Addr>(&lists);
+    let all = |list| Atom { list, cells: vec![(OTHER, 0, u16::MAX)] };
     let rules = vec![
-        (Action::Accept, vec![Atom { spans: spans.clone(), cells: vec![(0, 80, 80)] }]),
-        (Action::Deny, vec![Atom { spans, cells: (0..=OTHER).map(|l| (l, 0, u16::MAX)).collect() }]),
+        (Action::Accept, vec![all(0)]),
+        (Action::Deny, vec![all(1)]),
+        (Action::Pass, vec![all(2)]),
+        (Action::Accept, vec![all(3)]),
     ];
-    let regions = cut::<Ipv4Addr>(&rules);
-    let net: Vec<<Ipv4Addr as Family>::Net> = vec!["10.0.0.0/24".parse().unwrap()];
-    assert_eq!(
-        regions,
-        vec![
-            Region {
-                action: Action::Accept,
-                cells: vec![Cell::Ports(Protocol::Tcp, 80, 80)],
-                peers: net.clone()
-            },
-            Region {
-                action: Action::Deny,
-                cells: vec![
-                    Cell::Ports(Protocol::Tcp, 0, 79),
-                    Cell::Ports(Protocol::Tcp, 81, 65535),
-                    Cell::Ports(Protocol::Udp, 0, 65535),
-                    Cell::Ports(Protocol::Sctp, 0, 65535),
-                    Cell::Other,
-                ],
-                peers: net,
-            },
-        ]
-    );
+    let regions = cut::<Ipv6Addr>(&rules, &part);
+    let spans = |a: Action| {
+        let r = regions.iter().find(|r| r.action == a).unwrap();
+        assert_eq!(r.cells, [Cell::Other]);
+        r.peers.iter().map(|n| span::<Ipv6Addr>(*n)).collect::<Vec<_>>()
+    };
+    assert_eq!(regions.len(), 2);
+    assert_eq!(joined(spans(Action::Accept)), [(10, 20), (101, u128::MAX)]);
+    assert_eq!(joined(spans(Action::Deny)), [(0, 9), (21, 100)]);
 }
 
 #[test]

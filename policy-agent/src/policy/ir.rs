@@ -157,6 +157,10 @@ pub struct Class<A: Family = Ipv4Addr> {
     /// another node) is denied, before any region: those a Deny rule with
     /// pod or namespace peers covers, since that pod may be one of them.
     pub unknown: Vec<Cell>,
+    /// Who the class is (its tier, direction, policies and the port names
+    /// it resolves), not what it holds: it names the class's kernel
+    /// objects, which then stay put while subjects and peers come and go.
+    pub key: u64,
 }
 
 /// Above this many (subject, peer network, cell) combinations a region is
