@@ -223,12 +223,13 @@ fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {
     // Every peer list of every class, cut once into the address classes
     // the lists tell apart: painting then works on those, not on addresses.
     let part = Partition::of::<A>(&lists.spans);
+    let mut known = PeerNets::<A>::new();
     let mut unknown = false;
     for (tier, ingress, classes) in pending {
         let mut out: Vec<Class<A>> = classes
             .into_iter()
             .filter_map(|p| {
-                let regions = cut::<A>(&p.rules, &part);
+                let regions = cut::<A>(&p.rules, &part, &mut known);
                 (!regions.is_empty() || !p.unknown.is_empty()).then_some(Class {
                     subjects: p.subjects,
                     regions,
@@ -548,8 +549,10 @@ fn span<A: Family>(n: A::Net) -> Span {
 /// that the same lists hold: a rule's peers are then a few classes, however
 /// many addresses they spell.
 struct Partition {
-    /// Per class, its addresses: sorted, disjoint spans.
-    spans: Vec<Vec<Span>>,
+    /// The elementary intervals some list holds, sorted and disjoint.
+    intervals: Vec<Span>,
+    /// Per class, its intervals (indices into `intervals`, ascending).
+    members: Vec<Vec<u32>>,
     /// Per list, the classes it holds, sorted.
     of_list: Vec<Vec<u32>>,
 }
@@ -576,18 +579,19 @@ impl Partition {
             }
         }
         let mut class_of: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
-        let mut part = Partition { spans: Vec::new(), of_list: vec![Vec::new(); lists.len()] };
+        let mut part =
+            Partition { intervals: Vec::new(), members: Vec::new(), of_list: vec![Vec::new(); lists.len()] };
         for (k, held) in held.into_iter().enumerate() {
             if held.is_empty() {
                 continue;
             }
-            let span = (cuts[k], cuts.get(k + 1).map_or(max, |next| next - 1));
-            let next = part.spans.len() as u32;
+            let next = part.members.len() as u32;
             let class = *class_of.entry(held).or_insert(next);
             if class == next {
-                part.spans.push(Vec::new());
+                part.members.push(Vec::new());
             }
-            part.spans[class as usize].push(span);
+            part.members[class as usize].push(part.intervals.len() as u32);
+            part.intervals.push((cuts[k], cuts.get(k + 1).map_or(max, |next| next - 1)));
         }
         for (held, class) in class_of {
             for id in held {
@@ -597,10 +601,36 @@ impl Partition {
         part.of_list.iter_mut().for_each(|l| l.sort_unstable());
         part
     }
+
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The addresses of `classes`, as spans, sorted, neighbours joined.
+    fn spans(&self, classes: &[u32]) -> Vec<Span> {
+        let mut at: Vec<u32> = classes.iter().flat_map(|&c| &self.members[c as usize]).copied().collect();
+        at.sort_unstable();
+        let mut out: Vec<Span> = Vec::new();
+        for (lo, hi) in at.into_iter().map(|k| self.intervals[k as usize]) {
+            match out.last_mut() {
+                Some((_, end)) if end.checked_add(1) == Some(lo) => *end = hi,
+                _ => out.push((lo, hi)),
+            }
+        }
+        out
+    }
 }
 
+/// The networks of a set of address classes, computed once per compile:
+/// classes of subjects often have regions with the same peers.
+type PeerNets<A> = BTreeMap<Vec<u32>, Vec<<A as Family>::Net>>;
+
 /// Cuts the ordered rules of one class into disjoint regions.
-fn cut<A: Family>(rules: &[(Action, Vec<Atom>)], part: &Partition) -> Vec<Region<A>> {
+fn cut<A: Family>(
+    rules: &[(Action, Vec<Atom>)],
+    part: &Partition,
+    known: &mut PeerNets<A>,
+) -> Vec<Region<A>> {
     // Port boundaries per protocol: every cell between two is painted alike.
     let mut bounds: [BTreeSet<u32>; 3] = Default::default();
     for b in &mut bounds {
@@ -647,7 +677,7 @@ fn cut<A: Family>(rules: &[(Action, Vec<Atom>)], part: &Partition) -> Vec<Region
         }
     }
     // Each address class takes the action of the first atom holding it.
-    let mut seen = vec![u32::MAX; part.spans.len()];
+    let mut seen = vec![u32::MAX; part.len()];
     let mut alike: BTreeMap<Vec<(u32, Action)>, Vec<LaneCell>> = BTreeMap::new();
     for (stamp, (by, cells)) in covered.into_iter().enumerate() {
         let stamp = stamp as u32;
@@ -661,7 +691,7 @@ fn cut<A: Family>(rules: &[(Action, Vec<Atom>)], part: &Partition) -> Vec<Region
                 }
             }
             // Nothing later can paint a cell painted whole.
-            if painting.len() == part.spans.len() {
+            if painting.len() == part.len() {
                 break;
             }
         }
@@ -674,31 +704,22 @@ fn cut<A: Family>(rules: &[(Action, Vec<Atom>)], part: &Partition) -> Vec<Region
     for (painting, mut cells) in alike {
         cells.sort();
         let cells = join_cells(cells);
-        let mut by_action: BTreeMap<Action, Vec<Span>> = BTreeMap::new();
+        let mut by_action: BTreeMap<Action, Vec<u32>> = BTreeMap::new();
         for (class, action) in painting {
-            by_action.entry(action).or_default().extend(&part.spans[class as usize]);
+            by_action.entry(action).or_default().push(class);
         }
-        regions.extend(by_action.into_iter().map(|(action, spans)| Region {
-            action,
-            cells: cells.clone(),
-            peers: joined(spans).into_iter().flat_map(|(lo, hi)| nets::<A>(lo, hi)).collect(),
+        regions.extend(by_action.into_iter().map(|(action, classes)| {
+            let peers = known
+                .entry(classes)
+                .or_insert_with_key(|c| {
+                    part.spans(c).into_iter().flat_map(|(lo, hi)| nets::<A>(lo, hi)).collect()
+                })
+                .clone();
+            Region { action, cells: cells.clone(), peers }
         }));
     }
     regions.sort();
     regions
-}
-
-/// `spans` (disjoint) sorted, neighbours joined.
-fn joined(mut spans: Vec<Span>) -> Vec<Span> {
-    spans.sort_unstable();
-    let mut out: Vec<Span> = Vec::new();
-    for (lo, hi) in spans {
-        match out.last_mut() {
-            Some((_, end)) if end.checked_add(1) == Some(lo) => *end = hi,
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
 }
 
 /// The IR's cells: neighbouring port cells of one protocol joined.
