@@ -244,10 +244,9 @@ impl Iptables {
     /// maxelem): the caller applies in full. Adds and deletes in place are
     /// safe in any order (see `small_change`).
     pub fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Option<Applied>, KernelError> {
-        // A change to ClusterNetworkPolicy's regions renders in full, which
-        // writes only what differs: members, and rules only if regions came,
-        // went or changed cells (their sets are named after who they are).
-        if dirty.structural || self.rules.is_none() || dirty.cluster() {
+        // A change to ClusterNetworkPolicy's rules (not only its members)
+        // makes `changes` None: that renders in full, and writes what differs.
+        if dirty.structural || self.rules.is_none() {
             return Ok(None);
         }
         let Some(changes) = patch::changes(ir, dirty, &self.sets) else { return Ok(None) };

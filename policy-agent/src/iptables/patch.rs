@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 
 use super::render::{
-    group_set, ip_set, names, net_members, peer_set, pod_port_member, port_group_set, triple_members, Names,
-    SetSpec,
+    group_set, ip_set, names, net_members, net_set, peer_set, pod_port_member, port_group_set,
+    triple_members, ClassPart, FamilyNames, Names, SetSpec, TierRules,
 };
 use crate::model::Protocol;
 use crate::policy::family::{self, Family};
-use crate::policy::{Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PolicyIr};
+use crate::policy::{
+    ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PolicyIr,
+};
 
 /// One set's members to add and to delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +80,9 @@ fn family_changes<'s, A: Family>(
             diff(n.cnp_pods, new, &prefixed(get(n.cnp_pods)?, &member, true))?;
         }
     }
+    if dirty.cluster {
+        cluster_changes(&ir.cluster, dirty.classes.as_deref()?, n, get, diff)?;
+    }
     let mut views = vec![(&n.ingress, &ir.ingress, &dirty.ingress), (&n.egress, &ir.egress, &dirty.egress)];
     if ir.audit {
         views.push((&n.audit_ingress, &ir.audit_ingress, &dirty.audit_ingress));
@@ -85,6 +90,61 @@ fn family_changes<'s, A: Family>(
     }
     for (n, dir, d) in views {
         view(n, dir, d, get, diff)?;
+    }
+    Some(())
+}
+
+/// ClusterNetworkPolicy's sets after its regions changed, from the classes
+/// that did (`ClassDelta`): a subject is in one class per tier and
+/// direction, so only theirs differ. None (render in full) when their rules
+/// differ (a region came or went, or changed cells or width) or the pod
+/// networks changed.
+fn cluster_changes<'s, A: Family>(
+    cir: &ClusterIr<A>,
+    deltas: &[ClassDelta<A>],
+    n: &FamilyNames,
+    get: &impl Fn(&str) -> Option<&'s [String]>,
+    diff: &mut impl FnMut(&str, Vec<String>, &[String]) -> Option<()>,
+) -> Option<()> {
+    if get(n.cnp_pod_cidrs)? != net_set::<A>(n.cnp_pod_cidrs, &cir.pod_cidrs).members.as_slice() {
+        return None;
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v.dedup();
+        v
+    };
+    for delta in deltas {
+        let t = TierRules::of(delta.tier, delta.ingress, n);
+        let [gone, came] =
+            [&delta.gone, &delta.came].map(|c| c.iter().map(|c| t.part(c, n)).collect::<Vec<_>>());
+        // Rules in the same place say the same (named after the class, not
+        // its content): the members are what changed.
+        let lines = |parts: &[ClassPart]| -> Vec<String> {
+            let mut l: Vec<String> = parts
+                .iter()
+                .flat_map(|p| p.unknown_rules.lines().chain(p.wide.lines()))
+                .map(String::from)
+                .collect();
+            l.sort();
+            l
+        };
+        if lines(&gone) != lines(&came) {
+            return None;
+        }
+        let members = |parts: &[ClassPart], v: Option<usize>| {
+            sorted(
+                parts.iter().flat_map(|p| v.map_or(&p.unknown, |v| &p.members[v]).iter().cloned()).collect(),
+            )
+        };
+        let verdicts = (0..t.verdict_count()).map(|v| (t.verdict_set(v), Some(v)));
+        for (name, v) in verdicts.chain([(t.unknown_set(), None)]) {
+            get(name)?;
+            diff(name, members(&came, v), &members(&gone, v))?;
+        }
+        for s in came.iter().flat_map(|p| &p.sets) {
+            diff(&s.name, s.members.clone(), get(&s.name)?)?;
+        }
     }
     Some(())
 }
@@ -183,17 +243,24 @@ mod tests {
             render(ir).sets.into_iter().map(|s| (s.name.clone(), s)).collect()
         };
         let (mut sets, mut patched) = (BTreeMap::new(), 0);
+        let mut by_classes = 0;
         each_change(200, 20, |ir, dirty, at| {
-            // As Iptables::apply_changes: ClusterNetworkPolicy changes render in full.
-            if dirty.structural || dirty.cluster() {
+            if dirty.structural {
                 sets = rendered(ir);
                 return;
             }
-            let c = changes(ir, dirty, &sets).unwrap_or_else(|| panic!("{at}: a set was missing"));
+            let Some(c) = changes(ir, dirty, &sets) else {
+                // Only ClusterNetworkPolicy's rules (or classes not known) render in full.
+                assert!(dirty.cluster(), "{at}: a set was missing");
+                sets = rendered(ir);
+                return;
+            };
             remember(&mut sets, &c);
             assert_eq!(sets, rendered(ir), "{at}");
             patched += 1;
+            by_classes += usize::from(dirty.cluster());
         });
         assert!(patched > 1000, "only {patched} changes were patches");
+        assert!(by_classes > 100, "only {by_classes} ClusterNetworkPolicy changes were patches");
     }
 }

@@ -510,100 +510,32 @@ fn cluster_direction<A: Family>(
     rules: &mut String,
 ) {
     let (np, c) = if ingress { (&n.ingress, &n.cnp_ingress) } else { (&n.egress, &n.cnp_egress) };
-    let deny = format!("-j {}", c.deny);
     let mut named: BTreeSet<String> = sets.iter().map(|s| s.name.clone()).collect();
     for tier in [Tier::Admin, Tier::Baseline] {
-        let (chain, verdicts, no_match) = match tier {
-            Tier::Admin => (
-                c.admin,
-                vec![
-                    (Action::Deny, c.admin_deny, deny.clone()),
-                    (Action::Accept, c.admin_accept, "-j RETURN".into()),
-                ],
-                format!("-g {}", c.np),
-            ),
-            Tier::Baseline => {
-                (c.baseline, vec![(Action::Deny, c.baseline_deny, deny.clone())], "-j RETURN".to_string())
-            }
-        };
-        unknown_rules(cluster.get(tier, ingress), tier, np, c, n, &mut named, sets, rules);
-        let mut members: Vec<Vec<String>> = vec![Vec::new(); verdicts.len()];
-        let mut wide = String::new();
-        for class in cluster.get(tier, ingress) {
-            let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
-            let (mut port_rules, mut other_rules) = (String::new(), String::new());
-            for region in &class.regions {
-                let Some(v) = verdicts.iter().position(|v| v.0 == region.action) else { continue };
-                let target = &verdicts[v].2;
-                let who = format!("{:?} {:?}", region.action, region.cells);
-                let peers = net_set::<A>(&class_set(n.cnp_peers, class, &who), &region.peers);
-                let rule = |out: &mut String, ports: &str| {
-                    let _ = writeln!(
-                        out,
-                        "-A {chain} -m set --match-set {} {} -m set --match-set {} {}{ports} {target}",
-                        subjects.name, np.pod_flag, peers.name, np.peer_flag
-                    );
-                };
-                // A region too big for elements gets rules for all its cells.
-                let grouped = class.grouped(region);
-                let mut used = false;
-                if EVERY_CELL.iter().all(|e| region.cells.contains(e)) {
-                    rule(&mut port_rules, "");
-                    used = true;
-                } else {
-                    for cell in &region.cells {
-                        match *cell {
-                            Cell::Ports(p, lo, hi)
-                                if !grouped && u32::from(hi) - u32::from(lo) < MAX_SET_PORTS =>
-                            {
-                                members[v].extend(cell_members(class, p, lo, hi, &region.peers));
-                                continue;
-                            }
-                            Cell::Ports(p, 0, u16::MAX) => {
-                                rule(&mut port_rules, &ports_match(GroupPorts::Protocol(p)))
-                            }
-                            Cell::Ports(p, lo, hi) => {
-                                rule(&mut port_rules, &ports_match(GroupPorts::Range(p, lo, hi)))
-                            }
-                            // No match says "not TCP, UDP or SCTP": escapes below.
-                            Cell::Other => rule(&mut other_rules, ""),
-                        }
-                        used = true;
-                    }
-                }
-                if used && named.insert(peers.name.clone()) {
-                    sets.push(peers);
-                }
-            }
-            if port_rules.is_empty() && other_rules.is_empty() {
-                continue;
-            }
-            wide.push_str(&port_rules);
-            if !other_rules.is_empty() {
-                // The class's TCP, UDP and SCTP that no port rule took leave
-                // first, so that the rules without a protocol match take
-                // only the other protocols (no other class has these subjects).
-                for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-                    let _ = writeln!(
-                        wide,
-                        "-A {chain} -m set --match-set {} {} -p {} {no_match}",
-                        subjects.name,
-                        np.pod_flag,
-                        p.as_str()
-                    );
-                }
-                wide.push_str(&other_rules);
-            }
-            if named.insert(subjects.name.clone()) {
-                sets.push(subjects);
-            }
+        let t = TierRules::of(tier, ingress, n);
+        let parts: Vec<ClassPart> =
+            by_key(cluster.get(tier, ingress)).map(|class| t.part(class, n)).collect();
+        // A pod not known yet first, then the verdict sets, then the wide rules.
+        for part in &parts {
+            rules.push_str(&part.unknown_rules);
         }
-        for ((_, name, target), members) in verdicts.iter().zip(members) {
-            let _ = writeln!(rules, "-A {chain} -m set --match-set {name} {} {target}", np.allow_flags);
+        let _ = writeln!(
+            rules,
+            "-A {} {} -m set --match-set {} {} -j {}",
+            t.chain, t.unknown, t.unknown_set, np.allow_flags, c.deny
+        );
+        let unknown = parts.iter().flat_map(|p| p.unknown.iter().cloned()).collect();
+        sets.push(spec::<A>(t.unknown_set, SetType::HashIpPortNet, unknown));
+        for (v, (_, name, target)) in t.verdicts.iter().enumerate() {
+            let _ = writeln!(rules, "-A {} -m set --match-set {name} {} {target}", t.chain, np.allow_flags);
+            let members = parts.iter().flat_map(|p| p.members[v].iter().cloned()).collect();
             sets.push(spec::<A>(name, SetType::HashIpPortNet, members));
         }
-        rules.push_str(&wide);
-        let _ = writeln!(rules, "-A {chain} {no_match}");
+        for part in parts {
+            rules.push_str(&part.wide);
+            sets.extend(part.sets.into_iter().filter(|s| named.insert(s.name.clone())));
+        }
+        let _ = writeln!(rules, "-A {} {}", t.chain, t.no_match);
         if tier == Tier::Admin {
             // NetworkPolicy decides for the pods it isolates, Baseline for the others.
             let _ =
@@ -620,67 +552,197 @@ fn cluster_direction<A: Family>(
     );
 }
 
-/// The rules that deny a pod not known yet (`Class::unknown`), first in a
-/// tier's chain: the peer is in a node's pod CIDR and no known pod has it,
-/// and (subject, port) is in the tier's unknown set, or a class's wide cell.
-#[allow(clippy::too_many_arguments)]
-fn unknown_rules<A: Family>(
-    classes: &[Class<A>],
-    tier: Tier,
-    np: &Names,
-    c: &CnpNames,
-    n: &FamilyNames,
-    named: &mut BTreeSet<String>,
-    sets: &mut Vec<SetSpec>,
-    rules: &mut String,
-) {
-    let (chain, set) = match tier {
-        Tier::Admin => (c.admin, c.admin_unknown),
-        Tier::Baseline => (c.baseline, c.baseline_unknown),
-    };
-    let peer = np.peer_flag;
-    let unknown =
-        format!("-m set --match-set {} {peer} -m set ! --match-set {} {peer}", n.cnp_pod_cidrs, n.cnp_pods);
-    let mut members = Vec::new();
-    let anywhere = crate::policy::family::anywhere::<A>();
-    for class in classes.iter().filter(|c| !c.unknown.is_empty()) {
-        let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
-        let rule = |out: &mut String, ports: &str| {
-            let _ = writeln!(
-                out,
-                "-A {chain} {unknown} -m set --match-set {} {}{ports} -j {}",
-                subjects.name, np.pod_flag, c.deny
-            );
+/// `classes` in the order of their keys: a class's rules keep their place
+/// while its subjects change (the classes' own order follows subjects).
+fn by_key<A: Family>(classes: &[Class<A>]) -> impl Iterator<Item = &Class<A>> {
+    let mut sorted: Vec<&Class<A>> = classes.iter().collect();
+    sorted.sort_by_key(|c| c.key);
+    sorted.into_iter()
+}
+
+/// One tier's chain in one direction and family: what its rules jump to.
+pub(super) struct TierRules<'n> {
+    chain: &'static str,
+    /// (action, set, target) of each verdict set.
+    verdicts: Vec<(Action, &'static str, String)>,
+    no_match: String,
+    /// The tier's set of cells where a pod not known yet is denied.
+    unknown_set: &'static str,
+    /// "The peer is a pod not known yet", as matches.
+    unknown: String,
+    np: &'n Names,
+    deny: &'static str,
+}
+
+/// One class's share of a tier's chain and sets (`TierRules::part`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct ClassPart {
+    /// Rules for a pod not known yet on wide cells, first in the chain.
+    pub(super) unknown_rules: String,
+    /// Members of the tier's unknown set.
+    pub(super) unknown: Vec<String>,
+    /// Members of each verdict set, in `TierRules::verdicts` order.
+    pub(super) members: Vec<Vec<String>>,
+    /// Rules for cells past the sets and for grouped regions, with escapes.
+    pub(super) wide: String,
+    /// The sets those rules match: the class's subjects, its regions' peers.
+    pub(super) sets: Vec<SetSpec>,
+}
+
+impl<'n> TierRules<'n> {
+    pub(super) fn of(tier: Tier, ingress: bool, n: &'n FamilyNames) -> TierRules<'n> {
+        let (np, c) = if ingress { (&n.ingress, &n.cnp_ingress) } else { (&n.egress, &n.cnp_egress) };
+        let deny = format!("-j {}", c.deny);
+        let (chain, verdicts, no_match, unknown_set) = match tier {
+            Tier::Admin => (
+                c.admin,
+                vec![
+                    (Action::Deny, c.admin_deny, deny),
+                    (Action::Accept, c.admin_accept, "-j RETURN".into()),
+                ],
+                format!("-g {}", c.np),
+                c.admin_unknown,
+            ),
+            Tier::Baseline => (
+                c.baseline,
+                vec![(Action::Deny, c.baseline_deny, deny)],
+                "-j RETURN".to_string(),
+                c.baseline_unknown,
+            ),
         };
-        let mut used = false;
-        if EVERY_CELL.iter().all(|e| class.unknown.contains(e)) {
-            rule(rules, "");
-            used = true;
-        } else {
-            for cell in &class.unknown {
-                match *cell {
-                    Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => {
-                        members.extend(cell_members(class, p, lo, hi, std::slice::from_ref(&anywhere)))
+        let peer = np.peer_flag;
+        let unknown = format!(
+            "-m set --match-set {} {peer} -m set ! --match-set {} {peer}",
+            n.cnp_pod_cidrs, n.cnp_pods
+        );
+        TierRules { chain, verdicts, no_match, unknown_set, unknown, np, deny: c.deny }
+    }
+
+    pub(super) fn verdict_count(&self) -> usize {
+        self.verdicts.len()
+    }
+
+    /// The set of `TierRules::verdicts` index `v`.
+    pub(super) fn verdict_set(&self, v: usize) -> &'static str {
+        self.verdicts[v].1
+    }
+
+    pub(super) fn unknown_set(&self) -> &'static str {
+        self.unknown_set
+    }
+
+    /// `class`'s rules, members and sets in this tier.
+    pub(super) fn part<A: Family>(&self, class: &Class<A>, n: &FamilyNames) -> ClassPart {
+        let (chain, np) = (self.chain, self.np);
+        let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
+        let mut part = ClassPart {
+            unknown_rules: String::new(),
+            unknown: Vec::new(),
+            members: vec![Vec::new(); self.verdicts.len()],
+            wide: String::new(),
+            sets: Vec::new(),
+        };
+        let mut subjects_used = false;
+        // A pod not known yet: small cells are members, wide ones rules.
+        if !class.unknown.is_empty() {
+            let rule = |out: &mut String, ports: &str| {
+                let _ = writeln!(
+                    out,
+                    "-A {chain} {} -m set --match-set {} {}{ports} -j {}",
+                    self.unknown, subjects.name, np.pod_flag, self.deny
+                );
+            };
+            let anywhere = crate::policy::family::anywhere::<A>();
+            if EVERY_CELL.iter().all(|e| class.unknown.contains(e)) {
+                rule(&mut part.unknown_rules, "");
+            } else {
+                for cell in &class.unknown {
+                    match *cell {
+                        Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => part
+                            .unknown
+                            .extend(cell_members(class, p, lo, hi, std::slice::from_ref(&anywhere))),
+                        Cell::Ports(p, 0, u16::MAX) => {
+                            rule(&mut part.unknown_rules, &ports_match(GroupPorts::Protocol(p)))
+                        }
+                        Cell::Ports(p, lo, hi) => {
+                            rule(&mut part.unknown_rules, &ports_match(GroupPorts::Range(p, lo, hi)))
+                        }
+                        // Only a rule on every port has it, and then every cell: above.
+                        Cell::Other => {}
                     }
-                    Cell::Ports(p, 0, u16::MAX) => {
-                        rule(rules, &ports_match(GroupPorts::Protocol(p)));
-                        used = true;
-                    }
-                    Cell::Ports(p, lo, hi) => {
-                        rule(rules, &ports_match(GroupPorts::Range(p, lo, hi)));
-                        used = true;
-                    }
-                    // Only a rule on every port has it, and then every cell: above.
-                    Cell::Other => {}
                 }
             }
+            subjects_used |= !part.unknown_rules.is_empty();
         }
-        if used && named.insert(subjects.name.clone()) {
-            sets.push(subjects);
+        let (mut port_rules, mut other_rules) = (String::new(), String::new());
+        for region in &class.regions {
+            let Some(v) = self.verdicts.iter().position(|v| v.0 == region.action) else { continue };
+            let target = &self.verdicts[v].2;
+            let who = format!("{:?} {:?}", region.action, region.cells);
+            let peers = net_set::<A>(&class_set(n.cnp_peers, class, &who), &region.peers);
+            let rule = |out: &mut String, ports: &str| {
+                let _ = writeln!(
+                    out,
+                    "-A {chain} -m set --match-set {} {} -m set --match-set {} {}{ports} {target}",
+                    subjects.name, np.pod_flag, peers.name, np.peer_flag
+                );
+            };
+            // A region too big for elements gets rules for all its cells.
+            let grouped = class.grouped(region);
+            let mut used = false;
+            if EVERY_CELL.iter().all(|e| region.cells.contains(e)) {
+                rule(&mut port_rules, "");
+                used = true;
+            } else {
+                for cell in &region.cells {
+                    match *cell {
+                        Cell::Ports(p, lo, hi)
+                            if !grouped && u32::from(hi) - u32::from(lo) < MAX_SET_PORTS =>
+                        {
+                            part.members[v].extend(cell_members(class, p, lo, hi, &region.peers));
+                            continue;
+                        }
+                        Cell::Ports(p, 0, u16::MAX) => {
+                            rule(&mut port_rules, &ports_match(GroupPorts::Protocol(p)))
+                        }
+                        Cell::Ports(p, lo, hi) => {
+                            rule(&mut port_rules, &ports_match(GroupPorts::Range(p, lo, hi)))
+                        }
+                        // No match says "not TCP, UDP or SCTP": escapes below.
+                        Cell::Other => rule(&mut other_rules, ""),
+                    }
+                    used = true;
+                }
+            }
+            if used {
+                part.sets.push(peers);
+            }
         }
+        if !port_rules.is_empty() || !other_rules.is_empty() {
+            subjects_used = true;
+            part.wide.push_str(&port_rules);
+            if !other_rules.is_empty() {
+                // The class's TCP, UDP and SCTP that no port rule took leave
+                // first, so that the rules without a protocol match take
+                // only the other protocols (no other class has these subjects).
+                for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                    let _ = writeln!(
+                        part.wide,
+                        "-A {chain} -m set --match-set {} {} -p {} {}",
+                        subjects.name,
+                        np.pod_flag,
+                        p.as_str(),
+                        self.no_match
+                    );
+                }
+                part.wide.push_str(&other_rules);
+            }
+        }
+        if subjects_used {
+            part.sets.insert(0, subjects);
+        }
+        part
     }
-    let _ = writeln!(rules, "-A {chain} {unknown} -m set --match-set {set} {} -j {}", np.allow_flags, c.deny);
-    sets.push(spec::<A>(set, SetType::HashIpPortNet, members));
 }
 
 /// The hash:ip,port,net members of a small cell: every subject of `class`,

@@ -30,7 +30,7 @@ use weft_conf::hash::fnv1a64;
 
 use super::family::Family;
 use super::incremental::Changes;
-use super::ir::{Cell, Class, ClusterIr, FamilyDirty, Region};
+use super::ir::{Cell, Class, ClassDelta, ClusterIr, FamilyDirty, Region};
 use super::tiers::{in_order, selects as subject_selects};
 use crate::model::{
     Action, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpRule, LabelSelector, Labels, Model, Pod, Protocol,
@@ -253,9 +253,42 @@ fn compile_in<A: Family>(ctx: &Ctx) -> ClusterIr<A> {
 /// `now` in place of `*cir`, noting in `d` what changed: the regions (or
 /// pod networks), and which known pods came or went.
 pub(super) fn replace<A: Family>(cir: &mut ClusterIr<A>, now: ClusterIr<A>, d: &mut FamilyDirty<A>) {
-    d.cluster |= now.regions_differ(cir);
+    if now.regions_differ(cir) {
+        // A second change before the backend took the first: compare all.
+        d.classes = if d.cluster { None } else { class_deltas(cir, &now) };
+        d.cluster = true;
+    }
     d.known.extend(now.known.symmetric_difference(&cir.known).copied());
     *cir = now;
+}
+
+/// The classes of `now` that `was` does not have, and the other way round;
+/// None if an address is a subject of a class that changed and of one that
+/// did not (two pods with one address, for a moment): then the elements
+/// of the one cannot be told from the other's.
+fn class_deltas<A: Family>(was: &ClusterIr<A>, now: &ClusterIr<A>) -> Option<Vec<ClassDelta<A>>> {
+    let mut out = Vec::new();
+    for tier in [Tier::Admin, Tier::Baseline] {
+        for ingress in [true, false] {
+            let (before, after) = (was.get(tier, ingress), now.get(tier, ingress));
+            if before == after {
+                continue;
+            }
+            // Both sorted: the classes in one and not the other, and the rest.
+            let only = |a: &[Class<A>], b: &[Class<A>]| -> Vec<Class<A>> {
+                a.iter().filter(|c| b.binary_search(c).is_err()).cloned().collect()
+            };
+            let (gone, came) = (only(before, after), only(after, before));
+            let kept = before.iter().filter(|c| after.binary_search(c).is_ok());
+            let changed: BTreeSet<A> =
+                gone.iter().chain(&came).flat_map(|c| c.subjects.iter().copied()).collect();
+            if kept.into_iter().any(|c| c.subjects.iter().any(|s| changed.contains(s))) {
+                return None;
+            }
+            out.push(ClassDelta { tier, ingress, gone, came });
+        }
+    }
+    Some(out)
 }
 
 /// The known pods of `cir` after `c`, which touched no policy: a pod's old

@@ -380,6 +380,16 @@ impl<A: Family> DirtyDirection<A> {
     }
 }
 
+/// ClusterNetworkPolicy classes of one tier and direction that went and
+/// came in one change (a class whose subjects or regions changed is in both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassDelta<A: Family = Ipv4Addr> {
+    pub tier: Tier,
+    pub ingress: bool,
+    pub gone: Vec<Class<A>>,
+    pub came: Vec<Class<A>>,
+}
+
 /// What changed in one family of the IR since the backend last applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyDirty<A: Family = Ipv4Addr> {
@@ -392,6 +402,11 @@ pub struct FamilyDirty<A: Family = Ipv4Addr> {
     /// ClusterNetworkPolicy's regions changed (not whether there are any:
     /// that is structural).
     pub cluster: bool,
+    /// With `cluster`, the classes that changed, if known: those that went
+    /// and those that came, per tier and direction. A subject is in one
+    /// class of a tier and direction, so the other classes' kernel objects
+    /// are as they were. None: compare all.
+    pub classes: Option<Vec<ClassDelta<A>>>,
     /// Addresses that joined or left ClusterNetworkPolicy's known pods.
     pub known: BTreeSet<A>,
 }
@@ -405,6 +420,7 @@ impl<A: Family> Default for FamilyDirty<A> {
             audit_ingress: DirtyDirection::default(),
             audit_egress: DirtyDirection::default(),
             cluster: false,
+            classes: None,
             known: BTreeSet::new(),
         }
     }

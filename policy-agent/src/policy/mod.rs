@@ -23,6 +23,6 @@ pub use compile::{compile, compile_with, Options, DEFAULT_TRIPLE_PEERS};
 pub use family::Family;
 pub use incremental::PolicyEngine;
 pub use ir::{
-    Cell, Class, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, Group, GroupPorts,
-    PeerKey, PolicyIr, PortGroup, Region, Triple,
+    Cell, Class, ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, Group,
+    GroupPorts, PeerKey, PolicyIr, PortGroup, Region, Triple,
 };
