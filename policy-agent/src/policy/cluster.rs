@@ -483,12 +483,7 @@ fn atoms<'m, A: Family>(
             CnpPort::Ports { protocol, start, end } => cells.push((lane(*protocol), *start, *end)),
             // The destination's port of that name: the subject's own on
             // ingress, each peer pod's on egress.
-            CnpPort::Named(name) if ingress => cells.extend(
-                me.ports
-                    .iter()
-                    .filter(|c| c.name.as_deref() == Some(name.as_str()))
-                    .map(|c| (lane(c.protocol), c.port, c.port)),
-            ),
+            CnpPort::Named(name) if ingress => cells.extend(named_cells(me, name)),
             CnpPort::Named(name) => named.extend(
                 lists
                     .named::<A>(ctx, &rule.peers, name)
@@ -507,6 +502,14 @@ fn atoms<'m, A: Family>(
     Some((rule.action, out))
 }
 
+/// The cells of `pod`'s ports named `name`.
+fn named_cells<'a>(pod: &'a Pod, name: &'a str) -> impl Iterator<Item = LaneCell> + 'a {
+    pod.ports
+        .iter()
+        .filter(move |c| c.name.as_deref() == Some(name))
+        .map(|c| (lane(c.protocol), c.port, c.port))
+}
+
 /// The cells where `rules` deny a pod not known yet: those of every Deny
 /// rule with pod or namespace peers (the pod may be one of them). A named
 /// port is resolved on the subject (ingress); on egress it is the unknown
@@ -522,12 +525,7 @@ fn unknown_cells<'r>(rules: impl Iterator<Item = &'r CnpRule>, ingress: bool, me
         for port in &rule.ports {
             match port {
                 CnpPort::Ports { protocol, start, end } => cells.push((lane(*protocol), *start, *end)),
-                CnpPort::Named(name) if ingress => cells.extend(
-                    me.ports
-                        .iter()
-                        .filter(|c| c.name.as_deref() == Some(name.as_str()))
-                        .map(|c| (lane(c.protocol), c.port, c.port)),
-                ),
+                CnpPort::Named(name) if ingress => cells.extend(named_cells(me, name)),
                 CnpPort::Named(_) | CnpPort::Unknown(_) => {}
             }
         }
