@@ -4,16 +4,16 @@
 //! member functions make the members, so a patched set equals a rendered one
 //! (a property test checks it against `render`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::render::{
-    group_set, ip_set, names, net_members, net_set, peer_set, pod_port_member, port_group_set,
-    triple_members, ClassPart, FamilyNames, Names, SetSpec, TierRules,
+    block_members, group_set, ip_set, names, net_members, net_set, peer_set, peers_set, pod_port_member,
+    port_group_set, spelled, subjects_set, triple_members, ClassPart, FamilyNames, Names, SetSpec, TierRules,
 };
 use crate::model::Protocol;
 use crate::policy::family::{self, Family};
 use crate::policy::{
-    ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PolicyIr,
+    Class, ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PolicyIr,
 };
 
 /// One set's members to add and to delete.
@@ -116,34 +116,59 @@ fn cluster_changes<'s, A: Family>(
     };
     for delta in deltas {
         let t = TierRules::of(delta.tier, delta.ingress, n);
-        let [gone, came] =
-            [&delta.gone, &delta.came].map(|c| c.iter().map(|c| t.part(c, n)).collect::<Vec<_>>());
         // Rules in the same place say the same (named after the class, not
-        // its content): the members are what changed.
-        let lines = |parts: &[ClassPart]| -> Vec<String> {
+        // its content): then only members changed.
+        let lines = |classes: &[Class<A>]| -> (Vec<String>, BTreeSet<String>) {
+            let parts: Vec<ClassPart> = classes.iter().map(|c| t.part(c, n, false)).collect();
             let mut l: Vec<String> = parts
                 .iter()
                 .flat_map(|p| p.unknown_rules.lines().chain(p.wide.lines()))
                 .map(String::from)
                 .collect();
             l.sort();
-            l
+            (l, parts.into_iter().flat_map(|p| p.sets).map(|s| s.name).collect())
         };
-        if lines(&gone) != lines(&came) {
+        let (rules, used) = lines(&delta.came);
+        if lines(&delta.gone).0 != rules {
             return None;
         }
-        let members = |parts: &[ClassPart], v: Option<usize>| {
-            sorted(
-                parts.iter().flat_map(|p| v.map_or(&p.unknown, |v| &p.members[v]).iter().cloned()).collect(),
-            )
-        };
-        let verdicts = (0..t.verdict_count()).map(|v| (t.verdict_set(v), Some(v)));
-        for (name, v) in verdicts.chain([(t.unknown_set(), None)]) {
-            get(name)?;
-            diff(name, members(&came, v), &members(&gone, v))?;
+        // Members that went and came, per set.
+        let mut moved: BTreeMap<String, [Vec<String>; 2]> = BTreeMap::new();
+        for ch in delta.changes() {
+            let blocks = ch.blocks(spelled);
+            for v in 0..t.verdict_count() {
+                let (action, name) = t.verdict(v);
+                for (i, blocks) in blocks.iter().enumerate() {
+                    let members = blocks.iter().filter(|b| b.action == action).flat_map(block_members::<A>);
+                    moved.entry(name.to_string()).or_default()[i].extend(members);
+                }
+            }
+            for (i, blocks) in ch.unknown_blocks().iter().enumerate() {
+                moved.entry(t.unknown_set().to_string()).or_default()[i]
+                    .extend(blocks.iter().flat_map(block_members::<A>));
+            }
+            // The sets that rules match (the same before and after).
+            let Some(now) = ch.now else { continue };
+            let name = subjects_set(n, now);
+            if used.contains(&name) {
+                let strings = |ips: &[A]| ips.iter().map(A::to_string).collect::<Vec<_>>();
+                let m = moved.entry(name).or_default();
+                m[0].extend(strings(&ch.subjects_gone));
+                m[1].extend(strings(&ch.subjects_came));
+            }
+            for r in &ch.regions {
+                let (Some(_), Some(region)) = (r.before, r.now) else { continue };
+                let name = peers_set(n, now, region);
+                if used.contains(&name) {
+                    let m = moved.entry(name).or_default();
+                    m[0].extend(net_members::<A>(&r.peers_gone));
+                    m[1].extend(net_members::<A>(&r.peers_came));
+                }
+            }
         }
-        for s in came.iter().flat_map(|p| &p.sets) {
-            diff(&s.name, s.members.clone(), get(&s.name)?)?;
+        for (name, [gone, came]) in moved {
+            get(&name)?;
+            diff(&name, sorted(came), &sorted(gone))?;
         }
     }
     Some(())

@@ -44,8 +44,11 @@ use weft_conf::hash::fnv1a64;
 use crate::backend::ObjectCounts;
 use crate::model::{Action, Protocol, Tier};
 use crate::nflog;
+use crate::policy::class_change::Block;
 use crate::policy::family::Family;
-use crate::policy::{Cell, Class, ClusterIr, Direction, FamilyIr, GroupPorts, PeerKey, PolicyIr, Triple};
+use crate::policy::{
+    Cell, Class, ClusterIr, Direction, FamilyIr, GroupPorts, PeerKey, PolicyIr, Region, Triple,
+};
 
 pub const FORWARD_CHAIN: &str = "WEFT-FORWARD";
 pub const INGRESS_CHAIN: &str = "WEFT-INGRESS";
@@ -514,7 +517,7 @@ fn cluster_direction<A: Family>(
     for tier in [Tier::Admin, Tier::Baseline] {
         let t = TierRules::of(tier, ingress, n);
         let parts: Vec<ClassPart> =
-            by_key(cluster.get(tier, ingress)).map(|class| t.part(class, n)).collect();
+            by_key(cluster.get(tier, ingress)).map(|class| t.part(class, n, true)).collect();
         // A pod not known yet first, then the verdict sets, then the wide rules.
         for part in &parts {
             rules.push_str(&part.unknown_rules);
@@ -622,19 +625,25 @@ impl<'n> TierRules<'n> {
         self.verdicts.len()
     }
 
-    /// The set of `TierRules::verdicts` index `v`.
-    pub(super) fn verdict_set(&self, v: usize) -> &'static str {
-        self.verdicts[v].1
+    /// The action and set of `TierRules::verdicts` index `v`.
+    pub(super) fn verdict(&self, v: usize) -> (Action, &'static str) {
+        (self.verdicts[v].0, self.verdicts[v].1)
     }
 
     pub(super) fn unknown_set(&self) -> &'static str {
         self.unknown_set
     }
 
-    /// `class`'s rules, members and sets in this tier.
-    pub(super) fn part<A: Family>(&self, class: &Class<A>, n: &FamilyNames) -> ClassPart {
+    /// `class`'s rules, members and sets in this tier; without `content`,
+    /// only its rules and the names of its sets (no members).
+    pub(super) fn part<A: Family>(&self, class: &Class<A>, n: &FamilyNames, content: bool) -> ClassPart {
         let (chain, np) = (self.chain, self.np);
-        let subjects = ip_set::<A>(&class_set(n.cnp_subjects, class, ""), &class.subjects);
+        let subjects_name = subjects_set(n, class);
+        let subjects = if content {
+            ip_set::<A>(&subjects_name, &class.subjects)
+        } else {
+            spec::<A>(&subjects_name, SetType::HashIp, Vec::new())
+        };
         let mut part = ClassPart {
             unknown_rules: String::new(),
             unknown: Vec::new(),
@@ -658,9 +667,17 @@ impl<'n> TierRules<'n> {
             } else {
                 for cell in &class.unknown {
                     match *cell {
-                        Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => part
-                            .unknown
-                            .extend(cell_members(class, p, lo, hi, std::slice::from_ref(&anywhere))),
+                        Cell::Ports(p, lo, hi) if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS => {
+                            if content {
+                                part.unknown.extend(cell_members(
+                                    &class.subjects,
+                                    p,
+                                    lo,
+                                    hi,
+                                    std::slice::from_ref(&anywhere),
+                                ))
+                            }
+                        }
                         Cell::Ports(p, 0, u16::MAX) => {
                             rule(&mut part.unknown_rules, &ports_match(GroupPorts::Protocol(p)))
                         }
@@ -678,8 +695,12 @@ impl<'n> TierRules<'n> {
         for region in &class.regions {
             let Some(v) = self.verdicts.iter().position(|v| v.0 == region.action) else { continue };
             let target = &self.verdicts[v].2;
-            let who = format!("{:?} {:?}", region.action, region.cells);
-            let peers = net_set::<A>(&class_set(n.cnp_peers, class, &who), &region.peers);
+            let peers = peers_set(n, class, region);
+            let peers = if content {
+                net_set::<A>(&peers, &region.peers)
+            } else {
+                spec::<A>(&peers, SetType::HashNet, Vec::new())
+            };
             let rule = |out: &mut String, ports: &str| {
                 let _ = writeln!(
                     out,
@@ -699,7 +720,15 @@ impl<'n> TierRules<'n> {
                         Cell::Ports(p, lo, hi)
                             if !grouped && u32::from(hi) - u32::from(lo) < MAX_SET_PORTS =>
                         {
-                            part.members[v].extend(cell_members(class, p, lo, hi, &region.peers));
+                            if content {
+                                part.members[v].extend(cell_members(
+                                    &class.subjects,
+                                    p,
+                                    lo,
+                                    hi,
+                                    &region.peers,
+                                ));
+                            }
                             continue;
                         }
                         Cell::Ports(p, 0, u16::MAX) => {
@@ -745,16 +774,16 @@ impl<'n> TierRules<'n> {
     }
 }
 
-/// The hash:ip,port,net members of a small cell: every subject of `class`,
-/// port and peer network.
+/// The hash:ip,port,net members of a small cell: every subject, port and
+/// peer network.
 fn cell_members<'a, A: Family>(
-    class: &'a Class<A>,
+    subjects: impl IntoIterator<Item = &'a A> + 'a,
     p: Protocol,
     lo: u16,
     hi: u16,
     peers: &'a [A::Net],
 ) -> impl Iterator<Item = String> + 'a {
-    class.subjects.iter().flat_map(move |&s| {
+    subjects.into_iter().flat_map(move |&s| {
         (lo..=hi)
             .flat_map(move |port| peers.iter().flat_map(move |&peer| triple_members(&(s, p, port, peer))))
     })
@@ -765,6 +794,39 @@ fn cell_members<'a, A: Family>(
 /// peers that come and go patch its members and leave the rules as they are.
 fn class_set<A: Family>(prefix: &str, class: &Class<A>, extra: &str) -> String {
     keyed(prefix, class.key, extra)
+}
+
+/// The peers set of `region` of `class`, where a rule matches it.
+pub(super) fn peers_set<A: Family>(n: &FamilyNames, class: &Class<A>, region: &Region<A>) -> String {
+    class_set(n.cnp_peers, class, &format!("{:?} {:?}", region.action, region.cells))
+}
+
+/// The subjects set of `class`, where a rule matches it.
+pub(super) fn subjects_set<A: Family>(n: &FamilyNames, class: &Class<A>) -> String {
+    class_set(n.cnp_subjects, class, "")
+}
+
+/// True if `region`'s small cells are verdict-set members (not a rule for
+/// every cell: a grouped region, or one of every protocol and port).
+pub(super) fn spelled<A: Family>(class: &Class<A>, region: &Region<A>) -> bool {
+    !class.grouped(region) && !EVERY_CELL.iter().all(|e| region.cells.contains(e))
+}
+
+/// The verdict-set members of `block`'s small cells (`cells` alone: an
+/// unknown-pod block is every cell only when it is a rule instead).
+pub(super) fn block_members<A: Family>(block: &Block<A>) -> Vec<String> {
+    if EVERY_CELL.iter().all(|e| block.cells.contains(e)) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for cell in block.cells {
+        if let Cell::Ports(p, lo, hi) = *cell {
+            if u32::from(hi) - u32::from(lo) < MAX_SET_PORTS {
+                out.extend(cell_members(&block.subjects, p, lo, hi, &block.peers));
+            }
+        }
+    }
+    out
 }
 
 fn spec<A: Family>(name: &str, kind: SetType, mut members: Vec<String>) -> SetSpec {

@@ -9,13 +9,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, cluster_set, group_set, grouped, last, nets_elems, peer_set, pod_cells, pod_port, pod_triples,
-    port_group_set, region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem, NftFamily, View,
-    CLUSTER_SETS, VIEWS,
+    addrs, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems, peer_set, pod_cells,
+    pod_port, pod_triples, port_group_set, region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem,
+    NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Protocol, Tier};
 use crate::policy::family::{anywhere, host};
-use crate::policy::{Class, ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, PolicyIr};
+use crate::policy::{ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, PolicyIr};
 
 /// One set's elements to delete and to add.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,33 +116,68 @@ fn cluster<A: NftFamily>(
     for v in &VIEWS[..2] {
         let ingress = v.pick([true, false, true, false]);
         for tier in [Tier::Admin, Tier::Baseline] {
-            let (gone, came) = match classes {
-                None => (None, cir.get(tier, ingress)),
-                Some(deltas) => match deltas.iter().find(|c| c.tier == tier && c.ingress == ingress) {
-                    Some(c) => (Some(c.gone.as_slice()), c.came.as_slice()),
-                    None => continue,
-                },
-            };
-            // The elements of `came` against those of `gone`, or against the set's.
-            let mut compare = |name: &str, elems: &dyn Fn(&[Class<A>]) -> BTreeSet<Elem>| -> Option<()> {
-                let applied = sets.get(name)?;
-                match gone {
-                    Some(gone) => diff(out, name, elems(came), &elems(gone)),
-                    None => diff(out, name, elems(came), applied),
-                }
-                Some(())
-            };
-            for (_, action) in CLUSTER_SETS.into_iter().filter(|(t, _)| *t == tier) {
-                compare(&cluster_set::<A>(v, tier, action), &|c| region_elems(c, action))?;
-            }
-            compare(&unknown_set::<A>(v, tier), &|c| unknown_elems(c))?;
-            for (_, action) in CLUSTER_SETS.into_iter().filter(|(t, _)| *t == tier) {
-                for g in grouped(came, action) {
-                    if !out.contains_key(&g.subjects) {
-                        diff(out, &g.subjects, addrs(&g.class.subjects), sets.get(&g.subjects)?);
+            let actions = CLUSTER_SETS.into_iter().filter(|(t, _)| *t == tier).map(|(_, a)| a);
+            let Some(deltas) = classes else {
+                // Every class against what was applied.
+                let classes = cir.get(tier, ingress);
+                for action in actions {
+                    let name = cluster_set::<A>(v, tier, action);
+                    diff(out, &name, region_elems(classes, action), sets.get(&name)?);
+                    for g in grouped(classes, action) {
+                        if !out.contains_key(&g.subjects) {
+                            diff(out, &g.subjects, addrs(&g.class.subjects), sets.get(&g.subjects)?);
+                        }
+                        diff(out, &g.peers, nets_elems::<A>(&g.region.peers), sets.get(&g.peers)?);
                     }
-                    diff(out, &g.peers, nets_elems::<A>(&g.region.peers), sets.get(&g.peers)?);
                 }
+                let name = unknown_set::<A>(v, tier);
+                diff(out, &name, unknown_elems(classes), sets.get(&name)?);
+                continue;
+            };
+            let Some(delta) = deltas.iter().find(|c| c.tier == tier && c.ingress == ingress) else {
+                continue;
+            };
+            // Only what the changed classes' subjects and peers moved.
+            let mut moved: BTreeMap<String, [BTreeSet<Elem>; 2]> = BTreeMap::new();
+            let mut put = |name: String, i: usize, elems: BTreeSet<Elem>| {
+                moved.entry(name).or_default()[i].extend(elems)
+            };
+            for ch in delta.changes() {
+                let blocks = ch.blocks(|c, r| !c.grouped(r));
+                for action in actions.clone() {
+                    for (i, blocks) in blocks.iter().enumerate() {
+                        let mut elems = BTreeSet::new();
+                        for b in blocks.iter().filter(|b| b.action == action) {
+                            cell_elems(&b.subjects, b.cells, &b.peers, &mut elems);
+                        }
+                        put(cluster_set::<A>(v, tier, action), i, elems);
+                    }
+                }
+                for (i, blocks) in ch.unknown_blocks().iter().enumerate() {
+                    let mut elems = BTreeSet::new();
+                    for b in blocks {
+                        cell_elems(&b.subjects, b.cells, &b.peers, &mut elems);
+                    }
+                    put(unknown_set::<A>(v, tier), i, elems);
+                }
+                // Grouped regions in both versions: the names check above
+                // says they are the same rules; their sets' members moved.
+                let Some((before, now)) = ch.before.zip(ch.now) else { continue };
+                for r in &ch.regions {
+                    let (Some(rb), Some(rn)) = (r.before, r.now) else { continue };
+                    if !(before.grouped(rb) && now.grouped(rn)) {
+                        continue;
+                    }
+                    let [subjects, peers] = grouped_names::<A>(now, rn);
+                    put(subjects.clone(), 0, addrs(&ch.subjects_gone.iter().copied().collect()));
+                    put(subjects, 1, addrs(&ch.subjects_came.iter().copied().collect()));
+                    put(peers.clone(), 0, nets_elems::<A>(&r.peers_gone));
+                    put(peers, 1, nets_elems::<A>(&r.peers_came));
+                }
+            }
+            for (name, [gone, came]) in moved {
+                sets.get(&name)?;
+                diff(out, &name, came, &gone);
             }
         }
     }

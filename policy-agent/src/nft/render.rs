@@ -791,16 +791,20 @@ pub(super) fn grouped<A: NftFamily>(classes: &[Class<A>], action: Action) -> Vec
     let mut out = Vec::new();
     for class in classes {
         for region in class.regions.iter().filter(|r| r.action == action && class.grouped(r)) {
-            let who = format!("{:016x} {action:?} {:?}", class.key, region.cells);
-            out.push(Grouped {
-                class,
-                region,
-                subjects: format!("cnps{}_{:016x}", A::SUFFIX, class.key),
-                peers: format!("cnpp{}_{:016x}", A::SUFFIX, fnv1a64(who.as_bytes())),
-            });
+            let [subjects, peers] = grouped_names::<A>(class, region);
+            out.push(Grouped { class, region, subjects, peers });
         }
     }
     out
+}
+
+/// The names of a grouped region's subjects set and peers set.
+pub(super) fn grouped_names<A: NftFamily>(class: &Class<A>, region: &Region<A>) -> [String; 2] {
+    let who = format!("{:016x} {:?} {:?}", class.key, region.action, region.cells);
+    [
+        format!("cnps{}_{:016x}", A::SUFFIX, class.key),
+        format!("cnpp{}_{:016x}", A::SUFFIX, fnv1a64(who.as_bytes())),
+    ]
 }
 
 /// The interval elements of `nets`.
@@ -819,16 +823,24 @@ pub(super) fn unknown_set<A: NftFamily>(v: &View, tier: Tier) -> String {
 pub(super) fn unknown_elems<A: NftFamily>(classes: &[Class<A>]) -> BTreeSet<Elem> {
     let mut out = BTreeSet::new();
     for class in classes {
-        let boxes = cell_boxes(&class.unknown);
-        for &subject in &class.subjects {
-            out.extend(
-                boxes.iter().map(|&(protos, ports)| {
-                    A::elem(FamilyElem::Cell(subject, protos, ports, anywhere::<A>()))
-                }),
-            );
-        }
+        cell_elems(&class.subjects, &class.unknown, &[anywhere::<A>()], &mut out);
     }
     out
+}
+
+/// The elements of every subject on every cell to every peer.
+pub(super) fn cell_elems<'s, A: NftFamily>(
+    subjects: impl IntoIterator<Item = &'s A>,
+    cells: &[Cell],
+    peers: &[A::Net],
+    out: &mut BTreeSet<Elem>,
+) {
+    let boxes = cell_boxes(cells);
+    for &subject in subjects {
+        for &(protos, ports) in &boxes {
+            out.extend(peers.iter().map(|&n| A::elem(FamilyElem::Cell(subject, protos, ports, n))));
+        }
+    }
 }
 
 /// The verdict sets of ClusterNetworkPolicy, per direction: Admin Deny,
@@ -853,12 +865,7 @@ pub(super) fn region_elems<A: NftFamily>(classes: &[Class<A>], action: Action) -
     let mut out = BTreeSet::new();
     for class in classes {
         for r in class.regions.iter().filter(|r| r.action == action && !class.grouped(r)) {
-            let boxes = cell_boxes(&r.cells);
-            for &subject in &class.subjects {
-                for &(protos, ports) in &boxes {
-                    out.extend(r.peers.iter().map(|&n| A::elem(FamilyElem::Cell(subject, protos, ports, n))));
-                }
-            }
+            cell_elems(&class.subjects, &r.cells, &r.peers, &mut out);
         }
     }
     out

@@ -263,9 +263,9 @@ pub(super) fn replace<A: Family>(cir: &mut ClusterIr<A>, now: ClusterIr<A>, d: &
 }
 
 /// The classes of `now` that `was` does not have, and the other way round;
-/// None if an address is a subject of a class that changed and of one that
-/// did not (two pods with one address, for a moment): then the elements
-/// of the one cannot be told from the other's.
+/// None if an address is a subject of two classes of one tier and direction
+/// (two pods with one address, for a moment): the elements of the one
+/// cannot then be told from the other's.
 fn class_deltas<A: Family>(was: &ClusterIr<A>, now: &ClusterIr<A>) -> Option<Vec<ClassDelta<A>>> {
     let mut out = Vec::new();
     for tier in [Tier::Admin, Tier::Baseline] {
@@ -274,18 +274,18 @@ fn class_deltas<A: Family>(was: &ClusterIr<A>, now: &ClusterIr<A>) -> Option<Vec
             if before == after {
                 continue;
             }
-            // Both sorted: the classes in one and not the other, and the rest.
+            let unique = |classes: &[Class<A>]| {
+                let mut seen = BTreeSet::new();
+                classes.iter().flat_map(|c| &c.subjects).all(|s| seen.insert(*s))
+            };
+            if !unique(before) || !unique(after) {
+                return None;
+            }
+            // Both sorted: the classes in one and not the other.
             let only = |a: &[Class<A>], b: &[Class<A>]| -> Vec<Class<A>> {
                 a.iter().filter(|c| b.binary_search(c).is_err()).cloned().collect()
             };
-            let (gone, came) = (only(before, after), only(after, before));
-            let kept = before.iter().filter(|c| after.binary_search(c).is_ok());
-            let changed: BTreeSet<A> =
-                gone.iter().chain(&came).flat_map(|c| c.subjects.iter().copied()).collect();
-            if kept.into_iter().any(|c| c.subjects.iter().any(|s| changed.contains(s))) {
-                return None;
-            }
-            out.push(ClassDelta { tier, ingress, gone, came });
+            out.push(ClassDelta { tier, ingress, gone: only(before, after), came: only(after, before) });
         }
     }
     Some(out)

@@ -4,10 +4,12 @@
 //! iptables and nftables renderers turn the IR into kernel state.
 //! ClusterNetworkPolicy's Admin and Baseline tiers are evaluated on the
 //! model by `tiers` (explain's walk) and compiled into the IR by `cluster`
-//! (disjoint regions per subject class, what the backends render).
+//! (disjoint regions per subject class, what the backends render);
+//! `class_change` says what a change did to a class, for the backends' patches.
 
 mod aggregate;
 pub mod cidr;
+pub mod class_change;
 pub mod cluster;
 pub mod compile;
 pub mod evaluate;
