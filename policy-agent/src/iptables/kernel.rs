@@ -292,11 +292,13 @@ impl Iptables {
             let wanted = if family.v6 { self.rules6.as_deref().unwrap_or_default() } else { rules.as_str() };
             let mut saves = list_tables(family)?;
             let slot = &mut self.printed[usize::from(family.v6)];
-            if *slot != Some(chains_fingerprint(&saves)) {
+            let known = *slot;
+            if known != Some(chains_fingerprint(&saves)) {
                 // Unknown (never listed since written) or drifted: written
                 // again, stale ClusterNetworkPolicy chains dropped with it.
+                // Only a difference from a known listing is drift to report.
                 restore_chains(family, wanted, !has_cnp_chains(wanted))?;
-                done.rules_written = true;
+                done.rules_written |= known.is_some();
                 saves = list_tables(family)?;
                 *slot = Some(chains_fingerprint(&saves));
             }
