@@ -26,7 +26,7 @@ use weft_netkit::kernel_error::KernelError;
 use weft_netkit::masquerade::teardown_masquerade;
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
-use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
+use crate::backend::{self, BackendChoice, ObjectCounts, Outcome, PolicyBackend};
 use crate::cni_config;
 use crate::denied::{self, Admit};
 use crate::http::{self, Shared};
@@ -234,7 +234,7 @@ struct Agent<'c> {
     /// The next sync checks the kernel in full (the first and every periodic
     /// one); a sync for a new snapshot writes only what changed.
     full: bool,
-    /// Counts the changes to `compiled`: a scratch compile is compared with
+    /// Counts the updates of `compiled`: a scratch compile is compared with
     /// it only if none came since the model was taken.
     version: u64,
     /// The from-scratch compile checking the incremental engine.
@@ -451,13 +451,16 @@ impl<'c> Agent<'c> {
         }
         let c = self.compiled.as_mut()?;
         let dirty = c.take_dirty();
-        if !dirty.is_empty() {
-            self.version += 1;
-        }
+        // Every compile counts, even one that changed nothing: a scratch
+        // compile vouches for the model it was given and no other.
+        self.version += 1;
         let done = if first {
             p.apply(c.ir(), true)
         } else if full {
-            let changed = p.apply_changes(c.ir(), &dirty);
+            // What changed since the last sync is patched first: the resync
+            // checks the kernel against the backend's record of `ir`.
+            let changed =
+                if dirty.is_empty() { Ok(Outcome::default()) } else { p.apply_changes(c.ir(), &dirty) };
             changed.and_then(|a| Ok(a.then(p.resync(c.ir())?)))
         } else {
             p.apply_changes(c.ir(), &dirty)
