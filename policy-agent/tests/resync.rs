@@ -1,4 +1,4 @@
-//! The periodic resync against the kernel, on both backends, in a network
+//! The periodic resync against the kernel, on both backends, dual stack, in a network
 //! namespace of the test's own (root; skips otherwise): after changes the
 //! backend patched, a resync with no drift renders nothing and leaves every
 //! kernel object as it was (the same nft handles, no set or chain written);
@@ -21,25 +21,28 @@ fn root() -> bool {
     weft_test_support::root_or_skip(&weft_test_support::this_test(), "a network namespace of its own")
 }
 
-/// Node-1 with `pods` pods of app a (10.244.1.10, .11, ...), isolated for
-/// ingress: port 80 from app b, port 443 from 172.16.0.0/16 but 172.16.1.0/24.
+/// Dual-stack node-1 with `pods` pods of app a (10.244.1.10 and
+/// fd00:244:1::10, .11, ...), isolated for ingress: port 80 from app b,
+/// port 443 from 172.16.0.0/16 but 172.16.1.0/24 and from fd00:16::/32 but
+/// fd00:16:1::/48.
 fn model(pods: u8) -> Model {
     let mut text = String::from(
-        "kind: Node\nmetadata: {name: node-1}\nspec: {podCIDR: 10.244.1.0/24}\n\
-         ---\nkind: Node\nmetadata: {name: node-2}\nspec: {podCIDR: 10.244.2.0/24}\n\
+        "kind: Node\nmetadata: {name: node-1}\nspec: {podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}\n\
+         ---\nkind: Node\nmetadata: {name: node-2}\nspec: {podCIDRs: [10.244.2.0/24, 'fd00:244:2::/64']}\n\
          ---\nkind: Namespace\nmetadata: {name: x}\n\
          ---\nkind: Pod\nmetadata: {name: b, namespace: x, labels: {app: b}}\n\
-         spec: {nodeName: node-2}\nstatus: {podIP: 10.244.2.5}\n\
+         spec: {nodeName: node-2}\nstatus: {podIPs: [{ip: 10.244.2.5}, {ip: 'fd00:244:2::5'}]}\n\
          ---\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec:\n  \
          podSelector: {matchLabels: {app: a}}\n  ingress:\n  \
          - from: [{podSelector: {matchLabels: {app: b}}}]\n    ports: [{port: 80}]\n  \
-         - from: [{ipBlock: {cidr: 172.16.0.0/16, except: [172.16.1.0/24]}}]\n    ports: [{port: 443}]\n",
+         - from: [{ipBlock: {cidr: 172.16.0.0/16, except: [172.16.1.0/24]}}, \
+         {ipBlock: {cidr: 'fd00:16::/32', except: ['fd00:16:1::/48']}}]\n    ports: [{port: 443}]\n",
     );
     for i in 0..pods {
         text += &format!(
             "---\nkind: Pod\nmetadata: {{name: a{i}, namespace: x, labels: {{app: a}}}}\n\
-             spec: {{nodeName: node-1}}\nstatus: {{podIP: 10.244.1.{}}}\n",
-            10 + i
+             spec: {{nodeName: node-1}}\nstatus: {{podIPs: [{{ip: 10.244.1.{n}}}, {{ip: 'fd00:244:1::{n}'}}]}}\n",
+            n = 10 + i
         );
     }
     parse_manifests(&text).expect("the manifests parse").into_iter().collect()
@@ -75,13 +78,13 @@ fn kernel(backend: &str) -> String {
         return handles(&["inet weft"]).join("\n");
     }
     let sets = sh(&["ipset", "save"]);
-    let chains: Vec<String> = ["mangle", "filter"]
-        .iter()
-        .flat_map(|t| sh(&["iptables-save", "-t", t]).lines().map(String::from).collect::<Vec<_>>())
-        .filter(|l| l.contains("WEFT-"))
-        .collect();
+    let saves = ["iptables-save", "ip6tables-save"].into_iter().flat_map(|save| {
+        ["mangle", "filter"].map(|t| sh(&[save, "-t", t]).lines().map(String::from).collect::<Vec<_>>())
+    });
+    let chains: Vec<String> = saves.flatten().filter(|l| l.contains("WEFT-")).collect();
     let nft_flavour = sh(&["iptables", "--version"]).contains("nf_tables");
-    let handles = if nft_flavour { handles(&["ip filter", "ip mangle"]) } else { Vec::new() };
+    let tables = ["ip filter", "ip mangle", "ip6 filter", "ip6 mangle"];
+    let handles = if nft_flavour { handles(&tables) } else { Vec::new() };
     format!("{sets}\n{}\n{}", chains.join("\n"), handles.join("\n"))
 }
 
@@ -98,7 +101,7 @@ fn elements(backend: &str) -> String {
 
 fn check(backend: &mut dyn PolicyBackend) {
     let name = backend.name();
-    let cidrs = ["10.244.0.0/16".parse().unwrap()];
+    let cidrs = ["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()];
     let (old, new) = (model(2), model(3));
     let mut engine = PolicyEngine::new(&old, "node-1", &cidrs, Options::default());
     engine.take_dirty();
@@ -120,7 +123,7 @@ fn check(backend: &mut dyn PolicyBackend) {
     // concatenations too): put back, nothing else touched.
     let all = elements(name);
     let dropped = drop_one_of_each_set(name);
-    assert!(dropped >= 3, "{name}: sets of several kinds: {dropped}");
+    assert!(dropped >= 6, "{name}: sets of several kinds, both families: {dropped}");
     assert_ne!(elements(name), all, "{name}: the drift is in the kernel");
     let repaired = backend.resync(engine.ir()).expect("a resync");
     assert!(repaired.change.as_deref().is_some_and(|c| c.contains("drift")), "{name}: {repaired:?}");
