@@ -139,15 +139,18 @@ impl Nft {
         let repairs = set_repairs(&kernel.sets, &last.sets).filter(|_| kernel.skeleton == fingerprint);
         let Some(repairs) = repairs.and_then(|r| set_repair_transaction(last, &r).map(|tx| (r.len(), tx)))
         else {
-            // The chains or the sets themselves drifted: one atomic replacement.
-            self.fingerprint = None;
-            run(&last.full_transaction())?;
-            self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
-            return Ok(Some(NftApplied { replaced: true, repaired: true, ..NftApplied::default() }));
+            // The chains or the sets themselves drifted.
+            return replace(last, &mut self.fingerprint).map(Some);
         };
         let (rewritten, tx) = repairs;
         if rewritten > 0 {
-            run(&tx)?;
+            if let Err(e) = run(&tx) {
+                // Refused (a kernel in a state weft cannot patch): replaced, lest it fail every time.
+                tracing::warn!(
+                    "resync: rewriting {rewritten} drifted sets failed ({e}): replacing the table"
+                );
+                return replace(last, &mut self.fingerprint).map(Some);
+            }
         }
         Ok(Some(NftApplied { rewritten, ..NftApplied::default() }))
     }
@@ -196,6 +199,15 @@ impl Nft {
         self.fingerprint = None;
         remove_table().map(drop)
     }
+}
+
+/// A resync's repair of any drift: `last` replaces the table in one
+/// transaction (atomic), and `fingerprint` is taken afresh.
+fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
+    *fingerprint = None;
+    run(&last.full_transaction())?;
+    *fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+    Ok(NftApplied { replaced: true, repaired: true, ..NftApplied::default() })
 }
 
 /// How a resync repairs one set's elements.
