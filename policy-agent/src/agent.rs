@@ -26,7 +26,7 @@ use weft_netkit::kernel_error::KernelError;
 use weft_netkit::masquerade::teardown_masquerade;
 use weft_netkit::sysctl::{ensure_sysctl, read_sysctl};
 
-use crate::backend::{self, BackendChoice, ObjectCounts, PolicyBackend};
+use crate::backend::{self, BackendChoice, ObjectCounts, Outcome, PolicyBackend};
 use crate::cni_config;
 use crate::denied::{self, Admit};
 use crate::http::{self, Shared};
@@ -49,6 +49,7 @@ use crate::status::{write_status, PolicyStatus, Status};
 mod operator_log;
 mod pod_reports;
 pub mod routing;
+mod scratch;
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
@@ -158,9 +159,11 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
         let wake = wake.clone();
         Box::new(move || wake.wake())
     });
+    agent.wake = Some(wake.clone());
     let mut next = None;
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
+        agent.check_scratch();
         agent.tick()?;
         agent.answer_parked();
         agent.expire_claims();
@@ -231,6 +234,13 @@ struct Agent<'c> {
     /// The next sync checks the kernel in full (the first and every periodic
     /// one); a sync for a new snapshot writes only what changed.
     full: bool,
+    /// Counts the updates of `compiled`: a scratch compile is compared with
+    /// it only if none came since the model was taken.
+    version: u64,
+    /// The from-scratch compile checking the incremental engine.
+    scratch: scratch::ScratchCheck,
+    /// Wakes the loop (a scratch compile is done); set once the loop runs.
+    wake: Option<Wake>,
 }
 
 impl<'c> Agent<'c> {
@@ -275,6 +285,9 @@ impl<'c> Agent<'c> {
             shared: Arc::new(Shared::new(Instant::now())),
             next_sync: Instant::now(),
             full: true,
+            version: 0,
+            scratch: Default::default(),
+            wake: None,
         })
     }
 
@@ -410,17 +423,22 @@ impl<'c> Agent<'c> {
     }
 
     /// Compiles the current state (laid over with the pod reports) and has
-    /// the backend enforce it: with `full`, a full compile and a full apply
-    /// (start, resync); otherwise the snapshot recompiles only what changed
-    /// and the backend patches only that. None without a backend or a state;
-    /// else what is enforced and the warnings, or the error for the status.
+    /// the backend enforce it. The first time, a full compile and a full
+    /// apply; after it the snapshot recompiles only what changed and the
+    /// backend patches only that, and with `full` (the periodic resync) the
+    /// backend then checks the kernel and rewrites what drifted, while every
+    /// `scratch::EVERY` resyncs a thread compiles the model from scratch to
+    /// check the engine: the loop never waits for a full compile or render.
+    /// None without a backend or a state; else what is enforced and the
+    /// warnings, or the error for the status.
     fn enforce(&mut self, full: bool) -> Option<Result<(PolicyStatus, Vec<String>), String>> {
         let p = self.policy.as_mut()?;
         let s = self.snap.as_ref()?;
         let model = self.pods.overlay(&s.model, &self.cfg.node);
+        let first = self.compiled.is_none();
         match self.compiled.as_mut() {
-            Some(c) if !full => c.update(model, &s.generation),
-            _ => {
+            Some(c) => c.update(model, &s.generation),
+            None => {
                 let c = Compiled::new(
                     model,
                     &s.generation,
@@ -433,7 +451,30 @@ impl<'c> Agent<'c> {
         }
         let c = self.compiled.as_mut()?;
         let dirty = c.take_dirty();
-        let done = if full { p.apply(c.ir(), true) } else { p.apply_changes(c.ir(), &dirty) };
+        // Every compile counts, even one that changed nothing: a scratch
+        // compile vouches for the model it was given and no other.
+        self.version += 1;
+        let done = if first {
+            p.apply(c.ir(), true)
+        } else if full {
+            // What changed since the last sync is patched first: the resync
+            // checks the kernel against the backend's record of `ir`.
+            let changed =
+                if dirty.is_empty() { Ok(Outcome::default()) } else { p.apply_changes(c.ir(), &dirty) };
+            changed.and_then(|a| Ok(a.then(p.resync(c.ir())?)))
+        } else {
+            p.apply_changes(c.ir(), &dirty)
+        };
+        if full && !first && self.scratch.due() {
+            let target = scratch::Target {
+                node: self.cfg.node.clone(),
+                cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+                options: self.cfg.compile,
+            };
+            let wake = self.wake.clone();
+            let done = move || wake.iter().for_each(Wake::wake);
+            self.scratch.start(self.version, c.model().clone(), c.generation.clone(), target, done);
+        }
         let applied = done.map_err(|e| format!("policy ({}): {e}", p.name())).map(|done| {
             if let Some(changed) = done.change {
                 info!(backend = %p.name(), "policy ({}): {changed}", p.name());
@@ -441,6 +482,30 @@ impl<'c> Agent<'c> {
             (done.counts, policy_status(p.name(), c.ir()), c.notes())
         });
         Some(record_policy(&self.shared, p.name(), applied))
+    }
+
+    /// A finished scratch compile compared with the loop's (see `scratch`):
+    /// on a disagreement the scratch one is logged, kept and applied in full.
+    fn check_scratch(&mut self) {
+        let (Some(c), Some(p)) = (self.compiled.as_ref(), self.policy.as_mut()) else { return };
+        let Some(scratch::Verdict::Differs(mut fresh)) = self.scratch.take(self.version, c.ir()) else {
+            return;
+        };
+        error!(
+            backend = %p.name(),
+            generation = %c.generation,
+            "the incrementally compiled policy differs from a compile from scratch of the same state: \
+             applying the latter in full (please report this)"
+        );
+        fresh.take_dirty();
+        let applied = p.apply(fresh.ir(), true).map_err(|e| format!("policy ({}): {e}", p.name()));
+        if let Err(e) = &applied {
+            error!("{e}");
+        }
+        let applied = applied.map(|done| (done.counts, policy_status(p.name(), fresh.ir()), fresh.notes()));
+        let _ = record_policy(&self.shared, p.name(), applied);
+        self.compiled = Some(*fresh);
+        self.version += 1;
     }
 
     /// Writes the conflist (if asked and changed) once this node can carry

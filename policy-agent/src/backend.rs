@@ -63,6 +63,17 @@ pub struct Outcome {
     pub counts: ObjectCounts,
 }
 
+impl Outcome {
+    /// This apply followed by `next`: both changes said, `next`'s counts.
+    pub fn then(self, next: Outcome) -> Outcome {
+        let change = match (self.change, next.change) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        Outcome { change, counts: next.counts }
+    }
+}
+
 /// A policy backend: applies the IR, removes everything it created.
 pub trait PolicyBackend {
     fn name(&self) -> &'static str;
@@ -76,6 +87,14 @@ pub trait PolicyBackend {
         let _ = dirty;
         self.apply(ir, false)
     }
+    /// The periodic resync: checks the kernel against what this backend
+    /// last applied, which the caller has brought up to `ir` (through
+    /// `apply_changes`), and rewrites only what drifted, atomically; where
+    /// the check cannot tell (nothing applied yet, a listing unreadable), a
+    /// full apply of `ir`. Cheap when nothing drifted: no render, no rewrite.
+    fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
+        self.apply(ir, true)
+    }
     fn cleanup(&mut self) -> Result<(), KernelError>;
 }
 
@@ -87,20 +106,18 @@ impl PolicyBackend for Iptables {
     fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
         let rendered = iptables::render(ir);
         let done = Iptables::apply(self, &rendered, full)?;
-        let changed = done.sets_written + done.sets_patched + done.sets_destroyed > 0
-            || done.jump_moved
-            || (done.rules_written && !full);
-        let change = changed.then(|| {
-            format!(
-                "{} sets written, {} patched, {} destroyed, chains {}{}",
-                done.sets_written,
-                done.sets_patched,
-                done.sets_destroyed,
-                if done.rules_written { "written" } else { "unchanged" },
-                if done.jump_moved { ", FORWARD jump put back first" } else { "" }
-            )
-        });
-        Ok(Outcome { change, counts: rendered.counts() })
+        // A full apply always writes the chains: not a change by itself.
+        Ok(Outcome { change: iptables_change(&done, !full, ""), counts: rendered.counts() })
+    }
+
+    fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
+        match Iptables::resync(self)? {
+            Some(done) => {
+                let change = iptables_change(&done, true, "drift repaired: ");
+                Ok(Outcome { change, counts: self.counts() })
+            }
+            None => PolicyBackend::apply(self, ir, true),
+        }
     }
 
     fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
@@ -116,6 +133,24 @@ impl PolicyBackend for Iptables {
     fn cleanup(&mut self) -> Result<(), KernelError> {
         Iptables::cleanup(self)
     }
+}
+
+/// The log line for an iptables apply that changed something (`rules`:
+/// whether rewritten chains count as a change), after `prefix`.
+fn iptables_change(done: &iptables::kernel::Applied, rules: bool, prefix: &str) -> Option<String> {
+    let changed = done.sets_written + done.sets_patched + done.sets_destroyed > 0
+        || done.jump_moved
+        || (done.rules_written && rules);
+    changed.then(|| {
+        format!(
+            "{prefix}{} sets written, {} patched, {} destroyed, chains {}{}",
+            done.sets_written,
+            done.sets_patched,
+            done.sets_destroyed,
+            if done.rules_written { "written" } else { "unchanged" },
+            if done.jump_moved { ", FORWARD jump put back first" } else { "" }
+        )
+    })
 }
 
 impl PolicyBackend for Nft {
@@ -148,6 +183,22 @@ impl PolicyBackend for Nft {
                 Ok(Outcome { change, counts: self.counts().unwrap_or_default() })
             }
             None => PolicyBackend::apply(self, ir, false),
+        }
+    }
+
+    fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
+        match Nft::resync(self)? {
+            Some(done) => {
+                let change = match (done.replaced, done.rewritten) {
+                    (true, _) => {
+                        Some("drift repaired: the table had changed behind weft's back: replaced".into())
+                    }
+                    (false, 0) => None,
+                    (false, n) => Some(format!("drift repaired: {n} sets rewritten")),
+                };
+                Ok(Outcome { change, counts: self.counts().unwrap_or_default() })
+            }
+            None => PolicyBackend::apply(self, ir, true),
         }
     }
 
@@ -222,8 +273,34 @@ impl<B: PolicyBackend> PolicyBackend for Handover<B> {
     }
 
     fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
-        let mut out = self.inner.apply(ir, full)?;
-        let Some((other, remove)) = self.other.filter(|_| full) else { return Ok(out) };
+        let out = self.inner.apply(ir, full)?;
+        Ok(if full { self.hand_over(out) } else { out })
+    }
+
+    // Forwarded, not left to the trait's defaults: those would render and
+    // apply in full where the inner backend patches or checks.
+    fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
+        self.inner.apply_changes(ir, dirty)
+    }
+
+    fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
+        let out = self.inner.resync(ir)?;
+        Ok(self.hand_over(out))
+    }
+
+    fn cleanup(&mut self) -> Result<(), KernelError> {
+        if let Some((_, remove)) = self.other.take() {
+            let _ = remove();
+        }
+        self.inner.cleanup()
+    }
+}
+
+impl<B: PolicyBackend> Handover<B> {
+    /// After an apply or resync put `ir` in force: the other backend's
+    /// leftovers removed (until that succeeds), said in `out`.
+    fn hand_over(&mut self, mut out: Outcome) -> Outcome {
+        let Some((other, remove)) = self.other else { return out };
         let note = match remove() {
             Ok(removed) => {
                 self.other = None;
@@ -237,14 +314,7 @@ impl<B: PolicyBackend> PolicyBackend for Handover<B> {
         if let Some(note) = note {
             out.change = Some(out.change.map_or(note.clone(), |c| format!("{c}; {note}")));
         }
-        Ok(out)
-    }
-
-    fn cleanup(&mut self) -> Result<(), KernelError> {
-        if let Some((_, remove)) = self.other.take() {
-            let _ = remove();
-        }
-        self.inner.cleanup()
+        out
     }
 }
 

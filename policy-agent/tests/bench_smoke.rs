@@ -1,7 +1,8 @@
 //! The policy benchmark (`make bench`, `benches/backends`) at a tiny scale,
 //! so its code cannot rot: both backends apply the synthetic model and its
-//! changes in namespaces of their own (root; skips otherwise). No figure is
-//! judged here.
+//! changes in namespaces of their own (root; skips otherwise), then resync
+//! as the agent's loop does, its IR equal to a compile from scratch. No
+//! figure is judged here.
 
 #[allow(dead_code)]
 #[path = "../benches/synthetic/mod.rs"]
@@ -30,6 +31,8 @@ fn check(kind: ModelKind, cnps: usize, churn_secs: u64) {
         assert_eq!(f.error, None, "{kind:?} {cnps} CNPs: {f:?}");
         assert!(f.elements > 0 && f.rules > 0 && f.sets > 0, "{f:?}");
         assert!(f.full.apply > std::time::Duration::ZERO && f.peak_rss_kib > 0, "{f:?}");
+        // The loop's resyncs ran (and the IR agreed with a compile from scratch: no error).
+        assert!(f.loop_resync.iter().all(|r| r.apply > std::time::Duration::ZERO), "{f:?}");
         // Every kind of change found its targets and was applied each time
         // (CNP changes only with CNPs in the model).
         for (i, c) in f.changes.iter().enumerate() {

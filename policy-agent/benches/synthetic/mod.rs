@@ -234,8 +234,20 @@ pub struct Figures {
     /// relabelled, policies changed, ClusterNetworkPolicies changed (only
     /// with some in the model): each kind `CHANGES` times.
     pub changes: [Percentiles; 4],
-    /// A periodic resync of the unchanged model (checks the kernel).
+    /// A resync of the unchanged model as it was done before the loop's
+    /// resync: a full compile, render and apply (the kernel checked).
     pub resync: Step,
+    /// The agent loop's periodic resync: the engine brought up to date
+    /// (compile: nothing changed), what changed patched, the kernel checked
+    /// against the backend's last apply (apply). The first after the
+    /// changes above (iptables lists its chains for the first time since a
+    /// write, and rewrites them), then the steady state.
+    #[serde(default)]
+    pub loop_resync: [Step; 2],
+    /// The loop's share of the engine's safety net: comparing the IR with a
+    /// compile from scratch (made on a thread, timed as `resync.compile`).
+    #[serde(default)]
+    pub ir_compare: Duration,
     /// The process's peak resident memory after the full sync, KiB.
     pub peak_rss_kib: u64,
     pub churn: Option<Churn>,
@@ -293,6 +305,15 @@ impl Backend {
             Backend::Nft(b) => PolicyBackend::apply_changes(b, ir, dirty),
         };
         done.map(|_| t0.elapsed()).map_err(|e| format!("{e}"))
+    }
+
+    /// The periodic resync (`PolicyBackend::resync`).
+    fn resync(&mut self, ir: &PolicyIr) -> Result<(), String> {
+        let done = match self {
+            Backend::Iptables(b) => PolicyBackend::resync(b, ir),
+            Backend::Nft(b) => PolicyBackend::resync(b, ir),
+        };
+        done.map(drop).map_err(|e| format!("{e}"))
     }
 
     fn cleanup(&mut self) {
@@ -366,6 +387,22 @@ fn sync_change(
     Ok(Step { compile, render: Duration::ZERO, apply })
 }
 
+/// The agent loop's periodic resync of `m` (unchanged since the last sync):
+/// the engine brought up to date and what changed patched (compile), then
+/// the backend's resync (apply).
+fn sync_resync(engine: &mut PolicyEngine, m: &Model, backend: &mut Backend) -> Result<Step, String> {
+    let t0 = Instant::now();
+    // The agent lays the pod reports over a copy of the model (Arcs: cheap).
+    let now = m.clone();
+    engine.update(m, &now);
+    let dirty = engine.take_dirty();
+    let patched = backend.apply_changes(engine.ir(), &dirty)?;
+    let compile = t0.elapsed() - patched;
+    let t1 = Instant::now();
+    backend.resync(engine.ir())?;
+    Ok(Step { compile, render: Duration::ZERO, apply: patched + t1.elapsed() })
+}
+
 fn cluster_cidr() -> Vec<ipnetwork::IpNetwork> {
     vec!["10.100.0.0/14".parse().expect("a CIDR")]
 }
@@ -394,6 +431,8 @@ pub fn measure(
             full,
             changes: Default::default(),
             resync: Step::default(),
+            loop_resync: Default::default(),
+            ir_compare: Duration::ZERO,
             peak_rss_kib: peak_rss_kib(),
             churn: None,
             error,
@@ -491,10 +530,24 @@ pub fn measure(
         ];
         figures.changes = changes;
         figures.error = failed;
+        for slot in 0..2 {
+            if figures.error.is_none() {
+                match sync_resync(&mut engine, &m, &mut backend) {
+                    Ok(step) => figures.loop_resync[slot] = step,
+                    Err(e) => figures.error = Some(format!("the loop's resync: {e}")),
+                }
+            }
+        }
         if figures.error.is_none() {
-            let (_, resync, _, error) = sync_full(&m, &mut backend);
+            let (scratch, resync, _, error) = sync_full(&m, &mut backend);
+            let t0 = Instant::now();
+            let agree = scratch.ir() == engine.ir();
+            figures.ir_compare = t0.elapsed();
             figures.resync = resync;
             figures.error = error.map(|e| format!("the resync: {e}"));
+            if !agree {
+                figures.error.get_or_insert("the incremental IR differs from a compile from scratch".into());
+            }
         }
         if figures.error.is_none() && churn_secs > 0 {
             figures.churn = Some(churn(kind, &m, &mut backend, Duration::from_secs(churn_secs)));
@@ -636,10 +689,12 @@ fn ms(d: Duration) -> String {
 pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> String {
     let mut s = format!(
         "{pods} pods, {policies} policies, {cnps} ClusterNetworkPolicies (node-1's share). \
-         Full sync and resync: compile + render + apply = total, ms. \
-         Changes ({CHANGES} of each kind): p50 / p99 of compile + patch, ms.\n\n\
-         | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | CNP changed | resync | peak RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n"
+         Full sync and full resync: compile + render + apply = total, ms. \
+         Changes ({CHANGES} of each kind): p50 / p99 of compile + patch, ms. \
+         Resync on the loop: update + check = total, ms, the first after the changes, then again; \
+         the IR compared with the full resync's compile from scratch, ms.\n\n\
+         | backend | rules | sets | elements | full sync | pod added | pod relabelled | policy changed | CNP changed | full resync | resync on the loop (first; again) | IR compare | peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     // `-`: a kind of change the model had nothing for (no CNP).
     let pct = |p: &Percentiles| match p.samples {
@@ -651,9 +706,14 @@ pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> 
         Duration::ZERO => "-".to_string(),
         _ => format!("{} + {} + {} = **{}**", ms(t.compile), ms(t.render), ms(t.apply), ms(t.total())),
     };
+    // `-`: not measured.
+    let check = |t: &Step| match t.total() {
+        Duration::ZERO => "-".to_string(),
+        _ => format!("{} + {} = **{}**", ms(t.compile), ms(t.apply), ms(t.total())),
+    };
     for f in figures {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}; {} | {} | {:.1} |\n",
             f.backend,
             f.rules,
             f.sets,
@@ -664,6 +724,9 @@ pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> 
             pct(&f.changes[2]),
             pct(&f.changes[3]),
             step(&f.resync),
+            check(&f.loop_resync[0]),
+            check(&f.loop_resync[1]),
+            ms(f.ir_compare),
             f.peak_rss_kib as f64 / 1024.0
         );
     }

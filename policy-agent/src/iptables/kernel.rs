@@ -15,6 +15,13 @@
 //! the `jump_guard` thread (started by the first apply), so a rule another
 //! program inserts in front of it is moved behind it within milliseconds.
 //! Both go through `JUMP_LOCK`, so they never race each other or `cleanup`.
+//!
+//! The periodic resync (`resync`) renders nothing and writes only what
+//! drifted from this process's last apply: sets compared member by member
+//! from one netlink dump (a drifted one patched in place or swapped, as
+//! above), each family's chains compared with a fingerprint of the
+//! `iptables-save` listing taken after they were last written (restored,
+//! as above, only on a difference), the jumps checked on the same listing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -108,6 +115,10 @@ pub struct Iptables {
     rules: Option<String>,
     /// The ip6tables payload as last applied.
     rules6: Option<String>,
+    /// Per family (IPv4, IPv6): `chains_fingerprint` of weft's chains as
+    /// listed after this process last wrote them; None until a resync
+    /// listed them (a resync then rewrites them).
+    printed: [Option<u64>; 2],
     /// ip6tables' chains are in use (written by this process): until a node
     /// has IPv6 to guard, none are written, listed or watched, so an
     /// IPv4-only node pays nothing for them.
@@ -135,6 +146,7 @@ impl Iptables {
             capacity: BTreeMap::new(),
             rules: None,
             rules6: None,
+            printed: [None; 2],
             v6: Arc::default(),
             v6_checked: false,
             guard: None,
@@ -210,9 +222,8 @@ impl Iptables {
                 // apply or a resync, from an earlier run.
                 let stale =
                     !has_cnp_chains(wanted) && (full || applied.as_deref().is_none_or(has_cnp_chains));
-                let payload =
-                    in_both_tables(&if stale { dropping_cnp_chains(wanted) } else { wanted.clone() });
-                tool::restore(&family.restore, &["--noflush", "-w", "5"], &payload)?;
+                self.printed[usize::from(family.v6)] = None;
+                restore_chains(family, wanted, stale)?;
                 *applied = Some(wanted.clone());
                 done.rules_written = true;
             }
@@ -236,6 +247,74 @@ impl Iptables {
             done.sets_destroyed += 1;
         }
         Ok(done)
+    }
+
+    /// The periodic resync: the kernel compared with this process's last
+    /// apply (kept up to date by `apply_changes`, so nothing is rendered),
+    /// and only what drifted rewritten: a set's members (patched in place,
+    /// or a twin swapped in), a family's chains (one restore, atomic), the
+    /// jumps. Costs one set dump and one `iptables-save` per table when
+    /// nothing drifted. None when nothing was applied yet (or a failed patch
+    /// left the kernel unknown): the caller renders and applies in full.
+    pub fn resync(&mut self) -> Result<Option<Applied>, KernelError> {
+        let Some(rules) = self.rules.clone() else { return Ok(None) };
+        let mut done = Applied::default();
+        // 1. Sets: what drifted is rewritten the way a change would be.
+        let kernel = kernel_sets()?;
+        let mut payload = String::new();
+        for s in self.sets.values() {
+            let Some(members) = kernel.get(&s.name) else {
+                let maxelem = write_set(&mut payload, s, false);
+                self.capacity.insert(s.name.clone(), maxelem);
+                done.sets_written += 1;
+                continue;
+            };
+            if *members == s.members {
+                continue;
+            }
+            let have = SetSpec { members: members.clone(), ..s.clone() };
+            let room = self.capacity.get(&s.name).copied().unwrap_or(0);
+            if s.members.len() <= room && small_change(&have, s) {
+                write_changes(&mut payload, &have, s);
+                done.sets_patched += 1;
+            } else {
+                let maxelem = write_set(&mut payload, s, true);
+                self.capacity.insert(s.name.clone(), maxelem);
+                done.sets_written += 1;
+            }
+        }
+        if !payload.is_empty() {
+            tool::restore("ipset", &["restore"], &payload)?;
+        }
+        // 2. Chains and jumps, per family in use, from one listing per table.
+        let v6 = self.rules6.is_some();
+        for family in self.families.iter().filter(|f| v6 || !f.v6) {
+            let wanted = if family.v6 { self.rules6.as_deref().unwrap_or_default() } else { rules.as_str() };
+            let mut saves = list_tables(family)?;
+            let slot = &mut self.printed[usize::from(family.v6)];
+            let known = *slot;
+            if known != Some(chains_fingerprint(&saves)) {
+                // Unknown (never listed since written) or drifted: written
+                // again, stale ClusterNetworkPolicy chains dropped with it.
+                // Only a difference from a known listing is drift to report.
+                restore_chains(family, wanted, !has_cnp_chains(wanted))?;
+                done.rules_written |= known.is_some();
+                saves = list_tables(family)?;
+                *slot = Some(chains_fingerprint(&saves));
+            }
+            if saves.iter().any(|(table, save)| jump_move(table, save).is_some()) {
+                let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+                // Listed again under the lock: the guard may have moved it meanwhile.
+                done.jump_moved |= ensure_jump_first(std::slice::from_ref(family), true)?;
+            }
+        }
+        // 3. Sets no rule names any more (an earlier run's, a `-new` twin left over).
+        for name in kernel.keys().filter(|n| !self.sets.contains_key(*n)) {
+            tool::run("ipset", &["destroy", name], None)?;
+            self.capacity.remove(name);
+            done.sets_destroyed += 1;
+        }
+        Ok(Some(done))
     }
 
     /// Patches the members `dirty` names, as `ir` now has them, into the
@@ -291,6 +370,7 @@ impl Iptables {
         self.capacity.clear();
         self.rules = None;
         self.rules6 = None;
+        self.printed = [None; 2];
         self.v6.store(false, Ordering::SeqCst);
         self.v6_checked = false;
         remove_objects().map(drop)
@@ -372,6 +452,39 @@ fn remove_chains(which: impl Fn(&Family) -> bool) -> (Vec<String>, Option<Kernel
         ));
     }
     (removed, first)
+}
+
+/// Writes `family`'s chains as `wanted` (a rendered payload) has them, in
+/// both tables, in one restore; with `stale`, ClusterNetworkPolicy's chains
+/// are deleted in the same transaction.
+fn restore_chains(family: &Family, wanted: &str, stale: bool) -> Result<(), KernelError> {
+    let payload = in_both_tables(&if stale { dropping_cnp_chains(wanted) } else { wanted.to_string() });
+    tool::restore(&family.restore, &["--noflush", "-w", "5"], &payload)
+}
+
+/// `iptables-save -t TABLE` of each of `TABLES` in `family`.
+fn list_tables(family: &Family) -> Result<Vec<(&'static str, String)>, KernelError> {
+    TABLES.iter().map(|t| Ok((*t, tool::output(&family.save, &["-t", t], None)?))).collect()
+}
+
+/// A fingerprint of weft's chains and their rules in `saves` (per table,
+/// an `iptables-save` listing): other programs' chains, FORWARD and the
+/// listing's comments and dates leave it unchanged.
+fn chains_fingerprint(saves: &[(&str, String)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (table, save) in saves {
+        table.hash(&mut h);
+        for line in save.lines() {
+            // A chain's line ends in its counters: only its name counts.
+            if let Some(chain) = line.strip_prefix(":WEFT-") {
+                chain.split(' ').next().hash(&mut h);
+            } else if line.starts_with("-A WEFT-") {
+                line.hash(&mut h);
+            }
+        }
+    }
+    h.finish()
 }
 
 /// The rendered `*filter` payload, preceded by the same chains and rules

@@ -17,6 +17,12 @@
 //! - otherwise only the set elements that changed are deleted and added, in
 //!   one nf_tables netlink batch (netlink.rs: no `nft` cache to reload), or
 //!   through `nft -j -f -` if that fails.
+//!
+//! The periodic resync (`resync`) renders nothing: it reads the table back
+//! and compares it with what was committed last; a set whose elements
+//! drifted gets the missing ones added (or, holding some weft never wrote,
+//! is flushed and refilled), in one transaction; a drifted chain, rule or
+//! set declaration has the whole table replaced, as above.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,6 +54,8 @@ pub struct NftApplied {
     /// True if a resync found the kernel's table changed behind weft's back
     /// (and replaced it).
     pub repaired: bool,
+    /// Sets whose drifted elements a resync rewrote (the rest untouched).
+    pub rewritten: usize,
 }
 
 /// The table as this process last committed it.
@@ -108,9 +116,43 @@ impl Nft {
     fn intact(&self) -> Option<bool> {
         let (last, fingerprint) = (self.last.as_ref()?, self.fingerprint?);
         let Ok(kernel) = readback::read(TABLE, true) else { return Some(false) };
-        let sets_equal = kernel.sets.len() == last.sets.len()
-            && last.sets.iter().all(|(name, elems)| kernel.sets.get(name) == Some(&readback::keys(elems)));
-        Some(kernel.skeleton == fingerprint && sets_equal)
+        let sets = set_repairs(&kernel.sets, &last.sets);
+        Some(kernel.skeleton == fingerprint && sets.is_some_and(|r| r.is_empty()))
+    }
+
+    /// The periodic resync: the table read back (milliseconds) and compared
+    /// with what this process committed last, which `apply_changes` kept up
+    /// to date, so nothing is rendered. Nothing drifted: nothing written.
+    /// Elements drifted: only their sets rewritten, in one transaction. A
+    /// chain, rule or set declaration drifted: the table replaced. None when
+    /// the check cannot tell (nothing committed, no fingerprint, the table
+    /// unreadable): the caller renders and applies in full.
+    pub fn resync(&mut self) -> Result<Option<NftApplied>, KernelError> {
+        let (Some(last), Some(fingerprint)) = (self.last.as_ref(), self.fingerprint) else { return Ok(None) };
+        let kernel = match readback::read(TABLE, true) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!("resync: reading weft's table back: {e}; applying in full");
+                return Ok(None);
+            }
+        };
+        let repairs = set_repairs(&kernel.sets, &last.sets).filter(|_| kernel.skeleton == fingerprint);
+        let Some(repairs) = repairs.and_then(|r| set_repair_transaction(last, &r).map(|tx| (r.len(), tx)))
+        else {
+            // The chains or the sets themselves drifted.
+            return replace(last, &mut self.fingerprint).map(Some);
+        };
+        let (rewritten, tx) = repairs;
+        if rewritten > 0 {
+            if let Err(e) = run(&tx) {
+                // Refused (a kernel in a state weft cannot patch): replaced, lest it fail every time.
+                tracing::warn!(
+                    "resync: rewriting {rewritten} drifted sets failed ({e}): replacing the table"
+                );
+                return replace(last, &mut self.fingerprint).map(Some);
+            }
+        }
+        Ok(Some(NftApplied { rewritten, ..NftApplied::default() }))
     }
 
     /// Patches the elements `dirty` names, as `ir` now has them, into the
@@ -157,6 +199,80 @@ impl Nft {
         self.fingerprint = None;
         remove_table().map(drop)
     }
+}
+
+/// A resync's repair of any drift: `last` replaces the table in one
+/// transaction (atomic), and `fingerprint` is taken afresh.
+fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
+    *fingerprint = None;
+    run(&last.full_transaction())?;
+    *fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+    Ok(NftApplied { replaced: true, repaired: true, ..NftApplied::default() })
+}
+
+/// How a resync repairs one set's elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SetRepair<'a> {
+    /// Only elements weft wrote are gone: these go back.
+    Add(Vec<&'a Elem>),
+    /// The kernel holds elements weft never wrote: flushed and refilled.
+    Refill,
+}
+
+/// The sets of `wanted` (as last committed) whose elements in `kernel`
+/// differ, and how each is repaired; None if the sets themselves differ
+/// (one gone or one added): only a replacement repairs that.
+fn set_repairs<'a>(
+    kernel: &BTreeMap<String, BTreeSet<readback::Key>>,
+    wanted: &'a BTreeMap<String, BTreeSet<Elem>>,
+) -> Option<Vec<(&'a str, SetRepair<'a>)>> {
+    if kernel.len() != wanted.len() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (name, elems) in wanted {
+        let have = kernel.get(name)?;
+        let want = readback::keys(elems);
+        if *have == want {
+            continue;
+        }
+        let repair = if have.is_subset(&want) {
+            // An element may take several keys (an interval's start and end).
+            let missing = |e: &&Elem| readback::elem_keys(e).any(|k| !have.contains(&k));
+            SetRepair::Add(elems.iter().filter(missing).collect())
+        } else {
+            SetRepair::Refill
+        };
+        out.push((name.as_str(), repair));
+    }
+    Some(out)
+}
+
+/// `repairs` as one transaction over `last`'s sets: flushes first, then the
+/// elements; None if a set is not in `last`'s skeleton.
+fn set_repair_transaction(last: &NftRendered, repairs: &[(&str, SetRepair)]) -> Option<Nftables<'static>> {
+    let mut objects = Vec::new();
+    let mut deltas = Vec::new();
+    for (name, repair) in repairs {
+        let elems = match repair {
+            SetRepair::Add(elems) => elems.clone(),
+            SetRepair::Refill => {
+                let decl = last.skeleton.iter().find_map(|o| match o {
+                    NfListObject::Set(s) if s.name == *name => Some(s),
+                    _ => None,
+                })?;
+                let mut set = decl.clone();
+                set.elem = None;
+                objects.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Set(set))));
+                last.sets.get(*name)?.iter().collect()
+            }
+        };
+        if !elems.is_empty() {
+            deltas.push(SetDelta { set: name, op: Op::Add, elems });
+        }
+    }
+    objects.extend(element_transaction(&deltas).objects.iter().cloned());
+    Some(Nftables { objects: Cow::Owned(objects) })
 }
 
 /// Deletes weft's table if it exists and says so (without `nft` there is

@@ -49,7 +49,12 @@ pub struct KernelTable {
 
 /// The keys that hold `elems` (as `netlink::kernel_elems` writes them).
 pub fn keys(elems: &BTreeSet<Elem>) -> BTreeSet<Key> {
-    elems.iter().flat_map(kernel_elems).map(|k: KernelElem| (k.key, k.key_end, k.interval_end)).collect()
+    elems.iter().flat_map(elem_keys).collect()
+}
+
+/// The keys that hold one element (an interval takes a start and an end).
+pub fn elem_keys(elem: &Elem) -> impl Iterator<Item = Key> {
+    kernel_elems(elem).into_iter().map(|k: KernelElem| (k.key, k.key_end, k.interval_end))
 }
 
 /// Reads table `table` (family inet) from the calling thread's netns; its

@@ -451,6 +451,11 @@ pub struct Dirty {
 }
 
 impl Dirty {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.structural && self.v4.is_empty() && self.v6.is_empty()
+    }
+
     /// True if ClusterNetworkPolicy's regions changed in either family.
     pub fn cluster(&self) -> bool {
         self.v4.cluster || self.v6.cluster
