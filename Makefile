@@ -144,9 +144,10 @@ bench: release
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 1000 100 10000 1000 10000 10000
 	@echo; echo "## The same on a second model: a mix of the shapes real clusters hold"; echo
 	$(CARGO) bench -q -p weft-agent --bench backends -- --churn 5 --model mix 10000 1000 10000 10000
-	@echo; echo "## ClusterNetworkPolicy control plane: 100 CNPs at 1k pods, 1000 CNPs at 10k pods and 10k policies"; echo
+	@echo; echo "## ClusterNetworkPolicy control plane: 10 CNPs at 1k pods and at 10k pods, 1000 CNPs at 10k pods (compiled, too big to render)"; echo
 	$(CARGO) bench -q -p weft-agent --bench backends -- --cnp 10 1000 100
 	$(CARGO) bench -q -p weft-agent --bench backends -- --cnp 10 10000 10000
+	$(CARGO) bench -q -p weft-agent --bench backends -- --cnp 1000 10000 10000
 	@echo; echo "## Data path: iperf3 and short connections, no policy vs 1000 policies vs 1000 CNPs in force, in IPv4 and IPv6"; echo
 	$(CARGO) build -q --release --workspace --bins
 	WEFT_BIN=target/release/weft WEFT_AGENT_BIN=target/release/weft-agent WEFT_E2E_BIN=target/release/weft-e2e \

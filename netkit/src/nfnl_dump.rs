@@ -1,7 +1,7 @@
 //! Netfilter netlink dumps (ipset, nf_tables): one request with
 //! NLM_F_DUMP, then the answer's messages until NLMSG_DONE, read under one
-//! deadline and a bound on their total size. The caller builds the
-//! attributes and reads the bodies.
+//! deadline and a bound on their total size; and requests that wait for
+//! their acknowledgement. The caller builds the attributes and reads the bodies.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::netlink_attrs::{NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::netlink_attrs::{NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// At most this much dump data is read: far above any set or table weft makes.
 const MAX_BYTES: usize = 512 << 20;
@@ -38,16 +38,33 @@ impl DumpSocket {
     /// ruleset generation). A kernel error is its errno; a timeout
     /// `TimedOut`; a malformed or oversized answer `InvalidData`.
     pub fn dump(&mut self, kind: u16, family: u8, attrs: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, attrs)?;
+        self.answers()
+    }
+
+    /// Sends one request of type `kind` and waits for the kernel's
+    /// acknowledgement: Ok, or the kernel's errno.
+    pub fn request(&mut self, kind: u16, family: u8, attrs: &[u8]) -> io::Result<()> {
+        self.send(kind, NLM_F_REQUEST | NLM_F_ACK, family, attrs)?;
+        self.answers().map(drop)
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<()> {
         self.seq += 1;
         let mut msg = Vec::with_capacity(20 + attrs.len());
         msg.extend((20 + attrs.len() as u32).to_ne_bytes());
         msg.extend(kind.to_ne_bytes());
-        msg.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        msg.extend(flags.to_ne_bytes());
         msg.extend(self.seq.to_ne_bytes());
         msg.extend(0u32.to_ne_bytes()); // port id: the kernel's
         msg.extend([family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id
         msg.extend_from_slice(attrs);
-        self.sock.send(&msg, 0)?;
+        self.sock.send(&msg, 0).map(drop)
+    }
+
+    /// The answers to the last request: a dump's bodies up to NLMSG_DONE,
+    /// or nothing once an acknowledgement (an error message of errno 0) comes.
+    fn answers(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -105,6 +122,8 @@ fn messages(buf: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> io::Result<bool> {
                 if code != 0 {
                     return Err(io::Error::from_raw_os_error(-code));
                 }
+                // An acknowledgement: a dump never sends one (no NLM_F_ACK).
+                return Ok(true);
             }
             _ => out.extend(body.get(4..).map(<[u8]>::to_vec)),
         }
@@ -133,6 +152,10 @@ mod tests {
         assert!(!messages(&buf, 3, &mut out).unwrap(), "no DONE yet");
         assert_eq!(out, [vec![9, 9, 9, 9]], "after nfgenmsg; another dump's message skipped");
         assert!(messages(&message(NLMSG_DONE, 3, &[0; 4]), 3, &mut out).unwrap());
+        assert!(
+            messages(&message(NLMSG_ERROR, 3, &0i32.to_ne_bytes()), 3, &mut out).unwrap(),
+            "an ack ends it"
+        );
         let e = messages(&message(NLMSG_ERROR, 3, &(-2i32).to_ne_bytes()), 3, &mut out).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(2));
         let cut = &message(0x0607, 3, &[0; 8])[..20];

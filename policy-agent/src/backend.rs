@@ -123,7 +123,9 @@ impl PolicyBackend for Iptables {
     fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
         match Iptables::apply_changes(self, ir, dirty)? {
             Some(done) => {
-                let change = (done.sets_patched > 0).then(|| format!("{} sets patched", done.sets_patched));
+                let how = if done.netlink { "over netlink" } else { "by ipset restore" };
+                let change =
+                    (done.sets_patched > 0).then(|| format!("{} sets patched {how}", done.sets_patched));
                 Ok(Outcome { change, counts: self.counts() })
             }
             None => PolicyBackend::apply(self, ir, false),

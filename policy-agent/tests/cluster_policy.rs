@@ -233,6 +233,9 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
             !how.contains("groups changed") && !how.contains("replaced") && !how.contains("chains written"),
             "a peer joining a grouped region patches elements: {how}"
         );
+        if choice == BackendChoice::Iptables {
+            assert!(how.contains("sets patched over netlink"), "iptables patches members over netlink: {how}");
+        }
 
         change(network_policy_only());
         assert_eq!(cnp_objects(), Vec::<String>::new(), "the last ClusterNetworkPolicy took its objects");

@@ -28,6 +28,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use weft_netkit::ipset_write::{self, Change, Op};
 use weft_netkit::iptables_mode::{self, IptablesMode};
 use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
@@ -98,6 +99,8 @@ pub struct Applied {
     pub rules_written: bool,
     /// True if weft's FORWARD jump had to be (re)placed first.
     pub jump_moved: bool,
+    /// True if a patch's members went over netlink (the fast path).
+    pub netlink: bool,
 }
 
 /// The iptables backend's kernel state as this process last wrote it.
@@ -329,20 +332,27 @@ impl Iptables {
             return Ok(None);
         }
         let Some(changes) = patch::changes(ir, dirty, &self.sets) else { return Ok(None) };
-        let mut payload = String::new();
+        let mut ops = Vec::new();
         for (name, c) in &changes {
             let have = self.sets.get(name).map_or(0, |s| s.members.len());
             if have + c.add.len() > self.capacity.get(name).copied().unwrap_or(0) {
                 return Ok(None);
             }
-            for m in &c.add {
-                let _ = writeln!(payload, "add {name} {m} -exist");
-            }
-            for m in &c.del {
-                let _ = writeln!(payload, "del {name} {m} -exist");
-            }
+            ops.push(Change { set: name, op: Op::Add, members: &c.add });
+            ops.push(Change { set: name, op: Op::Del, members: &c.del });
         }
-        if !payload.is_empty() {
+        // Over netlink (a CNI ADD waits for this; an `ipset` process is most
+        // of a small patch's cost), else the same lines through `ipset restore`.
+        let netlink = ipset_write::apply(&ops);
+        if let Err(e) = &netlink {
+            tracing::debug!("patching ipsets over netlink: {e}; through `ipset restore`");
+            let mut payload = String::new();
+            for c in &ops {
+                let verb = if c.op == Op::Add { "add" } else { "del" };
+                for m in c.members {
+                    let _ = writeln!(payload, "{verb} {} {m} -exist", c.set);
+                }
+            }
             if let Err(e) = tool::restore("ipset", &["restore"], &payload) {
                 // What the kernel holds is unknown now: the next apply checks it all.
                 self.rules = None;
@@ -350,7 +360,7 @@ impl Iptables {
             }
         }
         patch::remember(&mut self.sets, &changes);
-        Ok(Some(Applied { sets_patched: changes.len(), ..Applied::default() }))
+        Ok(Some(Applied { sets_patched: changes.len(), netlink: netlink.is_ok(), ..Applied::default() }))
     }
 
     /// Rules, sets and members as last applied.
