@@ -234,7 +234,10 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
             "a peer joining a grouped region patches elements: {how}"
         );
         if choice == BackendChoice::Iptables {
-            assert!(how.contains("sets patched over netlink"), "iptables patches members over netlink: {how}");
+            assert!(
+                how.contains("sets patched over netlink"),
+                "iptables patches members over netlink: {how}"
+            );
         }
 
         change(network_policy_only());
