@@ -13,26 +13,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::ipset_proto::*;
 use crate::kernel_error::KernelError;
 use crate::netlink_attrs::Attrs;
 use crate::nfnl_dump::{put_attr, DumpSocket};
 
-const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_LIST: u16 = 7;
-const IPSET_PROTOCOL: u8 = 7;
-const IPSET_ATTR_PROTOCOL: u16 = 1;
-const IPSET_ATTR_SETNAME: u16 = 2;
 const IPSET_ATTR_TYPENAME: u16 = 3;
-const IPSET_ATTR_DATA: u16 = 7;
-const IPSET_ATTR_ADT: u16 = 8;
-const IPSET_ATTR_IP: u16 = 1;
-const IPSET_ATTR_CIDR: u16 = 3;
-const IPSET_ATTR_PORT: u16 = 4;
-const IPSET_ATTR_PROTO: u16 = 7;
-const IPSET_ATTR_IP2: u16 = 20;
-const IPSET_ATTR_CIDR2: u16 = 21;
-const IPSET_ATTR_IPADDR_IPV4: u16 = 1;
-const IPSET_ATTR_IPADDR_IPV6: u16 = 2;
 const AF_INET: u8 = 2;
 /// A dump that goes on longer than this is abandoned (the caller falls back
 /// or reports); a dump of 70k members takes milliseconds.
@@ -110,11 +97,10 @@ fn member(kind: &str, data: &[u8]) -> String {
     };
     let port = || {
         let p = port.unwrap_or(0);
-        match proto {
-            Some(6) => format!("tcp:{p}"),
-            Some(17) => format!("udp:{p}"),
-            Some(132) => format!("sctp:{p}"),
-            other => format!("proto{}:{p}", other.unwrap_or(0)),
+        let proto = proto.unwrap_or(0);
+        match PROTOCOLS.iter().find(|(_, n)| *n == proto) {
+            Some((name, _)) => format!("{name}:{p}"),
+            None => format!("proto{proto}:{p}"),
         }
     };
     match kind {

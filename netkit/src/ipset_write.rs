@@ -14,26 +14,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::ipset_proto::*;
 use crate::kernel_error::KernelError;
 use crate::nfnl_dump::{put_attr, DumpSocket};
 
-const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_ADD: u16 = 9;
 const IPSET_CMD_DEL: u16 = 10;
-const IPSET_PROTOCOL: u8 = 7;
-const IPSET_ATTR_PROTOCOL: u16 = 1;
-const IPSET_ATTR_SETNAME: u16 = 2;
-const IPSET_ATTR_DATA: u16 = 7;
-const IPSET_ATTR_ADT: u16 = 8;
 const IPSET_ATTR_LINENO: u16 = 9;
-const IPSET_ATTR_IP: u16 = 1;
-const IPSET_ATTR_CIDR: u16 = 3;
-const IPSET_ATTR_PORT: u16 = 4;
-const IPSET_ATTR_PROTO: u16 = 7;
-const IPSET_ATTR_IP2: u16 = 20;
-const IPSET_ATTR_CIDR2: u16 = 21;
-const IPSET_ATTR_IPADDR_IPV4: u16 = 1;
-const IPSET_ATTR_IPADDR_IPV6: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 const NFPROTO_IPV4: u8 = 2;
@@ -113,14 +100,9 @@ fn data(member: &str) -> Option<(u8, Vec<u8>)> {
     let family = net(&mut out, parts[0], IPSET_ATTR_IP, IPSET_ATTR_CIDR)?;
     if let Some(pp) = parts.get(1) {
         let (proto, port) = pp.split_once(':')?;
-        let proto: u8 = match proto {
-            "tcp" => 6,
-            "udp" => 17,
-            "sctp" => 132,
-            _ => return None,
-        };
+        let (_, proto) = PROTOCOLS.iter().find(|(name, _)| *name == proto)?;
         put_attr(&mut out, IPSET_ATTR_PORT | NLA_F_NET_BYTEORDER, &port.parse::<u16>().ok()?.to_be_bytes());
-        put_attr(&mut out, IPSET_ATTR_PROTO, &[proto]);
+        put_attr(&mut out, IPSET_ATTR_PROTO, &[*proto]);
     }
     if let Some(n) = parts.get(2) {
         if net(&mut out, n, IPSET_ATTR_IP2, IPSET_ATTR_CIDR2)? != family {

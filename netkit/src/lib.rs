@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod bridge;
 pub mod ipset_list;
+mod ipset_proto;
 pub mod ipset_write;
 pub mod iptables_mode;
 pub mod kernel_error;

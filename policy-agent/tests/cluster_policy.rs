@@ -226,7 +226,9 @@ fn tiers_are_enforced(choice: BackendChoice, cnp_objects: fn() -> Vec<String>) {
         assert!(!c.connects(addr6(2), 80), "in IPv6 too");
         assert!(d.connects(to_a, 80), "d is not in the crowd yet");
         // d joins the region's peers: its sets' members change, its rule stays.
+        let rules_before = cnp_objects();
         let (grouped, how) = change(crowd("crowd, c, d"));
+        assert_eq!(cnp_objects(), rules_before, "the same rules and sets in the kernel: {how}");
         assert!(grouped);
         assert!(!d.connects(to_a, 80) && !d.connects(addr6(2), 80), "d is denied now: {how}");
         assert!(
@@ -289,17 +291,25 @@ fn tiers_are_enforced_on_iptables() {
     }
 }
 
-/// weft's ClusterNetworkPolicy chains and sets in its nftables table.
+/// weft's ClusterNetworkPolicy chains with their rules (and the rules'
+/// handles: a rewrite changes them) and sets in its nftables table.
 fn nftables_cnp_objects() -> Vec<String> {
-    let out = std::process::Command::new("nft").args(["list", "table", "inet", "weft"]).output().unwrap();
+    let out =
+        std::process::Command::new("nft").args(["-a", "list", "table", "inet", "weft"]).output().unwrap();
     assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("chain cnp_") || l.starts_with("set cnp_"))
-        .map(String::from)
-        .collect()
+    let mut found = Vec::new();
+    let mut in_cnp_chain = false;
+    for l in String::from_utf8(out.stdout).unwrap().lines().map(str::trim) {
+        if l.starts_with("chain ") {
+            in_cnp_chain = l.starts_with("chain cnp_");
+        } else if l.starts_with("set ") || l == "}" {
+            in_cnp_chain = false;
+        }
+        if in_cnp_chain || l.starts_with("set cnp") {
+            found.push(l.to_string());
+        }
+    }
+    found
 }
 
 #[test]

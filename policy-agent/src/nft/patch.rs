@@ -13,7 +13,8 @@ use super::render::{
     pod_port, pod_triples, port_group_set, region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem,
     NftFamily, View, CLUSTER_SETS, VIEWS,
 };
-use crate::model::{Protocol, Tier};
+use crate::model::{Action, Protocol, Tier};
+use crate::policy::class_change::Block;
 use crate::policy::family::{anywhere, host};
 use crate::policy::{ClassDelta, ClusterIr, Direction, Dirty, DirtyDirection, PolicyIr};
 
@@ -137,45 +138,7 @@ fn cluster<A: NftFamily>(
             let Some(delta) = deltas.iter().find(|c| c.tier == tier && c.ingress == ingress) else {
                 continue;
             };
-            // Only what the changed classes' subjects and peers moved.
-            let mut moved: BTreeMap<String, [BTreeSet<Elem>; 2]> = BTreeMap::new();
-            let mut put = |name: String, i: usize, elems: BTreeSet<Elem>| {
-                moved.entry(name).or_default()[i].extend(elems)
-            };
-            for ch in delta.changes() {
-                let blocks = ch.blocks(|c, r| !c.grouped(r));
-                for action in actions.clone() {
-                    for (i, blocks) in blocks.iter().enumerate() {
-                        let mut elems = BTreeSet::new();
-                        for b in blocks.iter().filter(|b| b.action == action) {
-                            cell_elems(&b.subjects, b.cells, &b.peers, &mut elems);
-                        }
-                        put(cluster_set::<A>(v, tier, action), i, elems);
-                    }
-                }
-                for (i, blocks) in ch.unknown_blocks().iter().enumerate() {
-                    let mut elems = BTreeSet::new();
-                    for b in blocks {
-                        cell_elems(&b.subjects, b.cells, &b.peers, &mut elems);
-                    }
-                    put(unknown_set::<A>(v, tier), i, elems);
-                }
-                // Grouped regions in both versions: the names check above
-                // says they are the same rules; their sets' members moved.
-                let Some((before, now)) = ch.before.zip(ch.now) else { continue };
-                for r in &ch.regions {
-                    let (Some(rb), Some(rn)) = (r.before, r.now) else { continue };
-                    if !(before.grouped(rb) && now.grouped(rn)) {
-                        continue;
-                    }
-                    let [subjects, peers] = grouped_names::<A>(now, rn);
-                    put(subjects.clone(), 0, addrs(&ch.subjects_gone.iter().copied().collect()));
-                    put(subjects, 1, addrs(&ch.subjects_came.iter().copied().collect()));
-                    put(peers.clone(), 0, nets_elems::<A>(&r.peers_gone));
-                    put(peers, 1, nets_elems::<A>(&r.peers_came));
-                }
-            }
-            for (name, [gone, came]) in moved {
+            for (name, [gone, came]) in moved::<A>(v, delta, actions) {
                 sets.get(&name)?;
                 diff(out, &name, came, &gone);
             }
@@ -185,6 +148,64 @@ fn cluster<A: NftFamily>(
     let new = cir.pod_cidrs.iter().map(|n| A::elem(FamilyElem::Net(*n))).collect();
     diff(out, &nets, new, sets.get(&nets)?);
     Some(())
+}
+
+/// The elements that went and came, per set, when the classes of `delta`
+/// changed: only what their subjects and peers moved.
+fn moved<A: NftFamily>(
+    v: &View,
+    delta: &ClassDelta<A>,
+    actions: impl Iterator<Item = Action> + Clone,
+) -> BTreeMap<String, [BTreeSet<Elem>; 2]> {
+    let mut moved: BTreeMap<String, [BTreeSet<Elem>; 2]> = BTreeMap::new();
+    fn put<'b, A: NftFamily + 'b>(
+        moved: &mut BTreeMap<String, [BTreeSet<Elem>; 2]>,
+        name: String,
+        i: usize,
+        blocks: impl Iterator<Item = &'b Block<'b, A>>,
+    ) {
+        let elems = &mut moved.entry(name).or_default()[i];
+        for b in blocks {
+            cell_elems(&b.subjects, b.cells, &b.peers, elems);
+        }
+    }
+    for ch in delta.changes() {
+        let blocks = ch.blocks(|c, r| !c.grouped(r));
+        for action in actions.clone() {
+            for (i, blocks) in blocks.iter().enumerate() {
+                put(
+                    &mut moved,
+                    cluster_set::<A>(v, delta.tier, action),
+                    i,
+                    blocks.iter().filter(|b| b.action == action),
+                );
+            }
+        }
+        for (i, blocks) in ch.unknown_blocks().iter().enumerate() {
+            put(&mut moved, unknown_set::<A>(v, delta.tier), i, blocks.iter());
+        }
+        // Grouped regions in both versions: the names check says they are
+        // the same rules; the members of their sets moved.
+        let Some((before, now)) = ch.before.zip(ch.now) else { continue };
+        let mut subjects = None;
+        for r in &ch.regions {
+            let (Some(rb), Some(rn)) = (r.before, r.now) else { continue };
+            if !(before.grouped(rb) && now.grouped(rn)) {
+                continue;
+            }
+            let [s, peers] = grouped_names::<A>(now, rn);
+            subjects = Some(s);
+            let m = moved.entry(peers).or_default();
+            m[0].extend(nets_elems::<A>(&r.peers_gone));
+            m[1].extend(nets_elems::<A>(&r.peers_came));
+        }
+        if let Some(s) = subjects {
+            let m = moved.entry(s).or_default();
+            m[0].extend(addrs(&ch.subjects_gone.iter().copied().collect()));
+            m[1].extend(addrs(&ch.subjects_came.iter().copied().collect()));
+        }
+    }
+    moved
 }
 
 fn view<A: NftFamily>(

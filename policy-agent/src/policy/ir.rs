@@ -243,14 +243,6 @@ impl<A: Family> ClusterIr<A> {
         }
     }
 
-    /// True if a region is matched by a rule of its own (`Class::grouped`).
-    pub fn has_grouped(&self) -> bool {
-        [&self.admin_ingress, &self.admin_egress, &self.baseline_ingress, &self.baseline_egress]
-            .into_iter()
-            .flatten()
-            .any(|c| c.regions.iter().any(|r| c.grouped(r)))
-    }
-
     /// True if the classes or the pod networks of `self` and `other`
     /// differ: what re-renders the rules (the known pods are patched).
     pub fn regions_differ(&self, other: &ClusterIr<A>) -> bool {
