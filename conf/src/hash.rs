@@ -35,6 +35,15 @@ impl Fnv1a {
     }
 }
 
+/// Hashes what is formatted into it, as `write` would hash the formatted
+/// string, without building the string.
+impl std::fmt::Write for Fnv1a {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        *self = self.write(s.as_bytes());
+        Ok(())
+    }
+}
+
 impl Default for Fnv1a {
     fn default() -> Fnv1a {
         Fnv1a::new()
@@ -57,5 +66,8 @@ mod tests {
         assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
         assert_eq!(Fnv1a::new().write(b"foo").write(b"bar").finish(), fnv1a64(b"foobar"));
+        let mut formatted = Fnv1a::new();
+        std::fmt::Write::write_fmt(&mut formatted, format_args!("{:?}", ("foo", 1))).unwrap();
+        assert_eq!(formatted.finish(), fnv1a64(format!("{:?}", ("foo", 1)).as_bytes()));
     }
 }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use weft_conf::hash::fnv1a64;
+use weft_conf::hash::{fnv1a64, Fnv1a};
 
 use super::cidr::{aggregate, subtract};
 use super::family::{self, Family};
@@ -459,7 +459,11 @@ pub(crate) fn peer_key(def: &PeerDef) -> PeerKey {
     // The borrowed form's Debug text, as earlier versions hashed it, so set
     // names survive an upgrade.
     let borrowed: Vec<(Option<&str>, &Peer)> = def.iter().map(|(ns, p)| (ns.as_deref(), p)).collect();
-    fnv1a64(format!("{borrowed:?}").as_bytes())
+    // Hashed as it is formatted: no string is built.
+    let mut h = Fnv1a::new();
+    // Formatting into a hasher cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{borrowed:?}"));
+    h.finish()
 }
 
 fn part<A: Family>(c: &mut Contribution<A>, dir: Dir) -> &mut Part<A> {

@@ -78,8 +78,10 @@ impl PolicyEngine {
         ir.v6.cluster_cidr = cluster_cidrs.iter().find_map(|c| Ipv6Addr::of_net(*c));
         // The first apply is in full: what changed on the way is not kept.
         let mut scratch = Dirty::default();
-        let v4 = FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4);
-        let v6 = FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6);
+        let (v4, v6) = join(
+            || FamilyEngine::new(model, node, options, &mut ir.v4, &mut scratch.v4),
+            || FamilyEngine::new(model, node, options, &mut ir.v6, &mut scratch.v6),
+        );
         (ir.v4.cluster, ir.v6.cluster) = cluster::compile_both(model, node);
         let cnp_peers = cluster::PodPeers::of(model);
         PolicyEngine { v4, v6, cnp_peers, ir, dirty: Dirty { structural: true, ..Dirty::default() } }
@@ -116,8 +118,19 @@ impl PolicyEngine {
             policies: changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect(),
         };
         let d = &mut self.dirty;
-        d.structural |= self.v4.update(&changes, &mut self.ir.v4, &mut d.v4);
-        d.structural |= self.v6.update(&changes, &mut self.ir.v6, &mut d.v6);
+        let (v4, v6) = (&mut self.v4, &mut self.v6);
+        let structural = match v4.idle(&changes) || v6.idle(&changes) {
+            // One family has nothing to recompile: not worth a thread.
+            true => (
+                v4.update(&changes, &mut self.ir.v4, &mut d.v4),
+                v6.update(&changes, &mut self.ir.v6, &mut d.v6),
+            ),
+            false => join(
+                || v4.update(&changes, &mut self.ir.v4, &mut d.v4),
+                || v6.update(&changes, &mut self.ir.v6, &mut d.v6),
+            ),
+        };
+        d.structural |= structural.0 | structural.1;
         // ClusterNetworkPolicy is compiled whole when a change can touch it;
         // its chains come or go (structural) only with the first or last
         // subject, otherwise its sets' elements change.
@@ -195,6 +208,14 @@ impl<A: Family> FamilyEngine<A> {
         self.parts.values().flat_map(|c| c.notes.iter().cloned()).collect()
     }
 
+    /// True if no policy selects a pod of this node in this family and no
+    /// pod of `c` has an address of it: `c` then costs this family next to
+    /// nothing (an IPv4-only cluster's IPv6).
+    fn idle(&self, c: &Changes) -> bool {
+        let counts = |p: &Option<&Arc<Pod>>| p.is_some_and(|p| counts_for_policy::<A>(p));
+        self.parts.is_empty() && !c.pods.iter().any(|(_, before, after)| counts(before) || counts(after))
+    }
+
     /// Applies `c` to this family's IR; true if the change was structural.
     fn update(&mut self, c: &Changes, ir: &mut FamilyIr<A>, dirty: &mut FamilyDirty<A>) -> bool {
         let (old, new) = (c.old, c.new);
@@ -213,18 +234,26 @@ impl<A: Family> FamilyEngine<A> {
                 self.count_local(p, true, &mut out);
             }
         }
+        // A pod version without an address of this family (not yet
+        // reported, or hostNetwork) is neither target nor peer here: the
+        // version of a pod the API shows before its ADD changes nothing.
+        let seen: Vec<&Pod> = c
+            .pods
+            .iter()
+            .flat_map(|(_, before, after)| before.iter().chain(after))
+            .map(|p| p.as_ref())
+            .filter(|p| counts_for_policy::<A>(p))
+            .collect();
         // Targets: policies of a changed pod's namespace that select it.
-        for (_, before, after) in &c.pods {
-            for p in before.iter().chain(after).filter(|p| p.node.as_deref() == Some(&self.node)) {
-                for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
-                    let policy = new.policies.get(key).or_else(|| old.policies.get(key));
-                    if policy.is_some_and(|pol| pol.pod_selector.matches(&p.labels)) {
-                        todo.insert(key.clone());
-                    }
+        for p in seen.iter().filter(|p| p.node.as_deref() == Some(&self.node)) {
+            for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
+                let policy = new.policies.get(key).or_else(|| old.policies.get(key));
+                if policy.is_some_and(|pol| pol.pod_selector.matches(&p.labels)) {
+                    todo.insert(key.clone());
                 }
             }
         }
-        if !c.pods.is_empty() {
+        if !seen.is_empty() {
             todo.extend(self.all_pods.iter().cloned());
         }
         // Peers: re-resolve the definitions a change may touch.
@@ -235,9 +264,7 @@ impl<A: Family> FamilyEngine<A> {
         let mut renet: Vec<(PeerKey, Nets<A>)> = Vec::new();
         for (key, entry) in self.peers.defs.iter_mut() {
             let touched = (c.namespaces && selects_namespaces(&entry.def))
-                || c.pods.iter().any(|(_, before, after)| {
-                    before.iter().chain(after).any(|p| def_may_match(&entry.def, p, ns_matches))
-                });
+                || seen.iter().any(|p| def_may_match(&entry.def, p, ns_matches));
             if !touched {
                 continue;
             }
@@ -409,6 +436,25 @@ impl<A: Family> FamilyEngine<A> {
 
 fn pod_cidr<A: Family>(model: &Model, node: &str) -> Option<A::Net> {
     model.nodes.get(node).and_then(A::pod_cidr)
+}
+
+/// Runs `a` here and `b` on a thread of its own (each family's compile is
+/// independent of the other's, and this machine has a core for each);
+/// both here, one after the other, if no thread can be started.
+fn join<RA: Send, RB: Send>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+    let b = std::sync::Mutex::new(Some(b));
+    let run_b = || b.lock().ok().and_then(|mut b| b.take()).map(|b| b());
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new().name("weft-agent-compile".into()).spawn_scoped(s, run_b);
+        let ra = a();
+        let rb = match other.map(|h| h.join()) {
+            Ok(Ok(Some(rb))) => rb,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Not started (or, impossibly, started without its work): here.
+            Ok(Ok(None)) | Err(_) => run_b().expect("b runs once, here or there"),
+        };
+        (ra, rb)
+    })
 }
 
 /// The keys whose values differ between `old` and `new`, with both versions.

@@ -1,9 +1,12 @@
 //! `DirSource`: cluster state from a directory of Kubernetes YAML manifests
 //! (the testbed's control plane).
 //!
-//! The directory is polled: each `poll` reads every `*.yaml`/`*.yml` file
-//! (hidden files, such as a writer's temp file, are not manifests) and
-//! re-parses only the files whose bytes changed. A file that is not YAML, or an
+//! The manifests are the `*.yaml`/`*.yml` files (hidden files, such as a
+//! writer's temp file, are not manifests). A poll looks at the files inotify
+//! named since the last one (`dir_watch`; every file at first, when inotify
+//! lost track, every `FULL_SCAN`, and at every poll without inotify), reads
+//! those whose identity changed and re-parses those whose bytes changed; the
+//! agent is woken when a file changes. A file that is not YAML, or an
 //! object in it that does not validate, is reported and skipped, and its last
 //! good version stays in the model: a typo in a manifest never withdraws the
 //! routes or rules it used to give. The generation hashes the files' names and
@@ -16,19 +19,31 @@
 //! no manifest is an empty cluster.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use weft_conf::hash::Fnv1a;
 
-use super::{keep_last_good, Source};
+use super::dir_watch::{Changed, DirWatch};
+use super::{keep_last_good, Source, WakeFn};
 use crate::model::manifest::{parse_objects, Object};
 use crate::model::{Model, Snapshot, SourceError};
+
+/// How often a watched directory is scanned whole all the same: a guard
+/// against changes inotify does not see (a network filesystem's), at the
+/// cost of one scan a minute.
+const FULL_SCAN: Duration = Duration::from_secs(60);
 
 /// What one file gave last time.
 #[derive(Debug, Clone)]
 struct FileState {
+    /// Its identity when read: a file whose stamp has not changed is not
+    /// read again (a scan of 1000 unchanged files costs 1000 stats).
+    stamp: Stamp,
     bytes: Vec<u8>,
+    /// FNV-1a 64 of the bytes, for the generation.
+    hash: u64,
     /// Its objects: the good ones, and the last good version of bad ones.
     objects: Vec<Object>,
     errors: Vec<String>,
@@ -41,19 +56,16 @@ pub struct DirSource {
     /// order, and comparing bytes costs far less than comparing components
     /// (a poll of 1000 files does some 20,000 comparisons).
     files: BTreeMap<OsString, FileState>,
-    /// Each file's identity and bytes as last read: a file whose stamp has
-    /// not changed is not read again (a poll of 1000 unchanged files costs
-    /// 1000 stats, not 1000 reads and a hash of them all).
-    seen: BTreeMap<OsString, (Stamp, Vec<u8>)>,
     /// The generation of the last snapshot returned.
     last: Option<String>,
     /// Why the last read failed, until one succeeds (the state in force is
     /// then the last good one).
     failing: Option<String>,
+    /// Which files changed, from inotify; without it every poll scans.
+    watch: Option<DirWatch>,
+    /// When every file was last looked at.
+    scanned: Option<Instant>,
 }
-
-/// A manifest file and its bytes.
-type RawFile = (PathBuf, Vec<u8>);
 
 /// What identifies a file's content without reading it: device, inode (a
 /// writer's rename makes a new one), size, and modification and change times.
@@ -64,41 +76,136 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
     (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
 }
 
+/// What a look found of one file.
+enum Update {
+    Gone,
+    /// The same bytes under a new stamp.
+    Restamped(Stamp),
+    Read(Stamp, Vec<u8>),
+}
+
 impl DirSource {
-    /// A source over `dir`. Until a first read of it succeeds, `poll` gives
-    /// nothing (a missing directory is not an empty cluster).
+    /// A source over `dir` that looks at every file at each poll. Until a
+    /// first read of it succeeds, `poll` gives nothing (a missing directory
+    /// is not an empty cluster).
     pub fn new(dir: impl Into<PathBuf>) -> DirSource {
         DirSource {
             dir: dir.into(),
             files: BTreeMap::new(),
-            seen: BTreeMap::new(),
             last: None,
             failing: None,
+            watch: None,
+            scanned: None,
         }
     }
 
-    /// The manifest files and their bytes, reading only files whose stamp
-    /// changed; Ok(None) if nothing changed since the last call. Err if the
+    /// A source over `dir` that learns from inotify which files changed
+    /// (`dir_watch`) once `set_wake` has started its thread, and wakes the
+    /// agent when one does: a poll then reads the files named since the
+    /// last one, and scans them all only at first, when inotify lost track,
+    /// and every `FULL_SCAN`. Without inotify (no instance or watch left:
+    /// max_user_instances, max_user_watches) it scans at every poll, as `new`.
+    pub fn watched(dir: impl Into<PathBuf>) -> DirSource {
+        let mut source = DirSource::new(dir);
+        match DirWatch::new(&source.dir) {
+            Ok(w) => source.watch = Some(w),
+            Err(e) => tracing::warn!(
+                dir = %source.dir.display(),
+                "cannot watch the manifest directory ({e}): reading every file at each poll"
+            ),
+        }
+        source
+    }
+
+    /// The files to look at now: every one, or those inotify named.
+    fn changed(&self) -> Changed {
+        let due = self.scanned.is_none_or(|t| t.elapsed() >= FULL_SCAN);
+        match &self.watch {
+            Some(w) if !due => w.take(),
+            Some(w) => {
+                // Taken all the same: the scan covers what it named.
+                let _ = w.take();
+                Changed::Anything
+            }
+            None => Changed::Anything,
+        }
+    }
+
+    /// Looks at the files `changed` names (every manifest of the directory
+    /// for `Anything`), reading only those whose stamp moved. Err if the
     /// directory or a file in it could not be read (a file that vanished
     /// after the listing was deleted, which is no error).
-    fn read_changed(&mut self) -> Result<Option<Vec<RawFile>>, String> {
-        let paths = list_manifests(&self.dir)?;
-        let mut old = std::mem::take(&mut self.seen);
-        let mut seen = BTreeMap::new();
-        let mut changed = paths.len() != old.len() || self.failing.is_some();
-        let result = read_stamped(paths, &mut old, &mut seen, &mut changed);
-        if result.is_err() {
-            // Keep the cache whole: what was read stays read.
-            old.extend(seen);
-            self.seen = old;
-            return result.map(|()| None);
+    fn look(&self, changed: &Changed) -> Result<Vec<(OsString, Update)>, String> {
+        let mut updates = Vec::new();
+        let paths: Vec<OsString> = match changed {
+            Changed::Anything => {
+                let listed = list_manifests(&self.dir)?;
+                let listed: Vec<OsString> = listed.into_iter().map(PathBuf::into_os_string).collect();
+                for known in self.files.keys() {
+                    if listed.binary_search(known).is_err() {
+                        updates.push((known.clone(), Update::Gone));
+                    }
+                }
+                listed
+            }
+            Changed::Names(names) => names
+                .iter()
+                .filter(|n| is_manifest(Path::new(n)))
+                .map(|n| self.dir.join(n).into_os_string())
+                .collect(),
+        };
+        let unreadable = |p: &OsStr, e: std::io::Error| format!("{}: {e}", Path::new(p).display());
+        for p in paths {
+            let known = self.files.get(&p);
+            let meta = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if known.is_some() {
+                        updates.push((p, Update::Gone));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(unreadable(&p, e)),
+            };
+            let st = stamp(&meta);
+            if known.is_some_and(|f| f.stamp == st) {
+                continue;
+            }
+            let update = match std::fs::read(&p) {
+                Ok(bytes) if known.is_some_and(|f| f.bytes == bytes) => Update::Restamped(st),
+                Ok(bytes) => Update::Read(st, bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Update::Gone,
+                Err(e) => return Err(unreadable(&p, e)),
+            };
+            updates.push((p, update));
         }
-        changed |= !old.is_empty();
-        self.seen = seen;
-        if !changed && self.last.is_some() {
-            return Ok(None);
+        Ok(updates)
+    }
+
+    /// Takes `updates` in; true if a file came, went or has new bytes.
+    fn take_in(&mut self, updates: Vec<(OsString, Update)>) -> bool {
+        let mut changed = false;
+        for (path, update) in updates {
+            match update {
+                Update::Gone => changed |= self.files.remove(&path).is_some(),
+                Update::Restamped(st) => {
+                    if let Some(f) = self.files.get_mut(&path) {
+                        f.stamp = st;
+                    }
+                }
+                Update::Read(stamp, bytes) => {
+                    let previous = self.files.remove(&path).map(|f| f.objects).unwrap_or_default();
+                    self.files.insert(path, parse_file(stamp, bytes, previous));
+                    changed = true;
+                }
+            }
         }
-        Ok(Some(self.seen.iter().map(|(p, (_, b))| (PathBuf::from(p), b.clone())).collect()))
+        changed
+    }
+
+    /// The generation of the files as last read.
+    fn generation(&self) -> String {
+        generation_of(self.files.iter().map(|(p, f)| (p.as_os_str(), f.bytes.len(), f.hash)))
     }
 
     /// The model of the files as last parsed, and their errors.
@@ -152,75 +259,52 @@ impl DirSource {
     }
 }
 
-/// Moves each of `paths` from `old` to `seen` with its stamp and bytes,
-/// reading it only if its stamp changed (and setting `changed` then).
-fn read_stamped(
-    paths: Vec<PathBuf>,
-    old: &mut BTreeMap<OsString, (Stamp, Vec<u8>)>,
-    seen: &mut BTreeMap<OsString, (Stamp, Vec<u8>)>,
-    changed: &mut bool,
-) -> Result<(), String> {
-    let unreadable = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    for p in paths {
-        let meta = match std::fs::metadata(&p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(unreadable(&p, e)),
-        };
-        let st = stamp(&meta);
-        let p = p.into_os_string();
-        match old.remove(&p) {
-            Some((was, bytes)) if was == st => {
-                seen.insert(p, (st, bytes));
-            }
-            _ => {
-                *changed = true;
-                match std::fs::read(&p) {
-                    Ok(bytes) => {
-                        seen.insert(p, (st, bytes));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(unreadable(Path::new(&p), e)),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Source for DirSource {
     fn poll(&mut self) -> Option<Snapshot> {
-        let raw = match self.read_changed() {
-            Ok(raw) => raw?,
-            Err(reason) => return self.failed(reason),
+        let changed = self.changed();
+        let updates = match self.look(&changed) {
+            Ok(u) => u,
+            Err(reason) => {
+                // What inotify named is taken: the next poll looks at everything.
+                if let Some(w) = &self.watch {
+                    w.rescan();
+                }
+                return self.failed(reason);
+            }
         };
-        let generation = generation_of(&raw);
+        if changed == Changed::Anything {
+            self.scanned = Some(Instant::now());
+        }
+        let changed = self.take_in(updates);
         let recovered = self.failing.take().is_some();
         if recovered {
             tracing::info!(dir = %self.dir.display(), "the manifest directory reads again");
         }
+        if !changed && !recovered && self.last.is_some() {
+            return None;
+        }
+        let generation = self.generation();
         if self.last.as_ref() == Some(&generation) && !recovered {
             return None;
         }
-        let mut files = BTreeMap::new();
-        for (path, bytes) in raw {
-            let path = path.into_os_string();
-            let state = match self.files.remove(&path) {
-                Some(old) if old.bytes == bytes => old,
-                old => parse_file(bytes, old.map(|o| o.objects).unwrap_or_default()),
-            };
-            files.insert(path, state);
-        }
-        self.files = files;
         let (model, errors) = self.model();
         self.last = Some(generation.clone());
         Some(Snapshot { generation, model, errors })
+    }
+
+    fn set_wake(&mut self, wake: WakeFn) {
+        if let Some(w) = &mut self.watch {
+            if !w.start(wake) {
+                tracing::warn!(dir = %self.dir.display(), "cannot start the manifest directory's watch: reading every file at each poll");
+            }
+        }
     }
 }
 
 /// Parses one file's new bytes; `previous` is what it gave last time, whose
 /// objects stand in for the ones that no longer parse.
-fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
+fn parse_file(stamp: Stamp, bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
+    let hash = Fnv1a::new().write(&bytes).finish();
     let parsed = std::str::from_utf8(&bytes).map_err(|e| e.to_string()).and_then(parse_objects);
     let keep = |what: &str| {
         if previous.is_empty() {
@@ -233,7 +317,7 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
         Ok(r) => r,
         Err(reason) => {
             let errors = vec![format!("not a manifest ({reason}){}", keep("its objects"))];
-            return FileState { bytes, objects: previous, errors };
+            return FileState { stamp, bytes, hash, objects: previous, errors };
         }
     };
     let mut objects = Vec::new();
@@ -249,7 +333,7 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
             }
         }
     }
-    FileState { bytes, objects, errors }
+    FileState { stamp, bytes, hash, objects, errors }
 }
 
 /// The snapshot of the manifests in `dir` right now, as a fresh `DirSource`
@@ -258,7 +342,7 @@ fn parse_file(bytes: Vec<u8>, previous: Vec<Object>) -> FileState {
 pub fn read_dir(dir: &Path) -> Snapshot {
     let mut source = DirSource::new(dir);
     source.poll().unwrap_or_else(|| Snapshot {
-        generation: generation_of(&[]),
+        generation: generation_of(std::iter::empty()),
         model: Model::default(),
         errors: source
             .failing
@@ -273,28 +357,33 @@ pub fn read_dir(dir: &Path) -> Snapshot {
 /// needs the objects themselves (the testbed's stand-in API server). Files
 /// that cannot be read are left out.
 pub fn read_files(dir: &Path) -> (Vec<(PathBuf, Vec<u8>)>, String) {
-    let files: Vec<RawFile> = list_manifests(dir)
+    let files: Vec<(PathBuf, Vec<u8>)> = list_manifests(dir)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
         .collect();
-    let generation = generation_of(&files);
+    let hashed = files.iter().map(|(p, b)| (p.as_os_str(), b.len(), Fnv1a::new().write(b).finish()));
+    let generation = generation_of(hashed);
     (files, generation)
 }
 
-/// The generation of these files: FNV-1a 64 over each file name (not the
-/// directory, so it does not depend on where the dir is) and its bytes.
-fn generation_of(raw: &[(PathBuf, Vec<u8>)]) -> String {
+/// The generation of these files (path, length, FNV-1a 64 of the bytes), in
+/// path order: FNV-1a 64 over each file's name (not the directory, so it
+/// does not depend on where the dir is), length and hash. A change of the
+/// directory hashes one file's bytes, not all of them.
+fn generation_of<'a>(files: impl Iterator<Item = (&'a OsStr, usize, u64)>) -> String {
     let mut h = Fnv1a::new();
-    for (path, bytes) in raw {
-        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+    for (path, len, hash) in files {
+        let name = Path::new(path).file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
         h = h.write(&(name.len() as u64).to_le_bytes()).write(name);
-        h = h.write(&(bytes.len() as u64).to_le_bytes()).write(bytes);
+        h = h.write(&(len as u64).to_le_bytes()).write(&hash.to_le_bytes());
     }
     format!("{:016x}", h.finish())
 }
 
-fn is_manifest(p: &Path) -> bool {
+/// True for a manifest's name: `*.yaml` or `*.yml`, not hidden (a writer's
+/// temp file is not a manifest).
+pub(super) fn is_manifest(p: &Path) -> bool {
     let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
     !hidden && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml"))
 }
@@ -472,6 +561,52 @@ mod tests {
         std::fs::rename(&tmp, &p).unwrap();
         let snap = src.poll().expect("a new inode is a change");
         assert_eq!(snap.model.nodes["node-1"].pod_cidr, Some("10.244.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_watched_source_is_woken_and_sees_what_a_scan_sees() {
+        use std::sync::{mpsc, Mutex};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-1.yaml"), node_yaml(1)).unwrap();
+        let mut src = DirSource::watched(dir.path());
+        assert!(src.watch.is_some(), "inotify works here");
+        let (tx, woken) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        src.set_wake(Box::new(move || {
+            let _ = tx.lock().unwrap().send(());
+        }));
+        let first = src.poll().expect("the first poll scans");
+        assert_eq!(first.generation, read_dir(dir.path()).generation);
+        assert_eq!(src.poll(), None);
+        let write = |name: &str, text: &str| {
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        };
+        let steps: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| write("deny.yaml", POLICY)),
+            Box::new(|| write("node-1.yaml", &node_yaml(2).replace("node-2", "node-1"))),
+            Box::new(|| std::fs::write(dir.path().join("node-3.yml"), node_yaml(3)).unwrap()),
+            Box::new(|| std::fs::remove_file(dir.path().join("deny.yaml")).unwrap()),
+            Box::new(|| write("broken.yaml", "kind: Node\nmetadata: {name: [\n")),
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            step();
+            woken.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("step {i}: not woken"));
+            // The thread may wake once per event of a step: take them all.
+            std::thread::sleep(Duration::from_millis(20));
+            while woken.try_recv().is_ok() {}
+            let snap = src.poll().unwrap_or_else(|| panic!("step {i}: no snapshot"));
+            let scan = read_dir(dir.path());
+            assert_eq!((&snap.generation, &snap.model), (&scan.generation, &scan.model), "step {i}");
+            assert_eq!(snap.errors.len(), scan.errors.len(), "step {i}");
+            assert_eq!(src.poll(), None, "step {i}: nothing more");
+        }
+        // A change of something other than a manifest neither wakes nor changes anything.
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert!(woken.recv_timeout(Duration::from_millis(200)).is_err());
+        assert_eq!(src.poll(), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! command line chose.
 
 pub mod dir;
+mod dir_watch;
 pub mod kube;
 
 use std::path::PathBuf;
@@ -20,8 +21,8 @@ pub trait Source {
     fn poll(&mut self) -> Option<Snapshot>;
 
     /// Sets what a source that learns of changes by itself (a watch) calls
-    /// when a pod changes, so the agent polls at once; a polled source has
-    /// nothing to call it on. Idempotent: a second call is ignored.
+    /// when the state changes, so the agent polls at once; a polled source
+    /// has nothing to call it on. Idempotent: a second call is ignored.
     fn set_wake(&mut self, _wake: WakeFn) {}
 
     /// What the last successful sync applied: CNP name -> metadata.generation
@@ -61,7 +62,7 @@ impl SourceSpec {
             SourceSpec::Dir(dir) => {
                 std::fs::read_dir(dir)
                     .map_err(|source| SourceOpenError::Dir { path: dir.clone(), source })?;
-                Box::new(DirSource::new(dir))
+                Box::new(DirSource::watched(dir))
             }
             SourceSpec::Kube { kubeconfig } => {
                 let opts = self::kube::Options { cnp_status: extras.cnp_status, ..Default::default() };
