@@ -198,7 +198,7 @@ impl<A: Family> FamilyEngine<A> {
         for p in model.pods.values() {
             e.count_local(p, true, &mut out);
         }
-        let keys: Vec<String> = model.policies.keys().cloned().collect();
+        let keys: Vec<&str> = model.policies.keys().map(String::as_str).collect();
         let index = PodIndex::new::<A>(model);
         e.recompile_with(model, &index, &keys, &mut out);
         e
@@ -225,7 +225,15 @@ impl<A: Family> FamilyEngine<A> {
             out.ir.pod_cidr = cidr;
             out.structural = true;
         }
-        let mut todo = c.policies.clone();
+        // Borrowed from the models (a policy to recompile is in one of them,
+        // or a changed key): no key is copied.
+        let mut todo: BTreeSet<&str> = c.policies.iter().map(String::as_str).collect();
+        let model_key = |key: &str| -> Option<&str> {
+            new.policies
+                .get_key_value(key)
+                .or_else(|| old.policies.get_key_value(key))
+                .map(|(k, _)| k.as_str())
+        };
         for (_, before, after) in &c.pods {
             if let Some(p) = before {
                 self.count_local(p, false, &mut out);
@@ -249,12 +257,12 @@ impl<A: Family> FamilyEngine<A> {
             for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
                 let policy = new.policies.get(key).or_else(|| old.policies.get(key));
                 if policy.is_some_and(|pol| pol.pod_selector.matches(&p.labels)) {
-                    todo.insert(key.clone());
+                    todo.extend(model_key(key));
                 }
             }
         }
         if !seen.is_empty() {
-            todo.extend(self.all_pods.iter().cloned());
+            todo.extend(self.all_pods.iter().filter_map(|k| model_key(k)));
         }
         // Peers: re-resolve the definitions a change may touch.
         let index = PodIndex::new::<A>(new);
@@ -282,7 +290,7 @@ impl<A: Family> FamilyEngine<A> {
                     (resolution_changed && u.stale(&now.nets)) || (member_changed && u.named)
                 });
                 if stale {
-                    todo.insert(user.clone());
+                    todo.extend(model_key(user));
                 }
             }
             if !resolution_changed {
@@ -304,35 +312,50 @@ impl<A: Family> FamilyEngine<A> {
         for (key, nets) in &renet {
             self.for_views(&mut out, |agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
         }
-        let todo: Vec<String> = todo.into_iter().collect();
+        let todo: Vec<&str> = todo.into_iter().collect();
         self.recompile_with(new, &index, &todo, &mut out);
         out.structural
     }
 
     /// Replaces the contributions of policies `keys` by what `model` gives.
-    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[String], out: &mut Out<A>) {
+    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[&str], out: &mut Out<A>) {
         let audits_before = self.all.is_some();
         self.peers.named.clear();
-        for key in keys {
-            match self.parts.remove(key) {
-                Some(old) => self.withdraw(key, &old, out),
-                // It added nothing, so nothing was kept but its index entry.
-                None => self.unindex(key),
+        for &key in keys {
+            // The key's string is kept for the new contribution.
+            let old = self.parts.remove_entry(key);
+            if let Some((_, c)) = &old {
+                self.withdraw(key, c, out);
             }
-            let Some(policy) = model.policies.get(key) else { continue };
+            let Some(policy) = model.policies.get(key) else {
+                self.unindex(key);
+                continue;
+            };
             let c = self.compile(model, index, policy);
-            self.by_ns.entry(policy.namespace.clone()).or_default().insert(key.clone());
+            // Indexed once: a policy keeps its namespace (it is in its key).
+            match self.by_ns.get_mut(&policy.namespace) {
+                Some(keys) if keys.contains(key) => {}
+                Some(keys) => {
+                    keys.insert(key.to_string());
+                }
+                None => {
+                    self.by_ns.insert(policy.namespace.clone(), BTreeSet::from([key.to_string()]));
+                }
+            }
             if c.is_empty() {
                 // Most policies select no pod of this node (and, on an
                 // IPv4-only cluster, none in IPv6): keeping their nothing
                 // would cost memory per policy.
+                self.all_pods.remove(key);
                 continue;
             }
-            if c.all_pods {
-                self.all_pods.insert(key.clone());
+            if !c.all_pods {
+                self.all_pods.remove(key);
+            } else if !self.all_pods.contains(key) {
+                self.all_pods.insert(key.to_string());
             }
             self.fold(&c, DirAgg::add, out);
-            self.parts.insert(key.clone(), c);
+            self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
         self.peers.defs.retain(|_, e| !e.users.is_empty());
         let audits_now = model.policies.values().any(|p| p.audit);
@@ -347,7 +370,8 @@ impl<A: Family> FamilyEngine<A> {
         compiler.contribution(policy)
     }
 
-    /// Takes policy `key`'s contribution out of the views and the indexes.
+    /// Takes policy `key`'s contribution out of the views and its peers'
+    /// users (not out of the indexes: `unindex`, if the policy is gone).
     fn withdraw(&mut self, key: &str, c: &Contribution<A>, out: &mut Out<A>) {
         self.fold(c, DirAgg::remove, out);
         for k in c.uses.keys() {
@@ -355,7 +379,6 @@ impl<A: Family> FamilyEngine<A> {
                 e.users.remove(key);
             }
         }
-        self.unindex(key);
     }
 
     /// Takes policy `key` ("namespace/name") out of the indexes.
