@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use crate::ipset_proto::*;
 use crate::kernel_error::KernelError;
+use crate::netlink_attrs::{NLA_F_NESTED, NLA_F_NET_BYTEORDER};
 use crate::nfnl_dump::{put_attr, DumpSocket};
 
 const IPSET_CMD_ADD: u16 = 9;
 const IPSET_CMD_DEL: u16 = 10;
 const IPSET_ATTR_LINENO: u16 = 9;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 /// Members per message: a message stays far below what a netlink socket

@@ -9,10 +9,15 @@ pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 
+/// Attribute type flags (include/uapi/linux/netlink.h): a nest of
+/// attributes, and a value in network byte order.
+pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+
 /// The attributes of a buffer.
 pub struct Attrs<'a>(pub &'a [u8]);
 
-const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 impl<'a> Iterator for Attrs<'a> {
     type Item = (u16, &'a [u8]);

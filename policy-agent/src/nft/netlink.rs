@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use weft_netkit::netlink_attrs::{NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 
 use super::render::{last, Elem, FamilyElem};
 use crate::policy::family::{anywhere, Family};
@@ -50,13 +51,9 @@ pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(super) const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_CAPPED: u16 = 0x100;
 const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSG_ERROR: u16 = 2;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 pub(super) const NFPROTO_INET: u8 = 1;
 const NLMSG_HDRLEN: usize = 16;

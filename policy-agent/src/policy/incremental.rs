@@ -255,9 +255,9 @@ impl<A: Family> FamilyEngine<A> {
         // Targets: policies of a changed pod's namespace that select it.
         for p in seen.iter().filter(|p| p.node.as_deref() == Some(&self.node)) {
             for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
-                let policy = new.policies.get(key).or_else(|| old.policies.get(key));
-                if policy.is_some_and(|pol| pol.pod_selector.matches(&p.labels)) {
-                    todo.extend(model_key(key));
+                let found = new.policies.get_key_value(key).or_else(|| old.policies.get_key_value(key));
+                if let Some((key, _)) = found.filter(|(_, pol)| pol.pod_selector.matches(&p.labels)) {
+                    todo.insert(key);
                 }
             }
         }

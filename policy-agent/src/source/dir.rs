@@ -120,14 +120,10 @@ impl DirSource {
     /// The files to look at now: every one, or those inotify named.
     fn changed(&self) -> Changed {
         let due = self.scanned.is_none_or(|t| t.elapsed() >= FULL_SCAN);
-        match &self.watch {
-            Some(w) if !due => w.take(),
-            Some(w) => {
-                // Taken all the same: the scan covers what it named.
-                let _ = w.take();
-                Changed::Anything
-            }
-            None => Changed::Anything,
+        // Taken even when a scan is due: the scan covers what it named.
+        match self.watch.as_ref().map(DirWatch::take) {
+            Some(named) if !due => named,
+            _ => Changed::Anything,
         }
     }
 
