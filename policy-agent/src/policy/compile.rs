@@ -208,6 +208,9 @@ pub(crate) struct Contribution<A: Family> {
     /// It resolved a named port on every pod of the cluster (an egress rule
     /// without peers): any pod change recompiles it.
     pub all_pods: bool,
+    /// Each rule's peer key, ingress rules then egress: while the policy is
+    /// unchanged, a compile for a new target finds its peers by these.
+    pub rule_keys: Vec<PeerKey>,
 }
 
 impl<A: Family> Contribution<A> {
@@ -221,7 +224,70 @@ impl<A: Family> Contribution<A> {
     }
 }
 
+impl<A: Family> Contribution<A> {
+    /// Adds `delta`, this policy's contribution for a new target (its nets
+    /// holding only the groups this one does not name yet).
+    pub fn absorb(&mut self, delta: Contribution<A>) {
+        for (held, part) in [(&mut self.ingress, delta.ingress), (&mut self.egress, delta.egress)] {
+            held.isolated.extend(part.isolated);
+            held.triples.extend(part.triples);
+            held.port_groups.extend(part.port_groups);
+            held.groups.extend(part.groups);
+            held.nets.extend(part.nets);
+        }
+        for (k, u) in delta.uses {
+            self.uses.entry(k).or_default().merge(u);
+        }
+    }
+
+    /// Takes out what target `ip` adds, and returns it; None if `ip` is not
+    /// a target exactly once in each direction, or is the last one (the
+    /// policy is then recompiled). The uses stay: at worst one more
+    /// recompile later, never a missed one.
+    pub fn split_off_target(&mut self, ip: A) -> Option<Contribution<A>> {
+        let times = |p: &Part<A>| p.isolated.iter().filter(|&&i| i == ip).count();
+        let (i, e) = (times(&self.ingress), times(&self.egress));
+        let others = self.ingress.isolated.iter().chain(&self.egress.isolated).any(|&i| i != ip);
+        if i > 1 || e > 1 || i + e == 0 || !others {
+            return None;
+        }
+        Some(Contribution {
+            audit: self.audit,
+            ingress: self.ingress.split_off_target(ip),
+            egress: self.egress.split_off_target(ip),
+            ..Contribution::default()
+        })
+    }
+}
+
 impl<A: Family> Part<A> {
+    /// Takes out the elements of target `ip`, with the groups' peers that
+    /// no element left names.
+    fn split_off_target(&mut self, ip: A) -> Part<A> {
+        fn take<T: Copy>(from: &mut Vec<T>, to: &mut Vec<T>, of_target: impl Fn(&T) -> bool) {
+            from.retain(|t| {
+                !of_target(t) || {
+                    to.push(*t);
+                    false
+                }
+            });
+        }
+        let mut out = Part::default();
+        take(&mut self.isolated, &mut out.isolated, |t| *t == ip);
+        take(&mut self.triples, &mut out.triples, |t| t.0 == ip);
+        take(&mut self.port_groups, &mut out.port_groups, |(_, t)| t.0 == ip);
+        take(&mut self.groups, &mut out.groups, |(_, _, t)| *t == ip);
+        let named: BTreeSet<PeerKey> =
+            self.port_groups.iter().map(|(k, _)| *k).chain(self.groups.iter().map(|(k, _, _)| *k)).collect();
+        let unnamed: Vec<PeerKey> = self.nets.keys().filter(|k| !named.contains(k)).copied().collect();
+        for k in unnamed {
+            if let Some(nets) = self.nets.remove(&k) {
+                out.nets.insert(k, nets);
+            }
+        }
+        out
+    }
+
     fn is_empty(&self) -> bool {
         self.isolated.is_empty()
             && self.triples.is_empty()
@@ -240,6 +306,7 @@ impl<A: Family> Default for Contribution<A> {
             notes: Vec::new(),
             uses: BTreeMap::new(),
             all_pods: false,
+            rule_keys: Vec::new(),
         }
     }
 }
@@ -260,9 +327,8 @@ pub(crate) struct Compiler<'a, 'm, A: Family> {
 }
 
 impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
-    /// What `policy` adds; registers it as a user of the peers it names.
-    pub fn contribution(&mut self, policy: &NetworkPolicy) -> Contribution<A> {
-        let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
+    /// What `policy` adds (its users of peers are the caller's to register).
+    pub fn contribution(&mut self, policy: &NetworkPolicy, rule_keys: &[PeerKey]) -> Contribution<A> {
         let targets: Vec<&Pod> = self
             .index
             .by_ns
@@ -273,21 +339,28 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
             .filter(|p| p.node.as_deref() == Some(self.node) && policy.pod_selector.matches(&p.labels))
             .collect();
         if targets.is_empty() {
-            return c;
+            return Contribution { audit: policy.audit, ..Contribution::default() };
         }
+        self.for_targets(policy, &targets, rule_keys)
+    }
+
+    /// What `policy` adds for `targets` alone (local pods it selects).
+    /// `rule_keys`, if the policy is unchanged since they were taken, spare
+    /// spelling out and hashing each rule's peers again.
+    pub fn for_targets(
+        &mut self,
+        policy: &NetworkPolicy,
+        targets: &[&Pod],
+        rule_keys: &[PeerKey],
+    ) -> Contribution<A> {
+        let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
         if let Some(rules) = &policy.ingress {
-            self.direction(&mut c, Dir::Ingress, policy, rules, &targets);
+            self.direction(&mut c, Dir::Ingress, policy, rules, targets, rule_keys);
         }
         if let Some(rules) = &policy.egress {
-            self.direction(&mut c, Dir::Egress, policy, rules, &targets);
+            self.direction(&mut c, Dir::Egress, policy, rules, targets, rule_keys);
         }
         c.notes.dedup();
-        let key = policy.key();
-        for k in c.uses.keys() {
-            if let Some(e) = self.peers.defs.get_mut(k) {
-                e.users.insert(key.clone());
-            }
-        }
         c
     }
 
@@ -298,11 +371,14 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
         policy: &NetworkPolicy,
         rules: &[Rule],
         targets: &[&Pod],
+        rule_keys: &[PeerKey],
     ) {
         let ips: Vec<A> = targets.iter().filter_map(|p| A::of_pod(p)).collect();
         part(c, dir).isolated.extend(ips.iter().copied());
         for rule in rules {
-            let (key, peers) = self.peers(policy, rule);
+            let known = rule_keys.get(c.rule_keys.len()).copied();
+            let (key, peers) = self.peers(policy, rule, known);
+            c.rule_keys.push(key);
             if peers.nets.is_empty() {
                 // Peers that match nothing (yet): the rule allows nothing.
                 use_peers(c, key, Use { exact: true, ..Use::default() });
@@ -430,8 +506,17 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
         by_port.into_iter().map(|(port, dests)| (port, Arc::from(aggregate::<A>(dests)))).collect()
     }
 
-    /// The rule's peers, resolved once per distinct definition.
-    fn peers(&mut self, policy: &NetworkPolicy, rule: &Rule) -> (PeerKey, Arc<Resolved<A>>) {
+    /// The rule's peers, resolved once per distinct definition; `known`,
+    /// the key they had in this version of the policy, if there is one.
+    fn peers(
+        &mut self,
+        policy: &NetworkPolicy,
+        rule: &Rule,
+        known: Option<PeerKey>,
+    ) -> (PeerKey, Arc<Resolved<A>>) {
+        if let Some(e) = known.and_then(|k| Some((k, self.peers.defs.get(&k)?))) {
+            return (e.0, e.1.resolved.clone());
+        }
         let mut def: PeerDef = rule
             .peers
             .iter()

@@ -2,11 +2,12 @@
 //!
 //! `new` compiles every policy (a full compile); `update` takes the model
 //! before and after a change and recompiles only the policies the change
-//! touches: those that changed, those whose targets include a changed pod
-//! of this node (before or after), and those whose peers now resolve
-//! differently in a way that changes what they add (`Use::stale`); the
-//! others keep their contribution, and a group's peers that changed are
-//! patched in place. Each address family has its own engine (`FamilyEngine`)
+//! touches: those that changed, those with a target of this node that
+//! changed but stays one, and those whose peers now resolve differently in
+//! a way that changes what they add (`Use::stale`). A target that only came
+//! or went is added to (taken from) its policy's contribution, compiled for
+//! that pod alone; the others keep their contribution, and a group's peers
+//! that changed are patched in place. Each address family has its own engine (`FamilyEngine`)
 //! over the same changes. The IR and a `Dirty` record of what changed are
 //! kept in step, so a backend re-renders only those elements. A property
 //! test checks that any sequence of updates gives the IR a full compile gives.
@@ -29,6 +30,13 @@ use crate::model::{LabelSelector, Model, NetworkPolicy, Pod};
 
 /// `DirAgg::add` or `DirAgg::remove`: true if a group came or went.
 type FoldOp<A> = fn(&mut DirAgg<A>, &Part<A>, &mut Direction<A>, &mut DirtyDirection<A>) -> bool;
+
+/// A local pod that a policy, unchanged, now selects or no longer selects.
+#[derive(Clone, Copy)]
+enum Retarget<'m> {
+    Gained(&'m Pod),
+    Lost(&'m Pod),
+}
 
 /// Both directions of one view (enforced, or with audit policies too).
 #[derive(Debug, Clone)]
@@ -200,7 +208,7 @@ impl<A: Family> FamilyEngine<A> {
         }
         let keys: Vec<&str> = model.policies.keys().map(String::as_str).collect();
         let index = PodIndex::new::<A>(model);
-        e.recompile_with(model, &index, &keys, &mut out);
+        e.recompile_with(model, &index, &keys, &BTreeSet::new(), &mut out);
         e
     }
 
@@ -217,7 +225,7 @@ impl<A: Family> FamilyEngine<A> {
     }
 
     /// Applies `c` to this family's IR; true if the change was structural.
-    fn update(&mut self, c: &Changes, ir: &mut FamilyIr<A>, dirty: &mut FamilyDirty<A>) -> bool {
+    fn update<'m>(&mut self, c: &Changes<'m>, ir: &mut FamilyIr<A>, dirty: &mut FamilyDirty<A>) -> bool {
         let (old, new) = (c.old, c.new);
         let mut out = Out { ir, dirty, structural: false };
         let cidr = pod_cidr::<A>(new, &self.node);
@@ -253,11 +261,27 @@ impl<A: Family> FamilyEngine<A> {
             .filter(|p| counts_for_policy::<A>(p))
             .collect();
         // Targets: policies of a changed pod's namespace that select it.
-        for p in seen.iter().filter(|p| p.node.as_deref() == Some(&self.node)) {
-            for key in self.by_ns.get(&p.namespace).into_iter().flatten() {
+        // A target that only came or went is added to (taken from) the
+        // policy's contribution; a target that stays but changed recompiles it.
+        let node = self.node.as_str();
+        let local = |p: &Option<&'m Arc<Pod>>| -> Option<&'m Pod> {
+            p.map(|p| p.as_ref()).filter(|p| counts_for_policy::<A>(p) && p.node.as_deref() == Some(node))
+        };
+        let mut retargets: Vec<(&str, &NetworkPolicy, Retarget)> = Vec::new();
+        for (_, before, after) in &c.pods {
+            let (was, is) = (local(before), local(after));
+            let Some(ns) = was.or(is).map(|p| p.namespace.as_str()) else { continue };
+            for key in self.by_ns.get(ns).into_iter().flatten() {
                 let found = new.policies.get_key_value(key).or_else(|| old.policies.get_key_value(key));
-                if let Some((key, _)) = found.filter(|(_, pol)| pol.pod_selector.matches(&p.labels)) {
-                    todo.insert(key);
+                let Some((key, policy)) = found else { continue };
+                let selects = |p: &&Pod| policy.pod_selector.matches(&p.labels);
+                match (was.filter(selects), is.filter(selects)) {
+                    (None, None) => {}
+                    (None, Some(p)) => retargets.push((key, policy, Retarget::Gained(p))),
+                    (Some(p), None) => retargets.push((key, policy, Retarget::Lost(p))),
+                    (Some(_), Some(_)) => {
+                        todo.insert(key);
+                    }
                 }
             }
         }
@@ -312,13 +336,74 @@ impl<A: Family> FamilyEngine<A> {
         for (key, nets) in &renet {
             self.for_views(&mut out, |agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
         }
+        self.peers.named.clear();
+        for (key, policy, change) in retargets {
+            // A policy that changed (`policy` may then be its old version),
+            // or whose peers did, is recompiled whole.
+            if !todo.contains(key) && !self.retarget(new, &index, key, policy, change, &mut out) {
+                todo.insert(key);
+            }
+        }
         let todo: Vec<&str> = todo.into_iter().collect();
-        self.recompile_with(new, &index, &todo, &mut out);
+        self.recompile_with(new, &index, &todo, &c.policies, &mut out);
         out.structural
     }
 
-    /// Replaces the contributions of policies `keys` by what `model` gives.
-    fn recompile_with(&mut self, model: &Model, index: &PodIndex, keys: &[&str], out: &mut Out<A>) {
+    /// Adds a target to (or takes one from) policy `key`'s contribution
+    /// without recompiling it for its other targets: the cost of a pod
+    /// coming or going grows with the policies that select it, not with
+    /// their targets. False if only a recompile can: the policy has no
+    /// contribution yet, its last target goes, or two targets share the address.
+    fn retarget(
+        &mut self,
+        model: &Model,
+        index: &PodIndex,
+        key: &str,
+        policy: &NetworkPolicy,
+        change: Retarget,
+        out: &mut Out<A>,
+    ) -> bool {
+        match change {
+            Retarget::Gained(pod) => {
+                let Some(held) = self.parts.get_mut(key) else { return false };
+                let mut compiler = Compiler {
+                    model,
+                    index,
+                    node: &self.node,
+                    options: self.options,
+                    peers: &mut self.peers,
+                };
+                let mut delta = compiler.for_targets(policy, &[pod], &held.rule_keys);
+                // The groups' peers the contribution names already are counted once.
+                delta.ingress.nets.retain(|k, _| !held.ingress.nets.contains_key(k));
+                delta.egress.nets.retain(|k, _| !held.egress.nets.contains_key(k));
+                fold(&mut self.enforced, self.all.as_mut(), &delta, DirAgg::add, out);
+                let new_uses = delta.uses.keys().filter(|k| !held.uses.contains_key(k));
+                register(&mut self.peers, key, new_uses);
+                held.absorb(delta);
+                true
+            }
+            Retarget::Lost(pod) => {
+                let ip = A::of_pod(pod);
+                let Some(gone) = ip.and_then(|ip| self.parts.get_mut(key)?.split_off_target(ip)) else {
+                    return false;
+                };
+                fold(&mut self.enforced, self.all.as_mut(), &gone, DirAgg::remove, out);
+                true
+            }
+        }
+    }
+
+    /// Replaces the contributions of policies `keys` by what `model` gives;
+    /// `changed` are the policies whose spec changed.
+    fn recompile_with(
+        &mut self,
+        model: &Model,
+        index: &PodIndex,
+        keys: &[&str],
+        changed: &BTreeSet<String>,
+        out: &mut Out<A>,
+    ) {
         let audits_before = self.all.is_some();
         self.peers.named.clear();
         for &key in keys {
@@ -331,7 +416,13 @@ impl<A: Family> FamilyEngine<A> {
                 self.unindex(key);
                 continue;
             };
-            let c = self.compile(model, index, policy);
+            // An unchanged policy's rules name the peers they named.
+            let rule_keys = match &old {
+                Some((_, c)) if !changed.contains(key) => c.rule_keys.as_slice(),
+                _ => &[],
+            };
+            let c = self.compile(model, index, policy, rule_keys);
+            register(&mut self.peers, key, c.uses.keys());
             // Indexed once: a policy keeps its namespace (it is in its key).
             match self.by_ns.get_mut(&policy.namespace) {
                 Some(keys) if keys.contains(key) => {}
@@ -354,7 +445,7 @@ impl<A: Family> FamilyEngine<A> {
             } else if !self.all_pods.contains(key) {
                 self.all_pods.insert(key.to_string());
             }
-            self.fold(&c, DirAgg::add, out);
+            fold(&mut self.enforced, self.all.as_mut(), &c, DirAgg::add, out);
             self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
         self.peers.defs.retain(|_, e| !e.users.is_empty());
@@ -364,16 +455,22 @@ impl<A: Family> FamilyEngine<A> {
         }
     }
 
-    fn compile(&mut self, model: &Model, index: &PodIndex, policy: &NetworkPolicy) -> Contribution<A> {
+    fn compile(
+        &mut self,
+        model: &Model,
+        index: &PodIndex,
+        policy: &NetworkPolicy,
+        rule_keys: &[PeerKey],
+    ) -> Contribution<A> {
         let mut compiler =
             Compiler { model, index, node: &self.node, options: self.options, peers: &mut self.peers };
-        compiler.contribution(policy)
+        compiler.contribution(policy, rule_keys)
     }
 
     /// Takes policy `key`'s contribution out of the views and its peers'
     /// users (not out of the indexes: `unindex`, if the policy is gone).
     fn withdraw(&mut self, key: &str, c: &Contribution<A>, out: &mut Out<A>) {
-        self.fold(c, DirAgg::remove, out);
+        fold(&mut self.enforced, self.all.as_mut(), c, DirAgg::remove, out);
         for k in c.uses.keys() {
             if let Some(e) = self.peers.defs.get_mut(k) {
                 e.users.remove(key);
@@ -388,23 +485,6 @@ impl<A: Family> FamilyEngine<A> {
         if let Some(keys) = self.by_ns.get_mut(ns) {
             keys.remove(key);
         }
-    }
-
-    /// Adds `c` to (or removes it from) the views it belongs to: the
-    /// enforced one unless it is an audit policy, and the audit view.
-    fn fold(&mut self, c: &Contribution<A>, op: FoldOp<A>, out: &mut Out<A>) {
-        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
-        let mut structural = false;
-        let mut run = |agg: &mut DirAgg<A>, part, dir, d| structural |= op(agg, part, dir, d);
-        if !c.audit {
-            run(&mut self.enforced.ingress, &c.ingress, &mut ir.ingress, &mut dirty.ingress);
-            run(&mut self.enforced.egress, &c.egress, &mut ir.egress, &mut dirty.egress);
-        }
-        if let Some(all) = self.all.as_mut() {
-            run(&mut all.ingress, &c.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
-            run(&mut all.egress, &c.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
-        }
-        out.structural |= structural;
     }
 
     /// Audit policies came or went: the audit view is built from every
@@ -453,6 +533,41 @@ impl<A: Family> FamilyEngine<A> {
                 out.ir.local.remove(&ip);
             }
             out.dirty.local.insert(ip);
+        }
+    }
+}
+
+/// Adds `c` to (or removes it from) the views it belongs to: the enforced
+/// one unless it is an audit policy, and the audit view (`all`, while audit
+/// policies exist).
+fn fold<A: Family>(
+    enforced: &mut View<A>,
+    all: Option<&mut View<A>>,
+    c: &Contribution<A>,
+    op: FoldOp<A>,
+    out: &mut Out<A>,
+) {
+    let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
+    let mut structural = false;
+    let mut run = |agg: &mut DirAgg<A>, part, dir, d| structural |= op(agg, part, dir, d);
+    if !c.audit {
+        run(&mut enforced.ingress, &c.ingress, &mut ir.ingress, &mut dirty.ingress);
+        run(&mut enforced.egress, &c.egress, &mut ir.egress, &mut dirty.egress);
+    }
+    if let Some(all) = all {
+        run(&mut all.ingress, &c.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
+        run(&mut all.egress, &c.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
+    }
+    out.structural |= structural;
+}
+
+/// Names policy `key` a user of the peer definitions `uses`.
+fn register<'k, A: Family>(peers: &mut PeerRegistry<A>, key: &str, uses: impl Iterator<Item = &'k PeerKey>) {
+    for k in uses {
+        if let Some(e) = peers.defs.get_mut(k) {
+            if !e.users.contains(key) {
+                e.users.insert(key.to_string());
+            }
         }
     }
 }

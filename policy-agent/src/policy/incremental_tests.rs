@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
@@ -67,10 +68,14 @@ fn random_pod(r: &mut Rng, name: &str) -> Pod {
         ip,
         ip6,
         host_network: r.chance(5),
-        ports: vec![
+        // Some pods serve no `http`: a named port then resolves on some targets only.
+        ports: [
             ContainerPort { name: Some("http".into()), port: http, protocol: Protocol::Tcp },
             ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::Udp },
-        ],
+        ]
+        .into_iter()
+        .skip(usize::from(r.chance(25)))
+        .collect(),
     }
 }
 
@@ -299,11 +304,117 @@ fn any_sequence_of_updates_gives_what_a_full_compile_gives() {
             let (want, notes) = compile_with(&next, "node-1", &cluster(), options);
             assert_eq!(engine.ir(), &want, "seed {seed} step {step}");
             assert_eq!(engine.notes(), notes, "seed {seed} step {step}");
+            let fresh = PolicyEngine::new(&next, "node-1", &cluster(), options);
+            same_parts(&engine.v4, &fresh.v4, &format!("seed {seed} step {step} IPv4"));
+            same_parts(&engine.v6, &fresh.v6, &format!("seed {seed} step {step} IPv6"));
             model = next;
             steps += 1;
         }
     }
     assert_eq!(steps, 300 * 25);
+}
+
+/// Each policy's kept contribution holds what a compile from scratch gives
+/// it (targets added or taken one by one included), in any order; its uses
+/// may name more peers (a target that went keeps its uses).
+fn same_parts<A: Family>(got: &FamilyEngine<A>, want: &FamilyEngine<A>, ctx: &str) {
+    fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    }
+    let keys = |e: &FamilyEngine<A>| e.parts.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(got), keys(want), "{ctx}: policies kept");
+    // The counted union too (what holds each element, and each group's peers).
+    let views = |e: &FamilyEngine<A>| format!("{:?} {:?}", e.enforced, e.all);
+    assert_eq!(views(got), views(want), "{ctx}: counted views");
+    for (key, g) in &got.parts {
+        let w = &want.parts[key];
+        for (gp, wp) in [(&g.ingress, &w.ingress), (&g.egress, &w.egress)] {
+            assert_eq!(sorted(&gp.isolated), sorted(&wp.isolated), "{ctx}: {key} isolated");
+            assert_eq!(sorted(&gp.triples), sorted(&wp.triples), "{ctx}: {key} triples");
+            assert_eq!(sorted(&gp.port_groups), sorted(&wp.port_groups), "{ctx}: {key} port groups");
+            assert_eq!(sorted(&gp.groups), sorted(&wp.groups), "{ctx}: {key} groups");
+            assert_eq!(gp.nets, wp.nets, "{ctx}: {key} peers of groups");
+        }
+        assert_eq!(g.rule_keys, w.rule_keys, "{ctx}: {key} rule keys");
+        assert!(w.uses.keys().all(|k| g.uses.contains_key(k)), "{ctx}: {key} uses");
+        for k in g.uses.keys() {
+            assert!(
+                got.peers.defs.get(k).is_some_and(|e| e.users.contains(key)),
+                "{ctx}: {key} a user of {k:x}"
+            );
+        }
+    }
+}
+
+/// A policy's targets come and go one at a time (added to and taken from
+/// its contribution): what it keeps stays what a compile from scratch
+/// gives, also when the target that goes was the only one serving a named
+/// port (its port group's peers leave with it).
+#[test]
+fn targets_coming_and_going_leave_what_a_compile_gives() {
+    let pod = |name: &str, host: u8, app: &str, http: bool| {
+        let mut p = Pod {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: labels(&[("app", app)]),
+            node: Some("node-1".into()),
+            ip: Some(Ipv4Addr::new(10, 244, 1, host)),
+            ip6: None,
+            host_network: false,
+            ports: vec![ContainerPort { name: Some("http".into()), port: 80, protocol: Protocol::Tcp }],
+        };
+        if !http {
+            p.ports.clear();
+        }
+        Arc::new(p)
+    };
+    let mut model = Model::default();
+    model.nodes.insert("node-1".into(), node("node-1", 1));
+    model.namespaces.insert("x".into(), Namespace { name: "x".into(), labels: labels(&[]) });
+    let every_pod = Peer::Pods { namespaces: None, pods: LabelSelector::default() };
+    let named =
+        PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None };
+    let policy = NetworkPolicy {
+        namespace: "x".into(),
+        name: "web".into(),
+        pod_selector: LabelSelector::of_labels([("app", "web")]),
+        ingress: Some(vec![Rule { peers: vec![every_pod.clone()], ports: vec![named] }]),
+        egress: Some(vec![Rule { peers: vec![every_pod], ports: vec![] }]),
+        audit: false,
+    };
+    model.policies.insert(policy.key(), policy.into());
+    for (name, host, app, http) in
+        [("web-1", 2, "web", true), ("web-2", 3, "web", false), ("c", 9, "client", true)]
+    {
+        model.pods.insert(format!("x/{name}"), pod(name, host, app, http));
+    }
+    // Peers past the triple limit: the named port is a port group.
+    let options = Options { triple_peers: 0 };
+    let mut engine = PolicyEngine::new(&model, "node-1", &cluster(), options);
+    let steps: [(&str, Option<Arc<Pod>>); 5] = [
+        ("x/web-3", Some(pod("web-3", 4, "web", false))),
+        ("x/web-1", None),
+        ("x/web-4", Some(pod("web-4", 5, "web", true))),
+        ("x/web-2", Some(pod("web-2", 3, "client", false))),
+        ("x/web-3", None),
+    ];
+    for (step, (key, version)) in steps.into_iter().enumerate() {
+        let mut next = model.clone();
+        match version {
+            Some(p) => next.pods.insert(key.into(), p),
+            None => next.pods.remove(key),
+        };
+        engine.update(&model, &next);
+        let fresh = PolicyEngine::new(&next, "node-1", &cluster(), options);
+        assert_eq!(engine.ir(), fresh.ir(), "step {step}: {key}");
+        same_parts(&engine.v4, &fresh.v4, &format!("step {step}: {key}"));
+        model = next;
+    }
+    let c = &engine.v4.parts["x/web"];
+    assert_eq!(c.ingress.isolated.len(), 1, "web-4 is the policy's last target: {c:?}");
+    assert_eq!(c.ingress.port_groups.len(), 1, "web-4 serves http: {c:?}");
 }
 
 #[test]
