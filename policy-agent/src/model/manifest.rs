@@ -666,7 +666,7 @@ pub(super) fn check_port_name(s: &str) -> Result<(), String> {
 
 /// Sorted map of labels, for building test objects, manifests and models.
 pub fn labels<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Labels {
-    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect::<BTreeMap<_, _>>()
+    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
 }
 
 #[cfg(test)]

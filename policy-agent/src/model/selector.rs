@@ -4,10 +4,138 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Labels of an object.
-pub type Labels = BTreeMap<String, String>;
+/// Labels of an object (or a selector's matchLabels): pairs sorted by key,
+/// each key once. A map with a map's API, Debug text, order and wire form;
+/// a vector because an object has a few labels and every pod and selector
+/// holds a set: a `BTreeMap` node for a few pairs takes about 540 bytes.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    pub fn new() -> Labels {
+        Labels(Vec::new())
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut String> {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key` to `value`; the value it had, if any.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.find(key).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// The pairs in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> + Clone {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    /// As a map collects: a key given twice keeps its last value.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Labels {
+        let mut v: Vec<(String, String)> = pairs.into_iter().collect();
+        // Stable: of equal keys the last stays after the dedup below.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.reverse();
+        v.dedup_by(|later, earlier| later.0 == earlier.0);
+        v.reverse();
+        v.shrink_to_fit();
+        Labels(v)
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Labels {
+        pairs.into_iter().collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Labels {
+        Labels(map.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&(String, String)) -> (&String, &String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl IntoIterator for Labels {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl std::ops::Index<&str> for Labels {
+    type Output = String;
+    /// Panics if `key` is absent, as a map's index does.
+    fn index(&self, key: &str) -> &String {
+        self.get(key).unwrap_or_else(|| panic!("no label {key}"))
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    /// A map's: peer keys hash this text, so set names stay as they were.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+        BTreeMap::<String, String>::deserialize(d).map(Labels::from)
+    }
+}
 
 /// A selector operator (matchExpressions[].operator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -98,6 +226,42 @@ mod tests {
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
         Requirement { key: key.into(), operator, values: values.iter().map(|v| v.to_string()).collect() }
+    }
+
+    #[test]
+    fn labels_read_print_and_order_as_the_map_they_replace() {
+        let pairs = [("tier", "web"), ("app", "a"), ("tier", "db"), ("b/c", "x y")];
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let l = labels(&pairs);
+        // Peer keys hash the Debug text: set names depend on it.
+        assert_eq!(format!("{l:?}"), format!("{map:?}"));
+        assert_eq!(
+            l.iter().collect::<Vec<_>>(),
+            map.iter().collect::<Vec<_>>(),
+            "a key given twice keeps its last value"
+        );
+        assert_eq!(serde_json::to_string(&l).unwrap(), serde_json::to_string(&map).unwrap());
+        assert_eq!(
+            serde_json::from_str::<Labels>(r#"{"b":"1","a":"2","b":"3"}"#).unwrap(),
+            labels(&[("a", "2"), ("b", "3")])
+        );
+        let others = [
+            labels(&[]),
+            labels(&[("app", "a")]),
+            labels(&[("app", "b")]),
+            labels(&[("app", "a"), ("z", "")]),
+        ];
+        for o in &others {
+            let o_map: BTreeMap<String, String> = o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(l.cmp(o), map.cmp(&o_map), "{l:?} against {o:?}");
+        }
+        let mut m = l.clone();
+        assert_eq!(m.insert("app".into(), "b".into()), Some("a".into()));
+        assert_eq!(m.insert("0".into(), "first".into()), None);
+        assert_eq!(m.remove("tier"), Some("db".into()));
+        assert_eq!(format!("{m:?}"), r#"{"0": "first", "app": "b", "b/c": "x y"}"#);
+        assert_eq!((m.get("b/c").map(String::as_str), m.get("tier"), m.len()), (Some("x y"), None, 3));
     }
 
     #[test]
