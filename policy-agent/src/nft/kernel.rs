@@ -99,7 +99,7 @@ impl Nft {
             }
             _ => {
                 self.fingerprint = None;
-                run(&r.full_transaction())?;
+                run_json(&r.full_transaction_json())?;
                 NftApplied { replaced: true, repaired, ..NftApplied::default() }
             }
         };
@@ -205,7 +205,7 @@ impl Nft {
 /// transaction (atomic), and `fingerprint` is taken afresh.
 fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
     *fingerprint = None;
-    run(&last.full_transaction())?;
+    run_json(&last.full_transaction_json())?;
     *fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
     Ok(NftApplied { replaced: true, repaired: true, ..NftApplied::default() })
 }
@@ -450,11 +450,16 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
 
 /// Runs one transaction through `nft -j -f -`.
 pub fn run(tx: &Nftables) -> Result<(), KernelError> {
-    let json = serde_json::to_string(tx).map_err(|e| KernelError::ToolFailed {
+    run_json(&serde_json::to_string(tx))
+}
+
+/// Runs one transaction, serialised, through `nft -j -f -`.
+fn run_json(json: &serde_json::Result<String>) -> Result<(), KernelError> {
+    let json = json.as_ref().map_err(|e| KernelError::ToolFailed {
         cmd: "nft -j -f -".into(),
         stderr: format!("cannot serialise the ruleset: {e}"),
     })?;
-    tool::run("nft", &["-j", "-f", "-"], Some(&json))
+    tool::run("nft", &["-j", "-f", "-"], Some(json))
 }
 
 fn table_exists() -> Result<bool, KernelError> {

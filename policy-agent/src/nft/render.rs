@@ -63,10 +63,11 @@ use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem, CT,
 };
 use nftables::schema::{
-    Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+    Chain, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{JumpTarget, Limit, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::backend::ObjectCounts;
 use crate::model::{Action, Protocol, Tier};
@@ -256,35 +257,50 @@ impl NftRendered {
         }
     }
 
-    /// The transaction that replaces weft's table with this one atomically:
-    /// add (so the delete cannot fail), delete, add, then everything afresh.
-    pub fn full_transaction(&self) -> Nftables<'static> {
+    /// The transaction that replaces weft's table with this one atomically
+    /// (add, so the delete cannot fail, delete, add, then everything
+    /// afresh), as the JSON `nft -j -f -` reads. Written one object at a
+    /// time: a set's elements are `nftables` expressions only while that
+    /// set is written (all at once, 68k elements took about 20 MiB).
+    pub fn full_transaction_json(&self) -> serde_json::Result<String> {
+        struct Objects<'r>(&'r NftRendered);
+        impl Serialize for Objects<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.full_objects())
+            }
+        }
+        struct Transaction<'r>(&'r NftRendered);
+        impl Serialize for Transaction<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // `nftables::schema::Nftables`'s form.
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("nftables", &Objects(self.0))?;
+                m.end()
+            }
+        }
+        serde_json::to_string(&Transaction(self))
+    }
+
+    fn full_objects(&self) -> impl Iterator<Item = NfObject<'static>> + '_ {
         let table =
             || NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
-        let mut objects = vec![
-            NfObject::CmdObject(NfCmd::Add(table())),
-            NfObject::CmdObject(NfCmd::Delete(table())),
-            NfObject::CmdObject(NfCmd::Add(table())),
-        ];
-        for obj in &self.skeleton {
-            let obj = match obj {
-                NfListObject::Set(s) => {
-                    let mut s = s.clone();
-                    let elems: Vec<Expression<'static>> = self
-                        .sets
-                        .get(s.name.as_ref())
-                        .map(|m| m.iter().map(Elem::expr).collect())
-                        .unwrap_or_default();
-                    if !elems.is_empty() {
-                        s.elem = Some(Cow::Owned(elems));
-                    }
-                    NfListObject::Set(s)
+        let head = [NfCmd::Add(table()), NfCmd::Delete(table()), NfCmd::Add(table())];
+        let body = self.skeleton.iter().map(|obj| match obj {
+            NfListObject::Set(s) => {
+                let mut s = s.clone();
+                let elems: Vec<Expression<'static>> = self
+                    .sets
+                    .get(s.name.as_ref())
+                    .map(|m| m.iter().map(Elem::expr).collect())
+                    .unwrap_or_default();
+                if !elems.is_empty() {
+                    s.elem = Some(Cow::Owned(elems));
                 }
-                other => other.clone(),
-            };
-            objects.push(NfObject::CmdObject(NfCmd::Add(obj)));
-        }
-        Nftables { objects: Cow::Owned(objects) }
+                NfCmd::Add(NfListObject::Set(s))
+            }
+            other => NfCmd::Add(other.clone()),
+        });
+        head.into_iter().chain(body).map(NfObject::CmdObject)
     }
 }
 
@@ -1247,7 +1263,10 @@ mod tests {
         assert_eq!(elems("ins_0000000000000001"), [r#"{"concat":["10.244.1.2",6,443]}"#]);
         let group_targets = r.sets.keys().find(|k| k.starts_with("int_")).expect("the group's pods");
         assert_eq!(elems(group_targets), [r#""10.244.1.2""#]);
-        let json = serde_json::to_string(&r.full_transaction()).unwrap();
+        // Streamed, it is what the crate's typed transaction serialises to.
+        let typed = nftables::schema::Nftables { objects: Cow::Owned(r.full_objects().collect()) };
+        assert_eq!(r.full_transaction_json().unwrap(), serde_json::to_string(&typed).unwrap());
+        let json = r.full_transaction_json().unwrap();
         for want in [
             r#"{"add":{"table":{"family":"inet","name":"weft"}}},{"delete":{"table":{"family":"inet","name":"weft"}}}"#,
             r#""type":"filter","hook":"forward","prio":-200,"policy":"accept""#,
@@ -1310,7 +1329,7 @@ mod tests {
             assert!(v6, "{name}: only IPv6 elements in an IPv4-free IR");
         }
         assert!(r.sets["in_allow"].is_empty() && r.sets["local"].is_empty());
-        let json = serde_json::to_string(&r.full_transaction()).unwrap();
+        let json = r.full_transaction_json().unwrap();
         for want in [
             r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@in_iso6","op":"=="}},{"jump":{"target":"ingress6"}}"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@ain_iso6","op":"=="}},{"jump":{"target":"audit_in6"}}"#,
