@@ -116,11 +116,99 @@ pub(crate) struct PeerRegistry<A: Family> {
     /// Named ports resolved on peers during one compile (cleared before
     /// each: pods may have changed), by (peers, name, protocol).
     pub named: BTreeMap<(PeerKey, String, Protocol), Arc<NamedDests<A>>>,
+    /// The definitions a pod can be a peer of only with a given label in a
+    /// given namespace, by that (namespace, label pair)'s hash: a pod change
+    /// looks at these and at `anywhere`, not at every definition.
+    by_label: BTreeMap<u64, BTreeSet<PeerKey>>,
+    /// The definitions with a peer of any label or any namespace (a
+    /// namespace selector, a podSelector without matchLabels).
+    anywhere: BTreeSet<PeerKey>,
 }
 
 impl<A: Family> Default for PeerRegistry<A> {
     fn default() -> Self {
-        PeerRegistry { defs: BTreeMap::new(), named: BTreeMap::new() }
+        PeerRegistry {
+            defs: BTreeMap::new(),
+            named: BTreeMap::new(),
+            by_label: BTreeMap::new(),
+            anywhere: BTreeSet::new(),
+        }
+    }
+}
+
+/// Where definition `def`'s pod peers are indexed: a (namespace, label)
+/// hash each, or None for "look at it for every pod".
+fn index_slots(def: &PeerDef) -> impl Iterator<Item = Option<u64>> + '_ {
+    def.iter().filter_map(|(own_ns, peer)| match (own_ns, peer) {
+        (Some(ns), Peer::Pods { pods: sel, .. }) => {
+            Some(sel.match_labels.iter().next().map(|(k, v)| label_slot(ns, k, v)))
+        }
+        (None, Peer::Pods { .. }) => Some(None),
+        (_, Peer::IpBlock { .. }) => None,
+    })
+}
+
+fn label_slot(ns: &str, key: &str, value: &str) -> u64 {
+    Fnv1a::new()
+        .write(ns.as_bytes())
+        .write(b"/")
+        .write(key.as_bytes())
+        .write(b"=")
+        .write(value.as_bytes())
+        .finish()
+}
+
+impl<A: Family> PeerRegistry<A> {
+    pub fn insert(&mut self, key: PeerKey, entry: PeerEntry<A>) {
+        for slot in index_slots(&entry.def) {
+            match slot {
+                Some(h) => self.by_label.entry(h).or_default().insert(key),
+                None => self.anywhere.insert(key),
+            };
+        }
+        self.defs.insert(key, entry);
+    }
+
+    /// Drops the definitions no policy uses any more.
+    pub fn retain_used(&mut self) {
+        let unused: Vec<PeerKey> =
+            self.defs.iter().filter(|(_, e)| e.users.is_empty()).map(|(k, _)| *k).collect();
+        for key in unused {
+            let Some(e) = self.defs.remove(&key) else { continue };
+            for slot in index_slots(&e.def) {
+                match slot {
+                    Some(h) => {
+                        if let Some(keys) = self.by_label.get_mut(&h) {
+                            keys.remove(&key);
+                            if keys.is_empty() {
+                                self.by_label.remove(&h);
+                            }
+                        }
+                    }
+                    None => {
+                        self.anywhere.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every definition the index names (each definition has a slot: a
+    /// definition without pod peers matches no pod change).
+    #[cfg(test)]
+    pub fn indexed(&self) -> BTreeSet<PeerKey> {
+        self.by_label.values().flatten().chain(&self.anywhere).copied().collect()
+    }
+
+    /// The definitions that `pods` may be peers of (more, never fewer).
+    pub fn candidates<'p>(&self, pods: impl Iterator<Item = &'p Pod>) -> BTreeSet<PeerKey> {
+        let mut out = self.anywhere.clone();
+        for p in pods {
+            for (k, v) in &p.labels {
+                out.extend(self.by_label.get(&label_slot(&p.namespace, k, v)).into_iter().flatten());
+            }
+        }
+        out
     }
 }
 
@@ -533,7 +621,7 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
         }
         let resolved = Arc::new(resolve(self.model, self.index, &def));
         let entry = PeerEntry { def, resolved: resolved.clone(), users: BTreeSet::new() };
-        self.peers.defs.insert(key, entry);
+        self.peers.insert(key, entry);
         (key, resolved)
     }
 }

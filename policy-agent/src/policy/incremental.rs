@@ -294,7 +294,11 @@ impl<A: Family> FamilyEngine<A> {
             sel.matches(&old.namespace_labels(ns)) || sel.matches(&new.namespace_labels(ns))
         };
         let mut renet: Vec<(PeerKey, Nets<A>)> = Vec::new();
-        for (key, entry) in self.peers.defs.iter_mut() {
+        // Only the definitions indexed under a changed pod's labels, or
+        // under none, can be touched.
+        for key in self.peers.candidates(seen.iter().copied()) {
+            let Some(entry) = self.peers.defs.get_mut(&key) else { continue };
+            let key = &key;
             let touched = (c.namespaces && selects_namespaces(&entry.def))
                 || seen.iter().any(|p| def_may_match(&entry.def, p, ns_matches));
             if !touched {
@@ -448,7 +452,7 @@ impl<A: Family> FamilyEngine<A> {
             fold(&mut self.enforced, self.all.as_mut(), &c, DirAgg::add, out);
             self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
-        self.peers.defs.retain(|_, e| !e.users.is_empty());
+        self.peers.retain_used();
         let audits_now = model.policies.values().any(|p| p.audit);
         if audits_now != audits_before {
             self.rebuild_audit(audits_now, out);

@@ -328,6 +328,9 @@ fn same_parts<A: Family>(got: &FamilyEngine<A>, want: &FamilyEngine<A>, ctx: &st
     // The counted union too (what holds each element, and each group's peers).
     let views = |e: &FamilyEngine<A>| format!("{:?} {:?}", e.enforced, e.all);
     assert_eq!(views(got), views(want), "{ctx}: counted views");
+    let with_pods =
+        got.peers.defs.iter().filter(|(_, e)| e.def.iter().any(|(_, p)| matches!(p, Peer::Pods { .. })));
+    assert_eq!(got.peers.indexed(), with_pods.map(|(k, _)| *k).collect(), "{ctx}: the peers' index");
     for (key, g) in &got.parts {
         let w = &want.parts[key];
         for (gp, wp) in [(&g.ingress, &w.ingress), (&g.egress, &w.egress)] {
