@@ -310,9 +310,7 @@ impl<A: Family> Contribution<A> {
             && self.uses.is_empty()
             && !self.all_pods
     }
-}
 
-impl<A: Family> Contribution<A> {
     /// Adds `delta`, this policy's contribution for a new target (its nets
     /// holding only the groups this one does not name yet).
     pub fn absorb(&mut self, delta: Contribution<A>) {
