@@ -45,17 +45,9 @@ impl Labels {
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.find(key).ok().map(|i| self.0.remove(i).1)
-    }
-
     /// The pairs in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> + Clone {
         self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
     }
 
     pub fn len(&self) -> usize {
@@ -99,14 +91,6 @@ impl<'a> IntoIterator for &'a Labels {
         std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&(String, String)) -> (&String, &String)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(k, v)| (k, v))
-    }
-}
-
-impl IntoIterator for Labels {
-    type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
     }
 }
 
@@ -259,9 +243,8 @@ mod tests {
         let mut m = l.clone();
         assert_eq!(m.insert("app".into(), "b".into()), Some("a".into()));
         assert_eq!(m.insert("0".into(), "first".into()), None);
-        assert_eq!(m.remove("tier"), Some("db".into()));
-        assert_eq!(format!("{m:?}"), r#"{"0": "first", "app": "b", "b/c": "x y"}"#);
-        assert_eq!((m.get("b/c").map(String::as_str), m.get("tier"), m.len()), (Some("x y"), None, 3));
+        assert_eq!(format!("{m:?}"), r#"{"0": "first", "app": "b", "b/c": "x y", "tier": "db"}"#);
+        assert_eq!((m.get("b/c").map(String::as_str), m.get("nope"), m.len()), (Some("x y"), None, 4));
     }
 
     #[test]

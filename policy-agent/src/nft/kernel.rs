@@ -27,7 +27,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use nftables::expr::Expression;
 use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
 use weft_netkit::kernel_error::KernelError;
@@ -407,16 +406,8 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
     for obj in &new.skeleton {
         if let NfListObject::Set(s) = obj {
             if after.contains(s.name.as_ref()) && !before.contains(s.name.as_ref()) {
-                let mut s = s.clone();
-                let elems: Vec<Expression<'static>> = new
-                    .sets
-                    .get(s.name.as_ref())
-                    .map(|m| m.iter().map(Elem::expr).collect())
-                    .unwrap_or_default();
-                added += elems.len();
-                if !elems.is_empty() {
-                    s.elem = Some(Cow::Owned(elems));
-                }
+                let s = new.with_elements(s);
+                added += s.elem.as_ref().map_or(0, |e| e.len());
                 objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Set(s))));
             }
         }

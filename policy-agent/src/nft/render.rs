@@ -286,21 +286,22 @@ impl NftRendered {
             || NfListObject::Table(Table { family: NfFamily::INet, name: TABLE.into(), handle: None });
         let head = [NfCmd::Add(table()), NfCmd::Delete(table()), NfCmd::Add(table())];
         let body = self.skeleton.iter().map(|obj| match obj {
-            NfListObject::Set(s) => {
-                let mut s = s.clone();
-                let elems: Vec<Expression<'static>> = self
-                    .sets
-                    .get(s.name.as_ref())
-                    .map(|m| m.iter().map(Elem::expr).collect())
-                    .unwrap_or_default();
-                if !elems.is_empty() {
-                    s.elem = Some(Cow::Owned(elems));
-                }
-                NfCmd::Add(NfListObject::Set(s))
-            }
+            NfListObject::Set(s) => NfCmd::Add(NfListObject::Set(self.with_elements(s))),
             other => NfCmd::Add(other.clone()),
         });
         head.into_iter().chain(body).map(NfObject::CmdObject)
+    }
+
+    /// The skeleton's declaration of set `s` with its elements, as adding
+    /// the set writes them.
+    pub(super) fn with_elements(&self, s: &Set<'static>) -> Box<Set<'static>> {
+        let mut s = Box::new(s.clone());
+        let elems: Vec<Expression<'static>> =
+            self.sets.get(s.name.as_ref()).map(|m| m.iter().map(Elem::expr).collect()).unwrap_or_default();
+        if !elems.is_empty() {
+            s.elem = Some(Cow::Owned(elems));
+        }
+        s
     }
 }
 

@@ -51,6 +51,48 @@ impl<A: Family> Default for View<A> {
     }
 }
 
+/// The views the IR is kept from.
+#[derive(Debug)]
+struct Views<A: Family> {
+    enforced: View<A>,
+    /// Every policy, audit ones as if enforced; only while audit policies exist.
+    all: Option<View<A>>,
+}
+
+impl<A: Family> Views<A> {
+    /// Adds `c` to (or removes it from) the views it belongs to: the
+    /// enforced one unless it is an audit policy, and the audit view.
+    fn fold(&mut self, c: &Contribution<A>, op: FoldOp<A>, out: &mut Out<A>) {
+        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
+        let mut structural = false;
+        let mut run = |agg: &mut DirAgg<A>, part, dir, d| structural |= op(agg, part, dir, d);
+        if !c.audit {
+            run(&mut self.enforced.ingress, &c.ingress, &mut ir.ingress, &mut dirty.ingress);
+            run(&mut self.enforced.egress, &c.egress, &mut ir.egress, &mut dirty.egress);
+        }
+        if let Some(all) = self.all.as_mut() {
+            run(&mut all.ingress, &c.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
+            run(&mut all.egress, &c.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
+        }
+        out.structural |= structural;
+    }
+
+    /// Runs `f` on each direction of each view, with its half of the IR.
+    fn each(
+        &mut self,
+        out: &mut Out<A>,
+        mut f: impl FnMut(&mut DirAgg<A>, &mut Direction<A>, &mut DirtyDirection<A>),
+    ) {
+        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
+        f(&mut self.enforced.ingress, &mut ir.ingress, &mut dirty.ingress);
+        f(&mut self.enforced.egress, &mut ir.egress, &mut dirty.egress);
+        if let Some(all) = self.all.as_mut() {
+            f(&mut all.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
+            f(&mut all.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
+        }
+    }
+}
+
 /// This node's compiled policy and what it was compiled from.
 #[derive(Debug)]
 pub struct PolicyEngine {
@@ -169,9 +211,7 @@ struct FamilyEngine<A: Family> {
     /// Policies that resolved a named port on every pod.
     all_pods: BTreeSet<String>,
     local: Counted<A>,
-    enforced: View<A>,
-    /// Every policy, audit ones as if enforced; only while audit policies exist.
-    all: Option<View<A>>,
+    views: Views<A>,
 }
 
 /// Where a family engine writes: its half of the IR and of the Dirty record,
@@ -198,8 +238,7 @@ impl<A: Family> FamilyEngine<A> {
             by_ns: BTreeMap::new(),
             all_pods: BTreeSet::new(),
             local: Counted::default(),
-            enforced: View::default(),
-            all: None,
+            views: Views { enforced: View::default(), all: None },
         };
         ir.pod_cidr = pod_cidr::<A>(model, node);
         let mut out = Out { ir, dirty, structural: false };
@@ -338,7 +377,7 @@ impl<A: Family> FamilyEngine<A> {
             entry.resolved = Arc::new(now);
         }
         for (key, nets) in &renet {
-            self.for_views(&mut out, |agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
+            self.views.each(&mut out, |agg, ir, dirty| agg.renet(*key, nets, ir, dirty));
         }
         self.peers.named.clear();
         for (key, policy, change) in retargets {
@@ -381,7 +420,7 @@ impl<A: Family> FamilyEngine<A> {
                 // The groups' peers the contribution names already are counted once.
                 delta.ingress.nets.retain(|k, _| !held.ingress.nets.contains_key(k));
                 delta.egress.nets.retain(|k, _| !held.egress.nets.contains_key(k));
-                fold(&mut self.enforced, self.all.as_mut(), &delta, DirAgg::add, out);
+                self.views.fold(&delta, DirAgg::add, out);
                 let new_uses = delta.uses.keys().filter(|k| !held.uses.contains_key(k));
                 register(&mut self.peers, key, new_uses);
                 held.absorb(delta);
@@ -392,7 +431,7 @@ impl<A: Family> FamilyEngine<A> {
                 let Some(gone) = ip.and_then(|ip| self.parts.get_mut(key)?.split_off_target(ip)) else {
                     return false;
                 };
-                fold(&mut self.enforced, self.all.as_mut(), &gone, DirAgg::remove, out);
+                self.views.fold(&gone, DirAgg::remove, out);
                 true
             }
         }
@@ -408,7 +447,7 @@ impl<A: Family> FamilyEngine<A> {
         changed: &BTreeSet<String>,
         out: &mut Out<A>,
     ) {
-        let audits_before = self.all.is_some();
+        let audits_before = self.views.all.is_some();
         self.peers.named.clear();
         for &key in keys {
             // The key's string is kept for the new contribution.
@@ -449,7 +488,7 @@ impl<A: Family> FamilyEngine<A> {
             } else if !self.all_pods.contains(key) {
                 self.all_pods.insert(key.to_string());
             }
-            fold(&mut self.enforced, self.all.as_mut(), &c, DirAgg::add, out);
+            self.views.fold(&c, DirAgg::add, out);
             self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
         self.peers.retain_used();
@@ -474,7 +513,7 @@ impl<A: Family> FamilyEngine<A> {
     /// Takes policy `key`'s contribution out of the views and its peers'
     /// users (not out of the indexes: `unindex`, if the policy is gone).
     fn withdraw(&mut self, key: &str, c: &Contribution<A>, out: &mut Out<A>) {
-        fold(&mut self.enforced, self.all.as_mut(), c, DirAgg::remove, out);
+        self.views.fold(c, DirAgg::remove, out);
         for k in c.uses.keys() {
             if let Some(e) = self.peers.defs.get_mut(k) {
                 e.users.remove(key);
@@ -497,7 +536,7 @@ impl<A: Family> FamilyEngine<A> {
         out.ir.audit = on;
         out.ir.audit_ingress = Direction::default();
         out.ir.audit_egress = Direction::default();
-        self.all = None;
+        self.views.all = None;
         out.structural = true;
         if !on {
             return;
@@ -508,21 +547,7 @@ impl<A: Family> FamilyEngine<A> {
             all.ingress.add(&c.ingress, &mut out.ir.audit_ingress, &mut scratch);
             all.egress.add(&c.egress, &mut out.ir.audit_egress, &mut scratch);
         }
-        self.all = Some(all);
-    }
-
-    fn for_views(
-        &mut self,
-        out: &mut Out<A>,
-        mut f: impl FnMut(&mut DirAgg<A>, &mut Direction<A>, &mut DirtyDirection<A>),
-    ) {
-        let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
-        f(&mut self.enforced.ingress, &mut ir.ingress, &mut dirty.ingress);
-        f(&mut self.enforced.egress, &mut ir.egress, &mut dirty.egress);
-        if let Some(all) = self.all.as_mut() {
-            f(&mut all.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
-            f(&mut all.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
-        }
+        self.views.all = Some(all);
     }
 
     /// Counts `pod` in (`add`) or out of this node's local addresses.
@@ -539,30 +564,6 @@ impl<A: Family> FamilyEngine<A> {
             out.dirty.local.insert(ip);
         }
     }
-}
-
-/// Adds `c` to (or removes it from) the views it belongs to: the enforced
-/// one unless it is an audit policy, and the audit view (`all`, while audit
-/// policies exist).
-fn fold<A: Family>(
-    enforced: &mut View<A>,
-    all: Option<&mut View<A>>,
-    c: &Contribution<A>,
-    op: FoldOp<A>,
-    out: &mut Out<A>,
-) {
-    let (ir, dirty) = (&mut *out.ir, &mut *out.dirty);
-    let mut structural = false;
-    let mut run = |agg: &mut DirAgg<A>, part, dir, d| structural |= op(agg, part, dir, d);
-    if !c.audit {
-        run(&mut enforced.ingress, &c.ingress, &mut ir.ingress, &mut dirty.ingress);
-        run(&mut enforced.egress, &c.egress, &mut ir.egress, &mut dirty.egress);
-    }
-    if let Some(all) = all {
-        run(&mut all.ingress, &c.ingress, &mut ir.audit_ingress, &mut dirty.audit_ingress);
-        run(&mut all.egress, &c.egress, &mut ir.audit_egress, &mut dirty.audit_egress);
-    }
-    out.structural |= structural;
 }
 
 /// Names policy `key` a user of the peer definitions `uses`.

@@ -326,7 +326,7 @@ fn same_parts<A: Family>(got: &FamilyEngine<A>, want: &FamilyEngine<A>, ctx: &st
     let keys = |e: &FamilyEngine<A>| e.parts.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(got), keys(want), "{ctx}: policies kept");
     // The counted union too (what holds each element, and each group's peers).
-    let views = |e: &FamilyEngine<A>| format!("{:?} {:?}", e.enforced, e.all);
+    let views = |e: &FamilyEngine<A>| format!("{:?}", e.views);
     assert_eq!(views(got), views(want), "{ctx}: counted views");
     let with_pods =
         got.peers.defs.iter().filter(|(_, e)| e.def.iter().any(|(_, p)| matches!(p, Peer::Pods { .. })));
