@@ -8,12 +8,12 @@
 //! ```
 //!
 //! The table is rendered from an IR with about ELEMENTS elements (68000 by
-//! default: 1000 pods, the rest cells of in_allow), or with a port group's
+//! default: 1000 pods, the rest cells of the in_allow shards), or with a port group's
 //! hash set in place of in_allow's cells (`--hash`), or from node-1's IR of
 //! the benchmark's synthetic model (`--model`), and written by `Nft::apply`.
 //! Then each method applies ROUNDS deltas (100 by default), alternately
-//! adding a new pod's 5 elements (local, in_iso, three concatenations: in_allow
-//! cells, or the port group's targets) and deleting them:
+//! adding a new pod's 5 elements (local, in_iso, three concatenations: cells of
+//! in_allow's shard, or the port group's targets) and deleting them:
 //! - `nft -j -f -`: one `nft` process per delta (the JSON path);
 //! - libnftables: in process, one `nft_ctx` kept across deltas (what a
 //!   long-lived `nft -i` does too), loaded with dlopen so no -dev package is needed;
@@ -38,6 +38,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::{element_transaction, read_back, run};
 use weft_agent::nft::netlink::{self, NftSocket, Op, SetDelta};
+use weft_agent::nft::render::allow_shard;
 use weft_agent::nft::{render, Elem, FamilyElem, Nft, TABLE};
 use weft_agent::policy::{compile, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new as in_netns;
@@ -59,14 +60,15 @@ fn ir(elements: usize) -> PolicyIr {
     }
     let cells = elements.saturating_sub(3 * PODS as usize) as u32;
     for c in 0..cells {
-        let peer = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + c / PODS), 32).expect("a /32");
+        // A /31: a single address would go to the hash set (in_exact).
+        let peer = Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + 2 * (c / PODS)), 31).expect("a /31");
         ir.v4.ingress.triples.insert((pod(c % PODS), Protocol::Tcp, 80, peer));
     }
     ir
 }
 
 /// The same size, the concatenations in a hash set: a port group's targets
-/// (pod, tcp, port) instead of in_allow's interval cells.
+/// (pod, tcp, port) instead of interval cells.
 fn ir_hash(elements: usize) -> PolicyIr {
     let mut ir = ir(3 * PODS as usize);
     let targets = elements.saturating_sub(3 * PODS as usize) as u32;
@@ -81,27 +83,27 @@ fn ir_hash(elements: usize) -> PolicyIr {
 /// The hash set of `ir_hash`.
 const HASH_SET: &str = "ins_0000000000000001";
 
-/// A new pod's 5 elements: local, in_iso and three concatenations (in_allow
-/// cells, or the port group's targets when `hash`).
-fn new_pod(round: u32, hash: bool) -> [(&'static str, Elem); 5] {
+/// A new pod's 5 elements: local, in_iso and three concatenations (cells of
+/// its in_allow shard, or the port group's targets when `hash`).
+fn new_pod(round: u32, hash: bool) -> [(String, Elem); 5] {
     let p = Ipv4Addr::from(0x0af5_0000 + round);
     let cell = |port: u16| {
         if hash {
-            return (HASH_SET, Elem::from(FamilyElem::PodPort(p, 6, port)));
+            return (HASH_SET.to_string(), Elem::from(FamilyElem::PodPort(p, 6, port)));
         }
-        let peer = Ipv4Network::new(Ipv4Addr::new(10, 9, 0, 1), 32).expect("a /32");
-        ("in_allow", Elem::from(FamilyElem::Cell(p, (6, 6), (port, port), peer)))
+        let peer = Ipv4Network::new(Ipv4Addr::new(10, 9, 0, 0), 31).expect("a /31");
+        (format!("in_allow_{}", allow_shard(p)), Elem::from(FamilyElem::Cell(p, (6, 6), (port, port), peer)))
     };
     [
-        ("local", Elem::from(FamilyElem::Addr(p))),
-        ("in_iso", Elem::from(FamilyElem::Addr(p))),
+        ("local".to_string(), Elem::from(FamilyElem::Addr(p))),
+        ("in_iso".to_string(), Elem::from(FamilyElem::Addr(p))),
         cell(80),
         cell(443),
         cell(8080),
     ]
 }
 
-fn deltas<'a>(elems: &'a [(&'static str, Elem)], op: Op) -> Vec<SetDelta<'a>> {
+fn deltas<'a>(elems: &'a [(String, Elem)], op: Op) -> Vec<SetDelta<'a>> {
     elems.iter().map(|(set, e)| SetDelta { set, op, elems: vec![e] }).collect()
 }
 
@@ -273,7 +275,7 @@ fn bench(ir: PolicyIr, hash: bool, rounds: u32) -> Result<(), String> {
         let mut next = base.clone();
         if r % 2 == 0 {
             for (set, e) in new_pod(r / 2, hash) {
-                next.sets.entry(set.to_string()).or_default().insert(e);
+                next.sets.entry(set).or_default().insert(e);
             }
         }
         timed(&mut took, || match nft.apply(&next, false) {

@@ -575,7 +575,7 @@ mod tests {
                 ))
             })
             .collect();
-        let d = [SetDelta { set: "in_allow", op: Op::Add, elems: cells.iter().collect() }];
+        let d = [SetDelta { set: "in_allow_0", op: Op::Add, elems: cells.iter().collect() }];
         assert!(matches!(encode("weft", &d, 1), Err(NetlinkError::TooLarge { .. })));
     }
 

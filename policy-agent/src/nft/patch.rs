@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems, peer_set, pod_cells,
-    pod_port, pod_triples, port_group_set, region_elems, unknown_elems, unknown_set, views, Elem, FamilyElem,
-    NftFamily, View, CLUSTER_SETS, VIEWS,
+    addrs, allow_shard, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems,
+    peer_set, pod_cells, pod_port, pod_triples, port_group_set, region_elems, unknown_elems, unknown_set,
+    views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Action, Protocol, Tier};
 use crate::policy::class_change::Block;
@@ -222,11 +222,12 @@ fn view<A: NftFamily>(
         let old = within(sets.get(&iso)?, one.clone()..=one);
         diff(out, &iso, addrs(&dir.isolated.range(*ip..=*ip).copied().collect()), &old);
     }
-    let (allow, exact) = (v.set::<A>("allow"), v.set::<A>("exact"));
+    let exact = v.set::<A>("exact");
     for pod in &d.triples {
         let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
         let old = within(sets.get(&exact)?, exact_range(*pod));
         diff(out, &exact, new_exact.into_iter().collect(), &old);
+        let allow = v.allow_set::<A>(allow_shard(*pod));
         let old = within(sets.get(&allow)?, cell_range(*pod));
         diff(out, &allow, new_cells.into_iter().collect(), &old);
     }

@@ -80,23 +80,34 @@ pub fn read(table: &str, with_elements: bool) -> Result<KernelTable, NetlinkErro
         }
     }
     let mut sets = BTreeMap::new();
-    // Anonymous sets (`icmpv6 type { .. }`) are part of their rule: always read.
-    for name in set_names.into_iter().filter(|n| with_elements || n.starts_with("__set")) {
-        let mut elems = BTreeSet::new();
+    // Anonymous sets and maps (`icmpv6 type { .. }`, the shards' verdict
+    // map) are part of their rule: always read, and fingerprinted whole
+    // (a map's verdicts with its keys).
+    let anonymous = |name: &str| name.starts_with("__");
+    for name in set_names.into_iter().filter(|n| with_elements || anonymous(n)) {
+        let (mut elems, mut whole) = (BTreeSet::new(), BTreeSet::new());
         for body in dump(&mut r, NFT_MSG_GETSETELEM, table, Some(&name))? {
             for (t, list) in Attrs(&body) {
                 if t == NFTA_SET_ELEM_LIST_ELEMENTS {
-                    elems.extend(Attrs(list).filter(|(t, _)| *t == NFTA_LIST_ELEM).map(|(_, e)| key(e)));
+                    for (_, e) in Attrs(list).filter(|(t, _)| *t == NFTA_LIST_ELEM) {
+                        if anonymous(&name) {
+                            whole.insert(e.to_vec());
+                        } else {
+                            elems.insert(key(e));
+                        }
+                    }
                 }
             }
         }
-        // nft closes the gap before an interval set's first element with an
-        // interval end at address zero, which netlink deltas do not write:
-        // the same set either way.
-        elems.retain(|(k, end, interval_end)| !(*interval_end && end.is_none() && k.iter().all(|b| *b == 0)));
-        if name.starts_with("__set") {
-            (&name, &elems).hash(&mut hasher);
+        if anonymous(&name) {
+            (&name, &whole).hash(&mut hasher);
         } else {
+            // nft closes the gap before an interval set's first element with an
+            // interval end at address zero, which netlink deltas do not write:
+            // the same set either way.
+            elems.retain(|(k, end, interval_end)| {
+                !(*interval_end && end.is_none() && k.iter().all(|b| *b == 0))
+            });
             sets.insert(name, elems);
         }
     }

@@ -7,11 +7,13 @@
 //! table inet weft
 //!   set local, in_iso, out_iso      ipv4_addr
 //!   set in_exact, out_exact         ipv4_addr . inet_proto . inet_service . ipv4_addr
-//!   set in_allow, out_allow         the same, interval
-//!   set local6, in_iso6, out_iso6, in_exact6, out_exact6, in_allow6, out_allow6
+//!   set in_allow_0 .. in_allow_15, out_allow_0 .. out_allow_15
+//!                                   the same, interval, one per shard
+//!   set local6, in_iso6, out_iso6, in_exact6, out_exact6,
+//!       in_allow6_0 .. in_allow6_15, out_allow6_0 .. out_allow6_15
 //!                                   the same with ipv6_addr
 //!   (with audit policies, per family: ain_iso, aout_iso, ain_exact, aout_exact,
-//!    ain_allow, aout_allow, and the same with 6)
+//!    ain_allow_N, aout_allow_N, and the same with 6)
 //!   chain forward  (hook forward, priority -200: before iptables' FORWARD and
 //!                   kube-proxy's nftables chains, so their accepts come too late
 //!                   to bypass a drop here)
@@ -28,16 +30,21 @@
 //!       out_iso6 -> egress6, in_iso6 -> ingress6 [, audit_out6, audit_in6]
 //!   chain ingress
 //!     ip daddr . meta l4proto . th dport . ip saddr @in_exact   return
-//!     ip daddr . meta l4proto . th dport . ip saddr @in_allow   return
+//!     ip daddr & 0.0.0.15 vmap { 0.0.0.0 : goto ingress_allow_0, .. }
+//!     goto ingress_groups
+//!   chain ingress_allow_0 .. ingress_allow_15   (a shard: pods by their low 4 bits)
+//!     ip daddr . meta l4proto . th dport . ip saddr @in_allow_N   return
+//!     goto ingress_groups
+//!   chain ingress_groups
 //!     ip daddr . meta l4proto . th dport @ins_<key> ip saddr @inp_<key>   return   (port groups)
 //!     ip daddr @int_<hash> ip saddr @inp_<key> [meta l4proto P [th dport A-B]]   return   (groups)
 //!     ct state new limit rate 100/second log group 87 (the agent's denial log)
 //!     drop
-//!   chain egress
+//!   chain egress, egress_allow_N, egress_groups
 //!     the same with saddr and daddr swapped, sets out*
-//!   chain ingress6, egress6
-//!     the same with ip6, sets *6, group sets inp6_<key>, ins6_<key>, int6_<hash>
-//!   chain audit_in, audit_out, audit_in6, audit_out6   (audit policies only)
+//!   chain ingress6, egress6 (and their _allow_N, _groups)
+//!     the same with ip6 (mask ::f), sets *6, group sets inp6_<key>, ins6_<key>, int6_<hash>
+//!   chain audit_in, audit_out, audit_in6, audit_out6 (and theirs; audit policies only)
 //!     the same over the a* sets, logging without a drop
 //! ```
 //!
@@ -54,18 +61,27 @@
 //! boxes (`disjoint`). Rules with many peers (port groups) and rules without
 //! a single port (groups) get a rule each over sets named after their peer
 //! key, as in the iptables backend, so elements grow with pods plus peers.
+//!
+//! The interval sets are split in `ALLOW_SHARDS` by the low bits of the
+//! local pod's address, each looked up from a chain of its own that a
+//! verdict map picks (gotos keep the caller's return): the kernel deletes an
+//! element of an interval concatenation set in time that grows with the
+//! whole set (nft_pipapo_remove, about 3 us per element held), so a pod
+//! leaving 2,700 ipBlock cells behind took 60-110 ms to delete in one set,
+//! and a sixteenth of that in a shard. One more lookup per new connection.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem, CT,
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
+    SetItem, Verdict, CT,
 };
 use nftables::schema::{
     Chain, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Limit, Log, Match, Operator, Statement};
+use nftables::stmt::{JumpTarget, Limit, Log, Match, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -85,6 +101,16 @@ pub const TABLE: &str = "weft";
 pub const FORWARD_CHAIN: &str = "forward";
 /// The forward hook's priority: before filter (0) and kube-proxy's chains.
 pub const FORWARD_PRIORITY: i32 = -200;
+
+/// The interval sets of each view, split by the local pod's address.
+pub const ALLOW_SHARDS: u8 = 16;
+
+/// The shard of `pod`'s cells: the low bits of its address, which pod
+/// address allocation spreads evenly.
+pub fn allow_shard<A: Family>(pod: A) -> u8 {
+    // Below ALLOW_SHARDS, so it fits.
+    (pod.as_u128() % u128::from(ALLOW_SHARDS)) as u8
+}
 
 /// True for the sets of groups and port groups (`<dir><kind>[6]_<16 hex>`),
 /// which come and go with policies; the other sets are always there.
@@ -481,9 +507,24 @@ impl View {
         !self.drop
     }
 
-    /// The name of its set `kind` (iso, exact, allow) in family `A`.
+    /// The name of its set `kind` (iso, exact) in family `A`.
     pub(super) fn set<A: NftFamily>(&self, kind: &str) -> String {
         format!("{}_{kind}{}", self.short, A::SUFFIX)
+    }
+
+    /// Its interval set of shard `shard` in family `A`.
+    pub(super) fn allow_set<A: NftFamily>(&self, shard: u8) -> String {
+        format!("{}_allow{}_{shard}", self.short, A::SUFFIX)
+    }
+
+    /// The chain that looks shard `shard` up.
+    fn allow_chain<A: NftFamily>(&self, shard: u8) -> String {
+        format!("{}{}_allow_{shard}", self.chain, A::SUFFIX)
+    }
+
+    /// The chain of its groups and of what no rule admits.
+    fn groups_chain<A: NftFamily>(&self) -> String {
+        format!("{}{}_groups", self.chain, A::SUFFIX)
     }
 }
 
@@ -554,23 +595,23 @@ fn family<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
     p.sets.push(set(local.clone(), addr(), false));
     p.elems.insert(local.clone(), addrs(&fir.local));
     let views = views(fir.audit);
-    for kind in ["iso", "exact", "allow"] {
+    for kind in ["iso", "exact"] {
         for v in views {
             let name = v.set::<A>(kind);
-            p.sets.push(match kind {
-                "iso" => set(name, addr(), false),
-                "exact" => set(name, allow(), false),
-                _ => set(name, allow(), true),
-            });
+            p.sets.push(if kind == "iso" { set(name, addr(), false) } else { set(name, allow(), false) });
         }
     }
     for v in views {
+        p.sets.extend((0..ALLOW_SHARDS).map(|k| set(v.allow_set::<A>(k), allow(), true)));
+    }
+    for v in views {
         let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
-        p.chains.push(chain(format!("{}{s}", v.chain), false));
         p.elems.insert(v.set::<A>("iso"), addrs(&dir.isolated));
-        let (exact, cells) = cells(dir);
+        let (exact, shards) = cells(dir);
         p.elems.insert(v.set::<A>("exact"), exact);
-        p.elems.insert(v.set::<A>("allow"), cells);
+        for (k, cells) in (0..ALLOW_SHARDS).zip(shards) {
+            p.elems.insert(v.allow_set::<A>(k), cells);
+        }
         policy_chain(v, dir, p);
     }
 
@@ -621,20 +662,46 @@ fn family<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
     }
 }
 
-/// View `v`'s policy chain: its exact and allow sets, its port groups and
-/// groups, and what it does with the rest (log, and drop unless audit).
+/// View `v`'s policy chains: its exact set, the shard of its interval sets
+/// the pod's address picks, its port groups and groups, and what it does
+/// with the rest (log, and drop unless audit). Every path that no set
+/// admits ends in the groups chain: a shard missing from the map too.
 fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
     let f = |field: &'static str| payload(A::PAYLOAD, field);
-    let chain = format!("{}{}", v.chain, A::SUFFIX);
+    let name = format!("{}{}", v.chain, A::SUFFIX);
+    let rest = v.groups_chain::<A>();
+    let goto = |c: String| Statement::Goto(JumpTarget { target: c.into() });
     let key = Expression::Named(NamedExpression::Concat(vec![f(v.pod), l4proto(), th_dport(), f(v.peer)]));
-    for kind in ["exact", "allow"] {
-        let lookup = vec![m(key.clone(), Operator::EQ, set_ref(&v.set::<A>(kind))), Statement::Return(None)];
-        p.policy.push(rule(chain.clone(), lookup, None));
+    let lookup = |set: String| vec![m(key.clone(), Operator::EQ, set_ref(&set)), Statement::Return(None)];
+    p.chains.push(chain(name.clone(), false));
+    p.policy.push(rule(name.clone(), lookup(v.set::<A>("exact")), None));
+    let shards = (0..ALLOW_SHARDS)
+        .map(|k| {
+            let at = Expression::String(A::from_u128(u128::from(k)).to_string().into());
+            SetItem::Mapping(
+                at,
+                Expression::Verdict(Verdict::Goto(JumpTarget { target: v.allow_chain::<A>(k).into() })),
+            )
+        })
+        .collect();
+    let mask = Expression::String(A::from_u128(u128::from(ALLOW_SHARDS - 1)).to_string().into());
+    let vmap = VerdictMap {
+        key: Expression::BinaryOperation(Box::new(BinaryOperation::AND(f(v.pod), mask))),
+        data: Expression::Named(NamedExpression::Set(shards)),
+    };
+    p.policy.push(rule(name.clone(), vec![Statement::VerdictMap(vmap)], None));
+    p.policy.push(rule(name, vec![goto(rest.clone())], None));
+    for k in 0..ALLOW_SHARDS {
+        let shard = v.allow_chain::<A>(k);
+        p.chains.push(chain(shard.clone(), false));
+        p.policy.push(rule(shard.clone(), lookup(v.allow_set::<A>(k)), None));
+        p.policy.push(rule(shard, vec![goto(rest.clone())], None));
     }
-    groups(dir, &chain, v, p);
-    p.policy.push(rule(chain.clone(), log_new(v.log_prefix), None));
+    p.chains.push(chain(rest.clone(), false));
+    groups(dir, &rest, v, p);
+    p.policy.push(rule(rest.clone(), log_new(v.log_prefix), None));
     if v.drop {
-        p.policy.push(rule(chain, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
+        p.policy.push(rule(rest, vec![Statement::Drop(None)], Some("weft: denied by NetworkPolicy")));
     }
 }
 
@@ -1049,16 +1116,17 @@ pub(super) fn pod_cells<A: NftFamily>(
     (exact, cells.collect())
 }
 
-/// The elements of one direction's exact and allow sets: its triples.
-fn cells<A: NftFamily>(dir: &Direction<A>) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
+/// The elements of one direction's exact set and of its interval sets,
+/// shard by shard: its triples.
+fn cells<A: NftFamily>(dir: &Direction<A>) -> (BTreeSet<Elem>, Vec<BTreeSet<Elem>>) {
     let pods: BTreeSet<A> = dir.triples.iter().map(|t| t.0).collect();
-    let (mut exact, mut cells) = (BTreeSet::new(), BTreeSet::new());
+    let (mut exact, mut shards) = (BTreeSet::new(), vec![BTreeSet::new(); usize::from(ALLOW_SHARDS)]);
     for pod in pods {
         let (e, c) = pod_cells(pod, pod_triples(dir, pod));
         exact.extend(e);
-        cells.extend(c);
+        shards[usize::from(allow_shard(pod))].extend(c);
     }
-    (exact, cells)
+    (exact, shards)
 }
 
 /// `pod`'s triples in `dir`, as (protocol, port, peer).
@@ -1255,7 +1323,9 @@ mod tests {
         let r = render(&ir);
         let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
         assert_eq!(elems("in_exact"), [r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#], "an exact triple");
-        assert!(elems("in_allow").is_empty(), "no triple with a wider peer");
+        for k in 0..ALLOW_SHARDS {
+            assert!(elems(&format!("in_allow_{k}")).is_empty(), "no triple with a wider peer");
+        }
         assert_eq!(
             elems("inp_0000000000000001"),
             [r#"{"prefix":{"addr":"0.0.0.0","len":0}}"#],
@@ -1273,7 +1343,9 @@ mod tests {
             r#""type":"filter","hook":"forward","prio":-200,"policy":"accept""#,
             r#"{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}"#,
             r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_exact","op":"=="}},{"return":null}"#,
-            r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_allow","op":"=="}},{"return":null}"#,
+            r#""chain":"ingress","expr":[{"vmap":{"key":{"&":[{"payload":{"protocol":"ip","field":"daddr"}},"0.0.0.15"]},"data":{"set":[["0.0.0.0",{"goto":{"target":"ingress_allow_0"}}],"#,
+            r#"["0.0.0.15",{"goto":{"target":"ingress_allow_15"}}]]}}}]}}},{"add":{"rule":{"family":"inet","table":"weft","chain":"ingress","expr":[{"goto":{"target":"ingress_groups"}}]"#,
+            r#""chain":"ingress_allow_7","expr":[{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip","field":"saddr"}}]},"right":"@in_allow_7","op":"=="}},{"return":null}]}}},{"add":{"rule":{"family":"inet","table":"weft","chain":"ingress_allow_7","expr":[{"goto":{"target":"ingress_groups"}}]"#,
             r#"{"match":{"left":{"concat":[{"payload":{"protocol":"ip","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}}]},"right":"@ins_0000000000000001","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@inp_0000000000000001","op":"=="}},{"return":null}"#,
             r#""right":"@inp_0000000000000001","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":17,"op":"=="}},{"return":null}"#,
         ] {
@@ -1315,28 +1387,31 @@ mod tests {
         let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
         assert_eq!(elems("in_exact6"), [r#"{"concat":["fd00:244:1::2",6,80,"fd00:244:2::3"]}"#]);
         assert_eq!(
-            elems("in_allow6"),
+            elems("in_allow6_2"),
             [
                 r#"{"concat":["fd00:244:1::2",6,{"range":[80,81]},{"prefix":{"addr":"fd00:244:2::","len":64}}]}"#
             ],
-            "ports merged, the /65 inside the /64 adds nothing"
+            "ports merged, the /65 inside the /64 adds nothing; in the shard of the pod's low bits"
         );
         assert_eq!(elems("inp6_0000000000000001"), [r#"{"prefix":{"addr":"fd00:9::","len":64}}"#]);
         assert_eq!(elems("ins6_0000000000000001"), [r#"{"concat":["fd00:244:1::2",17,53]}"#]);
         assert!(r.sets.keys().any(|k| k.starts_with("int6_") && is_group_set(k)), "the group's pods");
-        assert!(is_group_set("inp6_0000000000000001") && !is_group_set("in_allow6"));
+        assert!(is_group_set("inp6_0000000000000001") && !is_group_set("in_allow6_15"));
         for (name, elems) in &r.sets {
             let v6 = elems.iter().all(|e| matches!(e, Elem::V6(_)));
             assert!(v6, "{name}: only IPv6 elements in an IPv4-free IR");
         }
-        assert!(r.sets["in_allow"].is_empty() && r.sets["local"].is_empty());
+        assert!(r.sets["in_allow_2"].is_empty() && r.sets["local"].is_empty());
+        let cells: usize = (0..ALLOW_SHARDS).map(|k| r.sets[&format!("in_allow6_{k}")].len()).sum();
+        assert_eq!(cells, 1, "one cell, in one shard");
         let json = r.full_transaction_json().unwrap();
         for want in [
             r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@in_iso6","op":"=="}},{"jump":{"target":"ingress6"}}"#,
             r#"{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@ain_iso6","op":"=="}},{"jump":{"target":"audit_in6"}}"#,
             r#""chain":"ingress6","expr":[{"match":{"left":{"concat":[{"payload":{"protocol":"ip6","field":"daddr"}},{"meta":{"key":"l4proto"}},{"payload":{"protocol":"th","field":"dport"}},{"payload":{"protocol":"ip6","field":"saddr"}}]},"right":"@in_exact6","op":"=="}}"#,
-            r#""chain":"ingress6","expr":[{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@int6_"#,
-            r#""chain":"ingress6","expr":[{"drop":null}]"#,
+            r#""chain":"ingress6","expr":[{"vmap":{"key":{"&":[{"payload":{"protocol":"ip6","field":"daddr"}},"::f"]},"data":{"set":[["::",{"goto":{"target":"ingress6_allow_0"}}],"#,
+            r#""chain":"ingress6_groups","expr":[{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":"@int6_"#,
+            r#""chain":"ingress6_groups","expr":[{"drop":null}]"#,
         ] {
             assert!(json.contains(want), "{want}\nnot in\n{json}");
         }
