@@ -46,6 +46,7 @@ use crate::source::kube::cnp_status::StatusConfig;
 use crate::source::{KubeExtras, Realized, Source, SourceOpenError, SourceSpec};
 use crate::status::{write_status, PolicyStatus, Status};
 
+mod drift;
 mod operator_log;
 mod pod_reports;
 pub mod routing;
@@ -164,6 +165,7 @@ pub fn run(cfg: &Config, events: &Receiver<Event>, sender: Sender<Event>) -> Res
     loop {
         agent.shared.metrics().heartbeat(Instant::now());
         agent.check_scratch();
+        agent.check_drift();
         agent.tick()?;
         agent.answer_parked();
         agent.expire_claims();
@@ -239,6 +241,8 @@ struct Agent<'c> {
     version: u64,
     /// The from-scratch compile checking the incremental engine.
     scratch: scratch::ScratchCheck,
+    /// The resync's kernel check, off the loop.
+    drift: drift::DriftCheck,
     /// Wakes the loop (a scratch compile is done); set once the loop runs.
     wake: Option<Wake>,
 }
@@ -287,6 +291,7 @@ impl<'c> Agent<'c> {
             full: true,
             version: 0,
             scratch: Default::default(),
+            drift: Default::default(),
             wake: None,
         })
     }
@@ -425,8 +430,9 @@ impl<'c> Agent<'c> {
     /// Compiles the current state (laid over with the pod reports) and has
     /// the backend enforce it. The first time, a full compile and a full
     /// apply; after it the snapshot recompiles only what changed and the
-    /// backend patches only that, and with `full` (the periodic resync) the
-    /// backend then checks the kernel and rewrites what drifted, while every
+    /// backend patches only that, and with `full` (the periodic resync) a
+    /// thread checks the kernel (`drift`; the loop resyncs only if it drifted,
+    /// or where the backend cannot check off the loop), while every
     /// `scratch::EVERY` resyncs a thread compiles the model from scratch to
     /// check the engine: the loop never waits for a full compile or render.
     /// None without a backend or a state; else what is enforced and the
@@ -461,7 +467,13 @@ impl<'c> Agent<'c> {
             // checks the kernel against the backend's record of `ir`.
             let changed =
                 if dirty.is_empty() { Ok(Outcome::default()) } else { p.apply_changes(c.ir(), &dirty) };
-            changed.and_then(|a| Ok(a.then(p.resync(c.ir())?)))
+            changed.and_then(|a| {
+                // A check still running covers this resync.
+                if self.drift.running() || start_drift_check(&mut self.drift, &**p, &self.wake) {
+                    return Ok(a);
+                }
+                Ok(a.then(p.resync(c.ir())?))
+            })
         } else {
             p.apply_changes(c.ir(), &dirty)
         };
@@ -482,6 +494,28 @@ impl<'c> Agent<'c> {
             (done.counts, policy_status(p.name(), c.ir()), c.notes())
         });
         Some(record_policy(&self.shared, p.name(), applied))
+    }
+
+    /// A finished kernel check (see `drift`): nothing if the kernel was
+    /// intact, another check if the backend wrote meanwhile, else the resync
+    /// on the loop, which reads again and repairs what drifted.
+    fn check_drift(&mut self) {
+        let (Some(c), Some(p)) = (self.compiled.as_ref(), self.policy.as_mut()) else { return };
+        match self.drift.take(p.epoch()) {
+            None | Some(drift::Next::Intact) => return,
+            Some(drift::Next::Again) if start_drift_check(&mut self.drift, &**p, &self.wake) => return,
+            Some(_) => {}
+        }
+        let applied = p.resync(c.ir()).map_err(|e| format!("policy ({}): {e}", p.name())).map(|done| {
+            if let Some(changed) = done.change {
+                info!(backend = %p.name(), "policy ({}): {changed}", p.name());
+            }
+            (done.counts, policy_status(p.name(), c.ir()), c.notes())
+        });
+        if let Err(e) = &applied {
+            error!("{e}");
+        }
+        let _ = record_policy(&self.shared, p.name(), applied);
     }
 
     /// A finished scratch compile compared with the loop's (see `scratch`):
@@ -619,6 +653,14 @@ fn policy_status(name: &str, ir: &PolicyIr) -> PolicyStatus {
         groups: both(|d| d.groups.len(), |d| d.groups.len()),
         port_groups: both(|d| d.port_groups.len(), |d| d.port_groups.len()),
     }
+}
+
+/// Starts `p`'s kernel check off the loop, which `wake` wakes when it is
+/// done; false if `p` cannot check so or no thread started.
+fn start_drift_check(d: &mut drift::DriftCheck, p: &dyn PolicyBackend, wake: &Option<Wake>) -> bool {
+    let Some(check) = p.check() else { return false };
+    let wake = wake.clone();
+    d.start(check, move || wake.iter().for_each(Wake::wake))
 }
 
 /// Hands `enforce`'s outcome to the metrics (the objects in force, or one

@@ -74,6 +74,23 @@ impl Outcome {
     }
 }
 
+/// The kernel check of a resync, made off the agent's loop (reading a large
+/// table back takes 50-150 ms, which a CNI ADD waiting on the loop must not).
+pub struct KernelCheck {
+    /// The backend's epoch when the check was taken: the answer is about
+    /// what the backend had applied then, and says nothing once it moved on.
+    pub epoch: u64,
+    /// Reads the kernel and compares: true when it holds what the backend
+    /// had applied. Runs on any thread in the loop's network namespace.
+    pub run: Box<dyn FnOnce() -> bool + Send>,
+}
+
+impl std::fmt::Debug for KernelCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCheck").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
 /// A policy backend: applies the IR, removes everything it created.
 pub trait PolicyBackend {
     fn name(&self) -> &'static str;
@@ -94,6 +111,16 @@ pub trait PolicyBackend {
     /// full apply of `ir`. Cheap when nothing drifted: no render, no rewrite.
     fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
         self.apply(ir, true)
+    }
+    /// The check `resync` starts with, to run off the loop: if it finds the
+    /// kernel intact at an unchanged `epoch`, the resync has nothing to do.
+    /// None where only `resync` can tell.
+    fn check(&self) -> Option<KernelCheck> {
+        None
+    }
+    /// Changes with every write to the kernel (apply, patch, resync, cleanup).
+    fn epoch(&self) -> u64 {
+        0
     }
     fn cleanup(&mut self) -> Result<(), KernelError>;
 }
@@ -130,6 +157,15 @@ impl PolicyBackend for Iptables {
             }
             None => PolicyBackend::apply(self, ir, false),
         }
+    }
+
+    fn check(&self) -> Option<KernelCheck> {
+        let (epoch, run) = Iptables::check(self)?;
+        Some(KernelCheck { epoch, run: Box::new(run) })
+    }
+
+    fn epoch(&self) -> u64 {
+        Iptables::epoch(self)
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
@@ -202,6 +238,15 @@ impl PolicyBackend for Nft {
             }
             None => PolicyBackend::apply(self, ir, true),
         }
+    }
+
+    fn check(&self) -> Option<KernelCheck> {
+        let (epoch, run) = Nft::check(self)?;
+        Some(KernelCheck { epoch, run: Box::new(run) })
+    }
+
+    fn epoch(&self) -> u64 {
+        Nft::epoch(self)
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
@@ -288,6 +333,19 @@ impl<B: PolicyBackend> PolicyBackend for Handover<B> {
     fn resync(&mut self, ir: &PolicyIr) -> Result<Outcome, KernelError> {
         let out = self.inner.resync(ir)?;
         Ok(self.hand_over(out))
+    }
+
+    /// None until the other backend's leftovers are removed: each resync
+    /// retries that.
+    fn check(&self) -> Option<KernelCheck> {
+        if self.other.is_some() {
+            return None;
+        }
+        self.inner.check()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch()
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {

@@ -33,6 +33,8 @@ fn check(kind: ModelKind, cnps: usize, churn_secs: u64) {
         assert!(f.full.apply > std::time::Duration::ZERO && f.peak_rss_kib > 0, "{f:?}");
         // The loop's resyncs ran (and the IR agreed with a compile from scratch: no error).
         assert!(f.loop_resync.iter().all(|r| r.apply > std::time::Duration::ZERO), "{f:?}");
+        // The steady one's kernel check ran off the loop.
+        assert!(f.off_loop_check[1] > std::time::Duration::ZERO, "{f:?}");
         // Every kind of change found its targets and was applied each time
         // (CNP changes only with CNPs in the model).
         for (i, c) in f.changes.iter().enumerate() {

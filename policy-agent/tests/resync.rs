@@ -4,7 +4,9 @@
 //! kernel object as it was (the same nft handles, no set or chain written);
 //! an element deleted by hand from every set (intervals and concatenations
 //! too), one added by hand, and a rule deleted by hand are put right by the
-//! next resync, elements without touching the chains or other objects.
+//! next resync, elements without touching the chains or other objects. The
+//! check a resync starts with, run on another thread as the agent runs it
+//! off its loop, finds each of these drifts, and an intact kernel intact.
 
 use std::process::Command;
 
@@ -99,19 +101,30 @@ fn elements(backend: &str) -> String {
     lines.join("\n")
 }
 
+/// The check a resync starts with, run off the caller's thread as the
+/// agent runs it: (the epoch it was taken at, whether the kernel is intact).
+fn off_the_loop(backend: &dyn PolicyBackend) -> (u64, bool) {
+    let c = backend.check().expect("a check, once applied and listed");
+    (c.epoch, std::thread::spawn(c.run).join().expect("the check ends"))
+}
+
 fn check(backend: &mut dyn PolicyBackend) {
     let name = backend.name();
+    assert!(backend.check().is_none(), "{name}: nothing applied, nothing to check against");
     let cidrs = ["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()];
     let (old, new) = (model(2), model(3));
     let mut engine = PolicyEngine::new(&old, "node-1", &cidrs, Options::default());
     engine.take_dirty();
     backend.apply(engine.ir(), true).expect("the first apply");
+    // The first resync may rewrite what it has no listing of yet (iptables' chains).
+    backend.resync(engine.ir()).expect("a resync");
+    let taken = off_the_loop(backend);
     // A pod comes: patched, as the agent's loop patches it.
     engine.update(&old, &new);
     let dirty = engine.take_dirty();
     backend.apply_changes(engine.ir(), &dirty).expect("the pod's change is patched");
-    // The first resync may rewrite what it has no listing of yet (iptables' chains).
-    backend.resync(engine.ir()).expect("a resync");
+    assert_ne!(backend.epoch(), taken.0, "{name}: a check taken before a patch is stale");
+    assert_eq!(off_the_loop(backend), (backend.epoch(), true), "{name}: intact after the patch");
     let before = kernel(name);
     assert!(local(name, "10.244.1.12"), "{name}: the patched pod is in");
 
@@ -125,6 +138,7 @@ fn check(backend: &mut dyn PolicyBackend) {
     let dropped = drop_one_of_each_set(name);
     assert!(dropped >= 6, "{name}: sets of several kinds, both families: {dropped}");
     assert_ne!(elements(name), all, "{name}: the drift is in the kernel");
+    assert!(!off_the_loop(backend).1, "{name}: the check finds elements gone");
     let repaired = backend.resync(engine.ir()).expect("a resync");
     assert!(repaired.change.as_deref().is_some_and(|c| c.contains("drift")), "{name}: {repaired:?}");
     assert_eq!(elements(name), all, "{name}: the elements are back");
@@ -136,8 +150,10 @@ fn check(backend: &mut dyn PolicyBackend) {
     } else {
         &["ipset", "add", "weft-local", "10.244.1.99"]
     };
+    assert!(off_the_loop(backend).1, "{name}: repaired, intact");
     sh(add);
     assert!(local(name, "10.244.1.99"), "{name}: the drift is in the kernel");
+    assert!(!off_the_loop(backend).1, "{name}: the check finds an element added");
     let repaired = backend.resync(engine.ir()).expect("a resync");
     assert!(repaired.change.is_some(), "{name}: {repaired:?}");
     assert!(!local(name, "10.244.1.99"), "{name}: the stranger is out");
@@ -148,12 +164,14 @@ fn check(backend: &mut dyn PolicyBackend) {
     let rules_before = rules(name);
     delete_a_rule(name);
     assert_ne!(rules(name), rules_before, "{name}: the drift is in the kernel");
+    assert!(!off_the_loop(backend).1, "{name}: the check finds a rule gone");
     let repaired = backend.resync(engine.ir()).expect("a resync");
     assert!(repaired.change.is_some(), "{name}: {repaired:?}");
     assert_eq!(rules(name), rules_before, "{name}: the rule is back");
     assert_eq!(elements(name), elements_before, "{name}: and the elements as they were");
     let quiet = backend.resync(engine.ir()).expect("a resync");
     assert_eq!(quiet.change, None, "{name}: repaired, then quiet again");
+    assert!(off_the_loop(backend).1, "{name}: and the check finds it intact");
     backend.cleanup().expect("cleanup");
 }
 

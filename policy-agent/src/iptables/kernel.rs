@@ -112,7 +112,8 @@ pub struct Iptables {
     /// The mode's commands per family, found once (the jump guard checks
     /// with them too).
     families: Vec<Family>,
-    sets: BTreeMap<String, SetSpec>,
+    /// Shared with a kernel check running off the loop (`check`).
+    sets: Arc<BTreeMap<String, SetSpec>>,
     /// The maxelem each set was created with.
     capacity: BTreeMap<String, usize>,
     rules: Option<String>,
@@ -130,6 +131,8 @@ pub struct Iptables {
     v6_checked: bool,
     /// Keeps the jump first between applies; None until the first apply.
     guard: Option<JumpGuard>,
+    /// Bumped by every write: a check taken before is stale.
+    epoch: u64,
 }
 
 impl Default for Iptables {
@@ -145,11 +148,12 @@ impl Iptables {
         Iptables {
             mode,
             families: families(mode),
-            sets: BTreeMap::new(),
+            sets: Arc::default(),
             capacity: BTreeMap::new(),
             rules: None,
             rules6: None,
             printed: [None; 2],
+            epoch: 0,
             v6: Arc::default(),
             v6_checked: false,
             guard: None,
@@ -161,6 +165,7 @@ impl Iptables {
     /// against the kernel; otherwise only what changed since this process's
     /// last apply is written.
     pub fn apply(&mut self, r: &Rendered, full: bool) -> Result<Applied, KernelError> {
+        self.epoch += 1;
         let mut done = Applied::default();
         // Between resyncs, trust what this process wrote last: a change (a CNI
         // ADD waits for one) costs one `ipset restore`, not listings of the
@@ -205,8 +210,9 @@ impl Iptables {
         if !payload.is_empty() {
             tool::restore("ipset", &["restore"], &payload)?;
         }
+        let sets = Arc::make_mut(&mut self.sets);
         for s in &r.sets {
-            self.sets.insert(s.name.clone(), s.clone());
+            sets.insert(s.name.clone(), s.clone());
         }
         // 2. Chains, in both tables, in one restore per family; ip6tables'
         // only once there is IPv6 to guard (an earlier run's are removed).
@@ -245,7 +251,7 @@ impl Iptables {
         let wanted: BTreeSet<&str> = r.sets.iter().map(|s| s.name.as_str()).collect();
         for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
             tool::run("ipset", &["destroy", name], None)?;
-            self.sets.remove(name);
+            Arc::make_mut(&mut self.sets).remove(name);
             self.capacity.remove(name);
             done.sets_destroyed += 1;
         }
@@ -261,6 +267,7 @@ impl Iptables {
     /// left the kernel unknown): the caller renders and applies in full.
     pub fn resync(&mut self) -> Result<Option<Applied>, KernelError> {
         let Some(rules) = self.rules.clone() else { return Ok(None) };
+        self.epoch += 1;
         let mut done = Applied::default();
         // 1. Sets: what drifted is rewritten the way a change would be.
         let kernel = kernel_sets()?;
@@ -320,6 +327,40 @@ impl Iptables {
         Ok(Some(done))
     }
 
+    /// The check of a resync, to run off the agent's loop: the epoch it is
+    /// taken at, and a closure that reads the sets and each family's chains
+    /// as `resync` does (on any thread of this netns) and says whether they
+    /// are as this process last wrote them: every set with its members and
+    /// no other, the chains' fingerprint, the jumps first. None where only
+    /// `resync` can tell: nothing applied yet, or chains not listed since
+    /// they were written.
+    pub fn check(&self) -> Option<(u64, impl FnOnce() -> bool + Send + 'static)> {
+        self.rules.as_ref()?;
+        let v6 = self.rules6.is_some();
+        let families = self.families.iter().filter(|f| v6 || !f.v6);
+        let listed: Vec<(Family, u64)> =
+            families.map(|f| Some((f.clone(), self.printed[usize::from(f.v6)]?))).collect::<Option<_>>()?;
+        let sets = Arc::clone(&self.sets);
+        let intact = move || {
+            let same_sets = kernel_sets().is_ok_and(|kernel| {
+                kernel.len() == sets.len() && sets.values().all(|s| kernel.get(&s.name) == Some(&s.members))
+            });
+            same_sets
+                && listed.iter().all(|(family, printed)| {
+                    list_tables(family).is_ok_and(|saves| {
+                        chains_fingerprint(&saves) == *printed
+                            && saves.iter().all(|(table, save)| jump_move(table, save).is_none())
+                    })
+                })
+        };
+        Some((self.epoch, intact))
+    }
+
+    /// Bumped by every apply, patch, resync and cleanup.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Patches the members `dirty` names, as `ir` now has them, into the
     /// sets this process applied last. None when a patch cannot do (a
     /// structural change, nothing applied yet, a set that would outgrow its
@@ -331,6 +372,7 @@ impl Iptables {
         if dirty.structural || self.rules.is_none() {
             return Ok(None);
         }
+        self.epoch += 1;
         let Some(changes) = patch::changes(ir, dirty, &self.sets) else { return Ok(None) };
         let mut ops = Vec::new();
         for (name, c) in &changes {
@@ -359,7 +401,7 @@ impl Iptables {
                 return Err(e);
             }
         }
-        patch::remember(&mut self.sets, &changes);
+        patch::remember(Arc::make_mut(&mut self.sets), &changes);
         Ok(Some(Applied { sets_patched: changes.len(), netlink: netlink.is_ok(), ..Applied::default() }))
     }
 
@@ -376,7 +418,8 @@ impl Iptables {
     /// Idempotent; see `remove_objects`.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
         self.guard = None;
-        self.sets.clear();
+        self.epoch += 1;
+        self.sets = Arc::default();
         self.capacity.clear();
         self.rules = None;
         self.rules6 = None;

@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
 use nftables::types::NfFamily;
@@ -60,12 +61,15 @@ pub struct NftApplied {
 /// The table as this process last committed it.
 #[derive(Debug, Default)]
 pub struct Nft {
-    last: Option<NftRendered>,
+    /// Shared with a kernel check running off the loop (`check`).
+    last: Option<Arc<NftRendered>>,
     /// `readback::KernelTable::skeleton` right after `last`'s chains and
     /// sets were written; None when unknown (a resync then replaces).
     fingerprint: Option<u64>,
     /// Opened by the first element delta, dropped after any netlink error.
     sock: Option<NftSocket>,
+    /// Bumped by every write: a check taken before is stale.
+    epoch: u64,
 }
 
 impl Nft {
@@ -76,6 +80,7 @@ impl Nft {
     /// Makes the kernel hold `r`; with `full`, the whole table is replaced
     /// even if only elements changed (a resync repairs any drift).
     pub fn apply(&mut self, r: &NftRendered, full: bool) -> Result<NftApplied, KernelError> {
+        self.epoch += 1;
         // A resync checks the kernel against what was written last: as it
         // was, the rest is a change like any other.
         let mut repaired = false;
@@ -105,7 +110,7 @@ impl Nft {
         if done.replaced || done.regrouped {
             self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
         }
-        self.last = Some(r.clone());
+        self.last = Some(Arc::new(r.clone()));
         Ok(done)
     }
 
@@ -113,10 +118,21 @@ impl Nft {
     /// skeleton as fingerprinted then, and every set's elements. None when
     /// that cannot be known (nothing written yet, or no fingerprint).
     fn intact(&self) -> Option<bool> {
-        let (last, fingerprint) = (self.last.as_ref()?, self.fingerprint?);
-        let Ok(kernel) = readback::read(TABLE, true) else { return Some(false) };
-        let sets = set_repairs(&kernel.sets, &last.sets);
-        Some(kernel.skeleton == fingerprint && sets.is_some_and(|r| r.is_empty()))
+        Some(intact(self.last.as_ref()?, self.fingerprint?))
+    }
+
+    /// The check of a resync, to run off the agent's loop: the epoch it is
+    /// taken at, and a closure that reads the table back (on any thread of
+    /// this netns) and says whether it is what this process wrote last.
+    /// None when that cannot be known (see `intact`).
+    pub fn check(&self) -> Option<(u64, impl FnOnce() -> bool + Send + 'static)> {
+        let (last, fingerprint) = (Arc::clone(self.last.as_ref()?), self.fingerprint?);
+        Some((self.epoch, move || intact(&last, fingerprint)))
+    }
+
+    /// Bumped by every apply, patch, resync and cleanup.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The periodic resync: the table read back (milliseconds) and compared
@@ -127,6 +143,7 @@ impl Nft {
     /// the check cannot tell (nothing committed, no fingerprint, the table
     /// unreadable): the caller renders and applies in full.
     pub fn resync(&mut self) -> Result<Option<NftApplied>, KernelError> {
+        self.epoch += 1;
         let (Some(last), Some(fingerprint)) = (self.last.as_ref(), self.fingerprint) else { return Ok(None) };
         let kernel = match readback::read(TABLE, true) {
             Ok(k) => k,
@@ -163,6 +180,7 @@ impl Nft {
             return Ok(None);
         }
         let Some(last) = self.last.as_mut() else { return Ok(None) };
+        self.epoch += 1;
         let Some(changes) = patch::changes(ir, dirty, &last.sets) else { return Ok(None) };
         let mut deltas = Vec::new();
         for (name, c) in &changes {
@@ -175,7 +193,8 @@ impl Nft {
         }
         match apply_elements(&mut self.sock, &deltas) {
             Ok(done) => {
-                patch::remember(&mut last.sets, &changes);
+                // A copy only if a check off the loop still holds the table.
+                patch::remember(&mut Arc::make_mut(last).sets, &changes);
                 Ok(Some(done))
             }
             Err(e) => {
@@ -189,11 +208,12 @@ impl Nft {
 
     /// Rules, sets and elements of the table as last committed.
     pub fn counts(&self) -> Option<crate::backend::ObjectCounts> {
-        self.last.as_ref().map(NftRendered::counts)
+        self.last.as_deref().map(NftRendered::counts)
     }
 
     /// Deletes weft's table if it exists.
     pub fn cleanup(&mut self) -> Result<(), KernelError> {
+        self.epoch += 1;
         self.last = None;
         self.fingerprint = None;
         remove_table().map(drop)
@@ -202,6 +222,14 @@ impl Nft {
 
 /// A resync's repair of any drift: `last` replaces the table in one
 /// transaction (atomic), and `fingerprint` is taken afresh.
+/// Whether the kernel's table is `last` (its skeleton as `fingerprint`
+/// says, and every set's elements).
+fn intact(last: &NftRendered, fingerprint: u64) -> bool {
+    let Ok(kernel) = readback::read(TABLE, true) else { return false };
+    let sets = set_repairs(&kernel.sets, &last.sets);
+    kernel.skeleton == fingerprint && sets.is_some_and(|r| r.is_empty())
+}
+
 fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
     *fingerprint = None;
     run_json(&last.full_transaction_json())?;
