@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
 
-use weft_agent::model::{parse_manifests, Model, Object, Pod, Protocol};
+use weft_agent::model::{parse_manifests, Model, Pod, Protocol};
 use weft_agent::policy::evaluate::{decide_via, Party};
 
 use super::case::{Case, CasePod, Change, Probe, ProbeKind, Source, Target};
@@ -74,14 +74,7 @@ impl Cluster {
             return Ok(());
         }
         for obj in parse_manifests(yaml)? {
-            let m = &mut self.model;
-            match obj {
-                Object::Node(n) => drop(m.nodes.insert(n.name.clone(), n)),
-                Object::Namespace(n) => drop(m.namespaces.insert(n.name.clone(), n)),
-                Object::Pod(p) => drop(m.pods.insert(p.key(), p)),
-                Object::NetworkPolicy(p) => drop(m.policies.insert(p.key(), p)),
-                Object::ClusterNetworkPolicy(p) => drop(m.cluster_policies.insert(p.name.clone(), p)),
-            }
+            self.model.replace(obj);
         }
         Ok(())
     }

@@ -262,6 +262,28 @@ impl Model {
         }
     }
 
+    /// Puts `obj` in, in place of the object of its kind and key if any.
+    pub fn replace(&mut self, obj: Object) {
+        match obj {
+            Object::Node(n) => drop(self.nodes.insert(n.name.clone(), n)),
+            Object::Namespace(n) => drop(self.namespaces.insert(n.name.clone(), n)),
+            Object::Pod(p) => drop(self.pods.insert(p.key(), p)),
+            Object::NetworkPolicy(p) => drop(self.policies.insert(p.key(), p)),
+            Object::ClusterNetworkPolicy(p) => drop(self.cluster_policies.insert(p.name.clone(), p)),
+        }
+    }
+
+    /// Takes out the object of `obj`'s kind and key.
+    pub fn remove(&mut self, obj: &Object) {
+        match obj {
+            Object::Node(n) => drop(self.nodes.remove(&n.name)),
+            Object::Namespace(n) => drop(self.namespaces.remove(&n.name)),
+            Object::Pod(p) => drop(self.pods.remove(&p.key())),
+            Object::NetworkPolicy(p) => drop(self.policies.remove(&p.key())),
+            Object::ClusterNetworkPolicy(p) => drop(self.cluster_policies.remove(&p.name)),
+        }
+    }
+
     /// The labels of namespace `name`; a namespace with no manifest has only
     /// the `kubernetes.io/metadata.name` label the API server would give it.
     pub fn namespace_labels(&self, name: &str) -> Labels {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::Client;
 
 use crate::model::{Snapshot, SourceError};
@@ -35,7 +35,7 @@ pub use translate::{object_key, state_generation, API_ORIGIN};
 /// The origin of the watchers' own errors in a snapshot (the API is
 /// unreachable, refusing, ...); they log them themselves, folded.
 pub const WATCH_ORIGIN: &str = "kube API watch";
-use watch::Shared;
+use watch::{Shared, Touched};
 
 /// One resource the agent lists and watches: what its RBAC must grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,14 +255,16 @@ impl Source for KubeSource {
         }
         let cnps = self.cnp.objects(kinds.get(cnp::KIND).is_some_and(|k| k.ready))?;
         self.seen = Some(version);
+        let touched = self.shared.take_touched();
         let [n, ns, p, np] = watched().map(|w| w.kind);
-        let mut batch = self.translator.begin();
-        batch.add::<Node, _>(n, self.stores.nodes.state());
-        batch.add::<Namespace, _>(ns, self.stores.namespaces.state());
-        batch.add::<Pod, _>(p, self.stores.pods.state());
-        batch.add::<NetworkPolicy, _>(np, self.stores.policies.state());
-        batch.add::<CnpObject, _>(cnp::KIND, cnps);
-        let mut t = batch.finish();
+        let t = &mut self.translator;
+        follow::<Node>(t, n, &self.stores.nodes, touched.get(n));
+        follow::<Namespace>(t, ns, &self.stores.namespaces, touched.get(ns));
+        follow::<Pod>(t, p, &self.stores.pods, touched.get(p));
+        follow::<NetworkPolicy>(t, np, &self.stores.policies, touched.get(np));
+        // Few, and their store comes and goes with the CRD: read whole.
+        t.replace::<CnpObject, _>(cnp::KIND, cnps);
+        let mut t = t.translated();
         t.errors.extend(
             kinds
                 .values()
@@ -270,6 +272,27 @@ impl Source for KubeSource {
                 .map(|reason| SourceError { file: WATCH_ORIGIN.into(), reason }),
         );
         Some(Snapshot { generation: t.generation, model: t.model, errors: t.errors })
+    }
+}
+
+/// Brings `t` up to what changed in `kind`'s `store`: the objects touched,
+/// or the whole store.
+fn follow<K>(t: &mut Translator, kind: &'static str, store: &Store<K>, touched: Option<&Touched>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize,
+{
+    match touched {
+        None => {}
+        Some(Touched::All) => t.replace::<K, _>(kind, store.state()),
+        Some(Touched::Keys(keys)) => {
+            for key in keys {
+                let r = match key.split_once('/') {
+                    Some((ns, name)) => ObjectRef::<K>::new(name).within(ns),
+                    None => ObjectRef::<K>::new(key),
+                };
+                t.put(kind, key, store.get(&r).as_deref());
+            }
+        }
     }
 }
 

@@ -1,11 +1,18 @@
-//! Kubernetes API objects -> the model. Pure: the watchers' stores go in, a
-//! snapshot comes out. Each object goes through the manifest parser
-//! (`model::manifest::parse_serialized`), the one validator both sources
-//! share; an object is parsed again only when its resourceVersion changed,
-//! and one that stops validating keeps its last good version, as a manifest
-//! file's object does.
+//! Kubernetes API objects -> the model. Pure: objects from the watchers'
+//! stores go in, the model comes out. Each object goes through the manifest
+//! parser (`model::manifest::parse_serialized`), the one validator both
+//! sources share; an object is parsed again only when its resourceVersion
+//! changed, and one that stops validating keeps its last good version, as a
+//! manifest file's object does.
+//!
+//! The translation is kept, not rebuilt: the source hands over only the
+//! objects that changed (`put`), or a kind's whole store after a re-list
+//! (`replace`), so a pod event costs that pod, not the 20,000 objects of a
+//! large cluster (85-110 ms at 10k pods and 10k policies when every poll
+//! translated every store). The generation is a sum over the objects,
+//! kept as they come and go.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use serde::Serialize;
@@ -27,11 +34,19 @@ struct Entry {
     error: Option<String>,
 }
 
-/// The objects of every watched kind, translated, remembered by resourceVersion.
+/// An object's identity: its kind and `object_key`.
+type Id = (&'static str, String);
+
+/// The objects of every watched kind, translated, remembered by
+/// resourceVersion, and the model they make.
 #[derive(Debug, Default)]
 pub struct Translator {
-    /// By (kind, key): see `object_key`.
-    cache: BTreeMap<(&'static str, String), Entry>,
+    cache: BTreeMap<Id, Entry>,
+    model: Model,
+    /// `object_hash` summed over `cache`: the generation.
+    sum: u64,
+    /// The entries that hold an error.
+    failed: BTreeSet<Id>,
 }
 
 /// The key of an object of a kind: "namespace/name", or "name" for a
@@ -43,21 +58,29 @@ pub fn object_key(namespace: Option<&str>, name: &str) -> String {
     }
 }
 
-/// The generation of an API state: FNV-1a 64 over every object's kind, key
-/// and resourceVersion, in sorted order. Two readers that hold the same
-/// objects at the same versions compute the same value, whatever order their
-/// events came in: the testbed's stand-in API server computes it from what it
-/// serves, the agent from its stores, and convergence is equality.
-pub fn state_generation<'a>(objects: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> String {
-    let mut sorted: Vec<(&str, &str, &str)> = objects.into_iter().collect();
-    sorted.sort_unstable();
+/// One object's share of the generation.
+fn object_hash(kind: &str, key: &str, rv: &str) -> u64 {
     let mut h = Fnv1a::new();
-    for (kind, key, rv) in sorted {
-        for part in [kind, key, rv] {
-            h = h.write(&(part.len() as u64).to_le_bytes()).write(part.as_bytes());
-        }
+    for part in [kind, key, rv] {
+        h = h.write(&(part.len() as u64).to_le_bytes()).write(part.as_bytes());
     }
-    format!("kube-{:016x}", h.finish())
+    h.finish()
+}
+
+fn generation(sum: u64) -> String {
+    format!("kube-{sum:016x}")
+}
+
+/// The generation of an API state: FNV-1a 64 of every object's kind, key
+/// and resourceVersion, summed. Two readers that hold the same objects at
+/// the same versions compute the same value, whatever order their events
+/// came in: the testbed's stand-in API server computes it from what it
+/// serves, the agent keeps it as objects come and go, and convergence is
+/// equality.
+pub fn state_generation<'a>(objects: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> String {
+    generation(
+        objects.into_iter().fold(0u64, |sum, (kind, key, rv)| sum.wrapping_add(object_hash(kind, key, rv))),
+    )
 }
 
 /// One translation: the model, what could not be read, and the generation.
@@ -69,57 +92,76 @@ pub struct Translated {
 }
 
 impl Translator {
-    /// Starts a translation of the current stores; add each kind with `add`.
-    pub fn begin(&mut self) -> Batch<'_> {
-        Batch { t: self, seen: Vec::new(), model: Model::default(), errors: Vec::new() }
+    /// The object of `kind` at `key` as its store holds it now; None: gone.
+    pub fn put<K: kube::Resource + Serialize>(&mut self, kind: &'static str, key: &str, obj: Option<&K>) {
+        let id = (kind, key.to_string());
+        let Some(obj) = obj else {
+            self.take(&id);
+            return;
+        };
+        let rv = obj.resource_version().unwrap_or_default();
+        if self.cache.get(&id).is_some_and(|e| e.resource_version == rv) {
+            return;
+        }
+        let previous = self.take(&id);
+        let entry = translate(obj, &rv, previous);
+        self.sum = self.sum.wrapping_add(object_hash(kind, key, &rv));
+        if entry.error.is_some() {
+            self.failed.insert(id.clone());
+        }
+        if let Some(o) = &entry.object {
+            self.model.replace(o.clone());
+        }
+        self.cache.insert(id, entry);
     }
-}
 
-/// A translation in progress.
-pub struct Batch<'t> {
-    t: &'t mut Translator,
-    /// (kind, key, resourceVersion) of every object added.
-    seen: Vec<(&'static str, String, String)>,
-    model: Model,
-    errors: Vec<SourceError>,
-}
-
-impl Batch<'_> {
-    /// Adds every object of one kind (all of a store's contents).
-    pub fn add<K, O>(&mut self, kind: &'static str, objects: impl IntoIterator<Item = O>)
+    /// Every object of `kind` (a store's whole contents, after a re-list):
+    /// those of the kind not among them are gone.
+    pub fn replace<K, O>(&mut self, kind: &'static str, objects: impl IntoIterator<Item = O>)
     where
         K: kube::Resource + Serialize,
         O: AsRef<K>,
     {
+        let mut present = BTreeSet::new();
         for obj in objects {
             let obj = obj.as_ref();
             let key = object_key(obj.meta().namespace.as_deref(), &obj.name_any());
-            let rv = obj.resource_version().unwrap_or_default();
-            let entry = match self.t.cache.remove(&(kind, key.clone())) {
-                Some(e) if e.resource_version == rv => e,
-                previous => translate(obj, &rv, previous.and_then(|e| e.object)),
-            };
-            if let Some(e) = &entry.error {
-                self.errors.push(SourceError { file: API_ORIGIN.into(), reason: e.clone() });
-            }
-            if let Some(o) = &entry.object {
-                // Keys are unique within a store, so nothing is displaced.
-                self.model.insert(o.clone());
-            }
-            self.t.cache.insert((kind, key.clone()), entry);
-            self.seen.push((kind, key, rv));
+            self.put(kind, &key, Some(obj));
+            present.insert(key);
+        }
+        let gone: Vec<Id> = self
+            .cache
+            .range((kind, String::new())..)
+            .take_while(|((k, _), _)| *k == kind)
+            .filter(|((_, key), _)| !present.contains(key))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.take(&id);
         }
     }
 
-    /// Ends the translation: objects not added since `begin` are gone (their
-    /// last good versions with them).
-    pub fn finish(self) -> Translated {
-        let keep: std::collections::BTreeSet<(&str, &str)> =
-            self.seen.iter().map(|(k, key, _)| (*k, key.as_str())).collect();
-        self.t.cache.retain(|(k, key), _| keep.contains(&(*k, key.as_str())));
-        let generation =
-            state_generation(self.seen.iter().map(|(k, key, rv)| (*k, key.as_str(), rv.as_str())));
-        Translated { model: self.model, errors: self.errors, generation }
+    /// Takes `id`'s entry out (of the model, the generation and the
+    /// errors too): its last good object.
+    fn take(&mut self, id: &Id) -> Option<Object> {
+        let e = self.cache.remove(id)?;
+        self.sum = self.sum.wrapping_sub(object_hash(id.0, &id.1, &e.resource_version));
+        self.failed.remove(id);
+        if let Some(o) = &e.object {
+            self.model.remove(o);
+        }
+        e.object
+    }
+
+    /// The translation as it stands.
+    pub fn translated(&self) -> Translated {
+        let errors = self
+            .failed
+            .iter()
+            .filter_map(|id| self.cache.get(id)?.error.clone())
+            .map(|reason| SourceError { file: API_ORIGIN.into(), reason })
+            .collect();
+        Translated { model: self.model.clone(), errors, generation: generation(self.sum) }
     }
 }
 
@@ -140,6 +182,7 @@ fn translate<K: Serialize>(obj: &K, rv: &str, previous: Option<Object>) -> Entry
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -171,10 +214,9 @@ mod tests {
     }
 
     fn translate_all(t: &mut Translator, pods: &[Arc<Pod>], policies: &[Arc<NetworkPolicy>]) -> Translated {
-        let mut b = t.begin();
-        b.add::<Pod, _>("Pod", pods.iter().cloned());
-        b.add::<NetworkPolicy, _>("NetworkPolicy", policies.iter().cloned());
-        b.finish()
+        t.replace::<Pod, _>("Pod", pods.iter().cloned());
+        t.replace::<NetworkPolicy, _>("NetworkPolicy", policies.iter().cloned());
+        t.translated()
     }
 
     #[test]
@@ -210,10 +252,9 @@ mod tests {
         let ns: Arc<Namespace> =
             from(json!({"metadata": {"name": "web", "resourceVersion": "3", "labels": {"team": "a"}}}));
         let mut t = Translator::default();
-        let mut b = t.begin();
-        b.add::<Node, _>("Node", [single, dual]);
-        b.add::<Namespace, _>("Namespace", [ns]);
-        let m = b.finish().model;
+        t.replace::<Node, _>("Node", [single, dual]);
+        t.replace::<Namespace, _>("Namespace", [ns]);
+        let m = t.translated().model;
         assert_eq!(m.nodes["n1"].pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(m.nodes["n1"].internal_ip, Some("172.31.0.11".parse().unwrap()));
         assert_eq!(m.nodes["n2"].pod_cidr, Some("10.244.2.0/24".parse().unwrap()), "podCIDRs' IPv4 one");
@@ -269,6 +310,79 @@ mod tests {
         assert_ne!(g1, translate_all(&mut t, std::slice::from_ref(&a), &[]).generation);
         // The same key and version under another kind is another state.
         assert_ne!(state_generation([("Pod", "x/a", "1")]), state_generation([("Node", "x/a", "1")]));
+    }
+
+    /// Objects put one at a time (as the watchers' events name them) give
+    /// what a translation of the whole stores gives, after every change:
+    /// the model, the errors and the generation, through pods coming,
+    /// changing and going and a policy turning bad and good again.
+    #[test]
+    fn objects_put_one_by_one_equal_the_whole_stores_translated() {
+        let mut pods: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
+        let mut policies: BTreeMap<String, Arc<NetworkPolicy>> = BTreeMap::new();
+        let mut t = Translator::default();
+        let mut rv = 0u32;
+        // A fixed pseudo-random walk (xorshift), so a failure repeats.
+        let mut x = 0x2545_f491_u32;
+        let mut next = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let (mut puts, mut errors_seen) = (0, 0);
+        for step in 0..400 {
+            rv += 1;
+            let name = format!("o{}", next(12));
+            let key = object_key(Some("x"), &name);
+            match next(5) {
+                0 | 1 => {
+                    let ip = format!("10.244.1.{}", next(200) + 2);
+                    let p = pod(&name, &rv.to_string(), json!({"phase": "Running", "podIP": ip}));
+                    t.put::<Pod>("Pod", &key, Some(&*p));
+                    pods.insert(key, p);
+                }
+                2 => {
+                    pods.remove(&key);
+                    t.put::<Pod>("Pod", &key, None);
+                }
+                3 => {
+                    let op = if next(3) == 0 { "Near" } else { "In" };
+                    let p = policy(&name, &rv.to_string(), op);
+                    t.put::<NetworkPolicy>("NetworkPolicy", &key, Some(&*p));
+                    policies.insert(key, p);
+                }
+                _ => {
+                    policies.remove(&key);
+                    t.put::<NetworkPolicy>("NetworkPolicy", &key, None);
+                }
+            }
+            puts += 1;
+            let (got, want) = (t.translated(), {
+                let mut fresh = Translator::default();
+                let pods: Vec<_> = pods.values().cloned().collect();
+                let policies: Vec<_> = policies.values().cloned().collect();
+                translate_all(&mut fresh, &pods, &policies)
+            });
+            // A bad policy's last good version is the incremental one's to
+            // keep (a fresh translator never saw it): compare what both can know.
+            let kept_last_good = got.errors.iter().any(|e| e.reason.contains("keeping its last good"));
+            if !kept_last_good {
+                assert_eq!(got.model, want.model, "step {step}");
+                assert_eq!(got.errors, want.errors, "step {step}");
+            }
+            errors_seen += usize::from(!got.errors.is_empty());
+            assert_eq!(got.model.pods, want.model.pods, "step {step}");
+            assert_eq!(got.generation, want.generation, "step {step}");
+            let served = pods
+                .iter()
+                .map(|(k, p)| ("Pod", k.as_str(), p.metadata.resource_version.as_deref().unwrap_or("")))
+                .chain(policies.iter().map(|(k, p)| {
+                    ("NetworkPolicy", k.as_str(), p.metadata.resource_version.as_deref().unwrap_or(""))
+                }));
+            assert_eq!(got.generation, state_generation(served), "step {step}: what the stand-in computes");
+        }
+        assert!(puts == 400 && errors_seen > 20, "the walk met bad policies: {errors_seen}");
     }
 
     #[test]

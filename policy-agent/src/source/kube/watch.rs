@@ -9,7 +9,7 @@
 //! (kube-runtime swaps it in at `InitDone`), so the rules built from it stay
 //! in force while the API cannot be reached.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,18 +19,23 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, watcher, Event};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{error, info, warn};
 
 use super::api_errors::{describe, Trouble};
+use super::translate::object_key;
 use crate::log_fold::Fold;
 
-/// What the watchers tell the source: a change counter and each kind's state.
+/// What the watchers tell the source: a change counter, what changed in
+/// each kind's store, and each kind's state.
 #[derive(Default)]
 pub(super) struct Shared {
-    /// Bumped on every store change and every change of `kinds`.
+    /// Bumped on every store change (after `touched` says what changed)
+    /// and every change of `kinds`.
     version: AtomicU64,
+    /// What changed in each kind's store since the source took it last.
+    touched: Mutex<BTreeMap<&'static str, Touched>>,
     kinds: Mutex<BTreeMap<&'static str, KindState>>,
     /// Wakes the agent loop on a Pod change (`Source::set_wake`).
     wake: OnceLock<crate::source::WakeFn>,
@@ -38,6 +43,20 @@ pub(super) struct Shared {
     /// is one line, then one count per window, not a line per retry per kind.
     fold: Mutex<Fold>,
 }
+
+/// What changed in one kind's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Touched {
+    /// These objects (`translate::object_key`).
+    Keys(BTreeSet<String>),
+    /// Anything: the store was swapped by a re-list, or more than
+    /// `MAX_TOUCHED` objects changed before the source looked.
+    All,
+}
+
+/// Keys remembered per kind before a change counts as `Touched::All`: a
+/// burst of events costs one pass over the store, not unbounded memory.
+pub(super) const MAX_TOUCHED: usize = 4096;
 
 /// One kind's watcher, as far as the source cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +74,26 @@ impl Shared {
 
     fn bump(&self) {
         self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Records that `kind`'s object at `key` changed, or with None that
+    /// anything in its store did; before the change bumps the version.
+    pub(super) fn touch(&self, kind: &'static str, key: Option<String>) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        let t = touched.entry(kind).or_insert_with(|| Touched::Keys(BTreeSet::new()));
+        match (key, &mut *t) {
+            (Some(key), Touched::Keys(keys)) if keys.len() < MAX_TOUCHED || keys.contains(&key) => {
+                keys.insert(key);
+            }
+            (Some(_), Touched::All) => {}
+            _ => *t = Touched::All,
+        }
+    }
+
+    /// What changed since the last call, per kind. Taken after reading
+    /// the version: a change it misses bumps the version after that read.
+    pub(super) fn take_touched(&self) -> BTreeMap<&'static str, Touched> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub(super) fn set_wake(&self, wake: crate::source::WakeFn) {
@@ -157,9 +196,14 @@ where
                                 shared.recovered(kind, Instant::now());
                             }
                             // The store was swapped in even if nothing else changed.
+                            shared.touch(kind, None);
                             shared.changed(kind);
                         }
-                        Event::Apply(_) | Event::Delete(_) => shared.changed(kind),
+                        Event::Apply(o) | Event::Delete(o) => {
+                            let key = object_key(o.meta().namespace.as_deref(), &o.name_any());
+                            shared.touch(kind, Some(key));
+                            shared.changed(kind);
+                        }
                         // Buffered by the writer until InitDone: the store is unchanged.
                         Event::Init | Event::InitApply(_) => {}
                     }
@@ -302,6 +346,30 @@ mod tests {
         let ends: Vec<&String> = got.iter().filter(|l| l.contains("back after")).collect();
         assert_eq!(ends.len(), 2, "one end per trouble, once every kind listed again: {got:#?}");
         assert!(ends[0].contains("back after 40 s (5 failed attempts, forbidden)"), "{got:#?}");
+    }
+
+    #[test]
+    fn touched_keys_are_taken_once_and_too_many_or_a_relist_are_all() {
+        let s = Shared::default();
+        s.touch("Pod", Some("x/a".into()));
+        s.touch("Pod", Some("x/b".into()));
+        s.touch("Pod", Some("x/a".into()));
+        s.touch("Node", None);
+        s.touch("Node", Some("n1".into()));
+        let keys = |k: &[&str]| Touched::Keys(k.iter().map(|s| s.to_string()).collect());
+        let got = s.take_touched();
+        assert_eq!(got.get("Pod"), Some(&keys(&["x/a", "x/b"])));
+        assert_eq!(got.get("Node"), Some(&Touched::All), "a re-list covers any key after it");
+        assert!(s.take_touched().is_empty(), "taken once");
+        for i in 0..MAX_TOUCHED {
+            s.touch("Pod", Some(format!("x/p{i}")));
+        }
+        s.touch("Pod", Some("x/p0".into()));
+        assert!(matches!(s.take_touched().get("Pod"), Some(Touched::Keys(k)) if k.len() == MAX_TOUCHED));
+        for i in 0..=MAX_TOUCHED {
+            s.touch("Pod", Some(format!("x/p{i}")));
+        }
+        assert_eq!(s.take_touched().get("Pod"), Some(&Touched::All), "one key too many: the whole store");
     }
 
     #[test]
