@@ -12,6 +12,11 @@
 //! routes or rules it used to give. The generation hashes the files' names and
 //! bytes, so the testbed computes it (`read_dir`) without parsing anything.
 //!
+//! The model is kept, not rebuilt: a file read again takes its old objects
+//! out and puts its new ones in (an object declared by several files is the
+//! first file's by path, then the next one's when that goes), so a change
+//! costs its file, not every object of the directory.
+//!
 //! A read that fails (the directory moved away or unreadable, a file that
 //! cannot be opened or read: EMFILE, EACCES, EIO) is not an empty cluster:
 //! the last good state stays in force, and the snapshot's errors say why
@@ -65,6 +70,11 @@ pub struct DirSource {
     watch: Option<DirWatch>,
     /// When every file was last looked at.
     scanned: Option<Instant>,
+    /// The objects of `files`, the first declaration of each.
+    model: Model,
+    /// Who declares each object (`Object::key`): (file, position in it), in
+    /// that order; the first one's object is the model's.
+    declared: BTreeMap<String, Vec<(OsString, usize)>>,
 }
 
 /// What identifies a file's content without reading it: device, inode (a
@@ -96,6 +106,8 @@ impl DirSource {
             failing: None,
             watch: None,
             scanned: None,
+            model: Model::default(),
+            declared: BTreeMap::new(),
         }
     }
 
@@ -183,7 +195,12 @@ impl DirSource {
         let mut changed = false;
         for (path, update) in updates {
             match update {
-                Update::Gone => changed |= self.files.remove(&path).is_some(),
+                Update::Gone => {
+                    if let Some(f) = self.files.remove(&path) {
+                        self.withdraw(&path, &f.objects);
+                        changed = true;
+                    }
+                }
                 Update::Restamped(st) => {
                     if let Some(f) = self.files.get_mut(&path) {
                         f.stamp = st;
@@ -191,7 +208,10 @@ impl DirSource {
                 }
                 Update::Read(stamp, bytes) => {
                     let previous = self.files.remove(&path).map(|f| f.objects).unwrap_or_default();
-                    self.files.insert(path, parse_file(stamp, bytes, previous));
+                    self.withdraw(&path, &previous);
+                    let state = parse_file(stamp, bytes, previous);
+                    self.declare(&path, &state.objects);
+                    self.files.insert(path, state);
                     changed = true;
                 }
             }
@@ -204,32 +224,66 @@ impl DirSource {
         generation_of(self.files.iter().map(|(p, f)| (p.as_os_str(), f.bytes.len(), f.hash)))
     }
 
-    /// The model of the files as last parsed, and their errors.
+    /// Takes the `objects` of file `path` (no longer in `files`) out of the
+    /// declarations: an object the model had from it goes, or gives way to
+    /// the next file's declaration of it.
+    fn withdraw(&mut self, path: &OsStr, objects: &[Object]) {
+        for obj in objects {
+            let key = obj.key();
+            let Some(decl) = self.declared.get_mut(&key) else { continue };
+            let was_first = decl.first().is_some_and(|(p, _)| p == path);
+            // Every declaration of `key` by this file at once (a later
+            // duplicate in the file then finds none).
+            decl.retain(|(p, _)| p != path);
+            if !was_first {
+                continue;
+            }
+            self.model.remove(obj);
+            let next = decl.first().and_then(|(p, i)| self.files.get(p)?.objects.get(*i));
+            match next {
+                Some(o) => self.model.replace(o.clone()),
+                None => drop(self.declared.remove(&key)),
+            }
+        }
+    }
+
+    /// Adds the `objects` of file `path` to the declarations: an object goes
+    /// into the model unless a file before it (or an earlier place in it)
+    /// declares it.
+    fn declare(&mut self, path: &OsStr, objects: &[Object]) {
+        for (i, obj) in objects.iter().enumerate() {
+            let decl = self.declared.entry(obj.key()).or_default();
+            let at = decl.partition_point(|(p, j)| (p.as_os_str(), *j) < (path, i));
+            decl.insert(at, (path.to_os_string(), i));
+            if at == 0 {
+                self.model.replace(obj.clone());
+            }
+        }
+    }
+
+    /// The model of the files as last parsed, and their errors: each file's
+    /// own, then each object it declares after an earlier declaration.
     fn model(&self) -> (Model, Vec<SourceError>) {
-        let mut model = Model::default();
+        let name = |p: &OsStr| Path::new(p).display().to_string();
+        let mut again: Vec<(&OsString, usize, &String, &OsString)> = self
+            .declared
+            .iter()
+            .filter(|(_, d)| d.len() > 1)
+            .flat_map(|(key, d)| d[1..].iter().map(move |(p, i)| (p, *i, key, &d[0].0)))
+            .collect();
+        again.sort_unstable();
+        let mut again = again.into_iter().peekable();
         let mut errors = Vec::new();
-        let name = |p: &OsString| Path::new(p).display().to_string();
         for (path, state) in &self.files {
             errors.extend(
                 state.errors.iter().map(|reason| SourceError { file: name(path), reason: reason.clone() }),
             );
-            for obj in &state.objects {
-                // The first file (by path) wins.
-                if !model.insert(obj.clone()) {
-                    let key = obj.key();
-                    let first = self
-                        .files
-                        .iter()
-                        .find(|(_, st)| st.objects.iter().any(|o| o.key() == key))
-                        .map_or_else(|| "another file".to_string(), |(p, _)| name(p));
-                    errors.push(SourceError {
-                        file: name(path),
-                        reason: format!("{key} is already declared in {first}"),
-                    });
-                }
+            while let Some((_, _, key, first)) = again.next_if(|(p, ..)| *p == path) {
+                let reason = format!("{key} is already declared in {}", name(first));
+                errors.push(SourceError { file: name(path), reason });
             }
         }
-        (model, errors)
+        (self.model.clone(), errors)
     }
 
     /// A failed read: the last good state with the failure among its errors,
@@ -616,6 +670,43 @@ mod tests {
         assert_eq!(names, ["node-1.yaml", "node-2.yaml"]);
         assert_eq!(files[0].1, node_yaml(1).into_bytes());
         assert_eq!(generation, read_dir(dir.path()).generation);
+    }
+
+    /// A source kept up change by change holds what a fresh read of the
+    /// directory gives, errors included, through files that declare the
+    /// same objects (across files and twice in one), rewritten and removed
+    /// in a fixed pseudo-random walk.
+    #[test]
+    fn a_kept_model_equals_a_fresh_read_through_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = DirSource::new(dir.path());
+        // A fixed pseudo-random walk, so a failure repeats.
+        let mut rng = crate::policy::incremental::tests::Rng::new(7);
+        let mut next = |n: u32| rng.below(n as usize) as u32;
+        let (mut dups, mut polls) = (0, 0);
+        for step in 0..150 {
+            let file = dir.path().join(format!("f{}.yaml", next(5)));
+            if next(4) == 0 {
+                let _ = std::fs::remove_file(&file);
+            } else {
+                // Nodes 0-5, each with an address that says which file and step wrote it.
+                let docs: Vec<String> = (0..1 + next(4))
+                    .map(|_| {
+                        let n = next(6);
+                        node_yaml(n)
+                            .replace(&format!("172.31.0.{}", 10 + n), &format!("172.31.{}.{}", step, n))
+                    })
+                    .collect();
+                std::fs::write(&file, docs.join("---\n")).unwrap();
+            }
+            let Some(snap) = src.poll() else { continue };
+            polls += 1;
+            let fresh = read_dir(dir.path());
+            assert_eq!(snap.model, fresh.model, "step {step}");
+            assert_eq!(snap.errors, fresh.errors, "step {step}");
+            dups += usize::from(snap.errors.iter().any(|e| e.reason.contains("already declared")));
+        }
+        assert!(polls > 100 && dups > 50, "the walk met duplicates: {dups} of {polls}");
     }
 
     #[test]

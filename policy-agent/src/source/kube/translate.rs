@@ -322,14 +322,9 @@ mod tests {
         let mut policies: BTreeMap<String, Arc<NetworkPolicy>> = BTreeMap::new();
         let mut t = Translator::default();
         let mut rv = 0u32;
-        // A fixed pseudo-random walk (xorshift), so a failure repeats.
-        let mut x = 0x2545_f491_u32;
-        let mut next = |n: u32| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x % n
-        };
+        // A fixed pseudo-random walk, so a failure repeats.
+        let mut rng = crate::policy::incremental::tests::Rng::new(7);
+        let mut next = |n: u32| rng.below(n as usize) as u32;
         let (mut puts, mut errors_seen) = (0, 0);
         for step in 0..400 {
             rv += 1;
