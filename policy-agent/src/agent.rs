@@ -468,9 +468,10 @@ impl<'c> Agent<'c> {
             let changed =
                 if dirty.is_empty() { Ok(Outcome::default()) } else { p.apply_changes(c.ir(), &dirty) };
             changed.and_then(|a| {
-                // A check still running covers this resync.
+                // A check still running covers this resync; what is in
+                // force is what the backend last applied.
                 if self.drift.running() || start_drift_check(&mut self.drift, &**p, &self.wake) {
-                    return Ok(a);
+                    return Ok(Outcome { counts: p.counts(), ..a });
                 }
                 Ok(a.then(p.resync(c.ir())?))
             })

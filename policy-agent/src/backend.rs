@@ -122,6 +122,8 @@ pub trait PolicyBackend {
     fn epoch(&self) -> u64 {
         0
     }
+    /// What is in force, as last applied (zero before the first apply).
+    fn counts(&self) -> ObjectCounts;
     fn cleanup(&mut self) -> Result<(), KernelError>;
 }
 
@@ -166,6 +168,10 @@ impl PolicyBackend for Iptables {
 
     fn epoch(&self) -> u64 {
         Iptables::epoch(self)
+    }
+
+    fn counts(&self) -> ObjectCounts {
+        Iptables::counts(self)
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
@@ -247,6 +253,10 @@ impl PolicyBackend for Nft {
 
     fn epoch(&self) -> u64 {
         Nft::epoch(self)
+    }
+
+    fn counts(&self) -> ObjectCounts {
+        Nft::counts(self).unwrap_or_default()
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
@@ -346,6 +356,10 @@ impl<B: PolicyBackend> PolicyBackend for Handover<B> {
 
     fn epoch(&self) -> u64 {
         self.inner.epoch()
+    }
+
+    fn counts(&self) -> ObjectCounts {
+        self.inner.counts()
     }
 
     fn cleanup(&mut self) -> Result<(), KernelError> {
