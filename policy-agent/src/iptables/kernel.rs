@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use weft_netkit::ipset_write::{self, Change, Op};
 use weft_netkit::iptables_mode::{self, IptablesMode};
@@ -120,9 +120,10 @@ pub struct Iptables {
     /// The ip6tables payload as last applied.
     rules6: Option<String>,
     /// Per family (IPv4, IPv6): `chains_fingerprint` of weft's chains as
-    /// listed after this process last wrote them; None until a resync
-    /// listed them (a resync then rewrites them).
-    printed: [Option<u64>; 2],
+    /// listed right after this process last wrote them, by a thread
+    /// (`list_later`) or a resync; empty until then (a resync then
+    /// rewrites them).
+    printed: [Arc<OnceLock<u64>>; 2],
     /// ip6tables' chains are in use (written by this process): until a node
     /// has IPv6 to guard, none are written, listed or watched, so an
     /// IPv4-only node pays nothing for them.
@@ -152,7 +153,7 @@ impl Iptables {
             capacity: BTreeMap::new(),
             rules: None,
             rules6: None,
-            printed: [None; 2],
+            printed: Default::default(),
             epoch: 0,
             v6: Arc::default(),
             v6_checked: false,
@@ -231,8 +232,9 @@ impl Iptables {
                 // apply or a resync, from an earlier run.
                 let stale =
                     !has_cnp_chains(wanted) && (full || applied.as_deref().is_none_or(has_cnp_chains));
-                self.printed[usize::from(family.v6)] = None;
+                self.printed[usize::from(family.v6)] = Default::default();
                 restore_chains(family, wanted, stale)?;
+                self.printed[usize::from(family.v6)] = list_later(family.clone());
                 *applied = Some(wanted.clone());
                 done.rules_written = true;
             }
@@ -302,15 +304,15 @@ impl Iptables {
             let wanted = if family.v6 { self.rules6.as_deref().unwrap_or_default() } else { rules.as_str() };
             let mut saves = list_tables(family)?;
             let slot = &mut self.printed[usize::from(family.v6)];
-            let known = *slot;
+            let known = slot.get().copied();
             if known != Some(chains_fingerprint(&saves)) {
-                // Unknown (never listed since written) or drifted: written
+                // Unknown (no listing since written) or drifted: written
                 // again, stale ClusterNetworkPolicy chains dropped with it.
                 // Only a difference from a known listing is drift to report.
                 restore_chains(family, wanted, !has_cnp_chains(wanted))?;
                 done.rules_written |= known.is_some();
                 saves = list_tables(family)?;
-                *slot = Some(chains_fingerprint(&saves));
+                *slot = Arc::new(OnceLock::from(chains_fingerprint(&saves)));
             }
             if saves.iter().any(|(table, save)| jump_move(table, save).is_some()) {
                 let _held = JUMP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,14 +334,15 @@ impl Iptables {
     /// as `resync` does (on any thread of this netns) and says whether they
     /// are as this process last wrote them: every set with its members and
     /// no other, the chains' fingerprint, the jumps first. None where only
-    /// `resync` can tell: nothing applied yet, or chains not listed since
-    /// they were written.
+    /// `resync` can tell: nothing applied yet, or chains whose listing after
+    /// their write is not done (or failed).
     pub fn check(&self) -> Option<(u64, impl FnOnce() -> bool + Send + 'static)> {
         self.rules.as_ref()?;
         let v6 = self.rules6.is_some();
         let families = self.families.iter().filter(|f| v6 || !f.v6);
-        let listed: Vec<(Family, u64)> =
-            families.map(|f| Some((f.clone(), self.printed[usize::from(f.v6)]?))).collect::<Option<_>>()?;
+        let listed: Vec<(Family, u64)> = families
+            .map(|f| Some((f.clone(), *self.printed[usize::from(f.v6)].get()?)))
+            .collect::<Option<_>>()?;
         let sets = Arc::clone(&self.sets);
         let intact = move || {
             let same_sets = kernel_sets().is_ok_and(|kernel| {
@@ -423,7 +426,7 @@ impl Iptables {
         self.capacity.clear();
         self.rules = None;
         self.rules6 = None;
-        self.printed = [None; 2];
+        self.printed = Default::default();
         self.v6.store(false, Ordering::SeqCst);
         self.v6_checked = false;
         remove_objects().map(drop)
@@ -523,6 +526,25 @@ fn list_tables(family: &Family) -> Result<Vec<(&'static str, String)>, KernelErr
 /// A fingerprint of weft's chains and their rules in `saves` (per table,
 /// an `iptables-save` listing): other programs' chains, FORWARD and the
 /// listing's comments and dates leave it unchanged.
+/// The fingerprint of `family`'s chains, listed on a thread now that they
+/// are written: an `iptables-save` of a large table takes 50-150 ms, which
+/// a policy change need not wait for, and the first resync after it then
+/// compares instead of writing the chains again. Empty if the listing
+/// fails or no thread starts (that resync then writes them again).
+fn list_later(family: Family) -> Arc<OnceLock<u64>> {
+    let printed = Arc::new(OnceLock::new());
+    let fill = printed.clone();
+    let spawned = std::thread::Builder::new().name("iptables-list".into()).spawn(move || {
+        if let Ok(saves) = list_tables(&family) {
+            let _ = fill.set(chains_fingerprint(&saves));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::debug!("no listing of weft's chains until the next resync: {e}");
+    }
+    printed
+}
+
 fn chains_fingerprint(saves: &[(&str, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
