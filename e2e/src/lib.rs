@@ -46,9 +46,6 @@ pub use error::{E2eError, Result};
 pub use pods::Pod;
 pub use run::RunState;
 
-/// How often `exec_in` checks whether its child has exited.
-const EXEC_POLL: Duration = Duration::from_millis(5);
-
 /// A running testbed; torn down (processes killed, pods released through CNI
 /// DEL, namespaces and run dir deleted) by `down` or on drop.
 pub struct Testbed {
@@ -283,19 +280,32 @@ pub fn exec_command(mut c: Command, what: &str, stdin: Option<&[u8]>, timeout: D
     }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(E2eError::io(format!("wait for {what}")))? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(E2eError::io(what.to_string())(std::io::ErrorKind::TimedOut.into()));
-            }
-            None => std::thread::sleep(EXEC_POLL),
-        }
-    };
+    if !exited_within(&child, timeout).map_err(E2eError::io(format!("wait for {what}")))? {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(E2eError::io(what.to_string())(std::io::ErrorKind::TimedOut.into()));
+    }
+    let status = child.wait().map_err(E2eError::io(format!("wait for {what}")))?;
     Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
+}
+
+/// True once `child` has exited, false if it has not within `timeout`. A
+/// thread waits for the exit without reaping it (the caller reaps or kills
+/// its own child, whose pid cannot have been reused): a benchmark that times
+/// a child sees its exit at once, not at the next poll.
+fn exited_within(child: &Child, timeout: Duration) -> std::io::Result<bool> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new().name("weft-e2e-wait".into()).spawn(move || loop {
+        // An error other than EINTR: the caller's wait reports it.
+        if waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) != Err(nix::errno::Errno::EINTR)
+        {
+            let _ = tx.send(());
+            break;
+        }
+    })?;
+    Ok(rx.recv_timeout(timeout).is_ok())
 }
 
 fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
