@@ -311,9 +311,22 @@ impl<A: Family> Contribution<A> {
             && !self.all_pods
     }
 
+    /// True if it has a target on this node (a policy kept by its rules
+    /// alone has none: `Compiler::rules_only`).
+    pub fn has_targets(&self) -> bool {
+        !self.ingress.isolated.is_empty() || !self.egress.isolated.is_empty()
+    }
+
     /// Adds `delta`, this policy's contribution for a new target (its nets
     /// holding only the groups this one does not name yet).
     pub fn absorb(&mut self, delta: Contribution<A>) {
+        // A policy kept by its rules alone learns here what its targets need.
+        self.all_pods |= delta.all_pods;
+        for n in delta.notes {
+            if !self.notes.contains(&n) {
+                self.notes.push(n);
+            }
+        }
         for (held, part) in [(&mut self.ingress, delta.ingress), (&mut self.egress, delta.egress)] {
             held.isolated.extend(part.isolated);
             held.triples.extend(part.triples);
@@ -327,15 +340,26 @@ impl<A: Family> Contribution<A> {
     }
 
     /// Takes out what target `ip` adds, and returns it; None if `ip` is not
-    /// a target exactly once in each direction, or is the last one (the
-    /// policy is then recompiled). The uses stay: at worst one more
-    /// recompile later, never a missed one.
-    pub fn split_off_target(&mut self, ip: A) -> Option<Contribution<A>> {
+    /// a target exactly once in each direction, or is the last one and
+    /// `keep_rules` is false (the policy is then recompiled). The last one
+    /// leaves the policy kept by its rules (`Compiler::rules_only`). The
+    /// uses stay: at worst one more recompile later, never a missed one.
+    pub fn split_off_target(&mut self, ip: A, keep_rules: bool) -> Option<Contribution<A>> {
         let times = |p: &Part<A>| p.isolated.iter().filter(|&&i| i == ip).count();
         let (i, e) = (times(&self.ingress), times(&self.egress));
         let others = self.ingress.isolated.iter().chain(&self.egress.isolated).any(|&i| i != ip);
-        if i > 1 || e > 1 || i + e == 0 || !others {
+        if i > 1 || e > 1 || i + e == 0 || !(others || keep_rules) {
             return None;
+        }
+        if !others {
+            self.all_pods = false;
+            return Some(Contribution {
+                audit: self.audit,
+                ingress: std::mem::take(&mut self.ingress),
+                egress: std::mem::take(&mut self.egress),
+                notes: std::mem::take(&mut self.notes),
+                ..Contribution::default()
+            });
         }
         Some(Contribution {
             audit: self.audit,
@@ -414,7 +438,14 @@ pub(crate) struct Compiler<'a, 'm, A: Family> {
 
 impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
     /// What `policy` adds (its users of peers are the caller's to register).
-    pub fn contribution(&mut self, policy: &NetworkPolicy, rule_keys: &[PeerKey]) -> Contribution<A> {
+    /// With no target on this node it adds nothing; with `keep_rules` its
+    /// rules' peers are still resolved and named (`rules_only`).
+    pub fn contribution(
+        &mut self,
+        policy: &NetworkPolicy,
+        rule_keys: &[PeerKey],
+        keep_rules: bool,
+    ) -> Contribution<A> {
         let targets: Vec<&Pod> = self
             .index
             .by_ns
@@ -424,10 +455,27 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
             .copied()
             .filter(|p| p.node.as_deref() == Some(self.node) && policy.pod_selector.matches(&p.labels))
             .collect();
-        if targets.is_empty() {
-            return Contribution { audit: policy.audit, ..Contribution::default() };
+        match (targets.is_empty(), keep_rules) {
+            (true, false) => Contribution { audit: policy.audit, ..Contribution::default() },
+            (true, true) => self.rules_only(policy, rule_keys),
+            (false, _) => self.for_targets(policy, &targets, rule_keys),
         }
-        self.for_targets(policy, &targets, rule_keys)
+    }
+
+    /// A policy without a target here, kept by its rules' peer keys (each a
+    /// use, so the definitions stay resolved): its first target then costs
+    /// what a next one does (`Contribution::absorb`), not a whole compile.
+    /// It adds nothing to the IR, and no change of its peers makes it stale.
+    fn rules_only(&mut self, policy: &NetworkPolicy, rule_keys: &[PeerKey]) -> Contribution<A> {
+        let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
+        let rules = policy.ingress.iter().chain(&policy.egress).flatten();
+        for rule in rules {
+            let known = rule_keys.get(c.rule_keys.len()).copied();
+            let (key, _) = self.peers(policy, rule, known);
+            c.rule_keys.push(key);
+            use_peers(&mut c, key, Use::default());
+        }
+        c
     }
 
     /// What `policy` adds for `targets` alone (local pods it selects).
@@ -465,6 +513,10 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
             let known = rule_keys.get(c.rule_keys.len()).copied();
             let (key, peers) = self.peers(policy, rule, known);
             c.rule_keys.push(key);
+            // Every rule's peers are used, whatever they add (a named port
+            // no target serves adds nothing): kept by its rules, the policy
+            // uses what it did.
+            use_peers(c, key, Use::default());
             if peers.nets.is_empty() {
                 // Peers that match nothing (yet): the rule allows nothing.
                 use_peers(c, key, Use { exact: true, ..Use::default() });

@@ -7,7 +7,9 @@
 //! a way that changes what they add (`Use::stale`). A target that only came
 //! or went is added to (taken from) its policy's contribution, compiled for
 //! that pod alone; the others keep their contribution, and a group's peers
-//! that changed are patched in place. Each address family has its own engine (`FamilyEngine`)
+//! that changed are patched in place. A policy without a target on this
+//! node is kept by its rules' peer keys, so its first target comes as any
+//! other does. Each address family has its own engine (`FamilyEngine`)
 //! over the same changes. The IR and a `Dirty` record of what changed are
 //! kept in step, so a backend re-renders only those elements. A property
 //! test checks that any sequence of updates gives the IR a full compile gives.
@@ -268,13 +270,18 @@ impl<A: Family> FamilyEngine<A> {
         let (old, new) = (c.old, c.new);
         let mut out = Out { ir, dirty, structural: false };
         let cidr = pod_cidr::<A>(new, &self.node);
-        if cidr != out.ir.pod_cidr {
-            out.ir.pod_cidr = cidr;
-            out.structural = true;
-        }
         // Borrowed from the models (a policy to recompile is in one of them,
         // or a changed key): no key is copied.
         let mut todo: BTreeSet<&str> = c.policies.iter().map(String::as_str).collect();
+        if cidr != out.ir.pod_cidr {
+            if cidr.is_some() != out.ir.pod_cidr.is_some() {
+                // Policies without a target here are kept by their rules, or
+                // no longer (`recompile_with`): every policy, once.
+                todo.extend(new.policies.keys().map(String::as_str));
+            }
+            out.ir.pod_cidr = cidr;
+            out.structural = true;
+        }
         let model_key = |key: &str| -> Option<&str> {
             new.policies
                 .get_key_value(key)
@@ -353,9 +360,13 @@ impl<A: Family> FamilyEngine<A> {
                 continue;
             }
             for user in &entry.users {
-                let stale = self.parts.get(user).and_then(|c| c.uses.get(key)).is_none_or(|u| {
-                    (resolution_changed && u.stale(&now.nets)) || (member_changed && u.named)
-                });
+                let stale = match self.parts.get(user) {
+                    // Kept by its rules alone: its peers are not in it.
+                    Some(c) if !c.has_targets() => false,
+                    held => held.and_then(|c| c.uses.get(key)).is_none_or(|u| {
+                        (resolution_changed && u.stale(&now.nets)) || (member_changed && u.named)
+                    }),
+                };
                 if stale {
                     todo.extend(model_key(user));
                 }
@@ -424,13 +435,24 @@ impl<A: Family> FamilyEngine<A> {
                 let new_uses = delta.uses.keys().filter(|k| !held.uses.contains_key(k));
                 register(&mut self.peers, key, new_uses);
                 held.absorb(delta);
+                if held.all_pods && !self.all_pods.contains(key) {
+                    self.all_pods.insert(key.to_string());
+                }
                 true
             }
             Retarget::Lost(pod) => {
-                let ip = A::of_pod(pod);
-                let Some(gone) = ip.and_then(|ip| self.parts.get_mut(key)?.split_off_target(ip)) else {
+                let (ip, keep_rules) = (A::of_pod(pod), out.ir.pod_cidr.is_some());
+                let Some(held) = self.parts.get_mut(key) else { return false };
+                let Some(gone) = ip.and_then(|ip| held.split_off_target(ip, keep_rules)) else {
                     return false;
                 };
+                if !held.all_pods {
+                    self.all_pods.remove(key);
+                }
+                if held.is_empty() {
+                    // A policy without rules is not kept without targets.
+                    self.parts.remove(key);
+                }
                 self.views.fold(&gone, DirAgg::remove, out);
                 true
             }
@@ -449,6 +471,10 @@ impl<A: Family> FamilyEngine<A> {
     ) {
         let audits_before = self.views.all.is_some();
         self.peers.named.clear();
+        // A node with a pod network of this family keeps the policies
+        // without a target here by their rules; an IPv4-only node's IPv6
+        // engine keeps nothing.
+        let keep_rules = out.ir.pod_cidr.is_some();
         for &key in keys {
             // The key's string is kept for the new contribution.
             let old = self.parts.remove_entry(key);
@@ -464,7 +490,7 @@ impl<A: Family> FamilyEngine<A> {
                 Some((_, c)) if !changed.contains(key) => c.rule_keys.as_slice(),
                 _ => &[],
             };
-            let c = self.compile(model, index, policy, rule_keys);
+            let c = self.compile(model, index, policy, rule_keys, keep_rules);
             register(&mut self.peers, key, c.uses.keys());
             // Indexed once: a policy keeps its namespace (it is in its key).
             match self.by_ns.get_mut(&policy.namespace) {
@@ -477,9 +503,9 @@ impl<A: Family> FamilyEngine<A> {
                 }
             }
             if c.is_empty() {
-                // Most policies select no pod of this node (and, on an
-                // IPv4-only cluster, none in IPv6): keeping their nothing
-                // would cost memory per policy.
+                // A policy without rules, or (on an IPv4-only cluster, in
+                // IPv6) without a target and not kept by its rules: keeping
+                // its nothing would cost memory per policy.
                 self.all_pods.remove(key);
                 continue;
             }
@@ -504,10 +530,11 @@ impl<A: Family> FamilyEngine<A> {
         index: &PodIndex,
         policy: &NetworkPolicy,
         rule_keys: &[PeerKey],
+        keep_rules: bool,
     ) -> Contribution<A> {
         let mut compiler =
             Compiler { model, index, node: &self.node, options: self.options, peers: &mut self.peers };
-        compiler.contribution(policy, rule_keys)
+        compiler.contribution(policy, rule_keys, keep_rules)
     }
 
     /// Takes policy `key`'s contribution out of the views and its peers'

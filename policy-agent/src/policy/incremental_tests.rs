@@ -224,7 +224,7 @@ pub(crate) fn random_model(r: &mut Rng) -> Model {
 }
 
 /// One random change: a pod, policy or cluster policy added, changed or
-/// removed, a namespace relabelled, node-1's pod CIDR changed.
+/// removed, a namespace relabelled, node-1's pod CIDRs changed or gone.
 pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
     match r.below(11) {
         0..=3 => {
@@ -278,7 +278,16 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
         }
         _ => {
             let third = *r.pick(&[1u8, 3]);
-            m.nodes.insert("node-1".into(), node("node-1", third));
+            let mut n = node("node-1", third);
+            // Now and then without a pod network of one family or both
+            // (policies without a target here are then not kept).
+            match r.below(6) {
+                0 => n.pod_cidr = None,
+                1 => n.pod_cidr6 = None,
+                2 => (n.pod_cidr, n.pod_cidr6) = (None, None),
+                _ => {}
+            }
+            m.nodes.insert("node-1".into(), n);
         }
     }
 }
@@ -418,6 +427,62 @@ fn targets_coming_and_going_leave_what_a_compile_gives() {
     let c = &engine.v4.parts["x/web"];
     assert_eq!(c.ingress.isolated.len(), 1, "web-4 is the policy's last target: {c:?}");
     assert_eq!(c.ingress.port_groups.len(), 1, "web-4 serves http: {c:?}");
+}
+
+#[test]
+fn a_policy_without_a_target_here_is_kept_by_its_rules_in_the_nodes_families() {
+    let pod = |name: &str, node: &str, host: u8| {
+        let labels = labels(&[("app", "web")]);
+        let third = if node == "node-1" { 1 } else { 2 };
+        let ip = Some(Ipv4Addr::new(10, 244, third, host));
+        let node = Some(node.into());
+        let (namespace, name) = ("x".into(), name.into());
+        Arc::new(Pod { namespace, name, labels, node, ip, ip6: None, host_network: false, ports: vec![] })
+    };
+    let mut model = random_model(&mut Rng::new(1));
+    model.pods.clear();
+    model.policies.clear();
+    model.cluster_policies.clear();
+    let mut v4_only = node("node-1", 1);
+    v4_only.pod_cidr6 = None;
+    model.nodes.insert("node-1".into(), v4_only);
+    let clients = Peer::Pods { namespaces: None, pods: LabelSelector::of_labels([("app", "client")]) };
+    let policy = NetworkPolicy {
+        namespace: "x".into(),
+        name: "web".into(),
+        pod_selector: LabelSelector::of_labels([("app", "web")]),
+        ingress: Some(vec![Rule { peers: vec![clients], ports: vec![] }]),
+        egress: None,
+        audit: false,
+    };
+    model.policies.insert(policy.key(), policy.into());
+    model.pods.insert("x/remote".into(), pod("remote", "node-2", 2));
+    let mut engine = PolicyEngine::new(&model, "node-1", &cluster(), Options::default());
+    // Its target is on node-2: nothing in the IR, its peers resolved and used.
+    let kept = |e: &PolicyEngine| {
+        let c = e.v4.parts.get("x/web").expect("kept by its rules");
+        let users = c.rule_keys.iter().map(|k| e.v4.peers.defs.get(k).map(|d| d.users.contains("x/web")));
+        (c.has_targets(), users.collect::<Vec<_>>())
+    };
+    assert_eq!(kept(&engine), (false, vec![Some(true)]));
+    assert!(engine.ir().v4.ingress.isolated.is_empty());
+    // The IPv6 engine of a node without an IPv6 pod network keeps nothing.
+    assert!(engine.v6.parts.is_empty(), "{:?}", engine.v6.parts.keys());
+    // Its first target here comes as any other, and its last one goes.
+    for (step, local) in [Some(pod("local", "node-1", 7)), None].into_iter().enumerate() {
+        let mut next = model.clone();
+        match local {
+            Some(p) => next.pods.insert("x/local".into(), p),
+            None => next.pods.remove("x/local"),
+        };
+        engine.update(&model, &next);
+        let fresh = PolicyEngine::new(&next, "node-1", &cluster(), Options::default());
+        assert_eq!(engine.ir(), fresh.ir(), "step {step}");
+        same_parts(&engine.v4, &fresh.v4, &format!("step {step}"));
+        assert_eq!(kept(&engine), (step == 0, vec![Some(true)]), "step {step}");
+        model = next;
+    }
+    assert_eq!(engine.ir().v4.ingress.isolated.len(), 0);
 }
 
 #[test]
