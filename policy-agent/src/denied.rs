@@ -10,15 +10,16 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::mpsc::Receiver;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::explain;
-use crate::model::{Model, Protocol};
+use crate::model::{Model, Pod, Protocol};
 use crate::nflog::Denied;
 use crate::policy::evaluate::with_audit_enforced;
+use crate::policy::tiers::Way;
 
 /// Packets of one connection within this time are one event.
 pub const FOLD: Duration = Duration::from_secs(10);
@@ -100,17 +101,39 @@ pub enum Admit {
 }
 
 /// What a denied packet is explained from: the model the rules in force were
-/// compiled from, and its audit view (audit policies enforced), built once
-/// on first use.
+/// compiled from, its audit view (audit policies enforced) and its pods by
+/// address, each built once on first use.
 #[derive(Debug)]
 pub struct ExplainView {
     model: Model,
     audit: OnceLock<Model>,
+    /// The pod `explain::pod_at` finds for each address, sorted by address,
+    /// so a connection is explained without looking at every pod.
+    by_addr: OnceLock<Vec<(IpAddr, Arc<Pod>)>>,
 }
 
 impl ExplainView {
     pub fn new(model: Model) -> ExplainView {
-        ExplainView { model, audit: OnceLock::new() }
+        ExplainView { model, audit: OnceLock::new(), by_addr: OnceLock::new() }
+    }
+
+    /// The pod with address `ip` (not on the host network), as
+    /// `explain::pod_at` finds it in the model.
+    fn pod_at(&self, ip: IpAddr) -> Option<&Pod> {
+        let index = self.by_addr.get_or_init(|| {
+            let mut index = Vec::with_capacity(self.model.pods.len());
+            for p in self.model.pods.values().filter(|p| !p.host_network) {
+                let addrs = p.ip.map(IpAddr::V4).into_iter().chain(p.ip6.map(IpAddr::V6));
+                index.extend(addrs.map(|a| (a, Arc::clone(p))));
+            }
+            // Stable: of the pods sharing an address, the first by key stays,
+            // as a look at every pod finds it.
+            index.sort_by_key(|(a, _)| *a);
+            index.dedup_by_key(|(a, _)| *a);
+            index
+        });
+        let at = index.binary_search_by_key(&ip, |(a, _)| *a).ok()?;
+        Some(&index[at].1)
     }
 
     /// The model as it is.
@@ -271,12 +294,15 @@ pub fn explain_line(d: &Denied, view: &ExplainView, time_ms: u64) -> DeniedConne
     let (protocol, proto) = protocol_name(d.proto);
     // An audit event is explained as if the audit policies were enforced.
     // The policies' view only: the kernel already decided, no rule is compiled.
+    // The audit view differs in its policies only: the pods are the same.
     let (src, dst, reason, policies) = match explain::policies(
         view.model(d.audit),
+        &|ip| view.pod_at(ip),
         &d.src.to_string(),
         &d.dst.to_string(),
         d.dport.unwrap_or(0),
         proto.unwrap_or(Protocol::Tcp),
+        Some(if d.ingress { Way::Ingress } else { Way::Egress }),
     ) {
         Ok(e) => {
             let decision = if d.ingress { &e.ingress } else { &e.egress };
@@ -372,6 +398,49 @@ spec: {podSelector: {}}
         assert!(log
             .metrics()
             .contains("weft_denied_connections_total{policy=\"x/deny-all\",direction=\"ingress\"} 3"));
+    }
+
+    #[test]
+    fn pods_are_found_by_address_and_policies_by_namespace_as_a_look_at_everything_finds_them() {
+        // A host-network pod and a stale pod share the address of x/a (the
+        // first by key wins, host network never), and the namespaces x-1 and
+        // xy sort next to x: their policies do not isolate x/a.
+        let mut text = String::from(
+            "kind: Pod\nmetadata: {name: h, namespace: a}\nspec: {nodeName: node-1, hostNetwork: true}\nstatus: {podIP: 10.244.1.2}\n---\n\
+             kind: Pod\nmetadata: {name: z, namespace: x}\nspec: {nodeName: node-1}\nstatus: {podIP: 10.244.1.2}\n",
+        );
+        for ns in ["x-1", "xy", "x0", "w"] {
+            text += &format!("---\nkind: NetworkPolicy\nmetadata: {{name: other, namespace: {ns}}}\nspec: {{podSelector: {{}}}}\n");
+        }
+        text += "---\nkind: NetworkPolicy\nmetadata: {name: no-egress, namespace: y}\nspec: {podSelector: {}, policyTypes: [Egress]}\n";
+        let mut m = model();
+        for o in crate::model::parse_manifests(&text).unwrap() {
+            assert!(m.insert(o));
+        }
+        let view = ExplainView::new(m.clone());
+        let pairs = [([10, 244, 1, 3], [10, 244, 1, 2]), ([10, 244, 1, 2], [10, 244, 1, 3])];
+        for ((src, dst), ingress) in pairs.into_iter().flat_map(|p| [(p, true), (p, false)]) {
+            let d = Denied { src: src.into(), dst: dst.into(), ingress, ..syn(81) };
+            let line = explain_line(&d, &view, 0);
+            let scan = explain::policies(
+                &m,
+                &|ip| explain::pod_at(&m, ip),
+                &d.src.to_string(),
+                &d.dst.to_string(),
+                81,
+                Protocol::Tcp,
+                None,
+            );
+            let scan = scan.unwrap();
+            assert_eq!((&line.src, &line.dst), (&scan.src, &scan.dst));
+            let by =
+                |x: &Option<crate::policy::evaluate::Decision>| x.as_ref().map(|x| x.isolated_by.clone());
+            let scanned = if ingress { &scan.ingress } else { &scan.egress };
+            assert_eq!(by(scanned).unwrap_or_default(), line.policies, "{line:?}");
+        }
+        let line = explain_line(&syn(81), &view, 0);
+        assert_eq!(line.dst, "x/a (10.244.1.2)");
+        assert_eq!(line.policies, ["x/deny-all"]);
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use crate::model::{Model, Node, Protocol};
+use crate::model::{Model, Node, Pod, Protocol};
 use crate::policy::compile;
-use crate::policy::evaluate::{address_of, decide, ir_verdict, Decision, IrVerdict, Party};
+use crate::policy::evaluate::{address_of, decide, decide_one, ir_verdict, Decision, IrVerdict, Party};
+use crate::policy::tiers::Way;
 
 /// One node on the path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,8 +73,24 @@ fn is_v6(model: &Model, src: &str, dst: &str) -> bool {
     })
 }
 
+fn other(way: Way) -> Way {
+    match way {
+        Way::Egress => Way::Ingress,
+        Way::Ingress => Way::Egress,
+    }
+}
+
+/// The pod (not on the host network) that has address `ip`, found by `pod_at`.
+pub type PodAt<'m, 'f> = &'f dyn Fn(IpAddr) -> Option<&'m Pod>;
+
+/// The pod with address `ip` in `model`, not on the host network: the first
+/// by key, looked for among every pod.
+pub fn pod_at(model: &Model, ip: IpAddr) -> Option<&Pod> {
+    model.pods.values().map(|p| &**p).find(|p| address_of(p, ip.is_ipv6()) == Some(ip) && !p.host_network)
+}
+
 /// Resolves `s` (NAMESPACE/POD, an address or node/NAME) in the family of `v6`.
-fn resolve<'m>(model: &'m Model, s: &str, v6: bool) -> Result<End<'m>, String> {
+fn resolve<'m>(model: &'m Model, pod_at: PodAt<'m, '_>, s: &str, v6: bool) -> Result<End<'m>, String> {
     let family = if v6 { "IPv6" } else { "IPv4" };
     if let Some(name) = s.strip_prefix("node/") {
         let node = model.nodes.get(name).ok_or_else(|| format!("no node {name}"))?;
@@ -82,7 +99,7 @@ fn resolve<'m>(model: &'m Model, s: &str, v6: bool) -> Result<End<'m>, String> {
         return Ok(End { label: s.into(), party: Party::Addr(ip), node: None, is_node: Some(name.into()) });
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        if let Some(p) = model.pods.values().find(|p| address_of(p, v6) == Some(ip) && !p.host_network) {
+        if let Some(p) = pod_at(ip).filter(|p| address_of(p, v6) == Some(ip)) {
             return Ok(End {
                 label: format!("{} ({ip})", p.key()),
                 party: if v6 { Party::Pod6(p) } else { Party::Pod(p) },
@@ -136,9 +153,14 @@ pub struct PolicyView {
 }
 
 /// Both ends of `src` -> `dst`, resolved in the connection's family.
-fn ends<'m>(model: &'m Model, src: &str, dst: &str) -> Result<(End<'m>, End<'m>), String> {
+fn ends<'m>(
+    model: &'m Model,
+    pod_at: PodAt<'m, '_>,
+    src: &str,
+    dst: &str,
+) -> Result<(End<'m>, End<'m>), String> {
     let v6 = is_v6(model, src, dst);
-    let (s, d) = (resolve(model, src, v6)?, resolve(model, dst, v6)?);
+    let (s, d) = (resolve(model, pod_at, src, v6)?, resolve(model, pod_at, dst, v6)?);
     let mixed = |e: &End| e.party.ip().is_some_and(|ip| ip.is_ipv6() != v6);
     if mixed(&s) || mixed(&d) {
         return Err(format!("{src} and {dst} are of different address families"));
@@ -148,16 +170,21 @@ fn ends<'m>(model: &'m Model, src: &str, dst: &str) -> Result<(End<'m>, End<'m>)
 
 /// The policies' view of `src` -> `dst`:`port`/`proto` in `model`, as
 /// `explain` gives it but without compiling any node's rules: what the
-/// denied log needs per connection.
-pub fn policies(
-    model: &Model,
+/// denied log needs per connection. `pod_at` finds a pod by address
+/// (`pod_at`, or an index of the model's); with `only`, the other
+/// direction is not decided (None).
+pub fn policies<'m>(
+    model: &'m Model,
+    pod_at: PodAt<'m, '_>,
     src: &str,
     dst: &str,
     port: u16,
     proto: Protocol,
+    only: Option<Way>,
 ) -> Result<PolicyView, String> {
-    let (s, d) = ends(model, src, dst)?;
-    let (egress, ingress) = decide(model, s.party, d.party, proto, port);
+    let (s, d) = ends(model, pod_at, src, dst)?;
+    let one = |way| (only != Some(other(way))).then(|| decide_one(model, s.party, d.party, proto, port, way));
+    let (egress, ingress) = (one(Way::Egress).flatten(), one(Way::Ingress).flatten());
     Ok(PolicyView { src: s.label, dst: d.label, egress, ingress })
 }
 
@@ -171,7 +198,7 @@ pub fn explain(
     port: u16,
     proto: Protocol,
 ) -> Result<Explanation, String> {
-    let (s, d) = ends(model, src, dst)?;
+    let (s, d) = ends(model, &|ip| pod_at(model, ip), src, dst)?;
     let (sip, dip) = (s.party.ip(), d.party.ip());
     let mut nodes: Vec<String> = [s.node.clone(), d.node.clone()].into_iter().flatten().collect();
     nodes.dedup();

@@ -25,6 +25,9 @@ fn the_backends_benchmark_runs_at_a_tiny_scale() {
 }
 
 fn check(kind: ModelKind, cnps: usize, churn_secs: u64) {
+    // Every denied connection was explained and timed.
+    let denied = synthetic::denied_cost(kind, 30, 10, cnps);
+    assert!(denied.iter().all(|t| *t > std::time::Duration::ZERO), "{denied:?}");
     let figures = synthetic::backends(kind, 30, 10, cnps, churn_secs);
     assert_eq!(figures.iter().map(|f| f.backend.as_str()).collect::<Vec<_>>(), ["iptables", "nftables"]);
     for f in &figures {

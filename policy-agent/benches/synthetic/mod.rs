@@ -806,6 +806,46 @@ pub fn table(pods: usize, policies: usize, cnps: usize, figures: &[Figures]) -> 
     s
 }
 
+/// New denied connections `denied_cost` explains.
+pub const DENIED_SAMPLES: usize = 1000;
+
+/// What one new denied connection costs the agent's loop: the denied log's
+/// explanation of it from the snapshot's model (`denied::explain_line`, no
+/// compile), for `DENIED_SAMPLES` TCP connections from pods of the model to
+/// pods of node-1, picked at random: the first (which indexes the model's
+/// pods by address, once per snapshot), then p50, p99 and max of the others.
+pub fn denied_cost(kind: ModelKind, pods: usize, policies: usize, cnps: usize) -> [Duration; 4] {
+    use weft_agent::denied::{explain_line, ExplainView};
+    use weft_agent::nflog::Denied;
+    let mut m = kind.build(pods, policies);
+    cnp::add_cnps(&mut m, cnps);
+    let ip = |p: &Pod| p.ip.map(std::net::IpAddr::V4);
+    let all: Vec<_> = m.pods.values().filter_map(|p| ip(p)).collect();
+    let local: Vec<_> =
+        m.pods.values().filter(|p| p.node.as_deref() == Some("node-1")).filter_map(|p| ip(p)).collect();
+    let view = ExplainView::new(m);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut pick = |n: usize| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n.max(1)
+    };
+    let mut times = Vec::with_capacity(DENIED_SAMPLES);
+    for _ in 0..DENIED_SAMPLES {
+        let (Some(&src), Some(&dst)) = (all.get(pick(all.len())), local.get(pick(local.len()))) else {
+            break;
+        };
+        let d = Denied { ingress: true, audit: false, src, dst, proto: 6, dport: Some(8080) };
+        let t = Instant::now();
+        std::hint::black_box(explain_line(&d, &view, 0));
+        times.push(t.elapsed());
+    }
+    let first = if times.is_empty() { Duration::ZERO } else { times.remove(0) };
+    times.sort();
+    let at =
+        |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied();
+    [Some(first), at(0.5), at(0.99), times.last().copied()].map(Option::unwrap_or_default)
+}
+
 /// The second model, a mix of the shapes real clusters hold: PODS pods over
 /// 3 nodes in 100 namespaces (team t0-t9, every fourth env=prod), pods of 20
 /// apps (every tenth pod `app: cache`, serving `dns`/UDP 53) and two tiers,

@@ -286,10 +286,15 @@ impl Model {
 
     /// The labels of namespace `name`; a namespace with no manifest has only
     /// the `kubernetes.io/metadata.name` label the API server would give it.
-    pub fn namespace_labels(&self, name: &str) -> Labels {
+    /// Borrowed when the namespace has a manifest: selectors are matched
+    /// against them per pod and per connection, never worth a copy.
+    pub fn namespace_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
         match self.namespaces.get(name) {
-            Some(ns) => ns.labels.clone(),
-            None => Labels::from([(manifest::NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+            Some(ns) => std::borrow::Cow::Borrowed(&ns.labels),
+            None => std::borrow::Cow::Owned(Labels::from([(
+                manifest::NAMESPACE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
         }
     }
 

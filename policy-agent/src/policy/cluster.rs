@@ -19,6 +19,7 @@
 //! class of subjects grows with its rules x the address classes they reach.
 //! Cells painted alike are then one region per action.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -69,7 +70,7 @@ pub fn compile_both(model: &Model, node: &str) -> (ClusterIr<Ipv4Addr>, ClusterI
 /// kind of local pod (pods of one namespace with the same labels).
 struct Ctx<'m> {
     model: &'m Model,
-    ns_labels: BTreeMap<&'m str, Labels>,
+    ns_labels: BTreeMap<&'m str, Cow<'m, Labels>>,
     /// Pods that policy sees as pods (host-network ones never), by namespace.
     pods_by_ns: BTreeMap<&'m str, Vec<&'m Pod>>,
     /// Per tier, its policies in evaluation order.
@@ -92,8 +93,8 @@ struct Resolved<'m> {
 
 impl<'m> Ctx<'m> {
     fn new(model: &'m Model, node: &str) -> Ctx<'m> {
-        let mut ns_labels: BTreeMap<&str, Labels> =
-            model.namespaces.iter().map(|(n, ns)| (n.as_str(), ns.labels.clone())).collect();
+        let mut ns_labels: BTreeMap<&str, Cow<Labels>> =
+            model.namespaces.iter().map(|(n, ns)| (n.as_str(), Cow::Borrowed(&ns.labels))).collect();
         let mut pods_by_ns: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
         for p in model.pods.values().filter(|p| !p.host_network) {
             pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);

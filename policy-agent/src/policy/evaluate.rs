@@ -117,29 +117,51 @@ pub fn decide_via(
     port: u16,
     via_service: bool,
 ) -> (Option<Decision>, Option<Decision>) {
-    let egress = src.pod().map(|s| {
-        let mut d = direction(
-            model,
-            s,
-            |p| p.egress.as_deref(),
-            |rule| peers_match(model, rule, s, dst) && ports_match(&rule.ports, proto, port, dst.pod()),
-        );
-        let conn = Conn { model, way: Way::Egress, me: s, other: dst, proto, port, via_service };
-        tiers::settle(&mut d, &conn);
-        d
+    let conn = |way| OneWay { model, src, dst, proto, port, via_service, way };
+    (decide_way(&conn(Way::Egress)), decide_way(&conn(Way::Ingress)))
+}
+
+/// One direction of `decide`: the egress of `src` or the ingress of `dst`
+/// (None if that end is not a pod). The denied log needs only the one that
+/// dropped the connection.
+pub fn decide_one(
+    model: &Model,
+    src: Party,
+    dst: Party,
+    proto: Protocol,
+    port: u16,
+    way: Way,
+) -> Option<Decision> {
+    decide_way(&OneWay { model, src, dst, proto, port, via_service: false, way })
+}
+
+/// A connection and the direction of it to decide.
+struct OneWay<'m> {
+    model: &'m Model,
+    src: Party<'m>,
+    dst: Party<'m>,
+    proto: Protocol,
+    port: u16,
+    via_service: bool,
+    way: Way,
+}
+
+/// A policy's rules of one direction.
+type RulesOf = fn(&NetworkPolicy) -> Option<&[Rule]>;
+
+fn decide_way(c: &OneWay) -> Option<Decision> {
+    let OneWay { model, src, dst, proto, port, via_service, way } = *c;
+    let (me, other, rules_of): (_, _, RulesOf) = match way {
+        Way::Egress => (src.pod()?, dst, |p| p.egress.as_deref()),
+        Way::Ingress => (dst.pod()?, src, |p| p.ingress.as_deref()),
+    };
+    // A named port resolves on the server: the destination.
+    let mut d = direction(model, me, rules_of, |rule| {
+        peers_match(model, rule, me, other) && ports_match(&rule.ports, proto, port, dst.pod())
     });
-    let ingress = dst.pod().map(|d| {
-        let mut dec = direction(
-            model,
-            d,
-            |p| p.ingress.as_deref(),
-            |rule| peers_match(model, rule, d, src) && ports_match(&rule.ports, proto, port, Some(d)),
-        );
-        let conn = Conn { model, way: Way::Ingress, me: d, other: src, proto, port, via_service };
-        tiers::settle(&mut dec, &conn);
-        dec
-    });
-    (egress, ingress)
+    let conn = Conn { model, way, me, other, proto, port, via_service };
+    tiers::settle(&mut d, &conn);
+    Some(d)
 }
 
 fn direction<'m>(
@@ -150,7 +172,7 @@ fn direction<'m>(
 ) -> Decision {
     let mut d = Decision::default();
     // Audit policies deny nothing (see `with_audit_enforced`).
-    for policy in model.policies.values().filter(|p| !p.audit) {
+    for policy in namespace_policies(model, &pod.namespace).filter(|p| !p.audit) {
         if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
             continue;
         }
@@ -163,6 +185,15 @@ fn direction<'m>(
         }
     }
     d
+}
+
+/// The policies of namespace `ns`: their keys ("ns/name") are a range of
+/// the model's, so the denied log's explanation of one connection looks at
+/// one namespace's policies, not at every policy of the cluster.
+fn namespace_policies<'m>(model: &'m Model, ns: &str) -> impl Iterator<Item = &'m NetworkPolicy> + 'm {
+    // '0' follows '/': the range holds exactly the keys starting "ns/".
+    let range = (std::ops::Bound::Included(format!("{ns}/")), std::ops::Bound::Excluded(format!("{ns}0")));
+    model.policies.range::<String, _>(range).map(|(_, p)| p.as_ref())
 }
 
 /// True if the rule's peers include `other`, seen from `me` (the policy's pod).

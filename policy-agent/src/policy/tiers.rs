@@ -13,6 +13,7 @@
 //! - A rule holding a peer or protocol weft does not know fails closed: an
 //!   Accept matches nothing, a Deny or Pass denies everything.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -269,7 +270,7 @@ pub fn same_priority_overlaps(model: &Model) -> Vec<(String, String)> {
     }
     // Pods with the same labels in one namespace are one case (replicas), and
     // a namespace's labels are looked up once.
-    let ns_labels: BTreeMap<&str, Labels> =
+    let ns_labels: BTreeMap<&str, Cow<Labels>> =
         model.pods.values().map(|p| (p.namespace.as_str(), model.namespace_labels(&p.namespace))).collect();
     let kinds: BTreeSet<(&str, &Labels)> =
         model.pods.values().filter(|p| !p.host_network).map(|p| (p.namespace.as_str(), &p.labels)).collect();
