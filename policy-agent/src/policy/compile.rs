@@ -123,6 +123,9 @@ pub(crate) struct PeerRegistry<A: Family> {
     /// The definitions with a peer of any label or any namespace (a
     /// namespace selector, a podSelector without matchLabels).
     anywhere: BTreeSet<PeerKey>,
+    /// Definitions that were without users at some point since the last
+    /// `retain_used` (some may have found users again).
+    unused: Vec<PeerKey>,
 }
 
 impl<A: Family> Default for PeerRegistry<A> {
@@ -132,6 +135,7 @@ impl<A: Family> Default for PeerRegistry<A> {
             named: BTreeMap::new(),
             by_label: BTreeMap::new(),
             anywhere: BTreeSet::new(),
+            unused: Vec::new(),
         }
     }
 }
@@ -166,14 +170,29 @@ impl<A: Family> PeerRegistry<A> {
                 None => self.anywhere.insert(key),
             };
         }
+        if entry.users.is_empty() {
+            self.unused.push(key);
+        }
         self.defs.insert(key, entry);
     }
 
-    /// Drops the definitions no policy uses any more.
+    /// Policy `user` no longer uses definition `key`.
+    pub fn drop_user(&mut self, key: PeerKey, user: &str) {
+        if let Some(e) = self.defs.get_mut(&key) {
+            if e.users.remove(user) && e.users.is_empty() {
+                self.unused.push(key);
+            }
+        }
+    }
+
+    /// Drops the definitions no policy uses any more: those that were left
+    /// without users since the last call (not every definition: at 10k
+    /// policies a walk of them all per change costs more than the change).
     pub fn retain_used(&mut self) {
-        let unused: Vec<PeerKey> =
-            self.defs.iter().filter(|(_, e)| e.users.is_empty()).map(|(k, _)| *k).collect();
-        for key in unused {
+        for key in std::mem::take(&mut self.unused) {
+            if !self.defs.get(&key).is_some_and(|e| e.users.is_empty()) {
+                continue;
+            }
             let Some(e) = self.defs.remove(&key) else { continue };
             for slot in index_slots(&e.def) {
                 match slot {

@@ -250,6 +250,9 @@ impl<A: Family> FamilyEngine<A> {
         let keys: Vec<&str> = model.policies.keys().map(String::as_str).collect();
         let index = PodIndex::new::<A>(model);
         e.recompile_with(model, &index, &keys, &BTreeSet::new(), &mut out);
+        if model.policies.values().any(|p| p.audit) {
+            e.rebuild_audit(true, &mut out);
+        }
         e
     }
 
@@ -518,7 +521,11 @@ impl<A: Family> FamilyEngine<A> {
             self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
         self.peers.retain_used();
-        let audits_now = model.policies.values().any(|p| p.audit);
+        // Audit policies come or go only with a policy change.
+        let audits_now = match changed.is_empty() {
+            true => audits_before,
+            false => model.policies.values().any(|p| p.audit),
+        };
         if audits_now != audits_before {
             self.rebuild_audit(audits_now, out);
         }
@@ -542,9 +549,7 @@ impl<A: Family> FamilyEngine<A> {
     fn withdraw(&mut self, key: &str, c: &Contribution<A>, out: &mut Out<A>) {
         self.views.fold(c, DirAgg::remove, out);
         for k in c.uses.keys() {
-            if let Some(e) = self.peers.defs.get_mut(k) {
-                e.users.remove(key);
-            }
+            self.peers.drop_user(*k, key);
         }
     }
 
