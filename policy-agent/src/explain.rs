@@ -73,13 +73,6 @@ fn is_v6(model: &Model, src: &str, dst: &str) -> bool {
     })
 }
 
-fn other(way: Way) -> Way {
-    match way {
-        Way::Egress => Way::Ingress,
-        Way::Ingress => Way::Egress,
-    }
-}
-
 /// The pod (not on the host network) that has address `ip`, found by `pod_at`.
 pub type PodAt<'m, 'f> = &'f dyn Fn(IpAddr) -> Option<&'m Pod>;
 
@@ -183,8 +176,11 @@ pub fn policies<'m>(
     only: Option<Way>,
 ) -> Result<PolicyView, String> {
     let (s, d) = ends(model, pod_at, src, dst)?;
-    let one = |way| (only != Some(other(way))).then(|| decide_one(model, s.party, d.party, proto, port, way));
-    let (egress, ingress) = (one(Way::Egress).flatten(), one(Way::Ingress).flatten());
+    let one = |way| match only {
+        Some(o) if o != way => None,
+        _ => decide_one(model, s.party, d.party, proto, port, way),
+    };
+    let (egress, ingress) = (one(Way::Egress), one(Way::Ingress));
     Ok(PolicyView { src: s.label, dst: d.label, egress, ingress })
 }
 
