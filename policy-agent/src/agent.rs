@@ -488,13 +488,7 @@ impl<'c> Agent<'c> {
             let done = move || wake.iter().for_each(Wake::wake);
             self.scratch.start(self.version, c.model().clone(), c.generation.clone(), target, done);
         }
-        let applied = done.map_err(|e| format!("policy ({}): {e}", p.name())).map(|done| {
-            if let Some(changed) = done.change {
-                info!(backend = %p.name(), "policy ({}): {changed}", p.name());
-            }
-            (done.counts, policy_status(p.name(), c.ir()), c.notes())
-        });
-        Some(record_policy(&self.shared, p.name(), applied))
+        Some(record_policy(&self.shared, p.name(), enforced(&**p, c, done)))
     }
 
     /// A finished kernel check (see `drift`): nothing if the kernel was
@@ -507,12 +501,8 @@ impl<'c> Agent<'c> {
             Some(drift::Next::Again) if start_drift_check(&mut self.drift, &**p, &self.wake) => return,
             Some(_) => {}
         }
-        let applied = p.resync(c.ir()).map_err(|e| format!("policy ({}): {e}", p.name())).map(|done| {
-            if let Some(changed) = done.change {
-                info!(backend = %p.name(), "policy ({}): {changed}", p.name());
-            }
-            (done.counts, policy_status(p.name(), c.ir()), c.notes())
-        });
+        let done = p.resync(c.ir());
+        let applied = enforced(&**p, c, done);
         if let Err(e) = &applied {
             error!("{e}");
         }
@@ -662,6 +652,20 @@ fn start_drift_check(d: &mut drift::DriftCheck, p: &dyn PolicyBackend, wake: &Op
     let Some(check) = p.check() else { return false };
     let wake = wake.clone();
     d.start(check, move || wake.iter().for_each(Wake::wake))
+}
+
+/// What backend `p` did with `c`'s IR, for `record_policy`: its change
+/// logged, or its error worded.
+fn enforced(
+    p: &dyn PolicyBackend,
+    c: &Compiled,
+    done: Result<Outcome, KernelError>,
+) -> Result<Enforced, String> {
+    let done = done.map_err(|e| format!("policy ({}): {e}", p.name()))?;
+    if let Some(changed) = done.change {
+        info!(backend = %p.name(), "policy ({}): {changed}", p.name());
+    }
+    Ok((done.counts, policy_status(p.name(), c.ir()), c.notes()))
 }
 
 /// Hands `enforce`'s outcome to the metrics (the objects in force, or one

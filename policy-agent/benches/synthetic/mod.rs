@@ -157,15 +157,17 @@ pub struct Percentiles {
 impl Percentiles {
     fn of(mut steps: Vec<Step>) -> Percentiles {
         steps.sort_by_key(Step::total);
-        let at = |q: f64| {
-            steps.get(((steps.len() as f64 * q) as usize).min(steps.len().saturating_sub(1))).copied()
-        };
         Percentiles {
             samples: steps.len(),
-            p50: at(0.5).unwrap_or_default(),
-            p99: at(0.99).unwrap_or_default(),
+            p50: nearest(&steps, 0.5).unwrap_or_default(),
+            p99: nearest(&steps, 0.99).unwrap_or_default(),
         }
     }
+}
+
+/// The `q` quantile of `sorted` (nearest rank); None if it is empty.
+fn nearest<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied()
 }
 
 /// Which model `measure` runs on.
@@ -699,14 +701,12 @@ fn churn(kind: ModelKind, m: &Model, backend: &mut Backend, secs: Duration) -> C
         lags.extend(pending.into_iter().map(|at| done.saturating_duration_since(at)));
     }
     lags.sort();
-    let pct =
-        |q: f64| lags.get(((lags.len() as f64 * q) as usize).min(lags.len().saturating_sub(1))).copied();
     Churn {
         changes: lags.len(),
         cycles,
-        p50: pct(0.5).unwrap_or_default(),
-        p90: pct(0.9).unwrap_or_default(),
-        p99: pct(0.99).unwrap_or_default(),
+        p50: nearest(&lags, 0.5).unwrap_or_default(),
+        p90: nearest(&lags, 0.9).unwrap_or_default(),
+        p99: nearest(&lags, 0.99).unwrap_or_default(),
         max: lags.last().copied().unwrap_or_default(),
     }
 }
@@ -841,9 +841,8 @@ pub fn denied_cost(kind: ModelKind, pods: usize, policies: usize, cnps: usize) -
     }
     let first = if times.is_empty() { Duration::ZERO } else { times.remove(0) };
     times.sort();
-    let at =
-        |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied();
-    [Some(first), at(0.5), at(0.99), times.last().copied()].map(Option::unwrap_or_default)
+    [Some(first), nearest(&times, 0.5), nearest(&times, 0.99), times.last().copied()]
+        .map(Option::unwrap_or_default)
 }
 
 /// The second model, a mix of the shapes real clusters hold: PODS pods over

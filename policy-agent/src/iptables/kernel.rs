@@ -523,9 +523,6 @@ fn list_tables(family: &Family) -> Result<Vec<(&'static str, String)>, KernelErr
     TABLES.iter().map(|t| Ok((*t, tool::output(&family.save, &["-t", t], None)?))).collect()
 }
 
-/// A fingerprint of weft's chains and their rules in `saves` (per table,
-/// an `iptables-save` listing): other programs' chains, FORWARD and the
-/// listing's comments and dates leave it unchanged.
 /// The fingerprint of `family`'s chains, listed on a thread now that they
 /// are written: an `iptables-save` of a large table takes 50-150 ms, which
 /// a policy change need not wait for, and the first resync after it then
@@ -545,6 +542,9 @@ fn list_later(family: Family) -> Arc<OnceLock<u64>> {
     printed
 }
 
+/// A fingerprint of weft's chains and their rules in `saves` (per table,
+/// an `iptables-save` listing): other programs' chains, FORWARD and the
+/// listing's comments and dates leave it unchanged.
 fn chains_fingerprint(saves: &[(&str, String)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

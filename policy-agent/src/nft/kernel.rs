@@ -220,8 +220,6 @@ impl Nft {
     }
 }
 
-/// A resync's repair of any drift: `last` replaces the table in one
-/// transaction (atomic), and `fingerprint` is taken afresh.
 /// Whether the kernel's table is `last` (its skeleton as `fingerprint`
 /// says, and every set's elements).
 fn intact(last: &NftRendered, fingerprint: u64) -> bool {
@@ -230,6 +228,8 @@ fn intact(last: &NftRendered, fingerprint: u64) -> bool {
     kernel.skeleton == fingerprint && sets.is_some_and(|r| r.is_empty())
 }
 
+/// A resync's repair of any drift: `last` replaces the table in one
+/// transaction (atomic), and `fingerprint` is taken afresh.
 fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
     *fingerprint = None;
     run_json(&last.full_transaction_json())?;

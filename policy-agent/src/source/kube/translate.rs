@@ -325,7 +325,7 @@ mod tests {
         // A fixed pseudo-random walk, so a failure repeats.
         let mut rng = crate::policy::incremental::tests::Rng::new(7);
         let mut next = |n: u32| rng.below(n as usize) as u32;
-        let (mut puts, mut errors_seen) = (0, 0);
+        let mut errors_seen = 0;
         for step in 0..400 {
             rv += 1;
             let name = format!("o{}", next(12));
@@ -352,7 +352,6 @@ mod tests {
                     t.put::<NetworkPolicy>("NetworkPolicy", &key, None);
                 }
             }
-            puts += 1;
             let (got, want) = (t.translated(), {
                 let mut fresh = Translator::default();
                 let pods: Vec<_> = pods.values().cloned().collect();
@@ -377,7 +376,7 @@ mod tests {
                 }));
             assert_eq!(got.generation, state_generation(served), "step {step}: what the stand-in computes");
         }
-        assert!(puts == 400 && errors_seen > 20, "the walk met bad policies: {errors_seen}");
+        assert!(errors_seen > 20, "the walk met bad policies: {errors_seen}");
     }
 
     #[test]
