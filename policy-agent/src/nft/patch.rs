@@ -10,8 +10,8 @@ use std::ops::RangeInclusive;
 
 use super::render::{
     addrs, allow_shard, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems,
-    peer_set, pod_cells, pod_port, pod_triples, port_group_set, region_elems, unknown_elems, unknown_set,
-    views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
+    peer_set, pod_cells, pod_port, pod_triples, port_group_set, region_elems, sharded, unknown_elems,
+    unknown_set, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Action, Protocol, Tier};
 use crate::policy::class_change::Block;
@@ -122,8 +122,11 @@ fn cluster<A: NftFamily>(
                 // Every class against what was applied.
                 let classes = cir.get(tier, ingress);
                 for action in actions {
-                    let name = cluster_set::<A>(v, tier, action);
-                    diff(out, &name, region_elems(classes, action), sets.get(&name)?);
+                    for (name, new) in
+                        sharded(&cluster_set::<A>(v, tier, action), region_elems(classes, action))
+                    {
+                        diff(out, &name, new, sets.get(&name)?);
+                    }
                     for g in grouped(classes, action) {
                         if !out.contains_key(&g.subjects) {
                             diff(out, &g.subjects, addrs(&g.class.subjects), sets.get(&g.subjects)?);
@@ -131,8 +134,9 @@ fn cluster<A: NftFamily>(
                         diff(out, &g.peers, nets_elems::<A>(&g.region.peers), sets.get(&g.peers)?);
                     }
                 }
-                let name = unknown_set::<A>(v, tier);
-                diff(out, &name, unknown_elems(classes), sets.get(&name)?);
+                for (name, new) in sharded(&unknown_set::<A>(v, tier), unknown_elems(classes)) {
+                    diff(out, &name, new, sets.get(&name)?);
+                }
                 continue;
             };
             let Some(delta) = deltas.iter().find(|c| c.tier == tier && c.ingress == ingress) else {
@@ -158,15 +162,21 @@ fn moved<A: NftFamily>(
     actions: impl Iterator<Item = Action> + Clone,
 ) -> BTreeMap<String, [BTreeSet<Elem>; 2]> {
     let mut moved: BTreeMap<String, [BTreeSet<Elem>; 2]> = BTreeMap::new();
+    // Into the shards of set `name` (`sharded`).
     fn put<'b, A: NftFamily + 'b>(
         moved: &mut BTreeMap<String, [BTreeSet<Elem>; 2]>,
         name: String,
         i: usize,
         blocks: impl Iterator<Item = &'b Block<'b, A>>,
     ) {
-        let elems = &mut moved.entry(name).or_default()[i];
+        let mut elems = BTreeSet::new();
         for b in blocks {
-            cell_elems(&b.subjects, b.cells, &b.peers, elems);
+            cell_elems(&b.subjects, b.cells, &b.peers, &mut elems);
+        }
+        for (shard, elems) in sharded(&name, elems) {
+            if !elems.is_empty() {
+                moved.entry(shard).or_default()[i].extend(elems);
+            }
         }
     }
     for ch in delta.changes() {
