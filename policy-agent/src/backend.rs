@@ -17,6 +17,7 @@ use weft_netkit::kernel_error::KernelError;
 use weft_netkit::tool;
 
 use crate::iptables::{self, Iptables};
+use crate::nft::kernel::NftApplied;
 use crate::nft::{self, Nft};
 use crate::policy::{Dirty, PolicyIr};
 
@@ -197,6 +198,15 @@ fn iptables_change(done: &iptables::kernel::Applied, rules: bool, prefix: &str) 
     })
 }
 
+/// The elements an nftables delta added and deleted, and the sets it wrote again.
+fn elements(done: &NftApplied) -> String {
+    let again = match done.rewritten {
+        0 => String::new(),
+        n => format!(" ({n} sets written again)"),
+    };
+    format!("{} elements added, {} deleted{again}", done.added, done.deleted)
+}
+
 impl PolicyBackend for Nft {
     fn name(&self) -> &'static str {
         "nftables"
@@ -205,7 +215,7 @@ impl PolicyBackend for Nft {
     fn apply(&mut self, ir: &PolicyIr, full: bool) -> Result<Outcome, KernelError> {
         let rendered = nft::render(ir);
         let done = Nft::apply(self, &rendered, full)?;
-        let elements = format!("{} elements added, {} deleted", done.added, done.deleted);
+        let elements = elements(&done);
         let change = match (done.replaced, done.regrouped, done.added + done.deleted) {
             (true, _, _) if done.repaired => {
                 Some("the table had changed behind weft's back: replaced".into())
@@ -222,8 +232,7 @@ impl PolicyBackend for Nft {
     fn apply_changes(&mut self, ir: &PolicyIr, dirty: &Dirty) -> Result<Outcome, KernelError> {
         match Nft::apply_changes(self, ir, dirty)? {
             Some(done) => {
-                let change = (done.added + done.deleted > 0)
-                    .then(|| format!("{} elements added, {} deleted", done.added, done.deleted));
+                let change = (done.added + done.deleted > 0).then(|| elements(&done));
                 Ok(Outcome { change, counts: self.counts().unwrap_or_default() })
             }
             None => PolicyBackend::apply(self, ir, false),

@@ -302,3 +302,61 @@ fn the_netlink_read_back_is_the_rendered_table() {
         assert_ne!(read(TABLE, true).unwrap().skeleton, first.skeleton, "a rule added behind weft's back");
     });
 }
+
+/// A delta whose deletions from a ClusterNetworkPolicy set would cost the
+/// kernel more than writing the set anew writes it anew, with the rules
+/// that look it up, in one transaction: the kernel then holds exactly the
+/// rendered elements and the same rules, and the resync's check finds it
+/// intact. A small delta to the same set stays an element patch, and so
+/// do NetworkPolicy's sets, whatever their deletions.
+#[test]
+fn a_cluster_set_cheaper_to_write_again_is_written_again() {
+    use weft_agent::model::Action;
+    use weft_agent::policy::{Cell, Class, Region};
+    let a = ip("10.244.1.2");
+    // a is denied UDP 1000 from n /30s by an Admin CNP, and admitted UDP
+    // 2000 from as many others by NetworkPolicy.
+    let with_peers = |n: u32, np: u32| {
+        let mut ir = ir();
+        let nets = |from: u32, n: u32| -> Vec<ipnetwork::Ipv4Network> {
+            (0..n).map(|i| ipnetwork::Ipv4Network::new(Ipv4Addr::from(from + i * 4), 30).unwrap()).collect()
+        };
+        let cells = vec![Cell::Ports(Protocol::Udp, 1000, 1000)];
+        let deny = Region { action: Action::Deny, cells, peers: nets(0x0a0a_0000, n) };
+        ir.v4.cluster.admin_ingress =
+            vec![Class { subjects: [a].into(), regions: vec![deny], unknown: vec![], key: 1 }];
+        for peer in nets(0x0a0b_0000, np) {
+            ir.v4.ingress.triples.insert((a, Protocol::Udp, 2000, peer));
+        }
+        ir
+    };
+    let chain = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "chain", "inet", TABLE, "cnp_ain_2"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    with_table(|nft, _| {
+        nft.apply(&render(&with_peers(600, 600)), false).unwrap();
+        let rules = chain();
+        assert!(rules.contains("@cnp_ain_deny_2"), "{rules}");
+
+        let done = nft.apply(&render(&with_peers(590, 600)), false).unwrap();
+        assert!(done.netlink && done.rewritten == 0 && done.deleted == 10, "a few deletions: {done:?}");
+        let done = nft.apply(&render(&with_peers(590, 100)), false).unwrap();
+        assert!(done.netlink && done.rewritten == 0 && done.deleted == 500, "NetworkPolicy's: {done:?}");
+
+        let rest = render(&with_peers(100, 100));
+        let done = nft.apply(&rest, false).unwrap();
+        assert_eq!((done.rewritten, done.deleted, done.netlink), (1, 490, false), "{done:?}");
+        assert_eq!(
+            read_back().unwrap(),
+            rendered_sets(&rest),
+            "the set written again holds what was rendered"
+        );
+        assert_eq!(chain(), rules, "the chain that looks it up is as it was");
+        let (_, intact) = nft.check().expect("a check");
+        assert!(intact(), "the resync's check finds the table as written");
+    });
+}

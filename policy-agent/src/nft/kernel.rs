@@ -16,7 +16,9 @@
 //!   deleted, and the other sets' elements patched, in one transaction;
 //! - otherwise only the set elements that changed are deleted and added, in
 //!   one nf_tables netlink batch (netlink.rs: no `nft` cache to reload), or
-//!   through `nft -j -f -` if that fails.
+//!   through `nft -j -f -` if that fails; a set whose deletions would cost
+//!   the kernel more than writing it anew is deleted and added again in the
+//!   same transaction, with the chains that look it up (`rewrite`).
 //!
 //! The periodic resync (`resync`) renders nothing: it reads the table back
 //! and compares it with what was committed last; a set whose elements
@@ -37,6 +39,7 @@ use super::netlink::{self, NetlinkError, NftSocket, Op, SetDelta};
 use super::patch;
 use super::readback;
 use super::render::{is_group_set, Elem, NftRendered, FORWARD_CHAIN, TABLE};
+use super::rewrite;
 use crate::policy::{Dirty, PolicyIr};
 
 /// What one apply did.
@@ -54,7 +57,9 @@ pub struct NftApplied {
     /// True if a resync found the kernel's table changed behind weft's back
     /// (and replaced it).
     pub repaired: bool,
-    /// Sets whose drifted elements a resync rewrote (the rest untouched).
+    /// Sets written again: by a resync, those whose elements drifted (the
+    /// rest untouched); by a delta, those cheaper to write again than to
+    /// patch (`rewrite`).
     pub rewritten: usize,
 }
 
@@ -91,7 +96,7 @@ impl Nft {
         };
         let done = match &self.last {
             Some(last) if !full && last.skeleton == r.skeleton => {
-                apply_elements(&mut self.sock, &changes(last, r, &BTreeSet::new()))?
+                apply_elements(&mut self.sock, last, &changes(last, r, &BTreeSet::new()))?
             }
             Some(last) if !full && fixed(&last.skeleton) == fixed(&r.skeleton) => {
                 let (tx, added, deleted) = regroup(last, r);
@@ -107,7 +112,7 @@ impl Nft {
                 NftApplied { replaced: true, repaired, ..NftApplied::default() }
             }
         };
-        if done.replaced || done.regrouped {
+        if done.replaced || done.regrouped || done.rewritten > 0 {
             self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
         }
         self.last = Some(Arc::new(r.clone()));
@@ -191,10 +196,14 @@ impl Nft {
                 }
             }
         }
-        match apply_elements(&mut self.sock, &deltas) {
+        match apply_elements(&mut self.sock, last, &deltas) {
             Ok(done) => {
                 // A copy only if a check off the loop still holds the table.
                 patch::remember(&mut Arc::make_mut(last).sets, &changes);
+                if done.rewritten > 0 {
+                    // Rules and sets written again have new handles.
+                    self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+                }
                 Ok(Some(done))
             }
             Err(e) => {
@@ -336,17 +345,6 @@ fn changes<'a>(old: &'a NftRendered, new: &'a NftRendered, fresh: &BTreeSet<Stri
     out
 }
 
-/// `changes` as one `nft -j` transaction, with the elements added and deleted.
-fn delta(
-    old: &NftRendered,
-    new: &NftRendered,
-    fresh: &BTreeSet<String>,
-) -> (Nftables<'static>, usize, usize) {
-    let c = changes(old, new, fresh);
-    let (added, deleted) = count(&c);
-    (element_transaction(&c), added, deleted)
-}
-
 /// Elements added and deleted by `changes`.
 fn count(changes: &[SetDelta]) -> (usize, usize) {
     changes.iter().fold((0, 0), |(a, d), c| match c.op {
@@ -375,14 +373,25 @@ pub fn element_transaction(changes: &[SetDelta]) -> Nftables<'static> {
     Nftables { objects: Cow::Owned(objects) }
 }
 
-/// An element-only delta as one transaction: over netlink, or through
-/// `nft -j -f -` if that fails (logged; the batch changed nothing, or its
-/// outcome is unknown and the JSON transaction fails on it).
-fn apply_elements(sock: &mut Option<NftSocket>, changes: &[SetDelta]) -> Result<NftApplied, KernelError> {
+/// An element-only delta to the table `last` as one transaction: over
+/// netlink, or through `nft -j -f -` if that fails (logged; the batch
+/// changed nothing, or its outcome is unknown and the JSON transaction fails
+/// on it). Sets cheaper to write again than to patch (`rewrite`) make it
+/// one `nft -j -f -` transaction that writes them again.
+fn apply_elements(
+    sock: &mut Option<NftSocket>,
+    last: &NftRendered,
+    changes: &[SetDelta],
+) -> Result<NftApplied, KernelError> {
     let (added, deleted) = count(changes);
     let done = NftApplied { added, deleted, ..NftApplied::default() };
     if changes.is_empty() {
         return Ok(done);
+    }
+    let heavy = rewrite::heavy(&last.skeleton, &last.sets, changes);
+    if !heavy.is_empty() {
+        run(&rewrite::transaction(&last.skeleton, &last.sets, &heavy, changes))?;
+        return Ok(NftApplied { rewritten: heavy.len(), ..done });
     }
     let result = match sock {
         Some(s) => s.apply(TABLE, changes, netlink::DEADLINE),
@@ -447,6 +456,14 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
             }
         }
     }
+    // Element deltas of the sets that stay (new ones came with theirs);
+    // those cheaper to write again are, while no rule looks them up.
+    let fresh: BTreeSet<String> = after.difference(&before).cloned().collect();
+    let mut deltas = changes(old, new, &fresh);
+    let (more, deleted) = count(&deltas);
+    let heavy = rewrite::heavy(&old.skeleton, &old.sets, &deltas);
+    objects.extend(rewrite::written_again(&old.skeleton, &old.sets, &heavy, &deltas));
+    deltas.retain(|d| !heavy.contains(d.set));
     objects.extend(
         new.skeleton
             .iter()
@@ -460,10 +477,7 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
             }
         }
     }
-    // Element deltas of the sets that stay (new ones came with theirs).
-    let fresh: BTreeSet<String> = after.difference(&before).cloned().collect();
-    let (tx, more, deleted) = delta(old, new, &fresh);
-    objects.extend(tx.objects.iter().cloned());
+    objects.extend(element_transaction(&deltas).objects.iter().cloned());
     (Nftables { objects: Cow::Owned(objects) }, added + more, deleted)
 }
 

@@ -7,6 +7,7 @@ pub mod netlink;
 pub mod patch;
 pub mod readback;
 pub mod render;
+pub mod rewrite;
 
 pub use kernel::Nft;
 pub use render::{render, Elem, FamilyElem, NftFamily, NftRendered, TABLE};

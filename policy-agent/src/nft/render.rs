@@ -1004,6 +1004,11 @@ pub(super) fn sharded(name: &str, elems: BTreeSet<Elem>) -> Vec<(String, BTreeSe
     shards
 }
 
+/// True for the shard sets of `sharded` (`cnp_<tier><dir>[6]_<kind>_<N>`).
+pub(super) fn is_cluster_shard(name: &str) -> bool {
+    name.starts_with("cnp_") && name.rsplit_once('_').is_some_and(|(_, k)| k.parse::<u8>().is_ok())
+}
+
 /// The verdict sets of ClusterNetworkPolicy, per direction: Admin Deny,
 /// Accept and Pass, Baseline Deny (Baseline Accept and Pass need none).
 pub(super) const CLUSTER_SETS: [(Tier, Action); 4] = [
