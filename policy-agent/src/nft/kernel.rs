@@ -16,9 +16,10 @@
 //!   deleted, and the other sets' elements patched, in one transaction;
 //! - otherwise only the set elements that changed are deleted and added, in
 //!   one nf_tables netlink batch (netlink.rs: no `nft` cache to reload), or
-//!   through `nft -j -f -` if that fails; a set whose deletions would cost
-//!   the kernel more than writing it anew is deleted and added again in the
-//!   same transaction, with the chains that look it up (`rewrite`).
+//!   through `nft -j -f -` if that fails; a ClusterNetworkPolicy set whose
+//!   deletions would cost the kernel more than writing it anew is deleted
+//!   and added again in the same transaction, with the chains that look it
+//!   up (`rewrite`), and so in a regroup.
 //!
 //! The periodic resync (`resync`) renders nothing: it reads the table back
 //! and compares it with what was committed last; a set whose elements
@@ -426,7 +427,8 @@ fn dynamic(o: &NfListObject) -> bool {
 
 /// `old` -> `new` when their fixed parts agree: new group sets added with
 /// their elements, the policy chains flushed and refilled, group sets no
-/// longer used deleted, and the element deltas of the sets both have.
+/// longer used deleted, and the element deltas of the sets both have (or,
+/// cheaper, some of them written again while flushed: `rewrite`).
 fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, usize) {
     let group_sets = |r: &NftRendered| -> BTreeSet<String> {
         r.skeleton
