@@ -38,7 +38,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use weft_agent::model::Protocol;
 use weft_agent::nft::kernel::{element_transaction, read_back, run};
 use weft_agent::nft::netlink::{self, NftSocket, Op, SetDelta};
-use weft_agent::nft::render::allow_shard;
+use weft_agent::nft::render::pod_shard;
 use weft_agent::nft::{render, Elem, FamilyElem, Nft, TABLE};
 use weft_agent::policy::{compile, PolicyIr, PortGroup};
 use weft_netkit::netns::run_in_new as in_netns;
@@ -92,7 +92,7 @@ fn new_pod(round: u32, hash: bool) -> [(String, Elem); 5] {
             return (HASH_SET.to_string(), Elem::from(FamilyElem::PodPort(p, 6, port)));
         }
         let peer = Ipv4Network::new(Ipv4Addr::new(10, 9, 0, 0), 31).expect("a /31");
-        (format!("in_allow_{}", allow_shard(p)), Elem::from(FamilyElem::Cell(p, (6, 6), (port, port), peer)))
+        (format!("in_allow_{}", pod_shard(p)), Elem::from(FamilyElem::Cell(p, (6, 6), (port, port), peer)))
     };
     [
         ("local".to_string(), Elem::from(FamilyElem::Addr(p))),

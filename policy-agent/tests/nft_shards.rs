@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use weft_agent::model::Protocol;
-use weft_agent::nft::render::{allow_shard, ALLOW_SHARDS};
+use weft_agent::nft::render::{pod_shard, POD_SHARDS};
 use weft_agent::nft::{render, Nft};
 use weft_agent::policy::{Dirty, DirtyDirection, FamilyDirty, PolicyIr};
 use weft_netkit::netns::run_in_new;
@@ -60,7 +60,7 @@ fn ir() -> PolicyIr {
 }
 
 fn shards4() -> Vec<u8> {
-    TARGETS.map(|n| allow_shard::<Ipv4Addr>(addr4(n))).collect()
+    TARGETS.map(|n| pod_shard::<Ipv4Addr>(addr4(n))).collect()
 }
 
 #[test]
@@ -68,8 +68,8 @@ fn every_shard_admits_its_pods_cells_and_nothing_else() {
     if !root() {
         return;
     }
-    assert_eq!(shards4(), (0..ALLOW_SHARDS).collect::<Vec<_>>(), "one target per shard");
-    let shards6: Vec<u8> = TARGETS6.map(|n| allow_shard::<Ipv6Addr>(addr6(n))).to_vec();
+    assert_eq!(shards4(), (0..POD_SHARDS).collect::<Vec<_>>(), "one target per shard");
+    let shards6: Vec<u8> = TARGETS6.map(|n| pod_shard::<Ipv6Addr>(addr6(n))).to_vec();
     assert_eq!(shards6, [0, 3, 9]);
     run_in_new(|| {
         bridge();

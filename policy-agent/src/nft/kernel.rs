@@ -114,7 +114,7 @@ impl Nft {
             }
         };
         if done.replaced || done.regrouped || done.rewritten > 0 {
-            self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+            self.fingerprint = read_fingerprint();
         }
         self.last = Some(Arc::new(r.clone()));
         Ok(done)
@@ -203,7 +203,7 @@ impl Nft {
                 patch::remember(&mut Arc::make_mut(last).sets, &changes);
                 if done.rewritten > 0 {
                     // Rules and sets written again have new handles.
-                    self.fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+                    self.fingerprint = read_fingerprint();
                 }
                 Ok(Some(done))
             }
@@ -238,12 +238,18 @@ fn intact(last: &NftRendered, fingerprint: u64) -> bool {
     kernel.skeleton == fingerprint && sets.is_some_and(|r| r.is_empty())
 }
 
+/// The kernel's fingerprint of the table's chains, rules and set
+/// declarations (`readback`), right after weft wrote them; None if unreadable.
+fn read_fingerprint() -> Option<u64> {
+    readback::read(TABLE, false).ok().map(|k| k.skeleton)
+}
+
 /// A resync's repair of any drift: `last` replaces the table in one
 /// transaction (atomic), and `fingerprint` is taken afresh.
 fn replace(last: &NftRendered, fingerprint: &mut Option<u64>) -> Result<NftApplied, KernelError> {
     *fingerprint = None;
     run_json(&last.full_transaction_json())?;
-    *fingerprint = readback::read(TABLE, false).ok().map(|k| k.skeleton);
+    *fingerprint = read_fingerprint();
     Ok(NftApplied { replaced: true, repaired: true, ..NftApplied::default() })
 }
 
@@ -389,7 +395,7 @@ fn apply_elements(
     if changes.is_empty() {
         return Ok(done);
     }
-    let heavy = rewrite::heavy(&last.skeleton, &last.sets, changes);
+    let heavy = rewrite::heavy(&last.sets, changes);
     if !heavy.is_empty() {
         run(&rewrite::transaction(&last.skeleton, &last.sets, &heavy, changes))?;
         return Ok(NftApplied { rewritten: heavy.len(), ..done });
@@ -463,7 +469,7 @@ fn regroup(old: &NftRendered, new: &NftRendered) -> (Nftables<'static>, usize, u
     let fresh: BTreeSet<String> = after.difference(&before).cloned().collect();
     let mut deltas = changes(old, new, &fresh);
     let (more, deleted) = count(&deltas);
-    let heavy = rewrite::heavy(&old.skeleton, &old.sets, &deltas);
+    let heavy = rewrite::heavy(&old.sets, &deltas);
     objects.extend(rewrite::written_again(&old.skeleton, &old.sets, &heavy, &deltas));
     deltas.retain(|d| !heavy.contains(d.set));
     objects.extend(

@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use super::render::{
-    addrs, allow_shard, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems,
-    peer_set, pod_cells, pod_port, pod_triples, port_group_set, region_elems, sharded, unknown_elems,
-    unknown_set, views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
+    addrs, cell_elems, cluster_set, group_set, grouped, grouped_names, last, nets_elems, peer_set, pod_cells,
+    pod_port, pod_shard, pod_triples, port_group_set, region_elems, sharded, unknown_elems, unknown_set,
+    views, Elem, FamilyElem, NftFamily, View, CLUSTER_SETS, VIEWS,
 };
 use crate::model::{Action, Protocol, Tier};
 use crate::policy::class_change::Block;
@@ -237,7 +237,7 @@ fn view<A: NftFamily>(
         let (new_exact, new_cells) = pod_cells(*pod, pod_triples(dir, *pod));
         let old = within(sets.get(&exact)?, exact_range(*pod));
         diff(out, &exact, new_exact.into_iter().collect(), &old);
-        let allow = v.allow_set::<A>(allow_shard(*pod));
+        let allow = v.allow_set::<A>(pod_shard(*pod));
         let old = within(sets.get(&allow)?, cell_range(*pod));
         diff(out, &allow, new_cells.into_iter().collect(), &old);
     }

@@ -62,7 +62,7 @@
 //! a single port (groups) get a rule each over sets named after their peer
 //! key, as in the iptables backend, so elements grow with pods plus peers.
 //!
-//! The interval sets are split in `ALLOW_SHARDS` by the low bits of the
+//! The interval sets are split in `POD_SHARDS` by the low bits of the
 //! local pod's address, each looked up from a chain of its own that a
 //! verdict map picks (gotos keep the caller's return): the kernel deletes an
 //! element of an interval concatenation set in time that grows with the
@@ -102,23 +102,16 @@ pub const FORWARD_CHAIN: &str = "forward";
 /// The forward hook's priority: before filter (0) and kube-proxy's chains.
 pub const FORWARD_PRIORITY: i32 = -200;
 
-/// The interval sets of each view, split by the local pod's address.
-pub const ALLOW_SHARDS: u8 = 16;
+/// NetworkPolicy's interval sets of each view and ClusterNetworkPolicy's
+/// sets of each tier and direction are split in this many by the local
+/// pod's address.
+pub const POD_SHARDS: u8 = 16;
 
-/// The shard of `pod`'s cells: the low bits of its address, which pod
+/// The shard of `pod`'s elements: the low bits of its address, which pod
 /// address allocation spreads evenly.
-pub fn allow_shard<A: Family>(pod: A) -> u8 {
-    shard_of(pod, ALLOW_SHARDS)
-}
-
-/// The ClusterNetworkPolicy sets of each tier and direction, split by the
-/// subject's address (`cluster_chains`).
-pub const CLUSTER_SHARDS: u8 = 16;
-
-/// The low bits of `pod`'s address: its shard of `shards` (a power of two).
-fn shard_of<A: Family>(pod: A, shards: u8) -> u8 {
-    // Below `shards`, so it fits.
-    (pod.as_u128() % u128::from(shards)) as u8
+pub fn pod_shard<A: Family>(pod: A) -> u8 {
+    // Below POD_SHARDS, so it fits.
+    (pod.as_u128() % u128::from(POD_SHARDS)) as u8
 }
 
 /// True for the sets of groups and port groups (`<dir><kind>[6]_<16 hex>`),
@@ -264,8 +257,8 @@ impl Elem {
         }
     }
 
-    /// Its shard of `shards` by its first address (`shard_of`): for a cell, its pod's.
-    pub fn shard(&self, shards: u8) -> u8 {
+    /// Its shard by its first address (`pod_shard`): for a cell, its pod's.
+    pub fn shard(&self) -> u8 {
         fn first<A: Family>(e: &FamilyElem<A>) -> A {
             match *e {
                 FamilyElem::Addr(a)
@@ -276,8 +269,8 @@ impl Elem {
             }
         }
         match self {
-            Elem::V4(e) => shard_of(first(e), shards),
-            Elem::V6(e) => shard_of(first(e.as_ref()), shards),
+            Elem::V4(e) => pod_shard(first(e)),
+            Elem::V6(e) => pod_shard(first(e.as_ref())),
         }
     }
 
@@ -628,14 +621,14 @@ fn family<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
         }
     }
     for v in views {
-        p.sets.extend((0..ALLOW_SHARDS).map(|k| set(v.allow_set::<A>(k), allow(), true)));
+        p.sets.extend((0..POD_SHARDS).map(|k| set(v.allow_set::<A>(k), allow(), true)));
     }
     for v in views {
         let dir = v.pick([&fir.ingress, &fir.egress, &fir.audit_ingress, &fir.audit_egress]);
         p.elems.insert(v.set::<A>("iso"), addrs(&dir.isolated));
         let (exact, shards) = cells(dir);
         p.elems.insert(v.set::<A>("exact"), exact);
-        for (k, cells) in (0..ALLOW_SHARDS).zip(shards) {
+        for (k, cells) in (0..POD_SHARDS).zip(shards) {
             p.elems.insert(v.allow_set::<A>(k), cells);
         }
         policy_chain(v, dir, p);
@@ -701,13 +694,9 @@ fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
     let lookup = |set: String| vec![m(key.clone(), Operator::EQ, set_ref(&set)), Statement::Return(None)];
     p.chains.push(chain(name.clone(), false));
     p.policy.push(rule(name.clone(), lookup(v.set::<A>("exact")), None));
-    p.policy.push(rule(
-        name.clone(),
-        vec![shard_vmap::<A>(f(v.pod), ALLOW_SHARDS, |k| v.allow_chain::<A>(k))],
-        None,
-    ));
+    p.policy.push(rule(name.clone(), vec![shard_vmap::<A>(f(v.pod), |k| v.allow_chain::<A>(k))], None));
     p.policy.push(rule(name, vec![goto(rest.clone())], None));
-    for k in 0..ALLOW_SHARDS {
+    for k in 0..POD_SHARDS {
         let shard = v.allow_chain::<A>(k);
         p.chains.push(chain(shard.clone(), false));
         p.policy.push(rule(shard.clone(), lookup(v.allow_set::<A>(k)), None));
@@ -721,15 +710,11 @@ fn policy_chain<A: NftFamily>(v: &View, dir: &Direction<A>, p: &mut Parts) {
     }
 }
 
-/// `<pod> & (shards - 1) vmap { 0 : goto <chain(0)>, .. }`: to the chain
-/// of the pod's shard (`shard_of`), the caller's return kept.
-fn shard_vmap<A: NftFamily>(
-    pod: Expression<'static>,
-    shards: u8,
-    chain: impl Fn(u8) -> String,
-) -> Statement<'static> {
-    let mask = Expression::String(A::from_u128(u128::from(shards - 1)).to_string().into());
-    let shards = (0..shards)
+/// `<pod> & 15 vmap { 0 : goto <chain(0)>, .. }`: to the chain of the
+/// pod's shard (`pod_shard`), the caller's return kept.
+fn shard_vmap<A: NftFamily>(pod: Expression<'static>, chain: impl Fn(u8) -> String) -> Statement<'static> {
+    let mask = Expression::String(A::from_u128(u128::from(POD_SHARDS - 1)).to_string().into());
+    let shards = (0..POD_SHARDS)
         .map(|k| {
             let at = Expression::String(A::from_u128(u128::from(k)).to_string().into());
             SetItem::Mapping(at, Expression::Verdict(Verdict::Goto(JumpTarget { target: chain(k).into() })))
@@ -789,7 +774,7 @@ fn log_new(prefix: &'static str) -> Vec<Statement<'static>> {
 /// Accept still meets ingress at a local destination; Pass a goto past the
 /// rest of its tier. Baseline Accept and Pass need no set: nothing after
 /// them denies. Each set is split by the local pod's low bits into
-/// `ALLOW_SHARDS` sets, each looked up from a chain of its own, as
+/// `POD_SHARDS` sets, each looked up from a chain of its own, as
 /// NetworkPolicy's interval sets are and for the same reason: the kernel
 /// deletes an element of such a set in time that grows with the set, and
 /// a pod coming or going moves tens of elements of every class it is a
@@ -820,7 +805,7 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
             let rest = format!("{tier_chain}_g");
             p.policy.push(rule(
                 tier_chain.clone(),
-                vec![shard_vmap::<A>(f(v.pod), CLUSTER_SHARDS, |k| format!("{tier_chain}_{k}"))],
+                vec![shard_vmap::<A>(f(v.pod), |k| format!("{tier_chain}_{k}"))],
                 None,
             ));
             p.policy.push(rule(tier_chain.clone(), vec![goto(&rest)], None));
@@ -837,21 +822,21 @@ fn cluster_chains<A: NftFamily>(fir: &FamilyIr<A>, p: &mut Parts) {
                     Action::Deny => (action, goto(&deny)),
                 })
                 .collect();
-            let mut lookups = vec![(unknown.clone(), goto(&deny), unknown_elems(classes))];
+            // (set, what else the rule asks, verdict, elements)
+            let mut lookups = vec![(unknown, &not_known[..], goto(&deny), unknown_elems(classes))];
             for (action, verdict) in &verdicts {
                 let elems = region_elems(classes, *action);
-                lookups.push((cluster_set::<A>(v, tier, *action), verdict.clone(), elems));
+                lookups.push((cluster_set::<A>(v, tier, *action), &[], verdict.clone(), elems));
             }
-            let shard_chains: Vec<String> =
-                (0..CLUSTER_SHARDS).map(|k| format!("{tier_chain}_{k}")).collect();
+            let shard_chains: Vec<String> = (0..POD_SHARDS).map(|k| format!("{tier_chain}_{k}")).collect();
             for c in &shard_chains {
                 p.chains.push(chain(c.clone(), false));
             }
-            for (base_name, verdict, elems) in lookups {
+            for (base_name, guard, verdict, elems) in lookups {
                 for (k, (name, elems)) in sharded(&base_name, elems).into_iter().enumerate() {
                     p.sets.push(set(name.clone(), kind(), true));
                     p.elems.insert(name.clone(), elems);
-                    let mut expr = if base_name == unknown { not_known.to_vec() } else { Vec::new() };
+                    let mut expr = guard.to_vec();
                     expr.extend([m(key.clone(), Operator::EQ, set_ref(&name)), verdict.clone()]);
                     p.policy.push(rule(shard_chains[k].clone(), expr, None));
                 }
@@ -997,9 +982,9 @@ pub(super) fn cell_elems<'s, A: NftFamily>(
 /// (`Elem::shard`): every shard, empty or not, in shard order.
 pub(super) fn sharded(name: &str, elems: BTreeSet<Elem>) -> Vec<(String, BTreeSet<Elem>)> {
     let mut shards: Vec<(String, BTreeSet<Elem>)> =
-        (0..CLUSTER_SHARDS).map(|k| (format!("{name}_{k}"), BTreeSet::new())).collect();
+        (0..POD_SHARDS).map(|k| (format!("{name}_{k}"), BTreeSet::new())).collect();
     for e in elems {
-        shards[usize::from(e.shard(CLUSTER_SHARDS))].1.insert(e);
+        shards[usize::from(e.shard())].1.insert(e);
     }
     shards
 }
@@ -1202,11 +1187,11 @@ pub(super) fn pod_cells<A: NftFamily>(
 /// shard by shard: its triples.
 fn cells<A: NftFamily>(dir: &Direction<A>) -> (BTreeSet<Elem>, Vec<BTreeSet<Elem>>) {
     let pods: BTreeSet<A> = dir.triples.iter().map(|t| t.0).collect();
-    let (mut exact, mut shards) = (BTreeSet::new(), vec![BTreeSet::new(); usize::from(ALLOW_SHARDS)]);
+    let (mut exact, mut shards) = (BTreeSet::new(), vec![BTreeSet::new(); usize::from(POD_SHARDS)]);
     for pod in pods {
         let (e, c) = pod_cells(pod, pod_triples(dir, pod));
         exact.extend(e);
-        shards[usize::from(allow_shard(pod))].extend(c);
+        shards[usize::from(pod_shard(pod))].extend(c);
     }
     (exact, shards)
 }
@@ -1405,7 +1390,7 @@ mod tests {
         let r = render(&ir);
         let elems = |set: &str| -> Vec<String> { r.sets[set].iter().map(Elem::json).collect() };
         assert_eq!(elems("in_exact"), [r#"{"concat":["10.244.1.2",6,80,"10.244.2.3"]}"#], "an exact triple");
-        for k in 0..ALLOW_SHARDS {
+        for k in 0..POD_SHARDS {
             assert!(elems(&format!("in_allow_{k}")).is_empty(), "no triple with a wider peer");
         }
         assert_eq!(
@@ -1484,7 +1469,7 @@ mod tests {
             assert!(v6, "{name}: only IPv6 elements in an IPv4-free IR");
         }
         assert!(r.sets["in_allow_2"].is_empty() && r.sets["local"].is_empty());
-        let cells: usize = (0..ALLOW_SHARDS).map(|k| r.sets[&format!("in_allow6_{k}")].len()).sum();
+        let cells: usize = (0..POD_SHARDS).map(|k| r.sets[&format!("in_allow6_{k}")].len()).sum();
         assert_eq!(cells, 1, "one cell, in one shard");
         let json = r.full_transaction_json().unwrap();
         for want in [
@@ -1517,10 +1502,10 @@ mod tests {
         let r = render(&ir);
         for kind in ["deny", "accept", "pass", "unknown"] {
             let mut seen = BTreeSet::new();
-            for k in 0..CLUSTER_SHARDS {
+            for k in 0..POD_SHARDS {
                 let set = &r.sets[&format!("cnp_ain_{kind}_{k}")];
                 for e in set {
-                    assert_eq!(e.shard(CLUSTER_SHARDS), k, "{kind}: {e:?} in shard {k}");
+                    assert_eq!(e.shard(), k, "{kind}: {e:?} in shard {k}");
                     let Elem::V4(FamilyElem::Cell(pod, ..)) = e else { panic!("{e:?}") };
                     seen.insert(*pod);
                 }

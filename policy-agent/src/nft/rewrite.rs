@@ -21,18 +21,16 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nftables::expr::Expression;
-use nftables::schema::{
-    FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetTypeValue,
-};
+use nftables::schema::{FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set};
 use nftables::stmt::Statement;
 
 use super::netlink::{Op, SetDelta};
-use super::render::{is_cluster_shard, Elem, FORWARD_CHAIN};
+use super::render::{is_cluster_shard, Elem};
 
 /// What the kernel takes, measured on this VM (kernel 6.18) with
-/// ClusterNetworkPolicy shard sets of 1,000-3,500 elements: to delete one element, per element the set holds
-/// (us); to add one to a set written anew (us); and `nft -j -f -` once
-/// around them (us). Deleting d of h elements costs about d x h x 4 us,
+/// ClusterNetworkPolicy shard sets of 1,000-3,500 elements: to delete one
+/// element, per element the set holds (us); to add one to a set written
+/// anew (us); and `nft -j -f -` once around them (us). Deleting d of h elements costs about d x h x 4 us,
 /// writing the set again h x 45 us: past about 10-20 deletions, writing
 /// again is cheaper.
 const DELETE_US_PER_HELD: usize = 4;
@@ -47,25 +45,15 @@ fn cheaper_again(deletions: usize, held: usize) -> bool {
 }
 
 /// The sets of `changes` cheaper to write again than to patch:
-/// ClusterNetworkPolicy's interval concatenations (nft_pipapo) whose
-/// deletions cost more than that (`cheaper_again`, given the elements
-/// `held`), and which no rule of the forward chain looks up (that
-/// chain is only ever written whole).
-pub fn heavy<'a>(
-    skeleton: &[NfListObject<'static>],
-    held: &BTreeMap<String, BTreeSet<Elem>>,
-    changes: &[SetDelta<'a>],
-) -> BTreeSet<&'a str> {
+/// ClusterNetworkPolicy's shard sets (interval concatenations, nft_pipapo,
+/// looked up from their shard chains only) whose deletions cost more than
+/// that (`cheaper_again`, given the elements `held`).
+pub fn heavy<'a>(held: &BTreeMap<String, BTreeSet<Elem>>, changes: &[SetDelta<'a>]) -> BTreeSet<&'a str> {
     let mut deletions: BTreeMap<&'a str, usize> = BTreeMap::new();
-    for d in changes.iter().filter(|d| d.op == Op::Delete) {
+    for d in changes.iter().filter(|d| d.op == Op::Delete && is_cluster_shard(d.set)) {
         *deletions.entry(d.set).or_default() += d.elems.len();
     }
-    deletions.retain(|name, n| {
-        held.get(*name).is_some_and(|h| cheaper_again(*n, h.len()))
-            && is_cluster_shard(name)
-            && declaration(skeleton, name).is_some_and(pipapo)
-            && !chains_looking_up(skeleton, |s| s == *name).contains(FORWARD_CHAIN)
-    });
+    deletions.retain(|name, n| held.get(*name).is_some_and(|h| cheaper_again(*n, h.len())));
     deletions.into_keys().collect()
 }
 
@@ -142,12 +130,6 @@ fn declaration<'s>(skeleton: &'s [NfListObject<'static>], name: &str) -> Option<
     })
 }
 
-/// True for an interval set of concatenations, which the kernel keeps as nft_pipapo.
-fn pipapo(s: &Set) -> bool {
-    matches!(s.set_type, SetTypeValue::Concatenated(_))
-        && s.flags.as_ref().is_some_and(|f| f.contains(&SetFlag::Interval))
-}
-
 /// The chains with a rule that looks up a set `wanted` picks.
 fn chains_looking_up(skeleton: &[NfListObject<'static>], wanted: impl Fn(&str) -> bool) -> BTreeSet<String> {
     skeleton
@@ -216,12 +198,12 @@ mod tests {
     fn only_cluster_sets_with_costly_deletions_are_written_again() {
         let old = render(&ir(600));
         let few = deletions(&old, &render(&ir(590)));
-        assert!(heavy(&old.skeleton, &old.sets, &few).is_empty(), "10 deletions are cheaper");
+        assert!(heavy(&old.sets, &few).is_empty(), "10 deletions are cheaper");
         let many = deletions(&old, &render(&ir(100)));
         assert!(many.iter().any(|d| d.set == "in_allow_2" && d.elems.len() == 500), "{many:?}");
-        assert_eq!(heavy(&old.skeleton, &old.sets, &many), ["cnp_ain_deny_2"].into(), "not NetworkPolicy's");
+        assert_eq!(heavy(&old.sets, &many), ["cnp_ain_deny_2"].into(), "not NetworkPolicy's");
 
-        let heavy = heavy(&old.skeleton, &old.sets, &many);
+        let heavy = heavy(&old.sets, &many);
         let tx = transaction(&old.skeleton, &old.sets, &heavy, &many);
         let json = serde_json::to_value(&tx).unwrap();
         let commands: Vec<String> = json["nftables"]

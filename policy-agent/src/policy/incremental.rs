@@ -522,10 +522,8 @@ impl<A: Family> FamilyEngine<A> {
         }
         self.peers.retain_used();
         // Audit policies come or go only with a policy change.
-        let audits_now = match changed.is_empty() {
-            true => audits_before,
-            false => model.policies.values().any(|p| p.audit),
-        };
+        let audits_now =
+            if changed.is_empty() { audits_before } else { model.policies.values().any(|p| p.audit) };
         if audits_now != audits_before {
             self.rebuild_audit(audits_now, out);
         }
