@@ -284,6 +284,17 @@ impl Model {
         }
     }
 
+    /// The policies of namespace `ns`, by key: the key range "ns/..." (no
+    /// namespace name holds a '/', and '0' follows it), never a look at all.
+    pub fn namespace_policies<'m>(
+        &'m self,
+        ns: &str,
+    ) -> impl Iterator<Item = (&'m String, &'m Arc<NetworkPolicy>)> + 'm {
+        let range =
+            (std::ops::Bound::Included(format!("{ns}/")), std::ops::Bound::Excluded(format!("{ns}0")));
+        self.policies.range::<String, _>(range)
+    }
+
     /// The labels of namespace `name`; a namespace with no manifest has only
     /// the `kubernetes.io/metadata.name` label the API server would give it.
     /// Borrowed when the namespace has a manifest: selectors are matched

@@ -172,28 +172,19 @@ fn direction<'m>(
 ) -> Decision {
     let mut d = Decision::default();
     // Audit policies deny nothing (see `with_audit_enforced`).
-    for policy in namespace_policies(model, &pod.namespace).filter(|p| !p.audit) {
+    for (key, policy) in model.namespace_policies(&pod.namespace).filter(|(_, p)| !p.audit) {
         if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
             continue;
         }
         let Some(rules) = rules_of(policy) else { continue };
-        d.isolated_by.push(policy.key());
+        d.isolated_by.push(key.clone());
         for (i, rule) in rules.iter().enumerate() {
             if admits(rule) {
-                d.admitted_by.push(format!("{} rule {}", policy.key(), i + 1));
+                d.admitted_by.push(format!("{key} rule {}", i + 1));
             }
         }
     }
     d
-}
-
-/// The policies of namespace `ns`: their keys ("ns/name") are a range of
-/// the model's, so the denied log's explanation of one connection looks at
-/// one namespace's policies, not at every policy of the cluster.
-fn namespace_policies<'m>(model: &'m Model, ns: &str) -> impl Iterator<Item = &'m NetworkPolicy> + 'm {
-    // '0' follows '/': the range holds exactly the keys starting "ns/".
-    let range = (std::ops::Bound::Included(format!("{ns}/")), std::ops::Bound::Excluded(format!("{ns}0")));
-    model.policies.range::<String, _>(range).map(|(_, p)| p.as_ref())
 }
 
 /// True if the rule's peers include `other`, seen from `me` (the policy's pod).
