@@ -748,7 +748,7 @@ mod tests {
             policy("y/allow-a", LabelSelector::of_labels([("pod", "b")]), Some(allow_a)),
             egress_only,
         ] {
-            m.policies.insert(p.key(), p.into());
+            std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
         }
         m
     }
@@ -892,7 +892,7 @@ destroy weave-BLOCK-new
     #[test]
     fn without_policies_every_local_pod_is_default_allowed() {
         let mut m = model();
-        m.policies.clear();
+        std::sync::Arc::make_mut(&mut m.policies).clear();
         let r = render(&m, "node-1", cidr());
         assert!(!r.iptables.lines().any(|l| l.starts_with("-A WEAVE-NPC-INGRESS")), "{}", r.iptables);
         assert_eq!(members(&r, &set_name("default-allow:x")), ["10.244.1.2", "10.244.1.3"]);
@@ -909,9 +909,9 @@ destroy weave-BLOCK-new
     #[test]
     fn an_empty_ingress_list_isolates_and_allows_nothing() {
         let mut m = model();
-        m.policies.clear();
+        std::sync::Arc::make_mut(&mut m.policies).clear();
         let deny = policy("y/deny", LabelSelector::default(), Some(vec![]));
-        m.policies.insert(deny.key(), deny.into());
+        std::sync::Arc::make_mut(&mut m.policies).insert(deny.key(), deny.into());
         let r = render(&m, "node-1", cidr());
         assert!(members(&r, &set_name("default-allow:y")).is_empty());
         assert_eq!(members(&r, &set_name("default-allow:x")), ["10.244.1.2", "10.244.1.3"]);
@@ -921,11 +921,11 @@ destroy weave-BLOCK-new
     #[test]
     fn rules_without_peers_or_ports_match_anything_and_duplicates_collapse() {
         let mut m = model();
-        m.policies.clear();
+        std::sync::Arc::make_mut(&mut m.policies).clear();
         let all = vec![Rule::default()];
         for key in ["y/one", "y/two"] {
             let p = policy(key, LabelSelector::of_labels([("pod", "d")]), Some(all.clone()));
-            m.policies.insert(p.key(), p.into());
+            std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
         }
         let r = render(&m, "node-1", cidr());
         let ingress: Vec<&str> =
@@ -944,7 +944,7 @@ destroy weave-BLOCK-new
     #[test]
     fn ip_blocks_everything_and_ipv6() {
         let mut m = model();
-        m.policies.clear();
+        std::sync::Arc::make_mut(&mut m.policies).clear();
         let rule = Rule {
             peers: vec![
                 Peer::IpBlock {
@@ -956,7 +956,7 @@ destroy weave-BLOCK-new
             ports: vec![],
         };
         let p = policy("y/any", LabelSelector::default(), Some(vec![rule]));
-        m.policies.insert(p.key(), p.into());
+        std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
         let r = render(&m, "node-1", cidr());
         let block = set_name("ipblock:ipBlock: 0.0.0.0/0 except 10.0.0.0/8");
         assert_eq!(members(&r, &block), ["0.0.0.0/1", "10.0.0.0/8 nomatch", "128.0.0.0/1"]);
@@ -969,14 +969,14 @@ destroy weave-BLOCK-new
     #[test]
     fn a_namespace_selector_reads_namespace_labels() {
         let mut m = model();
-        m.policies.clear();
+        std::sync::Arc::make_mut(&mut m.policies).clear();
         // team=blue is x's label; z has no manifest (only its name label).
         let z = pod("z/e", "node-1", Some([10, 244, 1, 9]), 80);
         m.pods.insert(z.key(), z.into());
         let rule = |ns: LabelSelector| Rule { peers: vec![pods_peer(Some(ns), "a")], ports: vec![] };
         let blue = LabelSelector::of_labels([("team", "blue")]);
         let p = policy("y/blue", LabelSelector::default(), Some(vec![rule(blue)]));
-        m.policies.insert(p.key(), p.into());
+        std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
         let r = render(&m, "node-1", cidr());
         assert_eq!(members(&r, &set_name("src-pods:nsSelector=team=blue:pod=a")), ["10.244.1.2"]);
         // Every namespace, z included, has its default-allow set.

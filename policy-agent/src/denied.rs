@@ -468,7 +468,7 @@ spec: {podSelector: {}}
     #[test]
     fn audit_events_say_what_would_be_denied() {
         let mut m = model();
-        for p in m.policies.values_mut() {
+        for p in Arc::make_mut(&mut m.policies).values_mut() {
             std::sync::Arc::make_mut(p).audit = true;
         }
         let mut log = DenyLog::default();

@@ -112,7 +112,9 @@ impl Cluster {
                 match *kind {
                     "Namespace" => drop(m.namespaces.remove(name)),
                     "Service" => drop(self.services.remove(&key(namespace))),
-                    "NetworkPolicy" => drop(m.policies.remove(&key(namespace))),
+                    "NetworkPolicy" => {
+                        drop(std::sync::Arc::make_mut(&mut m.policies).remove(&key(namespace)))
+                    }
                     "ClusterNetworkPolicy" => drop(m.cluster_policies.remove(name)),
                     other => return Err(format!("cannot delete a {other}")),
                 }

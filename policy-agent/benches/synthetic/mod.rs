@@ -114,7 +114,7 @@ pub fn model(pods: usize, policies: usize) -> Model {
             egress,
             audit: false,
         };
-        m.policies.insert(p.key(), p.into());
+        std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
     }
     m
 }
@@ -548,7 +548,9 @@ pub fn measure(
                 })
                 .nth(nth * 13 % count)
                 .map(|(k, _)| k.clone());
-            let Some(policy) = key.and_then(|k| m.policies.get_mut(&k)) else { return false };
+            let Some(policy) = key.and_then(|k| std::sync::Arc::make_mut(&mut m.policies).get_mut(&k)) else {
+                return false;
+            };
             let port = std::sync::Arc::make_mut(policy)
                 .ingress
                 .as_mut()
@@ -945,7 +947,7 @@ pub fn mix_model(pods: usize, policies: usize) -> Model {
             egress,
             audit: false,
         };
-        m.policies.insert(p.key(), p.into());
+        std::sync::Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
     }
     m
 }

@@ -217,13 +217,16 @@ impl NetworkPolicy {
 /// (`Arc`): a model is copied for each change (the pod reports laid over
 /// it, the snapshot kept), and two models compared to find what changed;
 /// shared objects make the copy a pointer each and the comparison of an
-/// unchanged object a pointer comparison.
+/// unchanged object a pointer comparison. The policies, which a pod change
+/// leaves as they are, are shared as a whole too: a copy of the model
+/// copies none of them, and a comparison of two models that share them
+/// looks at none (`Arc::make_mut` to change them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Model {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<String, Arc<Pod>>,
-    pub policies: BTreeMap<String, Arc<NetworkPolicy>>,
+    pub policies: Arc<BTreeMap<String, Arc<NetworkPolicy>>>,
     /// ClusterNetworkPolicies by name (cluster-scoped).
     pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
@@ -257,7 +260,7 @@ impl Model {
             Object::Node(n) => put(&mut self.nodes, n.name.clone(), n),
             Object::Namespace(n) => put(&mut self.namespaces, n.name.clone(), n),
             Object::Pod(p) => put(&mut self.pods, p.key(), p),
-            Object::NetworkPolicy(p) => put(&mut self.policies, p.key(), p),
+            Object::NetworkPolicy(p) => put(Arc::make_mut(&mut self.policies), p.key(), p),
             Object::ClusterNetworkPolicy(p) => put(&mut self.cluster_policies, p.name.clone(), p),
         }
     }
@@ -268,7 +271,7 @@ impl Model {
             Object::Node(n) => drop(self.nodes.insert(n.name.clone(), n)),
             Object::Namespace(n) => drop(self.namespaces.insert(n.name.clone(), n)),
             Object::Pod(p) => drop(self.pods.insert(p.key(), p)),
-            Object::NetworkPolicy(p) => drop(self.policies.insert(p.key(), p)),
+            Object::NetworkPolicy(p) => drop(Arc::make_mut(&mut self.policies).insert(p.key(), p)),
             Object::ClusterNetworkPolicy(p) => drop(self.cluster_policies.insert(p.name.clone(), p)),
         }
     }
@@ -279,7 +282,7 @@ impl Model {
             Object::Node(n) => drop(self.nodes.remove(&n.name)),
             Object::Namespace(n) => drop(self.namespaces.remove(&n.name)),
             Object::Pod(p) => drop(self.pods.remove(&p.key())),
-            Object::NetworkPolicy(p) => drop(self.policies.remove(&p.key())),
+            Object::NetworkPolicy(p) => drop(Arc::make_mut(&mut self.policies).remove(&p.key())),
             Object::ClusterNetworkPolicy(p) => drop(self.cluster_policies.remove(&p.name)),
         }
     }

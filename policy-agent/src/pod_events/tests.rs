@@ -48,8 +48,11 @@ fn add_gives_a_known_pod_its_address_before_the_source_does() {
     let (m, now) = (model(""), Instant::now());
     let mut ev = PodEvents::default();
     ev.add(&m, NODE, &claim("c1", "b", &[ip("10.244.1.6")]), now).unwrap();
-    assert_eq!(ev.overlay(&m, NODE).pods["x/b"].ip, v4("10.244.1.6"));
+    let laid = ev.overlay(&m, NODE);
+    assert_eq!(laid.pods["x/b"].ip, v4("10.244.1.6"));
     assert_eq!(ev.ahead(), 1);
+    // The policies are shared, not copied (a pod change leaves them as they are).
+    assert!(Arc::ptr_eq(&laid.policies, &m.policies));
     // The source catches up: nothing left to lay over, and the same ADD again changes nothing.
     let mut shown = m.clone();
     std::sync::Arc::make_mut(shown.pods.get_mut("x/b").unwrap()).ip = v4("10.244.1.6");

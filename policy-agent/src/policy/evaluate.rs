@@ -225,7 +225,7 @@ fn ports_match(ports: &[PolicyPort], proto: Protocol, port: u16, server: Option<
 /// `model` with its audit policies enforced: what they would decide.
 pub fn with_audit_enforced(model: &Model) -> Model {
     let mut m = model.clone();
-    for p in m.policies.values_mut().filter(|p| p.audit) {
+    for p in std::sync::Arc::make_mut(&mut m.policies).values_mut().filter(|p| p.audit) {
         std::sync::Arc::make_mut(p).audit = false;
     }
     m

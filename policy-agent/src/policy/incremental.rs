@@ -172,7 +172,13 @@ impl PolicyEngine {
             new,
             pods: changed(&old.pods, &new.pods),
             namespaces: !changed(&old.namespaces, &new.namespaces).is_empty(),
-            policies: changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect(),
+            // Shared policies (a pod change) are unchanged: none is looked at.
+            policies: match Arc::ptr_eq(&old.policies, &new.policies) {
+                true => BTreeSet::new(),
+                false => {
+                    changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect()
+                }
+            },
         };
         let d = &mut self.dirty;
         let (v4, v6) = (&mut self.v4, &mut self.v6);

@@ -214,7 +214,7 @@ pub(crate) fn random_model(r: &mut Rng) -> Model {
     }
     for i in 0..r.below(5) {
         let p = random_policy(r, &format!("n{i}"));
-        m.policies.insert(p.key(), p.into());
+        Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
     }
     for i in 0..r.below(3) {
         let p = random_cnp(r, &format!("c{i}"));
@@ -258,11 +258,11 @@ pub(crate) fn mutate(r: &mut Rng, m: &mut Model) {
             let name = format!("n{}", r.below(6));
             let key = m.policies.keys().find(|k| k.ends_with(&format!("/{name}"))).cloned();
             if let Some(k) = &key {
-                m.policies.remove(k);
+                Arc::make_mut(&mut m.policies).remove(k);
             }
             if key.is_none() || r.chance(60) {
                 let p = random_policy(r, &name);
-                m.policies.insert(p.key(), p.into());
+                Arc::make_mut(&mut m.policies).insert(p.key(), p.into());
             }
         }
         10 => {
@@ -398,7 +398,7 @@ fn targets_coming_and_going_leave_what_a_compile_gives() {
         egress: Some(vec![Rule { peers: vec![every_pod], ports: vec![] }]),
         audit: false,
     };
-    model.policies.insert(policy.key(), policy.into());
+    Arc::make_mut(&mut model.policies).insert(policy.key(), policy.into());
     for (name, host, app, http) in
         [("web-1", 2, "web", true), ("web-2", 3, "web", false), ("c", 9, "client", true)]
     {
@@ -443,7 +443,7 @@ fn a_policy_without_a_target_here_is_kept_by_its_rules_in_the_nodes_families() {
     };
     let mut model = random_model(&mut Rng::new(1));
     model.pods.clear();
-    model.policies.clear();
+    Arc::make_mut(&mut model.policies).clear();
     model.cluster_policies.clear();
     let mut v4_only = node("node-1", 1);
     v4_only.pod_cidr6 = None;
@@ -457,7 +457,7 @@ fn a_policy_without_a_target_here_is_kept_by_its_rules_in_the_nodes_families() {
         egress: None,
         audit: false,
     };
-    model.policies.insert(policy.key(), policy.into());
+    Arc::make_mut(&mut model.policies).insert(policy.key(), policy.into());
     model.pods.insert("x/remote".into(), pod("remote", "node-2", 2));
     let mut engine = PolicyEngine::new(&model, "node-1", &cluster(), Options::default());
     // Its target is on node-2: nothing in the IR, its peers resolved and used.
