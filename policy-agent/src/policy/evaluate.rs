@@ -173,7 +173,7 @@ fn direction<'m>(
     let mut d = Decision::default();
     // Audit policies deny nothing (see `with_audit_enforced`).
     for (key, policy) in model.namespace_policies(&pod.namespace).filter(|(_, p)| !p.audit) {
-        if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
+        if !policy.pod_selector.matches(&pod.labels) {
             continue;
         }
         let Some(rules) = rules_of(policy) else { continue };
