@@ -585,6 +585,8 @@ struct Partition {
     intervals: Vec<Span>,
     /// Per class, its intervals (indices into `intervals`, ascending).
     members: Vec<Vec<u32>>,
+    /// Per interval, its class.
+    class_at: Vec<u32>,
     /// Per list, the classes it holds, sorted.
     of_list: Vec<Vec<u32>>,
 }
@@ -611,8 +613,12 @@ impl Partition {
             }
         }
         let mut class_of: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
-        let mut part =
-            Partition { intervals: Vec::new(), members: Vec::new(), of_list: vec![Vec::new(); lists.len()] };
+        let mut part = Partition {
+            intervals: Vec::new(),
+            members: Vec::new(),
+            class_at: Vec::new(),
+            of_list: vec![Vec::new(); lists.len()],
+        };
         for (k, held) in held.into_iter().enumerate() {
             if held.is_empty() {
                 continue;
@@ -623,6 +629,7 @@ impl Partition {
                 part.members.push(Vec::new());
             }
             part.members[class as usize].push(part.intervals.len() as u32);
+            part.class_at.push(class);
             part.intervals.push((cuts[k], cuts.get(k + 1).map_or(max, |next| next - 1)));
         }
         for (held, class) in class_of {
@@ -640,8 +647,19 @@ impl Partition {
 
     /// The addresses of `classes`, as spans, sorted, neighbours joined.
     fn spans(&self, classes: &[u32]) -> Vec<Span> {
-        let mut at: Vec<u32> = classes.iter().flat_map(|&c| &self.members[c as usize]).copied().collect();
-        at.sort_unstable();
+        let held: usize = classes.iter().map(|&c| self.members[c as usize].len()).sum();
+        let at: Vec<u32> = if held * 8 < self.intervals.len() {
+            // A few intervals: theirs, sorted.
+            let mut at: Vec<u32> = classes.iter().flat_map(|&c| &self.members[c as usize]).copied().collect();
+            at.sort_unstable();
+            at
+        } else {
+            // Many (a region of "everything but"): one pass over all, in
+            // order, is cheaper than sorting theirs.
+            let mut wanted = vec![false; self.members.len()];
+            classes.iter().for_each(|&c| wanted[c as usize] = true);
+            (0..self.intervals.len() as u32).filter(|&k| wanted[self.class_at[k as usize] as usize]).collect()
+        };
         let mut out: Vec<Span> = Vec::new();
         for (lo, hi) in at.into_iter().map(|k| self.intervals[k as usize]) {
             match out.last_mut() {
@@ -744,7 +762,9 @@ fn cut<A: Family>(
             let peers = known
                 .entry(classes)
                 .or_insert_with_key(|c| {
-                    part.spans(c).into_iter().flat_map(|(lo, hi)| nets::<A>(lo, hi)).collect()
+                    let mut peers = Vec::new();
+                    part.spans(c).into_iter().for_each(|(lo, hi)| nets_into::<A>(lo, hi, &mut peers));
+                    peers
                 })
                 .clone();
             Region { action, cells: cells.clone(), peers }
@@ -774,10 +794,9 @@ fn join_cells(cells: Vec<LaneCell>) -> Vec<Cell> {
         .collect()
 }
 
-/// The fewest networks covering exactly `lo..=hi`.
-fn nets<A: Family>(mut lo: u128, hi: u128) -> Vec<A::Net> {
+/// Appends to `out` the fewest networks covering exactly `lo..=hi`.
+fn nets_into<A: Family>(mut lo: u128, hi: u128, out: &mut Vec<A::Net>) {
     let bits = u32::from(A::BITS);
-    let mut out = Vec::new();
     loop {
         // The largest block aligned at `lo` that ends within `hi`.
         let align = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
@@ -794,7 +813,6 @@ fn nets<A: Family>(mut lo: u128, hi: u128) -> Vec<A::Net> {
             _ => break,
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,12 @@ fn v4(s: &str) -> u128 {
     s.parse::<Ipv4Addr>().unwrap().as_u128()
 }
 
+fn nets<A: Family>(lo: u128, hi: u128) -> Vec<A::Net> {
+    let mut out = Vec::new();
+    nets_into::<A>(lo, hi, &mut out);
+    out
+}
+
 #[test]
 fn ranges_become_the_fewest_networks() {
     let n = |lo, hi| nets::<Ipv4Addr>(v4(lo), v4(hi)).iter().map(|n| n.to_string()).collect::<Vec<_>>();
@@ -49,6 +55,58 @@ fn addresses_the_same_lists_hold_are_one_class() {
     let mut every = vec![only_all, first, both, second, last];
     every.sort();
     assert_eq!(all, every);
+}
+
+/// A set of classes' spans are found two ways (their intervals sorted,
+/// or one pass over all intervals, by how many they hold): both give the
+/// addresses a look at every interval's lists gives.
+#[test]
+fn a_set_of_classes_is_its_addresses_whichever_way_they_are_found() {
+    let mut r = crate::policy::incremental::tests::Rng::new(11);
+    // 40 lists of 1-4 spans over 0-999: hundreds of intervals, dozens of classes.
+    let lists: Vec<Vec<Span>> = (0..40)
+        .map(|_| {
+            (0..1 + r.below(4))
+                .map(|_| {
+                    let lo = r.below(1000) as u128;
+                    (lo, lo + r.below(40) as u128)
+                })
+                .collect()
+        })
+        .collect();
+    let part = Partition::of::<Ipv6Addr>(&lists);
+    let (mut sparse, mut dense) = (0, 0);
+    for _ in 0..300 {
+        let density = if r.chance(50) { 5 } else { 60 };
+        let classes: Vec<u32> = (0..part.len() as u32).filter(|_| r.chance(density)).collect();
+        let held: usize = classes.iter().map(|&c| part.members[c as usize].len()).sum();
+        if held * 8 < part.intervals.len() {
+            sparse += 1;
+        } else {
+            dense += 1;
+        }
+        // Each address's lists, as the classes were cut: in the set if its class is.
+        let lists_at = |a: u128| -> Vec<usize> {
+            (0..lists.len()).filter(|&l| lists[l].iter().any(|&(lo, hi)| (lo..=hi).contains(&a))).collect()
+        };
+        let chosen: Vec<Vec<usize>> = classes
+            .iter()
+            .map(|&c| lists_at(part.intervals[part.members[c as usize][0] as usize].0))
+            .collect();
+        let mut want: Vec<Span> = Vec::new();
+        for a in 0..1100u128 {
+            let l = lists_at(a);
+            if l.is_empty() || !chosen.contains(&l) {
+                continue;
+            }
+            match want.last_mut() {
+                Some((_, end)) if *end + 1 == a => *end = a,
+                _ => want.push((a, a)),
+            }
+        }
+        assert_eq!(part.spans(&classes), want, "classes {classes:?}");
+    }
+    assert!(sparse > 20 && dense > 20, "both ways taken: {sparse} sparse, {dense} dense");
 }
 
 #[test]
