@@ -432,14 +432,14 @@ impl<A: Family> FamilyEngine<A> {
         let FamilyEngine { node, options, peers, parts, all_pods, views, .. } = self;
         let (mut recompile, mut emptied) = (Vec::new(), Vec::new());
         let mut rest = &retargets[..];
-        while let Some(&(pod, _, first, _)) = rest.first() {
-            let run = rest.iter().take_while(|r| r.0 == pod).count();
+        while let Some(&(changed, _, first, _)) = rest.first() {
+            let run = rest.iter().take_while(|r| r.0 == changed).count();
             let ns = first.namespace.as_str();
             let range = (Bound::Included(format!("{ns}/")), Bound::Excluded(format!("{ns}0")));
-            let mut held = parts.range_mut::<String, _>(range).peekable();
+            let mut cursor = parts.range_mut::<String, _>(range).peekable();
             for &(_, key, policy, change) in &rest[..run] {
-                while held.next_if(|(k, _)| k.as_str() < key).is_some() {}
-                let Some((_, held)) = held.peek_mut().filter(|(k, _)| k.as_str() == key) else {
+                while cursor.next_if(|(k, _)| k.as_str() < key).is_some() {}
+                let Some((_, held)) = cursor.peek_mut().filter(|(k, _)| k.as_str() == key) else {
                     recompile.push(key);
                     continue;
                 };
