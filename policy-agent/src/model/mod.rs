@@ -17,6 +17,7 @@ pub mod selector;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -211,6 +212,12 @@ impl NetworkPolicy {
     }
 }
 
+/// The range of the keys ("ns/name") of namespace `ns`'s objects: no
+/// namespace name holds a '/', and '0' follows it.
+pub fn namespace_keys(ns: &str) -> (Bound<String>, Bound<String>) {
+    (Bound::Included(format!("{ns}/")), Bound::Excluded(format!("{ns}0")))
+}
+
 /// The cluster state the agent acts on. Namespaced objects are keyed "ns/name".
 ///
 /// Pods and policies, the kinds that number in the thousands, are shared
@@ -287,15 +294,12 @@ impl Model {
         }
     }
 
-    /// The policies of namespace `ns`, by key: the key range "ns/..." (no
-    /// namespace name holds a '/', and '0' follows it), never a look at all.
+    /// The policies of namespace `ns`, by key (`namespace_keys`), never a look at all.
     pub fn namespace_policies<'m>(
         &'m self,
         ns: &str,
     ) -> impl Iterator<Item = (&'m String, &'m Arc<NetworkPolicy>)> + 'm {
-        let range =
-            (std::ops::Bound::Included(format!("{ns}/")), std::ops::Bound::Excluded(format!("{ns}0")));
-        self.policies.range::<String, _>(range)
+        self.policies.range::<String, _>(namespace_keys(ns))
     }
 
     /// The labels of namespace `name`; a namespace with no manifest has only

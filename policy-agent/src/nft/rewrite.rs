@@ -12,10 +12,10 @@
 //! once. So where a delta's deletions in one such set cost more than
 //! filling it anew (`cheaper_again`), that set is deleted and added again
 //! with its new elements, the chains that look it up flushed and filled
-//! again around it, in the same transaction as the rest of the delta. NetworkPolicy's
-//! interval sets stay element patches: their elements are few per pod, and
-//! their deletions measured cheap (2,700 from one set of tens of thousands
-//! in 60-110 ms). Pure: `kernel` runs what this builds.
+//! again around it, in the same transaction as the rest of the delta.
+//! NetworkPolicy's interval sets stay element patches: their elements are
+//! few per pod, and their deletions measured cheap (2,700 from one set of
+//! tens of thousands in 60-110 ms). Pure: `kernel` runs what this builds.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,9 +30,9 @@ use super::render::{is_cluster_shard, Elem};
 /// What the kernel takes, measured on this VM (kernel 6.18) with
 /// ClusterNetworkPolicy shard sets of 1,000-3,500 elements: to delete one
 /// element, per element the set holds (us); to add one to a set written
-/// anew (us); and `nft -j -f -` once around them (us). Deleting d of h elements costs about d x h x 4 us,
-/// writing the set again h x 45 us: past about 10-20 deletions, writing
-/// again is cheaper.
+/// anew (us); and `nft -j -f -` once around them (us). Deleting d of h
+/// elements costs about d x h x 4 us, writing the set again h x 45 us: past
+/// about 10-20 deletions, writing again is cheaper.
 const DELETE_US_PER_HELD: usize = 4;
 const ADD_US: usize = 45;
 const NFT_US: usize = 40_000;

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
@@ -29,7 +28,7 @@ use super::compile::{
 };
 use super::family::Family;
 use super::ir::{Direction, Dirty, DirtyDirection, FamilyDirty, FamilyIr, PeerKey, PolicyIr};
-use crate::model::{LabelSelector, Model, NetworkPolicy, Pod};
+use crate::model::{namespace_keys, LabelSelector, Model, NetworkPolicy, Pod};
 
 /// `DirAgg::add` or `DirAgg::remove`: true if a group came or went.
 type FoldOp<A> = fn(&mut DirAgg<A>, &Part<A>, &mut Direction<A>, &mut DirtyDirection<A>) -> bool;
@@ -173,11 +172,10 @@ impl PolicyEngine {
             pods: changed(&old.pods, &new.pods),
             namespaces: !changed(&old.namespaces, &new.namespaces).is_empty(),
             // Shared policies (a pod change) are unchanged: none is looked at.
-            policies: match Arc::ptr_eq(&old.policies, &new.policies) {
-                true => BTreeSet::new(),
-                false => {
-                    changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect()
-                }
+            policies: if Arc::ptr_eq(&old.policies, &new.policies) {
+                BTreeSet::new()
+            } else {
+                changed(&old.policies, &new.policies).into_iter().map(|(k, _, _)| k.clone()).collect()
             },
         };
         let d = &mut self.dirty;
@@ -435,8 +433,7 @@ impl<A: Family> FamilyEngine<A> {
         while let Some(&(changed, _, first, _)) = rest.first() {
             let run = rest.iter().take_while(|r| r.0 == changed).count();
             let ns = first.namespace.as_str();
-            let range = (Bound::Included(format!("{ns}/")), Bound::Excluded(format!("{ns}0")));
-            let mut cursor = parts.range_mut::<String, _>(range).peekable();
+            let mut cursor = parts.range_mut::<String, _>(namespace_keys(ns)).peekable();
             for &(_, key, policy, change) in &rest[..run] {
                 while cursor.next_if(|(k, _)| k.as_str() < key).is_some() {}
                 let Some((_, held)) = cursor.peek_mut().filter(|(k, _)| k.as_str() == key) else {
