@@ -350,16 +350,22 @@ impl<'c> Agent<'c> {
         status.warnings.extend(self.tier_notices.warnings());
         let conflist = self.write_conflist(&mut status);
         operator_log::report_changes(self.last_status.as_ref(), &status, &logged);
-        let written = self.save_status(&mut status);
         let took = t0.elapsed();
         let kind = if self.full { SyncKind::Full } else { SyncKind::Change };
         let ready = readiness(&status, self.policy.is_some(), conflist);
         let ready_now = ready.is_ok();
         let not_ready = ready.as_ref().err().cloned();
+        // The metrics before the status file: whoever reads a generation
+        // there finds its sync counted in /metrics.
         {
             let mut m = self.shared.metrics();
             m.observe_sync(kind, took);
-            m.synced(&status, ready);
+            m.synced(&status, ready.clone());
+        }
+        let written = self.save_status(&mut status);
+        if !written {
+            // The status now says why it could not be written.
+            self.shared.metrics().synced(&status, ready);
         }
         tracing::debug!(
             generation = %status.generation,
