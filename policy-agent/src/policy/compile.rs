@@ -24,7 +24,7 @@ use super::cidr::{aggregate, subtract};
 use super::family::{self, Family};
 use super::incremental::PolicyEngine;
 use super::ir::{GroupPorts, PeerKey, PolicyIr, Triple};
-use crate::model::{LabelSelector, Model, NetworkPolicy, Peer, Pod, PortRef, Protocol, Rule};
+use crate::model::{LabelSelector, Model, NetworkPolicy, Peer, Pod, PolicyPort, PortRef, Protocol, Rule};
 
 /// An endPort range up to this many ports becomes triples (one hash entry
 /// per port); a wider one becomes a group rule with a port range.
@@ -318,7 +318,19 @@ pub(crate) struct Contribution<A: Family> {
     /// Each rule's peer key, ingress rules then egress: while the policy is
     /// unchanged, a compile for a new target finds its peers by these.
     pub rule_keys: Vec<PeerKey>,
+    /// An ingress port is named: it resolves on each target, so one
+    /// target's elements are not another's with the address changed.
+    pub named_on_targets: bool,
+    /// The policy it was compiled from, as the engine keeps it: a walk
+    /// meeting the same policy knows its contribution without comparing
+    /// keys (the same allocation is the same policy, and is kept alive).
+    pub compiled_from: Option<Arc<NetworkPolicy>>,
 }
+
+/// The most elements a contribution is searched through for a target's
+/// likeness (`Contribution::like_a_target`); past it a compile for the one
+/// target, whose cost does not grow with the policy's, is the cheaper.
+const LIKENESS_SCAN: usize = 256;
 
 impl<A: Family> Contribution<A> {
     /// True if it adds nothing and depends on nothing: nothing to keep.
@@ -336,63 +348,132 @@ impl<A: Family> Contribution<A> {
         !self.ingress.isolated.is_empty() || !self.egress.isolated.is_empty()
     }
 
-    /// Adds `delta`, this policy's contribution for a new target (its nets
-    /// holding only the groups this one does not name yet).
-    pub fn absorb(&mut self, delta: Contribution<A>) {
+    /// Moves `delta`, this policy's contribution for a new target (its nets
+    /// holding only the groups this one does not name yet), in; `delta` is
+    /// left empty with its vectors' room, for the next.
+    pub fn absorb(&mut self, delta: &mut Contribution<A>) {
         // A policy kept by its rules alone learns here what its targets need.
         self.all_pods |= delta.all_pods;
-        for n in delta.notes {
+        self.named_on_targets |= delta.named_on_targets;
+        for n in delta.notes.drain(..) {
             if !self.notes.contains(&n) {
                 self.notes.push(n);
             }
         }
-        for (held, part) in [(&mut self.ingress, delta.ingress), (&mut self.egress, delta.egress)] {
-            held.isolated.extend(part.isolated);
-            held.triples.extend(part.triples);
-            held.port_groups.extend(part.port_groups);
-            held.groups.extend(part.groups);
-            held.nets.extend(part.nets);
+        for (held, part) in [(&mut self.ingress, &mut delta.ingress), (&mut self.egress, &mut delta.egress)] {
+            held.isolated.append(&mut part.isolated);
+            held.triples.append(&mut part.triples);
+            held.port_groups.append(&mut part.port_groups);
+            held.groups.append(&mut part.groups);
+            held.nets.append(&mut part.nets);
         }
-        for (k, u) in delta.uses {
+        for (k, u) in std::mem::take(&mut delta.uses) {
             self.uses.entry(k).or_default().merge(u);
         }
     }
 
-    /// Takes out what target `ip` adds, and returns it; None if `ip` is not
-    /// a target exactly once in each direction, or is the last one and
-    /// `keep_rules` is false (the policy is then recompiled). The last one
-    /// leaves the policy kept by its rules (`Compiler::rules_only`). The
-    /// uses stay: at worst one more recompile later, never a missed one.
-    pub fn split_off_target(&mut self, ip: A, keep_rules: bool) -> Option<Contribution<A>> {
+    /// Writes into `delta` (emptied first) what target `ip` adds, from what
+    /// a target already held adds: a policy gives each target the same
+    /// elements with its own address, and names no new peer or note for
+    /// it. Spares a compile for the one target (its rules' peers looked up
+    /// again). False, `delta` unusable, if an ingress port is named
+    /// (resolved on each target), no other target is held, `ip` is held
+    /// already or the other's address twice (a shared address is a
+    /// recompile's to sort out), or the contribution is too big for the
+    /// search to be the cheaper.
+    pub fn like_a_target(&self, ip: A, delta: &mut Contribution<A>) -> bool {
+        let (ingress, egress) = (&self.ingress, &self.egress);
+        if self.named_on_targets || ingress.len() + egress.len() > LIKENESS_SCAN {
+            return false;
+        }
+        let Some(&like) = ingress.isolated.first().or(egress.isolated.first()) else { return false };
+        let times = |p: &Part<A>, of: A| p.isolated.iter().filter(|&&i| i == of).count();
+        if times(ingress, ip) + times(egress, ip) > 0 || times(ingress, like) > 1 || times(egress, like) > 1 {
+            return false;
+        }
+        delta.reset(self.audit);
+        ingress.like_target(like, ip, &mut delta.ingress);
+        egress.like_target(like, ip, &mut delta.egress);
+        true
+    }
+
+    /// Moves what target `ip` adds into `gone` (emptied first); false, and
+    /// `gone` unusable, if `ip` is not a target exactly once in each
+    /// direction, or is the last one and `keep_rules` is false (the policy
+    /// is then recompiled). The last one leaves the policy kept by its
+    /// rules (`Compiler::rules_only`). The uses stay: at worst one more
+    /// recompile later, never a missed one.
+    pub fn split_off_target(&mut self, ip: A, keep_rules: bool, gone: &mut Contribution<A>) -> bool {
         let times = |p: &Part<A>| p.isolated.iter().filter(|&&i| i == ip).count();
         let (i, e) = (times(&self.ingress), times(&self.egress));
         let others = self.ingress.isolated.iter().chain(&self.egress.isolated).any(|&i| i != ip);
         if i > 1 || e > 1 || i + e == 0 || !(others || keep_rules) {
-            return None;
+            return false;
         }
+        gone.reset(self.audit);
         if !others {
             self.all_pods = false;
-            return Some(Contribution {
-                audit: self.audit,
-                ingress: std::mem::take(&mut self.ingress),
-                egress: std::mem::take(&mut self.egress),
-                notes: std::mem::take(&mut self.notes),
-                ..Contribution::default()
-            });
+            gone.ingress = std::mem::take(&mut self.ingress);
+            gone.egress = std::mem::take(&mut self.egress);
+            gone.notes = std::mem::take(&mut self.notes);
+            return true;
         }
-        Some(Contribution {
-            audit: self.audit,
-            ingress: self.ingress.split_off_target(ip),
-            egress: self.egress.split_off_target(ip),
-            ..Contribution::default()
-        })
+        self.ingress.split_off_target(ip, &mut gone.ingress);
+        self.egress.split_off_target(ip, &mut gone.egress);
+        true
+    }
+
+    /// Empties it for reuse as a delta of a policy with `audit`, keeping
+    /// its vectors' room. Every field is named, so none can carry over.
+    fn reset(&mut self, audit: bool) {
+        let Contribution {
+            audit: was_audit,
+            ingress,
+            egress,
+            notes,
+            uses,
+            all_pods,
+            rule_keys,
+            named_on_targets,
+            compiled_from,
+        } = self;
+        (*was_audit, *all_pods, *named_on_targets, *compiled_from) = (audit, false, false, None);
+        ingress.clear();
+        egress.clear();
+        notes.clear();
+        uses.clear();
+        rule_keys.clear();
     }
 }
 
 impl<A: Family> Part<A> {
-    /// Takes out the elements of target `ip`, with the groups' peers that
-    /// no element left names.
-    fn split_off_target(&mut self, ip: A) -> Part<A> {
+    /// Writes into empty `out` the elements of target `like`, with `ip`
+    /// for its address.
+    fn like_target(&self, like: A, ip: A, out: &mut Part<A>) {
+        let is = |t: A| t == like;
+        out.isolated.extend(self.isolated.iter().filter(|t| is(**t)).map(|_| ip));
+        out.triples.extend(self.triples.iter().filter(|t| is(t.0)).map(|t| (ip, t.1, t.2, t.3)));
+        out.port_groups
+            .extend(self.port_groups.iter().filter(|(_, t)| is(t.0)).map(|(k, t)| (*k, (ip, t.1, t.2))));
+        out.groups.extend(self.groups.iter().filter(|g| is(g.2)).map(|(k, ports, _)| (*k, *ports, ip)));
+    }
+
+    fn clear(&mut self) {
+        self.isolated.clear();
+        self.triples.clear();
+        self.port_groups.clear();
+        self.groups.clear();
+        self.nets.clear();
+    }
+
+    /// How many elements it holds.
+    fn len(&self) -> usize {
+        self.isolated.len() + self.triples.len() + self.port_groups.len() + self.groups.len()
+    }
+
+    /// Moves the elements of target `ip` into empty `out`, with the
+    /// groups' peers that no element left names.
+    fn split_off_target(&mut self, ip: A, out: &mut Part<A>) {
         fn take<T: Copy>(from: &mut Vec<T>, to: &mut Vec<T>, of_target: impl Fn(&T) -> bool) {
             from.retain(|t| {
                 !of_target(t) || {
@@ -401,11 +482,13 @@ impl<A: Family> Part<A> {
                 }
             });
         }
-        let mut out = Part::default();
         take(&mut self.isolated, &mut out.isolated, |t| *t == ip);
         take(&mut self.triples, &mut out.triples, |t| t.0 == ip);
         take(&mut self.port_groups, &mut out.port_groups, |(_, t)| t.0 == ip);
         take(&mut self.groups, &mut out.groups, |(_, _, t)| *t == ip);
+        if self.nets.is_empty() {
+            return;
+        }
         let named: BTreeSet<PeerKey> =
             self.port_groups.iter().map(|(k, _)| *k).chain(self.groups.iter().map(|(k, _, _)| *k)).collect();
         let unnamed: Vec<PeerKey> = self.nets.keys().filter(|k| !named.contains(k)).copied().collect();
@@ -414,7 +497,6 @@ impl<A: Family> Part<A> {
                 out.nets.insert(k, nets);
             }
         }
-        out
     }
 
     fn is_empty(&self) -> bool {
@@ -436,6 +518,8 @@ impl<A: Family> Default for Contribution<A> {
             uses: BTreeMap::new(),
             all_pods: false,
             rule_keys: Vec::new(),
+            named_on_targets: false,
+            compiled_from: None,
         }
     }
 }
@@ -508,6 +592,8 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
     ) -> Contribution<A> {
         let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
         if let Some(rules) = &policy.ingress {
+            let named = |p: &PolicyPort| matches!(p.port, Some(PortRef::Name(_)));
+            c.named_on_targets = rules.iter().any(|r| r.ports.iter().any(named));
             self.direction(&mut c, Dir::Ingress, policy, rules, targets, rule_keys);
         }
         if let Some(rules) = &policy.egress {
@@ -1228,5 +1314,50 @@ spec: {podSelector: {}}
         assert_eq!(g.ingress.isolated, addrs6(&["fd00:244:2::5"]));
         assert!(g.egress.isolated.is_empty());
         assert_eq!(compile(&Model::of_manifests(DUAL_MODEL), "node-2", &[]).0.v4.pod_cidr, None);
+    }
+
+    /// A target's elements taken from another target's, with its address,
+    /// are what a compile for it gives (isolation, triples, port groups and
+    /// groups alike, nothing more to name); a policy naming an ingress
+    /// port, one without a target, or one holding the address already is
+    /// left to the compile.
+    #[test]
+    fn a_new_targets_elements_are_another_targets_with_its_address() {
+        let numbered = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    \
+                        ports: [{port: 80}, {port: 443}]\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    \
+                        ports: [{port: 8080}]\n  egress:\n  - to: [{ipBlock: {cidr: 192.0.2.0/24}}]\n";
+        let named = "  podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-tcp}]\n";
+        let m = cluster(&(policy("x", "numbered", numbered) + &policy("x", "named", named)));
+        let index = PodIndex::new::<Ipv4Addr>(&m);
+        let mut peers = PeerRegistry::default();
+        // y's two pods are past one network: its rule is a port group; x/b's a triple.
+        let options = Options { triple_peers: 1 };
+        let mut compiler = Compiler { model: &m, index: &index, node: "node-1", options, peers: &mut peers };
+        let at = |host: u8| Pod { ip: Some(Ipv4Addr::new(10, 244, 1, host)), ..(*m.pods["x/a"]).clone() };
+        let (a, b, c) = (at(2), at(7), at(9));
+        let held = compiler.for_targets(&m.policies["x/numbered"], &[&a, &b], &[]);
+        let want = compiler.for_targets(&m.policies["x/numbered"], &[&c], &held.rule_keys);
+        let mut got = Contribution::default();
+        assert!(held.like_a_target(ip("10.244.1.9"), &mut got));
+        for (g, w) in [(&got.ingress, &want.ingress), (&got.egress, &want.egress)] {
+            assert_eq!(g.isolated, w.isolated);
+            assert_eq!(g.triples, w.triples);
+            assert_eq!(g.port_groups, w.port_groups);
+            assert_eq!(g.groups, w.groups);
+            // The groups' peers are named by the held target already.
+            assert!(g.nets.is_empty());
+            assert!(w
+                .nets
+                .keys()
+                .all(|k| held.ingress.nets.contains_key(k) || held.egress.nets.contains_key(k)));
+        }
+        let shapes = [got.ingress.triples.len(), got.ingress.port_groups.len(), got.egress.groups.len()];
+        assert_eq!(shapes, [1, 2, 1], "{got:?}");
+        assert!(got.uses.is_empty() && got.notes.is_empty() && !got.all_pods);
+
+        assert!(!held.like_a_target(ip("10.244.1.7"), &mut got), "held already");
+        let named = compiler.for_targets(&m.policies["x/named"], &[&a], &[]);
+        assert!(!named.like_a_target(ip("10.244.1.9"), &mut got), "resolved on each target");
+        assert!(!Contribution::default().like_a_target(ip("10.244.1.9"), &mut got), "no target to go by");
     }
 }

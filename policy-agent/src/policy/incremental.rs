@@ -5,8 +5,9 @@
 //! touches: those that changed, those with a target of this node that
 //! changed but stays one, and those whose peers now resolve differently in
 //! a way that changes what they add (`Use::stale`). A target that only came
-//! or went is added to (taken from) its policy's contribution, compiled for
-//! that pod alone; the others keep their contribution, and a group's peers
+//! or went is added to (taken from) its policy's contribution: a held
+//! target's elements with its address, or compiled for that pod alone
+//! (`Contribution::like_a_target`); the others keep their contribution, and a group's peers
 //! that changed are patched in place. A policy without a target on this
 //! node is kept by its rules' peer keys, so its first target comes as any
 //! other does. Each address family has its own engine (`FamilyEngine`)
@@ -42,7 +43,7 @@ enum Retarget<'m> {
 
 /// An unchanged policy of the namespace of changed pod `.0` (its index in
 /// `Changes::pods`) that now selects it or no longer does, by key.
-type Retargeted<'m> = (usize, &'m str, &'m NetworkPolicy, Retarget<'m>);
+type Retargeted<'m> = (usize, &'m str, &'m Arc<NetworkPolicy>, Retarget<'m>);
 
 /// Both directions of one view (enforced, or with audit policies too).
 #[derive(Debug, Clone)]
@@ -429,39 +430,48 @@ impl<A: Family> FamilyEngine<A> {
         let keep_rules = out.ir.pod_cidr.is_some();
         let FamilyEngine { node, options, peers, parts, all_pods, views, .. } = self;
         let (mut recompile, mut emptied) = (Vec::new(), Vec::new());
+        // One delta's room, reused for every target gained or lost.
+        let mut delta = Contribution::default();
         let mut rest = &retargets[..];
         while let Some(&(changed, _, first, _)) = rest.first() {
             let run = rest.iter().take_while(|r| r.0 == changed).count();
             let ns = first.namespace.as_str();
             let mut cursor = parts.range_mut::<String, _>(namespace_keys(ns)).peekable();
             for &(_, key, policy, change) in &rest[..run] {
-                while cursor.next_if(|(k, _)| k.as_str() < key).is_some() {}
-                let Some((_, held)) = cursor.peek_mut().filter(|(k, _)| k.as_str() == key) else {
+                // Its own version of the policy first: the keys' bytes are
+                // cache misses at 10,000 policies.
+                let of_it = |(k, c): &(&String, &mut Contribution<A>)| {
+                    c.compiled_from.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) || k.as_str() == key
+                };
+                while cursor.next_if(|e| !of_it(e) && e.0.as_str() < key).is_some() {}
+                let Some((_, held)) = cursor.next_if(of_it) else {
                     recompile.push(key);
                     continue;
                 };
                 let held: &mut Contribution<A> = held;
                 match change {
                     Retarget::Gained(pod) => {
-                        let mut compiler = Compiler { model, index, node, options: *options, peers };
-                        let mut delta = compiler.for_targets(policy, &[pod], &held.rule_keys);
-                        // The groups' peers the contribution names already are counted once.
-                        delta.ingress.nets.retain(|k, _| !held.ingress.nets.contains_key(k));
-                        delta.egress.nets.retain(|k, _| !held.egress.nets.contains_key(k));
+                        if !A::of_pod(pod).is_some_and(|ip| held.like_a_target(ip, &mut delta)) {
+                            let mut compiler = Compiler { model, index, node, options: *options, peers };
+                            delta = compiler.for_targets(policy, &[pod], &held.rule_keys);
+                            // The groups' peers the contribution names already are counted once.
+                            delta.ingress.nets.retain(|k, _| !held.ingress.nets.contains_key(k));
+                            delta.egress.nets.retain(|k, _| !held.egress.nets.contains_key(k));
+                            let new_uses = delta.uses.keys().filter(|k| !held.uses.contains_key(k));
+                            register(peers, key, new_uses);
+                        }
                         views.fold(&delta, DirAgg::add, out);
-                        let new_uses = delta.uses.keys().filter(|k| !held.uses.contains_key(k));
-                        register(peers, key, new_uses);
-                        held.absorb(delta);
+                        held.absorb(&mut delta);
                         if held.all_pods && !all_pods.contains(key) {
                             all_pods.insert(key.to_string());
                         }
                     }
                     Retarget::Lost(pod) => {
-                        let Some(gone) = A::of_pod(pod).and_then(|ip| held.split_off_target(ip, keep_rules))
-                        else {
+                        if !A::of_pod(pod).is_some_and(|ip| held.split_off_target(ip, keep_rules, &mut delta))
+                        {
                             recompile.push(key);
                             continue;
-                        };
+                        }
                         if !held.all_pods {
                             all_pods.remove(key);
                         }
@@ -469,7 +479,7 @@ impl<A: Family> FamilyEngine<A> {
                             // A policy without rules is not kept without targets.
                             emptied.push(key);
                         }
-                        views.fold(&gone, DirAgg::remove, out);
+                        views.fold(&delta, DirAgg::remove, out);
                     }
                 }
             }
@@ -515,7 +525,8 @@ impl<A: Family> FamilyEngine<A> {
                 Some((_, c)) if !changed.contains(key) => c.rule_keys.as_slice(),
                 _ => &[],
             };
-            let c = self.compile(model, index, policy, rule_keys, keep_rules);
+            let mut c = self.compile(model, index, policy, rule_keys, keep_rules);
+            c.compiled_from = Some(Arc::clone(policy));
             register(&mut self.peers, key, c.uses.keys());
             if c.is_empty() {
                 // A policy without rules, or (on an IPv4-only cluster, in
