@@ -14,7 +14,8 @@
 //! policies it touches (`incremental`). A full compile is the same engine
 //! started from nothing, so both paths share every line of the semantics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
@@ -112,7 +113,9 @@ pub(crate) struct PeerEntry<A: Family> {
 /// Every peer definition some compiled policy uses, by key.
 #[derive(Debug)]
 pub(crate) struct PeerRegistry<A: Family> {
-    pub defs: BTreeMap<PeerKey, PeerEntry<A>>,
+    /// Hashed by the key itself: at 10,000 definitions a tree's search is
+    /// several cache misses, a table's one.
+    pub defs: HashMap<PeerKey, PeerEntry<A>, BuildHasherDefault<KeyHasher>>,
     /// Named ports resolved on peers during one compile (cleared before
     /// each: pods may have changed), by (peers, name, protocol).
     pub named: BTreeMap<(PeerKey, String, Protocol), Arc<NamedDests<A>>>,
@@ -131,12 +134,34 @@ pub(crate) struct PeerRegistry<A: Family> {
 impl<A: Family> Default for PeerRegistry<A> {
     fn default() -> Self {
         PeerRegistry {
-            defs: BTreeMap::new(),
+            defs: HashMap::default(),
             named: BTreeMap::new(),
             by_label: BTreeMap::new(),
             anywhere: BTreeSet::new(),
             unused: Vec::new(),
         }
+    }
+}
+
+/// A peer key is a hash already (FNV-1a of the definition): the table
+/// uses it as it is.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; any other input is folded in whole.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 
@@ -590,17 +615,26 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
         targets: &[&Pod],
         rule_keys: &[PeerKey],
     ) -> Contribution<A> {
-        let mut c = Contribution { audit: policy.audit, ..Contribution::default() };
-        if let Some(rules) = &policy.ingress {
-            let named = |p: &PolicyPort| matches!(p.port, Some(PortRef::Name(_)));
-            c.named_on_targets = rules.iter().any(|r| r.ports.iter().any(named));
-            self.direction(&mut c, Dir::Ingress, policy, rules, targets, rule_keys);
-        }
-        if let Some(rules) = &policy.egress {
-            self.direction(&mut c, Dir::Egress, policy, rules, targets, rule_keys);
-        }
-        c.notes.dedup();
+        let mut c = Contribution::default();
+        self.for_targets_into(policy, targets, rule_keys, &mut c);
         c
+    }
+
+    /// `for_targets` into `c`, emptied first (its vectors' room is reused).
+    pub fn for_targets_into(
+        &mut self,
+        policy: &NetworkPolicy,
+        targets: &[&Pod],
+        rule_keys: &[PeerKey],
+        c: &mut Contribution<A>,
+    ) {
+        c.reset(policy.audit);
+        let ips: Vec<A> = targets.iter().filter_map(|p| A::of_pod(p)).collect();
+        let named = |p: &PolicyPort| matches!(p.port, Some(PortRef::Name(_)));
+        c.named_on_targets = policy.ingress.iter().flatten().any(|r| r.ports.iter().any(named));
+        self.direction(c, Dir::Ingress, policy, targets, &ips, rule_keys);
+        self.direction(c, Dir::Egress, policy, targets, &ips, rule_keys);
+        c.notes.dedup();
     }
 
     fn direction(
@@ -608,11 +642,16 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
         c: &mut Contribution<A>,
         dir: Dir,
         policy: &NetworkPolicy,
-        rules: &[Rule],
         targets: &[&Pod],
+        ips: &[A],
         rule_keys: &[PeerKey],
     ) {
-        let ips: Vec<A> = targets.iter().filter_map(|p| A::of_pod(p)).collect();
+        let rules = match dir {
+            Dir::Ingress => &policy.ingress,
+            Dir::Egress => &policy.egress,
+        };
+        // Not a policy type of it: no isolation, no rule.
+        let Some(rules) = rules else { return };
         part(c, dir).isolated.extend(ips.iter().copied());
         for rule in rules {
             let known = rule_keys.get(c.rule_keys.len()).copied();
@@ -628,23 +667,23 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
                 continue;
             }
             if rule.ports.is_empty() {
-                group(c, dir, &ips, key, &peers, GroupPorts::All);
+                group(c, dir, ips, key, &peers, GroupPorts::All);
                 continue;
             }
             let limit = self.group_limit(rule);
             for port in &rule.ports {
                 match (&port.port, port.end_port) {
-                    (None, _) => group(c, dir, &ips, key, &peers, GroupPorts::Protocol(port.protocol)),
+                    (None, _) => group(c, dir, ips, key, &peers, GroupPorts::Protocol(port.protocol)),
                     (Some(PortRef::Number(n)), None) => {
-                        allow(c, dir, &ips, port.protocol, *n, key, &peers, limit)
+                        allow(c, dir, ips, port.protocol, *n, key, &peers, limit)
                     }
                     (Some(PortRef::Number(a)), Some(b)) if u32::from(b - a) < MAX_EXPANDED_RANGE => {
                         for n in *a..=b {
-                            allow(c, dir, &ips, port.protocol, n, key, &peers, limit);
+                            allow(c, dir, ips, port.protocol, n, key, &peers, limit);
                         }
                     }
                     (Some(PortRef::Number(a)), Some(b)) => {
-                        group(c, dir, &ips, key, &peers, GroupPorts::Range(port.protocol, *a, b))
+                        group(c, dir, ips, key, &peers, GroupPorts::Range(port.protocol, *a, b))
                     }
                     (Some(PortRef::Name(name)), _) => match dir {
                         Dir::Ingress => {
@@ -658,7 +697,7 @@ impl<'a, 'm, A: Family> Compiler<'a, 'm, A> {
                                 }
                             }
                         }
-                        Dir::Egress => self.named_egress(c, policy, &ips, port.protocol, name, key, &peers),
+                        Dir::Egress => self.named_egress(c, policy, ips, port.protocol, name, key, &peers),
                     },
                 }
             }

@@ -453,7 +453,7 @@ impl<A: Family> FamilyEngine<A> {
                     Retarget::Gained(pod) => {
                         if !A::of_pod(pod).is_some_and(|ip| held.like_a_target(ip, &mut delta)) {
                             let mut compiler = Compiler { model, index, node, options: *options, peers };
-                            delta = compiler.for_targets(policy, &[pod], &held.rule_keys);
+                            compiler.for_targets_into(policy, &[pod], &held.rule_keys, &mut delta);
                             // The groups' peers the contribution names already are counted once.
                             delta.ingress.nets.retain(|k, _| !held.ingress.nets.contains_key(k));
                             delta.egress.nets.retain(|k, _| !held.egress.nets.contains_key(k));
