@@ -220,6 +220,9 @@ struct FamilyEngine<A: Family> {
     parts: BTreeMap<String, Contribution<A>>,
     /// Policies that resolved a named port on every pod.
     all_pods: BTreeSet<String>,
+    /// Policies whose contribution has notes: what `notes` reads, not every
+    /// contribution (the status asks after each change).
+    noted: BTreeSet<String>,
     local: Counted<A>,
     views: Views<A>,
 }
@@ -246,6 +249,7 @@ impl<A: Family> FamilyEngine<A> {
             peers: PeerRegistry::default(),
             parts: BTreeMap::new(),
             all_pods: BTreeSet::new(),
+            noted: BTreeSet::new(),
             local: Counted::default(),
             views: Views { enforced: View::default(), all: None },
         };
@@ -264,7 +268,8 @@ impl<A: Family> FamilyEngine<A> {
     }
 
     fn notes(&self) -> Vec<String> {
-        self.parts.values().flat_map(|c| c.notes.iter().cloned()).collect()
+        let noted = self.noted.iter().filter_map(|k| self.parts.get(k));
+        noted.flat_map(|c| c.notes.iter().cloned()).collect()
     }
 
     /// True if no policy selects a pod of this node in this family and no
@@ -428,7 +433,7 @@ impl<A: Family> FamilyEngine<A> {
         out: &mut Out<A>,
     ) -> Vec<&'k str> {
         let keep_rules = out.ir.pod_cidr.is_some();
-        let FamilyEngine { node, options, peers, parts, all_pods, views, .. } = self;
+        let FamilyEngine { node, options, peers, parts, all_pods, noted, views, .. } = self;
         let (mut recompile, mut emptied) = (Vec::new(), Vec::new());
         // One delta's room, reused for every target gained or lost.
         let mut delta = Contribution::default();
@@ -465,6 +470,9 @@ impl<A: Family> FamilyEngine<A> {
                         if held.all_pods && !all_pods.contains(key) {
                             all_pods.insert(key.to_string());
                         }
+                        if !held.notes.is_empty() && !noted.contains(key) {
+                            noted.insert(key.to_string());
+                        }
                     }
                     Retarget::Lost(pod) => {
                         if !A::of_pod(pod).is_some_and(|ip| held.split_off_target(ip, keep_rules, &mut delta))
@@ -474,6 +482,9 @@ impl<A: Family> FamilyEngine<A> {
                         }
                         if !held.all_pods {
                             all_pods.remove(key);
+                        }
+                        if held.notes.is_empty() {
+                            noted.remove(key);
                         }
                         if held.is_empty() {
                             // A policy without rules is not kept without targets.
@@ -516,6 +527,7 @@ impl<A: Family> FamilyEngine<A> {
             if let Some((_, c)) = &old {
                 self.withdraw(key, c, out);
             }
+            self.noted.remove(key);
             let Some(policy) = model.policies.get(key) else {
                 self.all_pods.remove(key);
                 continue;
@@ -541,6 +553,9 @@ impl<A: Family> FamilyEngine<A> {
                 self.all_pods.insert(key.to_string());
             }
             self.views.fold(&c, DirAgg::add, out);
+            if !c.notes.is_empty() {
+                self.noted.insert(key.to_string());
+            }
             self.parts.insert(old.map_or_else(|| key.to_string(), |(k, _)| k), c);
         }
         self.peers.retain_used();

@@ -340,6 +340,8 @@ fn same_parts<A: Family>(got: &FamilyEngine<A>, want: &FamilyEngine<A>, ctx: &st
     let with_pods =
         got.peers.defs.iter().filter(|(_, e)| e.def.iter().any(|(_, p)| matches!(p, Peer::Pods { .. })));
     assert_eq!(got.peers.indexed(), with_pods.map(|(k, _)| *k).collect(), "{ctx}: the peers' index");
+    let noted = got.parts.iter().filter(|(_, c)| !c.notes.is_empty()).map(|(k, _)| k.clone());
+    assert_eq!(got.noted, noted.collect(), "{ctx}: the policies with notes");
     let unused: Vec<_> = got.peers.defs.iter().filter(|(_, e)| e.users.is_empty()).map(|(k, _)| *k).collect();
     assert!(unused.is_empty(), "{ctx}: definitions no policy uses are kept: {unused:x?}");
     for (key, g) in &got.parts {
